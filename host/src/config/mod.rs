@@ -1,0 +1,658 @@
+//! Configuration: the TOML schema, loading, and complete validation.
+//!
+//! [`load`] reads a file, deserializes it with `deny_unknown_fields`, then
+//! checks every cross-reference and value, so a config that loads is one the
+//! daemon can run. Every error carries `file:line:col`.
+
+pub mod diag;
+pub mod schema;
+pub mod units;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use toml::Spanned;
+
+pub use diag::{ConfigError, Location, SourceMap};
+use schema::{RawBackend, RawConfig, RawFrontend, RawHealthCheck, RawTimeouts};
+
+use crate::filter::Chain;
+
+/// A fully validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub source: SourceMap,
+    pub global: Global,
+    pub frontends: Vec<Frontend>,
+    pub backends: Vec<Backend>,
+}
+
+/// Access-log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Text,
+    Json,
+    Off,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone)]
+pub struct Global {
+    /// Number of worker threads (resolved: never 0).
+    pub workers: usize,
+    pub admin: Option<SocketAddr>,
+    pub grace: Duration,
+    pub log_level: String,
+    pub access_log: AccessLogFormat,
+    pub max_header_size: usize,
+    pub max_headers: usize,
+    pub timeouts: Timeouts,
+}
+
+/// Resolved timeouts (see [`schema::RawTimeouts`] for their meaning).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub client: Duration,
+    pub server: Duration,
+    pub http_request: Duration,
+    pub keep_alive: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            client: Duration::from_secs(30),
+            server: Duration::from_secs(30),
+            http_request: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A listening address and where it was declared.
+#[derive(Debug, Clone)]
+pub struct Bind {
+    pub addr: SocketAddr,
+    pub location: Location,
+}
+
+/// A validated frontend.
+#[derive(Debug)]
+pub struct Frontend {
+    pub name: Arc<str>,
+    pub binds: Vec<Bind>,
+    /// Index into [`Config::backends`].
+    pub default_backend: Option<usize>,
+    pub chain: Chain,
+}
+
+/// Load-balancing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    Source,
+}
+
+/// A validated backend.
+#[derive(Debug)]
+pub struct Backend {
+    pub name: Arc<str>,
+    pub balance: Balance,
+    pub servers: Vec<Server>,
+    pub health_check: Option<HealthCheck>,
+    pub connect_timeout: Duration,
+    pub server_timeout: Duration,
+    pub max_idle_per_server: usize,
+}
+
+/// A validated server.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub name: Arc<str>,
+    pub addr: SocketAddr,
+    /// The address as written (used as the Host of health checks).
+    pub addr_text: String,
+    pub weight: u32,
+    /// Whether the backend's health check applies to this server.
+    pub check: bool,
+}
+
+/// Active HTTP health-check settings.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub method: Method,
+    pub path: String,
+    pub host: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Accepted status ranges, inclusive.
+    pub expect: Vec<(u16, u16)>,
+}
+
+impl HealthCheck {
+    /// Whether `status` counts as a passing check.
+    pub fn accepts(&self, status: u16) -> bool {
+        self.expect
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+}
+
+impl Config {
+    /// Index of the backend called `name`.
+    pub fn backend_index(&self, name: &str) -> Option<usize> {
+        self.backends.iter().position(|b| &*b.name == name)
+    }
+}
+
+/// What [`load`] should check beyond the file itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindCheck {
+    /// Try to bind every listener address once and report one already in use.
+    Probe,
+    /// Skip (the caller binds for real and reports failures itself).
+    Skip,
+}
+
+/// Reads, parses and validates the config file at `path`.
+pub fn load(path: &Path, bind_check: BindCheck) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::file(path, format!("cannot read config file: {e}")))?;
+    parse(path, &text, bind_check)
+}
+
+/// Parses and validates config `text` that came from `path`.
+pub fn parse(path: &Path, text: &str, bind_check: BindCheck) -> Result<Config, ConfigError> {
+    let source = SourceMap::new(path, text);
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().to_string();
+        match e.span() {
+            Some(span) => source.error(span, message),
+            None => ConfigError::file(path, message),
+        }
+    })?;
+    Validator { source: &source }
+        .validate(raw, bind_check)
+        .map(|(global, frontends, backends)| Config {
+            source: source.clone(),
+            global,
+            frontends,
+            backends,
+        })
+}
+
+struct Validator<'a> {
+    source: &'a SourceMap,
+}
+
+/// Converts a spanned integer into a bounded type with a located error.
+fn ranged<T: TryFrom<i64>>(
+    source: &SourceMap,
+    v: &Spanned<i64>,
+    what: &str,
+    lo: i64,
+    hi: i64,
+) -> Result<T, ConfigError> {
+    let n = *v.get_ref();
+    if n < lo || n > hi {
+        return Err(source.error(
+            v.span(),
+            format!("{what} must be between {lo} and {hi}, got {n}"),
+        ));
+    }
+    T::try_from(n).map_err(|_| source.error(v.span(), format!("{what} out of range: {n}")))
+}
+
+impl Validator<'_> {
+    fn validate(
+        &self,
+        raw: RawConfig,
+        bind_check: BindCheck,
+    ) -> Result<(Global, Vec<Frontend>, Vec<Backend>), ConfigError> {
+        let global = self.global(&raw.global)?;
+
+        let mut backend_ids: HashMap<String, usize> = HashMap::new();
+        let mut backends = Vec::with_capacity(raw.backend.len());
+        for (i, b) in raw.backend.iter().enumerate() {
+            let name = b.get_ref().name.get_ref();
+            if backend_ids.insert(name.clone(), i).is_some() {
+                return Err(self.source.error(
+                    b.get_ref().name.span(),
+                    format!("duplicate backend name {name:?}; every backend needs a unique name"),
+                ));
+            }
+            backends.push(self.backend(b.get_ref(), &global.timeouts)?);
+        }
+
+        let mut frontend_names: HashMap<String, ()> = HashMap::new();
+        let mut seen_binds: HashMap<SocketAddr, Location> = HashMap::new();
+        let mut frontends = Vec::with_capacity(raw.frontend.len());
+        for f in &raw.frontend {
+            let f = f.get_ref();
+            let name = f.name.get_ref();
+            if frontend_names.insert(name.clone(), ()).is_some() {
+                return Err(self.source.error(
+                    f.name.span(),
+                    format!("duplicate frontend name {name:?}; every frontend needs a unique name"),
+                ));
+            }
+            let fe = self.frontend(f, &backend_ids)?;
+            for b in &fe.binds {
+                if let Some(prev) = seen_binds.insert(b.addr, b.location.clone()) {
+                    return Err(ConfigError::at(
+                        &b.location,
+                        format!(
+                            "address {} is already bound by the frontend declared at {prev}",
+                            b.addr
+                        ),
+                    ));
+                }
+            }
+            frontends.push(fe);
+        }
+        if let Some(admin) = global.admin
+            && seen_binds.contains_key(&admin)
+        {
+            let span = raw.global.admin.as_ref().map_or(0..0, |a| a.span());
+            return Err(self.source.error(
+                span,
+                format!("admin address {admin} is also a frontend bind address"),
+            ));
+        }
+
+        if bind_check == BindCheck::Probe {
+            for fe in &frontends {
+                for b in &fe.binds {
+                    if let Err(e) = TcpListener::bind(b.addr) {
+                        return Err(ConfigError::at(
+                            &b.location,
+                            format!("cannot bind {}: {e}", b.addr),
+                        ));
+                    }
+                }
+            }
+            if let Some(admin) = global.admin
+                && let Err(e) = TcpListener::bind(admin)
+            {
+                let span = raw.global.admin.as_ref().map_or(0..0, |a| a.span());
+                return Err(self
+                    .source
+                    .error(span, format!("cannot bind admin address {admin}: {e}")));
+            }
+        }
+        Ok((global, frontends, backends))
+    }
+
+    fn global(&self, g: &schema::RawGlobal) -> Result<Global, ConfigError> {
+        let src = self.source;
+        let workers = match &g.workers {
+            Some(w) => ranged::<usize>(src, w, "workers", 0, 1024)?,
+            None => 0,
+        };
+        let workers = if workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            workers
+        };
+        let admin = match &g.admin {
+            Some(a) => Some(self.socket_addr(a, "admin address")?),
+            None => None,
+        };
+        let log_level = match &g.log_level {
+            Some(l) => {
+                let v = l.get_ref().to_ascii_lowercase();
+                if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
+                    return Err(src.error(
+                        l.span(),
+                        format!(
+                            "unknown log_level {:?}; expected error, warn, info, debug or trace",
+                            l.get_ref()
+                        ),
+                    ));
+                }
+                v
+            }
+            None => "info".to_string(),
+        };
+        let access_log = match &g.access_log {
+            Some(a) => match a.get_ref().as_str() {
+                "text" => AccessLogFormat::Text,
+                "json" => AccessLogFormat::Json,
+                "off" => AccessLogFormat::Off,
+                other => {
+                    return Err(src.error(
+                        a.span(),
+                        format!("unknown access_log format {other:?}; expected \"text\", \"json\" or \"off\""),
+                    ));
+                }
+            },
+            None => AccessLogFormat::Text,
+        };
+        let max_header_size = match &g.max_header_size {
+            Some(s) => {
+                let n = s.get_ref().0;
+                if !(8192..=16 << 20).contains(&n) {
+                    return Err(src.error(
+                        s.span(),
+                        format!("max_header_size must be between 8KiB and 16MiB, got {n} bytes"),
+                    ));
+                }
+                n as usize
+            }
+            None => 64 << 10,
+        };
+        let max_headers = match &g.max_headers {
+            Some(n) => ranged::<usize>(src, n, "max_headers", 1, 10_000)?,
+            None => 100,
+        };
+        let timeouts = merge_timeouts(&Timeouts::default(), &g.timeout);
+        Ok(Global {
+            workers,
+            admin,
+            grace: g.grace.map_or(Duration::from_secs(10), |d| d.0),
+            log_level,
+            access_log,
+            max_header_size,
+            max_headers,
+            timeouts,
+        })
+    }
+
+    fn socket_addr(&self, s: &Spanned<String>, what: &str) -> Result<SocketAddr, ConfigError> {
+        let text = s.get_ref();
+        if let Ok(a) = text.parse::<SocketAddr>() {
+            return Ok(a);
+        }
+        if !text.contains(':') {
+            return Err(self.source.error(
+                s.span(),
+                format!("invalid {what} {text:?}: expected HOST:PORT, e.g. \"127.0.0.1:8080\""),
+            ));
+        }
+        match text.to_socket_addrs() {
+            Ok(mut addrs) => addrs.next().ok_or_else(|| {
+                self.source.error(
+                    s.span(),
+                    format!("invalid {what} {text:?}: host resolves to no address"),
+                )
+            }),
+            Err(e) => Err(self.source.error(
+                s.span(),
+                format!(
+                    "invalid {what} {text:?}: {e}; expected HOST:PORT, e.g. \"127.0.0.1:8080\""
+                ),
+            )),
+        }
+    }
+
+    fn frontend(
+        &self,
+        f: &RawFrontend,
+        backends: &HashMap<String, usize>,
+    ) -> Result<Frontend, ConfigError> {
+        let name = f.name.get_ref();
+        self.check_name(&f.name, "frontend")?;
+        let addrs = f.bind.get_ref().to_vec();
+        if addrs.is_empty() {
+            return Err(self
+                .source
+                .error(f.bind.span(), "bind must list at least one address"));
+        }
+        let mut binds = Vec::with_capacity(addrs.len());
+        for a in addrs {
+            // Individual list items carry no span of their own; point at the `bind` value.
+            let spanned = Spanned::new(f.bind.span(), a);
+            let addr = self.socket_addr(&spanned, "bind address")?;
+            binds.push(Bind {
+                addr,
+                location: self.source.location(f.bind.span().start),
+            });
+        }
+        let default_backend = match &f.default_backend {
+            Some(b) => Some(*backends.get(b.get_ref()).ok_or_else(|| {
+                self.source.error(
+                    b.span(),
+                    format!(
+                        "default_backend {:?} is not a declared backend{}",
+                        b.get_ref(),
+                        known(backends)
+                    ),
+                )
+            })?),
+            None => None,
+        };
+        let cx = crate::rules::CompileCtx {
+            source: self.source,
+            backends,
+        };
+        let chain = crate::rules::compile_chain(&f.http_request, &f.http_response, &cx)?;
+        Ok(Frontend {
+            name: Arc::from(name.as_str()),
+            binds,
+            default_backend,
+            chain,
+        })
+    }
+
+    fn check_name(&self, name: &Spanned<String>, what: &str) -> Result<(), ConfigError> {
+        let n = name.get_ref();
+        let ok = !n.is_empty()
+            && n.len() <= 64
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if ok {
+            Ok(())
+        } else {
+            Err(self.source.error(
+                name.span(),
+                format!("invalid {what} name {n:?}: use 1-64 letters, digits, '_', '-' or '.'"),
+            ))
+        }
+    }
+
+    fn backend(&self, b: &RawBackend, global: &Timeouts) -> Result<Backend, ConfigError> {
+        let src = self.source;
+        self.check_name(&b.name, "backend")?;
+        let balance = match &b.balance {
+            None => Balance::RoundRobin,
+            Some(s) => match s.get_ref().as_str() {
+                "roundrobin" => Balance::RoundRobin,
+                "leastconn" => Balance::LeastConn,
+                "source" => Balance::Source,
+                other => {
+                    return Err(src.error(
+                        s.span(),
+                        format!("unknown balance algorithm {other:?}; expected \"roundrobin\", \"leastconn\" or \"source\""),
+                    ));
+                }
+            },
+        };
+        if b.server.is_empty() {
+            return Err(src.error(
+                b.name.span(),
+                format!("backend {:?} has no server; add e.g. server = [{{ name = \"s1\", addr = \"127.0.0.1:9000\" }}]", b.name.get_ref()),
+            ));
+        }
+        let mut servers = Vec::with_capacity(b.server.len());
+        let mut names = HashMap::new();
+        for s in &b.server {
+            let s = s.get_ref();
+            self.check_name(&s.name, "server")?;
+            if names.insert(s.name.get_ref().clone(), ()).is_some() {
+                return Err(src.error(
+                    s.name.span(),
+                    format!(
+                        "duplicate server name {:?} in backend {:?}",
+                        s.name.get_ref(),
+                        b.name.get_ref()
+                    ),
+                ));
+            }
+            let addr = self.socket_addr(&s.addr, "server address")?;
+            if addr.port() == 0 {
+                return Err(src.error(s.addr.span(), "server address needs a non-zero port"));
+            }
+            let weight = match &s.weight {
+                Some(w) => ranged::<u32>(src, w, "weight", 0, 256)?,
+                None => 1,
+            };
+            servers.push(Server {
+                name: Arc::from(s.name.get_ref().as_str()),
+                addr,
+                addr_text: s.addr.get_ref().clone(),
+                weight,
+                check: s.check.unwrap_or(true),
+            });
+        }
+        if servers.iter().all(|s| s.weight == 0) {
+            return Err(src.error(
+                b.name.span(),
+                "every server of this backend has weight 0; at least one needs a weight above 0",
+            ));
+        }
+        let health_check = b
+            .health_check
+            .as_ref()
+            .map(|h| self.health_check(h))
+            .transpose()?;
+        let timeouts = match &b.timeout {
+            Some(t) => {
+                let t = t.get_ref();
+                if t.client.is_some() || t.http_request.is_some() || t.keep_alive.is_some() {
+                    return Err(src.error(
+                        b.timeout.as_ref().map_or(0..0, |t| t.span()),
+                        "a backend's timeout table may only set \"connect\" and \"server\"; client-side timeouts belong in [global.timeout]",
+                    ));
+                }
+                merge_timeouts(global, t)
+            }
+            None => *global,
+        };
+        let max_idle_per_server = match &b.max_idle_per_server {
+            Some(n) => ranged::<usize>(src, n, "max_idle_per_server", 0, 100_000)?,
+            None => 64,
+        };
+        Ok(Backend {
+            name: Arc::from(b.name.get_ref().as_str()),
+            balance,
+            servers,
+            health_check,
+            connect_timeout: timeouts.connect,
+            server_timeout: timeouts.server,
+            max_idle_per_server,
+        })
+    }
+
+    fn health_check(&self, h: &Spanned<RawHealthCheck>) -> Result<HealthCheck, ConfigError> {
+        let src = self.source;
+        let h = h.get_ref();
+        let method = match &h.method {
+            Some(m) => Method::from_bytes(m.get_ref().as_bytes()).map_err(|_| {
+                src.error(
+                    m.span(),
+                    format!("invalid health-check method {:?}", m.get_ref()),
+                )
+            })?,
+            None => Method::GET,
+        };
+        let path = match &h.path {
+            Some(p) => {
+                if !p.get_ref().starts_with('/') || p.get_ref().parse::<http::Uri>().is_err() {
+                    return Err(src.error(
+                        p.span(),
+                        format!(
+                            "invalid health-check path {:?}: must start with '/'",
+                            p.get_ref()
+                        ),
+                    ));
+                }
+                p.get_ref().clone()
+            }
+            None => "/".to_string(),
+        };
+        let expect = match &h.expect {
+            Some(e) => parse_status_ranges(e.get_ref()).map_err(|m| src.error(e.span(), m))?,
+            None => vec![(200, 399)],
+        };
+        let interval = h.interval.map_or(Duration::from_secs(2), |d| d.0);
+        if interval < Duration::from_millis(10) {
+            return Err(ConfigError::file(
+                src.file(),
+                "health_check interval must be at least 10ms",
+            ));
+        }
+        Ok(HealthCheck {
+            method,
+            path,
+            host: h.host.clone(),
+            interval,
+            timeout: h
+                .timeout
+                .map_or(interval.min(Duration::from_secs(2)), |d| d.0),
+            rise: match &h.rise {
+                Some(r) => ranged(src, r, "rise", 1, 1000)?,
+                None => 2,
+            },
+            fall: match &h.fall {
+                Some(f) => ranged(src, f, "fall", 1, 1000)?,
+                None => 3,
+            },
+            expect,
+        })
+    }
+}
+
+fn known(names: &HashMap<String, usize>) -> String {
+    if names.is_empty() {
+        return "; no backend is declared".to_string();
+    }
+    let mut v: Vec<&str> = names.keys().map(String::as_str).collect();
+    v.sort_unstable();
+    format!("; declared backends: {}", v.join(", "))
+}
+
+fn merge_timeouts(base: &Timeouts, raw: &RawTimeouts) -> Timeouts {
+    Timeouts {
+        connect: raw.connect.map_or(base.connect, |d| d.0),
+        client: raw.client.map_or(base.client, |d| d.0),
+        server: raw.server.map_or(base.server, |d| d.0),
+        http_request: raw.http_request.map_or(base.http_request, |d| d.0),
+        keep_alive: raw.keep_alive.map_or(base.keep_alive, |d| d.0),
+    }
+}
+
+/// Parses `"2xx"`, `"200"`, `"200-399"`, or a comma-separated list of those.
+fn parse_status_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
+    let bad = || {
+        format!("invalid expect {text:?}: use e.g. \"2xx\", \"200\", \"200-399\" or \"200,204\"")
+    };
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let range = if let Some(class) = part.strip_suffix("xx") {
+            let c: u16 = class.parse().map_err(|_| bad())?;
+            (c * 100, c * 100 + 99)
+        } else if let Some((lo, hi)) = part.split_once('-') {
+            (
+                lo.trim().parse().map_err(|_| bad())?,
+                hi.trim().parse().map_err(|_| bad())?,
+            )
+        } else {
+            let s: u16 = part.parse().map_err(|_| bad())?;
+            (s, s)
+        };
+        if !(100..=599).contains(&range.0) || !(100..=599).contains(&range.1) || range.0 > range.1 {
+            return Err(bad());
+        }
+        out.push(range);
+    }
+    Ok(out)
+}

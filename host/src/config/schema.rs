@@ -1,0 +1,203 @@
+//! The TOML file as written: serde structs with `deny_unknown_fields`.
+//!
+//! Names and other values a later check may reject are kept `Spanned`, so a
+//! validation error can point at the exact line and column.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::units::{ConfigDuration, ConfigSize};
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub global: RawGlobal,
+    #[serde(default)]
+    pub frontend: Vec<Spanned<RawFrontend>>,
+    #[serde(default)]
+    pub backend: Vec<Spanned<RawBackend>>,
+}
+
+/// `[global]`: process-wide settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGlobal {
+    /// Worker threads; 0 or absent means one per core.
+    pub workers: Option<Spanned<i64>>,
+    /// Admin listener address (JSON API and /metrics); absent disables it.
+    pub admin: Option<Spanned<String>>,
+    /// How long in-flight requests may run after SIGTERM/SIGINT.
+    pub grace: Option<ConfigDuration>,
+    /// Log filter for the daemon's own logs (`error`, `warn`, `info`, `debug`, `trace`).
+    pub log_level: Option<Spanned<String>>,
+    /// Access-log format: `text`, `json` or `off`.
+    pub access_log: Option<Spanned<String>>,
+    /// Largest request head (request line + headers) accepted; larger gets 431.
+    pub max_header_size: Option<Spanned<ConfigSize>>,
+    /// Most header fields accepted in one request; more gets 431.
+    pub max_headers: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub timeout: RawTimeouts,
+}
+
+/// `[global.timeout]` (and a backend's `timeout` table, which may set `connect`/`server`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// TCP connect to a server.
+    pub connect: Option<ConfigDuration>,
+    /// Client inactivity while sending a request body.
+    pub client: Option<ConfigDuration>,
+    /// Server inactivity: waiting for response headers or body data.
+    pub server: Option<ConfigDuration>,
+    /// Time allowed to receive a complete request head (HAProxy `timeout http-request`).
+    pub http_request: Option<ConfigDuration>,
+    /// Idle time allowed between requests on a keep-alive connection.
+    pub keep_alive: Option<ConfigDuration>,
+}
+
+/// `[[frontend]]`: a set of listening addresses and the rules applied to their traffic.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFrontend {
+    pub name: Spanned<String>,
+    pub bind: Spanned<OneOrMany>,
+    pub default_backend: Option<Spanned<String>>,
+    #[serde(default)]
+    pub http_request: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    pub http_response: Vec<Spanned<RawRule>>,
+}
+
+/// A string or a list of strings (e.g. `bind = "127.0.0.1:80"` or `bind = ["a", "b"]`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The values as a slice-like list.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `[[backend]]`: a pool of servers and how to choose among them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub name: Spanned<String>,
+    pub balance: Option<Spanned<String>>,
+    #[serde(default)]
+    pub server: Vec<Spanned<RawServer>>,
+    pub health_check: Option<Spanned<RawHealthCheck>>,
+    /// Overrides of `connect` and `server` timeouts for this backend.
+    pub timeout: Option<Spanned<RawTimeouts>>,
+    /// Idle keep-alive connections kept per server per worker.
+    pub max_idle_per_server: Option<Spanned<i64>>,
+}
+
+/// One `server` entry of a backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub name: Spanned<String>,
+    pub addr: Spanned<String>,
+    pub weight: Option<Spanned<i64>>,
+    /// Set to false to exclude this server from the backend's health check.
+    pub check: Option<bool>,
+}
+
+/// Active HTTP health check for a backend's servers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: Option<Spanned<String>>,
+    pub method: Option<Spanned<String>>,
+    /// Host header sent with the check (default: the server address).
+    pub host: Option<String>,
+    pub interval: Option<ConfigDuration>,
+    pub timeout: Option<ConfigDuration>,
+    /// Consecutive successes needed to mark a down server up.
+    pub rise: Option<Spanned<i64>>,
+    /// Consecutive failures needed to mark an up server down.
+    pub fall: Option<Spanned<i64>>,
+    /// Accepted statuses, e.g. `"2xx"`, `"200"`, `"200-399"` (default `"200-399"`).
+    pub expect: Option<Spanned<String>>,
+}
+
+/// `deny = true` or `deny = 429`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DenySpec {
+    Flag(bool),
+    Status(i64),
+}
+
+/// One entry of `http_request` / `http_response`: exactly one action key plus its modifiers.
+///
+/// Every action is a field here so that serde rejects unknown keys; the rules
+/// compiler checks that exactly one action is present and that each modifier
+/// belongs to it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Condition: apply the rule only when it holds.
+    #[serde(rename = "if")]
+    pub cond_if: Option<Spanned<String>>,
+    /// Condition: apply the rule only when it does not hold.
+    pub unless: Option<Spanned<String>>,
+
+    /// `return = 200`: answer directly with this status.
+    #[serde(rename = "return")]
+    pub return_status: Option<Spanned<i64>>,
+    /// With `return`: the body (a log-format string, `%[fetch]` interpolated).
+    pub body: Option<Spanned<String>>,
+    /// With `return`: the Content-Type header.
+    pub content_type: Option<Spanned<String>>,
+    /// With `return`/`deny`/`redirect`: extra response headers.
+    pub headers: Option<Spanned<toml::value::Table>>,
+
+    /// `deny = true` (403) or `deny = 429`.
+    pub deny: Option<Spanned<DenySpec>>,
+
+    /// `redirect = "https://example.com%[path]"`: Location (log-format).
+    pub redirect: Option<Spanned<String>>,
+    /// `redirect_prefix = "https://example.com"`: prefix prepended to the request path.
+    pub redirect_prefix: Option<Spanned<String>>,
+    /// `redirect_scheme = "https"`: same host and path, another scheme.
+    pub redirect_scheme: Option<Spanned<String>>,
+    /// With a redirect: 301, 302 (default), 303, 307 or 308.
+    pub code: Option<Spanned<i64>>,
+
+    /// `set_header = "X-Name", value = "..."`: replace all values of a header.
+    pub set_header: Option<Spanned<String>>,
+    /// `add_header = "X-Name", value = "..."`: append a header value.
+    pub add_header: Option<Spanned<String>>,
+    /// `del_header = "X-Name"`: remove a header.
+    pub del_header: Option<Spanned<String>>,
+    /// `set_path = "/new%[path]"`: rewrite the request path (request phase only).
+    pub set_path: Option<Spanned<String>>,
+    /// `set_status = 404`: rewrite the response status (response phase only).
+    pub set_status: Option<Spanned<i64>>,
+
+    /// `set_var = "txn.name"` with `value` (log-format) or `expr` (fetch expression).
+    pub set_var: Option<Spanned<String>>,
+    /// `unset_var = "txn.name"`.
+    pub unset_var: Option<Spanned<String>>,
+
+    /// Value of `set_header` / `add_header` / `set_var` (log-format string).
+    pub value: Option<Spanned<String>>,
+    /// Fetch expression for `set_var` (e.g. `"hdr(host),lower"`).
+    pub expr: Option<Spanned<String>>,
+
+    /// `use_backend = "api"` or `use_backend = "%[hdr(x-backend)]"`.
+    pub use_backend: Option<Spanned<String>>,
+}

@@ -1,0 +1,16 @@
+//! portcullis: an HTTP reverse proxy daemon extended with Lua and WebAssembly filter plugins.
+//!
+//! Module map (see `docs/ARCHITECTURE.md`):
+//! - [`config`]: the TOML schema, loading and validation with located errors.
+//! - [`txn`]: the per-request transaction filters work on.
+//! - [`filter`]: the one filter trait and the per-frontend chain.
+//! - [`rules`]: config rules (conditions, fetches, converters, actions) as filters.
+//! - [`proxy`]: workers, listeners, the request flow, upstream pools, balancing, health checks.
+//! - [`admin`]: the admin listener (`/health`, `/stats`, `/metrics`).
+
+pub mod admin;
+pub mod config;
+pub mod filter;
+pub mod proxy;
+pub mod rules;
+pub mod txn;

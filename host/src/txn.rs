@@ -1,0 +1,281 @@
+//! The per-request transaction (`Txn`): what filters read and change.
+//!
+//! The proxy core moves the request head into the `Txn` before the request
+//! phase and the response head into it before the response phase, so rules
+//! and plugins work on one owned value and never reach into hyper types.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use http::{HeaderMap, Method, StatusCode, Uri, Version};
+
+/// Which half of the exchange filters are looking at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Request headers received, nothing sent upstream yet.
+    Request,
+    /// Response headers received from the server (or generated), not yet sent to the client.
+    Response,
+}
+
+/// A typed value produced by a sample fetch or converter (HAProxy's sample types).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sample {
+    Bool(bool),
+    Int(i64),
+    Ip(IpAddr),
+    Str(String),
+    Bin(Vec<u8>),
+}
+
+impl Sample {
+    /// The value as text, as HAProxy would print it in a log-format string.
+    pub fn to_text(&self) -> String {
+        match self {
+            Sample::Bool(b) => if *b { "1" } else { "0" }.to_string(),
+            Sample::Int(i) => i.to_string(),
+            Sample::Ip(ip) => ip.to_string(),
+            Sample::Str(s) => s.clone(),
+            Sample::Bin(b) => String::from_utf8_lossy(b).into_owned(),
+        }
+    }
+
+    /// The value as an integer, if it has one (strings are parsed).
+    pub fn to_int(&self) -> Option<i64> {
+        match self {
+            Sample::Bool(b) => Some(i64::from(*b)),
+            Sample::Int(i) => Some(*i),
+            Sample::Str(s) => s.trim().parse().ok(),
+            Sample::Bin(b) => std::str::from_utf8(b).ok()?.trim().parse().ok(),
+            Sample::Ip(_) => None,
+        }
+    }
+
+    /// HAProxy's boolean reading: non-zero integers, true, and non-empty strings are true.
+    pub fn to_bool(&self) -> bool {
+        match self {
+            Sample::Bool(b) => *b,
+            Sample::Int(i) => *i != 0,
+            Sample::Ip(_) => true,
+            Sample::Str(s) => !s.is_empty(),
+            Sample::Bin(b) => !b.is_empty(),
+        }
+    }
+}
+
+/// Variable scopes, as in HAProxy's `set-var(<scope>.<name>)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VarScope {
+    /// The whole process, shared by all workers.
+    Proc,
+    /// The client connection (all requests on it).
+    Sess,
+    /// The transaction (request and response).
+    Txn,
+    /// The request phase only.
+    Req,
+    /// The response phase only.
+    Res,
+}
+
+impl VarScope {
+    /// Splits `"txn.name"` into its scope and name; `None` if the scope is unknown or the name empty.
+    pub fn parse(full: &str) -> Option<(VarScope, &str)> {
+        let (scope, name) = full.split_once('.')?;
+        let scope = match scope {
+            "proc" => VarScope::Proc,
+            "sess" => VarScope::Sess,
+            "txn" => VarScope::Txn,
+            "req" => VarScope::Req,
+            "res" => VarScope::Res,
+            _ => return None,
+        };
+        (!name.is_empty()).then_some((scope, name))
+    }
+}
+
+/// A small variable store: a few entries, searched linearly, allocated only when used.
+#[derive(Debug, Default, Clone)]
+pub struct VarStore {
+    entries: Vec<(Box<str>, Sample)>,
+}
+
+impl VarStore {
+    /// The value of `name`, if set.
+    pub fn get(&self, name: &str) -> Option<&Sample> {
+        self.entries
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| v)
+    }
+
+    /// Sets `name` to `value`, replacing any previous value.
+    pub fn set(&mut self, name: &str, value: Sample) {
+        match self.entries.iter_mut().find(|(n, _)| &**n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.entries.push((name.into(), value)),
+        }
+    }
+
+    /// Removes `name`; true if it was set.
+    pub fn unset(&mut self, name: &str) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|(n, _)| &**n != name);
+        before != self.entries.len()
+    }
+
+    /// Removes every variable.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+/// Process-wide variables (`proc.*`), shared lock-free by all workers.
+#[derive(Debug, Default)]
+pub struct ProcVars {
+    map: scc::HashMap<String, Sample>,
+}
+
+impl ProcVars {
+    /// The value of `name`, if set.
+    pub fn get(&self, name: &str) -> Option<Sample> {
+        self.map.read_sync(name, |_, v| v.clone())
+    }
+
+    /// Sets `name` to `value`.
+    pub fn set(&self, name: &str, value: Sample) {
+        self.map.upsert_sync(name.to_string(), value);
+    }
+
+    /// Removes `name`; true if it was set.
+    pub fn unset(&self, name: &str) -> bool {
+        self.map.remove_sync(name).is_some()
+    }
+}
+
+/// The backend a rule selected for this request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// A backend validated at load time, by index in the config.
+    Index(usize),
+    /// A backend named at run time (e.g. from a header); resolved by the proxy,
+    /// falling back to the frontend's default backend if no such backend exists.
+    Name(String),
+}
+
+/// One request/response exchange as seen by filters.
+#[derive(Debug)]
+pub struct Txn {
+    /// The client's address (`src`).
+    pub client_addr: SocketAddr,
+    /// The local address the client connected to (`dst`).
+    pub local_addr: SocketAddr,
+    /// Name of the frontend that accepted the request.
+    pub frontend: Arc<str>,
+    /// Current phase.
+    pub phase: Phase,
+    /// Request method (may be rewritten by filters).
+    pub method: Method,
+    /// Request URI as received (path and query; may be rewritten by filters).
+    pub uri: Uri,
+    /// Request HTTP version.
+    pub version: Version,
+    /// Request headers during the request phase; empty once sent upstream.
+    pub req_headers: HeaderMap,
+    /// Response status during the response phase.
+    pub status: StatusCode,
+    /// Response headers during the response phase.
+    pub resp_headers: HeaderMap,
+    /// `txn.*` variables.
+    pub vars: VarStore,
+    /// Request-scoped variables (`req.*`), cleared after the request phase.
+    pub req_vars: VarStore,
+    /// Response-scoped variables (`res.*`).
+    pub res_vars: VarStore,
+    /// `sess.*` variables, shared by the requests of one client connection.
+    pub sess_vars: Rc<RefCell<VarStore>>,
+    /// `proc.*` variables, shared by the whole process.
+    pub proc_vars: Arc<ProcVars>,
+    /// The backend chosen by a `use_backend` rule (first match wins).
+    pub backend: Option<BackendChoice>,
+}
+
+impl Txn {
+    /// Reads a variable in any scope.
+    pub fn get_var(&self, scope: VarScope, name: &str) -> Option<Sample> {
+        match scope {
+            VarScope::Proc => self.proc_vars.get(name),
+            VarScope::Sess => self.sess_vars.borrow().get(name).cloned(),
+            VarScope::Txn => self.vars.get(name).cloned(),
+            VarScope::Req => self.req_vars.get(name).cloned(),
+            VarScope::Res => self.res_vars.get(name).cloned(),
+        }
+    }
+
+    /// Sets a variable in any scope.
+    pub fn set_var(&mut self, scope: VarScope, name: &str, value: Sample) {
+        match scope {
+            VarScope::Proc => self.proc_vars.set(name, value),
+            VarScope::Sess => self.sess_vars.borrow_mut().set(name, value),
+            VarScope::Txn => self.vars.set(name, value),
+            VarScope::Req => self.req_vars.set(name, value),
+            VarScope::Res => self.res_vars.set(name, value),
+        }
+    }
+
+    /// Removes a variable in any scope; true if it was set.
+    pub fn unset_var(&mut self, scope: VarScope, name: &str) -> bool {
+        match scope {
+            VarScope::Proc => self.proc_vars.unset(name),
+            VarScope::Sess => self.sess_vars.borrow_mut().unset(name),
+            VarScope::Txn => self.vars.unset(name),
+            VarScope::Req => self.req_vars.unset(name),
+            VarScope::Res => self.res_vars.unset(name),
+        }
+    }
+
+    /// The request path (without query).
+    pub fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    /// The headers of the current phase's message.
+    pub fn headers(&self) -> &HeaderMap {
+        match self.phase {
+            Phase::Request => &self.req_headers,
+            Phase::Response => &self.resp_headers,
+        }
+    }
+
+    /// The headers of the current phase's message, mutable.
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        match self.phase {
+            Phase::Request => &mut self.req_headers,
+            Phase::Response => &mut self.resp_headers,
+        }
+    }
+
+    /// A transaction for tests and tools: GET `uri` from `client`.
+    pub fn for_test(uri: &str, client: SocketAddr) -> Txn {
+        Txn {
+            client_addr: client,
+            local_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            frontend: Arc::from("test"),
+            phase: Phase::Request,
+            method: Method::GET,
+            uri: uri.parse().unwrap_or_else(|_| Uri::from_static("/")),
+            version: Version::HTTP_11,
+            req_headers: HeaderMap::new(),
+            status: StatusCode::OK,
+            resp_headers: HeaderMap::new(),
+            vars: VarStore::default(),
+            req_vars: VarStore::default(),
+            res_vars: VarStore::default(),
+            sess_vars: Rc::default(),
+            proc_vars: Arc::default(),
+            backend: None,
+        }
+    }
+}
