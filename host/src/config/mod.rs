@@ -45,6 +45,8 @@ pub struct Global {
     /// Number of worker threads (resolved: never 0).
     pub workers: usize,
     pub admin: Option<SocketAddr>,
+    /// Where `admin` was declared (for bind errors).
+    pub admin_location: Option<Location>,
     pub grace: Duration,
     pub log_level: String,
     pub access_log: AccessLogFormat,
@@ -358,6 +360,7 @@ impl Validator<'_> {
         Ok(Global {
             workers,
             admin,
+            admin_location: g.admin.as_ref().map(|a| src.location(a.span().start)),
             grace: g.grace.map_or(Duration::from_secs(10), |d| d.0),
             log_level,
             access_log,

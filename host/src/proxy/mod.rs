@@ -1,1 +1,151 @@
-//! Proxy core.
+//! The proxy core: listeners, workers, the request flow, upstream pools,
+//! balancing and health checks.
+//!
+//! [`run`] binds every listener up front (so a bind failure is reported with
+//! its config location before anything starts), starts one worker thread per
+//! configured worker, runs the control thread (admin API, health checks,
+//! signals) and returns once shutdown has drained.
+
+pub mod accesslog;
+pub mod balance;
+pub mod body;
+pub mod conn;
+pub mod error;
+pub mod handler;
+pub mod health;
+pub mod pool;
+pub mod stats;
+pub mod worker;
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::Arc;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::watch;
+
+use crate::config::{Config, ConfigError, Location};
+pub use stats::Shared;
+
+/// Why the daemon could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{location}: cannot bind {addr}: {source}")]
+    Bind {
+        location: Location,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot start: {0}")]
+    Startup(std::io::Error),
+}
+
+/// Creates a listening socket; `reuse_port` lets every worker bind the same address.
+pub fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<StdListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Binds every frontend address once per worker.
+fn bind_all(config: &Config) -> Result<Vec<worker::WorkerListeners>, RunError> {
+    let mut per_worker = Vec::with_capacity(config.global.workers);
+    for _ in 0..config.global.workers {
+        let mut mine = Vec::new();
+        for (fe_idx, fe) in config.frontends.iter().enumerate() {
+            for b in &fe.binds {
+                let l = listen(b.addr, true).map_err(|source| RunError::Bind {
+                    location: b.location.clone(),
+                    addr: b.addr,
+                    source,
+                })?;
+                mine.push((fe_idx, l));
+            }
+        }
+        per_worker.push(mine);
+    }
+    Ok(per_worker)
+}
+
+/// Runs the daemon on `config` until SIGTERM/SIGINT and the drain that follows.
+pub fn run(config: Arc<Config>) -> Result<(), RunError> {
+    let shared = Arc::new(Shared::new(Arc::clone(&config)));
+    let listeners = bind_all(&config)?;
+    let admin_listener = match config.global.admin {
+        Some(addr) => Some(listen(addr, false).map_err(|source| RunError::Bind {
+            location: config.global.admin_location.clone().unwrap_or_else(|| config.source.location(0)),
+            addr,
+            source,
+        })?),
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Startup)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut workers = Vec::new();
+    for (id, ls) in listeners.into_iter().enumerate() {
+        let shared = Arc::clone(&shared);
+        let rx = shutdown_rx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("worker-{id}"))
+            .spawn(move || worker::run(id, shared, ls, rx))
+            .map_err(RunError::Startup)?;
+        workers.push(handle);
+    }
+    for fe in &config.frontends {
+        for b in &fe.binds {
+            tracing::info!(frontend = %fe.name, addr = %b.addr, workers = config.global.workers, "listening");
+        }
+    }
+    rt.block_on(async {
+        health::spawn_all(&shared);
+        if let (Some(l), Some(addr)) = (admin_listener, config.global.admin) {
+            match tokio::net::TcpListener::from_std(l) {
+                Ok(l) => {
+                    tracing::info!(%addr, "admin API listening");
+                    tokio::spawn(crate::admin::serve(l, Arc::clone(&shared)));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot start admin listener"),
+            }
+        }
+        wait_for_signal().await;
+        tracing::info!(grace = ?config.global.grace, "shutting down: no new connections, draining in-flight requests");
+        let _ = shutdown_tx.send(true);
+    });
+    // Workers stop by themselves within the grace period.
+    for w in workers {
+        let _ = w.join();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the process can only be killed; keep serving.
+            tracing::warn!("cannot install signal handlers; graceful shutdown is unavailable");
+            std::future::pending::<()>().await;
+        }
+    }
+}

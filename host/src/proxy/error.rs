@@ -1,0 +1,90 @@
+//! The proxy's error type and the one place that maps errors to responses
+//! (Pingora's `fail_to_proxy`): upstream failures → 502/503/504, client
+//! failures → 400/408, and a short text body for each.
+
+use bytes::Bytes;
+use http::StatusCode;
+
+use super::pool::ConnectError;
+use crate::filter::Reply;
+
+/// Which side of the proxy an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+/// Why a request could not be proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no backend selected and the frontend has no default_backend")]
+    NoBackend,
+    #[error("no server is up in backend {0}")]
+    NoServer(String),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("server did not answer within {0:?}")]
+    ServerTimeout(std::time::Duration),
+    #[error("server closed or reset the connection: {0}")]
+    UpstreamReset(hyper::Error),
+    #[error("client stopped sending the request body for longer than {0:?}")]
+    ClientTimeout(std::time::Duration),
+    #[error("client request body failed: {0}")]
+    ClientBody(hyper::Error),
+    #[error("could not build the upstream request: {0}")]
+    BadRequest(String),
+}
+
+impl ProxyError {
+    /// The side responsible, for logs and counters.
+    pub fn source(&self) -> ErrorSource {
+        match self {
+            ProxyError::ClientTimeout(_) | ProxyError::ClientBody(_) | ProxyError::BadRequest(_) => {
+                ErrorSource::Downstream
+            }
+            ProxyError::NoBackend => ErrorSource::Internal,
+            _ => ErrorSource::Upstream,
+        }
+    }
+
+    /// Whether the chosen server is to blame (counted as a server failure).
+    pub fn is_server_failure(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect(_) | ProxyError::ServerTimeout(_) | ProxyError::UpstreamReset(_)
+        )
+    }
+
+    /// The status sent to the client.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoBackend | ProxyError::NoServer(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect(ConnectError::Timeout { .. }) | ProxyError::ServerTimeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Connect(_) | ProxyError::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientBody(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The response sent to the client for this error.
+    pub fn reply(&self) -> Reply {
+        let status = self.status();
+        let text = match status {
+            StatusCode::SERVICE_UNAVAILABLE => "No server is available to handle this request.",
+            StatusCode::GATEWAY_TIMEOUT => "The server didn't respond in time.",
+            StatusCode::BAD_GATEWAY => "The server returned an invalid or incomplete response.",
+            StatusCode::REQUEST_TIMEOUT => "The request body took too long to arrive.",
+            _ => "Your browser (or proxy) sent a request that this server could not understand.",
+        };
+        let body = format!("{} {}\n{}\n", status.as_u16(), status.canonical_reason().unwrap_or(""), text);
+        let mut reply = Reply::text(status, Bytes::from(body));
+        reply
+            .headers
+            .insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache"));
+        reply
+    }
+}

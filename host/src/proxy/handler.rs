@@ -1,0 +1,516 @@
+//! The request flow: request filters → backend and server choice → upstream
+//! exchange → response filters → client, with the end-of-exchange work
+//! (pool checkin, counters, access log, filter log hooks) run when the
+//! response body is over.
+
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::body::{BodyEnd, BodyOutcome, RequestBody, RequestBodyState, ResponseBody};
+use super::conn::ConnState;
+use super::error::ProxyError;
+use super::pool::PooledConn;
+use super::worker::Worker;
+use crate::filter::{Filter, Flow, Reply};
+use crate::txn::{BackendChoice, Phase, Txn, VarStore};
+
+/// What every request on one client connection shares.
+pub struct ConnCtx {
+    worker: Rc<Worker>,
+    frontend: usize,
+    frontend_name: Arc<str>,
+    client: SocketAddr,
+    local: SocketAddr,
+    state: Rc<ConnState>,
+    sess_vars: Rc<RefCell<VarStore>>,
+}
+
+impl ConnCtx {
+    /// Context for a connection accepted by `frontend` from `client`.
+    pub fn new(
+        worker: Rc<Worker>,
+        frontend: usize,
+        client: SocketAddr,
+        local: SocketAddr,
+        state: Rc<ConnState>,
+    ) -> ConnCtx {
+        let frontend_name = worker.shared.config.frontends[frontend].name.clone();
+        ConnCtx {
+            worker,
+            frontend,
+            frontend_name,
+            client,
+            local,
+            state,
+            sess_vars: Rc::default(),
+        }
+    }
+}
+
+/// Runs one filter hook to completion, waiting and resuming as the filter asks.
+async fn run_hook(filter: &Arc<dyn Filter>, txn: &mut Txn) -> Option<Reply> {
+    let mut flow = match txn.phase {
+        Phase::Request => filter.on_request(txn),
+        Phase::Response => filter.on_response(txn),
+    };
+    loop {
+        match flow {
+            Flow::Continue => return None,
+            Flow::Respond(reply) => return Some(reply),
+            Flow::Wait(fut) => {
+                fut.await;
+                flow = filter.resume(txn);
+            }
+        }
+    }
+}
+
+/// Runs a phase's filters in order; the first reply stops the chain.
+async fn run_phase(filters: &[Arc<dyn Filter>], txn: &mut Txn) -> Option<Reply> {
+    for f in filters {
+        if let Some(reply) = run_hook(f, txn).await {
+            return Some(reply);
+        }
+    }
+    None
+}
+
+/// Where a request went upstream, filled in by [`forward`].
+#[derive(Default)]
+struct Route {
+    backend: Option<usize>,
+    server: Option<usize>,
+    upstream_time: Option<Duration>,
+    conn: Option<PooledConn>,
+    req_body: Option<Rc<RequestBodyState>>,
+    error: Option<String>,
+}
+
+/// The end-of-exchange record, finished when the response body is over.
+struct Exchange {
+    ctx: Rc<ConnCtx>,
+    txn: Txn,
+    start: Instant,
+    orig_method: http::Method,
+    orig_uri: Uri,
+    route: Route,
+    status: u16,
+}
+
+impl BodyEnd for Exchange {
+    fn finish(self: Box<Self>, outcome: BodyOutcome, bytes: u64) {
+        let Exchange {
+            ctx,
+            txn,
+            start,
+            orig_method,
+            orig_uri,
+            route,
+            status,
+        } = *self;
+        let worker = &ctx.worker;
+        let shared = &worker.shared;
+        if let Some(conn) = route.conn {
+            if outcome == BodyOutcome::Complete {
+                worker.pool.checkin(conn);
+            } else {
+                conn.discard();
+            }
+        }
+        let bytes_in = route.req_body.as_ref().map_or(0, |s| s.bytes.get());
+        let fe = &shared.frontends[ctx.frontend];
+        fe.responses.record(status);
+        fe.bytes_out.fetch_add(bytes, Relaxed);
+        fe.bytes_in.fetch_add(bytes_in, Relaxed);
+        if let Some(b) = route.backend {
+            let bstate = &shared.backends[b];
+            bstate.stats.responses.record(status);
+            if let Some(s) = route.server {
+                let server = &bstate.servers[s];
+                server.responses.record(status);
+                server.active.fetch_sub(1, Relaxed);
+                if outcome == BodyOutcome::UpstreamError {
+                    server.failures.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        for f in &shared.config.frontends[ctx.frontend].chain.log {
+            f.on_log(&txn);
+        }
+        if worker.access_log.enabled() {
+            let config = &shared.config;
+            let backend = route.backend.and_then(|b| config.backends.get(b));
+            let server = backend.zip(route.server).and_then(|(b, s)| b.servers.get(s));
+            let path = orig_uri.path_and_query().map_or("/", |p| p.as_str());
+            let termination = match (&route.error, outcome) {
+                (Some(e), _) => e.as_str(),
+                (None, BodyOutcome::Complete) => "complete",
+                (None, BodyOutcome::Aborted) => "aborted",
+                (None, BodyOutcome::UpstreamError) => "upstream_error",
+            };
+            let time = super::accesslog::now_rfc3339();
+            worker.access_log.write(&super::accesslog::LogRecord {
+                time: &time,
+                client: ctx.client,
+                frontend: &ctx.frontend_name,
+                backend: backend.map(|b| &*b.name),
+                server: server.map(|s| &*s.name),
+                method: orig_method.as_str(),
+                path,
+                version: version_str(txn.version),
+                status: status,
+                bytes,
+                bytes_in,
+                total_ms: super::accesslog::millis(start.elapsed()),
+                upstream_ms: route.upstream_time.map(super::accesslog::millis),
+                termination,
+            });
+        }
+        ctx.state.request_finished();
+    }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
+}
+
+/// The hyper service: handles one request from `ctx`'s connection.
+pub async fn handle(req: Request<Incoming>, ctx: Rc<ConnCtx>) -> Result<Response<ResponseBody>, Infallible> {
+    ctx.state.request_started();
+    let start = Instant::now();
+    let shared = Arc::clone(&ctx.worker.shared);
+    shared.frontends[ctx.frontend].requests.fetch_add(1, Relaxed);
+    let (parts, body) = req.into_parts();
+    let mut txn = Txn {
+        client_addr: ctx.client,
+        local_addr: ctx.local,
+        frontend: ctx.frontend_name.clone(),
+        phase: Phase::Request,
+        method: parts.method,
+        uri: parts.uri,
+        version: parts.version,
+        req_headers: parts.headers,
+        status: StatusCode::OK,
+        resp_headers: HeaderMap::new(),
+        vars: VarStore::default(),
+        req_vars: VarStore::default(),
+        res_vars: VarStore::default(),
+        sess_vars: Rc::clone(&ctx.sess_vars),
+        proc_vars: Arc::clone(&shared.proc_vars),
+        backend: None,
+    };
+    let orig_method = txn.method.clone();
+    let orig_uri = txn.uri.clone();
+    let chain = &shared.config.frontends[ctx.frontend].chain;
+
+    let mut route = Route::default();
+
+    let (status, headers, body) = match run_phase(&chain.request, &mut txn).await {
+        Some(reply) => (reply.status, reply.headers, ResponseBody::full(reply.body)),
+        None => match forward(&ctx, &mut txn, body, &mut route).await {
+            Ok(resp) => {
+                let (parts, incoming) = resp.into_parts();
+                txn.phase = Phase::Response;
+                txn.req_vars.clear();
+                txn.status = parts.status;
+                txn.resp_headers = parts.headers;
+                strip_hop_by_hop(&mut txn.resp_headers);
+                match run_phase(&chain.response, &mut txn).await {
+                    Some(reply) => {
+                        // The server's body is abandoned: its connection cannot be reused.
+                        if let Some(conn) = route.conn.take() {
+                            conn.discard();
+                        }
+                        drop(incoming);
+                        (reply.status, reply.headers, ResponseBody::full(reply.body))
+                    }
+                    None => {
+                        let timeout = route
+                            .backend
+                            .and_then(|b| shared.config.backends.get(b))
+                            .map_or(shared.config.global.timeouts.server, |b| b.server_timeout);
+                        (
+                            txn.status,
+                            std::mem::take(&mut txn.resp_headers),
+                            ResponseBody::upstream(incoming, timeout),
+                        )
+                    }
+                }
+            }
+            Err(err) => {
+                if err.is_server_failure()
+                    && let (Some(b), Some(s)) = (route.backend, route.server)
+                {
+                    shared.backends[b].servers[s].failures.fetch_add(1, Relaxed);
+                }
+                tracing::debug!(client = %ctx.client, error = %err, "request failed");
+                route.error = Some(err.to_string());
+                let reply = err.reply();
+                (reply.status, reply.headers, ResponseBody::full(reply.body))
+            }
+        },
+    };
+    let ex = Exchange {
+        ctx: Rc::clone(&ctx),
+        txn,
+        start,
+        orig_method,
+        orig_uri,
+        route,
+        status: status.as_u16(),
+    };
+    let mut resp = Response::new(body.on_end(Box::new(ex)));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+/// Picks the backend for `txn`: a `use_backend` choice, else the frontend default.
+fn resolve_backend(ctx: &ConnCtx, txn: &Txn) -> Option<usize> {
+    let config = &ctx.worker.shared.config;
+    let default = config.frontends[ctx.frontend].default_backend;
+    match &txn.backend {
+        Some(BackendChoice::Index(i)) => Some(*i),
+        Some(BackendChoice::Name(name)) => config.backend_index(name).or(default),
+        None => default,
+    }
+}
+
+/// Sends the request to a server of the chosen backend and waits for its response head.
+async fn forward(
+    ctx: &Rc<ConnCtx>,
+    txn: &mut Txn,
+    body: Incoming,
+    ex: &mut Route,
+) -> Result<Response<Incoming>, ProxyError> {
+    let worker = &ctx.worker;
+    let shared = &worker.shared;
+    let b = resolve_backend(ctx, txn).ok_or(ProxyError::NoBackend)?;
+    let backend = &shared.config.backends[b];
+    let bstate = &shared.backends[b];
+    bstate.stats.requests.fetch_add(1, Relaxed);
+    ex.backend = Some(b);
+    let Some(s) = worker.balancer.pick(b, backend.balance, bstate, ctx.client.ip()) else {
+        bstate.stats.no_server.fetch_add(1, Relaxed);
+        return Err(ProxyError::NoServer(backend.name.to_string()));
+    };
+    let server = &backend.servers[s];
+    let sstate = &bstate.servers[s];
+    sstate.requests.fetch_add(1, Relaxed);
+    // Released in Exchange::finish, which always runs once the exchange exists.
+    sstate.active.fetch_add(1, Relaxed);
+    ex.server = Some(s);
+
+    let mut headers = std::mem::take(&mut txn.req_headers);
+    strip_hop_by_hop(&mut headers);
+    add_forwarded(&mut headers, ctx.client);
+    if !headers.contains_key(header::HOST)
+        && let Some(auth) = txn.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(auth.as_str())
+    {
+        headers.insert(header::HOST, v);
+    }
+    let uri = match txn.uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    };
+    let client_timeout = shared.config.global.timeouts.client;
+    let body_state = Rc::new(RequestBodyState::default());
+    let req_body = if http_body::Body::is_end_stream(&body) {
+        RequestBody::Empty
+    } else {
+        ex.req_body = Some(Rc::clone(&body_state));
+        RequestBody::stream(body, client_timeout, Rc::clone(&body_state))
+    };
+    let mut req = Request::new(req_body);
+    *req.method_mut() = txn.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+
+    let mut conn = worker
+        .pool
+        .checkout(b, s, server.addr, backend.connect_timeout)
+        .await?;
+    if !conn.reused {
+        sstate.connects.fetch_add(1, Relaxed);
+    }
+    let sent_at = Instant::now();
+    let result = match send(&mut conn, req, backend.server_timeout, &body_state).await {
+        Err(SendFailure::Unsent(req)) if conn.reused => {
+            // A keep-alive connection the server closed while idle: retry once on a fresh one.
+            conn.discard();
+            conn = worker.pool.connect_new(b, s, server.addr, backend.connect_timeout).await?;
+            sstate.connects.fetch_add(1, Relaxed);
+            send(&mut conn, *req, backend.server_timeout, &body_state).await
+        }
+        other => other,
+    };
+    ex.upstream_time = Some(sent_at.elapsed());
+    match result {
+        Ok(resp) => {
+            ex.conn = Some(conn);
+            Ok(resp)
+        }
+        Err(failure) => {
+            conn.discard();
+            Err(match failure {
+                SendFailure::Timeout(d) => ProxyError::ServerTimeout(d),
+                _ if body_state.timed_out.get() => ProxyError::ClientTimeout(client_timeout),
+                SendFailure::Failed(e) if body_state.failed.get() => ProxyError::ClientBody(e),
+                SendFailure::Failed(e) => ProxyError::UpstreamReset(e),
+                SendFailure::Unsent(_) => {
+                    ProxyError::BadRequest("the upstream connection was not ready".to_string())
+                }
+            })
+        }
+    }
+}
+
+enum SendFailure {
+    /// Not written to the connection at all; the request is handed back.
+    Unsent(Box<Request<RequestBody>>),
+    Failed(hyper::Error),
+    Timeout(Duration),
+}
+
+/// Sends `req` and waits for the response head. The server timeout counts
+/// from the last request-body progress, so a long upload is not cut short.
+async fn send(
+    conn: &mut PooledConn,
+    req: Request<RequestBody>,
+    timeout: Duration,
+    body: &RequestBodyState,
+) -> Result<Response<Incoming>, SendFailure> {
+    let fut = conn.sender.try_send_request(req);
+    tokio::pin!(fut);
+    let mut last_bytes = body.bytes.get();
+    let mut deadline = Instant::now() + timeout;
+    loop {
+        tokio::select! {
+            r = &mut fut => {
+                return match r {
+                    Ok(resp) => Ok(resp),
+                    Err(mut e) => match e.take_message() {
+                        Some(req) => Err(SendFailure::Unsent(Box::new(req))),
+                        None => Err(SendFailure::Failed(e.into_error())),
+                    },
+                };
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let now_bytes = body.bytes.get();
+                if now_bytes != last_bytes {
+                    last_bytes = now_bytes;
+                    deadline = Instant::now() + timeout;
+                } else {
+                    return Err(SendFailure::Timeout(timeout));
+                }
+            }
+        }
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers and any header the Connection header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Transfer-Encoding is re-done by hyper on each side.
+    headers.remove(header::TRANSFER_ENCODING);
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .chain(std::iter::once(conn))
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+/// Appends the client address to X-Forwarded-For and sets X-Forwarded-Proto.
+fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr) {
+    let ip = client.ip().to_canonical().to_string();
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let joined = {
+        let existing: Vec<&str> = headers
+            .get_all(&xff)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if existing.is_empty() {
+            ip
+        } else {
+            format!("{}, {ip}", existing.join(", "))
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(xff, v);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        add_forwarded(&mut h, "127.0.0.1:5000".parse().expect("addr"));
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, "[::ffff:10.0.0.1]:5000".parse().expect("addr"));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+    }
+}

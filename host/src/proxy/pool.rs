@@ -1,0 +1,191 @@
+//! Per-worker keep-alive pool of upstream HTTP/1.1 connections.
+//!
+//! Each worker owns one pool, so checkout and checkin touch no lock. A
+//! connection goes back to the pool only after its response body was read to
+//! the end; one whose body was abandoned is closed, as hyper-util's pool does.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::body::RequestBody;
+use crate::config::Config;
+
+/// A connection to one server, checked out of the pool.
+pub struct PooledConn {
+    pub sender: http1::SendRequest<RequestBody>,
+    /// Aborts the connection's driver task, closing the socket at once.
+    abort: AbortHandle,
+    /// Whether this connection already served a request (a failure on it may be a stale keep-alive).
+    pub reused: bool,
+    backend: usize,
+    server: usize,
+}
+
+struct IdleConn {
+    sender: http1::SendRequest<RequestBody>,
+    abort: AbortHandle,
+    since: Instant,
+}
+
+/// Why a new upstream connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr} failed: {source}")]
+    Io { addr: SocketAddr, source: std::io::Error },
+    #[error("connect to {addr} timed out after {after:?}")]
+    Timeout { addr: SocketAddr, after: Duration },
+    #[error("HTTP handshake with {addr} failed: {source}")]
+    Handshake { addr: SocketAddr, source: hyper::Error },
+}
+
+/// One worker's idle upstream connections, by backend and server.
+pub struct UpstreamPool {
+    idle: RefCell<Vec<Vec<Vec<IdleConn>>>>,
+    max_idle: Vec<usize>,
+    idle_timeout: Duration,
+}
+
+impl UpstreamPool {
+    /// An empty pool shaped after `config`'s backends.
+    pub fn new(config: &Config) -> UpstreamPool {
+        UpstreamPool {
+            idle: RefCell::new(
+                config
+                    .backends
+                    .iter()
+                    .map(|b| b.servers.iter().map(|_| Vec::new()).collect())
+                    .collect(),
+            ),
+            max_idle: config.backends.iter().map(|b| b.max_idle_per_server).collect(),
+            idle_timeout: config.global.timeouts.keep_alive,
+        }
+    }
+
+    fn pop_idle(&self, backend: usize, server: usize) -> Option<IdleConn> {
+        self.idle.borrow_mut().get_mut(backend)?.get_mut(server)?.pop()
+    }
+
+    /// A ready connection to `addr`: a pooled one if any is still usable, else a new one.
+    pub async fn checkout(
+        &self,
+        backend: usize,
+        server: usize,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<PooledConn, ConnectError> {
+        while let Some(mut idle) = self.pop_idle(backend, server) {
+            if idle.sender.is_closed() || idle.since.elapsed() > self.idle_timeout {
+                idle.abort.abort();
+                continue;
+            }
+            // The connection task marks the connection ready once the previous
+            // response is fully read; a closed connection errors here instead.
+            if idle.sender.ready().await.is_ok() {
+                return Ok(PooledConn {
+                    sender: idle.sender,
+                    abort: idle.abort,
+                    reused: true,
+                    backend,
+                    server,
+                });
+            }
+        }
+        self.connect_new(backend, server, addr, connect_timeout).await
+    }
+
+    /// A new connection to `addr`, bypassing idle ones.
+    pub async fn connect_new(
+        &self,
+        backend: usize,
+        server: usize,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<PooledConn, ConnectError> {
+        let (sender, abort) = connect(addr, connect_timeout).await?;
+        Ok(PooledConn {
+            sender,
+            abort,
+            reused: false,
+            backend,
+            server,
+        })
+    }
+
+    /// Returns a connection whose last response was fully read.
+    pub fn checkin(&self, conn: PooledConn) {
+        if conn.sender.is_closed() {
+            conn.discard();
+            return;
+        }
+        let max = self.max_idle.get(conn.backend).copied().unwrap_or(0);
+        let mut idle = self.idle.borrow_mut();
+        match idle.get_mut(conn.backend).and_then(|b| b.get_mut(conn.server)) {
+            Some(list) if list.len() < max => list.push(IdleConn {
+                sender: conn.sender,
+                abort: conn.abort,
+                since: Instant::now(),
+            }),
+            _ => conn.discard(),
+        }
+    }
+
+    /// Closes idle connections older than the keep-alive timeout or already closed.
+    pub fn sweep(&self) {
+        let timeout = self.idle_timeout;
+        for backend in self.idle.borrow_mut().iter_mut() {
+            for list in backend.iter_mut() {
+                list.retain(|c| {
+                    let keep = !c.sender.is_closed() && c.since.elapsed() <= timeout;
+                    if !keep {
+                        c.abort.abort();
+                    }
+                    keep
+                });
+            }
+        }
+    }
+
+    /// Number of idle connections held (for tests and stats).
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().iter().flatten().map(Vec::len).sum()
+    }
+}
+
+impl PooledConn {
+    /// Closes the connection now (its last exchange did not end cleanly).
+    pub fn discard(self) {
+        self.abort.abort();
+    }
+}
+
+/// Opens a new HTTP/1.1 connection to `addr` and spawns its driver task on this worker.
+async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(http1::SendRequest<RequestBody>, AbortHandle), ConnectError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+        Err(_) => return Err(ConnectError::Timeout { addr, after: timeout }),
+    };
+    // Small request/response exchanges must not wait on Nagle.
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ConnectError::Handshake { addr, source })?;
+    let task = tokio::task::spawn_local(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok((sender, task.abort_handle()))
+}
