@@ -7,7 +7,6 @@
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::sync::Arc;
 
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
@@ -138,6 +137,10 @@ pub struct ProcVars {
     map: scc::HashMap<String, Sample>,
 }
 
+/// The process's `proc.*` variables. A static rather than a `Txn` field so a
+/// request never touches a shared reference count.
+pub static PROC_VARS: std::sync::LazyLock<ProcVars> = std::sync::LazyLock::new(ProcVars::default);
+
 impl ProcVars {
     /// The value of `name`, if set.
     pub fn get(&self, name: &str) -> Option<Sample> {
@@ -173,7 +176,7 @@ pub struct Txn {
     /// The local address the client connected to (`dst`).
     pub local_addr: SocketAddr,
     /// Name of the frontend that accepted the request.
-    pub frontend: Arc<str>,
+    pub frontend: Rc<str>,
     /// Current phase.
     pub phase: Phase,
     /// Request method (may be rewritten by filters).
@@ -196,8 +199,6 @@ pub struct Txn {
     pub res_vars: VarStore,
     /// `sess.*` variables, shared by the requests of one client connection.
     pub sess_vars: Rc<RefCell<VarStore>>,
-    /// `proc.*` variables, shared by the whole process.
-    pub proc_vars: Arc<ProcVars>,
     /// The backend chosen by a `use_backend` rule (first match wins).
     pub backend: Option<BackendChoice>,
 }
@@ -206,7 +207,7 @@ impl Txn {
     /// Reads a variable in any scope.
     pub fn get_var(&self, scope: VarScope, name: &str) -> Option<Sample> {
         match scope {
-            VarScope::Proc => self.proc_vars.get(name),
+            VarScope::Proc => PROC_VARS.get(name),
             VarScope::Sess => self.sess_vars.borrow().get(name).cloned(),
             VarScope::Txn => self.vars.get(name).cloned(),
             VarScope::Req => self.req_vars.get(name).cloned(),
@@ -217,7 +218,7 @@ impl Txn {
     /// Sets a variable in any scope.
     pub fn set_var(&mut self, scope: VarScope, name: &str, value: Sample) {
         match scope {
-            VarScope::Proc => self.proc_vars.set(name, value),
+            VarScope::Proc => PROC_VARS.set(name, value),
             VarScope::Sess => self.sess_vars.borrow_mut().set(name, value),
             VarScope::Txn => self.vars.set(name, value),
             VarScope::Req => self.req_vars.set(name, value),
@@ -228,7 +229,7 @@ impl Txn {
     /// Removes a variable in any scope; true if it was set.
     pub fn unset_var(&mut self, scope: VarScope, name: &str) -> bool {
         match scope {
-            VarScope::Proc => self.proc_vars.unset(name),
+            VarScope::Proc => PROC_VARS.unset(name),
             VarScope::Sess => self.sess_vars.borrow_mut().unset(name),
             VarScope::Txn => self.vars.unset(name),
             VarScope::Req => self.req_vars.unset(name),
@@ -262,7 +263,7 @@ impl Txn {
         Txn {
             client_addr: client,
             local_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            frontend: Arc::from("test"),
+            frontend: Rc::from("test"),
             phase: Phase::Request,
             method: Method::GET,
             uri: uri.parse().unwrap_or_else(|_| Uri::from_static("/")),
@@ -274,7 +275,6 @@ impl Txn {
             req_vars: VarStore::default(),
             res_vars: VarStore::default(),
             sess_vars: Rc::default(),
-            proc_vars: Arc::default(),
             backend: None,
         }
     }

@@ -7,7 +7,9 @@ use crate::proxy::stats::{STATUS_CLASSES, Shared};
 
 /// Escapes a label value as the exposition format requires.
 fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Collects samples per metric family so each family is written once with its HELP and TYPE.
@@ -16,7 +18,13 @@ struct Families {
 }
 
 impl Families {
-    fn family(&mut self, name: &str, kind: &str, help: &str, samples: impl IntoIterator<Item = (String, u64)>) {
+    fn family(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (String, u64)>,
+    ) {
         let _ = writeln!(self.out, "# HELP {name} {help}");
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
         for (labels, value) in samples {
@@ -32,7 +40,9 @@ impl Families {
 /// Renders every metric.
 pub fn render(shared: &Shared) -> String {
     let config = &shared.config;
-    let mut f = Families { out: String::with_capacity(4096) };
+    let mut f = Families {
+        out: String::with_capacity(4096),
+    };
     f.family(
         "portcullis_uptime_seconds",
         "gauge",
@@ -50,7 +60,8 @@ pub fn render(shared: &Shared) -> String {
         "portcullis_frontend_requests_total",
         "counter",
         "HTTP requests received.",
-        fes.iter().map(|(l, s)| (l.clone(), s.requests.load(Relaxed))),
+        fes.iter()
+            .map(|(l, s)| (l.clone(), s.requests.load(Relaxed))),
     );
     f.family(
         "portcullis_frontend_responses_total",
@@ -67,25 +78,29 @@ pub fn render(shared: &Shared) -> String {
         "portcullis_frontend_connections_current",
         "gauge",
         "Open client connections.",
-        fes.iter().map(|(l, s)| (l.clone(), s.connections_current.load(Relaxed))),
+        fes.iter()
+            .map(|(l, s)| (l.clone(), s.connections_current.load(Relaxed))),
     );
     f.family(
         "portcullis_frontend_connections_total",
         "counter",
         "Client connections accepted.",
-        fes.iter().map(|(l, s)| (l.clone(), s.connections_total.load(Relaxed))),
+        fes.iter()
+            .map(|(l, s)| (l.clone(), s.connections_total.load(Relaxed))),
     );
     f.family(
         "portcullis_frontend_bytes_in_total",
         "counter",
         "Request body bytes received from clients.",
-        fes.iter().map(|(l, s)| (l.clone(), s.bytes_in.load(Relaxed))),
+        fes.iter()
+            .map(|(l, s)| (l.clone(), s.bytes_in.load(Relaxed))),
     );
     f.family(
         "portcullis_frontend_bytes_out_total",
         "counter",
         "Response body bytes sent to clients.",
-        fes.iter().map(|(l, s)| (l.clone(), s.bytes_out.load(Relaxed))),
+        fes.iter()
+            .map(|(l, s)| (l.clone(), s.bytes_out.load(Relaxed))),
     );
 
     let bes: Vec<(String, &crate::proxy::stats::BackendState)> = config
@@ -98,7 +113,8 @@ pub fn render(shared: &Shared) -> String {
         "portcullis_backend_requests_total",
         "counter",
         "Requests routed to the backend.",
-        bes.iter().map(|(l, s)| (l.clone(), s.stats.requests.load(Relaxed))),
+        bes.iter()
+            .map(|(l, s)| (l.clone(), s.stats.requests.load(Relaxed))),
     );
     f.family(
         "portcullis_backend_responses_total",
@@ -115,7 +131,8 @@ pub fn render(shared: &Shared) -> String {
         "portcullis_backend_no_server_total",
         "counter",
         "Requests that found no server up (503).",
-        bes.iter().map(|(l, s)| (l.clone(), s.stats.no_server.load(Relaxed))),
+        bes.iter()
+            .map(|(l, s)| (l.clone(), s.stats.no_server.load(Relaxed))),
     );
 
     let servers: Vec<(String, &crate::proxy::stats::ServerState)> = bes
@@ -130,37 +147,49 @@ pub fn render(shared: &Shared) -> String {
         "portcullis_server_up",
         "gauge",
         "1 if the server is up (health checks passing), else 0.",
-        servers.iter().map(|(l, s)| (l.clone(), u64::from(s.is_up()))),
+        servers
+            .iter()
+            .map(|(l, s)| (l.clone(), u64::from(s.is_up()))),
     );
     f.family(
         "portcullis_server_active_requests",
         "gauge",
         "Requests being served by the server.",
-        servers.iter().map(|(l, s)| (l.clone(), u64::from(s.active.load(Relaxed)))),
+        servers
+            .iter()
+            .map(|(l, s)| (l.clone(), u64::from(s.active.load(Relaxed)))),
     );
     f.family(
         "portcullis_server_requests_total",
         "counter",
         "Requests sent to the server.",
-        servers.iter().map(|(l, s)| (l.clone(), s.requests.load(Relaxed))),
+        servers
+            .iter()
+            .map(|(l, s)| (l.clone(), s.requests.load(Relaxed))),
     );
     f.family(
         "portcullis_server_failures_total",
         "counter",
         "Connection failures, resets and timeouts talking to the server.",
-        servers.iter().map(|(l, s)| (l.clone(), s.failures.load(Relaxed))),
+        servers
+            .iter()
+            .map(|(l, s)| (l.clone(), s.failures.load(Relaxed))),
     );
     f.family(
         "portcullis_server_connects_total",
         "counter",
         "Upstream connections opened to the server.",
-        servers.iter().map(|(l, s)| (l.clone(), s.connects.load(Relaxed))),
+        servers
+            .iter()
+            .map(|(l, s)| (l.clone(), s.connects.load(Relaxed))),
     );
     f.family(
         "portcullis_server_checks_failed_total",
         "counter",
         "Failed health checks.",
-        servers.iter().map(|(l, s)| (l.clone(), s.checks_failed.load(Relaxed))),
+        servers
+            .iter()
+            .map(|(l, s)| (l.clone(), s.checks_failed.load(Relaxed))),
     );
     f.out
 }

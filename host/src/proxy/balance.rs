@@ -24,13 +24,25 @@ impl Balancer {
     /// Fresh state for `config`'s backends.
     pub fn new(config: &Config) -> Balancer {
         Balancer {
-            current: RefCell::new(config.backends.iter().map(|b| vec![0; b.servers.len()]).collect()),
+            current: RefCell::new(
+                config
+                    .backends
+                    .iter()
+                    .map(|b| vec![0; b.servers.len()])
+                    .collect(),
+            ),
             rotor: RefCell::new(vec![0; config.backends.len()]),
         }
     }
 
     /// Picks a server of backend `idx`; `None` if no server is up.
-    pub fn pick(&self, idx: usize, algo: Balance, state: &BackendState, client: IpAddr) -> Option<usize> {
+    pub fn pick(
+        &self,
+        idx: usize,
+        algo: Balance,
+        state: &BackendState,
+        client: IpAddr,
+    ) -> Option<usize> {
         match algo {
             Balance::RoundRobin => self.round_robin(idx, state),
             Balance::LeastConn => self.least_conn(idx, state),
@@ -144,7 +156,12 @@ mod tests {
         let servers: Vec<String> = weights
             .iter()
             .enumerate()
-            .map(|(i, w)| format!("{{ name = \"s{i}\", addr = \"127.0.0.1:{}\", weight = {w} }}", 9000 + i))
+            .map(|(i, w)| {
+                format!(
+                    "{{ name = \"s{i}\", addr = \"127.0.0.1:{}\", weight = {w} }}",
+                    9000 + i
+                )
+            })
             .collect();
         let text = format!(
             "[[backend]]\nname = \"b\"\nbalance = \"{balance}\"\nserver = [{}]\n",
@@ -176,12 +193,18 @@ mod tests {
         sh.backends[0].servers[1].set_up(false);
         let bal = Balancer::new(&sh.config);
         for _ in 0..10 {
-            assert_ne!(bal.pick(0, Balance::RoundRobin, &sh.backends[0], ip("127.0.0.1")), Some(1));
+            assert_ne!(
+                bal.pick(0, Balance::RoundRobin, &sh.backends[0], ip("127.0.0.1")),
+                Some(1)
+            );
         }
         for s in &sh.backends[0].servers {
             s.set_up(false);
         }
-        assert_eq!(bal.pick(0, Balance::RoundRobin, &sh.backends[0], ip("127.0.0.1")), None);
+        assert_eq!(
+            bal.pick(0, Balance::RoundRobin, &sh.backends[0], ip("127.0.0.1")),
+            None
+        );
     }
 
     #[test]
@@ -190,7 +213,10 @@ mod tests {
         sh.backends[0].servers[0].active.store(3, Relaxed);
         let bal = Balancer::new(&sh.config);
         for _ in 0..5 {
-            assert_eq!(bal.pick(0, Balance::LeastConn, &sh.backends[0], ip("127.0.0.1")), Some(1));
+            assert_eq!(
+                bal.pick(0, Balance::LeastConn, &sh.backends[0], ip("127.0.0.1")),
+                Some(1)
+            );
         }
     }
 

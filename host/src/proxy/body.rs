@@ -86,7 +86,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Stream {
@@ -110,7 +113,9 @@ impl Body for RequestBody {
                 Poll::Pending => match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         state.timed_out.set(true);
-                        Poll::Ready(Some(Err(Box::new(TimeoutError("client timeout while sending the request body")))))
+                        Poll::Ready(Some(Err(Box::new(TimeoutError(
+                            "client timeout while sending the request body",
+                        )))))
                     }
                     Poll::Pending => Poll::Pending,
                 },
@@ -205,11 +210,18 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Kind::Upstream { inner, timer, timeout } => match Pin::new(inner).poll_frame(cx) {
+            Kind::Upstream {
+                inner,
+                timer,
+                timeout,
+            } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     timer.as_mut().reset(Instant::now() + *timeout);
                     Poll::Ready(Some(Ok(frame)))
@@ -217,9 +229,9 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(
-                        Box::new(TimeoutError("server timeout while sending the response body")) as BoxError,
-                    ))),
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TimeoutError(
+                        "server timeout while sending the response body",
+                    )) as BoxError))),
                     Poll::Pending => Poll::Pending,
                 },
             },

@@ -113,7 +113,11 @@ impl TimedIo {
 }
 
 impl AsyncRead for TimedIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.expired {
             return Poll::Ready(Ok(()));
@@ -161,7 +165,11 @@ impl AsyncRead for TimedIo {
 }
 
 impl AsyncWrite for TimedIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
 
@@ -245,7 +253,11 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
         Detected::Http1(p) => (p, false),
         Detected::Http2(p) => (p, true),
     };
-    let state = Rc::new(ConnState::new(h2, if h2 { ConnPhase::Busy } else { ConnPhase::Head }, accepted));
+    let state = Rc::new(ConnState::new(
+        h2,
+        if h2 { ConnPhase::Busy } else { ConnPhase::Head },
+        accepted,
+    ));
     let io = TimedIo {
         stream,
         prefix,
@@ -256,7 +268,13 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
         keep_alive: timeouts.keep_alive,
         expired: false,
     };
-    let ctx = Rc::new(super::handler::ConnCtx::new(Rc::clone(&worker), frontend, client, local, Rc::clone(&state)));
+    let ctx = Rc::new(super::handler::ConnCtx::new(
+        Rc::clone(&worker),
+        frontend,
+        client,
+        local,
+        Rc::clone(&state),
+    ));
     let svc = service_fn(move |req| super::handler::handle(req, Rc::clone(&ctx)));
     let mut shutdown = worker.shutdown_signal();
     let global = &worker.shared.config.global;

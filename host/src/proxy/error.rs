@@ -41,9 +41,9 @@ impl ProxyError {
     /// The side responsible, for logs and counters.
     pub fn source(&self) -> ErrorSource {
         match self {
-            ProxyError::ClientTimeout(_) | ProxyError::ClientBody(_) | ProxyError::BadRequest(_) => {
-                ErrorSource::Downstream
-            }
+            ProxyError::ClientTimeout(_)
+            | ProxyError::ClientBody(_)
+            | ProxyError::BadRequest(_) => ErrorSource::Downstream,
             ProxyError::NoBackend => ErrorSource::Internal,
             _ => ErrorSource::Upstream,
         }
@@ -80,11 +80,17 @@ impl ProxyError {
             StatusCode::REQUEST_TIMEOUT => "The request body took too long to arrive.",
             _ => "Your browser (or proxy) sent a request that this server could not understand.",
         };
-        let body = format!("{} {}\n{}\n", status.as_u16(), status.canonical_reason().unwrap_or(""), text);
+        let body = format!(
+            "{} {}\n{}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            text
+        );
         let mut reply = Reply::text(status, Bytes::from(body));
-        reply
-            .headers
-            .insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache"));
+        reply.headers.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-cache"),
+        );
         reply
     }
 }

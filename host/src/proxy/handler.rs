@@ -28,7 +28,7 @@ use crate::txn::{BackendChoice, Phase, Txn, VarStore};
 pub struct ConnCtx {
     worker: Rc<Worker>,
     frontend: usize,
-    frontend_name: Arc<str>,
+    frontend_name: Rc<str>,
     client: SocketAddr,
     local: SocketAddr,
     state: Rc<ConnState>,
@@ -44,7 +44,7 @@ impl ConnCtx {
         local: SocketAddr,
         state: Rc<ConnState>,
     ) -> ConnCtx {
-        let frontend_name = worker.shared.config.frontends[frontend].name.clone();
+        let frontend_name = Rc::clone(&worker.frontend_names[frontend]);
         ConnCtx {
             worker,
             frontend,
@@ -85,11 +85,28 @@ async fn run_phase(filters: &[Arc<dyn Filter>], txn: &mut Txn) -> Option<Reply> 
     None
 }
 
+/// A request counted in a server's `active` load (leastconn); released on drop,
+/// so a request abandoned mid-flight (client gone) releases it too.
+struct ActiveGuard {
+    worker: Rc<Worker>,
+    backend: usize,
+    server: usize,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.worker.shared.backends[self.backend].servers[self.server]
+            .active
+            .fetch_sub(1, Relaxed);
+    }
+}
+
 /// Where a request went upstream, filled in by [`forward`].
 #[derive(Default)]
 struct Route {
     backend: Option<usize>,
     server: Option<usize>,
+    active: Option<ActiveGuard>,
     upstream_time: Option<Duration>,
     conn: Option<PooledConn>,
     req_body: Option<Rc<RequestBodyState>>,
@@ -138,7 +155,6 @@ impl BodyEnd for Exchange {
             if let Some(s) = route.server {
                 let server = &bstate.servers[s];
                 server.responses.record(status);
-                server.active.fetch_sub(1, Relaxed);
                 if outcome == BodyOutcome::UpstreamError {
                     server.failures.fetch_add(1, Relaxed);
                 }
@@ -150,7 +166,9 @@ impl BodyEnd for Exchange {
         if worker.access_log.enabled() {
             let config = &shared.config;
             let backend = route.backend.and_then(|b| config.backends.get(b));
-            let server = backend.zip(route.server).and_then(|(b, s)| b.servers.get(s));
+            let server = backend
+                .zip(route.server)
+                .and_then(|(b, s)| b.servers.get(s));
             let path = orig_uri.path_and_query().map_or("/", |p| p.as_str());
             let termination = match (&route.error, outcome) {
                 (Some(e), _) => e.as_str(),
@@ -168,7 +186,7 @@ impl BodyEnd for Exchange {
                 method: orig_method.as_str(),
                 path,
                 version: version_str(txn.version),
-                status: status,
+                status,
                 bytes,
                 bytes_in,
                 total_ms: super::accesslog::millis(start.elapsed()),
@@ -192,11 +210,16 @@ fn version_str(v: Version) -> &'static str {
 }
 
 /// The hyper service: handles one request from `ctx`'s connection.
-pub async fn handle(req: Request<Incoming>, ctx: Rc<ConnCtx>) -> Result<Response<ResponseBody>, Infallible> {
+pub async fn handle(
+    req: Request<Incoming>,
+    ctx: Rc<ConnCtx>,
+) -> Result<Response<ResponseBody>, Infallible> {
     ctx.state.request_started();
     let start = Instant::now();
-    let shared = Arc::clone(&ctx.worker.shared);
-    shared.frontends[ctx.frontend].requests.fetch_add(1, Relaxed);
+    let shared = &*ctx.worker.shared;
+    shared.frontends[ctx.frontend]
+        .requests
+        .fetch_add(1, Relaxed);
     let (parts, body) = req.into_parts();
     let mut txn = Txn {
         client_addr: ctx.client,
@@ -213,7 +236,6 @@ pub async fn handle(req: Request<Incoming>, ctx: Rc<ConnCtx>) -> Result<Response
         req_vars: VarStore::default(),
         res_vars: VarStore::default(),
         sess_vars: Rc::clone(&ctx.sess_vars),
-        proc_vars: Arc::clone(&shared.proc_vars),
         backend: None,
     };
     let orig_method = txn.method.clone();
@@ -307,15 +329,22 @@ async fn forward(
     let bstate = &shared.backends[b];
     bstate.stats.requests.fetch_add(1, Relaxed);
     ex.backend = Some(b);
-    let Some(s) = worker.balancer.pick(b, backend.balance, bstate, ctx.client.ip()) else {
+    let Some(s) = worker
+        .balancer
+        .pick(b, backend.balance, bstate, ctx.client.ip())
+    else {
         bstate.stats.no_server.fetch_add(1, Relaxed);
         return Err(ProxyError::NoServer(backend.name.to_string()));
     };
     let server = &backend.servers[s];
     let sstate = &bstate.servers[s];
     sstate.requests.fetch_add(1, Relaxed);
-    // Released in Exchange::finish, which always runs once the exchange exists.
     sstate.active.fetch_add(1, Relaxed);
+    ex.active = Some(ActiveGuard {
+        worker: Rc::clone(worker),
+        backend: b,
+        server: s,
+    });
     ex.server = Some(s);
 
     let mut headers = std::mem::take(&mut txn.req_headers);
@@ -357,7 +386,10 @@ async fn forward(
         Err(SendFailure::Unsent(req)) if conn.reused => {
             // A keep-alive connection the server closed while idle: retry once on a fresh one.
             conn.discard();
-            conn = worker.pool.connect_new(b, s, server.addr, backend.connect_timeout).await?;
+            conn = worker
+                .pool
+                .connect_new(b, s, server.addr, backend.connect_timeout)
+                .await?;
             sstate.connects.fetch_add(1, Relaxed);
             send(&mut conn, *req, backend.server_timeout, &body_state).await
         }
@@ -491,7 +523,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_listed_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));

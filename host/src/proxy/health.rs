@@ -19,7 +19,9 @@ use crate::config::HealthCheck;
 /// Spawns the health-check tasks of every backend that has a health check.
 pub fn spawn_all(shared: &Arc<Shared>) {
     for (b, backend) in shared.config.backends.iter().enumerate() {
-        let Some(check) = &backend.health_check else { continue };
+        let Some(check) = &backend.health_check else {
+            continue;
+        };
         for (s, server) in backend.servers.iter().enumerate() {
             if !server.check {
                 continue;
@@ -41,7 +43,10 @@ async fn check_loop(shared: Arc<Shared>, b: usize, s: usize, check: HealthCheck)
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let host = check.host.clone().unwrap_or_else(|| server.addr_text.clone());
+        let host = check
+            .host
+            .clone()
+            .unwrap_or_else(|| server.addr_text.clone());
         match probe(server.addr, &host, &check).await {
             Ok(()) => {
                 failures = 0;
@@ -67,7 +72,9 @@ async fn check_loop(shared: Arc<Shared>, b: usize, s: usize, check: HealthCheck)
 /// One check: a fresh connection, one request, the status compared with `expect`.
 async fn probe(addr: std::net::SocketAddr, host: &str, check: &HealthCheck) -> Result<(), String> {
     let attempt = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         let _ = stream.set_nodelay(true);
         let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await
@@ -83,7 +90,10 @@ async fn probe(addr: std::net::SocketAddr, host: &str, check: &HealthCheck) -> R
             .header(http::header::USER_AGENT, "portcullis-health-check")
             .body(Empty::new())
             .map_err(|e| format!("request: {e}"))?;
-        let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
         let status = resp.status().as_u16();
         // Drain (bounded by the timeout) so the server sees a clean exchange.
         let _ = resp.into_body().collect().await;

@@ -83,10 +83,16 @@ pub fn run(config: Arc<Config>) -> Result<(), RunError> {
     let shared = Arc::new(Shared::new(Arc::clone(&config)));
     let listeners = bind_all(&config)?;
     let admin_listener = match config.global.admin {
-        Some(addr) => Some(listen(addr, false).map_err(|source| RunError::Bind {
-            location: config.global.admin_location.clone().unwrap_or_else(|| config.source.location(0)),
-            addr,
-            source,
+        Some(addr) => Some(listen(addr, false).map_err(|source| {
+            RunError::Bind {
+                location: config
+                    .global
+                    .admin_location
+                    .clone()
+                    .unwrap_or_else(|| config.source.location(0)),
+                addr,
+                source,
+            }
         })?),
         None => None,
     };
@@ -135,7 +141,10 @@ pub fn run(config: Arc<Config>) -> Result<(), RunError> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

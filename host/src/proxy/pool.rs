@@ -38,11 +38,17 @@ struct IdleConn {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("connect to {addr} failed: {source}")]
-    Io { addr: SocketAddr, source: std::io::Error },
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("connect to {addr} timed out after {after:?}")]
     Timeout { addr: SocketAddr, after: Duration },
     #[error("HTTP handshake with {addr} failed: {source}")]
-    Handshake { addr: SocketAddr, source: hyper::Error },
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
 }
 
 /// One worker's idle upstream connections, by backend and server.
@@ -63,13 +69,21 @@ impl UpstreamPool {
                     .map(|b| b.servers.iter().map(|_| Vec::new()).collect())
                     .collect(),
             ),
-            max_idle: config.backends.iter().map(|b| b.max_idle_per_server).collect(),
+            max_idle: config
+                .backends
+                .iter()
+                .map(|b| b.max_idle_per_server)
+                .collect(),
             idle_timeout: config.global.timeouts.keep_alive,
         }
     }
 
     fn pop_idle(&self, backend: usize, server: usize) -> Option<IdleConn> {
-        self.idle.borrow_mut().get_mut(backend)?.get_mut(server)?.pop()
+        self.idle
+            .borrow_mut()
+            .get_mut(backend)?
+            .get_mut(server)?
+            .pop()
     }
 
     /// A ready connection to `addr`: a pooled one if any is still usable, else a new one.
@@ -97,7 +111,8 @@ impl UpstreamPool {
                 });
             }
         }
-        self.connect_new(backend, server, addr, connect_timeout).await
+        self.connect_new(backend, server, addr, connect_timeout)
+            .await
     }
 
     /// A new connection to `addr`, bypassing idle ones.
@@ -126,7 +141,10 @@ impl UpstreamPool {
         }
         let max = self.max_idle.get(conn.backend).copied().unwrap_or(0);
         let mut idle = self.idle.borrow_mut();
-        match idle.get_mut(conn.backend).and_then(|b| b.get_mut(conn.server)) {
+        match idle
+            .get_mut(conn.backend)
+            .and_then(|b| b.get_mut(conn.server))
+        {
             Some(list) if list.len() < max => list.push(IdleConn {
                 sender: conn.sender,
                 abort: conn.abort,
@@ -173,7 +191,12 @@ async fn connect(
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
-        Err(_) => return Err(ConnectError::Timeout { addr, after: timeout }),
+        Err(_) => {
+            return Err(ConnectError::Timeout {
+                addr,
+                after: timeout,
+            });
+        }
     };
     // Small request/response exchanges must not wait on Nagle.
     let _ = stream.set_nodelay(true);

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use crate::config::Config;
-use crate::txn::ProcVars;
 
 /// Response counters by status class: 1xx, 2xx, 3xx, 4xx, 5xx, other.
 #[derive(Debug, Default)]
@@ -112,14 +111,17 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub frontends: Vec<FrontendStats>,
     pub backends: Vec<BackendState>,
-    pub proc_vars: Arc<ProcVars>,
     pub started: Instant,
 }
 
 impl Shared {
     /// Fresh state for `config`: all servers up, counters zero.
     pub fn new(config: Arc<Config>) -> Shared {
-        let frontends = config.frontends.iter().map(|_| FrontendStats::default()).collect();
+        let frontends = config
+            .frontends
+            .iter()
+            .map(|_| FrontendStats::default())
+            .collect();
         let backends = config
             .backends
             .iter()
@@ -148,7 +150,6 @@ impl Shared {
             config,
             frontends,
             backends,
-            proc_vars: Arc::default(),
             started: Instant::now(),
         }
     }

@@ -37,6 +37,8 @@ pub struct Worker {
     pub pool: UpstreamPool,
     pub balancer: Balancer,
     pub access_log: AccessLog,
+    /// Frontend names as this worker's own `Rc`s (no shared refcount per request).
+    pub frontend_names: Vec<Rc<str>>,
     shutdown: watch::Receiver<bool>,
     connections: Cell<usize>,
     drained: Notify,
@@ -50,7 +52,13 @@ impl Worker {
 
     /// Counts and logs a response the HTTP layer produced without reaching the handler
     /// (400 malformed, 431 too large, 408 head timeout).
-    pub fn record_local_error(&self, frontend: usize, client: std::net::SocketAddr, status: u16, reason: &str) {
+    pub fn record_local_error(
+        &self,
+        frontend: usize,
+        client: std::net::SocketAddr,
+        status: u16,
+        reason: &str,
+    ) {
         let fe = &self.shared.frontends[frontend];
         fe.responses.record(status);
         fe.errors.fetch_add(1, Relaxed);
@@ -80,8 +88,16 @@ impl Worker {
 pub type WorkerListeners = Vec<(usize, StdListener)>;
 
 /// Runs worker `id` until shutdown completes; blocks the calling thread.
-pub fn run(id: usize, shared: Arc<Shared>, listeners: WorkerListeners, shutdown: watch::Receiver<bool>) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+pub fn run(
+    id: usize,
+    shared: Arc<Shared>,
+    listeners: WorkerListeners,
+    shutdown: watch::Receiver<bool>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(worker = id, error = %e, "cannot start worker runtime");
@@ -94,6 +110,12 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: WorkerListeners, shutdown:
         pool: UpstreamPool::new(&shared.config),
         balancer: Balancer::new(&shared.config),
         access_log: AccessLog::new(shared.config.global.access_log),
+        frontend_names: shared
+            .config
+            .frontends
+            .iter()
+            .map(|f| Rc::from(&*f.name))
+            .collect(),
         shared,
         shutdown,
         connections: Cell::new(0),
@@ -113,7 +135,11 @@ pub fn run(id: usize, shared: Arc<Shared>, listeners: WorkerListeners, shutdown:
         worker.shutdown_signal().wait().await;
         // Accept loops have seen the signal too and dropped their sockets.
         if worker.connections.get() > 0 {
-            tracing::info!(worker = id, connections = worker.connections.get(), "draining connections");
+            tracing::info!(
+                worker = id,
+                connections = worker.connections.get(),
+                "draining connections"
+            );
             let drained = async {
                 while worker.connections.get() > 0 {
                     worker.drained.notified().await;
@@ -163,7 +189,9 @@ async fn accept_loop(worker: Rc<Worker>, frontend: usize, listener: TcpListener)
                 let w = Rc::clone(&worker);
                 tokio::task::spawn_local(async move {
                     super::conn::serve(Rc::clone(&w), frontend, stream, client).await;
-                    w.shared.frontends[frontend].connections_current.fetch_sub(1, Relaxed);
+                    w.shared.frontends[frontend]
+                        .connections_current
+                        .fetch_sub(1, Relaxed);
                     w.connections.set(w.connections.get() - 1);
                     if w.connections.get() == 0 {
                         w.drained.notify_waiters();
