@@ -29,21 +29,19 @@ pub enum ProxyError {
     ServerTimeout(std::time::Duration),
     #[error("server closed or reset the connection: {0}")]
     UpstreamReset(hyper::Error),
+    #[error("upstream connection unusable: {0}")]
+    UpstreamUnusable(&'static str),
     #[error("client stopped sending the request body for longer than {0:?}")]
     ClientTimeout(std::time::Duration),
     #[error("client request body failed: {0}")]
     ClientBody(hyper::Error),
-    #[error("could not build the upstream request: {0}")]
-    BadRequest(String),
 }
 
 impl ProxyError {
     /// The side responsible, for logs and counters.
-    pub fn source(&self) -> ErrorSource {
+    pub fn side(&self) -> ErrorSource {
         match self {
-            ProxyError::ClientTimeout(_)
-            | ProxyError::ClientBody(_)
-            | ProxyError::BadRequest(_) => ErrorSource::Downstream,
+            ProxyError::ClientTimeout(_) | ProxyError::ClientBody(_) => ErrorSource::Downstream,
             ProxyError::NoBackend => ErrorSource::Internal,
             _ => ErrorSource::Upstream,
         }
@@ -53,7 +51,10 @@ impl ProxyError {
     pub fn is_server_failure(&self) -> bool {
         matches!(
             self,
-            ProxyError::Connect(_) | ProxyError::ServerTimeout(_) | ProxyError::UpstreamReset(_)
+            ProxyError::Connect(_)
+                | ProxyError::ServerTimeout(_)
+                | ProxyError::UpstreamReset(_)
+                | ProxyError::UpstreamUnusable(_)
         )
     }
 
@@ -64,9 +65,11 @@ impl ProxyError {
             ProxyError::Connect(ConnectError::Timeout { .. }) | ProxyError::ServerTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            ProxyError::Connect(_) | ProxyError::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect(_)
+            | ProxyError::UpstreamReset(_)
+            | ProxyError::UpstreamUnusable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::ClientBody(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
         }
     }
 

@@ -282,7 +282,7 @@ pub async fn handle(
                 {
                     shared.backends[b].servers[s].failures.fetch_add(1, Relaxed);
                 }
-                tracing::debug!(client = %ctx.client, error = %err, "request failed");
+                tracing::debug!(client = %ctx.client, side = ?err.side(), error = %err, "request failed");
                 route.error = Some(err.to_string());
                 let reply = err.reply();
                 (reply.status, reply.headers, ResponseBody::full(reply.body))
@@ -409,7 +409,7 @@ async fn forward(
                 SendFailure::Failed(e) if body_state.failed.get() => ProxyError::ClientBody(e),
                 SendFailure::Failed(e) => ProxyError::UpstreamReset(e),
                 SendFailure::Unsent(_) => {
-                    ProxyError::BadRequest("the upstream connection was not ready".to_string())
+                    ProxyError::UpstreamUnusable("connection closed before the request was sent")
                 }
             })
         }
