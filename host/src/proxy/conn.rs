@@ -28,8 +28,6 @@ use super::worker::Worker;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 37\r\nconnection: close\r\n\r\nThe request head took too long.\r\n\r\n\r\n";
-
 /// Where a client connection is in its request cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnPhase {
@@ -37,8 +35,10 @@ pub enum ConnPhase {
     Idle,
     /// Some bytes of a request head arrived, the head is not complete yet.
     Head,
-    /// A request is being handled; its response is not fully sent yet.
+    /// A request is being handled; its response body is not over yet.
     Busy,
+    /// The response body is over; hyper has yet to flush the last bytes.
+    Flushing,
 }
 
 /// Per-connection state shared by the IO wrapper and the request handler.
@@ -73,11 +73,10 @@ impl ConnState {
         self.requests.set(self.requests.get() + 1);
     }
 
-    /// The response was fully sent: the keep-alive timeout starts now.
+    /// The response body is over; once hyper flushes it the keep-alive timeout starts.
     pub fn request_finished(&self) {
         if !self.multiplexed && self.phase.get() == ConnPhase::Busy {
-            self.phase.set(ConnPhase::Idle);
-            self.since.set(Instant::now());
+            self.phase.set(ConnPhase::Flushing);
         }
     }
 }
@@ -93,6 +92,10 @@ pub struct TimedIo {
     http_request: Duration,
     keep_alive: Duration,
     expired: bool,
+    /// Our replacement for an error response hyper wrote, still to be sent.
+    replacement: Option<Bytes>,
+    /// Hyper's error response was replaced: swallow whatever else it writes.
+    replaced: bool,
 }
 
 impl TimedIo {
@@ -100,7 +103,7 @@ impl TimedIo {
         match self.state.phase.get() {
             ConnPhase::Idle => Some(self.state.since.get() + self.keep_alive),
             ConnPhase::Head => Some(self.state.since.get() + self.http_request),
-            ConnPhase::Busy => None,
+            ConnPhase::Busy | ConnPhase::Flushing => None,
         }
     }
 
@@ -152,7 +155,9 @@ impl AsyncRead for TimedIo {
                         if this.state.phase.get() == ConnPhase::Head {
                             // Best effort: the socket buffer is empty at this point, so
                             // a short response fits; a client that is gone loses nothing.
-                            let _ = this.stream.try_write(RESPONSE_408);
+                            let _ = this.stream.try_write(&super::error::raw_error_response(
+                                http::StatusCode::REQUEST_TIMEOUT,
+                            ));
                             this.state.sent_408.set(true);
                         }
                         // End of stream: hyper closes the connection.
@@ -164,33 +169,80 @@ impl AsyncRead for TimedIo {
     }
 }
 
+/// The status of an HTTP/1.1 response head at the start of `buf`, if it is one.
+fn response_status(buf: &[u8]) -> Option<http::StatusCode> {
+    let rest = buf.strip_prefix(b"HTTP/1.1 ")?;
+    http::StatusCode::from_bytes(rest.get(..3)?).ok()
+}
+
+impl TimedIo {
+    /// Sends what is left of the replacement response.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(rest) = self.replacement.as_mut() {
+            match Pin::new(&mut self.stream).poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    rest.advance(n);
+                    if rest.is_empty() {
+                        self.replacement = None;
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl AsyncWrite for TimedIo {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.replaced {
+            // hyper closes after its error response; nothing else of it goes out.
+            return this.poll_replacement(cx).map(|r| r.map(|()| buf.len()));
+        }
+        // While no request is in the handler and no response is being flushed,
+        // the only thing hyper writes is its automatic error response
+        // (400/414/431), which has an empty body. Send ours instead, with a
+        // text body like every other error.
+        if matches!(this.state.phase.get(), ConnPhase::Idle | ConnPhase::Head)
+            && let Some(status) = response_status(buf)
+            && status.is_client_error()
+        {
+            this.replaced = true;
+            this.replacement = Some(super::error::raw_error_response(status));
+            return this.poll_replacement(cx).map(|r| r.map(|()| buf.len()));
+        }
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        match this.poll_replacement(cx) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        let flushed = Pin::new(&mut this.stream).poll_flush(cx);
+        if matches!(flushed, Poll::Ready(Ok(()))) && this.state.phase.get() == ConnPhase::Flushing {
+            // hyper flushes after writing a response's last bytes: the
+            // connection is now idle and the keep-alive timeout starts.
+            this.state.phase.set(ConnPhase::Idle);
+            this.state.since.set(Instant::now());
+        }
+        flushed
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        let this = self.get_mut();
+        match this.poll_replacement(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.stream).poll_shutdown(cx),
+            other => other,
+        }
     }
 }
 
@@ -267,6 +319,8 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
         http_request: timeouts.http_request,
         keep_alive: timeouts.keep_alive,
         expired: false,
+        replacement: None,
+        replaced: false,
     };
     let ctx = Rc::new(super::handler::ConnCtx::new(
         Rc::clone(&worker),

@@ -76,24 +76,46 @@ impl ProxyError {
     /// The response sent to the client for this error.
     pub fn reply(&self) -> Reply {
         let status = self.status();
-        let text = match status {
-            StatusCode::SERVICE_UNAVAILABLE => "No server is available to handle this request.",
-            StatusCode::GATEWAY_TIMEOUT => "The server didn't respond in time.",
-            StatusCode::BAD_GATEWAY => "The server returned an invalid or incomplete response.",
-            StatusCode::REQUEST_TIMEOUT => "The request body took too long to arrive.",
-            _ => "Your browser (or proxy) sent a request that this server could not understand.",
-        };
-        let body = format!(
-            "{} {}\n{}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            text
-        );
-        let mut reply = Reply::text(status, Bytes::from(body));
+        let mut reply = Reply::text(status, error_body(status));
         reply.headers.insert(
             http::header::CACHE_CONTROL,
             http::HeaderValue::from_static("no-cache"),
         );
         reply
     }
+}
+
+/// The short text body of an error the proxy itself produces.
+pub fn error_body(status: StatusCode) -> Bytes {
+    let text = match status.as_u16() {
+        400 => "Your browser (or proxy) sent a request that this server could not understand.",
+        408 => "The request took too long to arrive.",
+        414 => "The request URI is too long.",
+        431 => "The request header fields are too large or too many.",
+        502 => "The server returned an invalid or incomplete response.",
+        503 => "No server is available to handle this request.",
+        504 => "The server didn't respond in time.",
+        _ => "The request could not be handled.",
+    };
+    Bytes::from(format!(
+        "{} {}\n{}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        text
+    ))
+}
+
+/// A complete `Connection: close` HTTP/1.1 error response, for the few errors
+/// written below hyper (request-head timeout, hyper's own parse errors).
+pub fn raw_error_response(status: StatusCode) -> Bytes {
+    let body = error_body(status);
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    Bytes::from(out)
 }

@@ -1,0 +1,314 @@
+//! Error paths: upstream failures (502/503/504), malformed or oversized
+//! requests (400/431), slow clients (408), idle keep-alive close.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::StatusCode;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Frontend `web` → backend `app` whose servers are bare addresses.
+async fn proxy_to(
+    servers: &[(&str, std::net::SocketAddr)],
+    backend_extra: &str,
+    global: &[(&str, &str)],
+) -> (Daemon, Ports) {
+    let ports = Ports::new();
+    let list: Vec<(&str, std::net::SocketAddr, u32)> =
+        servers.iter().map(|(n, a)| (*n, *a, 1)).collect();
+    let cfg = format!(
+        "{}{}{}",
+        global_section(ports.admin, global),
+        frontend_section("web", ports.web, "app", ""),
+        backend_section("app", "roundrobin", &list, backend_extra)
+    );
+    let d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    (d, ports)
+}
+
+fn assert_error(r: &Resp, status: StatusCode) {
+    assert_eq!(r.status, status, "body: {:?}", r.text());
+    assert!(
+        !r.body.is_empty(),
+        "{status} should carry a small text body"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_upstream_gives_502() {
+    let nothing = free_addr();
+    let (_d, ports) = proxy_to(&[("s1", nothing)], "", &[]).await;
+    let start = Instant::now();
+    let r = get(ports.web, "/refused").await;
+    assert_error(&r, StatusCode::BAD_GATEWAY);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "502 took {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reset_upstream_gives_502() {
+    let reset = ResetBackend::start().await;
+    let (_d, ports) = proxy_to(&[("s1", reset.addr)], "", &[]).await;
+    let r = get(ports.web, "/reset").await;
+    assert_error(&r, StatusCode::BAD_GATEWAY);
+    // The proxy keeps serving.
+    let r = get(ports.web, "/reset-again").await;
+    assert_error(&r, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_servers_down_per_health_check_gives_503() {
+    let s1 = Backend::start("s1").await;
+    let s2 = Backend::start("s2").await;
+    s1.set_healthy(false);
+    s2.set_healthy(false);
+    let (_d, ports) = proxy_to(
+        &[("s1", s1.addr), ("s2", s2.addr)],
+        "health_check = { path = \"/health\", interval = \"100ms\", timeout = \"100ms\", rise = 1, fall = 1 }\n",
+        &[],
+    )
+    .await;
+    let web = ports.web;
+    eventually(
+        "503 once health checks mark every server down",
+        Duration::from_secs(3),
+        || async move { get(web, "/down").await.status == StatusCode::SERVICE_UNAVAILABLE },
+    )
+    .await;
+    let served = s1.requests() + s2.requests();
+    for i in 0..5 {
+        let r = get(ports.web, &format!("/down/{i}")).await;
+        assert_error(&r, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(
+        s1.requests() + s2.requests(),
+        served,
+        "requests reached servers that are down"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_backend_gives_503() {
+    let ports = Ports::new();
+    let s1 = Backend::start("s1").await;
+    // A frontend without default_backend and no rule choosing one.
+    let cfg = format!(
+        "{}[[frontend]]\nname = \"web\"\nbind = \"{}\"\n\n{}",
+        global_section(ports.admin, &[]),
+        ports.web,
+        backend_section("app", "roundrobin", &[("s1", s1.addr, 1)], "")
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let r = get(ports.web, "/nobackend").await;
+    assert_error(&r, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(s1.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_upstream_gives_504_after_server_timeout() {
+    let s1 = Backend::start("s1").await;
+    let (_d, ports) = proxy_to(
+        &[("s1", s1.addr)],
+        "timeout = { connect = \"1s\", server = \"500ms\" }\n",
+        &[("timeout.server", "\"5s\"")],
+    )
+    .await;
+    let start = Instant::now();
+    let r = get(ports.web, "/delay/4000").await;
+    let took = start.elapsed();
+    assert_error(&r, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        took >= Duration::from_millis(400) && took <= Duration::from_millis(1800),
+        "504 after {took:?}; the backend's server timeout is 500ms"
+    );
+    // A fast request on the same backend still works.
+    let r = get(ports.web, "/fast").await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+/// After an error on one connection, a normal request on a new one works.
+async fn still_serves(web: std::net::SocketAddr) {
+    let r = get(web, "/after-error").await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "proxy stopped serving after an error"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_requests_give_400() {
+    let s1 = Backend::start("s1").await;
+    let (_d, ports) = simple_proxy(&[&s1]).await;
+    let cases: [&[u8]; 3] = [
+        b"THIS IS NOT HTTP\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nNo colon in this header line\r\n\r\n",
+        b"GET /\x01bad HTTP/1.1\r\nHost: x\r\n\r\n",
+    ];
+    for raw in cases {
+        let (_s, r) = raw_exchange(ports.web, raw).await;
+        assert_eq!(
+            r.status,
+            400,
+            "for {:?}: {}",
+            String::from_utf8_lossy(raw),
+            r.text()
+        );
+        assert!(
+            !r.body.is_empty(),
+            "400 should carry a small text body; got:\n{}",
+            r.head
+        );
+        still_serves(ports.web).await;
+    }
+    assert_eq!(
+        s1.requests(),
+        3,
+        "malformed requests must not reach the backend"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn header_block_above_max_header_size_gives_431() {
+    let s1 = Backend::start("s1").await;
+    let (_d, ports) = simple_proxy(&[&s1]).await; // max_header_size = 16KiB
+
+    // 10 KiB of headers is under the limit.
+    let ok = format!(
+        "GET /big-ok HTTP/1.1\r\nHost: {}\r\nX-Big: {}\r\n\r\n",
+        ports.web,
+        "a".repeat(10 * 1024)
+    );
+    let (_s, r) = raw_exchange(ports.web, ok.as_bytes()).await;
+    assert_eq!(r.status, 200, "a 10 KiB head is within 16KiB");
+
+    let big = format!(
+        "GET /big HTTP/1.1\r\nHost: {}\r\nX-Big: {}\r\n\r\n",
+        ports.web,
+        "a".repeat(20 * 1024)
+    );
+    let (_s, r) = raw_exchange(ports.web, big.as_bytes()).await;
+    assert_eq!(r.status, 431, "{}", r.text());
+    assert!(
+        !r.body.is_empty(),
+        "431 should carry a small text body; got:\n{}",
+        r.head
+    );
+    still_serves(ports.web).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn more_than_max_headers_gives_431() {
+    let s1 = Backend::start("s1").await;
+    let (_d, ports) = simple_proxy(&[&s1]).await; // max_headers = 50
+
+    let mut ok = format!("GET /few HTTP/1.1\r\nHost: {}\r\n", ports.web);
+    for i in 0..40 {
+        ok.push_str(&format!("X-H{i}: {i}\r\n"));
+    }
+    ok.push_str("\r\n");
+    let (_s, r) = raw_exchange(ports.web, ok.as_bytes()).await;
+    assert_eq!(
+        r.status, 200,
+        "41 header fields are within max_headers = 50"
+    );
+
+    let mut many = format!("GET /many HTTP/1.1\r\nHost: {}\r\n", ports.web);
+    for i in 0..60 {
+        many.push_str(&format!("X-H{i}: {i}\r\n"));
+    }
+    many.push_str("\r\n");
+    let (_s, r) = raw_exchange(ports.web, many.as_bytes()).await;
+    assert_eq!(r.status, 431, "{}", r.text());
+    assert!(
+        !r.body.is_empty(),
+        "431 should carry a small text body; got:\n{}",
+        r.head
+    );
+    still_serves(ports.web).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn incomplete_request_head_gives_408_and_close() {
+    let s1 = Backend::start("s1").await;
+    let (_d, ports) = simple_proxy(&[&s1]).await; // http_request = 1s
+    let mut s = within("connect", IO_TIMEOUT, TcpStream::connect(ports.web))
+        .await
+        .expect("connect");
+    let start = Instant::now();
+    s.write_all(format!("GET /stall HTTP/1.1\r\nHost: {}\r\nX-Half: ", ports.web).as_bytes())
+        .await
+        .expect("write half head");
+    let r = read_response(&mut s, Duration::from_secs(4))
+        .await
+        .unwrap_or_else(|e| panic!("expected a 408 after http_request = 1s: {e}"));
+    let took = start.elapsed();
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(!r.body.is_empty(), "408 should carry a small text body");
+    assert!(
+        took >= Duration::from_millis(800) && took <= Duration::from_millis(2500),
+        "408 after {took:?}; http_request timeout is 1s"
+    );
+    assert!(
+        wait_closed(&mut s, Duration::from_secs(2)).await,
+        "connection not closed after 408"
+    );
+    assert_eq!(s1.requests(), 0);
+    still_serves(ports.web).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stalled_request_body_gives_408() {
+    let s1 = Backend::start("s1").await;
+    let (_d, ports) = simple_proxy(&[&s1]).await; // client = 2s
+    let mut s = within("connect", IO_TIMEOUT, TcpStream::connect(ports.web))
+        .await
+        .expect("connect");
+    let start = Instant::now();
+    s.write_all(
+        format!(
+            "POST /stall-body HTTP/1.1\r\nHost: {}\r\nContent-Length: 100\r\n\r\n0123456789",
+            ports.web
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let r = read_response(&mut s, Duration::from_secs(6))
+        .await
+        .unwrap_or_else(|e| panic!("expected a 408 after client = 2s: {e}"));
+    let took = start.elapsed();
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(
+        took >= Duration::from_millis(1800) && took <= Duration::from_millis(4500),
+        "408 after {took:?}; client timeout is 2s"
+    );
+    still_serves(ports.web).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_keep_alive_connection_is_closed() {
+    let s1 = Backend::start("s1").await;
+    let ports = Ports::new();
+    let cfg = simple_config(&ports, &[&s1], &[("timeout.keep_alive", "\"1s\"")]);
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let req = format!("GET /ka HTTP/1.1\r\nHost: {}\r\n\r\n", ports.web);
+    let (mut s, r) = raw_exchange(ports.web, req.as_bytes()).await;
+    assert_eq!(r.status, 200);
+    let start = Instant::now();
+    assert!(
+        wait_closed(&mut s, Duration::from_secs(3)).await,
+        "idle keep-alive connection still open 3s after keep_alive = 1s"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(800),
+        "idle connection closed after {:?}, before keep_alive = 1s",
+        start.elapsed()
+    );
+}
