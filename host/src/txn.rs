@@ -201,6 +201,21 @@ pub struct Txn {
     pub sess_vars: Rc<RefCell<VarStore>>,
     /// The backend chosen by a `use_backend` rule (first match wins).
     pub backend: Option<BackendChoice>,
+    /// How the exchange ended; filled in before `Filter::on_log` runs.
+    pub outcome: Outcome,
+}
+
+/// The final facts of an exchange, for log hooks (and stick-table counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Status sent to the client (0 until the exchange ends).
+    pub status: u16,
+    /// Request body bytes received from the client.
+    pub bytes_in: u64,
+    /// Response body bytes sent to the client.
+    pub bytes_out: u64,
+    /// The server failed (refused, reset, timed out) or the body was cut.
+    pub server_failed: bool,
 }
 
 impl Txn {
@@ -276,6 +291,7 @@ impl Txn {
             res_vars: VarStore::default(),
             sess_vars: Rc::default(),
             backend: None,
+            outcome: Outcome::default(),
         }
     }
 }

@@ -111,6 +111,8 @@ struct Route {
     conn: Option<PooledConn>,
     req_body: Option<Rc<RequestBodyState>>,
     error: Option<String>,
+    /// The error (if any) was the server's fault.
+    server_failed: bool,
 }
 
 /// The end-of-exchange record, finished when the response body is over.
@@ -160,6 +162,13 @@ impl BodyEnd for Exchange {
                 }
             }
         }
+        let mut txn = txn;
+        txn.outcome = crate::txn::Outcome {
+            status,
+            bytes_in,
+            bytes_out: bytes,
+            server_failed: outcome == BodyOutcome::UpstreamError || route.server_failed,
+        };
         for f in &shared.config.frontends[ctx.frontend].chain.log {
             f.on_log(&txn);
         }
@@ -237,6 +246,7 @@ pub async fn handle(
         res_vars: VarStore::default(),
         sess_vars: Rc::clone(&ctx.sess_vars),
         backend: None,
+        outcome: crate::txn::Outcome::default(),
     };
     let orig_method = txn.method.clone();
     let orig_uri = txn.uri.clone();
@@ -284,6 +294,7 @@ pub async fn handle(
                 }
                 tracing::debug!(client = %ctx.client, side = ?err.side(), error = %err, "request failed");
                 route.error = Some(err.to_string());
+                route.server_failed = err.is_server_failure();
                 let reply = err.reply();
                 (reply.status, reply.headers, ResponseBody::full(reply.body))
             }
