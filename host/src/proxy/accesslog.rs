@@ -15,10 +15,9 @@ use crate::config::AccessLogFormat;
 /// Flush when this much is buffered.
 const FLUSH_AT: usize = 32 << 10;
 
-/// What one access-log line says.
+/// What one access-log line says (the time is added when it is written).
 #[derive(Debug, serde::Serialize)]
 pub struct LogRecord<'a> {
-    pub time: &'a str,
     pub client: SocketAddr,
     pub frontend: &'a str,
     pub backend: Option<&'a str>,
@@ -31,17 +30,51 @@ pub struct LogRecord<'a> {
     pub bytes: u64,
     /// Request body bytes received from the client.
     pub bytes_in: u64,
-    pub total_ms: f64,
+    #[serde(rename = "total_ms", serialize_with = "ser_ms")]
+    pub total: Duration,
     /// Time from sending the request upstream to its response headers.
-    pub upstream_ms: Option<f64>,
+    #[serde(rename = "upstream_ms", serialize_with = "ser_opt_ms")]
+    pub upstream: Option<Duration>,
     /// `complete`, `aborted` (client left) or `upstream_error`, or an error message.
     pub termination: &'a str,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(millis(*d))
+}
+
+fn ser_opt_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64(millis(*d)),
+        None => s.serialize_none(),
+    }
+}
+
+/// A JSON line: the time, then the record's fields.
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    time: &'a str,
+    #[serde(flatten)]
+    rec: &'a LogRecord<'a>,
+}
+
+/// The date-and-seconds part of the timestamp, recomputed once per second.
+struct ClockCache {
+    secs: u64,
+    prefix: String,
 }
 
 /// A worker's access-log buffer.
 pub struct AccessLog {
     format: AccessLogFormat,
     buf: RefCell<String>,
+    clock: RefCell<ClockCache>,
+}
+
+/// Writes `d` as milliseconds with three decimals, using integer arithmetic.
+fn write_ms(buf: &mut String, d: Duration) {
+    let us = d.as_micros();
+    let _ = write!(buf, "{}.{:03}ms", us / 1000, us % 1000);
 }
 
 impl AccessLog {
@@ -50,7 +83,25 @@ impl AccessLog {
         AccessLog {
             format,
             buf: RefCell::new(String::with_capacity(FLUSH_AT + 1024)),
+            clock: RefCell::new(ClockCache {
+                secs: u64::MAX,
+                prefix: String::new(),
+            }),
         }
+    }
+
+    /// Appends the current UTC time as `2026-11-23T11:19:37.123Z`.
+    fn write_time(&self, buf: &mut String) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut clock = self.clock.borrow_mut();
+        if clock.secs != now.as_secs() {
+            clock.secs = now.as_secs();
+            clock.prefix = date_time_prefix(clock.secs);
+        }
+        buf.push_str(&clock.prefix);
+        let _ = write!(buf, ".{:03}Z", now.subsec_millis());
     }
 
     /// Whether lines are written at all.
@@ -65,10 +116,10 @@ impl AccessLog {
             match self.format {
                 AccessLogFormat::Off => return,
                 AccessLogFormat::Text => {
+                    self.write_time(&mut buf);
                     let _ = write!(
                         buf,
-                        "{} {} {} {}/{} \"{} {} {}\" {} {} {:.3}ms ",
-                        rec.time,
+                        " {} {} {}/{} \"{} {} {}\" {} {} ",
                         rec.client,
                         rec.frontend,
                         rec.backend.unwrap_or("-"),
@@ -78,18 +129,21 @@ impl AccessLog {
                         rec.version,
                         rec.status,
                         rec.bytes,
-                        rec.total_ms,
                     );
-                    match rec.upstream_ms {
-                        Some(u) => {
-                            let _ = write!(buf, "{u:.3}ms");
-                        }
+                    write_ms(&mut buf, rec.total);
+                    buf.push(' ');
+                    match rec.upstream {
+                        Some(u) => write_ms(&mut buf, u),
                         None => buf.push('-'),
                     }
-                    let _ = writeln!(buf, " {}", rec.termination);
+                    buf.push(' ');
+                    buf.push_str(rec.termination);
+                    buf.push('\n');
                 }
                 AccessLogFormat::Json => {
-                    if let Ok(line) = serde_json::to_string(rec) {
+                    let mut time = String::with_capacity(24);
+                    self.write_time(&mut time);
+                    if let Ok(line) = serde_json::to_string(&JsonLine { time: &time, rec }) {
                         buf.push_str(&line);
                         buf.push('\n');
                     }
@@ -120,20 +174,15 @@ pub fn millis(d: Duration) -> f64 {
     (d.as_micros() as f64) / 1000.0
 }
 
-/// The current UTC time as `2026-11-23T11:19:37.123Z`.
-pub fn now_rfc3339() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
+/// `2026-11-23T11:19:37` for Unix time `secs`.
+fn date_time_prefix(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
         rem / 3600,
         (rem % 3600) / 60,
-        rem % 60,
-        now.subsec_millis()
+        rem % 60
     )
 }
 
@@ -154,6 +203,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_and_durations() {
+        assert_eq!(date_time_prefix(1_763_897_977), "2025-11-23T11:39:37");
+        let mut b = String::new();
+        write_ms(&mut b, Duration::from_micros(3_201));
+        assert_eq!(b, "3.201ms");
+    }
 
     #[test]
     fn civil_dates() {

@@ -48,13 +48,51 @@ pub struct RequestBodyState {
     pub bytes: Cell<u64>,
 }
 
+/// An inactivity timer armed only when a stream has to wait, so a body whose
+/// data is already at hand costs no timer at all.
+pub struct IdleTimer {
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    progressed: bool,
+}
+
+impl IdleTimer {
+    fn new(timeout: Duration) -> IdleTimer {
+        IdleTimer {
+            timeout,
+            sleep: None,
+            progressed: false,
+        }
+    }
+
+    /// Data moved: the idle period starts again at the next wait.
+    fn progress(&mut self) {
+        self.progressed = true;
+    }
+
+    /// The stream is waiting: ready once it has waited `timeout` without progress.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let timeout = self.timeout;
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if self.progressed {
+                    sleep.as_mut().reset(Instant::now() + timeout);
+                }
+                sleep
+            }
+            None => self.sleep.insert(Box::pin(tokio::time::sleep(timeout))),
+        };
+        self.progressed = false;
+        sleep.as_mut().poll(cx)
+    }
+}
+
 /// The body sent upstream: nothing, or the client's body streamed through.
 pub enum RequestBody {
     Empty,
     Stream {
         inner: Incoming,
-        timer: Pin<Box<Sleep>>,
-        timeout: Duration,
+        timer: IdleTimer,
         state: Rc<RequestBodyState>,
     },
 }
@@ -64,8 +102,7 @@ impl RequestBody {
     pub fn stream(inner: Incoming, timeout: Duration, state: Rc<RequestBodyState>) -> RequestBody {
         RequestBody::Stream {
             inner,
-            timer: Box::pin(tokio::time::sleep(timeout)),
-            timeout,
+            timer: IdleTimer::new(timeout),
             state,
         }
     }
@@ -95,14 +132,13 @@ impl Body for RequestBody {
             RequestBody::Stream {
                 inner,
                 timer,
-                timeout,
                 state,
             } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(d) = frame.data_ref() {
                         state.bytes.set(state.bytes.get() + d.len() as u64);
                     }
-                    timer.as_mut().reset(Instant::now() + *timeout);
+                    timer.progress();
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -110,7 +146,7 @@ impl Body for RequestBody {
                     Poll::Ready(Some(Err(e.into())))
                 }
                 Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => match timer.as_mut().poll(cx) {
+                Poll::Pending => match timer.poll_expired(cx) {
                     Poll::Ready(()) => {
                         state.timed_out.set(true);
                         Poll::Ready(Some(Err(Box::new(TimeoutError(
@@ -140,11 +176,7 @@ impl Body for RequestBody {
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream {
-        inner: Incoming,
-        timer: Pin<Box<Sleep>>,
-        timeout: Duration,
-    },
+    Upstream { inner: Incoming, timer: IdleTimer },
 }
 
 /// The body sent to the client.
@@ -174,8 +206,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Upstream {
                 inner,
-                timer: Box::pin(tokio::time::sleep(timeout)),
-                timeout,
+                timer: IdleTimer::new(timeout),
             },
             bytes: 0,
             end: None,
@@ -217,18 +248,14 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Kind::Upstream {
-                inner,
-                timer,
-                timeout,
-            } => match Pin::new(inner).poll_frame(cx) {
+            Kind::Upstream { inner, timer } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    timer.as_mut().reset(Instant::now() + *timeout);
+                    timer.progress();
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
                 Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => match timer.as_mut().poll(cx) {
+                Poll::Pending => match timer.poll_expired(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TimeoutError(
                         "server timeout while sending the response body",
                     )) as BoxError))),

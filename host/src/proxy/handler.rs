@@ -30,6 +30,8 @@ pub struct ConnCtx {
     frontend: usize,
     frontend_name: Rc<str>,
     client: SocketAddr,
+    /// The client address as an `X-Forwarded-For` value.
+    client_ip: HeaderValue,
     local: SocketAddr,
     state: Rc<ConnState>,
     sess_vars: Rc<RefCell<VarStore>>,
@@ -50,6 +52,7 @@ impl ConnCtx {
             frontend,
             frontend_name,
             client,
+            client_ip: client_ip_value(client),
             local,
             state,
             sess_vars: Rc::default(),
@@ -185,9 +188,7 @@ impl BodyEnd for Exchange {
                 (None, BodyOutcome::Aborted) => "aborted",
                 (None, BodyOutcome::UpstreamError) => "upstream_error",
             };
-            let time = super::accesslog::now_rfc3339();
             worker.access_log.write(&super::accesslog::LogRecord {
-                time: &time,
                 client: ctx.client,
                 frontend: &ctx.frontend_name,
                 backend: backend.map(|b| &*b.name),
@@ -198,8 +199,8 @@ impl BodyEnd for Exchange {
                 status,
                 bytes,
                 bytes_in,
-                total_ms: super::accesslog::millis(start.elapsed()),
-                upstream_ms: route.upstream_time.map(super::accesslog::millis),
+                total: start.elapsed(),
+                upstream: route.upstream_time,
                 termination,
             });
         }
@@ -360,7 +361,7 @@ async fn forward(
 
     let mut headers = std::mem::take(&mut txn.req_headers);
     strip_hop_by_hop(&mut headers);
-    add_forwarded(&mut headers, ctx.client);
+    add_forwarded(&mut headers, &ctx.client_ip);
     if !headers.contains_key(header::HOST)
         && let Some(auth) = txn.uri.authority()
         && let Ok(v) = HeaderValue::from_str(auth.as_str())
@@ -482,13 +483,20 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 
 /// Removes hop-by-hop headers and any header the Connection header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of these: one pass over the names (cheap
+    // comparisons of standard headers) avoids seven hashed removals.
+    let present = headers
+        .keys()
+        .any(|k| *k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k));
+    if !present {
+        return;
+    }
     // Transfer-Encoding is re-done by hyper on each side.
     headers.remove(header::TRANSFER_ENCODING);
-    if let Some(conn) = headers.get(header::CONNECTION) {
+    if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .chain(std::iter::once(conn))
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
@@ -502,24 +510,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The client address as an `X-Forwarded-For` value.
+fn client_ip_value(client: SocketAddr) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(client.ip().to_canonical().to_string()))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// Appends the client address to X-Forwarded-For and sets X-Forwarded-Proto.
-fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr) {
-    let ip = client.ip().to_canonical().to_string();
+/// `ip` is the client address, computed once per connection.
+fn add_forwarded(headers: &mut HeaderMap, ip: &HeaderValue) {
     let xff = HeaderName::from_static("x-forwarded-for");
-    let joined = {
-        let existing: Vec<&str> = headers
-            .get_all(&xff)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        if existing.is_empty() {
-            ip
-        } else {
-            format!("{}, {ip}", existing.join(", "))
+    if headers.contains_key(&xff) {
+        let mut joined: Vec<u8> = Vec::with_capacity(64);
+        for v in headers.get_all(&xff) {
+            joined.extend_from_slice(v.as_bytes());
+            joined.extend_from_slice(b", ");
         }
-    };
-    if let Ok(v) = HeaderValue::from_str(&joined) {
-        headers.insert(xff, v);
+        joined.extend_from_slice(ip.as_bytes());
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+            headers.insert(xff, v);
+        }
+    } else {
+        headers.insert(xff, ip.clone());
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
@@ -552,11 +564,17 @@ mod tests {
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        add_forwarded(&mut h, "127.0.0.1:5000".parse().expect("addr"));
+        add_forwarded(
+            &mut h,
+            &client_ip_value("127.0.0.1:5000".parse().expect("addr")),
+        );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "[::ffff:10.0.0.1]:5000".parse().expect("addr"));
+        add_forwarded(
+            &mut h,
+            &client_ip_value("[::ffff:10.0.0.1]:5000".parse().expect("addr")),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
     }
 }

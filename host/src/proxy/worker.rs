@@ -63,9 +63,7 @@ impl Worker {
         fe.responses.record(status);
         fe.errors.fetch_add(1, Relaxed);
         if self.access_log.enabled() {
-            let time = super::accesslog::now_rfc3339();
             self.access_log.write(&LogRecord {
-                time: &time,
                 client,
                 frontend: &self.shared.config.frontends[frontend].name,
                 backend: None,
@@ -76,8 +74,8 @@ impl Worker {
                 status,
                 bytes: 0,
                 bytes_in: 0,
-                total_ms: 0.0,
-                upstream_ms: None,
+                total: std::time::Duration::ZERO,
+                upstream: None,
                 termination: reason,
             });
         }
