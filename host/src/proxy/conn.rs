@@ -20,11 +20,12 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::worker::Worker;
+use super::worker::{ShutdownSignal, Worker};
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -288,6 +289,22 @@ async fn detect(stream: &mut TcpStream, deadline: Instant) -> io::Result<Detecte
     }
 }
 
+/// Runs `conn` to completion; on shutdown, asks it to finish its in-flight
+/// requests and close (idle connections close at once).
+async fn until_shutdown<C>(conn: C, shutdown: &mut ShutdownSignal) -> Result<(), C::Error>
+where
+    C: GracefulConnection,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.wait() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
+}
+
 /// Serves one accepted client connection until it closes or the worker shuts down.
 pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, client: SocketAddr) {
     let local = stream.local_addr().unwrap_or(client);
@@ -336,14 +353,7 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
         let conn = http2::Builder::new(LocalExec)
             .max_header_list_size(u32::try_from(global.max_header_size).unwrap_or(u32::MAX))
             .serve_connection(TokioIo::new(io), svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = shutdown.wait() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+        until_shutdown(conn, &mut shutdown).await
     } else {
         let conn = http1::Builder::new()
             .writev(false)
@@ -351,14 +361,7 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
             .max_header_size(global.max_header_size)
             .max_buf_size(global.max_header_size.max(64 << 10) + 8192)
             .serve_connection(TokioIo::new(io), svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = shutdown.wait() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+        until_shutdown(conn, &mut shutdown).await
     };
     if state.sent_408.get() {
         worker.record_local_error(frontend, client, 408, "request head timeout");
