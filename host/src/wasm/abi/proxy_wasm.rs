@@ -1,0 +1,694 @@
+//! The Proxy-Wasm ABI v0.2.1 host functions (import module `env`).
+//!
+//! Statuses follow the spec call by call, because SDKs panic on a status
+//! they do not expect: e.g. `proxy_log` and the header-map setters return
+//! only `OK` for valid input, `proxy_get_buffer_bytes` `OK` or `NOT_FOUND`.
+//! Calls that need a stream context made from the root context (or after a
+//! `proxy_set_effective_context` to the root) return `NOT_FOUND`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use wasmtime::{Caller, Linker};
+
+use super::maps::{self, MapKind};
+use super::{mem_state, pairs, properties, refuse, tri};
+use crate::wasm::Status;
+use crate::wasm::instance::{Callback, HostState, PendingCall, local_reply};
+use crate::wasm::memory::{self, HostResult, copy_out};
+use crate::wasm::shared::{self, MetricKind};
+
+type C<'a> = Caller<'a, HostState>;
+
+/// Longest `proxy_http_call` timeout honoured.
+pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most bytes a guest log line may carry.
+pub const MAX_LOG_LINE: u32 = 64 << 10;
+
+/// Emits a guest log line at a Proxy-Wasm level (0 trace … 5 critical).
+pub(crate) fn emit(plugin: &str, level: u32, msg: &str, fields: &str) {
+    match level {
+        0 => tracing::trace!(target: "wasm", plugin, fields, "{msg}"),
+        1 => tracing::debug!(target: "wasm", plugin, fields, "{msg}"),
+        2 => tracing::info!(target: "wasm", plugin, fields, "{msg}"),
+        3 => tracing::warn!(target: "wasm", plugin, fields, "{msg}"),
+        _ => tracing::error!(target: "wasm", plugin, fields, "{msg}"),
+    }
+}
+
+/// The current log level in Proxy-Wasm numbering.
+pub(crate) fn log_level() -> u32 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::TRACE => 0,
+        LevelFilter::DEBUG => 1,
+        LevelFilter::INFO => 2,
+        LevelFilter::WARN => 3,
+        LevelFilter::ERROR => 4,
+        _ => 5,
+    }
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Registers every `env` function.
+pub fn add(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    logging(l)?;
+    buffers(l)?;
+    header_maps(l)?;
+    props(l)?;
+    stream(l)?;
+    http_call(l)?;
+    shared_state(l)?;
+    metrics(l)?;
+    l.func_wrap("env", "proxy_call_foreign_function", super::portcullis::foreign)?;
+    Ok(())
+}
+
+fn logging(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    l.func_wrap(
+        "env",
+        "proxy_log",
+        |mut c: C<'_>, level: u32, ptr: u32, len: u32| -> HostResult {
+            let Some((mem, st)) = mem_state(&mut c) else {
+                return Ok(Status::InternalFailure.raw());
+            };
+            if level > 5 {
+                return Ok(refuse(st, Status::BadArgument, "proxy_log: level above 5"));
+            }
+            let bytes = tri!(st, memory::read(mem, ptr, len.min(MAX_LOG_LINE)), "proxy_log: message out of bounds");
+            emit(&st.plugin.spec.name, level, &String::from_utf8_lossy(bytes), "");
+            Ok(Status::Ok.raw())
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_log_level",
+        |mut c: C<'_>, ret: u32| -> HostResult {
+            let Some((mem, st)) = mem_state(&mut c) else {
+                return Ok(Status::InternalFailure.raw());
+            };
+            tri!(st, memory::write_u32(mem, ret, log_level()), "proxy_get_log_level: bad pointer");
+            Ok(Status::Ok.raw())
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        |mut c: C<'_>, ret: u32| -> HostResult {
+            let Some((mem, st)) = mem_state(&mut c) else {
+                return Ok(Status::InternalFailure.raw());
+            };
+            tri!(st, memory::write_u64(mem, ret, now_nanos()), "proxy_get_current_time_nanoseconds: bad pointer");
+            Ok(Status::Ok.raw())
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        |mut c: C<'_>, ms: u32| -> HostResult {
+            let st = c.data_mut();
+            st.tick_period = (ms > 0).then(|| Duration::from_millis(u64::from(ms.max(10))));
+            Ok(Status::Ok.raw())
+        },
+    )?;
+    l.func_wrap("env", "proxy_done", |_c: C<'_>| -> HostResult {
+        Ok(Status::Ok.raw())
+    })?;
+    l.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        |mut c: C<'_>, id: u32| -> HostResult {
+            let st = c.data_mut();
+            if id == st.root_id || st.streams.contains_key(&id) {
+                st.effective = id;
+                Ok(Status::Ok.raw())
+            } else {
+                Ok(refuse(st, Status::BadArgument, "proxy_set_effective_context: unknown context"))
+            }
+        },
+    )?;
+    Ok(())
+}
+
+/// Which byte buffer a buffer type names, read-only or writable.
+fn buffer(st: &mut HostState, t: u32, write: bool) -> Result<&mut Vec<u8>, Status> {
+    let body_ok = st.io_available() && !st.io.read_only;
+    match t {
+        0 if body_ok => Ok(&mut st.io.req_body),
+        1 if body_ok => Ok(&mut st.io.resp_body),
+        4 if !write && st.callback == Callback::CallResponse => st
+            .call_response
+            .as_mut()
+            .map(|r| &mut r.body)
+            .ok_or(Status::NotFound),
+        0..=8 => Err(Status::NotFound),
+        _ => Err(Status::BadArgument),
+    }
+}
+
+fn buffers(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    l.func_wrap(
+        "env",
+        "proxy_get_buffer_bytes",
+        |mut c: C<'_>, t: u32, start: u32, max: u32, ret_ptr: u32, ret_size: u32| -> HostResult {
+            let data: Vec<u8> = {
+                let st = c.data_mut();
+                // Sizes are clamped: `max` is often 0xFFFFFFFF for "the whole buffer".
+                let clamp = |whole: &[u8]| -> Vec<u8> {
+                    let start = usize::try_from(start).unwrap_or(usize::MAX).min(whole.len());
+                    let len = usize::try_from(max).unwrap_or(usize::MAX).min(whole.len() - start);
+                    whole[start..start + len].to_vec()
+                };
+                match t {
+                    6 => clamp(&st.plugin.spec.vm_config),
+                    7 => clamp(&st.plugin.spec.config),
+                    _ => {
+                        let b = tri!(st, buffer(st, t, false), "proxy_get_buffer_bytes: bad buffer type");
+                        clamp(b)
+                    }
+                }
+            };
+            copy_out(&mut c, &data, ret_ptr, ret_size)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_buffer_bytes",
+        |mut c: C<'_>, t: u32, start: u32, size: u32, ptr: u32, len: u32| -> HostResult {
+            let Some((mem, st)) = mem_state(&mut c) else {
+                return Ok(Status::InternalFailure.raw());
+            };
+            let data = tri!(st, memory::read(mem, ptr, len), "proxy_set_buffer_bytes: data out of bounds");
+            let buf = tri!(st, buffer(st, t, true), "proxy_set_buffer_bytes: bad buffer type");
+            let start = usize::try_from(start).unwrap_or(usize::MAX).min(buf.len());
+            let end = start
+                .saturating_add(usize::try_from(size).unwrap_or(usize::MAX))
+                .min(buf.len());
+            buf.splice(start..end, data.iter().copied());
+            Ok(Status::Ok.raw())
+        },
+    )?;
+    Ok(())
+}
+
+fn header_maps(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    l.func_wrap(
+        "env",
+        "proxy_get_header_map_pairs",
+        |mut c: C<'_>, t: u32, ret_ptr: u32, ret_size: u32| -> HostResult {
+            let data = {
+                let st = c.data_mut();
+                let kind = tri!(st, MapKind::from_raw(t), "proxy_get_header_map_pairs: bad map type");
+                tri!(st, maps::get_pairs(st, kind), "proxy_get_header_map_pairs")
+            };
+            copy_out(&mut c, &data, ret_ptr, ret_size)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_header_map_pairs",
+        |mut c: C<'_>, t: u32, ptr: u32, len: u32| -> HostResult {
+            let Some((mem, st)) = mem_state(&mut c) else {
+                return Ok(Status::InternalFailure.raw());
+            };
+            let kind = tri!(st, MapKind::from_raw(t), "proxy_set_header_map_pairs: bad map type");
+            let buf = tri!(st, memory::read(mem, ptr, len), "proxy_set_header_map_pairs: out of bounds");
+            let s = maps::set_pairs(st, kind, buf);
+            if s == Status::BadArgument {
+                return Ok(refuse(st, s, "proxy_set_header_map_pairs: invalid pairs"));
+            }
+            Ok(s.raw())
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_header_map_value",
+        |mut c: C<'_>, t: u32, kptr: u32, klen: u32, ret_ptr: u32, ret_size: u32| -> HostResult {
+            let value = {
+                let Some((mem, st)) = mem_state(&mut c) else {
+                    return Ok(Status::InternalFailure.raw());
+                };
+                let kind = tri!(st, MapKind::from_raw(t), "proxy_get_header_map_value: bad map type");
+                let key = tri!(st, memory::read(mem, kptr, klen), "proxy_get_header_map_value: key out of bounds");
+                match tri!(st, maps::get_value(st, kind, key), "proxy_get_header_map_value") {
+                    Some(v) => v,
+                    None => return Ok(Status::NotFound.raw()),
+                }
+            };
+            copy_out(&mut c, &value, ret_ptr, ret_size)
+        },
+    )?;
+    fn set_like(
+        mut c: C<'_>,
+        t: u32,
+        kptr: u32,
+        klen: u32,
+        vptr: u32,
+        vlen: u32,
+        what: &str,
+        op: fn(&mut HostState, MapKind, &[u8], &[u8]) -> Status,
+    ) -> HostResult {
+        let Some((mem, st)) = mem_state(&mut c) else {
+            return Ok(Status::InternalFailure.raw());
+        };
+        let kind = tri!(st, MapKind::from_raw(t), what);
+        let key = tri!(st, memory::read(mem, kptr, klen), what);
+        let value = tri!(st, memory::read(mem, vptr, vlen), what);
+        let s = op(st, kind, key, value);
+        if s == Status::BadArgument {
+            return Ok(refuse(st, s, what));
+        }
+        Ok(s.raw())
+    }
+    l.func_wrap(
+        "env",
+        "proxy_add_header_map_value",
+        |c: C<'_>, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| -> HostResult {
+            set_like(c, t, kp, kl, vp, vl, "proxy_add_header_map_value", maps::add)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_replace_header_map_value",
+        |c: C<'_>, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| -> HostResult {
+            set_like(c, t, kp, kl, vp, vl, "proxy_replace_header_map_value", maps::replace)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_remove_header_map_value",
+        |c: C<'_>, t: u32, kp: u32, kl: u32| -> HostResult {
+            set_like(c, t, kp, kl, 0, 0, "proxy_remove_header_map_value", |st, k, n, _| {
+                maps::remove(st, k, n)
+            })
+        },
+    )?;
+    Ok(())
+}
+
+fn props(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    l.func_wrap(
+        "env",
+        "proxy_get_property",
+        |mut c: C<'_>, pptr: u32, plen: u32, ret_ptr: u32, ret_size: u32| -> HostResult {
+            let value = {
+                let Some((mem, st)) = mem_state(&mut c) else {
+                    return Ok(Status::InternalFailure.raw());
+                };
+                let path = tri!(st, memory::read(mem, pptr, plen), "proxy_get_property: path out of bounds");
+                tri!(st, properties::get(st, path), "proxy_get_property")
+            };
+            copy_out(&mut c, &value, ret_ptr, ret_size)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_property",
+        |mut c: C<'_>, pptr: u32, plen: u32, vptr: u32, vlen: u32| -> HostResult {
+            let Some((mem, st)) = mem_state(&mut c) else {
+                return Ok(Status::InternalFailure.raw());
+            };
+            let path = tri!(st, memory::read(mem, pptr, plen), "proxy_set_property: path out of bounds");
+            let value = tri!(st, memory::read(mem, vptr, vlen), "proxy_set_property: value out of bounds");
+            let s = properties::set(st, path, value);
+            if s == Status::BadArgument {
+                return Ok(refuse(st, s, "proxy_set_property: invalid value"));
+            }
+            Ok(s.raw())
+        },
+    )?;
+    Ok(())
+}
+
+fn resume(st: &mut HostState, t: u32) -> u32 {
+    if t > 1 {
+        return refuse(st, Status::BadArgument, "proxy_continue_stream: not an HTTP stream type");
+    }
+    match st.effective_stream() {
+        Some(s) => {
+            if s.paused {
+                s.paused = false;
+                s.pause_deadline = None;
+                s.waker.notify.notify_one();
+            }
+            Status::Ok.raw()
+        }
+        None => Status::NotFound.raw(),
+    }
+}
+
+fn stream(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    l.func_wrap("env", "proxy_continue_stream", |mut c: C<'_>, t: u32| -> HostResult {
+        Ok(resume(c.data_mut(), t))
+    })?;
+    // ABI 0.2.0 names, still linked by older SDK builds.
+    l.func_wrap("env", "proxy_continue_request", |mut c: C<'_>| -> HostResult {
+        Ok(resume(c.data_mut(), 0))
+    })?;
+    l.func_wrap("env", "proxy_continue_response", |mut c: C<'_>| -> HostResult {
+        Ok(resume(c.data_mut(), 1))
+    })?;
+    l.func_wrap("env", "proxy_clear_route_cache", |_c: C<'_>| -> HostResult {
+        Ok(Status::Ok.raw())
+    })?;
+    l.func_wrap("env", "proxy_close_stream", |mut c: C<'_>, t: u32| -> HostResult {
+        let st = c.data_mut();
+        if t > 1 {
+            return Ok(refuse(st, Status::BadArgument, "proxy_close_stream: not an HTTP stream type"));
+        }
+        match st.effective_stream() {
+            Some(s) => {
+                s.closed = true;
+                s.paused = false;
+                s.waker.notify.notify_one();
+                Ok(Status::Ok.raw())
+            }
+            None => Ok(Status::NotFound.raw()),
+        }
+    })?;
+    l.func_wrap(
+        "env",
+        "proxy_send_local_response",
+        |mut c: C<'_>,
+         code: u32,
+         _dptr: u32,
+         _dlen: u32,
+         bptr: u32,
+         blen: u32,
+         hptr: u32,
+         hlen: u32,
+         _grpc: i32|
+         -> HostResult {
+            let Some((mem, st)) = mem_state(&mut c) else {
+                return Ok(Status::InternalFailure.raw());
+            };
+            let status = tri!(
+                st,
+                u16::try_from(code)
+                    .ok()
+                    .filter(|c| (200..=599).contains(c))
+                    .and_then(|c| StatusCode::from_u16(c).ok())
+                    .ok_or(Status::BadArgument),
+                "proxy_send_local_response: status not in 200..=599"
+            );
+            let body = tri!(st, memory::read(mem, bptr, blen), "proxy_send_local_response: body out of bounds").to_vec();
+            let raw = tri!(st, memory::read(mem, hptr, hlen), "proxy_send_local_response: headers out of bounds");
+            let list = tri!(st, pairs::decode(raw), "proxy_send_local_response: invalid header pairs");
+            let mut headers = HeaderMap::with_capacity(list.len());
+            for (k, v) in list {
+                let (Ok(n), Ok(v)) = (HeaderName::from_bytes(k), HeaderValue::from_bytes(v)) else {
+                    return Ok(refuse(st, Status::BadArgument, "proxy_send_local_response: invalid header"));
+                };
+                headers.append(n, v);
+            }
+            match st.effective_stream() {
+                Some(s) => {
+                    s.reply = Some(local_reply(status, headers, body));
+                    s.paused = false;
+                    s.waker.notify.notify_one();
+                    Ok(Status::Ok.raw())
+                }
+                None => Ok(Status::NotFound.raw()),
+            }
+        },
+    )?;
+    Ok(())
+}
+
+fn http_call(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    l.func_wrap(
+        "env",
+        "proxy_http_call",
+        |mut c: C<'_>,
+         uptr: u32,
+         ulen: u32,
+         hptr: u32,
+         hlen: u32,
+         bptr: u32,
+         blen: u32,
+         _tptr: u32,
+         _tlen: u32,
+         timeout_ms: u32,
+         ret_token: u32|
+         -> HostResult {
+            let Some((mem, st)) = mem_state(&mut c) else {
+                return Ok(Status::InternalFailure.raw());
+            };
+            tri!(st, memory::check(mem, ret_token, 4), "proxy_http_call: bad token pointer");
+            let upstream = tri!(st, memory::read_str(mem, uptr, ulen), "proxy_http_call: bad upstream name");
+            let Some(addr) = st.plugin.spec.upstreams.get(upstream).copied() else {
+                return Ok(refuse(st, Status::BadArgument, "proxy_http_call: unknown upstream"));
+            };
+            let raw = tri!(st, memory::read(mem, hptr, hlen), "proxy_http_call: headers out of bounds");
+            let list = tri!(st, pairs::decode(raw), "proxy_http_call: invalid header pairs");
+            let (mut method, mut path, mut authority) = (None, None, None);
+            let mut headers = Vec::with_capacity(list.len());
+            for (k, v) in list {
+                match k {
+                    b":method" => method = Method::from_bytes(v).ok(),
+                    b":path" => path = std::str::from_utf8(v).ok().map(str::to_string),
+                    b":authority" => authority = std::str::from_utf8(v).ok().map(str::to_string),
+                    _ if k.first() == Some(&b':') => {}
+                    _ => match std::str::from_utf8(k) {
+                        Ok(name) => headers.push((name.to_string(), v.to_vec())),
+                        Err(_) => {
+                            return Ok(refuse(st, Status::BadArgument, "proxy_http_call: invalid header name"));
+                        }
+                    },
+                }
+            }
+            let (Some(method), Some(path), Some(authority)) = (method, path, authority) else {
+                return Ok(refuse(st, Status::BadArgument, "proxy_http_call: :method, :path and :authority are required"));
+            };
+            let body = tri!(st, memory::read(mem, bptr, blen), "proxy_http_call: body out of bounds").to_vec();
+            let timeout = if timeout_ms == 0 {
+                Duration::from_secs(5)
+            } else {
+                Duration::from_millis(u64::from(timeout_ms)).min(MAX_CALL_TIMEOUT)
+            };
+            let token = st.next_token;
+            st.next_token = st.next_token.wrapping_add(1).max(1);
+            let Some(s) = st.streams.get_mut(&st.effective) else {
+                // Calls from the root context (e.g. on_tick) are not supported yet.
+                return Ok(refuse(st, Status::InternalFailure, "proxy_http_call: only a stream context can call out"));
+            };
+            if s.calls.len() + s.inflight >= 16 {
+                return Ok(refuse(st, Status::InternalFailure, "proxy_http_call: too many calls in flight"));
+            }
+            s.calls.push(PendingCall {
+                token,
+                upstream: addr,
+                authority,
+                method,
+                path,
+                headers,
+                body,
+                timeout,
+            });
+            tri!(st, memory::write_u32(mem, ret_token, token), "proxy_http_call: bad token pointer");
+            Ok(Status::Ok.raw())
+        },
+    )?;
+    // gRPC is not supported: statuses each SDK call accepts as a plain error.
+    l.func_wrap(
+        "env",
+        "proxy_grpc_call",
+        |_c: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> HostResult {
+            Ok(Status::InternalFailure.raw())
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_grpc_stream",
+        |_c: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> HostResult {
+            Ok(Status::InternalFailure.raw())
+        },
+    )?;
+    l.func_wrap("env", "proxy_grpc_send", |_c: C<'_>, _: u32, _: u32, _: u32, _: u32| -> HostResult {
+        Ok(Status::NotFound.raw())
+    })?;
+    l.func_wrap("env", "proxy_grpc_cancel", |_c: C<'_>, _: u32| -> HostResult {
+        Ok(Status::NotFound.raw())
+    })?;
+    l.func_wrap("env", "proxy_grpc_close", |_c: C<'_>, _: u32| -> HostResult {
+        Ok(Status::NotFound.raw())
+    })?;
+    l.func_wrap("env", "proxy_get_status", |_c: C<'_>, _: u32, _: u32, _: u32| -> HostResult {
+        Ok(Status::NotFound.raw())
+    })?;
+    Ok(())
+}
+
+fn shared_state(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    l.func_wrap(
+        "env",
+        "proxy_get_shared_data",
+        |mut c: C<'_>, kptr: u32, klen: u32, ret_ptr: u32, ret_size: u32, ret_cas: u32| -> HostResult {
+            let (value, cas) = {
+                let Some((mem, st)) = mem_state(&mut c) else {
+                    return Ok(Status::InternalFailure.raw());
+                };
+                tri!(st, memory::check(mem, ret_cas, 4), "proxy_get_shared_data: bad cas pointer");
+                let key = tri!(st, memory::read(mem, kptr, klen), "proxy_get_shared_data: key out of bounds");
+                match st.plugin.shared_data.get(key) {
+                    Some(v) => v,
+                    None => return Ok(Status::NotFound.raw()),
+                }
+            };
+            let s = copy_out(&mut c, &value, ret_ptr, ret_size)?;
+            if s != Status::Ok.raw() {
+                return Ok(s);
+            }
+            let Some((mem, st)) = mem_state(&mut c) else {
+                return Ok(Status::InternalFailure.raw());
+            };
+            tri!(st, memory::write_u32(mem, ret_cas, cas), "proxy_get_shared_data: bad cas pointer");
+            Ok(Status::Ok.raw())
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_shared_data",
+        |mut c: C<'_>, kptr: u32, klen: u32, vptr: u32, vlen: u32, cas: u32| -> HostResult {
+            let Some((mem, st)) = mem_state(&mut c) else {
+                return Ok(Status::InternalFailure.raw());
+            };
+            let key = tri!(st, memory::read(mem, kptr, klen), "proxy_set_shared_data: key out of bounds");
+            let value = tri!(st, memory::read(mem, vptr, vlen), "proxy_set_shared_data: value out of bounds");
+            let s = st.plugin.shared_data.set(key, value, cas);
+            if s == Status::BadArgument {
+                return Ok(refuse(st, s, "proxy_set_shared_data: value too large or store full"));
+            }
+            Ok(s.raw())
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_register_shared_queue",
+        |mut c: C<'_>, nptr: u32, nlen: u32, ret_id: u32| -> HostResult {
+            let Some((mem, st)) = mem_state(&mut c) else {
+                return Ok(Status::InternalFailure.raw());
+            };
+            let name = tri!(st, memory::read_str(mem, nptr, nlen), "proxy_register_shared_queue: bad name");
+            tri!(st, memory::check(mem, ret_id, 4), "proxy_register_shared_queue: bad id pointer");
+            let id = shared::register_queue(&st.plugin.spec.name, name);
+            if !st.queues.contains(&id) {
+                st.queues.push(id);
+            }
+            tri!(st, memory::write_u32(mem, ret_id, id), "proxy_register_shared_queue: bad id pointer");
+            Ok(Status::Ok.raw())
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_resolve_shared_queue",
+        |mut c: C<'_>, vptr: u32, vlen: u32, nptr: u32, nlen: u32, ret_id: u32| -> HostResult {
+            let Some((mem, st)) = mem_state(&mut c) else {
+                return Ok(Status::InternalFailure.raw());
+            };
+            let vm = tri!(st, memory::read_str(mem, vptr, vlen), "proxy_resolve_shared_queue: bad vm id");
+            let name = tri!(st, memory::read_str(mem, nptr, nlen), "proxy_resolve_shared_queue: bad name");
+            let vm = if vm.is_empty() { st.plugin.spec.name.as_str() } else { vm };
+            let Some(id) = shared::resolve_queue(vm, name) else {
+                return Ok(Status::NotFound.raw());
+            };
+            tri!(st, memory::write_u32(mem, ret_id, id), "proxy_resolve_shared_queue: bad id pointer");
+            Ok(Status::Ok.raw())
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_enqueue_shared_queue",
+        |mut c: C<'_>, id: u32, ptr: u32, len: u32| -> HostResult {
+            let Some((mem, st)) = mem_state(&mut c) else {
+                return Ok(Status::InternalFailure.raw());
+            };
+            let data = tri!(st, memory::read(mem, ptr, len), "proxy_enqueue_shared_queue: data out of bounds");
+            Ok(shared::enqueue(id, data).raw())
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_dequeue_shared_queue",
+        |mut c: C<'_>, id: u32, ret_ptr: u32, ret_size: u32| -> HostResult {
+            let data = match shared::dequeue(id) {
+                Ok(d) => d,
+                Err(s) => return Ok(s.raw()),
+            };
+            copy_out(&mut c, &data, ret_ptr, ret_size)
+        },
+    )?;
+    Ok(())
+}
+
+fn metric(st: &mut HostState, id: u32) -> Option<std::sync::Arc<shared::Metric>> {
+    if let Some(m) = st.metrics.get(&id) {
+        return Some(std::sync::Arc::clone(m));
+    }
+    let m = shared::metric(&st.plugin.spec.name, id)?;
+    st.metrics.insert(id, std::sync::Arc::clone(&m));
+    Some(m)
+}
+
+fn metrics(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    l.func_wrap(
+        "env",
+        "proxy_define_metric",
+        |mut c: C<'_>, t: u32, nptr: u32, nlen: u32, ret_id: u32| -> HostResult {
+            let Some((mem, st)) = mem_state(&mut c) else {
+                return Ok(Status::InternalFailure.raw());
+            };
+            let kind = tri!(st, MetricKind::from_raw(t).ok_or(Status::BadArgument), "proxy_define_metric: bad type");
+            let name = tri!(st, memory::read_str(mem, nptr, nlen), "proxy_define_metric: bad name");
+            tri!(st, memory::check(mem, ret_id, 4), "proxy_define_metric: bad id pointer");
+            let Some((id, m)) = shared::define_metric(&st.plugin.spec.name, name, kind) else {
+                return Ok(refuse(st, Status::BadArgument, "proxy_define_metric: too many metrics"));
+            };
+            st.metrics.insert(id, m);
+            tri!(st, memory::write_u32(mem, ret_id, id), "proxy_define_metric: bad id pointer");
+            Ok(Status::Ok.raw())
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_increment_metric",
+        |mut c: C<'_>, id: u32, delta: i64| -> HostResult {
+            let st = c.data_mut();
+            match metric(st, id) {
+                Some(m) => Ok(m.increment(delta).raw()),
+                None => Ok(Status::NotFound.raw()),
+            }
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_record_metric",
+        |mut c: C<'_>, id: u32, v: u64| -> HostResult {
+            let st = c.data_mut();
+            match metric(st, id) {
+                Some(m) => Ok(m.record(v).raw()),
+                None => Ok(Status::NotFound.raw()),
+            }
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_metric",
+        |mut c: C<'_>, id: u32, ret: u32| -> HostResult {
+            let Some((mem, st)) = mem_state(&mut c) else {
+                return Ok(Status::InternalFailure.raw());
+            };
+            let Some(m) = metric(st, id) else {
+                return Ok(Status::NotFound.raw());
+            };
+            tri!(st, memory::write_u64(mem, ret, m.get()), "proxy_get_metric: bad pointer");
+            Ok(Status::Ok.raw())
+        },
+    )?;
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! Loading a plugin: compile once, check imports and exports, pre-link
+//! (`InstancePre`), then run a throwaway instance through start-up so a
+//! module that cannot work is a config error at load, not a 500 later.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+
+use wasmtime::{Engine, ExternType, FuncType, InstancePre, Linker, Module, Store, ValType};
+
+use super::PluginSpec;
+use super::instance::{HostState, PluginInstance, PluginShared, PluginStats};
+
+/// Why a module cannot be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WasmLoadError {
+    #[error("{0}")]
+    Engine(String),
+    #[error("not a valid WebAssembly module: {0}")]
+    Invalid(String),
+    #[error(
+        "the module imports `{module}`.`{name}` ({kind}), which portcullis does not provide; it provides the Proxy-Wasm ABI v0.2.1 (`env`), WASI preview1 basics (`wasi_snapshot_preview1`) and `portcullis_v1`"
+    )]
+    MissingImport {
+        module: String,
+        name: String,
+        kind: &'static str,
+    },
+    #[error("cannot link the module: {0}")]
+    Link(String),
+    #[error("the module does not export `{0}`; is it a Proxy-Wasm module?")]
+    MissingExport(&'static str),
+    #[error("export `{name}` has type {found}, but Proxy-Wasm ABI v0.2.1 expects {expected}")]
+    BadExport {
+        name: String,
+        found: String,
+        expected: String,
+    },
+    #[error("the plugin failed to start: {0}")]
+    Start(String),
+    #[error("{0}")]
+    NotHttp(String),
+}
+
+/// Exports the host calls, with the signature it calls them with.
+const EXPORTS: &[(&str, &[ValType], &[ValType])] = {
+    use ValType::I32;
+    &[
+        ("proxy_on_context_create", &[I32, I32], &[]),
+        ("proxy_on_vm_start", &[I32, I32], &[I32]),
+        ("proxy_on_configure", &[I32, I32], &[I32]),
+        ("proxy_on_request_headers", &[I32, I32, I32], &[I32]),
+        ("proxy_on_request_body", &[I32, I32, I32], &[I32]),
+        ("proxy_on_request_trailers", &[I32, I32], &[I32]),
+        ("proxy_on_response_headers", &[I32, I32, I32], &[I32]),
+        ("proxy_on_response_body", &[I32, I32, I32], &[I32]),
+        ("proxy_on_response_trailers", &[I32, I32], &[I32]),
+        ("proxy_on_log", &[I32], &[]),
+        ("proxy_on_done", &[I32], &[I32]),
+        ("proxy_on_delete", &[I32], &[]),
+        ("proxy_on_tick", &[I32], &[]),
+        ("proxy_on_http_call_response", &[I32, I32, I32, I32, I32], &[]),
+        ("proxy_on_queue_ready", &[I32, I32], &[]),
+        ("proxy_on_new_connection", &[I32], &[I32]),
+        ("proxy_on_memory_allocate", &[I32], &[I32]),
+        ("malloc", &[I32], &[I32]),
+        ("_initialize", &[], &[]),
+        ("_start", &[], &[]),
+    ]
+};
+
+static LINKER: LazyLock<Result<Linker<HostState>, String>> = LazyLock::new(|| {
+    let engine = super::engine::engine()?;
+    super::abi::linker(engine).map_err(|e| format!("cannot set up the wasm host functions: {e}"))
+});
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A compiled, linked plugin, shared by every worker.
+pub struct WasmPlugin {
+    /// Unique id (keys the per-worker instance registry).
+    pub id: u64,
+    pub(crate) pre: InstancePre<HostState>,
+    pub(crate) shared: Arc<PluginShared>,
+    engine: &'static Engine,
+}
+
+impl std::fmt::Debug for WasmPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmPlugin")
+            .field("id", &self.id)
+            .field("name", &self.shared.spec.name)
+            .finish()
+    }
+}
+
+fn sig(params: &[ValType], results: &[ValType]) -> String {
+    let list = |v: &[ValType]| {
+        v.iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!("({}) -> ({})", list(params), list(results))
+}
+
+fn same(ft: &FuncType, params: &[ValType], results: &[ValType]) -> bool {
+    ft.params().len() == params.len()
+        && ft.results().len() == results.len()
+        && ft.params().zip(params).all(|(a, b)| ValType::eq(&a, b))
+        && ft.results().zip(results).all(|(a, b)| ValType::eq(&a, b))
+}
+
+fn kind_name(t: &ExternType) -> &'static str {
+    match t {
+        ExternType::Func(_) => "function",
+        ExternType::Global(_) => "global",
+        ExternType::Table(_) => "table",
+        ExternType::Memory(_) => "memory",
+        _ => "item",
+    }
+}
+
+impl WasmPlugin {
+    /// Compiles `bytes` (a binary module, or WAT text) for `spec`: validates,
+    /// checks every import is provided and every known export has the ABI's
+    /// signature, pre-links, and runs one instance through start-up.
+    pub fn compile(bytes: &[u8], spec: PluginSpec) -> Result<WasmPlugin, WasmLoadError> {
+        let plugin = Self::compile_unchecked(bytes, spec)?;
+        plugin.check_start()?;
+        Ok(plugin)
+    }
+
+    /// Like [`WasmPlugin::compile`] but without the start-up run and HTTP-context checks.
+    pub fn compile_unchecked(bytes: &[u8], spec: PluginSpec) -> Result<WasmPlugin, WasmLoadError> {
+        let engine = super::engine::engine().map_err(WasmLoadError::Engine)?;
+        let linker = LINKER.as_ref().map_err(|e| WasmLoadError::Engine(e.clone()))?;
+        let module = Module::new(engine, bytes).map_err(|e| {
+            let root = e.chain().last().map(|c| c.to_string()).unwrap_or_default();
+            let msg = e.to_string();
+            WasmLoadError::Invalid(if root.is_empty() || root == msg {
+                msg
+            } else {
+                format!("{msg}: {root}")
+            })
+        })?;
+        let shared = Arc::new(PluginShared {
+            shared_data: super::shared::shared_data(&spec.name),
+            spec,
+            stats: PluginStats::default(),
+        });
+        let mut probe = Store::new(engine, HostState::new(Arc::clone(&shared)));
+        for import in module.imports() {
+            if linker
+                .get(&mut probe, import.module(), import.name())
+                .is_none()
+            {
+                return Err(WasmLoadError::MissingImport {
+                    module: import.module().to_string(),
+                    name: import.name().to_string(),
+                    kind: kind_name(&import.ty()),
+                });
+            }
+        }
+        if !matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
+            return Err(WasmLoadError::MissingExport("memory"));
+        }
+        if module.get_export("proxy_on_context_create").is_none() {
+            return Err(WasmLoadError::MissingExport("proxy_on_context_create"));
+        }
+        for (name, params, results) in EXPORTS {
+            if let Some(ExternType::Func(ft)) = module.get_export(name)
+                && !same(&ft, params, results)
+            {
+                let found = sig(
+                    &ft.params().collect::<Vec<_>>(),
+                    &ft.results().collect::<Vec<_>>(),
+                );
+                return Err(WasmLoadError::BadExport {
+                    name: (*name).to_string(),
+                    found,
+                    expected: sig(params, results),
+                });
+            }
+        }
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| WasmLoadError::Link(format!("{e:#}")))?;
+        Ok(WasmPlugin {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            pre,
+            shared,
+            engine,
+        })
+    }
+
+    fn check_start(&self) -> Result<(), WasmLoadError> {
+        let mut inst =
+            PluginInstance::new(self).map_err(|f| WasmLoadError::Start(f.to_string()))?;
+        if !inst.has_http_hooks() {
+            return Err(WasmLoadError::NotHttp(
+                "the module exports neither proxy_on_request_headers nor proxy_on_response_headers; HTTP rules need an HTTP filter".into(),
+            ));
+        }
+        let ctx = inst.create_stream().map_err(|f| {
+            WasmLoadError::NotHttp(format!(
+                "the module's root context does not create an HTTP context (creating one failed: {f}); a plugin used in HTTP rules must define an HTTP context (proxy_wasm::set_http_context, or a root context whose get_type() is HttpContext)"
+            ))
+        })?;
+        if inst.probe_stream_context(ctx) {
+            return Err(WasmLoadError::NotHttp(
+                "the module defines a TCP stream context, not an HTTP context; HTTP rules need an HTTP filter".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The engine the plugin was compiled with.
+    pub fn engine(&self) -> &'static Engine {
+        self.engine
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.shared.spec.name
+    }
+
+    /// The plugin's shared state and counters.
+    pub fn shared(&self) -> &Arc<PluginShared> {
+        &self.shared
+    }
+}
