@@ -4,13 +4,17 @@
 //! - [`config`]: the TOML schema, loading and validation with located errors.
 //! - [`txn`]: the per-request transaction filters work on.
 //! - [`filter`]: the one filter trait and the per-frontend chain.
+//! - [`lua`]: Lua plugins (HAProxy's Lua API), one state per plugin per worker.
 //! - [`rules`]: config rules (conditions, fetches, converters, actions) as filters.
 //! - [`proxy`]: workers, listeners, the request flow, upstream pools, balancing, health checks.
-//! - [`admin`]: the admin listener (`/health`, `/stats`, `/metrics`).
+//! - [`stick`]: stick tables (per-key counters and rates), their expiry task and host-function API.
+//! - [`admin`]: the admin listener (`/health`, `/stats`, `/metrics`, `/tables`).
 
 pub mod admin;
 pub mod config;
 pub mod filter;
+pub mod lua;
 pub mod proxy;
 pub mod rules;
+pub mod stick;
 pub mod txn;

@@ -203,6 +203,31 @@ pub struct Txn {
     pub backend: Option<BackendChoice>,
     /// How the exchange ended; filled in before `Filter::on_log` runs.
     pub outcome: Outcome,
+    /// What plugins keep per transaction between hooks (private data, a waiting coroutine).
+    pub plugin_state: PluginState,
+}
+
+/// Per-transaction plugin state, keyed by plugin id; empty (no allocation) unless a plugin uses it.
+#[derive(Default)]
+pub struct PluginState(Vec<(u64, Box<dyn std::any::Any>)>);
+
+impl PluginState {
+    /// Takes the `T` stored under `key`, if any.
+    pub fn take<T: 'static>(&mut self, key: u64) -> Option<Box<T>> {
+        let i = self.0.iter().position(|(k, v)| *k == key && v.is::<T>())?;
+        self.0.swap_remove(i).1.downcast().ok()
+    }
+
+    /// Stores `value` under `key` (alongside values of other types).
+    pub fn put<T: 'static>(&mut self, key: u64, value: Box<T>) {
+        self.0.push((key, value));
+    }
+}
+
+impl std::fmt::Debug for PluginState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PluginState({} entries)", self.0.len())
+    }
 }
 
 /// The final facts of an exchange, for log hooks (and stick-table counters).
@@ -292,6 +317,7 @@ impl Txn {
             sess_vars: Rc::default(),
             backend: None,
             outcome: Outcome::default(),
+            plugin_state: PluginState::default(),
         }
     }
 }

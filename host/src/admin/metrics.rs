@@ -191,5 +191,8 @@ pub fn render(shared: &Shared) -> String {
             .iter()
             .map(|(l, s)| (l.clone(), s.checks_failed.load(Relaxed))),
     );
+    for (name, kind, help, samples) in super::plugins::metric_families(config) {
+        f.family(name, kind, help, samples);
+    }
     f.out
 }

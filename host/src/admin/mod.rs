@@ -2,6 +2,7 @@
 //! (Prometheus text format). Runs on the control thread, off the request path.
 
 pub mod metrics;
+pub mod plugins;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -69,6 +70,11 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
 /// Dispatches one admin request.
 pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if let Some((status, body)) =
+        plugins::route(req.method(), path, req.uri().query(), &shared.config)
+    {
+        return json_response(status, &body);
+    }
     let known = ["/health", "/stats", "/metrics"];
     if !known.contains(&path) {
         return json_response(

@@ -29,6 +29,8 @@ pub struct Config {
     pub global: Global,
     pub frontends: Vec<Frontend>,
     pub backends: Vec<Backend>,
+    /// Lua plugins (`[[plugin]]`), loaded and checked.
+    pub plugins: Vec<Arc<crate::lua::Plugin>>,
 }
 
 /// Access-log output format.
@@ -182,14 +184,15 @@ pub fn parse(path: &Path, text: &str, bind_check: BindCheck) -> Result<Config, C
             None => ConfigError::file(path, message),
         }
     })?;
-    Validator { source: &source }
-        .validate(raw, bind_check)
-        .map(|(global, frontends, backends)| Config {
+    Validator { source: &source }.validate(raw, bind_check).map(
+        |(global, frontends, backends, plugins)| Config {
             source: source.clone(),
             global,
             frontends,
             backends,
-        })
+            plugins: plugins.list,
+        },
+    )
 }
 
 struct Validator<'a> {
@@ -219,7 +222,7 @@ impl Validator<'_> {
         &self,
         raw: RawConfig,
         bind_check: BindCheck,
-    ) -> Result<(Global, Vec<Frontend>, Vec<Backend>), ConfigError> {
+    ) -> Result<(Global, Vec<Frontend>, Vec<Backend>, crate::lua::Plugins), ConfigError> {
         let global = self.global(&raw.global)?;
 
         let mut backend_ids: HashMap<String, usize> = HashMap::new();
@@ -235,6 +238,8 @@ impl Validator<'_> {
             backends.push(self.backend(b.get_ref(), &global.timeouts)?);
         }
 
+        let plugins = crate::lua::load_plugins(&raw.plugin, self.source, &backend_ids)?;
+
         let mut frontend_names: HashMap<String, ()> = HashMap::new();
         let mut seen_binds: HashMap<SocketAddr, Location> = HashMap::new();
         let mut frontends = Vec::with_capacity(raw.frontend.len());
@@ -247,7 +252,7 @@ impl Validator<'_> {
                     format!("duplicate frontend name {name:?}; every frontend needs a unique name"),
                 ));
             }
-            let fe = self.frontend(f, &backend_ids)?;
+            let fe = self.frontend(f, &backend_ids, &plugins)?;
             for b in &fe.binds {
                 if let Some(prev) = seen_binds.insert(b.addr, b.location.clone()) {
                     return Err(ConfigError::at(
@@ -291,7 +296,7 @@ impl Validator<'_> {
                     .error(span, format!("cannot bind admin address {admin}: {e}")));
             }
         }
-        Ok((global, frontends, backends))
+        Ok((global, frontends, backends, plugins))
     }
 
     fn global(&self, g: &schema::RawGlobal) -> Result<Global, ConfigError> {
@@ -401,6 +406,7 @@ impl Validator<'_> {
         &self,
         f: &RawFrontend,
         backends: &HashMap<String, usize>,
+        plugins: &crate::lua::Plugins,
     ) -> Result<Frontend, ConfigError> {
         let name = f.name.get_ref();
         self.check_name(&f.name, "frontend")?;
@@ -436,6 +442,7 @@ impl Validator<'_> {
         let cx = crate::rules::CompileCtx {
             source: self.source,
             backends,
+            plugins,
         };
         let chain = crate::rules::compile_chain(&f.http_request, &f.http_response, &cx)?;
         Ok(Frontend {

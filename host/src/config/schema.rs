@@ -18,6 +18,31 @@ pub struct RawConfig {
     pub frontend: Vec<Spanned<RawFrontend>>,
     #[serde(default)]
     pub backend: Vec<Spanned<RawBackend>>,
+    #[serde(default)]
+    pub plugin: Vec<Spanned<RawPlugin>>,
+}
+
+/// `[[plugin]]`: a Lua script (or, later, a Wasm module) with its limits, referenced by rules.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugin {
+    pub name: Spanned<String>,
+    /// Path of the Lua script, relative to the config file's directory.
+    pub lua: Option<Spanned<String>>,
+    /// Path of a Wasm module (not supported yet; rejected with a clear error).
+    pub wasm: Option<Spanned<String>>,
+    /// Plugin configuration handed to a Wasm plugin (reserved for Wasm).
+    pub config: Option<Spanned<toml::Value>>,
+    /// VM configuration handed to a Wasm plugin (reserved for Wasm).
+    pub vm_config: Option<Spanned<toml::Value>>,
+    /// Memory the plugin may use per worker instance.
+    pub memory_limit: Option<Spanned<ConfigSize>>,
+    /// CPU time one call into the plugin may use.
+    pub cpu_limit: Option<ConfigDuration>,
+    /// `fail_open` (the request goes on) or `fail_closed` (500) when the plugin fails.
+    pub on_error: Option<Spanned<String>>,
+    /// Arguments passed to the script's main chunk (HAProxy's `lua-load FILE ARGS...`).
+    pub args: Option<Spanned<Vec<toml::Value>>>,
 }
 
 /// `[global]`: process-wide settings.
@@ -200,4 +225,11 @@ pub struct RawRule {
 
     /// `use_backend = "api"` or `use_backend = "%[hdr(x-backend)]"`.
     pub use_backend: Option<Spanned<String>>,
+
+    /// `lua = "cors"`: run the Lua action a plugin registered under this name.
+    pub lua: Option<Spanned<String>>,
+    /// With `lua`: the action's arguments (strings; numbers and booleans are converted).
+    pub args: Option<Spanned<Vec<toml::Value>>>,
+    /// `use_service = "lua.hello"`: answer the request with a Lua HTTP service.
+    pub use_service: Option<Spanned<String>>,
 }

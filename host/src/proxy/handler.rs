@@ -248,6 +248,7 @@ pub async fn handle(
         sess_vars: Rc::clone(&ctx.sess_vars),
         backend: None,
         outcome: crate::txn::Outcome::default(),
+        plugin_state: crate::txn::PluginState::default(),
     };
     let orig_method = txn.method.clone();
     let orig_uri = txn.uri.clone();

@@ -137,6 +137,8 @@ pub static ACTIONS: &[ActionDef] = &[
     ActionDef { key: "set_var", modifiers: &["value", "expr"], phases: Phases::Both, phase_note: "", build: build_set_var },
     ActionDef { key: "unset_var", modifiers: &[], phases: Phases::Both, phase_note: "", build: build_unset_var },
     ActionDef { key: "use_backend", modifiers: &[], phases: Phases::Request, phase_note: "the backend is chosen before the request is sent", build: build_use_backend },
+    ActionDef { key: "lua", modifiers: &["args"], phases: Phases::Both, phase_note: "", build: crate::lua::build_action },
+    ActionDef { key: "use_service", modifiers: &[], phases: Phases::Request, phase_note: "a service answers the request", build: crate::lua::build_service },
 ];
 
 /// The action called `key`.
@@ -161,6 +163,7 @@ pub fn rule_keys(raw: &RawRule) -> Vec<(&'static str, Range<usize>)> {
         set_path => "set_path", set_status => "set_status",
         set_var => "set_var", unset_var => "unset_var", value => "value", expr => "expr",
         use_backend => "use_backend",
+        lua => "lua", args => "args", use_service => "use_service",
     );
     keys.sort_by_key(|(_, span)| span.start);
     keys
@@ -898,6 +901,7 @@ mod tests {
         let cx = crate::rules::CompileCtx {
             source: &source,
             backends: &backends,
+            plugins: crate::lua::Plugins::empty(),
         };
         let re = RuleEnv {
             env: Env { ctx: &cx, phase },

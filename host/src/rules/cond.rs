@@ -1106,6 +1106,7 @@ mod tests {
         let cx = crate::rules::CompileCtx {
             source: &source,
             backends: &backends,
+            plugins: crate::lua::Plugins::empty(),
         };
         let env = Env { ctx: &cx, phase };
         Condition::parse(cond, &env)
@@ -1122,6 +1123,7 @@ mod tests {
         let cx = crate::rules::CompileCtx {
             source: &source,
             backends: &backends,
+            plugins: crate::lua::Plugins::empty(),
         };
         let env = Env {
             ctx: &cx,

@@ -338,9 +338,15 @@ pub fn find_fetch(name: &str) -> Option<&'static FetchDef> {
     })
 }
 
-/// The converter called `name`.
+/// The converter called `name`: an exact entry, else a `prefix.*` entry.
 pub fn find_converter(name: &str) -> Option<&'static ConvDef> {
-    CONVERTERS.iter().find(|d| d.name == name)
+    CONVERTERS.iter().find(|d| d.name == name).or_else(|| {
+        CONVERTERS.iter().find(|d| {
+            d.name
+                .strip_suffix('*')
+                .is_some_and(|p| name.len() > p.len() && name.starts_with(p))
+        })
+    })
 }
 
 /// Names of all fetches (prefix entries excluded), for suggestions.
@@ -1251,6 +1257,7 @@ pub static FETCHES: &[FetchDef] = &[
     FetchDef { name: "http_version", usage: "http_version", args: (0, 0), kind: Kind::Str, avail: Avail::Both, build: |_, _| simple(f_version) },
     FetchDef { name: "req.ver", usage: "req.ver", args: (0, 0), kind: Kind::Str, avail: Avail::Both, build: |_, _| simple(f_version) },
     FetchDef { name: "date", usage: "date", args: (0, 0), kind: Kind::Int, avail: Avail::Both, build: |_, _| simple(f_date) },
+    FetchDef { name: "lua.*", usage: "lua.<fetch>([<args>])", args: (0, 16), kind: Kind::Any, avail: Avail::Both, build: crate::lua::build_fetch },
 ];
 
 // ---------------------------------------------------------------------------
@@ -1753,6 +1760,11 @@ pub static CONVERTERS: &[ConvDef] = &[
     ConvDef { name: "json", usage: "json([ascii|utf8])", args: (0, 1), out: Some(Kind::Str), build: |c, _| json_conv(c) },
     ConvDef { name: "url_dec", usage: "url_dec([<in_form>])", args: (0, 1), out: Some(Kind::Str), build: |c, _| url_dec_conv(c) },
     ConvDef { name: "ipmask", usage: "ipmask(<v4 mask>[,<v6 mask>])", args: (1, 2), out: Some(Kind::Ip), build: |c, _| ipmask_conv(c) },
+    ConvDef { name: "sha2", usage: "sha2([<bits>])", args: (0, 1), out: Some(Kind::Bin), build: super::crypto::sha2_conv },
+    ConvDef { name: "hmac", usage: "hmac(<algorithm>,<base64 key or variable>)", args: (2, 2), out: Some(Kind::Bin), build: super::crypto::hmac_conv },
+    ConvDef { name: "b64dec", usage: "b64dec", args: (0, 0), out: Some(Kind::Bin), build: super::crypto::b64dec_conv },
+    ConvDef { name: "crc32", usage: "crc32([<avalanche>])", args: (0, 1), out: Some(Kind::Int), build: super::crypto::crc32_conv },
+    ConvDef { name: "lua.*", usage: "lua.<converter>([<args>])", args: (0, 16), out: Some(Kind::Any), build: crate::lua::build_converter },
 ];
 
 #[cfg(test)]
@@ -1765,6 +1777,7 @@ mod tests {
         let cx = crate::rules::CompileCtx {
             source: &source,
             backends: &backends,
+            plugins: crate::lua::Plugins::empty(),
         };
         let env = Env { ctx: &cx, phase };
         let e = parse_expr(text, 0, &env, "in expression").expect("expression parses");
@@ -1784,6 +1797,7 @@ mod tests {
         let cx = crate::rules::CompileCtx {
             source: &source,
             backends: &backends,
+            plugins: crate::lua::Plugins::empty(),
         };
         let env = Env { ctx: &cx, phase };
         parse_expr(text, 0, &env, "in expression").expect_err("expression is rejected")

@@ -134,6 +134,7 @@ mod tests {
         let cx = crate::rules::CompileCtx {
             source: &source,
             backends: &backends,
+            plugins: crate::lua::Plugins::empty(),
         };
         let env = Env {
             ctx: &cx,

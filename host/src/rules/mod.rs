@@ -13,6 +13,7 @@
 
 pub mod action;
 pub mod cond;
+pub mod crypto;
 pub mod fetch;
 pub mod format;
 
@@ -38,6 +39,8 @@ pub struct CompileCtx<'a> {
     pub source: &'a SourceMap,
     /// Backend name → index in the config.
     pub backends: &'a HashMap<String, usize>,
+    /// Lua plugins and what they registered (actions, fetches, converters, services).
+    pub plugins: &'a crate::lua::Plugins,
 }
 
 /// The compile environment of one rule: the context and the phase it runs in.
@@ -722,6 +725,7 @@ http_response = [
         let cx = CompileCtx {
             source: &source,
             backends: &backends,
+            plugins: crate::lua::Plugins::empty(),
         };
         let env = Env {
             ctx: &cx,

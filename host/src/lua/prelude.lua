@@ -1,0 +1,176 @@
+-- The Lua side of portcullis's HAProxy API. Runs once per state, before the
+-- plugin's script. `P` holds the Rust functions; SLEEP and DONE are markers
+-- yielded to the host. Returns the request (txn) and applet objects.
+local P, SLEEP, DONE, ERR = ...
+local yield, type, error, tostring, setmetatable, rawset, pairs, ipairs =
+  coroutine.yield, type, error, tostring, setmetatable, rawset, pairs, ipairs
+local mtype, lower, concat = math.type, string.lower, table.concat
+
+-- Rust functions report errors as (ERR, message); raise them as plain
+-- string errors located at the script's call, as HAProxy's C functions do.
+local function wrap(f)
+  return function(...)
+    local a, b, c = f(...)
+    if a == ERR then error(b, 2) end
+    return a, b, c
+  end
+end
+for _, t in ipairs({ P.core, P.txn, P.http, P.applet }) do
+  for k, f in pairs(t) do
+    if type(f) == "function" then t[k] = wrap(f) end
+  end
+end
+local set_done, wake_time = P.set_done, P.wake_time
+local get_field, set_field = wrap(P.get_field), wrap(P.set_field)
+
+local function bad(n, fname, expected, v)
+  error("bad argument #" .. n .. " to '" .. fname .. "' (" .. expected .. " expected, got " .. type(v) .. ")", 3)
+end
+
+-- core -----------------------------------------------------------------------
+core = P.core
+core.emerg, core.alert, core.crit, core.err = 0, 1, 2, 3
+core.warning, core.notice, core.info, core.debug = 4, 5, 6, 7
+
+function core.msleep(ms)
+  if type(ms) ~= "number" then bad(1, "msleep", "number", ms) end
+  yield(SLEEP, ms)
+end
+
+function core.sleep(s)
+  if type(s) ~= "number" then bad(1, "sleep", "number", s) end
+  yield(SLEEP, s * 1000)
+end
+
+function core.yield()
+  yield(SLEEP, 0)
+end
+
+function core.concat()
+  local parts = {}
+  local c = {}
+  function c.add(_, s)
+    if type(s) ~= "string" and type(s) ~= "number" then bad(1, "add", "string", s) end
+    parts[#parts + 1] = tostring(s)
+  end
+  function c.dump()
+    return concat(parts)
+  end
+  return c
+end
+
+-- act ------------------------------------------------------------------------
+act = {
+  CONTINUE = 0, STOP = 1, YIELD = 2, ERROR = 3,
+  DONE = 4, DENY = 5, ABORT = 6, INVALID = 7,
+}
+function act.wake_time(a, b)
+  local ms = b
+  if a ~= act then ms = a end
+  if mtype(ms) ~= "integer" then bad(1, "wake_time", "integer", ms) end
+  wake_time(ms)
+end
+
+-- reply objects (txn:reply) ------------------------------------------------------
+local Reply = {}
+Reply.__index = Reply
+
+function Reply:set_status(status, reason)
+  if mtype(status) ~= "integer" then bad(1, "set_status", "integer", status) end
+  if reason ~= nil and type(reason) ~= "string" then bad(2, "set_status", "string", reason) end
+  self.status = status
+  self.reason = reason
+end
+
+function Reply:add_header(name, value)
+  if type(name) ~= "string" then bad(1, "add_header", "string", name) end
+  if type(value) ~= "string" and type(value) ~= "number" then bad(2, "add_header", "string", value) end
+  name = lower(name)
+  local l = self.headers[name]
+  if l == nil then
+    l = {}
+    self.headers[name] = l
+  end
+  l[#l + 1] = tostring(value)
+end
+
+function Reply:del_header(name)
+  if type(name) ~= "string" then bad(1, "del_header", "string", name) end
+  self.headers[lower(name)] = nil
+end
+
+function Reply:set_body(body)
+  if type(body) ~= "string" and type(body) ~= "number" then bad(1, "set_body", "string", body) end
+  self.body = tostring(body)
+end
+
+local function new_reply(_, t)
+  local r = setmetatable({ status = 200, headers = {}, body = "" }, Reply)
+  if t == nil then return r end
+  if type(t) ~= "table" then bad(1, "reply", "table", t) end
+  if t.status ~= nil then r:set_status(t.status, t.reason) end
+  if t.headers ~= nil then
+    if type(t.headers) ~= "table" then error("reply: 'headers' must be a table", 2) end
+    for k, v in pairs(t.headers) do
+      if type(v) == "table" then
+        for _, x in ipairs(v) do r:add_header(k, x) end
+      else
+        r:add_header(k, v)
+      end
+    end
+  end
+  if t.body ~= nil then r:set_body(t.body) end
+  return r
+end
+
+-- sample fetch and converter objects (txn.f, txn.sf, txn.c, txn.sc) ----------------
+local function samples(fn, stringify)
+  return setmetatable({}, {
+    __index = function(t, k)
+      local f = function(_, ...)
+        local v, msg = fn(k, stringify, ...)
+        if v == ERR then error(msg, 2) end
+        return v
+      end
+      rawset(t, k, f)
+      return f
+    end,
+  })
+end
+local F, SF = samples(P.fetch, false), samples(P.fetch, true)
+local C, SC = samples(P.conv, false), samples(P.conv, true)
+
+-- txn ------------------------------------------------------------------------
+local TXN = {}
+for k, v in pairs(P.txn) do TXN[k] = v end
+TXN.reply = new_reply
+function TXN.done(_, reply)
+  local e, msg = set_done(reply)
+  if e == ERR then error(msg, 2) end
+  yield(DONE)
+end
+-- Fields a script sets on txn belong to the running request.
+setmetatable(TXN, { __index = function(_, k) return (get_field(k)) end })
+local txn = setmetatable({}, {
+  __index = TXN,
+  __newindex = function(_, k, v) set_field(k, v) end,
+})
+rawset(txn, "http", P.http)
+rawset(txn, "f", F)
+rawset(txn, "sf", SF)
+rawset(txn, "c", C)
+rawset(txn, "sc", SC)
+
+-- AppletHTTP -----------------------------------------------------------------
+local APPLET = {}
+for k, v in pairs(P.applet) do APPLET[k] = v end
+for _, k in ipairs({ "set_var", "get_var", "unset_var", "get_priv", "set_priv" }) do
+  APPLET[k] = TXN[k]
+end
+local applet = setmetatable({}, { __index = APPLET })
+rawset(applet, "f", F)
+rawset(applet, "sf", SF)
+rawset(applet, "c", C)
+rawset(applet, "sc", SC)
+
+return txn, applet

@@ -1,0 +1,527 @@
+//! In-process tests of the Lua runtime: the API against `Txn`s, and failure
+//! isolation (memory stepped so allocation fails at every point, CPU loops).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use super::*;
+use crate::config::{BindCheck, Config};
+use crate::filter::{Filter, Flow, Reply};
+use crate::txn::{Phase, Sample, Txn, VarScope};
+
+/// A directory for one test's files, removed afterwards.
+#[derive(Debug)]
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "portcullis-lua-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        Dir(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Loads `script` as plugin "p" (with `plugin_extra` keys) and a frontend with `rules`.
+fn load(script: &str, plugin_extra: &str, rules: &str) -> Result<(Config, Dir), ConfigError> {
+    let dir = Dir::new("cfg");
+    std::fs::write(dir.0.join("p.lua"), script).expect("write script");
+    let text = format!(
+        "[[plugin]]\nname = \"p\"\nlua = \"p.lua\"\n{plugin_extra}\n\n[[backend]]\nname = \"app\"\nserver = [{{ name = \"s1\", addr = \"127.0.0.1:9000\" }}]\n\n[[frontend]]\nname = \"web\"\nbind = \"127.0.0.1:18080\"\ndefault_backend = \"app\"\n{rules}\n"
+    );
+    let path = dir.0.join("t.toml");
+    crate::config::parse(&path, &text, BindCheck::Skip).map(|c| (c, dir))
+}
+
+fn ok(script: &str, plugin_extra: &str, rules: &str) -> (Config, Dir) {
+    match load(script, plugin_extra, rules) {
+        Ok(c) => c,
+        Err(e) => panic!("config should load: {e}"),
+    }
+}
+
+fn txn(uri: &str) -> Txn {
+    Txn::for_test(uri, std::net::SocketAddr::from(([10, 1, 2, 3], 5555)))
+}
+
+/// Runs one hook to completion like the proxy core (waiting on a runtime).
+fn hook(
+    rt: &tokio::runtime::Runtime,
+    f: &std::sync::Arc<dyn Filter>,
+    t: &mut Txn,
+) -> Option<Reply> {
+    let mut flow = match t.phase {
+        Phase::Request => f.on_request(t),
+        Phase::Response => f.on_response(t),
+    };
+    loop {
+        match flow {
+            Flow::Continue => return None,
+            Flow::Respond(r) => return Some(r),
+            Flow::Wait(fut) => {
+                rt.block_on(fut);
+                flow = f.resume(t);
+            }
+        }
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Runs the request rules, then (unless answered) the response rules on a 200.
+fn exchange(rt: &tokio::runtime::Runtime, cfg: &Config, t: &mut Txn) -> Option<Reply> {
+    let chain = &cfg.frontends[0].chain;
+    t.phase = Phase::Request;
+    for f in &chain.request {
+        if let Some(r) = hook(rt, f, t) {
+            return Some(r);
+        }
+    }
+    t.phase = Phase::Response;
+    t.req_vars.clear();
+    for f in &chain.response {
+        if let Some(r) = hook(rt, f, t) {
+            return Some(r);
+        }
+    }
+    None
+}
+
+fn plugin(cfg: &Config) -> &Arc<Plugin> {
+    &cfg.plugins[0]
+}
+
+const API: &str = r#"
+core.register_action("hdrs", {"http-req", "http-res"}, function(txn, a)
+  local h = txn.http:req_get_headers()
+  local x = h["x-multi"]
+  txn.http:req_set_header("x-seen", (x and (x[0] .. "|" .. x[1]) or "none") .. "/" .. tostring(a))
+  txn.http:req_add_header("x-added", "1")
+  txn.http:req_del_header("x-gone")
+  txn.http:req_rep_header("x-rep", "^v(.*)$", "w\\1")
+  txn:set_var("txn.m", txn.f:method())
+  txn:set_var("req.r", 5)
+  txn:set_var("sess.s", true)
+  txn:set_priv({ count = 1 })
+  txn.mine = "field"
+  txn.http:req_set_path("/rewritten")
+  txn.http:req_set_query("q=1")
+end, 1)
+core.register_action("hdrs", {"http-res"}, function(txn)
+  local p = txn:get_priv()
+  txn.http:res_set_header("x-priv", tostring(p and p.count))
+  txn.http:res_set_header("x-field", tostring(txn.mine))
+  txn.http:res_set_header("x-var", txn:get_var("txn.m") .. " " .. tostring(txn:get_var("req.r")) .. " " .. tostring(txn:get_var("sess.s")))
+  txn.http:res_set_header("x-f", tostring(txn.f:req_hdr("x-nope")) .. "|" .. txn.sf:req_hdr("x-nope") .. "|" .. txn.sf:status())
+  txn.http:res_set_header("x-c", txn.c:hex(txn.c:sha2("abc", 256)) .. "|" .. txn.c:lower("ABC") .. "|" .. txn.c:base64(txn.c:hmac("data", "sha256", "a2V5")))
+  txn.http:res_set_status(201)
+end)
+"#;
+
+#[test]
+fn header_var_priv_and_sample_api() {
+    let (cfg, _d) = ok(
+        API,
+        "",
+        "http_request = [{ lua = \"hdrs\", args = [\"arg1\"] }]\nhttp_response = [{ lua = \"hdrs\" }]",
+    );
+    let rt = rt();
+    let mut t = txn("/p?x=1");
+    t.req_headers.append("x-multi", "a".parse().expect("hv"));
+    t.req_headers.append("x-multi", "b".parse().expect("hv"));
+    t.req_headers.append("x-gone", "1".parse().expect("hv"));
+    t.req_headers.append("x-rep", "v42".parse().expect("hv"));
+    let chain = &cfg.frontends[0].chain;
+    t.phase = Phase::Request;
+    assert!(hook(&rt, &chain.request[0], &mut t).is_none());
+    assert_eq!(t.req_headers["x-seen"], "a|b/arg1");
+    assert_eq!(t.req_headers["x-added"], "1");
+    assert!(t.req_headers.get("x-gone").is_none());
+    assert_eq!(t.req_headers["x-rep"], "w42");
+    assert_eq!(t.uri.to_string(), "/rewritten?q=1");
+    assert_eq!(
+        t.get_var(VarScope::Txn, "m"),
+        Some(Sample::Str("GET".into()))
+    );
+    assert_eq!(t.get_var(VarScope::Req, "r"), Some(Sample::Int(5)));
+    t.phase = Phase::Response;
+    assert!(hook(&rt, &chain.response[0], &mut t).is_none());
+    assert_eq!(t.resp_headers["x-priv"], "1");
+    assert_eq!(t.resp_headers["x-var"], "GET 5 true");
+    assert_eq!(t.resp_headers["x-field"], "field");
+    assert_eq!(t.resp_headers["x-f"], "nil||200");
+    assert_eq!(
+        t.resp_headers["x-c"],
+        "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD|abc|UDH+PZicbRU3oBP6bnOdojRj/a7DtwE32Cjjas4iG9A="
+    );
+    assert_eq!(t.status.as_u16(), 201);
+    // Another request on the same state sees neither the private data nor the fields.
+    let mut t2 = txn("/");
+    t2.phase = Phase::Response;
+    assert!(hook(&rt, &chain.response[0], &mut t2).is_none());
+    assert_eq!(t2.resp_headers["x-priv"], "nil");
+    assert_eq!(t2.resp_headers["x-field"], "nil");
+    assert_eq!(plugin(&cfg).stats.instances.load(Relaxed), 1);
+}
+
+#[test]
+fn reply_done_and_act_codes() {
+    let script = r#"
+core.register_action("deny_page", {"http-req"}, function(txn)
+  local r = txn:reply({ status = 403, headers = { ["content-type"] = { "text/html" } }, body = "<h1>no</h1>" })
+  r:add_header("X-Why", "test")
+  txn:done(r)
+  error("not reached")
+end)
+core.register_action("code", {"http-req"}, function(txn, c) return tonumber(c) end, 1)
+"#;
+    let (cfg, _d) = ok(
+        script,
+        "",
+        "http_request = [\n{ lua = \"deny_page\", if = \"path /deny\" },\n{ lua = \"code\", args = [\"5\"], if = \"path /d\" },\n{ lua = \"code\", args = [\"7\"], if = \"path /i\" },\n{ lua = \"code\", args = [\"0\"] },\n]",
+    );
+    let rt = rt();
+    let r = exchange(&rt, &cfg, &mut txn("/deny")).expect("reply");
+    assert_eq!(r.status.as_u16(), 403);
+    assert_eq!(r.headers["content-type"], "text/html");
+    assert_eq!(r.headers["x-why"], "test");
+    assert_eq!(&r.body[..], b"<h1>no</h1>");
+    let r = exchange(&rt, &cfg, &mut txn("/d")).expect("deny");
+    assert_eq!(r.status.as_u16(), 403);
+    let r = exchange(&rt, &cfg, &mut txn("/i")).expect("invalid");
+    assert_eq!(r.status.as_u16(), 400);
+    assert!(exchange(&rt, &cfg, &mut txn("/other")).is_none());
+    assert_eq!(plugin(&cfg).stats.errors_runtime.load(Relaxed), 0);
+}
+
+#[test]
+fn msleep_yields_and_resumes_with_the_request_state() {
+    let script = r#"
+core.register_action("slow", {"http-req"}, function(txn)
+  txn:set_priv("before")
+  core.msleep(20)
+  txn.http:req_set_header("x-after", txn:get_priv())
+end)
+"#;
+    let (cfg, _d) = ok(script, "", "http_request = [{ lua = \"slow\" }]");
+    let rt = rt();
+    let chain = &cfg.frontends[0].chain;
+    let mut t = txn("/");
+    let flow = chain.request[0].on_request(&mut t);
+    let Flow::Wait(fut) = flow else {
+        panic!("expected a wait, got {flow:?}")
+    };
+    // Another request runs on the same state while the first one sleeps.
+    let mut other = txn("/");
+    let flow2 = chain.request[0].on_request(&mut other);
+    assert!(matches!(flow2, Flow::Wait(_)));
+    rt.block_on(fut);
+    assert!(matches!(chain.request[0].resume(&mut t), Flow::Continue));
+    assert_eq!(t.req_headers["x-after"], "before");
+}
+
+#[test]
+fn fetch_converter_and_service() {
+    let script = r#"
+core.register_fetches("greet", function(txn, who) return "hi " .. who .. " from " .. txn.sf:src() end)
+core.register_converters("rev", function(s, sep) return string.reverse(s) .. (sep or "") end)
+core.register_service("svc", "http", function(applet)
+  local body = applet.method .. " " .. applet.path .. " " .. applet.qs .. " " .. applet.headers["host"][0]
+  applet:set_status(202)
+  applet:add_header("content-type", "text/plain")
+  applet:start_response()
+  applet:send(body)
+  applet:send("!")
+end)
+"#;
+    let (cfg, _d) = ok(
+        script,
+        "",
+        "http_request = [\n{ use_service = \"lua.svc\", if = \"path_beg /svc\" },\n{ return = 200, body = \"%[lua.greet(bob)] %[path,lua.rev(-)]\" },\n]",
+    );
+    let rt = rt();
+    let r = exchange(&rt, &cfg, &mut txn("/abc")).expect("return");
+    assert_eq!(&r.body[..], b"hi bob from 10.1.2.3 cba/-");
+    let mut t = txn("/svc/x?y=1");
+    t.req_headers
+        .insert("host", "example.com".parse().expect("hv"));
+    let r = exchange(&rt, &cfg, &mut t).expect("service");
+    assert_eq!(r.status.as_u16(), 202);
+    assert_eq!(r.headers["content-type"], "text/plain");
+    assert_eq!(&r.body[..], b"GET /svc/x y=1 example.com!");
+}
+
+#[test]
+fn config_errors_name_the_script_line_and_the_plugin() {
+    let e = load("local x = \n core.register_action(", "", "").expect_err("syntax");
+    assert!(e.to_string().contains("p.lua:2:"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("t.toml:3:7: plugin \"p\": cannot load"),
+        "{e}"
+    );
+    let e = load("\n\nerror('boom')", "", "").expect_err("runtime");
+    assert!(e.to_string().contains("p.lua:3: boom"), "{e}");
+    let e = load("while true do end", "cpu_limit = \"1ms\"", "").expect_err("loop");
+    assert!(e.to_string().contains("cpu_limit exceeded"), "{e}");
+    let e = load(
+        "local t = {} for i = 1, 1e7 do t[i] = i end",
+        "memory_limit = \"256KiB\"",
+        "",
+    )
+    .expect_err("memory");
+    assert!(e.to_string().contains("not enough memory"), "{e}");
+    let e = load("", "", "http_request = [{ lua = \"nope\" }]").expect_err("unknown");
+    assert!(e.to_string().contains("no Lua action \"nope\""), "{e}");
+    let e = load(
+        "core.register_action('a', {'http-req'}, function() end, 2)",
+        "",
+        "http_request = [{ lua = \"a\", args = [\"x\"] }]",
+    )
+    .expect_err("nb_args");
+    assert!(e.to_string().contains("takes 2 arguments"), "{e}");
+    let e = load(
+        "core.register_action('a', {'http-req'}, function() end)",
+        "",
+        "http_response = [{ lua = \"a\" }]",
+    )
+    .expect_err("phase");
+    assert!(
+        e.to_string().contains("not registered for http_response"),
+        "{e}"
+    );
+    let e = load(
+        "",
+        "",
+        "http_request = [{ set_header = \"x\", value = \"%[lua.nope]\" }]",
+    )
+    .expect_err("fetch");
+    assert!(e.to_string().contains("no Lua fetch \"nope\""), "{e}");
+    let e = load("core.register_action(nil, {}, function() end)", "", "").expect_err("bad args");
+    assert!(
+        e.to_string()
+            .contains("bad argument #1 to 'register_action' (string expected, got"),
+        "{e}"
+    );
+}
+
+#[test]
+fn infinite_loops_are_stopped_even_under_pcall() {
+    let script = r#"
+core.register_action("spin", {"http-req"}, function(txn)
+  while true do pcall(function() while true do end end) end
+end)
+core.register_action("fine", {"http-req"}, function(txn) txn.http:req_set_header("x-ok", "1") end)
+"#;
+    let (cfg, _d) = ok(
+        script,
+        "cpu_limit = \"5ms\"\non_error = \"fail_closed\"",
+        "http_request = [{ lua = \"spin\", if = \"path /spin\" }, { lua = \"fine\" }]",
+    );
+    let rt = rt();
+    let start = std::time::Instant::now();
+    let r = exchange(&rt, &cfg, &mut txn("/spin")).expect("fail_closed answers");
+    assert_eq!(r.status.as_u16(), 500);
+    assert!(start.elapsed() < Duration::from_secs(2));
+    let p = plugin(&cfg);
+    assert_eq!(p.stats.errors_timeout.load(Relaxed), 1);
+    assert_eq!(p.stats.rebuilds.load(Relaxed), 1);
+    let mut t = txn("/");
+    assert!(exchange(&rt, &cfg, &mut t).is_none());
+    assert_eq!(t.req_headers["x-ok"], "1");
+}
+
+#[test]
+fn hmac_bad_arguments_are_lua_errors() {
+    let script = r#"
+core.register_action("h", {"http-req"}, function(txn, case)
+  local ok, err
+  if case == "alg" then ok, err = pcall(txn.c.hmac, txn.c, "data", "md42", "a2V5")
+  elseif case == "nokey" then ok, err = pcall(txn.c.hmac, txn.c, "data", "sha256")
+  elseif case == "b64" then ok, err = pcall(txn.c.hmac, txn.c, "data", "sha256", "!!!")
+  elseif case == "input" then ok, err = pcall(txn.c.hmac, txn.c, {}, "sha256", "a2V5")
+  elseif case == "nil" then ok, err = pcall(txn.c.hmac, txn.c, nil, "sha256", "a2V5")
+  end
+  txn.http:req_set_header("x-err", tostring(ok) .. " " .. tostring(err))
+  txn.c:hmac({}, "sha256", "a2V5")
+end, 1)
+"#;
+    let rules: String = ["alg", "nokey", "b64", "input", "nil"]
+        .iter()
+        .map(|c| format!("{{ lua = \"h\", args = [\"{c}\"], if = \"path /{c}\" }},\n"))
+        .collect();
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let (cfg, _d) = ok(script, "", &format!("http_request = [\n{rules}]"));
+    let rt = rt();
+    for (case, want) in [
+        ("alg", "unknown hmac algorithm \"md42\""),
+        ("nokey", "takes 2 to 2 arguments, got 1"),
+        ("b64", "the hmac key must be base64"),
+        (
+            "input",
+            "bad argument #1 to 'hmac' (string expected, got table)",
+        ),
+        (
+            "nil",
+            "bad argument #1 to 'hmac' (string expected, got nil)",
+        ),
+    ] {
+        let mut t = txn(&format!("/{case}"));
+        assert!(exchange(&rt, &cfg, &mut t).is_none(), "fail_open");
+        let got = t
+            .req_headers
+            .get("x-err")
+            .map(|v| v.to_str().expect("text").to_string())
+            .unwrap_or_else(|| panic!("{case}: no x-err header; {:?}", p_stats(&cfg)));
+        assert!(
+            got.starts_with("false ") && got.contains(want),
+            "{case}: {got}"
+        );
+    }
+    // The unprotected call at the end of each run failed the action (fail_open): counted, no rebuild.
+    let p = plugin(&cfg);
+    assert_eq!(p.stats.errors_runtime.load(Relaxed), 5);
+    assert_eq!(p.stats.rebuilds.load(Relaxed), 0);
+}
+
+fn p_stats(cfg: &Config) -> String {
+    let s = &plugin(cfg).stats;
+    format!(
+        "runtime={} oom={} timeout={}",
+        s.errors_runtime.load(Relaxed),
+        s.errors_oom.load(Relaxed),
+        s.errors_timeout.load(Relaxed)
+    )
+}
+
+const STEP_SCRIPT: &str = r#"
+local big = {}
+for i = 1, 200 do big[i] = string.rep("x", 64) .. i end
+core.register_init(function() core.Debug("init") end)
+core.register_action("act", {"http-req", "http-res"}, function(txn, a)
+  local h = txn.http:req_get_headers()
+  local t = {}
+  for i = 1, 50 do t[i] = a .. i end
+  txn.http:req_set_header("x-act", table.concat(t, ","))
+  txn:set_var("txn.v", txn.sf:path() .. txn.c:hex(txn.c:sha2("abc")))
+  txn:set_priv(t)
+  txn.http:res_set_header("x-res", txn.c:base64(txn.c:hmac("data", "sha256", "a2V5")))
+end, 1)
+core.register_fetches("f", function(txn, x) return string.rep(x, 100) .. txn.sf:method() end)
+core.register_converters("c", function(s) local u = {} for i = 1, 20 do u[i] = s:upper() end return table.concat(u) end)
+core.register_service("svc", "http", function(applet)
+  applet:add_header("x-svc", "1")
+  applet:start_response()
+  for i = 1, 20 do applet:send(string.rep("y", 100)) end
+end)
+"#;
+
+fn step_config() -> (Config, Dir) {
+    ok(
+        STEP_SCRIPT,
+        "memory_limit = \"8MiB\"",
+        "http_request = [\n{ use_service = \"lua.svc\", if = \"path /svc\" },\n{ lua = \"act\", args = [\"v\"] },\n{ set_header = \"x-fc\", value = \"%[lua.f(ab)] %[path,lua.c]\" },\n]\nhttp_response = [{ lua = \"act\", args = [\"w\"] }]",
+    )
+}
+
+/// Every path through the plugin at `limit`: must never panic or abort.
+fn run_all(rt: &tokio::runtime::Runtime, cfg: &Config) {
+    let mut t = txn("/svc");
+    let _ = exchange(rt, cfg, &mut t);
+    let mut t = txn("/x");
+    let _ = exchange(rt, cfg, &mut t);
+}
+
+fn sane_call_works(rt: &tokio::runtime::Runtime, cfg: &Config) {
+    let p = plugin(cfg);
+    p.set_memory_limit(8 << 20);
+    let mut t = txn("/x");
+    assert!(exchange(rt, cfg, &mut t).is_none());
+    assert!(
+        t.req_headers.get("x-act").is_some() && t.req_headers.get("x-fc").is_some(),
+        "a sane limit works again: {:?}",
+        t.req_headers
+    );
+    let r = exchange(rt, cfg, &mut txn("/svc")).expect("service answers");
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(r.body.len(), 2000);
+}
+
+#[test]
+fn memory_limit_stepped_from_nothing_fails_every_allocation_cleanly() {
+    let (cfg, _d) = step_config();
+    let rt = rt();
+    let p = plugin(&cfg);
+    // Building the state: from almost nothing up to past what the script needs.
+    let mut limit = 1usize;
+    while limit < 160 * 1024 {
+        p.set_memory_limit(limit);
+        run_all(&rt, &cfg);
+        limit += if limit < 40 * 1024 { 997 } else { 211 };
+    }
+    assert!(p.stats.errors_oom.load(Relaxed) > 0);
+    sane_call_works(&rt, &cfg);
+}
+
+#[test]
+fn memory_headroom_stepped_over_a_built_state() {
+    let (cfg, _d) = step_config();
+    let rt = rt();
+    let p = plugin(&cfg);
+    sane_call_works(&rt, &cfg);
+    let inst = runtime::instance(p).expect("built");
+    inst.lua.gc_collect().expect("gc");
+    let base = inst.lua.used_memory();
+    drop(inst);
+    // With the state built, leave it 0..48KiB of room: every call and API
+    // function meets a failing allocation somewhere.
+    let mut room = 0usize;
+    while room < 48 * 1024 {
+        p.set_memory_limit(base + room);
+        run_all(&rt, &cfg);
+        room += 61;
+    }
+    assert!(p.stats.errors_oom.load(Relaxed) > 0);
+    assert!(p.stats.rebuilds.load(Relaxed) > 0);
+    sane_call_works(&rt, &cfg);
+}
+
+#[test]
+fn a_plugin_does_not_starve_another() {
+    let dir = Dir::new("two");
+    std::fs::write(
+        dir.0.join("hog.lua"),
+        "core.register_action('hog', {'http-req'}, function() local t = {} for i = 1, 1e8 do t[i] = i end end)",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.0.join("ok.lua"),
+        "core.register_action('ok', {'http-req'}, function(txn) txn.http:req_set_header('x-ok', '1') end)",
+    )
+    .expect("write");
+    let text = "[[plugin]]\nname = \"hog\"\nlua = \"hog.lua\"\nmemory_limit = \"1MiB\"\n[[plugin]]\nname = \"ok\"\nlua = \"ok.lua\"\nmemory_limit = \"1MiB\"\n[[backend]]\nname = \"app\"\nserver = [{ name = \"s1\", addr = \"127.0.0.1:9000\" }]\n[[frontend]]\nname = \"web\"\nbind = \"127.0.0.1:18080\"\ndefault_backend = \"app\"\nhttp_request = [{ lua = \"hog\" }, { lua = \"ok\" }]\n";
+    let cfg = crate::config::parse(&dir.0.join("t.toml"), text, BindCheck::Skip).expect("loads");
+    let rt = rt();
+    let mut t = txn("/");
+    assert!(exchange(&rt, &cfg, &mut t).is_none());
+    assert_eq!(t.req_headers["x-ok"], "1");
+    assert_eq!(cfg.plugins[0].stats.errors_oom.load(Relaxed), 1);
+    assert_eq!(cfg.plugins[1].stats.errors_oom.load(Relaxed), 0);
+    let _ = Path::new("");
+}

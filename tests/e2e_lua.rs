@@ -1,0 +1,362 @@
+//! Lua plugins through the binary: the HAProxy API in both phases, fetches,
+//! converters and services from rules, yielding sleeps, and failure
+//! isolation (CPU loops, memory stepped from almost nothing, bad arguments)
+//! with the admin API's per-plugin counters.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::{Method, StatusCode};
+use serde_json::Value;
+
+const SCRIPT: &str = r#"
+core.register_action("tag", {"http-req"}, function(txn, name, value)
+  local h = txn.http:req_get_headers()
+  local ua = h["user-agent"]
+  txn.http:req_set_header(name, value)
+  txn.http:req_add_header("x-ua-count", ua and #ua + 1 or 0)
+  txn.http:req_del_header("x-drop")
+  txn:set_var("txn.path", txn.f:path())
+  txn:set_priv("from-request")
+end, 2)
+core.register_action("tag", {"http-res"}, function(txn)
+  txn.http:res_set_header("x-path", txn:get_var("txn.path") or "none")
+  txn.http:res_set_header("x-priv", tostring(txn:get_priv()))
+  txn.http:res_del_header("x-secret")
+end)
+core.register_action("deny_page", {"http-req"}, function(txn)
+  local reply = txn:reply()
+  reply:set_status(451, "Unavailable")
+  reply:add_header("content-type", "text/html")
+  reply:set_body("<p>blocked</p>")
+  txn:done(reply)
+end)
+core.register_action("nap", {"http-req"}, function(txn, ms)
+  core.msleep(tonumber(ms))
+  txn.http:req_set_header("x-napped", ms)
+end, 1)
+core.register_action("spin", {"http-req"}, function(txn) while true do end end)
+core.register_action("hog", {"http-req"}, function(txn)
+  local t = {} for i = 1, 1000 do t[i] = string.rep("x", 100000) .. i end
+end)
+core.register_action("hmac_bad", {"http-req"}, function(txn)
+  local ok, err = pcall(txn.c.hmac, txn.c, "data", "sha1024", "a2V5")
+  txn.http:req_set_header("x-hmac-err", tostring(err))
+  ok, err = pcall(txn.c.hmac, txn.c, {}, "sha256", "a2V5")
+  txn.http:req_set_header("x-hmac-input", tostring(err))
+  txn.http:req_set_header("x-hmac-ok", txn.c:hex(txn.c:hmac("data", "sha256", "a2V5")))
+end)
+core.register_fetches("client", function(txn, prefix) return prefix .. txn.sf:src() end)
+core.register_converters("shout", function(s) return string.upper(s) .. "!" end)
+core.register_service("hello", "http", function(applet)
+  local body = "hello " .. applet.path .. "?" .. applet.qs
+  applet:set_status(200)
+  applet:add_header("content-type", "text/plain")
+  if applet.qs == "cl=1" then applet:add_header("content-length", #body) end
+  applet:start_response()
+  applet:send(body)
+end)
+"#;
+
+fn rules(extra_req: &str) -> String {
+    format!(
+        r#"http_request = [
+  {extra_req}
+  {{ lua = "deny_page", if = "path /deny" }},
+  {{ lua = "nap", args = ["300"], if = "path /nap" }},
+  {{ lua = "hmac_bad", if = "path /hmac" }},
+  {{ use_service = "lua.hello", if = "path_beg /svc" }},
+  {{ return = 200, content_type = "text/plain", body = "%[lua.client(ip=)] %[path,lua.shout]", if = "path_beg /fetch" }},
+  {{ lua = "tag", args = ["x-tag", "tagged"] }},
+]
+http_response = [{{ lua = "tag" }}]
+"#
+    )
+}
+
+struct Lua {
+    d: Daemon,
+    ports: Ports,
+    app: Backend,
+    _dir: TempDir,
+}
+
+async fn lua_proxy(plugin_extra: &str, extra_req: &str) -> Lua {
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("lua");
+    let script = dir.write("p.lua", SCRIPT);
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"p\"\nlua = \"{}\"\n{plugin_extra}\n\n{}{}",
+        global_section(ports.admin, &[]),
+        script.display(),
+        frontend_section("web", ports.web, "app", &rules(extra_req)),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    Lua {
+        d,
+        ports,
+        app,
+        _dir: dir,
+    }
+}
+
+async fn plugin_stats(admin: std::net::SocketAddr) -> Value {
+    let r = get(admin, "/plugins").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.json()["plugins"][0].clone()
+}
+
+async fn admin_post(admin: std::net::SocketAddr, path: &str) -> Resp {
+    let mut c = H1::connect(admin).await;
+    c.send(
+        request(Method::POST, admin, path)
+            .body(empty())
+            .expect("request"),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn actions_change_both_phases_and_keep_request_state() {
+    let t = lua_proxy("", "").await;
+    let mut c = H1::connect(t.ports.web).await;
+    let r = c
+        .send(
+            request(Method::GET, t.ports.web, "/some/path?x=1")
+                .header("user-agent", "test")
+                .header("x-drop", "1")
+                .body(empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let echo = r.echo();
+    assert_eq!(echo.header("x-tag").as_deref(), Some("tagged"));
+    // One User-Agent value: `{[0] = "test"}`, whose length operator gives 0 (as in HAProxy).
+    assert_eq!(echo.header("x-ua-count").as_deref(), Some("1"));
+    assert_eq!(echo.header("x-drop"), None);
+    assert_eq!(r.header("x-path").as_deref(), Some("/some/path"));
+    assert_eq!(r.header("x-priv").as_deref(), Some("from-request"));
+    assert_eq!(r.header("x-secret"), None);
+    // A second request on the same connection (and Lua state) starts clean.
+    let r = c.get("/other").await;
+    assert_eq!(r.header("x-path").as_deref(), Some("/other"));
+    assert_eq!(r.echo().header("x-ua-count").as_deref(), Some("0"));
+
+    let r = get(t.ports.web, "/deny").await;
+    assert_eq!(r.status.as_u16(), 451);
+    assert_eq!(r.header("content-type").as_deref(), Some("text/html"));
+    assert_eq!(r.text(), "<p>blocked</p>");
+    assert_eq!(t.app.requests(), 2);
+
+    let s = plugin_stats(t.ports.admin).await;
+    assert_eq!(s["name"], "p");
+    assert_eq!(s["instances"], 1);
+    assert!(s["calls"].as_u64().unwrap_or(0) >= 5, "{s}");
+    assert_eq!(s["errors"]["runtime"], 0);
+    assert!(s["memory_in_use"].as_u64().unwrap_or(0) > 10_000, "{s}");
+    assert!(
+        s["memory_peak"].as_u64() >= s["memory_in_use"].as_u64(),
+        "{s}"
+    );
+    let m = get(t.ports.admin, "/metrics").await.text();
+    assert!(
+        m.contains("portcullis_plugin_calls_total{plugin=\"p\"}"),
+        "{m}"
+    );
+    assert!(m.contains("portcullis_plugin_errors_total{plugin=\"p\",kind=\"oom\"} 0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fetches_converters_and_services_from_rules() {
+    let t = lua_proxy("", "").await;
+    let r = get(t.ports.web, "/fetch/me").await;
+    assert_eq!(r.text(), "ip=127.0.0.1 /FETCH/ME!");
+    for q in ["cl=1", "chunked=1"] {
+        let r = get(t.ports.web, &format!("/svc/a?{q}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.text(), format!("hello /svc/a?{q}"));
+        assert_eq!(r.header("content-type").as_deref(), Some("text/plain"));
+    }
+    assert_eq!(t.app.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn msleep_yields_the_worker_to_other_requests() {
+    let t = lua_proxy("", "").await;
+    // One worker: two 300 ms sleeps overlap only if the Lua call yields.
+    let start = Instant::now();
+    let (a, b) = tokio::join!(get(t.ports.web, "/nap"), get(t.ports.web, "/nap"));
+    let took = start.elapsed();
+    for r in [&a, &b] {
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.echo().header("x-napped").as_deref(), Some("300"));
+    }
+    assert!(took >= Duration::from_millis(290), "{took:?}");
+    assert!(
+        took < Duration::from_millis(550),
+        "sleeps did not overlap: {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_infinite_loop_is_stopped_fail_open() {
+    let t = lua_proxy(
+        "cpu_limit = \"20ms\"",
+        "{ lua = \"spin\", if = \"path /spin\" },",
+    )
+    .await;
+    let start = Instant::now();
+    let r = get(t.ports.web, "/spin").await;
+    assert!(start.elapsed() < Duration::from_secs(2));
+    // fail_open: the request goes on to the server.
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.echo().path(), "/spin");
+    let r = get(t.ports.web, "/after").await;
+    assert_eq!(r.header("x-path").as_deref(), Some("/after"));
+    let s = plugin_stats(t.ports.admin).await;
+    assert_eq!(s["errors"]["timeout"], 1, "{s}");
+    assert_eq!(s["rebuilds"], 1, "{s}");
+    let line =
+        t.d.wait_stderr_line(Duration::from_secs(2), |l| l.contains("cpu_limit exceeded"))
+            .await;
+    assert!(
+        line.is_some_and(|l| l.contains("plugin=p")),
+        "{}",
+        t.d.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_plugin_fails_closed_with_500() {
+    let t = lua_proxy(
+        "cpu_limit = \"20ms\"\nmemory_limit = \"2MiB\"\non_error = \"fail_closed\"",
+        "{ lua = \"spin\", if = \"path /spin\" }, { lua = \"hog\", if = \"path /hog\" },",
+    )
+    .await;
+    let r = get(t.ports.web, "/spin").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let r = get(t.ports.web, "/hog").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(t.app.requests(), 0);
+    let r = get(t.ports.web, "/fine").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let s = plugin_stats(t.ports.admin).await;
+    assert_eq!(s["errors"]["timeout"], 1, "{s}");
+    assert_eq!(s["errors"]["oom"], 1, "{s}");
+    assert_eq!(s["rebuilds"], 2, "{s}");
+    assert!(s["memory_peak"].as_u64().unwrap_or(0) > 1_000_000, "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_limit_stepped_from_almost_nothing_never_takes_the_daemon_down() {
+    let t = lua_proxy("", "").await;
+    let admin = t.ports.admin;
+    let mut c = H1::connect(t.ports.web).await;
+    let paths = ["/a", "/fetch/x", "/svc/x?q", "/hmac"];
+    let mut limit = 1usize;
+    let mut statuses = std::collections::BTreeMap::new();
+    while limit < 200_000 {
+        let r = admin_post(admin, &format!("/plugins/p/limits?memory_limit={limit}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        for p in paths {
+            let r = c.get(p).await;
+            *statuses.entry(r.status.as_u16()).or_insert(0) += 1;
+        }
+        limit += if limit < 50_000 { 2_500 } else { 733 };
+    }
+    // Failures were answered (fail_open → the server, services → 500), never dropped.
+    assert!(
+        statuses.keys().all(|s| [200, 500].contains(s)),
+        "{statuses:?}"
+    );
+    let r = admin_post(admin, "/plugins/p/limits?memory_limit=16MiB").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = c.get("/a").await;
+    assert_eq!(r.echo().header("x-tag").as_deref(), Some("tagged"));
+    assert_eq!(
+        get(t.ports.web, "/svc/z?cl=1").await.text(),
+        "hello /svc/z?cl=1"
+    );
+    assert_eq!(
+        get(t.ports.web, "/fetch/q").await.text(),
+        "ip=127.0.0.1 /FETCH/Q!"
+    );
+    let s = plugin_stats(admin).await;
+    assert!(s["errors"]["oom"].as_u64().unwrap_or(0) > 0, "{s}");
+    assert_eq!(s["memory_limit"], 16 << 20);
+    assert!(get(admin, "/health").await.status == StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_hmac_arguments_raise_clear_lua_errors() {
+    let t = lua_proxy("", "").await;
+    let r = get(t.ports.web, "/hmac").await;
+    let echo = r.echo();
+    let err = echo.header("x-hmac-err").unwrap_or_default();
+    assert!(err.contains("unknown hmac algorithm \"sha1024\""), "{err}");
+    let input = echo.header("x-hmac-input").unwrap_or_default();
+    assert!(
+        input.contains("bad argument #1 to 'hmac' (string expected, got table)"),
+        "{input}"
+    );
+    assert_eq!(
+        echo.header("x-hmac-ok").as_deref(),
+        Some("5031FE3D989C6D1537A013FA6E739DA23463FDAEC3B70137D828E36ACE221BD0")
+    );
+}
+
+#[test]
+fn check_reports_script_errors_with_both_locations() {
+    let dir = TempDir::new("lua-check");
+    dir.write("bad.lua", "core.Info('x')\nlocal = 1\n");
+    let cfg = dir.write(
+        "site.toml",
+        "[[plugin]]\nname = \"bad\"\nlua = \"bad.lua\"\n\n[[backend]]\nname = \"app\"\nserver = [{ name = \"s1\", addr = \"127.0.0.1:9000\" }]\n",
+    );
+    let out = run_bin(
+        &["check", "-c", cfg.to_str().expect("utf-8 path")],
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("site.toml:3:7: plugin \"bad\""),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("bad.lua:2:"), "{}", out.stderr);
+
+    dir.write("fail.lua", "\n\nerror('no config for ' .. ...)\n");
+    let cfg = dir.write(
+        "site2.toml",
+        "[[plugin]]\nname = \"f\"\nlua = \"fail.lua\"\nargs = [\"prod\"]\n",
+    );
+    let out = run_bin(
+        &["check", "-c", cfg.to_str().expect("utf-8 path")],
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("fail.lua:3: no config for prod"),
+        "{}",
+        out.stderr
+    );
+
+    let cfg = dir.write(
+        "site3.toml",
+        "[[plugin]]\nname = \"w\"\nwasm = \"x.wasm\"\n",
+    );
+    let out = run_bin(
+        &["check", "-c", cfg.to_str().expect("utf-8 path")],
+        Duration::from_secs(10),
+    );
+    assert!(
+        out.stderr.contains("Wasm plugins are not supported yet"),
+        "{}",
+        out.stderr
+    );
+}
