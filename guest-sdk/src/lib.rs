@@ -1,12 +1,27 @@
 //! `portcullis-guest`: the guest SDK for portcullis WebAssembly filter plugins.
 //!
-//! Plugins are compiled for `wasm32-unknown-unknown` or `wasm32-wasip1` and
-//! talk to the host through the Proxy-Wasm ABI v0.2.1 plus portcullis's own
-//! versioned `portcullis_v1` import module. This crate holds the shared
-//! vocabulary of both (status codes, log levels, ABI names); the typed
-//! stick-table, crypto and logging wrappers build on it.
+//! Plugins are compiled for `wasm32-unknown-unknown` (or `wasm32-wasip1`) as
+//! a `cdylib` and talk to the host through two import modules:
+//!
+//! - the Proxy-Wasm ABI v0.2.1 (`env`): this crate re-exports the
+//!   [`proxy_wasm`] crate, so the context model (`RootContext`,
+//!   `HttpContext`, `proxy_wasm::main!`) is the one Envoy filters use;
+//! - portcullis's own `portcullis_v1`: typed [`StickTable`]s, [`sha2`] and
+//!   [`hmac`] (SHA-2 family), structured [`log`] lines, [`last_error`].
+//!
+//! On a non-wasm target the `portcullis_v1` calls return
+//! [`Status::Unimplemented`], so plugin logic can be unit-tested natively.
+//! See `docs/PLUGINS.md` for a first plugin and `docs/ABI.md` for the ABI.
 
-#![no_std]
+pub use proxy_wasm;
+pub use proxy_wasm::traits::{Context, HttpContext, RootContext};
+pub use proxy_wasm::types::{Action, ContextType, LogLevel as ProxyLogLevel};
+
+mod host;
+mod stick;
+
+pub use host::{Sha2, abi_version, hmac, hmac_verify, last_error, log, sha2};
+pub use stick::StickTable;
 
 /// Name of the portcullis host import module this SDK speaks.
 pub const HOST_MODULE: &str = "portcullis_v1";
@@ -83,5 +98,9 @@ mod tests {
         assert_eq!(Status::from_raw(5), None);
         assert_eq!(Status::Ok.into_result(), Ok(()));
         assert_eq!(Status::NotFound.into_result(), Err(Status::NotFound));
+        assert_eq!(
+            Status::from_raw(Status::CasMismatch as u32),
+            Some(Status::CasMismatch)
+        );
     }
 }

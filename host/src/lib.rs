@@ -8,6 +8,7 @@
 //! - [`rules`]: config rules (conditions, fetches, converters, actions) as filters.
 //! - [`proxy`]: workers, listeners, the request flow, upstream pools, balancing, health checks.
 //! - [`stick`]: stick tables (per-key counters and rates), their expiry task and host-function API.
+//! - [`wasm`]: Wasm plugins (Proxy-Wasm ABI v0.2.1 + `portcullis_v1`), one instance per plugin per worker.
 //! - [`admin`]: the admin listener (`/health`, `/stats`, `/metrics`, `/tables`).
 
 pub mod admin;
@@ -18,3 +19,4 @@ pub mod proxy;
 pub mod rules;
 pub mod stick;
 pub mod txn;
+pub mod wasm;

@@ -205,6 +205,10 @@ pub struct Txn {
     pub outcome: Outcome,
     /// What plugins keep per transaction between hooks (private data, a waiting coroutine).
     pub plugin_state: PluginState,
+    /// Stick-table entries tracked by `track_sc0..2`; held (never evicted) until the `Txn` drops.
+    pub sc: crate::stick::StickCounters,
+    /// The client's request body until it is forwarded (a Lua service may read it instead).
+    pub req_body: Option<hyper::body::Incoming>,
 }
 
 /// Per-transaction plugin state, keyed by plugin id; empty (no allocation) unless a plugin uses it.
@@ -216,6 +220,14 @@ impl PluginState {
     pub fn take<T: 'static>(&mut self, key: u64) -> Option<Box<T>> {
         let i = self.0.iter().position(|(k, v)| *k == key && v.is::<T>())?;
         self.0.swap_remove(i).1.downcast().ok()
+    }
+
+    /// The `T` stored under `key`, if any, left in place.
+    pub fn peek<T: 'static>(&self, key: u64) -> Option<&T> {
+        self.0
+            .iter()
+            .find(|(k, v)| *k == key && v.is::<T>())
+            .and_then(|(_, v)| v.downcast_ref())
     }
 
     /// Stores `value` under `key` (alongside values of other types).
@@ -318,6 +330,8 @@ impl Txn {
             backend: None,
             outcome: Outcome::default(),
             plugin_state: PluginState::default(),
+            sc: crate::stick::StickCounters::default(),
+            req_body: None,
         }
     }
 }

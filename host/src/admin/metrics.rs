@@ -194,5 +194,12 @@ pub fn render(shared: &Shared) -> String {
     for (name, kind, help, samples) in super::plugins::metric_families(config) {
         f.family(name, kind, help, samples);
     }
+    for (name, kind, help, samples) in super::tables::metric_families(&config.tables) {
+        f.family(name, kind, help, samples);
+    }
+    for (name, kind, help, samples) in crate::wasm::admin::metric_families(&config.wasm_plugins) {
+        f.family(name, kind, help, samples);
+    }
+    f.out.push_str(&crate::wasm::admin::guest_metrics());
     f.out
 }

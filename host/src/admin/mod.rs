@@ -3,6 +3,7 @@
 
 pub mod metrics;
 pub mod plugins;
+pub mod tables;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -35,7 +36,15 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(route(&req, &shared)) }
+                async move {
+                    // Table requests may carry a body (POST), so they are routed before `route`.
+                    if tables::owns(req.uri().path()) {
+                        return Ok::<_, Infallible>(
+                            tables::handle(req, &shared.config.tables).await,
+                        );
+                    }
+                    Ok::<_, Infallible>(route(&req, &shared))
+                }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -75,7 +84,7 @@ pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> 
     {
         return json_response(status, &body);
     }
-    let known = ["/health", "/stats", "/metrics"];
+    let known = ["/health", "/stats", "/metrics", "/tables"];
     if !known.contains(&path) {
         return json_response(
             StatusCode::NOT_FOUND,

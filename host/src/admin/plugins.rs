@@ -49,7 +49,12 @@ fn plugin_json(p: &Plugin) -> Value {
 
 /// The `/plugins` document.
 pub fn plugins_json(config: &Config) -> Value {
-    json!({ "plugins": config.plugins.iter().map(|p| plugin_json(p)).collect::<Vec<_>>() })
+    let lua = config.plugins.iter().map(|p| plugin_json(p));
+    let wasm = config
+        .wasm_plugins
+        .iter()
+        .map(|p| crate::wasm::admin::plugin_json(p));
+    json!({ "plugins": lua.chain(wasm).collect::<Vec<_>>() })
 }
 
 /// Handles `/plugins` and `/plugins/<name>/limits`; `None` for other paths.
@@ -72,6 +77,12 @@ pub fn route(
     let rest = path.strip_prefix("/plugins/")?;
     let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
     let Some(p) = config.plugins.iter().find(|p| &*p.name == name) else {
+        if let Some(w) = config.wasm_plugins.iter().find(|p| p.name() == name)
+            && method == http::Method::GET
+            && tail.is_empty()
+        {
+            return Some((StatusCode::OK, crate::wasm::admin::plugin_json(w)));
+        }
         return Some((
             StatusCode::NOT_FOUND,
             json!({"error": format!("no plugin {name:?}")}),

@@ -6,6 +6,7 @@
 
 pub mod diag;
 pub mod schema;
+pub mod stick;
 pub mod units;
 
 use std::collections::HashMap;
@@ -31,6 +32,10 @@ pub struct Config {
     pub backends: Vec<Backend>,
     /// Lua plugins (`[[plugin]]`), loaded and checked.
     pub plugins: Vec<Arc<crate::lua::Plugin>>,
+    /// Stick tables (`[[stick_table]]`), shared by rules, plugins and the admin API.
+    pub tables: Arc<crate::stick::StickTables>,
+    /// Wasm plugins (`[[plugin]]` with `wasm =`), compiled and started once at load.
+    pub wasm_plugins: Vec<Arc<crate::wasm::WasmPlugin>>,
 }
 
 /// Access-log output format.
@@ -184,19 +189,26 @@ pub fn parse(path: &Path, text: &str, bind_check: BindCheck) -> Result<Config, C
             None => ConfigError::file(path, message),
         }
     })?;
-    Validator { source: &source }.validate(raw, bind_check).map(
-        |(global, frontends, backends, plugins)| Config {
-            source: source.clone(),
-            global,
-            frontends,
-            backends,
-            plugins: plugins.list,
-        },
-    )
+    let tables = Arc::new(stick::build(&raw.stick_table, &source)?);
+    Validator {
+        source: &source,
+        tables: &tables,
+    }
+    .validate(raw, bind_check)
+    .map(|(global, frontends, backends, plugins)| Config {
+        source: source.clone(),
+        global,
+        frontends,
+        backends,
+        plugins: plugins.list,
+        wasm_plugins: plugins.wasm,
+        tables,
+    })
 }
 
 struct Validator<'a> {
     source: &'a SourceMap,
+    tables: &'a Arc<crate::stick::StickTables>,
 }
 
 /// Converts a spanned integer into a bounded type with a located error.
@@ -238,7 +250,26 @@ impl Validator<'_> {
             backends.push(self.backend(b.get_ref(), &global.timeouts)?);
         }
 
-        let plugins = crate::lua::load_plugins(&raw.plugin, self.source, &backend_ids)?;
+        let view = crate::lua::HostView {
+            backends: Arc::new(backend_ids.clone()),
+            frontends: raw
+                .frontend
+                .iter()
+                .map(|f| f.get_ref().name.get_ref().clone())
+                .collect(),
+            tables: Arc::clone(self.tables),
+            client_timeout: global.timeouts.client,
+        };
+        let mut plugins = crate::lua::load_plugins(&raw.plugin, self.source, &view)?;
+        plugins.wasm = crate::wasm::config::load_plugins(
+            &raw.plugin,
+            self.source,
+            &backends,
+            Some(Arc::new(crate::wasm::stick::TablesStick(Arc::clone(
+                self.tables,
+            )))),
+            global.timeouts.server,
+        )?;
 
         let mut frontend_names: HashMap<String, ()> = HashMap::new();
         let mut seen_binds: HashMap<SocketAddr, Location> = HashMap::new();
@@ -443,6 +474,7 @@ impl Validator<'_> {
             source: self.source,
             backends,
             plugins,
+            tables: self.tables,
         };
         let chain = crate::rules::compile_chain(&f.http_request, &f.http_response, &cx)?;
         Ok(Frontend {

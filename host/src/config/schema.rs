@@ -20,6 +20,37 @@ pub struct RawConfig {
     pub backend: Vec<Spanned<RawBackend>>,
     #[serde(default)]
     pub plugin: Vec<Spanned<RawPlugin>>,
+    #[serde(default)]
+    pub stick_table: Vec<Spanned<RawStickTable>>,
+}
+
+/// `[[stick_table]]`: a table of per-key counters that rules, plugins and the admin API share.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStickTable {
+    pub name: Spanned<String>,
+    /// Key type: `ip`, `ipv6`, `integer`, `string` or `binary`.
+    #[serde(rename = "type")]
+    pub key_type: Spanned<String>,
+    /// Key length in bytes for `string` / `binary` keys (default 32).
+    pub len: Option<Spanned<i64>>,
+    /// Maximum number of entries: an integer or `"100k"` / `"1m"` (HAProxy's 1024 multiples).
+    pub size: Spanned<CountSpec>,
+    /// Entry lifetime after its last use; absent: entries stay until evicted.
+    pub expire: Option<Spanned<ConfigDuration>>,
+    /// When full, refuse new keys instead of evicting the oldest ones.
+    pub nopurge: Option<bool>,
+    /// Stored data, e.g. `["http_req_rate(10s)", "gpc0", "conn_cur"]`.
+    #[serde(default)]
+    pub store: Vec<Spanned<String>>,
+}
+
+/// A count written as an integer or a string with a `k` / `m` / `g` suffix.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum CountSpec {
+    Int(i64),
+    Text(String),
 }
 
 /// `[[plugin]]`: a Lua script (or, later, a Wasm module) with its limits, referenced by rules.
@@ -29,7 +60,7 @@ pub struct RawPlugin {
     pub name: Spanned<String>,
     /// Path of the Lua script, relative to the config file's directory.
     pub lua: Option<Spanned<String>>,
-    /// Path of a Wasm module (not supported yet; rejected with a clear error).
+    /// Path of a Wasm (Proxy-Wasm) module, relative to the config file's directory.
     pub wasm: Option<Spanned<String>>,
     /// Plugin configuration handed to a Wasm plugin (reserved for Wasm).
     pub config: Option<Spanned<toml::Value>>,
@@ -232,4 +263,22 @@ pub struct RawRule {
     pub args: Option<Spanned<Vec<toml::Value>>>,
     /// `use_service = "lua.hello"`: answer the request with a Lua HTTP service.
     pub use_service: Option<Spanned<String>>,
+    /// `wasm = "hmac_auth"`: run a Wasm plugin's HTTP filter (in `http_request`
+    /// it sees the response too, as an Envoy filter does).
+    pub wasm: Option<Spanned<String>>,
+
+    /// `track_sc0 = "src"`: track the key this fetch expression yields in stick counter 0.
+    pub track_sc0: Option<Spanned<String>>,
+    /// `track_sc1 = "hdr(x-api-key)"`: stick counter 1.
+    pub track_sc1: Option<Spanned<String>>,
+    /// `track_sc2 = "path"`: stick counter 2.
+    pub track_sc2: Option<Spanned<String>>,
+    /// With `track_scN`: the stick table (optional when only one is declared).
+    pub table: Option<Spanned<String>>,
+    /// `sc_inc_gpc = [idx, sc]`: increment gpc `idx` of stick counter `sc`.
+    pub sc_inc_gpc: Option<Spanned<Vec<i64>>>,
+    /// `sc_clr_gpc = [idx, sc]`: reset gpc `idx` of stick counter `sc` to 0.
+    pub sc_clr_gpc: Option<Spanned<Vec<i64>>>,
+    /// `sc_set_gpt = [idx, sc]` with `value` or `expr`: set gpt `idx` of stick counter `sc`.
+    pub sc_set_gpt: Option<Spanned<Vec<i64>>>,
 }

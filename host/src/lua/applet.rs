@@ -13,8 +13,72 @@ use super::runtime::{CallCx, Instance};
 use crate::filter::Reply;
 use crate::txn::Txn;
 
-/// Largest response body a service may buffer.
+/// Largest response body a service may buffer, and largest request body it may read.
 pub(crate) const MAX_BODY: usize = 8 << 20;
+
+/// Why a service's request body could not be read.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    TooLarge,
+    Timeout,
+    Client(String),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge => write!(f, "request body larger than {MAX_BODY} bytes"),
+            BodyError::Timeout => f.write_str("client timeout while sending the request body"),
+            BodyError::Client(e) => write!(f, "client error: {e}"),
+        }
+    }
+}
+
+impl BodyError {
+    /// The reply the client gets instead of the service's.
+    pub(crate) fn reply(&self) -> Reply {
+        match self {
+            BodyError::TooLarge => Reply::text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "413 Payload Too Large\nA Lua service reads at most {MAX_BODY} bytes of request body.\n"
+                ),
+            ),
+            BodyError::Timeout => Reply::text(
+                StatusCode::REQUEST_TIMEOUT,
+                "408 Request Time-out\nYour browser didn't send a complete request in time.\n",
+            ),
+            BodyError::Client(_) => Reply::text(
+                StatusCode::BAD_REQUEST,
+                "400 Bad request\nYour browser sent an invalid request.\n",
+            ),
+        }
+    }
+}
+
+/// Reads a request body whole (at most [`MAX_BODY`], `idle` between two pieces).
+pub(crate) async fn read_body(
+    mut body: hyper::body::Incoming,
+    idle: std::time::Duration,
+) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(BodyError::Timeout),
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(e))) => return Err(BodyError::Client(e.to_string())),
+            Ok(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    if buf.len() + d.len() > MAX_BODY {
+                        return Err(BodyError::TooLarge);
+                    }
+                    buf.extend_from_slice(d);
+                }
+            }
+        }
+    }
+}
 
 /// The running service's request body and response.
 #[derive(Debug)]
@@ -23,18 +87,30 @@ pub(crate) struct AppletState {
     headers: HeaderMap,
     body: Vec<u8>,
     started: bool,
-    /// The request body (portcullis does not pass request bodies to services yet: empty).
+    /// The request body, read whole before the service starts.
     req_body: Bytes,
     read: usize,
+    /// HTTP/1.1 client: a response without a length is sent chunked.
+    http11: bool,
 }
 
 impl AppletState {
     /// The buffered response as a reply.
+    ///
+    /// As in HAProxy, a service that sets no `content-length` answers chunked
+    /// to an HTTP/1.1 client (HTTP/1.0 and HTTP/2 have no chunked encoding:
+    /// hyper sends the length). With one, the length is the real body's: hyper
+    /// writes it, so a wrong value from the script cannot break the framing.
     pub(crate) fn into_reply(self) -> Reply {
         let mut headers = self.headers;
-        // The body is sent whole, so its length is known: hyper writes Content-Length.
-        headers.remove(http::header::CONTENT_LENGTH);
+        let had_length = headers.remove(http::header::CONTENT_LENGTH).is_some();
         headers.remove(http::header::TRANSFER_ENCODING);
+        if !had_length && self.http11 {
+            headers.insert(
+                http::header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
         Reply {
             status: StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK),
             headers,
@@ -43,8 +119,8 @@ impl AppletState {
     }
 }
 
-/// Prepares the applet object and state for a service call on `txn`.
-pub(crate) fn begin(inst: &Instance, txn: &Txn) -> mlua::Result<()> {
+/// Prepares the applet object and state for a service call on `txn` with its request `body`.
+pub(crate) fn begin(inst: &Instance, txn: &Txn, body: Bytes) -> mlua::Result<()> {
     let lua = &inst.lua;
     let a = &inst.applet_obj;
     a.raw_set("method", txn.method.as_str())?;
@@ -75,8 +151,9 @@ pub(crate) fn begin(inst: &Instance, txn: &Txn) -> mlua::Result<()> {
         headers: HeaderMap::new(),
         body: Vec::new(),
         started: false,
-        req_body: Bytes::new(),
+        req_body: body,
         read: 0,
+        http11: txn.version == http::Version::HTTP_11,
     });
     Ok(())
 }

@@ -24,6 +24,8 @@ mod api;
 mod applet;
 mod rules;
 mod runtime;
+mod stktable;
+mod task;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +40,8 @@ use crate::config::{ConfigError, SourceMap};
 use crate::txn::Phase;
 
 pub use rules::{build_action, build_converter, build_fetch, build_service};
+pub use runtime::clear_worker;
+pub use task::start_worker;
 
 /// Default per-instance memory limit.
 pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
@@ -161,6 +165,12 @@ pub struct Plugin {
     pub stats: PluginStats,
     /// Backend names → index, for fetches scripts evaluate (`be_name`).
     pub backends: Arc<std::collections::HashMap<String, usize>>,
+    /// Frontend names, for `core.frontends`.
+    pub frontends: Arc<[String]>,
+    /// The config's stick tables (`core.backends[name].stktable`, `sc_*` fetches).
+    pub tables: Arc<crate::stick::StickTables>,
+    /// Client inactivity limit while a service reads the request body (`timeout.client`).
+    pub client_timeout: Duration,
 }
 
 impl Plugin {
@@ -181,9 +191,14 @@ impl Plugin {
 #[derive(Debug, Default)]
 pub struct Plugins {
     pub list: Vec<Arc<Plugin>>,
+    /// Wasm plugins (loaded by [`crate::wasm::config::load_plugins`]), for `wasm` rules.
+    pub wasm: Vec<Arc<crate::wasm::WasmPlugin>>,
 }
 
-static NO_PLUGINS: Plugins = Plugins { list: Vec::new() };
+static NO_PLUGINS: Plugins = Plugins {
+    list: Vec::new(),
+    wasm: Vec::new(),
+};
 
 impl Plugins {
     /// An empty registry (tests, and fetches compiled at run time by scripts).
@@ -297,13 +312,24 @@ fn unknown(what: &str, name: &str, names: &[&str], plugins: &[Arc<Plugin>]) -> S
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// What scripts see of the rest of the config.
+#[derive(Debug, Clone)]
+pub struct HostView {
+    /// Backend name → index.
+    pub backends: Arc<std::collections::HashMap<String, usize>>,
+    /// Frontend names, in config order.
+    pub frontends: Arc<[String]>,
+    pub tables: Arc<crate::stick::StickTables>,
+    /// `[global.timeout] client`.
+    pub client_timeout: Duration,
+}
+
 /// Validates every `[[plugin]]` and loads each script once in a throwaway state.
 pub fn load_plugins(
     raw: &[Spanned<RawPlugin>],
     source: &SourceMap,
-    backends: &std::collections::HashMap<String, usize>,
+    view: &HostView,
 ) -> Result<Plugins, ConfigError> {
-    let backends = Arc::new(backends.clone());
     let mut list: Vec<Arc<Plugin>> = Vec::with_capacity(raw.len());
     for p in raw {
         let p = p.get_ref();
@@ -314,16 +340,19 @@ pub fn load_plugins(
                 format!("duplicate plugin name {name:?}; every plugin needs a unique name"),
             ));
         }
-        list.push(Arc::new(load_one(p, source, &backends)?));
+        if p.wasm.is_some() {
+            // Loaded by crate::wasm::config::load_plugins.
+            continue;
+        }
+        list.push(Arc::new(load_one(p, source, view)?));
     }
-    Ok(Plugins { list })
+    Ok(Plugins {
+        list,
+        wasm: Vec::new(),
+    })
 }
 
-fn load_one(
-    p: &RawPlugin,
-    source: &SourceMap,
-    backends: &Arc<std::collections::HashMap<String, usize>>,
-) -> Result<Plugin, ConfigError> {
+fn load_one(p: &RawPlugin, source: &SourceMap, view: &HostView) -> Result<Plugin, ConfigError> {
     let name = p.name.get_ref();
     let valid = !name.is_empty()
         && name.len() <= 64
@@ -334,12 +363,6 @@ fn load_one(
         return Err(source.error(
             p.name.span(),
             format!("invalid plugin name {name:?}: use 1-64 letters, digits, '_', '-' or '.'"),
-        ));
-    }
-    if let Some(w) = &p.wasm {
-        return Err(source.error(
-            w.span(),
-            format!("plugin {name:?}: Wasm plugins are not supported yet; only lua = \"script.lua\" plugins can be loaded"),
         ));
     }
     let Some(lua) = &p.lua else {
@@ -418,7 +441,10 @@ fn load_one(
         on_error,
         registered: Registered::default(),
         stats: PluginStats::default(),
-        backends: Arc::clone(backends),
+        backends: Arc::clone(&view.backends),
+        frontends: Arc::clone(&view.frontends),
+        tables: Arc::clone(&view.tables),
+        client_timeout: view.client_timeout,
     };
     plugin.set_memory_limit(memory_limit);
     plugin.registered = runtime::validate(&plugin).map_err(|m| {

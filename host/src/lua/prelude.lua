@@ -20,6 +20,16 @@ for _, t in ipairs({ P.core, P.txn, P.http, P.applet }) do
     if type(f) == "function" then t[k] = wrap(f) end
   end
 end
+-- StickTable methods (one metatable per table, hung on core.backends).
+for _, be in pairs(P.core.backends) do
+  local st = rawget(be, "stktable")
+  if st ~= nil then
+    local methods = getmetatable(st).__index
+    for k, f in pairs(methods) do
+      if type(f) == "function" then methods[k] = wrap(f) end
+    end
+  end
+end
 local set_done, wake_time = P.set_done, P.wake_time
 local get_field, set_field = wrap(P.get_field), wrap(P.set_field)
 

@@ -316,7 +316,24 @@ impl LuaService {
         format!("service {:?}", self.name)
     }
 
-    fn start(&self, txn: &mut Txn) -> Flow {
+    /// Reads the request body first if there is one (HAProxy's applets see it), then starts.
+    fn read_then_start(&self, txn: &mut Txn) -> Flow {
+        match txn.req_body.take() {
+            Some(body) if !http_body::Body::is_end_stream(&body) => {
+                let cell = Rc::new(std::cell::RefCell::new(None));
+                txn.plugin_state
+                    .put(self.plugin.id, Box::new(PendingBody(Rc::clone(&cell))));
+                let idle = self.plugin.client_timeout;
+                Flow::Wait(Box::pin(async move {
+                    let r = super::applet::read_body(body, idle).await;
+                    *cell.borrow_mut() = Some(r);
+                }))
+            }
+            _ => self.start(txn, bytes::Bytes::new()),
+        }
+    }
+
+    fn start(&self, txn: &mut Txn, body: bytes::Bytes) -> Flow {
         let plugin = &self.plugin;
         let inst = match runtime::instance(plugin) {
             Ok(i) => i,
@@ -337,7 +354,7 @@ impl LuaService {
             Ok(t) => t,
             Err(e) => return self.failed(Some(&inst), &e),
         };
-        if let Err(e) = inst.setup(|| super::applet::begin(&inst, txn)) {
+        if let Err(e) = inst.setup(|| super::applet::begin(&inst, txn, body.clone())) {
             return self.failed(Some(&inst), &e);
         }
         let mut args = MultiValue::new();
@@ -411,12 +428,29 @@ impl LuaService {
     }
 }
 
+/// A request body being read for a service (filled in by the wait future).
+type BodyCell = Rc<std::cell::RefCell<Option<Result<bytes::Bytes, super::applet::BodyError>>>>;
+
+/// Marks, in the transaction, a service waiting for its request body.
+struct PendingBody(BodyCell);
+
 impl Action for LuaService {
     fn apply(&self, txn: &mut Txn) -> Flow {
-        self.start(txn)
+        self.read_then_start(txn)
     }
 
     fn resume(&self, txn: &mut Txn) -> Flow {
+        if let Some(p) = txn.plugin_state.take::<PendingBody>(self.plugin.id) {
+            let read = p.0.borrow_mut().take();
+            return match read {
+                Some(Ok(body)) => self.start(txn, body),
+                Some(Err(e)) => {
+                    tracing::debug!(plugin = %self.plugin.name, error = %e, "request body for a Lua service not read");
+                    Flow::Respond(e.reply())
+                }
+                None => self.failed(None, &CallError::runtime("the request body was not read")),
+            };
+        }
         let Some(mut slot) = txn.plugin_state.take::<TxnSlot>(self.plugin.id) else {
             return self.failed(
                 None,

@@ -70,6 +70,8 @@ pub(crate) enum CallKind {
     Fetch,
     Converter,
     Service,
+    /// A `core.register_task` function.
+    Task,
 }
 
 /// A failed call.
@@ -388,6 +390,8 @@ pub(crate) struct Instance {
     /// Memory last added to the plugin's `memory_in_use`.
     reported: Cell<u64>,
     busy: Cell<bool>,
+    /// Dropped from the worker for a rebuild: its tasks stop.
+    retired: Cell<bool>,
     /// Counted in the plugin's stats (not the config-time validation state).
     counted: bool,
     /// Declared last: every Lua value above is released before the state closes.
@@ -423,6 +427,9 @@ pub(crate) fn validate(plugin: &Plugin) -> Result<Registered, String> {
         registered: Registered::default(),
         stats: super::PluginStats::default(),
         backends: Arc::clone(&plugin.backends),
+        frontends: Arc::clone(&plugin.frontends),
+        tables: Arc::clone(&plugin.tables),
+        client_timeout: plugin.client_timeout,
     });
     copy.set_memory_limit(plugin.memory_limit);
     let built = catch_unwind(AssertUnwindSafe(|| Instance::build(&copy, false)));
@@ -513,6 +520,7 @@ impl Instance {
             after_gc: Cell::new(0),
             reported: Cell::new(0),
             busy: Cell::new(false),
+            retired: Cell::new(false),
             counted: false,
             lua,
         };
@@ -538,6 +546,11 @@ impl Instance {
             }
         }
         Ok((inst, names))
+    }
+
+    /// Whether this instance was dropped from its worker (its tasks must stop).
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.get()
     }
 
     /// Runs a load-time function (main chunk, init) to completion.
@@ -778,15 +791,37 @@ struct Entry {
     failed_limit: usize,
 }
 
+/// A worker's instances. Dropped normally by [`clear_worker`]; whatever is
+/// left when the thread's locals are destroyed is leaked on purpose: other
+/// thread-locals (scc's epoch collector, tokio's context) may already be
+/// gone, and closing a Lua state can release the last reference to a stick
+/// table whose drop needs them (a panic in a TLS destructor aborts).
+struct Instances(RefCell<Vec<Entry>>);
+
+impl Drop for Instances {
+    fn drop(&mut self) {
+        for e in self.0.get_mut().drain(..) {
+            std::mem::forget(e);
+        }
+    }
+}
+
 thread_local! {
-    static INSTANCES: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
+    static INSTANCES: Instances = const { Instances(RefCell::new(Vec::new())) };
+}
+
+/// Drops this thread's instances now, while the thread's locals still exist
+/// (a worker calls it when it stops; tests may call it at their end).
+pub fn clear_worker() {
+    let taken = INSTANCES.try_with(|i| std::mem::take(&mut *i.0.borrow_mut()));
+    drop(taken);
 }
 
 /// This worker's instance of `plugin`, built on first use (or after a failure).
 pub(crate) fn instance(plugin: &Arc<Plugin>) -> Result<Rc<Instance>, CallError> {
     let existing = INSTANCES
         .try_with(|cell| {
-            let v = cell.borrow();
+            let v = cell.0.borrow();
             v.iter()
                 .find(|e| e.id == plugin.id)
                 .map(|e| (e.inst.clone(), e.retry_at, e.failed_limit))
@@ -811,7 +846,9 @@ pub(crate) fn instance(plugin: &Arc<Plugin>) -> Result<Rc<Instance>, CallError> 
             inst.counted = true;
             plugin.stats.instances.fetch_add(1, Relaxed);
             inst.report();
-            Ok(Rc::new(inst))
+            let inst = Rc::new(inst);
+            super::task::spawn_tasks(&inst);
+            Ok(inst)
         }
         Ok(Err(e)) => Err(e),
         Err(p) => Err(CallError::runtime(format!(
@@ -824,7 +861,7 @@ pub(crate) fn instance(plugin: &Arc<Plugin>) -> Result<Rc<Instance>, CallError> 
         Err(_) => (None, Some(Instant::now() + REBUILD_BACKOFF)),
     };
     let _ = INSTANCES.try_with(|cell| {
-        let mut v = cell.borrow_mut();
+        let mut v = cell.0.borrow_mut();
         match v.iter_mut().find(|e| e.id == plugin.id) {
             Some(e) => {
                 e.inst = inst;
@@ -845,13 +882,14 @@ pub(crate) fn instance(plugin: &Arc<Plugin>) -> Result<Rc<Instance>, CallError> 
 /// Drops this worker's instance `inst` so the next call rebuilds it from the script.
 pub(crate) fn discard(inst: &Rc<Instance>) {
     let dropped = INSTANCES.try_with(|cell| {
-        let mut v = cell.borrow_mut();
+        let mut v = cell.0.borrow_mut();
         match v.iter_mut().find(|e| e.id == inst.plugin.id) {
             Some(e) if e.inst.as_ref().is_some_and(|i| Rc::ptr_eq(i, inst)) => e.inst.take(),
             _ => None,
         }
     });
     if let Ok(Some(old)) = dropped {
+        old.retired.set(true);
         inst.plugin.stats.rebuilds.fetch_add(1, Relaxed);
         // The state is dropped here unless a waiting request still holds it.
         drop(old);

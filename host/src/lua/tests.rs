@@ -422,11 +422,19 @@ core.register_action("act", {"http-req", "http-res"}, function(txn, a)
   txn:set_var("txn.v", txn.sf:path() .. txn.c:hex(txn.c:sha2("abc")))
   txn:set_priv(t)
   txn.http:res_set_header("x-res", txn.c:base64(txn.c:hmac("data", "sha256", "a2V5")))
+  local st = core.backends["t"].stktable
+  st:increment(txn.sf:src(), "gpc0")
+  st:set("10.9.9.9", { gpc0 = 3 })
+  local e = st:lookup(txn.sf:src())
+  local d = st:dump({ { "gpc0", "ge", 1 } })
+  local i = st:info()
+  txn:set_var("txn.st", tostring(e.gpc0) .. i.type .. tostring(d["10.9.9.9"].gpc0))
 end, 1)
 core.register_fetches("f", function(txn, x) return string.rep(x, 100) .. txn.sf:method() end)
 core.register_converters("c", function(s) local u = {} for i = 1, 20 do u[i] = s:upper() end return table.concat(u) end)
 core.register_service("svc", "http", function(applet)
   applet:add_header("x-svc", "1")
+  applet:add_header("x-body", applet:receive() .. applet:getline())
   applet:start_response()
   for i = 1, 20 do applet:send(string.rep("y", 100)) end
 end)
@@ -435,7 +443,7 @@ end)
 fn step_config() -> (Config, Dir) {
     ok(
         STEP_SCRIPT,
-        "memory_limit = \"8MiB\"",
+        "memory_limit = \"8MiB\"\n[[stick_table]]\nname = \"t\"\ntype = \"ip\"\nsize = 10\nstore = [\"gpc0\"]",
         "http_request = [\n{ use_service = \"lua.svc\", if = \"path /svc\" },\n{ lua = \"act\", args = [\"v\"] },\n{ set_header = \"x-fc\", value = \"%[lua.f(ab)] %[path,lua.c]\" },\n]\nhttp_response = [{ lua = \"act\", args = [\"w\"] }]",
     )
 }

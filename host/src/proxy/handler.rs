@@ -249,6 +249,8 @@ pub async fn handle(
         backend: None,
         outcome: crate::txn::Outcome::default(),
         plugin_state: crate::txn::PluginState::default(),
+        sc: crate::stick::StickCounters::default(),
+        req_body: Some(body),
     };
     let orig_method = txn.method.clone();
     let orig_uri = txn.uri.clone();
@@ -258,7 +260,7 @@ pub async fn handle(
 
     let (status, headers, body) = match run_phase(&chain.request, &mut txn).await {
         Some(reply) => (reply.status, reply.headers, ResponseBody::full(reply.body)),
-        None => match forward(&ctx, &mut txn, body, &mut route).await {
+        None => match forward(&ctx, &mut txn, &mut route).await {
             Ok(resp) => {
                 let (parts, incoming) = resp.into_parts();
                 txn.phase = Phase::Response;
@@ -332,7 +334,6 @@ fn resolve_backend(ctx: &ConnCtx, txn: &Txn) -> Option<usize> {
 async fn forward(
     ctx: &Rc<ConnCtx>,
     txn: &mut Txn,
-    body: Incoming,
     ex: &mut Route,
 ) -> Result<Response<Incoming>, ProxyError> {
     let worker = &ctx.worker;
@@ -375,11 +376,13 @@ async fn forward(
     };
     let client_timeout = shared.config.global.timeouts.client;
     let body_state = Rc::new(RequestBodyState::default());
-    let req_body = if http_body::Body::is_end_stream(&body) {
-        RequestBody::Empty
-    } else {
-        ex.req_body = Some(Rc::clone(&body_state));
-        RequestBody::stream(body, client_timeout, Rc::clone(&body_state))
+    // A filter that consumed the body (a Lua service) answered itself; `None` is only defensive.
+    let req_body = match txn.req_body.take() {
+        Some(body) if !http_body::Body::is_end_stream(&body) => {
+            ex.req_body = Some(Rc::clone(&body_state));
+            RequestBody::stream(body, client_timeout, Rc::clone(&body_state))
+        }
+        _ => RequestBody::Empty,
     };
     let mut req = Request::new(req_body);
     *req.method_mut() = txn.method.clone();

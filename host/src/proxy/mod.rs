@@ -118,6 +118,9 @@ pub fn run(config: Arc<Config>) -> Result<(), RunError> {
     }
     rt.block_on(async {
         health::spawn_all(&shared);
+        // Expiry tasks live on the control runtime: they sleep until the
+        // earliest expiry, so they cost the workers nothing.
+        crate::stick::spawn_expiry(&config.tables);
         if let (Some(l), Some(addr)) = (admin_listener, config.global.admin) {
             match tokio::net::TcpListener::from_std(l) {
                 Ok(l) => {

@@ -130,6 +130,8 @@ pub fn run(
             }
         }
         let housekeeping = tokio::task::spawn_local(housekeeping(Rc::clone(&worker)));
+        // Lua `core.register_task` functions run in every worker, as with lua-load-per-thread.
+        crate::lua::start_worker(&worker.shared.config.plugins);
         worker.shutdown_signal().wait().await;
         // Accept loops have seen the signal too and dropped their sockets.
         if worker.connections.get() > 0 {
@@ -154,6 +156,9 @@ pub fn run(
         housekeeping.abort();
         worker.access_log.flush();
     });
+    // Lua tasks go with the LocalSet; then the Lua states, while thread-locals still exist.
+    drop(local);
+    crate::lua::clear_worker();
 }
 
 /// Flushes the access log and sweeps stale pooled connections.

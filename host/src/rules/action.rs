@@ -33,6 +33,15 @@ pub trait Action: Send + Sync + fmt::Debug {
     fn resume(&self, _txn: &mut Txn) -> Flow {
         Flow::Continue
     }
+
+    /// Whether an `http_request` action also runs in the response phase (a
+    /// Wasm filter, whose one context spans both phases as in Envoy).
+    fn spans_phases(&self) -> bool {
+        false
+    }
+
+    /// The exchange is over (runs for actions compiled into the chain's log list).
+    fn on_log(&self, _txn: &Txn) {}
 }
 
 /// The phases an action may be used in.
@@ -138,7 +147,14 @@ pub static ACTIONS: &[ActionDef] = &[
     ActionDef { key: "unset_var", modifiers: &[], phases: Phases::Both, phase_note: "", build: build_unset_var },
     ActionDef { key: "use_backend", modifiers: &[], phases: Phases::Request, phase_note: "the backend is chosen before the request is sent", build: build_use_backend },
     ActionDef { key: "lua", modifiers: &["args"], phases: Phases::Both, phase_note: "", build: crate::lua::build_action },
+    ActionDef { key: "wasm", modifiers: &[], phases: Phases::Both, phase_note: "", build: crate::wasm::config::build_action },
     ActionDef { key: "use_service", modifiers: &[], phases: Phases::Request, phase_note: "a service answers the request", build: crate::lua::build_service },
+    ActionDef { key: "track_sc0", modifiers: &["table"], phases: Phases::Request, phase_note: "tracking starts with the request", build: super::stick::build_track },
+    ActionDef { key: "track_sc1", modifiers: &["table"], phases: Phases::Request, phase_note: "tracking starts with the request", build: super::stick::build_track },
+    ActionDef { key: "track_sc2", modifiers: &["table"], phases: Phases::Request, phase_note: "tracking starts with the request", build: super::stick::build_track },
+    ActionDef { key: "sc_inc_gpc", modifiers: &[], phases: Phases::Both, phase_note: "", build: super::stick::build_gp },
+    ActionDef { key: "sc_clr_gpc", modifiers: &[], phases: Phases::Both, phase_note: "", build: super::stick::build_gp },
+    ActionDef { key: "sc_set_gpt", modifiers: &["value", "expr"], phases: Phases::Both, phase_note: "", build: super::stick::build_gp },
 ];
 
 /// The action called `key`.
@@ -163,7 +179,9 @@ pub fn rule_keys(raw: &RawRule) -> Vec<(&'static str, Range<usize>)> {
         set_path => "set_path", set_status => "set_status",
         set_var => "set_var", unset_var => "unset_var", value => "value", expr => "expr",
         use_backend => "use_backend",
-        lua => "lua", args => "args", use_service => "use_service",
+        lua => "lua", args => "args", use_service => "use_service", wasm => "wasm",
+        track_sc0 => "track_sc0", track_sc1 => "track_sc1", track_sc2 => "track_sc2", table => "table",
+        sc_inc_gpc => "sc_inc_gpc", sc_clr_gpc => "sc_clr_gpc", sc_set_gpt => "sc_set_gpt",
     );
     keys.sort_by_key(|(_, span)| span.start);
     keys
@@ -902,6 +920,7 @@ mod tests {
             source: &source,
             backends: &backends,
             plugins: crate::lua::Plugins::empty(),
+            tables: crate::stick::StickTables::none(),
         };
         let re = RuleEnv {
             env: Env { ctx: &cx, phase },

@@ -1107,6 +1107,7 @@ mod tests {
             source: &source,
             backends: &backends,
             plugins: crate::lua::Plugins::empty(),
+            tables: crate::stick::StickTables::none(),
         };
         let env = Env { ctx: &cx, phase };
         Condition::parse(cond, &env)
@@ -1124,6 +1125,7 @@ mod tests {
             source: &source,
             backends: &backends,
             plugins: crate::lua::Plugins::empty(),
+            tables: crate::stick::StickTables::none(),
         };
         let env = Env {
             ctx: &cx,

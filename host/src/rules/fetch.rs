@@ -1243,6 +1243,17 @@ pub static FETCHES: &[FetchDef] = &[
     FetchDef { name: "res.cook", usage: "res.cook(<name>)", args: (1, 1), kind: Kind::Str, avail: Avail::Response, build: |c, _| cook_fetch(c, true) },
     FetchDef { name: "scook", usage: "scook(<name>)", args: (1, 1), kind: Kind::Str, avail: Avail::Response, build: |c, _| cook_fetch(c, true) },
     FetchDef { name: "src", usage: "src", args: (0, 0), kind: Kind::Ip, avail: Avail::Both, build: |_, _| simple(f_src) },
+    FetchDef { name: "sc0_tracked", usage: "sc0_tracked", args: (0, 1), kind: Kind::Bool, avail: Avail::Both, build: super::stick::build_sc_fetch },
+    FetchDef { name: "sc1_tracked", usage: "sc1_tracked", args: (0, 1), kind: Kind::Bool, avail: Avail::Both, build: super::stick::build_sc_fetch },
+    FetchDef { name: "sc2_tracked", usage: "sc2_tracked", args: (0, 1), kind: Kind::Bool, avail: Avail::Both, build: super::stick::build_sc_fetch },
+    FetchDef { name: "sc_tracked", usage: "sc_tracked(<sc>[,<table>])", args: (1, 2), kind: Kind::Bool, avail: Avail::Both, build: super::stick::build_sc_fetch },
+    FetchDef { name: "sc0_*", usage: "sc0_<data>([<table>])", args: (0, 2), kind: Kind::Int, avail: Avail::Both, build: super::stick::build_sc_fetch },
+    FetchDef { name: "sc1_*", usage: "sc1_<data>([<table>])", args: (0, 2), kind: Kind::Int, avail: Avail::Both, build: super::stick::build_sc_fetch },
+    FetchDef { name: "sc2_*", usage: "sc2_<data>([<table>])", args: (0, 2), kind: Kind::Int, avail: Avail::Both, build: super::stick::build_sc_fetch },
+    FetchDef { name: "sc_*", usage: "sc_<data>(<sc>[,<table>])", args: (1, 3), kind: Kind::Int, avail: Avail::Both, build: super::stick::build_sc_fetch },
+    FetchDef { name: "src_*", usage: "src_<data>([<table>])", args: (0, 2), kind: Kind::Int, avail: Avail::Both, build: super::stick::build_sc_fetch },
+    FetchDef { name: "table_cnt", usage: "table_cnt([<table>])", args: (0, 1), kind: Kind::Int, avail: Avail::Both, build: super::stick::build_table_fetch },
+    FetchDef { name: "table_avl", usage: "table_avl([<table>])", args: (0, 1), kind: Kind::Int, avail: Avail::Both, build: super::stick::build_table_fetch },
     FetchDef { name: "src_port", usage: "src_port", args: (0, 0), kind: Kind::Int, avail: Avail::Both, build: |_, _| simple(f_src_port) },
     FetchDef { name: "dst", usage: "dst", args: (0, 0), kind: Kind::Ip, avail: Avail::Both, build: |_, _| simple(f_dst) },
     FetchDef { name: "dst_port", usage: "dst_port", args: (0, 0), kind: Kind::Int, avail: Avail::Both, build: |_, _| simple(f_dst_port) },
@@ -1778,6 +1789,7 @@ mod tests {
             source: &source,
             backends: &backends,
             plugins: crate::lua::Plugins::empty(),
+            tables: crate::stick::StickTables::none(),
         };
         let env = Env { ctx: &cx, phase };
         let e = parse_expr(text, 0, &env, "in expression").expect("expression parses");
@@ -1798,6 +1810,7 @@ mod tests {
             source: &source,
             backends: &backends,
             plugins: crate::lua::Plugins::empty(),
+            tables: crate::stick::StickTables::none(),
         };
         let env = Env { ctx: &cx, phase };
         parse_expr(text, 0, &env, "in expression").expect_err("expression is rejected")

@@ -135,6 +135,7 @@ mod tests {
             source: &source,
             backends: &backends,
             plugins: crate::lua::Plugins::empty(),
+            tables: crate::stick::StickTables::none(),
         };
         let env = Env {
             ctx: &cx,

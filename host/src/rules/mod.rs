@@ -16,6 +16,7 @@ pub mod cond;
 pub mod crypto;
 pub mod fetch;
 pub mod format;
+pub mod stick;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -41,6 +42,8 @@ pub struct CompileCtx<'a> {
     pub backends: &'a HashMap<String, usize>,
     /// Lua plugins and what they registered (actions, fetches, converters, services).
     pub plugins: &'a crate::lua::Plugins,
+    /// Stick tables that `track_sc*`, `sc*_` / `src_` / `table_` fetches may name.
+    pub tables: &'a crate::stick::StickTables,
 }
 
 /// The compile environment of one rule: the context and the phase it runs in.
@@ -78,11 +81,32 @@ pub fn compile_chain(
     cx: &CompileCtx<'_>,
 ) -> Result<Chain, ConfigError> {
     let mut chain = Chain::default();
+    // Wasm filters of http_request see the response too, before the
+    // http_response rules and in reverse order (Envoy's filter-chain order).
+    let mut spanning = Vec::new();
     for r in request {
-        chain.request.push(compile_rule(r, Phase::Request, cx)?);
+        let f = compile_rule(r, Phase::Request, cx)?;
+        if r.get_ref().wasm.is_some() {
+            spanning.push(Arc::clone(&f));
+            chain.log.push(Arc::clone(&f));
+        }
+        chain.request.push(f);
     }
+    chain.response.extend(spanning.into_iter().rev());
     for r in response {
-        chain.response.push(compile_rule(r, Phase::Response, cx)?);
+        let f = compile_rule(r, Phase::Response, cx)?;
+        if r.get_ref().wasm.is_some() {
+            chain.log.push(Arc::clone(&f));
+        }
+        chain.response.push(f);
+    }
+    // Tracked entries learn how each exchange ended (status class, bytes) at log time.
+    if chain
+        .request
+        .iter()
+        .any(|f| f.name().starts_with("track_sc"))
+    {
+        chain.log.push(Arc::new(stick::StickLog));
     }
     Ok(chain)
 }
@@ -252,6 +276,10 @@ impl Filter for RuleFilter {
     fn on_response(&self, txn: &mut Txn) -> Flow {
         if self.phase == Phase::Response {
             self.run(txn)
+        } else if self.action.spans_phases() {
+            // The condition was checked in the request phase; the action knows
+            // whether it ran there.
+            self.action.apply(txn)
         } else {
             Flow::Continue
         }
@@ -259,6 +287,10 @@ impl Filter for RuleFilter {
 
     fn resume(&self, txn: &mut Txn) -> Flow {
         self.action.resume(txn)
+    }
+
+    fn on_log(&self, txn: &Txn) {
+        self.action.on_log(txn);
     }
 }
 
@@ -573,7 +605,7 @@ http_response = [
         fails_at(
             "http_request = [{ deny = true, value = \"z\" }]\n",
             "\"z\"",
-            "it is used with `set_header`, `add_header` or `set_var`",
+            "it is used with `set_header`, `add_header`, `set_var` or `sc_set_gpt`",
         );
         fails_at(
             "http_request = [{ set_status = 404 }]\n",
@@ -726,6 +758,7 @@ http_response = [
             source: &source,
             backends: &backends,
             plugins: crate::lua::Plugins::empty(),
+            tables: crate::stick::StickTables::none(),
         };
         let env = Env {
             ctx: &cx,

@@ -18,6 +18,7 @@ pub mod entry;
 pub mod expiry;
 pub mod key;
 pub mod table;
+pub mod track;
 
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ pub use data::{DataKind, DataRef, Schema};
 pub use entry::Entry;
 pub use key::{Key, KeyRef, KeyType};
 pub use table::{StickTable, TableConfig, Tracked};
+pub use track::StickCounters;
 
 /// Every table of a configuration, by name.
 #[derive(Debug, Default)]

@@ -106,7 +106,9 @@ pub fn copy_out(
     let mut ptr = 0u32;
     if len > 0 {
         let Some(malloc) = caller.data().malloc.clone() else {
-            caller.data_mut().note_bad_call("the module exports no allocator (proxy_on_memory_allocate or malloc)");
+            caller.data_mut().note_bad_call(
+                "the module exports no allocator (proxy_on_memory_allocate or malloc)",
+            );
             return Ok(Status::InternalFailure.raw());
         };
         ptr = malloc.call(&mut *caller, len)?;
@@ -137,12 +139,61 @@ mod tests {
         assert_eq!(range(100, 1, 100), None);
         assert_eq!(range(100, u32::MAX, 1), None);
         assert_eq!(range(100, 1, u32::MAX), None);
-        assert_eq!(range(usize::MAX, u32::MAX, u32::MAX).map(|r| r.len()), Some(u32::MAX as usize));
+        assert_eq!(
+            range(usize::MAX, u32::MAX, u32::MAX).map(|r| r.len()),
+            Some(u32::MAX as usize)
+        );
         let mut mem = vec![0u8; 16];
         assert_eq!(write_u32(&mut mem, 12, 7), Ok(()));
         assert_eq!(read_u32(&mem, 12), Ok(7));
         assert_eq!(write_u32(&mut mem, 13, 7), Err(Status::InvalidMemoryAccess));
-        assert_eq!(read(&mem, 0xFFFF_FFFF, 0xFFFF_FFFF), Err(Status::InvalidMemoryAccess));
+        assert_eq!(
+            read(&mem, 0xFFFF_FFFF, 0xFFFF_FFFF),
+            Err(Status::InvalidMemoryAccess)
+        );
         assert_eq!(read_str(&[0xff], 0, 1), Err(Status::BadArgument));
+    }
+
+    #[test]
+    fn every_edge_of_guest_memory_is_checked() {
+        let mut mem = vec![7u8; 64];
+        // The last byte is readable, one past it is not; empty reads at the end are fine.
+        assert_eq!(read(&mem, 63, 1), Ok(&[7u8][..]));
+        assert_eq!(read(&mem, 64, 1), Err(Status::InvalidMemoryAccess));
+        assert_eq!(read(&mem, 64, 0), Ok(&[][..]));
+        assert_eq!(read(&mem, 65, 0), Err(Status::InvalidMemoryAccess));
+        // "Negative" pointers and lengths (the guest's -1) never wrap around.
+        for (ptr, len) in [
+            (u32::MAX, 0),
+            (0, u32::MAX),
+            (u32::MAX - 3, 8),
+            (32, u32::MAX - 16),
+        ] {
+            assert_eq!(
+                read(&mem, ptr, len),
+                Err(Status::InvalidMemoryAccess),
+                "{ptr} {len}"
+            );
+            assert_eq!(
+                check(&mem, ptr, len),
+                Err(Status::InvalidMemoryAccess),
+                "{ptr} {len}"
+            );
+        }
+        // A write that does not fit changes nothing.
+        assert_eq!(
+            write(&mut mem, 60, &[1, 2, 3, 4, 5]),
+            Err(Status::InvalidMemoryAccess)
+        );
+        assert!(mem.iter().all(|b| *b == 7));
+        assert_eq!(write(&mut mem, 59, &[1, 2, 3, 4, 5]), Ok(()));
+        assert_eq!(&mem[59..], &[1, 2, 3, 4, 5]);
+        assert_eq!(write_u64(&mut mem, 57, 1), Err(Status::InvalidMemoryAccess));
+        assert_eq!(write_u64(&mut mem, 56, u64::MAX), Ok(()));
+        assert_eq!(read_u32(&mem, 60), Ok(u32::MAX));
+        assert_eq!(read_u32(&mem, 61), Err(Status::InvalidMemoryAccess));
+        // Empty memory (a module that exported none is refused, but be safe).
+        assert_eq!(read(&[], 0, 1), Err(Status::InvalidMemoryAccess));
+        assert_eq!(read_str(&mem[..4], 0, 4), Ok("\u{7}\u{7}\u{7}\u{7}"));
     }
 }

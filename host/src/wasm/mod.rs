@@ -16,6 +16,8 @@
 //! request after a back-off builds a fresh instance from the `InstancePre`.
 
 pub mod abi;
+pub mod admin;
+pub mod config;
 pub mod engine;
 pub mod filter;
 pub mod instance;
@@ -23,9 +25,6 @@ pub mod memory;
 pub mod module;
 pub mod shared;
 pub mod stick;
-
-#[cfg(test)]
-mod tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

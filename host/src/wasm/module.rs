@@ -58,7 +58,11 @@ const EXPORTS: &[(&str, &[ValType], &[ValType])] = {
         ("proxy_on_done", &[I32], &[I32]),
         ("proxy_on_delete", &[I32], &[]),
         ("proxy_on_tick", &[I32], &[]),
-        ("proxy_on_http_call_response", &[I32, I32, I32, I32, I32], &[]),
+        (
+            "proxy_on_http_call_response",
+            &[I32, I32, I32, I32, I32],
+            &[],
+        ),
         ("proxy_on_queue_ready", &[I32, I32], &[]),
         ("proxy_on_new_connection", &[I32], &[I32]),
         ("proxy_on_memory_allocate", &[I32], &[I32]),
@@ -133,7 +137,9 @@ impl WasmPlugin {
     /// Like [`WasmPlugin::compile`] but without the start-up run and HTTP-context checks.
     pub fn compile_unchecked(bytes: &[u8], spec: PluginSpec) -> Result<WasmPlugin, WasmLoadError> {
         let engine = super::engine::engine().map_err(WasmLoadError::Engine)?;
-        let linker = LINKER.as_ref().map_err(|e| WasmLoadError::Engine(e.clone()))?;
+        let linker = LINKER
+            .as_ref()
+            .map_err(|e| WasmLoadError::Engine(e.clone()))?;
         let module = Module::new(engine, bytes).map_err(|e| {
             let root = e.chain().last().map(|c| c.to_string()).unwrap_or_default();
             let msg = e.to_string();
@@ -152,7 +158,7 @@ impl WasmPlugin {
         for import in module.imports() {
             if linker
                 .get(&mut probe, import.module(), import.name())
-                .is_none()
+                .is_err()
             {
                 return Err(WasmLoadError::MissingImport {
                     module: import.module().to_string(),

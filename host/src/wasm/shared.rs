@@ -115,7 +115,11 @@ fn queues() -> std::sync::MutexGuard<'static, Queues> {
 /// The id of queue `name` of VM `vm_id`, created if needed (ids start at 1).
 pub fn register_queue(vm_id: &str, name: &str) -> u32 {
     let mut q = queues();
-    if let Some(i) = q.list.iter().position(|x| x.vm_id == vm_id && x.name == name) {
+    if let Some(i) = q
+        .list
+        .iter()
+        .position(|x| x.vm_id == vm_id && x.name == name)
+    {
         return id_of(i);
     }
     q.list.push(Queue {
@@ -289,15 +293,20 @@ fn prom_name(s: &str) -> String {
 }
 
 fn prom_label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Appends every plugin-defined metric in Prometheus text format, as
 /// `portcullis_wasm_<name>{plugin="..."}` (histograms as `_sum` and `_count`).
 pub fn render_prometheus(out: &mut String) {
     let all = METRICS.read().unwrap_or_else(|p| p.into_inner());
+    // A family's samples must be contiguous in the text format: group by name.
+    let mut sorted: Vec<&Arc<Metric>> = all.iter().collect();
+    sorted.sort_by(|a, b| (prom_name(&a.name), &a.plugin).cmp(&(prom_name(&b.name), &b.plugin)));
     let mut typed: HashMap<String, ()> = HashMap::new();
-    for m in all.iter() {
+    for m in sorted {
         let base = format!("portcullis_wasm_{}", prom_name(&m.name));
         let label = prom_label(&m.plugin);
         match m.kind {
@@ -368,8 +377,10 @@ mod tests {
 
     #[test]
     fn metrics_define_and_render() {
-        let (id, m) = define_metric("shared-test", "hits total", MetricKind::Counter).expect("room");
-        let (id2, _) = define_metric("shared-test", "hits total", MetricKind::Counter).expect("room");
+        let (id, m) =
+            define_metric("shared-test", "hits total", MetricKind::Counter).expect("room");
+        let (id2, _) =
+            define_metric("shared-test", "hits total", MetricKind::Counter).expect("room");
         assert_eq!(id, id2);
         assert_eq!(m.increment(2), Status::Ok);
         assert_eq!(m.increment(-1), Status::BadArgument);
@@ -377,6 +388,9 @@ mod tests {
         assert!(metric("other-plugin", id).is_none());
         let mut out = String::new();
         render_prometheus(&mut out);
-        assert!(out.contains("portcullis_wasm_hits_total{plugin=\"shared-test\"} 2"), "{out}");
+        assert!(
+            out.contains("portcullis_wasm_hits_total{plugin=\"shared-test\"} 2"),
+            "{out}"
+        );
     }
 }

@@ -76,7 +76,9 @@ impl StickApi for MemoryStick {
     fn add(&self, table: &str, key: &str, data: &str, delta: i64) -> Result<u64, StickFail> {
         self.check(table)?;
         let mut m = self.lock();
-        let v = m.entry((table.into(), key.into(), data.into())).or_default();
+        let v = m
+            .entry((table.into(), key.into(), data.into()))
+            .or_default();
         *v = v.saturating_add_signed(delta);
         Ok(*v)
     }
@@ -100,5 +102,56 @@ impl StickApi for MemoryStick {
         } else {
             Ok(())
         }
+    }
+}
+
+/// [`StickApi`] over the config's stick tables, through the one operation set
+/// ([`crate::stick::api::Api`]) that rules, Lua and the admin API use.
+#[derive(Debug, Clone)]
+pub struct TablesStick(pub std::sync::Arc<crate::stick::StickTables>);
+
+fn stick_fail(e: crate::stick::api::StickError) -> StickFail {
+    use crate::stick::api::StickError;
+    match e {
+        StickError::NotFound { .. } => StickFail::NotFound,
+        StickError::Full { .. } => StickFail::Full(e.to_string()),
+        other => StickFail::BadArgument(other.to_string()),
+    }
+}
+
+impl StickApi for TablesStick {
+    fn get(&self, table: &str, key: &str, data: &str) -> Result<u64, StickFail> {
+        let api = crate::stick::api::Api::new(&self.0);
+        let t = api.table(table).map_err(stick_fail)?;
+        let name = api.data(t, data).map_err(stick_fail)?.to_string();
+        let entry = api
+            .lookup(table, key)
+            .map_err(stick_fail)?
+            .ok_or(StickFail::NotFound)?;
+        entry
+            .data
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .ok_or(StickFail::NotFound)
+    }
+
+    fn add(&self, table: &str, key: &str, data: &str, delta: i64) -> Result<u64, StickFail> {
+        crate::stick::api::Api::new(&self.0)
+            .add(table, key, data, delta)
+            .map_err(stick_fail)
+    }
+
+    fn set(&self, table: &str, key: &str, data: &str, value: i64) -> Result<(), StickFail> {
+        crate::stick::api::Api::new(&self.0)
+            .set(table, key, &[(data, value)])
+            .map(|_| ())
+            .map_err(stick_fail)
+    }
+
+    fn clear(&self, table: &str, key: &str) -> Result<(), StickFail> {
+        crate::stick::api::Api::new(&self.0)
+            .clear_entry(table, key)
+            .map_err(stick_fail)
     }
 }

@@ -90,7 +90,12 @@ fn authority(st: &HostState) -> Option<Vec<u8>> {
         .req_headers
         .get(http::header::HOST)
         .map(|v| v.as_bytes().to_vec())
-        .or_else(|| st.io.uri.authority().map(|a| a.as_str().as_bytes().to_vec()))
+        .or_else(|| {
+            st.io
+                .uri
+                .authority()
+                .map(|a| a.as_str().as_bytes().to_vec())
+        })
 }
 
 fn pseudo(st: &HostState, kind: MapKind, name: &[u8]) -> Option<Vec<u8>> {
@@ -105,17 +110,10 @@ fn pseudo(st: &HostState, kind: MapKind, name: &[u8]) -> Option<Vec<u8>> {
                 .to_vec(),
         ),
         (MapKind::RequestHeaders, b":authority") => authority(st),
-        (MapKind::RequestHeaders, b":scheme") => Some(
-            st.io
-                .uri
-                .scheme_str()
-                .unwrap_or("http")
-                .as_bytes()
-                .to_vec(),
-        ),
-        (MapKind::ResponseHeaders, b":status") => {
-            Some(st.io.status.as_str().as_bytes().to_vec())
+        (MapKind::RequestHeaders, b":scheme") => {
+            Some(st.io.uri.scheme_str().unwrap_or("http").as_bytes().to_vec())
         }
+        (MapKind::ResponseHeaders, b":status") => Some(st.io.status.as_str().as_bytes().to_vec()),
         _ => None,
     }
 }

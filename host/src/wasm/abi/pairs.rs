@@ -52,8 +52,11 @@ fn word(buf: &[u8], at: usize) -> Option<usize> {
     usize::try_from(u32::from_le_bytes(w)).ok()
 }
 
+/// Decoded pairs, borrowing from the serialized buffer.
+pub type Pairs<'a> = Vec<(&'a [u8], &'a [u8])>;
+
 /// Decodes a serialized map; an empty buffer is an empty map.
-pub fn decode(buf: &[u8]) -> Result<Vec<(&[u8], &[u8])>, Status> {
+pub fn decode(buf: &[u8]) -> Result<Pairs<'_>, Status> {
     if buf.is_empty() {
         return Ok(Vec::new());
     }
@@ -109,12 +112,15 @@ mod tests {
         assert_eq!(
             buf,
             [
-                2, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, b':', b'm', b'e',
-                b't', b'h', b'o', b'd', 0, b'G', b'E', b'T', 0, b'x', 0, 0
+                2, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, b':', b'm', b'e', b't',
+                b'h', b'o', b'd', 0, b'G', b'E', b'T', 0, b'x', 0, 0
             ]
         );
         let back = decode(&buf).expect("valid");
-        assert_eq!(back, vec![(&b":method"[..], &b"GET"[..]), (&b"x"[..], &b""[..])]);
+        assert_eq!(
+            back,
+            vec![(&b":method"[..], &b"GET"[..]), (&b"x"[..], &b""[..])]
+        );
     }
 
     #[test]

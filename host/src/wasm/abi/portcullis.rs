@@ -78,12 +78,12 @@ fn stick_api(st: &mut HostState) -> Result<std::sync::Arc<dyn StickApi>, u32> {
 }
 
 /// Reads (table, key, data) strings for a stick call.
-fn strs3<'m>(
-    mem: &'m [u8],
+fn strs3(
+    mem: &[u8],
     a: (u32, u32),
     b: (u32, u32),
     c: (u32, u32),
-) -> Result<(&'m str, &'m str, &'m str), Status> {
+) -> Result<(&str, &str, &str), Status> {
     Ok((
         memory::read_str(mem, a.0, a.1)?,
         memory::read_str(mem, b.0, b.1)?,
@@ -104,8 +104,16 @@ pub fn add(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             if level > 5 {
                 return Ok(refuse(st, Status::BadArgument, "log: level above 5"));
             }
-            let msg = tri!(st, memory::read(mem, mptr, mlen.min(super::proxy_wasm::MAX_LOG_LINE)), "log: message out of bounds");
-            let raw = tri!(st, memory::read(mem, fptr, flen), "log: fields out of bounds");
+            let msg = tri!(
+                st,
+                memory::read(mem, mptr, mlen.min(super::proxy_wasm::MAX_LOG_LINE)),
+                "log: message out of bounds"
+            );
+            let raw = tri!(
+                st,
+                memory::read(mem, fptr, flen),
+                "log: fields out of bounds"
+            );
             let fields = tri!(st, pairs::decode(raw), "log: invalid field pairs");
             let mut text = String::new();
             for (k, v) in fields {
@@ -116,7 +124,12 @@ pub fn add(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 text.push('=');
                 text.push_str(&String::from_utf8_lossy(v));
             }
-            super::proxy_wasm::emit(&st.plugin.spec.name, level, &String::from_utf8_lossy(msg), &text);
+            super::proxy_wasm::emit(
+                &st.plugin.spec.name,
+                level,
+                &String::from_utf8_lossy(msg),
+                &text,
+            );
             Ok(Status::Ok.raw())
         },
     )?;
@@ -127,52 +140,116 @@ pub fn add(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some((mem, st)) = mem_state(&mut c) else {
                 return Ok(Status::InternalFailure.raw());
             };
-            let data = tri!(st, memory::read(mem, dptr, dlen), "sha2: data out of bounds");
+            let data = tri!(
+                st,
+                memory::read(mem, dptr, dlen),
+                "sha2: data out of bounds"
+            );
             let Some(d) = sha2_digest(alg, data) else {
-                return Ok(refuse(st, Status::BadArgument, "sha2: algorithm must be 224, 256, 384 or 512"));
+                return Ok(refuse(
+                    st,
+                    Status::BadArgument,
+                    "sha2: algorithm must be 224, 256, 384 or 512",
+                ));
             };
             if (out_len as usize) < d.len() {
-                return Ok(refuse(st, Status::BadArgument, "sha2: output buffer too small"));
+                return Ok(refuse(
+                    st,
+                    Status::BadArgument,
+                    "sha2: output buffer too small",
+                ));
             }
-            tri!(st, memory::write(mem, out, &d), "sha2: output out of bounds");
+            tri!(
+                st,
+                memory::write(mem, out, &d),
+                "sha2: output out of bounds"
+            );
             Ok(Status::Ok.raw())
         },
     )?;
     l.func_wrap(
         MODULE,
         "hmac_sha2",
-        |mut c: C<'_>, alg: u32, kptr: u32, klen: u32, dptr: u32, dlen: u32, out: u32, out_len: u32| -> HostResult {
+        |mut c: C<'_>,
+         alg: u32,
+         kptr: u32,
+         klen: u32,
+         dptr: u32,
+         dlen: u32,
+         out: u32,
+         out_len: u32|
+         -> HostResult {
             let Some((mem, st)) = mem_state(&mut c) else {
                 return Ok(Status::InternalFailure.raw());
             };
-            let key = tri!(st, memory::read(mem, kptr, klen), "hmac_sha2: key out of bounds");
-            let data = tri!(st, memory::read(mem, dptr, dlen), "hmac_sha2: data out of bounds");
+            let key = tri!(
+                st,
+                memory::read(mem, kptr, klen),
+                "hmac_sha2: key out of bounds"
+            );
+            let data = tri!(
+                st,
+                memory::read(mem, dptr, dlen),
+                "hmac_sha2: data out of bounds"
+            );
             let Some(d) = hmac_sha2(alg, key, data) else {
-                return Ok(refuse(st, Status::BadArgument, "hmac_sha2: algorithm must be 224, 256, 384 or 512"));
+                return Ok(refuse(
+                    st,
+                    Status::BadArgument,
+                    "hmac_sha2: algorithm must be 224, 256, 384 or 512",
+                ));
             };
             if (out_len as usize) < d.len() {
-                return Ok(refuse(st, Status::BadArgument, "hmac_sha2: output buffer too small"));
+                return Ok(refuse(
+                    st,
+                    Status::BadArgument,
+                    "hmac_sha2: output buffer too small",
+                ));
             }
-            tri!(st, memory::write(mem, out, &d), "hmac_sha2: output out of bounds");
+            tri!(
+                st,
+                memory::write(mem, out, &d),
+                "hmac_sha2: output out of bounds"
+            );
             Ok(Status::Ok.raw())
         },
     )?;
     l.func_wrap(
         MODULE,
         "stick_get",
-        |mut c: C<'_>, tp: u32, tl: u32, kp: u32, kl: u32, dp: u32, dl: u32, ret: u32| -> HostResult {
+        |mut c: C<'_>,
+         tp: u32,
+         tl: u32,
+         kp: u32,
+         kl: u32,
+         dp: u32,
+         dl: u32,
+         ret: u32|
+         -> HostResult {
             let Some((mem, st)) = mem_state(&mut c) else {
                 return Ok(Status::InternalFailure.raw());
             };
-            let (t, k, d) = tri!(st, strs3(mem, (tp, tl), (kp, kl), (dp, dl)), "stick_get: bad string");
-            tri!(st, memory::check(mem, ret, 8), "stick_get: bad result pointer");
+            let (t, k, d) = tri!(
+                st,
+                strs3(mem, (tp, tl), (kp, kl), (dp, dl)),
+                "stick_get: bad string"
+            );
+            tri!(
+                st,
+                memory::check(mem, ret, 8),
+                "stick_get: bad result pointer"
+            );
             let api = match stick_api(st) {
                 Ok(a) => a,
                 Err(s) => return Ok(s),
             };
             match api.get(t, k, d) {
                 Ok(v) => {
-                    tri!(st, memory::write_u64(mem, ret, v), "stick_get: bad result pointer");
+                    tri!(
+                        st,
+                        memory::write_u64(mem, ret, v),
+                        "stick_get: bad result pointer"
+                    );
                     Ok(Status::Ok.raw())
                 }
                 Err(e) => Ok(stick_status(st, e)),
@@ -182,19 +259,40 @@ pub fn add(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     l.func_wrap(
         MODULE,
         "stick_add",
-        |mut c: C<'_>, tp: u32, tl: u32, kp: u32, kl: u32, dp: u32, dl: u32, delta: i64, ret: u32| -> HostResult {
+        |mut c: C<'_>,
+         tp: u32,
+         tl: u32,
+         kp: u32,
+         kl: u32,
+         dp: u32,
+         dl: u32,
+         delta: i64,
+         ret: u32|
+         -> HostResult {
             let Some((mem, st)) = mem_state(&mut c) else {
                 return Ok(Status::InternalFailure.raw());
             };
-            let (t, k, d) = tri!(st, strs3(mem, (tp, tl), (kp, kl), (dp, dl)), "stick_add: bad string");
-            tri!(st, memory::check(mem, ret, 8), "stick_add: bad result pointer");
+            let (t, k, d) = tri!(
+                st,
+                strs3(mem, (tp, tl), (kp, kl), (dp, dl)),
+                "stick_add: bad string"
+            );
+            tri!(
+                st,
+                memory::check(mem, ret, 8),
+                "stick_add: bad result pointer"
+            );
             let api = match stick_api(st) {
                 Ok(a) => a,
                 Err(s) => return Ok(s),
             };
             match api.add(t, k, d, delta) {
                 Ok(v) => {
-                    tri!(st, memory::write_u64(mem, ret, v), "stick_add: bad result pointer");
+                    tri!(
+                        st,
+                        memory::write_u64(mem, ret, v),
+                        "stick_add: bad result pointer"
+                    );
                     Ok(Status::Ok.raw())
                 }
                 Err(e) => Ok(stick_status(st, e)),
@@ -204,11 +302,23 @@ pub fn add(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     l.func_wrap(
         MODULE,
         "stick_set",
-        |mut c: C<'_>, tp: u32, tl: u32, kp: u32, kl: u32, dp: u32, dl: u32, value: i64| -> HostResult {
+        |mut c: C<'_>,
+         tp: u32,
+         tl: u32,
+         kp: u32,
+         kl: u32,
+         dp: u32,
+         dl: u32,
+         value: i64|
+         -> HostResult {
             let Some((mem, st)) = mem_state(&mut c) else {
                 return Ok(Status::InternalFailure.raw());
             };
-            let (t, k, d) = tri!(st, strs3(mem, (tp, tl), (kp, kl), (dp, dl)), "stick_set: bad string");
+            let (t, k, d) = tri!(
+                st,
+                strs3(mem, (tp, tl), (kp, kl), (dp, dl)),
+                "stick_set: bad string"
+            );
             let api = match stick_api(st) {
                 Ok(a) => a,
                 Err(s) => return Ok(s),
@@ -226,7 +336,11 @@ pub fn add(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some((mem, st)) = mem_state(&mut c) else {
                 return Ok(Status::InternalFailure.raw());
             };
-            let t = tri!(st, memory::read_str(mem, tp, tl), "stick_clear: bad table name");
+            let t = tri!(
+                st,
+                memory::read_str(mem, tp, tl),
+                "stick_clear: bad table name"
+            );
             let k = tri!(st, memory::read_str(mem, kp, kl), "stick_clear: bad key");
             let api = match stick_api(st) {
                 Ok(a) => a,
@@ -261,7 +375,10 @@ pub fn call_foreign(st: &mut HostState, name: &[u8], args: &[u8]) -> Result<Vec<
             .ok_or(Status::BadArgument)
     };
     let int = |list: &[(&[u8], &[u8])], key: &str| -> Result<i64, Status> {
-        field(list, key)?.trim().parse().map_err(|_| Status::BadArgument)
+        field(list, key)?
+            .trim()
+            .parse()
+            .map_err(|_| Status::BadArgument)
     };
     match name {
         b"sha256" => Ok(Sha256::digest(args).to_vec()),
@@ -285,7 +402,9 @@ pub fn call_foreign(st: &mut HostState, name: &[u8], args: &[u8]) -> Result<Vec<
             let table = field(&list, "table")?;
             let key = field(&list, "key")?;
             let r = match name {
-                b"stick_get" => api.get(&table, &key, &field(&list, "data")?).map(|v| v.to_string()),
+                b"stick_get" => api
+                    .get(&table, &key, &field(&list, "data")?)
+                    .map(|v| v.to_string()),
                 b"stick_add" => api
                     .add(&table, &key, &field(&list, "data")?, int(&list, "delta")?)
                     .map(|v| v.to_string()),
@@ -322,8 +441,18 @@ pub fn foreign(
         let Some((mem, st)) = mem_state(&mut c) else {
             return Ok(Status::InternalFailure.raw());
         };
-        let name = tri!(st, memory::read(mem, nptr, nlen), "proxy_call_foreign_function: name out of bounds").to_vec();
-        let args = tri!(st, memory::read(mem, aptr, alen), "proxy_call_foreign_function: args out of bounds").to_vec();
+        let name = tri!(
+            st,
+            memory::read(mem, nptr, nlen),
+            "proxy_call_foreign_function: name out of bounds"
+        )
+        .to_vec();
+        let args = tri!(
+            st,
+            memory::read(mem, aptr, alen),
+            "proxy_call_foreign_function: args out of bounds"
+        )
+        .to_vec();
         match call_foreign(st, &name, &args) {
             Ok(v) => v,
             Err(s) => return Ok(s.raw()),

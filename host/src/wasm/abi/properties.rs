@@ -68,8 +68,9 @@ pub fn get(st: &HostState, path: &[u8]) -> Result<Vec<u8>, Status> {
             .to_vec(),
         [b"request", b"url_path"] => io.uri.path().as_bytes().to_vec(),
         [b"request", b"query"] => io.uri.query().unwrap_or("").as_bytes().to_vec(),
-        [b"request", b"host"] => maps::get_value(st, MapKind::RequestHeaders, b":authority")?
-            .ok_or(Status::NotFound)?,
+        [b"request", b"host"] => {
+            maps::get_value(st, MapKind::RequestHeaders, b":authority")?.ok_or(Status::NotFound)?
+        }
         [b"request", b"scheme"] => io.uri.scheme_str().unwrap_or("http").as_bytes().to_vec(),
         [b"request", b"method"] => io.method.as_str().as_bytes().to_vec(),
         [b"request", b"protocol"] => match io.version {
@@ -81,18 +82,18 @@ pub fn get(st: &HostState, path: &[u8]) -> Result<Vec<u8>, Status> {
         }
         .as_bytes()
         .to_vec(),
-        [b"request", b"headers", name] => maps::get_value(st, MapKind::RequestHeaders, name)?
-            .ok_or(Status::NotFound)?,
+        [b"request", b"headers", name] => {
+            maps::get_value(st, MapKind::RequestHeaders, name)?.ok_or(Status::NotFound)?
+        }
         [b"response", b"code"] if io.phase == Some(Phase::Response) => {
             int(i64::from(io.status.as_u16()))
         }
-        [b"response", b"headers", name] => maps::get_value(st, MapKind::ResponseHeaders, name)?
-            .ok_or(Status::NotFound)?,
+        [b"response", b"headers", name] => {
+            maps::get_value(st, MapKind::ResponseHeaders, name)?.ok_or(Status::NotFound)?
+        }
         [b"source", b"address"] => io.client.ok_or(Status::NotFound)?.to_string().into_bytes(),
         [b"source", b"port"] => int(i64::from(io.client.ok_or(Status::NotFound)?.port())),
-        [b"destination", b"address"] => {
-            io.local.ok_or(Status::NotFound)?.to_string().into_bytes()
-        }
+        [b"destination", b"address"] => io.local.ok_or(Status::NotFound)?.to_string().into_bytes(),
         [b"destination", b"port"] => int(i64::from(io.local.ok_or(Status::NotFound)?.port())),
         _ => return Err(Status::NotFound),
     };
@@ -106,7 +107,9 @@ const MAX_PROPS: usize = 256;
 pub fn set(st: &mut HostState, path: &[u8], value: &[u8]) -> Status {
     let segs = split_path(path);
     match segs.as_slice() {
-        [b"request", b"path"] => return maps::replace(st, MapKind::RequestHeaders, b":path", value),
+        [b"request", b"path"] => {
+            return maps::replace(st, MapKind::RequestHeaders, b":path", value);
+        }
         [b"request", b"method"] => {
             return maps::replace(st, MapKind::RequestHeaders, b":method", value);
         }

@@ -65,7 +65,11 @@ pub fn add(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     http_call(l)?;
     shared_state(l)?;
     metrics(l)?;
-    l.func_wrap("env", "proxy_call_foreign_function", super::portcullis::foreign)?;
+    l.func_wrap(
+        "env",
+        "proxy_call_foreign_function",
+        super::portcullis::foreign,
+    )?;
     Ok(())
 }
 
@@ -80,8 +84,17 @@ fn logging(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             if level > 5 {
                 return Ok(refuse(st, Status::BadArgument, "proxy_log: level above 5"));
             }
-            let bytes = tri!(st, memory::read(mem, ptr, len.min(MAX_LOG_LINE)), "proxy_log: message out of bounds");
-            emit(&st.plugin.spec.name, level, &String::from_utf8_lossy(bytes), "");
+            let bytes = tri!(
+                st,
+                memory::read(mem, ptr, len.min(MAX_LOG_LINE)),
+                "proxy_log: message out of bounds"
+            );
+            emit(
+                &st.plugin.spec.name,
+                level,
+                &String::from_utf8_lossy(bytes),
+                "",
+            );
             Ok(Status::Ok.raw())
         },
     )?;
@@ -92,7 +105,11 @@ fn logging(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some((mem, st)) = mem_state(&mut c) else {
                 return Ok(Status::InternalFailure.raw());
             };
-            tri!(st, memory::write_u32(mem, ret, log_level()), "proxy_get_log_level: bad pointer");
+            tri!(
+                st,
+                memory::write_u32(mem, ret, log_level()),
+                "proxy_get_log_level: bad pointer"
+            );
             Ok(Status::Ok.raw())
         },
     )?;
@@ -103,7 +120,11 @@ fn logging(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some((mem, st)) = mem_state(&mut c) else {
                 return Ok(Status::InternalFailure.raw());
             };
-            tri!(st, memory::write_u64(mem, ret, now_nanos()), "proxy_get_current_time_nanoseconds: bad pointer");
+            tri!(
+                st,
+                memory::write_u64(mem, ret, now_nanos()),
+                "proxy_get_current_time_nanoseconds: bad pointer"
+            );
             Ok(Status::Ok.raw())
         },
     )?;
@@ -128,7 +149,11 @@ fn logging(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 st.effective = id;
                 Ok(Status::Ok.raw())
             } else {
-                Ok(refuse(st, Status::BadArgument, "proxy_set_effective_context: unknown context"))
+                Ok(refuse(
+                    st,
+                    Status::BadArgument,
+                    "proxy_set_effective_context: unknown context",
+                ))
             }
         },
     )?;
@@ -160,15 +185,23 @@ fn buffers(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let st = c.data_mut();
                 // Sizes are clamped: `max` is often 0xFFFFFFFF for "the whole buffer".
                 let clamp = |whole: &[u8]| -> Vec<u8> {
-                    let start = usize::try_from(start).unwrap_or(usize::MAX).min(whole.len());
-                    let len = usize::try_from(max).unwrap_or(usize::MAX).min(whole.len() - start);
+                    let start = usize::try_from(start)
+                        .unwrap_or(usize::MAX)
+                        .min(whole.len());
+                    let len = usize::try_from(max)
+                        .unwrap_or(usize::MAX)
+                        .min(whole.len() - start);
                     whole[start..start + len].to_vec()
                 };
                 match t {
                     6 => clamp(&st.plugin.spec.vm_config),
                     7 => clamp(&st.plugin.spec.config),
                     _ => {
-                        let b = tri!(st, buffer(st, t, false), "proxy_get_buffer_bytes: bad buffer type");
+                        let b = tri!(
+                            st,
+                            buffer(st, t, false),
+                            "proxy_get_buffer_bytes: bad buffer type"
+                        );
                         clamp(b)
                     }
                 }
@@ -183,8 +216,16 @@ fn buffers(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some((mem, st)) = mem_state(&mut c) else {
                 return Ok(Status::InternalFailure.raw());
             };
-            let data = tri!(st, memory::read(mem, ptr, len), "proxy_set_buffer_bytes: data out of bounds");
-            let buf = tri!(st, buffer(st, t, true), "proxy_set_buffer_bytes: bad buffer type");
+            let data = tri!(
+                st,
+                memory::read(mem, ptr, len),
+                "proxy_set_buffer_bytes: data out of bounds"
+            );
+            let buf = tri!(
+                st,
+                buffer(st, t, true),
+                "proxy_set_buffer_bytes: bad buffer type"
+            );
             let start = usize::try_from(start).unwrap_or(usize::MAX).min(buf.len());
             let end = start
                 .saturating_add(usize::try_from(size).unwrap_or(usize::MAX))
@@ -203,7 +244,11 @@ fn header_maps(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: C<'_>, t: u32, ret_ptr: u32, ret_size: u32| -> HostResult {
             let data = {
                 let st = c.data_mut();
-                let kind = tri!(st, MapKind::from_raw(t), "proxy_get_header_map_pairs: bad map type");
+                let kind = tri!(
+                    st,
+                    MapKind::from_raw(t),
+                    "proxy_get_header_map_pairs: bad map type"
+                );
                 tri!(st, maps::get_pairs(st, kind), "proxy_get_header_map_pairs")
             };
             copy_out(&mut c, &data, ret_ptr, ret_size)
@@ -216,8 +261,16 @@ fn header_maps(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some((mem, st)) = mem_state(&mut c) else {
                 return Ok(Status::InternalFailure.raw());
             };
-            let kind = tri!(st, MapKind::from_raw(t), "proxy_set_header_map_pairs: bad map type");
-            let buf = tri!(st, memory::read(mem, ptr, len), "proxy_set_header_map_pairs: out of bounds");
+            let kind = tri!(
+                st,
+                MapKind::from_raw(t),
+                "proxy_set_header_map_pairs: bad map type"
+            );
+            let buf = tri!(
+                st,
+                memory::read(mem, ptr, len),
+                "proxy_set_header_map_pairs: out of bounds"
+            );
             let s = maps::set_pairs(st, kind, buf);
             if s == Status::BadArgument {
                 return Ok(refuse(st, s, "proxy_set_header_map_pairs: invalid pairs"));
@@ -233,9 +286,21 @@ fn header_maps(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let Some((mem, st)) = mem_state(&mut c) else {
                     return Ok(Status::InternalFailure.raw());
                 };
-                let kind = tri!(st, MapKind::from_raw(t), "proxy_get_header_map_value: bad map type");
-                let key = tri!(st, memory::read(mem, kptr, klen), "proxy_get_header_map_value: key out of bounds");
-                match tri!(st, maps::get_value(st, kind, key), "proxy_get_header_map_value") {
+                let kind = tri!(
+                    st,
+                    MapKind::from_raw(t),
+                    "proxy_get_header_map_value: bad map type"
+                );
+                let key = tri!(
+                    st,
+                    memory::read(mem, kptr, klen),
+                    "proxy_get_header_map_value: key out of bounds"
+                );
+                match tri!(
+                    st,
+                    maps::get_value(st, kind, key),
+                    "proxy_get_header_map_value"
+                ) {
                     Some(v) => v,
                     None => return Ok(Status::NotFound.raw()),
                 }
@@ -243,6 +308,7 @@ fn header_maps(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             copy_out(&mut c, &value, ret_ptr, ret_size)
         },
     )?;
+    #[allow(clippy::too_many_arguments)] // the ABI call's five values plus what/op
     fn set_like(
         mut c: C<'_>,
         t: u32,
@@ -269,23 +335,48 @@ fn header_maps(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_add_header_map_value",
         |c: C<'_>, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| -> HostResult {
-            set_like(c, t, kp, kl, vp, vl, "proxy_add_header_map_value", maps::add)
+            set_like(
+                c,
+                t,
+                kp,
+                kl,
+                vp,
+                vl,
+                "proxy_add_header_map_value",
+                maps::add,
+            )
         },
     )?;
     l.func_wrap(
         "env",
         "proxy_replace_header_map_value",
         |c: C<'_>, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| -> HostResult {
-            set_like(c, t, kp, kl, vp, vl, "proxy_replace_header_map_value", maps::replace)
+            set_like(
+                c,
+                t,
+                kp,
+                kl,
+                vp,
+                vl,
+                "proxy_replace_header_map_value",
+                maps::replace,
+            )
         },
     )?;
     l.func_wrap(
         "env",
         "proxy_remove_header_map_value",
         |c: C<'_>, t: u32, kp: u32, kl: u32| -> HostResult {
-            set_like(c, t, kp, kl, 0, 0, "proxy_remove_header_map_value", |st, k, n, _| {
-                maps::remove(st, k, n)
-            })
+            set_like(
+                c,
+                t,
+                kp,
+                kl,
+                0,
+                0,
+                "proxy_remove_header_map_value",
+                |st, k, n, _| maps::remove(st, k, n),
+            )
         },
     )?;
     Ok(())
@@ -300,7 +391,11 @@ fn props(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let Some((mem, st)) = mem_state(&mut c) else {
                     return Ok(Status::InternalFailure.raw());
                 };
-                let path = tri!(st, memory::read(mem, pptr, plen), "proxy_get_property: path out of bounds");
+                let path = tri!(
+                    st,
+                    memory::read(mem, pptr, plen),
+                    "proxy_get_property: path out of bounds"
+                );
                 tri!(st, properties::get(st, path), "proxy_get_property")
             };
             copy_out(&mut c, &value, ret_ptr, ret_size)
@@ -313,8 +408,16 @@ fn props(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some((mem, st)) = mem_state(&mut c) else {
                 return Ok(Status::InternalFailure.raw());
             };
-            let path = tri!(st, memory::read(mem, pptr, plen), "proxy_set_property: path out of bounds");
-            let value = tri!(st, memory::read(mem, vptr, vlen), "proxy_set_property: value out of bounds");
+            let path = tri!(
+                st,
+                memory::read(mem, pptr, plen),
+                "proxy_set_property: path out of bounds"
+            );
+            let value = tri!(
+                st,
+                memory::read(mem, vptr, vlen),
+                "proxy_set_property: value out of bounds"
+            );
             let s = properties::set(st, path, value);
             if s == Status::BadArgument {
                 return Ok(refuse(st, s, "proxy_set_property: invalid value"));
@@ -327,14 +430,20 @@ fn props(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
 
 fn resume(st: &mut HostState, t: u32) -> u32 {
     if t > 1 {
-        return refuse(st, Status::BadArgument, "proxy_continue_stream: not an HTTP stream type");
+        return refuse(
+            st,
+            Status::BadArgument,
+            "proxy_continue_stream: not an HTTP stream type",
+        );
     }
     match st.effective_stream() {
         Some(s) => {
             if s.paused {
                 s.paused = false;
                 s.pause_deadline = None;
-                s.waker.notify.notify_one();
+                if let Some(w) = &s.waker {
+                    w.notify.notify_one();
+                }
             }
             Status::Ok.raw()
         }
@@ -343,34 +452,52 @@ fn resume(st: &mut HostState, t: u32) -> u32 {
 }
 
 fn stream(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    l.func_wrap("env", "proxy_continue_stream", |mut c: C<'_>, t: u32| -> HostResult {
-        Ok(resume(c.data_mut(), t))
-    })?;
+    l.func_wrap(
+        "env",
+        "proxy_continue_stream",
+        |mut c: C<'_>, t: u32| -> HostResult { Ok(resume(c.data_mut(), t)) },
+    )?;
     // ABI 0.2.0 names, still linked by older SDK builds.
-    l.func_wrap("env", "proxy_continue_request", |mut c: C<'_>| -> HostResult {
-        Ok(resume(c.data_mut(), 0))
-    })?;
-    l.func_wrap("env", "proxy_continue_response", |mut c: C<'_>| -> HostResult {
-        Ok(resume(c.data_mut(), 1))
-    })?;
-    l.func_wrap("env", "proxy_clear_route_cache", |_c: C<'_>| -> HostResult {
-        Ok(Status::Ok.raw())
-    })?;
-    l.func_wrap("env", "proxy_close_stream", |mut c: C<'_>, t: u32| -> HostResult {
-        let st = c.data_mut();
-        if t > 1 {
-            return Ok(refuse(st, Status::BadArgument, "proxy_close_stream: not an HTTP stream type"));
-        }
-        match st.effective_stream() {
-            Some(s) => {
-                s.closed = true;
-                s.paused = false;
-                s.waker.notify.notify_one();
-                Ok(Status::Ok.raw())
+    l.func_wrap(
+        "env",
+        "proxy_continue_request",
+        |mut c: C<'_>| -> HostResult { Ok(resume(c.data_mut(), 0)) },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_continue_response",
+        |mut c: C<'_>| -> HostResult { Ok(resume(c.data_mut(), 1)) },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_clear_route_cache",
+        |_c: C<'_>| -> HostResult { Ok(Status::Ok.raw()) },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_close_stream",
+        |mut c: C<'_>, t: u32| -> HostResult {
+            let st = c.data_mut();
+            if t > 1 {
+                return Ok(refuse(
+                    st,
+                    Status::BadArgument,
+                    "proxy_close_stream: not an HTTP stream type",
+                ));
             }
-            None => Ok(Status::NotFound.raw()),
-        }
-    })?;
+            match st.effective_stream() {
+                Some(s) => {
+                    s.closed = true;
+                    s.paused = false;
+                    if let Some(w) = &s.waker {
+                        w.notify.notify_one();
+                    }
+                    Ok(Status::Ok.raw())
+                }
+                None => Ok(Status::NotFound.raw()),
+            }
+        },
+    )?;
     l.func_wrap(
         "env",
         "proxy_send_local_response",
@@ -396,13 +523,30 @@ fn stream(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     .ok_or(Status::BadArgument),
                 "proxy_send_local_response: status not in 200..=599"
             );
-            let body = tri!(st, memory::read(mem, bptr, blen), "proxy_send_local_response: body out of bounds").to_vec();
-            let raw = tri!(st, memory::read(mem, hptr, hlen), "proxy_send_local_response: headers out of bounds");
-            let list = tri!(st, pairs::decode(raw), "proxy_send_local_response: invalid header pairs");
+            let body = tri!(
+                st,
+                memory::read(mem, bptr, blen),
+                "proxy_send_local_response: body out of bounds"
+            )
+            .to_vec();
+            let raw = tri!(
+                st,
+                memory::read(mem, hptr, hlen),
+                "proxy_send_local_response: headers out of bounds"
+            );
+            let list = tri!(
+                st,
+                pairs::decode(raw),
+                "proxy_send_local_response: invalid header pairs"
+            );
             let mut headers = HeaderMap::with_capacity(list.len());
             for (k, v) in list {
                 let (Ok(n), Ok(v)) = (HeaderName::from_bytes(k), HeaderValue::from_bytes(v)) else {
-                    return Ok(refuse(st, Status::BadArgument, "proxy_send_local_response: invalid header"));
+                    return Ok(refuse(
+                        st,
+                        Status::BadArgument,
+                        "proxy_send_local_response: invalid header",
+                    ));
                 };
                 headers.append(n, v);
             }
@@ -410,7 +554,9 @@ fn stream(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 Some(s) => {
                     s.reply = Some(local_reply(status, headers, body));
                     s.paused = false;
-                    s.waker.notify.notify_one();
+                    if let Some(w) = &s.waker {
+                        w.notify.notify_one();
+                    }
                     Ok(Status::Ok.raw())
                 }
                 None => Ok(Status::NotFound.raw()),
@@ -439,13 +585,33 @@ fn http_call(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some((mem, st)) = mem_state(&mut c) else {
                 return Ok(Status::InternalFailure.raw());
             };
-            tri!(st, memory::check(mem, ret_token, 4), "proxy_http_call: bad token pointer");
-            let upstream = tri!(st, memory::read_str(mem, uptr, ulen), "proxy_http_call: bad upstream name");
+            tri!(
+                st,
+                memory::check(mem, ret_token, 4),
+                "proxy_http_call: bad token pointer"
+            );
+            let upstream = tri!(
+                st,
+                memory::read_str(mem, uptr, ulen),
+                "proxy_http_call: bad upstream name"
+            );
             let Some(addr) = st.plugin.spec.upstreams.get(upstream).copied() else {
-                return Ok(refuse(st, Status::BadArgument, "proxy_http_call: unknown upstream"));
+                return Ok(refuse(
+                    st,
+                    Status::BadArgument,
+                    "proxy_http_call: unknown upstream",
+                ));
             };
-            let raw = tri!(st, memory::read(mem, hptr, hlen), "proxy_http_call: headers out of bounds");
-            let list = tri!(st, pairs::decode(raw), "proxy_http_call: invalid header pairs");
+            let raw = tri!(
+                st,
+                memory::read(mem, hptr, hlen),
+                "proxy_http_call: headers out of bounds"
+            );
+            let list = tri!(
+                st,
+                pairs::decode(raw),
+                "proxy_http_call: invalid header pairs"
+            );
             let (mut method, mut path, mut authority) = (None, None, None);
             let mut headers = Vec::with_capacity(list.len());
             for (k, v) in list {
@@ -457,15 +623,28 @@ fn http_call(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     _ => match std::str::from_utf8(k) {
                         Ok(name) => headers.push((name.to_string(), v.to_vec())),
                         Err(_) => {
-                            return Ok(refuse(st, Status::BadArgument, "proxy_http_call: invalid header name"));
+                            return Ok(refuse(
+                                st,
+                                Status::BadArgument,
+                                "proxy_http_call: invalid header name",
+                            ));
                         }
                     },
                 }
             }
             let (Some(method), Some(path), Some(authority)) = (method, path, authority) else {
-                return Ok(refuse(st, Status::BadArgument, "proxy_http_call: :method, :path and :authority are required"));
+                return Ok(refuse(
+                    st,
+                    Status::BadArgument,
+                    "proxy_http_call: :method, :path and :authority are required",
+                ));
             };
-            let body = tri!(st, memory::read(mem, bptr, blen), "proxy_http_call: body out of bounds").to_vec();
+            let body = tri!(
+                st,
+                memory::read(mem, bptr, blen),
+                "proxy_http_call: body out of bounds"
+            )
+            .to_vec();
             let timeout = if timeout_ms == 0 {
                 Duration::from_secs(5)
             } else {
@@ -475,10 +654,18 @@ fn http_call(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             st.next_token = st.next_token.wrapping_add(1).max(1);
             let Some(s) = st.streams.get_mut(&st.effective) else {
                 // Calls from the root context (e.g. on_tick) are not supported yet.
-                return Ok(refuse(st, Status::InternalFailure, "proxy_http_call: only a stream context can call out"));
+                return Ok(refuse(
+                    st,
+                    Status::InternalFailure,
+                    "proxy_http_call: only a stream context can call out",
+                ));
             };
             if s.calls.len() + s.inflight >= 16 {
-                return Ok(refuse(st, Status::InternalFailure, "proxy_http_call: too many calls in flight"));
+                return Ok(refuse(
+                    st,
+                    Status::InternalFailure,
+                    "proxy_http_call: too many calls in flight",
+                ));
             }
             s.calls.push(PendingCall {
                 token,
@@ -490,7 +677,11 @@ fn http_call(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 body,
                 timeout,
             });
-            tri!(st, memory::write_u32(mem, ret_token, token), "proxy_http_call: bad token pointer");
+            tri!(
+                st,
+                memory::write_u32(mem, ret_token, token),
+                "proxy_http_call: bad token pointer"
+            );
             Ok(Status::Ok.raw())
         },
     )?;
@@ -498,29 +689,56 @@ fn http_call(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     l.func_wrap(
         "env",
         "proxy_grpc_call",
-        |_c: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> HostResult {
-            Ok(Status::InternalFailure.raw())
-        },
+        |_c: C<'_>,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32|
+         -> HostResult { Ok(Status::InternalFailure.raw()) },
     )?;
     l.func_wrap(
         "env",
         "proxy_grpc_stream",
-        |_c: C<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> HostResult {
-            Ok(Status::InternalFailure.raw())
-        },
+        |_c: C<'_>,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32,
+         _: u32|
+         -> HostResult { Ok(Status::InternalFailure.raw()) },
     )?;
-    l.func_wrap("env", "proxy_grpc_send", |_c: C<'_>, _: u32, _: u32, _: u32, _: u32| -> HostResult {
-        Ok(Status::NotFound.raw())
-    })?;
-    l.func_wrap("env", "proxy_grpc_cancel", |_c: C<'_>, _: u32| -> HostResult {
-        Ok(Status::NotFound.raw())
-    })?;
-    l.func_wrap("env", "proxy_grpc_close", |_c: C<'_>, _: u32| -> HostResult {
-        Ok(Status::NotFound.raw())
-    })?;
-    l.func_wrap("env", "proxy_get_status", |_c: C<'_>, _: u32, _: u32, _: u32| -> HostResult {
-        Ok(Status::NotFound.raw())
-    })?;
+    l.func_wrap(
+        "env",
+        "proxy_grpc_send",
+        |_c: C<'_>, _: u32, _: u32, _: u32, _: u32| -> HostResult { Ok(Status::NotFound.raw()) },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_grpc_cancel",
+        |_c: C<'_>, _: u32| -> HostResult { Ok(Status::NotFound.raw()) },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_grpc_close",
+        |_c: C<'_>, _: u32| -> HostResult { Ok(Status::NotFound.raw()) },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_status",
+        |_c: C<'_>, _: u32, _: u32, _: u32| -> HostResult { Ok(Status::NotFound.raw()) },
+    )?;
     Ok(())
 }
 
@@ -528,13 +746,27 @@ fn shared_state(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     l.func_wrap(
         "env",
         "proxy_get_shared_data",
-        |mut c: C<'_>, kptr: u32, klen: u32, ret_ptr: u32, ret_size: u32, ret_cas: u32| -> HostResult {
+        |mut c: C<'_>,
+         kptr: u32,
+         klen: u32,
+         ret_ptr: u32,
+         ret_size: u32,
+         ret_cas: u32|
+         -> HostResult {
             let (value, cas) = {
                 let Some((mem, st)) = mem_state(&mut c) else {
                     return Ok(Status::InternalFailure.raw());
                 };
-                tri!(st, memory::check(mem, ret_cas, 4), "proxy_get_shared_data: bad cas pointer");
-                let key = tri!(st, memory::read(mem, kptr, klen), "proxy_get_shared_data: key out of bounds");
+                tri!(
+                    st,
+                    memory::check(mem, ret_cas, 4),
+                    "proxy_get_shared_data: bad cas pointer"
+                );
+                let key = tri!(
+                    st,
+                    memory::read(mem, kptr, klen),
+                    "proxy_get_shared_data: key out of bounds"
+                );
                 match st.plugin.shared_data.get(key) {
                     Some(v) => v,
                     None => return Ok(Status::NotFound.raw()),
@@ -547,7 +779,11 @@ fn shared_state(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some((mem, st)) = mem_state(&mut c) else {
                 return Ok(Status::InternalFailure.raw());
             };
-            tri!(st, memory::write_u32(mem, ret_cas, cas), "proxy_get_shared_data: bad cas pointer");
+            tri!(
+                st,
+                memory::write_u32(mem, ret_cas, cas),
+                "proxy_get_shared_data: bad cas pointer"
+            );
             Ok(Status::Ok.raw())
         },
     )?;
@@ -558,11 +794,23 @@ fn shared_state(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some((mem, st)) = mem_state(&mut c) else {
                 return Ok(Status::InternalFailure.raw());
             };
-            let key = tri!(st, memory::read(mem, kptr, klen), "proxy_set_shared_data: key out of bounds");
-            let value = tri!(st, memory::read(mem, vptr, vlen), "proxy_set_shared_data: value out of bounds");
+            let key = tri!(
+                st,
+                memory::read(mem, kptr, klen),
+                "proxy_set_shared_data: key out of bounds"
+            );
+            let value = tri!(
+                st,
+                memory::read(mem, vptr, vlen),
+                "proxy_set_shared_data: value out of bounds"
+            );
             let s = st.plugin.shared_data.set(key, value, cas);
             if s == Status::BadArgument {
-                return Ok(refuse(st, s, "proxy_set_shared_data: value too large or store full"));
+                return Ok(refuse(
+                    st,
+                    s,
+                    "proxy_set_shared_data: value too large or store full",
+                ));
             }
             Ok(s.raw())
         },
@@ -574,13 +822,25 @@ fn shared_state(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some((mem, st)) = mem_state(&mut c) else {
                 return Ok(Status::InternalFailure.raw());
             };
-            let name = tri!(st, memory::read_str(mem, nptr, nlen), "proxy_register_shared_queue: bad name");
-            tri!(st, memory::check(mem, ret_id, 4), "proxy_register_shared_queue: bad id pointer");
+            let name = tri!(
+                st,
+                memory::read_str(mem, nptr, nlen),
+                "proxy_register_shared_queue: bad name"
+            );
+            tri!(
+                st,
+                memory::check(mem, ret_id, 4),
+                "proxy_register_shared_queue: bad id pointer"
+            );
             let id = shared::register_queue(&st.plugin.spec.name, name);
             if !st.queues.contains(&id) {
                 st.queues.push(id);
             }
-            tri!(st, memory::write_u32(mem, ret_id, id), "proxy_register_shared_queue: bad id pointer");
+            tri!(
+                st,
+                memory::write_u32(mem, ret_id, id),
+                "proxy_register_shared_queue: bad id pointer"
+            );
             Ok(Status::Ok.raw())
         },
     )?;
@@ -591,13 +851,29 @@ fn shared_state(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some((mem, st)) = mem_state(&mut c) else {
                 return Ok(Status::InternalFailure.raw());
             };
-            let vm = tri!(st, memory::read_str(mem, vptr, vlen), "proxy_resolve_shared_queue: bad vm id");
-            let name = tri!(st, memory::read_str(mem, nptr, nlen), "proxy_resolve_shared_queue: bad name");
-            let vm = if vm.is_empty() { st.plugin.spec.name.as_str() } else { vm };
+            let vm = tri!(
+                st,
+                memory::read_str(mem, vptr, vlen),
+                "proxy_resolve_shared_queue: bad vm id"
+            );
+            let name = tri!(
+                st,
+                memory::read_str(mem, nptr, nlen),
+                "proxy_resolve_shared_queue: bad name"
+            );
+            let vm = if vm.is_empty() {
+                st.plugin.spec.name.as_str()
+            } else {
+                vm
+            };
             let Some(id) = shared::resolve_queue(vm, name) else {
                 return Ok(Status::NotFound.raw());
             };
-            tri!(st, memory::write_u32(mem, ret_id, id), "proxy_resolve_shared_queue: bad id pointer");
+            tri!(
+                st,
+                memory::write_u32(mem, ret_id, id),
+                "proxy_resolve_shared_queue: bad id pointer"
+            );
             Ok(Status::Ok.raw())
         },
     )?;
@@ -608,7 +884,11 @@ fn shared_state(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some((mem, st)) = mem_state(&mut c) else {
                 return Ok(Status::InternalFailure.raw());
             };
-            let data = tri!(st, memory::read(mem, ptr, len), "proxy_enqueue_shared_queue: data out of bounds");
+            let data = tri!(
+                st,
+                memory::read(mem, ptr, len),
+                "proxy_enqueue_shared_queue: data out of bounds"
+            );
             Ok(shared::enqueue(id, data).raw())
         },
     )?;
@@ -643,14 +923,34 @@ fn metrics(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some((mem, st)) = mem_state(&mut c) else {
                 return Ok(Status::InternalFailure.raw());
             };
-            let kind = tri!(st, MetricKind::from_raw(t).ok_or(Status::BadArgument), "proxy_define_metric: bad type");
-            let name = tri!(st, memory::read_str(mem, nptr, nlen), "proxy_define_metric: bad name");
-            tri!(st, memory::check(mem, ret_id, 4), "proxy_define_metric: bad id pointer");
+            let kind = tri!(
+                st,
+                MetricKind::from_raw(t).ok_or(Status::BadArgument),
+                "proxy_define_metric: bad type"
+            );
+            let name = tri!(
+                st,
+                memory::read_str(mem, nptr, nlen),
+                "proxy_define_metric: bad name"
+            );
+            tri!(
+                st,
+                memory::check(mem, ret_id, 4),
+                "proxy_define_metric: bad id pointer"
+            );
             let Some((id, m)) = shared::define_metric(&st.plugin.spec.name, name, kind) else {
-                return Ok(refuse(st, Status::BadArgument, "proxy_define_metric: too many metrics"));
+                return Ok(refuse(
+                    st,
+                    Status::BadArgument,
+                    "proxy_define_metric: too many metrics",
+                ));
             };
             st.metrics.insert(id, m);
-            tri!(st, memory::write_u32(mem, ret_id, id), "proxy_define_metric: bad id pointer");
+            tri!(
+                st,
+                memory::write_u32(mem, ret_id, id),
+                "proxy_define_metric: bad id pointer"
+            );
             Ok(Status::Ok.raw())
         },
     )?;
@@ -686,7 +986,11 @@ fn metrics(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(m) = metric(st, id) else {
                 return Ok(Status::NotFound.raw());
             };
-            tri!(st, memory::write_u64(mem, ret, m.get()), "proxy_get_metric: bad pointer");
+            tri!(
+                st,
+                memory::write_u64(mem, ret, m.get()),
+                "proxy_get_metric: bad pointer"
+            );
             Ok(Status::Ok.raw())
         },
     )?;

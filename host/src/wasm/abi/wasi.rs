@@ -168,9 +168,11 @@ pub fn add(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             errno(memory::write(mem, ret, &stat))
         },
     )?;
-    l.func_wrap(M, "fd_prestat_get", |_c: C<'_>, _fd: u32, _ret: u32| -> u32 {
-        BADF
-    })?;
+    l.func_wrap(
+        M,
+        "fd_prestat_get",
+        |_c: C<'_>, _fd: u32, _ret: u32| -> u32 { BADF },
+    )?;
     l.func_wrap(
         M,
         "fd_prestat_dir_name",
@@ -213,25 +215,21 @@ pub fn add(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             errno(memory::write_u64(mem, ret, 1_000))
         },
     )?;
-    l.func_wrap(
-        M,
-        "random_get",
-        |mut c: C<'_>, ptr: u32, len: u32| -> u32 {
-            let Some((mem, _)) = mem_state(&mut c) else {
-                return FAULT;
-            };
-            let Some(r) = memory::range(mem.len(), ptr, len) else {
-                return FAULT;
-            };
-            match mem.get_mut(r) {
-                Some(buf) => {
-                    fill_random(buf);
-                    SUCCESS
-                }
-                None => FAULT,
+    l.func_wrap(M, "random_get", |mut c: C<'_>, ptr: u32, len: u32| -> u32 {
+        let Some((mem, _)) = mem_state(&mut c) else {
+            return FAULT;
+        };
+        let Some(r) = memory::range(mem.len(), ptr, len) else {
+            return FAULT;
+        };
+        match mem.get_mut(r) {
+            Some(buf) => {
+                fill_random(buf);
+                SUCCESS
             }
-        },
-    )?;
+            None => FAULT,
+        }
+    })?;
     l.func_wrap(M, "sched_yield", |_c: C<'_>| -> u32 { SUCCESS })?;
     l.func_wrap(
         M,

@@ -1,0 +1,149 @@
+//! Stick-table engine costs, in ns per operation on 1 and 2 threads:
+//!
+//! - `lookup`: read a rate of an existing key (lock-free map read);
+//! - `lookup_update`: the same plus one event counted in the rate;
+//! - `track`: what a `track_sc0` request costs: track (get-or-create,
+//!   reference, touch, counters), read the rate, record the outcome, release;
+//! - `insert_full`: insert a new key into a full table, evicting the oldest.
+//!
+//! On 2 threads both hit the same key (the contended worst case) for
+//! `lookup` and `track`, and distinct new keys for `insert_full`; the figure
+//! is wall time per operation per thread.
+//!
+//! `cargo bench -p portcullis --bench stick -- --quick`
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use portcullis::stick::{Clock, DataRef, KeyRef, KeyType, Schema, StickTable, TableConfig};
+
+fn table(size: u64, expire: Option<u64>) -> Arc<StickTable> {
+    let schema = Schema::parse(&[
+        "http_req_cnt",
+        "http_req_rate(10s)",
+        "http_err_cnt",
+        "conn_cur",
+        "conn_cnt",
+        "bytes_out_cnt",
+    ])
+    .expect("schema");
+    Arc::new(StickTable::new(
+        TableConfig {
+            name: "bench".into(),
+            key_type: KeyType::Ip,
+            size,
+            expire,
+            nopurge: false,
+            schema,
+        },
+        Clock::Real,
+    ))
+}
+
+fn ip(n: u32) -> KeyRef<'static> {
+    KeyRef::V4(n.to_be_bytes())
+}
+
+/// Runs `op(thread, i)` `iters` times on each of `threads` threads; returns wall time.
+fn threaded(threads: usize, iters: u64, op: &(dyn Fn(usize, u64) + Sync)) -> Duration {
+    if threads == 1 {
+        let start = Instant::now();
+        for i in 0..iters {
+            op(0, i);
+        }
+        return start.elapsed();
+    }
+    let barrier = Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let barrier = &barrier;
+            s.spawn(move || {
+                barrier.wait();
+                for i in 0..iters {
+                    op(t, i);
+                }
+                barrier.wait();
+            });
+        }
+        barrier.wait();
+        let start = Instant::now();
+        barrier.wait();
+        start.elapsed()
+    })
+}
+
+fn bench_stick(c: &mut Criterion) {
+    let rate = DataRef::parse("http_req_rate").expect("rate");
+    for threads in [1usize, 2] {
+        let mut g = c.benchmark_group(format!("stick/{threads}t"));
+
+        // Lookup of an existing key among 10k, reading its rate.
+        let t = table(100_000, Some(30_000));
+        for n in 0..10_000 {
+            let _ = t.get_or_create(&ip(n));
+        }
+        g.bench_function("lookup", |b| {
+            b.iter_custom(|iters| {
+                threaded(threads, iters, &|_, _| {
+                    let now = t.now();
+                    black_box(t.with_entry(&ip(4242), |e| e.get(rate, now)));
+                })
+            })
+        });
+
+        // Lookup + update: count an event in a key's rate and read it back.
+        g.bench_function("lookup_update", |b| {
+            b.iter_custom(|iters| {
+                threaded(threads, iters, &|_, _| {
+                    let now = t.now();
+                    black_box(t.with_entry(&ip(4243), |e| {
+                        e.add(rate, now, 1);
+                        e.get(rate, now)
+                    }));
+                })
+            })
+        });
+
+        // One tracked request: track, rate check, outcome, release.
+        g.bench_function("track_rate_release", |b| {
+            b.iter_custom(|iters| {
+                threaded(threads, iters, &|_, _| {
+                    if let Some(tr) = t.track(&ip(777)) {
+                        black_box(tr.entry().get(rate, tr.now()));
+                        tr.record_outcome(200, 0, 512);
+                    }
+                })
+            })
+        });
+
+        // Inserts of new keys into a full table (LRU eviction, no expire).
+        let full = table(4096, None);
+        for n in 0..4096 {
+            let _ = full.get_or_create(&ip(n));
+        }
+        let next = AtomicU32::new(1 << 24);
+        g.bench_function("insert_full_evict", |b| {
+            b.iter_custom(|iters| {
+                threaded(threads, iters, &|_, _| {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    black_box(full.get_or_create(&ip(n)).is_ok());
+                })
+            })
+        });
+        assert!(full.used() <= full.size());
+        let c = &full.counters;
+        eprintln!(
+            "insert_full_evict ({threads}t): inserts {} evictions {} refusals {}",
+            c.inserts.load(Ordering::Relaxed),
+            c.evictions.load(Ordering::Relaxed),
+            c.refusals.load(Ordering::Relaxed)
+        );
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench_stick);
+criterion_main!(benches);

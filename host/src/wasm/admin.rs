@@ -1,0 +1,118 @@
+//! The admin API's view of Wasm plugins: one JSON document per plugin for
+//! `/plugins` and metric families for `/metrics` (plus the metrics guests
+//! define with `proxy_define_metric`).
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use serde_json::{Value, json};
+
+use super::{FailKind, OnError, WasmPlugin};
+
+/// One Wasm plugin's JSON document: limits, memory, calls, failures by kind, rebuilds.
+pub fn plugin_json(p: &WasmPlugin) -> Value {
+    let sh = p.shared();
+    let s = &sh.stats;
+    let spec = &sh.spec;
+    let failures: serde_json::Map<String, Value> = FailKind::ALL
+        .iter()
+        .map(|k| (k.name().to_string(), json!(s.failures_of(*k))))
+        .collect();
+    json!({
+        "name": p.name(),
+        "kind": "wasm",
+        "on_error": match spec.on_error {
+            OnError::FailOpen => "fail_open",
+            OnError::FailClosed(_) => "fail_closed",
+        },
+        "memory_limit": spec.limits.memory,
+        "cpu_limit_us": u64::try_from(spec.limits.cpu.as_micros()).unwrap_or(u64::MAX),
+        "memory_in_use": s.memory_bytes.load(Relaxed),
+        "instances": s.instances_live.load(Relaxed),
+        "instances_built": s.instances_built.load(Relaxed),
+        "calls": s.calls.load(Relaxed),
+        "failures": failures,
+        "failed_requests": s.failed_requests.load(Relaxed),
+        "bad_host_calls": s.bad_host_calls.load(Relaxed),
+        "rebuilds": s.rebuilds.load(Relaxed),
+    })
+}
+
+/// A metric family: name, type, help and labelled samples.
+pub type Family = (&'static str, &'static str, &'static str, Vec<(String, u64)>);
+
+fn label(p: &WasmPlugin) -> String {
+    format!(
+        "plugin=\"{}\"",
+        p.name().replace('\\', "\\\\").replace('"', "\\\"")
+    )
+}
+
+/// The Wasm plugins' metric families.
+pub fn metric_families(plugins: &[std::sync::Arc<WasmPlugin>]) -> Vec<Family> {
+    let per = |f: fn(&WasmPlugin) -> u64| -> Vec<(String, u64)> {
+        plugins.iter().map(|p| (label(p), f(p))).collect()
+    };
+    let failures = plugins
+        .iter()
+        .flat_map(|p| {
+            let l = label(p);
+            FailKind::ALL.iter().map(move |k| {
+                (
+                    format!("{l},kind=\"{}\"", k.name()),
+                    p.shared().stats.failures_of(*k),
+                )
+            })
+        })
+        .collect();
+    vec![
+        (
+            "portcullis_wasm_plugin_calls_total",
+            "counter",
+            "Calls into the Wasm plugin's guest code.",
+            per(|p| p.shared().stats.calls.load(Relaxed)),
+        ),
+        (
+            "portcullis_wasm_plugin_failures_total",
+            "counter",
+            "Failed calls into the Wasm plugin, by kind.",
+            failures,
+        ),
+        (
+            "portcullis_wasm_plugin_failed_requests_total",
+            "counter",
+            "Requests handled by the plugin's on_error policy.",
+            per(|p| p.shared().stats.failed_requests.load(Relaxed)),
+        ),
+        (
+            "portcullis_wasm_plugin_rebuilds_total",
+            "counter",
+            "Instances rebuilt after a failure.",
+            per(|p| p.shared().stats.rebuilds.load(Relaxed)),
+        ),
+        (
+            "portcullis_wasm_plugin_bad_host_calls_total",
+            "counter",
+            "Host calls refused for a bad pointer or argument.",
+            per(|p| p.shared().stats.bad_host_calls.load(Relaxed)),
+        ),
+        (
+            "portcullis_wasm_plugin_memory_bytes",
+            "gauge",
+            "Linear memory of the plugin's live instances, all workers.",
+            per(|p| p.shared().stats.memory_bytes.load(Relaxed)),
+        ),
+        (
+            "portcullis_wasm_plugin_instances",
+            "gauge",
+            "Live instances of the plugin (one per worker that used it).",
+            per(|p| p.shared().stats.instances_live.load(Relaxed)),
+        ),
+    ]
+}
+
+/// Metrics guests defined (`proxy_define_metric`), in Prometheus text format.
+pub fn guest_metrics() -> String {
+    let mut out = String::new();
+    super::shared::render_prometheus(&mut out);
+    out
+}

@@ -1,0 +1,221 @@
+//! Loading `[[plugin]]` entries with `wasm = "module.wasm"` and compiling
+//! `{ wasm = "<plugin>" }` rules.
+//!
+//! Each module is compiled once at load and run through start-up in a
+//! throwaway instance, so an invalid module, a missing import, or a plugin
+//! whose `proxy_on_vm_start` / `proxy_on_configure` returns false is a
+//! config error with the entry's location.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::{Limits, OnError, PluginSpec, WasmFilter, WasmPlugin};
+use crate::config::schema::{RawPlugin, RawRule};
+use crate::config::{Backend, ConfigError, SourceMap};
+use crate::rules::{Action, RuleEnv};
+
+/// Loads every `[[plugin]]` that has `wasm =` (the others are Lua's).
+pub fn load_plugins(
+    raw: &[Spanned<RawPlugin>],
+    source: &SourceMap,
+    backends: &[Backend],
+    tables: Option<Arc<dyn super::StickApi>>,
+    pause_timeout: Duration,
+) -> Result<Vec<Arc<WasmPlugin>>, ConfigError> {
+    let upstreams: HashMap<String, SocketAddr> = backends
+        .iter()
+        .filter_map(|b| b.servers.first().map(|s| (b.name.to_string(), s.addr)))
+        .collect();
+    let mut out = Vec::new();
+    for (i, p) in raw.iter().enumerate() {
+        let p = p.get_ref();
+        let Some(wasm) = &p.wasm else { continue };
+        let name = p.name.get_ref();
+        // Lua's loader checks names among Lua plugins; names are unique across both kinds.
+        if let Some(other) = raw
+            .iter()
+            .enumerate()
+            .find(|(j, q)| *j != i && q.get_ref().name.get_ref() == name)
+        {
+            let span = if other.0 > i {
+                other.1.get_ref().name.span()
+            } else {
+                p.name.span()
+            };
+            return Err(source.error(
+                span,
+                format!("duplicate plugin name {name:?}; every plugin needs a unique name"),
+            ));
+        }
+        out.push(Arc::new(load_one(
+            p,
+            wasm,
+            source,
+            &upstreams,
+            tables.clone(),
+            pause_timeout,
+        )?));
+    }
+    Ok(out)
+}
+
+/// A `config` / `vm_config` value as the plugin receives it: a string as its
+/// bytes, anything else as JSON (Envoy hands the plugin a JSON serialization).
+fn config_bytes(v: &Option<Spanned<toml::Value>>) -> Vec<u8> {
+    match v.as_ref().map(Spanned::get_ref) {
+        None => Vec::new(),
+        Some(toml::Value::String(s)) => s.as_bytes().to_vec(),
+        Some(other) => serde_json::to_vec(other).unwrap_or_default(),
+    }
+}
+
+fn load_one(
+    p: &RawPlugin,
+    wasm: &Spanned<String>,
+    source: &SourceMap,
+    upstreams: &HashMap<String, SocketAddr>,
+    tables: Option<Arc<dyn super::StickApi>>,
+    pause_timeout: Duration,
+) -> Result<WasmPlugin, ConfigError> {
+    let name = p.name.get_ref();
+    if let Some(l) = &p.lua {
+        return Err(source.error(
+            l.span(),
+            format!("plugin {name:?} has both `lua` and `wasm`; a plugin is one or the other"),
+        ));
+    }
+    if let Some(a) = &p.args {
+        return Err(source.error(
+            a.span(),
+            "`args` is for Lua plugins; a Wasm plugin takes its settings from `config`",
+        ));
+    }
+    // A paused request waits for the plugin as long as it would for a server.
+    let mut limits = Limits {
+        pause_timeout,
+        ..Limits::default()
+    };
+    if let Some(m) = &p.memory_limit {
+        let n = m.get_ref().0;
+        if !(64 << 10..=4u64 << 30).contains(&n) {
+            return Err(source.error(
+                m.span(),
+                format!("memory_limit of a Wasm plugin must be between 64KiB (one page) and 4GiB, got {n} bytes"),
+            ));
+        }
+        limits.memory = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if let Some(c) = p.cpu_limit {
+        if c.0 < Duration::from_millis(1) || c.0 > Duration::from_secs(60) {
+            return Err(source.error(
+                p.name.span(),
+                format!(
+                    "plugin {name:?}: cpu_limit must be between 1ms and 60s, got {:?}",
+                    c.0
+                ),
+            ));
+        }
+        limits.cpu = c.0;
+    }
+    let on_error = match &p.on_error {
+        Some(s) => match s.get_ref().as_str() {
+            "fail_open" => OnError::FailOpen,
+            "fail_closed" => OnError::FailClosed(500),
+            other => {
+                return Err(source.error(
+                    s.span(),
+                    format!("unknown on_error {other:?}; expected \"fail_open\" (the request goes on) or \"fail_closed\" (500)"),
+                ));
+            }
+        },
+        None => OnError::FailOpen,
+    };
+    let path = resolve(source.file(), wasm.get_ref());
+    let bytes = std::fs::read(&path).map_err(|e| {
+        source.error(
+            wasm.span(),
+            format!(
+                "plugin {name:?}: cannot read Wasm module {}: {e}",
+                path.display()
+            ),
+        )
+    })?;
+    let spec = PluginSpec {
+        name: name.clone(),
+        config: config_bytes(&p.config),
+        vm_config: config_bytes(&p.vm_config),
+        limits,
+        on_error,
+        upstreams: upstreams.clone(),
+        stick: tables,
+    };
+    WasmPlugin::compile(&bytes, spec).map_err(|e| {
+        source.error(
+            wasm.span(),
+            format!("plugin {name:?}: cannot load {}: {e}", path.display()),
+        )
+    })
+}
+
+/// `rel` relative to the directory of the config file `config`.
+fn resolve(config: &Path, rel: &str) -> PathBuf {
+    let p = Path::new(rel);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    match config.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// Builds a `{ wasm = "<plugin>" }` rule.
+pub fn build_action(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, ConfigError> {
+    let Some(name) = &raw.wasm else {
+        return Err(re.error(re.span.clone(), "internal error: `wasm` missing"));
+    };
+    let plugins = &re.env.ctx.plugins.wasm;
+    let Some(p) = plugins.iter().find(|p| p.name() == name.get_ref()) else {
+        let known: Vec<&str> = plugins.iter().map(|p| p.name()).collect();
+        let hint = crate::rules::suggest(name.get_ref(), known.iter().copied())
+            .map(crate::rules::did_you_mean)
+            .unwrap_or_default();
+        let list = if known.is_empty() {
+            "; no Wasm plugin is declared (add [[plugin]] with wasm = \"module.wasm\")".to_string()
+        } else {
+            format!("; declared Wasm plugins: {}", known.join(", "))
+        };
+        return Err(re.error(
+            name.span(),
+            format!("no Wasm plugin {:?}{hint}{list}", name.get_ref()),
+        ));
+    };
+    Ok(Box::new(WasmFilter::new(Arc::clone(p), re.env.phase)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spanned(v: toml::Value) -> Option<Spanned<toml::Value>> {
+        Some(Spanned::new(0..0, v))
+    }
+
+    #[test]
+    fn config_is_raw_bytes_or_json() {
+        assert_eq!(config_bytes(&None), b"");
+        assert_eq!(
+            config_bytes(&spanned(toml::Value::String("a=b c".into()))),
+            b"a=b c"
+        );
+        let t: toml::Value = toml::from_str("header = \"x-sig\"\nn = 3").expect("toml");
+        let json: serde_json::Value =
+            serde_json::from_slice(&config_bytes(&spanned(t))).expect("json");
+        assert_eq!(json, serde_json::json!({"header": "x-sig", "n": 3}));
+    }
+}

@@ -1,0 +1,493 @@
+//! [`WasmFilter`]: a Wasm plugin as a rule action, with one Proxy-Wasm
+//! stream context per request spanning the request and response phases.
+//!
+//! Instances live in a worker-local registry (one per plugin per worker,
+//! built lazily from the plugin's `InstancePre`). A failed call kills the
+//! instance; the request gets the plugin's `on_error` policy, the failure is
+//! logged and counted, and the next instance is built only after an
+//! exponential back-off, so a crash-looping plugin cannot burn the CPU.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+
+use super::OnError;
+use super::instance::{
+    CallResponse, FailKind, Failure, IdHasher, PendingCall, PluginInstance, StreamWaker, Verdict,
+};
+use super::module::WasmPlugin;
+use crate::filter::{Flow, Reply, WaitFuture};
+use crate::txn::{Phase, Txn};
+
+/// First back-off after a failure; doubles per consecutive failure.
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest back-off between rebuilds.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// One worker's instance of one plugin and its failure history.
+#[derive(Default)]
+struct Slot {
+    inst: Option<PluginInstance>,
+    /// Bumped on every (re)build, so contexts of a dead instance are recognised.
+    generation: u64,
+    /// Consecutive failures (reset by a successful call).
+    fails: u32,
+    /// No rebuild before this instant.
+    retry_at: Option<Instant>,
+}
+
+thread_local! {
+    /// Per-worker instances, keyed by plugin id.
+    static SLOTS: RefCell<HashMap<u64, Slot, BuildHasherDefault<IdHasher>>> =
+        RefCell::new(HashMap::default());
+}
+
+/// A request's stream context: which one, in which instance generation.
+#[derive(Debug, Clone, Copy)]
+struct CtxRef {
+    ctx: u32,
+    generation: u64,
+}
+
+thread_local! {
+    /// Contexts whose request went away without its log hook (client gone
+    /// mid-request, a failed hook): destroyed at the plugin's next use.
+    static ORPHANS: RefCell<Vec<(u64, CtxRef)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What a request holds in `txn.plugin_state`: dropping it (with the
+/// transaction) hands a still-live context to [`ORPHANS`].
+#[derive(Debug)]
+struct Held {
+    plugin: u64,
+    cref: CtxRef,
+    /// Set once the log hook finished the context (nothing left to clean up).
+    done: std::cell::Cell<bool>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.done.get() {
+            return;
+        }
+        // `try_with`: a transaction dropped during thread teardown just forgets it.
+        let _ = ORPHANS.try_with(|o| {
+            if let Ok(mut o) = o.try_borrow_mut() {
+                o.push((self.plugin, self.cref));
+            }
+        });
+    }
+}
+
+static NEXT_FILTER: AtomicU64 = AtomicU64::new(1 << 40);
+
+/// A `{ wasm = "<plugin>" }` rule: runs the plugin's HTTP context hooks.
+pub struct WasmFilter {
+    plugin: Arc<WasmPlugin>,
+    /// Keys this rule's per-request context (a plugin may appear in several rules).
+    key: u64,
+    /// The list the rule was declared in: a request rule also sees the response.
+    declared: Phase,
+}
+
+impl std::fmt::Debug for WasmFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmFilter")
+            .field("plugin", &self.plugin.name())
+            .field("declared", &self.declared)
+            .finish()
+    }
+}
+
+/// What one hook run ended with.
+enum Outcome {
+    Verdict(Verdict),
+    Fail(Failure),
+}
+
+impl WasmFilter {
+    /// A filter running `plugin` for a rule declared in the `declared` list.
+    pub fn new(plugin: Arc<WasmPlugin>, declared: Phase) -> WasmFilter {
+        WasmFilter {
+            plugin,
+            key: NEXT_FILTER.fetch_add(1, Relaxed),
+            declared,
+        }
+    }
+
+    /// The plugin this filter runs.
+    pub fn plugin(&self) -> &Arc<WasmPlugin> {
+        &self.plugin
+    }
+
+    /// Runs `f` on this worker's live instance, building it first if allowed.
+    fn with_instance<T>(
+        &self,
+        f: impl FnOnce(&mut PluginInstance, u64) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        self.with_instance_opt(true, f)
+    }
+
+    /// Like [`Self::with_instance`]; `build = false` never builds (log hooks of dead contexts).
+    fn with_instance_opt<T>(
+        &self,
+        build: bool,
+        f: impl FnOnce(&mut PluginInstance, u64) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        SLOTS.with(|slots| {
+            let mut slots = slots.borrow_mut();
+            let slot = slots.entry(self.plugin.id).or_default();
+            if slot.inst.is_none() {
+                if !build {
+                    return Err(gone());
+                }
+                let now = Instant::now();
+                if slot.retry_at.is_some_and(|t| now < t) {
+                    return Err(Failure::new(
+                        FailKind::Init,
+                        "the plugin failed recently; its instance is being rebuilt after a back-off",
+                    ));
+                }
+                let stats = &self.plugin.shared().stats;
+                if slot.generation > 0 {
+                    stats.rebuilds.fetch_add(1, Relaxed);
+                }
+                match PluginInstance::new(&self.plugin) {
+                    Ok(i) => {
+                        slot.inst = Some(i);
+                        slot.generation += 1;
+                        slot.retry_at = None;
+                    }
+                    Err(e) => {
+                        let e = Failure::new(FailKind::Init, format!("cannot rebuild the instance: {e}"));
+                        record(&self.plugin, slot, &e);
+                        return Err(e);
+                    }
+                }
+            }
+            let generation = slot.generation;
+            let Some(inst) = slot.inst.as_mut() else {
+                return Err(Failure::new(FailKind::Init, "no instance"));
+            };
+            if let Err(e) = reap(self.plugin.id, generation, inst) {
+                record(&self.plugin, slot, &e);
+                return Err(e);
+            }
+            let Some(inst) = slot.inst.as_mut() else {
+                return Err(Failure::new(FailKind::Init, "no instance"));
+            };
+            match f(inst, generation) {
+                Ok(v) => {
+                    slot.fails = 0;
+                    Ok(v)
+                }
+                Err(e) => {
+                    record(&self.plugin, slot, &e);
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    /// The failure response (or pass-through) for a failed hook.
+    fn on_error(&self, txn: &mut Txn, f: &Failure) -> Flow {
+        // Dropping the held context queues it for destruction (if the instance lives on).
+        drop(txn.plugin_state.take::<Held>(self.key));
+        let stats = &self.plugin.shared().stats;
+        stats.failed_requests.fetch_add(1, Relaxed);
+        tracing::debug!(plugin = %self.plugin.name(), "request handled by on_error: {f}");
+        match self.plugin.shared().spec.on_error {
+            OnError::FailOpen => Flow::Continue,
+            OnError::FailClosed(status) => Flow::Respond(Reply::text(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "plugin failure\n",
+            )),
+        }
+    }
+
+    /// Turns a hook's outcome into a flow (waiting for http calls or a resume on `Pause`).
+    fn flow(&self, txn: &mut Txn, cref: CtxRef, out: Outcome) -> Flow {
+        match out {
+            Outcome::Fail(f) => self.on_error(txn, &f),
+            Outcome::Verdict(Verdict::Continue) => Flow::Continue,
+            Outcome::Verdict(Verdict::Respond(r)) => Flow::Respond(r),
+            Outcome::Verdict(Verdict::Pause) => {
+                let r = self.with_instance(|inst, generation| {
+                    if generation != cref.generation {
+                        return Err(gone());
+                    }
+                    let (deadline, _) = inst.pause_state(cref.ctx).ok_or_else(gone)?;
+                    let waker = inst.waker(cref.ctx).ok_or_else(gone)?;
+                    let deadline = deadline.unwrap_or_else(|| {
+                        Instant::now() + self.plugin.shared().spec.limits.pause_timeout
+                    });
+                    Ok((inst.take_calls(cref.ctx), waker, deadline))
+                });
+                match r {
+                    Ok((calls, waker, deadline)) => Flow::Wait(wait(calls, waker, deadline)),
+                    Err(f) => self.on_error(txn, &f),
+                }
+            }
+        }
+    }
+
+    fn current(&self, txn: &Txn) -> Option<CtxRef> {
+        txn.plugin_state.peek::<Held>(self.key).map(|h| h.cref)
+    }
+
+    /// Creates the request's context and runs the phase's header hook.
+    fn start(&self, txn: &mut Txn) -> Flow {
+        let r = self.with_instance(|inst, generation| {
+            if inst.wants_housekeeping() {
+                inst.housekeeping(Instant::now())?;
+            }
+            let ctx = inst.create_stream()?;
+            Ok(CtxRef { ctx, generation })
+        });
+        let cref = match r {
+            Ok(c) => c,
+            Err(f) => return self.on_error(txn, &f),
+        };
+        txn.plugin_state.put(
+            self.key,
+            Box::new(Held {
+                plugin: self.plugin.id,
+                cref,
+                done: std::cell::Cell::new(false),
+            }),
+        );
+        self.headers(txn, cref)
+    }
+
+    fn headers(&self, txn: &mut Txn, cref: CtxRef) -> Flow {
+        let out = self.with_instance(|inst, generation| {
+            if generation != cref.generation {
+                return Err(gone());
+            }
+            match txn.phase {
+                Phase::Request => {
+                    let eos = no_body(&txn.req_headers);
+                    inst.request_headers(cref.ctx, txn, eos)
+                }
+                Phase::Response => inst.response_headers(cref.ctx, txn, false),
+            }
+        });
+        let out = out.map_or_else(Outcome::Fail, Outcome::Verdict);
+        self.flow(txn, cref, out)
+    }
+
+    fn run_phase(&self, txn: &mut Txn) -> Flow {
+        match self.current(txn) {
+            Some(cref) => self.headers(txn, cref),
+            // A request rule whose condition did not hold (or that failed open) has no context.
+            None if self.declared == Phase::Request && txn.phase == Phase::Response => {
+                Flow::Continue
+            }
+            None => self.start(txn),
+        }
+    }
+}
+
+/// Destroys this plugin's orphaned contexts of the live instance generation.
+fn reap(plugin: u64, generation: u64, inst: &mut PluginInstance) -> Result<(), Failure> {
+    let mine: Vec<CtxRef> = ORPHANS.with(|o| {
+        let mut o = o.borrow_mut();
+        if o.is_empty() {
+            return Vec::new();
+        }
+        let mut mine = Vec::new();
+        o.retain(|(p, c)| {
+            if *p == plugin {
+                mine.push(*c);
+                false
+            } else {
+                true
+            }
+        });
+        mine
+    });
+    for c in mine {
+        if c.generation == generation {
+            // A context already finished by its log hook is unknown: a no-op.
+            inst.destroy_stream(c.ctx)?;
+        }
+    }
+    Ok(())
+}
+
+fn gone() -> Failure {
+    Failure::new(
+        FailKind::Trap,
+        "the request's plugin context is gone (the instance was rebuilt)",
+    )
+}
+
+/// Counts a failure, and kills the instance (with back-off) if its state is suspect.
+fn record(plugin: &WasmPlugin, slot: &mut Slot, f: &Failure) {
+    let stats = &plugin.shared().stats;
+    stats.count_failure(f.kind);
+    if f.kind.kills_instance() {
+        slot.inst = None;
+        slot.fails = slot.fails.saturating_add(1);
+        let exp = slot.fails.saturating_sub(1).min(16);
+        let backoff = BACKOFF_MIN.saturating_mul(1 << exp).min(BACKOFF_MAX);
+        slot.retry_at = Some(Instant::now() + backoff);
+        tracing::warn!(
+            plugin = %plugin.name(),
+            kind = f.kind.name(),
+            backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+            "wasm plugin failed, instance dropped: {}", f.message
+        );
+    } else {
+        tracing::warn!(plugin = %plugin.name(), kind = f.kind.name(), "wasm plugin call failed: {}", f.message);
+    }
+}
+
+/// Whether a request head announces no body.
+fn no_body(h: &http::HeaderMap) -> bool {
+    !h.contains_key(http::header::TRANSFER_ENCODING)
+        && h.get(http::header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0")
+}
+
+/// Waits until the guest resumes the stream, its http calls finish, or the pause deadline.
+fn wait(calls: Vec<PendingCall>, waker: Rc<StreamWaker>, deadline: Instant) -> WaitFuture {
+    Box::pin(async move {
+        let sleep = tokio::time::sleep_until(deadline.into());
+        if calls.is_empty() {
+            tokio::select! {
+                () = waker.notify.notified() => {}
+                () = sleep => {}
+            }
+            return;
+        }
+        let run = async {
+            for c in calls {
+                let token = c.token;
+                let resp = http_call(c).await;
+                waker.results.borrow_mut().push((token, resp));
+            }
+        };
+        tokio::select! {
+            () = run => {}
+            () = waker.notify.notified() => {}
+            () = sleep => {}
+        }
+    })
+}
+
+/// Runs one `proxy_http_call` over a fresh HTTP/1.1 connection; an empty response on failure.
+async fn http_call(c: PendingCall) -> CallResponse {
+    match tokio::time::timeout(c.timeout, http_call_inner(&c)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::debug!("wasm http call to {} failed: {e}", c.upstream);
+            CallResponse::default()
+        }
+        Err(_) => CallResponse::default(),
+    }
+}
+
+async fn http_call_inner(c: &PendingCall) -> Result<CallResponse, String> {
+    use http_body_util::{BodyExt, Full};
+    let stream = tokio::net::TcpStream::connect(c.upstream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Full<bytes::Bytes>>(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::task::spawn_local(async move {
+        let _ = conn.await;
+    });
+    let mut req = http::Request::builder()
+        .method(c.method.clone())
+        .uri(c.path.as_str())
+        .header(http::header::HOST, c.authority.as_str());
+    for (k, v) in &c.headers {
+        req = req.header(k.as_str(), v.as_slice());
+    }
+    let req = req
+        .body(Full::new(bytes::Bytes::from(c.body.clone())))
+        .map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let mut headers = vec![(
+        ":status".to_string(),
+        resp.status().as_str().as_bytes().to_vec(),
+    )];
+    for (k, v) in resp.headers() {
+        headers.push((k.as_str().to_string(), v.as_bytes().to_vec()));
+    }
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    // Bound what a call may bring into the guest.
+    if body.len() > 16 << 20 {
+        return Err("http call response body larger than 16 MiB".into());
+    }
+    Ok(CallResponse {
+        headers,
+        body: body.to_vec(),
+    })
+}
+
+impl crate::rules::Action for WasmFilter {
+    fn apply(&self, txn: &mut Txn) -> Flow {
+        self.run_phase(txn)
+    }
+
+    fn resume(&self, txn: &mut Txn) -> Flow {
+        let Some(cref) = self.current(txn) else {
+            return Flow::Continue;
+        };
+        let out = self.with_instance(|inst, generation| {
+            if generation != cref.generation {
+                return Err(gone());
+            }
+            let v = inst.deliver_calls(cref.ctx, txn)?;
+            if matches!(v, Verdict::Pause)
+                && let Some((Some(deadline), _)) = inst.pause_state(cref.ctx)
+                && Instant::now() >= deadline
+            {
+                // Not a trap: the instance is fine, only this request is abandoned.
+                let _ = inst.destroy_stream(cref.ctx);
+                return Err(Failure::new(
+                    FailKind::PauseTimeout,
+                    "the plugin paused the request and did not resume it in time",
+                ));
+            }
+            Ok(v)
+        });
+        let out = out.map_or_else(Outcome::Fail, Outcome::Verdict);
+        self.flow(txn, cref, out)
+    }
+
+    fn spans_phases(&self) -> bool {
+        self.declared == Phase::Request
+    }
+
+    fn on_log(&self, txn: &Txn) {
+        // `on_log` cannot change the transaction, so the context is read, not taken.
+        let Some(held) = txn.plugin_state.peek::<Held>(self.key) else {
+            return;
+        };
+        let cref = held.cref;
+        // Finished or not, the context is gone afterwards (a failing log hook kills the instance).
+        held.done.set(true);
+        let _ = self.with_instance_opt(false, |inst, generation| {
+            if generation != cref.generation {
+                return Ok(());
+            }
+            inst.finish_stream(cref.ctx, txn)
+        });
+    }
+}

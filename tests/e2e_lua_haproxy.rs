@@ -1,0 +1,424 @@
+//! Lua compatibility proven against HAProxy itself: the example scripts in
+//! `plugins/lua/` run under HAProxy 2.6 (Debian's, Lua 5.3) and under the
+//! portcullis binary (Lua 5.4) with equivalent configs in front of the same
+//! in-test backend; every request goes to both and the status, headers and
+//! body must match, up to the deliberate differences documented in
+//! docs/LUA.md (see [`normalize`]).
+//!
+//! HAProxy must be installed (`bash scripts/setup.sh`): without it this test
+//! fails; it never skips.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::{Method, Request};
+
+/// The example scripts both proxies load.
+const SCRIPTS: &[&str] = &[
+    "cors.lua",
+    "rewrite.lua",
+    "samples.lua",
+    "hello_service.lua",
+    "deny_page.lua",
+    "vars.lua",
+    "stick_lookup.lua",
+];
+
+fn plugins_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/lua")
+}
+
+/// A running HAProxy, killed (and reaped) on drop.
+struct HaProxy {
+    child: Child,
+    _dir: TempDir,
+    log: PathBuf,
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl HaProxy {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The installed HAProxy's version line; panics (fails the test) when it is missing.
+fn haproxy_version() -> String {
+    let out = Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("haproxy is required for this test and could not be run ({e}); install it with `bash scripts/setup.sh`")
+        });
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("HAProxy version"),
+        "haproxy -v failed: {text}"
+    );
+    text.lines().next().unwrap_or("").to_string()
+}
+
+async fn start_haproxy(web: SocketAddr, app: SocketAddr) -> HaProxy {
+    let dir = TempDir::new("haproxy-lua");
+    let loads: String = SCRIPTS
+        .iter()
+        .map(|s| format!("  lua-load {}\n", plugins_dir().join(s).display()))
+        .collect();
+    let cfg = format!(
+        r#"global
+  nbthread 1
+{loads}
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 10s
+  timeout server 10s
+
+frontend web
+  bind {web}
+  http-request track-sc0 src table per_ip
+  http-request set-var(txn.rewritten) str(1) if {{ path_beg /rewrite }}
+  http-request set-var(txn.stick) str(1) if {{ path_beg /stick }}
+  http-request lua.deny_page if {{ path_beg /admin }}
+  http-request use-service lua.hello if {{ path_beg /svc }}
+  http-request use-service lua.body_echo if {{ path_beg /body }}
+  http-request lua.cors "GET,POST" "https://a.example, https://b.example" "X-Custom" if {{ path_beg /cors }}
+  http-request lua.rewrite if {{ path_beg /rewrite }}
+  http-request lua.builtins if {{ path_beg /samples }}
+  http-request set-header x-kind %[lua.client_kind(kind=)] if {{ path_beg /samples }}
+  http-request set-header x-masked %[req.hdr(x-token),lua.mask(3)] if {{ path_beg /samples }}
+  http-request lua.vars_req if {{ path_beg /vars }}
+  http-response lua.cors if {{ var(txn.cors_origin) -m found }}
+  http-response lua.rewrite if {{ var(txn.rewritten) -m found }}
+  http-response lua.vars_res if {{ var(txn.path) -m found }}
+  http-response lua.stick_lookup if {{ res.hdr(x-stick) -m found }} || {{ var(txn.stick) -m found }}
+  default_backend app
+
+backend app
+  server s1 {app}
+
+backend per_ip
+  stick-table type ip size 1k expire 60s store http_req_cnt,gpc0
+"#
+    );
+    let path = dir.write("haproxy.cfg", &cfg);
+    let log = dir.path().join("haproxy.log");
+    let check = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .expect("run haproxy -c");
+    assert!(
+        check.status.success(),
+        "haproxy rejects the config:\n{}{}\n{cfg}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let logf = std::fs::File::create(&log).expect("haproxy log file");
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().expect("log fd"))
+        .stderr(logf)
+        .spawn()
+        .expect("start haproxy");
+    let h = HaProxy {
+        child,
+        _dir: dir,
+        log,
+    };
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(web).await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "haproxy did not listen on {web}: {}",
+            h.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h
+}
+
+/// portcullis with the same scripts and the equivalent rules.
+async fn start_portcullis(ports: &Ports, app: SocketAddr) -> Daemon {
+    let plugins: String = SCRIPTS
+        .iter()
+        .map(|s| {
+            format!(
+                "[[plugin]]\nname = \"{}\"\nlua = \"{}\"\non_error = \"fail_closed\"\n\n",
+                s.trim_end_matches(".lua"),
+                plugins_dir().join(s).display()
+            )
+        })
+        .collect();
+    let rules = r#"http_request = [
+  { track_sc0 = "src", table = "per_ip" },
+  { set_var = "txn.rewritten", expr = "str(1)", if = "path_beg /rewrite" },
+  { set_var = "txn.stick", expr = "str(1)", if = "path_beg /stick" },
+  { lua = "deny_page", if = "path_beg /admin" },
+  { use_service = "lua.hello", if = "path_beg /svc" },
+  { use_service = "lua.body_echo", if = "path_beg /body" },
+  { lua = "cors", args = ["GET,POST", "https://a.example, https://b.example", "X-Custom"], if = "path_beg /cors" },
+  { lua = "rewrite", if = "path_beg /rewrite" },
+  { lua = "builtins", if = "path_beg /samples" },
+  { set_header = "x-kind", value = "%[lua.client_kind(kind=)]", if = "path_beg /samples" },
+  { set_header = "x-masked", value = "%[req.hdr(x-token),lua.mask(3)]", if = "path_beg /samples" },
+  { lua = "vars_req", if = "path_beg /vars" },
+]
+http_response = [
+  { lua = "cors", if = "var(txn.cors_origin) -m found" },
+  { lua = "rewrite", if = "var(txn.rewritten) -m found" },
+  { lua = "vars_res", if = "var(txn.path) -m found" },
+  { lua = "stick_lookup", if = "res.hdr(x-stick) -m found or var(txn.stick) -m found" },
+]
+"#;
+    let cfg = format!(
+        "{}[[stick_table]]\nname = \"per_ip\"\ntype = \"ip\"\nsize = 1024\nexpire = \"60s\"\nstore = [\"http_req_cnt\", \"gpc0\"]\n\n{plugins}{}{}",
+        global_section(ports.admin, &[]),
+        frontend_section("web", ports.web, "app", rules),
+        backend_section("app", "roundrobin", &[("s1", app, 1)], ""),
+    );
+    Daemon::start(&cfg, &[ports.web, ports.admin]).await
+}
+
+/// One request sent to both proxies.
+struct Case {
+    method: Method,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+}
+
+const fn case(
+    method: Method,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+) -> Case {
+    Case {
+        method,
+        path,
+        headers,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        // CORS: a simple request from an allowed origin, one from a refused
+        // origin, a preflight, and no Origin at all.
+        case(
+            Method::GET,
+            "/cors/data",
+            &[("origin", "https://b.example")],
+        ),
+        case(
+            Method::GET,
+            "/cors/data",
+            &[("origin", "https://evil.example")],
+        ),
+        case(
+            Method::OPTIONS,
+            "/cors/data",
+            &[
+                ("origin", "https://a.example"),
+                ("access-control-request-method", "POST"),
+            ],
+        ),
+        case(
+            Method::OPTIONS,
+            "/cors/data",
+            &[
+                ("origin", "https://evil.example"),
+                ("access-control-request-method", "POST"),
+            ],
+        ),
+        case(Method::GET, "/cors/data", &[]),
+        // Header and URI rewriting in both phases.
+        case(
+            Method::GET,
+            "/rewrite/x?old=1",
+            &[
+                ("user-agent", "first-agent"),
+                ("x-multi", "a"),
+                ("x-multi", "b"),
+                ("x-remove-me", "1"),
+                ("x-version", "v42"),
+            ],
+        ),
+        case(Method::GET, "/rewrite/y", &[("x-version", "beta")]),
+        // A fetch in a header value, a converter, and the built-in fetches and converters.
+        case(
+            Method::GET,
+            "/samples/p?q=1&r=two",
+            &[
+                ("user-agent", "FriendlyBot/1.0"),
+                ("x-token", "secret-token"),
+                ("x-list", "a, b"),
+                ("x-list", "c"),
+                ("cookie", "theme=dark; session=abc123"),
+            ],
+        ),
+        case(Method::GET, "/samples/q", &[("user-agent", "Mozilla/5.0")]),
+        // An AppletHTTP service: chunked, then with a content-length.
+        case(Method::GET, "/svc/hello?x=1", &[("x-name", "ada")]),
+        case(Method::GET, "/svc/hello?cl=1", &[]),
+        case(Method::POST, "/svc/post?cl=1", &[("x-name", "bob")]),
+        // A service reading the request body (getline, receive(n), receive()).
+        case(Method::POST, "/body/lines", &[]),
+        case(Method::GET, "/body/none", &[]),
+        // txn:reply deny page.
+        case(Method::GET, "/admin/panel", &[]),
+        // Variables across phases and core.msleep.
+        case(Method::GET, "/vars/one", &[]),
+        case(Method::GET, "/vars/two", &[]),
+        // Stick-table lookup (the table counts every request above).
+        case(Method::GET, "/stick/me", &[]),
+    ]
+}
+
+/// What is compared of one response.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    status: u16,
+    /// Response headers, lower-case names, sorted by name (values in order).
+    headers: Vec<(String, String)>,
+    /// The body, or for a backend echo: method, path and the `x-*` request headers it saw.
+    body: String,
+}
+
+/// Turns a response into what must match, dropping the documented, deliberate differences:
+/// - `date`: portcullis (hyper) sends it on every response, HAProxy not on its own replies;
+/// - a backend echo's `content-length`: the echoed request differs by the next item;
+/// - `x-forwarded-for` / `x-forwarded-proto`: portcullis adds them to every forwarded request.
+fn normalize(r: &Resp) -> Seen {
+    let is_echo = r
+        .header("content-type")
+        .is_some_and(|c| c == "application/json");
+    let mut headers: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| *k != "date" && !(is_echo && *k == "content-length"))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    headers.sort_by(|a, b| a.0.cmp(&b.0));
+    let body = if is_echo {
+        let e = r.echo();
+        let mut seen: Vec<String> = e.0["headers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| {
+                        let k = p[0].as_str()?;
+                        let v = p[1].as_str()?;
+                        (k.starts_with("x-") && !k.starts_with("x-forwarded-"))
+                            .then(|| format!("{k}: {v}"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Stable: values of one header keep their order.
+        seen.sort_by(|a, b| {
+            a.split(':')
+                .next()
+                .unwrap_or("")
+                .cmp(b.split(':').next().unwrap_or(""))
+        });
+        format!("echo {} {}\n{}", e.method(), e.path(), seen.join("\n"))
+    } else {
+        r.text()
+    };
+    Seen {
+        status: r.status.as_u16(),
+        headers,
+        body,
+    }
+}
+
+async fn send(addr: SocketAddr, c: &Case) -> Resp {
+    let mut b = Request::builder()
+        .method(c.method.clone())
+        .uri(c.path)
+        .header("host", "compat.test");
+    for (k, v) in c.headers {
+        b = b.header(*k, *v);
+    }
+    let body = if c.method == Method::POST {
+        full("first line\nsecond line\nthe rest")
+    } else {
+        empty()
+    };
+    H1::connect(addr)
+        .await
+        .send(b.body(body).expect("request"))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_scripts_behave_as_under_haproxy() {
+    let version = haproxy_version();
+    assert!(
+        version.contains("version 2.6"),
+        "this comparison targets HAProxy 2.6; found: {version}"
+    );
+    let app = Backend::start("s1").await;
+    let ha_web = free_addr();
+    let ha = start_haproxy(ha_web, app.addr).await;
+    let ports = Ports::new();
+    let pc = start_portcullis(&ports, app.addr).await;
+
+    let mut failures = Vec::new();
+    for c in cases() {
+        let h = normalize(&send(ha_web, &c).await);
+        let p = normalize(&send(ports.web, &c).await);
+        // Shown with --nocapture: what was compared.
+        eprintln!("{} {}\n  {h:?}", c.method, c.path);
+        if h != p {
+            failures.push(format!(
+                "{} {} {:?}\n  haproxy:    {h:?}\n  portcullis: {p:?}",
+                c.method, c.path, c.headers
+            ));
+        }
+        // A script error would hide behind equal 500s: both must have succeeded.
+        assert!(
+            h.status < 500,
+            "{} {}: HAProxy answered {}; its log:\n{}",
+            c.method,
+            c.path,
+            h.status,
+            ha.log()
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} responses differ:\n{}\nportcullis log:\n{}\nhaproxy log:\n{}",
+        failures.len(),
+        cases().len(),
+        failures.join("\n"),
+        pc.stderr(),
+        ha.log()
+    );
+    // HAProxy really ran the scripts (a rule that never fired would compare equal too).
+    let r = send(
+        ha_web,
+        &case(Method::GET, "/svc/hello?x=1", &[("x-name", "ada")]),
+    )
+    .await;
+    assert_eq!(r.header("x-service").as_deref(), Some("hello"));
+}

@@ -1,0 +1,770 @@
+//! Wasm plugins through the binary: a well-behaved Proxy-Wasm filter in both
+//! phases, hostile guests written in WAT (CPU loop, memory.grow bomb, deep
+//! recursion, unreachable, garbage pointers and lengths to host calls, calls
+//! from the wrong context, unknown return codes, a pause never resumed), each
+//! failing only its own requests while a good plugin alongside is unaffected;
+//! load-time errors; and the example plugins built from source for wasm32.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::StatusCode;
+use serde_json::Value;
+
+/// A module skeleton: memory, a bump allocator, start-up exports returning
+/// `start` (1 = accept), and the given extra imports / functions.
+fn module(imports: &str, start: u32, body: &str) -> String {
+    format!(
+        r#"(module
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  {imports}
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 4096))
+  (data (i32.const 16) "x-good")
+  (data (i32.const 32) "yes")
+  (data (i32.const 48) "x-good-resp")
+  (data (i32.const 64) "host")
+  (data (i32.const 80) "x-abuse")
+  (data (i32.const 96) "ok")
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    global.get $heap local.set $p
+    global.get $heap local.get $n i32.add global.set $heap
+    local.get $p)
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) i32.const {start})
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) i32.const 1)
+  {body}
+)"#
+    )
+}
+
+/// A hostile module whose `proxy_on_request_headers` runs `hook` (it must leave an i32).
+fn hostile(extra: &str, hook: &str) -> String {
+    module(
+        "",
+        1,
+        &format!(
+            "{extra}\n  (func (export \"proxy_on_request_headers\") (param $ctx i32) (param i32 i32) (result i32)\n    {hook})"
+        ),
+    )
+}
+
+fn good() -> String {
+    module(
+        r#"(import "env" "proxy_define_metric" (func $def (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_increment_metric" (func $inc (param i32 i64) (result i32)))"#,
+        1,
+        r#"(data (i32.const 112) "good_requests")
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $def (i32.const 0) (i32.const 112) (i32.const 13) (i32.const 128)))
+    (drop (call $inc (i32.load (i32.const 128)) (i64.const 1)))
+    (drop (call $add (i32.const 0) (i32.const 16) (i32.const 6) (i32.const 32) (i32.const 3)))
+    i32.const 0)
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 2) (i32.const 48) (i32.const 11) (i32.const 32) (i32.const 3)))
+    i32.const 0)"#,
+    )
+}
+
+/// Calls host functions with garbage and checks each returns the spec's
+/// status; if all do, it tags the request `x-abuse: ok` and continues,
+/// otherwise it answers 299 with the number of the first wrong check.
+fn abuse() -> String {
+    let imports = r#"
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_pairs" (func $pairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_header_map_pairs" (func $setpairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_bytes" (func $buf (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $eff (param i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $cont (param i32) (result i32)))
+  (import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_property" (func $prop (param i32 i32 i32 i32) (result i32)))
+  (import "portcullis_v1" "sha2" (func $sha (param i32 i32 i32 i32 i32) (result i32)))
+  (import "portcullis_v1" "hmac_sha2" (func $hmac (param i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "portcullis_v1" "stick_get" (func $sget (param i32 i32 i32 i32 i32 i32 i32) (result i32)))
+"#;
+    // (check number, expected status, call)
+    let checks: &[(u32, &str)] = &[
+        (6, "(call $log (i32.const 2) (i32.const -1) (i32.const -1))"),
+        (
+            6,
+            "(call $log (i32.const 2) (i32.const 131000) (i32.const 100))",
+        ),
+        (2, "(call $log (i32.const 9) (i32.const 16) (i32.const 6))"),
+        (
+            6,
+            "(call $add (i32.const 0) (i32.const -16) (i32.const 32) (i32.const 32) (i32.const 3))",
+        ),
+        (
+            6,
+            "(call $add (i32.const 0) (i32.const 16) (i32.const -1) (i32.const 32) (i32.const 3))",
+        ),
+        (
+            6,
+            "(call $add (i32.const 0) (i32.const 16) (i32.const 6) (i32.const 131071) (i32.const 2))",
+        ),
+        (
+            6,
+            "(call $get (i32.const 0) (i32.const 64) (i32.const 4) (i32.const -1) (i32.const -1))",
+        ),
+        (
+            6,
+            "(call $get (i32.const 0) (i32.const 64) (i32.const 4) (i32.const 131070) (i32.const 8))",
+        ),
+        (
+            6,
+            "(call $pairs (i32.const 0) (i32.const -4) (i32.const 8))",
+        ),
+        (
+            6,
+            "(call $setpairs (i32.const 0) (i32.const 100) (i32.const -1))",
+        ),
+        (
+            6,
+            "(call $buf (i32.const 7) (i32.const 0) (i32.const -1) (i32.const -1) (i32.const 0))",
+        ),
+        (2, "(call $eff (i32.const 99999))"),
+        (2, "(call $cont (i32.const 77))"),
+        (
+            2,
+            "(call $reply (i32.const 99999) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0))",
+        ),
+        (
+            6,
+            "(call $reply (i32.const 403) (i32.const 0) (i32.const 0) (i32.const -8) (i32.const 100) (i32.const 0) (i32.const 0) (i32.const 0))",
+        ),
+        (
+            6,
+            "(call $prop (i32.const -1) (i32.const -1) (i32.const 200) (i32.const 204))",
+        ),
+        (
+            6,
+            "(call $sha (i32.const 256) (i32.const -1) (i32.const 2) (i32.const 200) (i32.const 32))",
+        ),
+        (
+            2,
+            "(call $sha (i32.const 999) (i32.const 16) (i32.const 2) (i32.const 200) (i32.const 32))",
+        ),
+        (
+            6,
+            "(call $sha (i32.const 256) (i32.const 16) (i32.const 2) (i32.const 131060) (i32.const 32))",
+        ),
+        (
+            6,
+            "(call $hmac (i32.const 256) (i32.const 16) (i32.const -1) (i32.const 16) (i32.const 2) (i32.const 200) (i32.const 32))",
+        ),
+        (
+            6,
+            "(call $sget (i32.const -1) (i32.const 10) (i32.const 16) (i32.const 2) (i32.const 16) (i32.const 2) (i32.const 200))",
+        ),
+        // Wrong context: the root context has no request headers.
+        (0, "(call $eff (i32.const 1))"),
+        (
+            1,
+            "(call $add (i32.const 0) (i32.const 16) (i32.const 6) (i32.const 32) (i32.const 3))",
+        ),
+        (0, "(call $eff (local.get $ctx))"),
+    ];
+    let mut hook = String::new();
+    for (i, (want, call)) in checks.iter().enumerate() {
+        hook.push_str(&format!(
+            "(if (i32.ne {call} (i32.const {want})) (then (drop (call $reply (i32.const 299) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0))) (return (i32.const {i}))))\n    "
+        ));
+    }
+    hook.push_str("(drop (call $add (i32.const 0) (i32.const 80) (i32.const 7) (i32.const 96) (i32.const 2)))\n    i32.const 0");
+    module(
+        imports,
+        1,
+        &format!(
+            "(func (export \"proxy_on_request_headers\") (param $ctx i32) (param i32 i32) (result i32)\n    {hook})"
+        ),
+    )
+}
+
+struct Plugin {
+    name: &'static str,
+    wat: String,
+    extra: &'static str,
+    path: &'static str,
+}
+
+fn hostile_plugins() -> Vec<Plugin> {
+    let closed = "on_error = \"fail_closed\"\ncpu_limit = \"20ms\"";
+    vec![
+        Plugin {
+            name: "spin",
+            wat: hostile("", "(loop $l (br $l)) i32.const 0"),
+            extra: closed,
+            path: "/spin",
+        },
+        Plugin {
+            name: "bomb",
+            wat: hostile(
+                "",
+                "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 4)) (i32.const -1)))) i32.const 0",
+            ),
+            extra: "on_error = \"fail_closed\"\nmemory_limit = \"1MiB\"",
+            path: "/bomb",
+        },
+        Plugin {
+            name: "recurse",
+            wat: hostile(
+                "(func $r (param i32) (result i32) (i32.add (call $r (i32.add (local.get 0) (i32.const 1))) (i32.const 1)))",
+                "(call $r (i32.const 0))",
+            ),
+            extra: closed,
+            path: "/recurse",
+        },
+        Plugin {
+            name: "crash",
+            wat: hostile("", "unreachable"),
+            extra: closed,
+            path: "/crash",
+        },
+        Plugin {
+            name: "oob",
+            wat: hostile("", "(i32.load (i32.const -4))"),
+            extra: closed,
+            path: "/oob",
+        },
+        Plugin {
+            name: "badret",
+            wat: hostile("", "i32.const 7"),
+            extra: closed,
+            path: "/badret",
+        },
+        Plugin {
+            name: "stall",
+            wat: hostile("", "i32.const 1"),
+            extra: closed,
+            path: "/stall",
+        },
+        Plugin {
+            name: "crash_open",
+            wat: hostile("", "unreachable"),
+            extra: "on_error = \"fail_open\"",
+            path: "/open",
+        },
+        Plugin {
+            name: "abuse",
+            wat: abuse(),
+            extra: closed,
+            path: "/abuse",
+        },
+    ]
+}
+
+struct Wasm {
+    _d: Daemon,
+    ports: Ports,
+    app: Backend,
+    _dir: TempDir,
+}
+
+async fn wasm_proxy() -> Wasm {
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("wasm");
+    let ports = Ports::new();
+    let mut plugins = String::new();
+    let g = dir.write("good.wat", &good());
+    plugins.push_str(&format!(
+        "[[plugin]]\nname = \"good\"\nwasm = \"{}\"\non_error = \"fail_closed\"\n\n",
+        g.display()
+    ));
+    let mut rules = String::from("http_request = [\n  { wasm = \"good\" },\n");
+    for p in hostile_plugins() {
+        let f = dir.write(&format!("{}.wat", p.name), &p.wat);
+        plugins.push_str(&format!(
+            "[[plugin]]\nname = \"{}\"\nwasm = \"{}\"\n{}\n\n",
+            p.name,
+            f.display(),
+            p.extra
+        ));
+        rules.push_str(&format!(
+            "  {{ wasm = \"{}\", if = \"path_beg {}\" }},\n",
+            p.name, p.path
+        ));
+    }
+    rules.push_str("]\n");
+    let cfg = format!(
+        "{}{plugins}{}{}",
+        global_section(ports.admin, &[]),
+        frontend_section("web", ports.web, "app", &rules),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    Wasm {
+        _d: d,
+        ports,
+        app,
+        _dir: dir,
+    }
+}
+
+async fn plugins(admin: SocketAddr) -> Vec<Value> {
+    let r = get(admin, "/plugins").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.json()["plugins"].as_array().cloned().unwrap_or_default()
+}
+
+fn stats_of<'a>(all: &'a [Value], name: &str) -> &'a Value {
+    all.iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("plugin {name} not in /plugins: {all:?}"))
+}
+
+/// The good plugin saw both phases of a normal request.
+async fn assert_good(web: SocketAddr) {
+    let r = get(web, "/ok").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.echo().header("x-good").as_deref(), Some("yes"));
+    assert_eq!(r.header("x-good-resp").as_deref(), Some("yes"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_guests_fail_only_their_own_requests() {
+    let t = wasm_proxy().await;
+    assert_good(t.ports.web).await;
+
+    for path in ["/spin", "/bomb", "/recurse", "/crash", "/oob", "/badret"] {
+        for round in 0..3 {
+            let r = within(
+                "hostile request",
+                Duration::from_secs(5),
+                get(t.ports.web, path),
+            )
+            .await;
+            assert_eq!(
+                r.status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{path} round {round}: {}",
+                r.text()
+            );
+            assert_eq!(r.text(), "plugin failure\n");
+            assert_good(t.ports.web).await;
+            // Let the back-off pass so later rounds run a rebuilt instance.
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+    }
+    // fail_open: the request goes on as if the plugin were not there.
+    let r = get(t.ports.web, "/open").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.echo().header("x-good").as_deref(), Some("yes"));
+
+    // Garbage pointers and wrong-context calls get error statuses, not traps.
+    let r = get(t.ports.web, "/abuse").await;
+    assert_eq!(r.status, StatusCode::OK, "check #{} failed", r.text());
+    assert_eq!(r.echo().header("x-abuse").as_deref(), Some("ok"));
+
+    // A pause never resumed ends at the pause timeout (timeout.server, 2s)
+    // while the worker keeps serving other requests.
+    let start = Instant::now();
+    let stalled = tokio::spawn({
+        let web = t.ports.web;
+        async move { get(web, "/stall").await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_good(t.ports.web).await;
+    assert!(!stalled.is_finished());
+    let r = within("stalled request", Duration::from_secs(6), stalled)
+        .await
+        .expect("join");
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        start.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_good(t.ports.web).await;
+
+    let all = plugins(t.ports.admin).await;
+    let fails =
+        |name: &str, kind: &str| stats_of(&all, name)["failures"][kind].as_u64().unwrap_or(0);
+    assert!(fails("spin", "cpu_limit") >= 2, "{all:?}");
+    assert!(fails("bomb", "memory_limit") >= 2, "{all:?}");
+    assert!(fails("recurse", "stack_overflow") >= 2, "{all:?}");
+    assert!(fails("crash", "unreachable") >= 2, "{all:?}");
+    assert!(fails("oob", "trap") >= 2, "{all:?}");
+    assert!(fails("badret", "bad_return") >= 3, "{all:?}");
+    assert_eq!(fails("stall", "pause_timeout"), 1, "{all:?}");
+    for name in ["spin", "bomb", "recurse", "crash", "oob"] {
+        let s = stats_of(&all, name);
+        assert!(s["rebuilds"].as_u64().unwrap_or(0) >= 1, "{name}: {s}");
+        assert_eq!(s["failed_requests"], 3, "{name}: {s}");
+    }
+    // A bad return code or a stalled pause fails the request, not the instance.
+    assert_eq!(stats_of(&all, "badret")["rebuilds"], 0);
+    let abuse = stats_of(&all, "abuse");
+    assert!(
+        abuse["bad_host_calls"].as_u64().unwrap_or(0) >= 10,
+        "{abuse}"
+    );
+    assert_eq!(abuse["failed_requests"], 0, "{abuse}");
+    let g = stats_of(&all, "good");
+    assert_eq!(g["kind"], "wasm");
+    assert_eq!(g["rebuilds"], 0, "{g}");
+    assert_eq!(g["failed_requests"], 0, "{g}");
+    assert_eq!(g["instances"], 1, "{g}");
+    assert!(g["calls"].as_u64().unwrap_or(0) > 20, "{g}");
+    assert!(g["memory_in_use"].as_u64().unwrap_or(0) >= 128 << 10, "{g}");
+    // Every hostile request was answered by the proxy, never sent upstream.
+    let ok_requests = t.app.requests();
+    assert!(ok_requests >= 20, "{ok_requests}");
+
+    let m = get(t.ports.admin, "/metrics").await.text();
+    assert!(
+        m.contains("portcullis_wasm_plugin_failures_total{plugin=\"spin\",kind=\"cpu_limit\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("portcullis_wasm_plugin_calls_total{plugin=\"good\"}"),
+        "{m}"
+    );
+    // A metric the guest defined (proxy_define_metric), one count per request it saw.
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("portcullis_wasm_good_requests{plugin=\"good\"} "))
+        .unwrap_or_else(|| panic!("no guest metric in {m}"));
+    let n: u64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(n >= ok_requests as u64, "{line} vs {ok_requests}");
+    assert!(
+        m.contains("# TYPE portcullis_wasm_good_requests counter"),
+        "{m}"
+    );
+}
+
+fn check(cfg_dir: &TempDir, plugin: &str, rules: &str) -> Finished {
+    let ports = Ports::new();
+    let app = free_addr();
+    let cfg = format!(
+        "{}{plugin}\n{}{}",
+        global_section(ports.admin, &[]),
+        frontend_section("web", ports.web, "app", rules),
+        backend_section("app", "roundrobin", &[("s1", app, 1)], ""),
+    );
+    let path = cfg_dir.write("check.toml", &cfg);
+    let p = path.display().to_string();
+    run_bin(&["check", "-c", &p], Duration::from_secs(30))
+}
+
+#[test]
+fn load_errors_are_config_errors() {
+    let dir = TempDir::new("wasm-check");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "unknown import",
+            module(
+                "(import \"env\" \"proxy_teleport\" (func (param i32) (result i32)))",
+                1,
+                "",
+            ),
+            "proxy_teleport",
+        ),
+        (
+            "config refused",
+            module("", 1, "").replace(
+                "(func (export \"proxy_on_configure\") (param i32 i32) (result i32) i32.const 1)",
+                "(func (export \"proxy_on_configure\") (param i32 i32) (result i32) i32.const 0)",
+            ),
+            "proxy_on_configure returned false",
+        ),
+        (
+            "vm start refused",
+            module("", 0, ""),
+            "proxy_on_vm_start returned false",
+        ),
+        (
+            "not wasm",
+            "this is not a module".to_string(),
+            "not a valid WebAssembly module",
+        ),
+        ("root context only", module("", 1, ""), "HTTP"),
+    ];
+    for (what, wat, want) in cases {
+        let f = dir.write("m.wat", &wat);
+        let plugin = format!("[[plugin]]\nname = \"m\"\nwasm = \"{}\"\n", f.display());
+        let out = check(&dir, &plugin, "http_request = [{ wasm = \"m\" }]");
+        assert_eq!(
+            out.status.and_then(|s| s.code()),
+            Some(1),
+            "{what}: {out:?}"
+        );
+        assert!(out.stderr.contains(want), "{what}: {}", out.stderr);
+        assert!(out.stderr.contains("check.toml:"), "{what}: {}", out.stderr);
+    }
+    // A rule naming no declared plugin.
+    let f = dir.write("g.wat", &good());
+    let plugin = format!("[[plugin]]\nname = \"good\"\nwasm = \"{}\"\n", f.display());
+    let out = check(&dir, &plugin, "http_request = [{ wasm = \"goood\" }]");
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("no Wasm plugin \"goood\""),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("did you mean"), "{}", out.stderr);
+    // Names are unique across Lua and Wasm plugins.
+    let lua = dir.write("p.lua", "-- nothing\n");
+    let both = format!(
+        "[[plugin]]\nname = \"good\"\nlua = \"{}\"\n\n{plugin}",
+        lua.display()
+    );
+    let out = check(&dir, &both, "http_request = [{ wasm = \"good\" }]");
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("duplicate plugin name \"good\""),
+        "{}",
+        out.stderr
+    );
+    // And the good one passes.
+    let out = check(&dir, &plugin, "http_request = [{ wasm = \"good\" }]");
+    assert_eq!(out.status.and_then(|s| s.code()), Some(0), "{out:?}");
+}
+
+/// Builds the example plugins (plugins/wasm) for wasm32 with their own
+/// target directory, so the build does not wait on the outer cargo's lock.
+fn build_examples() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let target = root.join("target").join("wasm-plugins");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--manifest-path",
+        ])
+        .arg(root.join("plugins/wasm/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        // The outer `cargo test` may set flags meant for the host target.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .expect("run cargo build for the example plugins");
+    assert!(
+        out.status.success(),
+        "building plugins/wasm failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target.join("wasm32-unknown-unknown").join("release")
+}
+
+/// A plain Proxy-Wasm module reaching a stick table through
+/// `proxy_call_foreign_function("stick_add", pairs)`; the new count goes
+/// into the request header `x-count` (a failed call answers `bad_return`).
+fn foreign_counter() -> String {
+    module(
+        r#"(import "env" "proxy_call_foreign_function" (func $ff (param i32 i32 i32 i32 i32 i32) (result i32)))"#,
+        1,
+        r#"(data (i32.const 200) "stick_add")
+  (data (i32.const 256) "\04\00\00\00\05\00\00\00\08\00\00\00\03\00\00\00\02\00\00\00\04\00\00\00\04\00\00\00\05\00\00\00\01\00\00\00table\00api_keys\00key\00k1\00data\00gpc0\00delta\001\00")
+  (data (i32.const 420) "x-count")
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (i32.ne (call $ff (i32.const 200) (i32.const 9) (i32.const 256) (i32.const 76) (i32.const 400) (i32.const 404)) (i32.const 0))
+      (then (return (i32.const 7))))
+    (drop (call $add (i32.const 0) (i32.const 420) (i32.const 7) (i32.load (i32.const 400)) (i32.load (i32.const 404))))
+    i32.const 0)"#,
+    )
+}
+
+fn sign(secret: &str, method: &str, path: &str) -> String {
+    use hmac::Mac;
+    let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("key");
+    m.update(format!("{method}\n{path}").as_bytes());
+    m.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn example_plugins_build_and_work() {
+    let wasm = build_examples();
+    let dir = TempDir::new("wasm-ff");
+    let ff = dir.write("ff.wat", &foreign_counter());
+    let ff_plugin = format!(
+        "[[plugin]]\nname = \"ff\"\nwasm = \"{}\"\non_error = \"fail_closed\"\n\n",
+        ff.display()
+    );
+    let app = Backend::start("s1").await;
+    let ports = Ports::new();
+    let plugin = |name: &str, file: &str, extra: &str| {
+        format!(
+            "[[plugin]]\nname = \"{name}\"\nwasm = \"{}\"\non_error = \"fail_closed\"\n{extra}\n\n",
+            wasm.join(file).display()
+        )
+    };
+    let cfg = format!(
+        "{}[[stick_table]]\nname = \"api_keys\"\ntype = \"string\"\nlen = 32\nsize = 100\nexpire = \"1m\"\nstore = [\"gpc0\", \"gpc0_rate(10s)\"]\n\n{}{}{}{}{}{}{}{}",
+        global_section(ports.admin, &[]),
+        plugin(
+            "hmac",
+            "hmac_auth.wasm",
+            "config = { header = \"x-signature\", secret = \"s3cret\" }"
+        ),
+        plugin(
+            "rl",
+            "rate_limit.wasm",
+            "config = \"table=api_keys limit=3\""
+        ),
+        plugin("rewrite", "header_rewrite.wasm", ""),
+        plugin("plain", "plain_filter.wasm", "config = \"upstream=app\""),
+        plugin("hello", "hello.wasm", ""),
+        ff_plugin,
+        frontend_section(
+            "web",
+            ports.web,
+            "app",
+            r#"http_request = [
+  { wasm = "hmac", if = "path_beg /signed" },
+  { wasm = "rl", if = "path_beg /limited" },
+  { wasm = "rewrite", if = "path_beg /rw" },
+  { wasm = "plain", if = "path_beg /plain" },
+  { wasm = "hello", if = "path_beg /hello" },
+  { wasm = "ff", if = "path_beg /foreign" },
+]"#
+        ),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+
+    // HMAC request signatures.
+    let r = get(ports.web, "/signed/a").await;
+    assert_eq!(r.status.as_u16(), 401);
+    assert_eq!(r.text(), "bad signature\n");
+    let send = |sig: String| {
+        let web = ports.web;
+        async move {
+            let mut c = H1::connect(web).await;
+            c.send(
+                request(http::Method::GET, web, "/signed/a?x=1")
+                    .header("x-signature", sig)
+                    .body(empty())
+                    .expect("request"),
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        send(sign("wrong", "GET", "/signed/a?x=1"))
+            .await
+            .status
+            .as_u16(),
+        401
+    );
+    assert_eq!(send("zz".into()).await.status.as_u16(), 401);
+    let r = send(sign("s3cret", "GET", "/signed/a?x=1")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // Rate limit per API key on the stick table.
+    assert_eq!(get(ports.web, "/limited").await.status.as_u16(), 401);
+    let with_key = |key: &'static str| {
+        let web = ports.web;
+        async move {
+            let mut c = H1::connect(web).await;
+            c.send(
+                request(http::Method::GET, web, "/limited")
+                    .header("x-api-key", key)
+                    .body(empty())
+                    .expect("request"),
+            )
+            .await
+        }
+    };
+    for n in 1..=3 {
+        let r = with_key("alice").await;
+        assert_eq!(r.status, StatusCode::OK, "request {n}: {}", r.text());
+        assert_eq!(r.echo().header("x-rate-count"), Some(n.to_string()));
+    }
+    let r = with_key("alice").await;
+    assert_eq!(r.status.as_u16(), 429);
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    assert_eq!(with_key("bob").await.status, StatusCode::OK);
+    let t = get(ports.admin, "/tables/api_keys").await;
+    assert!(t.text().contains("alice"), "{}", t.text());
+
+    // Header rewrite in both phases.
+    let mut c = H1::connect(ports.web).await;
+    let r = c
+        .send(
+            request(http::Method::GET, ports.web, "/rw")
+                .header("x-internal-token", "secret")
+                .header("x-keep", "1")
+                .body(empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let echo = r.echo();
+    assert_eq!(echo.header("x-internal-token"), None);
+    assert_eq!(echo.header("x-keep").as_deref(), Some("1"));
+    // Envoy's `source.address` is "ip:port".
+    let addr = echo.header("x-client-addr").unwrap_or_default();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    assert_eq!(r.header("x-served-by").as_deref(), Some("portcullis"));
+    assert_eq!(r.header("server"), None);
+
+    // A plain Proxy-Wasm filter: pause on an http call, resume on its response.
+    let r = get(ports.web, "/plain/x").await;
+    assert_eq!(r.echo().header("x-plain").as_deref(), Some("GET /plain/x"));
+    let before = app.requests();
+    let mut c = H1::connect(ports.web).await;
+    let r = c
+        .send(
+            request(http::Method::GET, ports.web, "/plain/y")
+                .header("x-check", "1")
+                .body(empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.echo().header("x-checked").as_deref(), Some("200"));
+    assert_eq!(
+        app.requests(),
+        before + 2,
+        "the check and the request itself"
+    );
+
+    // The docs/PLUGINS.md walkthrough plugin (whose code the doc shows verbatim).
+    let r = get(ports.web, "/hello/w").await;
+    assert_eq!(r.echo().header("x-hello").as_deref(), Some("/hello/w"));
+
+    // Stick tables from a plain Proxy-Wasm module, through the foreign-function encoding.
+    for n in 1..=2 {
+        let r = get(ports.web, "/foreign").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.echo().header("x-count"), Some(n.to_string()));
+    }
+
+    let all = plugins(ports.admin).await;
+    for name in ["hmac", "rl", "rewrite", "plain", "hello", "ff"] {
+        let s = stats_of(&all, name);
+        assert_eq!(s["failed_requests"], 0, "{name}: {s}");
+        assert_eq!(s["rebuilds"], 0, "{name}: {s}");
+    }
+}
+
+#[test]
+fn plugins_guide_shows_the_tested_example_verbatim() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let code = std::fs::read_to_string(root.join("plugins/wasm/hello/src/lib.rs")).expect("hello");
+    let body = code.split_once("\n\n").map_or(code.as_str(), |(_, b)| b);
+    let doc = std::fs::read_to_string(root.join("docs/PLUGINS.md")).expect("PLUGINS.md");
+    assert!(
+        doc.contains(body),
+        "docs/PLUGINS.md must show plugins/wasm/hello/src/lib.rs (after its doc comment) verbatim"
+    );
+}
