@@ -250,6 +250,39 @@ fn hostile_plugins() -> Vec<Plugin> {
             path: "/open",
         },
         Plugin {
+            // Pauses forever, unless the request has `x-crash`: then it traps.
+            name: "flaky",
+            wat: module(
+                r#"(import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))"#,
+                1,
+                r#"(data (i32.const 160) "x-crash")
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (i32.eqz (call $get (i32.const 0) (i32.const 160) (i32.const 7) (i32.const 170) (i32.const 174)))
+      (then unreachable))
+    i32.const 1)"#,
+            ),
+            extra: "on_error = \"fail_closed\"",
+            path: "/flaky",
+        },
+        Plugin {
+            name: "ticker",
+            wat: module(
+                r#"(import "env" "proxy_set_tick_period_milliseconds" (func $period (param i32) (result i32)))
+  (import "env" "proxy_define_metric" (func $def (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_increment_metric" (func $inc (param i32 i64) (result i32)))"#,
+                1,
+                r#"(data (i32.const 140) "ticks")
+  (func (export "proxy_on_tick") (param i32)
+    (drop (call $def (i32.const 0) (i32.const 140) (i32.const 5) (i32.const 150)))
+    (drop (call $inc (i32.load (i32.const 150)) (i64.const 1))))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $period (i32.const 10)))
+    i32.const 0)"#,
+            ),
+            extra: "",
+            path: "/tick",
+        },
+        Plugin {
             name: "abuse",
             wat: abuse(),
             extra: closed,
@@ -359,6 +392,47 @@ async fn hostile_guests_fail_only_their_own_requests() {
     let r = get(t.ports.web, "/abuse").await;
     assert_eq!(r.status, StatusCode::OK, "check #{} failed", r.text());
     assert_eq!(r.echo().header("x-abuse").as_deref(), Some("ok"));
+
+    // A request paused in an instance that another request crashes is
+    // answered at once, not at the pause timeout.
+    let start = Instant::now();
+    let paused = tokio::spawn({
+        let web = t.ports.web;
+        async move { get(web, "/flaky").await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!paused.is_finished());
+    let mut c = H1::connect(t.ports.web).await;
+    let r = c
+        .send(
+            request(http::Method::GET, t.ports.web, "/flaky")
+                .header("x-crash", "1")
+                .body(empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let r = within("woken request", Duration::from_secs(1), paused)
+        .await
+        .expect("join");
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // proxy_on_tick runs on the worker's housekeeping (every 100 ms) while idle.
+    assert_eq!(get(t.ports.web, "/tick").await.status, StatusCode::OK);
+    let admin = t.ports.admin;
+    eventually("ticks while idle", Duration::from_secs(3), || async move {
+        let m = get(admin, "/metrics").await.text();
+        m.lines()
+            .find_map(|l| l.strip_prefix("portcullis_wasm_ticks{plugin=\"ticker\"} "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n >= 3)
+    })
+    .await;
 
     // A pause never resumed ends at the pause timeout (timeout.server, 2s)
     // while the worker keeps serving other requests.
@@ -532,6 +606,11 @@ fn load_errors_are_config_errors() {
 /// Builds the example plugins (plugins/wasm) for wasm32 with their own
 /// target directory, so the build does not wait on the outer cargo's lock.
 fn build_examples() -> std::path::PathBuf {
+    build_examples_for("wasm32-unknown-unknown", &[])
+}
+
+/// Builds `packages` (all if empty) of plugins/wasm for `target`; the output directory.
+fn build_examples_for(target_triple: &str, packages: &[&str]) -> std::path::PathBuf {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")
@@ -543,10 +622,11 @@ fn build_examples() -> std::path::PathBuf {
             "build",
             "--release",
             "--target",
-            "wasm32-unknown-unknown",
+            target_triple,
             "--manifest-path",
         ])
         .arg(root.join("plugins/wasm/Cargo.toml"))
+        .args(packages.iter().flat_map(|p| ["-p", p]))
         .env("CARGO_TARGET_DIR", &target)
         // The outer `cargo test` may set flags meant for the host target.
         .env_remove("RUSTFLAGS")
@@ -558,7 +638,7 @@ fn build_examples() -> std::path::PathBuf {
         "building plugins/wasm failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    target.join("wasm32-unknown-unknown").join("release")
+    target.join(target_triple).join("release")
 }
 
 /// A plain Proxy-Wasm module reaching a stick table through
@@ -593,6 +673,12 @@ fn sign(secret: &str, method: &str, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn example_plugins_build_and_work() {
     let wasm = build_examples();
+    // The same plain filter built for WASI (the Rust std links wasi_snapshot_preview1).
+    let wasi = build_examples_for("wasm32-wasip1", &["plain_filter"]);
+    let wasi_plugin = format!(
+        "[[plugin]]\nname = \"plain_wasi\"\nwasm = \"{}\"\non_error = \"fail_closed\"\n\n",
+        wasi.join("plain_filter.wasm").display()
+    );
     let dir = TempDir::new("wasm-ff");
     let ff = dir.write("ff.wat", &foreign_counter());
     let ff_plugin = format!(
@@ -608,7 +694,7 @@ async fn example_plugins_build_and_work() {
         )
     };
     let cfg = format!(
-        "{}[[stick_table]]\nname = \"api_keys\"\ntype = \"string\"\nlen = 32\nsize = 100\nexpire = \"1m\"\nstore = [\"gpc0\", \"gpc0_rate(10s)\"]\n\n{}{}{}{}{}{}{}{}",
+        "{}[[stick_table]]\nname = \"api_keys\"\ntype = \"string\"\nlen = 32\nsize = 100\nexpire = \"1m\"\nstore = [\"gpc0\", \"gpc0_rate(10s)\"]\n\n{}{}{}{}{}{}{}{}{}",
         global_section(ports.admin, &[]),
         plugin(
             "hmac",
@@ -624,6 +710,7 @@ async fn example_plugins_build_and_work() {
         plugin("plain", "plain_filter.wasm", "config = \"upstream=app\""),
         plugin("hello", "hello.wasm", ""),
         ff_plugin,
+        wasi_plugin,
         frontend_section(
             "web",
             ports.web,
@@ -635,6 +722,7 @@ async fn example_plugins_build_and_work() {
   { wasm = "plain", if = "path_beg /plain" },
   { wasm = "hello", if = "path_beg /hello" },
   { wasm = "ff", if = "path_beg /foreign" },
+  { wasm = "plain_wasi", if = "path_beg /wasi" },
 ]"#
         ),
         backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
@@ -742,6 +830,9 @@ async fn example_plugins_build_and_work() {
     let r = get(ports.web, "/hello/w").await;
     assert_eq!(r.echo().header("x-hello").as_deref(), Some("/hello/w"));
 
+    let r = get(ports.web, "/wasi/z").await;
+    assert_eq!(r.echo().header("x-plain").as_deref(), Some("GET /wasi/z"));
+
     // Stick tables from a plain Proxy-Wasm module, through the foreign-function encoding.
     for n in 1..=2 {
         let r = get(ports.web, "/foreign").await;
@@ -750,7 +841,15 @@ async fn example_plugins_build_and_work() {
     }
 
     let all = plugins(ports.admin).await;
-    for name in ["hmac", "rl", "rewrite", "plain", "hello", "ff"] {
+    for name in [
+        "hmac",
+        "rl",
+        "rewrite",
+        "plain",
+        "hello",
+        "ff",
+        "plain_wasi",
+    ] {
         let s = stats_of(&all, name);
         assert_eq!(s["failed_requests"], 0, "{name}: {s}");
         assert_eq!(s["rebuilds"], 0, "{name}: {s}");

@@ -159,6 +159,7 @@ pub fn run(
     // Lua tasks go with the LocalSet; then the Lua states, while thread-locals still exist.
     drop(local);
     crate::lua::clear_worker();
+    crate::wasm::filter::clear_worker();
 }
 
 /// Flushes the access log and sweeps stale pooled connections.
@@ -168,6 +169,8 @@ async fn housekeeping(worker: Rc<Worker>) {
     loop {
         tick.tick().await;
         worker.access_log.flush();
+        // Wasm plugins' proxy_on_tick / proxy_on_queue_ready, also when idle.
+        crate::wasm::filter::housekeeping();
         n = n.wrapping_add(1);
         if n.is_multiple_of(10) {
             worker.pool.sweep();

@@ -19,7 +19,8 @@ use http::StatusCode;
 
 use super::OnError;
 use super::instance::{
-    CallResponse, FailKind, Failure, IdHasher, PendingCall, PluginInstance, StreamWaker, Verdict,
+    CallResponse, FailKind, Failure, IdHasher, PendingCall, PluginInstance, PluginShared,
+    StreamWaker, Verdict,
 };
 use super::module::WasmPlugin;
 use crate::filter::{Flow, Reply, WaitFuture};
@@ -166,7 +167,7 @@ impl WasmFilter {
                     }
                     Err(e) => {
                         let e = Failure::new(FailKind::Init, format!("cannot rebuild the instance: {e}"));
-                        record(&self.plugin, slot, &e);
+                        record(self.plugin.shared(), slot, &e);
                         return Err(e);
                     }
                 }
@@ -176,7 +177,7 @@ impl WasmFilter {
                 return Err(Failure::new(FailKind::Init, "no instance"));
             };
             if let Err(e) = reap(self.plugin.id, generation, inst) {
-                record(&self.plugin, slot, &e);
+                record(self.plugin.shared(), slot, &e);
                 return Err(e);
             }
             let Some(inst) = slot.inst.as_mut() else {
@@ -188,7 +189,7 @@ impl WasmFilter {
                     Ok(v)
                 }
                 Err(e) => {
-                    record(&self.plugin, slot, &e);
+                    record(self.plugin.shared(), slot, &e);
                     Err(e)
                 }
             }
@@ -328,24 +329,60 @@ fn gone() -> Failure {
     )
 }
 
+/// Runs due `proxy_on_tick` / `proxy_on_queue_ready` callbacks of this
+/// worker's live instances. The worker's housekeeping task calls it every
+/// 100 ms, so ticks also run on a worker that handles no requests.
+pub fn housekeeping() {
+    let now = Instant::now();
+    SLOTS.with(|slots| {
+        let Ok(mut slots) = slots.try_borrow_mut() else {
+            return;
+        };
+        for slot in slots.values_mut() {
+            let Some(inst) = slot.inst.as_mut() else {
+                continue;
+            };
+            inst.flush_stats();
+            if !inst.wants_housekeeping() {
+                continue;
+            }
+            if let Err(e) = inst.housekeeping(now) {
+                let shared = Arc::clone(inst.plugin());
+                record(&shared, slot, &e);
+            }
+        }
+    });
+}
+
+/// Drops this worker's instances (at worker exit).
+pub fn clear_worker() {
+    let _ = SLOTS.try_with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            s.clear();
+        }
+    });
+}
+
 /// Counts a failure, and kills the instance (with back-off) if its state is suspect.
-fn record(plugin: &WasmPlugin, slot: &mut Slot, f: &Failure) {
-    let stats = &plugin.shared().stats;
+fn record(plugin: &PluginShared, slot: &mut Slot, f: &Failure) {
+    let stats = &plugin.stats;
     stats.count_failure(f.kind);
     if f.kind.kills_instance() {
-        slot.inst = None;
+        if let Some(inst) = slot.inst.take() {
+            inst.wake_all();
+        }
         slot.fails = slot.fails.saturating_add(1);
         let exp = slot.fails.saturating_sub(1).min(16);
         let backoff = BACKOFF_MIN.saturating_mul(1 << exp).min(BACKOFF_MAX);
         slot.retry_at = Some(Instant::now() + backoff);
         tracing::warn!(
-            plugin = %plugin.name(),
+            plugin = %plugin.spec.name,
             kind = f.kind.name(),
             backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
             "wasm plugin failed, instance dropped: {}", f.message
         );
     } else {
-        tracing::warn!(plugin = %plugin.name(), kind = f.kind.name(), "wasm plugin call failed: {}", f.message);
+        tracing::warn!(plugin = %plugin.spec.name, kind = f.kind.name(), "wasm plugin call failed: {}", f.message);
     }
 }
 

@@ -371,7 +371,8 @@ pub enum Callback {
 pub struct HostState {
     pub limiter: Limiter,
     pub memory: Option<Memory>,
-    pub malloc: Option<TypedFunc<u32, u32>>,
+    /// The guest allocator (`Rc`: cloning a `TypedFunc` is not free, and host calls need it by value).
+    pub malloc: Option<Rc<TypedFunc<u32, u32>>>,
     pub plugin: Arc<PluginShared>,
     pub io: StreamIo,
     /// The stream whose transaction is loaded in `io` (0: none).
@@ -390,6 +391,9 @@ pub struct HostState {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub last_error: Option<String>,
+    /// Guest calls not yet added to the shared `calls` counter: published in
+    /// batches so workers do not contend on one cache line per call.
+    pub calls_pending: u64,
 }
 
 impl HostState {
@@ -421,6 +425,15 @@ impl HostState {
             stdout: Vec::new(),
             stderr: Vec::new(),
             last_error: None,
+            calls_pending: 0,
+        }
+    }
+
+    /// Adds the batched call count to the plugin's shared counter.
+    pub fn flush_calls(&mut self) {
+        let n = std::mem::take(&mut self.calls_pending);
+        if n > 0 {
+            self.plugin.stats.calls.fetch_add(n, Relaxed);
         }
     }
 
@@ -515,7 +528,8 @@ pub enum Verdict {
 /// One instance of a plugin.
 pub struct PluginInstance {
     store: Store<HostState>,
-    ex: Exports,
+    /// Shared with each call site by `Rc` (cloning a `TypedFunc` costs atomics in wasmtime's type registry).
+    ex: Rc<Exports>,
     ticks: u64,
     next_ctx: u32,
     order: VecDeque<u32>,
@@ -531,7 +545,11 @@ fn guest_call<P: WasmParams, R: WasmResults>(
     args: P,
 ) -> Result<R, Failure> {
     store.set_epoch_deadline(ticks);
-    store.data().plugin.stats.calls.fetch_add(1, Relaxed);
+    let d = store.data_mut();
+    d.calls_pending += 1;
+    if d.calls_pending >= 64 {
+        d.flush_calls();
+    }
     f.call(&mut *store, args).map_err(|e| classify(store, &e))
 }
 
@@ -597,7 +615,7 @@ impl PluginInstance {
         {
             let data = store.data_mut();
             data.memory = memory;
-            data.malloc = malloc;
+            data.malloc = malloc.map(Rc::new);
         }
         macro_rules! get {
             ($name:literal) => {
@@ -628,7 +646,7 @@ impl PluginInstance {
             .ok();
         let mut inst = PluginInstance {
             store,
-            ex,
+            ex: Rc::new(ex),
             ticks,
             next_ctx: ROOT_ID + 1,
             order: VecDeque::new(),
@@ -645,13 +663,15 @@ impl PluginInstance {
             }
         }
         inst.begin(ROOT_ID, Callback::Other);
-        if let Some(f) = inst.ex.on_context_create.clone() {
-            guest_call(&mut inst.store, ticks, &f, (ROOT_ID, 0))?;
+        let ex = Rc::clone(&inst.ex);
+        if let Some(f) = &ex.on_context_create {
+            guest_call(&mut inst.store, ticks, f, (ROOT_ID, 0))?;
         }
         let vm_len = len_u32(shared.spec.vm_config.len());
         inst.begin(ROOT_ID, Callback::VmStart);
-        if let Some(f) = inst.ex.on_vm_start.clone()
-            && guest_call(&mut inst.store, ticks, &f, (ROOT_ID, vm_len))? == 0
+        let ex = Rc::clone(&inst.ex);
+        if let Some(f) = &ex.on_vm_start
+            && guest_call(&mut inst.store, ticks, f, (ROOT_ID, vm_len))? == 0
         {
             return Err(Failure::new(
                 FailKind::Init,
@@ -660,8 +680,9 @@ impl PluginInstance {
         }
         let cfg_len = len_u32(shared.spec.config.len());
         inst.begin(ROOT_ID, Callback::Configure);
-        if let Some(f) = inst.ex.on_configure.clone()
-            && guest_call(&mut inst.store, ticks, &f, (ROOT_ID, cfg_len))? == 0
+        let ex = Rc::clone(&inst.ex);
+        if let Some(f) = &ex.on_configure
+            && guest_call(&mut inst.store, ticks, f, (ROOT_ID, cfg_len))? == 0
         {
             return Err(Failure::new(
                 FailKind::Init,
@@ -729,8 +750,9 @@ impl PluginInstance {
         self.store.data_mut().streams.insert(id, StreamState::new());
         self.order.push_back(id);
         self.begin(id, Callback::Other);
-        if let Some(f) = self.ex.on_context_create.clone() {
-            guest_call(&mut self.store, self.ticks, &f, (id, ROOT_ID))?;
+        let ex = Rc::clone(&self.ex);
+        if let Some(f) = &ex.on_context_create {
+            guest_call(&mut self.store, self.ticks, f, (id, ROOT_ID))?;
         }
         Ok(id)
     }
@@ -743,8 +765,9 @@ impl PluginInstance {
     /// Runs `proxy_on_new_connection` on `ctx`: it succeeds only for a TCP
     /// stream context (the Rust SDK traps for an HTTP context). Used at load.
     pub(crate) fn probe_stream_context(&mut self, ctx: u32) -> bool {
-        match self.ex.on_new_connection.clone() {
-            Some(f) => guest_call(&mut self.store, self.ticks, &f, ctx).is_ok(),
+        let ex = Rc::clone(&self.ex);
+        match &ex.on_new_connection {
+            Some(f) => guest_call(&mut self.store, self.ticks, f, ctx).is_ok(),
             None => false,
         }
     }
@@ -753,7 +776,7 @@ impl PluginInstance {
         &mut self,
         ctx: u32,
         txn: &mut Txn,
-        f: Option<TypedFunc<(u32, u32, u32), u32>>,
+        f: Option<&TypedFunc<(u32, u32, u32), u32>>,
         count: impl Fn(&StreamIo) -> usize,
         eos: bool,
         name: &str,
@@ -772,7 +795,7 @@ impl PluginInstance {
         d.io.load(txn);
         d.io_ctx = ctx;
         let n = len_u32(count(&d.io));
-        let r = guest_call(&mut self.store, self.ticks, &f, (ctx, n, u32::from(eos)));
+        let r = guest_call(&mut self.store, self.ticks, f, (ctx, n, u32::from(eos)));
         let d = self.store.data_mut();
         d.io.unload(txn);
         d.io_ctx = 0;
@@ -817,7 +840,8 @@ impl PluginInstance {
         txn: &mut Txn,
         eos: bool,
     ) -> Result<Verdict, Failure> {
-        let f = self.ex.on_request_headers.clone();
+        let ex = Rc::clone(&self.ex);
+        let f = ex.on_request_headers.as_ref();
         self.stream_hook(
             ctx,
             txn,
@@ -835,7 +859,8 @@ impl PluginInstance {
         txn: &mut Txn,
         eos: bool,
     ) -> Result<Verdict, Failure> {
-        let f = self.ex.on_response_headers.clone();
+        let ex = Rc::clone(&self.ex);
+        let f = ex.on_response_headers.as_ref();
         self.stream_hook(
             ctx,
             txn,
@@ -855,9 +880,10 @@ impl PluginInstance {
         body: &mut Vec<u8>,
         eos: bool,
     ) -> Result<Verdict, Failure> {
+        let ex = Rc::clone(&self.ex);
         let (f, name) = match txn.phase {
-            Phase::Request => (self.ex.on_request_body.clone(), "proxy_on_request_body"),
-            Phase::Response => (self.ex.on_response_body.clone(), "proxy_on_response_body"),
+            Phase::Request => (ex.on_request_body.as_ref(), "proxy_on_request_body"),
+            Phase::Response => (ex.on_response_body.as_ref(), "proxy_on_response_body"),
         };
         let request = txn.phase == Phase::Request;
         {
@@ -902,7 +928,8 @@ impl PluginInstance {
             if let Some(s) = self.store.data_mut().streams.get_mut(&ctx) {
                 s.inflight = s.inflight.saturating_sub(1);
             }
-            let Some(f) = self.ex.on_http_call_response.clone() else {
+            let ex = Rc::clone(&self.ex);
+            let Some(f) = &ex.on_http_call_response else {
                 continue;
             };
             let nh = len_u32(resp.headers.len());
@@ -912,7 +939,7 @@ impl PluginInstance {
             d.call_response = Some(resp);
             d.io.load(txn);
             d.io_ctx = ctx;
-            let r = guest_call(&mut self.store, self.ticks, &f, (ctx, token, nh, nb, 0));
+            let r = guest_call(&mut self.store, self.ticks, f, (ctx, token, nh, nb, 0));
             let d = self.store.data_mut();
             d.io.unload(txn);
             d.io_ctx = 0;
@@ -958,12 +985,13 @@ impl PluginInstance {
         if !self.has_stream(ctx) {
             return Ok(());
         }
-        if let Some(f) = self.ex.on_log.clone() {
+        let ex = Rc::clone(&self.ex);
+        if let Some(f) = &ex.on_log {
             self.begin(ctx, Callback::Other);
             let d = self.store.data_mut();
             d.io.load_for_log(txn);
             d.io_ctx = ctx;
-            let r = guest_call(&mut self.store, self.ticks, &f, ctx);
+            let r = guest_call(&mut self.store, self.ticks, f, ctx);
             let d = self.store.data_mut();
             d.io.reset();
             d.io_ctx = 0;
@@ -984,17 +1012,34 @@ impl PluginInstance {
             self.order.remove(pos);
         }
         self.begin(ctx, Callback::Other);
-        if let Some(f) = self.ex.on_done.clone() {
-            guest_call(&mut self.store, self.ticks, &f, ctx)?;
+        let ex = Rc::clone(&self.ex);
+        if let Some(f) = &ex.on_done {
+            guest_call(&mut self.store, self.ticks, f, ctx)?;
         }
-        if let Some(f) = self.ex.on_delete.clone() {
-            guest_call(&mut self.store, self.ticks, &f, ctx)?;
+        if let Some(f) = &ex.on_delete {
+            guest_call(&mut self.store, self.ticks, f, ctx)?;
         }
         Ok(())
     }
 
     fn schedule_tick(&mut self) {
         self.next_tick = self.store.data().tick_period.map(|p| Instant::now() + p);
+    }
+
+    /// Wakes every paused stream (the instance is about to be dropped: their
+    /// requests resume, find their context gone, and get `on_error` now
+    /// instead of at the pause timeout).
+    pub fn wake_all(&self) {
+        for s in self.store.data().streams.values() {
+            if let Some(w) = &s.waker {
+                w.notify.notify_one();
+            }
+        }
+    }
+
+    /// Publishes counters batched in the instance (the worker does it every 100 ms).
+    pub fn flush_stats(&mut self) {
+        self.store.data_mut().flush_calls();
     }
 
     /// Whether [`Self::housekeeping`] has anything to look at (ticks or queues).
@@ -1010,9 +1055,10 @@ impl PluginInstance {
         match (period, self.next_tick) {
             (Some(p), Some(at)) if now >= at => {
                 self.next_tick = Some(now + p);
-                if let Some(f) = self.ex.on_tick.clone() {
+                let ex = Rc::clone(&self.ex);
+                if let Some(f) = &ex.on_tick {
                     self.begin(ROOT_ID, Callback::Other);
-                    guest_call(&mut self.store, self.ticks, &f, ROOT_ID)?;
+                    guest_call(&mut self.store, self.ticks, f, ROOT_ID)?;
                 }
             }
             (Some(p), None) => self.next_tick = Some(now + p),
@@ -1030,10 +1076,11 @@ impl PluginInstance {
                 .copied()
                 .filter(|q| super::shared::queue_has_items(*q))
                 .collect();
-            if let Some(f) = self.ex.on_queue_ready.clone() {
+            let ex = Rc::clone(&self.ex);
+            if let Some(f) = &ex.on_queue_ready {
                 for q in ready {
                     self.begin(ROOT_ID, Callback::Other);
-                    guest_call(&mut self.store, self.ticks, &f, (ROOT_ID, q))?;
+                    guest_call(&mut self.store, self.ticks, f, (ROOT_ID, q))?;
                 }
             }
         }
@@ -1051,6 +1098,7 @@ fn body_len_hint(io: &StreamIo, request: bool) -> usize {
 
 impl Drop for PluginInstance {
     fn drop(&mut self) {
+        self.store.data_mut().flush_calls();
         self.live(false);
     }
 }

@@ -26,6 +26,9 @@ pub mod module;
 pub mod shared;
 pub mod stick;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
