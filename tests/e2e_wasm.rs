@@ -598,6 +598,12 @@ fn load_errors_are_config_errors() {
         "{}",
         out.stderr
     );
+    // The body buffer limit is bounded.
+    let big = format!("{plugin}max_body_size = \"65MiB\"\n");
+    let out = check(&dir, &big, "http_request = [{ wasm = \"good\" }]");
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:?}");
+    assert!(out.stderr.contains("max_body_size"), "{}", out.stderr);
+    assert!(out.stderr.contains("check.toml:"), "{}", out.stderr);
     // And the good one passes.
     let out = check(&dir, &plugin, "http_request = [{ wasm = \"good\" }]");
     assert_eq!(out.status.and_then(|s| s.code()), Some(0), "{out:?}");
@@ -866,4 +872,354 @@ fn plugins_guide_shows_the_tested_example_verbatim() {
         doc.contains(body),
         "docs/PLUGINS.md must show plugins/wasm/hello/src/lib.rs (after its doc comment) verbatim"
     );
+}
+
+/// A module for the body tests: a bump allocator (reset per context, growing
+/// memory as needed), the buffer / local-response / header-map imports, a
+/// no-op request headers hook, and `hooks`.
+fn body_module(hooks: &str) -> String {
+    format!(
+        r#"(module
+  (import "env" "proxy_get_buffer_bytes" (func $getbuf (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_buffer_bytes" (func $setbuf (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_send_local_response" (func $send (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $hget (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 4096))
+  (data (i32.const 300) "forbidden")
+  (data (i32.const 320) "REPLACED-BODY")
+  (data (i32.const 340) "RESP-PREFIX:")
+  (data (i32.const 360) "x-trail")
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    global.get $heap local.set $p
+    global.get $heap local.get $n i32.add global.set $heap
+    (if (i32.gt_u (global.get $heap) (i32.mul (memory.size) (i32.const 65536)))
+      (then (drop (memory.grow (i32.add (i32.const 1) (i32.shr_u
+        (i32.sub (global.get $heap) (i32.mul (memory.size) (i32.const 65536))) (i32.const 16)))))))
+    local.get $p)
+  (func (export "proxy_on_context_create") (param i32 i32) (global.set $heap (i32.const 4096)))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) i32.const 1)
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) i32.const 1)
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0)
+  {hooks}
+)"#
+    )
+}
+
+/// Rejects (403) a request whose whole body contains `EVIL`, read at end of stream.
+fn body_check() -> String {
+    body_module(
+        r#"(func (export "proxy_on_request_body") (param $ctx i32) (param $size i32) (param $eos i32) (result i32)
+    (local $p i32) (local $n i32) (local $i i32)
+    (if (i32.eqz (local.get $eos)) (then (return (i32.const 1))))
+    (if (call $getbuf (i32.const 0) (i32.const 0) (i32.const -1) (i32.const 200) (i32.const 204))
+      (then unreachable))
+    (local.set $p (i32.load (i32.const 200)))
+    (local.set $n (i32.load (i32.const 204)))
+    ;; the hook's size argument is the buffered length
+    (if (i32.ne (local.get $n) (local.get $size)) (then unreachable))
+    (block $done (loop $l
+      (br_if $done (i32.gt_u (i32.add (local.get $i) (i32.const 4)) (local.get $n)))
+      (if (i32.eq (i32.load (i32.add (local.get $p) (local.get $i))) (i32.const 0x4C495645))
+        (then
+          (drop (call $send (i32.const 403) (i32.const 0) (i32.const 0) (i32.const 300) (i32.const 9)
+            (i32.const 0) (i32.const 0) (i32.const -1)))
+          (return (i32.const 1))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $l)))
+    i32.const 0)"#,
+    )
+}
+
+/// Replaces the request body with `REPLACED-BODY` and prefixes the response body with `RESP-PREFIX:`.
+fn body_rewrite() -> String {
+    body_module(
+        r#"(func (export "proxy_on_request_body") (param i32 i32) (param $eos i32) (result i32)
+    (if (i32.eqz (local.get $eos)) (then (return (i32.const 1))))
+    (if (call $setbuf (i32.const 0) (i32.const 0) (i32.const -1) (i32.const 320) (i32.const 13))
+      (then unreachable))
+    i32.const 0)
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) i32.const 0)
+  (func (export "proxy_on_response_body") (param i32 i32) (param $eos i32) (result i32)
+    (if (i32.eqz (local.get $eos)) (then (return (i32.const 1))))
+    (if (call $setbuf (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 340) (i32.const 12))
+      (then unreachable))
+    i32.const 0)"#,
+    )
+}
+
+/// Answers 200 with the `x-trail` request trailer as the body, when there are trailers.
+fn trailer_echo() -> String {
+    body_module(
+        r#"(func (export "proxy_on_request_trailers") (param i32 i32) (result i32)
+    (if (call $hget (i32.const 1) (i32.const 360) (i32.const 7) (i32.const 200) (i32.const 204))
+      (then (return (i32.const 0))))
+    (drop (call $send (i32.const 200) (i32.const 0) (i32.const 0)
+      (i32.load (i32.const 200)) (i32.load (i32.const 204)) (i32.const 0) (i32.const 0) (i32.const -1)))
+    i32.const 1)"#,
+    )
+}
+
+/// Like an SDK filter's default: prefixes the first chunk with `PFX:` and
+/// lets the body go on (`Continue` before the end of stream).
+fn pass_through() -> String {
+    body_module(
+        r#"(data (i32.const 380) "PFX:")
+  (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32)
+    (if (call $setbuf (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 380) (i32.const 4))
+      (then unreachable))
+    i32.const 0)"#,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn body_and_trailer_hooks() {
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("wasm-body");
+    let ports = Ports::new();
+    let mut plugin_cfg = String::new();
+    let mut rules = String::from("http_request = [\n");
+    let mut plugin_list = vec![("nobuf", body_check(), "/nobuf", "max_body_size = \"0\"")];
+    for (name, wat, path) in [
+        ("bodycheck", body_check(), "/check"),
+        ("rewrite", body_rewrite(), "/rewrite"),
+        ("trailers", trailer_echo(), "/trailers"),
+        ("passthru", pass_through(), "/passthru"),
+        (
+            "bodystall",
+            body_module(
+                r#"(func (export "proxy_on_request_body") (param i32 i32 i32) (result i32) i32.const 1)"#,
+            ),
+            "/bstall",
+        ),
+        (
+            "bodytrap",
+            body_module(
+                r#"(func (export "proxy_on_request_body") (param i32 i32 i32) (result i32) unreachable)"#,
+            ),
+            "/btrap",
+        ),
+    ] {
+        plugin_list.push((name, wat, path, ""));
+    }
+    for (name, wat, path, extra) in plugin_list {
+        let f = dir.write(&format!("{name}.wat"), &wat);
+        plugin_cfg.push_str(&format!(
+            "[[plugin]]\nname = \"{name}\"\nwasm = \"{}\"\non_error = \"fail_closed\"\n{extra}\n\n",
+            f.display()
+        ));
+        rules.push_str(&format!(
+            "  {{ wasm = \"{name}\", if = \"path_beg {path}\" }},\n"
+        ));
+    }
+    rules.push_str("  { wasm = \"rewrite\", if = \"path_beg /large\" },\n");
+    // A Lua service after a Wasm body filter reads the body the filter left.
+    let echo = dir.write(
+        "echo.lua",
+        "core.register_service('echo', 'http', function(applet)\n\
+         local b = applet:receive() or ''\n\
+         applet:set_status(200)\n\
+         applet:add_header('content-length', tostring(#b))\n\
+         applet:start_response()\n\
+         applet:send(b)\n\
+         end)\n",
+    );
+    plugin_cfg.push_str(&format!(
+        "[[plugin]]\nname = \"echo\"\nlua = \"{}\"\n\n",
+        echo.display()
+    ));
+    rules.push_str("  { wasm = \"rewrite\", if = \"path_beg /svc\" },\n");
+    rules.push_str("  { use_service = \"lua.echo\", if = \"path_beg /svc\" },\n]\n");
+    let cfg = format!(
+        "{}{plugin_cfg}{}{}",
+        global_section(ports.admin, &[]),
+        frontend_section("web", ports.web, "app", &rules),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let web = ports.web;
+    let post = |path: &str, body: Body| {
+        request(http::Method::POST, web, path)
+            .body(body)
+            .expect("request")
+    };
+
+    // Read at end of stream: a marker anywhere in the body (here across chunks) → 403.
+    let (tx, body) = chan_body();
+    let sending = tokio::spawn(async move {
+        for part in ["hello ", "E", "VIL", " world"] {
+            tx.send(bytes::Bytes::from(part)).await.expect("send");
+        }
+    });
+    let r = H1::connect(web).await.send(post("/check", body)).await;
+    sending.await.expect("sender");
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(r.text(), "forbidden");
+    let r = H1::connect(web)
+        .await
+        .send(post("/check", full("a harmless body")))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.echo().body(), "a harmless body");
+    assert_eq!(r.echo().body_len(), 15);
+
+    // Over the 1 MiB buffer limit → 413, with a declared length and chunked.
+    let big = pattern(2 << 20);
+    let r = H1::connect(web)
+        .await
+        .send(post("/check", full(big.clone())))
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+    let (tx, body) = chan_body();
+    let sending = tokio::spawn(async move {
+        for c in big.chunks(64 << 10) {
+            if tx.send(bytes::Bytes::copy_from_slice(c)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let r = H1::connect(web).await.try_send(post("/check", body)).await;
+    if let Ok(r) = r {
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+    }
+    sending.abort();
+    // With `max_body_size = 0` the same plugin's hooks are off: bodies stream past it.
+    let r = H1::connect(web)
+        .await
+        .send(post("/nobuf", full(pattern(3 << 20))))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.echo().body_len(), 3 << 20);
+    let r = H1::connect(web)
+        .await
+        .send(post("/nobuf", full("EVIL passes")))
+        .await;
+    assert_eq!(r.echo().body(), "EVIL passes");
+    // A hook that lets the body go on before its end: the rest streams past,
+    // well beyond the buffer limit, and a changed first part drops the
+    // declared length (the backend gets a chunked body of the right size).
+    for body in [full(pattern(3 << 20)), {
+        let (tx, body) = chan_body();
+        tokio::spawn(async move {
+            for c in pattern(3 << 20).chunks(64 << 10) {
+                if tx.send(bytes::Bytes::copy_from_slice(c)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        body
+    }] {
+        let r = H1::connect(web).await.send(post("/passthru", body)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let echo = r.echo();
+        assert_eq!(echo.body_len(), (3 << 20) + 4);
+        assert!(echo.body().starts_with("PFX:"), "{}", &echo.body()[..16]);
+        let mut want = b"PFX:".to_vec();
+        want.extend_from_slice(&pattern(3 << 20));
+        assert_eq!(echo.body_hash(), fnv_hex(&want));
+    }
+    // Up to the limit is fine.
+    let r = H1::connect(web)
+        .await
+        .send(post("/check", full(pattern(1 << 20))))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.echo().body_len(), 1 << 20);
+
+    // A Lua service behind the rewrite gets the rewritten body, not an empty one.
+    let r = H1::connect(web)
+        .await
+        .send(post("/svc", full("original body for the service")))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.text(), "REPLACED-BODY");
+    // Rewrites: the backend sees the new body with its own length; the
+    // client gets the changed response body with a correct length.
+    let (tx, body) = chan_body();
+    let sending = tokio::spawn(async move {
+        for part in ["original ", "chunked ", "body"] {
+            tx.send(bytes::Bytes::from(part)).await.expect("send");
+        }
+    });
+    let r = H1::connect(web).await.send(post("/rewrite", body)).await;
+    sending.await.expect("sender");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let text = r.text();
+    let json = text
+        .strip_prefix("RESP-PREFIX:")
+        .unwrap_or_else(|| panic!("response body not rewritten: {text}"));
+    assert_eq!(
+        r.header("content-length").as_deref(),
+        Some(r.body.len().to_string().as_str())
+    );
+    let echo = Echo(serde_json::from_str(json).expect("echo json"));
+    assert_eq!(echo.body(), "REPLACED-BODY");
+    assert_eq!(echo.body_len(), 13);
+    assert_eq!(echo.header("content-length").as_deref(), Some("13"));
+    assert_eq!(echo.header("transfer-encoding"), None);
+    // Same over h2.
+    let mut h2 = H2::connect(web).await;
+    let req = h2
+        .request(http::Method::POST, "/rewrite")
+        .body(full("h2 body"))
+        .expect("request");
+    let r = h2.send(req).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let text = r.text();
+    let echo = Echo(
+        serde_json::from_str(text.strip_prefix("RESP-PREFIX:").expect("prefixed"))
+            .expect("echo json"),
+    );
+    assert_eq!(echo.body(), "REPLACED-BODY");
+
+    // Trailers reach the trailers hook; without trailers it is not called.
+    let raw = "POST /trailers HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
+               5\r\nhello\r\n0\r\nx-trail: from-the-trailer\r\n\r\n";
+    let (_s, r) = raw_exchange(web, raw.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.body, b"from-the-trailer");
+    let r = H1::connect(web)
+        .await
+        .send(post("/trailers", full("no trailers")))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.echo().body(), "no trailers");
+
+    // Response bodies: rewritten within the limit; past it (declared or
+    // streamed) the client gets 502, as Envoy does.
+    let r = get(web, "/large/1000").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let mut want = b"RESP-PREFIX:".to_vec();
+    want.extend_from_slice(&pattern(1000));
+    assert_eq!(r.body.as_ref(), want.as_slice());
+    assert_eq!(r.header("content-length").as_deref(), Some("1012"));
+    for path in ["/large/2097152", "/large/2097152?cl=1"] {
+        let r = get(web, path).await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{path}: {}", r.text());
+    }
+
+    // A body hook that pauses for good ends at the pause timeout
+    // (timeout.server, 2s); one that traps gets on_error. Both fail closed.
+    let start = Instant::now();
+    let r = within(
+        "stalled body",
+        Duration::from_secs(6),
+        H1::connect(web).await.send(post("/bstall", full("x"))),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.text());
+    assert!(start.elapsed() >= Duration::from_millis(1900));
+    let r = H1::connect(web).await.send(post("/btrap", full("x"))).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.text());
+    let all = plugins(ports.admin).await;
+    let fails =
+        |name: &str, kind: &str| stats_of(&all, name)["failures"][kind].as_u64().unwrap_or(0);
+    assert_eq!(fails("bodystall", "pause_timeout"), 1, "{all:?}");
+    assert_eq!(fails("bodytrap", "unreachable"), 1, "{all:?}");
+    // Still serving.
+    let r = H1::connect(web)
+        .await
+        .send(post("/check", full("after")))
+        .await;
+    assert_eq!(r.echo().body(), "after");
 }

@@ -12,6 +12,11 @@ use portcullis::config::{self, BindCheck};
 use portcullis::filter::Filter;
 use portcullis_bench::{browser_headers, request_rules, run_request, txn};
 
+// The daemon's allocator (host/src/main.rs): Lua allocates through it, so
+// timing the action under glibc malloc would overstate its cost.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const URI: &str = "/api/v1/users?page=2";
 
 /// The request filters of `rule`, with `script` (under bench/lua/) loaded as plugin "p".

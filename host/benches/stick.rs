@@ -4,7 +4,8 @@
 //! - `lookup_update`: the same plus one event counted in the rate;
 //! - `track`: what a `track_sc0` request costs: track (get-or-create,
 //!   reference, touch, counters), read the rate, record the outcome, release;
-//! - `insert_full`: insert a new key into a full table, evicting the oldest.
+//! - `insert_full`: insert a new key into a full table, evicting the oldest;
+//! - `clock_read` (1 thread): one read of the real clock.
 //!
 //! On 2 threads both hit the same key (the contended worst case) for
 //! `lookup` and `track`, and distinct new keys for `insert_full`; the figure
@@ -79,6 +80,11 @@ fn bench_stick(c: &mut Criterion) {
     let rate = DataRef::parse("http_req_rate").expect("rate");
     for threads in [1usize, 2] {
         let mut g = c.benchmark_group(format!("stick/{threads}t"));
+
+        // One read of the real clock: what tracking saves per read it avoids.
+        if threads == 1 {
+            g.bench_function("clock_read", |b| b.iter(|| black_box(Clock::Real.now_ms())));
+        }
 
         // Lookup of an existing key among 10k, reading its rate.
         let t = table(100_000, Some(30_000));

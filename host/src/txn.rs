@@ -209,6 +209,22 @@ pub struct Txn {
     pub sc: crate::stick::StickCounters,
     /// The client's request body until it is forwarded (a Lua service may read it instead).
     pub req_body: Option<hyper::body::Incoming>,
+    /// Request body bytes a filter read (Wasm body hooks); sent upstream before what is left of `req_body`.
+    pub req_buffered: Option<BufferedBody>,
+    /// The server's response body during the response phase, until it is streamed to the client.
+    pub resp_body: Option<hyper::body::Incoming>,
+    /// Response body bytes a filter read; sent to the client before what is left of `resp_body`.
+    pub resp_buffered: Option<BufferedBody>,
+}
+
+/// A message body (or its first part) a filter read and may have rewritten, with its trailers.
+#[derive(Debug, Default)]
+pub struct BufferedBody {
+    pub data: Vec<u8>,
+    /// Bytes received from the peer (`data` may since have been rewritten).
+    pub received: usize,
+    /// Trailers (HTTP/1 chunked trailers, h2 trailers); empty if there were none.
+    pub trailers: HeaderMap,
 }
 
 /// Per-transaction plugin state, keyed by plugin id; empty (no allocation) unless a plugin uses it.
@@ -332,6 +348,9 @@ impl Txn {
             plugin_state: PluginState::default(),
             sc: crate::stick::StickCounters::default(),
             req_body: None,
+            req_buffered: None,
+            resp_body: None,
+            resp_buffered: None,
         }
     }
 }

@@ -11,7 +11,7 @@ pub mod units;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -486,19 +486,7 @@ impl Validator<'_> {
     }
 
     fn check_name(&self, name: &Spanned<String>, what: &str) -> Result<(), ConfigError> {
-        let n = name.get_ref();
-        let ok = !n.is_empty()
-            && n.len() <= 64
-            && n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if ok {
-            Ok(())
-        } else {
-            Err(self.source.error(
-                name.span(),
-                format!("invalid {what} name {n:?}: use 1-64 letters, digits, '_', '-' or '.'"),
-            ))
-        }
+        check_name(self.source, name, what)
     }
 
     fn backend(&self, b: &RawBackend, global: &Timeouts) -> Result<Backend, ConfigError> {
@@ -697,4 +685,39 @@ fn parse_status_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
         out.push(range);
     }
     Ok(out)
+}
+
+/// Checks that a frontend, backend, server, table or plugin name is 1-64
+/// letters, digits, `_`, `-` or `.` (names appear in stats, metrics and URLs).
+pub(crate) fn check_name(
+    source: &SourceMap,
+    name: &Spanned<String>,
+    what: &str,
+) -> Result<(), ConfigError> {
+    let n = name.get_ref();
+    let ok = !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(source.error(
+            name.span(),
+            format!("invalid {what} name {n:?}: use 1-64 letters, digits, '_', '-' or '.'"),
+        ))
+    }
+}
+
+/// `rel` relative to the directory of the config file `config` (how every
+/// path in a config file is read, as HAProxy and nginx do).
+pub(crate) fn resolve_path(config: &Path, rel: &str) -> PathBuf {
+    let p = Path::new(rel);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    match config.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
 }

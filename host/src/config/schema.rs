@@ -70,6 +70,8 @@ pub struct RawPlugin {
     pub memory_limit: Option<Spanned<ConfigSize>>,
     /// CPU time one call into the plugin may use.
     pub cpu_limit: Option<ConfigDuration>,
+    /// Wasm: the largest body buffered for the plugin's body hooks (0: bodies stream past it).
+    pub max_body_size: Option<Spanned<ConfigSize>>,
     /// `fail_open` (the request goes on) or `fail_closed` (500) when the plugin fails.
     pub on_error: Option<Spanned<String>>,
     /// Arguments passed to the script's main chunk (HAProxy's `lua-load FILE ARGS...`).

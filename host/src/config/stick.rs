@@ -25,7 +25,7 @@ pub fn build(
     for t in raw {
         let t = t.get_ref();
         let name = t.name.get_ref();
-        check_name(&t.name, source)?;
+        super::check_name(source, &t.name, "stick_table")?;
         if seen.insert(name, ()).is_some() {
             return Err(source.error(
                 t.name.span(),
@@ -35,22 +35,6 @@ pub fn build(
         tables.push(Arc::new(StickTable::new(table(t, source)?, Clock::Real)));
     }
     Ok(StickTables::new(tables))
-}
-
-fn check_name(name: &Spanned<String>, source: &SourceMap) -> Result<(), ConfigError> {
-    let n = name.get_ref();
-    let ok = !n.is_empty()
-        && n.len() <= 64
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(source.error(
-            name.span(),
-            format!("invalid stick_table name {n:?}: use 1-64 letters, digits, '_', '-' or '.'"),
-        ))
-    }
 }
 
 fn table(t: &RawStickTable, source: &SourceMap) -> Result<TableConfig, ConfigError> {

@@ -58,11 +58,13 @@ impl BodyError {
 
 /// Reads a request body whole (at most [`MAX_BODY`], `idle` between two pieces).
 pub(crate) async fn read_body(
+    prefix: Vec<u8>,
     mut body: hyper::body::Incoming,
     idle: std::time::Duration,
 ) -> Result<Bytes, BodyError> {
     use http_body_util::BodyExt;
-    let mut buf = bytes::BytesMut::new();
+    // `prefix`: what an earlier filter (a Wasm body hook) already read and maybe rewrote.
+    let mut buf = bytes::BytesMut::from(&prefix[..]);
     loop {
         match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => return Err(BodyError::Timeout),
@@ -141,7 +143,7 @@ pub(crate) fn begin(inst: &Instance, txn: &Txn, body: Bytes) -> mlua::Result<()>
         .and_then(|v| v.trim().parse::<i64>().ok())
         .unwrap_or(0);
     a.raw_set("length", length)?;
-    a.raw_set("headers", headers_table(lua, &txn.req_headers)?)?;
+    a.raw_set("headers", headers_table(lua, &inst.cx, &txn.req_headers)?)?;
     *inst
         .cx
         .applet

@@ -27,7 +27,7 @@ mod runtime;
 mod stktable;
 mod task;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -354,17 +354,7 @@ pub fn load_plugins(
 
 fn load_one(p: &RawPlugin, source: &SourceMap, view: &HostView) -> Result<Plugin, ConfigError> {
     let name = p.name.get_ref();
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if !valid {
-        return Err(source.error(
-            p.name.span(),
-            format!("invalid plugin name {name:?}: use 1-64 letters, digits, '_', '-' or '.'"),
-        ));
-    }
+    crate::config::check_name(source, &p.name, "plugin")?;
     let Some(lua) = &p.lua else {
         return Err(source.error(
             p.name.span(),
@@ -380,6 +370,13 @@ fn load_one(p: &RawPlugin, source: &SourceMap, view: &HostView) -> Result<Plugin
                 ),
             ));
         }
+    }
+    if let Some(m) = &p.max_body_size {
+        return Err(source.error(
+            m.span(),
+            "`max_body_size` bounds the body a Wasm plugin may buffer; a Lua action sees \
+             headers only (a Lua service reads the body with `receive`)",
+        ));
     }
     let memory_limit = match &p.memory_limit {
         Some(m) => {
@@ -420,7 +417,7 @@ fn load_one(p: &RawPlugin, source: &SourceMap, view: &HostView) -> Result<Plugin
         Some(a) => arg_strings(a).map_err(|m| source.error(a.span(), m))?,
         None => Vec::new(),
     };
-    let path = resolve(source.file(), lua.get_ref());
+    let path = crate::config::resolve_path(source.file(), lua.get_ref());
     let text = std::fs::read_to_string(&path).map_err(|e| {
         source.error(
             lua.span(),
@@ -474,18 +471,6 @@ pub(crate) fn arg_strings(a: &Spanned<Vec<toml::Value>>) -> Result<Vec<String>, 
             )),
         })
         .collect()
-}
-
-/// `rel` relative to the directory of the config file `config`.
-fn resolve(config: &Path, rel: &str) -> PathBuf {
-    let p = Path::new(rel);
-    if p.is_absolute() {
-        return p.to_path_buf();
-    }
-    match config.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
-        _ => p.to_path_buf(),
-    }
 }
 
 #[cfg(test)]

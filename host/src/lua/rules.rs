@@ -318,6 +318,11 @@ impl LuaService {
 
     /// Reads the request body first if there is one (HAProxy's applets see it), then starts.
     fn read_then_start(&self, txn: &mut Txn) -> Flow {
+        // A Wasm body filter before us may hold the body's first part (or all of it).
+        let prefix = txn.req_buffered.take().map(|b| b.data).unwrap_or_default();
+        if prefix.len() > super::applet::MAX_BODY {
+            return Flow::Respond(super::applet::BodyError::TooLarge.reply());
+        }
         match txn.req_body.take() {
             Some(body) if !http_body::Body::is_end_stream(&body) => {
                 let cell = Rc::new(std::cell::RefCell::new(None));
@@ -325,11 +330,11 @@ impl LuaService {
                     .put(self.plugin.id, Box::new(PendingBody(Rc::clone(&cell))));
                 let idle = self.plugin.client_timeout;
                 Flow::Wait(Box::pin(async move {
-                    let r = super::applet::read_body(body, idle).await;
+                    let r = super::applet::read_body(prefix, body, idle).await;
                     *cell.borrow_mut() = Some(r);
                 }))
             }
-            _ => self.start(txn, bytes::Bytes::new()),
+            _ => self.start(txn, bytes::Bytes::from(prefix)),
         }
     }
 

@@ -191,6 +191,8 @@ pub(crate) struct CallCx {
     pub regexes: RefCell<HashMap<String, Rc<regex::Regex>>>,
     /// A transaction for converters called outside of one (`core` tasks, inits).
     pub idle_txn: RefCell<Option<Box<Txn>>>,
+    /// Short strings reused when building header tables (made on first use).
+    pub strings: RefCell<Option<super::api::StrCache>>,
 }
 
 /// The error of an API function used where there is no transaction.
@@ -221,6 +223,7 @@ impl CallCx {
             convs: RefCell::new(HashMap::new()),
             regexes: RefCell::new(HashMap::new()),
             idle_txn: RefCell::new(None),
+            strings: RefCell::new(None),
         }
     }
 
@@ -404,6 +407,7 @@ impl Drop for Instance {
         self.bindings.borrow_mut().clear();
         *self.cx.privv.borrow_mut() = Value::Nil;
         *self.cx.fields.borrow_mut() = None;
+        *self.cx.strings.borrow_mut() = None;
         if self.counted {
             let s = &self.plugin.stats;
             s.instances.fetch_sub(1, Relaxed);
@@ -475,6 +479,12 @@ impl Instance {
         }
         lua.set_memory_limit(limit)
             .map_err(|e| CallError::from_lua(&e))?;
+        // Generational: a request's garbage (header tables, strings) dies
+        // young, and the API and script, which live long, are not re-marked
+        // each cycle (about 8% of a header get + set in `benches/lua.rs`).
+        lua.gc_set_mode(mlua::state::GcMode::Generational(
+            mlua::state::GcGenParams::default(),
+        ));
         let cx = Rc::new(CallCx::new(plugin));
         let hook_cx = Rc::clone(&cx);
         lua.set_global_hook(

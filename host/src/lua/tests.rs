@@ -287,6 +287,13 @@ fn config_errors_name_the_script_line_and_the_plugin() {
     )
     .expect_err("memory");
     assert!(e.to_string().contains("not enough memory"), "{e}");
+    // Wasm-only keys are refused with the reason, not silently ignored.
+    let e = load("", "max_body_size = \"1MiB\"", "").expect_err("max_body_size");
+    assert!(
+        e.to_string()
+            .contains("`max_body_size` bounds the body a Wasm"),
+        "{e}"
+    );
     let e = load("", "", "http_request = [{ lua = \"nope\" }]").expect_err("unknown");
     assert!(e.to_string().contains("no Lua action \"nope\""), "{e}");
     let e = load(

@@ -87,13 +87,25 @@ impl IdleTimer {
     }
 }
 
-/// The body sent upstream: nothing, or the client's body streamed through.
+/// The body sent upstream: nothing, the client's body streamed through, or
+/// a body a filter read in full (and perhaps rewrote) with its trailers.
 pub enum RequestBody {
     Empty,
+    Full {
+        data: Option<Bytes>,
+        trailers: Option<http::HeaderMap>,
+        state: Rc<RequestBodyState>,
+    },
     Stream {
         inner: Incoming,
         timer: IdleTimer,
         state: Rc<RequestBodyState>,
+    },
+    /// Bytes a filter read (and let go on mid-stream), then the rest of the body.
+    Prefixed {
+        prefix: Option<Bytes>,
+        state: Rc<RequestBodyState>,
+        rest: Box<RequestBody>,
     },
 }
 
@@ -103,6 +115,19 @@ impl RequestBody {
         RequestBody::Stream {
             inner,
             timer: IdleTimer::new(timeout),
+            state,
+        }
+    }
+
+    /// A buffered body; its bytes are counted in `state` as they go out.
+    pub fn full(
+        data: Bytes,
+        trailers: http::HeaderMap,
+        state: Rc<RequestBodyState>,
+    ) -> RequestBody {
+        RequestBody::Full {
+            data: (!data.is_empty()).then_some(data),
+            trailers: (!trailers.is_empty()).then_some(trailers),
             state,
         }
     }
@@ -129,6 +154,28 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Prefixed {
+                prefix,
+                state,
+                rest,
+            } => match prefix.take() {
+                Some(d) => {
+                    state.bytes.set(state.bytes.get() + d.len() as u64);
+                    Poll::Ready(Some(Ok(Frame::data(d))))
+                }
+                None => Pin::new(rest.as_mut()).poll_frame(cx),
+            },
+            RequestBody::Full {
+                data,
+                trailers,
+                state,
+            } => Poll::Ready(match data.take() {
+                Some(d) => {
+                    state.bytes.set(state.bytes.get() + d.len() as u64);
+                    Some(Ok(Frame::data(d)))
+                }
+                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+            }),
             RequestBody::Stream {
                 inner,
                 timer,
@@ -162,6 +209,8 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
+            RequestBody::Prefixed { prefix, rest, .. } => prefix.is_none() && rest.is_end_stream(),
+            RequestBody::Full { data, trailers, .. } => data.is_none() && trailers.is_none(),
             RequestBody::Stream { inner, .. } => inner.is_end_stream(),
         }
     }
@@ -169,6 +218,19 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Prefixed { prefix, rest, .. } => {
+                let n = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let r = rest.size_hint();
+                let mut h = SizeHint::new();
+                h.set_lower(r.lower().saturating_add(n));
+                if let Some(u) = r.upper() {
+                    h.set_upper(u.saturating_add(n));
+                }
+                h
+            }
+            RequestBody::Full { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             RequestBody::Stream { inner, .. } => inner.size_hint(),
         }
     }
@@ -176,11 +238,18 @@ impl Body for RequestBody {
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream { inner: Incoming, timer: IdleTimer },
+    /// A body a filter read in full, then its trailers.
+    Buffered(Option<Bytes>, Option<http::HeaderMap>),
+    Upstream {
+        inner: Incoming,
+        timer: IdleTimer,
+    },
 }
 
 /// The body sent to the client.
 pub struct ResponseBody {
+    /// Bytes a filter read (and let go on mid-stream), sent before `kind`'s.
+    prefix: Option<Bytes>,
     kind: Kind,
     bytes: u64,
     end: Option<Box<dyn BodyEnd>>,
@@ -190,7 +259,21 @@ impl ResponseBody {
     /// A complete in-memory body.
     pub fn full(data: Bytes) -> ResponseBody {
         ResponseBody {
+            prefix: None,
             kind: Kind::Full((!data.is_empty()).then_some(data)),
+            bytes: 0,
+            end: None,
+        }
+    }
+
+    /// A body a filter read in full from the server (and perhaps rewrote), with its trailers.
+    pub fn buffered(data: Bytes, trailers: http::HeaderMap) -> ResponseBody {
+        ResponseBody {
+            prefix: None,
+            kind: Kind::Buffered(
+                (!data.is_empty()).then_some(data),
+                (!trailers.is_empty()).then_some(trailers),
+            ),
             bytes: 0,
             end: None,
         }
@@ -204,6 +287,7 @@ impl ResponseBody {
     /// The server's body streamed through with a server inactivity `timeout`.
     pub fn upstream(inner: Incoming, timeout: Duration) -> ResponseBody {
         ResponseBody {
+            prefix: None,
             kind: Kind::Upstream {
                 inner,
                 timer: IdleTimer::new(timeout),
@@ -211,6 +295,12 @@ impl ResponseBody {
             bytes: 0,
             end: None,
         }
+    }
+
+    /// Sends `prefix` (bytes a filter already read from the server) first.
+    pub fn with_prefix(mut self, prefix: Bytes) -> ResponseBody {
+        self.prefix = (!prefix.is_empty()).then_some(prefix);
+        self
     }
 
     /// Runs `end` once this body is over.
@@ -246,8 +336,16 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(p) = this.prefix.take() {
+            this.bytes += p.len() as u64;
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
         let polled = match &mut this.kind {
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Buffered(data, trailers) => Poll::Ready(match data.take() {
+                Some(d) => Some(Ok(Frame::data(d))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+            }),
             Kind::Upstream { inner, timer } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     timer.progress();
@@ -280,16 +378,32 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.prefix.is_some() {
+            return false;
+        }
         match &self.kind {
             Kind::Full(data) => data.is_none(),
+            Kind::Buffered(data, trailers) => data.is_none() && trailers.is_none(),
             Kind::Upstream { inner, .. } => inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        let h = match &self.kind {
+            Kind::Full(data) | Kind::Buffered(data, _) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             Kind::Upstream { inner, .. } => inner.size_hint(),
+        };
+        let Some(p) = &self.prefix else {
+            return h;
+        };
+        let n = p.len() as u64;
+        let mut out = SizeHint::new();
+        out.set_lower(h.lower().saturating_add(n));
+        if let Some(u) = h.upper() {
+            out.set_upper(u.saturating_add(n));
         }
+        out
     }
 }

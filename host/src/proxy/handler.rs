@@ -251,6 +251,9 @@ pub async fn handle(
         plugin_state: crate::txn::PluginState::default(),
         sc: crate::stick::StickCounters::default(),
         req_body: Some(body),
+        req_buffered: None,
+        resp_body: None,
+        resp_buffered: None,
     };
     let orig_method = txn.method.clone();
     let orig_uri = txn.uri.clone();
@@ -268,13 +271,16 @@ pub async fn handle(
                 txn.status = parts.status;
                 txn.resp_headers = parts.headers;
                 strip_hop_by_hop(&mut txn.resp_headers);
+                // In the transaction so a filter with a body hook can read it.
+                txn.resp_body = Some(incoming);
                 match run_phase(&chain.response, &mut txn).await {
                     Some(reply) => {
                         // The server's body is abandoned: its connection cannot be reused.
                         if let Some(conn) = route.conn.take() {
                             conn.discard();
                         }
-                        drop(incoming);
+                        drop(txn.resp_body.take());
+                        drop(txn.resp_buffered.take());
                         (reply.status, reply.headers, ResponseBody::full(reply.body))
                     }
                     None => {
@@ -282,11 +288,29 @@ pub async fn handle(
                             .backend
                             .and_then(|b| shared.config.backends.get(b))
                             .map_or(shared.config.global.timeouts.server, |b| b.server_timeout);
-                        (
-                            txn.status,
-                            std::mem::take(&mut txn.resp_headers),
-                            ResponseBody::upstream(incoming, timeout),
-                        )
+                        let mut headers = std::mem::take(&mut txn.resp_headers);
+                        let body = match (txn.resp_buffered.take(), txn.resp_body.take()) {
+                            (Some(b), Some(incoming))
+                                if !http_body::Body::is_end_stream(&incoming) =>
+                            {
+                                // Part read by a filter, the rest streamed: see the request side.
+                                if b.data.len() != b.received {
+                                    headers.remove(header::CONTENT_LENGTH);
+                                }
+                                ResponseBody::upstream(incoming, timeout).with_prefix(b.data.into())
+                            }
+                            (Some(b), _) => {
+                                // A filter may have changed the body: its length is now exact.
+                                headers.insert(
+                                    header::CONTENT_LENGTH,
+                                    HeaderValue::from(b.data.len()),
+                                );
+                                ResponseBody::buffered(b.data.into(), b.trailers)
+                            }
+                            (None, Some(incoming)) => ResponseBody::upstream(incoming, timeout),
+                            (None, None) => ResponseBody::empty(),
+                        };
+                        (txn.status, headers, body)
                     }
                 }
             }
@@ -377,12 +401,39 @@ async fn forward(
     let client_timeout = shared.config.global.timeouts.client;
     let body_state = Rc::new(RequestBodyState::default());
     // A filter that consumed the body (a Lua service) answered itself; `None` is only defensive.
-    let req_body = match txn.req_body.take() {
-        Some(body) if !http_body::Body::is_end_stream(&body) => {
+    let rest = txn
+        .req_body
+        .take()
+        .filter(|b| !http_body::Body::is_end_stream(b));
+    let req_body = match (txn.req_buffered.take(), rest) {
+        (Some(b), None) => {
+            // A filter may have changed the body: its length is now known exactly.
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(b.data.len()));
+            ex.req_body = Some(Rc::clone(&body_state));
+            RequestBody::full(b.data.into(), b.trailers, Rc::clone(&body_state))
+        }
+        (Some(b), Some(body)) => {
+            // A filter read a part and let the rest stream: a changed part
+            // makes the declared length wrong, so the body goes chunked.
+            if b.data.len() != b.received {
+                headers.remove(header::CONTENT_LENGTH);
+            }
+            ex.req_body = Some(Rc::clone(&body_state));
+            RequestBody::Prefixed {
+                prefix: (!b.data.is_empty()).then(|| b.data.into()),
+                state: Rc::clone(&body_state),
+                rest: Box::new(RequestBody::stream(
+                    body,
+                    client_timeout,
+                    Rc::clone(&body_state),
+                )),
+            }
+        }
+        (None, Some(body)) => {
             ex.req_body = Some(Rc::clone(&body_state));
             RequestBody::stream(body, client_timeout, Rc::clone(&body_state))
         }
-        _ => RequestBody::Empty,
+        (None, _) => RequestBody::Empty,
     };
     let mut req = Request::new(req_body);
     *req.method_mut() = txn.method.clone();

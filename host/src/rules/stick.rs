@@ -206,7 +206,8 @@ impl Fetch for ScFetch {
                         }
                         self.in_table(t, &e.key().as_ref())
                     }
-                    _ => self.read(e, tr.now()),
+                    // The phase's tick: no clock read after the first in a phase.
+                    _ => self.read(e, tr.now_in(txn.phase.into())),
                 }
             }
             Source::Src => {
@@ -608,7 +609,7 @@ impl Action for Gp {
         let Some(t) = txn.sc.get(self.counter) else {
             return Flow::Continue;
         };
-        let now = t.now();
+        let now = t.now_in(txn.phase.into());
         let e = t.entry();
         match &self.op {
             GpOp::IncGpc => {

@@ -30,7 +30,7 @@ pub use clock::Clock;
 pub use data::{DataKind, DataRef, Schema};
 pub use entry::Entry;
 pub use key::{Key, KeyRef, KeyType};
-pub use table::{StickTable, TableConfig, Tracked};
+pub use table::{StickTable, TableConfig, TickPhase, Tracked};
 pub use track::StickCounters;
 
 /// Every table of a configuration, by name.

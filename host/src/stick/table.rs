@@ -253,6 +253,13 @@ impl StickTable {
 
     /// The entry for `key`, created if absent (evicting or refusing when full).
     pub fn get_or_create(&self, key: &KeyRef<'_>) -> Result<Arc<Entry>, Refused> {
+        self.get_or_create_at(key, None)
+    }
+
+    /// [`get_or_create`](Self::get_or_create) with the caller's tick, if it
+    /// has one: the clock is read at most once per request (`None`: read
+    /// only when a new entry needs a date).
+    fn get_or_create_at(&self, key: &KeyRef<'_>, now: Option<u64>) -> Result<Arc<Entry>, Refused> {
         // Bounded: each retry means a concurrent kill of this very key.
         for _ in 0..4 {
             if let Some(e) = self.map.peek_with(key, |_, e| Arc::clone(e)) {
@@ -262,11 +269,11 @@ impl StickTable {
                 self.unlink(&e);
                 continue;
             }
-            if !self.reserve() {
+            let now = now.unwrap_or_else(|| self.now());
+            if !self.reserve(now) {
                 self.counters.refusals.fetch_add(1, Ordering::Relaxed);
                 return Err(Refused::Full);
             }
-            let now = self.now();
             let fresh = Arc::new(Entry::new(
                 Arc::clone(&self.meta),
                 key.to_owned_key(),
@@ -304,10 +311,12 @@ impl StickTable {
     /// request (`http_req_*`, `conn_*`, `sess_*`, `conn_cur` + 1).
     /// `None` if the key could not be stored (the request goes on untracked).
     pub fn track(&self, key: &KeyRef<'_>) -> Option<Tracked> {
+        // The request phase's one clock read: the insert, the counters and
+        // the request's later reads in this phase all use it.
+        let now = self.now();
         for _ in 0..4 {
-            let e = self.get_or_create(key).ok()?;
+            let e = self.get_or_create_at(key, Some(now)).ok()?;
             if e.state.acquire() {
-                let now = self.now();
                 e.touch(now);
                 for k in [
                     DataKind::HttpReqCnt,
@@ -320,7 +329,10 @@ impl StickTable {
                 ] {
                     e.add(d(k), now, 1);
                 }
-                return Some(Tracked { entry: e });
+                return Some(Tracked {
+                    entry: e,
+                    tick: AtomicU64::new(stamp(TickPhase::Request, now)),
+                });
             }
             // Killed between lookup and reference: drop it and try again.
             self.unlink(&e);
@@ -333,12 +345,12 @@ impl StickTable {
         now.saturating_add(self.meta.expire.unwrap_or(0))
     }
 
-    fn reserve(&self) -> bool {
+    fn reserve(&self, now: u64) -> bool {
         for _ in 0..2 {
             if try_reserve(&self.used, self.size) {
                 return true;
             }
-            if self.nopurge || !self.evict_one() {
+            if self.nopurge || !self.evict_one(now) {
                 return false;
             }
         }
@@ -346,8 +358,7 @@ impl StickTable {
     }
 
     /// Frees one entry from the front of the index in at most [`EVICT_STEPS`] steps.
-    fn evict_one(&self) -> bool {
-        let now = self.now();
+    fn evict_one(&self, now: u64) -> bool {
         for _ in 0..EVICT_STEPS {
             match self.handle_front(now, true) {
                 Step::Freed => return true,
@@ -503,6 +514,37 @@ impl StickTable {
     }
 }
 
+/// The phases of a tracked request, each with its own tick: the clock is
+/// read at most once per phase (like HAProxy's `now_ms`, updated once per
+/// event-loop turn), not at every counter update or fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TickPhase {
+    /// `http_request` rules (the tick is read when tracking starts).
+    Request = 0,
+    /// `http_response` rules.
+    Response = 1,
+    /// The exchange is over: outcome and release.
+    End = 2,
+}
+
+impl From<crate::txn::Phase> for TickPhase {
+    fn from(p: crate::txn::Phase) -> TickPhase {
+        match p {
+            crate::txn::Phase::Request => TickPhase::Request,
+            crate::txn::Phase::Response => TickPhase::Response,
+        }
+    }
+}
+
+/// `Tracked::tick` keeps the phase in its top 2 bits and the tick below.
+const PHASE_SHIFT: u32 = 62;
+const TICK_MASK: u64 = (1 << PHASE_SHIFT) - 1;
+
+/// One word holding `phase` and `now` (ticks are ms since process start, far below 2^62).
+fn stamp(phase: TickPhase, now: u64) -> u64 {
+    ((phase as u64) << PHASE_SHIFT) | now.min(TICK_MASK)
+}
+
 /// A request's reference to a tracked entry (HAProxy's stick counter).
 ///
 /// While it lives, the entry stays in its table; dropping it decrements
@@ -510,6 +552,10 @@ impl StickTable {
 /// reference.
 pub struct Tracked {
     entry: Arc<Entry>,
+    /// The latest phase's tick (see [`TickPhase`]). Atomic only because the
+    /// request's fetches see the counter through `&`; one task uses it, so
+    /// `Relaxed` suffices.
+    tick: AtomicU64,
 }
 
 impl std::fmt::Debug for Tracked {
@@ -525,17 +571,31 @@ impl Tracked {
         &self.entry
     }
 
-    /// The current tick of the entry's table clock.
+    /// The tick of the request's latest phase, without reading the clock.
     #[inline]
     pub fn now(&self) -> u64 {
-        self.entry.meta.clock.now_ms()
+        self.tick.load(Ordering::Relaxed) & TICK_MASK
+    }
+
+    /// The tick of `phase`: the clock is read on the first call in a phase
+    /// later than the latest one, then reused for the rest of that phase.
+    /// An earlier phase gets the latest tick (time never goes back).
+    #[inline]
+    pub fn now_in(&self, phase: TickPhase) -> u64 {
+        let cur = self.tick.load(Ordering::Relaxed);
+        if cur >> PHASE_SHIFT >= phase as u64 {
+            return cur & TICK_MASK;
+        }
+        let now = self.entry.meta.clock.now_ms().min(TICK_MASK);
+        self.tick.store(stamp(phase, now), Ordering::Relaxed);
+        now
     }
 
     /// Records how the exchange ended: `http_err_*` on 4xx, `http_fail_*` on
     /// 5xx other than 501 and 505 (HAProxy's definition), `bytes_*`.
     pub fn record_outcome(&self, status: u16, bytes_in: u64, bytes_out: u64) {
         let e = &self.entry;
-        let now = self.now();
+        let now = self.now_in(TickPhase::End);
         if (400..=499).contains(&status) {
             e.add(d(DataKind::HttpErrCnt), now, 1);
             e.add(d(DataKind::HttpErrRate), now, 1);
@@ -559,7 +619,10 @@ impl Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        let now = self.now();
+        // The outcome's tick when it was just recorded (the usual case: the
+        // Txn is dropped right after logging); otherwise a fresh read, so the
+        // expiry date is counted from the real release time.
+        let now = self.now_in(TickPhase::End);
         self.entry.sub(d(DataKind::ConnCur), 1);
         self.entry.touch(now);
         self.entry.state.release();

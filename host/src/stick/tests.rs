@@ -513,3 +513,42 @@ fn loom_reservations_never_exceed_size() {
         assert_eq!(entry::Word::load(&*used, Ordering::SeqCst), 2);
     });
 }
+
+#[test]
+fn one_clock_read_per_phase_and_release_counts_from_the_end() {
+    let clock = Clock::manual(1_000);
+    let t = table(
+        10,
+        Some(1_000),
+        false,
+        &["http_req_rate(10s)"],
+        clock.clone(),
+    );
+    let tr = t.track(&k(1)).expect("room");
+    clock.advance(50);
+    // Request phase: the tick read when tracking started.
+    assert_eq!(tr.now(), 1_000);
+    assert_eq!(tr.now_in(TickPhase::Request), 1_000);
+    // Response phase: one read on first use, then reused.
+    assert_eq!(tr.now_in(TickPhase::Response), 1_050);
+    clock.advance(50);
+    assert_eq!(tr.now_in(TickPhase::Response), 1_050);
+    assert_eq!(tr.now_in(TickPhase::Request), 1_050, "time never goes back");
+    // The outcome reads the clock once; the release reuses its tick.
+    tr.record_outcome(200, 0, 0);
+    assert_eq!(tr.now(), 1_100);
+    clock.advance(10);
+    let e = t.lookup(&k(1)).expect("entry");
+    drop(tr);
+    assert_eq!(
+        e.expires_in(1_100),
+        Some(1_000),
+        "expiry counted from the outcome"
+    );
+    assert_eq!(e.get(r("http_req_rate"), 1_100), Some(1));
+    // Without an outcome, the release reads the clock itself (never a stale date).
+    let tr = t.track(&k(1)).expect("room");
+    clock.advance(30_000);
+    drop(tr);
+    assert_eq!(e.expires_in(clock.now_ms()), Some(1_000));
+}

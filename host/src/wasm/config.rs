@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,6 +121,16 @@ fn load_one(
         }
         limits.cpu = c.0;
     }
+    if let Some(m) = &p.max_body_size {
+        let n = m.get_ref().0;
+        if n > 64 << 20 {
+            return Err(source.error(
+                m.span(),
+                format!("max_body_size of a Wasm plugin must be at most 64MiB (0 turns body hooks off), got {n} bytes"),
+            ));
+        }
+        limits.max_body = usize::try_from(n).unwrap_or(usize::MAX);
+    }
     let on_error = match &p.on_error {
         Some(s) => match s.get_ref().as_str() {
             "fail_open" => OnError::FailOpen,
@@ -135,7 +144,7 @@ fn load_one(
         },
         None => OnError::FailOpen,
     };
-    let path = resolve(source.file(), wasm.get_ref());
+    let path = crate::config::resolve_path(source.file(), wasm.get_ref());
     let bytes = std::fs::read(&path).map_err(|e| {
         source.error(
             wasm.span(),
@@ -160,18 +169,6 @@ fn load_one(
             format!("plugin {name:?}: cannot load {}: {e}", path.display()),
         )
     })
-}
-
-/// `rel` relative to the directory of the config file `config`.
-fn resolve(config: &Path, rel: &str) -> PathBuf {
-    let p = Path::new(rel);
-    if p.is_absolute() {
-        return p.to_path_buf();
-    }
-    match config.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
-        _ => p.to_path_buf(),
-    }
 }
 
 /// Builds a `{ wasm = "<plugin>" }` rule.

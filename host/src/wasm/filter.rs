@@ -24,7 +24,7 @@ use super::instance::{
 };
 use super::module::WasmPlugin;
 use crate::filter::{Flow, Reply, WaitFuture};
-use crate::txn::{Phase, Txn};
+use crate::txn::{BufferedBody, Phase, Txn};
 
 /// First back-off after a failure; doubles per consecutive failure.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -70,7 +70,42 @@ struct Held {
     cref: CtxRef,
     /// Set once the log hook finished the context (nothing left to clean up).
     done: std::cell::Cell<bool>,
+    /// The request / response body was taken for the body hooks (at most once per phase).
+    body_seen: [std::cell::Cell<bool>; 2],
 }
+
+/// Why a body could not be buffered for a body hook.
+enum BodyError {
+    /// Larger than the plugin's `max_body`.
+    TooLarge,
+    /// The sender went quiet for longer than the pause timeout.
+    Timeout,
+    /// The body stream failed (reset, malformed chunking).
+    Failed(String),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge => f.write_str("body larger than the plugin's buffer limit"),
+            BodyError::Timeout => f.write_str("timeout while reading the body"),
+            BodyError::Failed(e) => write!(f, "body stream failed: {e}"),
+        }
+    }
+}
+
+/// One step of reading a body for the body hooks: what is buffered so far,
+/// and the rest of the stream (`None`: the body ended).
+struct ReadStep {
+    acc: BufferedBody,
+    rest: Option<hyper::body::Incoming>,
+}
+
+/// Where the wait future reading a body for the body hooks leaves it.
+type BodyCell = Rc<RefCell<Option<Result<ReadStep, BodyError>>>>;
+
+/// Stored in `txn.plugin_state` while a body is being read for this filter.
+struct PendingBody(BodyCell);
 
 impl Drop for Held {
     fn drop(&mut self) {
@@ -216,7 +251,7 @@ impl WasmFilter {
     fn flow(&self, txn: &mut Txn, cref: CtxRef, out: Outcome) -> Flow {
         match out {
             Outcome::Fail(f) => self.on_error(txn, &f),
-            Outcome::Verdict(Verdict::Continue) => Flow::Continue,
+            Outcome::Verdict(Verdict::Continue) => self.take_body(txn, cref),
             Outcome::Verdict(Verdict::Respond(r)) => Flow::Respond(r),
             Outcome::Verdict(Verdict::Pause) => {
                 let r = self.with_instance(|inst, generation| {
@@ -236,6 +271,157 @@ impl WasmFilter {
                 }
             }
         }
+    }
+
+    /// After the headers went on: if the plugin has body hooks, reads the
+    /// phase's body frame by frame (bounded by `max_body`) and runs them on
+    /// it (in [`Self::body_read`]); otherwise the body streams past untouched.
+    fn take_body(&self, txn: &mut Txn, cref: CtxRef) -> Flow {
+        let (wants, i) = match txn.phase {
+            Phase::Request => (self.plugin.request_body_hooks, 0),
+            Phase::Response => (self.plugin.response_body_hooks, 1),
+        };
+        let limits = self.plugin.shared().spec.limits;
+        // `max_body_size = 0`: the hooks are off and bodies stream past (SDK
+        // filters export every hook, used or not).
+        if !wants || limits.max_body == 0 {
+            return Flow::Continue;
+        }
+        let Some(held) = txn.plugin_state.peek::<Held>(self.key) else {
+            return Flow::Continue;
+        };
+        if held.body_seen[i].replace(true) {
+            return Flow::Continue;
+        }
+        let (stream, buffered) = match txn.phase {
+            Phase::Request => (&mut txn.req_body, &mut txn.req_buffered),
+            Phase::Response => (&mut txn.resp_body, &mut txn.resp_buffered),
+        };
+        let rest = stream.take().filter(|b| !http_body::Body::is_end_stream(b));
+        match (rest, buffered.take()) {
+            (Some(body), acc) => self.read_more(txn, acc.unwrap_or_default(), body),
+            (None, Some(acc)) => {
+                // An earlier plugin read it all: run the hooks on what it left.
+                *buffered = Some(acc);
+                self.body_hooks(txn, cref, false)
+            }
+            // No body: as in Envoy, the body hooks are not called.
+            (None, None) => Flow::Continue,
+        }
+    }
+
+    /// Waits for the next part of the body (see [`read_step`]).
+    fn read_more(&self, txn: &mut Txn, acc: BufferedBody, body: hyper::body::Incoming) -> Flow {
+        let limits = self.plugin.shared().spec.limits;
+        let cell: BodyCell = Rc::default();
+        txn.plugin_state
+            .put(self.key, Box::new(PendingBody(Rc::clone(&cell))));
+        Flow::Wait(Box::pin(async move {
+            let r = read_step(body, acc, limits.max_body, limits.pause_timeout).await;
+            *cell.borrow_mut() = Some(r);
+        }))
+    }
+
+    /// A part of the body read by [`Self::read_more`] arrived: keep it in the
+    /// transaction and run the hooks (reading on while the guest asks for
+    /// more), or refuse the body.
+    fn body_read(&self, txn: &mut Txn, pending: PendingBody) -> Flow {
+        let r = pending.0.borrow_mut().take();
+        let request = txn.phase == Phase::Request;
+        let err = match r {
+            Some(Ok(step)) => {
+                if request {
+                    txn.req_buffered = Some(step.acc);
+                } else {
+                    txn.resp_buffered = Some(step.acc);
+                }
+                let Some(cref) = self.current(txn) else {
+                    if let Some(rest) = step.rest {
+                        self.put_back(txn, rest);
+                    }
+                    return Flow::Continue;
+                };
+                let Some(rest) = step.rest else {
+                    return self.body_hooks(txn, cref, true);
+                };
+                let out = self.with_instance(|inst, generation| {
+                    if generation != cref.generation {
+                        return Err(gone());
+                    }
+                    inst.body_chunk(cref.ctx, txn)
+                });
+                return match out {
+                    Ok(None) => {
+                        let slot = if request {
+                            &mut txn.req_buffered
+                        } else {
+                            &mut txn.resp_buffered
+                        };
+                        let acc = slot.take().unwrap_or_default();
+                        self.read_more(txn, acc, rest)
+                    }
+                    Ok(Some(v)) => {
+                        // Let go mid-body: what was read goes first, the rest streams past.
+                        self.put_back(txn, rest);
+                        self.flow(txn, cref, Outcome::Verdict(v))
+                    }
+                    Err(f) => {
+                        self.put_back(txn, rest);
+                        self.flow(txn, cref, Outcome::Fail(f))
+                    }
+                };
+            }
+            Some(Err(e)) => e,
+            None => BodyError::Failed("body read abandoned".into()),
+        };
+        tracing::debug!(plugin = %self.plugin.name(), request, "cannot buffer the body for the plugin: {err}");
+        // As Envoy: a body over the buffer limit is 413 on requests, 502 on responses.
+        let (status, text) = match (request, err) {
+            (true, BodyError::TooLarge) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+            }
+            (true, BodyError::Timeout) => (StatusCode::REQUEST_TIMEOUT, "request body timeout\n"),
+            (true, BodyError::Failed(_)) => (StatusCode::BAD_REQUEST, "bad request body\n"),
+            (false, BodyError::Timeout) => (StatusCode::GATEWAY_TIMEOUT, "response body timeout\n"),
+            (false, _) => (StatusCode::BAD_GATEWAY, "bad response body\n"),
+        };
+        Flow::Respond(Reply::text(status, text))
+    }
+
+    /// Puts the unread rest of the phase's body back to be streamed.
+    fn put_back(&self, txn: &mut Txn, rest: hyper::body::Incoming) {
+        match txn.phase {
+            Phase::Request => txn.req_body = Some(rest),
+            Phase::Response => txn.resp_body = Some(rest),
+        }
+    }
+
+    /// At the end of the body: runs the body hook (end of stream unless
+    /// trailers follow) and then the trailers hook (only if there are
+    /// trailers). `streamed`: the guest already saw every data frame through
+    /// [`PluginInstance::body_chunk`], so with trailers only their hook runs,
+    /// as in Envoy.
+    fn body_hooks(&self, txn: &mut Txn, cref: CtxRef, streamed: bool) -> Flow {
+        let buffered = match txn.phase {
+            Phase::Request => txn.req_buffered.as_ref(),
+            Phase::Response => txn.resp_buffered.as_ref(),
+        };
+        let trailers = buffered.is_some_and(|b| !b.trailers.is_empty());
+        let out = self.with_instance(|inst, generation| {
+            if generation != cref.generation {
+                return Err(gone());
+            }
+            if trailers && streamed {
+                return inst.trailers(cref.ctx, txn);
+            }
+            let v = inst.body(cref.ctx, txn, !trailers)?;
+            if trailers && !matches!(v, Verdict::Respond(_)) {
+                return inst.trailers(cref.ctx, txn);
+            }
+            Ok(v)
+        });
+        let out = out.map_or_else(Outcome::Fail, Outcome::Verdict);
+        self.flow(txn, cref, out)
     }
 
     fn current(&self, txn: &Txn) -> Option<CtxRef> {
@@ -261,6 +447,7 @@ impl WasmFilter {
                 plugin: self.plugin.id,
                 cref,
                 done: std::cell::Cell::new(false),
+                body_seen: Default::default(),
             }),
         );
         self.headers(txn, cref)
@@ -393,6 +580,42 @@ fn no_body(h: &http::HeaderMap) -> bool {
             .is_none_or(|v| v.as_bytes() == b"0")
 }
 
+/// Reads the next data frame of `body` into `acc` (trailers and the end
+/// too): the buffer may hold at most `limit` bytes; each frame must come within `idle`.
+async fn read_step(
+    mut body: hyper::body::Incoming,
+    mut acc: BufferedBody,
+    limit: usize,
+    idle: Duration,
+) -> Result<ReadStep, BodyError> {
+    use http_body::Body;
+    use http_body_util::BodyExt;
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(BodyError::Timeout),
+            Ok(None) => return Ok(ReadStep { acc, rest: None }),
+            Ok(Some(Err(e))) => return Err(BodyError::Failed(e.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        match frame.into_data() {
+            Ok(d) => {
+                if acc.data.len().saturating_add(d.len()) > limit {
+                    return Err(BodyError::TooLarge);
+                }
+                acc.data.extend_from_slice(&d);
+                acc.received = acc.received.saturating_add(d.len());
+                let rest = (!body.is_end_stream()).then_some(body);
+                return Ok(ReadStep { acc, rest });
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    acc.trailers.extend(t);
+                }
+            }
+        }
+    }
+}
+
 /// Waits until the guest resumes the stream, its http calls finish, or the pause deadline.
 fn wait(calls: Vec<PendingCall>, waker: Rc<StreamWaker>, deadline: Instant) -> WaitFuture {
     Box::pin(async move {
@@ -483,6 +706,9 @@ impl crate::rules::Action for WasmFilter {
     }
 
     fn resume(&self, txn: &mut Txn) -> Flow {
+        if let Some(pending) = txn.plugin_state.take::<PendingBody>(self.key) {
+            return self.body_read(txn, *pending);
+        }
         let Some(cref) = self.current(txn) else {
             return Flow::Continue;
         };

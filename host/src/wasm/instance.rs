@@ -257,6 +257,17 @@ impl StreamIo {
         std::mem::swap(&mut self.method, &mut txn.method);
         std::mem::swap(&mut self.uri, &mut txn.uri);
         std::mem::swap(&mut self.status, &mut txn.status);
+        // Buffered bodies stay readable (and writable) in every later callback
+        // of the stream, e.g. after a pause for an http call. Swapping twice
+        // restores them; `io` holds empty buffers while nothing is loaded.
+        if let Some(b) = txn.req_buffered.as_mut() {
+            std::mem::swap(&mut self.req_body, &mut b.data);
+            std::mem::swap(&mut self.req_trailers, &mut b.trailers);
+        }
+        if let Some(b) = txn.resp_buffered.as_mut() {
+            std::mem::swap(&mut self.resp_body, &mut b.data);
+            std::mem::swap(&mut self.resp_trailers, &mut b.trailers);
+        }
     }
 
     fn load(&mut self, txn: &mut Txn) {
@@ -294,6 +305,9 @@ impl StreamIo {
         self.local = None;
         self.req_trailers.clear();
         self.resp_trailers.clear();
+        // Writes to a body that was not buffered go nowhere (never to the next request).
+        self.req_body.clear();
+        self.resp_body.clear();
         self.method = Method::GET;
         self.uri = Uri::default();
         self.status = StatusCode::OK;
@@ -497,13 +511,9 @@ struct Exports {
     on_configure: Option<TypedFunc<(u32, u32), u32>>,
     on_request_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
     on_request_body: Option<TypedFunc<(u32, u32, u32), u32>>,
-    // Trailers are not delivered yet (bodies are streamed past plugins); kept
-    // so the export's signature is checked and the hook is ready to wire.
-    #[allow(dead_code)]
     on_request_trailers: Option<TypedFunc<(u32, u32), u32>>,
     on_response_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
     on_response_body: Option<TypedFunc<(u32, u32, u32), u32>>,
-    #[allow(dead_code)]
     on_response_trailers: Option<TypedFunc<(u32, u32), u32>>,
     on_log: Option<TypedFunc<u32, ()>>,
     on_done: Option<TypedFunc<u32, u32>>,
@@ -790,6 +800,20 @@ impl PluginInstance {
         let Some(f) = f else {
             return Ok(Verdict::Continue);
         };
+        let pause = self.stream_call(ctx, txn, f, count, eos, name)?;
+        Ok(self.verdict(ctx, pause))
+    }
+
+    /// One `(context, size, end_of_stream)` hook with the transaction loaded; true for `Pause`.
+    fn stream_call(
+        &mut self,
+        ctx: u32,
+        txn: &mut Txn,
+        f: &TypedFunc<(u32, u32, u32), u32>,
+        count: impl Fn(&StreamIo) -> usize,
+        eos: bool,
+        name: &str,
+    ) -> Result<bool, Failure> {
         self.begin(ctx, Callback::Other);
         let d = self.store.data_mut();
         d.io.load(txn);
@@ -799,8 +823,7 @@ impl PluginInstance {
         let d = self.store.data_mut();
         d.io.unload(txn);
         d.io_ctx = 0;
-        let pause = action(r?, name)?;
-        Ok(self.verdict(ctx, pause))
+        action(r?, name)
     }
 
     fn verdict(&mut self, ctx: u32, pause: bool) -> Verdict {
@@ -871,44 +894,120 @@ impl PluginInstance {
         )
     }
 
-    /// `proxy_on_request_body` / `proxy_on_response_body` with `body` as the
-    /// body buffer (buffer type 0 / 1); the guest may change it in place.
-    pub fn body(
-        &mut self,
-        ctx: u32,
-        txn: &mut Txn,
-        body: &mut Vec<u8>,
-        eos: bool,
-    ) -> Result<Verdict, Failure> {
+    /// `proxy_on_request_body` / `proxy_on_response_body` (by `txn.phase`) over
+    /// the body buffered in `txn` (buffer type 0 / 1, changeable by the guest).
+    /// With `eos` false (trailers follow) a `Pause` only means "keep
+    /// buffering", as Envoy's StopIterationAndBuffer: the trailers hook decides.
+    pub fn body(&mut self, ctx: u32, txn: &mut Txn, eos: bool) -> Result<Verdict, Failure> {
+        if !self.has_stream(ctx) {
+            return Err(Failure::new(
+                FailKind::Trap,
+                "the request's plugin context is gone (the instance was rebuilt)",
+            ));
+        }
+        let ex = Rc::clone(&self.ex);
+        let pause = match txn.phase {
+            Phase::Request => match &ex.on_request_body {
+                Some(f) => self.stream_call(
+                    ctx,
+                    txn,
+                    f,
+                    |io| io.req_body.len(),
+                    eos,
+                    "proxy_on_request_body",
+                )?,
+                None => false,
+            },
+            Phase::Response => match &ex.on_response_body {
+                Some(f) => self.stream_call(
+                    ctx,
+                    txn,
+                    f,
+                    |io| io.resp_body.len(),
+                    eos,
+                    "proxy_on_response_body",
+                )?,
+                None => false,
+            },
+        };
+        Ok(self.verdict(ctx, pause && eos))
+    }
+
+    /// The body hook on a body still arriving (`end_of_stream` 0), over what
+    /// is buffered so far. `None`: the guest wants more (`Pause`, Envoy's
+    /// StopIterationAndBuffer, or no body hook but a trailers hook);
+    /// `Some(Continue)`: the buffered part may go on and the rest stream past.
+    pub fn body_chunk(&mut self, ctx: u32, txn: &mut Txn) -> Result<Option<Verdict>, Failure> {
+        if !self.has_stream(ctx) {
+            return Err(Failure::new(
+                FailKind::Trap,
+                "the request's plugin context is gone (the instance was rebuilt)",
+            ));
+        }
         let ex = Rc::clone(&self.ex);
         let (f, name) = match txn.phase {
             Phase::Request => (ex.on_request_body.as_ref(), "proxy_on_request_body"),
             Phase::Response => (ex.on_response_body.as_ref(), "proxy_on_response_body"),
         };
         let request = txn.phase == Phase::Request;
-        {
-            let io = &mut self.store.data_mut().io;
-            std::mem::swap(
+        let Some(f) = f else {
+            return Ok(None);
+        };
+        let more = self.stream_call(
+            ctx,
+            txn,
+            f,
+            move |io| {
                 if request {
-                    &mut io.req_body
+                    io.req_body.len()
                 } else {
-                    &mut io.resp_body
-                },
-                body,
-            );
-        }
-        let len = body_len_hint(&self.store.data().io, request);
-        let r = self.stream_hook(ctx, txn, f, move |_| len, eos, name);
-        let io = &mut self.store.data_mut().io;
-        std::mem::swap(
-            if request {
-                &mut io.req_body
-            } else {
-                &mut io.resp_body
+                    io.resp_body.len()
+                }
             },
-            body,
-        );
-        r
+            false,
+            name,
+        )?;
+        let v = self.verdict(ctx, false);
+        Ok(match v {
+            Verdict::Continue if more => None,
+            v => Some(v),
+        })
+    }
+
+    /// `proxy_on_request_trailers` / `proxy_on_response_trailers` (by `txn.phase`)
+    /// with the trailers buffered in `txn` (map type 1 / 3).
+    pub fn trailers(&mut self, ctx: u32, txn: &mut Txn) -> Result<Verdict, Failure> {
+        if !self.has_stream(ctx) {
+            return Err(Failure::new(
+                FailKind::Trap,
+                "the request's plugin context is gone (the instance was rebuilt)",
+            ));
+        }
+        let ex = Rc::clone(&self.ex);
+        let (f, name) = match txn.phase {
+            Phase::Request => (ex.on_request_trailers.as_ref(), "proxy_on_request_trailers"),
+            Phase::Response => (
+                ex.on_response_trailers.as_ref(),
+                "proxy_on_response_trailers",
+            ),
+        };
+        let Some(f) = f else {
+            return Ok(Verdict::Continue);
+        };
+        self.begin(ctx, Callback::Other);
+        let d = self.store.data_mut();
+        d.io.load(txn);
+        d.io_ctx = ctx;
+        let n = len_u32(match txn.phase {
+            Phase::Request => d.io.req_trailers.len(),
+            Phase::Response => d.io.resp_trailers.len(),
+        });
+        let r = guest_call(&mut self.store, self.ticks, f, (ctx, n));
+        let d = self.store.data_mut();
+        d.io.unload(txn);
+        d.io_ctx = 0;
+        let pause = action(r?, name)?;
+        Ok(self.verdict(ctx, pause))
     }
 
     /// Delivers finished http calls of stream `ctx` (`proxy_on_http_call_response`),
@@ -1085,14 +1184,6 @@ impl PluginInstance {
             }
         }
         Ok(())
-    }
-}
-
-fn body_len_hint(io: &StreamIo, request: bool) -> usize {
-    if request {
-        io.req_body.len()
-    } else {
-        io.resp_body.len()
     }
 }
 

@@ -89,6 +89,10 @@ pub struct Limits {
     pub pause_timeout: Duration,
     /// Stream contexts one instance keeps alive at most (oldest evicted past it).
     pub max_streams: usize,
+    /// Largest body a plugin with a body or trailers hook buffers per request
+    /// and direction (default 1 MiB, Envoy's buffer limit); past it: 413 / 502.
+    /// 0 turns the hooks off: bodies stream past the plugin.
+    pub max_body: usize,
 }
 
 impl Default for Limits {
@@ -99,6 +103,7 @@ impl Default for Limits {
             table_elements: 100_000,
             pause_timeout: Duration::from_secs(10),
             max_streams: 100_000,
+            max_body: 1 << 20,
         }
     }
 }

@@ -86,6 +86,10 @@ pub struct WasmPlugin {
     pub(crate) pre: InstancePre<HostState>,
     pub(crate) shared: Arc<PluginShared>,
     engine: &'static Engine,
+    /// The module exports `proxy_on_request_body` or `_trailers`: request bodies are buffered for it.
+    pub(crate) request_body_hooks: bool,
+    /// The module exports `proxy_on_response_body` or `_trailers`: response bodies are buffered for it.
+    pub(crate) response_body_hooks: bool,
 }
 
 impl std::fmt::Debug for WasmPlugin {
@@ -191,11 +195,19 @@ impl WasmPlugin {
         let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| WasmLoadError::Link(format!("{e:#}")))?;
+        // Checked once here: plugins without body hooks never make a body wait.
+        let exports = |names: [&str; 2]| {
+            names
+                .iter()
+                .any(|n| matches!(module.get_export(n), Some(ExternType::Func(_))))
+        };
         Ok(WasmPlugin {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             pre,
             shared,
             engine,
+            request_body_hooks: exports(["proxy_on_request_body", "proxy_on_request_trailers"]),
+            response_body_hooks: exports(["proxy_on_response_body", "proxy_on_response_trailers"]),
         })
     }
 
