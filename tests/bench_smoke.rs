@@ -159,3 +159,33 @@ fn bench_harness_smoke() {
     );
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Every scenario's generated configs pass `portcullis check` and `haproxy -c`
+/// (two scenarios once declared plugins of the same name, which only the full
+/// run found).
+#[test]
+fn every_scenario_config_passes_both_checks() {
+    let out = std::env::temp_dir().join(format!("portcullis-bench-configs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let root = repo_root();
+    let result = Command::new("python3")
+        .arg(root.join("bench/run"))
+        .args(["--check-configs", "--no-setup", "--bin", BIN, "--out"])
+        .arg(&out)
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn python3 bench/run");
+    let _ = std::fs::remove_dir_all(&out);
+    assert!(
+        result.status.success(),
+        "bench/run --check-configs failed:\n{}{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let said = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        said.contains("wasm-noop") && said.contains("lua-noop"),
+        "{said}"
+    );
+}

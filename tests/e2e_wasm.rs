@@ -961,11 +961,15 @@ fn trailer_echo() -> String {
 }
 
 /// Like an SDK filter's default: prefixes the first chunk with `PFX:` and
-/// lets the body go on (`Continue` before the end of stream).
+/// lets the body go on (`Continue` before the end of stream); the later
+/// chunks, also seen by the hook, go on unchanged.
 fn pass_through() -> String {
     body_module(
         r#"(data (i32.const 380) "PFX:")
-  (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32)
+  (global $last (mut i32) (i32.const 0))
+  (func (export "proxy_on_request_body") (param $ctx i32) (param i32 i32) (result i32)
+    (if (i32.eq (local.get $ctx) (global.get $last)) (then (return (i32.const 0))))
+    (global.set $last (local.get $ctx))
     (if (call $setbuf (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 380) (i32.const 4))
       (then unreachable))
     i32.const 0)"#,
@@ -1222,4 +1226,330 @@ async fn body_and_trailer_hooks() {
         .send(post("/check", full("after")))
         .await;
     assert_eq!(r.echo().body(), "after");
+}
+
+/// Sets a 10 ms tick period in `proxy_on_configure` and counts ticks in the
+/// guest metric `idle_ticks`; requests pass untouched.
+fn configure_ticker() -> String {
+    r#"(module
+  (import "env" "proxy_set_tick_period_milliseconds" (func $period (param i32) (result i32)))
+  (import "env" "proxy_define_metric" (func $def (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_increment_metric" (func $inc (param i32 i64) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (data (i32.const 16) "idle_ticks")
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    global.get $heap local.set $p
+    global.get $heap local.get $n i32.add global.set $heap
+    local.get $p)
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) i32.const 1)
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $period (i32.const 10)))
+    i32.const 1)
+  (func (export "proxy_on_tick") (param i32)
+    (drop (call $def (i32.const 0) (i32.const 16) (i32.const 10) (i32.const 32)))
+    (drop (call $inc (i32.load (i32.const 32)) (i64.const 1))))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0)
+)"#
+    .to_string()
+}
+
+/// Reads `portcullis_wasm_<metric>{plugin="<plugin>"}` from /metrics.
+async fn guest_metric(admin: SocketAddr, metric: &str, plugin: &str) -> Option<u64> {
+    let m = get(admin, "/metrics").await.text();
+    let prefix = format!("portcullis_wasm_{metric}{{plugin=\"{plugin}\"}} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticks_start_on_every_worker_without_traffic() {
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("wasm-ticks");
+    let ports = Ports::new();
+    let f = dir.write("ticker.wat", &configure_ticker());
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"cticker\"\nwasm = \"{}\"\n\n{}{}",
+        global_section(ports.admin, &[("workers", "2")]),
+        f.display(),
+        frontend_section(
+            "web",
+            ports.web,
+            "app",
+            "http_request = [ { wasm = \"cticker\" } ]\n"
+        ),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let admin = ports.admin;
+    // No request is sent: every worker built its instance at start-up, ran
+    // on_configure (which set the period) and ticks from its housekeeping.
+    eventually(
+        "ticks with no traffic",
+        Duration::from_secs(3),
+        || async move {
+            guest_metric(admin, "idle_ticks", "cticker")
+                .await
+                .is_some_and(|n| n >= 4)
+        },
+    )
+    .await;
+    let all = plugins(admin).await;
+    let s = stats_of(&all, "cticker");
+    assert_eq!(s["instances"], 2, "{s}");
+    assert_eq!(s["rebuilds"], 0, "{s}");
+    assert_eq!(app.requests(), 0);
+    // Traffic still flows through the plugin.
+    let r = get(ports.web, "/after").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
+/// The "refresh keys periodically" pattern: the first `proxy_on_tick` makes
+/// 16 http calls from the root context to backend `app` (a 17th must be
+/// refused with `INTERNAL_FAILURE`, the in-flight bound);
+/// `proxy_on_http_call_response` (which must arrive at the root context,
+/// with headers) stores the body in shared data `keys`; requests are
+/// answered locally with it (503 until it is there).
+fn root_caller() -> String {
+    r#"(module
+  (import "env" "proxy_set_tick_period_milliseconds" (func $period (param i32) (result i32)))
+  (import "env" "proxy_http_call" (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_bytes" (func $buf (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_pairs" (func $pairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_shared_data" (func $setsd (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_shared_data" (func $getsd (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_send_local_response" (func $respond (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (global $sent (mut i32) (i32.const 0))
+  (global $broken (mut i32) (i32.const 0))
+  (data (i32.const 16) "app")
+  (data (i32.const 32) "keys")
+  (data (i32.const 48) "wrong-context")
+  (data (i32.const 64) "not yet")
+  (data (i32.const 80) "bound-broken")
+  (data (i32.const 96) "no-headers")
+  (data (i32.const 128) "\03\00\00\00\07\00\00\00\03\00\00\00\05\00\00\00\08\00\00\00\0a\00\00\00\03\00\00\00\3a\6d\65\74\68\6f\64\00\47\45\54\00\3a\70\61\74\68\00\2f\72\65\66\72\65\73\68\00\3a\61\75\74\68\6f\72\69\74\79\00\61\70\70\00")
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    global.get $heap local.set $p
+    global.get $heap local.get $n i32.add global.set $heap
+    local.get $p)
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) i32.const 1)
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $period (i32.const 10)))
+    i32.const 1)
+  (func $fail (param $ptr i32) (param $len i32)
+    (global.set $broken (i32.const 1))
+    (drop (call $setsd (i32.const 32) (i32.const 4) (local.get $ptr) (local.get $len) (i32.const 0))))
+  (func $one (result i32)
+    (call $call (i32.const 16) (i32.const 3) (i32.const 128) (i32.const 70)
+      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 2000) (i32.const 256)))
+  (func (export "proxy_on_tick") (param i32) (local $i i32)
+    (if (global.get $sent) (then (return)))
+    (global.set $sent (i32.const 1))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $i) (i32.const 16)))
+        (if (i32.ne (call $one) (i32.const 0))
+          (then (call $fail (i32.const 80) (i32.const 12)) (return)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $next)))
+    (if (i32.ne (call $one) (i32.const 10))
+      (then (call $fail (i32.const 80) (i32.const 12)))))
+  (func (export "proxy_on_http_call_response") (param $ctx i32) (param $token i32) (param $nh i32) (param $nb i32) (param $nt i32)
+    (if (global.get $broken) (then (return)))
+    (if (i32.ne (local.get $ctx) (i32.const 1))
+      (then (call $fail (i32.const 48) (i32.const 13)) (return)))
+    (if (i32.or (i32.eqz (local.get $nh))
+          (i32.or (i32.ne (call $pairs (i32.const 6) (i32.const 272) (i32.const 276)) (i32.const 0))
+                  (i32.eqz (i32.load (i32.const 276)))))
+      (then (call $fail (i32.const 96) (i32.const 10)) (return)))
+    (if (i32.eqz (call $buf (i32.const 4) (i32.const 0) (local.get $nb) (i32.const 260) (i32.const 264)))
+      (then (drop (call $setsd (i32.const 32) (i32.const 4)
+        (i32.load (i32.const 260)) (i32.load (i32.const 264)) (i32.const 0))))))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (i32.eqz (call $getsd (i32.const 32) (i32.const 4) (i32.const 260) (i32.const 264) (i32.const 268)))
+      (then (drop (call $respond (i32.const 200) (i32.const 0) (i32.const 0)
+        (i32.load (i32.const 260)) (i32.load (i32.const 264)) (i32.const 200) (i32.const 4) (i32.const -1))))
+      (else (drop (call $respond (i32.const 503) (i32.const 0) (i32.const 0)
+        (i32.const 64) (i32.const 7) (i32.const 200) (i32.const 4) (i32.const -1)))))
+    i32.const 1)
+)"#
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_call_from_the_root_context() {
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("wasm-rootcall");
+    let ports = Ports::new();
+    let f = dir.write("rootcall.wat", &root_caller());
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"refresher\"\nwasm = \"{}\"\non_error = \"fail_closed\"\n\n{}{}",
+        global_section(ports.admin, &[("workers", "2")]),
+        f.display(),
+        frontend_section(
+            "web",
+            ports.web,
+            "app",
+            "http_request = [ { wasm = \"refresher\" } ]\n"
+        ),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let web = ports.web;
+    // The calls go out from on_tick with no request to carry them.
+    eventually(
+        "root calls reach the backend",
+        Duration::from_secs(3),
+        || {
+            let n = app.requests();
+            async move { n >= 32 }
+        },
+    )
+    .await;
+    eventually(
+        "the response lands in shared data",
+        Duration::from_secs(3),
+        || async move { get(web, "/keys").await.status == StatusCode::OK },
+    )
+    .await;
+    // The client sees the backend's body, fetched by the root context.
+    let r = get(web, "/keys").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let echo = r.echo();
+    assert_eq!(echo.0["path"], "/refresh", "{}", r.text());
+    assert_eq!(echo.0["method"], "GET", "{}", r.text());
+    // 16 per worker; the 17th was refused (else the body says bound-broken).
+    assert_eq!(app.requests(), 32);
+    let all = plugins(ports.admin).await;
+    let s = stats_of(&all, "refresher");
+    assert_eq!(s["rebuilds"], 0, "{s}");
+    assert_eq!(s["failed_requests"], 0, "{s}");
+    assert_eq!(s["bad_host_calls"], 2, "{s}");
+}
+
+/// Body hooks that let the body go on after its first chunk and keep
+/// seeing every further one: the request hook replaces the n-th non-empty
+/// chunk with the letter `a + n` and appends `$` at the end of stream; the
+/// response hook counts non-empty chunks in the guest metric `resp_chunks`
+/// and appends `$` at the end of stream.
+fn per_chunk() -> String {
+    r#"(module
+  (import "env" "proxy_set_buffer_bytes" (func $setbuf (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_define_metric" (func $def (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_increment_metric" (func $inc (param i32 i64) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (global $n (mut i32) (i32.const 0))
+  (data (i32.const 16) "resp_chunks")
+  (data (i32.const 40) "$")
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    global.get $heap local.set $p
+    global.get $heap local.get $n i32.add global.set $heap
+    local.get $p)
+  (func (export "proxy_on_context_create") (param i32 i32) (global.set $n (i32.const 0)))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) i32.const 1)
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) i32.const 1)
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0)
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) i32.const 0)
+  (func (export "proxy_on_request_body") (param i32) (param $size i32) (param $eos i32) (result i32)
+    (if (local.get $size)
+      (then
+        (i32.store8 (i32.const 32) (i32.add (i32.const 97) (global.get $n)))
+        (global.set $n (i32.add (global.get $n) (i32.const 1)))
+        (if (call $setbuf (i32.const 0) (i32.const 0) (i32.const -1) (i32.const 32) (i32.const 1))
+          (then unreachable))))
+    (if (local.get $eos)
+      (then (if (call $setbuf (i32.const 0) (i32.const -1) (i32.const 0) (i32.const 40) (i32.const 1))
+        (then unreachable))))
+    i32.const 0)
+  (func (export "proxy_on_response_body") (param i32) (param $size i32) (param $eos i32) (result i32)
+    (if (local.get $size)
+      (then
+        (drop (call $def (i32.const 0) (i32.const 16) (i32.const 11) (i32.const 48)))
+        (drop (call $inc (i32.load (i32.const 48)) (i64.const 1)))))
+    (if (local.get $eos)
+      (then (if (call $setbuf (i32.const 1) (i32.const -1) (i32.const 0) (i32.const 40) (i32.const 1))
+        (then unreachable))))
+    i32.const 0)
+)"#
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_hook_sees_every_chunk_after_continue() {
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("wasm-chunks");
+    let ports = Ports::new();
+    let f = dir.write("chunks.wat", &per_chunk());
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"chunks\"\nwasm = \"{}\"\non_error = \"fail_closed\"\n\n{}{}",
+        global_section(ports.admin, &[]),
+        f.display(),
+        frontend_section(
+            "web",
+            ports.web,
+            "app",
+            "http_request = [ { wasm = \"chunks\" } ]\n"
+        ),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let web = ports.web;
+
+    // Request: the first chunk is read for the hook, which lets the body go
+    // on; the next two stream past through the hook one by one, unbuffered.
+    let (tx, body) = chan_body();
+    tokio::spawn(async move {
+        for c in ["one", "two", "three"] {
+            if tx
+                .send(bytes::Bytes::from_static(c.as_bytes()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let req = request(http::Method::POST, web, "/up")
+        .body(body)
+        .expect("request");
+    let r = H1::connect(web).await.send(req).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // (The response hook appended `$` to the echo as well.)
+    let echo = r.body.strip_suffix(b"$").expect("response ends with $");
+    let echo: serde_json::Value = serde_json::from_slice(echo).expect("echo JSON");
+    assert_eq!(echo["body"], "abc$", "{echo}");
+
+    // Response: every chunk of a streamed (or length-declared) body after
+    // the first goes through the hook, and the end of stream too.
+    let mut seen = 0;
+    for path in ["/large/300000", "/large/300000?cl=1"] {
+        let r = get(web, path).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+        let mut want = pattern(300000);
+        want.push(b'$');
+        assert_eq!(r.body.len(), want.len(), "{path}");
+        assert!(r.body.as_ref() == want.as_slice(), "{path}");
+        // A changed length is either left undeclared (chunked, when the hook
+        // ran per chunk) or declared correctly (when the whole body arrived
+        // in the first frame and was handled at end of stream).
+        if let Some(cl) = r.header("content-length") {
+            assert_eq!(cl, want.len().to_string(), "{path}");
+        }
+        let n = guest_metric(ports.admin, "resp_chunks", "chunks")
+            .await
+            .unwrap_or(0);
+        assert!(n >= seen + 2, "{path}: the hook saw {} chunks", n - seen);
+        seen = n;
+    }
+    let all = plugins(ports.admin).await;
+    let s = stats_of(&all, "chunks");
+    assert_eq!(s["failed_requests"], 0, "{s}");
+    assert_eq!(s["rebuilds"], 0, "{s}");
 }

@@ -215,6 +215,9 @@ pub struct Txn {
     pub resp_body: Option<hyper::body::Incoming>,
     /// Response body bytes a filter read; sent to the client before what is left of `resp_body`.
     pub resp_buffered: Option<BufferedBody>,
+    /// Taps over the rest of the request / response body, by phase (`Phase as usize`):
+    /// filters that let the body go on mid-stream and still see each chunk.
+    pub body_taps: [Vec<Box<dyn crate::proxy::body::BodyTap>>; 2],
 }
 
 /// A message body (or its first part) a filter read and may have rewritten, with its trailers.
@@ -351,6 +354,7 @@ impl Txn {
             req_buffered: None,
             resp_body: None,
             resp_buffered: None,
+            body_taps: Default::default(),
         }
     }
 }

@@ -20,6 +20,68 @@ use tokio::time::{Instant, Sleep};
 /// Error type of both bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Sees every data frame of a body a filter let go on before its end (a
+/// Wasm body hook called per further chunk, as Envoy does) and may change
+/// it; nothing is buffered. An error aborts the body.
+pub trait BodyTap: std::fmt::Debug {
+    /// `data` is the frame (empty for the end of a body whose last frame
+    /// did not say so); `eos`: the body ends here. Returns what goes on.
+    fn data(&mut self, data: Bytes, eos: bool) -> Result<Bytes, BoxError>;
+}
+
+/// Taps applied in order to a streamed body (see [`BodyTap`]).
+#[derive(Default)]
+pub struct Taps {
+    taps: Vec<Box<dyn BodyTap>>,
+    /// The end of the body was given to the taps.
+    ended: bool,
+}
+
+impl Taps {
+    pub fn new(taps: Vec<Box<dyn BodyTap>>) -> Taps {
+        Taps { taps, ended: false }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.taps.is_empty()
+    }
+
+    /// Runs a frame through the taps (trailers pass untouched and end the body).
+    fn frame(&mut self, frame: Frame<Bytes>, eos: bool) -> Result<Frame<Bytes>, BoxError> {
+        if self.ended {
+            return Ok(frame);
+        }
+        match frame.into_data() {
+            Ok(mut d) => {
+                self.ended = eos;
+                for t in &mut self.taps {
+                    d = t.data(d, eos)?;
+                }
+                Ok(Frame::data(d))
+            }
+            Err(frame) => {
+                self.ended = true;
+                Ok(frame)
+            }
+        }
+    }
+
+    /// The body ended without a frame saying so: the taps see the end, and
+    /// a non-empty result goes out as one last frame.
+    fn end(&mut self) -> Result<Option<Bytes>, BoxError> {
+        if self.ended || self.taps.is_empty() {
+            self.ended = true;
+            return Ok(None);
+        }
+        self.ended = true;
+        let mut d = Bytes::new();
+        for t in &mut self.taps {
+            d = t.data(d, true)?;
+        }
+        Ok((!d.is_empty()).then_some(d))
+    }
+}
+
 /// How a response body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyOutcome {
@@ -107,6 +169,11 @@ pub enum RequestBody {
         state: Rc<RequestBodyState>,
         rest: Box<RequestBody>,
     },
+    /// A body whose frames pass through filters' taps.
+    Tapped {
+        inner: Box<RequestBody>,
+        taps: Taps,
+    },
 }
 
 impl RequestBody {
@@ -165,6 +232,21 @@ impl Body for RequestBody {
                 }
                 None => Pin::new(rest.as_mut()).poll_frame(cx),
             },
+            RequestBody::Tapped { inner, taps } => {
+                if taps.ended && inner.is_end_stream() {
+                    return Poll::Ready(None);
+                }
+                match Pin::new(inner.as_mut()).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let eos = inner.is_end_stream();
+                        Poll::Ready(Some(taps.frame(frame, eos)))
+                    }
+                    Poll::Ready(None) => {
+                        Poll::Ready(taps.end().transpose().map(|r| r.map(Frame::data)))
+                    }
+                    other => other,
+                }
+            }
             RequestBody::Full {
                 data,
                 trailers,
@@ -212,6 +294,7 @@ impl Body for RequestBody {
             RequestBody::Prefixed { prefix, rest, .. } => prefix.is_none() && rest.is_end_stream(),
             RequestBody::Full { data, trailers, .. } => data.is_none() && trailers.is_none(),
             RequestBody::Stream { inner, .. } => inner.is_end_stream(),
+            RequestBody::Tapped { inner, taps } => taps.ended && inner.is_end_stream(),
         }
     }
 
@@ -232,6 +315,8 @@ impl Body for RequestBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             RequestBody::Stream { inner, .. } => inner.size_hint(),
+            // A tap may change the frames' sizes.
+            RequestBody::Tapped { .. } => SizeHint::new(),
         }
     }
 }
@@ -251,6 +336,8 @@ pub struct ResponseBody {
     /// Bytes a filter read (and let go on mid-stream), sent before `kind`'s.
     prefix: Option<Bytes>,
     kind: Kind,
+    /// Filters' taps over the server's frames (not the prefix: they saw it).
+    taps: Taps,
     bytes: u64,
     end: Option<Box<dyn BodyEnd>>,
 }
@@ -261,6 +348,7 @@ impl ResponseBody {
         ResponseBody {
             prefix: None,
             kind: Kind::Full((!data.is_empty()).then_some(data)),
+            taps: Taps::default(),
             bytes: 0,
             end: None,
         }
@@ -274,6 +362,7 @@ impl ResponseBody {
                 (!data.is_empty()).then_some(data),
                 (!trailers.is_empty()).then_some(trailers),
             ),
+            taps: Taps::default(),
             bytes: 0,
             end: None,
         }
@@ -292,6 +381,7 @@ impl ResponseBody {
                 inner,
                 timer: IdleTimer::new(timeout),
             },
+            taps: Taps::default(),
             bytes: 0,
             end: None,
         }
@@ -300,6 +390,12 @@ impl ResponseBody {
     /// Sends `prefix` (bytes a filter already read from the server) first.
     pub fn with_prefix(mut self, prefix: Bytes) -> ResponseBody {
         self.prefix = (!prefix.is_empty()).then_some(prefix);
+        self
+    }
+
+    /// Runs the server's frames through `taps`.
+    pub fn with_taps(mut self, taps: Taps) -> ResponseBody {
+        self.taps = taps;
         self
     }
 
@@ -340,19 +436,31 @@ impl Body for ResponseBody {
             this.bytes += p.len() as u64;
             return Poll::Ready(Some(Ok(Frame::data(p))));
         }
+        if !this.taps.is_empty() && this.taps.ended && this.is_end_stream() {
+            // The taps' last frame went out after the server's body ended.
+            this.finish(BodyOutcome::Complete);
+            return Poll::Ready(None);
+        }
         let polled = match &mut this.kind {
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Kind::Buffered(data, trailers) => Poll::Ready(match data.take() {
                 Some(d) => Some(Ok(Frame::data(d))),
                 None => trailers.take().map(|t| Ok(Frame::trailers(t))),
             }),
-            Kind::Upstream { inner, timer } => match Pin::new(inner).poll_frame(cx) {
+            Kind::Upstream { inner, timer } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     timer.progress();
-                    Poll::Ready(Some(Ok(frame)))
+                    if this.taps.is_empty() {
+                        Poll::Ready(Some(Ok(frame)))
+                    } else {
+                        let eos = inner.is_end_stream();
+                        Poll::Ready(Some(this.taps.frame(frame, eos)))
+                    }
                 }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
-                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Ready(None) => {
+                    Poll::Ready(this.taps.end().transpose().map(|r| r.map(Frame::data)))
+                }
                 Poll::Pending => match timer.poll_expired(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TimeoutError(
                         "server timeout while sending the response body",
@@ -384,11 +492,17 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(data) => data.is_none(),
             Kind::Buffered(data, trailers) => data.is_none() && trailers.is_none(),
-            Kind::Upstream { inner, .. } => inner.is_end_stream(),
+            Kind::Upstream { inner, .. } => {
+                inner.is_end_stream() && (self.taps.is_empty() || self.taps.ended)
+            }
         }
     }
 
     fn size_hint(&self) -> SizeHint {
+        if !self.taps.is_empty() {
+            // A tap may change the frames' sizes: no length may be derived.
+            return SizeHint::new();
+        }
         let h = match &self.kind {
             Kind::Full(data) | Kind::Buffered(data, _) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))

@@ -16,7 +16,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::body::{BodyEnd, BodyOutcome, RequestBody, RequestBodyState, ResponseBody};
+use super::body::{BodyEnd, BodyOutcome, RequestBody, RequestBodyState, ResponseBody, Taps};
 use super::conn::ConnState;
 use super::error::ProxyError;
 use super::pool::PooledConn;
@@ -254,6 +254,7 @@ pub async fn handle(
         req_buffered: None,
         resp_body: None,
         resp_buffered: None,
+        body_taps: Default::default(),
     };
     let orig_method = txn.method.clone();
     let orig_uri = txn.uri.clone();
@@ -297,7 +298,14 @@ pub async fn handle(
                                 if b.data.len() != b.received {
                                     headers.remove(header::CONTENT_LENGTH);
                                 }
-                                ResponseBody::upstream(incoming, timeout).with_prefix(b.data.into())
+                                let taps = std::mem::take(&mut txn.body_taps[1]);
+                                if !taps.is_empty() {
+                                    // Taps may resize frames: the declared length no longer holds.
+                                    headers.remove(header::CONTENT_LENGTH);
+                                }
+                                ResponseBody::upstream(incoming, timeout)
+                                    .with_prefix(b.data.into())
+                                    .with_taps(Taps::new(taps))
                             }
                             (Some(b), _) => {
                                 // A filter may have changed the body: its length is now exact.
@@ -419,14 +427,20 @@ async fn forward(
                 headers.remove(header::CONTENT_LENGTH);
             }
             ex.req_body = Some(Rc::clone(&body_state));
+            let mut rest = RequestBody::stream(body, client_timeout, Rc::clone(&body_state));
+            let taps = std::mem::take(&mut txn.body_taps[0]);
+            if !taps.is_empty() {
+                // Taps may resize frames: the declared length no longer holds.
+                headers.remove(header::CONTENT_LENGTH);
+                rest = RequestBody::Tapped {
+                    inner: Box::new(rest),
+                    taps: Taps::new(taps),
+                };
+            }
             RequestBody::Prefixed {
                 prefix: (!b.data.is_empty()).then(|| b.data.into()),
                 state: Rc::clone(&body_state),
-                rest: Box::new(RequestBody::stream(
-                    body,
-                    client_timeout,
-                    Rc::clone(&body_state),
-                )),
+                rest: Box::new(rest),
             }
         }
         (None, Some(body)) => {

@@ -129,6 +129,8 @@ pub fn run(
                 Err(e) => tracing::error!(worker = id, error = %e, "cannot register listener"),
             }
         }
+        // Each Wasm plugin's VM starts on every worker before traffic (ticks run when idle).
+        crate::wasm::filter::start_worker(&worker.shared.config.wasm_plugins);
         let housekeeping = tokio::task::spawn_local(housekeeping(Rc::clone(&worker)));
         // Lua `core.register_task` functions run in every worker, as with lua-load-per-thread.
         crate::lua::start_worker(&worker.shared.config.plugins);

@@ -2,7 +2,8 @@
 //! stream context per request spanning the request and response phases.
 //!
 //! Instances live in a worker-local registry (one per plugin per worker,
-//! built lazily from the plugin's `InstancePre`). A failed call kills the
+//! built from the plugin's `InstancePre` when the worker starts, as Envoy
+//! starts each worker's VM, so ticks run with no traffic). A failed call kills the
 //! instance; the request gets the plugin's `on_error` policy, the failure is
 //! logged and counted, and the next instance is built only after an
 //! exponential back-off, so a crash-looping plugin cannot burn the CPU.
@@ -35,6 +36,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 #[derive(Default)]
 struct Slot {
     inst: Option<PluginInstance>,
+    /// The plugin, so housekeeping can rebuild a dead instance without a request.
+    plugin: Option<Arc<WasmPlugin>>,
     /// Bumped on every (re)build, so contexts of a dead instance are recognised.
     generation: u64,
     /// Consecutive failures (reset by a successful call).
@@ -183,29 +186,7 @@ impl WasmFilter {
                 if !build {
                     return Err(gone());
                 }
-                let now = Instant::now();
-                if slot.retry_at.is_some_and(|t| now < t) {
-                    return Err(Failure::new(
-                        FailKind::Init,
-                        "the plugin failed recently; its instance is being rebuilt after a back-off",
-                    ));
-                }
-                let stats = &self.plugin.shared().stats;
-                if slot.generation > 0 {
-                    stats.rebuilds.fetch_add(1, Relaxed);
-                }
-                match PluginInstance::new(&self.plugin) {
-                    Ok(i) => {
-                        slot.inst = Some(i);
-                        slot.generation += 1;
-                        slot.retry_at = None;
-                    }
-                    Err(e) => {
-                        let e = Failure::new(FailKind::Init, format!("cannot rebuild the instance: {e}"));
-                        record(self.plugin.shared(), slot, &e);
-                        return Err(e);
-                    }
-                }
+                build_instance(&self.plugin, slot)?;
             }
             let generation = slot.generation;
             let Some(inst) = slot.inst.as_mut() else {
@@ -361,7 +342,21 @@ impl WasmFilter {
                         self.read_more(txn, acc, rest)
                     }
                     Ok(Some(v)) => {
-                        // Let go mid-body: what was read goes first, the rest streams past.
+                        // Let go mid-body: what was read goes first, the rest
+                        // streams past, each further chunk through the body
+                        // hook (as in Envoy), unbuffered.
+                        if matches!(v, Verdict::Continue) {
+                            let i = usize::from(!request);
+                            txn.body_taps[i].push(Box::new(WasmTap {
+                                plugin: self.plugin.id,
+                                cref,
+                                phase: txn.phase,
+                                fail_open: matches!(
+                                    self.plugin.shared().spec.on_error,
+                                    OnError::FailOpen
+                                ),
+                            }));
+                        }
                         self.put_back(txn, rest);
                         self.flow(txn, cref, Outcome::Verdict(v))
                     }
@@ -482,6 +477,61 @@ impl WasmFilter {
     }
 }
 
+/// Runs a plugin's body hook on each chunk of a body it let go on before
+/// its end (see [`crate::proxy::body::BodyTap`]).
+#[derive(Debug)]
+struct WasmTap {
+    plugin: u64,
+    cref: CtxRef,
+    phase: Phase,
+    fail_open: bool,
+}
+
+impl crate::proxy::body::BodyTap for WasmTap {
+    fn data(
+        &mut self,
+        data: bytes::Bytes,
+        eos: bool,
+    ) -> Result<bytes::Bytes, crate::proxy::body::BoxError> {
+        let r = SLOTS.try_with(|slots| {
+            let Ok(mut slots) = slots.try_borrow_mut() else {
+                return Err(gone());
+            };
+            let Some(slot) = slots.get_mut(&self.plugin) else {
+                return Err(gone());
+            };
+            if slot.generation != self.cref.generation {
+                return Err(gone());
+            }
+            let Some(inst) = slot.inst.as_mut() else {
+                return Err(gone());
+            };
+            match inst.body_chunk_detached(self.cref.ctx, self.phase, data.to_vec(), eos) {
+                Ok((out, Verdict::Respond(_))) => {
+                    drop(out);
+                    Err(Failure::new(
+                        FailKind::BadReturn,
+                        "local response after the body was let go on: the stream is aborted",
+                    ))
+                }
+                Ok((out, _)) => Ok(out),
+                Err(e) => {
+                    let shared = Arc::clone(inst.plugin());
+                    record(&shared, slot, &e);
+                    Err(e)
+                }
+            }
+        });
+        match r {
+            Ok(Ok(out)) => Ok(bytes::Bytes::from(out)),
+            // The headers went out already: on_error can only pass the rest or abort.
+            Ok(Err(_)) | Err(_) if self.fail_open => Ok(data),
+            Ok(Err(f)) => Err(f.to_string().into()),
+            Err(_) => Err("worker shutting down".into()),
+        }
+    }
+}
+
 /// Destroys this plugin's orphaned contexts of the live instance generation.
 fn reap(plugin: u64, generation: u64, inst: &mut PluginInstance) -> Result<(), Failure> {
     let mine: Vec<CtxRef> = ORPHANS.with(|o| {
@@ -516,8 +566,107 @@ fn gone() -> Failure {
     )
 }
 
+/// Builds `plugin`'s instance in `slot` unless a recent failure's back-off
+/// is still running (a failure is counted and starts the next back-off).
+fn build_instance(plugin: &Arc<WasmPlugin>, slot: &mut Slot) -> Result<(), Failure> {
+    if slot.plugin.is_none() {
+        slot.plugin = Some(Arc::clone(plugin));
+    }
+    if slot.retry_at.is_some_and(|t| Instant::now() < t) {
+        return Err(Failure::new(
+            FailKind::Init,
+            "the plugin failed recently; its instance is being rebuilt after a back-off",
+        ));
+    }
+    let stats = &plugin.shared().stats;
+    if slot.generation > 0 {
+        stats.rebuilds.fetch_add(1, Relaxed);
+    }
+    match PluginInstance::new(plugin) {
+        Ok(i) => {
+            slot.inst = Some(i);
+            slot.generation += 1;
+            slot.retry_at = None;
+            Ok(())
+        }
+        Err(e) => {
+            let e = Failure::new(FailKind::Init, format!("cannot rebuild the instance: {e}"));
+            record(plugin.shared(), slot, &e);
+            Err(e)
+        }
+    }
+}
+
+/// Builds this worker's instance of every plugin (at worker start): the
+/// root context, `proxy_on_vm_start` and `proxy_on_configure` run before the
+/// first request, so a tick period set in `on_configure` ticks with no
+/// traffic, as in Envoy. A failure is logged and counted and the instance is
+/// rebuilt after the back-off (by housekeeping or a request); the worker
+/// serves either way.
+pub fn start_worker(plugins: &[Arc<WasmPlugin>]) {
+    SLOTS.with(|slots| {
+        let Ok(mut slots) = slots.try_borrow_mut() else {
+            return;
+        };
+        for p in plugins {
+            let slot = slots.entry(p.id).or_default();
+            if slot.inst.is_none() {
+                // Failures were recorded (and logged) by `build_instance`.
+                let _ = build_instance(p, slot);
+            }
+            // on_vm_start / on_configure may have called out already.
+            root_calls(slot);
+        }
+    });
+}
+
+/// Delivers the root context's finished http calls and starts its queued
+/// ones on this worker's `LocalSet`; each finished call delivers at once
+/// (or at the next housekeeping if the registry is busy). Only called from
+/// tasks of a worker's `LocalSet` (start-up, housekeeping, a finished call),
+/// where `spawn_local` is allowed.
+fn root_calls(slot: &mut Slot) {
+    let Some(plugin) = slot.plugin.as_ref().map(|p| p.id) else {
+        return;
+    };
+    let Some(inst) = slot.inst.as_mut() else {
+        return;
+    };
+    if !inst.has_root_calls() {
+        return;
+    }
+    if let Err(e) = inst.deliver_root_calls() {
+        let shared = Arc::clone(inst.plugin());
+        record(&shared, slot, &e);
+        return;
+    }
+    let (calls, results) = inst.take_root_calls();
+    for c in calls {
+        let results = Rc::clone(&results);
+        tokio::task::spawn_local(async move {
+            let token = c.token;
+            let resp = http_call(c).await;
+            results.borrow_mut().push((token, resp));
+            deliver_root(plugin);
+        });
+    }
+}
+
+/// A root-context call of `plugin` finished: deliver it now if this
+/// worker's registry is free (else housekeeping does within 100 ms).
+fn deliver_root(plugin: u64) {
+    let _ = SLOTS.try_with(|slots| {
+        let Ok(mut slots) = slots.try_borrow_mut() else {
+            return;
+        };
+        if let Some(slot) = slots.get_mut(&plugin) {
+            root_calls(slot);
+        }
+    });
+}
+
 /// Runs due `proxy_on_tick` / `proxy_on_queue_ready` callbacks of this
-/// worker's live instances. The worker's housekeeping task calls it every
+/// worker's live instances, and rebuilds dead ones whose back-off is over. The worker's housekeeping task calls it every
 /// 100 ms, so ticks also run on a worker that handles no requests.
 pub fn housekeeping() {
     let now = Instant::now();
@@ -526,17 +675,26 @@ pub fn housekeeping() {
             return;
         };
         for slot in slots.values_mut() {
+            if slot.inst.is_none()
+                && slot.retry_at.is_none_or(|t| now >= t)
+                && let Some(p) = slot.plugin.clone()
+            {
+                // Failures were recorded (and logged) by `build_instance`.
+                let _ = build_instance(&p, slot);
+            }
             let Some(inst) = slot.inst.as_mut() else {
                 continue;
             };
             inst.flush_stats();
-            if !inst.wants_housekeeping() {
-                continue;
-            }
-            if let Err(e) = inst.housekeeping(now) {
+            if inst.wants_housekeeping()
+                && let Err(e) = inst.housekeeping(now)
+            {
                 let shared = Arc::clone(inst.plugin());
                 record(&shared, slot, &e);
             }
+            // Calls the root context made in on_tick (or, through
+            // proxy_set_effective_context, in a stream callback) start now.
+            root_calls(slot);
         }
     });
 }

@@ -7,6 +7,7 @@
 //! [`FailKind`]. A failure means the instance is dead: the owner drops it
 //! and builds a new one (see [`super::filter`]).
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -235,6 +236,9 @@ pub struct StreamIo {
     pub active: bool,
     /// Loaded read-only (the log phase).
     pub read_only: bool,
+    /// Only a body chunk is loaded (a body let go on mid-stream): headers,
+    /// trailers and request properties are `NOT_FOUND`.
+    pub body_only: bool,
     pub phase: Option<Phase>,
     pub req_headers: HeaderMap,
     pub resp_headers: HeaderMap,
@@ -300,6 +304,7 @@ impl StreamIo {
     fn reset(&mut self) {
         self.active = false;
         self.read_only = false;
+        self.body_only = false;
         self.phase = None;
         self.client = None;
         self.local = None;
@@ -334,6 +339,9 @@ pub struct CallResponse {
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
 }
+
+/// Finished http calls (token, response) waiting to be delivered.
+pub type CallResults = Rc<RefCell<Vec<(u32, CallResponse)>>>;
 
 /// What a wait future reports back to the instance.
 #[derive(Debug, Default)]
@@ -398,6 +406,15 @@ pub struct HostState {
     pub streams: IdMap<StreamState>,
     pub call_response: Option<CallResponse>,
     pub next_token: u32,
+    /// Root-context http calls (e.g. from `proxy_on_tick`) not yet started:
+    /// the worker starts them after the callback (see `filter::run_root_calls`).
+    pub root_calls: Vec<PendingCall>,
+    /// Root-context calls started and not yet delivered (with `root_calls`,
+    /// bounded by `MAX_CALLS`).
+    pub root_inflight: usize,
+    /// Where started root-context calls leave their responses (per instance:
+    /// a rebuilt instance never sees its predecessor's responses).
+    pub root_results: CallResults,
     pub tick_period: Option<Duration>,
     pub queues: Vec<u32>,
     pub metrics: HashMap<u32, Arc<Metric>>,
@@ -432,6 +449,9 @@ impl HostState {
             streams: IdMap::default(),
             call_response: None,
             next_token: 1,
+            root_calls: Vec::new(),
+            root_inflight: 0,
+            root_results: Rc::default(),
             tick_period: None,
             queues: Vec::new(),
             metrics: HashMap::new(),
@@ -497,6 +517,9 @@ impl std::hash::Hasher for IdHasher {
 
 /// A map keyed by small integer ids, hashed with [`IdHasher`].
 pub type IdMap<V> = HashMap<u32, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Most http calls one context may have queued or in flight (no unbounded queues).
+pub const MAX_CALLS: usize = 16;
 
 /// The root context's id (the first context a module sees).
 pub const ROOT_ID: u32 = 1;
@@ -974,6 +997,56 @@ impl PluginInstance {
         })
     }
 
+    /// The body hook for one chunk of a body the guest let go on before its
+    /// end (Envoy keeps calling per chunk): only the chunk is loaded, as the
+    /// transaction has moved on. Returns the chunk as the guest left it and
+    /// the stream's verdict (a `Pause` cannot hold what already went on: it
+    /// is ignored). A context already finished lets the chunk pass.
+    pub fn body_chunk_detached(
+        &mut self,
+        ctx: u32,
+        phase: Phase,
+        data: Vec<u8>,
+        eos: bool,
+    ) -> Result<(Vec<u8>, Verdict), Failure> {
+        if !self.has_stream(ctx) {
+            return Ok((data, Verdict::Continue));
+        }
+        let ex = Rc::clone(&self.ex);
+        let request = phase == Phase::Request;
+        let (f, name) = if request {
+            (ex.on_request_body.as_ref(), "proxy_on_request_body")
+        } else {
+            (ex.on_response_body.as_ref(), "proxy_on_response_body")
+        };
+        let Some(f) = f else {
+            return Ok((data, Verdict::Continue));
+        };
+        self.begin(ctx, Callback::Other);
+        let d = self.store.data_mut();
+        d.io.active = true;
+        d.io.body_only = true;
+        d.io.phase = Some(phase);
+        let n = len_u32(data.len());
+        if request {
+            d.io.req_body = data;
+        } else {
+            d.io.resp_body = data;
+        }
+        d.io_ctx = ctx;
+        let r = guest_call(&mut self.store, self.ticks, f, (ctx, n, u32::from(eos)));
+        let d = self.store.data_mut();
+        let out = std::mem::take(if request {
+            &mut d.io.req_body
+        } else {
+            &mut d.io.resp_body
+        });
+        d.io.reset();
+        d.io_ctx = 0;
+        action(r?, name)?;
+        Ok((out, self.verdict(ctx, false)))
+    }
+
     /// `proxy_on_request_trailers` / `proxy_on_response_trailers` (by `txn.phase`)
     /// with the trailers buffered in `txn` (map type 1 / 3).
     pub fn trailers(&mut self, ctx: u32, txn: &mut Txn) -> Result<Verdict, Failure> {
@@ -1047,6 +1120,52 @@ impl PluginInstance {
             r?;
         }
         Ok(self.verdict(ctx, false))
+    }
+
+    /// Takes the root context's http calls not yet started (counted in flight
+    /// from now on) and where their responses go.
+    pub fn take_root_calls(&mut self) -> (Vec<PendingCall>, CallResults) {
+        let d = self.store.data_mut();
+        let calls = std::mem::take(&mut d.root_calls);
+        d.root_inflight += calls.len();
+        (calls, Rc::clone(&d.root_results))
+    }
+
+    /// Whether root-context calls wait to be started or delivered.
+    pub fn has_root_calls(&self) -> bool {
+        let d = self.store.data();
+        !d.root_calls.is_empty() || !d.root_results.borrow().is_empty()
+    }
+
+    /// Delivers finished root-context http calls:
+    /// `proxy_on_http_call_response(root, token, headers, body_size, 0)`,
+    /// with no request loaded (only the call response is readable).
+    pub fn deliver_root_calls(&mut self) -> Result<(), Failure> {
+        let results: Vec<(u32, CallResponse)> = self
+            .store
+            .data()
+            .root_results
+            .borrow_mut()
+            .drain(..)
+            .collect();
+        for (token, resp) in results {
+            let d = self.store.data_mut();
+            d.root_inflight = d.root_inflight.saturating_sub(1);
+            let ex = Rc::clone(&self.ex);
+            let Some(f) = &ex.on_http_call_response else {
+                continue;
+            };
+            let nh = len_u32(resp.headers.len());
+            let nb = len_u32(resp.body.len());
+            self.begin(ROOT_ID, Callback::CallResponse);
+            self.store.data_mut().call_response = Some(resp);
+            let r = guest_call(&mut self.store, self.ticks, f, (ROOT_ID, token, nh, nb, 0));
+            let d = self.store.data_mut();
+            d.call_response = None;
+            d.callback = Callback::Other;
+            r?;
+        }
+        Ok(())
     }
 
     /// Takes the http calls stream `ctx` dispatched and not yet started.

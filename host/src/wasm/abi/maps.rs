@@ -41,6 +41,10 @@ impl MapKind {
 }
 
 fn check(st: &HostState, kind: MapKind, write: bool) -> Result<(), Status> {
+    // A chunk of a body let go on mid-stream: the request's maps have moved on.
+    if st.io.body_only && !matches!(kind, MapKind::CallHeaders | MapKind::CallTrailers) {
+        return Err(Status::NotFound);
+    }
     match kind {
         MapKind::RequestHeaders | MapKind::RequestTrailers => {
             if !st.io_available() {

@@ -55,7 +55,8 @@ pub fn get(st: &HostState, path: &[u8]) -> Result<Vec<u8>, Status> {
     if let Some(v) = stream_props(st).and_then(|p| p.iter().find(|(k, _)| k == path)) {
         return Ok(v.1.clone());
     }
-    if !st.io_available() {
+    // Not for a chunk of a body let go on mid-stream: the request has moved on.
+    if !st.io_available() || st.io.body_only {
         return Err(Status::NotFound);
     }
     let io = &st.io;

@@ -14,7 +14,7 @@ use wasmtime::{Caller, Linker};
 use super::maps::{self, MapKind};
 use super::{mem_state, pairs, properties, refuse, tri};
 use crate::wasm::Status;
-use crate::wasm::instance::{Callback, HostState, PendingCall, local_reply};
+use crate::wasm::instance::{Callback, HostState, MAX_CALLS, PendingCall, local_reply};
 use crate::wasm::memory::{self, HostResult, copy_out};
 use crate::wasm::shared::{self, MetricKind};
 
@@ -652,22 +652,7 @@ fn http_call(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             };
             let token = st.next_token;
             st.next_token = st.next_token.wrapping_add(1).max(1);
-            let Some(s) = st.streams.get_mut(&st.effective) else {
-                // Calls from the root context (e.g. on_tick) are not supported yet.
-                return Ok(refuse(
-                    st,
-                    Status::InternalFailure,
-                    "proxy_http_call: only a stream context can call out",
-                ));
-            };
-            if s.calls.len() + s.inflight >= 16 {
-                return Ok(refuse(
-                    st,
-                    Status::InternalFailure,
-                    "proxy_http_call: too many calls in flight",
-                ));
-            }
-            s.calls.push(PendingCall {
+            let call = PendingCall {
                 token,
                 upstream: addr,
                 authority,
@@ -676,7 +661,36 @@ fn http_call(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 headers,
                 body,
                 timeout,
-            });
+            };
+            if st.effective == st.root_id {
+                // From the root context (e.g. on_tick refreshing keys, as Envoy
+                // allows): started by the worker after this callback, answered
+                // to the root context on this worker.
+                if st.root_calls.len() + st.root_inflight >= MAX_CALLS {
+                    return Ok(refuse(
+                        st,
+                        Status::InternalFailure,
+                        "proxy_http_call: too many calls in flight",
+                    ));
+                }
+                st.root_calls.push(call);
+            } else {
+                let Some(s) = st.streams.get_mut(&st.effective) else {
+                    return Ok(refuse(
+                        st,
+                        Status::InternalFailure,
+                        "proxy_http_call: no such context",
+                    ));
+                };
+                if s.calls.len() + s.inflight >= MAX_CALLS {
+                    return Ok(refuse(
+                        st,
+                        Status::InternalFailure,
+                        "proxy_http_call: too many calls in flight",
+                    ));
+                }
+                s.calls.push(call);
+            }
             tri!(
                 st,
                 memory::write_u32(mem, ret_token, token),
