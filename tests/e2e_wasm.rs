@@ -1457,6 +1457,8 @@ fn per_chunk() -> String {
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0)
   (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) i32.const 0)
   (func (export "proxy_on_request_body") (param i32) (param $size i32) (param $eos i32) (result i32)
+    ;; the sixth chunk of a request traps (a failure after the body was let go on)
+    (if (i32.eq (global.get $n) (i32.const 5)) (then unreachable))
     (if (local.get $size)
       (then
         (i32.store8 (i32.const 32) (i32.add (i32.const 97) (global.get $n)))
@@ -1552,4 +1554,34 @@ async fn body_hook_sees_every_chunk_after_continue() {
     let s = stats_of(&all, "chunks");
     assert_eq!(s["failed_requests"], 0, "{s}");
     assert_eq!(s["rebuilds"], 0, "{s}");
+
+    // A hook failing mid-stream (fail_closed) aborts that request's body and
+    // counts the request once as handled by on_error.
+    let (tx, body) = chan_body();
+    tokio::spawn(async move {
+        for c in ["1", "2", "3", "4", "5", "6", "7", "8"] {
+            if tx
+                .send(bytes::Bytes::from_static(c.as_bytes()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let r = H1::connect(web)
+        .await
+        .try_send(
+            request(http::Method::POST, web, "/trap")
+                .body(body)
+                .expect("request"),
+        )
+        .await;
+    if let Ok(r) = &r {
+        assert_ne!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    let all = plugins(ports.admin).await;
+    let s = stats_of(&all, "chunks");
+    assert_eq!(s["failed_requests"], 1, "{s}");
 }

@@ -355,6 +355,7 @@ impl WasmFilter {
                                     self.plugin.shared().spec.on_error,
                                     OnError::FailOpen
                                 ),
+                                failed: false,
                             }));
                         }
                         self.put_back(txn, rest);
@@ -485,6 +486,9 @@ struct WasmTap {
     cref: CtxRef,
     phase: Phase,
     fail_open: bool,
+    /// The hook failed once: the rest passes untouched (fail_open) and the
+    /// request is counted once in `failed_requests`.
+    failed: bool,
 }
 
 impl crate::proxy::body::BodyTap for WasmTap {
@@ -493,6 +497,9 @@ impl crate::proxy::body::BodyTap for WasmTap {
         data: bytes::Bytes,
         eos: bool,
     ) -> Result<bytes::Bytes, crate::proxy::body::BoxError> {
+        if self.failed {
+            return Ok(data);
+        }
         let r = SLOTS.try_with(|slots| {
             let Ok(mut slots) = slots.try_borrow_mut() else {
                 return Err(gone());
@@ -509,6 +516,7 @@ impl crate::proxy::body::BodyTap for WasmTap {
             match inst.body_chunk_detached(self.cref.ctx, self.phase, data.to_vec(), eos) {
                 Ok((out, Verdict::Respond(_))) => {
                     drop(out);
+                    inst.plugin().stats.failed_requests.fetch_add(1, Relaxed);
                     Err(Failure::new(
                         FailKind::BadReturn,
                         "local response after the body was let go on: the stream is aborted",
@@ -517,11 +525,15 @@ impl crate::proxy::body::BodyTap for WasmTap {
                 Ok((out, _)) => Ok(out),
                 Err(e) => {
                     let shared = Arc::clone(inst.plugin());
+                    shared.stats.failed_requests.fetch_add(1, Relaxed);
                     record(&shared, slot, &e);
                     Err(e)
                 }
             }
         });
+        if !matches!(r, Ok(Ok(_))) {
+            self.failed = true;
+        }
         match r {
             Ok(Ok(out)) => Ok(bytes::Bytes::from(out)),
             // The headers went out already: on_error can only pass the rest or abort.
