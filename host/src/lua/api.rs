@@ -1233,6 +1233,42 @@ fn cache_key(phase: Phase, name: &str, args: &[Arg]) -> String {
     k
 }
 
+/// A fetch or converter called from Lua, compiled once per (phase, name,
+/// arguments) and kept in a bounded per-state cache (scripts call the same
+/// few with the same arguments on every request).
+fn compiled<T: ?Sized>(
+    cx: &CallCx,
+    cache: &RefCell<HashMap<String, Rc<T>>>,
+    (phase, name, args): (Phase, &'static str, Vec<Arg>),
+    build: impl FnOnce(&Call, &Env<'_>) -> mlua::Result<Rc<T>>,
+) -> mlua::Result<Rc<T>> {
+    let key = cache_key(phase, name, &args);
+    if let Some(hit) = cache.try_borrow().ok().and_then(|m| m.get(&key).cloned()) {
+        return Ok(hit);
+    }
+    let call = Call {
+        name,
+        offset: 0,
+        parens: !args.is_empty(),
+        args,
+    };
+    let source = SourceMap::new(std::path::Path::new("lua"), "");
+    let ctx = CompileCtx {
+        source: &source,
+        backends: &cx.plugin.backends,
+        plugins: super::Plugins::empty(),
+        tables: &cx.plugin.tables,
+    };
+    let built = build(&call, &Env { ctx: &ctx, phase })?;
+    if let Ok(mut m) = cache.try_borrow_mut() {
+        if m.len() >= CACHE_MAX {
+            m.clear();
+        }
+        m.insert(key, Rc::clone(&built));
+    }
+    Ok(built)
+}
+
 fn arity_error(
     kind: &str,
     name: &str,
@@ -1272,44 +1308,14 @@ fn fetch_fn(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Function> {
             return sample_to_lua(lua, None, stringify).and_then(one);
         }
         let fargs = sample_args(&a, 2, "fetch")?;
-        let key = cache_key(phase, canonical, &fargs);
-        let cached = cx
-            .exprs
-            .try_borrow()
-            .ok()
-            .and_then(|m| m.get(&key).cloned());
-        let expr = match cached {
-            Some(e) => e,
-            None => {
-                if let Some(m) = arity_error("fetch", &name, def.args, fargs.len(), def.usage) {
-                    return Err(mlua::Error::runtime(m));
-                }
-                let call = Call {
-                    name: canonical,
-                    offset: 0,
-                    parens: !fargs.is_empty(),
-                    args: fargs,
-                };
-                let source = SourceMap::new(std::path::Path::new("lua"), "");
-                let ctx = CompileCtx {
-                    source: &source,
-                    backends: &cx.plugin.backends,
-                    plugins: super::Plugins::empty(),
-                    tables: &cx.plugin.tables,
-                };
-                let env = Env { ctx: &ctx, phase };
-                let e = crate::rules::fetch::build_expr(&call, def, &[], &env)
-                    .map_err(|e| mlua::Error::runtime(format!("fetch '{name}': {}", e.message)))?;
-                let e = Rc::new(e);
-                if let Ok(mut m) = cx.exprs.try_borrow_mut() {
-                    if m.len() >= CACHE_MAX {
-                        m.clear();
-                    }
-                    m.insert(key, Rc::clone(&e));
-                }
-                e
+        let expr = compiled(&cx, &cx.exprs, (phase, canonical, fargs), |call, env| {
+            if let Some(m) = arity_error("fetch", &name, def.args, call.args.len(), def.usage) {
+                return Err(mlua::Error::runtime(m));
             }
-        };
+            crate::rules::fetch::build_expr(call, def, &[], env)
+                .map(Rc::new)
+                .map_err(|e| mlua::Error::runtime(format!("fetch '{name}': {}", e.message)))
+        })?;
         let v = cx.with_txn(|t| Ok(expr.eval(t).map(crate::rules::Value::into_sample)))?;
         sample_to_lua(lua, v, stringify).and_then(one)
     })
@@ -1344,45 +1350,21 @@ fn conv_fn(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Function> {
         };
         let cargs = sample_args(&a, 3, "converter")?;
         let phase = cx.phase.get();
-        let key = cache_key(phase, canonical, &cargs);
-        let cached = cx
-            .convs
-            .try_borrow()
-            .ok()
-            .and_then(|m| m.get(&key).cloned());
-        let conv = match cached {
-            Some(c) => c,
-            None => {
-                if let Some(m) = arity_error("converter", &name, def.args, cargs.len(), def.usage) {
+        let conv = compiled(
+            &cx,
+            &cx.convs,
+            (phase, canonical, cargs),
+            |call, env| -> mlua::Result<Rc<dyn crate::rules::fetch::Converter>> {
+                if let Some(m) =
+                    arity_error("converter", &name, def.args, call.args.len(), def.usage)
+                {
                     return Err(mlua::Error::runtime(m));
                 }
-                let call = Call {
-                    name: canonical,
-                    offset: 0,
-                    parens: !cargs.is_empty(),
-                    args: cargs,
-                };
-                let source = SourceMap::new(std::path::Path::new("lua"), "");
-                let ctx = CompileCtx {
-                    source: &source,
-                    backends: &cx.plugin.backends,
-                    plugins: super::Plugins::empty(),
-                    tables: &cx.plugin.tables,
-                };
-                let env = Env { ctx: &ctx, phase };
-                let c: Rc<dyn crate::rules::fetch::Converter> =
-                    Rc::from((def.build)(&call, &env).map_err(|e| {
-                        mlua::Error::runtime(format!("converter '{name}': {}", e.message))
-                    })?);
-                if let Ok(mut m) = cx.convs.try_borrow_mut() {
-                    if m.len() >= CACHE_MAX {
-                        m.clear();
-                    }
-                    m.insert(key, Rc::clone(&c));
-                }
-                c
-            }
-        };
+                (def.build)(call, env)
+                    .map(Rc::from)
+                    .map_err(|e| mlua::Error::runtime(format!("converter '{name}': {}", e.message)))
+            },
+        )?;
         let out =
             cx.with_any_txn(|t| Ok(conv.convert(input, t).map(crate::rules::Value::into_sample)))?;
         sample_to_lua(lua, out, stringify).and_then(one)
