@@ -582,3 +582,59 @@ async fn server_client_errors_pass_through_on_keep_alive() {
         b.connections()
     );
 }
+
+/// TCP states (hex, as in `/proc/net/tcp`) of IPv4 sockets whose remote end is `peer`.
+fn tcp_states_to(peer: std::net::SocketAddr) -> Vec<String> {
+    let std::net::SocketAddr::V4(v4) = peer else {
+        return Vec::new();
+    };
+    // /proc/net/tcp writes the address as the in-memory u32, hex, then the port.
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&want.as_str())).then(|| f.get(3).map(|s| s.to_string()))?
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_idle_pool_closes_upstream_at_once_without_time_wait() {
+    let b = Backend::start("s1").await;
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}{}{}",
+        global_section(ports.admin, &[]),
+        frontend_section("web", ports.web, "app", ""),
+        backend_section(
+            "app",
+            "roundrobin",
+            &[("s1", b.addr, 1)],
+            "max_idle_per_server = 0"
+        )
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let mut c = H1::connect(ports.web).await;
+    for i in 0..20 {
+        let r = c.get(&format!("/close-each/{i}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.text().contains("close-each"), "body: {}", r.text());
+    }
+    assert_eq!(b.requests(), 20);
+    assert_eq!(b.connections(), 20, "one upstream connection per request");
+    // Every upstream connection is gone once its response is over: none left
+    // open (01 ESTABLISHED, 08 CLOSE_WAIT...) and, since the proxy resets
+    // instead of closing gracefully, none in TIME_WAIT (06) either.
+    eventually(
+        "no upstream socket left towards the backend",
+        Duration::from_secs(5),
+        || async { tcp_states_to(b.addr).is_empty() },
+    )
+    .await;
+}

@@ -123,7 +123,11 @@ impl UpstreamPool {
         addr: SocketAddr,
         connect_timeout: Duration,
     ) -> Result<PooledConn, ConnectError> {
-        let (sender, abort) = connect(addr, connect_timeout).await?;
+        // A backend that keeps no idle connection closes each one right after
+        // its response: reset it instead of the FIN handshake, as HAProxy's
+        // http-server-close does, so no TIME_WAIT piles up on our side.
+        let reset_on_close = self.max_idle.get(backend) == Some(&0);
+        let (sender, abort) = connect(addr, connect_timeout, reset_on_close).await?;
         Ok(PooledConn {
             sender,
             abort,
@@ -187,6 +191,7 @@ impl PooledConn {
 async fn connect(
     addr: SocketAddr,
     timeout: Duration,
+    reset_on_close: bool,
 ) -> Result<(http1::SendRequest<RequestBody>, AbortHandle), ConnectError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
@@ -200,6 +205,14 @@ async fn connect(
     };
     // Small request/response exchanges must not wait on Nagle.
     let _ = stream.set_nodelay(true);
+    if reset_on_close {
+        // SO_LINGER 0: closing sends RST and frees the port at once. With a
+        // new connection per request, each graceful close would leave a
+        // TIME_WAIT socket here for 60 s; at thousands of requests per second
+        // they fill the ephemeral port range and make every connect() search
+        // it. Only done once the response is over (or the exchange failed).
+        let _ = stream.set_zero_linger();
+    }
     let (sender, conn) = http1::Builder::new()
         .writev(false)
         .handshake(TokioIo::new(stream))
