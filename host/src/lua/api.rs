@@ -195,7 +195,8 @@ pub(crate) fn install(
     let p = lua.create_table()?;
     p.raw_set("core", core_table(lua, cx, collect)?)?;
     p.raw_set("txn", txn_methods(lua, cx)?)?;
-    p.raw_set("http", http_methods(lua, cx)?)?;
+    let http = http_methods(lua, cx)?;
+    p.raw_set("http", &http)?;
     p.raw_set("applet", super::applet::methods(lua, cx)?)?;
     p.raw_set("fetch", fetch_fn(lua, cx)?)?;
     p.raw_set("conv", conv_fn(lua, cx)?)?;
@@ -279,6 +280,7 @@ pub(crate) fn install(
         Value::LightUserData(mark(&DONE_MARK)),
         Value::LightUserData(mark(&ERR_MARK)),
     ))?;
+    super::cfunc::install(lua, cx, &http)?;
     Ok((txn, applet))
 }
 
@@ -797,142 +799,6 @@ fn msg_headers(t: &mut Txn, m: Msg) -> &mut HeaderMap {
     }
 }
 
-/// Longest string Lua interns (`LUAI_MAXSHORTLEN`); longer ones are not hashed.
-const SHORT_MAX: usize = 40;
-/// Slots of a [`StrCache`] (a power of two: the slot is the top bits of a hash).
-const STR_SLOTS: usize = 256;
-
-/// Recently pushed short strings (header names, common values) of one state.
-///
-/// Interning a short string makes Lua hash every byte and walk a hash chain;
-/// for the dozen header names of each request that was the largest single
-/// cost of `req_get_headers`. A slot is chosen from the length and the first
-/// and last 8 bytes, and its content compared in full, so a hit pushes the
-/// very string Lua would have interned.
-pub(crate) struct StrCache {
-    /// Lua array (`STR_SLOTS` preallocated) anchoring the cached strings.
-    table: Table,
-    /// The bytes of the string in each slot of `table`.
-    keys: Vec<Option<Box<[u8]>>>,
-}
-
-impl StrCache {
-    pub(crate) fn new(lua: &Lua) -> mlua::Result<StrCache> {
-        Ok(StrCache {
-            table: lua.create_table_with_capacity(STR_SLOTS, 0)?,
-            keys: vec![None; STR_SLOTS],
-        })
-    }
-}
-
-/// The cache slot of a short string.
-fn str_slot(b: &[u8]) -> usize {
-    let n = b.len().min(8);
-    let (mut head, mut tail) = ([0u8; 8], [0u8; 8]);
-    head[..n].copy_from_slice(&b[..n]);
-    tail[..n].copy_from_slice(&b[b.len() - n..]);
-    let h = (u64::from_le_bytes(head) ^ u64::from_le_bytes(tail).rotate_left(29) ^ b.len() as u64)
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    // Top 8 bits: STR_SLOTS is 256.
-    usize::try_from(h >> 56).unwrap_or(0)
-}
-
-/// Pushes `b` as a Lua string, from `keys`/the table at stack index `cache` when cached.
-///
-/// # Safety
-/// Must run inside a protected call on `state` with the cache table (created
-/// with `STR_SLOTS` array slots) at index `cache` and 2 free stack slots.
-/// It may raise a Lua error (memory) only from `lua_pushlstring`, before any
-/// Rust value with a destructor exists in this frame.
-unsafe fn push_cached(
-    state: *mut mlua::ffi::lua_State,
-    cache: std::os::raw::c_int,
-    keys: &mut [Option<Box<[u8]>>],
-    b: &[u8],
-) {
-    use mlua::ffi;
-    // SAFETY: per this function's contract (see the caller).
-    unsafe {
-        if b.len() > SHORT_MAX {
-            ffi::lua_pushlstring(state, b.as_ptr().cast(), b.len());
-            return;
-        }
-        let slot = str_slot(b);
-        let index = ffi::lua_Integer::try_from(slot + 1).unwrap_or(1);
-        if keys.get(slot).and_then(|k| k.as_deref()) == Some(b) {
-            ffi::lua_rawgeti(state, cache, index);
-            return;
-        }
-        ffi::lua_pushlstring(state, b.as_ptr().cast(), b.len());
-        ffi::lua_pushvalue(state, -1);
-        // Stores into the preallocated array part: no allocation, cannot fail.
-        ffi::lua_rawseti(state, cache, index);
-        if let Some(k) = keys.get_mut(slot) {
-            *k = Some(Box::from(b));
-        }
-    }
-}
-
-/// `{ name = { [0] = v1, [1] = v2 } }`, names in lower case (HAProxy's shape).
-///
-/// Built in one protected call: under a memory limit mlua protects each
-/// table and string operation with its own `pcall`, which made this ~10x
-/// slower (about 1 µs per header). Short strings come from `cx`'s cache.
-pub(crate) fn headers_table(lua: &Lua, cx: &CallCx, h: &HeaderMap) -> mlua::Result<Table> {
-    use mlua::ffi;
-    let size = std::os::raw::c_int::try_from(h.keys_len()).unwrap_or(0);
-    let mut guard = cx
-        .strings
-        .try_borrow_mut()
-        .map_err(|_| mlua::Error::runtime("headers: string cache in use"))?;
-    if guard.is_none() {
-        *guard = Some(StrCache::new(lua)?);
-    }
-    let Some(cache) = guard.as_mut() else {
-        return Err(mlua::Error::runtime("headers: no string cache"));
-    };
-    let StrCache { table, keys } = cache;
-    // SAFETY: `exec_raw` runs the closure inside one protected call, so an
-    // allocation failure in any of these functions becomes an `Err` (a Lua
-    // error longjmps back to that call). The closure's frame (and
-    // `push_cached`'s) only holds references, integers and the header
-    // iterator, none of which has a destructor, so nothing is skipped by
-    // that jump; `guard`, the only owner with a destructor, lives in this
-    // function, outside the protected call. A cache slot's bytes are only
-    // replaced after its Lua string is stored, so the two never disagree.
-    // Stack use: the cache table (argument 1), the result table, a name, a
-    // values table, a value and its copy (6 slots; a C function gets
-    // LUA_MINSTACK = 20). It leaves exactly the result table on the stack.
-    unsafe {
-        lua.exec_raw::<Table>(&*table, |state| {
-            ffi::lua_createtable(state, 0, size);
-            // One pass over `iter()` (a name's values come together, in order)
-            // instead of a `get_all` lookup per name.
-            let mut current: Option<&HeaderName> = None;
-            let mut i: ffi::lua_Integer = 0;
-            for (name, v) in h.iter() {
-                // Same entry, same key: compare addresses, not the strings.
-                if !current.is_some_and(|c| std::ptr::eq(c, name)) {
-                    if current.is_some() {
-                        ffi::lua_rawset(state, -3);
-                    }
-                    current = Some(name);
-                    i = 0;
-                    push_cached(state, 1, keys, name.as_str().as_bytes());
-                    ffi::lua_createtable(state, 0, 1);
-                }
-                push_cached(state, 1, keys, v.as_bytes());
-                ffi::lua_rawseti(state, -2, i);
-                i += 1;
-            }
-            if current.is_some() {
-                ffi::lua_rawset(state, -3);
-            }
-            ffi::lua_remove(state, 1);
-        })
-    }
-}
-
 /// Refuses headers that frame the message: a wrong value would corrupt the stream.
 fn check_framing(args: &Args<'_>, name: &HeaderName) -> mlua::Result<()> {
     if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
@@ -987,52 +853,8 @@ fn cached_regex(cx: &CallCx, args: &Args<'_>, n: usize) -> mlua::Result<Rc<regex
 
 fn http_methods(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Table> {
     let t = lua.create_table()?;
-    for (name, m) in [("req_get_headers", Msg::Req), ("res_get_headers", Msg::Res)] {
-        let cx = Rc::clone(cx);
-        t.raw_set(
-            name,
-            func(lua, move |lua, _| {
-                let tbl = cx.with_txn(|t| {
-                    headers_table(
-                        lua,
-                        &cx,
-                        match m {
-                            Msg::Req => &t.req_headers,
-                            Msg::Res => &t.resp_headers,
-                        },
-                    )
-                })?;
-                one(Value::Table(tbl))
-            })?,
-        )?;
-    }
-    for (name, m, append) in [
-        ("req_set_header", Msg::Req, false),
-        ("req_add_header", Msg::Req, true),
-        ("res_set_header", Msg::Res, false),
-        ("res_add_header", Msg::Res, true),
-    ] {
-        let cx = Rc::clone(cx);
-        t.raw_set(
-            name,
-            func(lua, move |_, a| {
-                let args = Args::new(&a, name, 1);
-                let hn = args.header_name(1)?;
-                check_framing(&args, &hn)?;
-                let hv = args.header_value(2)?;
-                cx.with_txn_mut(name, |t| {
-                    let h = msg_headers(t, m);
-                    if append {
-                        h.append(hn, hv);
-                    } else {
-                        h.insert(hn, hv);
-                    }
-                    Ok(())
-                })?;
-                none()
-            })?,
-        )?;
-    }
+    // req_/res_get_headers and set/add_header: C functions (`cfunc.rs`),
+    // installed after the prelude.
     for (name, m) in [("req_del_header", Msg::Req), ("res_del_header", Msg::Res)] {
         let cx = Rc::clone(cx);
         t.raw_set(

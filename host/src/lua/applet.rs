@@ -8,7 +8,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use mlua::{Lua, MultiValue, Table, Value};
 
-use super::api::{Args, headers_table};
+use super::api::Args;
+use super::headers::headers_table;
 use super::runtime::{CallCx, Instance};
 use crate::filter::Reply;
 use crate::txn::Txn;

@@ -22,6 +22,8 @@
 
 mod api;
 mod applet;
+mod cfunc;
+mod headers;
 mod rules;
 mod runtime;
 mod stktable;

@@ -115,7 +115,7 @@ impl LuaAction {
                 }
             },
             &self.args,
-            &self.what(),
+            || self.what(),
         ) {
             Ok(b) => b,
             Err(e) => return runtime::fail(plugin, Some(&inst), &e, &self.what()),
@@ -350,7 +350,7 @@ impl LuaService {
             self.id,
             |f| f.services.get(name).cloned(),
             &[],
-            &self.what(),
+            || self.what(),
         ) {
             Ok(b) => b,
             Err(e) => return self.failed(Some(&inst), &e),
@@ -508,7 +508,7 @@ pub fn build_fetch(c: &Call<'_>, env: &Env<'_>) -> Result<Box<dyn Fetch>, ParseE
 fn call_sync(
     plugin: &Arc<Plugin>,
     id: u64,
-    what: &str,
+    what: impl Fn() -> String,
     resolve: impl Fn(&runtime::Funcs) -> Option<mlua::Function>,
     args: &[String],
     first: impl Fn(&Instance) -> mlua::Result<LuaValue>,
@@ -517,15 +517,15 @@ fn call_sync(
     let inst = match runtime::instance(plugin) {
         Ok(i) => i,
         Err(e) => {
-            runtime::record_failure(plugin, None, &e, what);
+            runtime::record_failure(plugin, None, &e, &what());
             return None;
         }
     };
     plugin.stats.calls.fetch_add(1, Relaxed);
-    let binding = match inst.binding(id, &resolve, args, what) {
+    let binding = match inst.binding(id, &resolve, args, &what) {
         Ok(b) => b,
         Err(e) => {
-            runtime::record_failure(plugin, Some(&inst), &e, what);
+            runtime::record_failure(plugin, Some(&inst), &e, &what());
             return None;
         }
     };
@@ -544,7 +544,7 @@ fn call_sync(
         let (thread, a) = match prepared {
             Ok(p) => p,
             Err(e) => {
-                runtime::record_failure(plugin, Some(&inst), &e, what);
+                runtime::record_failure(plugin, Some(&inst), &e, &what());
                 return None;
             }
         };
@@ -563,7 +563,7 @@ fn call_sync(
             let _ = inst.setup(|| inst.lua.gc_collect());
             continue;
         }
-        runtime::record_failure(plugin, Some(&inst), &e, what);
+        runtime::record_failure(plugin, Some(&inst), &e, &what());
         return None;
     }
 }
@@ -581,7 +581,7 @@ impl Fetch for LuaFetch {
         call_sync(
             &self.plugin,
             self.id,
-            &format!("fetch {name:?}"),
+            || format!("fetch {name:?}"),
             |f| f.fetches.get(name).cloned(),
             &self.args,
             |inst| Ok(LuaValue::Table(inst.txn_obj.clone())),
@@ -622,7 +622,7 @@ impl Converter for LuaConverter {
         call_sync(
             &self.plugin,
             self.id,
-            &format!("converter {name:?}"),
+            || format!("converter {name:?}"),
             |f| f.converters.get(name).cloned(),
             &self.args,
             |inst| value_to_lua(&inst.lua, &input),

@@ -192,7 +192,7 @@ pub(crate) struct CallCx {
     /// A transaction for converters called outside of one (`core` tasks, inits).
     pub idle_txn: RefCell<Option<Box<Txn>>>,
     /// Short strings reused when building header tables (made on first use).
-    pub strings: RefCell<Option<super::api::StrCache>>,
+    pub strings: RefCell<Option<super::headers::StrCache>>,
 }
 
 /// The error of an API function used where there is no transaction.
@@ -638,14 +638,15 @@ impl Instance {
         id: u64,
         resolve: impl FnOnce(&Funcs) -> Option<Function>,
         args: &[String],
-        what: &str,
+        what: impl FnOnce() -> String,
     ) -> Result<Rc<Binding>, CallError> {
         if let Some(b) = self.bindings.borrow().get(&id) {
             return Ok(Rc::clone(b));
         }
         let func = resolve(&self.funcs).ok_or_else(|| {
             CallError::runtime(format!(
-                "{what} is not registered by this instance of the script (was it registered conditionally?)"
+                "{} is not registered by this instance of the script (was it registered conditionally?)",
+                what()
             ))
         })?;
         let values = self.setup(|| {
@@ -731,7 +732,9 @@ impl Instance {
         cx.timed_out.set(false);
         let start = Instant::now();
         cx.deadline.set(start + budget);
+        let running = super::cfunc::Running::enter(cx);
         let res = catch_unwind(AssertUnwindSafe(|| thread.resume::<MultiValue>(args)));
+        drop(running);
         let spent = start.elapsed();
         cx.txn.set(std::ptr::null_mut());
         cx.writable.set(false);

@@ -423,8 +423,10 @@ for i = 1, 200 do big[i] = string.rep("x", 64) .. i end
 core.register_init(function() core.Debug("init") end)
 core.register_action("act", {"http-req", "http-res"}, function(txn, a)
   local h = txn.http:req_get_headers()
-  local t = {}
-  for i = 1, 50 do t[i] = a .. i end
+  local n = 0
+  for _ in pairs(txn.http:req_get_headers()) do n = n + 1 end
+  local t = { (h["x-a"] or {})[0], n }
+  for i = 1, 50 do t[#t + 1] = a .. i end
   txn.http:req_set_header("x-act", table.concat(t, ","))
   txn:set_var("txn.v", txn.sf:path() .. txn.c:hex(txn.c:sha2("abc")))
   txn:set_priv(t)
@@ -460,6 +462,14 @@ fn run_all(rt: &tokio::runtime::Runtime, cfg: &Config) {
     let mut t = txn("/svc");
     let _ = exchange(rt, cfg, &mut t);
     let mut t = txn("/x");
+    for (name, value) in [
+        ("x-a", "1"),
+        ("x-b", "2"),
+        ("x-a", "3"),
+        ("user-agent", "test"),
+    ] {
+        t.req_headers.append(name, value.parse().expect("hv"));
+    }
     let _ = exchange(rt, cfg, &mut t);
 }
 
@@ -539,4 +549,156 @@ fn a_plugin_does_not_starve_another() {
     assert_eq!(cfg.plugins[0].stats.errors_oom.load(Relaxed), 1);
     assert_eq!(cfg.plugins[1].stats.errors_oom.load(Relaxed), 0);
     let _ = Path::new("");
+}
+
+const LAZY_HEADERS: &str = r#"
+core.register_action("lazy", {"http-req"}, function(txn)
+  local http = txn.http
+  local h = http:req_get_headers()
+  -- The table is a snapshot: changes after the call do not show through.
+  http:req_set_header("x-a", "changed")
+  http:req_add_header("x-new", "1")
+  local a = h["x-a"]
+  local out = { a[0], a[1], tostring(a[2]), tostring(h["x-new"]), tostring(h["X-A"]), tostring(h[1]) }
+  -- The same table on every read; a script's changes stick.
+  out[#out + 1] = tostring(rawequal(h["x-a"], a))
+  a[0] = "mine"
+  out[#out + 1] = h["x-a"][0]
+  h["x-b"] = nil
+  h["x-c"] = { [0] = "set" }
+  -- pairs() sees every name once, with the script's changes.
+  local names = {}
+  for k, v in pairs(h) do names[#names + 1] = k .. "=" .. v[0] end
+  table.sort(names)
+  out[#out + 1] = table.concat(names, ",")
+  -- After pairs(), a plain table: next() and rawget() see everything.
+  out[#out + 1] = tostring(getmetatable(h)) .. " " .. rawget(h, "host")[0]
+  http:req_set_header("x-out", table.concat(out, ";"))
+  -- Two snapshots are independent.
+  local h1, h2 = http:req_get_headers(), http:req_get_headers()
+  h1["host"] = nil
+  http:req_set_header("x-two", tostring(h1["host"]) .. " " .. h2["host"][0])
+  -- Many live snapshots, each its own; the metatable is protected.
+  local keep = {}
+  for i = 1, 100 do keep[i] = http:req_get_headers() end
+  local same = 0
+  for i = 1, 100 do if keep[i]["x-new"][0] == "1" and keep[i]["host"][0] == "example.com" then same = same + 1 end end
+  local ok = pcall(setmetatable, keep[1], {})
+  http:req_set_header("x-many", same .. " " .. tostring(getmetatable(keep[2])) .. " " .. tostring(ok))
+end)
+core.register_action("lazy_res", {"http-res"}, function(txn)
+  local h = txn.http:res_get_headers()
+  txn.http:res_set_header("x-echo", h["x-up"][0] .. " " .. tostring(h["x-req"]))
+end)
+"#;
+
+#[test]
+fn header_tables_are_snapshots_filled_on_read_and_on_pairs() {
+    let (cfg, _d) = ok(
+        LAZY_HEADERS,
+        "",
+        "http_request = [{ lua = \"lazy\" }]\nhttp_response = [{ lua = \"lazy_res\" }]",
+    );
+    let rt = rt();
+    let mut t = txn("/");
+    for (name, value) in [
+        ("host", "example.com"),
+        ("x-a", "1"),
+        ("x-b", "2"),
+        ("x-a", "3"),
+        ("x-req", "r"),
+    ] {
+        t.req_headers.append(name, value.parse().expect("hv"));
+    }
+    t.resp_headers.append("x-up", "u".parse().expect("hv"));
+    assert!(exchange(&rt, &cfg, &mut t).is_none());
+    assert_eq!(
+        t.req_headers["x-out"],
+        "1;3;nil;nil;nil;nil;true;mine;host=example.com,x-a=mine,x-c=set,x-req=r;nil example.com"
+    );
+    assert_eq!(t.req_headers["x-two"], "nil example.com");
+    assert_eq!(t.req_headers["x-many"], "100 false false");
+    assert_eq!(t.resp_headers["x-echo"], "u nil");
+    assert_eq!(p_stats(&cfg), "runtime=0 oom=0 timeout=0");
+}
+
+const HEADER_ARGS: &str = r#"
+local saved
+local function try(f, ...)
+  local ok, e = pcall(f, ...)
+  return ok and "ok" or e
+end
+core.register_action("bad", {"http-req"}, function(txn)
+  local http = txn.http
+  saved = http
+  local out = {
+    try(function() http:req_set_header(nil, "v") end),
+    try(http.req_set_header, http, "x-a", {}),
+    try(http.req_set_header, http, "bad name", "v"),
+    try(http.req_add_header, http, "Content-Length", "5"),
+    try(http.res_set_header, http, "x-a", "a\nb"),
+    try(http.req_set_header, http, "x-num", 42),
+    try(http.req_add_header, http, 7, 1.5),
+  }
+  http:req_set_header("x-out", table.concat(out, "|"))
+end)
+core.register_fetches("setter", function(txn)
+  local ok, e = pcall(txn.http.req_set_header, txn.http, "x-f", "1")
+  local h = txn.http:req_get_headers()
+  return tostring(ok) .. " " .. e .. " " .. h["x-num"][0]
+end)
+core.register_action("later", {"http-res"}, function(txn)
+  -- A txn.http kept from another call works on the running one.
+  saved:res_set_header("x-later", "1")
+end)
+core.register_converters("conv", function(s)
+  local ok, e = pcall(saved.req_get_headers, saved)
+  return s .. " " .. tostring(ok) .. " " .. e
+end)
+"#;
+
+#[test]
+fn c_header_functions_check_arguments_like_the_rest_of_the_api() {
+    let (cfg, _d) = ok(
+        HEADER_ARGS,
+        "",
+        "http_request = [{ lua = \"bad\" }, { set_header = \"x-fetch\", value = \"%[lua.setter]\" }, { set_header = \"x-conv\", value = \"%[path,lua.conv]\" }]\nhttp_response = [{ lua = \"later\" }]",
+    );
+    let rt = rt();
+    let mut t = txn("/");
+    assert!(exchange(&rt, &cfg, &mut t).is_none());
+    let out = t.req_headers["x-out"].to_str().expect("ascii").to_string();
+    let parts: Vec<&str> = out.split('|').collect();
+    assert!(
+        parts[0].contains("p.lua:11: "),
+        "located at the script's call: {out}"
+    );
+    assert!(
+        parts[0].ends_with("bad argument #1 to 'req_set_header' (string expected, got nil)"),
+        "{out}"
+    );
+    assert!(
+        parts[1].ends_with("bad argument #2 to 'req_set_header' (string expected, got table)"),
+        "{out}"
+    );
+    assert!(
+        parts[2].ends_with("bad argument #1 to 'req_set_header' (invalid header name)"),
+        "{out}"
+    );
+    assert!(parts[3].ends_with("bad argument #1 to 'req_add_header' (content-length is managed by the proxy (message framing) and cannot be changed)"), "{out}");
+    assert!(parts[4].ends_with("bad argument #2 to 'res_set_header' (invalid header value: control characters are not allowed)"), "{out}");
+    assert_eq!(&parts[5..], ["ok", "ok"]);
+    assert_eq!(t.req_headers["x-num"], "42");
+    assert_eq!(t.req_headers["7"], "1.5");
+    assert_eq!(
+        t.req_headers["x-fetch"],
+        "false req_set_header cannot change the message from a fetch or a converter 42"
+    );
+    assert!(t.req_headers.get("x-f").is_none());
+    assert_eq!(
+        t.req_headers["x-conv"],
+        "/ false this function needs a transaction; it can be used in actions, fetches and services"
+    );
+    assert_eq!(t.resp_headers["x-later"], "1");
+    assert_eq!(p_stats(&cfg), "runtime=0 oom=0 timeout=0");
 }
