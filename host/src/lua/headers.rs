@@ -180,9 +180,16 @@ const MAGIC: u32 = 0x5043_4853;
 /// `values: u32`, the name, then each value as `len: u32` + bytes. `taken`
 /// is set once the name is in the table (read, assigned or iterated).
 fn snapshot_size(h: &HeaderMap) -> usize {
-    let names: usize = h.keys().map(|n| 13 + n.as_str().len()).sum();
-    let values: usize = h.values().map(|v| 4 + v.len()).sum();
-    4 + names + values
+    let mut size = 4;
+    let mut current: Option<&HeaderName> = None;
+    for (name, v) in h.iter() {
+        if !current.is_some_and(|c| std::ptr::eq(c, name)) {
+            current = Some(name);
+            size += 13 + name.as_str().len();
+        }
+        size += 4 + v.len();
+    }
+    size
 }
 
 /// Little-endian `u32` of a length (header fields are far below 4 GiB).
@@ -193,7 +200,7 @@ fn le32(n: usize) -> [u8; 4] {
 /// Writes the snapshot of `h` into `out` (exactly `snapshot_size(h)` bytes).
 fn write_snapshot(h: &HeaderMap, out: &mut [u8]) {
     let mut w = Writer { out, pos: 0 };
-    w.put(&MAGIC.to_le_bytes());
+    w.put_array(MAGIC.to_le_bytes());
     // One pass over `iter()` (a name's values come together, in order; the
     // same entry yields the same `&HeaderName`): a `get_all` per name would
     // hash every name again. A group's length and count are patched in at
@@ -208,13 +215,12 @@ fn write_snapshot(h: &HeaderMap, out: &mut [u8]) {
             current = Some(name);
             (start, count) = (w.pos, 0);
             let n = name.as_str().as_bytes();
-            w.put(&[0]);
-            w.put(&[0; 4]);
-            w.put(&le32(n.len()));
-            w.put(&[0; 4]);
+            let l = le32(n.len());
+            // taken, len and count (patched at the end), name length.
+            w.put_array([0, 0, 0, 0, 0, l[0], l[1], l[2], l[3], 0, 0, 0, 0]);
             w.put(n);
         }
-        w.put(&le32(v.len()));
+        w.put_array(le32(v.len()));
         w.put(v.as_bytes());
         count += 1;
     }
@@ -235,6 +241,18 @@ impl Writer<'_> {
         self.pos += b.len();
     }
 
+    /// `put` for a fixed-size field (copied inline, not through `memcpy`).
+    fn put_array<const N: usize>(&mut self, b: [u8; N]) {
+        if let Some(dst) = self
+            .out
+            .get_mut(self.pos..)
+            .and_then(|d| d.first_chunk_mut::<N>())
+        {
+            *dst = b;
+        }
+        self.pos += N;
+    }
+
     fn put_at(&mut self, at: usize, b: &[u8]) {
         if let Some(dst) = self.out.get_mut(at..at + b.len()) {
             dst.copy_from_slice(b);
@@ -243,8 +261,16 @@ impl Writer<'_> {
 
     /// Fills in the length and value count of the group starting at `start`.
     fn end_group(&mut self, start: usize, count: usize) {
-        self.put_at(start + 1, &le32(self.pos - (start + 5)));
-        self.put_at(start + 9, &le32(count));
+        let (len, count) = (le32(self.pos - (start + 5)), le32(count));
+        for (at, v) in [(start + 1, len), (start + 9, count)] {
+            if let Some(dst) = self
+                .out
+                .get_mut(at..)
+                .and_then(|d| d.first_chunk_mut::<4>())
+            {
+                *dst = v;
+            }
+        }
     }
 }
 
