@@ -142,9 +142,10 @@ impl BodyEnd for Exchange {
         } = *self;
         let worker = &ctx.worker;
         let shared = &worker.shared;
+        let now = Instant::now();
         if let Some(conn) = route.conn {
             if outcome == BodyOutcome::Complete {
-                worker.pool.checkin(conn);
+                worker.pool.checkin(conn, now);
             } else {
                 conn.discard();
             }
@@ -199,7 +200,7 @@ impl BodyEnd for Exchange {
                 status,
                 bytes,
                 bytes_in,
-                total: start.elapsed(),
+                total: now.saturating_duration_since(start),
                 upstream: route.upstream_time,
                 termination,
             });
@@ -455,15 +456,19 @@ async fn forward(
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
 
+    let now = Instant::now();
     let mut conn = worker
         .pool
-        .checkout(b, s, server.addr, backend.connect_timeout)
+        .checkout(b, s, server.addr, backend.connect_timeout, now)
         .await?;
-    if !conn.reused {
+    // A reused connection is ready at once: no need to read the clock again.
+    let sent_at = if conn.reused {
+        now
+    } else {
         sstate.connects.fetch_add(1, Relaxed);
-    }
-    let sent_at = Instant::now();
-    let result = match send(&mut conn, req, backend.server_timeout, &body_state).await {
+        Instant::now()
+    };
+    let result = match send(&mut conn, req, backend.server_timeout, &body_state, sent_at).await {
         Err(SendFailure::Unsent(req)) if conn.reused => {
             // A keep-alive connection the server closed while idle: retry once on a fresh one.
             conn.discard();
@@ -472,7 +477,14 @@ async fn forward(
                 .connect_new(b, s, server.addr, backend.connect_timeout)
                 .await?;
             sstate.connects.fetch_add(1, Relaxed);
-            send(&mut conn, *req, backend.server_timeout, &body_state).await
+            send(
+                &mut conn,
+                *req,
+                backend.server_timeout,
+                &body_state,
+                Instant::now(),
+            )
+            .await
         }
         other => other,
     };
@@ -504,18 +516,20 @@ enum SendFailure {
     Timeout(Duration),
 }
 
-/// Sends `req` and waits for the response head. The server timeout counts
-/// from the last request-body progress, so a long upload is not cut short.
+/// Sends `req` (at `sent_at`) and waits for the response head. The server
+/// timeout counts from the last request-body progress, so a long upload is
+/// not cut short.
 async fn send(
     conn: &mut PooledConn,
     req: Request<RequestBody>,
     timeout: Duration,
     body: &RequestBodyState,
+    sent_at: Instant,
 ) -> Result<Response<Incoming>, SendFailure> {
     let fut = conn.sender.try_send_request(req);
     tokio::pin!(fut);
     let mut last_bytes = body.bytes.get();
-    let mut deadline = Instant::now() + timeout;
+    let mut deadline = sent_at + timeout;
     loop {
         tokio::select! {
             r = &mut fut => {

@@ -87,15 +87,19 @@ impl UpstreamPool {
     }
 
     /// A ready connection to `addr`: a pooled one if any is still usable, else a new one.
+    /// `now` is the caller's clock reading (one per request, not one per use).
     pub async fn checkout(
         &self,
         backend: usize,
         server: usize,
         addr: SocketAddr,
         connect_timeout: Duration,
+        now: Instant,
     ) -> Result<PooledConn, ConnectError> {
         while let Some(mut idle) = self.pop_idle(backend, server) {
-            if idle.sender.is_closed() || idle.since.elapsed() > self.idle_timeout {
+            if idle.sender.is_closed()
+                || now.saturating_duration_since(idle.since) > self.idle_timeout
+            {
                 idle.abort.abort();
                 continue;
             }
@@ -137,8 +141,8 @@ impl UpstreamPool {
         })
     }
 
-    /// Returns a connection whose last response was fully read.
-    pub fn checkin(&self, conn: PooledConn) {
+    /// Returns a connection whose last response was fully read (at `now`).
+    pub fn checkin(&self, conn: PooledConn, now: Instant) {
         if conn.sender.is_closed() {
             conn.discard();
             return;
@@ -152,7 +156,7 @@ impl UpstreamPool {
             Some(list) if list.len() < max => list.push(IdleConn {
                 sender: conn.sender,
                 abort: conn.abort,
-                since: Instant::now(),
+                since: now,
             }),
             _ => conn.discard(),
         }
