@@ -13,6 +13,9 @@
 //!   the one `Instance::run` marked running on this thread ([`Running`]),
 //!   which holds it alive; anywhere else (a task, a finalizer at state
 //!   close, another plugin's call) the function raises "needs a transaction".
+//!   A stale address cannot match by reuse: the running `CallCx` was alive
+//!   before this state's own one was freed (at its close), so they differ,
+//!   and no code of a closed state runs afterwards.
 //! - A Lua error (`longjmp`) may only happen while the function's frames
 //!   hold nothing with a destructor: Rust work is done in an inner function
 //!   returning `Result<_, String>`, and a message is copied to the stack
@@ -153,8 +156,8 @@ fn set_header(state: *mut lua_State, m: Msg, append: bool) -> Result<c_int, Stri
             string_arg(state, 3, f)?,
         )
     };
-    let name = HeaderName::from_bytes(name)
-        .map_err(|_| format!("bad argument #1 to '{f}' (invalid header name)"))?;
+    let name = header_name(cx, name)
+        .ok_or_else(|| format!("bad argument #1 to '{f}' (invalid header name)"))?;
     if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
         return Err(format!(
             "bad argument #1 to '{f}' ({name} is managed by the proxy (message framing) and cannot be changed)"
@@ -176,6 +179,29 @@ fn set_header(state: *mut lua_State, m: Msg, append: bool) -> Result<c_int, Stri
     })
     .map_err(|e| describe(&e))?;
     Ok(0)
+}
+
+/// Slots of `CallCx::names`.
+pub(crate) const NAME_SLOTS: usize = 8;
+
+/// `name` parsed as a header name, from the state's small cache when the
+/// same name was set recently: a script sets the same few names on every
+/// request, and parsing one that is not a standard name allocates.
+fn header_name(cx: &CallCx, name: &[u8]) -> Option<HeaderName> {
+    let slot = name.iter().fold(name.len(), |h, &b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    }) % NAME_SLOTS;
+    let mut names = cx.names.try_borrow_mut().ok();
+    if let Some(cached) = names.as_ref().and_then(|n| n[slot].as_ref())
+        && cached.as_str().as_bytes() == name
+    {
+        return Some(cached.clone());
+    }
+    let parsed = HeaderName::from_bytes(name).ok()?;
+    if let Some(n) = names.as_mut() {
+        n[slot] = Some(parsed.clone());
+    }
+    Some(parsed)
 }
 
 fn headers_of(t: &mut Txn, m: Msg) -> &mut http::HeaderMap {

@@ -44,6 +44,8 @@ const HOOK_EVERY: u32 = 2048;
 const POOL_MAX: usize = 16;
 /// CPU budget for a script's main chunk and init functions (at least).
 const LOAD_BUDGET: Duration = Duration::from_secs(1);
+/// Memory-in-use changes smaller than this are not published (see `report`).
+const REPORT_STEP: u64 = 4096;
 /// Wait before retrying to build an instance that failed to build.
 const REBUILD_BACKOFF: Duration = Duration::from_millis(100);
 /// Message of the error raised when a call exceeds its CPU budget in a non-yieldable spot.
@@ -193,6 +195,8 @@ pub(crate) struct CallCx {
     pub idle_txn: RefCell<Option<Box<Txn>>>,
     /// Short strings reused when building header tables (made on first use).
     pub strings: RefCell<Option<super::headers::StrCache>>,
+    /// Header names recently set from Lua, parsed once (see `cfunc::header_name`).
+    pub names: RefCell<[Option<http::HeaderName>; super::cfunc::NAME_SLOTS]>,
 }
 
 /// The error of an API function used where there is no transaction.
@@ -224,6 +228,7 @@ impl CallCx {
             regexes: RefCell::new(HashMap::new()),
             idle_txn: RefCell::new(None),
             strings: RefCell::new(None),
+            names: RefCell::new(Default::default()),
         }
     }
 
@@ -392,6 +397,8 @@ pub(crate) struct Instance {
     after_gc: Cell<usize>,
     /// Memory last added to the plugin's `memory_in_use`.
     reported: Cell<u64>,
+    /// The highest peak published in the plugin's stats.
+    reported_peak: Cell<u64>,
     busy: Cell<bool>,
     /// Dropped from the worker for a rebuild: its tasks stop.
     retired: Cell<bool>,
@@ -529,6 +536,7 @@ impl Instance {
             limit: Cell::new(limit),
             after_gc: Cell::new(0),
             reported: Cell::new(0),
+            reported_peak: Cell::new(0),
             busy: Cell::new(false),
             retired: Cell::new(false),
             counted: false,
@@ -676,6 +684,12 @@ impl Instance {
     }
 
     /// Publishes this instance's memory use in the plugin's stats.
+    ///
+    /// The shared counters are written (atomic read-modify-writes on a cache
+    /// line every worker touches) only when the figure moved by
+    /// `REPORT_STEP` or the peak grew: each call leaves some garbage, and
+    /// publishing every byte cost more than the rest of a short action's
+    /// bookkeeping.
     fn report(&self) {
         if !self.counted {
             return;
@@ -683,15 +697,20 @@ impl Instance {
         let used = self.lua.used_memory();
         let s = &self.plugin.stats;
         let now = u64::try_from(used).unwrap_or(u64::MAX);
-        let before = self.reported.replace(now);
-        if now > before {
-            s.memory_in_use.fetch_add(now - before, Relaxed);
-        } else if now < before {
-            s.memory_in_use.fetch_sub(before - now, Relaxed);
+        let before = self.reported.get();
+        if now.abs_diff(before) >= REPORT_STEP || before == 0 {
+            self.reported.set(now);
+            if now > before {
+                s.memory_in_use.fetch_add(now - before, Relaxed);
+            } else {
+                s.memory_in_use.fetch_sub(before - now, Relaxed);
+            }
         }
-        let peak = self.cx.peak.get().max(used);
-        s.memory_peak
-            .fetch_max(u64::try_from(peak).unwrap_or(u64::MAX), Relaxed);
+        let peak = u64::try_from(self.cx.peak.get().max(used)).unwrap_or(u64::MAX);
+        if peak > self.reported_peak.get() {
+            self.reported_peak.set(peak);
+            s.memory_peak.fetch_max(peak, Relaxed);
+        }
     }
 
     /// Runs `thread` with `args` at `site` until it finishes, yields or fails.

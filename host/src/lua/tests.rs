@@ -641,6 +641,12 @@ core.register_action("bad", {"http-req"}, function(txn)
     try(http.req_add_header, http, 7, 1.5),
   }
   http:req_set_header("x-out", table.concat(out, "|"))
+  -- Names parsed once and cached: case and slot collisions stay exact.
+  for i = 1, 20 do
+    http:req_add_header("x-n" .. (i % 10), tostring(i))
+  end
+  http:req_set_header("X-Case", "1")
+  http:req_set_header("x-case", "2")
 end)
 core.register_fetches("setter", function(txn)
   local ok, e = pcall(txn.http.req_set_header, txn.http, "x-f", "1")
@@ -690,6 +696,21 @@ fn c_header_functions_check_arguments_like_the_rest_of_the_api() {
     assert_eq!(&parts[5..], ["ok", "ok"]);
     assert_eq!(t.req_headers["x-num"], "42");
     assert_eq!(t.req_headers["7"], "1.5");
+    for i in 0..10 {
+        let got: Vec<&str> = t
+            .req_headers
+            .get_all(format!("x-n{i}"))
+            .iter()
+            .map(|v| v.to_str().expect("ascii"))
+            .collect();
+        let want = [
+            (if i == 0 { 10 } else { i }).to_string(),
+            (if i == 0 { 20 } else { i + 10 }).to_string(),
+        ];
+        assert_eq!(got, want, "x-n{i}");
+    }
+    assert_eq!(t.req_headers.get_all("x-case").iter().count(), 1);
+    assert_eq!(t.req_headers["x-case"], "2");
     assert_eq!(
         t.req_headers["x-fetch"],
         "false req_set_header cannot change the message from a fetch or a converter 42"
