@@ -91,6 +91,48 @@ fn strs3(
     ))
 }
 
+/// The body of `stick_get`/`stick_add`/`stick_set`: reads the table, key
+/// and data names (`names`), checks the result pointer `ret` (if the call
+/// has one) before touching the table, runs `op` and writes its `u64`.
+fn stick_call(
+    c: &mut C<'_>,
+    what: &'static str,
+    names: [(u32, u32); 3],
+    ret: Option<u32>,
+    op: impl FnOnce(&dyn StickApi, &str, &str, &str) -> Result<Option<u64>, StickFail>,
+) -> HostResult {
+    let Some((mem, st)) = mem_state(c) else {
+        return Ok(Status::InternalFailure.raw());
+    };
+    let [t, k, d] = names;
+    let (t, k, d) = tri!(st, strs3(mem, t, k, d), &format!("{what}: bad string"));
+    if let Some(ret) = ret {
+        tri!(
+            st,
+            memory::check(mem, ret, 8),
+            &format!("{what}: bad result pointer")
+        );
+    }
+    let api = match stick_api(st) {
+        Ok(a) => a,
+        Err(s) => return Ok(s),
+    };
+    match op(&*api, t, k, d) {
+        Ok(Some(v)) => {
+            if let Some(ret) = ret {
+                tri!(
+                    st,
+                    memory::write_u64(mem, ret, v),
+                    &format!("{what}: bad result pointer")
+                );
+            }
+            Ok(Status::Ok.raw())
+        }
+        Ok(None) => Ok(Status::Ok.raw()),
+        Err(e) => Ok(stick_status(st, e)),
+    }
+}
+
 /// Registers the `portcullis_v1` functions.
 pub fn add(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     l.func_wrap(MODULE, "abi_version", |_c: C<'_>| -> u32 { VERSION })?;
@@ -217,43 +259,11 @@ pub fn add(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     l.func_wrap(
         MODULE,
         "stick_get",
-        |mut c: C<'_>,
-         tp: u32,
-         tl: u32,
-         kp: u32,
-         kl: u32,
-         dp: u32,
-         dl: u32,
-         ret: u32|
-         -> HostResult {
-            let Some((mem, st)) = mem_state(&mut c) else {
-                return Ok(Status::InternalFailure.raw());
-            };
-            let (t, k, d) = tri!(
-                st,
-                strs3(mem, (tp, tl), (kp, kl), (dp, dl)),
-                "stick_get: bad string"
-            );
-            tri!(
-                st,
-                memory::check(mem, ret, 8),
-                "stick_get: bad result pointer"
-            );
-            let api = match stick_api(st) {
-                Ok(a) => a,
-                Err(s) => return Ok(s),
-            };
-            match api.get(t, k, d) {
-                Ok(v) => {
-                    tri!(
-                        st,
-                        memory::write_u64(mem, ret, v),
-                        "stick_get: bad result pointer"
-                    );
-                    Ok(Status::Ok.raw())
-                }
-                Err(e) => Ok(stick_status(st, e)),
-            }
+        |mut c: C<'_>, tp: u32, tl: u32, kp: u32, kl: u32, dp: u32, dl: u32, ret: u32| {
+            let names = [(tp, tl), (kp, kl), (dp, dl)];
+            stick_call(&mut c, "stick_get", names, Some(ret), |api, t, k, d| {
+                api.get(t, k, d).map(Some)
+            })
         },
     )?;
     l.func_wrap(
@@ -267,66 +277,21 @@ pub fn add(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
          dp: u32,
          dl: u32,
          delta: i64,
-         ret: u32|
-         -> HostResult {
-            let Some((mem, st)) = mem_state(&mut c) else {
-                return Ok(Status::InternalFailure.raw());
-            };
-            let (t, k, d) = tri!(
-                st,
-                strs3(mem, (tp, tl), (kp, kl), (dp, dl)),
-                "stick_add: bad string"
-            );
-            tri!(
-                st,
-                memory::check(mem, ret, 8),
-                "stick_add: bad result pointer"
-            );
-            let api = match stick_api(st) {
-                Ok(a) => a,
-                Err(s) => return Ok(s),
-            };
-            match api.add(t, k, d, delta) {
-                Ok(v) => {
-                    tri!(
-                        st,
-                        memory::write_u64(mem, ret, v),
-                        "stick_add: bad result pointer"
-                    );
-                    Ok(Status::Ok.raw())
-                }
-                Err(e) => Ok(stick_status(st, e)),
-            }
+         ret: u32| {
+            let names = [(tp, tl), (kp, kl), (dp, dl)];
+            stick_call(&mut c, "stick_add", names, Some(ret), |api, t, k, d| {
+                api.add(t, k, d, delta).map(Some)
+            })
         },
     )?;
     l.func_wrap(
         MODULE,
         "stick_set",
-        |mut c: C<'_>,
-         tp: u32,
-         tl: u32,
-         kp: u32,
-         kl: u32,
-         dp: u32,
-         dl: u32,
-         value: i64|
-         -> HostResult {
-            let Some((mem, st)) = mem_state(&mut c) else {
-                return Ok(Status::InternalFailure.raw());
-            };
-            let (t, k, d) = tri!(
-                st,
-                strs3(mem, (tp, tl), (kp, kl), (dp, dl)),
-                "stick_set: bad string"
-            );
-            let api = match stick_api(st) {
-                Ok(a) => a,
-                Err(s) => return Ok(s),
-            };
-            match api.set(t, k, d, value) {
-                Ok(()) => Ok(Status::Ok.raw()),
-                Err(e) => Ok(stick_status(st, e)),
-            }
+        |mut c: C<'_>, tp: u32, tl: u32, kp: u32, kl: u32, dp: u32, dl: u32, value: i64| {
+            let names = [(tp, tl), (kp, kl), (dp, dl)];
+            stick_call(&mut c, "stick_set", names, None, |api, t, k, d| {
+                api.set(t, k, d, value).map(|()| None)
+            })
         },
     )?;
     l.func_wrap(
