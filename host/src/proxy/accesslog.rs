@@ -5,9 +5,7 @@
 //! request path never makes a syscall or takes a lock for logging.
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::AccessLogFormat;
@@ -18,7 +16,8 @@ const FLUSH_AT: usize = 32 << 10;
 /// What one access-log line says (the time is added when it is written).
 #[derive(Debug, serde::Serialize)]
 pub struct LogRecord<'a> {
-    pub client: SocketAddr,
+    /// The client's `ip:port` (formatted once per connection).
+    pub client: &'a str,
     pub frontend: &'a str,
     pub backend: Option<&'a str>,
     pub server: Option<&'a str>,
@@ -71,10 +70,37 @@ pub struct AccessLog {
     clock: RefCell<ClockCache>,
 }
 
+/// Appends `n` in decimal (the formatting machinery costs more than the line's text).
+fn push_u64(buf: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        buf.push(char::from(d));
+    }
+}
+
+/// Appends `n` (below 1000) as exactly three digits.
+fn push_3digits(buf: &mut String, n: u64) {
+    for d in [n / 100 % 10, n / 10 % 10, n % 10] {
+        buf.push(char::from(b'0' + d as u8));
+    }
+}
+
 /// Writes `d` as milliseconds with three decimals, using integer arithmetic.
 fn write_ms(buf: &mut String, d: Duration) {
-    let us = d.as_micros();
-    let _ = write!(buf, "{}.{:03}ms", us / 1000, us % 1000);
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    push_u64(buf, us / 1000);
+    buf.push('.');
+    push_3digits(buf, us % 1000);
+    buf.push_str("ms");
 }
 
 impl AccessLog {
@@ -101,7 +127,9 @@ impl AccessLog {
             clock.prefix = date_time_prefix(clock.secs);
         }
         buf.push_str(&clock.prefix);
-        let _ = write!(buf, ".{:03}Z", now.subsec_millis());
+        buf.push('.');
+        push_3digits(buf, u64::from(now.subsec_millis()));
+        buf.push('Z');
     }
 
     /// Whether lines are written at all.
@@ -116,20 +144,31 @@ impl AccessLog {
             match self.format {
                 AccessLogFormat::Off => return,
                 AccessLogFormat::Text => {
+                    // ` client frontend backend/server "METHOD path VERSION" status bytes `
                     self.write_time(&mut buf);
-                    let _ = write!(
-                        buf,
-                        " {} {} {}/{} \"{} {} {}\" {} {} ",
+                    for part in [
+                        " ",
                         rec.client,
+                        " ",
                         rec.frontend,
+                        " ",
                         rec.backend.unwrap_or("-"),
+                        "/",
                         rec.server.unwrap_or("-"),
+                        " \"",
                         rec.method,
+                        " ",
                         rec.path,
+                        " ",
                         rec.version,
-                        rec.status,
-                        rec.bytes,
-                    );
+                        "\" ",
+                    ] {
+                        buf.push_str(part);
+                    }
+                    push_u64(&mut buf, u64::from(rec.status));
+                    buf.push(' ');
+                    push_u64(&mut buf, rec.bytes);
+                    buf.push(' ');
                     write_ms(&mut buf, rec.total);
                     buf.push(' ');
                     match rec.upstream {
@@ -207,9 +246,50 @@ mod tests {
     #[test]
     fn timestamps_and_durations() {
         assert_eq!(date_time_prefix(1_763_897_977), "2025-11-23T11:39:37");
-        let mut b = String::new();
-        write_ms(&mut b, Duration::from_micros(3_201));
-        assert_eq!(b, "3.201ms");
+        for (us, text) in [
+            (3_201, "3.201ms"),
+            (0, "0.000ms"),
+            (7, "0.007ms"),
+            (1_000_000, "1000.000ms"),
+            (12_345_678_901, "12345678.901ms"),
+        ] {
+            let mut b = String::new();
+            write_ms(&mut b, Duration::from_micros(us));
+            assert_eq!(b, text);
+        }
+        for n in [0, 9, 10, 404, 18_446_744_073_709_551_615] {
+            let mut b = String::new();
+            push_u64(&mut b, n);
+            assert_eq!(b, n.to_string());
+        }
+    }
+
+    #[test]
+    fn a_text_line_has_every_field_in_order() {
+        let log = AccessLog::new(AccessLogFormat::Text);
+        log.write(&LogRecord {
+            client: "10.0.0.1:5555",
+            frontend: "web",
+            backend: Some("app"),
+            server: None,
+            method: "GET",
+            path: "/a?b=1",
+            version: "HTTP/1.1",
+            status: 200,
+            bytes: 1234,
+            bytes_in: 0,
+            total: Duration::from_micros(1_500),
+            upstream: Some(Duration::from_micros(999)),
+            termination: "complete",
+        });
+        let line = log.buf.borrow().clone();
+        let (time, rest) = line.split_once(' ').expect("a space after the time");
+        assert_eq!(time.len(), "2026-11-23T11:19:37.123Z".len(), "{line}");
+        assert!(time.ends_with('Z') && time.as_bytes()[19] == b'.', "{line}");
+        assert_eq!(
+            rest,
+            "10.0.0.1:5555 web app/- \"GET /a?b=1 HTTP/1.1\" 200 1234 1.500ms 0.999ms complete\n"
+        );
     }
 
     #[test]

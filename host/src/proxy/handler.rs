@@ -30,6 +30,8 @@ pub struct ConnCtx {
     frontend: usize,
     frontend_name: Rc<str>,
     client: SocketAddr,
+    /// `client` as the access log writes it (formatted once per connection, on first use).
+    client_text: std::cell::OnceCell<Box<str>>,
     /// The client address as an `X-Forwarded-For` value.
     client_ip: HeaderValue,
     local: SocketAddr,
@@ -52,6 +54,7 @@ impl ConnCtx {
             frontend,
             frontend_name,
             client,
+            client_text: std::cell::OnceCell::new(),
             client_ip: client_ip_value(client),
             local,
             state,
@@ -190,7 +193,9 @@ impl BodyEnd for Exchange {
                 (None, BodyOutcome::UpstreamError) => "upstream_error",
             };
             worker.access_log.write(&super::accesslog::LogRecord {
-                client: ctx.client,
+                client: ctx
+                    .client_text
+                    .get_or_init(|| ctx.client.to_string().into_boxed_str()),
                 frontend: &ctx.frontend_name,
                 backend: backend.map(|b| &*b.name),
                 server: server.map(|s| &*s.name),

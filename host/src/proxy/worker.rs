@@ -63,8 +63,9 @@ impl Worker {
         fe.responses.record(status);
         fe.errors.fetch_add(1, Relaxed);
         if self.access_log.enabled() {
+            let client = client.to_string();
             self.access_log.write(&LogRecord {
-                client,
+                client: &client,
                 frontend: &self.shared.config.frontends[frontend].name,
                 backend: None,
                 server: None,
