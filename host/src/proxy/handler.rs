@@ -124,7 +124,7 @@ struct Route {
 /// The end-of-exchange record, finished when the response body is over.
 struct Exchange {
     ctx: Rc<ConnCtx>,
-    txn: Txn,
+    txn: Box<Txn>,
     start: Instant,
     orig_method: http::Method,
     orig_uri: Uri,
@@ -237,7 +237,9 @@ pub async fn handle(
         .requests
         .fetch_add(1, Relaxed);
     let (parts, body) = req.into_parts();
-    let mut txn = Txn {
+    // Boxed once: the transaction (about 1 KiB) then moves into the
+    // end-of-exchange record as a pointer instead of being copied.
+    let mut txn = Box::new(Txn {
         client_addr: ctx.client,
         local_addr: ctx.local,
         frontend: ctx.frontend_name.clone(),
@@ -261,7 +263,7 @@ pub async fn handle(
         resp_body: None,
         resp_buffered: None,
         body_taps: Default::default(),
-    };
+    });
     let orig_method = txn.method.clone();
     let orig_uri = txn.uri.clone();
     let chain = &shared.config.frontends[ctx.frontend].chain;
