@@ -795,6 +795,15 @@ impl PluginInstance {
         self.store.data().streams.contains_key(&ctx)
     }
 
+    /// `Err` if stream `ctx` no longer exists (the instance was rebuilt under it).
+    fn require_stream(&self, ctx: u32) -> Result<(), Failure> {
+        if self.has_stream(ctx) {
+            Ok(())
+        } else {
+            Err(gone())
+        }
+    }
+
     /// Runs `proxy_on_new_connection` on `ctx`: it succeeds only for a TCP
     /// stream context (the Rust SDK traps for an HTTP context). Used at load.
     pub(crate) fn probe_stream_context(&mut self, ctx: u32) -> bool {
@@ -814,12 +823,7 @@ impl PluginInstance {
         eos: bool,
         name: &str,
     ) -> Result<Verdict, Failure> {
-        if !self.has_stream(ctx) {
-            return Err(Failure::new(
-                FailKind::Trap,
-                "the request's plugin context is gone (the instance was rebuilt)",
-            ));
-        }
+        self.require_stream(ctx)?;
         let Some(f) = f else {
             return Ok(Verdict::Continue);
         };
@@ -922,12 +926,7 @@ impl PluginInstance {
     /// With `eos` false (trailers follow) a `Pause` only means "keep
     /// buffering", as Envoy's StopIterationAndBuffer: the trailers hook decides.
     pub fn body(&mut self, ctx: u32, txn: &mut Txn, eos: bool) -> Result<Verdict, Failure> {
-        if !self.has_stream(ctx) {
-            return Err(Failure::new(
-                FailKind::Trap,
-                "the request's plugin context is gone (the instance was rebuilt)",
-            ));
-        }
+        self.require_stream(ctx)?;
         let ex = Rc::clone(&self.ex);
         let pause = match txn.phase {
             Phase::Request => match &ex.on_request_body {
@@ -961,12 +960,7 @@ impl PluginInstance {
     /// StopIterationAndBuffer, or no body hook but a trailers hook);
     /// `Some(Continue)`: the buffered part may go on and the rest stream past.
     pub fn body_chunk(&mut self, ctx: u32, txn: &mut Txn) -> Result<Option<Verdict>, Failure> {
-        if !self.has_stream(ctx) {
-            return Err(Failure::new(
-                FailKind::Trap,
-                "the request's plugin context is gone (the instance was rebuilt)",
-            ));
-        }
+        self.require_stream(ctx)?;
         let ex = Rc::clone(&self.ex);
         let (f, name) = match txn.phase {
             Phase::Request => (ex.on_request_body.as_ref(), "proxy_on_request_body"),
@@ -1050,12 +1044,7 @@ impl PluginInstance {
     /// `proxy_on_request_trailers` / `proxy_on_response_trailers` (by `txn.phase`)
     /// with the trailers buffered in `txn` (map type 1 / 3).
     pub fn trailers(&mut self, ctx: u32, txn: &mut Txn) -> Result<Verdict, Failure> {
-        if !self.has_stream(ctx) {
-            return Err(Failure::new(
-                FailKind::Trap,
-                "the request's plugin context is gone (the instance was rebuilt)",
-            ));
-        }
+        self.require_stream(ctx)?;
         let ex = Rc::clone(&self.ex);
         let (f, name) = match txn.phase {
             Phase::Request => (ex.on_request_trailers.as_ref(), "proxy_on_request_trailers"),
@@ -1087,10 +1076,7 @@ impl PluginInstance {
     /// then reports whether the stream may go on.
     pub fn deliver_calls(&mut self, ctx: u32, txn: &mut Txn) -> Result<Verdict, Failure> {
         let Some(s) = self.store.data().streams.get(&ctx) else {
-            return Err(Failure::new(
-                FailKind::Trap,
-                "the request's plugin context is gone (the instance was rebuilt)",
-            ));
+            return Err(gone());
         };
         let results: Vec<(u32, CallResponse)> = match &s.waker {
             Some(w) => w.results.borrow_mut().drain(..).collect(),
@@ -1320,4 +1306,12 @@ pub(crate) fn local_reply(status: StatusCode, headers: HeaderMap, body: Vec<u8>)
         headers,
         body: Bytes::from(body),
     }
+}
+
+/// The failure of a hook called on a stream context the instance no longer has.
+fn gone() -> Failure {
+    Failure::new(
+        FailKind::Trap,
+        "the request's plugin context is gone (the instance was rebuilt)",
+    )
 }
