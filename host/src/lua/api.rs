@@ -786,28 +786,42 @@ fn txn_methods(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Table> {
 // txn.http
 // ---------------------------------------------------------------------------
 
+/// Which message a `txn.http` function works on.
 #[derive(Clone, Copy)]
-enum Msg {
+pub(crate) enum Msg {
     Req,
     Res,
 }
 
-fn msg_headers(t: &mut Txn, m: Msg) -> &mut HeaderMap {
-    match m {
-        Msg::Req => &mut t.req_headers,
-        Msg::Res => &mut t.resp_headers,
+impl Msg {
+    pub(crate) fn headers(self, t: &Txn) -> &HeaderMap {
+        match self {
+            Msg::Req => &t.req_headers,
+            Msg::Res => &t.resp_headers,
+        }
+    }
+
+    pub(crate) fn headers_mut(self, t: &mut Txn) -> &mut HeaderMap {
+        match self {
+            Msg::Req => &mut t.req_headers,
+            Msg::Res => &mut t.resp_headers,
+        }
     }
 }
 
-/// Refuses headers that frame the message: a wrong value would corrupt the stream.
+/// Why a script may not set or delete header `name`, if it may not: the
+/// headers that frame the message (a wrong value would corrupt the stream).
+pub(crate) fn framing_refusal(name: &HeaderName) -> Option<String> {
+    (name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING)
+        .then(|| format!("{name} is managed by the proxy (message framing) and cannot be changed"))
+}
+
+/// [`framing_refusal`] as the error of argument 1.
 fn check_framing(args: &Args<'_>, name: &HeaderName) -> mlua::Result<()> {
-    if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
-        return Err(args.err(
-            1,
-            format!("{name} is managed by the proxy (message framing) and cannot be changed"),
-        ));
+    match framing_refusal(name) {
+        Some(msg) => Err(args.err(1, msg)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Expands HAProxy's `\1`-style references in `fmt` from `caps`.
@@ -864,7 +878,7 @@ fn http_methods(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Table> {
                 let hn = args.header_name(1)?;
                 check_framing(&args, &hn)?;
                 cx.with_txn_mut(name, |t| {
-                    msg_headers(t, m).remove(&hn);
+                    m.headers_mut(t).remove(&hn);
                     Ok(())
                 })?;
                 none()
@@ -887,7 +901,7 @@ fn http_methods(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Table> {
                 let re = cached_regex(&cx, &args, 2)?;
                 let fmt = args.string(3)?;
                 cx.with_txn_mut(name, |t| {
-                    let h = msg_headers(t, m);
+                    let h = m.headers_mut(t);
                     let old: Vec<HeaderValue> = h.get_all(&hn).iter().cloned().collect();
                     if old.is_empty() {
                         return Ok(());

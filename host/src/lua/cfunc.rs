@@ -28,9 +28,9 @@ use http::{HeaderName, HeaderValue};
 use mlua::ffi::{self, lua_State};
 use mlua::{Function, Lua, Table};
 
+use super::api::{Msg, framing_refusal};
 use super::headers;
 use super::runtime::{CallCx, describe};
-use crate::txn::Txn;
 
 thread_local! {
     /// The `CallCx` of the Lua call running on this thread, or null.
@@ -51,13 +51,6 @@ impl Drop for Running {
     fn drop(&mut self) {
         RUNNING.set(self.0);
     }
-}
-
-/// Which message a function works on.
-#[derive(Clone, Copy)]
-enum Msg {
-    Req,
-    Res,
 }
 
 /// The function's `CallCx` if it is the running one.
@@ -158,10 +151,8 @@ fn set_header(state: *mut lua_State, m: Msg, append: bool) -> Result<c_int, Stri
     };
     let name = header_name(cx, name)
         .ok_or_else(|| format!("bad argument #1 to '{f}' (invalid header name)"))?;
-    if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
-        return Err(format!(
-            "bad argument #1 to '{f}' ({name} is managed by the proxy (message framing) and cannot be changed)"
-        ));
+    if let Some(msg) = framing_refusal(&name) {
+        return Err(format!("bad argument #1 to '{f}' ({msg})"));
     }
     let value = HeaderValue::from_bytes(value).map_err(|_| {
         format!(
@@ -169,7 +160,7 @@ fn set_header(state: *mut lua_State, m: Msg, append: bool) -> Result<c_int, Stri
         )
     })?;
     cx.with_txn_mut(f, |t| {
-        let h = headers_of(t, m);
+        let h = m.headers_mut(t);
         if append {
             h.append(name, value);
         } else {
@@ -204,31 +195,26 @@ fn header_name(cx: &CallCx, name: &[u8]) -> Option<HeaderName> {
     Some(parsed)
 }
 
-fn headers_of(t: &mut Txn, m: Msg) -> &mut http::HeaderMap {
-    match m {
-        Msg::Req => &mut t.req_headers,
-        Msg::Res => &mut t.resp_headers,
-    }
-}
-
 /// `txn.http:req_get_headers()` / `res_get_headers()`: a lazy header table
 /// (see `headers.rs`); upvalue 2 is the shared metatable.
 ///
 /// # Safety
 /// Inside the C functions below.
 unsafe fn get_headers(state: *mut lua_State, m: Msg) -> c_int {
+    // Without `out`: the snapshot's size and the number of names; with it:
+    // writes the snapshot into `out`.
     let read = |out: Option<&mut [u8]>| -> Result<(usize, usize), String> {
         // SAFETY: as in `set_header`.
         let cx = unsafe { running_cx(state)? };
         cx.with_txn(|t| {
-            let h = match m {
-                Msg::Req => &t.req_headers,
-                Msg::Res => &t.resp_headers,
-            };
-            if let Some(out) = out {
-                headers::lazy_write(h, out);
-            }
-            Ok((headers::lazy_size(h), h.keys_len()))
+            let h = m.headers(t);
+            Ok(match out {
+                Some(out) => {
+                    headers::write_snapshot(h, out);
+                    (0, 0)
+                }
+                None => (headers::snapshot_size(h), h.keys_len()),
+            })
         })
         .map_err(|e| describe(&e))
     };

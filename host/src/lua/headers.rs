@@ -179,7 +179,7 @@ const MAGIC: u32 = 0x5043_4853;
 /// `taken: u8`, `len: u32` (bytes of the rest of the group), `name_len: u32`,
 /// `values: u32`, the name, then each value as `len: u32` + bytes. `taken`
 /// is set once the name is in the table (read, assigned or iterated).
-fn snapshot_size(h: &HeaderMap) -> usize {
+pub(crate) fn snapshot_size(h: &HeaderMap) -> usize {
     let mut size = 4;
     let mut current: Option<&HeaderName> = None;
     for (name, v) in h.iter() {
@@ -197,8 +197,11 @@ fn le32(n: usize) -> [u8; 4] {
     u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes()
 }
 
-/// Writes the snapshot of `h` into `out` (exactly `snapshot_size(h)` bytes).
-fn write_snapshot(h: &HeaderMap, out: &mut [u8]) {
+/// Writes the snapshot of `h` into `out` (`snapshot_size(h)` bytes); bytes
+/// past `out` are dropped (a finalizer could have changed the headers since
+/// the size was taken: the bounded parser then sees a shorter snapshot,
+/// never outside it).
+pub(crate) fn write_snapshot(h: &HeaderMap, out: &mut [u8]) {
     let mut w = Writer { out, pos: 0 };
     w.put_array(MAGIC.to_le_bytes());
     // One pass over `iter()` (a name's values come together, in order; the
@@ -237,7 +240,9 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     fn put(&mut self, b: &[u8]) {
-        self.put_at(self.pos, b);
+        if let Some(dst) = self.out.get_mut(self.pos..self.pos + b.len()) {
+            dst.copy_from_slice(b);
+        }
         self.pos += b.len();
     }
 
@@ -251,12 +256,6 @@ impl Writer<'_> {
             *dst = b;
         }
         self.pos += N;
-    }
-
-    fn put_at(&mut self, at: usize, b: &[u8]) {
-        if let Some(dst) = self.out.get_mut(at..at + b.len()) {
-            dst.copy_from_slice(b);
-        }
     }
 
     /// Fills in the length and value count of the group starting at `start`.
@@ -557,15 +556,10 @@ impl LazyHeaders {
     }
 }
 
-/// Bytes of the snapshot of `h`.
-pub(crate) fn lazy_size(h: &HeaderMap) -> usize {
-    snapshot_size(h)
-}
-
 /// Pushes a lazy header table with a zeroed snapshot of `size` bytes and
 /// the metatable at stack index `meta` (a positive or upvalue index); `hint`
 /// is the number of header names. Returns the snapshot's bytes for the
-/// caller to fill ([`lazy_write`]) once nothing else may run Lua code.
+/// caller to fill ([`write_snapshot`]) once nothing else may run Lua code.
 ///
 /// # Safety
 /// Inside a Lua call with 3 free stack slots; may raise a memory error, so
@@ -596,13 +590,6 @@ pub(crate) unsafe fn push_lazy<'a>(
         ffi::lua_pop(state, 1);
         std::slice::from_raw_parts_mut(p, size)
     }
-}
-
-/// Fills a snapshot buffer from `h`; bytes past `out` are dropped (a
-/// finalizer could have changed the headers since the size was taken: the
-/// bounded parser then sees a shorter snapshot, never outside it).
-pub(crate) fn lazy_write(h: &HeaderMap, out: &mut [u8]) {
-    write_snapshot(h, out);
 }
 
 #[cfg(test)]
