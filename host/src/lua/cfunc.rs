@@ -29,7 +29,7 @@ use mlua::ffi::{self, lua_State};
 use mlua::{Function, Lua, Table};
 
 use super::api::{Msg, framing_refusal};
-use super::headers;
+use super::headers::{self, write_snapshot};
 use super::runtime::{CallCx, describe};
 
 thread_local! {
@@ -201,40 +201,70 @@ fn header_name(cx: &CallCx, name: &[u8]) -> Option<HeaderName> {
 /// # Safety
 /// Inside the C functions below.
 unsafe fn get_headers(state: *mut lua_State, m: Msg) -> c_int {
-    // Without `out`: the snapshot's size and the number of names; with it:
-    // writes the snapshot into `out`.
-    let read = |out: Option<&mut [u8]>| -> Result<(usize, usize), String> {
-        // SAFETY: as in `set_header`.
-        let cx = unsafe { running_cx(state)? };
+    // Writes the snapshot into `cx.snapshot`; returns its address and size,
+    // the number of names and the buffer's generation.
+    let fill = |cx: &CallCx| -> Result<(*const u8, usize, usize, u64), String> {
         cx.with_txn(|t| {
             let h = m.headers(t);
-            Ok(match out {
-                Some(out) => {
-                    headers::write_snapshot(h, out);
-                    (0, 0)
-                }
-                None => (headers::snapshot_size(h), h.keys_len()),
-            })
+            let mut buf = cx
+                .snapshot
+                .try_borrow_mut()
+                .map_err(|_| mlua::Error::runtime("the header snapshot is in use"))?;
+            write_snapshot(h, &mut buf);
+            let generation = cx.snapshot_gen.get().wrapping_add(1);
+            cx.snapshot_gen.set(generation);
+            Ok((buf.as_ptr(), buf.len(), h.keys_len(), generation))
         })
         .map_err(|e| describe(&e))
     };
-    let (size, names) = match read(None) {
+    // SAFETY: as in `set_header`.
+    let filled = unsafe { running_cx(state) }.and_then(|cx| Ok((cx, fill(cx)?)));
+    let (cx, (src, size, names, generation)) = match filled {
         Ok(v) => v,
         // SAFETY: nothing with a destructor is alive here but `msg`, which
         // `raise` drops first.
         Err(msg) => unsafe { raise(state, msg) },
     };
-    // The transaction is not borrowed while Lua allocates (a finalizer may
-    // run and call the API); the snapshot is written after, bounded by `size`.
+    // The buffer is not borrowed while Lua allocates: a finalizer may run
+    // and call the API, even this function, which then rewrites the buffer.
     // SAFETY: `push_lazy` may raise a memory error; this frame then holds
-    // only integers and the closure (a `Msg` and a pointer). The returned
-    // bytes are anchored by the table on the stack.
+    // only references, pointers and integers. The returned bytes are
+    // anchored by the table on the stack.
     let out = unsafe { headers::push_lazy(state, ffi::lua_upvalueindex(2), size, names) };
-    if let Err(msg) = read(Some(out)) {
-        // SAFETY: as above.
-        unsafe { raise(state, msg) }
+    if cx.snapshot_gen.get() == generation {
+        // SAFETY: the buffer was not written since `fill` (same generation),
+        // so `src` still points to its `size` bytes; `out` has `size` bytes
+        // and is a fresh userdata, so they do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src, out, size) };
+    } else {
+        // A finalizer reused the buffer: write it again, keeping the size
+        // the userdata was made with (the headers may have changed since).
+        let again = fill(cx).ok().map(|(p, n, _, _)| (p, n.min(size)));
+        let (src, n) = again.unwrap_or((std::ptr::null(), 0));
+        // SAFETY: `src` (when not null) points to the buffer's `n` bytes,
+        // with `n <= size`; the rest of `out` is zeroed, so all `size` bytes
+        // are written (a shorter snapshot reads as truncated, which the
+        // parser bounds-checks).
+        unsafe {
+            if !src.is_null() {
+                std::ptr::copy_nonoverlapping(src, out, n);
+            }
+            std::ptr::write_bytes(out.add(n), 0, size - n);
+        }
     }
+    shrink_snapshot(cx);
     1
+}
+
+/// Gives back a header buffer grown by an unusually large header set.
+fn shrink_snapshot(cx: &CallCx) {
+    const KEEP: usize = 64 * 1024;
+    if let Ok(mut buf) = cx.snapshot.try_borrow_mut()
+        && buf.capacity() > KEEP
+    {
+        buf.clear();
+        buf.shrink_to(KEEP / 4);
+    }
 }
 
 macro_rules! c_functions {

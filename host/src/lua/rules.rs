@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use mlua::{MultiValue, Value as LuaValue};
+use mlua::{IntoLuaMulti, MultiValue, Value as LuaValue};
 
 use super::runtime::{self, CallError, CallKind, Instance, Site, Step, TxnSlot};
 use super::{ErrorKind, Plugin, arg_strings};
@@ -124,11 +124,16 @@ impl LuaAction {
             Ok(t) => t,
             Err(e) => return runtime::fail(plugin, Some(&inst), &e, &self.what()),
         };
+        let mut slot = runtime::take_slot(txn, &inst);
+        slot.cpu_used = Duration::ZERO;
+        if binding.args.is_empty() {
+            // `txn` alone is pushed straight from the table: no argument list
+            // to allocate on the path every argument-less action takes.
+            return self.drive(&inst, thread, &inst.txn_obj, txn, slot);
+        }
         let mut args = MultiValue::with_capacity(1 + binding.args.len());
         args.push_back(LuaValue::Table(inst.txn_obj.clone()));
         args.extend(binding.args.iter().cloned());
-        let mut slot = runtime::take_slot(txn, &inst);
-        slot.cpu_used = Duration::ZERO;
         self.drive(&inst, thread, args, txn, slot)
     }
 
@@ -137,7 +142,7 @@ impl LuaAction {
         &self,
         inst: &Rc<Instance>,
         thread: mlua::Thread,
-        args: MultiValue,
+        args: impl IntoLuaMulti,
         txn: &mut Txn,
         mut slot: TxnSlot,
     ) -> Flow {

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use mlua::chunk::ChunkMode;
 use mlua::thread::ThreadStatus;
 use mlua::{
-    Function, HookTriggers, LightUserData, Lua, LuaOptions, MultiValue, StdLib, Table, Thread,
-    Value, VmState,
+    Function, HookTriggers, IntoLuaMulti, LightUserData, Lua, LuaOptions, MultiValue, StdLib,
+    Table, Thread, Value, VmState,
 };
 
 use super::{ErrorKind, OnError, Plugin, Registered};
@@ -195,6 +195,12 @@ pub(crate) struct CallCx {
     pub idle_txn: RefCell<Option<Box<Txn>>>,
     /// Short strings reused when building header tables (made on first use).
     pub strings: RefCell<Option<super::headers::StrCache>>,
+    /// The last header snapshot written (`cfunc::get_headers`), reused so
+    /// that a snapshot is made in one pass without allocating.
+    pub snapshot: RefCell<Vec<u8>>,
+    /// Bumped on every write of `snapshot` (tells a writer whether a
+    /// finalizer reused the buffer while Lua allocated).
+    pub snapshot_gen: Cell<u64>,
     /// Header names recently set from Lua, parsed once (see `cfunc::header_name`).
     pub names: RefCell<[Option<http::HeaderName>; super::cfunc::NAME_SLOTS]>,
 }
@@ -228,6 +234,8 @@ impl CallCx {
             regexes: RefCell::new(HashMap::new()),
             idle_txn: RefCell::new(None),
             strings: RefCell::new(None),
+            snapshot: RefCell::new(Vec::new()),
+            snapshot_gen: Cell::new(0),
             names: RefCell::new(Default::default()),
         }
     }
@@ -383,6 +391,31 @@ pub(crate) struct Binding {
     pub args: Vec<Value>,
 }
 
+/// Hashes a rule id by one multiplication: ids come from a process-wide
+/// counter, not from clients, and SipHash was a visible part of a short call.
+#[derive(Default)]
+struct RuleIdHasher(u64);
+
+impl std::hash::Hasher for RuleIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: the high bits, which hashbrown uses as tags, mix all of `n`.
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Rule bindings of an instance, by rule id.
+type Bindings = HashMap<u64, Rc<Binding>, std::hash::BuildHasherDefault<RuleIdHasher>>;
+
 /// One Lua state for one plugin on one worker.
 pub(crate) struct Instance {
     pub plugin: Arc<Plugin>,
@@ -391,7 +424,7 @@ pub(crate) struct Instance {
     pub applet_obj: Table,
     pub funcs: Funcs,
     pool: RefCell<Vec<Thread>>,
-    bindings: RefCell<HashMap<u64, Rc<Binding>>>,
+    bindings: RefCell<Bindings>,
     limit: Cell<usize>,
     /// Memory after the last full collection (decides when to collect again).
     after_gc: Cell<usize>,
@@ -532,7 +565,7 @@ impl Instance {
             applet_obj,
             funcs: Funcs::default(),
             pool: RefCell::new(Vec::new()),
-            bindings: RefCell::new(HashMap::new()),
+            bindings: RefCell::new(Bindings::default()),
             limit: Cell::new(limit),
             after_gc: Cell::new(0),
             reported: Cell::new(0),
@@ -716,12 +749,13 @@ impl Instance {
     /// Runs `thread` with `args` at `site` until it finishes, yields or fails.
     ///
     /// `privv`/`fields` are the request's values (swapped in for the call and
-    /// back out after). Returns the CPU time spent and how the call ended; a
-    /// finished coroutine goes back to the pool, a sleeping one is returned.
+    /// back out after). Returns the CPU time spent (by a call that sleeps; zero
+    /// otherwise) and how the call ended; a finished coroutine goes back to
+    /// the pool, a sleeping one is returned.
     pub(crate) fn run(
         &self,
         thread: Thread,
-        args: MultiValue,
+        args: impl IntoLuaMulti,
         site: &Site,
         privv: &mut Value,
         fields: &mut Option<Table>,
@@ -754,7 +788,6 @@ impl Instance {
         let running = super::cfunc::Running::enter(cx);
         let res = catch_unwind(AssertUnwindSafe(|| thread.resume::<MultiValue>(args)));
         drop(running);
-        let spent = start.elapsed();
         cx.txn.set(std::ptr::null_mut());
         cx.writable.set(false);
         cx.txn_borrowed.set(false);
@@ -774,6 +807,12 @@ impl Instance {
                     }
                 }
             }
+        };
+        // Only a sleeping call carries its CPU time forward (to its next
+        // resume's budget): a call that ends does not read the clock again.
+        let spent = match step {
+            Step::Sleep(_) => start.elapsed(),
+            _ => Duration::ZERO,
         };
         self.report();
         self.busy.set(false);

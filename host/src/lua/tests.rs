@@ -622,6 +622,45 @@ fn header_tables_are_snapshots_filled_on_read_and_on_pairs() {
     assert_eq!(p_stats(&cfg), "runtime=0 oom=0 timeout=0");
 }
 
+const GC_HEADERS: &str = r#"
+core.register_action("gc_headers", {"http-req"}, function(txn)
+  local http = txn.http
+  local bad = 0
+  for i = 1, 400 do
+    -- Garbage whose finalizers take snapshots of the other header set: they
+    -- run while a snapshot's table is being allocated and reuse its buffer.
+    setmetatable({}, {__gc = function() http:res_get_headers() end})
+    local h = http:req_get_headers()
+    local v = h["x-a"]
+    if not v or v[0] ~= "request" or v[1] ~= "second" then bad = bad + 1 end
+    local n = 0
+    for _ in pairs(h) do n = n + 1 end
+    if n ~= 2 then bad = bad + 1 end
+  end
+  http:req_set_header("x-bad", tostring(bad))
+end)
+"#;
+
+/// A snapshot is reused across calls; a finalizer writing another one while
+/// Lua allocates the table must not end up in it.
+#[test]
+fn header_snapshots_survive_finalizers_that_take_snapshots() {
+    let (cfg, _d) = ok(GC_HEADERS, "", "http_request = [{ lua = \"gc_headers\" }]");
+    let rt = rt();
+    let mut t = txn("/");
+    t.req_headers
+        .append("host", "example.com".parse().expect("hv"));
+    t.req_headers.append("x-a", "request".parse().expect("hv"));
+    t.req_headers.append("x-a", "second".parse().expect("hv"));
+    for i in 0..20 {
+        let v = format!("response value {i} long enough to differ in size");
+        t.resp_headers.append("x-a", v.parse().expect("hv"));
+    }
+    assert!(exchange(&rt, &cfg, &mut t).is_none());
+    assert_eq!(t.req_headers["x-bad"], "0");
+    assert_eq!(p_stats(&cfg), "runtime=0 oom=0 timeout=0");
+}
+
 const HEADER_ARGS: &str = r#"
 local saved
 local function try(f, ...)
