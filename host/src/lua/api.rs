@@ -270,6 +270,7 @@ pub(crate) fn install(
             })?,
         )?;
     }
+    super::map::install(lua, cx, &p)?;
     let prelude = lua
         .load(include_str!("prelude.lua"))
         .set_name("=portcullis-prelude")

@@ -24,6 +24,7 @@ mod api;
 mod applet;
 mod cfunc;
 mod headers;
+mod map;
 mod rules;
 mod runtime;
 mod stktable;
@@ -173,6 +174,10 @@ pub struct Plugin {
     pub tables: Arc<crate::stick::StickTables>,
     /// Client inactivity limit while a service reads the request body (`timeout.client`).
     pub client_timeout: Duration,
+    /// The directory relative `Map.new` paths start from (the config file's).
+    pub base_dir: PathBuf,
+    /// Maps the script loaded with `Map.new`, shared by every state.
+    pub maps: Arc<crate::rules::pattern::PatternCache>,
 }
 
 impl Plugin {
@@ -444,6 +449,12 @@ fn load_one(p: &RawPlugin, source: &SourceMap, view: &HostView) -> Result<Plugin
         frontends: Arc::clone(&view.frontends),
         tables: Arc::clone(&view.tables),
         client_timeout: view.client_timeout,
+        base_dir: source
+            .file()
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default(),
+        maps: Arc::default(),
     };
     plugin.set_memory_limit(memory_limit);
     plugin.registered = runtime::validate(&plugin).map_err(|m| {

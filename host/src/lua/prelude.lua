@@ -30,6 +30,10 @@ for _, be in pairs(P.core.backends) do
     end
   end
 end
+-- The Map class: the object methods live in one metatable's __index.
+Map = P.map_class
+Map.new = wrap(Map.new)
+for k, f in pairs(P.map_methods) do P.map_methods[k] = wrap(f) end
 local set_done, wake_time = P.set_done, P.wake_time
 local get_field, set_field = wrap(P.get_field), wrap(P.set_field)
 

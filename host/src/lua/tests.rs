@@ -35,8 +35,21 @@ impl Drop for Dir {
 
 /// Loads `script` as plugin "p" (with `plugin_extra` keys) and a frontend with `rules`.
 fn load(script: &str, plugin_extra: &str, rules: &str) -> Result<(Config, Dir), ConfigError> {
+    load_with(&[], script, plugin_extra, rules)
+}
+
+/// [`load`] with more `files` (name, text) beside the script and the config.
+fn load_with(
+    files: &[(&str, &str)],
+    script: &str,
+    plugin_extra: &str,
+    rules: &str,
+) -> Result<(Config, Dir), ConfigError> {
     let dir = Dir::new("cfg");
     std::fs::write(dir.0.join("p.lua"), script).expect("write script");
+    for (name, text) in files {
+        std::fs::write(dir.0.join(name), text).expect("write file");
+    }
     let text = format!(
         "[[plugin]]\nname = \"p\"\nlua = \"p.lua\"\n{plugin_extra}\n\n[[backend]]\nname = \"app\"\nserver = [{{ name = \"s1\", addr = \"127.0.0.1:9000\" }}]\n\n[[frontend]]\nname = \"web\"\nbind = \"127.0.0.1:18080\"\ndefault_backend = \"app\"\n{rules}\n"
     );
@@ -45,7 +58,11 @@ fn load(script: &str, plugin_extra: &str, rules: &str) -> Result<(Config, Dir), 
 }
 
 fn ok(script: &str, plugin_extra: &str, rules: &str) -> (Config, Dir) {
-    match load(script, plugin_extra, rules) {
+    ok_with(&[], script, plugin_extra, rules)
+}
+
+fn ok_with(files: &[(&str, &str)], script: &str, plugin_extra: &str, rules: &str) -> (Config, Dir) {
+    match load_with(files, script, plugin_extra, rules) {
         Ok(c) => c,
         Err(e) => panic!("config should load: {e}"),
     }
@@ -418,6 +435,7 @@ fn p_stats(cfg: &Config) -> String {
 }
 
 const STEP_SCRIPT: &str = r#"
+local routes = Map.new("step.map", Map._beg)
 local big = {}
 for i = 1, 200 do big[i] = string.rep("x", 64) .. i end
 core.register_init(function() core.Debug("init") end)
@@ -428,6 +446,7 @@ core.register_action("act", {"http-req", "http-res"}, function(txn, a)
   local t = { (h["x-a"] or {})[0], n }
   for i = 1, 50 do t[#t + 1] = a .. i end
   txn.http:req_set_header("x-act", table.concat(t, ","))
+  txn.http:req_set_header("x-route", routes:slookup(txn.sf:path()) .. tostring(routes:lookup("none")))
   txn:set_var("txn.v", txn.sf:path() .. txn.c:hex(txn.c:sha2("abc")))
   txn:set_priv(t)
   txn.http:res_set_header("x-res", txn.c:base64(txn.c:hmac("data", "sha256", "a2V5")))
@@ -450,7 +469,8 @@ end)
 "#;
 
 fn step_config() -> (Config, Dir) {
-    ok(
+    ok_with(
+        &[("step.map", "/x route-x\n/ root\n")],
         STEP_SCRIPT,
         "memory_limit = \"8MiB\"\n[[stick_table]]\nname = \"t\"\ntype = \"ip\"\nsize = 10\nstore = [\"gpc0\"]",
         "http_request = [\n{ use_service = \"lua.svc\", if = \"path /svc\" },\n{ lua = \"act\", args = [\"v\"] },\n{ set_header = \"x-fc\", value = \"%[lua.f(ab)] %[path,lua.c]\" },\n]\nhttp_response = [{ lua = \"act\", args = [\"w\"] }]",
@@ -483,6 +503,7 @@ fn sane_call_works(rt: &tokio::runtime::Runtime, cfg: &Config) {
         "a sane limit works again: {:?}",
         t.req_headers
     );
+    assert_eq!(t.req_headers["x-route"], "route-xnil");
     let r = exchange(rt, cfg, &mut txn("/svc")).expect("service answers");
     assert_eq!(r.status.as_u16(), 200);
     assert_eq!(r.body.len(), 2000);
@@ -761,4 +782,167 @@ fn c_header_functions_check_arguments_like_the_rest_of_the_api() {
     );
     assert_eq!(t.resp_headers["x-later"], "1");
     assert_eq!(p_stats(&cfg), "runtime=0 oom=0 timeout=0");
+}
+
+const MAP_SCRIPT: &str = r##"
+local hosts = Map.new("hosts.map")
+local nets = Map.new(NETS, Map._ip)
+local codes = Map.new("codes.map", Map.int)
+local at_init
+core.register_init(function() at_init = Map.new("hosts.map", Map._str):lookup("a.example") end)
+local function err(f, ...)
+  local ok, e = pcall(f, ...)
+  return tostring(ok) .. ":" .. tostring(e)
+end
+core.register_action("route", {"http-req"}, function(txn)
+  local h = txn.http
+  h:req_set_header("x-host", tostring(hosts:lookup(txn.sf:req_hdr("host"))))
+  h:req_set_header("x-net", nets:slookup(txn.sf:src()) .. "|" .. nets:slookup("192.0.2.1") .. "|" .. tostring(nets:lookup("bogus")))
+  h:req_set_header("x-code", codes:lookup(404) .. "|" .. codes:lookup("503") .. "|" .. tostring(codes:lookup(200)))
+  h:req_set_header("x-init", tostring(at_init))
+  h:req_set_header("x-consts", Map._str .. Map.str .. Map._beg .. Map._ip .. Map._reg)
+  h:req_set_header("x-errs", table.concat({
+    err(Map.new, "hosts.map", Map._str),
+    err(hosts.lookup, hosts),
+    err(hosts.lookup, "x", "y"),
+    err(function() local v = hosts:lookup({}) return v end),
+    err(codes.lookup, codes, "x"),
+    err(codes.lookup, codes, 2.5),
+  }, "~"))
+end)
+"##;
+
+#[test]
+fn map_class_loads_once_and_looks_up_like_haproxy() {
+    let nets = Dir::new("nets");
+    let nets_path = nets.0.join("nets.map");
+    std::fs::write(&nets_path, "10.0.0.0/8 ten\n10.1.0.0/16 ten-one\n").expect("nets");
+    let script = MAP_SCRIPT.replace("NETS", &format!("{:?}", nets_path.display().to_string()));
+    let (cfg, _d) = ok_with(
+        &[
+            (
+                "hosts.map",
+                "# virtual hosts\na.example  app-a\nb.example\tapp-b  \n",
+            ),
+            ("codes.map", "400:499 client\n500: server\n"),
+        ],
+        &script,
+        "",
+        "http_request = [{ lua = \"route\" }]",
+    );
+    let rt = rt();
+    let mut t = txn("/");
+    t.req_headers
+        .insert("host", "b.example".parse().expect("hv"));
+    assert!(exchange(&rt, &cfg, &mut t).is_none());
+    let h = |n: &str| t.req_headers[n].to_str().expect("ascii").to_string();
+    assert_eq!(h("x-host"), "app-b");
+    assert_eq!(h("x-net"), "ten-one||nil");
+    assert_eq!(h("x-code"), "client|server|nil");
+    assert_eq!(h("x-init"), "app-a");
+    assert_eq!(h("x-consts"), "667312");
+    let errs = h("x-errs");
+    let errs: Vec<&str> = errs.split('~').collect();
+    assert!(
+        errs[0].starts_with("false:")
+            && errs[0].contains("maps can only be loaded while the script loads"),
+        "{errs:?}"
+    );
+    assert!(errs[1].ends_with("'lookup' needs 2 arguments"), "{errs:?}");
+    assert!(
+        errs[2].ends_with(
+            "calling 'lookup' on bad self (Map expected, got string); use map:lookup(key)"
+        ),
+        "{errs:?}"
+    );
+    assert!(
+        errs[3].ends_with("bad argument #1 to 'lookup' (string expected, got table)"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[4].ends_with("bad argument #1 to 'lookup' (number expected, got string)"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[5].ends_with("bad argument #1 to 'lookup' (number has no integer representation)"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[3].contains("p.lua:"),
+        "located at the script's line: {errs:?}"
+    );
+    // Each file was read once for the config check and every state since.
+    let p = plugin(&cfg);
+    let a = p
+        .maps
+        .get_or_load(
+            &_d.0.join("hosts.map"),
+            crate::rules::cond::MatchMethod::Str,
+        )
+        .expect("cached");
+    std::fs::remove_file(_d.0.join("hosts.map")).expect("rm");
+    let b = p
+        .maps
+        .get_or_load(
+            &_d.0.join("hosts.map"),
+            crate::rules::cond::MatchMethod::Str,
+        )
+        .expect("still cached");
+    assert!(Arc::ptr_eq(&a, &b));
+    assert_eq!(p_stats(&cfg), "runtime=0 oom=0 timeout=0");
+}
+
+#[test]
+fn map_files_that_cannot_load_are_config_errors() {
+    let e = load_with(&[], "\nlocal m = Map.new('missing.map', Map._str)", "", "")
+        .expect_err("missing");
+    let text = e.to_string();
+    assert!(
+        text.contains("p.lua:2: 'new': failed to open pattern file <"),
+        "{text}"
+    );
+    assert!(text.contains("missing.map>: No such file"), "{text}");
+    let e = load_with(
+        &[("n.map", "10.0.0.0/8 ok\nnot-an-ip bad\n")],
+        "Map.new('n.map', Map._ip)",
+        "",
+        "",
+    )
+    .expect_err("bad ip");
+    assert!(
+        e.to_string()
+            .contains("'new': 'not-an-ip' is not a valid IPv4 or IPv6 address at line 2 of file <"),
+        "{e}"
+    );
+    let e = load_with(
+        &[("r.map", "( bad\n")],
+        "Map.new('r.map', Map._reg)",
+        "",
+        "",
+    )
+    .expect_err("bad regex");
+    assert!(e.to_string().contains("invalid regex \"(\""), "{e}");
+    assert!(e.to_string().contains("at line 1 of file <"), "{e}");
+    let e = load_with(
+        &[("s.map", "a b\n")],
+        "Map.new('s.map', Map._found)",
+        "",
+        "",
+    )
+    .expect_err("found");
+    assert!(
+        e.to_string()
+            .contains("'new' doesn't support this match mode"),
+        "{e}"
+    );
+    let e = load_with(&[("s.map", "a b\n")], "Map.new('s.map', 99)", "", "").expect_err("99");
+    assert!(
+        e.to_string().contains("'new' needs a valid match method"),
+        "{e}"
+    );
+    let e = load_with(&[], "Map.new()", "", "").expect_err("no args");
+    assert!(
+        e.to_string().contains("'new' needs at least 1 argument."),
+        "{e}"
+    );
 }

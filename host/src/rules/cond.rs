@@ -102,7 +102,7 @@ struct Term {
 // ---------------------------------------------------------------------------
 
 /// A `-m` match method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MatchMethod {
     Found,
     Bool,
@@ -222,7 +222,7 @@ impl IntPats {
 }
 
 /// Parses `N`, `N:M`, `N:` or `:M`.
-fn parse_int_range(s: &str) -> Option<(i64, i64)> {
+pub(crate) fn parse_int_range(s: &str) -> Option<(i64, i64)> {
     match s.split_once(':') {
         None => s.parse().ok().map(|n| (n, n)),
         Some((a, b)) => {
@@ -243,18 +243,18 @@ fn parse_int_range(s: &str) -> Option<(i64, i64)> {
 
 /// An IP network; addresses are compared as IPv6, IPv4 mapped into `::ffff:0:0/96`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct IpNet {
-    addr: u128,
-    mask: u128,
+pub(crate) struct IpNet {
+    pub(crate) addr: u128,
+    pub(crate) mask: u128,
 }
 
 impl IpNet {
-    fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         ip_bits(ip) & self.mask == self.addr
     }
 }
 
-fn ip_bits(ip: IpAddr) -> u128 {
+pub(crate) fn ip_bits(ip: IpAddr) -> u128 {
     match ip {
         IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
         IpAddr::V6(a) => u128::from(a),
@@ -262,7 +262,7 @@ fn ip_bits(ip: IpAddr) -> u128 {
 }
 
 /// Parses `10.0.0.1`, `10.0.0.0/8`, `10.0.0.0/255.0.0.0` or `2001:db8::/32`.
-fn parse_net(s: &str) -> Option<IpNet> {
+pub(crate) fn parse_net(s: &str) -> Option<IpNet> {
     let (addr, prefix) = match s.split_once('/') {
         Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p)),
         None => (s.parse::<IpAddr>().ok()?, None),
@@ -303,8 +303,8 @@ enum StrHow {
     Dom,
 }
 
-const DIR_DELIMS: &[u8] = b"/?";
-const DOM_DELIMS: &[u8] = b"/?.:";
+pub(crate) const DIR_DELIMS: &[u8] = b"/?";
+pub(crate) const DOM_DELIMS: &[u8] = b"/?.:";
 
 fn bytes_eq(a: &[u8], b: &[u8], icase: bool) -> bool {
     if icase {
@@ -314,7 +314,7 @@ fn bytes_eq(a: &[u8], b: &[u8], icase: bool) -> bool {
     }
 }
 
-fn find_from(hay: &[u8], needle: &[u8], from: usize, icase: bool) -> Option<usize> {
+pub(crate) fn find_from(hay: &[u8], needle: &[u8], from: usize, icase: bool) -> Option<usize> {
     if needle.len() > hay.len() {
         return None;
     }
@@ -325,7 +325,7 @@ fn find_from(hay: &[u8], needle: &[u8], from: usize, icase: bool) -> Option<usiz
 }
 
 /// HAProxy's word match: `p` occurs in `s` bounded by delimiters or the ends.
-fn match_word(s: &[u8], p: &[u8], delims: &[u8], icase: bool) -> bool {
+pub(crate) fn match_word(s: &[u8], p: &[u8], delims: &[u8], icase: bool) -> bool {
     let is_delim = |c: Option<&u8>| c.is_none_or(|c| delims.contains(c));
     let mut from = 0;
     while let Some(i) = find_from(s, p, from, icase) {

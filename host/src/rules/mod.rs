@@ -16,6 +16,7 @@ pub mod cond;
 pub mod crypto;
 pub mod fetch;
 pub mod format;
+pub mod pattern;
 pub mod stick;
 
 use std::collections::HashMap;

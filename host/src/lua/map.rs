@@ -1,0 +1,197 @@
+//! HAProxy's `Map` class: `Map.new(file[, method])` while the script loads
+//! (main chunk or init function), `map:lookup(key)` / `map:slookup(key)`
+//! anywhere. A map object is a table holding its map at index 0 under the
+//! class metatable, as in HAProxy; the map itself is read once per process
+//! ([`PatternCache`](crate::rules::pattern::PatternCache)) and shared by
+//! every worker's state.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use mlua::{Lua, MultiValue, Table, UserData, Value};
+
+use super::api::{Args, error_values};
+use super::runtime::{CallCx, CallKind};
+use crate::rules::cond::MatchMethod;
+use crate::rules::pattern::PatternMap;
+
+/// The map behind a `Map` object.
+struct MapHandle(Arc<PatternMap>);
+
+impl UserData for MapHandle {}
+
+/// HAProxy's `PAT_MATCH_*` numbers, which `Map._str` and friends hold.
+const METHODS: [(&str, i64); 14] = [
+    ("found", 0),
+    ("bool", 1),
+    ("int", 2),
+    ("ip", 3),
+    ("bin", 4),
+    ("len", 5),
+    ("str", 6),
+    ("beg", 7),
+    ("sub", 8),
+    ("dir", 9),
+    ("dom", 10),
+    ("end", 11),
+    ("reg", 12),
+    ("regm", 13),
+];
+
+/// The match method a `Map.new` code selects, or HAProxy's refusal.
+fn method_for(code: i64) -> Result<MatchMethod, &'static str> {
+    Ok(match code {
+        2 => MatchMethod::Int,
+        3 => MatchMethod::Ip,
+        6 => MatchMethod::Str,
+        7 => MatchMethod::Beg,
+        8 => MatchMethod::Sub,
+        9 => MatchMethod::Dir,
+        10 => MatchMethod::Dom,
+        11 => MatchMethod::End,
+        12 => MatchMethod::Reg,
+        0..=13 => {
+            return Err(
+                "'new' doesn't support this match mode (use Map._str, _beg, _sub, _dir, _dom, _end, _reg, _int or _ip)",
+            );
+        }
+        _ => return Err("'new' needs a valid match method (Map._str, Map._beg, ...)"),
+    })
+}
+
+/// Builds the `Map` class and the object methods; the prelude wraps the
+/// functions (errors located at the script's line) and publishes `Map`.
+pub(crate) fn install(lua: &Lua, cx: &Rc<CallCx>, p: &Table) -> mlua::Result<()> {
+    let class = lua.create_table()?;
+    for (name, code) in METHODS {
+        class.raw_set(format!("_{name}"), code)?;
+        class.raw_set(name, code)?;
+    }
+    let methods = lua.create_table()?;
+    methods.raw_set("lookup", lookup_fn(lua, "lookup", false)?)?;
+    methods.raw_set("slookup", lookup_fn(lua, "slookup", true)?)?;
+    let meta = lua.create_table()?;
+    meta.raw_set("__index", &methods)?;
+    let new = {
+        let cx = Rc::clone(cx);
+        lua.create_function(move |lua, a: MultiValue| {
+            new_map(lua, &cx, &meta, &a).or_else(|e| error_values(lua, e))
+        })?
+    };
+    class.raw_set("new", new)?;
+    p.raw_set("map_class", class)?;
+    p.raw_set("map_methods", methods)?;
+    Ok(())
+}
+
+fn new_map(lua: &Lua, cx: &CallCx, meta: &Table, a: &MultiValue) -> mlua::Result<MultiValue> {
+    if a.is_empty() || a.len() > 2 {
+        return Err(mlua::Error::runtime("'new' needs at least 1 argument."));
+    }
+    let args = Args::new(a, "new", 0);
+    let file = args.string(1)?;
+    let method = match args.get(2) {
+        Value::Nil if a.len() == 1 => MatchMethod::Str,
+        _ => method_for(args.int(2)?).map_err(mlua::Error::runtime)?,
+    };
+    if cx.kind.get() != CallKind::Load {
+        // Reading a file would block the worker mid-request; HAProxy refuses too.
+        return Err(mlua::Error::runtime(
+            "'new': maps can only be loaded while the script loads (main chunk or init function), not at runtime",
+        ));
+    }
+    let path = std::path::Path::new(&file);
+    let path = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        cx.plugin.base_dir.join(path)
+    };
+    let map = cx
+        .plugin
+        .maps
+        .get_or_load(&path, method)
+        .map_err(|m| mlua::Error::runtime(format!("'new': {m}.")))?;
+    let obj = lua.create_table()?;
+    obj.raw_set(0, lua.create_userdata(MapHandle(map))?)?;
+    obj.set_metatable(Some(meta.clone()))?;
+    let mut out = MultiValue::with_capacity(1);
+    out.push_back(Value::Table(obj));
+    Ok(out)
+}
+
+/// `map:lookup(key)` (nil when nothing matches) or `map:slookup(key)` ("").
+fn lookup_fn(lua: &Lua, name: &'static str, stringify: bool) -> mlua::Result<mlua::Function> {
+    lua.create_function(move |lua, a: MultiValue| {
+        lookup(lua, name, stringify, &a).or_else(|e| error_values(lua, e))
+    })
+}
+
+fn lookup(
+    lua: &Lua,
+    name: &'static str,
+    stringify: bool,
+    a: &MultiValue,
+) -> mlua::Result<MultiValue> {
+    if a.len() != 2 {
+        return Err(mlua::Error::runtime(format!("'{name}' needs 2 arguments")));
+    }
+    let this = a.front().unwrap_or(&Value::Nil);
+    let handle = match this {
+        Value::Table(t) => match t.raw_get::<Value>(0)? {
+            Value::UserData(ud) => ud.borrow::<MapHandle>().ok().map(|h| Arc::clone(&h.0)),
+            _ => None,
+        },
+        _ => None,
+    };
+    let Some(map) = handle else {
+        return Err(mlua::Error::runtime(format!(
+            "calling '{name}' on bad self (Map expected, got {}); use map:{name}(key)",
+            this.type_name()
+        )));
+    };
+    let args = Args::new(a, name, 1);
+    let found = if map.method() == MatchMethod::Int {
+        map.lookup_int(lua_integer(&args)?)
+    } else {
+        match args.get(1) {
+            Value::String(s) => map.lookup(&s.as_bytes()),
+            Value::Integer(_) | Value::Number(_) => map.lookup(&args.bytes(1)?),
+            _ => return Err(args.bad(1, "string")),
+        }
+    };
+    let v = match found {
+        Some(v) => Value::String(lua.create_string(v)?),
+        None if stringify => Value::String(lua.create_string("")?),
+        None => Value::Nil,
+    };
+    let mut out = MultiValue::with_capacity(1);
+    out.push_back(v);
+    Ok(out)
+}
+
+/// The key of an `int` map, converted as Lua's `luaL_checkinteger` does.
+fn lua_integer(args: &Args<'_>) -> mlua::Result<i64> {
+    let as_int = |x: f64| {
+        (x.fract() == 0.0 && x >= -(2f64.powi(63)) && x < 2f64.powi(63)).then_some(x as i64)
+    };
+    match args.get(1) {
+        Value::Integer(i) => Ok(*i),
+        Value::Number(x) => {
+            as_int(*x).ok_or_else(|| args.err(1, "number has no integer representation"))
+        }
+        Value::String(s) => {
+            let text = s.to_str().map_err(|_| args.bad(1, "number"))?;
+            let t = text.trim();
+            if let Ok(i) = t.parse::<i64>() {
+                return Ok(i);
+            }
+            match t.parse::<f64>() {
+                Ok(x) => {
+                    as_int(x).ok_or_else(|| args.err(1, "number has no integer representation"))
+                }
+                Err(_) => Err(args.bad(1, "number")),
+            }
+        }
+        _ => Err(args.bad(1, "number")),
+    }
+}
