@@ -27,6 +27,7 @@ const SCRIPTS: &[&str] = &[
     "deny_page.lua",
     "vars.lua",
     "stick_lookup.lua",
+    "maps.lua",
 ];
 
 fn plugins_dir() -> PathBuf {
@@ -99,6 +100,7 @@ frontend web
   http-request set-header x-kind %[lua.client_kind(kind=)] if {{ path_beg /samples }}
   http-request set-header x-masked %[req.hdr(x-token),lua.mask(3)] if {{ path_beg /samples }}
   http-request lua.vars_req if {{ path_beg /vars }}
+  http-request lua.maps if {{ path_beg /maps }}
   http-response lua.cors if {{ var(txn.cors_origin) -m found }}
   http-response lua.rewrite if {{ var(txn.rewritten) -m found }}
   http-response lua.vars_res if {{ var(txn.path) -m found }}
@@ -114,7 +116,9 @@ backend per_ip
     );
     let path = dir.write("haproxy.cfg", &cfg);
     let log = dir.path().join("haproxy.log");
+    // HAProxy resolves relative map paths against its working directory.
     let check = Command::new("haproxy")
+        .current_dir(plugins_dir())
         .arg("-c")
         .arg("-f")
         .arg(&path)
@@ -128,6 +132,7 @@ backend per_ip
     );
     let logf = std::fs::File::create(&log).expect("haproxy log file");
     let child = Command::new("haproxy")
+        .current_dir(plugins_dir())
         .arg("-db")
         .arg("-f")
         .arg(&path)
@@ -178,6 +183,7 @@ async fn start_portcullis(ports: &Ports, app: SocketAddr) -> Daemon {
   { set_header = "x-kind", value = "%[lua.client_kind(kind=)]", if = "path_beg /samples" },
   { set_header = "x-masked", value = "%[req.hdr(x-token),lua.mask(3)]", if = "path_beg /samples" },
   { lua = "vars_req", if = "path_beg /vars" },
+  { lua = "maps", if = "path_beg /maps" },
 ]
 http_response = [
   { lua = "cors", if = "var(txn.cors_origin) -m found" },
@@ -283,6 +289,46 @@ fn cases() -> Vec<Case> {
         // Variables across phases and core.msleep.
         case(Method::GET, "/vars/one", &[]),
         case(Method::GET, "/vars/two", &[]),
+        // Map lookups: every match method, misses, integer keys, argument errors.
+        case(
+            Method::GET,
+            "/maps/api/v2/users.tar.gz",
+            &[
+                ("x-host", "api.example.com"),
+                ("user-agent", "curl/8.0 (a bot?)"),
+                ("x-ip", "10.20.3.4"),
+                ("x-code", "404"),
+            ],
+        ),
+        case(
+            Method::GET,
+            "/maps/img/42.jpg",
+            &[
+                ("x-host", "static.example.com"),
+                ("user-agent", "Mozilla/5.0"),
+                ("x-ip", "2001:db8::7"),
+                ("x-code", "503"),
+            ],
+        ),
+        case(
+            Method::GET,
+            "/maps/private/img/x.png",
+            &[
+                ("x-host", "shop.acme.example.org"),
+                ("x-ip", "192.168.7.7"),
+                ("x-code", "42"),
+            ],
+        ),
+        case(
+            Method::GET,
+            "/maps/internal",
+            &[
+                ("x-host", "www.example.com"),
+                ("x-ip", "not-an-ip"),
+                ("x-code", "200"),
+            ],
+        ),
+        case(Method::GET, "/maps", &[("x-host", "acmeco.com")]),
         // Stick-table lookup (the table counts every request above).
         case(Method::GET, "/stick/me", &[]),
     ]
