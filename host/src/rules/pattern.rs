@@ -26,13 +26,16 @@ pub struct PatternMap {
     index: Index,
 }
 
+/// Keys of one length (or addresses under one mask) to their entry.
+type KeysTo = HashMap<Box<[u8]>, u32>;
+
 /// How the keys are searched; `u32` values index `PatternMap::values`.
 #[derive(Debug)]
 enum Index {
     /// Exact keys; the first of duplicate keys wins.
-    Exact(HashMap<Box<[u8]>, u32>),
+    Exact(KeysTo),
     /// Longest prefix: keys by length, longest first.
-    Prefix(Vec<(usize, HashMap<Box<[u8]>, u32>)>),
+    Prefix(Vec<(usize, KeysTo)>),
     /// Longest network: networks by mask, longest first (IPv4 mapped into IPv6).
     Ip(Vec<(u128, HashMap<u128, u32>)>),
     /// `sub`, `end`, `dir`, `dom`: first match in file order.
@@ -310,13 +313,13 @@ impl Builder {
             Builder::Exact(m) => Index::Exact(m),
             Builder::Prefix(by_len) => {
                 let mut v: Vec<_> = by_len.into_iter().collect();
-                v.sort_by(|a, b| b.0.cmp(&a.0));
+                v.sort_by_key(|e| std::cmp::Reverse(e.0));
                 Index::Prefix(v)
             }
             Builder::Ip(by_mask) => {
                 let mut v: Vec<_> = by_mask.into_iter().collect();
                 // A longer mask has more leading ones: larger as an integer.
-                v.sort_by(|a, b| b.0.cmp(&a.0));
+                v.sort_by_key(|e| std::cmp::Reverse(e.0));
                 Index::Ip(v)
             }
             Builder::Words(_, pats) => Index::Words(pats),
