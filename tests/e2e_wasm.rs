@@ -1541,13 +1541,24 @@ async fn body_hook_sees_every_chunk_after_continue() {
         // A changed length is either left undeclared (chunked, when the hook
         // ran per chunk) or declared correctly (when the whole body arrived
         // in the first frame and was handled at end of stream).
-        if let Some(cl) = r.header("content-length") {
-            assert_eq!(cl, want.len().to_string(), "{path}");
-        }
+        let whole_in_first_frame = match r.header("content-length") {
+            Some(cl) => {
+                assert_eq!(cl, want.len().to_string(), "{path}");
+                true
+            }
+            None => false,
+        };
         let n = guest_metric(ports.admin, "resp_chunks", "chunks")
             .await
             .unwrap_or(0);
-        assert!(n >= seen + 2, "{path}: the hook saw {} chunks", n - seen);
+        // One hook call when the body came whole (a loaded machine reads it
+        // in one go), else the first chunk, the later ones and the end.
+        let least = if whole_in_first_frame { 1 } else { 2 };
+        assert!(
+            n >= seen + least,
+            "{path}: the hook saw {} chunks",
+            n - seen
+        );
         seen = n;
     }
     let all = plugins(ports.admin).await;
