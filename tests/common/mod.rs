@@ -126,11 +126,18 @@ pub struct Ports {
 
 impl Ports {
     pub fn new() -> Ports {
-        Ports {
-            web: free_addr(),
-            admin: free_addr(),
-        }
+        let [web, admin] = free_addrs();
+        Ports { web, admin }
     }
+}
+
+/// `N` distinct free loopback addresses: the listeners are held together,
+/// since one freed at once may be handed out again by the next bind.
+pub fn free_addrs<const N: usize>() -> [SocketAddr; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("local_addr"))
 }
 
 impl Default for Ports {
