@@ -162,7 +162,8 @@ fn none() -> mlua::Result<MultiValue> {
     Ok(MultiValue::new())
 }
 
-fn one(v: Value) -> mlua::Result<MultiValue> {
+/// One return value.
+pub(crate) fn one(v: Value) -> mlua::Result<MultiValue> {
     let mut m = MultiValue::with_capacity(1);
     m.push_back(v);
     Ok(m)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use mlua::{Lua, MultiValue, Table, UserData, Value};
 
-use super::api::{Args, error_values};
+use super::api::{Args, error_values, one};
 use super::runtime::{CallCx, CallKind};
 use crate::rules::cond::MatchMethod;
 use crate::rules::pattern::PatternMap;
@@ -100,12 +100,8 @@ fn new_map(lua: &Lua, cx: &CallCx, meta: &Table, a: &MultiValue) -> mlua::Result
             "'new': maps can only be loaded while the script loads (main chunk or init function), not at runtime",
         ));
     }
-    let path = std::path::Path::new(&file);
-    let path = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        cx.plugin.base_dir.join(path)
-    };
+    // Relative to the script's directory, so a script and its maps move together.
+    let path = crate::config::resolve_path(&cx.plugin.path, &file);
     let map = cx
         .plugin
         .maps
@@ -114,9 +110,7 @@ fn new_map(lua: &Lua, cx: &CallCx, meta: &Table, a: &MultiValue) -> mlua::Result
     let obj = lua.create_table()?;
     obj.raw_set(0, lua.create_userdata(MapHandle(map))?)?;
     obj.set_metatable(Some(meta.clone()))?;
-    let mut out = MultiValue::with_capacity(1);
-    out.push_back(Value::Table(obj));
-    Ok(out)
+    one(Value::Table(obj))
 }
 
 /// `map:lookup(key)` (nil when nothing matches) or `map:slookup(key)` ("").
@@ -136,19 +130,21 @@ fn lookup(
         return Err(mlua::Error::runtime(format!("'{name}' needs 2 arguments")));
     }
     let this = a.front().unwrap_or(&Value::Nil);
-    let handle = match this {
+    let ud = match this {
         Value::Table(t) => match t.raw_get::<Value>(0)? {
-            Value::UserData(ud) => ud.borrow::<MapHandle>().ok().map(|h| Arc::clone(&h.0)),
+            Value::UserData(ud) => Some(ud),
             _ => None,
         },
         _ => None,
     };
-    let Some(map) = handle else {
+    // Borrowed for the lookup: no reference count is touched per call.
+    let Some(handle) = ud.as_ref().and_then(|ud| ud.borrow::<MapHandle>().ok()) else {
         return Err(mlua::Error::runtime(format!(
             "calling '{name}' on bad self (Map expected, got {}); use map:{name}(key)",
             this.type_name()
         )));
     };
+    let map = &handle.0;
     let args = Args::new(a, name, 1);
     let found = if map.method() == MatchMethod::Int {
         map.lookup_int(lua_integer(&args)?)
@@ -164,9 +160,7 @@ fn lookup(
         None if stringify => Value::String(lua.create_string("")?),
         None => Value::Nil,
     };
-    let mut out = MultiValue::with_capacity(1);
-    out.push_back(v);
-    Ok(out)
+    one(v)
 }
 
 /// The key of an `int` map, converted as Lua's `luaL_checkinteger` does.

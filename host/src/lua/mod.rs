@@ -174,9 +174,6 @@ pub struct Plugin {
     pub tables: Arc<crate::stick::StickTables>,
     /// Client inactivity limit while a service reads the request body (`timeout.client`).
     pub client_timeout: Duration,
-    /// The directory relative `Map.new` paths start from (the script's, so a
-    /// script and its map files move together).
-    pub base_dir: PathBuf,
     /// Maps the script loaded with `Map.new`, shared by every state.
     pub maps: Arc<crate::rules::pattern::PatternCache>,
 }
@@ -435,10 +432,6 @@ fn load_one(p: &RawPlugin, source: &SourceMap, view: &HostView) -> Result<Plugin
             ),
         )
     })?;
-    let base_dir = path
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
     let mut plugin = Plugin {
         id: NEXT_ID.fetch_add(1, Relaxed),
         name: Arc::from(name.as_str()),
@@ -454,7 +447,6 @@ fn load_one(p: &RawPlugin, source: &SourceMap, view: &HostView) -> Result<Plugin
         frontends: Arc::clone(&view.frontends),
         tables: Arc::clone(&view.tables),
         client_timeout: view.client_timeout,
-        base_dir,
         maps: Arc::default(),
     };
     plugin.set_memory_limit(memory_limit);

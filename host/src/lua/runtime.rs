@@ -474,7 +474,6 @@ pub(crate) fn validate(plugin: &Plugin) -> Result<Registered, String> {
         frontends: Arc::clone(&plugin.frontends),
         tables: Arc::clone(&plugin.tables),
         client_timeout: plugin.client_timeout,
-        base_dir: plugin.base_dir.clone(),
         maps: Arc::clone(&plugin.maps),
     });
     copy.set_memory_limit(plugin.memory_limit);
