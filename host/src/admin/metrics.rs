@@ -49,6 +49,24 @@ pub fn render(shared: &Shared) -> String {
         "Seconds since the daemon started.",
         [(String::new(), shared.started.elapsed().as_secs())],
     );
+    f.family(
+        "portcullis_connections_current",
+        "gauge",
+        "Open client connections over all frontends.",
+        [(String::new(), shared.conns.current() as u64)],
+    );
+    f.family(
+        "portcullis_maxconn",
+        "gauge",
+        "Global connection limit (maxconn).",
+        [(String::new(), shared.conns.max() as u64)],
+    );
+    f.family(
+        "portcullis_maxconn_reached_total",
+        "counter",
+        "Times accepting paused because the global maxconn was reached.",
+        [(String::new(), shared.conns.reached())],
+    );
 
     let fes: Vec<(String, &crate::proxy::stats::FrontendStats)> = config
         .frontends
@@ -79,7 +97,19 @@ pub fn render(shared: &Shared) -> String {
         "gauge",
         "Open client connections.",
         fes.iter()
-            .map(|(l, s)| (l.clone(), s.connections_current.load(Relaxed))),
+            .map(|(l, s)| (l.clone(), s.conns.current() as u64)),
+    );
+    f.family(
+        "portcullis_frontend_maxconn",
+        "gauge",
+        "The frontend's connection limit (maxconn).",
+        fes.iter().map(|(l, s)| (l.clone(), s.conns.max() as u64)),
+    );
+    f.family(
+        "portcullis_frontend_maxconn_reached_total",
+        "counter",
+        "Times accepting paused because the frontend's maxconn was reached.",
+        fes.iter().map(|(l, s)| (l.clone(), s.conns.reached())),
     );
     f.family(
         "portcullis_frontend_connections_total",

@@ -59,6 +59,8 @@ pub struct Global {
     pub access_log: AccessLogFormat,
     pub max_header_size: usize,
     pub max_headers: usize,
+    /// Global `maxconn`; `None`: derived from the open-file limit at start-up.
+    pub maxconn: Option<usize>,
     pub timeouts: Timeouts,
 }
 
@@ -98,6 +100,8 @@ pub struct Frontend {
     pub binds: Vec<Bind>,
     /// Index into [`Config::backends`].
     pub default_backend: Option<usize>,
+    /// This frontend's `maxconn`; `None`: only the global limit applies.
+    pub maxconn: Option<usize>,
     pub chain: Chain,
 }
 
@@ -392,6 +396,10 @@ impl Validator<'_> {
             Some(n) => ranged::<usize>(src, n, "max_headers", 1, 10_000)?,
             None => 100,
         };
+        let maxconn = match &g.maxconn {
+            Some(n) => Some(ranged::<usize>(src, n, "maxconn", 1, 1 << 24)?),
+            None => None,
+        };
         let timeouts = merge_timeouts(&Timeouts::default(), &g.timeout);
         Ok(Global {
             workers,
@@ -402,6 +410,7 @@ impl Validator<'_> {
             access_log,
             max_header_size,
             max_headers,
+            maxconn,
             timeouts,
         })
     }
@@ -477,10 +486,15 @@ impl Validator<'_> {
             tables: self.tables,
         };
         let chain = crate::rules::compile_chain(&f.http_request, &f.http_response, &cx)?;
+        let maxconn = match &f.maxconn {
+            Some(n) => Some(ranged::<usize>(self.source, n, "maxconn", 1, 1 << 24)?),
+            None => None,
+        };
         Ok(Frontend {
             name: Arc::from(name.as_str()),
             binds,
             default_backend,
+            maxconn,
             chain,
         })
     }

@@ -96,6 +96,9 @@ pub struct RawGlobal {
     pub max_header_size: Option<Spanned<ConfigSize>>,
     /// Most header fields accepted in one request; more gets 431.
     pub max_headers: Option<Spanned<i64>>,
+    /// Most client connections open at once over all frontends (HAProxy's
+    /// global `maxconn`); absent: derived from the open-file limit.
+    pub maxconn: Option<Spanned<i64>>,
     #[serde(default)]
     pub timeout: RawTimeouts,
 }
@@ -123,6 +126,8 @@ pub struct RawFrontend {
     pub name: Spanned<String>,
     pub bind: Spanned<OneOrMany>,
     pub default_backend: Option<Spanned<String>>,
+    /// Most client connections open at once on this frontend; absent: the global `maxconn`.
+    pub maxconn: Option<Spanned<i64>>,
     #[serde(default)]
     pub http_request: Vec<Spanned<RawRule>>,
     #[serde(default)]

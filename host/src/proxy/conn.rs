@@ -9,6 +9,7 @@
 //! `timeout http-request` / `timeout http-keep-alive`).
 
 use std::cell::Cell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -20,14 +21,33 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::worker::{ShutdownSignal, Worker};
+use crate::config::Timeouts;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// An HTTP/1 connection idle this long gives its buffers back: hyper's
+/// connection (read and write buffers, about 16 KiB) is dropped and the
+/// socket waits for readability on its own, costing only its task.
+/// Short enough that idle keep-alive clients cost little; long enough that a
+/// client sending its next request at once never pays for a rebuild.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// After shutdown begins, an idle HTTP/1 connection stays open this long for
+/// a request already on its way (answered with `Connection: close`).
+pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
+
+/// How long an HTTP/2 client gets to finish after our GOAWAY for an idle or
+/// head timeout before the socket is closed under it.
+const H2_GOAWAY_GRACE: Duration = Duration::from_secs(2);
+
+/// What one HTTP/2 response stream may hold in hyper's send buffer: a
+/// client that stops reading holds at most this much per stream.
+const H2_SEND_BUF: usize = 64 << 10;
 
 /// Where a client connection is in its request cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,11 +68,20 @@ pub struct ConnState {
     /// HTTP/2: many requests at once, so no per-request phase tracking.
     multiplexed: bool,
     phase: Cell<ConnPhase>,
+    /// When `phase` began (HTTP/1); when the last stream ended (HTTP/2).
     since: Cell<Instant>,
     /// Requests served so far on this connection.
     pub requests: Cell<u64>,
+    /// HTTP/2: requests whose response is not over yet.
+    active: Cell<u32>,
     /// A 408 was sent because the request head did not arrive in time.
     pub sent_408: Cell<bool>,
+    /// When the worker began shutting down, once it has.
+    draining: Cell<Option<Instant>>,
+    /// Idle past [`PARK_AFTER`]: the serve loop takes the socket back from hyper.
+    park: Cell<bool>,
+    /// hyper is being stopped to park: its shutdown of the socket is skipped.
+    parking: Cell<bool>,
 }
 
 impl ConnState {
@@ -62,13 +91,19 @@ impl ConnState {
             phase: Cell::new(phase),
             since: Cell::new(since),
             requests: Cell::new(0),
+            active: Cell::new(0),
             sent_408: Cell::new(false),
+            draining: Cell::new(None),
+            park: Cell::new(false),
+            parking: Cell::new(false),
         }
     }
 
     /// A request head was parsed: no head timeout until its response is sent.
     pub fn request_started(&self) {
-        if !self.multiplexed {
+        if self.multiplexed {
+            self.active.set(self.active.get() + 1);
+        } else {
             self.phase.set(ConnPhase::Busy);
         }
         self.requests.set(self.requests.get() + 1);
@@ -76,23 +111,86 @@ impl ConnState {
 
     /// The response body is over; once hyper flushes it the keep-alive timeout starts.
     pub fn request_finished(&self) {
-        if !self.multiplexed && self.phase.get() == ConnPhase::Busy {
+        if self.multiplexed {
+            let left = self.active.get().saturating_sub(1);
+            self.active.set(left);
+            if left == 0 {
+                self.since.set(Instant::now());
+            }
+        } else if self.phase.get() == ConnPhase::Busy {
             self.phase.set(ConnPhase::Flushing);
         }
     }
+
+    /// Whether a response must carry `Connection: close`: an HTTP/1
+    /// connection of a worker that is shutting down closes after its
+    /// response, so that a keep-alive client learns it before its next request.
+    pub fn close_after_response(&self) -> bool {
+        !self.multiplexed && self.draining.get().is_some()
+    }
+
+    fn start_drain(&self) {
+        if self.draining.get().is_none() {
+            self.draining.set(Some(Instant::now()));
+        }
+    }
+
+    /// When an idle HTTP/1 connection is closed: the keep-alive timeout, or
+    /// the drain linger once shutdown began.
+    fn idle_close_at(&self, keep_alive: Duration) -> Instant {
+        let since = self.since.get();
+        let at = since + keep_alive;
+        match self.draining.get() {
+            Some(d) => at.min(d.max(since) + DRAIN_LINGER),
+            None => at,
+        }
+    }
+
+    /// When an HTTP/2 connection with no stream in flight is closed: the
+    /// request-head timeout before its first request, then the keep-alive
+    /// timeout. `None` while streams are in flight.
+    fn h2_idle_close_at(&self, t: &Timeouts) -> Option<Instant> {
+        if self.active.get() > 0 {
+            return None;
+        }
+        let wait = if self.requests.get() == 0 {
+            t.http_request
+        } else {
+            t.keep_alive
+        };
+        Some(self.since.get() + wait)
+    }
 }
 
-/// The client socket with request-head and keep-alive deadlines.
+/// What a fired read deadline means.
+enum Fired {
+    /// Close (EOF to hyper), answering 408 first if a head was under way.
+    Expire,
+    /// Idle long enough to give hyper's buffers back.
+    Park,
+    /// Not due yet (the deadline moved): arm again.
+    Rearm,
+}
+
+/// The client socket with request-head, keep-alive and send deadlines.
 pub struct TimedIo {
     stream: TcpStream,
-    /// Bytes read during protocol detection, served before the socket.
+    /// Bytes read before hyper took over (protocol detection, or what a
+    /// parked hyper connection had buffered), served before the socket.
     prefix: Bytes,
     state: Rc<ConnState>,
     sleep: Pin<Box<Sleep>>,
     armed: Option<Instant>,
     http_request: Duration,
     keep_alive: Duration,
+    /// `timeout.client`: a write that makes no progress this long fails.
+    send: Duration,
+    /// Park an idle connection no earlier than this plus [`PARK_AFTER`]
+    /// (`None`: never park, HTTP/2).
+    park_base: Option<Instant>,
     expired: bool,
+    /// Since a write first found the socket full, its deadline.
+    write_stall: Option<Pin<Box<Sleep>>>,
     /// Our replacement for an error response hyper wrote, still to be sent.
     replacement: Option<Bytes>,
     /// Hyper's error response was replaced: swallow whatever else it writes.
@@ -100,11 +198,57 @@ pub struct TimedIo {
 }
 
 impl TimedIo {
+    fn new(
+        stream: TcpStream,
+        prefix: Bytes,
+        state: Rc<ConnState>,
+        t: &Timeouts,
+        park_base: Option<Instant>,
+    ) -> TimedIo {
+        let first = state.since.get() + t.http_request;
+        TimedIo {
+            stream,
+            prefix,
+            state,
+            sleep: Box::pin(tokio::time::sleep_until(first)),
+            armed: None,
+            http_request: t.http_request,
+            keep_alive: t.keep_alive,
+            send: t.client,
+            park_base,
+            expired: false,
+            write_stall: None,
+            replacement: None,
+            replaced: false,
+        }
+    }
+
+    /// The next instant at which a read deadline must be looked at.
     fn deadline(&self) -> Option<Instant> {
         match self.state.phase.get() {
-            ConnPhase::Idle => Some(self.state.since.get() + self.keep_alive),
+            ConnPhase::Idle => {
+                let close = self.state.idle_close_at(self.keep_alive);
+                Some(match self.park_at() {
+                    Some(p) => close.min(p),
+                    None => close,
+                })
+            }
             ConnPhase::Head => Some(self.state.since.get() + self.http_request),
             ConnPhase::Busy | ConnPhase::Flushing => None,
+        }
+    }
+
+    fn park_at(&self) -> Option<Instant> {
+        let base = self.park_base?;
+        (!self.state.park.get()).then(|| self.state.since.get().max(base) + PARK_AFTER)
+    }
+
+    fn on_deadline(&self, now: Instant) -> Fired {
+        match self.state.phase.get() {
+            ConnPhase::Head if now >= self.state.since.get() + self.http_request => Fired::Expire,
+            ConnPhase::Idle if now >= self.state.idle_close_at(self.keep_alive) => Fired::Expire,
+            ConnPhase::Idle if self.park_at().is_some_and(|p| now >= p) => Fired::Park,
+            _ => Fired::Rearm,
         }
     }
 
@@ -112,6 +256,61 @@ impl TimedIo {
         if self.state.phase.get() == ConnPhase::Idle {
             self.state.phase.set(ConnPhase::Head);
             self.state.since.set(Instant::now());
+        }
+    }
+
+    /// Polls the read deadlines after the socket had nothing to read.
+    fn poll_deadlines(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let Some(deadline) = self.deadline() else {
+                return Poll::Pending;
+            };
+            if self.armed != Some(deadline) {
+                self.sleep.as_mut().reset(deadline);
+                self.armed = Some(deadline);
+            }
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.armed = None;
+            match self.on_deadline(Instant::now()) {
+                Fired::Rearm => {}
+                Fired::Park => {
+                    // The serve loop, polled next, stops hyper and keeps the socket.
+                    self.state.park.set(true);
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Fired::Expire => {
+                    tracing::trace!(phase = ?self.state.phase.get(), "client connection deadline passed");
+                    self.expired = true;
+                    if self.state.phase.get() == ConnPhase::Head {
+                        // Best effort: the socket buffer is empty at this point, so
+                        // a short response fits; a client that is gone loses nothing.
+                        let _ = self.stream.try_write(&super::error::raw_error_response(
+                            http::StatusCode::REQUEST_TIMEOUT,
+                        ));
+                        self.state.sent_408.set(true);
+                    }
+                    // End of stream: hyper closes the connection.
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    }
+
+    /// A write found the socket full: fails once it stays full for `timeout.client`.
+    fn poll_write_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let send = self.send;
+        let stall = self
+            .write_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("client read nothing for {send:?} (timeout.client)"),
+            )),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -130,6 +329,7 @@ impl AsyncRead for TimedIo {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            this.saw_bytes();
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -141,31 +341,7 @@ impl AsyncRead for TimedIo {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                let Some(deadline) = this.deadline() else {
-                    return Poll::Pending;
-                };
-                if this.armed != Some(deadline) {
-                    this.sleep.as_mut().reset(deadline);
-                    this.armed = Some(deadline);
-                }
-                match this.sleep.as_mut().poll(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(()) => {
-                        this.expired = true;
-                        if this.state.phase.get() == ConnPhase::Head {
-                            // Best effort: the socket buffer is empty at this point, so
-                            // a short response fits; a client that is gone loses nothing.
-                            let _ = this.stream.try_write(&super::error::raw_error_response(
-                                http::StatusCode::REQUEST_TIMEOUT,
-                            ));
-                            this.state.sent_408.set(true);
-                        }
-                        // End of stream: hyper closes the connection.
-                        Poll::Ready(Ok(()))
-                    }
-                }
-            }
+            Poll::Pending => this.poll_deadlines(cx),
         }
     }
 }
@@ -219,7 +395,15 @@ impl AsyncWrite for TimedIo {
             this.replacement = Some(super::error::raw_error_response(status));
             return this.poll_replacement(cx).map(|r| r.map(|()| buf.len()));
         }
-        Pin::new(&mut this.stream).poll_write(cx, buf)
+        match Pin::new(&mut this.stream).poll_write(cx, buf) {
+            Poll::Pending => this.poll_write_stall(cx).map(Err),
+            done => {
+                if matches!(done, Poll::Ready(Ok(n)) if n > 0) {
+                    this.write_stall = None;
+                }
+                done
+            }
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -241,6 +425,8 @@ impl AsyncWrite for TimedIo {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         match this.poll_replacement(cx) {
+            // Parking: hyper is done with the socket, the connection is not.
+            Poll::Ready(Ok(())) if this.state.parking.get() => Poll::Ready(Ok(())),
             Poll::Ready(Ok(())) => Pin::new(&mut this.stream).poll_shutdown(cx),
             other => other,
         }
@@ -289,20 +475,133 @@ async fn detect(stream: &mut TcpStream, deadline: Instant) -> io::Result<Detecte
     }
 }
 
-/// Runs `conn` to completion; on shutdown, asks it to finish its in-flight
-/// requests and close (idle connections close at once).
-async fn until_shutdown<C>(conn: C, shutdown: &mut ShutdownSignal) -> Result<(), C::Error>
-where
-    C: GracefulConnection,
-{
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => r,
-        _ = shutdown.wait() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+/// Why a connection that holds no request stopped waiting.
+#[derive(Debug, PartialEq, Eq)]
+enum Wake {
+    /// Bytes (or the client's close) arrived.
+    Readable,
+    /// Timed out, shed under connection pressure, or shutting down: close.
+    Close,
+}
+
+/// Waits, holding no buffer, until `stream` is readable or `deadline`
+/// passes. The worker sheds such connections when it runs out of
+/// connection slots (nginx does the same with idle keep-alive connections).
+/// With `shutdown`, a start of the drain shortens the wait to the drain linger.
+async fn wait_readable(
+    stream: &TcpStream,
+    worker: &Worker,
+    state: Option<&ConnState>,
+    deadline: Instant,
+    shutdown: &mut ShutdownSignal,
+) -> Wake {
+    let shed = worker.shed.notified();
+    tokio::pin!(shed);
+    let mut deadline = deadline;
+    let mut draining = state.is_some_and(|s| s.draining.get().is_some());
+    loop {
+        tokio::select! {
+            r = stream.readable() => return if r.is_ok() { Wake::Readable } else { Wake::Close },
+            () = tokio::time::sleep_until(deadline) => return Wake::Close,
+            () = &mut shed => return Wake::Close,
+            () = shutdown.wait(), if !draining => {
+                // A connection that never sent a byte is closed at once; an
+                // idle keep-alive one lingers for a request already on its way.
+                let Some(s) = state else { return Wake::Close };
+                s.start_drain();
+                draining = true;
+                deadline = deadline.min(Instant::now() + DRAIN_LINGER);
+            }
         }
     }
+}
+
+/// Runs an HTTP/1 connection until it ends or asks to park: on shutdown it
+/// marks the connection draining (responses then carry `Connection: close`);
+/// once hyper's read found the connection idle past [`PARK_AFTER`] it stops
+/// hyper without shutting the socket down.
+async fn drive_h1<C>(conn: &mut C, state: &ConnState, shutdown: &mut ShutdownSignal) -> C::Output
+where
+    C: Future + hyper_util::server::graceful::GracefulConnection + Unpin,
+{
+    let draining = state.draining.get().is_some();
+    let wait = shutdown.wait();
+    tokio::pin!(wait);
+    let mut shutdown_seen = draining;
+    std::future::poll_fn(|cx| {
+        if !shutdown_seen && wait.as_mut().poll(cx).is_ready() {
+            shutdown_seen = true;
+            state.start_drain();
+        }
+        if state.park.get() && !state.parking.get() {
+            state.parking.set(true);
+            Pin::new(&mut *conn).graceful_shutdown();
+        }
+        Pin::new(&mut *conn).poll(cx)
+    })
+    .await
+}
+
+/// Runs an HTTP/2 connection with the timeouts HTTP/1 has: the request-head
+/// timeout until the first stream, the keep-alive timeout whenever no stream
+/// is in flight (bytes such as PINGs do not extend it), a GOAWAY when either
+/// passes or shutdown begins, and a bounded wait for the client after it
+/// (`None`: the client overstayed it and the connection is dropped).
+async fn drive_h2<C>(
+    conn: Pin<&mut C>,
+    state: &ConnState,
+    t: &Timeouts,
+    shutdown: &mut ShutdownSignal,
+) -> Option<C::Output>
+where
+    C: Future + hyper_util::server::graceful::GracefulConnection,
+{
+    let mut conn = conn;
+    let wait = shutdown.wait();
+    tokio::pin!(wait);
+    let mut shutdown_seen = false;
+    let mut sleep = Box::pin(tokio::time::sleep_until(state.since.get() + t.http_request));
+    let mut armed: Option<Instant> = None;
+    // Set once a GOAWAY went out for a timeout: the socket closes then.
+    let mut hard_close: Option<Instant> = None;
+    std::future::poll_fn(|cx| {
+        if !shutdown_seen && wait.as_mut().poll(cx).is_ready() {
+            shutdown_seen = true;
+            state.start_drain();
+            // GOAWAY; the worker's grace bounds the streams still in flight.
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            let due = match (hard_close, state.h2_idle_close_at(t)) {
+                (Some(at), _) => at,
+                (None, Some(at)) => at,
+                // Streams in flight: look again a keep-alive period from now.
+                (None, None) => match armed {
+                    Some(at) => at,
+                    None => Instant::now() + t.keep_alive,
+                },
+            };
+            if armed != Some(due) {
+                sleep.as_mut().reset(due);
+                armed = Some(due);
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                break;
+            }
+            armed = None;
+            if hard_close.is_some() {
+                tracing::debug!("HTTP/2 client did not close after GOAWAY; closing");
+                return Poll::Ready(None);
+            }
+            let now = Instant::now();
+            if state.h2_idle_close_at(t).is_some_and(|at| now >= at) {
+                conn.as_mut().graceful_shutdown();
+                hard_close = Some(now + H2_GOAWAY_GRACE);
+            }
+        }
+        conn.as_mut().poll(cx).map(Some)
+    })
+    .await
 }
 
 /// Serves one accepted client connection until it closes or the worker shuts down.
@@ -310,7 +609,14 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
     let local = stream.local_addr().unwrap_or(client);
     let timeouts = worker.shared.config.global.timeouts;
     let accepted = Instant::now();
-    let detected = match detect(&mut stream, accepted + timeouts.http_request).await {
+    let mut shutdown = worker.shutdown_signal();
+    // Until its first byte a connection holds no buffer: a flood of silent
+    // connections costs sockets, not memory, and is shed under pressure.
+    let first_deadline = accepted + timeouts.http_request;
+    if wait_readable(&stream, &worker, None, first_deadline, &mut shutdown).await == Wake::Close {
+        return;
+    }
+    let detected = match detect(&mut stream, first_deadline).await {
         Ok(d) => d,
         Err(e) => {
             tracing::debug!(%client, error = %e, "client connection failed before its first request");
@@ -327,18 +633,6 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
         if h2 { ConnPhase::Busy } else { ConnPhase::Head },
         accepted,
     ));
-    let io = TimedIo {
-        stream,
-        prefix,
-        state: Rc::clone(&state),
-        sleep: Box::pin(tokio::time::sleep_until(accepted + timeouts.http_request)),
-        armed: None,
-        http_request: timeouts.http_request,
-        keep_alive: timeouts.keep_alive,
-        expired: false,
-        replacement: None,
-        replaced: false,
-    };
     let ctx = Rc::new(super::handler::ConnCtx::new(
         Rc::clone(&worker),
         frontend,
@@ -347,21 +641,58 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
         Rc::clone(&state),
     ));
     let svc = service_fn(move |req| super::handler::handle(req, Rc::clone(&ctx)));
-    let mut shutdown = worker.shutdown_signal();
     let global = &worker.shared.config.global;
     let result = if h2 {
+        let io = TimedIo::new(stream, prefix, Rc::clone(&state), &timeouts, None);
         let conn = http2::Builder::new(LocalExec)
             .max_header_list_size(u32::try_from(global.max_header_size).unwrap_or(u32::MAX))
+            .max_send_buf_size(H2_SEND_BUF)
             .serve_connection(TokioIo::new(io), svc);
-        until_shutdown(conn, &mut shutdown).await
+        // Boxed: the connection's state lives on the heap only while it runs.
+        let mut conn = Box::pin(conn);
+        drive_h2(conn.as_mut(), &state, &timeouts, &mut shutdown)
+            .await
+            .unwrap_or(Ok(()))
     } else {
-        let conn = http1::Builder::new()
+        let mut builder = http1::Builder::new();
+        builder
             .writev(false)
             .max_headers(global.max_headers)
             .max_header_size(global.max_header_size)
-            .max_buf_size(global.max_header_size.max(64 << 10) + 8192)
-            .serve_connection(TokioIo::new(io), svc);
-        until_shutdown(conn, &mut shutdown).await
+            .max_buf_size(global.max_header_size.max(64 << 10) + 8192);
+        let mut stream = stream;
+        let mut prefix = prefix;
+        let mut park_base = accepted;
+        loop {
+            let io = TimedIo::new(
+                stream,
+                prefix,
+                Rc::clone(&state),
+                &timeouts,
+                Some(park_base),
+            );
+            let mut conn = Box::new(builder.serve_connection(TokioIo::new(io), svc.clone()));
+            let result = drive_h1(&mut *conn, &state, &mut shutdown).await;
+            tracing::trace!(?result, phase = ?state.phase.get(), parking = state.parking.get(), "hyper connection ended");
+            if result.is_err() || !state.parking.get() {
+                break result;
+            }
+            // Parked: hyper's buffers go; what it had read of a next request stays.
+            let parts = conn.into_parts();
+            prefix = parts.read_buf;
+            stream = parts.io.into_inner().stream;
+            state.park.set(false);
+            state.parking.set(false);
+            if prefix.is_empty() {
+                let close_at = state.idle_close_at(timeouts.keep_alive);
+                let woke =
+                    wait_readable(&stream, &worker, Some(&state), close_at, &mut shutdown).await;
+                if woke == Wake::Close {
+                    break Ok(());
+                }
+            }
+            park_base = Instant::now();
+        }
     };
     if state.sent_408.get() {
         worker.record_local_error(frontend, client, 408, "request head timeout");

@@ -353,6 +353,11 @@ pub async fn handle(
         route,
         status: status.as_u16(),
     };
+    let mut headers = headers;
+    if ctx.state.close_after_response() {
+        // Shutting down: the client learns it before sending another request.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let mut resp = Response::new(body.on_end(Box::new(ex)));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;

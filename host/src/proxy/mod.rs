@@ -13,6 +13,7 @@ pub mod conn;
 pub mod error;
 pub mod handler;
 pub mod health;
+pub mod limit;
 pub mod pool;
 pub mod stats;
 pub mod worker;
@@ -80,7 +81,12 @@ fn bind_all(config: &Config) -> Result<Vec<worker::WorkerListeners>, RunError> {
 
 /// Runs the daemon on `config` until SIGTERM/SIGINT and the drain that follows.
 pub fn run(config: Arc<Config>) -> Result<(), RunError> {
+    let fd_limit = limit::raise_fd_limit();
     let shared = Arc::new(Shared::new(Arc::clone(&config)));
+    if let Some(warning) = limit::check_maxconn(shared.conns.max(), fd_limit) {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(maxconn = shared.conns.max(), fd_limit, "connection limits");
     let listeners = bind_all(&config)?;
     let admin_listener = match config.global.admin {
         Some(addr) => Some(listen(addr, false).map_err(|source| {
@@ -100,6 +106,12 @@ pub fn run(config: Arc<Config>) -> Result<(), RunError> {
         .enable_all()
         .build()
         .map_err(RunError::Startup)?;
+    // Signal handlers exist before any worker serves: a SIGTERM that follows
+    // the first response must drain, not kill the process.
+    let signals = {
+        let _guard = rt.enter();
+        Signals::install()
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut workers = Vec::new();
     for (id, ls) in listeners.into_iter().enumerate() {
@@ -130,7 +142,7 @@ pub fn run(config: Arc<Config>) -> Result<(), RunError> {
                 Err(e) => tracing::error!(error = %e, "cannot start admin listener"),
             }
         }
-        wait_for_signal().await;
+        signals.wait().await;
         tracing::info!(grace = ?config.global.grace, "shutting down: no new connections, draining in-flight requests");
         let _ = shutdown_tx.send(true);
     });
@@ -142,22 +154,36 @@ pub fn run(config: Arc<Config>) -> Result<(), RunError> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+/// SIGTERM and SIGINT handlers.
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    /// Installs the handlers; must run inside the control runtime.
+    fn install() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Signals(Some((term, int))),
+            _ => {
+                tracing::warn!("cannot install signal handlers; graceful shutdown is unavailable");
+                Signals(None)
             }
         }
-        _ => {
+    }
+
+    /// Waits for SIGTERM or SIGINT.
+    async fn wait(self) {
+        match self.0 {
+            Some((mut term, mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
             // Without signal handlers the process can only be killed; keep serving.
-            tracing::warn!("cannot install signal handlers; graceful shutdown is unavailable");
-            std::future::pending::<()>().await;
+            None => std::future::pending::<()>().await,
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
+use super::limit::ConnLimit;
 use crate::config::Config;
 
 /// Response counters by status class: 1xx, 2xx, 3xx, 4xx, 5xx, other.
@@ -41,12 +42,13 @@ impl StatusCounters {
 pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
 /// Per-frontend counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrontendStats {
     pub requests: AtomicU64,
     pub responses: StatusCounters,
     pub connections_total: AtomicU64,
-    pub connections_current: AtomicU64,
+    /// Open connections against this frontend's `maxconn`.
+    pub conns: ConnLimit,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     /// Requests that failed before a response could be produced (client errors on the wire).
@@ -111,16 +113,30 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub frontends: Vec<FrontendStats>,
     pub backends: Vec<BackendState>,
+    /// Open client connections against the global `maxconn`.
+    pub conns: ConnLimit,
     pub started: Instant,
 }
 
 impl Shared {
     /// Fresh state for `config`: all servers up, counters zero.
     pub fn new(config: Arc<Config>) -> Shared {
+        let maxconn = config
+            .global
+            .maxconn
+            .unwrap_or_else(|| super::limit::default_maxconn(super::limit::fd_limit()));
         let frontends = config
             .frontends
             .iter()
-            .map(|_| FrontendStats::default())
+            .map(|f| FrontendStats {
+                requests: AtomicU64::new(0),
+                responses: StatusCounters::default(),
+                connections_total: AtomicU64::new(0),
+                conns: ConnLimit::new(f.maxconn.unwrap_or(maxconn)),
+                bytes_in: AtomicU64::new(0),
+                bytes_out: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+            })
             .collect();
         let backends = config
             .backends
@@ -150,6 +166,7 @@ impl Shared {
             config,
             frontends,
             backends,
+            conns: ConnLimit::new(maxconn),
             started: Instant::now(),
         }
     }

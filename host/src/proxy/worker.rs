@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 use tokio::task::LocalSet;
 
@@ -42,6 +43,9 @@ pub struct Worker {
     shutdown: watch::Receiver<bool>,
     connections: Cell<usize>,
     drained: Notify,
+    /// Wakes this worker's silent and parked idle connections to close when
+    /// the accept loop runs out of connection slots or descriptors.
+    pub shed: Notify,
 }
 
 impl Worker {
@@ -119,16 +123,12 @@ pub fn run(
         shutdown,
         connections: Cell::new(0),
         drained: Notify::new(),
+        shed: Notify::new(),
     });
     let local = LocalSet::new();
     local.block_on(&rt, async {
         for (frontend, listener) in listeners {
-            match TcpListener::from_std(listener) {
-                Ok(l) => {
-                    tokio::task::spawn_local(accept_loop(Rc::clone(&worker), frontend, l));
-                }
-                Err(e) => tracing::error!(worker = id, error = %e, "cannot register listener"),
-            }
+            tokio::task::spawn_local(accept_loop(Rc::clone(&worker), frontend, listener));
         }
         // Each Wasm plugin's VM starts on every worker before traffic (ticks run when idle).
         crate::wasm::filter::start_worker(&worker.shared.config.wasm_plugins);
@@ -181,37 +181,133 @@ async fn housekeeping(worker: Rc<Worker>) {
     }
 }
 
-async fn accept_loop(worker: Rc<Worker>, frontend: usize, listener: TcpListener) {
-    let mut shutdown = worker.shutdown_signal();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.wait() => return,
-        };
-        match accepted {
-            Ok((stream, client)) => {
-                let _ = stream.set_nodelay(true);
-                let stats = &worker.shared.frontends[frontend];
-                stats.connections_total.fetch_add(1, Relaxed);
-                stats.connections_current.fetch_add(1, Relaxed);
-                worker.connections.set(worker.connections.get() + 1);
-                let w = Rc::clone(&worker);
-                tokio::task::spawn_local(async move {
-                    super::conn::serve(Rc::clone(&w), frontend, stream, client).await;
-                    w.shared.frontends[frontend]
-                        .connections_current
-                        .fetch_sub(1, Relaxed);
-                    w.connections.set(w.connections.get() - 1);
-                    if w.connections.get() == 0 {
-                        w.drained.notify_waiters();
-                    }
-                });
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning on accept.
-                tracing::warn!(worker = worker.id, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+/// Accepts connections for `frontend` until shutdown, within the global and
+/// the frontend's `maxconn`: a slot is reserved once the listener is
+/// readable and before `accept`, so at the limit the loop pauses and new
+/// connections wait in the kernel's backlog (HAProxy's behaviour), while
+/// this worker's silent and parked idle connections are shed to make room.
+async fn accept_loop(worker: Rc<Worker>, frontend: usize, listener: StdListener) {
+    // SAFETY: the listener owns its descriptor, which stays open and is not
+    // replaced while the AsyncFd owns the listener.
+    let listener = match unsafe { AsyncFd::register(listener) } {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(worker = worker.id, error = %e, "cannot register listener");
+            return;
         }
+    };
+    let mut shutdown = worker.shutdown_signal();
+    let shared = Arc::clone(&worker.shared);
+    let global = &shared.conns;
+    let fe = &shared.frontends[frontend].conns;
+    loop {
+        let mut ready = tokio::select! {
+            r = listener.readable() => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(worker = worker.id, error = %e, "listener failed");
+                    return;
+                }
+            },
+            () = shutdown.wait() => return,
+        };
+        // Created before the check, so a release in between is not missed.
+        let global_freed = global.released();
+        let fe_freed = fe.released();
+        tokio::pin!(global_freed, fe_freed);
+        global_freed.as_mut().enable();
+        fe_freed.as_mut().enable();
+        if !global.try_acquire() {
+            // Readiness may be stale (the last accept emptied the backlog):
+            // shed only for a connection that is really waiting.
+            if !connection_pending(ready.get_ref().get_ref()) {
+                ready.clear_ready();
+                continue;
+            }
+            drop(ready);
+            worker.shed.notify_waiters();
+            tokio::select! {
+                () = global_freed => {}
+                // A release on another worker that raced the check is found on the next pass.
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = shutdown.wait() => return,
+            }
+            continue;
+        }
+        if !fe.try_acquire() {
+            global.release();
+            if !connection_pending(ready.get_ref().get_ref()) {
+                ready.clear_ready();
+                continue;
+            }
+            drop(ready);
+            worker.shed.notify_waiters();
+            tokio::select! {
+                () = fe_freed => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = shutdown.wait() => return,
+            }
+            continue;
+        }
+        let accepted = ready.try_io(|l| l.get_ref().accept());
+        let (stream, client) = match accepted {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                global.release();
+                fe.release();
+                // EMFILE and friends: make room, back off instead of spinning on accept.
+                tracing::warn!(worker = worker.id, error = %e, "accept failed");
+                worker.shed.notify_waiters();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(_would_block) => {
+                // Another worker took it: the slot goes back.
+                global.release();
+                fe.release();
+                continue;
+            }
+        };
+        let stream = match stream
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(stream))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                global.release();
+                fe.release();
+                tracing::warn!(worker = worker.id, error = %e, "cannot register connection");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        shared.frontends[frontend]
+            .connections_total
+            .fetch_add(1, Relaxed);
+        worker.connections.set(worker.connections.get() + 1);
+        let w = Rc::clone(&worker);
+        tokio::task::spawn_local(async move {
+            super::conn::serve(Rc::clone(&w), frontend, stream, client).await;
+            w.shared.conns.release();
+            w.shared.frontends[frontend].conns.release();
+            w.connections.set(w.connections.get() - 1);
+            if w.connections.get() == 0 {
+                w.drained.notify_waiters();
+            }
+        });
     }
+}
+
+/// Whether a connection waits in `listener`'s accept queue (a zero-timeout
+/// `poll`: the listener is level-triggered there, unlike the runtime's readiness).
+fn connection_pending(listener: &StdListener) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fds = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout: poll only writes `revents`.
+    let n = unsafe { libc::poll(&mut fds, 1, 0) };
+    n > 0 && fds.revents & libc::POLLIN != 0
 }
