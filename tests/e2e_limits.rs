@@ -405,3 +405,43 @@ async fn sigterm_answers_an_idle_keep_alive_connection_with_close() {
         .expect("daemon still running 4s after SIGTERM");
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn h2_client_that_grants_no_window_is_closed_after_timeout_client() {
+    let s1 = Backend::start("s1").await;
+    let (_d, ports) = proxy_with(&[&s1], &[("timeout.client", "\"1s\"")], "").await;
+    let mut s = connect(ports.web).await;
+    s.write_all(H2_PREFACE).await.expect("preface");
+    s.write_all(&H2_SETTINGS).await.expect("settings");
+    // GET /large/10000000: :method GET, :scheme http, :path (literal), :authority x.
+    let mut block = vec![0x82, 0x86, 0x04, 15];
+    block.extend_from_slice(b"/large/10000000");
+    block.extend_from_slice(&[0x01, 1, b'x']);
+    let mut frame = vec![0, 0, block.len() as u8, 1, 0x5, 0, 0, 0, 1];
+    frame.extend_from_slice(&block);
+    s.write_all(&frame).await.expect("headers");
+    // Read everything the proxy sends (the socket never fills up) but grant
+    // no flow-control window beyond the initial 64 KiB: the stream stalls.
+    let t0 = Instant::now();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 65536];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(8), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got += n,
+            Err(_) => break false,
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+    };
+    assert!(
+        got > 60_000,
+        "the first window of data was not sent ({got} bytes)"
+    );
+    assert!(
+        closed && t0.elapsed() < Duration::from_secs(8),
+        "h2 connection stalled by flow control still open after {:?}",
+        t0.elapsed()
+    );
+}

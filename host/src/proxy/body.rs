@@ -340,6 +340,9 @@ pub struct ResponseBody {
     taps: Taps,
     bytes: u64,
     end: Option<Box<dyn BodyEnd>>,
+    /// HTTP/2: the connection told when this body waits on the client, and
+    /// whether it does now.
+    stall_watch: Option<(Rc<super::conn::ConnState>, bool)>,
 }
 
 impl ResponseBody {
@@ -351,6 +354,7 @@ impl ResponseBody {
             taps: Taps::default(),
             bytes: 0,
             end: None,
+            stall_watch: None,
         }
     }
 
@@ -365,6 +369,7 @@ impl ResponseBody {
             taps: Taps::default(),
             bytes: 0,
             end: None,
+            stall_watch: None,
         }
     }
 
@@ -384,6 +389,7 @@ impl ResponseBody {
             taps: Taps::default(),
             bytes: 0,
             end: None,
+            stall_watch: None,
         }
     }
 
@@ -396,6 +402,12 @@ impl ResponseBody {
     /// Runs the server's frames through `taps`.
     pub fn with_taps(mut self, taps: Taps) -> ResponseBody {
         self.taps = taps;
+        self
+    }
+
+    /// Reports to `conn` when this body waits for the client (HTTP/2 flow control).
+    pub fn watch_stalls(mut self, conn: Rc<super::conn::ConnState>) -> ResponseBody {
+        self.stall_watch = Some((conn, false));
         self
     }
 
@@ -414,6 +426,9 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        if let Some((conn, true)) = &self.stall_watch {
+            conn.body_resumed();
+        }
         let outcome = if self.is_end_stream() {
             BodyOutcome::Complete
         } else {
@@ -432,6 +447,34 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some((conn, waiting)) = &mut this.stall_watch
+            && *waiting
+        {
+            *waiting = false;
+            conn.body_resumed();
+        }
+        let polled = this.poll_inner(cx);
+        if let (Poll::Ready(Some(Ok(_))), Some((conn, waiting))) = (&polled, &mut this.stall_watch)
+            && this.end.is_some()
+        {
+            *waiting = true;
+            conn.body_waiting();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.is_end()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint()
+    }
+}
+
+impl ResponseBody {
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self;
         if let Some(p) = this.prefix.take() {
             this.bytes += p.len() as u64;
             return Poll::Ready(Some(Ok(Frame::data(p))));
@@ -485,7 +528,7 @@ impl Body for ResponseBody {
         polled
     }
 
-    fn is_end_stream(&self) -> bool {
+    fn is_end(&self) -> bool {
         if self.prefix.is_some() {
             return false;
         }
@@ -498,7 +541,7 @@ impl Body for ResponseBody {
         }
     }
 
-    fn size_hint(&self) -> SizeHint {
+    fn hint(&self) -> SizeHint {
         if !self.taps.is_empty() {
             // A tap may change the frames' sizes: no length may be derived.
             return SizeHint::new();

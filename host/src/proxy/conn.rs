@@ -74,6 +74,11 @@ pub struct ConnState {
     pub requests: Cell<u64>,
     /// HTTP/2: requests whose response is not over yet.
     active: Cell<u32>,
+    /// HTTP/2: response bodies that handed hyper data and have not been
+    /// asked for more since (hyper waits for the client's flow-control window).
+    owed: Cell<u32>,
+    /// HTTP/2: since when `owed` has been above zero.
+    owed_since: Cell<Instant>,
     /// A 408 was sent because the request head did not arrive in time.
     pub sent_408: Cell<bool>,
     /// When the worker began shutting down, once it has.
@@ -92,6 +97,8 @@ impl ConnState {
             since: Cell::new(since),
             requests: Cell::new(0),
             active: Cell::new(0),
+            owed: Cell::new(0),
+            owed_since: Cell::new(since),
             sent_408: Cell::new(false),
             draining: Cell::new(None),
             park: Cell::new(false),
@@ -120,6 +127,33 @@ impl ConnState {
         } else if self.phase.get() == ConnPhase::Busy {
             self.phase.set(ConnPhase::Flushing);
         }
+    }
+
+    /// Whether response bodies should report flow-control stalls
+    /// ([`body_waiting`](Self::body_waiting)): HTTP/2, where a client that
+    /// grants no window stalls a stream without the socket filling up.
+    pub fn watches_stalls(&self) -> bool {
+        self.multiplexed
+    }
+
+    /// A response body handed data to hyper and waits to be asked again.
+    pub fn body_waiting(&self) {
+        let n = self.owed.get();
+        if n == 0 {
+            self.owed_since.set(Instant::now());
+        }
+        self.owed.set(n + 1);
+    }
+
+    /// A waiting response body was asked again (or dropped).
+    pub fn body_resumed(&self) {
+        self.owed.set(self.owed.get().saturating_sub(1));
+    }
+
+    /// HTTP/2: when the client has accepted nothing for `timeout.client`
+    /// while response data waits for it.
+    fn h2_stalled_at(&self, client: Duration) -> Option<Instant> {
+        (self.owed.get() > 0).then(|| self.owed_since.get() + client)
     }
 
     /// Whether a response must carry `Connection: close`: an HTTP/1
@@ -575,10 +609,11 @@ where
             let due = match (hard_close, state.h2_idle_close_at(t)) {
                 (Some(at), _) => at,
                 (None, Some(at)) => at,
-                // Streams in flight: look again a keep-alive period from now.
-                (None, None) => match armed {
-                    Some(at) => at,
-                    None => Instant::now() + t.keep_alive,
+                (None, None) => match (state.h2_stalled_at(t.client), armed) {
+                    (Some(at), _) => at,
+                    // Streams in flight: look again later (they may end, or stall).
+                    (None, Some(at)) => at,
+                    (None, None) => Instant::now() + t.keep_alive.min(t.client),
                 },
             };
             if armed != Some(due) {
@@ -597,6 +632,13 @@ where
             if state.h2_idle_close_at(t).is_some_and(|at| now >= at) {
                 conn.as_mut().graceful_shutdown();
                 hard_close = Some(now + H2_GOAWAY_GRACE);
+            } else if state.h2_stalled_at(t.client).is_some_and(|at| now >= at) {
+                // The client reads nothing of what waits for it: as a stalled
+                // HTTP/1 write, the connection goes (its streams cannot finish).
+                tracing::debug!(
+                    "HTTP/2 client accepted no response data for timeout.client; closing"
+                );
+                return Poll::Ready(None);
             }
         }
         conn.as_mut().poll(cx).map(Some)

@@ -358,7 +358,11 @@ pub async fn handle(
         // Shutting down: the client learns it before sending another request.
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let mut resp = Response::new(body.on_end(Box::new(ex)));
+    let mut body = body.on_end(Box::new(ex));
+    if ctx.state.watches_stalls() {
+        body = body.watch_stalls(Rc::clone(&ctx.state));
+    }
+    let mut resp = Response::new(body);
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     Ok(resp)
