@@ -40,6 +40,10 @@ pub enum ProxyError {
     BadHost(#[from] BadHost),
     #[error("CONNECT requests are not supported")]
     ConnectMethod,
+    #[error("server sent an invalid response: {0}")]
+    UpstreamInvalid(hyper::Error),
+    #[error("server switched protocols (101) though the request asked for no upgrade")]
+    UnexpectedUpgrade,
 }
 
 impl ProxyError {
@@ -63,6 +67,8 @@ impl ProxyError {
                 | ProxyError::ServerTimeout(_)
                 | ProxyError::UpstreamReset(_)
                 | ProxyError::UpstreamUnusable(_)
+                | ProxyError::UpstreamInvalid(_)
+                | ProxyError::UnexpectedUpgrade
         )
     }
 
@@ -81,7 +87,9 @@ impl ProxyError {
             }
             ProxyError::Connect(_)
             | ProxyError::UpstreamReset(_)
-            | ProxyError::UpstreamUnusable(_) => StatusCode::BAD_GATEWAY,
+            | ProxyError::UpstreamUnusable(_)
+            | ProxyError::UpstreamInvalid(_)
+            | ProxyError::UnexpectedUpgrade => StatusCode::BAD_GATEWAY,
             ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientBody(_) | ProxyError::BadHost(_) => StatusCode::BAD_REQUEST,
             ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,

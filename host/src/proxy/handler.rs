@@ -427,6 +427,9 @@ async fn forward(
     ex.server = Some(s);
 
     let mut headers = std::mem::take(&mut txn.req_headers);
+    // Upgrades are not forwarded yet (Upgrade is hop-by-hop); a server that
+    // switches protocols anyway without being asked is answered 502 below.
+    let asked_upgrade = headers.contains_key(header::UPGRADE);
     // Connection options went before the rules (`prepare_request`), and Host
     // was settled there: what rules set and what the proxy adds here stays.
     strip_hop_by_hop(&mut headers);
@@ -518,6 +521,11 @@ async fn forward(
     };
     ex.upstream_time = Some(sent_at.elapsed());
     match result {
+        Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !asked_upgrade => {
+            // HAProxy: a 101 to a request without Upgrade is an invalid response.
+            conn.discard();
+            Err(ProxyError::UnexpectedUpgrade)
+        }
         Ok(resp) => {
             ex.conn = Some(conn);
             Ok(resp)
@@ -528,6 +536,10 @@ async fn forward(
                 SendFailure::Timeout(d) => ProxyError::ServerTimeout(d),
                 _ if body_state.timed_out.get() => ProxyError::ClientTimeout(client_timeout),
                 SendFailure::Failed(e) if body_state.failed.get() => ProxyError::ClientBody(e),
+                // A malformed response head, or one over max_header_size/max_headers.
+                SendFailure::Failed(e) if e.is_parse() || e.is_parse_too_large() => {
+                    ProxyError::UpstreamInvalid(e)
+                }
                 SendFailure::Failed(e) => ProxyError::UpstreamReset(e),
                 SendFailure::Unsent(_) => {
                     ProxyError::UpstreamUnusable("connection closed before the request was sent")

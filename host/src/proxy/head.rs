@@ -293,8 +293,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !present {
         return;
     }
-    // Transfer-Encoding is re-done by hyper on each side.
-    headers.remove(header::TRANSFER_ENCODING);
+    if headers.remove(header::TRANSFER_ENCODING).is_some() {
+        // Transfer-Encoding wins over a Content-Length in the same message
+        // (RFC 9112 §6.3, HAProxy): hyper read the body by its chunks, so the
+        // length would be wrong for what is forwarded.
+        headers.remove(header::CONTENT_LENGTH);
+    }
     for h in &HOP_BY_HOP {
         headers.remove(h);
     }
@@ -456,7 +460,7 @@ mod tests {
     }
 
     #[test]
-    fn hop_by_hop_headers_go() {
+    fn hop_by_hop_headers_go_and_chunked_wins_over_length() {
         let mut h = headers(&[
             ("connection", "close"),
             ("keep-alive", "timeout=5"),
@@ -465,10 +469,14 @@ mod tests {
             ("trailer", "x-t"),
             ("upgrade", "h2c"),
             ("transfer-encoding", "chunked"),
+            ("content-length", "5"),
             ("x-keep", "yes"),
         ]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-keep"));
+        let mut h = headers(&[("content-length", "5"), ("x-keep", "yes")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "a plain length stays");
     }
 }
