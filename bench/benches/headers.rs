@@ -1,9 +1,11 @@
-//! Header handling on the proxy path: hop-by-hop removal on typical messages.
+//! Header handling on the proxy path: hop-by-hop removal on typical messages
+//! (the Connection options, removed before the rules, plus the fixed
+//! hop-by-hop headers, removed when forwarding).
 
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use portcullis::proxy::handler::strip_hop_by_hop;
+use portcullis::proxy::head::{remove_connection_options, strip_hop_by_hop};
 use portcullis_bench::{browser_headers, hop_by_hop_headers, response_headers};
 
 fn bench_headers(c: &mut Criterion) {
@@ -18,6 +20,7 @@ fn bench_headers(c: &mut Criterion) {
             b.iter_batched_ref(
                 || map.clone(),
                 |h| {
+                    remove_connection_options(h);
                     strip_hop_by_hop(h);
                     black_box(h.len())
                 },

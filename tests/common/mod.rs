@@ -1398,3 +1398,163 @@ pub fn server_up(stats: &Value, backend: &str, server: &str) -> Option<bool> {
     let b = named(&stats["backends"], backend)?;
     named(&b["servers"], server)?["up"].as_bool()
 }
+
+// ---------------------------------------------------------------------------
+// Hostile peers (issue #14): a raw backend that records what it receives
+// ---------------------------------------------------------------------------
+
+/// One request as a [`RawBackend`] read it off the wire.
+#[derive(Debug, Clone)]
+pub struct RawRequest {
+    /// The request line, e.g. `GET /a HTTP/1.1`.
+    pub line: String,
+    /// Header lines in order, names as sent.
+    pub headers: Vec<(String, String)>,
+    /// The body (de-chunked when it came chunked).
+    pub body: Vec<u8>,
+}
+
+impl RawRequest {
+    /// The request target (`/a?q=1`).
+    pub fn target(&self) -> &str {
+        self.line.split(' ').nth(1).unwrap_or("")
+    }
+    /// Every value of header `name` (case-insensitive), one per line, in order.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// Parses one complete request at the start of `buf`: the request and the
+/// bytes it took, or `None` while incomplete (or unparsable).
+pub fn parse_raw_request(buf: &[u8]) -> Option<(RawRequest, usize)> {
+    let head_end = find(buf, b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let line = lines.next()?.to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.to_string(), v.trim().to_string()))
+        .collect();
+    let value = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.to_ascii_lowercase())
+    };
+    let mut pos = head_end + 4;
+    let mut body = Vec::new();
+    if value("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let rest = buf.get(pos..)?;
+            let eol = find(rest, b"\r\n")?;
+            let size_text = String::from_utf8_lossy(&rest[..eol]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            pos += eol + 2;
+            if size == 0 {
+                // No trailers expected from the proxy: the final CRLF.
+                let rest = buf.get(pos..)?;
+                let end = find(rest, b"\r\n")?;
+                pos += end + 2;
+                break;
+            }
+            body.extend_from_slice(buf.get(pos..pos + size)?);
+            pos += size + 2;
+            if buf.len() < pos {
+                return None;
+            }
+        }
+    } else if let Some(cl) = value("content-length") {
+        let n: usize = cl.trim().parse().ok()?;
+        body.extend_from_slice(buf.get(pos..pos + n)?);
+        pos += n;
+    }
+    Some((
+        RawRequest {
+            line,
+            headers,
+            body,
+        },
+        pos,
+    ))
+}
+
+#[derive(Debug, Default)]
+struct RawLog {
+    bytes: Vec<u8>,
+    requests: Vec<RawRequest>,
+    connections: usize,
+}
+
+/// A server on raw TCP: answers each complete request it reads with fixed
+/// bytes (keeping the connection) and records every byte and request received.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    log: Arc<Mutex<RawLog>>,
+    task: JoinHandle<()>,
+}
+
+impl RawBackend {
+    pub async fn start(reply: impl Into<Bytes>) -> RawBackend {
+        let reply: Bytes = reply.into();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let log: Arc<Mutex<RawLog>> = Arc::default();
+        let shared = log.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                shared.lock().expect("log").connections += 1;
+                let (log, reply) = (shared.clone(), reply.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 16 * 1024];
+                    loop {
+                        while let Some((req, used)) = parse_raw_request(&buf) {
+                            buf.drain(..used);
+                            log.lock().expect("log").requests.push(req);
+                            if s.write_all(&reply).await.is_err() {
+                                return;
+                            }
+                        }
+                        match tokio::time::timeout(IO_TIMEOUT, s.read(&mut chunk)).await {
+                            Ok(Ok(n)) if n > 0 => {
+                                log.lock()
+                                    .expect("log")
+                                    .bytes
+                                    .extend_from_slice(&chunk[..n]);
+                                buf.extend_from_slice(&chunk[..n]);
+                            }
+                            _ => return,
+                        }
+                    }
+                });
+            }
+        });
+        RawBackend { addr, log, task }
+    }
+
+    /// Every byte received so far, all connections in arrival order.
+    pub fn received(&self) -> Vec<u8> {
+        self.log.lock().expect("log").bytes.clone()
+    }
+
+    /// The complete requests read so far.
+    pub fn requests(&self) -> Vec<RawRequest> {
+        self.log.lock().expect("log").requests.clone()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.log.lock().expect("log").connections
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

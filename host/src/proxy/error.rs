@@ -1,10 +1,11 @@
 //! The proxy's error type and the one place that maps errors to responses
 //! (Pingora's `fail_to_proxy`): upstream failures → 502/503/504, client
-//! failures → 400/408, and a short text body for each.
+//! failures → 400/405/408, and a short text body for each.
 
 use bytes::Bytes;
 use http::StatusCode;
 
+use super::head::BadHost;
 use super::pool::ConnectError;
 use crate::filter::Reply;
 
@@ -35,13 +36,24 @@ pub enum ProxyError {
     ClientTimeout(std::time::Duration),
     #[error("client request body failed: {0}")]
     ClientBody(hyper::Error),
+    #[error("invalid Host: {0}")]
+    BadHost(#[from] BadHost),
+    #[error("CONNECT requests are not supported")]
+    ConnectMethod,
+    #[error("server sent an invalid response: {0}")]
+    UpstreamInvalid(hyper::Error),
+    #[error("server switched protocols (101) though the request asked for no upgrade")]
+    UnexpectedUpgrade,
 }
 
 impl ProxyError {
     /// The side responsible, for logs and counters.
     pub fn side(&self) -> ErrorSource {
         match self {
-            ProxyError::ClientTimeout(_) | ProxyError::ClientBody(_) => ErrorSource::Downstream,
+            ProxyError::ClientTimeout(_)
+            | ProxyError::ClientBody(_)
+            | ProxyError::BadHost(_)
+            | ProxyError::ConnectMethod => ErrorSource::Downstream,
             ProxyError::NoBackend => ErrorSource::Internal,
             _ => ErrorSource::Upstream,
         }
@@ -55,7 +67,15 @@ impl ProxyError {
                 | ProxyError::ServerTimeout(_)
                 | ProxyError::UpstreamReset(_)
                 | ProxyError::UpstreamUnusable(_)
+                | ProxyError::UpstreamInvalid(_)
+                | ProxyError::UnexpectedUpgrade
         )
+    }
+
+    /// Whether the client connection is closed after the answer: the request
+    /// was refused before being understood, as HAProxy does on such errors.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, ProxyError::BadHost(_) | ProxyError::ConnectMethod)
     }
 
     /// The status sent to the client.
@@ -67,9 +87,12 @@ impl ProxyError {
             }
             ProxyError::Connect(_)
             | ProxyError::UpstreamReset(_)
-            | ProxyError::UpstreamUnusable(_) => StatusCode::BAD_GATEWAY,
+            | ProxyError::UpstreamUnusable(_)
+            | ProxyError::UpstreamInvalid(_)
+            | ProxyError::UnexpectedUpgrade => StatusCode::BAD_GATEWAY,
             ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBody(_) | ProxyError::BadHost(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -89,6 +112,7 @@ impl ProxyError {
 pub fn error_body(status: StatusCode) -> Bytes {
     let text = match status.as_u16() {
         400 => "Your browser (or proxy) sent a request that this server could not understand.",
+        405 => "The request method is not allowed here.",
         408 => "The request took too long to arrive.",
         414 => "The request URI is too long.",
         431 => "The request header fields are too large or too many.",

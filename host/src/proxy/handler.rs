@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::body::{BodyEnd, BodyOutcome, RequestBody, RequestBodyState, ResponseBody, Taps};
 use super::conn::ConnState;
 use super::error::ProxyError;
+use super::head::{prepare_request, remove_connection_options, strip_hop_by_hop};
 use super::pool::PooledConn;
 use super::worker::Worker;
 use crate::filter::{Filter, Flow, Reply};
@@ -270,7 +271,22 @@ pub async fn handle(
 
     let mut route = Route::default();
 
-    let (status, headers, body) = match run_phase(&chain.request, &mut txn).await {
+    // Rules see the request as the server will: Host settled, Connection
+    // options gone, CONNECT refused.
+    let early = match prepare_request(&mut txn) {
+        Ok(()) => run_phase(&chain.request, &mut txn).await,
+        Err(err) => {
+            let mut reply = fail(&ctx, &mut route, &err);
+            // HTTP/2 has no Connection header (hyper would drop it with a warning).
+            if err.closes_connection() && txn.version < Version::HTTP_2 {
+                reply
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Some(reply)
+        }
+    };
+    let (status, headers, body) = match early {
         Some(reply) => (reply.status, reply.headers, ResponseBody::full(reply.body)),
         None => match forward(&ctx, &mut txn, &mut route).await {
             Ok(resp) => {
@@ -279,6 +295,8 @@ pub async fn handle(
                 txn.req_vars.clear();
                 txn.status = parts.status;
                 txn.resp_headers = parts.headers;
+                // Before the response rules, so the server cannot remove what they set.
+                remove_connection_options(&mut txn.resp_headers);
                 strip_hop_by_hop(&mut txn.resp_headers);
                 // In the transaction so a filter with a body hook can read it.
                 txn.resp_body = Some(incoming);
@@ -331,15 +349,7 @@ pub async fn handle(
                 }
             }
             Err(err) => {
-                if err.is_server_failure()
-                    && let (Some(b), Some(s)) = (route.backend, route.server)
-                {
-                    shared.backends[b].servers[s].failures.fetch_add(1, Relaxed);
-                }
-                tracing::debug!(client = %ctx.client, side = ?err.side(), error = %err, "request failed");
-                route.error = Some(err.to_string());
-                route.server_failed = err.is_server_failure();
-                let reply = err.reply();
+                let reply = fail(&ctx, &mut route, &err);
                 (reply.status, reply.headers, ResponseBody::full(reply.body))
             }
         },
@@ -366,6 +376,21 @@ pub async fn handle(
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     Ok(resp)
+}
+
+/// The proxy's own answer to `err`, recorded in `route` for counters and the access log.
+fn fail(ctx: &ConnCtx, route: &mut Route, err: &ProxyError) -> Reply {
+    if err.is_server_failure()
+        && let (Some(b), Some(s)) = (route.backend, route.server)
+    {
+        ctx.worker.shared.backends[b].servers[s]
+            .failures
+            .fetch_add(1, Relaxed);
+    }
+    tracing::debug!(client = %ctx.client, side = ?err.side(), error = %err, "request failed");
+    route.error = Some(err.to_string());
+    route.server_failed = err.is_server_failure();
+    err.reply()
 }
 
 /// Picks the backend for `txn`: a `use_backend` choice, else the frontend default.
@@ -411,14 +436,13 @@ async fn forward(
     ex.server = Some(s);
 
     let mut headers = std::mem::take(&mut txn.req_headers);
+    // Upgrades are not forwarded yet (Upgrade is hop-by-hop); a server that
+    // switches protocols anyway without being asked is answered 502 below.
+    let asked_upgrade = headers.contains_key(header::UPGRADE);
+    // Connection options went before the rules (`prepare_request`), and Host
+    // was settled there: what rules set and what the proxy adds here stays.
     strip_hop_by_hop(&mut headers);
     add_forwarded(&mut headers, &ctx.client_ip);
-    if !headers.contains_key(header::HOST)
-        && let Some(auth) = txn.uri.authority()
-        && let Ok(v) = HeaderValue::from_str(auth.as_str())
-    {
-        headers.insert(header::HOST, v);
-    }
     let uri = match txn.uri.path_and_query() {
         Some(pq) => Uri::from(pq.clone()),
         None => Uri::from_static("/"),
@@ -506,6 +530,11 @@ async fn forward(
     };
     ex.upstream_time = Some(sent_at.elapsed());
     match result {
+        Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !asked_upgrade => {
+            // HAProxy: a 101 to a request without Upgrade is an invalid response.
+            conn.discard();
+            Err(ProxyError::UnexpectedUpgrade)
+        }
         Ok(resp) => {
             ex.conn = Some(conn);
             Ok(resp)
@@ -516,6 +545,10 @@ async fn forward(
                 SendFailure::Timeout(d) => ProxyError::ServerTimeout(d),
                 _ if body_state.timed_out.get() => ProxyError::ClientTimeout(client_timeout),
                 SendFailure::Failed(e) if body_state.failed.get() => ProxyError::ClientBody(e),
+                // A malformed response head, or one over max_header_size/max_headers.
+                SendFailure::Failed(e) if e.is_parse() || e.is_parse_too_large() => {
+                    ProxyError::UpstreamInvalid(e)
+                }
                 SendFailure::Failed(e) => ProxyError::UpstreamReset(e),
                 SendFailure::Unsent(_) => {
                     ProxyError::UpstreamUnusable("connection closed before the request was sent")
@@ -570,45 +603,6 @@ async fn send(
     }
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-];
-
-/// Removes hop-by-hop headers and any header the Connection header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of these: one pass over the names (cheap
-    // comparisons of standard headers) avoids seven hashed removals.
-    let present = headers
-        .keys()
-        .any(|k| *k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k));
-    if !present {
-        return;
-    }
-    // Transfer-Encoding is re-done by hyper on each side.
-    headers.remove(header::TRANSFER_ENCODING);
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
-    }
-}
-
 /// The client address as an `X-Forwarded-For` value.
 fn client_ip_value(client: SocketAddr) -> HeaderValue {
     HeaderValue::from_maybe_shared(bytes::Bytes::from(client.ip().to_canonical().to_string()))
@@ -641,23 +635,6 @@ fn add_forwarded(headers: &mut HeaderMap, ip: &HeaderValue) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_and_connection_listed_headers_go() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, X-Secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert("x-keep", HeaderValue::from_static("yes"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-keep"));
-    }
 
     #[test]
     fn forwarded_for_appends() {

@@ -12,6 +12,7 @@ pub mod body;
 pub mod conn;
 pub mod error;
 pub mod handler;
+pub mod head;
 pub mod health;
 pub mod limit;
 pub mod pool;

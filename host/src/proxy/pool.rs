@@ -56,6 +56,26 @@ pub struct UpstreamPool {
     idle: RefCell<Vec<Vec<Vec<IdleConn>>>>,
     max_idle: Vec<usize>,
     idle_timeout: Duration,
+    /// HTTP/1.1 client settings, shared by every new connection.
+    http: http1::Builder,
+}
+
+/// hyper's default read-buffer limit (8 KiB + 100 × 4 KiB).
+const HYPER_MAX_BUF: usize = 8192 + 4096 * 100;
+
+/// The HTTP/1.1 client settings: response heads are bounded like request
+/// heads (`max_header_size`, `max_headers` → 502 when over), as HAProxy's
+/// `tune.bufsize` and `tune.http.maxhdr` bound both directions.
+fn http_builder(config: &Config) -> http1::Builder {
+    let global = &config.global;
+    let mut b = http1::Builder::new();
+    b.writev(false)
+        .max_header_size(global.max_header_size)
+        .max_headers(global.max_headers)
+        // The buffer must be able to hold a head of the allowed size; never
+        // smaller than hyper's default, which body reads benefit from.
+        .max_buf_size(HYPER_MAX_BUF.max(global.max_header_size + 8192));
+    b
 }
 
 impl UpstreamPool {
@@ -75,6 +95,7 @@ impl UpstreamPool {
                 .map(|b| b.max_idle_per_server)
                 .collect(),
             idle_timeout: config.global.timeouts.keep_alive,
+            http: http_builder(config),
         }
     }
 
@@ -131,7 +152,7 @@ impl UpstreamPool {
         // its response: reset it instead of the FIN handshake, as HAProxy's
         // http-server-close does, so no TIME_WAIT piles up on our side.
         let reset_on_close = self.max_idle.get(backend) == Some(&0);
-        let (sender, abort) = connect(addr, connect_timeout, reset_on_close).await?;
+        let (sender, abort) = connect(&self.http, addr, connect_timeout, reset_on_close).await?;
         Ok(PooledConn {
             sender,
             abort,
@@ -193,6 +214,7 @@ impl PooledConn {
 
 /// Opens a new HTTP/1.1 connection to `addr` and spawns its driver task on this worker.
 async fn connect(
+    http: &http1::Builder,
     addr: SocketAddr,
     timeout: Duration,
     reset_on_close: bool,
@@ -217,8 +239,7 @@ async fn connect(
         // it. Only done once the response is over (or the exchange failed).
         let _ = stream.set_zero_linger();
     }
-    let (sender, conn) = http1::Builder::new()
-        .writev(false)
+    let (sender, conn) = http
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| ConnectError::Handshake { addr, source })?;

@@ -83,7 +83,8 @@ enum Node {
 impl Node {
     fn eval(&self, txn: &Txn) -> bool {
         match self {
-            Node::Term(t) => t.matcher.test(t.expr.eval(txn).as_ref()),
+            // Every value of a multi-valued fetch is tested (HAProxy ACL semantics).
+            Node::Term(t) => t.expr.any(txn, |v| t.matcher.test(Some(v))),
             Node::Not(n) => !n.eval(txn),
             Node::And(v) => v.iter().all(|n| n.eval(txn)),
             Node::Or(v) => v.iter().any(|n| n.eval(txn)),
@@ -1218,6 +1219,72 @@ mod tests {
         assert!(check("base_beg www.Example.com:8080/api", &t));
         assert!(check("path,lower -m end /users", &t));
         assert!(check("path,length 13", &t));
+    }
+
+    /// HAProxy ACL semantics: a term on a multi-valued fetch holds if any
+    /// value matches (`hdr` split on commas, `fhdr` per line, `cook` per
+    /// cookie), unless an occurrence picks one value.
+    #[test]
+    fn multi_valued_fetches_test_every_value() {
+        let mut t = txn("/");
+        let mut add = |n: &'static str, v: &'static str| {
+            t.req_headers.append(n, v.parse().expect("hv"));
+        };
+        add("x-role", "admin, user");
+        add("x-role", "guest");
+        add("x-agent", "evil-bot");
+        add("x-agent", "good, evil-bot");
+        add("x-ip", "10.0.0.7, unknown");
+        add("cookie", "role=admin; a=1");
+        add("cookie", "role=user");
+        for c in [
+            "hdr(x-role) admin",
+            "hdr(x-role) user",
+            "req.hdr(x-role) -m str guest",
+            "hdr(x-role,0) admin",
+            "hdr(x-role),upper ADMIN",
+            "hdr_beg(x-role) adm",
+            "hdr_sub(x-role) ues",
+            "hdr(x-role) -m reg ^us",
+            "hdr(x-role) -m len 5",
+            "fhdr(x-role) 'admin, user'",
+            "req.fhdr(x-agent) evil-bot",
+            "hdr_ip(x-ip) 10.0.0.0/8",
+            "cook(role) admin",
+            "req.cook(role) user",
+            "!hdr(x-role) root",
+            "hdr_cnt(x-role) eq 3",
+            "req.fhdr_cnt(x-role) eq 2",
+            // An explicit occurrence tests that value only.
+            "hdr(x-role,1) admin",
+            "hdr(x-role,-1) guest",
+            "!hdr(x-role,1) guest",
+            "!hdr(x-role,-1) admin",
+            // fhdr does not split, hdr does.
+            "!fhdr(x-role) admin",
+            "!hdr(x-role) 'admin, user'",
+            // Several patterns: any value against any pattern.
+            "hdr(x-role) root guest",
+        ] {
+            assert!(check(c, &t), "{c} should hold");
+        }
+        assert!(!check("!hdr(x-role) admin", &t));
+        assert!(!check("hdr(x-role) root", &t));
+        assert!(!check("hdr(x-missing) -m found", &t));
+
+        t.phase = Phase::Response;
+        t.resp_headers
+            .append("x-cache", "miss, hit".parse().expect("hv"));
+        t.resp_headers
+            .append("set-cookie", "s=1; Path=/".parse().expect("hv"));
+        t.resp_headers
+            .append("set-cookie", "s=2; Path=/".parse().expect("hv"));
+        let r = |c: &str| check_in(c, &t, Phase::Response);
+        assert!(r("res.hdr(x-cache) miss"));
+        assert!(r("hdr(x-cache) hit"));
+        assert!(r("res.cook(s) 1"));
+        assert!(r("res.fhdr_cnt(set-cookie) eq 2"));
+        assert!(!r("res.fhdr(x-cache) miss"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use http::{HeaderMap, HeaderName, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Version, header};
 use regex::{Regex, RegexBuilder};
 
 use super::{Env, ParseError, did_you_mean, parse_var_name, suggest};
@@ -249,6 +249,16 @@ fn parse_ip_text(s: &str) -> Option<IpAddr> {
 pub trait Fetch: Send + Sync + fmt::Debug {
     /// The value, or `None` when there is none (absent header, wrong phase, ...).
     fn fetch<'t>(&'t self, txn: &'t Txn) -> Option<Value<'t>>;
+
+    /// Whether `pred` holds for any of the values, as an ACL tests them.
+    ///
+    /// HAProxy iterates over every occurrence of a multi-valued fetch used in
+    /// an ACL (`hdr(x)` without an occurrence, `cook(x)`), so a second value
+    /// cannot hide the one a rule looks for. Single-valued fetches test their
+    /// one value.
+    fn any<'t>(&'t self, txn: &'t Txn, pred: &mut dyn FnMut(Value<'t>) -> bool) -> bool {
+        self.fetch(txn).is_some_and(pred)
+    }
 }
 
 /// A compiled converter: transforms a value; `None` stops the expression with no value.
@@ -374,6 +384,20 @@ impl Expr {
             v = c.convert(v, txn)?;
         }
         Some(v)
+    }
+
+    /// Whether `pred` holds for any value, converted, as an ACL term tests it
+    /// (every occurrence of a multi-valued fetch; see [`Fetch::any`]).
+    pub fn any<'t>(&'t self, txn: &'t Txn, mut pred: impl FnMut(&Value<'t>) -> bool) -> bool {
+        self.fetch.any(txn, &mut |mut v| {
+            for c in &self.convs {
+                match c.convert(v, txn) {
+                    Some(next) => v = next,
+                    None => return false,
+                }
+            }
+            pred(&v)
+        })
     }
 
     /// The output type known at load time.
@@ -717,17 +741,17 @@ pub(crate) fn compile_regex(pattern: &str, icase: bool) -> Result<Regex, String>
         })
 }
 
-/// An occurrence argument: non-zero, positive from the first value, negative from the last.
+/// An occurrence argument: positive from the first value, negative from the
+/// last; 0 (or none) means every value in an ACL and the last one as a sample,
+/// as in HAProxy.
 fn arg_occ(a: Option<&Arg>) -> Result<i32, ParseError> {
-    let Some(a) = a else { return Ok(-1) };
-    let n = arg_int(a, "occurrence")?;
-    if n == 0 || i32::try_from(n).is_err() {
-        return Err(arg_err(
+    let Some(a) = a else { return Ok(0) };
+    i32::try_from(arg_int(a, "occurrence")?).map_err(|_| {
+        arg_err(
             a,
-            "occurrence must be a non-zero integer: 1 is the first value, -1 the last",
-        ));
-    }
-    Ok(n as i32)
+            "occurrence out of range: 1 is the first value, -1 the last, 0 all of them",
+        )
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -868,25 +892,46 @@ fn header_occurrence<'t>(
 #[derive(Debug)]
 struct Hdr {
     name: HeaderName,
+    /// 1 = first, -1 = last; 0 = every value in an ACL, the last as a sample.
     occ: i32,
     which: Which,
     split: bool,
     as_ip: bool,
 }
 
-impl Fetch for Hdr {
-    fn fetch<'t>(&'t self, txn: &'t Txn) -> Option<Value<'t>> {
-        let v = header_occurrence(
-            headers_of(txn, self.which),
-            &self.name,
-            self.occ,
-            self.split,
-        )?;
+impl Hdr {
+    fn value<'t>(&self, v: &'t [u8]) -> Option<Value<'t>> {
         if self.as_ip {
             parse_ip_text(std::str::from_utf8(v).ok()?).map(Value::Ip)
         } else {
             Some(bytes_value(v))
         }
+    }
+}
+
+impl Fetch for Hdr {
+    fn fetch<'t>(&'t self, txn: &'t Txn) -> Option<Value<'t>> {
+        let occ = if self.occ == 0 { -1 } else { self.occ };
+        let v = header_occurrence(headers_of(txn, self.which), &self.name, occ, self.split)?;
+        self.value(v)
+    }
+
+    fn any<'t>(&'t self, txn: &'t Txn, pred: &mut dyn FnMut(Value<'t>) -> bool) -> bool {
+        if self.occ != 0 {
+            return self.fetch(txn).is_some_and(pred);
+        }
+        // A value that is not an address (hdr_ip) is skipped, as HAProxy does.
+        let mut test = |v: &'t [u8]| self.value(v).is_some_and(&mut *pred);
+        headers_of(txn, self.which)
+            .get_all(&self.name)
+            .iter()
+            .any(|line| {
+                if self.split {
+                    ListIter::new(line.as_bytes()).any(&mut test)
+                } else {
+                    test(line.as_bytes())
+                }
+            })
     }
 }
 
@@ -914,42 +959,49 @@ fn hdr_fetch(
     }))
 }
 
+/// `hdr_cnt` (comma-separated values) or `fhdr_cnt` (lines) of one header, or of all.
 #[derive(Debug)]
 struct HdrCnt {
     name: Option<HeaderName>,
     which: Which,
+    split: bool,
 }
 
 impl Fetch for HdrCnt {
     fn fetch<'t>(&'t self, txn: &'t Txn) -> Option<Value<'t>> {
         let h = headers_of(txn, self.which);
-        let n = match &self.name {
-            Some(name) => h
-                .get_all(name)
-                .iter()
-                .map(|v| ListIter::new(v.as_bytes()).count())
-                .sum(),
+        let count = |v: &HeaderValue| {
+            if self.split {
+                ListIter::new(v.as_bytes()).count()
+            } else {
+                1
+            }
+        };
+        let n: usize = match &self.name {
+            Some(name) => h.get_all(name).iter().map(count).sum(),
+            None if self.split => h.values().map(count).sum(),
             None => h.len(),
         };
         Some(Value::Int(i64::try_from(n).unwrap_or(i64::MAX)))
     }
 }
 
-fn hdr_cnt_fetch(c: &Call<'_>, which: Which) -> Result<Box<dyn Fetch>, ParseError> {
+fn hdr_cnt_fetch(c: &Call<'_>, which: Which, split: bool) -> Result<Box<dyn Fetch>, ParseError> {
     let name = c.args.first().map(arg_header).transpose()?;
-    Ok(Box::new(HdrCnt { name, which }))
+    Ok(Box::new(HdrCnt { name, which, split }))
 }
 
-/// `cook(name)` (request `Cookie`) or `res.cook(name)` (response `Set-Cookie`): the last occurrence.
+/// `cook(name)` (request `Cookie`) or `res.cook(name)` (response `Set-Cookie`):
+/// the last occurrence as a sample, every occurrence in an ACL (HAProxy).
 #[derive(Debug)]
 struct Cook {
     name: Box<str>,
     response: bool,
 }
 
-impl Fetch for Cook {
-    fn fetch<'t>(&'t self, txn: &'t Txn) -> Option<Value<'t>> {
-        let mut found = None;
+impl Cook {
+    /// Calls `f` on each value of the cookie, in order, until it returns true.
+    fn each<'t>(&self, txn: &'t Txn, f: &mut dyn FnMut(&'t [u8]) -> bool) -> bool {
         if self.response {
             for line in txn.resp_headers.get_all(header::SET_COOKIE) {
                 let first = line
@@ -957,20 +1009,35 @@ impl Fetch for Cook {
                     .split(|&b| b == b';')
                     .next()
                     .unwrap_or_default();
-                if let Some(v) = cookie_pair(first, &self.name) {
-                    found = Some(v);
+                if cookie_pair(first, &self.name).is_some_and(&mut *f) {
+                    return true;
                 }
             }
         } else {
             for line in txn.req_headers.get_all(header::COOKIE) {
                 for part in line.as_bytes().split(|&b| b == b';') {
-                    if let Some(v) = cookie_pair(part, &self.name) {
-                        found = Some(v);
+                    if cookie_pair(part, &self.name).is_some_and(&mut *f) {
+                        return true;
                     }
                 }
             }
         }
-        found.map(bytes_value)
+        false
+    }
+}
+
+impl Fetch for Cook {
+    fn fetch<'t>(&'t self, txn: &'t Txn) -> Option<Value<'t>> {
+        let mut last = None;
+        self.each(txn, &mut |v| {
+            last = Some(v);
+            false
+        });
+        last.map(bytes_value)
+    }
+
+    fn any<'t>(&'t self, txn: &'t Txn, pred: &mut dyn FnMut(Value<'t>) -> bool) -> bool {
+        self.each(txn, &mut |v| pred(bytes_value(v)))
     }
 }
 
@@ -1234,10 +1301,12 @@ pub static FETCHES: &[FetchDef] = &[
     FetchDef { name: "fhdr", usage: "fhdr(<name>[,<occ>])", args: (1, 2), kind: Kind::Str, avail: Avail::Both, build: |c, _| hdr_fetch(c, Which::Current, false, false) },
     FetchDef { name: "hdr_ip", usage: "hdr_ip(<name>[,<occ>])", args: (1, 2), kind: Kind::Ip, avail: Avail::Both, build: |c, _| hdr_fetch(c, Which::Current, true, true) },
     FetchDef { name: "req.hdr_ip", usage: "req.hdr_ip(<name>[,<occ>])", args: (1, 2), kind: Kind::Ip, avail: Avail::Request, build: |c, _| hdr_fetch(c, Which::Request, true, true) },
-    FetchDef { name: "hdr_cnt", usage: "hdr_cnt([<name>])", args: (0, 1), kind: Kind::Int, avail: Avail::Both, build: |c, _| hdr_cnt_fetch(c, Which::Current) },
-    FetchDef { name: "req.hdr_cnt", usage: "req.hdr_cnt([<name>])", args: (0, 1), kind: Kind::Int, avail: Avail::Request, build: |c, _| hdr_cnt_fetch(c, Which::Request) },
-    FetchDef { name: "res.hdr_cnt", usage: "res.hdr_cnt([<name>])", args: (0, 1), kind: Kind::Int, avail: Avail::Response, build: |c, _| hdr_cnt_fetch(c, Which::Response) },
-    FetchDef { name: "shdr_cnt", usage: "shdr_cnt([<name>])", args: (0, 1), kind: Kind::Int, avail: Avail::Response, build: |c, _| hdr_cnt_fetch(c, Which::Response) },
+    FetchDef { name: "hdr_cnt", usage: "hdr_cnt([<name>])", args: (0, 1), kind: Kind::Int, avail: Avail::Both, build: |c, _| hdr_cnt_fetch(c, Which::Current, true) },
+    FetchDef { name: "req.hdr_cnt", usage: "req.hdr_cnt([<name>])", args: (0, 1), kind: Kind::Int, avail: Avail::Request, build: |c, _| hdr_cnt_fetch(c, Which::Request, true) },
+    FetchDef { name: "res.hdr_cnt", usage: "res.hdr_cnt([<name>])", args: (0, 1), kind: Kind::Int, avail: Avail::Response, build: |c, _| hdr_cnt_fetch(c, Which::Response, true) },
+    FetchDef { name: "shdr_cnt", usage: "shdr_cnt([<name>])", args: (0, 1), kind: Kind::Int, avail: Avail::Response, build: |c, _| hdr_cnt_fetch(c, Which::Response, true) },
+    FetchDef { name: "req.fhdr_cnt", usage: "req.fhdr_cnt([<name>])", args: (0, 1), kind: Kind::Int, avail: Avail::Request, build: |c, _| hdr_cnt_fetch(c, Which::Request, false) },
+    FetchDef { name: "res.fhdr_cnt", usage: "res.fhdr_cnt([<name>])", args: (0, 1), kind: Kind::Int, avail: Avail::Response, build: |c, _| hdr_cnt_fetch(c, Which::Response, false) },
     FetchDef { name: "cook", usage: "cook(<name>)", args: (1, 1), kind: Kind::Str, avail: Avail::Request, build: |c, _| cook_fetch(c, false) },
     FetchDef { name: "req.cook", usage: "req.cook(<name>)", args: (1, 1), kind: Kind::Str, avail: Avail::Request, build: |c, _| cook_fetch(c, false) },
     FetchDef { name: "res.cook", usage: "res.cook(<name>)", args: (1, 1), kind: Kind::Str, avail: Avail::Response, build: |c, _| cook_fetch(c, true) },
@@ -1896,7 +1965,13 @@ mod tests {
         assert_eq!(eval("hdr(x-missing)", &t), None);
         assert_eq!(eval("hdr_cnt(x-list)", &t), Some(Sample::Int(4)));
         assert_eq!(eval("hdr_cnt(x-missing)", &t), Some(Sample::Int(0)));
-        assert_eq!(eval("hdr_cnt", &t), Some(Sample::Int(6)));
+        // No name: every comma-separated value of every header, as HAProxy counts.
+        assert_eq!(eval("hdr_cnt", &t), Some(Sample::Int(8)));
+        assert_eq!(eval("req.fhdr_cnt(x-list)", &t), Some(Sample::Int(2)));
+        assert_eq!(eval("req.fhdr_cnt", &t), Some(Sample::Int(6)));
+        // As a sample (not an ACL), no occurrence or 0 is the last value.
+        assert_eq!(eval("hdr(x-list,0)", &t), s("e"));
+        assert_eq!(eval("fhdr(x-list,0)", &t), s("\"c,d\", e"));
         assert_eq!(
             eval("hdr_ip(x-ip)", &t),
             Some(Sample::Ip("192.0.2.7".parse().expect("ip")))
@@ -2037,8 +2112,13 @@ mod tests {
         );
         let e = err("path(1)", Phase::Request);
         assert!(e.message.contains("takes no arguments"), "{}", e.message);
-        let e = err("hdr(x,0)", Phase::Request);
+        let e = err("hdr(x,99999999999)", Phase::Request);
         assert_eq!(e.offset, 6);
+        assert!(
+            e.message.contains("occurrence out of range"),
+            "{}",
+            e.message
+        );
         let e = err("hdr(bad name)", Phase::Request);
         assert!(e.message.contains("invalid header name"), "{}", e.message);
         let e = err("path,regsub([,x)", Phase::Request);
