@@ -219,7 +219,7 @@ async fn the_token_is_required_and_checked() {
     // Every attempt is in the log, the token never.
     let line =
         a.d.wait_stderr_line(Duration::from_secs(2), |l| {
-            l.contains("admin request") && l.contains("401")
+            l.contains("admin request") && l.contains("status=401")
         })
         .await;
     assert!(line.is_some(), "no audit line:\n{}", a.d.stderr());
@@ -602,7 +602,8 @@ async fn connections_beyond_admin_maxconn_wait_for_a_free_slot() {
     // With the slots free again, service is immediate.
     let started = Instant::now();
     assert_eq!(get(a.ports.admin, "/health").await.status, StatusCode::OK);
-    assert!(started.elapsed() < Duration::from_millis(500));
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(900), "{took:?}");
 }
 
 /// A request to the admin Unix socket (Host is whatever a client sends, or none).

@@ -465,6 +465,11 @@ fn admin_timeout_zero() {
     let b = base();
     let t = with_admin_keys(&b, "admin_timeout = { request = \"0s\" }  # HERE");
     expect_error(&t, &["admin_timeout.request", "at least 1ms"]);
+    let t = with_admin_keys(
+        &b,
+        "admin_timeout = { keep_alive = \"99999999999d\" }  # HERE",
+    );
+    expect_error(&t, &["admin_timeout.keep_alive", "at most 1d"]);
 }
 
 #[test]

@@ -27,6 +27,8 @@ use super::{ConfigError, ConfigWarning, Location, Validator, ranged, resolve_pat
 const MAX_SOCKET_PATH: usize = 107;
 /// Tokens shorter than this get a warning: they can be guessed.
 const MIN_TOKEN_LEN: usize = 16;
+/// Longest admin timeout: deadlines are `Instant`s, which must not overflow.
+const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 /// The validated admin API settings.
 #[derive(Debug, Clone)]
@@ -313,10 +315,12 @@ impl Validator<'_> {
                 ("request", &t.request, &mut timeouts.request),
             ] {
                 if let Some(v) = value {
-                    if v.get_ref().0 < Duration::from_millis(1) {
+                    if v.get_ref().0 < Duration::from_millis(1) || v.get_ref().0 > MAX_TIMEOUT {
                         return Err(src.error(
                             v.span(),
-                            format!("admin_timeout.{key} must be at least 1ms, e.g. \"5s\""),
+                            format!(
+                                "admin_timeout.{key} must be at least 1ms and at most 1d, e.g. \"5s\""
+                            ),
                         ));
                     }
                     *slot = v.get_ref().0;
