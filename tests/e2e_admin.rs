@@ -16,6 +16,27 @@ async fn admin_health_is_ok() {
     assert_eq!(r.status, StatusCode::OK);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_endpoint_lists_every_endpoint() {
+    let s1 = Backend::start("s1").await;
+    let (_d, ports) = simple_proxy(&[&s1]).await;
+    let r = get(ports.admin, "/nope").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let v = r.json();
+    let endpoints: Vec<&str> = v["endpoints"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no endpoints list: {v}"))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for want in ["/health", "/stats", "/metrics", "/plugins", "/tables"] {
+        assert!(
+            endpoints.iter().any(|e| e.contains(want)),
+            "{want} missing from {endpoints:?}"
+        );
+    }
+}
+
 fn u(v: &Value, what: &str) -> u64 {
     v.as_u64()
         .unwrap_or_else(|| panic!("{what} is not an unsigned number: {v}"))

@@ -378,3 +378,190 @@ fn run_with_bind_in_use_fails_with_location() {
         out.stderr
     );
 }
+
+// --- [global] admin_* keys ---
+
+/// The base config with `lines` added after `admin = ...`.
+fn with_admin_keys(b: &Base, lines: &str) -> String {
+    let admin = b
+        .text
+        .lines()
+        .find(|l| l.starts_with("admin = "))
+        .expect("admin line")
+        .to_string();
+    edit(&b.text, &admin, &format!("{admin}\n{lines}"))
+}
+
+#[test]
+fn admin_token_and_token_file_together() {
+    let b = base();
+    let t = with_admin_keys(
+        &b,
+        "admin_token = \"0123456789abcdef0123\"\nadmin_token_file = \"admin.token\"  # HERE",
+    );
+    expect_error(&t, &["admin_token_file", "both"]);
+}
+
+#[test]
+fn admin_token_file_missing_or_empty() {
+    let b = base();
+    let t = with_admin_keys(&b, "admin_token_file = \"no-such.token\"  # HERE");
+    expect_error(&t, &["cannot read admin_token_file", "no-such.token"]);
+    let dir = TempDir::new("token");
+    let empty = dir.write("empty.token", "\n");
+    let t = with_admin_keys(
+        &b,
+        &format!("admin_token_file = \"{}\"  # HERE", empty.display()),
+    );
+    expect_error(&t, &["is empty"]);
+}
+
+#[test]
+fn admin_token_file_is_relative_to_the_config_file() {
+    let b = base();
+    let dir = TempDir::new("token-rel");
+    let token = dir.write("admin.token", "0123456789abcdef0123456789abcdef\n");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let path = dir.write(
+        "site.toml",
+        &with_admin_keys(&b, "admin_token_file = \"admin.token\""),
+    );
+    let out = run_bin(&["check", "-c", path.to_str().expect("utf-8 path")], LIMIT);
+    assert!(
+        out.status.expect("check exited").success(),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+}
+
+#[test]
+fn admin_token_with_a_space() {
+    let b = base();
+    let t = with_admin_keys(&b, "admin_token = \"secret token 0123456789\"  # HERE");
+    expect_error(&t, &["space", "visible ascii"]);
+}
+
+#[test]
+fn admin_hosts_entry_malformed() {
+    let b = base();
+    let t = with_admin_keys(
+        &b,
+        "admin_hosts = [\"admin.example\",\n  \"http://admin.example/\"]  # HERE",
+    );
+    expect_error(&t, &["invalid admin_hosts entry", "http://admin.example/"]);
+}
+
+#[test]
+fn admin_maxconn_zero() {
+    let b = base();
+    let t = with_admin_keys(&b, "admin_maxconn = 0  # HERE");
+    expect_error(&t, &["admin_maxconn", "between 1 and 65535"]);
+}
+
+#[test]
+fn admin_timeout_zero() {
+    let b = base();
+    let t = with_admin_keys(&b, "admin_timeout = { request = \"0s\" }  # HERE");
+    expect_error(&t, &["admin_timeout.request", "at least 1ms"]);
+    let t = with_admin_keys(
+        &b,
+        "admin_timeout = { keep_alive = \"99999999999d\" }  # HERE",
+    );
+    expect_error(&t, &["admin_timeout.keep_alive", "at most 1d"]);
+}
+
+#[test]
+fn admin_socket_mode_on_a_tcp_admin() {
+    let b = base();
+    let t = with_admin_keys(&b, "admin_socket_mode = \"0660\"  # HERE");
+    expect_error(&t, &["admin_socket_mode", "unix"]);
+}
+
+/// The base config with a Unix-socket admin in a temp dir, plus `lines`.
+fn with_unix_admin(b: &Base, dir: &TempDir, lines: &str) -> String {
+    let admin = b
+        .text
+        .lines()
+        .find(|l| l.starts_with("admin = "))
+        .expect("admin line")
+        .to_string();
+    let sock = dir.path().join("a.sock");
+    edit(
+        &b.text,
+        &admin,
+        &format!("admin = \"unix:{}\"\n{lines}", sock.display()),
+    )
+}
+
+#[test]
+fn admin_socket_mode_not_octal() {
+    let b = base();
+    let dir = TempDir::new("sock");
+    let t = with_unix_admin(&b, &dir, "admin_socket_mode = \"0999\"  # HERE");
+    expect_error(&t, &["invalid admin_socket_mode", "0660"]);
+}
+
+#[test]
+fn admin_socket_owner_unknown() {
+    let b = base();
+    let dir = TempDir::new("sock");
+    let t = with_unix_admin(
+        &b,
+        &dir,
+        "admin_socket_owner = \"no-such-user-portcullis\"  # HERE",
+    );
+    expect_error(&t, &["no user named", "no-such-user-portcullis"]);
+    let t = with_unix_admin(&b, &dir, "admin_socket_group = -1  # HERE");
+    expect_error(&t, &["admin_socket_group", "group id"]);
+}
+
+#[test]
+fn admin_unix_socket_without_a_path_or_directory() {
+    let b = base();
+    let t = edit(
+        &b.text,
+        b.text
+            .lines()
+            .find(|l| l.starts_with("admin = "))
+            .expect("admin line"),
+        "admin = \"unix:\"  # HERE",
+    );
+    expect_error(&t, &["unix socket needs a file path"]);
+    let t = edit(
+        &b.text,
+        b.text
+            .lines()
+            .find(|l| l.starts_with("admin = "))
+            .expect("admin line"),
+        "admin = \"/no/such/dir/portcullis/admin.sock\"  # HERE",
+    );
+    expect_error(&t, &["/no/such/dir/portcullis"]);
+}
+
+#[test]
+fn admin_keys_without_admin_warn() {
+    let b = base();
+    let admin = b
+        .text
+        .lines()
+        .find(|l| l.starts_with("admin = "))
+        .expect("admin line")
+        .to_string();
+    let t = edit(&b.text, &admin, "admin_token = \"0123456789abcdef0123\"");
+    let dir = TempDir::new("check");
+    let path = dir.write("noadmin.toml", &t);
+    let out = run_bin(&["check", "-c", path.to_str().expect("utf-8 path")], LIMIT);
+    assert!(
+        out.status.expect("check exited").success(),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!("{}:3:", path.display()))
+            && out.stderr.contains("warning: admin_token has no effect"),
+        "{}",
+        out.stderr
+    );
+}

@@ -98,7 +98,7 @@ async fn lua_proxy(plugin_extra: &str, extra_req: &str) -> Lua {
     let ports = Ports::new();
     let cfg = format!(
         "{}[[plugin]]\nname = \"p\"\nlua = \"{}\"\n{plugin_extra}\n\n{}{}",
-        global_section(ports.admin, &[]),
+        global_section(ports.admin, &[("admin_token", ADMIN_TOKEN_TOML)]),
         script.display(),
         frontend_section("web", ports.web, "app", &rules(extra_req)),
         backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
@@ -121,7 +121,7 @@ async fn plugin_stats(admin: std::net::SocketAddr) -> Value {
 async fn admin_post(admin: std::net::SocketAddr, path: &str) -> Resp {
     let mut c = H1::connect(admin).await;
     c.send(
-        request(Method::POST, admin, path)
+        admin_request(Method::POST, admin, path)
             .body(empty())
             .expect("request"),
     )

@@ -53,7 +53,13 @@ async fn stick_proxy(workers: u32) -> Stick {
     let ports = Ports::new();
     let cfg = format!(
         "{}{TABLES}\n{}{}",
-        global_section(ports.admin, &[("workers", &workers.to_string())]),
+        global_section(
+            ports.admin,
+            &[
+                ("workers", &workers.to_string()),
+                ("admin_token", ADMIN_TOKEN_TOML),
+            ]
+        ),
         frontend_section("web", ports.web, "app", RULES),
         backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
     );
@@ -71,11 +77,7 @@ async fn get_from(last: u8, addr: std::net::SocketAddr, path: &str) -> Resp {
 }
 
 async fn admin(s: &Stick, method: Method, path: &str, body: &str) -> Resp {
-    let req = request(method, s.ports.admin, path)
-        .header("content-type", "application/json")
-        .body(full(body.to_string()))
-        .expect("request");
-    H1::connect(s.ports.admin).await.send(req).await
+    admin_send(s.ports.admin, method, path, body).await
 }
 
 /// The admin view of `key` in `table` (`None` on 404).

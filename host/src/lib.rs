@@ -9,7 +9,7 @@
 //! - [`proxy`]: workers, listeners, the request flow, upstream pools, balancing, health checks.
 //! - [`stick`]: stick tables (per-key counters and rates), their expiry task and host-function API.
 //! - [`wasm`]: Wasm plugins (Proxy-Wasm ABI v0.2.1 + `portcullis_v1`), one instance per plugin per worker.
-//! - [`admin`]: the admin listener (`/health`, `/stats`, `/metrics`, `/tables`).
+//! - [`admin`]: the admin listener (`/health`, `/stats`, `/metrics`, `/tables`, `/plugins`) and its access policy.
 
 pub mod admin;
 pub mod config;

@@ -51,6 +51,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match config::load(&config, BindCheck::Probe) {
             Ok(c) => {
+                for w in &c.global.warnings {
+                    eprintln!("{w}");
+                }
                 println!(
                     "{}: configuration is valid ({} frontend(s), {} backend(s), {} worker(s))",
                     config.display(),
@@ -75,6 +78,9 @@ fn main() -> ExitCode {
             };
             init_logging(&cfg.global.log_level);
             tracing::info!(config = %config.display(), version = env!("CARGO_PKG_VERSION"), "starting portcullis");
+            for w in &cfg.global.warnings {
+                tracing::warn!("{w}");
+            }
             match portcullis::proxy::run(Arc::new(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

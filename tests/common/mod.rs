@@ -1556,5 +1556,77 @@ impl RawBackend {
 impl Drop for RawBackend {
     fn drop(&mut self) {
         self.task.abort();
+
+// Admin API access: token, Unix socket
+// ---------------------------------------------------------------------------
+
+/// The admin token the tests configure and send.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+/// [`ADMIN_TOKEN`] as a TOML value, for `global_section(.., &[("admin_token", ADMIN_TOKEN_TOML)])`.
+pub const ADMIN_TOKEN_TOML: &str = "\"test-admin-token-0123456789abcdef\"";
+
+/// A request builder for the admin API that carries [`ADMIN_TOKEN`] and a JSON content type.
+pub fn admin_request(method: Method, admin: SocketAddr, path: &str) -> http::request::Builder {
+    request(method, admin, path)
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("content-type", "application/json")
+}
+
+/// Sends `method path` with [`ADMIN_TOKEN`] and JSON `body` on a fresh admin connection.
+pub async fn admin_send(admin: SocketAddr, method: Method, path: &str, body: &str) -> Resp {
+    let req = admin_request(method, admin, path)
+        .body(full(body.to_string()))
+        .expect("admin request");
+    H1::connect(admin).await.send(req).await
+}
+
+/// Sends `req` over a fresh connection to the Unix socket at `path`.
+pub async fn unix_send(path: &Path, req: Request<Body>) -> Resp {
+    let stream = within(
+        "connect to the admin socket",
+        IO_TIMEOUT,
+        tokio::net::UnixStream::connect(path),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("http1 handshake over the Unix socket");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let what = format!("{} {} via {}", req.method(), req.uri(), path.display());
+    let res: Result<Resp, BoxError> = async {
+        let resp = within("response head", IO_TIMEOUT, sender.send_request(req)).await?;
+        within("response body", IO_TIMEOUT, collect_resp(resp)).await
+    }
+    .await;
+    res.unwrap_or_else(|e| panic!("{what}: {e:?}"))
+}
+
+impl Daemon {
+    /// Waits until the Unix socket at `path` accepts connections.
+    pub async fn wait_unix_accepting(&mut self, path: &Path, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return;
+            }
+            if let Some(st) = self.try_exit_status() {
+                panic!(
+                    "portcullis exited ({st}) before accepting on {}\n--- stderr ---\n{}",
+                    path.display(),
+                    self.stderr()
+                );
+            }
+            if start.elapsed() > limit {
+                panic!(
+                    "portcullis not accepting on {} after {limit:?}\n--- stderr ---\n{}",
+                    path.display(),
+                    self.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

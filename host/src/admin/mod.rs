@@ -1,9 +1,16 @@
-//! The admin listener: `GET /health`, `GET /stats` (JSON) and `GET /metrics`
-//! (Prometheus text format). Runs on the control thread, off the request path.
+//! The admin listener: `GET /health`, `GET /stats` (JSON), `GET /metrics`
+//! (Prometheus text format), `/tables` and `/plugins`, on TCP or a Unix
+//! socket. Runs on the control thread, off the request path.
+//!
+//! Every request passes [`guard::check`] first (Host, token, body type);
+//! connections are bounded by `admin_maxconn` and by [`conn`]'s deadlines.
 
+pub mod conn;
+pub mod guard;
 pub mod metrics;
 pub mod plugins;
 pub mod tables;
+pub mod unix;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,14 +24,52 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Semaphore;
 
+use crate::config::admin::Admin;
 use crate::proxy::stats::{STATUS_CLASSES, Shared, StatusCounters};
+use guard::Peer;
 
-/// Accepts admin connections forever.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// Every endpoint, as the 404 answer lists them.
+const ENDPOINTS: [&str; 7] = [
+    "GET /health",
+    "GET /stats",
+    "GET /metrics",
+    "GET /plugins[/<name>]",
+    "POST /plugins/<name>/limits?memory_limit=<size>",
+    "GET /tables[/<name>[/<key>]]",
+    "POST|DELETE /tables/<name>/<key>, DELETE /tables/<name>",
+];
+
+/// A bound admin listener.
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// Accepts admin connections forever, at most `admin_maxconn` at once.
+pub async fn serve(listener: Listener, shared: Arc<Shared>) {
+    let Some(admin) = shared.config.global.admin.clone() else {
+        return;
+    };
+    let admin = Arc::new(admin);
+    let slots = Arc::new(Semaphore::new(admin.maxconn));
     loop {
-        let (stream, _) = match listener.accept().await {
+        // A slot is taken before accepting: beyond the limit, connections
+        // wait in the kernel's backlog and cost no task, no memory here.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let accepted = match &listener {
+            Listener::Tcp(l) => l.accept().await.map(|(s, remote)| {
+                let local = s.local_addr().unwrap_or(remote);
+                let _ = s.set_nodelay(true);
+                (Stream::Tcp(s), Peer::Tcp { local, remote })
+            }),
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| (Stream::Unix(s), Peer::Unix)),
+        };
+        let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
@@ -33,27 +78,78 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let shared = Arc::clone(&shared);
+        let admin = Arc::clone(&admin);
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let shared = Arc::clone(&shared);
-                async move {
-                    // Table requests may carry a body (POST), so they are routed before `route`.
-                    if tables::owns(req.uri().path()) {
-                        return Ok::<_, Infallible>(
-                            tables::handle(req, &shared.config.tables).await,
-                        );
-                    }
-                    Ok::<_, Infallible>(route(&req, &shared))
-                }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "admin connection error");
+            match stream {
+                Stream::Tcp(s) => serve_conn(s, peer, shared, admin).await,
+                Stream::Unix(s) => serve_conn(s, peer, shared, admin).await,
             }
+            drop(slot);
         });
     }
+}
+
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// Serves one admin connection until it closes or a deadline passes.
+async fn serve_conn<S>(stream: S, peer: Peer, shared: Arc<Shared>, admin: Arc<Admin>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let clock = Arc::new(conn::Clock::new(admin.timeouts));
+    let io = conn::AdminIo::new(stream, Arc::clone(&clock));
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let shared = Arc::clone(&shared);
+        let admin = Arc::clone(&admin);
+        let clock = Arc::clone(&clock);
+        async move {
+            let deadline = clock.begin_request();
+            let method = req.method().clone();
+            let path = req.uri().path().to_string();
+            let resp = match guard::check(&req, &admin, &peer) {
+                Err(refusal) => *refusal,
+                Ok(()) => match tokio::time::timeout_at(deadline, dispatch(req, &shared)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let mut r = json_response(
+                            StatusCode::REQUEST_TIMEOUT,
+                            &json!({"error": format!(
+                                "the request did not complete within admin_timeout.request ({:?})",
+                                admin.timeouts.request
+                            )}),
+                        );
+                        r.headers_mut()
+                            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                        r
+                    }
+                },
+            };
+            if guard::changes_state(&method) {
+                // An audit trail of every attempt to change state.
+                tracing::info!(%peer, %method, %path, status = resp.status().as_u16(), "admin request");
+            }
+            clock.end_request();
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    if let Err(e) = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await
+    {
+        tracing::debug!(error = %e, %peer, "admin connection error");
+    }
+}
+
+/// Runs the endpoint for an admitted request.
+async fn dispatch(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    // Table requests may carry a body (POST), so they are routed before `route`.
+    if tables::owns(req.uri().path()) {
+        return tables::handle(req, &shared.config.tables).await;
+    }
+    route(&req, shared)
 }
 
 fn respond(
@@ -84,11 +180,10 @@ pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> 
     {
         return json_response(status, &body);
     }
-    let known = ["/health", "/stats", "/metrics", "/tables"];
-    if !known.contains(&path) {
+    if !["/health", "/stats", "/metrics"].contains(&path) {
         return json_response(
             StatusCode::NOT_FOUND,
-            &json!({"error": format!("no admin endpoint {path}"), "endpoints": known}),
+            &json!({"error": format!("no admin endpoint {path}"), "endpoints": ENDPOINTS}),
         );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {

@@ -25,8 +25,7 @@ use super::plugins::Family;
 use crate::stick::api::{EntryView, Filter, TableInfo};
 use crate::stick::{StickError, StickTables};
 
-/// Largest `POST` body accepted.
-const MAX_BODY: usize = 64 << 10;
+use super::guard::MAX_BODY;
 /// Entries returned when no `limit` is given.
 const DEFAULT_LIMIT: usize = 1000;
 
@@ -261,10 +260,16 @@ pub async fn handle(req: Request<Incoming>, tables: &StickTables) -> Response<Fu
         (&Method::POST | &Method::PUT, name, Some(key)) => {
             let body = match Limited::new(body, MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(e) => {
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                     return error(
                         StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
+                        format!("the request body is larger than {MAX_BODY} bytes"),
+                    );
+                }
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot read the request body: {e}"),
                     );
                 }
             };

@@ -65,6 +65,27 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A valid setting that is probably a mistake, printed as `FILE:LINE:COL: warning: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning(pub ConfigError);
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = &self.0;
+        match e.location {
+            Some((line, col)) => write!(
+                f,
+                "{}:{}:{}: warning: {}",
+                e.file.display(),
+                line,
+                col,
+                e.message
+            ),
+            None => write!(f, "{}: warning: {}", e.file.display(), e.message),
+        }
+    }
+}
+
 /// Maps byte offsets of the config text to line and column.
 #[derive(Debug, Clone)]
 pub struct SourceMap {

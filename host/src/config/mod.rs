@@ -4,6 +4,7 @@
 //! checks every cross-reference and value, so a config that loads is one the
 //! daemon can run. Every error carries `file:line:col`.
 
+pub mod admin;
 pub mod diag;
 pub mod schema;
 pub mod stick;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use http::Method;
 use toml::Spanned;
 
-pub use diag::{ConfigError, Location, SourceMap};
+pub use diag::{ConfigError, ConfigWarning, Location, SourceMap};
 use schema::{RawBackend, RawConfig, RawFrontend, RawHealthCheck, RawTimeouts};
 
 use crate::filter::Chain;
@@ -51,9 +52,10 @@ pub enum AccessLogFormat {
 pub struct Global {
     /// Number of worker threads (resolved: never 0).
     pub workers: usize,
-    pub admin: Option<SocketAddr>,
-    /// Where `admin` was declared (for bind errors).
-    pub admin_location: Option<Location>,
+    /// The admin API (`admin*` keys), if `admin` is set.
+    pub admin: Option<admin::Admin>,
+    /// Valid settings that are probably mistakes (`check` prints them, `run` logs them).
+    pub warnings: Vec<ConfigWarning>,
     pub grace: Duration,
     pub log_level: String,
     pub access_log: AccessLogFormat,
@@ -301,8 +303,8 @@ impl Validator<'_> {
             }
             frontends.push(fe);
         }
-        if let Some(admin) = global.admin
-            && seen_binds.contains_key(&admin)
+        if let Some(admin::AdminListen::Tcp(admin)) = global.admin.as_ref().map(|a| &a.listen)
+            && seen_binds.contains_key(admin)
         {
             let span = raw.global.admin.as_ref().map_or(0..0, |a| a.span());
             return Err(self.source.error(
@@ -322,13 +324,19 @@ impl Validator<'_> {
                     }
                 }
             }
-            if let Some(admin) = global.admin
-                && let Err(e) = TcpListener::bind(admin)
-            {
-                let span = raw.global.admin.as_ref().map_or(0..0, |a| a.span());
-                return Err(self
-                    .source
-                    .error(span, format!("cannot bind admin address {admin}: {e}")));
+            let span = raw.global.admin.as_ref().map_or(0..0, |a| a.span());
+            match global.admin.as_ref().map(|a| &a.listen) {
+                Some(admin::AdminListen::Tcp(admin)) => {
+                    if let Err(e) = TcpListener::bind(admin) {
+                        return Err(self
+                            .source
+                            .error(span, format!("cannot bind admin address {admin}: {e}")));
+                    }
+                }
+                Some(admin::AdminListen::Unix(u)) => {
+                    crate::admin::unix::probe(&u.path).map_err(|m| self.source.error(span, m))?;
+                }
+                None => {}
             }
         }
         Ok((global, frontends, backends, plugins))
@@ -345,10 +353,8 @@ impl Validator<'_> {
         } else {
             workers
         };
-        let admin = match &g.admin {
-            Some(a) => Some(self.socket_addr(a, "admin address")?),
-            None => None,
-        };
+        let mut warnings = Vec::new();
+        let admin = self.admin(g, &mut warnings)?;
         let log_level = match &g.log_level {
             Some(l) => {
                 let v = l.get_ref().to_ascii_lowercase();
@@ -404,7 +410,7 @@ impl Validator<'_> {
         Ok(Global {
             workers,
             admin,
-            admin_location: g.admin.as_ref().map(|a| src.location(a.span().start)),
+            warnings,
             grace: g.grace.map_or(Duration::from_secs(10), |d| d.0),
             log_level,
             access_log,

@@ -84,8 +84,25 @@ pub struct RawPlugin {
 pub struct RawGlobal {
     /// Worker threads; 0 or absent means one per core.
     pub workers: Option<Spanned<i64>>,
-    /// Admin listener address (JSON API and /metrics); absent disables it.
+    /// Admin listener: `HOST:PORT`, or a Unix socket (`unix:PATH`, `/PATH`, `./PATH`); absent disables it.
     pub admin: Option<Spanned<String>>,
+    // The admin API's access control and limits (validated in `config/admin.rs`).
+    /// Bearer token that state-changing admin requests must carry.
+    pub admin_token: Option<Spanned<String>>,
+    /// File holding the admin token (relative to the config file; trailing newline trimmed).
+    pub admin_token_file: Option<Spanned<String>>,
+    /// Host names accepted in admin requests' `Host` besides the bind address and `localhost`.
+    pub admin_hosts: Option<Vec<Spanned<String>>>,
+    /// Most admin connections served at once; beyond it, accepting pauses.
+    pub admin_maxconn: Option<Spanned<i64>>,
+    /// Unix-socket admin: permission bits as an octal string, e.g. `"0660"`.
+    pub admin_socket_mode: Option<Spanned<String>>,
+    /// Unix-socket admin: owner, a user name or numeric id.
+    pub admin_socket_owner: Option<Spanned<IdSpec>>,
+    /// Unix-socket admin: group, a group name or numeric id.
+    pub admin_socket_group: Option<Spanned<IdSpec>>,
+    /// `[global.admin_timeout]`: the admin connections' timeouts.
+    pub admin_timeout: Option<Spanned<RawAdminTimeouts>>,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     pub grace: Option<ConfigDuration>,
     /// Log filter for the daemon's own logs (`error`, `warn`, `info`, `debug`, `trace`).
@@ -101,6 +118,26 @@ pub struct RawGlobal {
     pub maxconn: Option<Spanned<i64>>,
     #[serde(default)]
     pub timeout: RawTimeouts,
+}
+
+/// `[global.admin_timeout]`: admin connections are bounded in every phase.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminTimeouts {
+    /// Time to receive a complete request head (from accept, or from its first byte).
+    pub http_request: Option<Spanned<ConfigDuration>>,
+    /// Idle time between requests on a keep-alive admin connection.
+    pub keep_alive: Option<Spanned<ConfigDuration>>,
+    /// Total time for one request: head, body, handling and writing the response.
+    pub request: Option<Spanned<ConfigDuration>>,
+}
+
+/// A user or group: a name, or a numeric id (as an integer or a string of digits).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum IdSpec {
+    Id(i64),
+    Name(String),
 }
 
 /// `[global.timeout]` (and a backend's `timeout` table, which may set `connect`/`server`).

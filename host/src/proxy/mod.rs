@@ -25,6 +25,7 @@ use std::sync::Arc;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
+use crate::config::admin::AdminListen;
 use crate::config::{Config, ConfigError, Location};
 pub use stats::Shared;
 
@@ -37,6 +38,8 @@ pub enum RunError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{location}: {message}")]
+    AdminSocket { location: Location, message: String },
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot start: {0}")]
@@ -58,6 +61,12 @@ pub fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<StdListener
     socket.listen(1024)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+/// The admin listener, bound before anything starts.
+enum AdminStd {
+    Tcp(StdListener),
+    Unix(std::os::unix::net::UnixListener),
 }
 
 /// Binds every frontend address once per worker.
@@ -89,20 +98,27 @@ pub fn run(config: Arc<Config>) -> Result<(), RunError> {
     }
     tracing::info!(maxconn = shared.conns.max(), fd_limit, "connection limits");
     let listeners = bind_all(&config)?;
-    let admin_listener = match config.global.admin {
-        Some(addr) => Some(listen(addr, false).map_err(|source| {
-            RunError::Bind {
-                location: config
-                    .global
-                    .admin_location
-                    .clone()
-                    .unwrap_or_else(|| config.source.location(0)),
-                addr,
-                source,
+    // The socket file guard lives until `run` returns: dropping it removes the file.
+    let (admin_listener, _admin_socket_file) =
+        match config.global.admin.as_ref().map(|a| (a, &a.listen)) {
+            Some((a, AdminListen::Tcp(addr))) => {
+                let l = listen(*addr, false).map_err(|source| RunError::Bind {
+                    location: a.location.clone(),
+                    addr: *addr,
+                    source,
+                })?;
+                (Some(AdminStd::Tcp(l)), None)
             }
-        })?),
-        None => None,
-    };
+            Some((a, AdminListen::Unix(u))) => {
+                let (l, file) =
+                    crate::admin::unix::bind(u).map_err(|message| RunError::AdminSocket {
+                        location: a.location.clone(),
+                        message,
+                    })?;
+                (Some(AdminStd::Unix(l)), Some(file))
+            }
+            None => (None, None),
+        };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -134,10 +150,14 @@ pub fn run(config: Arc<Config>) -> Result<(), RunError> {
         // Expiry tasks live on the control runtime: they sleep until the
         // earliest expiry, so they cost the workers nothing.
         crate::stick::spawn_expiry(&config.tables);
-        if let (Some(l), Some(addr)) = (admin_listener, config.global.admin) {
-            match tokio::net::TcpListener::from_std(l) {
+        if let (Some(l), Some(admin)) = (admin_listener, &config.global.admin) {
+            let l = match l {
+                AdminStd::Tcp(l) => tokio::net::TcpListener::from_std(l).map(crate::admin::Listener::Tcp),
+                AdminStd::Unix(l) => tokio::net::UnixListener::from_std(l).map(crate::admin::Listener::Unix),
+            };
+            match l {
                 Ok(l) => {
-                    tracing::info!(%addr, "admin API listening");
+                    tracing::info!(addr = %admin.describe(), maxconn = admin.maxconn, token = admin.token.is_some(), "admin API listening");
                     tokio::spawn(crate::admin::serve(l, Arc::clone(&shared)));
                 }
                 Err(e) => tracing::error!(error = %e, "cannot start admin listener"),
