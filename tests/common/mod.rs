@@ -1556,7 +1556,10 @@ impl RawBackend {
 impl Drop for RawBackend {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
 
+// ---------------------------------------------------------------------------
 // Admin API access: token, Unix socket
 // ---------------------------------------------------------------------------
 
