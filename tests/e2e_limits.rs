@@ -445,3 +445,40 @@ async fn h2_client_that_grants_no_window_is_closed_after_timeout_client() {
         t0.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parked_keep_alive_connection_serves_its_next_request_and_keeps_a_partial_one() {
+    let s1 = Backend::start("s1").await;
+    // A head may take 10 s to arrive: the pause below is not a 408.
+    let (_d, ports) = proxy_with(&[&s1], &[("timeout.http_request", "\"10s\"")], "").await;
+    let mut s = connect(ports.web).await;
+    // One full request and the start of a second one in the same write: the
+    // second head's first bytes wait in hyper's buffer while the connection
+    // parks (idle > 1 s) and must survive it.
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTT")
+        .await
+        .expect("write");
+    let first = read_response(&mut s, IO_TIMEOUT)
+        .await
+        .expect("first response");
+    assert_eq!(first.status, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.write_all(b"P/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write rest");
+    let second = read_response(&mut s, IO_TIMEOUT)
+        .await
+        .expect("second response");
+    assert_eq!(second.status, 200);
+    assert!(second.text().contains("\"/b\""), "{}", second.text());
+    // Parked again with nothing buffered: the next request wakes it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.write_all(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let third = read_response(&mut s, IO_TIMEOUT)
+        .await
+        .expect("third response");
+    assert_eq!(third.status, 200);
+    assert!(third.text().contains("\"/c\""), "{}", third.text());
+}

@@ -340,9 +340,21 @@ pub struct ResponseBody {
     taps: Taps,
     bytes: u64,
     end: Option<Box<dyn BodyEnd>>,
-    /// HTTP/2: the connection told when this body waits on the client, and
-    /// whether it does now.
-    stall_watch: Option<(Rc<super::conn::ConnState>, bool)>,
+    /// The client connection, told how this body's data moves (see [`ClientWatch`]).
+    client: Option<(Rc<super::conn::ConnState>, ClientWatch)>,
+    /// HTTP/1: the rest of a server data frame larger than
+    /// `conn::MAX_UNSENT`, handed to hyper in pieces of at most that size.
+    carry: Option<Bytes>,
+}
+
+/// How a response body keeps its client connection informed.
+enum ClientWatch {
+    /// HTTP/1: the body waits while more than `conn::MAX_UNSENT` bytes are
+    /// handed to hyper and not yet written, bounding what a slow client holds.
+    Room,
+    /// HTTP/2: the connection learns when this body waits for the client to
+    /// ask for more (flow control), to close a client that never does.
+    Stall { waiting: bool },
 }
 
 impl ResponseBody {
@@ -354,7 +366,8 @@ impl ResponseBody {
             taps: Taps::default(),
             bytes: 0,
             end: None,
-            stall_watch: None,
+            client: None,
+            carry: None,
         }
     }
 
@@ -369,7 +382,8 @@ impl ResponseBody {
             taps: Taps::default(),
             bytes: 0,
             end: None,
-            stall_watch: None,
+            client: None,
+            carry: None,
         }
     }
 
@@ -389,7 +403,8 @@ impl ResponseBody {
             taps: Taps::default(),
             bytes: 0,
             end: None,
-            stall_watch: None,
+            client: None,
+            carry: None,
         }
     }
 
@@ -405,9 +420,16 @@ impl ResponseBody {
         self
     }
 
-    /// Reports to `conn` when this body waits for the client (HTTP/2 flow control).
-    pub fn watch_stalls(mut self, conn: Rc<super::conn::ConnState>) -> ResponseBody {
-        self.stall_watch = Some((conn, false));
+    /// Ties this body to its client connection: on HTTP/2 it reports when
+    /// it waits for the client (flow control); on HTTP/1 it stops reading
+    /// from the server while the client lags behind.
+    pub fn watch_client(mut self, conn: Rc<super::conn::ConnState>) -> ResponseBody {
+        let watch = if conn.watches_stalls() {
+            ClientWatch::Stall { waiting: false }
+        } else {
+            ClientWatch::Room
+        };
+        self.client = Some((conn, watch));
         self
     }
 
@@ -426,7 +448,7 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let Some((conn, true)) = &self.stall_watch {
+        if let Some((conn, ClientWatch::Stall { waiting: true })) = &self.client {
             conn.body_resumed();
         }
         let outcome = if self.is_end_stream() {
@@ -447,18 +469,29 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Some((conn, waiting)) = &mut this.stall_watch
-            && *waiting
-        {
-            *waiting = false;
-            conn.body_resumed();
+        match &mut this.client {
+            Some((conn, ClientWatch::Room)) => {
+                // HTTP/1: no more from the server while the client lags behind.
+                if matches!(this.kind, Kind::Upstream { .. }) && conn.poll_room(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            Some((conn, ClientWatch::Stall { waiting })) if *waiting => {
+                *waiting = false;
+                conn.body_resumed();
+            }
+            _ => {}
         }
         let polled = this.poll_inner(cx);
-        if let (Poll::Ready(Some(Ok(_))), Some((conn, waiting))) = (&polled, &mut this.stall_watch)
-            && this.end.is_some()
-        {
-            *waiting = true;
-            conn.body_waiting();
+        if let (Poll::Ready(Some(Ok(frame))), Some((conn, watch))) = (&polled, &mut this.client) {
+            match watch {
+                ClientWatch::Room => conn.handed(frame.data_ref().map_or(0, Bytes::len)),
+                ClientWatch::Stall { waiting } if this.end.is_some() => {
+                    *waiting = true;
+                    conn.body_waiting();
+                }
+                ClientWatch::Stall { .. } => {}
+            }
         }
         polled
     }
@@ -479,6 +512,20 @@ impl ResponseBody {
             this.bytes += p.len() as u64;
             return Poll::Ready(Some(Ok(Frame::data(p))));
         }
+        if let Some(mut rest) = this.carry.take() {
+            let piece = if rest.len() > super::conn::MAX_UNSENT {
+                let piece = rest.split_to(super::conn::MAX_UNSENT);
+                this.carry = Some(rest);
+                piece
+            } else {
+                rest
+            };
+            this.bytes += piece.len() as u64;
+            if this.is_end_stream() {
+                this.finish(BodyOutcome::Complete);
+            }
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
+        }
         if !this.taps.is_empty() && this.taps.ended && this.is_end_stream() {
             // The taps' last frame went out after the server's body ended.
             this.finish(BodyOutcome::Complete);
@@ -494,6 +541,20 @@ impl ResponseBody {
                 Poll::Ready(Some(Ok(frame))) => {
                     timer.progress();
                     if this.taps.is_empty() {
+                        // HTTP/1: large server reads go out in bounded pieces, so
+                        // hyper's write buffer never holds more than one of them.
+                        let frame = match frame.into_data() {
+                            Ok(mut data)
+                                if data.len() > super::conn::MAX_UNSENT
+                                    && matches!(this.client, Some((_, ClientWatch::Room))) =>
+                            {
+                                let piece = data.split_to(super::conn::MAX_UNSENT);
+                                this.carry = Some(data);
+                                Frame::data(piece)
+                            }
+                            Ok(data) => Frame::data(data),
+                            Err(frame) => frame,
+                        };
                         Poll::Ready(Some(Ok(frame)))
                     } else {
                         let eos = inner.is_end_stream();
@@ -529,7 +590,7 @@ impl ResponseBody {
     }
 
     fn is_end(&self) -> bool {
-        if self.prefix.is_some() {
+        if self.prefix.is_some() || self.carry.is_some() {
             return false;
         }
         match &self.kind {
@@ -552,10 +613,11 @@ impl ResponseBody {
             }
             Kind::Upstream { inner, .. } => inner.size_hint(),
         };
-        let Some(p) = &self.prefix else {
+        let n = (self.prefix.as_ref().map_or(0, Bytes::len)
+            + self.carry.as_ref().map_or(0, Bytes::len)) as u64;
+        if n == 0 {
             return h;
-        };
-        let n = p.len() as u64;
+        }
         let mut out = SizeHint::new();
         out.set_lower(h.lower().saturating_add(n));
         if let Some(u) = h.upper() {

@@ -49,6 +49,12 @@ const H2_GOAWAY_GRACE: Duration = Duration::from_secs(2);
 /// client that stops reading holds at most this much per stream.
 const H2_SEND_BUF: usize = 64 << 10;
 
+/// HTTP/1: response body bytes handed to hyper and not yet written to the
+/// socket beyond which the body stops reading from the server. With it, a
+/// client that stops reading holds this much plus one chunk in hyper's write
+/// buffer, whatever hyper's own buffer limits (sized for request heads) allow.
+pub const MAX_UNSENT: usize = 16 << 10;
+
 /// Where a client connection is in its request cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnPhase {
@@ -63,7 +69,6 @@ pub enum ConnPhase {
 }
 
 /// Per-connection state shared by the IO wrapper and the request handler.
-#[derive(Debug)]
 pub struct ConnState {
     /// HTTP/2: many requests at once, so no per-request phase tracking.
     multiplexed: bool,
@@ -79,6 +84,10 @@ pub struct ConnState {
     owed: Cell<u32>,
     /// HTTP/2: since when `owed` has been above zero.
     owed_since: Cell<Instant>,
+    /// HTTP/1: response body bytes handed to hyper, less bytes written since.
+    unsent: Cell<usize>,
+    /// HTTP/1: the response body waiting for `unsent` to fall below [`MAX_UNSENT`].
+    unsent_waiter: Cell<Option<std::task::Waker>>,
     /// A 408 was sent because the request head did not arrive in time.
     pub sent_408: Cell<bool>,
     /// When the worker began shutting down, once it has.
@@ -87,6 +96,18 @@ pub struct ConnState {
     park: Cell<bool>,
     /// hyper is being stopped to park: its shutdown of the socket is skipped.
     parking: Cell<bool>,
+}
+
+impl std::fmt::Debug for ConnState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnState")
+            .field("multiplexed", &self.multiplexed)
+            .field("phase", &self.phase.get())
+            .field("requests", &self.requests.get())
+            .field("active", &self.active.get())
+            .field("unsent", &self.unsent.get())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConnState {
@@ -99,6 +120,8 @@ impl ConnState {
             active: Cell::new(0),
             owed: Cell::new(0),
             owed_since: Cell::new(since),
+            unsent: Cell::new(0),
+            unsent_waiter: Cell::new(None),
             sent_408: Cell::new(false),
             draining: Cell::new(None),
             park: Cell::new(false),
@@ -148,6 +171,33 @@ impl ConnState {
     /// A waiting response body was asked again (or dropped).
     pub fn body_resumed(&self) {
         self.owed.set(self.owed.get().saturating_sub(1));
+    }
+
+    /// HTTP/1: whether a response body may hand hyper more data now; if
+    /// not, `cx` is woken once writes make room.
+    pub fn poll_room(&self, cx: &Context<'_>) -> Poll<()> {
+        if self.unsent.get() <= MAX_UNSENT {
+            return Poll::Ready(());
+        }
+        self.unsent_waiter.set(Some(cx.waker().clone()));
+        Poll::Pending
+    }
+
+    /// HTTP/1: a response body handed `n` bytes to hyper.
+    pub fn handed(&self, n: usize) {
+        self.unsent.set(self.unsent.get() + n);
+    }
+
+    /// `n` bytes went to the socket (head and framing bytes included, so the
+    /// count can only err towards more room).
+    fn written(&self, n: usize) {
+        let left = self.unsent.get().saturating_sub(n);
+        self.unsent.set(left);
+        if left <= MAX_UNSENT
+            && let Some(w) = self.unsent_waiter.take()
+        {
+            w.wake();
+        }
     }
 
     /// HTTP/2: when the client has accepted nothing for `timeout.client`
@@ -432,8 +482,11 @@ impl AsyncWrite for TimedIo {
         match Pin::new(&mut this.stream).poll_write(cx, buf) {
             Poll::Pending => this.poll_write_stall(cx).map(Err),
             done => {
-                if matches!(done, Poll::Ready(Ok(n)) if n > 0) {
+                if let Poll::Ready(Ok(n)) = done
+                    && n > 0
+                {
                     this.write_stall = None;
+                    this.state.written(n);
                 }
                 done
             }
@@ -452,6 +505,12 @@ impl AsyncWrite for TimedIo {
             // connection is now idle and the keep-alive timeout starts.
             this.state.phase.set(ConnPhase::Idle);
             this.state.since.set(Instant::now());
+            // hyper polled its read before this flush and will not poll it
+            // again until woken: arm the idle deadlines here, or they would
+            // wait for the client's next bytes.
+            if let Poll::Ready(Err(e)) = this.poll_deadlines(cx) {
+                return Poll::Ready(Err(e));
+            }
         }
         flushed
     }

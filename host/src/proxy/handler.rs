@@ -368,10 +368,9 @@ pub async fn handle(
         // Shutting down: the client learns it before sending another request.
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let mut body = body.on_end(Box::new(ex));
-    if ctx.state.watches_stalls() {
-        body = body.watch_stalls(Rc::clone(&ctx.state));
-    }
+    let body = body
+        .on_end(Box::new(ex))
+        .watch_client(Rc::clone(&ctx.state));
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;

@@ -60,9 +60,6 @@ pub struct UpstreamPool {
     http: http1::Builder,
 }
 
-/// hyper's default read-buffer limit (8 KiB + 100 × 4 KiB).
-const HYPER_MAX_BUF: usize = 8192 + 4096 * 100;
-
 /// The HTTP/1.1 client settings: response heads are bounded like request
 /// heads (`max_header_size`, `max_headers` → 502 when over), as HAProxy's
 /// `tune.bufsize` and `tune.http.maxhdr` bound both directions.
@@ -72,9 +69,10 @@ fn http_builder(config: &Config) -> http1::Builder {
     b.writev(false)
         .max_header_size(global.max_header_size)
         .max_headers(global.max_headers)
-        // The buffer must be able to hold a head of the allowed size; never
-        // smaller than hyper's default, which body reads benefit from.
-        .max_buf_size(HYPER_MAX_BUF.max(global.max_header_size + 8192));
+        // The buffer must hold a head of the allowed size, and no more: it
+        // is also what one response body can hold here while its client
+        // lags (hyper's default would let it grow to 400 KiB).
+        .max_buf_size(global.max_header_size + 8192);
     b
 }
 
