@@ -234,7 +234,15 @@ async fn accept_loop(worker: Rc<Worker>, frontend: usize, listener: StdListener)
         tokio::pin!(global_freed, fe_freed);
         global_freed.as_mut().enable();
         fe_freed.as_mut().enable();
-        if !global.try_acquire() {
+        let full = if !global.try_acquire() {
+            Some(global_freed)
+        } else if !fe.try_acquire() {
+            global.release();
+            Some(fe_freed)
+        } else {
+            None
+        };
+        if let Some(freed) = full {
             // Readiness may be stale (the last accept emptied the backlog):
             // shed only for a connection that is really waiting.
             if !connection_pending(ready.get_ref().get_ref()) {
@@ -244,23 +252,8 @@ async fn accept_loop(worker: Rc<Worker>, frontend: usize, listener: StdListener)
             drop(ready);
             worker.shed.notify_waiters();
             tokio::select! {
-                () = global_freed => {}
+                () = freed => {}
                 // A release on another worker that raced the check is found on the next pass.
-                () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                () = shutdown.wait() => return,
-            }
-            continue;
-        }
-        if !fe.try_acquire() {
-            global.release();
-            if !connection_pending(ready.get_ref().get_ref()) {
-                ready.clear_ready();
-                continue;
-            }
-            drop(ready);
-            worker.shed.notify_waiters();
-            tokio::select! {
-                () = fe_freed => {}
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
                 () = shutdown.wait() => return,
             }
