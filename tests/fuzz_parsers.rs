@@ -14,8 +14,10 @@
 //! The properties: nothing panics; a rejected input gets an error that
 //! points inside it (`FILE:LINE:COL` for configs, a byte offset on a
 //! character boundary for rule strings, a line number for map files); what
-//! parses also evaluates without panicking; and the map and memory helpers
-//! agree with naive models.
+//! parses also evaluates without panicking; conditions obey boolean
+//! algebra when combined; and the map and memory helpers, the match methods,
+//! `hdr` occurrences and `field`/`word` (HAProxy's own algorithm, transcribed)
+//! agree with models.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -1319,6 +1321,313 @@ proptest! {
         check_in_config(Site::Unless, &cond)?;
         check_in_config(Site::Expr, &expr)?;
         check_in_config(Site::Body, &fmt)?;
+    }
+}
+
+/// Whether condition `text` holds for `t` in the request phase; `None` if it does not parse.
+fn holds(text: &str, t: &Txn) -> Option<bool> {
+    with_env(Phase::Request, |env| Condition::parse(text, env).ok()).map(|c| c.holds(t))
+}
+
+/// Conditions combined with and/or/not/parentheses evaluate as the boolean
+/// algebra says (`and` is wrapped in parentheses: `or` binds looser).
+fn check_cond_algebra(a: &str, b: &str, uri: &str, header: &[u8]) -> Result<(), TestCaseError> {
+    let t = txn(Phase::Request, uri, header);
+    let (Some(x), Some(y)) = (holds(a, &t), holds(b, &t)) else {
+        return Ok(());
+    };
+    for (form, want) in [
+        (format!("{a} or {b}"), x || y),
+        (format!("{a}||{b}"), x || y),
+        (format!("( {a} ) and ( {b} )"), x && y),
+        (format!("({a})&&({b})"), x && y),
+        (format!("!( {a} )"), !x),
+        (format!("not ({a}) or {b}"), !x || y),
+        (format!("( ( {a} ) )"), x),
+        (format!("{b} or !!({a})"), x || y),
+    ] {
+        prop_assert_eq!(holds(&form, &t), Some(want), "{}", form);
+    }
+    Ok(())
+}
+
+/// HAProxy's `field` and `word` converters (`sample_conv_field` and
+/// `sample_conv_word` in sample.c), transcribed step by step: the reference
+/// for ours. `None` is HAProxy's "no sample".
+fn haproxy_field<'a>(
+    s: &'a [u8],
+    seps: &[u8],
+    index: i64,
+    count: i64,
+    word: bool,
+) -> Option<&'a [u8]> {
+    let is_sep = |c: u8| seps.contains(&c);
+    let mut count = count;
+    let (mut start, mut end);
+    let mut found = false;
+    let mut n: i64;
+    if !word {
+        if index < 0 {
+            n = -1;
+            (start, end) = (s.len(), s.len());
+            while start > 0 {
+                if is_sep(s[start - 1]) {
+                    if n == index {
+                        if count == 1 {
+                            found = true;
+                            break;
+                        } else if count > 1 {
+                            count -= 1;
+                        }
+                    } else {
+                        end = start - 1;
+                        n -= 1;
+                    }
+                }
+                start -= 1;
+            }
+        } else {
+            n = 1;
+            (start, end) = (0, 0);
+            while end < s.len() {
+                if is_sep(s[end]) {
+                    if n == index {
+                        if count == 1 {
+                            found = true;
+                            break;
+                        } else if count > 1 {
+                            count -= 1;
+                        }
+                    } else {
+                        start = end + 1;
+                        n += 1;
+                    }
+                }
+                end += 1;
+            }
+        }
+    } else {
+        n = 0;
+        let mut inword = false;
+        if index < 0 {
+            (start, end) = (s.len(), s.len());
+            while start > 0 {
+                let sep = is_sep(s[start - 1]);
+                if !inword {
+                    if !sep {
+                        if n != index {
+                            n -= 1;
+                            end = start;
+                        }
+                        inword = true;
+                    }
+                } else if sep {
+                    if n == index {
+                        if count == 1 {
+                            found = true;
+                            break;
+                        } else if count > 1 {
+                            count -= 1;
+                        }
+                    }
+                    inword = false;
+                }
+                start -= 1;
+            }
+        } else {
+            (start, end) = (0, 0);
+            while end < s.len() {
+                let sep = is_sep(s[end]);
+                if !inword {
+                    if !sep {
+                        if n != index {
+                            n += 1;
+                            start = end;
+                        }
+                        inword = true;
+                    }
+                } else if sep {
+                    if n == index {
+                        if count == 1 {
+                            found = true;
+                            break;
+                        } else if count > 1 {
+                            count -= 1;
+                        }
+                    }
+                    inword = false;
+                }
+                end += 1;
+            }
+        }
+    }
+    (found || n == index).then(|| &s[start..end])
+}
+
+/// `field`/`word` agree with HAProxy's (ASCII separators, any text).
+fn check_field(
+    s: &str,
+    seps: &str,
+    index: i64,
+    count: Option<i64>,
+    word: bool,
+) -> Result<(), TestCaseError> {
+    let name = if word { "word" } else { "field" };
+    let text = match count {
+        Some(c) => format!("var(txn.fz),{name}({index},'{seps}',{c})"),
+        None => format!("var(txn.fz),{name}({index},'{seps}')"),
+    };
+    let Ok(expr) = with_env(Phase::Request, |env| parse_expr(&text, 0, env, "")) else {
+        return Err(TestCaseError::fail(format!("{text} does not parse")));
+    };
+    let mut t = txn(Phase::Request, "/", b"");
+    t.set_var(VarScope::Txn, "fz", Sample::Str(s.to_string()));
+    let got = expr.eval(&t).map(|v| v.into_text().into_owned());
+    let want = haproxy_field(
+        s.as_bytes(),
+        seps.as_bytes(),
+        index,
+        count.unwrap_or(1),
+        word,
+    )
+    .map(|b| String::from_utf8_lossy(b).into_owned());
+    prop_assert_eq!(got, want, "{} on {:?}", text, s);
+    Ok(())
+}
+
+/// `hdr`, `fhdr` and `hdr_cnt` against a naive reading of comma-separated
+/// header lines (values without quotes, where commas always separate).
+fn check_headers(lines: &[String], occ: i32) -> Result<(), TestCaseError> {
+    let mut t = txn(Phase::Request, "/", b"");
+    for l in lines {
+        let v = http::HeaderValue::from_str(l).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        t.req_headers.append("x-m", v);
+    }
+    let items: Vec<&str> = lines
+        .iter()
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .collect();
+    let pick = |all: &[&str]| -> Option<String> {
+        let k = usize::try_from(occ.unsigned_abs()).ok()?;
+        if k == 0 || k > all.len() {
+            return None;
+        }
+        let i = if occ > 0 { k - 1 } else { all.len() - k };
+        Some(all[i].to_string())
+    };
+    let whole: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let eval = |text: &str| {
+        with_env(Phase::Request, |env| {
+            parse_expr(text, 0, env, "")
+                .ok()
+                .and_then(|e| e.eval(&t).map(|v| v.into_text().into_owned()))
+        })
+    };
+    prop_assert_eq!(eval(&format!("hdr(x-m,{occ})")), pick(&items));
+    prop_assert_eq!(eval(&format!("req.fhdr(x-m,{occ})")), pick(&whole));
+    if occ == -1 {
+        prop_assert_eq!(eval("hdr(x-m)"), pick(&items));
+    }
+    prop_assert_eq!(eval("hdr_cnt(x-m)"), Some(items.len().to_string()));
+    Ok(())
+}
+
+/// A term `var(txn.fz) [-i] -m <method> '<pattern>'` against the plain
+/// string operations each match method stands for.
+fn check_matcher(
+    value: &str,
+    pattern: &str,
+    method: &str,
+    icase: bool,
+) -> Result<(), TestCaseError> {
+    let flag = if icase { "-i " } else { "" };
+    let text = format!("var(txn.fz) {flag}-m {method} '{pattern}'");
+    let fold = |x: &str| {
+        if icase {
+            x.to_ascii_lowercase()
+        } else {
+            x.to_string()
+        }
+    };
+    let (v, p) = (fold(value), fold(pattern));
+    let num = |p: &str| model_int_range(p.as_bytes());
+    let want = match method {
+        "str" => Some(v == p),
+        "beg" => Some(v.starts_with(&p)),
+        "end" => Some(v.ends_with(&p)),
+        "sub" => Some(v.contains(&p)),
+        "dir" => Some(word_match(v.as_bytes(), p.as_bytes(), b"/?")),
+        "dom" => Some(word_match(v.as_bytes(), p.as_bytes(), b"/?.:")),
+        "reg" => regex::RegexBuilder::new(pattern)
+            .case_insensitive(icase)
+            .build()
+            .ok()
+            .map(|r| r.is_match(value)),
+        "len" => num(pattern).map(|(lo, hi)| {
+            let n = i64::try_from(value.len()).unwrap_or(i64::MAX);
+            lo <= n && n <= hi
+        }),
+        "int" => num(pattern).map(|(lo, hi)| {
+            value
+                .trim()
+                .parse::<i64>()
+                .is_ok_and(|n| lo <= n && n <= hi)
+        }),
+        _ => None,
+    };
+    let mut t = txn(Phase::Request, "/", b"");
+    t.set_var(VarScope::Txn, "fz", Sample::Str(value.to_string()));
+    let got = holds(&text, &t);
+    match want {
+        // A pattern of nothing but delimiters is refused for dir/dom.
+        Some(_) if got.is_none() && matches!(method, "dir" | "dom") => {}
+        _ => prop_assert_eq!(got, want, "{} on {:?}", text, value),
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(settings(3000, regressions!("semantics")))]
+
+    #[test]
+    fn cond_algebra(a in good_cond(), b in good_cond(), uri in uri(), header in header_value()) {
+        check_cond_algebra(&a, &b, &uri, &header)?;
+    }
+
+}
+
+proptest! {
+    #![proptest_config(settings(20000, regressions!("models")))]
+
+    #[test]
+    fn field_and_word_match_haproxy(
+        s in "[a-c_/.é ]{0,12}",
+        seps in "[_/. ]{1,3}",
+        index in prop_oneof![-6i64..=-1, 1i64..=6],
+        count in prop::option::of(0i64..6),
+        word in any::<bool>(),
+    ) {
+        check_field(&s, &seps, index, count, word)?;
+    }
+
+    #[test]
+    fn matchers_match_their_models(
+        value in "[aAbB/.?:é0-9-]{0,10}",
+        pattern in "[aAbB/.?:é0-9-]{0,4}",
+        method in select(&["str", "beg", "end", "sub", "dir", "dom", "reg", "len", "int"][..]),
+        icase in any::<bool>(),
+    ) {
+        let icase = icase && !matches!(method, "len" | "int");
+        check_matcher(&value, &pattern, method, icase)?;
+    }
+
+    #[test]
+    fn header_occurrences(
+        lines in prop::collection::vec("[a-c ,]{0,8}", 1..4),
+        occ in prop_oneof![-6i32..=-1, 1i32..=6],
+    ) {
+        check_headers(&lines, occ)?;
     }
 }
 
