@@ -1312,7 +1312,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(settings(1500, regressions!("rules_in_config")))]
+    #![proptest_config(settings(1000, regressions!("rules_in_config")))]
 
     /// Conditions, expressions and log-format strings embedded in a config file.
     #[test]
@@ -1588,7 +1588,7 @@ fn check_matcher(
 }
 
 proptest! {
-    #![proptest_config(settings(3000, regressions!("semantics")))]
+    #![proptest_config(settings(2000, regressions!("semantics")))]
 
     #[test]
     fn cond_algebra(a in good_cond(), b in good_cond(), uri in uri(), header in header_value()) {
