@@ -111,9 +111,10 @@ impl SourceMap {
         &self.file
     }
 
-    /// The location of byte `offset` (clamped to the text).
+    /// The location of byte `offset` (clamped to the text; inside a
+    /// character, that character's start).
     pub fn location(&self, offset: usize) -> Location {
-        let offset = offset.min(self.text.len());
+        let offset = self.text.floor_char_boundary(offset);
         let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
         let start = self.line_starts[line - 1];
         let col = self
@@ -133,19 +134,91 @@ impl SourceMap {
         ConfigError::at(&self.location(span.start), message)
     }
 
-    /// An error inside a quoted string value whose TOML span is `span`:
-    /// `offset` counts bytes from the first character inside the quotes.
+    /// An error inside a string value whose TOML span is `span`: `offset`
+    /// is a byte offset into the string's decoded value (what a rule parser
+    /// saw), mapped back through quotes and escapes to the text.
     pub fn error_in_string(
         &self,
         span: Range<usize>,
         offset: usize,
         message: impl Into<String>,
     ) -> ConfigError {
-        let quote = usize::from(matches!(
-            self.text.as_bytes().get(span.start),
-            Some(b'"' | b'\'')
-        ));
-        self.error(span.start + quote + offset..span.end, message)
+        self.error(self.string_offset(span.clone(), offset)..span.end, message)
+    }
+
+    /// The text offset of byte `offset` of the value of the TOML string
+    /// token at `span` (basic or literal, one- or multi-line); past the
+    /// value, its end. An offset inside an escape maps to the escape.
+    pub fn string_offset(&self, span: Range<usize>, offset: usize) -> usize {
+        let Some(raw) = self.text.get(span.clone()) else {
+            return span.start.min(self.text.len());
+        };
+        let (delim, basic) = if raw.starts_with(r#"""""#) {
+            (3, true)
+        } else if raw.starts_with("'''") {
+            (3, false)
+        } else if raw.starts_with('"') {
+            (1, true)
+        } else if raw.starts_with('\'') {
+            (1, false)
+        } else {
+            // Not a string token: count from its start.
+            return span.start + raw.floor_char_boundary(offset);
+        };
+        let mut i = delim;
+        if delim == 3 {
+            // A newline right after `"""` or `'''` is not part of the value.
+            let rest = &raw[i..];
+            i += if rest.starts_with("\r\n") {
+                2
+            } else {
+                usize::from(rest.starts_with('\n'))
+            };
+        }
+        let end = raw.len().saturating_sub(delim).max(i);
+        let mut decoded = 0;
+        while i < end {
+            let (raw_len, value_len) = string_unit(&raw[i..end], basic);
+            if raw_len == 0 || decoded + value_len > offset {
+                break;
+            }
+            i += raw_len;
+            decoded += value_len;
+        }
+        span.start + i
+    }
+}
+
+/// The next unit of a TOML string body: its length in the text and in the
+/// decoded value (an escape, a line-ending backslash, or one character).
+fn string_unit(rest: &str, basic: bool) -> (usize, usize) {
+    let b = rest.as_bytes();
+    if !basic || b.first() != Some(&b'\\') {
+        let n = rest.chars().next().map_or(0, char::len_utf8);
+        return (n, n);
+    }
+    let hex = |digits: usize| {
+        let value_len = rest
+            .get(2..2 + digits)
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .and_then(char::from_u32)
+            .map_or(1, char::len_utf8);
+        ((2 + digits).min(rest.len()), value_len)
+    };
+    match b.get(1) {
+        Some(b'u') => hex(4),
+        Some(b'U') => hex(8),
+        Some(b'x') => hex(2),
+        // A line-ending backslash removes the newline and the blanks after it.
+        Some(b' ' | b'\t' | b'\r' | b'\n') => {
+            let blanks = b[1..]
+                .iter()
+                .take_while(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
+                .count();
+            (1 + blanks, 0)
+        }
+        Some(_) => (2, 1),
+        None => (1, 1),
     }
 }
 
@@ -162,5 +235,52 @@ mod tests {
         assert_eq!((loc.line, loc.col), (2, 6));
         assert_eq!(map.error_in_string(11..14, 0, "m").location, Some((2, 7)));
         assert_eq!(map.error(11..12, "bad").to_string(), "x.toml:2:6: bad");
+    }
+
+    /// The rest of the string token `token` (its first occurrence in
+    /// `text`) from where byte `offset` of its value maps to.
+    fn landing<'a>(text: &'a str, token: &str, offset: usize) -> &'a str {
+        let start = text.find(token).expect("token in text");
+        let end = start + token.len();
+        let map = SourceMap::new(Path::new("x.toml"), text);
+        &text[map.string_offset(start..end, offset)..end]
+    }
+
+    #[test]
+    fn string_offsets_skip_quotes_and_escapes() {
+        // Basic string: `\"` and `\\` are two bytes in the text, one in the value.
+        let t = r#"if = "hdr(x) \"a\\b\" zz""#;
+        let tok = r#""hdr(x) \"a\\b\" zz""#;
+        assert_eq!(landing(t, tok, 0), r#"hdr(x) \"a\\b\" zz""#);
+        assert_eq!(landing(t, tok, 7), r#"\"a\\b\" zz""#);
+        assert_eq!(landing(t, tok, 8), r#"a\\b\" zz""#);
+        assert_eq!(landing(t, tok, 13), r#"zz""#);
+        // Past the value: the closing quote.
+        assert_eq!(landing(t, tok, 99), "\"");
+        // \u and \U escapes decode to UTF-8 of their own length; inside one lands on it.
+        let t = r#"v = "\u00e9x\U0001F600y""#;
+        let tok = r#""\u00e9x\U0001F600y""#;
+        assert_eq!(landing(t, tok, 1), r#"\u00e9x\U0001F600y""#);
+        assert_eq!(landing(t, tok, 2), r#"x\U0001F600y""#);
+        assert_eq!(landing(t, tok, 7), r#"y""#);
+        // Literal strings have no escapes; multi-line ones drop the first newline.
+        let t = r"v = 'a\b' w = '''
+xy\'''";
+        assert_eq!(landing(t, r"'a\b'", 2), r"b'");
+        assert_eq!(landing(t, "'''\nxy\\'''", 1), r"y\'''");
+        // A multi-line basic string with a line-ending backslash.
+        let t = "v = \"\"\"\nab\\\n   cd\"\"\"";
+        let tok = "\"\"\"\nab\\\n   cd\"\"\"";
+        assert_eq!(landing(t, tok, 2), "cd\"\"\"");
+        assert_eq!(landing(t, tok, 3), "d\"\"\"");
+    }
+
+    #[test]
+    fn columns_count_characters_even_inside_one() {
+        let map = SourceMap::new(Path::new("x.toml"), "é = 1");
+        // Byte 1 is inside 'é': the column is the character's.
+        assert_eq!(map.location(1).col, 1);
+        assert_eq!(map.location(2).col, 2);
+        assert_eq!(map.location(99).col, 6);
     }
 }

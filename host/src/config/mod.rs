@@ -633,13 +633,19 @@ impl Validator<'_> {
             Some(e) => parse_status_ranges(e.get_ref()).map_err(|m| src.error(e.span(), m))?,
             None => vec![(200, 399)],
         };
-        let interval = h.interval.map_or(Duration::from_secs(2), |d| d.0);
-        if interval < Duration::from_millis(10) {
-            return Err(ConfigError::file(
-                src.file(),
-                "health_check interval must be at least 10ms",
-            ));
-        }
+        let interval = match &h.interval {
+            Some(d) if d.get_ref().0 < Duration::from_millis(10) => {
+                return Err(src.error(
+                    d.span(),
+                    format!(
+                        "health_check interval must be at least 10ms, got {:?}",
+                        d.get_ref().0
+                    ),
+                ));
+            }
+            Some(d) => d.get_ref().0,
+            None => Duration::from_secs(2),
+        };
         Ok(HealthCheck {
             method,
             path,
@@ -688,7 +694,11 @@ fn parse_status_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
     let mut out = Vec::new();
     for part in text.split(',').map(str::trim) {
         let range = if let Some(class) = part.strip_suffix("xx") {
-            let c: u16 = class.parse().map_err(|_| bad())?;
+            // One digit 1-5: a longer class would overflow `c * 100` ("657xx" wrapped to 164-263).
+            let c = match class.as_bytes() {
+                [d @ b'1'..=b'5'] => u16::from(d - b'0'),
+                _ => return Err(bad()),
+            };
             (c * 100, c * 100 + 99)
         } else if let Some((lo, hi)) = part.split_once('-') {
             (
@@ -739,5 +749,51 @@ pub(crate) fn resolve_path(config: &Path, rel: &str) -> PathBuf {
     match config.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
         _ => p.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BACKEND: &str =
+        "[[backend]]\nname = \"app\"\nserver = [{ name = \"s\", addr = \"127.0.0.1:9000\" }]\n";
+
+    fn load(extra: &str) -> Result<Config, ConfigError> {
+        parse(
+            Path::new("t.toml"),
+            &format!("{BACKEND}{extra}"),
+            BindCheck::Skip,
+        )
+    }
+
+    #[test]
+    fn status_classes_are_one_digit() {
+        assert_eq!(parse_status_ranges("2xx"), Ok(vec![(200, 299)]));
+        assert_eq!(
+            parse_status_ranges("1xx, 5xx,404"),
+            Ok(vec![(100, 199), (500, 599), (404, 404)])
+        );
+        // Found by tests/fuzz_parsers.rs: "657xx" overflowed `657 * 100` (a panic
+        // in debug; in release it wrapped to the accepted range 164-263).
+        for bad in [
+            "657xx", "6554xx", "99999xx", "6xx", "0xx", "+2xx", "02xx", "xx", "2xxx",
+        ] {
+            assert!(parse_status_ranges(bad).is_err(), "{bad} is accepted");
+        }
+    }
+
+    #[test]
+    fn health_check_interval_errors_are_located() {
+        // Found by tests/fuzz_parsers.rs: this error had no line and column.
+        let e = load("health_check = { interval = \"5ms\" }\n").expect_err("too short");
+        assert_eq!(e.location, Some((4, 29)), "{e}");
+        assert!(e.message.contains("at least 10ms, got 5ms"), "{e}");
+        let c = load("health_check = { interval = \"10ms\" }\n").expect("10ms is the minimum");
+        let hc = c.backends[0].health_check.as_ref().expect("health check");
+        assert_eq!(hc.interval, Duration::from_millis(10));
+        assert_eq!(hc.timeout, Duration::from_millis(10));
+        let e = load("health_check = { expect = \"657xx\" }\n").expect_err("bad class");
+        assert_eq!(e.location, Some((4, 27)), "{e}");
     }
 }

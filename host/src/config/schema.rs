@@ -223,7 +223,8 @@ pub struct RawHealthCheck {
     pub method: Option<Spanned<String>>,
     /// Host header sent with the check (default: the server address).
     pub host: Option<String>,
-    pub interval: Option<ConfigDuration>,
+    /// Spanned: a too short interval is reported at the value.
+    pub interval: Option<Spanned<ConfigDuration>>,
     pub timeout: Option<ConfigDuration>,
     /// Consecutive successes needed to mark a down server up.
     pub rise: Option<Spanned<i64>>,

@@ -516,9 +516,16 @@ impl<'s> Lexer<'s> {
             b'|' if b.get(start + 1) == Some(&b'|') => return token(Tok::Or, 2),
             b'"' | b'\'' => {
                 let (text, end) = fetch::read_quoted(self.src, start, 0)?;
-                if let Some(&n) = b.get(end)
-                    && !(n.is_ascii_whitespace() || n == b')' || n == b'}')
-                {
+                // What may end an unquoted word may end a quoted one too (`'a b'||path`).
+                let ends = |i: usize| {
+                    b.get(i).is_none_or(|&n| {
+                        n.is_ascii_whitespace()
+                            || n == b')'
+                            || n == b'}'
+                            || (matches!(n, b'&' | b'|') && b.get(i + 1) == Some(&n))
+                    })
+                };
+                if !ends(end) {
                     return Err(ParseError::new(
                         end,
                         "unexpected character after the closing quote; separate values with spaces",
@@ -1180,6 +1187,11 @@ mod tests {
         assert!(check("hdr(x-msg) 'hello world'", &t));
         assert!(check("hdr(x-msg) \"say \\\"hi\\\"\" 'hello world'", &t));
         assert!(check("hdr(x-op) 'or'", &t));
+        // Found by tests/fuzz_parsers.rs: `&&` / `||` right after a closing quote
+        // was refused, though it may follow an unquoted value.
+        assert!(check("hdr(x-msg) 'hello world'||always_false", &t));
+        assert!(check("hdr(x-op) \"or\"&&always_true", &t));
+        assert!(!check("hdr(x-op) 'or'&&always_false", &t));
         assert!(check("hdr(x-msg) -m sub \"o w\"", &t));
         assert!(check("hdr(x-msg,1) -m reg \"^hello (world|there)$\"", &t));
     }
@@ -1544,6 +1556,8 @@ mod tests {
         assert_eq!(e.offset, 64);
         assert!(e.message.contains("nested"), "{}", e.message);
         let e = err("hdr(x) 'a'b");
+        assert_eq!(e.offset, 10);
+        let e = err("hdr(x) 'a'|b");
         assert_eq!(e.offset, 10);
     }
 }

@@ -1450,10 +1450,10 @@ impl Field {
             let end = match count {
                 0 => s.len(),
                 1 => start + first.len(),
-                n => it
-                    .take(n - 1)
-                    .last()
-                    .map_or(start + first.len(), |p| off(p) + p.len()),
+                n => match last_of(it, n - 1) {
+                    Some(p) => off(p) + p.len(),
+                    None => s.len(),
+                },
             };
             Some((start, end))
         } else {
@@ -1463,11 +1463,24 @@ impl Field {
             let start = match count {
                 0 => 0,
                 1 => off(last),
-                n => it.take(n - 1).last().map_or(off(last), off),
+                n => last_of(it, n - 1).map_or(0, off),
             };
             Some((start, end))
         }
     }
+}
+
+/// The `n`th of `parts`, or `None` when there are fewer: then HAProxy's
+/// `field`/`word` take the rest of the string, delimiters included, as with
+/// a count of 0 (`word(1,_,3)` on `a_b__` is `a_b__`).
+fn last_of<'s>(parts: impl Iterator<Item = &'s str>, n: usize) -> Option<&'s str> {
+    let mut taken = 0;
+    let mut last = None;
+    for p in parts.take(n) {
+        taken += 1;
+        last = Some(p);
+    }
+    if taken == n { last } else { None }
 }
 
 impl Converter for Field {
@@ -2039,6 +2052,13 @@ mod tests {
         assert_eq!(eval("str(f1_f2_f3__f5),word(-2,_,3)", &t), s("f1_f2_f3"));
         assert_eq!(eval("str(f1_f2_f3__f5),word(4,_)", &t), s("f5"));
         assert_eq!(eval("str(//a//b),word(1,/)", &t), s("a"));
+        // Found by tests/fuzz_parsers.rs (HAProxy's sample.c as the model): a
+        // count beyond the last word takes the rest of the string, as HAProxy does.
+        assert_eq!(eval("str(_é),word(-1,_,2)", &t), s("_é"));
+        assert_eq!(eval("str(a_b__),word(1,_,3)", &t), s("a_b__"));
+        assert_eq!(eval("str(a_b__),word(1,_,2)", &t), s("a_b"));
+        assert_eq!(eval("str(__a_b),word(-1,_,9)", &t), s("__a_b"));
+        assert_eq!(eval("str(a_b),field(1,_,3)", &t), s("a_b"));
         assert_eq!(eval("path,regsub(/,_)", &t), s("_Some/Path.PNG"));
         assert_eq!(eval("path,regsub(/,_,g)", &t), s("_Some_Path.PNG"));
         assert_eq!(

@@ -301,13 +301,11 @@ impl Filter for RuleFilter {
 
 /// A [`ParseError`] inside config string `s`, located in the file.
 ///
-/// Offsets count bytes of the decoded string, so they are exact unless the
-/// TOML string uses escapes or `"""` quotes; they are clamped to the string.
+/// Offsets count bytes of the decoded string; the source map maps them back
+/// through the TOML quotes and escapes (an offset past the value points at
+/// its closing quote).
 pub(crate) fn at_string(cx: &CompileCtx<'_>, s: &Spanned<String>, e: ParseError) -> ConfigError {
-    let span = s.span();
-    let max = span.len().saturating_sub(2);
-    cx.source
-        .error_in_string(span, e.offset.min(max), e.message)
+    cx.source.error_in_string(s.span(), e.offset, e.message)
 }
 
 /// Parses `scope.name` for `set_var` / `var()`, checking the scope exists in `env`'s phase.
@@ -583,6 +581,17 @@ http_response = [
             "http_request = [{ if = \"\", deny = true }]\n",
             "\", deny",
             "empty condition",
+        );
+        // Escapes in the TOML string do not shift the column (`\"` is one byte of the condition).
+        fails_at(
+            "http_request = [{ if = \"hdr(x) \\\"q\\\" \\u00e9 path_end .css\", deny = true }]\n",
+            "path_end",
+            "join conditions with 'and' or 'or'",
+        );
+        fails_at(
+            "http_request = [{ if = '''\npath_beg /é path_end .css''', deny = true }]\n",
+            "path_end",
+            "join conditions with 'and' or 'or'",
         );
     }
 
