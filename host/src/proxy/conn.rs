@@ -779,9 +779,14 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
                 break result;
             }
             // Parked: hyper's buffers go; what it had read of a next request stays.
-            let parts = conn.into_parts();
-            prefix = parts.read_buf;
-            stream = parts.io.into_inner().stream;
+            // Everything of hyper's is dropped here, before the wait; the
+            // buffered bytes are copied, since hyper's (even empty) read
+            // buffer would keep its whole allocation alive while parked.
+            (stream, prefix) = {
+                let parts = conn.into_parts();
+                let prefix = Bytes::copy_from_slice(&parts.read_buf);
+                (parts.io.into_inner().stream, prefix)
+            };
             state.park.set(false);
             state.parking.set(false);
             if prefix.is_empty() {
