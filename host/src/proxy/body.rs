@@ -470,11 +470,12 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         match &mut this.client {
-            Some((conn, ClientWatch::Room)) => {
-                // HTTP/1: no more from the server while the client lags behind.
-                if matches!(this.kind, Kind::Upstream { .. }) && conn.poll_room(cx).is_pending() {
-                    return Poll::Pending;
-                }
+            // HTTP/1: no more from the server while the client lags behind.
+            Some((conn, ClientWatch::Room))
+                if matches!(this.kind, Kind::Upstream { .. })
+                    && conn.poll_room(cx).is_pending() =>
+            {
+                return Poll::Pending;
             }
             Some((conn, ClientWatch::Stall { waiting })) if *waiting => {
                 *waiting = false;
