@@ -233,3 +233,24 @@ pub fn render(shared: &Shared) -> String {
     f.out.push_str(&crate::wasm::admin::guest_metrics());
     f.out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_and_escaping() {
+        assert_eq!(esc("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+        let mut f = Families { out: String::new() };
+        f.family(
+            "x_total",
+            "counter",
+            "Things.",
+            [(String::new(), 1), ("k=\"v\"".to_string(), 2)],
+        );
+        assert_eq!(
+            f.out,
+            "# HELP x_total Things.\n# TYPE x_total counter\nx_total 1\nx_total{k=\"v\"} 2\n"
+        );
+    }
+}

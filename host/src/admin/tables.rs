@@ -380,5 +380,16 @@ mod tests {
         assert_eq!(percent_decode("%zz", false), None);
         assert_eq!(percent_decode("%4", false), None);
         assert_eq!(percent_decode("%ff", false), None);
+        // Edge cases pinned before the decoder became `percent-encoding`.
+        assert_eq!(percent_decode("%", false), None);
+        assert_eq!(percent_decode("a%2", true), None);
+        assert_eq!(percent_decode("%2B+", true).as_deref(), Some("+ "));
+        assert_eq!(percent_decode("%2b%2F", false).as_deref(), Some("+/"));
+        assert_eq!(percent_decode("%C3%A9", false).as_deref(), Some("é"));
+        assert_eq!(percent_decode("a%00", false).as_deref(), Some("a\0"));
+        assert_eq!(percent_decode("é+", true).as_deref(), Some("é "));
+        assert_eq!(percent_decode("%-1", false), None);
+        // `u8::from_str_radix` takes a sign: today `%+1` decodes to 0x01.
+        assert_eq!(percent_decode("%+1", false).as_deref(), Some("\u{1}"));
     }
 }

@@ -121,6 +121,11 @@ impl AccessLog {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
+        self.write_time_at(buf, now);
+    }
+
+    /// Appends Unix time `now` as `2026-11-23T11:19:37.123Z` (milliseconds truncated).
+    fn write_time_at(&self, buf: &mut String, now: Duration) {
         let mut clock = self.clock.borrow_mut();
         if clock.secs != now.as_secs() {
             clock.secs = now.as_secs();
@@ -290,6 +295,25 @@ mod tests {
             rest,
             "10.0.0.1:5555 web app/- \"GET /a?b=1 HTTP/1.1\" 200 1234 1.500ms 0.999ms complete\n"
         );
+    }
+
+    #[test]
+    fn rfc3339_times() {
+        let log = AccessLog::new(AccessLogFormat::Text);
+        for (secs, nanos, text) in [
+            (0, 0, "1970-01-01T00:00:00.000Z"),
+            (1_763_897_977, 123_999_999, "2025-11-23T11:39:37.123Z"),
+            (951_782_400, 1_000_000, "2000-02-29T00:00:00.001Z"),
+            (951_868_799, 999_999_999, "2000-02-29T23:59:59.999Z"),
+            (4_107_542_400, 0, "2100-03-01T00:00:00.000Z"),
+            (253_402_300_799, 0, "9999-12-31T23:59:59.000Z"),
+        ] {
+            let mut b = String::new();
+            log.write_time_at(&mut b, Duration::new(secs, nanos));
+            // Twice: the second comes from the per-second cache.
+            log.write_time_at(&mut b, Duration::new(secs, nanos));
+            assert_eq!(b, format!("{text}{text}"), "{secs}.{nanos}");
+        }
     }
 
     #[test]

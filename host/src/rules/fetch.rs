@@ -2087,6 +2087,56 @@ mod tests {
         assert_eq!(eval("src,length", &t), Some(Sample::Int(8)));
     }
 
+    /// Pins the encoders' and decoders' edge cases (HAProxy semantics) so a
+    /// swap of their implementation cannot change what rules see.
+    #[test]
+    fn encoding_edge_cases() {
+        let t = txn("/");
+        // base64: standard alphabet (`+`, `/`), always padded; binary input round-trips.
+        for (expr, want) in [
+            ("str(a),base64", "YQ=="),
+            ("str(ab),base64", "YWI="),
+            ("str(+/8=),b64dec,base64", "+/8="),
+            ("str(//79),b64dec,base64", "//79"),
+            ("str(YQ),b64dec,base64", "YQ=="),
+        ] {
+            assert_eq!(eval(expr, &t), s(want), "{expr}");
+        }
+        // url_dec: `+` is a space only in forms or after a literal `?` (an
+        // encoded `%3F` does not start the query); `%2B` stays `+`; any bad or
+        // truncated escape fails the converter; invalid UTF-8 is replaced.
+        for (expr, want) in [
+            ("str(%41%2f%2F),url_dec", Some("A//")),
+            ("str(a+b),url_dec", Some("a+b")),
+            ("str(a+b),url_dec(1)", Some("a b")),
+            ("str(a+b),url_dec(0)", Some("a+b")),
+            ("str(%3F+x),url_dec", Some("?+x")),
+            ("str(a?b?c+d),url_dec", Some("a?b?c d")),
+            ("str(%2B+),url_dec(1)", Some("+ ")),
+            ("str(%C3%A9),url_dec", Some("é")),
+            ("str(%FFa),url_dec", Some("\u{FFFD}a")),
+            ("str(a%00b),url_dec", Some("a\0b")),
+            ("str(%),url_dec", None),
+            ("str(a%4),url_dec", None),
+            ("str(%g0),url_dec", None),
+            ("str(%+1),url_dec", None),
+            ("str(%-1),url_dec", None),
+        ] {
+            assert_eq!(eval(expr, &t), want.and_then(s), "{expr}");
+        }
+        // crc32: IEEE (zlib), optionally through HAProxy's full avalanche.
+        for (expr, want) in [
+            ("str(''),crc32", 0),
+            ("str(a),crc32", 0xE8B7_BE43),
+            ("str(123456789),crc32", 0xCBF4_3926),
+            ("str(/wA=),b64dec,crc32", 0xD2FD_EF8D),
+            ("str(''),crc32(1)", 1_800_329_511),
+            ("str(123456789),crc32(1)", 3_277_901_182),
+        ] {
+            assert_eq!(eval(expr, &t), Some(Sample::Int(want)), "{expr}");
+        }
+    }
+
     #[test]
     fn expression_errors() {
         let e = err("pth", Phase::Request);

@@ -754,6 +754,13 @@ http_response = [
         assert_eq!(suggest("zzzzzz", ["path", "url"]), None);
         assert_eq!(suggest("path", ["path"]), None);
         assert_eq!(levenshtein("kitten", "sitting"), 3);
+        // Distances count chars, not bytes.
+        assert_eq!(levenshtein("", "abc"), 3);
+        assert_eq!(levenshtein("abc", ""), 3);
+        assert_eq!(levenshtein("flaw", "lawn"), 2);
+        assert_eq!(levenshtein("é", "e"), 1);
+        assert_eq!(levenshtein("ab", "ba"), 2);
+        assert_eq!(suggest("é", ["e", "ab"]), Some("e"));
         let (source, backends) = ctx_parts();
         let cx = CompileCtx {
             source: &source,

@@ -393,4 +393,33 @@ mod tests {
             "{out}"
         );
     }
+
+    /// Pins the text format: one TYPE per family, samples grouped and sorted
+    /// by plugin, histograms as summaries, label values escaped.
+    #[test]
+    fn metrics_text_format() {
+        let odd = "a\"b\\c\nd";
+        for (plugin, v) in [("shared-test", -3), (odd, 5)] {
+            let (_, m) = define_metric(plugin, "shared.depth", MetricKind::Gauge).expect("room");
+            assert_eq!(m.increment(v), Status::Ok);
+        }
+        let (_, h) =
+            define_metric("shared-test", "shared lat", MetricKind::Histogram).expect("room");
+        assert_eq!(h.record(3), Status::Ok);
+        assert_eq!(h.record(4), Status::Ok);
+        let mut out = String::new();
+        render_prometheus(&mut out);
+        let gauge = concat!(
+            "# TYPE portcullis_wasm_shared_depth gauge\n",
+            "portcullis_wasm_shared_depth{plugin=\"a\\\"b\\\\c\\nd\"} 5\n",
+            "portcullis_wasm_shared_depth{plugin=\"shared-test\"} -3\n",
+        );
+        assert!(out.contains(gauge), "{out}");
+        let summary = concat!(
+            "# TYPE portcullis_wasm_shared_lat summary\n",
+            "portcullis_wasm_shared_lat_sum{plugin=\"shared-test\"} 7\n",
+            "portcullis_wasm_shared_lat_count{plugin=\"shared-test\"} 2\n",
+        );
+        assert!(out.contains(summary), "{out}");
+    }
 }
