@@ -1388,24 +1388,10 @@ struct Base64;
 
 impl Converter for Base64 {
     fn convert<'t>(&'t self, v: Value<'t>, _: &'t Txn) -> Option<Value<'t>> {
-        Some(Value::Str(Cow::Owned(v.with_bytes(base64_encode))))
+        Some(Value::Str(Cow::Owned(
+            v.with_bytes(super::crypto::base64_encode),
+        )))
     }
-}
-
-fn base64_encode(b: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
-    for chunk in b.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(chunk.get(1).copied().unwrap_or(0)) << 8)
-            | u32::from(chunk.get(2).copied().unwrap_or(0));
-        let sym = |shift: u32| char::from(T[((n >> shift) & 63) as usize]);
-        out.push(sym(18));
-        out.push(sym(12));
-        out.push(if chunk.len() > 1 { sym(6) } else { '=' });
-        out.push(if chunk.len() > 2 { sym(0) } else { '=' });
-    }
-    out
 }
 
 #[derive(Debug)]
