@@ -82,27 +82,7 @@ fn entry_json(e: &EntryView) -> Value {
 
 /// Decodes `%XX` escapes (and `+` as space in query strings); `None` on a bad escape or non-UTF-8.
 fn percent_decode(s: &str, plus: bool) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'%' => {
-                let hex = b.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' if plus => {
-                out.push(b' ');
-                i += 1;
-            }
-            _ => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
+    let out = crate::rules::fetch::percent_decode_strict(s, plus.then_some(0))?;
     String::from_utf8(out).ok()
 }
 
@@ -389,7 +369,7 @@ mod tests {
         assert_eq!(percent_decode("a%00", false).as_deref(), Some("a\0"));
         assert_eq!(percent_decode("é+", true).as_deref(), Some("é "));
         assert_eq!(percent_decode("%-1", false), None);
-        // `u8::from_str_radix` takes a sign: today `%+1` decodes to 0x01.
-        assert_eq!(percent_decode("%+1", false).as_deref(), Some("\u{1}"));
+        // A sign is no hex digit (the old `u8::from_str_radix` decoder took `%+1` as 0x01).
+        assert_eq!(percent_decode("%+1", false), None);
     }
 }

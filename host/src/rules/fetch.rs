@@ -1722,43 +1722,48 @@ fn url_dec_conv(c: &Call<'_>) -> Result<Box<dyn Converter>, ParseError> {
     Ok(Box::new(UrlDec { in_form }))
 }
 
-/// Percent-decodes `s`; `+` becomes a space in forms and after a `?`. `None` on a bad escape.
+/// Percent-decodes `s`; `+` becomes a space in forms and after a literal
+/// `?`. `None` on a bad escape (HAProxy's `url_dec` fails); invalid UTF-8 is replaced.
 fn url_decode(s: &str, in_form: bool) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut in_query = in_form;
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'%' => {
-                let hi = hex_val(*b.get(i + 1)?)?;
-                let lo = hex_val(*b.get(i + 2)?)?;
-                out.push(hi << 4 | lo);
-                i += 3;
-                continue;
-            }
-            b'+' if in_query => out.push(b' '),
-            b'?' => {
-                in_query = true;
-                out.push(c);
-            }
-            _ => out.push(c),
-        }
-        i += 1;
-    }
+    let plus_from = if in_form {
+        Some(0)
+    } else {
+        s.find('?').map(|i| i + 1)
+    };
+    let out = percent_decode_strict(s, plus_from)?;
     Some(match String::from_utf8(out) {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     })
 }
 
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
+/// Percent-decodes `s` (`+` as a space from byte `plus_from` on), or `None`
+/// if a `%` is not followed by two hex digits: `percent_encoding` keeps such
+/// text as it is, but HAProxy and the admin API refuse it.
+pub(crate) fn percent_decode_strict(s: &str, plus_from: Option<usize>) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let escapes_valid = b.iter().enumerate().all(|(i, &c)| {
+        c != b'%'
+            || b.get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !escapes_valid {
+        return None;
     }
+    // `+` is replaced before decoding so that `%2B` stays a `+`.
+    let plus = plus_from.filter(|&at| b.get(at..).is_some_and(|t| t.contains(&b'+')));
+    Some(match plus {
+        None => percent_encoding::percent_decode(b).collect(),
+        Some(at) => {
+            let mut raw = b.to_vec();
+            for c in raw.iter_mut().skip(at) {
+                if *c == b'+' {
+                    *c = b' ';
+                }
+            }
+            percent_encoding::percent_decode(&raw).collect()
+        }
+    })
 }
 
 #[derive(Debug)]
