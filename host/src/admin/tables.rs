@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use super::json_response;
-use super::plugins::Family;
+use super::metrics::{Family, label};
 use crate::stick::api::{EntryView, Filter, TableInfo};
 use crate::stick::{StickError, StickTables};
 
@@ -300,14 +300,11 @@ fn set_entry(tables: &StickTables, name: &str, key: &str, body: &[u8]) -> Respon
 
 /// Prometheus families: per table used, size, inserts, evictions, expirations, refusals.
 pub fn metric_families(tables: &StickTables) -> Vec<Family> {
-    let label = |name: &str| {
-        format!(
-            "table=\"{}\"",
-            name.replace('\\', "\\\\").replace('"', "\\\"")
-        )
-    };
     let per = |f: &dyn Fn(&crate::stick::StickTable) -> u64| -> Vec<(String, u64)> {
-        tables.iter().map(|t| (label(t.name()), f(t))).collect()
+        tables
+            .iter()
+            .map(|t| (label("table", t.name()), f(t)))
+            .collect()
     };
     vec![
         (
