@@ -1,48 +1,102 @@
 //! Prometheus text exposition (format 0.0.4) of the shared counters.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::proxy::stats::{STATUS_CLASSES, Shared};
 
-/// Escapes a label value as the exposition format requires.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A metric family: name, type, help and labelled samples.
+pub type Family = (&'static str, &'static str, &'static str, Vec<(String, u64)>);
+
+/// Escapes a label value as the exposition format requires (`\`, `"`, newline).
+pub fn escape_label(v: &str) -> Cow<'_, str> {
+    if !v.contains(['\\', '"', '\n']) {
+        return Cow::Borrowed(v);
+    }
+    let mut out = String::with_capacity(v.len() + 8);
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
-/// Collects samples per metric family so each family is written once with its HELP and TYPE.
-struct Families {
+/// One label pair, `name="value"`, the value escaped.
+pub fn label(name: &str, value: &str) -> String {
+    format!("{name}=\"{}\"", escape_label(value))
+}
+
+/// The one Prometheus text (format 0.0.4) writer: each family once, its
+/// HELP and TYPE lines before its samples.
+pub struct Writer {
     out: String,
 }
 
-impl Families {
-    fn family(
+impl Writer {
+    /// An empty exposition.
+    pub fn new() -> Writer {
+        Writer {
+            out: String::with_capacity(4096),
+        }
+    }
+
+    /// Starts family `name`: `# HELP` (if any, `\` and newline escaped) and `# TYPE`.
+    pub fn header(&mut self, name: &str, kind: &str, help: Option<&str>) {
+        if let Some(help) = help {
+            let help = if help.contains(['\\', '\n']) {
+                Cow::Owned(help.replace('\\', "\\\\").replace('\n', "\\n"))
+            } else {
+                Cow::Borrowed(help)
+            };
+            let _ = writeln!(self.out, "# HELP {name} {help}");
+        }
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    /// One sample; `labels` are pairs made with [`label`] joined by commas, or empty.
+    pub fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        if labels.is_empty() {
+            let _ = writeln!(self.out, "{name} {value}");
+        } else {
+            let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
+        }
+    }
+
+    /// A whole family: header, then its samples in order.
+    pub fn family(
         &mut self,
         name: &str,
         kind: &str,
         help: &str,
         samples: impl IntoIterator<Item = (String, u64)>,
     ) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+        self.header(name, kind, Some(help));
         for (labels, value) in samples {
-            if labels.is_empty() {
-                let _ = writeln!(self.out, "{name} {value}");
-            } else {
-                let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
-            }
+            self.sample(name, &labels, value);
         }
+    }
+
+    /// The text written so far.
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+impl Default for Writer {
+    fn default() -> Writer {
+        Writer::new()
     }
 }
 
 /// Renders every metric.
 pub fn render(shared: &Shared) -> String {
     let config = &shared.config;
-    let mut f = Families {
-        out: String::with_capacity(4096),
-    };
+    let mut f = Writer::new();
     f.family(
         "portcullis_uptime_seconds",
         "gauge",
@@ -72,7 +126,7 @@ pub fn render(shared: &Shared) -> String {
         .frontends
         .iter()
         .zip(&shared.frontends)
-        .map(|(fe, st)| (format!("frontend=\"{}\"", esc(&fe.name)), st))
+        .map(|(fe, st)| (label("frontend", &fe.name), st))
         .collect();
     f.family(
         "portcullis_frontend_requests_total",
@@ -137,7 +191,7 @@ pub fn render(shared: &Shared) -> String {
         .backends
         .iter()
         .zip(&shared.backends)
-        .map(|(be, st)| (format!("backend=\"{}\"", esc(&be.name)), st))
+        .map(|(be, st)| (label("backend", &be.name), st))
         .collect();
     f.family(
         "portcullis_backend_requests_total",
@@ -170,7 +224,7 @@ pub fn render(shared: &Shared) -> String {
         .flat_map(|(l, b)| {
             b.servers
                 .iter()
-                .map(move |s| (format!("{l},server=\"{}\"", esc(&s.name)), s))
+                .map(move |s| (format!("{l},{}", label("server", &s.name)), s))
         })
         .collect();
     f.family(
@@ -230,6 +284,35 @@ pub fn render(shared: &Shared) -> String {
     for (name, kind, help, samples) in crate::wasm::admin::metric_families(&config.wasm_plugins) {
         f.family(name, kind, help, samples);
     }
-    f.out.push_str(&crate::wasm::admin::guest_metrics());
-    f.out
+    crate::wasm::admin::guest_metrics(&mut f);
+    f.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_and_escaping() {
+        assert_eq!(escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+        assert_eq!(label("k", "plain"), "k=\"plain\"");
+        let mut f = Writer::new();
+        f.family(
+            "x_total",
+            "counter",
+            "Things.",
+            [(String::new(), 1), ("k=\"v\"".to_string(), 2)],
+        );
+        f.header("y", "gauge", Some("a\\b\nc"));
+        f.header("z", "summary", None);
+        f.sample("z_sum", &label("p", "q"), -1i64);
+        assert_eq!(
+            f.finish(),
+            concat!(
+                "# HELP x_total Things.\n# TYPE x_total counter\nx_total 1\nx_total{k=\"v\"} 2\n",
+                "# HELP y a\\\\b\\nc\n# TYPE y gauge\n",
+                "# TYPE z summary\nz_sum{p=\"q\"} -1\n",
+            )
+        );
+    }
 }

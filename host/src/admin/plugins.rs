@@ -117,17 +117,11 @@ pub fn route(
     }
 }
 
-/// A metric family: name, type, help and labelled samples.
-pub type Family = (&'static str, &'static str, &'static str, Vec<(String, u64)>);
+pub use super::metrics::Family;
 
 /// The plugins' metric families.
 pub fn metric_families(config: &Config) -> Vec<Family> {
-    let label = |p: &Plugin| {
-        format!(
-            "plugin=\"{}\"",
-            p.name.replace('\\', "\\\\").replace('"', "\\\"")
-        )
-    };
+    let label = |p: &Plugin| super::metrics::label("plugin", &p.name);
     let per = |f: fn(&Plugin) -> u64| -> Vec<(String, u64)> {
         config.plugins.iter().map(|p| (label(p), f(p))).collect()
     };

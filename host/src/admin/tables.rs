@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use super::json_response;
-use super::plugins::Family;
+use super::metrics::{Family, label};
 use crate::stick::api::{EntryView, Filter, TableInfo};
 use crate::stick::{StickError, StickTables};
 
@@ -82,27 +82,7 @@ fn entry_json(e: &EntryView) -> Value {
 
 /// Decodes `%XX` escapes (and `+` as space in query strings); `None` on a bad escape or non-UTF-8.
 fn percent_decode(s: &str, plus: bool) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'%' => {
-                let hex = b.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' if plus => {
-                out.push(b' ');
-                i += 1;
-            }
-            _ => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
+    let out = crate::rules::fetch::percent_decode_strict(s, plus.then_some(0))?;
     String::from_utf8(out).ok()
 }
 
@@ -320,14 +300,11 @@ fn set_entry(tables: &StickTables, name: &str, key: &str, body: &[u8]) -> Respon
 
 /// Prometheus families: per table used, size, inserts, evictions, expirations, refusals.
 pub fn metric_families(tables: &StickTables) -> Vec<Family> {
-    let label = |name: &str| {
-        format!(
-            "table=\"{}\"",
-            name.replace('\\', "\\\\").replace('"', "\\\"")
-        )
-    };
     let per = |f: &dyn Fn(&crate::stick::StickTable) -> u64| -> Vec<(String, u64)> {
-        tables.iter().map(|t| (label(t.name()), f(t))).collect()
+        tables
+            .iter()
+            .map(|t| (label("table", t.name()), f(t)))
+            .collect()
     };
     vec![
         (
@@ -380,5 +357,16 @@ mod tests {
         assert_eq!(percent_decode("%zz", false), None);
         assert_eq!(percent_decode("%4", false), None);
         assert_eq!(percent_decode("%ff", false), None);
+        // Edge cases pinned before the decoder became `percent-encoding`.
+        assert_eq!(percent_decode("%", false), None);
+        assert_eq!(percent_decode("a%2", true), None);
+        assert_eq!(percent_decode("%2B+", true).as_deref(), Some("+ "));
+        assert_eq!(percent_decode("%2b%2F", false).as_deref(), Some("+/"));
+        assert_eq!(percent_decode("%C3%A9", false).as_deref(), Some("é"));
+        assert_eq!(percent_decode("a%00", false).as_deref(), Some("a\0"));
+        assert_eq!(percent_decode("é+", true).as_deref(), Some("é "));
+        assert_eq!(percent_decode("%-1", false), None);
+        // A sign is no hex digit (the old `u8::from_str_radix` decoder took `%+1` as 0x01).
+        assert_eq!(percent_decode("%+1", false), None);
     }
 }

@@ -5,6 +5,7 @@
 //! request path never makes a syscall or takes a lock for logging.
 
 use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -121,10 +122,23 @@ impl AccessLog {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
+        self.write_time_at(buf, now);
+    }
+
+    /// Appends Unix time `now` as `2026-11-23T11:19:37.123Z` (milliseconds truncated).
+    fn write_time_at(&self, buf: &mut String, now: Duration) {
         let mut clock = self.clock.borrow_mut();
         if clock.secs != now.as_secs() {
             clock.secs = now.as_secs();
-            clock.prefix = date_time_prefix(clock.secs);
+            clock.prefix.clear();
+            // RFC 3339 to the second, its `Z` dropped for the milliseconds to
+            // follow. humantime refuses years past 9999 (an error, no text).
+            if let Some(at) = UNIX_EPOCH.checked_add(Duration::from_secs(clock.secs)) {
+                let _ = write!(clock.prefix, "{}", humantime::format_rfc3339_seconds(at));
+            }
+            if clock.prefix.ends_with('Z') {
+                clock.prefix.pop();
+            }
         }
         buf.push_str(&clock.prefix);
         buf.push('.');
@@ -213,39 +227,12 @@ pub fn millis(d: Duration) -> f64 {
     (d.as_micros() as f64) / 1000.0
 }
 
-/// `2026-11-23T11:19:37` for Unix time `secs`.
-fn date_time_prefix(secs: u64) -> String {
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn timestamps_and_durations() {
-        assert_eq!(date_time_prefix(1_763_897_977), "2025-11-23T11:39:37");
         for (us, text) in [
             (3_201, "3.201ms"),
             (0, "0.000ms"),
@@ -293,9 +280,21 @@ mod tests {
     }
 
     #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_415), (2025, 11, 23));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    fn rfc3339_times() {
+        let log = AccessLog::new(AccessLogFormat::Text);
+        for (secs, nanos, text) in [
+            (0, 0, "1970-01-01T00:00:00.000Z"),
+            (1_763_897_977, 123_999_999, "2025-11-23T11:39:37.123Z"),
+            (951_782_400, 1_000_000, "2000-02-29T00:00:00.001Z"),
+            (951_868_799, 999_999_999, "2000-02-29T23:59:59.999Z"),
+            (4_107_542_400, 0, "2100-03-01T00:00:00.000Z"),
+            (253_402_300_799, 0, "9999-12-31T23:59:59.000Z"),
+        ] {
+            let mut b = String::new();
+            log.write_time_at(&mut b, Duration::new(secs, nanos));
+            // Twice: the second comes from the per-second cache.
+            log.write_time_at(&mut b, Duration::new(secs, nanos));
+            assert_eq!(b, format!("{text}{text}"), "{secs}.{nanos}");
+        }
     }
 }

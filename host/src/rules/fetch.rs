@@ -1388,24 +1388,10 @@ struct Base64;
 
 impl Converter for Base64 {
     fn convert<'t>(&'t self, v: Value<'t>, _: &'t Txn) -> Option<Value<'t>> {
-        Some(Value::Str(Cow::Owned(v.with_bytes(base64_encode))))
+        Some(Value::Str(Cow::Owned(
+            v.with_bytes(super::crypto::base64_encode),
+        )))
     }
-}
-
-fn base64_encode(b: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
-    for chunk in b.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(chunk.get(1).copied().unwrap_or(0)) << 8)
-            | u32::from(chunk.get(2).copied().unwrap_or(0));
-        let sym = |shift: u32| char::from(T[((n >> shift) & 63) as usize]);
-        out.push(sym(18));
-        out.push(sym(12));
-        out.push(if chunk.len() > 1 { sym(6) } else { '=' });
-        out.push(if chunk.len() > 2 { sym(0) } else { '=' });
-    }
-    out
 }
 
 #[derive(Debug)]
@@ -1749,43 +1735,48 @@ fn url_dec_conv(c: &Call<'_>) -> Result<Box<dyn Converter>, ParseError> {
     Ok(Box::new(UrlDec { in_form }))
 }
 
-/// Percent-decodes `s`; `+` becomes a space in forms and after a `?`. `None` on a bad escape.
+/// Percent-decodes `s`; `+` becomes a space in forms and after a literal
+/// `?`. `None` on a bad escape (HAProxy's `url_dec` fails); invalid UTF-8 is replaced.
 fn url_decode(s: &str, in_form: bool) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut in_query = in_form;
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'%' => {
-                let hi = hex_val(*b.get(i + 1)?)?;
-                let lo = hex_val(*b.get(i + 2)?)?;
-                out.push(hi << 4 | lo);
-                i += 3;
-                continue;
-            }
-            b'+' if in_query => out.push(b' '),
-            b'?' => {
-                in_query = true;
-                out.push(c);
-            }
-            _ => out.push(c),
-        }
-        i += 1;
-    }
+    let plus_from = if in_form {
+        Some(0)
+    } else {
+        s.find('?').map(|i| i + 1)
+    };
+    let out = percent_decode_strict(s, plus_from)?;
     Some(match String::from_utf8(out) {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     })
 }
 
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
+/// Percent-decodes `s` (`+` as a space from byte `plus_from` on), or `None`
+/// if a `%` is not followed by two hex digits: `percent_encoding` keeps such
+/// text as it is, but HAProxy and the admin API refuse it.
+pub(crate) fn percent_decode_strict(s: &str, plus_from: Option<usize>) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let escapes_valid = b.iter().enumerate().all(|(i, &c)| {
+        c != b'%'
+            || b.get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !escapes_valid {
+        return None;
     }
+    // `+` is replaced before decoding so that `%2B` stays a `+`.
+    let plus = plus_from.filter(|&at| b.get(at..).is_some_and(|t| t.contains(&b'+')));
+    Some(match plus {
+        None => percent_encoding::percent_decode(b).collect(),
+        Some(at) => {
+            let mut raw = b.to_vec();
+            for c in raw.iter_mut().skip(at) {
+                if *c == b'+' {
+                    *c = b' ';
+                }
+            }
+            percent_encoding::percent_decode(&raw).collect()
+        }
+    })
 }
 
 #[derive(Debug)]
@@ -2105,6 +2096,56 @@ mod tests {
         );
         assert_eq!(eval("src_port,lower", &t), s("5555"));
         assert_eq!(eval("src,length", &t), Some(Sample::Int(8)));
+    }
+
+    /// Pins the encoders' and decoders' edge cases (HAProxy semantics) so a
+    /// swap of their implementation cannot change what rules see.
+    #[test]
+    fn encoding_edge_cases() {
+        let t = txn("/");
+        // base64: standard alphabet (`+`, `/`), always padded; binary input round-trips.
+        for (expr, want) in [
+            ("str(a),base64", "YQ=="),
+            ("str(ab),base64", "YWI="),
+            ("str(+/8=),b64dec,base64", "+/8="),
+            ("str(//79),b64dec,base64", "//79"),
+            ("str(YQ),b64dec,base64", "YQ=="),
+        ] {
+            assert_eq!(eval(expr, &t), s(want), "{expr}");
+        }
+        // url_dec: `+` is a space only in forms or after a literal `?` (an
+        // encoded `%3F` does not start the query); `%2B` stays `+`; any bad or
+        // truncated escape fails the converter; invalid UTF-8 is replaced.
+        for (expr, want) in [
+            ("str(%41%2f%2F),url_dec", Some("A//")),
+            ("str(a+b),url_dec", Some("a+b")),
+            ("str(a+b),url_dec(1)", Some("a b")),
+            ("str(a+b),url_dec(0)", Some("a+b")),
+            ("str(%3F+x),url_dec", Some("?+x")),
+            ("str(a?b?c+d),url_dec", Some("a?b?c d")),
+            ("str(%2B+),url_dec(1)", Some("+ ")),
+            ("str(%C3%A9),url_dec", Some("é")),
+            ("str(%FFa),url_dec", Some("\u{FFFD}a")),
+            ("str(a%00b),url_dec", Some("a\0b")),
+            ("str(%),url_dec", None),
+            ("str(a%4),url_dec", None),
+            ("str(%g0),url_dec", None),
+            ("str(%+1),url_dec", None),
+            ("str(%-1),url_dec", None),
+        ] {
+            assert_eq!(eval(expr, &t), want.and_then(s), "{expr}");
+        }
+        // crc32: IEEE (zlib), optionally through HAProxy's full avalanche.
+        for (expr, want) in [
+            ("str(''),crc32", 0),
+            ("str(a),crc32", 0xE8B7_BE43),
+            ("str(123456789),crc32", 0xCBF4_3926),
+            ("str(/wA=),b64dec,crc32", 0xD2FD_EF8D),
+            ("str(''),crc32(1)", 1_800_329_511),
+            ("str(123456789),crc32(1)", 3_277_901_182),
+        ] {
+            assert_eq!(eval(expr, &t), Some(Sample::Int(want)), "{expr}");
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
+use strsim::levenshtein;
 use toml::Spanned;
 
 pub use action::{Action, ActionDef, RuleEnv};
@@ -370,21 +371,6 @@ pub(crate) fn suggest<'a>(
 /// `; did you mean "x"?`
 pub(crate) fn did_you_mean(s: &str) -> String {
     format!("; did you mean \"{s}\"?")
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
-    for (i, ca) in a.chars().enumerate() {
-        cur[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        std::mem::swap(&mut prev, &mut cur);
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]
@@ -763,6 +749,13 @@ http_response = [
         assert_eq!(suggest("zzzzzz", ["path", "url"]), None);
         assert_eq!(suggest("path", ["path"]), None);
         assert_eq!(levenshtein("kitten", "sitting"), 3);
+        // Distances count chars, not bytes.
+        assert_eq!(levenshtein("", "abc"), 3);
+        assert_eq!(levenshtein("abc", ""), 3);
+        assert_eq!(levenshtein("flaw", "lawn"), 2);
+        assert_eq!(levenshtein("é", "e"), 1);
+        assert_eq!(levenshtein("ab", "ba"), 2);
+        assert_eq!(suggest("é", ["e", "ab"]), Some("e"));
         let (source, backends) = ctx_parts();
         let cx = CompileCtx {
             source: &source,

@@ -37,14 +37,11 @@ pub fn plugin_json(p: &WasmPlugin) -> Value {
     })
 }
 
-/// A metric family: name, type, help and labelled samples.
-pub type Family = (&'static str, &'static str, &'static str, Vec<(String, u64)>);
+pub use crate::admin::metrics::Family;
+use crate::admin::metrics::Writer;
 
 fn label(p: &WasmPlugin) -> String {
-    format!(
-        "plugin=\"{}\"",
-        p.name().replace('\\', "\\\\").replace('"', "\\\"")
-    )
+    crate::admin::metrics::label("plugin", p.name())
 }
 
 /// The Wasm plugins' metric families.
@@ -110,9 +107,7 @@ pub fn metric_families(plugins: &[std::sync::Arc<WasmPlugin>]) -> Vec<Family> {
     ]
 }
 
-/// Metrics guests defined (`proxy_define_metric`), in Prometheus text format.
-pub fn guest_metrics() -> String {
-    let mut out = String::new();
-    super::shared::render_prometheus(&mut out);
-    out
+/// Writes the metrics guests defined (`proxy_define_metric`).
+pub fn guest_metrics(out: &mut Writer) {
+    super::shared::render_prometheus(out);
 }

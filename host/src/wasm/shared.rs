@@ -6,12 +6,12 @@
 //! Envoy. Metrics are defined once per (plugin, name, type) and then updated
 //! through per-instance cached handles, so the request path takes no lock.
 
-use std::collections::{HashMap, VecDeque};
-use std::fmt::Write as _;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use super::Status;
+use crate::admin::metrics::{Writer, label};
 
 // ---------------------------------------------------------------------------
 // Shared data
@@ -292,52 +292,37 @@ fn prom_name(s: &str) -> String {
         .collect()
 }
 
-fn prom_label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// Appends every plugin-defined metric in Prometheus text format, as
 /// `portcullis_wasm_<name>{plugin="..."}` (histograms as `_sum` and `_count`).
-pub fn render_prometheus(out: &mut String) {
+pub fn render_prometheus(out: &mut Writer) {
     let all = METRICS.read().unwrap_or_else(|p| p.into_inner());
     // A family's samples must be contiguous in the text format: group by name.
     let mut sorted: Vec<&Arc<Metric>> = all.iter().collect();
     sorted.sort_by(|a, b| (prom_name(&a.name), &a.plugin).cmp(&(prom_name(&b.name), &b.plugin)));
-    let mut typed: HashMap<String, ()> = HashMap::new();
+    let mut typed: HashSet<String> = HashSet::new();
     for m in sorted {
         let base = format!("portcullis_wasm_{}", prom_name(&m.name));
-        let label = prom_label(&m.plugin);
+        let label = label("plugin", &m.plugin);
+        let kind = match m.kind {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "summary",
+        };
+        if !typed.contains(&base) {
+            out.header(&base, kind, None);
+            typed.insert(base.clone());
+        }
         match m.kind {
             MetricKind::Counter | MetricKind::Gauge => {
-                if typed.insert(base.clone(), ()).is_none() {
-                    let t = if m.kind == MetricKind::Counter {
-                        "counter"
-                    } else {
-                        "gauge"
-                    };
-                    let _ = writeln!(out, "# TYPE {base} {t}");
-                }
-                let _ = writeln!(
-                    out,
-                    "{base}{{plugin=\"{label}\"}} {}",
-                    m.value.load(Ordering::Relaxed)
-                );
+                out.sample(&base, &label, m.value.load(Ordering::Relaxed));
             }
             MetricKind::Histogram => {
-                if typed.insert(base.clone(), ()).is_none() {
-                    let _ = writeln!(out, "# TYPE {base} summary");
-                }
-                let _ = writeln!(
-                    out,
-                    "{base}_sum{{plugin=\"{label}\"}} {}",
-                    m.value.load(Ordering::Relaxed)
-                );
-                let _ = writeln!(
-                    out,
-                    "{base}_count{{plugin=\"{label}\"}} {}",
-                    m.count.load(Ordering::Relaxed)
+                let sum = m.value.load(Ordering::Relaxed);
+                out.sample(&format!("{base}_sum"), &label, sum);
+                out.sample(
+                    &format!("{base}_count"),
+                    &label,
+                    m.count.load(Ordering::Relaxed),
                 );
             }
         }
@@ -386,11 +371,42 @@ mod tests {
         assert_eq!(m.increment(-1), Status::BadArgument);
         assert_eq!(metric("shared-test", id).expect("found").get(), 2);
         assert!(metric("other-plugin", id).is_none());
-        let mut out = String::new();
-        render_prometheus(&mut out);
+        let mut w = Writer::new();
+        render_prometheus(&mut w);
+        let out = w.finish();
         assert!(
             out.contains("portcullis_wasm_hits_total{plugin=\"shared-test\"} 2"),
             "{out}"
         );
+    }
+
+    /// Pins the text format: one TYPE per family, samples grouped and sorted
+    /// by plugin, histograms as summaries, label values escaped.
+    #[test]
+    fn metrics_text_format() {
+        let odd = "a\"b\\c\nd";
+        for (plugin, v) in [("shared-test", -3), (odd, 5)] {
+            let (_, m) = define_metric(plugin, "shared.depth", MetricKind::Gauge).expect("room");
+            assert_eq!(m.increment(v), Status::Ok);
+        }
+        let (_, h) =
+            define_metric("shared-test", "shared lat", MetricKind::Histogram).expect("room");
+        assert_eq!(h.record(3), Status::Ok);
+        assert_eq!(h.record(4), Status::Ok);
+        let mut w = Writer::new();
+        render_prometheus(&mut w);
+        let out = w.finish();
+        let gauge = concat!(
+            "# TYPE portcullis_wasm_shared_depth gauge\n",
+            "portcullis_wasm_shared_depth{plugin=\"a\\\"b\\\\c\\nd\"} 5\n",
+            "portcullis_wasm_shared_depth{plugin=\"shared-test\"} -3\n",
+        );
+        assert!(out.contains(gauge), "{out}");
+        let summary = concat!(
+            "# TYPE portcullis_wasm_shared_lat summary\n",
+            "portcullis_wasm_shared_lat_sum{plugin=\"shared-test\"} 7\n",
+            "portcullis_wasm_shared_lat_count{plugin=\"shared-test\"} 2\n",
+        );
+        assert!(out.contains(summary), "{out}");
     }
 }
