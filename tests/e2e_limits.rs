@@ -106,7 +106,8 @@ async fn h2_connection_idle_after_a_request_is_closed_after_keep_alive() {
     assert_eq!(resp.status(), StatusCode::OK);
     drop(resp);
     let t0 = Instant::now();
-    within(
+    // How the connection ended (cleanly or not) does not matter, only when.
+    let _ = within(
         "h2 connection closed by the proxy after keep_alive",
         Duration::from_secs(8),
         conn,
@@ -322,7 +323,7 @@ async fn sigterm_under_keep_alive_load_loses_no_request() {
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     // Some exchanges take a while, so SIGTERM finds both busy and idle connections.
-                    let path = if n % 3 == 0 {
+                    let path = if n.is_multiple_of(3) {
                         format!("/delay/20?c={i}&n={n}")
                     } else {
                         format!("/a?c={i}&n={n}")
