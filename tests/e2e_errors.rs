@@ -1,5 +1,7 @@
 //! Error paths: upstream failures (502/503/504), malformed or oversized
-//! requests (400/431), slow clients (408), idle keep-alive close.
+//! requests (400/431), slow clients (408), idle keep-alive close; the pages
+//! are HAProxy's, replaced per frontend/backend by `errorfiles` and
+//! `error_replies`; a Lua and a Wasm failure give the same page.
 
 mod common;
 
@@ -29,12 +31,39 @@ async fn proxy_to(
     (d, ports)
 }
 
+/// HAProxy 2.6's built-in page for `code` (as `haproxy` itself sends it).
+fn haproxy_page(code: u16) -> &'static str {
+    match code {
+        400 => {
+            "<html><body><h1>400 Bad request</h1>\nYour browser sent an invalid request.\n</body></html>\n"
+        }
+        403 => {
+            "<html><body><h1>403 Forbidden</h1>\nRequest forbidden by administrative rules.\n</body></html>\n"
+        }
+        408 => {
+            "<html><body><h1>408 Request Time-out</h1>\nYour browser didn't send a complete request in time.\n</body></html>\n"
+        }
+        500 => {
+            "<html><body><h1>500 Internal Server Error</h1>\nAn internal server error occurred.\n</body></html>\n"
+        }
+        502 => {
+            "<html><body><h1>502 Bad Gateway</h1>\nThe server returned an invalid or incomplete response.\n</body></html>\n"
+        }
+        503 => {
+            "<html><body><h1>503 Service Unavailable</h1>\nNo server is available to handle this request.\n</body></html>\n"
+        }
+        504 => {
+            "<html><body><h1>504 Gateway Time-out</h1>\nThe server didn't respond in time.\n</body></html>\n"
+        }
+        _ => panic!("no page for {code} in this test"),
+    }
+}
+
 fn assert_error(r: &Resp, status: StatusCode) {
     assert_eq!(r.status, status, "body: {:?}", r.text());
-    assert!(
-        !r.body.is_empty(),
-        "{status} should carry a small text body"
-    );
+    assert_eq!(r.text(), haproxy_page(status.as_u16()));
+    assert_eq!(r.header("content-type").as_deref(), Some("text/html"));
+    assert_eq!(r.header("cache-control").as_deref(), Some("no-cache"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -160,11 +189,7 @@ async fn malformed_requests_give_400() {
             String::from_utf8_lossy(raw),
             r.text()
         );
-        assert!(
-            !r.body.is_empty(),
-            "400 should carry a small text body; got:\n{}",
-            r.head
-        );
+        assert_eq!(r.text(), haproxy_page(400), "{}", r.head);
         still_serves(ports.web).await;
     }
     assert_eq!(
@@ -250,7 +275,7 @@ async fn incomplete_request_head_gives_408_and_close() {
         .unwrap_or_else(|e| panic!("expected a 408 after http_request = 1s: {e}"));
     let took = start.elapsed();
     assert_eq!(r.status, 408, "{}", r.text());
-    assert!(!r.body.is_empty(), "408 should carry a small text body");
+    assert_eq!(r.text(), haproxy_page(408));
     assert!(
         took >= Duration::from_millis(800) && took <= Duration::from_millis(2500),
         "408 after {took:?}; http_request timeout is 1s"
@@ -311,4 +336,193 @@ async fn idle_keep_alive_connection_is_closed() {
         "idle connection closed after {:?}, before keep_alive = 1s",
         start.elapsed()
     );
+}
+
+/// Writes the three fixtures of the page tests into `dir`.
+fn page_files(dir: &TempDir) {
+    dir.write(
+        "fe.http",
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html\r\nX-Page: frontend\r\n\r\n<p>frontend 503</p>\n",
+    );
+    dir.write(
+        "fe502.http",
+        "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\n\r\n<p>frontend 502</p>\n",
+    );
+    // LF-only and no length, as people write them by hand.
+    dir.write(
+        "be502.http",
+        "HTTP/1.0 502 Bad Gateway\nCache-Control: no-cache\nConnection: close\nContent-Type: text/html\nX-Page: backend\n\n<p>backend 502</p>\n",
+    );
+    dir.write(
+        "fe400.http",
+        "HTTP/1.1 400 Bad request\r\nContent-Type: text/plain\r\n\r\nbad request, says the frontend\n",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn errorfiles_and_error_replies_replace_pages_backend_wins() {
+    let ports = Ports::new();
+    let dir = TempDir::new("pages");
+    page_files(&dir);
+    let refused = free_addr();
+    let cfg = format!(
+        r#"{}[[frontend]]
+name = "web"
+bind = "{}"
+http_request = [
+  {{ deny = 403, headers = {{ retry-after = "9" }}, if = "path /deny" }},
+  {{ deny = 429, if = "path /slow" }},
+  {{ return = 503, body = "mine", if = "path /mine" }},
+  {{ use_backend = "app", if = "path_beg /app" }},
+]
+errorfiles = {{ 503 = "{d}/fe.http", 502 = "{d}/fe502.http", 400 = "{d}/fe400.http" }}
+error_replies = {{ 403 = {{ body = "go away", content_type = "text/plain", headers = {{ x-page = "reply" }} }} }}
+
+{}errorfiles = {{ 502 = "{d}/be502.http" }}
+"#,
+        global_section(ports.admin, &[]),
+        ports.web,
+        backend_section("app", "roundrobin", &[("s1", refused, 1)], ""),
+        d = dir.path().display(),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+
+    // Before routing: the frontend's page.
+    let r = get(ports.web, "/none").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.text(), "<p>frontend 503</p>\n");
+    assert_eq!(r.header("x-page").as_deref(), Some("frontend"));
+    assert_eq!(r.header("content-type").as_deref(), Some("text/html"));
+
+    // After routing: the backend's 502 wins over the frontend's.
+    let r = get(ports.web, "/app/x").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.text(), "<p>backend 502</p>\n");
+    assert_eq!(r.header("x-page").as_deref(), Some("backend"));
+    assert_eq!(r.header("cache-control").as_deref(), Some("no-cache"));
+
+    // A deny rule's page is replaced by `error_replies`; the rule's headers stay.
+    let r = get(ports.web, "/deny").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.text(), "go away");
+    assert_eq!(r.header("content-type").as_deref(), Some("text/plain"));
+    assert_eq!(r.header("x-page").as_deref(), Some("reply"));
+    assert_eq!(r.header("retry-after").as_deref(), Some("9"));
+    assert_eq!(r.header("cache-control"), None);
+
+    // No replacement for 429: HAProxy's page.
+    let r = get(ports.web, "/slow").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        r.text()
+            .starts_with("<html><body><h1>429 Too Many Requests</h1>\n")
+    );
+
+    // A `return` reply is the config's own answer, never replaced.
+    let r = get(ports.web, "/mine").await;
+    assert_eq!(r.text(), "mine");
+
+    // Written below hyper (a malformed head): the frontend's file too.
+    let (_s, r) = raw_exchange(ports.web, b"THIS IS NOT HTTP\r\n\r\n").await;
+    assert_eq!(r.status, 400, "{}", r.head);
+    assert_eq!(r.text(), "bad request, says the frontend\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lua_and_wasm_failures_give_the_same_500_page() {
+    let ports = Ports::new();
+    let dir = TempDir::new("plugfail");
+    let lua = dir.write(
+        "boom.lua",
+        "core.register_action(\"boom\", {\"http-req\"}, function(txn) error(\"boom\") end)\n",
+    );
+    // The smallest Proxy-Wasm guest whose request hook traps.
+    let wasm = dir.write(
+        "trap.wat",
+        r#"(module
+  (memory (export "memory") 1)
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable))"#,
+    );
+    let s1 = Backend::start("s1").await;
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"boom\"\nlua = \"{}\"\non_error = \"fail_closed\"\n\n\
+         [[plugin]]\nname = \"trap\"\nwasm = \"{}\"\non_error = \"fail_closed\"\n\n{}{}",
+        global_section(ports.admin, &[]),
+        lua.display(),
+        wasm.display(),
+        frontend_section(
+            "web",
+            ports.web,
+            "app",
+            "http_request = [\n  { lua = \"boom\", if = \"path /lua\" },\n  { wasm = \"trap\", if = \"path /wasm\" },\n]"
+        ),
+        backend_section("app", "roundrobin", &[("s1", s1.addr, 1)], ""),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let lua = get(ports.web, "/lua").await;
+    let wasm = get(ports.web, "/wasm").await;
+    assert_error(&lua, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_error(&wasm, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(lua.body, wasm.body);
+    assert_eq!(s1.requests(), 0);
+}
+
+#[test]
+fn bad_errorfile_is_a_located_config_error() {
+    let dir = TempDir::new("badpage");
+    page_files(&dir);
+    dir.write(
+        "big.http",
+        &format!("HTTP/1.1 503 x\r\n\r\n{}", "a".repeat(70_000)),
+    );
+    let web = free_addr();
+    let cases: [(&str, &[&str]); 5] = [
+        (
+            "errorfiles = { 503 = \"fe502.http\" }",
+            &["fe502.http", "answers 502", "configured for 503"],
+        ),
+        (
+            "errorfiles = { 503 = \"missing.http\" }",
+            &["errorfiles.503", "cannot read"],
+        ),
+        (
+            "errorfiles = { 503 = \"big.http\" }",
+            &["big.http", "65536"],
+        ),
+        (
+            "errorfiles = { 99 = \"fe.http\" }",
+            &["not an error status"],
+        ),
+        (
+            "error_replies = { 503 = { body = \"x\", headers = { \"bad name\" = \"1\" } } }",
+            &["invalid header name"],
+        ),
+    ];
+    for (line, fragments) in cases {
+        let cfg = format!(
+            "[global]\nworkers = 1\n\n[[frontend]]\nname = \"web\"\nbind = \"{web}\"\ndefault_backend = \"app\"\n{line}\n\n[[backend]]\nname = \"app\"\nserver = [{{ name = \"s1\", addr = \"127.0.0.1:9\" }}]\n"
+        );
+        let path = dir.write("bad.toml", &cfg);
+        let out = run_bin(
+            &["check", "-c", path.to_str().expect("utf-8 path")],
+            Duration::from_secs(10),
+        );
+        let status = out.status.expect("check did not exit");
+        assert!(!status.success(), "{line}: accepted");
+        // The line of the `errorfiles` / `error_replies` key (line 8).
+        let located = format!("{}:8:", path.display());
+        assert!(
+            out.stderr.contains(&located),
+            "{line}: not located at line 8:\n{}",
+            out.stderr
+        );
+        for f in fragments {
+            assert!(
+                out.stderr.contains(f),
+                "{line}: {f:?} missing in:\n{}",
+                out.stderr
+            );
+        }
+    }
 }

@@ -22,6 +22,9 @@ pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// An error page of [`crate::error`]: the frontend's or backend's
+    /// `errorfiles` / `error_replies` may replace it before it is sent.
+    pub error_page: bool,
 }
 
 impl Reply {
@@ -36,6 +39,7 @@ impl Reply {
             status,
             headers,
             body: body.into(),
+            error_page: false,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Module map (see `docs/ARCHITECTURE.md`):
 //! - [`config`]: the TOML schema, loading and validation with located errors.
 //! - [`txn`]: the per-request transaction filters work on.
+//! - [`error`]: the one error model: failure sources → statuses → HAProxy's pages.
 //! - [`filter`]: the one filter trait and the per-frontend chain.
 //! - [`lua`]: Lua plugins (HAProxy's Lua API), one state per plugin per worker.
 //! - [`rules`]: config rules (conditions, fetches, converters, actions) as filters.
@@ -13,6 +14,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod error;
 pub mod filter;
 pub mod lua;
 pub mod proxy;

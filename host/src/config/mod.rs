@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod diag;
+mod errors;
 pub mod schema;
 pub mod stick;
 pub mod units;
@@ -105,6 +106,8 @@ pub struct Frontend {
     /// This frontend's `maxconn`; `None`: only the global limit applies.
     pub maxconn: Option<usize>,
     pub chain: Chain,
+    /// `errorfiles` / `error_replies`: pages replacing the default ones.
+    pub errors: crate::error::ErrorPages,
 }
 
 /// Load-balancing algorithm.
@@ -125,6 +128,8 @@ pub struct Backend {
     pub connect_timeout: Duration,
     pub server_timeout: Duration,
     pub max_idle_per_server: usize,
+    /// `errorfiles` / `error_replies`; win over the frontend's after routing.
+    pub errors: crate::error::ErrorPages,
 }
 
 /// A validated server.
@@ -502,6 +507,11 @@ impl Validator<'_> {
             default_backend,
             maxconn,
             chain,
+            errors: errors::error_pages(
+                self.source,
+                f.errorfiles.as_ref(),
+                f.error_replies.as_ref(),
+            )?,
         })
     }
 
@@ -599,6 +609,7 @@ impl Validator<'_> {
             connect_timeout: timeouts.connect,
             server_timeout: timeouts.server,
             max_idle_per_server,
+            errors: errors::error_pages(src, b.errorfiles.as_ref(), b.error_replies.as_ref())?,
         })
     }
 

@@ -169,6 +169,24 @@ pub struct RawFrontend {
     pub http_request: Vec<Spanned<RawRule>>,
     #[serde(default)]
     pub http_response: Vec<Spanned<RawRule>>,
+    /// HAProxy's `errorfile`: status → a file holding a whole HTTP response.
+    pub errorfiles: Option<Spanned<ErrorMap<String>>>,
+    /// HAProxy's `http-error`: status → a reply (`body`, `content_type`, `headers`).
+    pub error_replies: Option<Spanned<ErrorMap<RawErrorReply>>>,
+}
+
+/// Error pages by status (`errorfiles`, `error_replies` of a frontend or backend).
+pub type ErrorMap<T> = std::collections::BTreeMap<String, Spanned<T>>;
+
+/// One `error_replies` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawErrorReply {
+    #[serde(default)]
+    pub body: String,
+    pub content_type: Option<Spanned<String>>,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, Spanned<String>>,
 }
 
 /// A string or a list of strings (e.g. `bind = "127.0.0.1:80"` or `bind = ["a", "b"]`).
@@ -202,6 +220,10 @@ pub struct RawBackend {
     pub timeout: Option<Spanned<RawTimeouts>>,
     /// Idle keep-alive connections kept per server per worker.
     pub max_idle_per_server: Option<Spanned<i64>>,
+    /// HAProxy's `errorfile`: status → a file holding a whole HTTP response.
+    pub errorfiles: Option<Spanned<ErrorMap<String>>>,
+    /// HAProxy's `http-error`: status → a reply (`body`, `content_type`, `headers`).
+    pub error_replies: Option<Spanned<ErrorMap<RawErrorReply>>>,
 }
 
 /// One `server` entry of a backend.

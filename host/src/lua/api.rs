@@ -1286,5 +1286,6 @@ pub(crate) fn reply_from_table(t: &Table) -> mlua::Result<Reply> {
         status,
         headers,
         body,
+        error_page: false,
     })
 }

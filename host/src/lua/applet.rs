@@ -38,22 +38,15 @@ impl std::fmt::Display for BodyError {
 impl BodyError {
     /// The reply the client gets instead of the service's.
     pub(crate) fn reply(&self) -> Reply {
+        use crate::error::{ClientError, ErrorSource, PluginFailure};
         match self {
-            BodyError::TooLarge => Reply::text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "413 Payload Too Large\nA Lua service reads at most {MAX_BODY} bytes of request body.\n"
-                ),
-            ),
-            BodyError::Timeout => Reply::text(
-                StatusCode::REQUEST_TIMEOUT,
-                "408 Request Time-out\nYour browser didn't send a complete request in time.\n",
-            ),
-            BodyError::Client(_) => Reply::text(
-                StatusCode::BAD_REQUEST,
-                "400 Bad request\nYour browser sent an invalid request.\n",
-            ),
+            BodyError::TooLarge => {
+                ErrorSource::Plugin(PluginFailure::BodyLimit(crate::txn::Phase::Request))
+            }
+            BodyError::Timeout => ErrorSource::Client(ClientError::Timeout),
+            BodyError::Client(_) => ErrorSource::Client(ClientError::BadRequest),
         }
+        .reply()
     }
 }
 
@@ -118,6 +111,7 @@ impl AppletState {
             status: StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK),
             headers,
             body: Bytes::from(self.body),
+            error_page: false,
         }
     }
 }

@@ -82,6 +82,16 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The kind in the one error model (the status and page come from there).
+    pub fn failure(self) -> crate::error::PluginFailure {
+        use crate::error::PluginFailure;
+        match self {
+            ErrorKind::Runtime => PluginFailure::RuntimeError,
+            ErrorKind::Oom => PluginFailure::OutOfMemory,
+            ErrorKind::Timeout => PluginFailure::CpuLimit,
+        }
+    }
+
     /// Lower-case name for logs and stats.
     pub fn as_str(self) -> &'static str {
         match self {

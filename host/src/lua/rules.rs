@@ -238,23 +238,10 @@ fn done_flow(inst: &Instance, phase: Phase) -> Flow {
     }
 }
 
-/// A reply with HAProxy's error page text for `status`.
-pub(crate) fn status_reply(status: u16) -> Reply {
-    let st = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    let explanation = match status {
-        400 => "Your browser sent an invalid request.",
-        403 => "Request forbidden by administrative rules.",
-        500 => "An internal server error occurred.",
-        502 => "The server returned an invalid or incomplete response.",
-        _ => "The request was denied.",
-    };
-    Reply::text(
-        st,
-        format!(
-            "{} {}\n{explanation}\n",
-            st.as_u16(),
-            st.canonical_reason().unwrap_or("")
-        ),
+/// The proxy's error reply (HAProxy's page) for a status an `act.*` code asks for.
+fn status_reply(status: u16) -> Reply {
+    crate::error::reply(
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
     )
 }
 
@@ -434,7 +421,7 @@ impl LuaService {
     /// A service that fails answers 500 whatever `on_error` says: there is no server to fall back to.
     fn failed(&self, inst: Option<&Rc<Instance>>, e: &CallError) -> Flow {
         runtime::record_failure(&self.plugin, inst, e, &self.what());
-        Flow::Respond(runtime::error_reply())
+        Flow::Respond(runtime::error_reply(e))
     }
 }
 

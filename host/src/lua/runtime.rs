@@ -978,7 +978,7 @@ pub(crate) fn fail(
     record_failure(plugin, inst, e, what);
     match plugin.on_error {
         OnError::FailOpen => Flow::Continue,
-        OnError::FailClosed => Flow::Respond(error_reply()),
+        OnError::FailClosed => Flow::Respond(error_reply(e)),
     }
 }
 
@@ -1003,10 +1003,7 @@ pub(crate) fn record_failure(
     }
 }
 
-/// The 500 a failed plugin answers with (HAProxy's text).
-pub(crate) fn error_reply() -> Reply {
-    Reply::text(
-        http::StatusCode::INTERNAL_SERVER_ERROR,
-        "500 Internal Server Error\nAn internal server error occurred.\n",
-    )
+/// The reply a failed plugin answers with: the one mapping of [`crate::error`].
+pub(crate) fn error_reply(e: &CallError) -> Reply {
+    crate::error::ErrorSource::Plugin(e.kind.failure()).reply()
 }

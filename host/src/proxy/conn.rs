@@ -14,6 +14,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::worker::{ShutdownSignal, Worker};
-use crate::config::Timeouts;
+use crate::config::{Config, Timeouts};
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -96,6 +97,9 @@ pub struct ConnState {
     park: Cell<bool>,
     /// hyper is being stopped to park: its shutdown of the socket is skipped.
     parking: Cell<bool>,
+    /// The config and frontend whose `errorfiles` replace the pages written
+    /// below hyper; `None` when the frontend replaces none.
+    pages: Option<(Arc<Config>, usize)>,
 }
 
 impl std::fmt::Debug for ConnState {
@@ -126,7 +130,17 @@ impl ConnState {
             draining: Cell::new(None),
             park: Cell::new(false),
             parking: Cell::new(false),
+            pages: None,
         }
+    }
+
+    /// The whole response for an error written below hyper (408, 400, 414, 431):
+    /// the frontend's page if it replaces it, else HAProxy's.
+    fn raw_error(&self, status: http::StatusCode) -> Bytes {
+        self.pages
+            .as_ref()
+            .and_then(|(c, f)| c.frontends.get(*f)?.errors.get(status))
+            .map_or_else(|| crate::error::raw_response(status), |o| o.raw.clone())
     }
 
     /// A request head was parsed: no head timeout until its response is sent.
@@ -371,9 +385,9 @@ impl TimedIo {
                     if self.state.phase.get() == ConnPhase::Head {
                         // Best effort: the socket buffer is empty at this point, so
                         // a short response fits; a client that is gone loses nothing.
-                        let _ = self.stream.try_write(&super::error::raw_error_response(
-                            http::StatusCode::REQUEST_TIMEOUT,
-                        ));
+                        let _ = self
+                            .stream
+                            .try_write(&self.state.raw_error(http::StatusCode::REQUEST_TIMEOUT));
                         self.state.sent_408.set(true);
                     }
                     // End of stream: hyper closes the connection.
@@ -476,7 +490,7 @@ impl AsyncWrite for TimedIo {
             && status.is_client_error()
         {
             this.replaced = true;
-            this.replacement = Some(super::error::raw_error_response(status));
+            this.replacement = Some(this.state.raw_error(status));
             return this.poll_replacement(cx).map(|r| r.map(|()| buf.len()));
         }
         match Pin::new(&mut this.stream).poll_write(cx, buf) {
@@ -729,11 +743,20 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
         Detected::Http1(p) => (p, false),
         Detected::Http2(p) => (p, true),
     };
-    let state = Rc::new(ConnState::new(
+    let mut state = ConnState::new(
         h2,
         if h2 { ConnPhase::Busy } else { ConnPhase::Head },
         accepted,
-    ));
+    );
+    let config = &worker.shared.config;
+    if config
+        .frontends
+        .get(frontend)
+        .is_some_and(|f| !f.errors.is_empty())
+    {
+        state.pages = Some((Arc::clone(config), frontend));
+    }
+    let state = Rc::new(state);
     let ctx = Rc::new(super::handler::ConnCtx::new(
         Rc::clone(&worker),
         frontend,

@@ -287,7 +287,10 @@ pub async fn handle(
         }
     };
     let (status, headers, body) = match early {
-        Some(reply) => (reply.status, reply.headers, ResponseBody::full(reply.body)),
+        Some(mut reply) => {
+            error_pages(&ctx, &route, &mut reply);
+            (reply.status, reply.headers, ResponseBody::full(reply.body))
+        }
         None => match forward(&ctx, &mut txn, &mut route).await {
             Ok(resp) => {
                 let (parts, incoming) = resp.into_parts();
@@ -301,7 +304,8 @@ pub async fn handle(
                 // In the transaction so a filter with a body hook can read it.
                 txn.resp_body = Some(incoming);
                 match run_phase(&chain.response, &mut txn).await {
-                    Some(reply) => {
+                    Some(mut reply) => {
+                        error_pages(&ctx, &route, &mut reply);
                         // The server's body is abandoned: its connection cannot be reused.
                         if let Some(conn) = route.conn.take() {
                             conn.discard();
@@ -349,7 +353,8 @@ pub async fn handle(
                 }
             }
             Err(err) => {
-                let reply = fail(&ctx, &mut route, &err);
+                let mut reply = fail(&ctx, &mut route, &err);
+                error_pages(&ctx, &route, &mut reply);
                 (reply.status, reply.headers, ResponseBody::full(reply.body))
             }
         },
@@ -386,10 +391,27 @@ fn fail(ctx: &ConnCtx, route: &mut Route, err: &ProxyError) -> Reply {
             .failures
             .fetch_add(1, Relaxed);
     }
-    tracing::debug!(client = %ctx.client, side = ?err.side(), error = %err, "request failed");
+    tracing::debug!(client = %ctx.client, source = ?err.source(), error = %err, "request failed");
     route.error = Some(err.to_string());
     route.server_failed = err.is_server_failure();
     err.reply()
+}
+
+/// Puts the configured page (the backend's once routed, else the
+/// frontend's) in place of an error page of the proxy, a rule or a plugin.
+fn error_pages(ctx: &ConnCtx, route: &Route, reply: &mut Reply) {
+    if !reply.error_page {
+        return;
+    }
+    let config = &ctx.worker.shared.config;
+    let backend = route.backend.and_then(|b| config.backends.get(b));
+    crate::error::apply_overrides(
+        reply,
+        backend
+            .map(|b| &b.errors)
+            .into_iter()
+            .chain([&config.frontends[ctx.frontend].errors]),
+    );
 }
 
 /// Picks the backend for `txn`: a `use_backend` choice, else the frontend default.

@@ -356,6 +356,7 @@ impl Action for ReturnAction {
             status: self.status,
             headers,
             body,
+            error_page: false,
         })
     }
 }
@@ -423,34 +424,16 @@ struct DenyAction {
 
 impl Action for DenyAction {
     fn apply(&self, txn: &mut Txn) -> Flow {
-        let mut reply = Reply::text(self.status, self.body.clone());
+        // HAProxy's page (the body was built at load for statuses without one);
+        // marked so `errorfiles` can replace it, as HAProxy's errorfile does.
+        let mut reply = Reply {
+            status: self.status,
+            headers: crate::error::page_headers(),
+            body: self.body.clone(),
+            error_page: true,
+        };
         self.headers.apply(txn, &mut reply.headers);
         Flow::Respond(reply)
-    }
-}
-
-/// HAProxy's explanation line for error statuses.
-fn deny_message(status: u16) -> &'static str {
-    match status {
-        400 => "Your browser sent an invalid request.",
-        401 => "You need a valid user and password to access this content.",
-        403 => "Request forbidden by administrative rules.",
-        404 => "The resource could not be found.",
-        405 => {
-            "A request was made of a resource using a request method not supported by that resource."
-        }
-        407 => "You need a valid user and password to access this content.",
-        408 => "Your browser didn't send a complete request in time.",
-        410 => "The resource is no longer available and will not be available again.",
-        413 => "The request entity exceeds the maximum allowed.",
-        425 => "Your browser sent early data.",
-        429 => "You have sent too many requests in a given amount of time.",
-        500 => "An internal server error occurred.",
-        501 => "The server does not support the functionality required to fulfill the request.",
-        502 => "The server returned an invalid or incomplete response.",
-        503 => "No server is available to handle this request.",
-        504 => "The server didn't respond in time.",
-        _ => "The request was denied.",
     }
 }
 
@@ -471,15 +454,9 @@ fn build_deny(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, Config
             "the status of deny",
         )?,
     };
-    let body = format!(
-        "{} {}\n{}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        deny_message(status.as_u16())
-    );
     Ok(Box::new(DenyAction {
         status,
-        body: Bytes::from(body),
+        body: crate::error::body(status),
         headers: ExtraHeaders::new(re, raw)?,
     }))
 }
@@ -546,6 +523,7 @@ impl Action for RedirectAction {
             status: self.code,
             headers,
             body: Bytes::new(),
+            error_page: false,
         })
     }
 }
@@ -991,8 +969,9 @@ mod tests {
         assert_eq!(r.status, StatusCode::FORBIDDEN);
         assert_eq!(
             &r.body[..],
-            b"403 Forbidden\nRequest forbidden by administrative rules.\n"
+            &b"<html><body><h1>403 Forbidden</h1>\nRequest forbidden by administrative rules.\n</body></html>\n"[..]
         );
+        assert!(r.error_page);
         let r = reply(build(&raw, Phase::Response).expect("builds").apply(&mut t));
         assert_eq!(r.status, StatusCode::BAD_GATEWAY);
 
@@ -1005,9 +984,12 @@ mod tests {
         };
         let r = reply(build(&raw, Phase::Request).expect("builds").apply(&mut t));
         assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
-        assert!(r.body.starts_with(b"429 Too Many Requests\n"));
+        assert!(
+            r.body
+                .starts_with(b"<html><body><h1>429 Too Many Requests</h1>\n")
+        );
         assert_eq!(r.headers["retry-after"], "60");
-        assert_eq!(r.headers["content-type"], TEXT_PLAIN);
+        assert_eq!(r.headers["content-type"], "text/html");
     }
 
     #[test]

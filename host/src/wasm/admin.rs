@@ -22,7 +22,7 @@ pub fn plugin_json(p: &WasmPlugin) -> Value {
         "kind": "wasm",
         "on_error": match spec.on_error {
             OnError::FailOpen => "fail_open",
-            OnError::FailClosed(_) => "fail_closed",
+            OnError::FailClosed => "fail_closed",
         },
         "memory_limit": spec.limits.memory,
         "cpu_limit_us": u64::try_from(spec.limits.cpu.as_micros()).unwrap_or(u64::MAX),

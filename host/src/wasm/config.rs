@@ -134,7 +134,7 @@ fn load_one(
     let on_error = match &p.on_error {
         Some(s) => match s.get_ref().as_str() {
             "fail_open" => OnError::FailOpen,
-            "fail_closed" => OnError::FailClosed(500),
+            "fail_closed" => OnError::FailClosed,
             other => {
                 return Err(source.error(
                     s.span(),

@@ -16,15 +16,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use http::StatusCode;
-
 use super::OnError;
 use super::instance::{
     CallResponse, FailKind, Failure, IdHasher, PendingCall, PluginInstance, PluginShared,
     StreamWaker, Verdict,
 };
 use super::module::WasmPlugin;
-use crate::filter::{Flow, Reply, WaitFuture};
+use crate::error::{ClientError, ErrorSource, PluginFailure, ServerError};
+use crate::filter::{Flow, WaitFuture};
 use crate::txn::{BufferedBody, Phase, Txn};
 
 /// First back-off after a failure; doubles per consecutive failure.
@@ -221,10 +220,7 @@ impl WasmFilter {
         tracing::debug!(plugin = %self.plugin.name(), "request handled by on_error: {f}");
         match self.plugin.shared().spec.on_error {
             OnError::FailOpen => Flow::Continue,
-            OnError::FailClosed(status) => Flow::Respond(Reply::text(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                "plugin failure\n",
-            )),
+            OnError::FailClosed => Flow::Respond(ErrorSource::Plugin(f.kind.failure()).reply()),
         }
     }
 
@@ -371,17 +367,19 @@ impl WasmFilter {
             None => BodyError::Failed("body read abandoned".into()),
         };
         tracing::debug!(plugin = %self.plugin.name(), request, "cannot buffer the body for the plugin: {err}");
-        // As Envoy: a body over the buffer limit is 413 on requests, 502 on responses.
-        let (status, text) = match (request, err) {
+        let source = match (request, err) {
             (true, BodyError::TooLarge) => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+                ErrorSource::Plugin(PluginFailure::BodyLimit(Phase::Request))
             }
-            (true, BodyError::Timeout) => (StatusCode::REQUEST_TIMEOUT, "request body timeout\n"),
-            (true, BodyError::Failed(_)) => (StatusCode::BAD_REQUEST, "bad request body\n"),
-            (false, BodyError::Timeout) => (StatusCode::GATEWAY_TIMEOUT, "response body timeout\n"),
-            (false, _) => (StatusCode::BAD_GATEWAY, "bad response body\n"),
+            (false, BodyError::TooLarge) => {
+                ErrorSource::Plugin(PluginFailure::BodyLimit(Phase::Response))
+            }
+            (true, BodyError::Timeout) => ErrorSource::Client(ClientError::Timeout),
+            (true, BodyError::Failed(_)) => ErrorSource::Client(ClientError::BadRequest),
+            (false, BodyError::Timeout) => ErrorSource::Server(ServerError::Timeout),
+            (false, BodyError::Failed(_)) => ErrorSource::Server(ServerError::BadResponse),
         };
-        Flow::Respond(Reply::text(status, text))
+        Flow::Respond(source.reply())
     }
 
     /// Puts the unread rest of the phase's body back to be streamed.

@@ -50,6 +50,22 @@ pub enum FailKind {
 }
 
 impl FailKind {
+    /// The kind in the one error model (the status and page come from there).
+    pub fn failure(self) -> crate::error::PluginFailure {
+        use crate::error::PluginFailure;
+        match self {
+            FailKind::Deadline => PluginFailure::CpuLimit,
+            FailKind::Memory => PluginFailure::OutOfMemory,
+            FailKind::StackOverflow | FailKind::Unreachable | FailKind::Trap | FailKind::Exit => {
+                PluginFailure::Trap
+            }
+            FailKind::BadReturn => PluginFailure::BadReturn,
+            FailKind::PauseTimeout => PluginFailure::PauseTimeout,
+            // No instance to call: the plugin cannot run, like a Lua load error.
+            FailKind::Init => PluginFailure::RuntimeError,
+        }
+    }
+
     /// Every kind, in stats order.
     pub const ALL: [FailKind; 9] = [
         FailKind::Deadline,
@@ -865,10 +881,8 @@ impl PluginInstance {
         if s.closed {
             s.closed = false;
             s.paused = false;
-            return Verdict::Respond(Reply::text(
-                StatusCode::BAD_GATEWAY,
-                "stream closed by plugin\n",
-            ));
+            // The plugin ended the stream without a reply: HAProxy's 502 page.
+            return Verdict::Respond(crate::error::reply(StatusCode::BAD_GATEWAY));
         }
         if pause {
             s.paused = true;
@@ -1305,6 +1319,7 @@ pub(crate) fn local_reply(status: StatusCode, headers: HeaderMap, body: Vec<u8>)
         status,
         headers,
         body: Bytes::from(body),
+        error_page: false,
     }
 }
 

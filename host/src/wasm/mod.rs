@@ -71,8 +71,8 @@ impl Status {
 pub enum OnError {
     /// Skip the plugin: the request goes on as if it were not configured.
     FailOpen,
-    /// Answer the request with this status (500 or 503 usually).
-    FailClosed(u16),
+    /// Answer the request with the failure's status and page ([`crate::error`]: 500).
+    FailClosed,
 }
 
 /// Per-instance resource limits.
@@ -140,14 +140,14 @@ impl std::fmt::Debug for PluginSpec {
 }
 
 impl PluginSpec {
-    /// A spec with default limits, fail-closed with 503, no configuration.
+    /// A spec with default limits, fail-closed, no configuration.
     pub fn new(name: impl Into<String>) -> PluginSpec {
         PluginSpec {
             name: name.into(),
             config: Vec::new(),
             vm_config: Vec::new(),
             limits: Limits::default(),
-            on_error: OnError::FailClosed(503),
+            on_error: OnError::FailClosed,
             upstreams: HashMap::new(),
             stick: None,
         }
