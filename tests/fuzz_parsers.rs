@@ -682,6 +682,8 @@ const FETCH_CALLS: &[&str] = &[
     "req.hdr_cnt(cookie)",
     "res.hdr_cnt",
     "shdr_cnt(set-cookie)",
+    "req.fhdr_cnt(x-list)",
+    "res.fhdr_cnt",
     "cook(sid)",
     "req.cook(a)",
     "res.cook(sid)",
