@@ -1600,3 +1600,36 @@ async fn body_hook_sees_every_chunk_after_continue() {
     let s = stats_of(&all, "chunks");
     assert_eq!(s["failed_requests"], 1, "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failure_back_off_grows_until_a_request_succeeds() {
+    // `spin` creates its context fine, then loops in on_request_headers until
+    // its 20 ms CPU limit. Before, the successful context creation reset the
+    // back-off on every request, so it stayed at 10 ms: one rebuild (and one
+    // 20 ms spin) every 10 ms for as long as requests came.
+    let t = wasm_proxy().await;
+    let start = Instant::now();
+    let mut requests = 0;
+    while start.elapsed() < Duration::from_millis(1500) {
+        let r = within(
+            "spin request",
+            Duration::from_secs(5),
+            get(t.ports.web, "/spin"),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+        requests += 1;
+    }
+    let all = plugins(t.ports.admin).await;
+    let s = stats_of(&all, "spin");
+    let spins = s["failures"]["cpu_limit"].as_u64().unwrap_or(0);
+    // Doubling from 10 ms: 10+20+40+...+640 ms covers 1.27 s, so at most
+    // about 8 instances can have been built and spun in 1.5 s.
+    assert!(
+        (1..=9).contains(&spins),
+        "{spins} CPU-limit failures in {requests} requests over 1.5 s: the back-off did not grow ({s})"
+    );
+    // A good request on another plugin is unaffected, and the back-off of
+    // `spin` is not a failure of the worker.
+    assert_good(t.ports.web).await;
+}

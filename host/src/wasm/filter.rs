@@ -198,17 +198,30 @@ impl WasmFilter {
             let Some(inst) = slot.inst.as_mut() else {
                 return Err(Failure::new(FailKind::Init, "no instance"));
             };
+            // A successful call does not reset the back-off: a request that
+            // fails later (a loop in its second hook) would keep it at its
+            // minimum. Only a request finished on a live instance does (`on_log`).
             match f(inst, generation) {
-                Ok(v) => {
-                    slot.fails = 0;
-                    Ok(v)
-                }
+                Ok(v) => Ok(v),
                 Err(e) => {
                     record(self.plugin.shared(), slot, &e);
                     Err(e)
                 }
             }
         })
+    }
+
+    /// Resets the rebuild back-off of this worker's instance, if it is still
+    /// the `generation` a request just finished on.
+    fn reset_backoff(&self, generation: u64) {
+        let _ = SLOTS.try_with(|slots| {
+            if let Ok(mut slots) = slots.try_borrow_mut()
+                && let Some(slot) = slots.get_mut(&self.plugin.id)
+                && slot.generation == generation
+            {
+                slot.fails = 0;
+            }
+        });
     }
 
     /// The failure response (or pass-through) for a failed hook.
@@ -914,11 +927,16 @@ impl crate::rules::Action for WasmFilter {
         let cref = held.cref;
         // Finished or not, the context is gone afterwards (a failing log hook kills the instance).
         held.done.set(true);
-        let _ = self.with_instance_opt(false, |inst, generation| {
+        let finished = self.with_instance_opt(false, |inst, generation| {
             if generation != cref.generation {
-                return Ok(());
+                return Ok(false);
             }
-            inst.finish_stream(cref.ctx, txn)
+            inst.finish_stream(cref.ctx, txn).map(|()| true)
         });
+        if matches!(finished, Ok(true)) {
+            // The whole request ran on one live instance: failures before
+            // it were not consecutive, the back-off starts over.
+            self.reset_backoff(cref.generation);
+        }
     }
 }
