@@ -235,20 +235,21 @@ async fn accept_loop(worker: Rc<Worker>, frontend: usize, listener: StdListener)
         global_freed.as_mut().enable();
         fe_freed.as_mut().enable();
         let full = if !global.try_acquire() {
-            Some(global_freed)
+            Some((global, global_freed))
         } else if !fe.try_acquire() {
             global.release();
-            Some(fe_freed)
+            Some((fe, fe_freed))
         } else {
             None
         };
-        if let Some(freed) = full {
+        if let Some((limit, freed)) = full {
             // Readiness may be stale (the last accept emptied the backlog):
-            // shed only for a connection that is really waiting.
+            // pause and shed only for a connection that is really waiting.
             if !connection_pending(ready.get_ref().get_ref()) {
                 ready.clear_ready();
                 continue;
             }
+            limit.note_reached();
             drop(ready);
             worker.shed.notify_waiters();
             tokio::select! {
