@@ -28,7 +28,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{FileFailurePersistence, TestCaseError};
 
-use portcullis::config::{self, BindCheck, SourceMap};
+use portcullis::config::{BindCheck, SourceMap};
 use portcullis::rules::cond::{Condition, MatchMethod};
 use portcullis::rules::fetch::{CONVERTERS, FETCHES, parse_expr};
 use portcullis::rules::pattern::PatternMap;
@@ -181,7 +181,7 @@ fn check_config(text: &str) -> Result<(), TestCaseError> {
     if needs_dns(text) {
         return Ok(());
     }
-    let err = match config::parse(Path::new("fuzz.toml"), text, BindCheck::Skip) {
+    let err = match portcullis::runtime::parse(Path::new("fuzz.toml"), text, BindCheck::Skip) {
         Ok(_) => return Ok(()),
         Err(e) => e,
     };
@@ -503,7 +503,7 @@ fn config_corpus() {
         .filter(|(name, _)| name.starts_with("ok-"))
         .map(|(_, b)| String::from_utf8_lossy(&b).into_owned());
     for seed in CONFIG_SEEDS.iter().map(|s| s.to_string()).chain(ok) {
-        if let Err(e) = config::parse(Path::new("fuzz.toml"), &seed, BindCheck::Skip) {
+        if let Err(e) = portcullis::runtime::parse(Path::new("fuzz.toml"), &seed, BindCheck::Skip) {
             panic!("a seed config does not load: {e}\n{seed}");
         }
     }
@@ -564,7 +564,7 @@ default_backend = "api"
 
 static TABLES: LazyLock<Arc<StickTables>> = LazyLock::new(|| {
     let text = format!("{TABLES_TOML}{RULES_HEAD}");
-    match config::parse(Path::new("tables.toml"), &text, BindCheck::Skip) {
+    match portcullis::runtime::parse(Path::new("tables.toml"), &text, BindCheck::Skip) {
         Ok(cfg) => Arc::clone(&cfg.tables),
         Err(e) => panic!("the fuzz tables do not load: {e}"),
     }
@@ -577,7 +577,7 @@ fn with_env<R>(phase: Phase, f: impl FnOnce(&Env<'_>) -> R) -> R {
     let cx = CompileCtx {
         source: &source,
         backends: &backends,
-        plugins: portcullis::lua::Plugins::empty(),
+        plugins: portcullis::rules::Extensions::empty(),
         tables: &TABLES,
     };
     f(&Env { ctx: &cx, phase })
@@ -1190,7 +1190,7 @@ fn check_in_config(site: Site, value: &str) -> Result<(), TestCaseError> {
     let text = format!("{head}{quoted}{after} }},\n]\n");
     check_config(&text)?;
     let parsed = site.parse(value);
-    let err = match config::parse(Path::new("fuzz.toml"), &text, BindCheck::Skip) {
+    let err = match portcullis::runtime::parse(Path::new("fuzz.toml"), &text, BindCheck::Skip) {
         Ok(_) => {
             prop_assert!(
                 parsed.is_ok(),

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use portcullis::config::{self, BindCheck};
+use portcullis::config::BindCheck;
 use portcullis::filter::Filter;
 use portcullis_bench::{browser_headers, request_rules, run_request, txn};
 
@@ -28,7 +28,7 @@ fn lua_rules(script: &str, rule: &str) -> Vec<Arc<dyn Filter>> {
         "[[plugin]]\nname = \"p\"\nlua = \"{}\"\n\n[[frontend]]\nname = \"bench\"\nbind = \"127.0.0.1:8080\"\nhttp_request = [ {rule} ]\n",
         path.display()
     );
-    let mut config = config::parse(Path::new("bench.toml"), &text, BindCheck::Skip)
+    let mut config = portcullis::runtime::parse(Path::new("bench.toml"), &text, BindCheck::Skip)
         .unwrap_or_else(|e| panic!("bench config does not load: {e}\n{text}"));
     std::mem::take(&mut config.frontends[0].chain.request)
 }

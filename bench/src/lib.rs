@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use portcullis::config::{self, BindCheck};
+use portcullis::config::BindCheck;
 use portcullis::filter::{Filter, Flow};
 use portcullis::txn::Txn;
 
@@ -28,7 +28,7 @@ pub fn request_rules(rules: &[&str]) -> Vec<Arc<dyn Filter>> {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    let mut config = config::parse(Path::new("bench.toml"), &text, BindCheck::Skip)
+    let mut config = portcullis::runtime::parse(Path::new("bench.toml"), &text, BindCheck::Skip)
         .unwrap_or_else(|e| panic!("bench rules do not compile: {e}\n{text}"));
     std::mem::take(&mut config.frontends[0].chain.request)
 }

@@ -5,6 +5,9 @@
 //! - [`txn`]: the per-request transaction filters work on.
 //! - [`error`]: the one error model: failure sources → statuses → HAProxy's pages.
 //! - [`filter`]: the one filter trait and the per-frontend chain.
+//! - [`plugin`]: the plugin layer: the `PluginHost` contract, `OnError`, back-off, per-worker slots.
+//! - [`runtime`]: the assembly step: a validated spec → tables, plugin hosts, chains.
+//! - [`metrics`]: the one Prometheus text writer.
 //! - [`lua`]: Lua plugins (HAProxy's Lua API), one state per plugin per worker.
 //! - [`rules`]: config rules (conditions, fetches, converters, actions) as filters.
 //! - [`proxy`]: workers, listeners, the request flow, upstream pools, balancing, health checks.
@@ -17,8 +20,11 @@ pub mod config;
 pub mod error;
 pub mod filter;
 pub mod lua;
+pub mod metrics;
+pub mod plugin;
 pub mod proxy;
 pub mod rules;
+pub mod runtime;
 pub mod stick;
 pub mod txn;
 pub mod wasm;

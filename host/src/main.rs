@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use portcullis::config::{self, BindCheck};
+use portcullis::config::BindCheck;
 
 // mimalloc measurably lowers per-request CPU (see DESIGN.md, measured costs).
 #[global_allocator]
@@ -49,7 +49,7 @@ fn init_logging(level: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match config::load(&config, BindCheck::Probe) {
+        Command::Check { config } => match portcullis::runtime::load(&config, BindCheck::Probe) {
             Ok(c) => {
                 for w in &c.global.warnings {
                     eprintln!("{w}");
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            let cfg = match config::load(&config, BindCheck::Skip) {
+            let cfg = match portcullis::runtime::load(&config, BindCheck::Skip) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");

@@ -209,15 +209,13 @@ pub struct Txn {
     pub sc: crate::stick::StickCounters,
     /// The client's request body until it is forwarded (a Lua service may read it instead).
     pub req_body: Option<hyper::body::Incoming>,
-    /// Request body bytes a filter read (Wasm body hooks); sent upstream before what is left of `req_body`.
+    /// Request body bytes read for filters' body hooks (by `proxy::chain`), which
+    /// may rewrite them; sent upstream before what is left of `req_body`.
     pub req_buffered: Option<BufferedBody>,
     /// The server's response body during the response phase, until it is streamed to the client.
     pub resp_body: Option<hyper::body::Incoming>,
     /// Response body bytes a filter read; sent to the client before what is left of `resp_body`.
     pub resp_buffered: Option<BufferedBody>,
-    /// Taps over the rest of the request / response body, by phase (`Phase as usize`):
-    /// filters that let the body go on mid-stream and still see each chunk.
-    pub body_taps: [Vec<Box<dyn crate::proxy::body::BodyTap>>; 2],
 }
 
 /// A message body (or its first part) a filter read and may have rewritten, with its trailers.
@@ -354,7 +352,6 @@ impl Txn {
             req_buffered: None,
             resp_body: None,
             resp_buffered: None,
-            body_taps: Default::default(),
         }
     }
 }

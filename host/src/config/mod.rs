@@ -1,8 +1,12 @@
-//! Configuration: the TOML schema, loading, and complete validation.
+//! Configuration: the TOML schema, loading, and validation into a plain [`Spec`].
 //!
 //! [`load`] reads a file, deserializes it with `deny_unknown_fields`, then
-//! checks every cross-reference and value, so a config that loads is one the
-//! daemon can run. Every error carries `file:line:col`.
+//! checks every cross-reference and value. The result is data only: rules,
+//! plugins and stick tables stay as written (with their locations) for the
+//! assembly step (`crate::runtime`), which builds the live tables, plugin
+//! hosts and filter chains from it and reports their errors with the same
+//! `file:line:col`. Nothing here starts or registers anything, so a spec can
+//! be built again (a reload) while the running one serves.
 
 pub mod admin;
 pub mod diag;
@@ -23,21 +27,17 @@ use toml::Spanned;
 pub use diag::{ConfigError, ConfigWarning, Location, SourceMap};
 use schema::{RawBackend, RawConfig, RawFrontend, RawHealthCheck, RawTimeouts};
 
-use crate::filter::Chain;
-
-/// A fully validated configuration.
+/// A validated configuration, as data: what the assembly step builds the running daemon from.
 #[derive(Debug)]
-pub struct Config {
+pub struct Spec {
     pub source: SourceMap,
     pub global: Global,
     pub frontends: Vec<Frontend>,
     pub backends: Vec<Backend>,
-    /// Lua plugins (`[[plugin]]`), loaded and checked.
-    pub plugins: Vec<Arc<crate::lua::Plugin>>,
-    /// Stick tables (`[[stick_table]]`), shared by rules, plugins and the admin API.
-    pub tables: Arc<crate::stick::StickTables>,
-    /// Wasm plugins (`[[plugin]]` with `wasm =`), compiled and started once at load.
-    pub wasm_plugins: Vec<Arc<crate::wasm::WasmPlugin>>,
+    /// `[[plugin]]` entries as written; each plugin host checks its own.
+    pub plugins: Vec<Spanned<schema::RawPlugin>>,
+    /// `[[stick_table]]` entries as written (checked by [`stick::build`] at assembly).
+    pub stick_tables: Vec<Spanned<schema::RawStickTable>>,
 }
 
 /// Access-log output format.
@@ -105,7 +105,10 @@ pub struct Frontend {
     pub default_backend: Option<usize>,
     /// This frontend's `maxconn`; `None`: only the global limit applies.
     pub maxconn: Option<usize>,
-    pub chain: Chain,
+    /// `http_request` rules as written (compiled into the chain at assembly).
+    pub http_request: Vec<Spanned<schema::RawRule>>,
+    /// `http_response` rules as written.
+    pub http_response: Vec<Spanned<schema::RawRule>>,
     /// `errorfiles` / `error_replies`: pages replacing the default ones.
     pub errors: crate::error::ErrorPages,
 }
@@ -167,7 +170,7 @@ impl HealthCheck {
     }
 }
 
-impl Config {
+impl Spec {
     /// Index of the backend called `name`.
     pub fn backend_index(&self, name: &str) -> Option<usize> {
         self.backends.iter().position(|b| &*b.name == name)
@@ -184,14 +187,14 @@ pub enum BindCheck {
 }
 
 /// Reads, parses and validates the config file at `path`.
-pub fn load(path: &Path, bind_check: BindCheck) -> Result<Config, ConfigError> {
+pub fn load(path: &Path, bind_check: BindCheck) -> Result<Spec, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::file(path, format!("cannot read config file: {e}")))?;
     parse(path, &text, bind_check)
 }
 
 /// Parses and validates config `text` that came from `path`.
-pub fn parse(path: &Path, text: &str, bind_check: BindCheck) -> Result<Config, ConfigError> {
+pub fn parse(path: &Path, text: &str, bind_check: BindCheck) -> Result<Spec, ConfigError> {
     let source = SourceMap::new(path, text);
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let message = e.message().trim().to_string();
@@ -200,26 +203,19 @@ pub fn parse(path: &Path, text: &str, bind_check: BindCheck) -> Result<Config, C
             None => ConfigError::file(path, message),
         }
     })?;
-    let tables = Arc::new(stick::build(&raw.stick_table, &source)?);
-    Validator {
-        source: &source,
-        tables: &tables,
-    }
-    .validate(raw, bind_check)
-    .map(|(global, frontends, backends, plugins)| Config {
-        source: source.clone(),
+    let (global, frontends, backends) = Validator { source: &source }.validate(&raw, bind_check)?;
+    Ok(Spec {
+        source,
         global,
         frontends,
         backends,
-        plugins: plugins.list,
-        wasm_plugins: plugins.wasm,
-        tables,
+        plugins: raw.plugin,
+        stick_tables: raw.stick_table,
     })
 }
 
 struct Validator<'a> {
     source: &'a SourceMap,
-    tables: &'a Arc<crate::stick::StickTables>,
 }
 
 /// Converts a spanned integer into a bounded type with a located error.
@@ -243,9 +239,9 @@ fn ranged<T: TryFrom<i64>>(
 impl Validator<'_> {
     fn validate(
         &self,
-        raw: RawConfig,
+        raw: &RawConfig,
         bind_check: BindCheck,
-    ) -> Result<(Global, Vec<Frontend>, Vec<Backend>, crate::lua::Plugins), ConfigError> {
+    ) -> Result<(Global, Vec<Frontend>, Vec<Backend>), ConfigError> {
         let global = self.global(&raw.global)?;
 
         let mut backend_ids: HashMap<String, usize> = HashMap::new();
@@ -261,27 +257,6 @@ impl Validator<'_> {
             backends.push(self.backend(b.get_ref(), &global.timeouts)?);
         }
 
-        let view = crate::lua::HostView {
-            backends: Arc::new(backend_ids.clone()),
-            frontends: raw
-                .frontend
-                .iter()
-                .map(|f| f.get_ref().name.get_ref().clone())
-                .collect(),
-            tables: Arc::clone(self.tables),
-            client_timeout: global.timeouts.client,
-        };
-        let mut plugins = crate::lua::load_plugins(&raw.plugin, self.source, &view)?;
-        plugins.wasm = crate::wasm::config::load_plugins(
-            &raw.plugin,
-            self.source,
-            &backends,
-            Some(Arc::new(crate::wasm::stick::TablesStick(Arc::clone(
-                self.tables,
-            )))),
-            global.timeouts.server,
-        )?;
-
         let mut frontend_names: HashMap<String, ()> = HashMap::new();
         let mut seen_binds: HashMap<SocketAddr, Location> = HashMap::new();
         let mut frontends = Vec::with_capacity(raw.frontend.len());
@@ -294,7 +269,7 @@ impl Validator<'_> {
                     format!("duplicate frontend name {name:?}; every frontend needs a unique name"),
                 ));
             }
-            let fe = self.frontend(f, &backend_ids, &plugins)?;
+            let fe = self.frontend(f, &backend_ids)?;
             for b in &fe.binds {
                 if let Some(prev) = seen_binds.insert(b.addr, b.location.clone()) {
                     return Err(ConfigError::at(
@@ -344,7 +319,7 @@ impl Validator<'_> {
                 None => {}
             }
         }
-        Ok((global, frontends, backends, plugins))
+        Ok((global, frontends, backends))
     }
 
     fn global(&self, g: &schema::RawGlobal) -> Result<Global, ConfigError> {
@@ -457,7 +432,6 @@ impl Validator<'_> {
         &self,
         f: &RawFrontend,
         backends: &HashMap<String, usize>,
-        plugins: &crate::lua::Plugins,
     ) -> Result<Frontend, ConfigError> {
         let name = f.name.get_ref();
         self.check_name(&f.name, "frontend")?;
@@ -490,13 +464,6 @@ impl Validator<'_> {
             })?),
             None => None,
         };
-        let cx = crate::rules::CompileCtx {
-            source: self.source,
-            backends,
-            plugins,
-            tables: self.tables,
-        };
-        let chain = crate::rules::compile_chain(&f.http_request, &f.http_response, &cx)?;
         let maxconn = match &f.maxconn {
             Some(n) => Some(ranged::<usize>(self.source, n, "maxconn", 1, 1 << 24)?),
             None => None,
@@ -506,7 +473,8 @@ impl Validator<'_> {
             binds,
             default_backend,
             maxconn,
-            chain,
+            http_request: f.http_request.clone(),
+            http_response: f.http_response.clone(),
             errors: errors::error_pages(
                 self.source,
                 f.errorfiles.as_ref(),
@@ -770,8 +738,8 @@ mod tests {
     const BACKEND: &str =
         "[[backend]]\nname = \"app\"\nserver = [{ name = \"s\", addr = \"127.0.0.1:9000\" }]\n";
 
-    fn load(extra: &str) -> Result<Config, ConfigError> {
-        parse(
+    fn load(extra: &str) -> Result<crate::runtime::Runtime, ConfigError> {
+        crate::runtime::parse(
             Path::new("t.toml"),
             &format!("{BACKEND}{extra}"),
             BindCheck::Skip,

@@ -269,7 +269,7 @@ pub enum DenySpec {
 /// Every action is a field here so that serde rejects unknown keys; the rules
 /// compiler checks that exactly one action is present and that each modifier
 /// belongs to it.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     /// Condition: apply the rule only when it holds.

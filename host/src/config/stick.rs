@@ -142,9 +142,10 @@ fn count(v: &Spanned<CountSpec>, source: &SourceMap) -> Result<u64, ConfigError>
 mod tests {
     use std::path::Path;
 
-    use crate::config::{BindCheck, parse};
+    use crate::config::BindCheck;
+    use crate::runtime::parse;
 
-    fn load(tables: &str) -> Result<crate::config::Config, crate::config::ConfigError> {
+    fn load(tables: &str) -> Result<crate::runtime::Runtime, crate::config::ConfigError> {
         parse(Path::new("t.toml"), tables, BindCheck::Skip)
     }
 

@@ -1094,7 +1094,7 @@ fn compiled<T: ?Sized>(
     let ctx = CompileCtx {
         source: &source,
         backends: &cx.plugin.backends,
-        plugins: super::Plugins::empty(),
+        plugins: crate::rules::Extensions::empty(),
         tables: &cx.plugin.tables,
     };
     let built = build(&call, &Env { ctx: &ctx, phase })?;

@@ -20,10 +20,12 @@
 //! guarded against panics, and a state that may be inconsistent (out of
 //! memory, CPU limit, internal error) is dropped and rebuilt from the source.
 
+pub mod admin;
 mod api;
 mod applet;
 mod cfunc;
 mod headers;
+pub mod host;
 mod map;
 mod rules;
 mod runtime;
@@ -42,33 +44,14 @@ use crate::config::schema::RawPlugin;
 use crate::config::{ConfigError, SourceMap};
 use crate::txn::Phase;
 
-pub use rules::{build_action, build_converter, build_fetch, build_service};
-pub use runtime::clear_worker;
-pub use task::start_worker;
+pub use host::LuaHost;
 
 /// Default per-instance memory limit.
 pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
 /// Default CPU budget of one call.
 pub const DEFAULT_CPU_LIMIT: Duration = Duration::from_millis(50);
 
-/// What a request sees when the plugin fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnError {
-    /// The request goes on as if the plugin had not run.
-    FailOpen,
-    /// The client gets a 500.
-    FailClosed,
-}
-
-impl OnError {
-    /// The config spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnError::FailOpen => "fail_open",
-            OnError::FailClosed => "fail_closed",
-        }
-    }
-}
+pub use crate::plugin::OnError;
 
 /// Why a call into a plugin failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,18 +185,13 @@ impl Plugin {
     }
 }
 
-/// The config's plugins, as rule compilation sees them.
+/// The config's Lua plugins, as rule compilation sees them.
 #[derive(Debug, Default)]
 pub struct Plugins {
     pub list: Vec<Arc<Plugin>>,
-    /// Wasm plugins (loaded by [`crate::wasm::config::load_plugins`]), for `wasm` rules.
-    pub wasm: Vec<Arc<crate::wasm::WasmPlugin>>,
 }
 
-static NO_PLUGINS: Plugins = Plugins {
-    list: Vec::new(),
-    wasm: Vec::new(),
-};
+static NO_PLUGINS: Plugins = Plugins { list: Vec::new() };
 
 impl Plugins {
     /// An empty registry (tests, and fetches compiled at run time by scripts).
@@ -356,15 +334,12 @@ pub fn load_plugins(
             ));
         }
         if p.wasm.is_some() {
-            // Loaded by crate::wasm::config::load_plugins.
+            // Another plugin host's.
             continue;
         }
         list.push(Arc::new(load_one(p, source, view)?));
     }
-    Ok(Plugins {
-        list,
-        wasm: Vec::new(),
-    })
+    Ok(Plugins { list })
 }
 
 fn load_one(p: &RawPlugin, source: &SourceMap, view: &HostView) -> Result<Plugin, ConfigError> {

@@ -14,8 +14,8 @@ use super::runtime::{self, CallError, CallKind, Instance, Site, Step, TxnSlot};
 use super::{ErrorKind, Plugin, arg_strings};
 use crate::config::ConfigError;
 use crate::config::schema::RawRule;
-use crate::filter::{Flow, Reply};
-use crate::rules::action::{Action, RuleEnv};
+use crate::filter::{Filter, Flow, Phases, Reply};
+use crate::rules::action::RuleEnv;
 use crate::rules::fetch::{Call, Converter, Fetch};
 use crate::rules::{Env, ParseError, Value};
 use crate::txn::{Phase, Sample, Txn};
@@ -49,15 +49,16 @@ pub struct LuaAction {
 }
 
 /// Builds a `lua` rule: the action must be registered for the rule's phase with as many arguments.
-pub fn build_action(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, ConfigError> {
+pub fn build_action(
+    plugins: &super::Plugins,
+    raw: &RawRule,
+    re: &RuleEnv<'_>,
+) -> Result<Box<dyn Filter>, ConfigError> {
     let Some(n) = &raw.lua else {
         return Err(re.error(re.span.clone(), "internal error: `lua` missing"));
     };
     let phase = re.env.phase;
-    let (plugin, nb_args) = re
-        .env
-        .ctx
-        .plugins
+    let (plugin, nb_args) = plugins
         .action(n.get_ref(), phase)
         .map_err(|m| re.error(n.span(), m))?;
     let args = match &raw.args {
@@ -245,8 +246,20 @@ fn status_reply(status: u16) -> Reply {
     )
 }
 
-impl Action for LuaAction {
-    fn apply(&self, txn: &mut Txn) -> Flow {
+impl Filter for LuaAction {
+    fn name(&self) -> &str {
+        "lua"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::head(self.phase)
+    }
+
+    fn on_request(&self, txn: &mut Txn) -> Flow {
+        self.start(txn)
+    }
+
+    fn on_response(&self, txn: &mut Txn) -> Flow {
         self.start(txn)
     }
 
@@ -276,26 +289,9 @@ pub struct LuaService {
     id: u64,
 }
 
-/// Builds a `use_service` rule.
-pub fn build_service(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, ConfigError> {
-    let Some(s) = &raw.use_service else {
-        return Err(re.error(re.span.clone(), "internal error: `use_service` missing"));
-    };
-    let Some(name) = s.get_ref().strip_prefix("lua.") else {
-        return Err(re.error(
-            s.span(),
-            format!(
-                "unknown service {:?}; services are Lua services written \"lua.<name>\"",
-                s.get_ref()
-            ),
-        ));
-    };
-    let plugin = re
-        .env
-        .ctx
-        .plugins
-        .find("service", name, |r| &r.services)
-        .map_err(|m| re.error(s.span(), m))?;
+/// Builds `use_service = "lua.<name>"` (`name` without the prefix).
+pub fn build_service(plugins: &super::Plugins, name: &str) -> Result<Box<dyn Filter>, String> {
+    let plugin = plugins.find("service", name, |r| &r.services)?;
     Ok(Box::new(LuaService {
         plugin: Arc::clone(plugin),
         name: name.to_string(),
@@ -431,8 +427,16 @@ type BodyCell = Rc<std::cell::RefCell<Option<Result<bytes::Bytes, super::applet:
 /// Marks, in the transaction, a service waiting for its request body.
 struct PendingBody(BodyCell);
 
-impl Action for LuaService {
-    fn apply(&self, txn: &mut Txn) -> Flow {
+impl Filter for LuaService {
+    fn name(&self) -> &str {
+        "use_service"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
+    }
+
+    fn on_request(&self, txn: &mut Txn) -> Flow {
         self.read_then_start(txn)
     }
 
@@ -480,11 +484,13 @@ struct LuaFetch {
 }
 
 /// Builds a `lua.<name>` fetch.
-pub fn build_fetch(c: &Call<'_>, env: &Env<'_>) -> Result<Box<dyn Fetch>, ParseError> {
+pub fn build_fetch(
+    plugins: &super::Plugins,
+    c: &Call<'_>,
+    env: &Env<'_>,
+) -> Result<Box<dyn Fetch>, ParseError> {
     let name = c.name.strip_prefix("lua.").unwrap_or(c.name);
-    let plugin = env
-        .ctx
-        .plugins
+    let plugin = plugins
         .find("fetch", name, |r| &r.fetches)
         .map_err(|m| ParseError::new(c.offset, m))?;
     Ok(Box::new(LuaFetch {
@@ -593,11 +599,12 @@ struct LuaConverter {
 }
 
 /// Builds a `lua.<name>` converter.
-pub fn build_converter(c: &Call<'_>, env: &Env<'_>) -> Result<Box<dyn Converter>, ParseError> {
+pub fn build_converter(
+    plugins: &super::Plugins,
+    c: &Call<'_>,
+) -> Result<Box<dyn Converter>, ParseError> {
     let name = c.name.strip_prefix("lua.").unwrap_or(c.name);
-    let plugin = env
-        .ctx
-        .plugins
+    let plugin = plugins
         .find("converter", name, |r| &r.converters)
         .map_err(|m| ParseError::new(c.offset, m))?;
     Ok(Box::new(LuaConverter {

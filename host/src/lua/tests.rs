@@ -6,8 +6,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use super::*;
-use crate::config::{BindCheck, Config};
+use crate::config::BindCheck;
 use crate::filter::{Filter, Flow, Reply};
+use crate::runtime::Runtime as Config;
 use crate::txn::{Phase, Sample, Txn, VarScope};
 
 /// A directory for one test's files, removed afterwards.
@@ -54,7 +55,7 @@ fn load_with(
         "[[plugin]]\nname = \"p\"\nlua = \"p.lua\"\n{plugin_extra}\n\n[[backend]]\nname = \"app\"\nserver = [{{ name = \"s1\", addr = \"127.0.0.1:9000\" }}]\n\n[[frontend]]\nname = \"web\"\nbind = \"127.0.0.1:18080\"\ndefault_backend = \"app\"\n{rules}\n"
     );
     let path = dir.0.join("t.toml");
-    crate::config::parse(&path, &text, BindCheck::Skip).map(|c| (c, dir))
+    crate::runtime::parse(&path, &text, BindCheck::Skip).map(|c| (c, dir))
 }
 
 fn ok(script: &str, plugin_extra: &str, rules: &str) -> (Config, Dir) {
@@ -121,7 +122,16 @@ fn exchange(rt: &tokio::runtime::Runtime, cfg: &Config, t: &mut Txn) -> Option<R
 }
 
 fn plugin(cfg: &Config) -> &Arc<Plugin> {
-    &cfg.plugins[0]
+    &lua_plugins(cfg)[0]
+}
+
+/// The config's Lua plugins (the first plugin host is Lua's).
+fn lua_plugins(cfg: &Config) -> &[Arc<Plugin>] {
+    let host = cfg.plugins[0]
+        .as_any()
+        .downcast_ref::<super::LuaHost>()
+        .expect("the Lua host");
+    &host.plugins.list
 }
 
 const API: &str = r#"
@@ -562,13 +572,13 @@ fn a_plugin_does_not_starve_another() {
     )
     .expect("write");
     let text = "[[plugin]]\nname = \"hog\"\nlua = \"hog.lua\"\nmemory_limit = \"1MiB\"\n[[plugin]]\nname = \"ok\"\nlua = \"ok.lua\"\nmemory_limit = \"1MiB\"\n[[backend]]\nname = \"app\"\nserver = [{ name = \"s1\", addr = \"127.0.0.1:9000\" }]\n[[frontend]]\nname = \"web\"\nbind = \"127.0.0.1:18080\"\ndefault_backend = \"app\"\nhttp_request = [{ lua = \"hog\" }, { lua = \"ok\" }]\n";
-    let cfg = crate::config::parse(&dir.0.join("t.toml"), text, BindCheck::Skip).expect("loads");
+    let cfg = crate::runtime::parse(&dir.0.join("t.toml"), text, BindCheck::Skip).expect("loads");
     let rt = rt();
     let mut t = txn("/");
     assert!(exchange(&rt, &cfg, &mut t).is_none());
     assert_eq!(t.req_headers["x-ok"], "1");
-    assert_eq!(cfg.plugins[0].stats.errors_oom.load(Relaxed), 1);
-    assert_eq!(cfg.plugins[1].stats.errors_oom.load(Relaxed), 0);
+    assert_eq!(lua_plugins(&cfg)[0].stats.errors_oom.load(Relaxed), 1);
+    assert_eq!(lua_plugins(&cfg)[1].stats.errors_oom.load(Relaxed), 0);
     let _ = Path::new("");
 }
 

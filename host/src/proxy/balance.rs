@@ -10,7 +10,8 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::stats::BackendState;
-use crate::config::{Balance, Config};
+use crate::config::Balance;
+use crate::runtime::Runtime as Config;
 
 /// One worker's balancing state.
 pub struct Balancer {
@@ -147,7 +148,7 @@ fn source_hash(state: &BackendState, client: IpAddr) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BindCheck, parse};
+    use crate::config::BindCheck;
     use crate::proxy::stats::Shared;
     use std::path::Path;
     use std::sync::Arc;
@@ -167,7 +168,8 @@ mod tests {
             "[[backend]]\nname = \"b\"\nbalance = \"{balance}\"\nserver = [{}]\n",
             servers.join(", ")
         );
-        let config = parse(Path::new("t.toml"), &text, BindCheck::Skip).expect("valid test config");
+        let config = crate::runtime::parse(Path::new("t.toml"), &text, BindCheck::Skip)
+            .expect("valid test config");
         Shared::new(Arc::new(config))
     }
 

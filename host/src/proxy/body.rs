@@ -17,17 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-/// Error type of both bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Sees every data frame of a body a filter let go on before its end (a
-/// Wasm body hook called per further chunk, as Envoy does) and may change
-/// it; nothing is buffered. An error aborts the body.
-pub trait BodyTap: std::fmt::Debug {
-    /// `data` is the frame (empty for the end of a body whose last frame
-    /// did not say so); `eos`: the body ends here. Returns what goes on.
-    fn data(&mut self, data: Bytes, eos: bool) -> Result<Bytes, BoxError>;
-}
+pub use crate::filter::{BodyTap, BoxError};
 
 /// Taps applied in order to a streamed body (see [`BodyTap`]).
 #[derive(Default)]
@@ -38,6 +28,7 @@ pub struct Taps {
 }
 
 impl Taps {
+    /// Taps applied in the order given.
     pub fn new(taps: Vec<Box<dyn BodyTap>>) -> Taps {
         Taps { taps, ended: false }
     }
@@ -196,6 +187,43 @@ impl RequestBody {
             data: (!data.is_empty()).then_some(data),
             trailers: (!trailers.is_empty()).then_some(trailers),
             state,
+        }
+    }
+}
+
+impl RequestBody {
+    /// The body to send upstream for what the request's filters left
+    /// ([`super::chain::Outgoing`]); progress lands in `state` (`None`: no body).
+    pub fn outgoing(
+        body: super::chain::Outgoing,
+        timeout: Duration,
+        state: &Rc<RequestBodyState>,
+    ) -> (RequestBody, Option<Rc<RequestBodyState>>) {
+        use super::chain::Outgoing;
+        let counted = Some(Rc::clone(state));
+        match body {
+            Outgoing::Empty => (RequestBody::Empty, None),
+            Outgoing::Buffered(b) => (
+                RequestBody::full(b.data.into(), b.trailers, Rc::clone(state)),
+                counted,
+            ),
+            Outgoing::Stream { prefix, rest, taps } => {
+                let mut body = RequestBody::stream(rest, timeout, Rc::clone(state));
+                if !taps.is_empty() {
+                    body = RequestBody::Tapped {
+                        inner: Box::new(body),
+                        taps: Taps::new(taps),
+                    };
+                }
+                if let Some(p) = prefix {
+                    body = RequestBody::Prefixed {
+                        prefix: (!p.data.is_empty()).then(|| p.data.into()),
+                        state: Rc::clone(state),
+                        rest: Box::new(body),
+                    };
+                }
+                (body, counted)
+            }
         }
     }
 }
@@ -405,6 +433,23 @@ impl ResponseBody {
             end: None,
             client: None,
             carry: None,
+        }
+    }
+
+    /// The body to send the client for what the response's filters left
+    /// ([`super::chain::Outgoing`]), with a server inactivity `timeout`.
+    pub fn outgoing(body: super::chain::Outgoing, timeout: Duration) -> ResponseBody {
+        use super::chain::Outgoing;
+        match body {
+            Outgoing::Empty => ResponseBody::empty(),
+            Outgoing::Buffered(b) => ResponseBody::buffered(b.data.into(), b.trailers),
+            Outgoing::Stream { prefix, rest, taps } => {
+                let body = ResponseBody::upstream(rest, timeout).with_taps(Taps::new(taps));
+                match prefix {
+                    Some(p) => body.with_prefix(p.data.into()),
+                    None => body,
+                }
+            }
         }
     }
 

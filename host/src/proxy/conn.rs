@@ -27,7 +27,8 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::worker::{ShutdownSignal, Worker};
-use crate::config::{Config, Timeouts};
+use crate::config::Timeouts;
+use crate::runtime::Runtime as Config;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

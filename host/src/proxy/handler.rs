@@ -7,7 +7,6 @@ use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -16,13 +15,14 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::body::{BodyEnd, BodyOutcome, RequestBody, RequestBodyState, ResponseBody, Taps};
+use super::body::{BodyEnd, BodyOutcome, RequestBody, RequestBodyState, ResponseBody};
+use super::chain::{Outgoing, run_phase};
 use super::conn::ConnState;
 use super::error::ProxyError;
 use super::head::{prepare_request, remove_connection_options, strip_hop_by_hop};
 use super::pool::PooledConn;
 use super::worker::Worker;
-use crate::filter::{Filter, Flow, Reply};
+use crate::filter::Reply;
 use crate::txn::{BackendChoice, Phase, Txn, VarStore};
 
 /// What every request on one client connection shares.
@@ -62,34 +62,6 @@ impl ConnCtx {
             sess_vars: Rc::default(),
         }
     }
-}
-
-/// Runs one filter hook to completion, waiting and resuming as the filter asks.
-async fn run_hook(filter: &Arc<dyn Filter>, txn: &mut Txn) -> Option<Reply> {
-    let mut flow = match txn.phase {
-        Phase::Request => filter.on_request(txn),
-        Phase::Response => filter.on_response(txn),
-    };
-    loop {
-        match flow {
-            Flow::Continue => return None,
-            Flow::Respond(reply) => return Some(reply),
-            Flow::Wait(fut) => {
-                fut.await;
-                flow = filter.resume(txn);
-            }
-        }
-    }
-}
-
-/// Runs a phase's filters in order; the first reply stops the chain.
-async fn run_phase(filters: &[Arc<dyn Filter>], txn: &mut Txn) -> Option<Reply> {
-    for f in filters {
-        if let Some(reply) = run_hook(f, txn).await {
-            return Some(reply);
-        }
-    }
-    None
 }
 
 /// A request counted in a server's `active` load (leastconn); released on drop,
@@ -180,6 +152,8 @@ impl BodyEnd for Exchange {
         for f in &shared.config.frontends[ctx.frontend].chain.log {
             f.on_log(&txn);
         }
+        // Tracked entries learn how the exchange ended (status class, bytes), as HAProxy's stream does.
+        txn.sc.record_outcome(&txn.outcome);
         if worker.access_log.enabled() {
             let config = &shared.config;
             let backend = route.backend.and_then(|b| config.backends.get(b));
@@ -263,7 +237,6 @@ pub async fn handle(
         req_buffered: None,
         resp_body: None,
         resp_buffered: None,
-        body_taps: Default::default(),
     });
     let orig_method = txn.method.clone();
     let orig_uri = txn.uri.clone();
@@ -273,8 +246,9 @@ pub async fn handle(
 
     // Rules see the request as the server will: Host settled, Connection
     // options gone, CONNECT refused.
+    let mut req_taps = Vec::new();
     let early = match prepare_request(&mut txn) {
-        Ok(()) => run_phase(&chain.request, &mut txn).await,
+        Ok(()) => run_phase(&chain.request, &mut txn, &mut req_taps).await,
         Err(err) => {
             let mut reply = fail(&ctx, &mut route, &err);
             // HTTP/2 has no Connection header (hyper would drop it with a warning).
@@ -291,7 +265,7 @@ pub async fn handle(
             error_pages(&ctx, &route, &mut reply);
             (reply.status, reply.headers, ResponseBody::full(reply.body))
         }
-        None => match forward(&ctx, &mut txn, &mut route).await {
+        None => match forward(&ctx, &mut txn, req_taps, &mut route).await {
             Ok(resp) => {
                 let (parts, incoming) = resp.into_parts();
                 txn.phase = Phase::Response;
@@ -303,7 +277,8 @@ pub async fn handle(
                 strip_hop_by_hop(&mut txn.resp_headers);
                 // In the transaction so a filter with a body hook can read it.
                 txn.resp_body = Some(incoming);
-                match run_phase(&chain.response, &mut txn).await {
+                let mut taps = Vec::new();
+                match run_phase(&chain.response, &mut txn, &mut taps).await {
                     Some(mut reply) => {
                         error_pages(&ctx, &route, &mut reply);
                         // The server's body is abandoned: its connection cannot be reused.
@@ -320,35 +295,8 @@ pub async fn handle(
                             .and_then(|b| shared.config.backends.get(b))
                             .map_or(shared.config.global.timeouts.server, |b| b.server_timeout);
                         let mut headers = std::mem::take(&mut txn.resp_headers);
-                        let body = match (txn.resp_buffered.take(), txn.resp_body.take()) {
-                            (Some(b), Some(incoming))
-                                if !http_body::Body::is_end_stream(&incoming) =>
-                            {
-                                // Part read by a filter, the rest streamed: see the request side.
-                                if b.data.len() != b.received {
-                                    headers.remove(header::CONTENT_LENGTH);
-                                }
-                                let taps = std::mem::take(&mut txn.body_taps[1]);
-                                if !taps.is_empty() {
-                                    // Taps may resize frames: the declared length no longer holds.
-                                    headers.remove(header::CONTENT_LENGTH);
-                                }
-                                ResponseBody::upstream(incoming, timeout)
-                                    .with_prefix(b.data.into())
-                                    .with_taps(Taps::new(taps))
-                            }
-                            (Some(b), _) => {
-                                // A filter may have changed the body: its length is now exact.
-                                headers.insert(
-                                    header::CONTENT_LENGTH,
-                                    HeaderValue::from(b.data.len()),
-                                );
-                                ResponseBody::buffered(b.data.into(), b.trailers)
-                            }
-                            (None, Some(incoming)) => ResponseBody::upstream(incoming, timeout),
-                            (None, None) => ResponseBody::empty(),
-                        };
-                        (txn.status, headers, body)
+                        let out = Outgoing::take(&mut txn, Phase::Response, taps, &mut headers);
+                        (txn.status, headers, ResponseBody::outgoing(out, timeout))
                     }
                 }
             }
@@ -429,6 +377,7 @@ fn resolve_backend(ctx: &ConnCtx, txn: &Txn) -> Option<usize> {
 async fn forward(
     ctx: &Rc<ConnCtx>,
     txn: &mut Txn,
+    taps: Vec<Box<dyn crate::filter::BodyTap>>,
     ex: &mut Route,
 ) -> Result<Response<Incoming>, ProxyError> {
     let worker = &ctx.worker;
@@ -470,47 +419,10 @@ async fn forward(
     };
     let client_timeout = shared.config.global.timeouts.client;
     let body_state = Rc::new(RequestBodyState::default());
-    // A filter that consumed the body (a Lua service) answered itself; `None` is only defensive.
-    let rest = txn
-        .req_body
-        .take()
-        .filter(|b| !http_body::Body::is_end_stream(b));
-    let req_body = match (txn.req_buffered.take(), rest) {
-        (Some(b), None) => {
-            // A filter may have changed the body: its length is now known exactly.
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(b.data.len()));
-            ex.req_body = Some(Rc::clone(&body_state));
-            RequestBody::full(b.data.into(), b.trailers, Rc::clone(&body_state))
-        }
-        (Some(b), Some(body)) => {
-            // A filter read a part and let the rest stream: a changed part
-            // makes the declared length wrong, so the body goes chunked.
-            if b.data.len() != b.received {
-                headers.remove(header::CONTENT_LENGTH);
-            }
-            ex.req_body = Some(Rc::clone(&body_state));
-            let mut rest = RequestBody::stream(body, client_timeout, Rc::clone(&body_state));
-            let taps = std::mem::take(&mut txn.body_taps[0]);
-            if !taps.is_empty() {
-                // Taps may resize frames: the declared length no longer holds.
-                headers.remove(header::CONTENT_LENGTH);
-                rest = RequestBody::Tapped {
-                    inner: Box::new(rest),
-                    taps: Taps::new(taps),
-                };
-            }
-            RequestBody::Prefixed {
-                prefix: (!b.data.is_empty()).then(|| b.data.into()),
-                state: Rc::clone(&body_state),
-                rest: Box::new(rest),
-            }
-        }
-        (None, Some(body)) => {
-            ex.req_body = Some(Rc::clone(&body_state));
-            RequestBody::stream(body, client_timeout, Rc::clone(&body_state))
-        }
-        (None, _) => RequestBody::Empty,
-    };
+    // A filter that consumed the body (a Lua service) answered itself.
+    let out = Outgoing::take(txn, Phase::Request, taps, &mut headers);
+    let (req_body, counted) = RequestBody::outgoing(out, client_timeout, &body_state);
+    ex.req_body = counted;
     let mut req = Request::new(req_body);
     *req.method_mut() = txn.method.clone();
     *req.uri_mut() = uri;

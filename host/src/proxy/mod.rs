@@ -9,6 +9,7 @@
 pub mod accesslog;
 pub mod balance;
 pub mod body;
+pub mod chain;
 pub mod conn;
 pub mod error;
 pub mod handler;
@@ -26,7 +27,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
 use crate::config::admin::AdminListen;
-use crate::config::{Config, ConfigError, Location};
+use crate::config::{ConfigError, Location};
+use crate::runtime::Runtime as Config;
 pub use stats::Shared;
 
 /// Why the daemon could not start or run.

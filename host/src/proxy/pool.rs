@@ -15,7 +15,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::body::RequestBody;
-use crate::config::Config;
+use crate::runtime::Runtime as Config;
 
 /// A connection to one server, checked out of the pool.
 pub struct PooledConn {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use super::limit::ConnLimit;
-use crate::config::Config;
+use crate::runtime::Runtime as Config;
 
 /// Response counters by status class: 1xx, 2xx, 3xx, 4xx, 5xx, other.
 #[derive(Debug, Default)]

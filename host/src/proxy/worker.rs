@@ -130,11 +130,12 @@ pub fn run(
         for (frontend, listener) in listeners {
             tokio::task::spawn_local(accept_loop(Rc::clone(&worker), frontend, listener));
         }
-        // Each Wasm plugin's VM starts on every worker before traffic (ticks run when idle).
-        crate::wasm::filter::start_worker(&worker.shared.config.wasm_plugins);
+        // Plugin instances that run without traffic (Wasm VMs and their
+        // ticks, Lua tasks) start on every worker before it serves.
+        for host in &worker.shared.config.plugins {
+            host.start_worker();
+        }
         let housekeeping = tokio::task::spawn_local(housekeeping(Rc::clone(&worker)));
-        // Lua `core.register_task` functions run in every worker, as with lua-load-per-thread.
-        crate::lua::start_worker(&worker.shared.config.plugins);
         worker.shutdown_signal().wait().await;
         // Accept loops have seen the signal too and dropped their sockets.
         if worker.connections.get() > 0 {
@@ -159,10 +160,11 @@ pub fn run(
         housekeeping.abort();
         worker.access_log.flush();
     });
-    // Lua tasks go with the LocalSet; then the Lua states, while thread-locals still exist.
+    // Plugin tasks go with the LocalSet; then the instances, while thread-locals still exist.
     drop(local);
-    crate::lua::clear_worker();
-    crate::wasm::filter::clear_worker();
+    for host in &worker.shared.config.plugins {
+        host.stop_worker();
+    }
 }
 
 /// Flushes the access log and sweeps stale pooled connections.
@@ -172,8 +174,10 @@ async fn housekeeping(worker: Rc<Worker>) {
     loop {
         tick.tick().await;
         worker.access_log.flush();
-        // Wasm plugins' proxy_on_tick / proxy_on_queue_ready, also when idle.
-        crate::wasm::filter::housekeeping();
+        // Plugin timers (Wasm proxy_on_tick / proxy_on_queue_ready) and rebuilds, also when idle.
+        for host in &worker.shared.config.plugins {
+            host.housekeeping();
+        }
         n = n.wrapping_add(1);
         if n.is_multiple_of(10) {
             worker.pool.sweep();

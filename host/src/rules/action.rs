@@ -21,27 +21,40 @@ use super::format::LogFormat;
 use super::{Env, at_string, did_you_mean, parse_var_name, suggest};
 use crate::config::ConfigError;
 use crate::config::schema::{DenySpec, RawRule};
-use crate::filter::{Flow, Reply};
+use crate::filter::{Filter, Flow, Phases as FilterPhases, Reply};
 use crate::txn::{BackendChoice, Phase, Txn, VarScope};
 
-/// A compiled action; runs when its rule's condition holds.
-pub trait Action: Send + Sync + fmt::Debug {
-    /// Performs the action in the current phase (`txn.phase`).
-    fn apply(&self, txn: &mut Txn) -> Flow;
+/// A built-in action as a filter: runs its `run` in the head hook of the
+/// phase its rule was declared in (the rule's condition is checked by
+/// [`super::RuleFilter`] first).
+pub struct HeadAction<A> {
+    phase: Phase,
+    act: A,
+    run: fn(&A, &mut Txn) -> Flow,
+}
 
-    /// Continues after `apply` returned [`Flow::Wait`] (for actions that wait, e.g. Lua).
-    fn resume(&self, _txn: &mut Txn) -> Flow {
-        Flow::Continue
+impl<A: fmt::Debug> fmt::Debug for HeadAction<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.act.fmt(f)
+    }
+}
+
+impl<A: fmt::Debug + Send + Sync> Filter for HeadAction<A> {
+    fn name(&self) -> &str {
+        "action"
     }
 
-    /// Whether an `http_request` action also runs in the response phase (a
-    /// Wasm filter, whose one context spans both phases as in Envoy).
-    fn spans_phases(&self) -> bool {
-        false
+    fn phases(&self) -> FilterPhases {
+        FilterPhases::head(self.phase)
     }
 
-    /// The exchange is over (runs for actions compiled into the chain's log list).
-    fn on_log(&self, _txn: &Txn) {}
+    fn on_request(&self, txn: &mut Txn) -> Flow {
+        (self.run)(&self.act, txn)
+    }
+
+    fn on_response(&self, txn: &mut Txn) -> Flow {
+        (self.run)(&self.act, txn)
+    }
 }
 
 /// The phases an action may be used in.
@@ -70,9 +83,24 @@ pub struct RuleEnv<'a> {
     pub env: Env<'a>,
     /// Span of the whole rule (for errors about missing keys).
     pub span: Range<usize>,
+    /// The action's key (`set_header`, `lua`, ...).
+    pub key: &'static str,
 }
 
 impl RuleEnv<'_> {
+    /// A built-in action running `run` in this rule's phase.
+    pub fn head<A: fmt::Debug + Send + Sync + 'static>(
+        &self,
+        run: fn(&A, &mut Txn) -> Flow,
+        act: A,
+    ) -> Box<dyn Filter> {
+        Box::new(HeadAction {
+            phase: self.env.phase,
+            act,
+            run,
+        })
+    }
+
     /// An error at `span`.
     pub fn error(&self, span: Range<usize>, msg: impl Into<String>) -> ConfigError {
         self.env.ctx.source.error(span, msg)
@@ -114,7 +142,7 @@ impl RuleEnv<'_> {
 }
 
 /// Builds an action from a rule whose keys were already checked.
-pub type ActionBuilder = fn(&RawRule, &RuleEnv<'_>) -> Result<Box<dyn Action>, ConfigError>;
+pub type ActionBuilder = fn(&RawRule, &RuleEnv<'_>) -> Result<Box<dyn Filter>, ConfigError>;
 
 /// A registry entry for an action.
 pub struct ActionDef {
@@ -146,9 +174,9 @@ pub static ACTIONS: &[ActionDef] = &[
     ActionDef { key: "set_var", modifiers: &["value", "expr"], phases: Phases::Both, phase_note: "", build: build_set_var },
     ActionDef { key: "unset_var", modifiers: &[], phases: Phases::Both, phase_note: "", build: build_unset_var },
     ActionDef { key: "use_backend", modifiers: &[], phases: Phases::Request, phase_note: "the backend is chosen before the request is sent", build: build_use_backend },
-    ActionDef { key: "lua", modifiers: &["args"], phases: Phases::Both, phase_note: "", build: crate::lua::build_action },
-    ActionDef { key: "wasm", modifiers: &[], phases: Phases::Both, phase_note: "", build: crate::wasm::config::build_action },
-    ActionDef { key: "use_service", modifiers: &[], phases: Phases::Request, phase_note: "a service answers the request", build: crate::lua::build_service },
+    ActionDef { key: "lua", modifiers: &["args"], phases: Phases::Both, phase_note: "", build: super::ext::build_action },
+    ActionDef { key: "wasm", modifiers: &[], phases: Phases::Both, phase_note: "", build: super::ext::build_action },
+    ActionDef { key: "use_service", modifiers: &[], phases: Phases::Request, phase_note: "a service answers the request", build: super::ext::build_service },
     ActionDef { key: "track_sc0", modifiers: &["table"], phases: Phases::Request, phase_note: "tracking starts with the request", build: super::stick::build_track },
     ActionDef { key: "track_sc1", modifiers: &["table"], phases: Phases::Request, phase_note: "tracking starts with the request", build: super::stick::build_track },
     ActionDef { key: "track_sc2", modifiers: &["table"], phases: Phases::Request, phase_note: "tracking starts with the request", build: super::stick::build_track },
@@ -340,7 +368,7 @@ struct ReturnAction {
     headers: ExtraHeaders,
 }
 
-impl Action for ReturnAction {
+impl ReturnAction {
     fn apply(&self, txn: &mut Txn) -> Flow {
         let body = match &self.body {
             Some(Body::Const(b)) => b.clone(),
@@ -363,7 +391,7 @@ impl Action for ReturnAction {
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
-fn build_return(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, ConfigError> {
+fn build_return(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Filter>, ConfigError> {
     let st = re.key(&raw.return_status, "return")?;
     let status = status_in(re, st, 200, 599, "the status of return")?;
     let headers = ExtraHeaders::new(re, raw)?;
@@ -407,12 +435,15 @@ fn build_return(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, Conf
         }
         None => None,
     };
-    Ok(Box::new(ReturnAction {
-        status,
-        content_type,
-        body,
-        headers,
-    }))
+    Ok(re.head(
+        ReturnAction::apply,
+        ReturnAction {
+            status,
+            content_type,
+            body,
+            headers,
+        },
+    ))
 }
 
 #[derive(Debug)]
@@ -422,7 +453,7 @@ struct DenyAction {
     headers: ExtraHeaders,
 }
 
-impl Action for DenyAction {
+impl DenyAction {
     fn apply(&self, txn: &mut Txn) -> Flow {
         // HAProxy's page (the body was built at load for statuses without one);
         // marked so `errorfiles` can replace it, as HAProxy's errorfile does.
@@ -437,7 +468,7 @@ impl Action for DenyAction {
     }
 }
 
-fn build_deny(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, ConfigError> {
+fn build_deny(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Filter>, ConfigError> {
     let d = re.key(&raw.deny, "deny")?;
     let status = match d.get_ref() {
         // Like HAProxy, a denied response becomes a 502: the client did nothing wrong.
@@ -454,11 +485,14 @@ fn build_deny(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, Config
             "the status of deny",
         )?,
     };
-    Ok(Box::new(DenyAction {
-        status,
-        body: crate::error::body(status),
-        headers: ExtraHeaders::new(re, raw)?,
-    }))
+    Ok(re.head(
+        DenyAction::apply,
+        DenyAction {
+            status,
+            body: crate::error::body(status),
+            headers: ExtraHeaders::new(re, raw)?,
+        },
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -482,7 +516,7 @@ struct RedirectAction {
     headers: ExtraHeaders,
 }
 
-impl Action for RedirectAction {
+impl RedirectAction {
     fn apply(&self, txn: &mut Txn) -> Flow {
         let mut loc = String::new();
         match &self.target {
@@ -528,7 +562,7 @@ impl Action for RedirectAction {
     }
 }
 
-fn build_redirect(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, ConfigError> {
+fn build_redirect(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Filter>, ConfigError> {
     let target = if let Some(loc) = &raw.redirect {
         let f = re.log_format(loc)?;
         if f.as_literal() == Some("") {
@@ -585,11 +619,14 @@ fn build_redirect(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, Co
         }
         None => StatusCode::FOUND,
     };
-    Ok(Box::new(RedirectAction {
-        target,
-        code,
-        headers: ExtraHeaders::new(re, raw)?,
-    }))
+    Ok(re.head(
+        RedirectAction::apply,
+        RedirectAction {
+            target,
+            code,
+            headers: ExtraHeaders::new(re, raw)?,
+        },
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -603,7 +640,7 @@ struct SetHeader {
     append: bool,
 }
 
-impl Action for SetHeader {
+impl SetHeader {
     fn apply(&self, txn: &mut Txn) -> Flow {
         if let Some(v) = self.value.render(txn, self.name.as_str()) {
             let headers = txn.headers_mut();
@@ -617,7 +654,7 @@ impl Action for SetHeader {
     }
 }
 
-fn build_set_header(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, ConfigError> {
+fn build_set_header(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Filter>, ConfigError> {
     let (key, append) = match (&raw.set_header, &raw.add_header) {
         (Some(_), _) => ("set_header", false),
         _ => ("add_header", true),
@@ -645,11 +682,14 @@ fn build_set_header(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, 
         &raw.value,
         &format!("`{key}` needs `value = \"...\"` (the header value, a log-format string)"),
     )?;
-    Ok(Box::new(SetHeader {
-        value: ValueSpec::new(re, v, "header value")?,
-        name,
-        append,
-    }))
+    Ok(re.head(
+        SetHeader::apply,
+        SetHeader {
+            value: ValueSpec::new(re, v, "header value")?,
+            name,
+            append,
+        },
+    ))
 }
 
 #[derive(Debug)]
@@ -657,18 +697,21 @@ struct DelHeader {
     name: HeaderName,
 }
 
-impl Action for DelHeader {
+impl DelHeader {
     fn apply(&self, txn: &mut Txn) -> Flow {
         txn.headers_mut().remove(&self.name);
         Flow::Continue
     }
 }
 
-fn build_del_header(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, ConfigError> {
+fn build_del_header(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Filter>, ConfigError> {
     let n = re.key(&raw.del_header, "del_header")?;
-    Ok(Box::new(DelHeader {
-        name: header_name(re, n.get_ref(), n.span())?,
-    }))
+    Ok(re.head(
+        DelHeader::apply,
+        DelHeader {
+            name: header_name(re, n.get_ref(), n.span())?,
+        },
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -680,7 +723,7 @@ struct SetPath {
     path: LogFormat,
 }
 
-impl Action for SetPath {
+impl SetPath {
     fn apply(&self, txn: &mut Txn) -> Flow {
         let mut p = self.path.render_string(txn);
         if !p.starts_with('/') {
@@ -705,7 +748,7 @@ impl Action for SetPath {
     }
 }
 
-fn build_set_path(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, ConfigError> {
+fn build_set_path(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Filter>, ConfigError> {
     let s = re.key(&raw.set_path, "set_path")?;
     let path = re.log_format(s)?;
     if let Some(lit) = path.as_literal() {
@@ -716,7 +759,7 @@ fn build_set_path(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, Co
             return Err(re.error(s.span(), format!("invalid set_path {lit:?}: a path starts with '/' and has no query or spaces (the query is kept)")));
         }
     }
-    Ok(Box::new(SetPath { path }))
+    Ok(re.head(SetPath::apply, SetPath { path }))
 }
 
 #[derive(Debug)]
@@ -724,18 +767,21 @@ struct SetStatus {
     status: StatusCode,
 }
 
-impl Action for SetStatus {
+impl SetStatus {
     fn apply(&self, txn: &mut Txn) -> Flow {
         txn.status = self.status;
         Flow::Continue
     }
 }
 
-fn build_set_status(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, ConfigError> {
+fn build_set_status(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Filter>, ConfigError> {
     let s = re.key(&raw.set_status, "set_status")?;
-    Ok(Box::new(SetStatus {
-        status: status_in(re, s, 200, 599, "set_status")?,
-    }))
+    Ok(re.head(
+        SetStatus::apply,
+        SetStatus {
+            status: status_in(re, s, 200, 599, "set_status")?,
+        },
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -755,7 +801,7 @@ struct SetVar {
     source: VarSource,
 }
 
-impl Action for SetVar {
+impl SetVar {
     fn apply(&self, txn: &mut Txn) -> Flow {
         let value = match &self.source {
             VarSource::Text(f) => Some(crate::txn::Sample::Str(f.render_string(txn))),
@@ -775,7 +821,7 @@ fn var_target(re: &RuleEnv<'_>, s: &Spanned<String>) -> Result<(VarScope, Box<st
         .map_err(|m| re.error(s.span(), m))
 }
 
-fn build_set_var(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, ConfigError> {
+fn build_set_var(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Filter>, ConfigError> {
     let target = re.key(&raw.set_var, "set_var")?;
     let (scope, name) = var_target(re, target)?;
     let source = match (&raw.value, &raw.expr) {
@@ -791,11 +837,14 @@ fn build_set_var(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, Con
             return Err(re.error(target.span(), "set_var needs `value = \"...\"` (log-format text) or `expr = \"...\"` (a typed fetch expression such as \"req.hdr(host),lower\")"));
         }
     };
-    Ok(Box::new(SetVar {
-        scope,
-        name,
-        source,
-    }))
+    Ok(re.head(
+        SetVar::apply,
+        SetVar {
+            scope,
+            name,
+            source,
+        },
+    ))
 }
 
 #[derive(Debug)]
@@ -804,17 +853,17 @@ struct UnsetVar {
     name: Box<str>,
 }
 
-impl Action for UnsetVar {
+impl UnsetVar {
     fn apply(&self, txn: &mut Txn) -> Flow {
         txn.unset_var(self.scope, &self.name);
         Flow::Continue
     }
 }
 
-fn build_unset_var(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, ConfigError> {
+fn build_unset_var(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Filter>, ConfigError> {
     let target = re.key(&raw.unset_var, "unset_var")?;
     let (scope, name) = var_target(re, target)?;
-    Ok(Box::new(UnsetVar { scope, name }))
+    Ok(re.head(UnsetVar::apply, UnsetVar { scope, name }))
 }
 
 // ---------------------------------------------------------------------------
@@ -832,7 +881,7 @@ struct UseBackend {
     target: BackendTarget,
 }
 
-impl Action for UseBackend {
+impl UseBackend {
     fn apply(&self, txn: &mut Txn) -> Flow {
         // The first matching use_backend wins.
         if txn.backend.is_some() {
@@ -849,19 +898,25 @@ impl Action for UseBackend {
     }
 }
 
-fn build_use_backend(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, ConfigError> {
+fn build_use_backend(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Filter>, ConfigError> {
     let b = re.key(&raw.use_backend, "use_backend")?;
     let name = b.get_ref();
     if name.contains("%[") {
-        return Ok(Box::new(UseBackend {
-            target: BackendTarget::Dynamic(re.log_format(b)?),
-        }));
+        return Ok(re.head(
+            UseBackend::apply,
+            UseBackend {
+                target: BackendTarget::Dynamic(re.log_format(b)?),
+            },
+        ));
     }
     let backends = re.env.ctx.backends;
     match backends.get(name) {
-        Some(&i) => Ok(Box::new(UseBackend {
-            target: BackendTarget::Fixed(i),
-        })),
+        Some(&i) => Ok(re.head(
+            UseBackend::apply,
+            UseBackend {
+                target: BackendTarget::Fixed(i),
+            },
+        )),
         None => {
             let hint = suggest(name, backends.keys().map(String::as_str))
                 .map(did_you_mean)
@@ -892,23 +947,38 @@ mod tests {
         Some(Spanned::new(0..0, v))
     }
 
-    fn build(raw: &RawRule, phase: Phase) -> Result<Box<dyn Action>, ConfigError> {
+    fn build(raw: &RawRule, phase: Phase) -> Result<Box<dyn Filter>, ConfigError> {
         let (source, backends) = ctx_parts();
         let cx = crate::rules::CompileCtx {
             source: &source,
             backends: &backends,
-            plugins: crate::lua::Plugins::empty(),
+            plugins: crate::rules::ext::Extensions::empty(),
             tables: crate::stick::StickTables::none(),
-        };
-        let re = RuleEnv {
-            env: Env { ctx: &cx, phase },
-            span: 0..0,
         };
         let key = rule_keys(raw)
             .into_iter()
             .find_map(|(k, _)| find_action(k))
             .expect("rule has an action");
+        let re = RuleEnv {
+            env: Env { ctx: &cx, phase },
+            span: 0..0,
+            key: key.key,
+        };
         (key.build)(raw, &re)
+    }
+
+    /// Runs a built action's head hook for the transaction's phase.
+    trait Apply {
+        fn apply(&self, t: &mut Txn) -> Flow;
+    }
+
+    impl Apply for Box<dyn Filter> {
+        fn apply(&self, t: &mut Txn) -> Flow {
+            match t.phase {
+                Phase::Request => self.on_request(t),
+                Phase::Response => self.on_response(t),
+            }
+        }
     }
 
     fn reply(flow: Flow) -> Reply {

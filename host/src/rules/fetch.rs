@@ -1337,7 +1337,7 @@ pub static FETCHES: &[FetchDef] = &[
     FetchDef { name: "http_version", usage: "http_version", args: (0, 0), kind: Kind::Str, avail: Avail::Both, build: |_, _| simple(f_version) },
     FetchDef { name: "req.ver", usage: "req.ver", args: (0, 0), kind: Kind::Str, avail: Avail::Both, build: |_, _| simple(f_version) },
     FetchDef { name: "date", usage: "date", args: (0, 0), kind: Kind::Int, avail: Avail::Both, build: |_, _| simple(f_date) },
-    FetchDef { name: "lua.*", usage: "lua.<fetch>([<args>])", args: (0, 16), kind: Kind::Any, avail: Avail::Both, build: crate::lua::build_fetch },
+    FetchDef { name: "lua.*", usage: "lua.<fetch>([<args>])", args: (0, 16), kind: Kind::Any, avail: Avail::Both, build: crate::rules::ext::build_fetch },
 ];
 
 // ---------------------------------------------------------------------------
@@ -1848,7 +1848,7 @@ pub static CONVERTERS: &[ConvDef] = &[
     ConvDef { name: "hmac", usage: "hmac(<algorithm>,<base64 key or variable>)", args: (2, 2), out: Some(Kind::Bin), build: super::crypto::hmac_conv },
     ConvDef { name: "b64dec", usage: "b64dec", args: (0, 0), out: Some(Kind::Bin), build: super::crypto::b64dec_conv },
     ConvDef { name: "crc32", usage: "crc32([<avalanche>])", args: (0, 1), out: Some(Kind::Int), build: super::crypto::crc32_conv },
-    ConvDef { name: "lua.*", usage: "lua.<converter>([<args>])", args: (0, 16), out: Some(Kind::Any), build: crate::lua::build_converter },
+    ConvDef { name: "lua.*", usage: "lua.<converter>([<args>])", args: (0, 16), out: Some(Kind::Any), build: crate::rules::ext::build_converter },
 ];
 
 #[cfg(test)]
@@ -1861,7 +1861,7 @@ mod tests {
         let cx = crate::rules::CompileCtx {
             source: &source,
             backends: &backends,
-            plugins: crate::lua::Plugins::empty(),
+            plugins: crate::rules::ext::Extensions::empty(),
             tables: crate::stick::StickTables::none(),
         };
         let env = Env { ctx: &cx, phase };
@@ -1882,7 +1882,7 @@ mod tests {
         let cx = crate::rules::CompileCtx {
             source: &source,
             backends: &backends,
-            plugins: crate::lua::Plugins::empty(),
+            plugins: crate::rules::ext::Extensions::empty(),
             tables: crate::stick::StickTables::none(),
         };
         let env = Env { ctx: &cx, phase };

@@ -134,7 +134,7 @@ mod tests {
         let cx = crate::rules::CompileCtx {
             source: &source,
             backends: &backends,
-            plugins: crate::lua::Plugins::empty(),
+            plugins: crate::rules::ext::Extensions::empty(),
             tables: crate::stick::StickTables::none(),
         };
         let env = Env {

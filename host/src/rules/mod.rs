@@ -14,6 +14,7 @@
 pub mod action;
 pub mod cond;
 pub mod crypto;
+pub mod ext;
 pub mod fetch;
 pub mod format;
 pub mod pattern;
@@ -27,14 +28,15 @@ use std::sync::Arc;
 use strsim::levenshtein;
 use toml::Spanned;
 
-pub use action::{Action, ActionDef, RuleEnv};
+pub use action::{ActionDef, RuleEnv};
 pub use cond::Condition;
+pub use ext::{Extensions, RuleExtension};
 pub use fetch::{Expr, Kind, Value};
 pub use format::LogFormat;
 
 use crate::config::schema::RawRule;
 use crate::config::{ConfigError, SourceMap};
-use crate::filter::{Chain, Filter, Flow};
+use crate::filter::{BodyFlow, BodyLimits, Chain, Filter, Flow, Phases};
 use crate::txn::{Phase, Txn, VarScope};
 
 /// What rule compilation may refer to.
@@ -42,8 +44,8 @@ pub struct CompileCtx<'a> {
     pub source: &'a SourceMap,
     /// Backend name → index in the config.
     pub backends: &'a HashMap<String, usize>,
-    /// Lua plugins and what they registered (actions, fetches, converters, services).
-    pub plugins: &'a crate::lua::Plugins,
+    /// The plugin hosts and what they registered (actions, fetches, converters, services).
+    pub plugins: &'a Extensions,
     /// Stick tables that `track_sc*`, `sc*_` / `src_` / `table_` fetches may name.
     pub tables: &'a crate::stick::StickTables,
 }
@@ -76,41 +78,23 @@ impl ParseError {
     }
 }
 
-/// Compiles a frontend's `http_request` and `http_response` lists into its filter chain.
+/// Compiles a frontend's `http_request` and `http_response` lists into its
+/// filter chain; each filter is placed by the hooks it takes part in
+/// ([`Chain::assemble`]).
 pub fn compile_chain(
     request: &[Spanned<RawRule>],
     response: &[Spanned<RawRule>],
     cx: &CompileCtx<'_>,
 ) -> Result<Chain, ConfigError> {
-    let mut chain = Chain::default();
-    // Wasm filters of http_request see the response too, before the
-    // http_response rules and in reverse order (Envoy's filter-chain order).
-    let mut spanning = Vec::new();
-    for r in request {
-        let f = compile_rule(r, Phase::Request, cx)?;
-        if r.get_ref().wasm.is_some() {
-            spanning.push(Arc::clone(&f));
-            chain.log.push(Arc::clone(&f));
-        }
-        chain.request.push(f);
-    }
-    chain.response.extend(spanning.into_iter().rev());
-    for r in response {
-        let f = compile_rule(r, Phase::Response, cx)?;
-        if r.get_ref().wasm.is_some() {
-            chain.log.push(Arc::clone(&f));
-        }
-        chain.response.push(f);
-    }
-    // Tracked entries learn how each exchange ended (status class, bytes) at log time.
-    if chain
-        .request
+    let request = request
         .iter()
-        .any(|f| f.name().starts_with("track_sc"))
-    {
-        chain.log.push(Arc::new(stick::StickLog));
-    }
-    Ok(chain)
+        .map(|r| compile_rule(r, Phase::Request, cx))
+        .collect::<Result<Vec<_>, _>>()?;
+    let response = response
+        .iter()
+        .map(|r| compile_rule(r, Phase::Response, cx))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Chain::assemble(request, response))
 }
 
 fn list_name(phase: Phase) -> &'static str {
@@ -211,42 +195,44 @@ pub fn compile_rule(
     let re = RuleEnv {
         env,
         span: rule.span(),
+        key: def.key,
     };
-    let action = (def.build)(raw, &re)?;
-    Ok(Arc::new(RuleFilter::new(def.key, phase, cond, action)))
+    let inner = (def.build)(raw, &re)?;
+    Ok(Arc::new(RuleFilter::new(def.key, phase, cond, inner)))
 }
 
-/// One compiled rule: runs its action in its phase when its condition holds.
+/// One compiled rule: an optional condition guarding a filter (a built-in
+/// action, a Lua action or service, a Wasm filter).
+///
+/// The condition is checked once, at the head hook of the phase the rule
+/// was declared in; a filter that also takes part in later hooks (a Wasm
+/// filter declared in `http_request` sees the response and both bodies)
+/// knows per request whether it ran, so those hooks go to it directly.
 pub struct RuleFilter {
     name: &'static str,
     phase: Phase,
     cond: Option<Condition>,
-    action: Box<dyn Action>,
+    inner: Box<dyn Filter>,
 }
 
 impl RuleFilter {
-    /// A rule named `name` (its action key) for `phase`.
+    /// A rule named `name` (its action key) declared in the `phase` list.
     pub fn new(
         name: &'static str,
         phase: Phase,
         cond: Option<Condition>,
-        action: Box<dyn Action>,
+        inner: Box<dyn Filter>,
     ) -> RuleFilter {
         RuleFilter {
             name,
             phase,
             cond,
-            action,
+            inner,
         }
     }
 
-    fn run(&self, txn: &mut Txn) -> Flow {
-        if let Some(c) = &self.cond
-            && !c.holds(txn)
-        {
-            return Flow::Continue;
-        }
-        self.action.apply(txn)
+    fn holds(&self, txn: &Txn) -> bool {
+        self.cond.as_ref().is_none_or(|c| c.holds(txn))
     }
 }
 
@@ -256,7 +242,6 @@ impl fmt::Debug for RuleFilter {
             .field("name", &self.name)
             .field("phase", &self.phase)
             .field("cond", &self.cond)
-            .field("action", &self.action)
             .finish()
     }
 }
@@ -266,33 +251,42 @@ impl Filter for RuleFilter {
         self.name
     }
 
+    fn phases(&self) -> Phases {
+        self.inner.phases()
+    }
+
     fn on_request(&self, txn: &mut Txn) -> Flow {
-        // A rule only ever sits in its own phase's list; the check is a cheap safety net.
-        if self.phase == Phase::Request {
-            self.run(txn)
-        } else {
-            Flow::Continue
+        if self.phase == Phase::Request && !self.holds(txn) {
+            return Flow::Continue;
         }
+        self.inner.on_request(txn)
     }
 
     fn on_response(&self, txn: &mut Txn) -> Flow {
-        if self.phase == Phase::Response {
-            self.run(txn)
-        } else if self.action.spans_phases() {
-            // The condition was checked in the request phase; the action knows
-            // whether it ran there.
-            self.action.apply(txn)
-        } else {
-            Flow::Continue
+        if self.phase == Phase::Response && !self.holds(txn) {
+            return Flow::Continue;
         }
+        self.inner.on_response(txn)
     }
 
     fn resume(&self, txn: &mut Txn) -> Flow {
-        self.action.resume(txn)
+        self.inner.resume(txn)
+    }
+
+    fn body_limits(&self, txn: &Txn) -> Option<BodyLimits> {
+        self.inner.body_limits(txn)
+    }
+
+    fn on_body(&self, txn: &mut Txn, end_of_stream: bool) -> BodyFlow {
+        self.inner.on_body(txn, end_of_stream)
+    }
+
+    fn on_trailers(&self, txn: &mut Txn) -> BodyFlow {
+        self.inner.on_trailers(txn)
     }
 
     fn on_log(&self, txn: &Txn) {
-        self.action.on_log(txn);
+        self.inner.on_log(txn);
     }
 }
 
@@ -379,7 +373,8 @@ pub(crate) mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::{BindCheck, Config};
+    use crate::config::BindCheck;
+    use crate::runtime::Runtime as Config;
     use crate::txn::{BackendChoice, Sample};
 
     /// A source map and backend table for unit tests (`api` = 0, `static` = 1).
@@ -410,7 +405,7 @@ default_backend = "api"
 "#;
 
     fn load(rules: &str) -> Result<Config, ConfigError> {
-        crate::config::parse(
+        crate::runtime::parse(
             Path::new("t.toml"),
             &format!("{HEAD}{rules}"),
             BindCheck::Skip,
@@ -760,7 +755,7 @@ http_response = [
         let cx = CompileCtx {
             source: &source,
             backends: &backends,
-            plugins: crate::lua::Plugins::empty(),
+            plugins: crate::rules::ext::Extensions::empty(),
             tables: crate::stick::StickTables::none(),
         };
         let env = Env {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use toml::Spanned;
 
-use super::action::{Action, RuleEnv};
+use super::action::RuleEnv;
 use super::fetch::{Arg, Call, Expr, Fetch, Value};
 use super::format::LogFormat;
 use super::{Env, ParseError, did_you_mean, suggest};
@@ -480,7 +480,7 @@ struct Track {
     table: Arc<StickTable>,
 }
 
-impl Action for Track {
+impl Track {
     fn apply(&self, txn: &mut Txn) -> Flow {
         if txn.sc.is_tracked(self.counter) {
             return Flow::Continue;
@@ -507,7 +507,7 @@ impl Action for Track {
 }
 
 /// Builds `track_sc0`, `track_sc1` and `track_sc2`.
-pub fn build_track(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, ConfigError> {
+pub fn build_track(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Filter>, ConfigError> {
     let (counter, expr) = match (&raw.track_sc0, &raw.track_sc1, &raw.track_sc2) {
         (Some(e), _, _) => (0, e),
         (_, Some(e), _) => (1, e),
@@ -521,11 +521,14 @@ pub fn build_track(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, C
         None => only_table(tables, &format!("track_sc{counter}"))
             .map_err(|m| re.error(expr.span(), format!("{m}; add table = \"<name>\"")))?,
     };
-    Ok(Box::new(Track {
-        counter,
-        key,
-        table,
-    }))
+    Ok(re.head(
+        Track::apply,
+        Track {
+            counter,
+            key,
+            table,
+        },
+    ))
 }
 
 /// `[idx, sc]` of `sc_inc_gpc` / `sc_clr_gpc` / `sc_set_gpt` (HAProxy's argument order).
@@ -604,7 +607,7 @@ struct Gp {
     op: GpOp,
 }
 
-impl Action for Gp {
+impl Gp {
     fn apply(&self, txn: &mut Txn) -> Flow {
         let Some(t) = txn.sc.get(self.counter) else {
             return Flow::Continue;
@@ -646,7 +649,7 @@ impl Action for Gp {
 }
 
 /// Builds `sc_inc_gpc`, `sc_clr_gpc` and `sc_set_gpt`.
-pub fn build_gp(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, ConfigError> {
+pub fn build_gp(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Filter>, ConfigError> {
     let (key, v) = match (&raw.sc_inc_gpc, &raw.sc_clr_gpc, &raw.sc_set_gpt) {
         (Some(v), _, _) => ("sc_inc_gpc", v),
         (_, Some(v), _) => ("sc_clr_gpc", v),
@@ -695,35 +698,21 @@ pub fn build_gp(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, Conf
             }
         }
     };
-    Ok(Box::new(Gp { idx, counter, op }))
+    Ok(re.head(Gp::apply, Gp { idx, counter, op }))
 }
 
 // ---------------------------------------------------------------------------
 // The log filter
 // ---------------------------------------------------------------------------
 
-/// Records each exchange's outcome (`http_err_*`, `http_fail_*`, `bytes_*`)
-/// in the entries the request tracks; added to a chain that has `track_sc*`.
-#[derive(Debug)]
-pub struct StickLog;
-
-impl Filter for StickLog {
-    fn name(&self) -> &str {
-        "stick_counters"
-    }
-
-    fn on_log(&self, txn: &Txn) {
-        txn.sc.record_outcome(&txn.outcome);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
     use std::path::Path;
 
-    use crate::config::{BindCheck, SourceMap, parse};
+    use crate::config::{BindCheck, SourceMap};
     use crate::filter::Flow;
+    use crate::runtime::parse;
     use crate::txn::Txn;
 
     const HEAD: &str = r#"[[stick_table]]
@@ -833,7 +822,8 @@ default_backend = "app"
         )
         .expect("loads");
         let chain = &cfg.frontends[0].chain;
-        assert_eq!(chain.log.len(), 1, "the outcome recorder is added");
+        // Outcomes are recorded by the exchange itself, not by a log filter.
+        assert!(chain.log.is_empty());
         let table = cfg.tables.get("a").expect("a");
         let run = || {
             let mut t = Txn::for_test("/", SocketAddr::from(([10, 0, 0, 1], 1)));

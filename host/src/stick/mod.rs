@@ -9,7 +9,7 @@
 //! - [`api`]: the one operation set that the admin API, Lua and Wasm bind.
 //!
 //! Tables are created when the config loads and live in
-//! [`crate::config::Config::tables`]; compiled rules hold `Arc`s to them.
+//! [`crate::runtime::Runtime::tables`]; compiled rules hold `Arc`s to them.
 
 pub mod api;
 pub mod clock;

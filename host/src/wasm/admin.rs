@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::{Value, json};
 
-use super::{FailKind, OnError, WasmPlugin};
+use super::{FailKind, WasmPlugin};
 
 /// One Wasm plugin's JSON document: limits, memory, calls, failures by kind, rebuilds.
 pub fn plugin_json(p: &WasmPlugin) -> Value {
@@ -20,10 +20,7 @@ pub fn plugin_json(p: &WasmPlugin) -> Value {
     json!({
         "name": p.name(),
         "kind": "wasm",
-        "on_error": match spec.on_error {
-            OnError::FailOpen => "fail_open",
-            OnError::FailClosed => "fail_closed",
-        },
+        "on_error": spec.on_error.as_str(),
         "memory_limit": spec.limits.memory,
         "cpu_limit_us": u64::try_from(spec.limits.cpu.as_micros()).unwrap_or(u64::MAX),
         "memory_in_use": s.memory_bytes.load(Relaxed),
@@ -37,11 +34,11 @@ pub fn plugin_json(p: &WasmPlugin) -> Value {
     })
 }
 
-pub use crate::admin::metrics::Family;
-use crate::admin::metrics::Writer;
+pub use crate::metrics::Family;
+use crate::metrics::Writer;
 
 fn label(p: &WasmPlugin) -> String {
-    crate::admin::metrics::label("plugin", p.name())
+    crate::metrics::label("plugin", p.name())
 }
 
 /// The Wasm plugins' metric families.

@@ -16,7 +16,8 @@ use toml::Spanned;
 use super::{Limits, OnError, PluginSpec, WasmFilter, WasmPlugin};
 use crate::config::schema::{RawPlugin, RawRule};
 use crate::config::{Backend, ConfigError, SourceMap};
-use crate::rules::{Action, RuleEnv};
+use crate::filter::Filter;
+use crate::rules::RuleEnv;
 
 /// Loads every `[[plugin]]` that has `wasm =` (the others are Lua's).
 pub fn load_plugins(
@@ -172,11 +173,14 @@ fn load_one(
 }
 
 /// Builds a `{ wasm = "<plugin>" }` rule.
-pub fn build_action(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Action>, ConfigError> {
+pub fn build_action(
+    plugins: &[Arc<WasmPlugin>],
+    raw: &RawRule,
+    re: &RuleEnv<'_>,
+) -> Result<Box<dyn Filter>, ConfigError> {
     let Some(name) = &raw.wasm else {
         return Err(re.error(re.span.clone(), "internal error: `wasm` missing"));
     };
-    let plugins = &re.env.ctx.plugins.wasm;
     let Some(p) = plugins.iter().find(|p| p.name() == name.get_ref()) else {
         let known: Vec<&str> = plugins.iter().map(|p| p.name()).collect();
         let hint = crate::rules::suggest(name.get_ref(), known.iter().copied())

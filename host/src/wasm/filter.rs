@@ -14,7 +14,7 @@ use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::OnError;
 use super::instance::{
@@ -22,27 +22,30 @@ use super::instance::{
     StreamWaker, Verdict,
 };
 use super::module::WasmPlugin;
-use crate::error::{ClientError, ErrorSource, PluginFailure, ServerError};
-use crate::filter::{Flow, WaitFuture};
-use crate::txn::{BufferedBody, Phase, Txn};
+use crate::error::ErrorSource;
+use crate::filter::{BodyFlow, BodyLimits, BodyTap, Filter, Flow, Phases, WaitFuture};
+use crate::txn::{Phase, Txn};
 
-/// First back-off after a failure; doubles per consecutive failure.
-const BACKOFF_MIN: Duration = Duration::from_millis(10);
-/// Longest back-off between rebuilds.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// One worker's instance of one plugin and its failure history.
+/// One worker's instance of one plugin ([`crate::plugin::Slot`]: instance,
+/// generation, back-off) and the plugin, so housekeeping can rebuild a dead
+/// instance without a request.
 #[derive(Default)]
 struct Slot {
-    inst: Option<PluginInstance>,
-    /// The plugin, so housekeeping can rebuild a dead instance without a request.
     plugin: Option<Arc<WasmPlugin>>,
-    /// Bumped on every (re)build, so contexts of a dead instance are recognised.
-    generation: u64,
-    /// Consecutive failures (reset by a successful call).
-    fails: u32,
-    /// No rebuild before this instant.
-    retry_at: Option<Instant>,
+    worker: crate::plugin::Slot<PluginInstance>,
+}
+
+impl std::ops::Deref for Slot {
+    type Target = crate::plugin::Slot<PluginInstance>;
+    fn deref(&self) -> &Self::Target {
+        &self.worker
+    }
+}
+
+impl std::ops::DerefMut for Slot {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.worker
+    }
 }
 
 thread_local! {
@@ -72,42 +75,7 @@ struct Held {
     cref: CtxRef,
     /// Set once the log hook finished the context (nothing left to clean up).
     done: std::cell::Cell<bool>,
-    /// The request / response body was taken for the body hooks (at most once per phase).
-    body_seen: [std::cell::Cell<bool>; 2],
 }
-
-/// Why a body could not be buffered for a body hook.
-enum BodyError {
-    /// Larger than the plugin's `max_body`.
-    TooLarge,
-    /// The sender went quiet for longer than the pause timeout.
-    Timeout,
-    /// The body stream failed (reset, malformed chunking).
-    Failed(String),
-}
-
-impl std::fmt::Display for BodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BodyError::TooLarge => f.write_str("body larger than the plugin's buffer limit"),
-            BodyError::Timeout => f.write_str("timeout while reading the body"),
-            BodyError::Failed(e) => write!(f, "body stream failed: {e}"),
-        }
-    }
-}
-
-/// One step of reading a body for the body hooks: what is buffered so far,
-/// and the rest of the stream (`None`: the body ended).
-struct ReadStep {
-    acc: BufferedBody,
-    rest: Option<hyper::body::Incoming>,
-}
-
-/// Where the wait future reading a body for the body hooks leaves it.
-type BodyCell = Rc<RefCell<Option<Result<ReadStep, BodyError>>>>;
-
-/// Stored in `txn.plugin_state` while a body is being read for this filter.
-struct PendingBody(BodyCell);
 
 impl Drop for Held {
     fn drop(&mut self) {
@@ -219,7 +187,7 @@ impl WasmFilter {
                 && let Some(slot) = slots.get_mut(&self.plugin.id)
                 && slot.generation == generation
             {
-                slot.fails = 0;
+                slot.backoff.reset();
             }
         });
     }
@@ -241,7 +209,7 @@ impl WasmFilter {
     fn flow(&self, txn: &mut Txn, cref: CtxRef, out: Outcome) -> Flow {
         match out {
             Outcome::Fail(f) => self.on_error(txn, &f),
-            Outcome::Verdict(Verdict::Continue) => self.take_body(txn, cref),
+            Outcome::Verdict(Verdict::Continue) => Flow::Continue,
             Outcome::Verdict(Verdict::Respond(r)) => Flow::Respond(r),
             Outcome::Verdict(Verdict::Pause) => {
                 let r = self.with_instance(|inst, generation| {
@@ -263,172 +231,49 @@ impl WasmFilter {
         }
     }
 
-    /// After the headers went on: if the plugin has body hooks, reads the
-    /// phase's body frame by frame (bounded by `max_body`) and runs them on
-    /// it (in [`Self::body_read`]); otherwise the body streams past untouched.
-    fn take_body(&self, txn: &mut Txn, cref: CtxRef) -> Flow {
-        let (wants, i) = match txn.phase {
-            Phase::Request => (self.plugin.request_body_hooks, 0),
-            Phase::Response => (self.plugin.response_body_hooks, 1),
+    /// Runs a body hook of the request's context and turns its outcome into a body flow.
+    fn body_flow(
+        &self,
+        txn: &mut Txn,
+        call: impl FnOnce(&mut PluginInstance, CtxRef, &mut Txn) -> Result<Option<Verdict>, Failure>,
+    ) -> BodyFlow {
+        let Some(cref) = self.current(txn) else {
+            return BodyFlow::Continue;
         };
-        let limits = self.plugin.shared().spec.limits;
-        // `max_body_size = 0`: the hooks are off and bodies stream past (SDK
-        // filters export every hook, used or not).
-        if !wants || limits.max_body == 0 {
-            return Flow::Continue;
-        }
-        let Some(held) = txn.plugin_state.peek::<Held>(self.key) else {
-            return Flow::Continue;
-        };
-        if held.body_seen[i].replace(true) {
-            return Flow::Continue;
-        }
-        let (stream, buffered) = match txn.phase {
-            Phase::Request => (&mut txn.req_body, &mut txn.req_buffered),
-            Phase::Response => (&mut txn.resp_body, &mut txn.resp_buffered),
-        };
-        let rest = stream.take().filter(|b| !http_body::Body::is_end_stream(b));
-        match (rest, buffered.take()) {
-            (Some(body), acc) => self.read_more(txn, acc.unwrap_or_default(), body),
-            (None, Some(acc)) => {
-                // An earlier plugin read it all: run the hooks on what it left.
-                *buffered = Some(acc);
-                self.body_hooks(txn, cref, false)
-            }
-            // No body: as in Envoy, the body hooks are not called.
-            (None, None) => Flow::Continue,
-        }
-    }
-
-    /// Waits for the next part of the body (see [`read_step`]).
-    fn read_more(&self, txn: &mut Txn, acc: BufferedBody, body: hyper::body::Incoming) -> Flow {
-        let limits = self.plugin.shared().spec.limits;
-        let cell: BodyCell = Rc::default();
-        txn.plugin_state
-            .put(self.key, Box::new(PendingBody(Rc::clone(&cell))));
-        Flow::Wait(Box::pin(async move {
-            let r = read_step(body, acc, limits.max_body, limits.pause_timeout).await;
-            *cell.borrow_mut() = Some(r);
-        }))
-    }
-
-    /// A part of the body read by [`Self::read_more`] arrived: keep it in the
-    /// transaction and run the hooks (reading on while the guest asks for
-    /// more), or refuse the body.
-    fn body_read(&self, txn: &mut Txn, pending: PendingBody) -> Flow {
-        let r = pending.0.borrow_mut().take();
-        let request = txn.phase == Phase::Request;
-        let err = match r {
-            Some(Ok(step)) => {
-                if request {
-                    txn.req_buffered = Some(step.acc);
-                } else {
-                    txn.resp_buffered = Some(step.acc);
-                }
-                let Some(cref) = self.current(txn) else {
-                    if let Some(rest) = step.rest {
-                        self.put_back(txn, rest);
-                    }
-                    return Flow::Continue;
-                };
-                let Some(rest) = step.rest else {
-                    return self.body_hooks(txn, cref, true);
-                };
-                let out = self.with_instance(|inst, generation| {
-                    if generation != cref.generation {
-                        return Err(gone());
-                    }
-                    inst.body_chunk(cref.ctx, txn)
-                });
-                return match out {
-                    Ok(None) => {
-                        let slot = if request {
-                            &mut txn.req_buffered
-                        } else {
-                            &mut txn.resp_buffered
-                        };
-                        let acc = slot.take().unwrap_or_default();
-                        self.read_more(txn, acc, rest)
-                    }
-                    Ok(Some(v)) => {
-                        // Let go mid-body: what was read goes first, the rest
-                        // streams past, each further chunk through the body
-                        // hook (as in Envoy), unbuffered.
-                        if matches!(v, Verdict::Continue) {
-                            let i = usize::from(!request);
-                            txn.body_taps[i].push(Box::new(WasmTap {
-                                plugin: self.plugin.id,
-                                cref,
-                                phase: txn.phase,
-                                fail_open: matches!(
-                                    self.plugin.shared().spec.on_error,
-                                    OnError::FailOpen
-                                ),
-                                failed: false,
-                            }));
-                        }
-                        self.put_back(txn, rest);
-                        self.flow(txn, cref, Outcome::Verdict(v))
-                    }
-                    Err(f) => {
-                        self.put_back(txn, rest);
-                        self.flow(txn, cref, Outcome::Fail(f))
-                    }
-                };
-            }
-            Some(Err(e)) => e,
-            None => BodyError::Failed("body read abandoned".into()),
-        };
-        tracing::debug!(plugin = %self.plugin.name(), request, "cannot buffer the body for the plugin: {err}");
-        let source = match (request, err) {
-            (true, BodyError::TooLarge) => {
-                ErrorSource::Plugin(PluginFailure::BodyLimit(Phase::Request))
-            }
-            (false, BodyError::TooLarge) => {
-                ErrorSource::Plugin(PluginFailure::BodyLimit(Phase::Response))
-            }
-            (true, BodyError::Timeout) => ErrorSource::Client(ClientError::Timeout),
-            (true, BodyError::Failed(_)) => ErrorSource::Client(ClientError::BadRequest),
-            (false, BodyError::Timeout) => ErrorSource::Server(ServerError::Timeout),
-            (false, BodyError::Failed(_)) => ErrorSource::Server(ServerError::BadResponse),
-        };
-        Flow::Respond(source.reply())
-    }
-
-    /// Puts the unread rest of the phase's body back to be streamed.
-    fn put_back(&self, txn: &mut Txn, rest: hyper::body::Incoming) {
-        match txn.phase {
-            Phase::Request => txn.req_body = Some(rest),
-            Phase::Response => txn.resp_body = Some(rest),
-        }
-    }
-
-    /// At the end of the body: runs the body hook (end of stream unless
-    /// trailers follow) and then the trailers hook (only if there are
-    /// trailers). `streamed`: the guest already saw every data frame through
-    /// [`PluginInstance::body_chunk`], so with trailers only their hook runs,
-    /// as in Envoy.
-    fn body_hooks(&self, txn: &mut Txn, cref: CtxRef, streamed: bool) -> Flow {
-        let buffered = match txn.phase {
-            Phase::Request => txn.req_buffered.as_ref(),
-            Phase::Response => txn.resp_buffered.as_ref(),
-        };
-        let trailers = buffered.is_some_and(|b| !b.trailers.is_empty());
         let out = self.with_instance(|inst, generation| {
             if generation != cref.generation {
                 return Err(gone());
             }
-            if trailers && streamed {
-                return inst.trailers(cref.ctx, txn);
-            }
-            let v = inst.body(cref.ctx, txn, !trailers)?;
-            if trailers && !matches!(v, Verdict::Respond(_)) {
-                return inst.trailers(cref.ctx, txn);
-            }
-            Ok(v)
+            call(inst, cref, txn)
         });
-        let out = out.map_or_else(Outcome::Fail, Outcome::Verdict);
-        self.flow(txn, cref, out)
+        match out {
+            Ok(None) => BodyFlow::StopAndBuffer,
+            // Let go mid-body: what was read goes first, the rest streams
+            // past, each further chunk through the body hook (as in Envoy).
+            Ok(Some(Verdict::Continue)) => BodyFlow::Continue,
+            Ok(Some(v)) => match self.flow(txn, cref, Outcome::Verdict(v)) {
+                Flow::Continue => BodyFlow::Continue,
+                Flow::Respond(r) => BodyFlow::Respond(r),
+                Flow::Wait(f) => BodyFlow::Wait(f),
+            },
+            Err(f) => match self.on_error(txn, &f) {
+                Flow::Respond(r) => BodyFlow::Respond(r),
+                _ => BodyFlow::Continue,
+            },
+        }
+    }
+
+    /// The tap that runs the body hook on each later chunk of a body this
+    /// request's context let go on before its end.
+    fn tap(&self, txn: &Txn) -> Option<Box<dyn BodyTap>> {
+        let cref = self.current(txn)?;
+        Some(Box::new(WasmTap {
+            plugin: self.plugin.id,
+            cref,
+            phase: txn.phase,
+            fail_open: matches!(self.plugin.shared().spec.on_error, OnError::FailOpen),
+            failed: false,
+        }))
     }
 
     fn current(&self, txn: &Txn) -> Option<CtxRef> {
@@ -454,7 +299,6 @@ impl WasmFilter {
                 plugin: self.plugin.id,
                 cref,
                 done: std::cell::Cell::new(false),
-                body_seen: Default::default(),
             }),
         );
         self.headers(txn, cref)
@@ -502,12 +346,12 @@ struct WasmTap {
     failed: bool,
 }
 
-impl crate::proxy::body::BodyTap for WasmTap {
+impl BodyTap for WasmTap {
     fn data(
         &mut self,
         data: bytes::Bytes,
         eos: bool,
-    ) -> Result<bytes::Bytes, crate::proxy::body::BoxError> {
+    ) -> Result<bytes::Bytes, crate::filter::BoxError> {
         if self.failed {
             return Ok(data);
         }
@@ -595,7 +439,7 @@ fn build_instance(plugin: &Arc<WasmPlugin>, slot: &mut Slot) -> Result<(), Failu
     if slot.plugin.is_none() {
         slot.plugin = Some(Arc::clone(plugin));
     }
-    if slot.retry_at.is_some_and(|t| Instant::now() < t) {
+    if !slot.backoff.ready(Instant::now()) {
         return Err(Failure::new(
             FailKind::Init,
             "the plugin failed recently; its instance is being rebuilt after a back-off",
@@ -607,9 +451,7 @@ fn build_instance(plugin: &Arc<WasmPlugin>, slot: &mut Slot) -> Result<(), Failu
     }
     match PluginInstance::new(plugin) {
         Ok(i) => {
-            slot.inst = Some(i);
-            slot.generation += 1;
-            slot.retry_at = None;
+            slot.install(i);
             Ok(())
         }
         Err(e) => {
@@ -699,7 +541,7 @@ pub fn housekeeping() {
         };
         for slot in slots.values_mut() {
             if slot.inst.is_none()
-                && slot.retry_at.is_none_or(|t| now >= t)
+                && slot.backoff.ready(now)
                 && let Some(p) = slot.plugin.clone()
             {
                 // Failures were recorded (and logged) by `build_instance`.
@@ -736,13 +578,10 @@ fn record(plugin: &PluginShared, slot: &mut Slot, f: &Failure) {
     let stats = &plugin.stats;
     stats.count_failure(f.kind);
     if f.kind.kills_instance() {
-        if let Some(inst) = slot.inst.take() {
+        let (old, backoff) = slot.kill(Instant::now());
+        if let Some(inst) = old {
             inst.wake_all();
         }
-        slot.fails = slot.fails.saturating_add(1);
-        let exp = slot.fails.saturating_sub(1).min(16);
-        let backoff = BACKOFF_MIN.saturating_mul(1 << exp).min(BACKOFF_MAX);
-        slot.retry_at = Some(Instant::now() + backoff);
         tracing::warn!(
             plugin = %plugin.spec.name,
             kind = f.kind.name(),
@@ -759,42 +598,6 @@ fn no_body(h: &http::HeaderMap) -> bool {
     !h.contains_key(http::header::TRANSFER_ENCODING)
         && h.get(http::header::CONTENT_LENGTH)
             .is_none_or(|v| v.as_bytes() == b"0")
-}
-
-/// Reads the next data frame of `body` into `acc` (trailers and the end
-/// too): the buffer may hold at most `limit` bytes; each frame must come within `idle`.
-async fn read_step(
-    mut body: hyper::body::Incoming,
-    mut acc: BufferedBody,
-    limit: usize,
-    idle: Duration,
-) -> Result<ReadStep, BodyError> {
-    use http_body::Body;
-    use http_body_util::BodyExt;
-    loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => return Err(BodyError::Timeout),
-            Ok(None) => return Ok(ReadStep { acc, rest: None }),
-            Ok(Some(Err(e))) => return Err(BodyError::Failed(e.to_string())),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        match frame.into_data() {
-            Ok(d) => {
-                if acc.data.len().saturating_add(d.len()) > limit {
-                    return Err(BodyError::TooLarge);
-                }
-                acc.data.extend_from_slice(&d);
-                acc.received = acc.received.saturating_add(d.len());
-                let rest = (!body.is_end_stream()).then_some(body);
-                return Ok(ReadStep { acc, rest });
-            }
-            Err(frame) => {
-                if let Ok(t) = frame.into_trailers() {
-                    acc.trailers.extend(t);
-                }
-            }
-        }
-    }
 }
 
 /// Waits until the guest resumes the stream, its http calls finish, or the pause deadline.
@@ -881,15 +684,31 @@ async fn http_call_inner(c: &PendingCall) -> Result<CallResponse, String> {
     })
 }
 
-impl crate::rules::Action for WasmFilter {
-    fn apply(&self, txn: &mut Txn) -> Flow {
+impl Filter for WasmFilter {
+    fn name(&self) -> &str {
+        "wasm"
+    }
+
+    /// One context spans the request and the response (Envoy's filter
+    /// semantics): a rule of `http_request` takes part in every hook of the
+    /// exchange, one of `http_response` in the response's.
+    fn phases(&self) -> Phases {
+        let response = Phases::RESPONSE | Phases::RESPONSE_BODY | Phases::LOG;
+        match self.declared {
+            Phase::Request => response | Phases::REQUEST | Phases::REQUEST_BODY,
+            Phase::Response => response,
+        }
+    }
+
+    fn on_request(&self, txn: &mut Txn) -> Flow {
+        self.run_phase(txn)
+    }
+
+    fn on_response(&self, txn: &mut Txn) -> Flow {
         self.run_phase(txn)
     }
 
     fn resume(&self, txn: &mut Txn) -> Flow {
-        if let Some(pending) = txn.plugin_state.take::<PendingBody>(self.key) {
-            return self.body_read(txn, *pending);
-        }
         let Some(cref) = self.current(txn) else {
             return Flow::Continue;
         };
@@ -915,8 +734,41 @@ impl crate::rules::Action for WasmFilter {
         self.flow(txn, cref, out)
     }
 
-    fn spans_phases(&self) -> bool {
-        self.declared == Phase::Request
+    /// The body hooks run when the plugin exports the phase's and this
+    /// request has a live context; `max_body_size = 0` turns them off (SDK
+    /// filters export every hook, used or not).
+    fn body_limits(&self, txn: &Txn) -> Option<BodyLimits> {
+        let wants = match txn.phase {
+            Phase::Request => self.plugin.request_body_hooks,
+            Phase::Response => self.plugin.response_body_hooks,
+        };
+        let limits = self.plugin.shared().spec.limits;
+        (wants && limits.max_body > 0 && self.current(txn).is_some()).then_some(BodyLimits {
+            max: limits.max_body,
+            idle: limits.pause_timeout,
+        })
+    }
+
+    fn on_body(&self, txn: &mut Txn, end_of_stream: bool) -> BodyFlow {
+        if end_of_stream {
+            return self.body_flow(txn, |inst, cref, txn| {
+                inst.body(cref.ctx, txn, true).map(Some)
+            });
+        }
+        let flow = self.body_flow(txn, |inst, cref, txn| inst.body_chunk(cref.ctx, txn));
+        match flow {
+            BodyFlow::Continue if self.current(txn).is_some() => match self.tap(txn) {
+                Some(tap) => BodyFlow::Stream(tap),
+                None => BodyFlow::Continue,
+            },
+            other => other,
+        }
+    }
+
+    fn on_trailers(&self, txn: &mut Txn) -> BodyFlow {
+        self.body_flow(txn, |inst, cref, txn| {
+            inst.trailers(cref.ctx, txn).map(Some)
+        })
     }
 
     fn on_log(&self, txn: &Txn) {

@@ -20,6 +20,7 @@ pub mod admin;
 pub mod config;
 pub mod engine;
 pub mod filter;
+pub mod host;
 pub mod instance;
 pub mod memory;
 pub mod module;
@@ -35,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use filter::WasmFilter;
+pub use host::WasmHost;
 pub use instance::{FailKind, PluginInstance};
 pub use module::{WasmLoadError, WasmPlugin};
 pub use stick::{StickApi, StickFail};
@@ -66,14 +68,7 @@ impl Status {
     }
 }
 
-/// What a request sees while its plugin is failing (trapped, over a limit, rebuilding).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnError {
-    /// Skip the plugin: the request goes on as if it were not configured.
-    FailOpen,
-    /// Answer the request with the failure's status and page ([`crate::error`]: 500).
-    FailClosed,
-}
+pub use crate::plugin::OnError;
 
 /// Per-instance resource limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

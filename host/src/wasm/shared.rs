@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use super::Status;
-use crate::admin::metrics::{Writer, label};
+use crate::metrics::{Writer, label};
 
 // ---------------------------------------------------------------------------
 // Shared data

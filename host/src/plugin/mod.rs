@@ -1,0 +1,206 @@
+//! The plugin layer shared by every plugin kind (Lua, Wasm): the
+//! [`PluginHost`] contract the rest of the daemon sees, and the pieces each
+//! kind would otherwise write again: the [`OnError`] policy, the rebuild
+//! [`BackOff`] and the per-worker [`Slot`].
+//!
+//! A host loads and checks its `[[plugin]]` entries, registers its actions,
+//! services, fetches and converters into the rule language (its
+//! [`RuleExtension`] half), runs its per-worker instances (worker start,
+//! housekeeping, stop) and reports itself to the admin API. `proxy/`,
+//! `admin/` and `rules/` know plugins only through this trait; only the
+//! assembly step (`runtime`) names the kinds.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::metrics::Writer;
+pub use crate::rules::RuleExtension;
+
+/// One plugin kind's plugins, as the daemon runs them.
+pub trait PluginHost: RuleExtension {
+    /// A worker starts (before it accepts): build instances that must run
+    /// without traffic (Wasm root contexts and ticks, Lua tasks). Called on
+    /// the worker's thread, inside its `LocalSet`.
+    fn start_worker(&self) {}
+
+    /// Every 100 ms on each worker: timers, queued callbacks, rebuilds of
+    /// instances whose back-off is over.
+    fn housekeeping(&self) {}
+
+    /// A worker stops: drop its instances while its thread-locals still exist.
+    fn stop_worker(&self) {}
+
+    /// Each plugin's `/plugins` document, in config order, with its name.
+    fn admin_documents(&self) -> Vec<(String, Value)>;
+
+    /// `POST /plugins/<name>/limits?memory_limit=<bytes>`: `None` if `name`
+    /// is not one of this host's plugins; otherwise the new document, or why
+    /// the change is refused.
+    fn set_memory_limit(&self, _name: &str, _bytes: usize) -> Option<Result<Value, String>> {
+        None
+    }
+
+    /// This host's `/metrics` families.
+    fn metrics(&self, out: &mut Writer);
+
+    /// The host itself, for code that knows its kind (tests, the assembly step).
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// What a request sees when a plugin fails on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// The request goes on as if the plugin had not run.
+    FailOpen,
+    /// The request is answered with the failure's status and page (`crate::error`: 500).
+    FailClosed,
+}
+
+impl OnError {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnError::FailOpen => "fail_open",
+            OnError::FailClosed => "fail_closed",
+        }
+    }
+
+    /// Parses the config spelling.
+    pub fn parse(s: &str) -> Option<OnError> {
+        match s {
+            "fail_open" => Some(OnError::FailOpen),
+            "fail_closed" => Some(OnError::FailClosed),
+            _ => None,
+        }
+    }
+}
+
+/// First back-off after a failure that dropped an instance; doubles per consecutive failure.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest back-off between rebuilds.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// When a worker may rebuild a plugin instance after failures: exponential
+/// (10 ms doubling to 5 s), reset only by a request that ran to its end on a
+/// live instance, so a plugin that fails on every request backs off to
+/// seconds instead of burning the CPU on rebuilds.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BackOff {
+    /// Consecutive failures that dropped the instance.
+    fails: u32,
+    /// No rebuild before this instant.
+    retry_at: Option<Instant>,
+}
+
+impl BackOff {
+    /// A failure dropped the instance at `now`: returns the wait before the next rebuild.
+    pub fn failed(&mut self, now: Instant) -> Duration {
+        self.fails = self.fails.saturating_add(1);
+        let exp = self.fails.saturating_sub(1).min(16);
+        let wait = BACKOFF_MIN.saturating_mul(1 << exp).min(BACKOFF_MAX);
+        self.retry_at = Some(now + wait);
+        wait
+    }
+
+    /// Whether a rebuild is allowed at `now`.
+    pub fn ready(&self, now: Instant) -> bool {
+        self.retry_at.is_none_or(|t| now >= t)
+    }
+
+    /// An instance was built: the wait is over (the failure count stays
+    /// until a request succeeds).
+    pub fn rebuilt(&mut self) {
+        self.retry_at = None;
+    }
+
+    /// A request ran to its end on a live instance: failures before it
+    /// were not consecutive.
+    pub fn reset(&mut self) {
+        self.fails = 0;
+    }
+
+    /// Consecutive failures so far.
+    pub fn failures(&self) -> u32 {
+        self.fails
+    }
+}
+
+/// One worker's instance of one plugin: the instance (if alive), which
+/// build it is, and its back-off.
+pub struct Slot<I> {
+    pub inst: Option<I>,
+    /// Bumped on every (re)build, so per-request state of a dead instance is recognised.
+    pub generation: u64,
+    pub backoff: BackOff,
+}
+
+impl<I> Default for Slot<I> {
+    fn default() -> Self {
+        Slot {
+            inst: None,
+            generation: 0,
+            backoff: BackOff::default(),
+        }
+    }
+}
+
+impl<I> Slot<I> {
+    /// Installs a freshly built instance.
+    pub fn install(&mut self, inst: I) {
+        self.inst = Some(inst);
+        self.generation += 1;
+        self.backoff.rebuilt();
+    }
+
+    /// Drops the instance after a failure at `now`; returns the back-off before the next build.
+    pub fn kill(&mut self, now: Instant) -> (Option<I>, Duration) {
+        let old = self.inst.take();
+        (old, self.backoff.failed(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets_only_on_success() {
+        let t0 = Instant::now();
+        let mut b = BackOff::default();
+        assert!(b.ready(t0));
+        let waits: Vec<Duration> = (0..12).map(|_| b.failed(t0)).collect();
+        assert_eq!(waits[0], Duration::from_millis(10));
+        assert_eq!(waits[1], Duration::from_millis(20));
+        assert_eq!(waits[5], Duration::from_millis(320));
+        assert_eq!(*waits.last().expect("waits"), BACKOFF_MAX);
+        assert!(!b.ready(t0));
+        assert!(b.ready(t0 + BACKOFF_MAX));
+        // A rebuild does not forget the failures; a finished request does.
+        b.rebuilt();
+        assert!(b.ready(t0));
+        assert_eq!(b.failed(t0), BACKOFF_MAX);
+        b.reset();
+        assert_eq!(b.failed(t0), BACKOFF_MIN);
+    }
+
+    #[test]
+    fn slot_generations_count_builds() {
+        let mut s: Slot<&str> = Slot::default();
+        s.install("a");
+        assert_eq!(s.generation, 1);
+        let (old, wait) = s.kill(Instant::now());
+        assert_eq!(old, Some("a"));
+        assert_eq!(wait, BACKOFF_MIN);
+        s.install("b");
+        assert_eq!(s.generation, 2);
+    }
+
+    #[test]
+    fn on_error_spellings_round_trip() {
+        for o in [OnError::FailOpen, OnError::FailClosed] {
+            assert_eq!(OnError::parse(o.as_str()), Some(o));
+        }
+        assert_eq!(OnError::parse("fail"), None);
+    }
+}

@@ -1,0 +1,143 @@
+//! The assembly step: turns a validated [`Spec`] into the running
+//! [`Runtime`]: live stick tables, the plugin hosts (each loads and checks its
+//! `[[plugin]]` entries), and every frontend's filter chain compiled against
+//! them.
+//!
+//! This is the only module that names the plugin kinds; everything below it
+//! (`rules`, `plugin`, `config`, `stick`) and everything that runs the result
+//! (`proxy`, `admin`) sees plugins only as [`PluginHost`]s. Nothing here is a
+//! global or keyed by config identity, so a second runtime can be assembled
+//! (a reload) while the first keeps serving.
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{self, BindCheck, ConfigError, Spec};
+use crate::filter::Chain;
+use crate::plugin::PluginHost;
+use crate::rules::{CompileCtx, Extensions, RuleExtension};
+use crate::stick::StickTables;
+
+/// The running configuration: the spec's settings plus what was built from it.
+pub struct Runtime {
+    pub source: config::SourceMap,
+    pub global: config::Global,
+    pub frontends: Vec<Frontend>,
+    pub backends: Vec<config::Backend>,
+    /// Stick tables (`[[stick_table]]`), shared by rules, plugins and the admin API.
+    pub tables: Arc<StickTables>,
+    /// One host per plugin kind, in a fixed order (Lua, then Wasm).
+    pub plugins: Vec<Arc<dyn PluginHost>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("frontends", &self.frontends)
+            .field("backends", &self.backends.len())
+            .field("plugins", &self.plugins.len())
+            .finish()
+    }
+}
+
+/// A frontend as it runs: its settings and its compiled filter chain.
+#[derive(Debug)]
+pub struct Frontend {
+    pub spec: config::Frontend,
+    pub chain: Chain,
+}
+
+impl Deref for Frontend {
+    type Target = config::Frontend;
+    fn deref(&self) -> &config::Frontend {
+        &self.spec
+    }
+}
+
+impl Runtime {
+    /// Index of the backend called `name`.
+    pub fn backend_index(&self, name: &str) -> Option<usize> {
+        self.backends.iter().position(|b| &*b.name == name)
+    }
+}
+
+/// Reads, validates and assembles the config file at `path`.
+pub fn load(path: &Path, bind_check: BindCheck) -> Result<Runtime, ConfigError> {
+    assemble(config::load(path, bind_check)?)
+}
+
+/// Validates and assembles config `text` that came from `path`.
+pub fn parse(path: &Path, text: &str, bind_check: BindCheck) -> Result<Runtime, ConfigError> {
+    assemble(config::parse(path, text, bind_check)?)
+}
+
+/// Builds the running configuration from `spec`: tables first (rules and
+/// plugins reach them), then the plugin hosts, then the chains.
+pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
+    let Spec {
+        source,
+        global,
+        frontends,
+        backends,
+        plugins,
+        stick_tables,
+    } = spec;
+    let tables = Arc::new(config::stick::build(&stick_tables, &source)?);
+    let backend_ids: HashMap<String, usize> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.name.to_string(), i))
+        .collect();
+
+    let view = crate::lua::HostView {
+        backends: Arc::new(backend_ids.clone()),
+        frontends: frontends.iter().map(|f| f.name.to_string()).collect(),
+        tables: Arc::clone(&tables),
+        client_timeout: global.timeouts.client,
+    };
+    let lua = Arc::new(crate::lua::LuaHost {
+        plugins: crate::lua::load_plugins(&plugins, &source, &view)?,
+    });
+    let wasm = Arc::new(crate::wasm::WasmHost {
+        plugins: crate::wasm::config::load_plugins(
+            &plugins,
+            &source,
+            &backends,
+            Some(Arc::new(crate::wasm::stick::TablesStick(Arc::clone(
+                &tables,
+            )))),
+            global.timeouts.server,
+        )?,
+    });
+    let hosts: Vec<Arc<dyn PluginHost>> = vec![lua, wasm];
+    let extensions = Extensions::new(
+        hosts
+            .iter()
+            .map(|h| Arc::clone(h) as Arc<dyn RuleExtension>)
+            .collect(),
+    );
+
+    let cx = CompileCtx {
+        source: &source,
+        backends: &backend_ids,
+        plugins: &extensions,
+        tables: &tables,
+    };
+    let frontends = frontends
+        .into_iter()
+        .map(|spec| {
+            let chain = crate::rules::compile_chain(&spec.http_request, &spec.http_response, &cx)?;
+            Ok(Frontend { spec, chain })
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    Ok(Runtime {
+        source,
+        global,
+        frontends,
+        backends,
+        tables,
+        plugins: hosts,
+    })
+}
