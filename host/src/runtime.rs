@@ -10,10 +10,12 @@
 //! (a reload) while the first keeps serving.
 
 use std::collections::HashMap;
+use std::net::TcpListener;
 use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::config::admin::AdminListen;
 use crate::config::{self, BindCheck, ConfigError, Spec};
 use crate::filter::Chain;
 use crate::plugin::PluginHost;
@@ -65,12 +67,52 @@ impl Runtime {
 
 /// Reads, validates and assembles the config file at `path`.
 pub fn load(path: &Path, bind_check: BindCheck) -> Result<Runtime, ConfigError> {
-    assemble(config::load(path, bind_check)?)
+    let spec = config::load(path)?;
+    probe(&spec, bind_check)?;
+    assemble(spec)
 }
 
 /// Validates and assembles config `text` that came from `path`.
 pub fn parse(path: &Path, text: &str, bind_check: BindCheck) -> Result<Runtime, ConfigError> {
-    assemble(config::parse(path, text, bind_check)?)
+    let spec = config::parse(path, text)?;
+    probe(&spec, bind_check)?;
+    assemble(spec)
+}
+
+/// With [`BindCheck::Probe`] (`portcullis check`): binds every listener
+/// address once, and checks the admin address, so an address already in use
+/// is reported with its location before the daemon is started.
+fn probe(spec: &Spec, bind_check: BindCheck) -> Result<(), ConfigError> {
+    if bind_check != BindCheck::Probe {
+        return Ok(());
+    }
+    for fe in &spec.frontends {
+        for b in &fe.binds {
+            if let Err(e) = TcpListener::bind(b.addr) {
+                return Err(ConfigError::at(
+                    &b.location,
+                    format!("cannot bind {}: {e}", b.addr),
+                ));
+            }
+        }
+    }
+    if let Some(admin) = &spec.global.admin {
+        match &admin.listen {
+            AdminListen::Tcp(addr) => {
+                if let Err(e) = TcpListener::bind(addr) {
+                    return Err(ConfigError::at(
+                        &admin.location,
+                        format!("cannot bind admin address {addr}: {e}"),
+                    ));
+                }
+            }
+            AdminListen::Unix(u) => {
+                config::admin::probe_socket(&u.path)
+                    .map_err(|m| ConfigError::at(&admin.location, m))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Builds the running configuration from `spec`: tables first (rules and

@@ -3,67 +3,12 @@
 //! gets its mode and owner before anyone can connect, and the file goes away
 //! at exit.
 
-use std::io::ErrorKind;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 
-use crate::config::admin::UnixSocket;
-
-/// Checks (for `check`) that `path` could be bound: its directory exists and
-/// nothing but a stale socket is there. Creates nothing.
-pub fn probe(path: &Path) -> Result<(), String> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(format!(
-                "cannot create admin socket {}: {} is not a directory",
-                path.display(),
-                dir.display()
-            ));
-        }
-        Err(e) => {
-            return Err(format!(
-                "cannot create admin socket {}: directory {}: {e}",
-                path.display(),
-                dir.display()
-            ));
-        }
-    }
-    stale(path).map(|_| ())
-}
-
-/// Whether `path` holds a stale socket (`Ok(true)`), nothing (`Ok(false)`),
-/// or something that must not be removed (`Err`): a socket a process still
-/// listens on, or a file that is not a socket.
-fn stale(path: &Path) -> Result<bool, String> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
-    };
-    if !meta.file_type().is_socket() {
-        return Err(format!(
-            "admin socket path {} exists and is not a socket; remove it or choose another path",
-            path.display()
-        ));
-    }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(format!(
-            "admin socket {} is in use by a running process (another portcullis?); stop it or choose another path",
-            path.display()
-        )),
-        Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(true),
-        Err(e) => Err(format!(
-            "cannot tell whether admin socket {} is stale: {e}",
-            path.display()
-        )),
-    }
-}
+pub use crate::config::admin::probe_socket as probe;
+use crate::config::admin::{UnixSocket, stale};
 
 /// The socket file this process created; removed on drop if it is still ours
 /// (same device and inode), so a successor's socket is never deleted.

@@ -16,7 +16,7 @@ pub mod stick;
 pub mod units;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,7 +177,7 @@ impl Spec {
     }
 }
 
-/// What [`load`] should check beyond the file itself.
+/// What loading should check beyond the file itself (`crate::runtime::load`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindCheck {
     /// Try to bind every listener address once and report one already in use.
@@ -187,14 +187,14 @@ pub enum BindCheck {
 }
 
 /// Reads, parses and validates the config file at `path`.
-pub fn load(path: &Path, bind_check: BindCheck) -> Result<Spec, ConfigError> {
+pub fn load(path: &Path) -> Result<Spec, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::file(path, format!("cannot read config file: {e}")))?;
-    parse(path, &text, bind_check)
+    parse(path, &text)
 }
 
 /// Parses and validates config `text` that came from `path`.
-pub fn parse(path: &Path, text: &str, bind_check: BindCheck) -> Result<Spec, ConfigError> {
+pub fn parse(path: &Path, text: &str) -> Result<Spec, ConfigError> {
     let source = SourceMap::new(path, text);
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let message = e.message().trim().to_string();
@@ -203,7 +203,7 @@ pub fn parse(path: &Path, text: &str, bind_check: BindCheck) -> Result<Spec, Con
             None => ConfigError::file(path, message),
         }
     })?;
-    let (global, frontends, backends) = Validator { source: &source }.validate(&raw, bind_check)?;
+    let (global, frontends, backends) = Validator { source: &source }.validate(&raw)?;
     Ok(Spec {
         source,
         global,
@@ -240,7 +240,6 @@ impl Validator<'_> {
     fn validate(
         &self,
         raw: &RawConfig,
-        bind_check: BindCheck,
     ) -> Result<(Global, Vec<Frontend>, Vec<Backend>), ConfigError> {
         let global = self.global(&raw.global)?;
 
@@ -293,32 +292,6 @@ impl Validator<'_> {
             ));
         }
 
-        if bind_check == BindCheck::Probe {
-            for fe in &frontends {
-                for b in &fe.binds {
-                    if let Err(e) = TcpListener::bind(b.addr) {
-                        return Err(ConfigError::at(
-                            &b.location,
-                            format!("cannot bind {}: {e}", b.addr),
-                        ));
-                    }
-                }
-            }
-            let span = raw.global.admin.as_ref().map_or(0..0, |a| a.span());
-            match global.admin.as_ref().map(|a| &a.listen) {
-                Some(admin::AdminListen::Tcp(admin)) => {
-                    if let Err(e) = TcpListener::bind(admin) {
-                        return Err(self
-                            .source
-                            .error(span, format!("cannot bind admin address {admin}: {e}")));
-                    }
-                }
-                Some(admin::AdminListen::Unix(u)) => {
-                    crate::admin::unix::probe(&u.path).map_err(|m| self.source.error(span, m))?;
-                }
-                None => {}
-            }
-        }
         Ok((global, frontends, backends))
     }
 
