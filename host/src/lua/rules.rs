@@ -246,24 +246,58 @@ fn status_reply(status: u16) -> Reply {
     )
 }
 
+/// Marks, in the transaction, that a plugin's state failed during it (so its
+/// end does not reset the plugin's rebuild back-off).
+struct StateFailed;
+
+/// Runs `call`, marking `txn` if `plugin`'s state on this worker failed meanwhile.
+fn watched(plugin: &Plugin, txn: &mut Txn, call: impl FnOnce(&mut Txn) -> Flow) -> Flow {
+    let before = runtime::failures(plugin);
+    let flow = call(txn);
+    if runtime::failures(plugin) > before
+        && txn.plugin_state.peek::<StateFailed>(plugin.id).is_none()
+    {
+        txn.plugin_state.put(plugin.id, Box::new(StateFailed));
+    }
+    flow
+}
+
+/// The end of a request that ran `plugin`: a request with no failure of its
+/// state resets the back-off (only the plugin's failures in a row count).
+fn finished(plugin: &Plugin, txn: &Txn) {
+    if txn.plugin_state.peek::<StateFailed>(plugin.id).is_none() {
+        runtime::request_succeeded(plugin);
+    }
+}
+
 impl Filter for LuaAction {
     fn name(&self) -> &str {
         "lua"
     }
 
     fn phases(&self) -> Phases {
-        Phases::head(self.phase)
+        Phases::head(self.phase) | Phases::LOG
     }
 
     fn on_request(&self, txn: &mut Txn) -> Flow {
-        self.start(txn)
+        watched(&self.plugin, txn, |txn| self.start(txn))
     }
 
     fn on_response(&self, txn: &mut Txn) -> Flow {
-        self.start(txn)
+        watched(&self.plugin, txn, |txn| self.start(txn))
+    }
+
+    fn on_log(&self, txn: &Txn) {
+        finished(&self.plugin, txn);
     }
 
     fn resume(&self, txn: &mut Txn) -> Flow {
+        watched(&self.plugin, txn, |txn| self.resume_call(txn))
+    }
+}
+
+impl LuaAction {
+    fn resume_call(&self, txn: &mut Txn) -> Flow {
         let Some(mut slot) = txn.plugin_state.take::<TxnSlot>(self.plugin.id) else {
             // Nothing suspended: an `act.YIELD` return; run the action again.
             return self.start(txn);
@@ -433,14 +467,24 @@ impl Filter for LuaService {
     }
 
     fn phases(&self) -> Phases {
-        Phases::REQUEST
+        Phases::REQUEST | Phases::LOG
     }
 
     fn on_request(&self, txn: &mut Txn) -> Flow {
-        self.read_then_start(txn)
+        watched(&self.plugin, txn, |txn| self.read_then_start(txn))
     }
 
     fn resume(&self, txn: &mut Txn) -> Flow {
+        watched(&self.plugin, txn, |txn| self.resume_call(txn))
+    }
+
+    fn on_log(&self, txn: &Txn) {
+        finished(&self.plugin, txn);
+    }
+}
+
+impl LuaService {
+    fn resume_call(&self, txn: &mut Txn) -> Flow {
         if let Some(p) = txn.plugin_state.take::<PendingBody>(self.plugin.id) {
             let read = p.0.borrow_mut().take();
             return match read {

@@ -34,6 +34,7 @@ use mlua::{
 
 use super::{ErrorKind, OnError, Plugin, Registered};
 use crate::filter::{Flow, Reply};
+use crate::plugin::BackOff;
 use crate::rules::Expr;
 use crate::rules::fetch::Converter;
 use crate::txn::{Phase, Txn};
@@ -46,8 +47,6 @@ const POOL_MAX: usize = 16;
 const LOAD_BUDGET: Duration = Duration::from_secs(1);
 /// Memory-in-use changes smaller than this are not published (see `report`).
 const REPORT_STEP: u64 = 4096;
-/// Wait before retrying to build an instance that failed to build.
-const REBUILD_BACKOFF: Duration = Duration::from_millis(100);
 /// Message of the error raised when a call exceeds its CPU budget in a non-yieldable spot.
 pub(crate) const CPU_MSG: &str = "cpu_limit exceeded";
 
@@ -857,9 +856,10 @@ fn classify_yield(vals: &MultiValue) -> Step {
 struct Entry {
     id: u64,
     inst: Option<Rc<Instance>>,
-    /// After a failed build: do not retry before this instant...
-    retry_at: Option<Instant>,
-    /// ...unless the memory limit changed since (the operator raised it).
+    /// When the state may be rebuilt after failures (dropped states and
+    /// failed builds count) ...
+    backoff: BackOff,
+    /// ...or at once if the memory limit changed since (the operator raised it).
     failed_limit: usize,
 }
 
@@ -889,24 +889,26 @@ pub fn clear_worker() {
     drop(taken);
 }
 
-/// This worker's instance of `plugin`, built on first use (or after a failure).
+/// This worker's instance of `plugin`, built on first use (or after a
+/// failure, once its back-off allows).
 pub(crate) fn instance(plugin: &Arc<Plugin>) -> Result<Rc<Instance>, CallError> {
     let existing = INSTANCES
         .try_with(|cell| {
             let v = cell.0.borrow();
             v.iter()
                 .find(|e| e.id == plugin.id)
-                .map(|e| (e.inst.clone(), e.retry_at, e.failed_limit))
+                .map(|e| (e.inst.clone(), e.backoff, e.failed_limit))
         })
         .map_err(|_| CallError::runtime("worker is shutting down"))?;
     match existing {
         Some((Some(inst), _, _)) => return Ok(inst),
-        Some((None, Some(at), limit))
-            if Instant::now() < at && limit == plugin.current_memory_limit() =>
+        Some((None, backoff, limit))
+            if !backoff.ready(Instant::now()) && limit == plugin.current_memory_limit() =>
         {
             return Err(CallError {
                 kind: ErrorKind::Runtime,
-                message: "the Lua state could not be rebuilt; retrying shortly".to_string(),
+                message: "the Lua state failed recently; it is rebuilt after a back-off"
+                    .to_string(),
                 poisoned: false,
             });
         }
@@ -928,35 +930,46 @@ pub(crate) fn instance(plugin: &Arc<Plugin>) -> Result<Rc<Instance>, CallError> 
             panic_text(&p)
         ))),
     };
-    let (inst, retry_at) = match &result {
-        Ok(i) => (Some(Rc::clone(i)), None),
-        Err(_) => (None, Some(Instant::now() + REBUILD_BACKOFF)),
-    };
     let _ = INSTANCES.try_with(|cell| {
         let mut v = cell.0.borrow_mut();
-        match v.iter_mut().find(|e| e.id == plugin.id) {
-            Some(e) => {
-                e.inst = inst;
-                e.retry_at = retry_at;
-                e.failed_limit = plugin.current_memory_limit();
+        let i = match v.iter().position(|e| e.id == plugin.id) {
+            Some(i) => i,
+            None => {
+                v.push(Entry {
+                    id: plugin.id,
+                    inst: None,
+                    backoff: BackOff::default(),
+                    failed_limit: 0,
+                });
+                v.len() - 1
             }
-            None => v.push(Entry {
-                id: plugin.id,
-                inst,
-                retry_at,
-                failed_limit: plugin.current_memory_limit(),
-            }),
+        };
+        let e = &mut v[i];
+        e.failed_limit = plugin.current_memory_limit();
+        match &result {
+            Ok(inst) => {
+                e.inst = Some(Rc::clone(inst));
+                e.backoff.rebuilt();
+            }
+            Err(_) => {
+                e.inst = None;
+                e.backoff.failed(Instant::now());
+            }
         }
     });
     result
 }
 
-/// Drops this worker's instance `inst` so the next call rebuilds it from the script.
+/// Drops this worker's instance `inst` so the next call rebuilds it from
+/// the script (after the back-off, if it keeps failing).
 pub(crate) fn discard(inst: &Rc<Instance>) {
     let dropped = INSTANCES.try_with(|cell| {
         let mut v = cell.0.borrow_mut();
         match v.iter_mut().find(|e| e.id == inst.plugin.id) {
-            Some(e) if e.inst.as_ref().is_some_and(|i| Rc::ptr_eq(i, inst)) => e.inst.take(),
+            Some(e) if e.inst.as_ref().is_some_and(|i| Rc::ptr_eq(i, inst)) => {
+                e.backoff.failed(Instant::now());
+                e.inst.take()
+            }
             _ => None,
         }
     });
@@ -966,6 +979,33 @@ pub(crate) fn discard(inst: &Rc<Instance>) {
         // The state is dropped here unless a waiting request still holds it.
         drop(old);
     }
+}
+
+/// Consecutive failures of `plugin`'s state on this worker (dropped states, failed builds).
+pub(crate) fn failures(plugin: &Plugin) -> u32 {
+    INSTANCES
+        .try_with(|cell| {
+            cell.0
+                .borrow()
+                .iter()
+                .find(|e| e.id == plugin.id)
+                .map_or(0, |e| e.backoff.failures())
+        })
+        .unwrap_or(0)
+}
+
+/// A request that used `plugin` ended with no failure of its state: if
+/// this worker's state is alive, earlier failures were not consecutive and
+/// the back-off starts over.
+pub(crate) fn request_succeeded(plugin: &Plugin) {
+    let _ = INSTANCES.try_with(|cell| {
+        if let Ok(mut v) = cell.0.try_borrow_mut()
+            && let Some(e) = v.iter_mut().find(|e| e.id == plugin.id)
+            && e.inst.is_some()
+        {
+            e.backoff.reset();
+        }
+    });
 }
 
 /// Counts and logs a failure, drops a possibly inconsistent state, and applies `on_error`.

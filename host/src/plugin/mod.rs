@@ -81,10 +81,12 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest back-off between rebuilds.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// When a worker may rebuild a plugin instance after failures: exponential
-/// (10 ms doubling to 5 s), reset only by a request that ran to its end on a
-/// live instance, so a plugin that fails on every request backs off to
-/// seconds instead of burning the CPU on rebuilds.
+/// When a worker may rebuild a plugin instance after failures: at once
+/// after one failure (a failing request recycles the instance for the next),
+/// then exponentially for consecutive ones (10 ms doubling to 5 s). Only a
+/// request that ran to its end on a live instance resets it, so a plugin that
+/// fails on every request backs off to seconds instead of burning the CPU on
+/// rebuilds.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct BackOff {
     /// Consecutive failures that dropped the instance.
@@ -97,8 +99,12 @@ impl BackOff {
     /// A failure dropped the instance at `now`: returns the wait before the next rebuild.
     pub fn failed(&mut self, now: Instant) -> Duration {
         self.fails = self.fails.saturating_add(1);
-        let exp = self.fails.saturating_sub(1).min(16);
-        let wait = BACKOFF_MIN.saturating_mul(1 << exp).min(BACKOFF_MAX);
+        let wait = match self.fails {
+            0 | 1 => Duration::ZERO,
+            n => BACKOFF_MIN
+                .saturating_mul(1 << (n - 2).min(16))
+                .min(BACKOFF_MAX),
+        };
         self.retry_at = Some(now + wait);
         wait
     }
@@ -170,9 +176,11 @@ mod tests {
         let mut b = BackOff::default();
         assert!(b.ready(t0));
         let waits: Vec<Duration> = (0..12).map(|_| b.failed(t0)).collect();
-        assert_eq!(waits[0], Duration::from_millis(10));
-        assert_eq!(waits[1], Duration::from_millis(20));
-        assert_eq!(waits[5], Duration::from_millis(320));
+        // One failure recycles the instance at once; consecutive ones back off.
+        assert_eq!(waits[0], Duration::ZERO);
+        assert_eq!(waits[1], Duration::from_millis(10));
+        assert_eq!(waits[2], Duration::from_millis(20));
+        assert_eq!(waits[6], Duration::from_millis(320));
         assert_eq!(*waits.last().expect("waits"), BACKOFF_MAX);
         assert!(!b.ready(t0));
         assert!(b.ready(t0 + BACKOFF_MAX));
@@ -181,6 +189,7 @@ mod tests {
         assert!(b.ready(t0));
         assert_eq!(b.failed(t0), BACKOFF_MAX);
         b.reset();
+        assert_eq!(b.failed(t0), Duration::ZERO);
         assert_eq!(b.failed(t0), BACKOFF_MIN);
     }
 
@@ -191,7 +200,7 @@ mod tests {
         assert_eq!(s.generation, 1);
         let (old, wait) = s.kill(Instant::now());
         assert_eq!(old, Some("a"));
-        assert_eq!(wait, BACKOFF_MIN);
+        assert_eq!(wait, Duration::ZERO);
         s.install("b");
         assert_eq!(s.generation, 2);
     }
