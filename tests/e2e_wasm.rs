@@ -1116,6 +1116,29 @@ async fn http_call_from_the_root_context() {
     assert_eq!(s["bad_host_calls"], 2, "{s}");
 }
 
+/// Whether `e`, from a client exchange, says the peer closed or reset the connection.
+fn connection_closed(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && (h.is_closed() || h.is_incomplete_message() || h.is_canceled())
+        {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof
+            )
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_hook_sees_every_chunk_after_continue() {
     let app = Backend::start("s1").await;
@@ -1223,8 +1246,17 @@ async fn body_hook_sees_every_chunk_after_continue() {
                 .expect("request"),
         )
         .await;
-    if let Ok(r) = &r {
-        assert_ne!(r.status, StatusCode::OK, "{}", r.text());
+    // The request fails, and never hangs. The upstream request breaks off
+    // with its body, so the proxy answers 502 while the client is still
+    // sending chunks; should the proxy close the connection with some of
+    // them unread, a reset can overtake that answer and the client sees its
+    // connection closed instead. Those two outcomes only.
+    match &r {
+        Ok(r) => assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text()),
+        Err(e) => assert!(
+            connection_closed(e.as_ref()),
+            "neither an error response nor a closed connection: {e:?}"
+        ),
     }
     let all = plugins(ports.admin).await;
     let s = stats_of(&all, "chunks");
