@@ -1,8 +1,11 @@
-//! `portcullis check` / `run` on valid and invalid config files: every error
-//! is reported as `FILE:LINE:COL: message` with the right line.
+//! Config validation: every error is reported as `FILE:LINE:COL: message`
+//! with the right line. The cases run as one table on the library's config
+//! parser (see [`validate`]); a few go through the binary (`portcullis check`
+//! and a failed `run` start-up) so the CLI path stays covered.
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -61,19 +64,57 @@ fn edit(text: &str, from: &str, to: &str) -> String {
 }
 
 /// 1-based number of the line marked `# HERE`.
-fn marked_line(text: &str) -> usize {
+fn here_line(text: &str) -> Result<usize, String> {
     let lines: Vec<usize> = text
         .lines()
         .enumerate()
         .filter(|(_, l)| l.contains("# HERE"))
         .map(|(i, _)| i + 1)
         .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "exactly one line must be marked # HERE:\n{text}"
-    );
-    lines[0]
+    match lines[..] {
+        [line] => Ok(line),
+        _ => Err(format!(
+            "exactly one line must be marked # HERE, found {}:\n{text}",
+            lines.len()
+        )),
+    }
+}
+
+fn marked_line(text: &str) -> usize {
+    here_line(text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Checks that `report` (an error or warning line) says `PATH:LINE:COL:
+/// message` for `path` at the `# HERE` line of `text`, with a message
+/// containing every fragment (case-insensitive).
+fn located(report: &str, path: &Path, text: &str, fragments: &[&str]) -> Result<(), String> {
+    let line = here_line(text)?;
+    let want = format!("{}:{line}:", path.display());
+    let at = report
+        .find(&want)
+        .ok_or_else(|| format!("{report:?} is not located at {want:?} (line {line})"))?;
+    // After FILE:LINE: comes COL: message.
+    let rest = &report[at + want.len()..];
+    let (col, message) = rest
+        .split_once(':')
+        .ok_or_else(|| format!("no column after {want:?}: {report:?}"))?;
+    if !col.trim().parse::<usize>().is_ok_and(|c| c >= 1) {
+        return Err(format!("bad column in {report:?}"));
+    }
+    if message.trim().is_empty() {
+        return Err(format!("empty message: {report:?}"));
+    }
+    let lower = message.to_ascii_lowercase();
+    let missing: Vec<&str> = fragments
+        .iter()
+        .copied()
+        .filter(|f| !lower.contains(&f.to_ascii_lowercase()))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("message {message:?} should mention {missing:?}"))
+    }
 }
 
 /// Runs `check` on `text` and asserts a located error at the `# HERE` line
@@ -103,24 +144,376 @@ fn expect_error(text: &str, fragments: &[&str]) {
                 out.stderr
             )
         });
-    // After FILE:LINE: comes COL: message.
-    let rest = &found[found.find(&want).expect("present") + want.len()..];
-    let (col, message) = rest
-        .split_once(':')
-        .unwrap_or_else(|| panic!("no column after {want:?}: {found:?}"));
-    assert!(
-        col.trim().parse::<usize>().is_ok_and(|c| c >= 1),
-        "bad column in {found:?}"
-    );
-    let lower = message.to_ascii_lowercase();
-    assert!(!message.trim().is_empty(), "empty message: {found:?}");
-    for f in fragments {
-        assert!(
-            lower.contains(&f.to_ascii_lowercase()),
-            "message {message:?} should mention {f:?}"
-        );
+    if let Err(e) = located(found, &path, text, fragments) {
+        panic!("{e}\n--- config ---\n{text}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// The validation table, on the library
+// ---------------------------------------------------------------------------
+
+/// Parses and validates config `text` as read from `path` (relative paths in
+/// it resolve against `path`'s directory; the file itself is not read) and
+/// binds nothing. `Ok` holds the warnings, `Err` the error, each as printed:
+/// `FILE:LINE:COL: [warning: ]message`.
+///
+/// The only call into the library in this file: when the config API
+/// changes, this is the one place to adapt.
+fn validate(path: &Path, text: &str) -> Result<Vec<String>, String> {
+    portcullis::config::parse(path, text, portcullis::config::BindCheck::Skip)
+        .map(|cfg| {
+            cfg.global
+                .warnings
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// What [`validate`] must give for a [`Case`].
+enum Want {
+    /// Accepted without a warning.
+    Ok,
+    /// Accepted with exactly one warning, located at the `# HERE` line and
+    /// mentioning every fragment (case-insensitive).
+    Warn(&'static [&'static str]),
+    /// Rejected with an error located at the `# HERE` line and mentioning
+    /// every fragment (case-insensitive).
+    Err(&'static [&'static str]),
+}
+
+struct Case {
+    name: &'static str,
+    /// The config text; `{DIR}` stands for the case's own temp directory,
+    /// which also holds the config file it is validated as (`case.toml`).
+    config: String,
+    /// Files written to that directory first (mode 0600): name, contents.
+    files: &'static [(&'static str, &'static str)],
+    want: Want,
+}
+
+impl Case {
+    fn new(name: &'static str, config: String, want: Want) -> Case {
+        Case {
+            name,
+            config,
+            files: &[],
+            want,
+        }
+    }
+
+    fn with_files(mut self, files: &'static [(&'static str, &'static str)]) -> Case {
+        self.files = files;
+        self
+    }
+}
+
+/// The base config with `lines` added after `admin = ...`.
+fn with_admin_keys(b: &Base, lines: &str) -> String {
+    let admin = admin_line(b);
+    edit(&b.text, &admin, &format!("{admin}\n{lines}"))
+}
+
+/// The base config with a Unix-socket admin in the case's directory, plus `lines`.
+fn with_unix_admin(b: &Base, lines: &str) -> String {
+    let admin = admin_line(b);
+    edit(
+        &b.text,
+        &admin,
+        &format!("admin = \"unix:{{DIR}}/a.sock\"\n{lines}"),
+    )
+}
+
+/// The `admin = ...` line of the base config.
+fn admin_line(b: &Base) -> String {
+    b.text
+        .lines()
+        .find(|l| l.starts_with("admin = "))
+        .expect("admin line")
+        .to_string()
+}
+
+fn cases() -> Vec<Case> {
+    let b = base();
+    let bind = format!("bind = \"{}\"", b.web);
+    let admin = admin_line(&b);
+    vec![
+        Case::new("valid base config", b.text.clone(), Want::Ok),
+        Case::new(
+            "toml syntax error",
+            edit(&b.text, "grace = \"5s\"", "grace = = \"5s\"  # HERE"),
+            Want::Err(&[]),
+        ),
+        Case::new(
+            "unknown key",
+            edit(&b.text, &bind, &format!("bnd = \"{}\"  # HERE", b.web)),
+            Want::Err(&["bnd"]),
+        ),
+        Case::new(
+            "dangling default_backend",
+            edit(
+                &b.text,
+                "default_backend = \"app\"",
+                "default_backend = \"nope\"  # HERE",
+            ),
+            Want::Err(&["nope"]),
+        ),
+        Case::new(
+            "dangling use_backend",
+            edit(
+                &b.text,
+                "  { set_header = \"X-A\", value = \"1\" },",
+                "  { use_backend = \"nope2\", if = \"path_beg /x\" },  # HERE",
+            ),
+            Want::Err(&["nope2"]),
+        ),
+        Case::new(
+            "duplicate frontend name",
+            format!(
+                "{}\n[[frontend]]\nname = \"web\"  # HERE\nbind = \"{}\"\ndefault_backend = \"app\"\n",
+                b.text,
+                free_addr()
+            ),
+            Want::Err(&["duplicate", "web"]),
+        ),
+        Case::new(
+            "duplicate backend name",
+            format!(
+                "{}\n[[backend]]\nname = \"app\"  # HERE\nserver = [ {{ name = \"x\", addr = \"127.0.0.1:9\" }} ]\n",
+                b.text
+            ),
+            Want::Err(&["duplicate", "app"]),
+        ),
+        Case::new(
+            "duplicate server name",
+            edit(
+                &b.text,
+                "  { name = \"s1\", addr = \"127.0.0.1:9\" },\n",
+                "  { name = \"s1\", addr = \"127.0.0.1:9\" },\n  { name = \"s1\", addr = \"127.0.0.1:10\" },  # HERE\n",
+            ),
+            Want::Err(&["duplicate", "s1"]),
+        ),
+        Case::new(
+            "duration with an unknown unit",
+            edit(&b.text, "grace = \"5s\"", "grace = \"5 parsecs\"  # HERE"),
+            Want::Err(&["duration", "parsecs"]),
+        ),
+        Case::new(
+            "duration without a unit",
+            edit(&b.text, "connect = \"1s\"", "connect = \"5\"  # HERE"),
+            Want::Err(&["duration"]),
+        ),
+        Case::new(
+            "duration as a bare number",
+            edit(&b.text, "server = \"2s\"", "server = 5  # HERE"),
+            Want::Err(&["duration"]),
+        ),
+        Case::new(
+            "bad size",
+            edit(
+                &b.text,
+                "max_header_size = \"16KiB\"",
+                "max_header_size = \"16 parsecs\"  # HERE",
+            ),
+            Want::Err(&["size"]),
+        ),
+        Case::new(
+            "bind address without a port",
+            edit(&b.text, &bind, "bind = \"localhost\"  # HERE"),
+            Want::Err(&["localhost"]),
+        ),
+        Case::new(
+            "server address with the port out of range",
+            edit(
+                &b.text,
+                "  { name = \"s1\", addr = \"127.0.0.1:9\" },",
+                "  { name = \"s1\", addr = \"1.2.3.4:99999\" },  # HERE",
+            ),
+            Want::Err(&["1.2.3.4:99999"]),
+        ),
+        Case::new(
+            "unknown balance",
+            edit(
+                &b.text,
+                "balance = \"roundrobin\"",
+                "balance = \"fastest\"  # HERE",
+            ),
+            Want::Err(&["fastest"]),
+        ),
+        Case::new(
+            "condition with an unknown fetch",
+            edit(
+                &b.text,
+                "  { deny = 403, if = \"path_beg /admin\" },",
+                "  { deny = 403, if = \"nosuchfetch /admin\" },  # HERE",
+            ),
+            Want::Err(&["nosuchfetch"]),
+        ),
+        Case::new(
+            "interpolation with an unknown fetch",
+            edit(
+                &b.text,
+                "  { set_header = \"X-A\", value = \"1\" },",
+                "  { set_header = \"X-A\", value = \"v-%[nosuchfetch2]\" },  # HERE",
+            ),
+            Want::Err(&["nosuchfetch2"]),
+        ),
+        Case::new(
+            "two actions in one rule",
+            edit(
+                &b.text,
+                "  { deny = 403, if = \"path_beg /admin\" },",
+                "  { deny = 403, return = 200, if = \"path_beg /admin\" },  # HERE",
+            ),
+            Want::Err(&["action"]),
+        ),
+        // --- [global] admin_* keys ---
+        Case::new(
+            "admin_token and admin_token_file together",
+            with_admin_keys(
+                &b,
+                "admin_token = \"0123456789abcdef0123\"\nadmin_token_file = \"admin.token\"  # HERE",
+            ),
+            Want::Err(&["admin_token_file", "both"]),
+        ),
+        Case::new(
+            "admin_token_file missing",
+            with_admin_keys(&b, "admin_token_file = \"no-such.token\"  # HERE"),
+            Want::Err(&["cannot read admin_token_file", "no-such.token"]),
+        ),
+        Case::new(
+            "admin_token_file empty",
+            with_admin_keys(&b, "admin_token_file = \"{DIR}/empty.token\"  # HERE"),
+            Want::Err(&["is empty"]),
+        )
+        .with_files(&[("empty.token", "\n")]),
+        Case::new(
+            "admin_token_file relative to the config file",
+            with_admin_keys(&b, "admin_token_file = \"admin.token\""),
+            Want::Ok,
+        )
+        .with_files(&[("admin.token", "0123456789abcdef0123456789abcdef\n")]),
+        Case::new(
+            "admin_token with a space",
+            with_admin_keys(&b, "admin_token = \"secret token 0123456789\"  # HERE"),
+            Want::Err(&["space", "visible ascii"]),
+        ),
+        Case::new(
+            "admin_hosts entry malformed",
+            with_admin_keys(
+                &b,
+                "admin_hosts = [\"admin.example\",\n  \"http://admin.example/\"]  # HERE",
+            ),
+            Want::Err(&["invalid admin_hosts entry", "http://admin.example/"]),
+        ),
+        Case::new(
+            "admin_maxconn zero",
+            with_admin_keys(&b, "admin_maxconn = 0  # HERE"),
+            Want::Err(&["admin_maxconn", "between 1 and 65535"]),
+        ),
+        Case::new(
+            "admin_timeout.request zero",
+            with_admin_keys(&b, "admin_timeout = { request = \"0s\" }  # HERE"),
+            Want::Err(&["admin_timeout.request", "at least 1ms"]),
+        ),
+        Case::new(
+            "admin_timeout.keep_alive over a day",
+            with_admin_keys(
+                &b,
+                "admin_timeout = { keep_alive = \"99999999999d\" }  # HERE",
+            ),
+            Want::Err(&["admin_timeout.keep_alive", "at most 1d"]),
+        ),
+        Case::new(
+            "admin_socket_mode on a TCP admin",
+            with_admin_keys(&b, "admin_socket_mode = \"0660\"  # HERE"),
+            Want::Err(&["admin_socket_mode", "unix"]),
+        ),
+        Case::new(
+            "admin_socket_mode not octal",
+            with_unix_admin(&b, "admin_socket_mode = \"0999\"  # HERE"),
+            Want::Err(&["invalid admin_socket_mode", "0660"]),
+        ),
+        Case::new(
+            "admin_socket_owner unknown",
+            with_unix_admin(
+                &b,
+                "admin_socket_owner = \"no-such-user-portcullis\"  # HERE",
+            ),
+            Want::Err(&["no user named", "no-such-user-portcullis"]),
+        ),
+        Case::new(
+            "admin_socket_group negative",
+            with_unix_admin(&b, "admin_socket_group = -1  # HERE"),
+            Want::Err(&["admin_socket_group", "group id"]),
+        ),
+        Case::new(
+            "admin unix socket without a path",
+            edit(&b.text, &admin, "admin = \"unix:\"  # HERE"),
+            Want::Err(&["unix socket needs a file path"]),
+        ),
+        Case::new(
+            "admin keys without admin",
+            edit(
+                &b.text,
+                &admin,
+                "admin_token = \"0123456789abcdef0123\"  # HERE",
+            ),
+            Want::Warn(&["warning: admin_token has no effect"]),
+        ),
+    ]
+}
+
+/// Runs one case in its own temp directory: `Err` says what went wrong.
+fn run_case(case: &Case) -> Result<(), String> {
+    let dir = TempDir::new("table");
+    for (name, contents) in case.files {
+        let f = dir.write(name, contents);
+        std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| format!("chmod {}: {e}", f.display()))?;
+    }
+    let text = case
+        .config
+        .replace("{DIR}", &dir.path().display().to_string());
+    let path = dir.path().join("case.toml");
+    match (&case.want, validate(&path, &text)) {
+        (Want::Ok, Ok(warnings)) if warnings.is_empty() => Ok(()),
+        (Want::Ok, Ok(warnings)) => Err(format!("accepted with warnings {warnings:?}")),
+        (Want::Warn(fragments), Ok(warnings)) => match &warnings[..] {
+            [one] => located(one, &path, &text, fragments),
+            _ => Err(format!("want one warning, got {warnings:?}")),
+        },
+        (Want::Err(fragments), Err(e)) => located(&e, &path, &text, fragments),
+        (Want::Err(_), Ok(_)) => Err("accepted an invalid config".to_string()),
+        (Want::Ok | Want::Warn(_), Err(e)) => Err(format!("rejected: {e}")),
+    }
+}
+
+#[test]
+fn config_validation_table() {
+    let cases = cases();
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|case| {
+            run_case(case)
+                .err()
+                .map(|why| format!("{}: {why}\n--- config ---\n{}", case.name, case.config))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Through the binary: `check` and `run` print what the library reports
+// ---------------------------------------------------------------------------
 
 #[test]
 fn check_accepts_a_valid_file() {
@@ -167,188 +560,26 @@ fn version_flag() {
     );
 }
 
+/// `check` probes the listen addresses (the table's parse binds nothing)
+/// and prints the located error.
 #[test]
-fn toml_syntax_error() {
+fn check_probes_the_listen_addresses() {
     let b = base();
-    expect_error(
-        &edit(&b.text, "grace = \"5s\"", "grace = = \"5s\"  # HERE"),
-        &[],
-    );
-}
-
-#[test]
-fn unknown_key() {
-    let b = base();
-    let t = edit(
-        &b.text,
-        &format!("bind = \"{}\"", b.web),
-        &format!("bnd = \"{}\"  # HERE", b.web),
-    );
-    expect_error(&t, &["bnd"]);
-}
-
-#[test]
-fn dangling_default_backend() {
-    let b = base();
-    let t = edit(
-        &b.text,
-        "default_backend = \"app\"",
-        "default_backend = \"nope\"  # HERE",
-    );
-    expect_error(&t, &["nope"]);
-}
-
-#[test]
-fn dangling_use_backend() {
-    let b = base();
-    let t = edit(
-        &b.text,
-        "  { set_header = \"X-A\", value = \"1\" },",
-        "  { use_backend = \"nope2\", if = \"path_beg /x\" },  # HERE",
-    );
-    expect_error(&t, &["nope2"]);
-}
-
-#[test]
-fn duplicate_frontend_name() {
-    let b = base();
-    let t = format!(
-        "{}\n[[frontend]]\nname = \"web\"  # HERE\nbind = \"{}\"\ndefault_backend = \"app\"\n",
-        b.text,
-        free_addr()
-    );
-    expect_error(&t, &["duplicate", "web"]);
-}
-
-#[test]
-fn duplicate_backend_name() {
-    let b = base();
-    let t = format!(
-        "{}\n[[backend]]\nname = \"app\"  # HERE\nserver = [ {{ name = \"x\", addr = \"127.0.0.1:9\" }} ]\n",
-        b.text
-    );
-    expect_error(&t, &["duplicate", "app"]);
-}
-
-#[test]
-fn duplicate_server_name() {
-    let b = base();
-    let t = edit(
-        &b.text,
-        "  { name = \"s1\", addr = \"127.0.0.1:9\" },\n",
-        "  { name = \"s1\", addr = \"127.0.0.1:9\" },\n  { name = \"s1\", addr = \"127.0.0.1:10\" },  # HERE\n",
-    );
-    expect_error(&t, &["duplicate", "s1"]);
-}
-
-#[test]
-fn bad_duration_unknown_unit() {
-    let b = base();
-    let t = edit(&b.text, "grace = \"5s\"", "grace = \"5 parsecs\"  # HERE");
-    expect_error(&t, &["duration", "parsecs"]);
-}
-
-#[test]
-fn bad_duration_missing_unit() {
-    let b = base();
-    let t = edit(&b.text, "connect = \"1s\"", "connect = \"5\"  # HERE");
-    expect_error(&t, &["duration"]);
-}
-
-#[test]
-fn bad_duration_bare_number() {
-    let b = base();
-    let t = edit(&b.text, "server = \"2s\"", "server = 5  # HERE");
-    expect_error(&t, &["duration"]);
-}
-
-#[test]
-fn bad_size() {
-    let b = base();
-    let t = edit(
-        &b.text,
-        "max_header_size = \"16KiB\"",
-        "max_header_size = \"16 parsecs\"  # HERE",
-    );
-    expect_error(&t, &["size"]);
-}
-
-#[test]
-fn bad_bind_address_without_port() {
-    let b = base();
-    let t = edit(
-        &b.text,
-        &format!("bind = \"{}\"", b.web),
-        "bind = \"localhost\"  # HERE",
-    );
-    expect_error(&t, &["localhost"]);
-}
-
-#[test]
-fn bad_server_address_port_out_of_range() {
-    let b = base();
-    let t = edit(
-        &b.text,
-        "  { name = \"s1\", addr = \"127.0.0.1:9\" },",
-        "  { name = \"s1\", addr = \"1.2.3.4:99999\" },  # HERE",
-    );
-    expect_error(&t, &["1.2.3.4:99999"]);
-}
-
-#[test]
-fn bind_address_in_use() {
-    let b = base();
-    let _held = std::net::TcpListener::bind(b.web).expect("hold the bind address");
+    let held = std::net::TcpListener::bind(b.web).expect("hold the bind address");
     let t = edit(
         &b.text,
         &format!("bind = \"{}\"", b.web),
         &format!("bind = \"{}\"  # HERE", b.web),
     );
     expect_error(&t, &[&b.web.to_string()]);
-}
-
-#[test]
-fn unknown_balance() {
-    let b = base();
+    drop(held);
+    // An admin socket in a directory that does not exist.
     let t = edit(
         &b.text,
-        "balance = \"roundrobin\"",
-        "balance = \"fastest\"  # HERE",
+        &admin_line(&b),
+        "admin = \"/no/such/dir/portcullis/admin.sock\"  # HERE",
     );
-    expect_error(&t, &["fastest"]);
-}
-
-#[test]
-fn bad_condition_unknown_fetch() {
-    let b = base();
-    let t = edit(
-        &b.text,
-        "  { deny = 403, if = \"path_beg /admin\" },",
-        "  { deny = 403, if = \"nosuchfetch /admin\" },  # HERE",
-    );
-    expect_error(&t, &["nosuchfetch"]);
-}
-
-#[test]
-fn bad_interpolation_unknown_fetch() {
-    let b = base();
-    let t = edit(
-        &b.text,
-        "  { set_header = \"X-A\", value = \"1\" },",
-        "  { set_header = \"X-A\", value = \"v-%[nosuchfetch2]\" },  # HERE",
-    );
-    expect_error(&t, &["nosuchfetch2"]);
-}
-
-#[test]
-fn two_actions_in_one_rule() {
-    let b = base();
-    let t = edit(
-        &b.text,
-        "  { deny = 403, if = \"path_beg /admin\" },",
-        "  { deny = 403, return = 200, if = \"path_beg /admin\" },  # HERE",
-    );
-    expect_error(&t, &["action"]);
+    expect_error(&t, &["/no/such/dir/portcullis"]);
 }
 
 #[test]
@@ -379,176 +610,11 @@ fn run_with_bind_in_use_fails_with_location() {
     );
 }
 
-// --- [global] admin_* keys ---
-
-/// The base config with `lines` added after `admin = ...`.
-fn with_admin_keys(b: &Base, lines: &str) -> String {
-    let admin = b
-        .text
-        .lines()
-        .find(|l| l.starts_with("admin = "))
-        .expect("admin line")
-        .to_string();
-    edit(&b.text, &admin, &format!("{admin}\n{lines}"))
-}
-
-#[test]
-fn admin_token_and_token_file_together() {
-    let b = base();
-    let t = with_admin_keys(
-        &b,
-        "admin_token = \"0123456789abcdef0123\"\nadmin_token_file = \"admin.token\"  # HERE",
-    );
-    expect_error(&t, &["admin_token_file", "both"]);
-}
-
-#[test]
-fn admin_token_file_missing_or_empty() {
-    let b = base();
-    let t = with_admin_keys(&b, "admin_token_file = \"no-such.token\"  # HERE");
-    expect_error(&t, &["cannot read admin_token_file", "no-such.token"]);
-    let dir = TempDir::new("token");
-    let empty = dir.write("empty.token", "\n");
-    let t = with_admin_keys(
-        &b,
-        &format!("admin_token_file = \"{}\"  # HERE", empty.display()),
-    );
-    expect_error(&t, &["is empty"]);
-}
-
-#[test]
-fn admin_token_file_is_relative_to_the_config_file() {
-    let b = base();
-    let dir = TempDir::new("token-rel");
-    let token = dir.write("admin.token", "0123456789abcdef0123456789abcdef\n");
-    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("chmod");
-    let path = dir.write(
-        "site.toml",
-        &with_admin_keys(&b, "admin_token_file = \"admin.token\""),
-    );
-    let out = run_bin(&["check", "-c", path.to_str().expect("utf-8 path")], LIMIT);
-    assert!(
-        out.status.expect("check exited").success(),
-        "{}",
-        out.stderr
-    );
-    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
-}
-
-#[test]
-fn admin_token_with_a_space() {
-    let b = base();
-    let t = with_admin_keys(&b, "admin_token = \"secret token 0123456789\"  # HERE");
-    expect_error(&t, &["space", "visible ascii"]);
-}
-
-#[test]
-fn admin_hosts_entry_malformed() {
-    let b = base();
-    let t = with_admin_keys(
-        &b,
-        "admin_hosts = [\"admin.example\",\n  \"http://admin.example/\"]  # HERE",
-    );
-    expect_error(&t, &["invalid admin_hosts entry", "http://admin.example/"]);
-}
-
-#[test]
-fn admin_maxconn_zero() {
-    let b = base();
-    let t = with_admin_keys(&b, "admin_maxconn = 0  # HERE");
-    expect_error(&t, &["admin_maxconn", "between 1 and 65535"]);
-}
-
-#[test]
-fn admin_timeout_zero() {
-    let b = base();
-    let t = with_admin_keys(&b, "admin_timeout = { request = \"0s\" }  # HERE");
-    expect_error(&t, &["admin_timeout.request", "at least 1ms"]);
-    let t = with_admin_keys(
-        &b,
-        "admin_timeout = { keep_alive = \"99999999999d\" }  # HERE",
-    );
-    expect_error(&t, &["admin_timeout.keep_alive", "at most 1d"]);
-}
-
-#[test]
-fn admin_socket_mode_on_a_tcp_admin() {
-    let b = base();
-    let t = with_admin_keys(&b, "admin_socket_mode = \"0660\"  # HERE");
-    expect_error(&t, &["admin_socket_mode", "unix"]);
-}
-
-/// The base config with a Unix-socket admin in a temp dir, plus `lines`.
-fn with_unix_admin(b: &Base, dir: &TempDir, lines: &str) -> String {
-    let admin = b
-        .text
-        .lines()
-        .find(|l| l.starts_with("admin = "))
-        .expect("admin line")
-        .to_string();
-    let sock = dir.path().join("a.sock");
-    edit(
-        &b.text,
-        &admin,
-        &format!("admin = \"unix:{}\"\n{lines}", sock.display()),
-    )
-}
-
-#[test]
-fn admin_socket_mode_not_octal() {
-    let b = base();
-    let dir = TempDir::new("sock");
-    let t = with_unix_admin(&b, &dir, "admin_socket_mode = \"0999\"  # HERE");
-    expect_error(&t, &["invalid admin_socket_mode", "0660"]);
-}
-
-#[test]
-fn admin_socket_owner_unknown() {
-    let b = base();
-    let dir = TempDir::new("sock");
-    let t = with_unix_admin(
-        &b,
-        &dir,
-        "admin_socket_owner = \"no-such-user-portcullis\"  # HERE",
-    );
-    expect_error(&t, &["no user named", "no-such-user-portcullis"]);
-    let t = with_unix_admin(&b, &dir, "admin_socket_group = -1  # HERE");
-    expect_error(&t, &["admin_socket_group", "group id"]);
-}
-
-#[test]
-fn admin_unix_socket_without_a_path_or_directory() {
-    let b = base();
-    let t = edit(
-        &b.text,
-        b.text
-            .lines()
-            .find(|l| l.starts_with("admin = "))
-            .expect("admin line"),
-        "admin = \"unix:\"  # HERE",
-    );
-    expect_error(&t, &["unix socket needs a file path"]);
-    let t = edit(
-        &b.text,
-        b.text
-            .lines()
-            .find(|l| l.starts_with("admin = "))
-            .expect("admin line"),
-        "admin = \"/no/such/dir/portcullis/admin.sock\"  # HERE",
-    );
-    expect_error(&t, &["/no/such/dir/portcullis"]);
-}
-
+/// A warning goes to stderr, located, and `check` still succeeds.
 #[test]
 fn admin_keys_without_admin_warn() {
     let b = base();
-    let admin = b
-        .text
-        .lines()
-        .find(|l| l.starts_with("admin = "))
-        .expect("admin line")
-        .to_string();
+    let admin = admin_line(&b);
     let t = edit(&b.text, &admin, "admin_token = \"0123456789abcdef0123\"");
     let dir = TempDir::new("check");
     let path = dir.write("noadmin.toml", &t);

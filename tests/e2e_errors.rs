@@ -437,13 +437,7 @@ async fn lua_and_wasm_failures_give_the_same_500_page() {
         "core.register_action(\"boom\", {\"http-req\"}, function(txn) error(\"boom\") end)\n",
     );
     // The smallest Proxy-Wasm guest whose request hook traps.
-    let wasm = dir.write(
-        "trap.wat",
-        r#"(module
-  (memory (export "memory") 1)
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable))"#,
-    );
+    let wasm = dir.write("trap.wat", include_str!("fixtures/wasm/trap.wat"));
     let s1 = Backend::start("s1").await;
     let cfg = format!(
         "{}[[plugin]]\nname = \"boom\"\nlua = \"{}\"\non_error = \"fail_closed\"\n\n\

@@ -364,8 +364,12 @@ async fn sigterm_under_keep_alive_load_loses_no_request() {
         .await
         .expect("daemon still running 8s after SIGTERM");
     stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        let _ = within("client task", Duration::from_secs(15), c).await;
+    // A client that panicked (a request unanswered within IO_TIMEOUT) lost a
+    // request too: its join error must not be dropped.
+    for (i, c) in clients.into_iter().enumerate() {
+        within("client task", Duration::from_secs(15), c)
+            .await
+            .unwrap_or_else(|e| panic!("client {i}: {e}"));
     }
     assert_eq!(status.code(), Some(0), "exit status: {status}");
     let failures = failures.lock().expect("lock").clone();
