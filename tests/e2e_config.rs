@@ -153,7 +153,7 @@ fn expect_error(text: &str, fragments: &[&str]) {
 // The validation table, on the library
 // ---------------------------------------------------------------------------
 
-/// Parses and validates config `text` as read from `path` (relative paths in
+/// Parses, validates and assembles config `text` as read from `path` (relative paths in
 /// it resolve against `path`'s directory; the file itself is not read) and
 /// binds nothing. `Ok` holds the warnings, `Err` the error, each as printed:
 /// `FILE:LINE:COL: [warning: ]message`.
@@ -161,7 +161,7 @@ fn expect_error(text: &str, fragments: &[&str]) {
 /// The only call into the library in this file: when the config API
 /// changes, this is the one place to adapt.
 fn validate(path: &Path, text: &str) -> Result<Vec<String>, String> {
-    portcullis::config::parse(path, text, portcullis::config::BindCheck::Skip)
+    portcullis::runtime::parse(path, text, portcullis::config::BindCheck::Skip)
         .map(|cfg| {
             cfg.global
                 .warnings

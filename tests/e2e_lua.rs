@@ -520,3 +520,46 @@ fn check_reports_script_errors_with_both_locations() {
         out.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_state_failing_on_every_request_backs_off() {
+    // `spin` loops until its 20 ms CPU limit on every request. Each failure
+    // drops the state; after three in a row the rebuild waits 10 ms, doubling
+    // (plugin::BackOff), so in 1.5 s each worker builds and spins it only a
+    // dozen times instead of on every request (about 75).
+    let t = lua_proxy(
+        "cpu_limit = \"20ms\"\non_error = \"fail_closed\"",
+        "{ lua = \"spin\", if = \"path /spin\" },",
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let mut requests = 0;
+    while start.elapsed() < Duration::from_millis(1500) {
+        let r = within(
+            "spin request",
+            Duration::from_secs(5),
+            get(t.ports.web, "/spin"),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+        requests += 1;
+    }
+    let s = plugin_stats(t.ports.admin).await;
+    let spins = s["errors"]["timeout"].as_u64().unwrap_or(0);
+    // Two workers (one per core), each with its own state and back-off.
+    assert!(
+        (1..=24).contains(&spins),
+        "{spins} CPU-limit failures in {requests} requests over 1.5 s: the back-off did not grow ({s})"
+    );
+    // During the back-off the plugin's other rules fail too (`tag` runs on
+    // every request; fail_closed); once it is over the state is rebuilt and
+    // a request that succeeds starts the count over.
+    eventually(
+        "the state is rebuilt after its back-off",
+        Duration::from_secs(8),
+        || async { get(t.ports.web, "/fine").await.status == StatusCode::OK },
+    )
+    .await;
+    let r = get(t.ports.web, "/spin").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+}

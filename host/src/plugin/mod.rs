@@ -76,14 +76,17 @@ impl OnError {
     }
 }
 
-/// First back-off after a failure that dropped an instance; doubles per consecutive failure.
+/// Failures in a row after which the instance is rebuilt at once.
+pub const FREE_REBUILDS: u32 = 3;
+/// First back-off after [`FREE_REBUILDS`] failures in a row; doubles per further failure.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest back-off between rebuilds.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// When a worker may rebuild a plugin instance after failures: at once
-/// after one failure (a failing request recycles the instance for the next),
-/// then exponentially for consecutive ones (10 ms doubling to 5 s). Only a
+/// after each of the first [`FREE_REBUILDS`] failures in a row (a failing
+/// request recycles the instance for the next, as users of a plugin that
+/// fails now and then expect), then exponentially (10 ms doubling to 5 s). Only a
 /// request that ran to its end on a live instance resets it, so a plugin that
 /// fails on every request backs off to seconds instead of burning the CPU on
 /// rebuilds.
@@ -100,9 +103,9 @@ impl BackOff {
     pub fn failed(&mut self, now: Instant) -> Duration {
         self.fails = self.fails.saturating_add(1);
         let wait = match self.fails {
-            0 | 1 => Duration::ZERO,
+            n if n <= FREE_REBUILDS => Duration::ZERO,
             n => BACKOFF_MIN
-                .saturating_mul(1 << (n - 2).min(16))
+                .saturating_mul(1 << (n - FREE_REBUILDS - 1).min(16))
                 .min(BACKOFF_MAX),
         };
         self.retry_at = Some(now + wait);
@@ -175,12 +178,12 @@ mod tests {
         let t0 = Instant::now();
         let mut b = BackOff::default();
         assert!(b.ready(t0));
-        let waits: Vec<Duration> = (0..12).map(|_| b.failed(t0)).collect();
-        // One failure recycles the instance at once; consecutive ones back off.
-        assert_eq!(waits[0], Duration::ZERO);
-        assert_eq!(waits[1], Duration::from_millis(10));
-        assert_eq!(waits[2], Duration::from_millis(20));
-        assert_eq!(waits[6], Duration::from_millis(320));
+        let waits: Vec<Duration> = (0..14).map(|_| b.failed(t0)).collect();
+        // A few failures recycle the instance at once; more in a row back off.
+        assert_eq!(waits[..3], [Duration::ZERO; 3]);
+        assert_eq!(waits[3], Duration::from_millis(10));
+        assert_eq!(waits[4], Duration::from_millis(20));
+        assert_eq!(waits[8], Duration::from_millis(320));
         assert_eq!(*waits.last().expect("waits"), BACKOFF_MAX);
         assert!(!b.ready(t0));
         assert!(b.ready(t0 + BACKOFF_MAX));
@@ -189,7 +192,9 @@ mod tests {
         assert!(b.ready(t0));
         assert_eq!(b.failed(t0), BACKOFF_MAX);
         b.reset();
-        assert_eq!(b.failed(t0), Duration::ZERO);
+        for _ in 0..FREE_REBUILDS {
+            assert_eq!(b.failed(t0), Duration::ZERO);
+        }
         assert_eq!(b.failed(t0), BACKOFF_MIN);
     }
 
