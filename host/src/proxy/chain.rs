@@ -281,3 +281,229 @@ impl Outgoing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The chain's semantics, on filters that record what ran.
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+
+    use http::StatusCode;
+
+    use super::*;
+    use crate::filter::{Chain, WaitFuture};
+
+    /// What a test filter does in its head hook.
+    #[derive(Clone, Copy)]
+    enum Act {
+        Continue,
+        Respond(u16),
+        /// Wait once, then continue on resume.
+        WaitThenContinue,
+    }
+
+    struct Probe {
+        name: &'static str,
+        phases: Phases,
+        act: Act,
+        log: std::sync::Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Probe {
+        fn note(&self, what: &str) {
+            self.log
+                .lock()
+                .expect("log")
+                .push(format!("{}:{what}", self.name));
+        }
+
+        fn head(&self, txn: &mut Txn) -> Flow {
+            self.note(match txn.phase {
+                Phase::Request => "request",
+                Phase::Response => "response",
+            });
+            match self.act {
+                Act::Continue => Flow::Continue,
+                Act::Respond(s) => Flow::Respond(Reply::text(
+                    StatusCode::from_u16(s).expect("status"),
+                    self.name,
+                )),
+                Act::WaitThenContinue => {
+                    let fut: WaitFuture = Box::pin(tokio::task::yield_now());
+                    Flow::Wait(fut)
+                }
+            }
+        }
+    }
+
+    impl Filter for Probe {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn phases(&self) -> Phases {
+            self.phases
+        }
+        fn on_request(&self, txn: &mut Txn) -> Flow {
+            self.head(txn)
+        }
+        fn on_response(&self, txn: &mut Txn) -> Flow {
+            self.head(txn)
+        }
+        fn resume(&self, _txn: &mut Txn) -> Flow {
+            self.note("resume");
+            Flow::Continue
+        }
+        fn on_log(&self, _txn: &Txn) {
+            self.note("log");
+        }
+        fn body_limits(&self, txn: &Txn) -> Option<BodyLimits> {
+            self.phases
+                .contains(Phases::body(txn.phase))
+                .then_some(BodyLimits {
+                    max: 1024,
+                    idle: std::time::Duration::from_secs(1),
+                })
+        }
+        fn on_body(&self, _txn: &mut Txn, end_of_stream: bool) -> BodyFlow {
+            self.note(if end_of_stream { "body-end" } else { "body" });
+            BodyFlow::Continue
+        }
+    }
+
+    type Log = std::sync::Arc<Mutex<Vec<String>>>;
+
+    fn probe(log: &Log, name: &'static str, phases: Phases, act: Act) -> Arc<dyn Filter> {
+        Arc::new(Probe {
+            name,
+            phases,
+            act,
+            log: Arc::clone(log),
+        })
+    }
+
+    fn txn(phase: Phase) -> Txn {
+        let mut t = Txn::for_test("/", SocketAddr::from(([127, 0, 0, 1], 1)));
+        t.phase = phase;
+        t
+    }
+
+    fn run(filters: &[Arc<dyn Filter>], phase: Phase) -> Option<Reply> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let mut t = txn(phase);
+        let mut taps = Vec::new();
+        let r = rt.block_on(run_phase(filters, &mut t, &mut taps));
+        assert!(taps.is_empty(), "no body, no tap");
+        r
+    }
+
+    fn taken(log: &Log) -> Vec<String> {
+        std::mem::take(&mut *log.lock().expect("log"))
+    }
+
+    #[test]
+    fn the_first_reply_stops_the_phase() {
+        let log = Log::default();
+        let filters = [
+            probe(&log, "a", Phases::REQUEST, Act::Continue),
+            probe(&log, "b", Phases::REQUEST, Act::Respond(403)),
+            probe(&log, "c", Phases::REQUEST, Act::Continue),
+        ];
+        let r = run(&filters, Phase::Request).expect("b answers");
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        assert_eq!(&r.body[..], b"b");
+        assert_eq!(taken(&log), ["a:request", "b:request"]);
+    }
+
+    #[test]
+    fn a_waiting_filter_is_resumed_before_the_next_runs() {
+        let log = Log::default();
+        let filters = [
+            probe(&log, "a", Phases::REQUEST, Act::WaitThenContinue),
+            probe(&log, "b", Phases::REQUEST, Act::Continue),
+        ];
+        assert!(run(&filters, Phase::Request).is_none());
+        assert_eq!(taken(&log), ["a:request", "a:resume", "b:request"]);
+    }
+
+    #[test]
+    fn filters_are_placed_by_their_phases() {
+        let log = Log::default();
+        let both = Phases::REQUEST | Phases::RESPONSE | Phases::LOG;
+        let chain = Chain::assemble(
+            vec![
+                probe(&log, "req", Phases::REQUEST, Act::Continue),
+                probe(&log, "span1", both, Act::Continue),
+                probe(&log, "span2", both, Act::Continue),
+            ],
+            vec![probe(
+                &log,
+                "res",
+                Phases::RESPONSE | Phases::LOG,
+                Act::Continue,
+            )],
+        );
+        let names =
+            |v: &[Arc<dyn Filter>]| v.iter().map(|f| f.name().to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&chain.request), ["req", "span1", "span2"]);
+        // Request-list filters see the response first, in reverse order (Envoy's encoder order).
+        assert_eq!(names(&chain.response), ["span2", "span1", "res"]);
+        // Each filter with a log hook once, in declaration order.
+        assert_eq!(names(&chain.log), ["span1", "span2", "res"]);
+        assert!(run(&chain.response, Phase::Response).is_none());
+        assert_eq!(
+            taken(&log),
+            ["span2:response", "span1:response", "res:response"]
+        );
+    }
+
+    #[test]
+    fn no_body_calls_no_body_hook_but_a_body_read_earlier_does() {
+        // As in Envoy, a request without a body calls no body hook.
+        let log = Log::default();
+        let f = probe(
+            &log,
+            "a",
+            Phases::REQUEST | Phases::REQUEST_BODY,
+            Act::Continue,
+        );
+        assert!(run(std::slice::from_ref(&f), Phase::Request).is_none());
+        assert_eq!(taken(&log), ["a:request"]);
+        // A body an earlier filter read in full is given whole, as ended.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let mut t = txn(Phase::Request);
+        t.req_buffered = Some(BufferedBody {
+            data: b"abc".to_vec(),
+            received: 3,
+            trailers: HeaderMap::new(),
+        });
+        let mut taps = Vec::new();
+        assert!(rt.block_on(run_phase(&[f], &mut t, &mut taps)).is_none());
+        assert_eq!(taken(&log), ["a:request", "a:body-end"]);
+    }
+
+    #[test]
+    fn outgoing_keeps_or_fixes_the_declared_length() {
+        let mut t = txn(Phase::Request);
+        t.req_buffered = Some(BufferedBody {
+            data: b"rewritten".to_vec(),
+            received: 4,
+            trailers: HeaderMap::new(),
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(4));
+        match Outgoing::take(&mut t, Phase::Request, Vec::new(), &mut headers) {
+            Outgoing::Buffered(b) => assert_eq!(b.data, b"rewritten"),
+            _ => panic!("a body read in full goes as one buffer"),
+        }
+        assert_eq!(headers[CONTENT_LENGTH], "9");
+        let mut headers = HeaderMap::new();
+        assert!(matches!(
+            Outgoing::take(&mut t, Phase::Request, Vec::new(), &mut headers),
+            Outgoing::Empty
+        ));
+    }
+}
