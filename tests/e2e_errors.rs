@@ -156,6 +156,17 @@ async fn slow_upstream_gives_504_after_server_timeout() {
         took >= Duration::from_millis(400) && took <= Duration::from_millis(1800),
         "504 after {took:?}; the backend's server timeout is 500ms"
     );
+    // The status line is HAProxy's too (clients and scripts compare it).
+    let (_s, raw) = raw_exchange(
+        ports.web,
+        b"GET /delay/4000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        raw.head.starts_with("HTTP/1.1 504 Gateway Time-out\r\n"),
+        "{:?}",
+        raw.head
+    );
     // A fast request on the same backend still works.
     let r = get(ports.web, "/fast").await;
     assert_eq!(r.status, StatusCode::OK);

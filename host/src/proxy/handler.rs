@@ -260,10 +260,10 @@ pub async fn handle(
             Some(reply)
         }
     };
-    let (status, headers, body) = match early {
+    let (status, headers, body, reason) = match early {
         Some(mut reply) => {
             error_pages(&ctx, &route, &mut reply);
-            (reply.status, reply.headers, ResponseBody::full(reply.body))
+            reply_parts(reply)
         }
         None => match forward(&ctx, &mut txn, req_taps, &mut route).await {
             Ok(resp) => {
@@ -287,7 +287,7 @@ pub async fn handle(
                         }
                         drop(txn.resp_body.take());
                         drop(txn.resp_buffered.take());
-                        (reply.status, reply.headers, ResponseBody::full(reply.body))
+                        reply_parts(reply)
                     }
                     None => {
                         let timeout = route
@@ -296,14 +296,19 @@ pub async fn handle(
                             .map_or(shared.config.global.timeouts.server, |b| b.server_timeout);
                         let mut headers = std::mem::take(&mut txn.resp_headers);
                         let out = Outgoing::take(&mut txn, Phase::Response, taps, &mut headers);
-                        (txn.status, headers, ResponseBody::outgoing(out, timeout))
+                        (
+                            txn.status,
+                            headers,
+                            ResponseBody::outgoing(out, timeout),
+                            None,
+                        )
                     }
                 }
             }
             Err(err) => {
                 let mut reply = fail(&ctx, &mut route, &err);
                 error_pages(&ctx, &route, &mut reply);
-                (reply.status, reply.headers, ResponseBody::full(reply.body))
+                reply_parts(reply)
             }
         },
     };
@@ -325,9 +330,32 @@ pub async fn handle(
         .on_end(Box::new(ex))
         .watch_client(Rc::clone(&ctx.state));
     let mut resp = Response::new(body);
+    if let Some(reason) = reason
+        && let Ok(r) = hyper::ext::ReasonPhrase::try_from(reason.as_bytes())
+    {
+        // HTTP/1 clients see HAProxy's status line too (`504 Gateway Time-out`).
+        resp.extensions_mut().insert(r);
+    }
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     Ok(resp)
+}
+
+/// A reply as response parts; an error page keeps HAProxy's reason phrase
+/// where it differs from the standard one.
+fn reply_parts(reply: Reply) -> (StatusCode, HeaderMap, ResponseBody, Option<&'static str>) {
+    let reason = if reply.error_page {
+        let r = crate::error::reason(reply.status);
+        (Some(r) != reply.status.canonical_reason()).then_some(r)
+    } else {
+        None
+    };
+    (
+        reply.status,
+        reply.headers,
+        ResponseBody::full(reply.body),
+        reason,
+    )
 }
 
 /// The proxy's own answer to `err`, recorded in `route` for counters and the access log.
