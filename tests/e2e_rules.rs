@@ -33,6 +33,7 @@ http_response = [
   { add_header = "X-Served-By", value = "portcullis" },
   { del_header = "X-Secret" },
   { set_header = "X-Error", value = "yes", if = "status ge 500" },
+  { set_header = "X-Backend", value = "%[be_name]" },
 ]
 "#;
 
@@ -204,8 +205,12 @@ async fn use_backend_static_and_dynamic() {
     let mut c = H1::connect(t.ports.web).await;
     let r = c.get("/api/users").await;
     assert_eq!(r.echo().server(), "api1", "path_beg /api → api");
+    assert_eq!(r.header("x-backend").as_deref(), Some("api"));
     let r = c.get("/other").await;
     assert_eq!(r.echo().server(), "s1", "default backend");
+    // be_name in response rules names the backend that served, also when
+    // the default backend routed the request.
+    assert_eq!(r.header("x-backend").as_deref(), Some("app"));
 
     let dyn_req = |name: Option<&str>| {
         let mut b = request(Method::GET, t.ports.web, "/dyn");
@@ -225,6 +230,8 @@ async fn use_backend_static_and_dynamic() {
         "s1",
         "unknown backend name falls back to default"
     );
+    // The unknown name is not kept: be_name is the backend that served.
+    assert_eq!(r.header("x-backend").as_deref(), Some("app"));
     let r = c.send(dyn_req(None)).await;
     assert_eq!(
         r.echo().server(),

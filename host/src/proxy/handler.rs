@@ -410,7 +410,12 @@ async fn forward(
 ) -> Result<Response<Incoming>, ProxyError> {
     let worker = &ctx.worker;
     let shared = &worker.shared;
-    let b = resolve_backend(ctx, txn).ok_or(ProxyError::NoBackend)?;
+    // What routed the request is what `be_name` reports from here on (also
+    // in response rules): the default backend, or the one a dynamic
+    // `use_backend` named if it exists (a name that does not is not kept).
+    let b = resolve_backend(ctx, txn);
+    txn.backend = b.map(BackendChoice::Index);
+    let b = b.ok_or(ProxyError::NoBackend)?;
     let backend = &shared.config.backends[b];
     let bstate = &shared.backends[b];
     bstate.stats.requests.fetch_add(1, Relaxed);
