@@ -638,3 +638,35 @@ async fn no_idle_pool_closes_upstream_at_once_without_time_wait() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwardfor_false_sends_the_forwarding_headers_as_received() {
+    let b = Backend::start("s1").await;
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}{}{}",
+        global_section(ports.admin, &[]),
+        frontend_section("web", ports.web, "app", "forwardfor = false"),
+        backend_section("app", "roundrobin", &[("s1", b.addr, 1)], ""),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let e = get(ports.web, "/none").await.echo();
+    assert!(
+        e.header("x-forwarded-for").is_none(),
+        "{:?}",
+        e.0["headers"]
+    );
+    assert!(
+        e.header("x-forwarded-proto").is_none(),
+        "{:?}",
+        e.0["headers"]
+    );
+    // What the client sent passes unchanged (HAProxy without `option forwardfor`).
+    let req = format!(
+        "GET /client HTTP/1.1\r\nHost: {}\r\nX-Forwarded-For: 1.2.3.4\r\nConnection: close\r\n\r\n",
+        ports.web
+    );
+    let (_s, r) = raw_exchange(ports.web, req.as_bytes()).await;
+    let e = Echo(serde_json::from_slice(&r.body).expect("echo json"));
+    assert_eq!(e.header_all("x-forwarded-for"), vec!["1.2.3.4".to_string()]);
+}

@@ -105,6 +105,8 @@ pub struct Frontend {
     pub default_backend: Option<usize>,
     /// This frontend's `maxconn`; `None`: only the global limit applies.
     pub maxconn: Option<usize>,
+    /// Add `X-Forwarded-For` / `X-Forwarded-Proto` to requests sent upstream.
+    pub forwardfor: bool,
     /// `http_request` rules as written (compiled into the chain at assembly).
     pub http_request: Vec<Spanned<schema::RawRule>>,
     /// `http_response` rules as written.
@@ -446,6 +448,7 @@ impl Validator<'_> {
             binds,
             default_backend,
             maxconn,
+            forwardfor: f.forwardfor.unwrap_or(true),
             http_request: f.http_request.clone(),
             http_response: f.http_response.clone(),
             errors: errors::error_pages(

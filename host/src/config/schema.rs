@@ -165,6 +165,9 @@ pub struct RawFrontend {
     pub default_backend: Option<Spanned<String>>,
     /// Most client connections open at once on this frontend; absent: the global `maxconn`.
     pub maxconn: Option<Spanned<i64>>,
+    /// HAProxy's `option forwardfor` (and the proto header): add
+    /// `X-Forwarded-For` / `X-Forwarded-Proto` upstream; absent: true.
+    pub forwardfor: Option<bool>,
     #[serde(default)]
     pub http_request: Vec<Spanned<RawRule>>,
     #[serde(default)]

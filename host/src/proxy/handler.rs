@@ -445,7 +445,9 @@ async fn forward(
     // Connection options went before the rules (`prepare_request`), and Host
     // was settled there: what rules set and what the proxy adds here stays.
     strip_hop_by_hop(&mut headers);
-    add_forwarded(&mut headers, &ctx.client_ip);
+    if shared.config.frontends[ctx.frontend].forwardfor {
+        add_forwarded(&mut headers, &ctx.client_ip);
+    }
     let uri = match txn.uri.path_and_query() {
         Some(pq) => Uri::from(pq.clone()),
         None => Uri::from_static("/"),
