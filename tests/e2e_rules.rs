@@ -241,3 +241,71 @@ async fn use_backend_static_and_dynamic() {
     assert_eq!(t.api.requests(), 2);
     assert_eq!(t.app.requests(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_after_response_runs_on_every_response() {
+    let app = Backend::start("s1").await;
+    let ports = Ports::new();
+    let rules = r#"http_request = [
+  { deny = 403, if = "path_beg /admin" },
+  { return = 200, content_type = "text/plain", body = "hi", if = "path /hello" },
+  { redirect = "https://example.com%[path]", code = 302, if = "path_beg /old" },
+]
+http_response = [{ set_header = "X-Response-Rule", value = "1" }]
+http_after_response = [
+  { set_header = "Strict-Transport-Security", value = "max-age=31536000" },
+  { set_header = "X-Status", value = "%[status]" },
+  { del_header = "X-Secret" },
+  { set_status = 404, if = "status eq 403" },
+]
+"#;
+    let cfg = format!(
+        "{}{}{}",
+        global_section(ports.admin, &[]),
+        frontend_section("web", ports.web, "app", rules),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let hsts = Some("max-age=31536000".to_string());
+
+    // A server's response: after the http_response rules.
+    let r = get(ports.web, "/x").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("strict-transport-security"), hsts);
+    assert_eq!(r.header("x-response-rule").as_deref(), Some("1"));
+    assert_eq!(r.header("x-status").as_deref(), Some("200"));
+    // The proxy's own answers, which http_response rules never see.
+    let r = get(ports.web, "/hello").await;
+    assert_eq!(r.text(), "hi");
+    assert_eq!(r.header("strict-transport-security"), hsts);
+    assert_eq!(r.header("x-response-rule"), None);
+    let r = get(ports.web, "/old/a").await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    assert_eq!(r.header("strict-transport-security"), hsts);
+    assert_eq!(r.header("x-status").as_deref(), Some("302"));
+    // A deny, whose status a rule there may still change.
+    let r = get(ports.web, "/admin").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.header("x-status").as_deref(), Some("403"));
+    assert_eq!(r.header("strict-transport-security"), hsts);
+}
+
+#[test]
+fn http_after_response_refuses_actions_that_answer() {
+    let dir = TempDir::new("after");
+    let cfg = dir.write(
+        "c.toml",
+        "[[frontend]]\nname = \"web\"\nbind = \"127.0.0.1:1\"\nhttp_after_response = [{ deny = 403 }]\n",
+    );
+    let out = run_bin(
+        &["check", "-c", cfg.to_str().expect("path")],
+        std::time::Duration::from_secs(10),
+    );
+    assert!(out.status.is_some_and(|s| !s.success()), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("`deny` cannot be used in http_after_response rules"),
+        "{}",
+        out.stderr
+    );
+}

@@ -247,6 +247,9 @@ pub trait Filter: Send + Sync {
 pub struct Chain {
     pub request: Vec<std::sync::Arc<dyn Filter>>,
     pub response: Vec<std::sync::Arc<dyn Filter>>,
+    /// Run on every response about to be sent, the proxy's own answers
+    /// included (HAProxy's `http-after-response`), after `response`.
+    pub after_response: Vec<std::sync::Arc<dyn Filter>>,
     pub log: Vec<std::sync::Arc<dyn Filter>>,
 }
 
@@ -290,6 +293,7 @@ impl std::fmt::Debug for Chain {
         f.debug_struct("Chain")
             .field("request", &names(&self.request))
             .field("response", &names(&self.response))
+            .field("after_response", &names(&self.after_response))
             .field("log", &names(&self.log))
             .finish()
     }

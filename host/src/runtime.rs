@@ -170,7 +170,12 @@ pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
     let frontends = frontends
         .into_iter()
         .map(|spec| {
-            let chain = crate::rules::compile_chain(&spec.http_request, &spec.http_response, &cx)?;
+            let chain = crate::rules::compile_chain(
+                &spec.http_request,
+                &spec.http_response,
+                &spec.http_after_response,
+                &cx,
+            )?;
             Ok(Frontend { spec, chain })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;

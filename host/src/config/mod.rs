@@ -111,6 +111,8 @@ pub struct Frontend {
     pub http_request: Vec<Spanned<schema::RawRule>>,
     /// `http_response` rules as written.
     pub http_response: Vec<Spanned<schema::RawRule>>,
+    /// `http_after_response` rules as written.
+    pub http_after_response: Vec<Spanned<schema::RawRule>>,
     /// `errorfiles` / `error_replies`: pages replacing the default ones.
     pub errors: crate::error::ErrorPages,
 }
@@ -451,6 +453,7 @@ impl Validator<'_> {
             forwardfor: f.forwardfor.unwrap_or(true),
             http_request: f.http_request.clone(),
             http_response: f.http_response.clone(),
+            http_after_response: f.http_after_response.clone(),
             errors: errors::error_pages(
                 self.source,
                 f.errorfiles.as_ref(),

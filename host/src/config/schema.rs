@@ -172,6 +172,10 @@ pub struct RawFrontend {
     pub http_request: Vec<Spanned<RawRule>>,
     #[serde(default)]
     pub http_response: Vec<Spanned<RawRule>>,
+    /// HAProxy's `http-after-response`: rules on every response sent, the
+    /// proxy's own answers (deny, return, redirect, error pages) included.
+    #[serde(default)]
+    pub http_after_response: Vec<Spanned<RawRule>>,
     /// HAProxy's `errorfile`: status → a file holding a whole HTTP response.
     pub errorfiles: Option<Spanned<ErrorMap<String>>>,
     /// HAProxy's `http-error`: status → a reply (`body`, `content_type`, `headers`).

@@ -312,6 +312,19 @@ pub async fn handle(
             }
         },
     };
+    // http_after_response: every response sent, the proxy's own included.
+    let (status, headers, reason) = if chain.after_response.is_empty() {
+        (status, headers, reason)
+    } else {
+        txn.phase = Phase::Response;
+        txn.status = status;
+        txn.resp_headers = headers;
+        let mut taps = Vec::new();
+        // The rules there neither answer nor wait (checked at load).
+        let _ = run_phase(&chain.after_response, &mut txn, &mut taps).await;
+        let reason = reason.filter(|_| txn.status == status);
+        (txn.status, std::mem::take(&mut txn.resp_headers), reason)
+    };
     let ex = Exchange {
         ctx: Rc::clone(&ctx),
         txn,

@@ -84,6 +84,7 @@ impl ParseError {
 pub fn compile_chain(
     request: &[Spanned<RawRule>],
     response: &[Spanned<RawRule>],
+    after_response: &[Spanned<RawRule>],
     cx: &CompileCtx<'_>,
 ) -> Result<Chain, ConfigError> {
     let request = request
@@ -94,7 +95,46 @@ pub fn compile_chain(
         .iter()
         .map(|r| compile_rule(r, Phase::Response, cx))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Chain::assemble(request, response))
+    let mut chain = Chain::assemble(request, response);
+    for r in after_response {
+        chain.after_response.push(compile_after_response(r, cx)?);
+    }
+    Ok(chain)
+}
+
+/// Actions `http_after_response` takes (HAProxy 2.6's `http-after-response`
+/// set, in this config's names): the response is already decided, so
+/// nothing that answers, waits or routes.
+const AFTER_RESPONSE_ACTIONS: &[&str] = &[
+    "set_header",
+    "add_header",
+    "del_header",
+    "set_status",
+    "set_var",
+    "unset_var",
+    "sc_inc_gpc",
+    "sc_clr_gpc",
+    "sc_set_gpt",
+];
+
+/// Compiles one `http_after_response` rule: a response rule limited to
+/// [`AFTER_RESPONSE_ACTIONS`].
+fn compile_after_response(
+    rule: &Spanned<RawRule>,
+    cx: &CompileCtx<'_>,
+) -> Result<Arc<dyn Filter>, ConfigError> {
+    for (key, span) in action::rule_keys(rule.get_ref()) {
+        if action::find_action(key).is_some() && !AFTER_RESPONSE_ACTIONS.contains(&key) {
+            return Err(cx.source.error(
+                span,
+                format!(
+                    "`{key}` cannot be used in http_after_response rules (the response is already decided); they take: {}",
+                    AFTER_RESPONSE_ACTIONS.join(", ")
+                ),
+            ));
+        }
+    }
+    compile_rule(rule, Phase::Response, cx)
 }
 
 fn list_name(phase: Phase) -> &'static str {
