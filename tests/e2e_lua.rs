@@ -563,3 +563,83 @@ async fn a_state_failing_on_every_request_backs_off() {
     let r = get(t.ports.web, "/spin").await;
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
 }
+
+const GREET_LIB: &str = r#"local M = {}
+function M.word() return "hello from a module" end
+return M
+"#;
+
+const GREET_SCRIPT: &str = r#"local greet = require("greet")
+core.register_action("greet", {"http-req"}, function(txn)
+  txn.http:req_set_header("x-greet", greet.word())
+end)
+"#;
+
+#[test]
+fn lua_path_lets_scripts_require_their_libraries() {
+    let dir = TempDir::new("luapath");
+    std::fs::create_dir_all(dir.path().join("lib")).expect("lib dir");
+    dir.write("lib/greet.lua", GREET_LIB);
+    dir.write("main.lua", GREET_SCRIPT);
+    let config = |extra: &str| {
+        format!(
+            "[[plugin]]\nname = \"p\"\nlua = \"main.lua\"\n{extra}\n[[backend]]\nname = \"app\"\nserver = [{{ name = \"s1\", addr = \"127.0.0.1:9\" }}]\n[[frontend]]\nname = \"web\"\nbind = \"127.0.0.1:1\"\ndefault_backend = \"app\"\nhttp_request = [{{ lua = \"greet\" }}]\n"
+        )
+    };
+    let check = |name: &str, text: &str| {
+        let cfg = dir.write(name, text);
+        run_bin(
+            &["check", "-c", cfg.to_str().expect("path")],
+            Duration::from_secs(10),
+        )
+    };
+    // Relative patterns resolve against the config file's directory, not the cwd.
+    let ok = check("ok.toml", &config("lua_path = \"lib/?.lua\""));
+    assert!(ok.status.is_some_and(|s| s.success()), "{}", ok.stderr);
+    let missing = check("missing.toml", &config(""));
+    assert!(missing.status.is_some_and(|s| !s.success()));
+    assert!(
+        missing.stderr.contains("module 'greet' not found"),
+        "{}",
+        missing.stderr
+    );
+    let bad = check("bad.toml", &config("lua_path = \"lib\""));
+    assert!(
+        bad.stderr.contains("not a search pattern"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_required_module_works_on_every_worker() {
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("luapath-run");
+    std::fs::create_dir_all(dir.path().join("lib")).expect("lib dir");
+    dir.write("lib/greet.lua", GREET_LIB);
+    let script = dir.write("main.lua", GREET_SCRIPT);
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"p\"\nlua = \"{}\"\nlua_path = [\"{}/lib/?.lua\", \"{}/other/?/init.lua\"]\n\n{}{}",
+        global_section(ports.admin, &[("workers", "2")]),
+        script.display(),
+        dir.path().display(),
+        dir.path().display(),
+        frontend_section(
+            "web",
+            ports.web,
+            "app",
+            "http_request = [{ lua = \"greet\" }]"
+        ),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    for i in 0..6 {
+        let r = get(ports.web, &format!("/{i}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(
+            r.echo().header("x-greet").as_deref(),
+            Some("hello from a module")
+        );
+    }
+}

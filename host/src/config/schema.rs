@@ -76,6 +76,9 @@ pub struct RawPlugin {
     pub on_error: Option<Spanned<String>>,
     /// Arguments passed to the script's main chunk (HAProxy's `lua-load FILE ARGS...`).
     pub args: Option<Spanned<Vec<toml::Value>>>,
+    /// Lua: `require` search patterns put before `package.path` (HAProxy's
+    /// `lua-prepend-path`), relative ones against the config file's directory.
+    pub lua_path: Option<Spanned<OneOrMany>>,
 }
 
 /// `[global]`: process-wide settings.

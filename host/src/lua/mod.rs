@@ -153,6 +153,8 @@ pub struct Plugin {
     pub source: Arc<str>,
     /// Arguments for the main chunk (`...`).
     pub args: Vec<String>,
+    /// `require` search patterns put before `package.path` (`lua_path`), resolved.
+    pub lua_path: Vec<String>,
     /// Configured memory limit per instance, in bytes.
     pub memory_limit: usize,
     pub cpu_limit: Duration,
@@ -407,6 +409,27 @@ fn load_one(p: &RawPlugin, source: &SourceMap, view: &HostView) -> Result<Plugin
         Some(a) => arg_strings(a).map_err(|m| source.error(a.span(), m))?,
         None => Vec::new(),
     };
+    let lua_path = match &p.lua_path {
+        Some(l) => l
+            .get_ref()
+            .to_vec()
+            .into_iter()
+            .map(|pattern| {
+                if pattern.is_empty() || pattern.contains(';') || !pattern.contains('?') {
+                    return Err(source.error(
+                        l.span(),
+                        format!(
+                            "lua_path entry {pattern:?} is not a search pattern: write a path with `?` for the module name, e.g. \"lib/?.lua\" (one pattern per entry, no `;`)"
+                        ),
+                    ));
+                }
+                Ok(crate::config::resolve_path(source.file(), &pattern)
+                    .to_string_lossy()
+                    .into_owned())
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
     let path = crate::config::resolve_path(source.file(), lua.get_ref());
     let text = std::fs::read_to_string(&path).map_err(|e| {
         source.error(
@@ -423,6 +446,7 @@ fn load_one(p: &RawPlugin, source: &SourceMap, view: &HostView) -> Result<Plugin
         path,
         source: Arc::from(text),
         args,
+        lua_path,
         memory_limit,
         cpu_limit,
         on_error,

@@ -464,6 +464,7 @@ pub(crate) fn validate(plugin: &Plugin) -> Result<Registered, String> {
         path: plugin.path.clone(),
         source: Arc::clone(&plugin.source),
         args: plugin.args.clone(),
+        lua_path: plugin.lua_path.clone(),
         memory_limit: plugin.memory_limit,
         cpu_limit: plugin.cpu_limit,
         on_error: plugin.on_error,
@@ -552,6 +553,18 @@ impl Instance {
         }));
         let (txn_obj, applet_obj) =
             super::api::install(&lua, &cx, &collect).map_err(|e| CallError::from_lua(&e))?;
+        if !plugin.lua_path.is_empty() {
+            // HAProxy's lua-prepend-path: the plugin's patterns are searched first.
+            let package: mlua::Table = lua
+                .globals()
+                .get("package")
+                .map_err(|e| CallError::from_lua(&e))?;
+            let current: String = package.get("path").unwrap_or_default();
+            let path = format!("{};{current}", plugin.lua_path.join(";"));
+            package
+                .set("path", path)
+                .map_err(|e| CallError::from_lua(&e))?;
+        }
         let chunk = lua
             .load(&*plugin.source)
             .set_name(format!("@{}", plugin.path.display()))

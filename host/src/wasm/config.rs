@@ -95,6 +95,12 @@ fn load_one(
             "`args` is for Lua plugins; a Wasm plugin takes its settings from `config`",
         ));
     }
+    if let Some(l) = &p.lua_path {
+        return Err(source.error(
+            l.span(),
+            "`lua_path` is the `require` path of Lua plugins; a Wasm module links its libraries in",
+        ));
+    }
     // A paused request waits for the plugin as long as it would for a server.
     let mut limits = Limits {
         pause_timeout,
