@@ -23,6 +23,7 @@
 pub mod admin;
 mod api;
 mod applet;
+#[path = "ffi/cfunc.rs"]
 mod cfunc;
 mod headers;
 pub mod host;
