@@ -23,8 +23,7 @@
 pub mod admin;
 mod api;
 mod applet;
-#[path = "ffi/cfunc.rs"]
-mod cfunc;
+mod ffi;
 mod headers;
 pub mod host;
 mod map;
