@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use mlua::{Lua, MultiValue, Table, Value};
 
 use super::api::Args;
-use super::headers::headers_table;
+use super::ffi::headers_table;
 use super::runtime::{CallCx, Instance};
 use crate::filter::Reply;
 use crate::txn::Txn;

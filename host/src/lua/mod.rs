@@ -23,7 +23,7 @@
 pub mod admin;
 mod api;
 mod applet;
-mod cfunc;
+mod ffi;
 mod headers;
 pub mod host;
 mod map;

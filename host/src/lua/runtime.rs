@@ -35,8 +35,6 @@ use mlua::{
 use super::{ErrorKind, OnError, Plugin, Registered};
 use crate::filter::{Flow, Reply};
 use crate::plugin::BackOff;
-use crate::rules::Expr;
-use crate::rules::fetch::Converter;
 use crate::txn::{Phase, Txn};
 
 /// Instructions between two runs of the CPU/memory hook.
@@ -44,7 +42,7 @@ const HOOK_EVERY: u32 = 2048;
 /// Coroutines kept for reuse per instance.
 const POOL_MAX: usize = 16;
 /// CPU budget for a script's main chunk and init functions (at least).
-const LOAD_BUDGET: Duration = Duration::from_secs(1);
+pub(super) const LOAD_BUDGET: Duration = Duration::from_secs(1);
 /// Memory-in-use changes smaller than this are not published (see `report`).
 const REPORT_STEP: u64 = 4096;
 /// Message of the error raised when a call exceeds its CPU budget in a non-yieldable spot.
@@ -164,154 +162,9 @@ pub(crate) struct Collect {
     pub names: Registered,
 }
 
-/// Per-call state the API functions read and change (one per instance).
-pub(crate) struct CallCx {
-    pub plugin: Arc<Plugin>,
-    txn: Cell<*mut Txn>,
-    writable: Cell<bool>,
-    /// Set while an API function holds the transaction (guards against re-entry).
-    txn_borrowed: Cell<bool>,
-    pub phase: Cell<Phase>,
-    pub kind: Cell<CallKind>,
-    /// The reply given to `txn:done(reply)`.
-    pub reply: RefCell<Option<Reply>>,
-    /// `txn:get_priv/set_priv` of the running request.
-    pub privv: RefCell<Value>,
-    /// Fields the script set on `txn` for the running request.
-    pub fields: RefCell<Option<Table>>,
-    /// The running service's request and response.
-    pub applet: RefCell<Option<super::applet::AppletState>>,
-    /// `act:wake_time(ms)` before returning `act.YIELD`.
-    pub wake_ms: Cell<Option<u64>>,
-    deadline: Cell<Instant>,
-    timed_out: Cell<bool>,
-    peak: Cell<usize>,
-    /// Compiled `txn.f` fetches and `txn.c` converters, by name, phase and arguments.
-    pub exprs: RefCell<HashMap<String, Rc<Expr>>>,
-    pub convs: RefCell<HashMap<String, Rc<dyn Converter>>>,
-    pub regexes: RefCell<HashMap<String, Rc<regex::Regex>>>,
-    /// A transaction for converters called outside of one (`core` tasks, inits).
-    pub idle_txn: RefCell<Option<Box<Txn>>>,
-    /// Short strings reused when building header tables (made on first use).
-    pub strings: RefCell<Option<super::headers::StrCache>>,
-    /// The last header snapshot written (`cfunc::get_headers`), reused so
-    /// that a snapshot is made in one pass without allocating.
-    pub snapshot: RefCell<Vec<u8>>,
-    /// Bumped on every write of `snapshot` (tells a writer whether a
-    /// finalizer reused the buffer while Lua allocated).
-    pub snapshot_gen: Cell<u64>,
-    /// Header names recently set from Lua, parsed once (see `cfunc::header_name`).
-    pub names: RefCell<[Option<http::HeaderName>; super::cfunc::NAME_SLOTS]>,
-}
-
-/// The error of an API function used where there is no transaction.
-fn no_txn() -> mlua::Error {
-    mlua::Error::runtime(
-        "this function needs a transaction; it can be used in actions, fetches and services",
-    )
-}
-
-impl CallCx {
-    fn new(plugin: &Arc<Plugin>) -> CallCx {
-        CallCx {
-            plugin: Arc::clone(plugin),
-            txn: Cell::new(std::ptr::null_mut()),
-            writable: Cell::new(false),
-            txn_borrowed: Cell::new(false),
-            phase: Cell::new(Phase::Request),
-            kind: Cell::new(CallKind::Load),
-            reply: RefCell::new(None),
-            privv: RefCell::new(Value::Nil),
-            fields: RefCell::new(None),
-            applet: RefCell::new(None),
-            wake_ms: Cell::new(None),
-            deadline: Cell::new(Instant::now() + LOAD_BUDGET),
-            timed_out: Cell::new(false),
-            peak: Cell::new(0),
-            exprs: RefCell::new(HashMap::new()),
-            convs: RefCell::new(HashMap::new()),
-            regexes: RefCell::new(HashMap::new()),
-            idle_txn: RefCell::new(None),
-            strings: RefCell::new(None),
-            snapshot: RefCell::new(Vec::new()),
-            snapshot_gen: Cell::new(0),
-            names: RefCell::new(Default::default()),
-        }
-    }
-
-    /// Whether a transaction is attached to the running call.
-    pub(crate) fn has_txn(&self) -> bool {
-        !self.txn.get().is_null()
-    }
-
-    /// Runs `f` on the running call's transaction.
-    pub(crate) fn with_txn<R>(&self, f: impl FnOnce(&Txn) -> mlua::Result<R>) -> mlua::Result<R> {
-        let p = self.txn.get();
-        if p.is_null() {
-            return Err(no_txn());
-        }
-        if self.txn_borrowed.replace(true) {
-            return Err(mlua::Error::runtime(
-                "the transaction is in use (called from a finalizer?)",
-            ));
-        }
-        // SAFETY: `p` was set by `Instance::run` from a `&mut Txn` (or a `&Txn`
-        // for read-only calls) that outlives the synchronous call into Lua
-        // during which this runs; it is cleared before that call returns.
-        // `txn_borrowed` rules out a second reference through this path
-        // (a `__gc` finalizer running inside `f`), and the worker is single-threaded.
-        let r = f(unsafe { &*p });
-        self.txn_borrowed.set(false);
-        r
-    }
-
-    /// Runs `f` on the running call's transaction, which `f` may change.
-    pub(crate) fn with_txn_mut<R>(
-        &self,
-        what: &str,
-        f: impl FnOnce(&mut Txn) -> mlua::Result<R>,
-    ) -> mlua::Result<R> {
-        let p = self.txn.get();
-        if p.is_null() {
-            return Err(no_txn());
-        }
-        if !self.writable.get() {
-            return Err(mlua::Error::runtime(format!(
-                "{what} cannot change the message from a fetch or a converter"
-            )));
-        }
-        if self.txn_borrowed.replace(true) {
-            return Err(mlua::Error::runtime(
-                "the transaction is in use (called from a finalizer?)",
-            ));
-        }
-        // SAFETY: as in `with_txn`; `writable` is only set when `p` came from a `&mut Txn`.
-        let r = f(unsafe { &mut *p });
-        self.txn_borrowed.set(false);
-        r
-    }
-
-    /// Runs `f` on the transaction, or on an idle one outside of a transaction.
-    pub(crate) fn with_any_txn<R>(
-        &self,
-        f: impl FnOnce(&Txn) -> mlua::Result<R>,
-    ) -> mlua::Result<R> {
-        if self.has_txn() {
-            return self.with_txn(f);
-        }
-        let mut idle = self
-            .idle_txn
-            .try_borrow_mut()
-            .map_err(|_| mlua::Error::runtime("the transaction is in use"))?;
-        let t = idle.get_or_insert_with(|| {
-            Box::new(Txn::for_test(
-                "/",
-                std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-            ))
-        });
-        f(t)
-    }
-}
+/// Per-call state the API functions read and change (one per instance),
+/// defined with the raw C API layer that relies on it.
+pub(crate) use super::ffi::CallCx;
 
 /// Per-request values of one plugin, kept in the transaction between calls.
 pub(crate) struct TxnSlot {
@@ -798,7 +651,7 @@ impl Instance {
         cx.timed_out.set(false);
         let start = Instant::now();
         cx.deadline.set(start + budget);
-        let running = super::cfunc::Running::enter(cx);
+        let running = super::ffi::cfunc::Running::enter(cx);
         let res = catch_unwind(AssertUnwindSafe(|| thread.resume::<MultiValue>(args)));
         drop(running);
         cx.txn.set(std::ptr::null_mut());

@@ -28,9 +28,11 @@ use http::{HeaderName, HeaderValue};
 use mlua::ffi::{self, lua_State};
 use mlua::{Function, Lua, Table};
 
-use super::api::{Msg, framing_refusal};
-use super::headers::{self, write_snapshot};
-use super::runtime::{CallCx, describe};
+use super::cx::CallCx;
+use super::lazy_headers;
+use crate::lua::api::{Msg, framing_refusal};
+use crate::lua::headers::write_snapshot;
+use crate::lua::runtime::describe;
 
 thread_local! {
     /// The `CallCx` of the Lua call running on this thread, or null.
@@ -196,7 +198,7 @@ fn header_name(cx: &CallCx, name: &[u8]) -> Option<HeaderName> {
 }
 
 /// `txn.http:req_get_headers()` / `res_get_headers()`: a lazy header table
-/// (see `headers.rs`); upvalue 2 is the shared metatable.
+/// (see `headers.rs`, `lazy_headers.rs`); upvalue 2 is the shared metatable.
 ///
 /// # Safety
 /// Inside the C functions below.
@@ -230,7 +232,7 @@ unsafe fn get_headers(state: *mut lua_State, m: Msg) -> c_int {
     // SAFETY: `push_lazy` may raise a memory error; this frame then holds
     // only references, pointers and integers. The returned bytes are
     // anchored by the table on the stack.
-    let out = unsafe { headers::push_lazy(state, ffi::lua_upvalueindex(2), size, names) };
+    let out = unsafe { lazy_headers::push_lazy(state, ffi::lua_upvalueindex(2), size, names) };
     if cx.snapshot_gen.get() == generation {
         // SAFETY: the buffer was not written since `fill` (same generation),
         // so `src` still points to its `size` bytes; `out` has `size` bytes
@@ -321,7 +323,7 @@ fn closure(
 
 /// Sets the C versions of the functions into `http` (the `txn.http` table).
 pub(crate) fn install(lua: &Lua, cx: &CallCx, http: &Table) -> mlua::Result<()> {
-    let lazy = headers::LazyHeaders::new(lua)?;
+    let lazy = lazy_headers::LazyHeaders::new(lua)?;
     let meta = Some(lazy.meta());
     for (name, f, extra) in [
         ("req_set_header", req_set_header as ffi::lua_CFunction, None),

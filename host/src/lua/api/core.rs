@@ -1,0 +1,368 @@
+//! The `core` table: `core.register_*` (only while the script loads),
+//! logging, `now`/`tokenize`, `proc.*` variables, and the functions
+//! portcullis does not support (they raise a clear error).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mlua::{Function, Lua, Table, Value};
+
+use super::args::{Args, func, none, one, sample_to_lua};
+use super::txn::lua_to_var;
+use crate::lua::RegAction;
+use crate::lua::runtime::{CallCx, Collect};
+use crate::txn::VarScope;
+
+/// Logs `msg` for the plugin at HAProxy syslog level `level` (0 emerg .. 7 debug).
+pub(super) fn log_at(plugin: &str, level: i64, msg: &str) {
+    match level {
+        i64::MIN..=3 => tracing::error!(plugin, "{msg}"),
+        4 => tracing::warn!(plugin, "{msg}"),
+        5 | 6 => tracing::info!(plugin, "{msg}"),
+        _ => tracing::debug!(plugin, "{msg}"),
+    }
+}
+
+/// Adds `log`, `Debug`, `Info`, `Warning` and `Alert` (methods when `skip` is 1).
+pub(super) fn log_functions(
+    lua: &Lua,
+    t: &Table,
+    cx: &Rc<CallCx>,
+    skip: usize,
+) -> mlua::Result<()> {
+    {
+        let cx = Rc::clone(cx);
+        t.raw_set(
+            "log",
+            func(lua, move |_, a| {
+                let args = Args::new(&a, "log", skip);
+                let level = args.int(1)?;
+                if !(0..=7).contains(&level) {
+                    return Err(args.err(1, "log level must be between 0 (emerg) and 7 (debug)"));
+                }
+                let msg = String::from_utf8_lossy(&args.bytes(2)?).into_owned();
+                log_at(&cx.plugin.name, level, &msg);
+                none()
+            })?,
+        )?;
+    }
+    for (name, level) in [("Debug", 7), ("Info", 6), ("Warning", 4), ("Alert", 1)] {
+        let cx = Rc::clone(cx);
+        t.raw_set(
+            name,
+            func(lua, move |_, a| {
+                let args = Args::new(&a, "log", skip);
+                let msg = String::from_utf8_lossy(&args.bytes(1)?).into_owned();
+                log_at(&cx.plugin.name, level, &msg);
+                none()
+            })?,
+        )?;
+    }
+    Ok(())
+}
+
+/// Returns an error unless the script is loading.
+fn while_loading(collect: &RefCell<Collect>, f: &str) -> mlua::Result<()> {
+    match collect.try_borrow() {
+        Ok(c) if c.loading => Ok(()),
+        _ => Err(mlua::Error::runtime(format!(
+            "core.{f} can only be called while the script loads (in its main chunk)"
+        ))),
+    }
+}
+
+fn collect_mut<'a>(collect: &'a RefCell<Collect>) -> mlua::Result<std::cell::RefMut<'a, Collect>> {
+    collect
+        .try_borrow_mut()
+        .map_err(|_| mlua::Error::runtime("registration in progress"))
+}
+
+pub(super) fn core_table(
+    lua: &Lua,
+    cx: &Rc<CallCx>,
+    collect: &Rc<RefCell<Collect>>,
+) -> mlua::Result<Table> {
+    let core = lua.create_table()?;
+    log_functions(lua, &core, cx, 0)?;
+
+    {
+        let collect = Rc::clone(collect);
+        let cx = Rc::clone(cx);
+        core.raw_set(
+            "register_action",
+            func(lua, move |_, a| {
+                let args = Args::new(&a, "register_action", 0);
+                let name = args.string(1)?;
+                let kinds = args.table(2)?;
+                let f = args.func(3)?;
+                let nb = args.opt_int(4)?.unwrap_or(0);
+                if !(0..=64).contains(&nb) {
+                    return Err(args.err(4, "nb_args must be between 0 and 64"));
+                }
+                let nb = usize::try_from(nb).unwrap_or(0);
+                while_loading(&collect, "register_action")?;
+                let (mut req, mut res) = (false, false);
+                for i in 1..=kinds.raw_len() {
+                    let k: Value = kinds.raw_get(i)?;
+                    let Value::String(k) = k else {
+                        return Err(args.err(2, "action types must be strings"));
+                    };
+                    match &*k.as_bytes() {
+                        b"http-req" => req = true,
+                        b"http-res" => res = true,
+                        b"tcp-req" | b"tcp-res" | b"http-after-res" => {
+                            tracing::warn!(plugin = %cx.plugin.name, action = %name, "{} actions are not supported; only http-req and http-res", k.to_string_lossy());
+                        }
+                        other => {
+                            return Err(args.err(
+                                2,
+                                format!(
+                                    "unknown action type '{}'; expected http-req or http-res",
+                                    String::from_utf8_lossy(other)
+                                ),
+                            ));
+                        }
+                    }
+                }
+                let mut c = collect_mut(&collect)?;
+                let Collect { funcs, names, .. } = &mut *c;
+                let entry = match names.actions.iter_mut().position(|x| x.name == name) {
+                    Some(i) => &mut names.actions[i],
+                    None => {
+                        names.actions.push(RegAction {
+                            name: name.clone(),
+                            request: false,
+                            response: false,
+                            nb_args_req: 0,
+                            nb_args_res: 0,
+                        });
+                        let last = names.actions.len() - 1;
+                        &mut names.actions[last]
+                    }
+                };
+                if req {
+                    entry.request = true;
+                    entry.nb_args_req = nb;
+                    funcs.actions_req.insert(name.clone(), f.clone());
+                }
+                if res {
+                    entry.response = true;
+                    entry.nb_args_res = nb;
+                    funcs.actions_res.insert(name, f);
+                }
+                none()
+            })?,
+        )?;
+    }
+    type Pick = fn(&mut Collect, String, Function);
+    let simple: [(&'static str, Pick); 2] = [
+        ("register_fetches", |c, n, f| {
+            push_name(&mut c.names.fetches, &n);
+            c.funcs.fetches.insert(n, f);
+        }),
+        ("register_converters", |c, n, f| {
+            push_name(&mut c.names.converters, &n);
+            c.funcs.converters.insert(n, f);
+        }),
+    ];
+    for (fname, pick) in simple {
+        let collect = Rc::clone(collect);
+        core.raw_set(
+            fname,
+            func(lua, move |_, a| {
+                let args = Args::new(&a, fname, 0);
+                let name = args.string(1)?;
+                let f = args.func(2)?;
+                while_loading(&collect, fname)?;
+                pick(&mut *collect_mut(&collect)?, name, f);
+                none()
+            })?,
+        )?;
+    }
+    {
+        let collect = Rc::clone(collect);
+        let cx = Rc::clone(cx);
+        core.raw_set(
+            "register_service",
+            func(lua, move |_, a| {
+                let args = Args::new(&a, "register_service", 0);
+                let name = args.string(1)?;
+                let mode = args.string(2)?;
+                let f = args.func(3)?;
+                while_loading(&collect, "register_service")?;
+                match mode.as_str() {
+                    "http" => {
+                        let mut c = collect_mut(&collect)?;
+                        push_name(&mut c.names.services, &name);
+                        c.funcs.services.insert(name, f);
+                    }
+                    "tcp" => {
+                        tracing::warn!(plugin = %cx.plugin.name, service = %name, "tcp services are not supported; only http services");
+                    }
+                    other => {
+                        return Err(args.err(
+                            2,
+                            format!("unknown service mode '{other}'; expected http or tcp"),
+                        ));
+                    }
+                }
+                none()
+            })?,
+        )?;
+    }
+    {
+        let collect = Rc::clone(collect);
+        core.raw_set(
+            "register_init",
+            func(lua, move |_, a| {
+                let args = Args::new(&a, "register_init", 0);
+                let f = args.func(1)?;
+                while_loading(&collect, "register_init")?;
+                let mut c = collect_mut(&collect)?;
+                c.names.inits += 1;
+                c.funcs.inits.push(f);
+                none()
+            })?,
+        )?;
+    }
+    {
+        let collect = Rc::clone(collect);
+        core.raw_set(
+            "register_task",
+            func(lua, move |_, a| {
+                let args = Args::new(&a, "register_task", 0);
+                let f = args.func(1)?;
+                if a.len() > 5 {
+                    return Err(args.err(6, "a task takes at most 4 arguments"));
+                }
+                let extra: Vec<Value> = a.iter().skip(1).cloned().collect();
+                while_loading(&collect, "register_task")?;
+                let mut c = collect_mut(&collect)?;
+                c.names.tasks += 1;
+                c.funcs.tasks.push((f, extra));
+                none()
+            })?,
+        )?;
+    }
+    {
+        let cx = Rc::clone(cx);
+        core.raw_set(
+            "register_cli",
+            func(lua, move |_, a| {
+                let args = Args::new(&a, "register_cli", 0);
+                args.table(1)?;
+                args.func(3)?;
+                tracing::warn!(plugin = %cx.plugin.name, "core.register_cli is not supported; the command is ignored");
+                none()
+            })?,
+        )?;
+    }
+    core.raw_set(
+        "now",
+        func(lua, |lua, _| {
+            let d = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            let t = lua.create_table_with_capacity(0, 2)?;
+            t.raw_set("sec", i64::try_from(d.as_secs()).unwrap_or(i64::MAX))?;
+            t.raw_set("usec", i64::from(d.subsec_micros()))?;
+            one(Value::Table(t))
+        })?,
+    )?;
+    core.raw_set(
+        "tokenize",
+        func(lua, |lua, a| {
+            let args = Args::new(&a, "tokenize", 0);
+            let s = args.bytes(1)?;
+            let seps = args.bytes(2)?;
+            let noblank = match args.get(3) {
+                Value::Nil => false,
+                Value::Boolean(b) => *b,
+                _ => return Err(args.bad(3, "boolean")),
+            };
+            let t = lua.create_table()?;
+            let mut i = 0i64;
+            for part in s.split(|b| seps.contains(b)) {
+                if noblank && part.is_empty() {
+                    continue;
+                }
+                i += 1;
+                t.raw_set(i, lua.create_string(part)?)?;
+            }
+            one(Value::Table(t))
+        })?,
+    )?;
+    core.raw_set(
+        "get_var",
+        func(lua, |lua, a| {
+            let args = Args::new(&a, "get_var", 0);
+            let name = args.string(1)?;
+            match VarScope::parse(&name) {
+                Some((VarScope::Proc, n)) => {
+                    sample_to_lua(lua, crate::txn::PROC_VARS.get(n), false).and_then(one)
+                }
+                _ => Err(args.err(1, "core.get_var only reads proc.* variables")),
+            }
+        })?,
+    )?;
+    core.raw_set(
+        "set_var",
+        func(lua, |_, a| {
+            let args = Args::new(&a, "set_var", 0);
+            let name = args.string(1)?;
+            let value = lua_to_var(&args, 2)?;
+            match VarScope::parse(&name) {
+                Some((VarScope::Proc, n)) => {
+                    crate::txn::PROC_VARS.set(n, value);
+                    none()
+                }
+                _ => Err(args.err(1, "core.set_var only sets proc.* variables")),
+            }
+        })?,
+    )?;
+    core.raw_set(
+        "unset_var",
+        func(lua, |_, a| {
+            let args = Args::new(&a, "unset_var", 0);
+            let name = args.string(1)?;
+            match VarScope::parse(&name) {
+                Some((VarScope::Proc, n)) => one(Value::Boolean(crate::txn::PROC_VARS.unset(n))),
+                _ => Err(args.err(1, "core.unset_var only removes proc.* variables")),
+            }
+        })?,
+    )?;
+    core.raw_set(
+        "set_nice",
+        func(lua, |_, a| {
+            Args::new(&a, "set_nice", 0).int(1)?;
+            none()
+        })?,
+    )?;
+    for name in [
+        "add_acl",
+        "del_acl",
+        "set_map",
+        "del_map",
+        "tcp",
+        "httpclient",
+    ] {
+        core.raw_set(
+            name,
+            func(lua, move |_, _| {
+                Err(mlua::Error::runtime(format!(
+                    "core.{name} is not supported by portcullis"
+                )))
+            })?,
+        )?;
+    }
+    core.raw_set("thread", 1)?;
+    crate::lua::stktable::install(lua, &core, cx)?;
+    Ok(core)
+}
+
+fn push_name(list: &mut Vec<String>, name: &str) {
+    if !list.iter().any(|n| n == name) {
+        list.push(name.to_string());
+    }
+}
