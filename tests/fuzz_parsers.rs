@@ -28,7 +28,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{FileFailurePersistence, TestCaseError};
 
-use portcullis::config::{BindCheck, SourceMap};
+use portcullis::config::BindCheck;
 use portcullis::rules::cond::{Condition, MatchMethod};
 use portcullis::rules::fetch::{CONVERTERS, FETCHES, parse_expr};
 use portcullis::rules::pattern::PatternMap;
@@ -572,10 +572,8 @@ static TABLES: LazyLock<Arc<StickTables>> = LazyLock::new(|| {
 
 /// Runs `f` with the compile environment of a rule in `phase` (same backends and tables as the config).
 fn with_env<R>(phase: Phase, f: impl FnOnce(&Env<'_>) -> R) -> R {
-    let source = SourceMap::new(Path::new("fuzz.toml"), "");
     let backends = HashMap::from([("api".to_string(), 0), ("static".to_string(), 1)]);
     let cx = CompileCtx {
-        source: &source,
         backends: &backends,
         plugins: portcullis::rules::Extensions::empty(),
         tables: &TABLES,

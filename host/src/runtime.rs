@@ -162,7 +162,6 @@ pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
     );
 
     let cx = CompileCtx {
-        source: &source,
         backends: &backend_ids,
         plugins: &extensions,
         tables: &tables,
@@ -174,6 +173,7 @@ pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
                 &spec.http_request,
                 &spec.http_response,
                 &spec.http_after_response,
+                &source,
                 &cx,
             )?;
             Ok(Frontend { spec, chain })

@@ -19,8 +19,8 @@ use toml::Spanned;
 use super::fetch::{Expr, parse_expr, path_and_query, request_host};
 use super::format::LogFormat;
 use super::{Env, at_string, did_you_mean, parse_var_name, suggest};
-use crate::config::ConfigError;
 use crate::config::schema::{DenySpec, RawRule};
+use crate::config::{ConfigError, SourceMap};
 use crate::filter::{Filter, Flow, Phases as FilterPhases, Reply};
 use crate::txn::{BackendChoice, Phase, Txn, VarScope};
 
@@ -81,6 +81,8 @@ impl Phases {
 pub struct RuleEnv<'a> {
     /// The compile context and the rule's phase.
     pub env: Env<'a>,
+    /// The config text the rule's spans point into.
+    pub source: &'a SourceMap,
     /// Span of the whole rule (for errors about missing keys).
     pub span: Range<usize>,
     /// The action's key (`set_header`, `lua`, ...).
@@ -103,18 +105,18 @@ impl RuleEnv<'_> {
 
     /// An error at `span`.
     pub fn error(&self, span: Range<usize>, msg: impl Into<String>) -> ConfigError {
-        self.env.ctx.source.error(span, msg)
+        self.source.error(span, msg)
     }
 
     /// A log-format string from a config value.
     pub fn log_format(&self, s: &Spanned<String>) -> Result<LogFormat, ConfigError> {
-        LogFormat::parse(s.get_ref(), &self.env).map_err(|e| at_string(self.env.ctx, s, e))
+        LogFormat::parse(s.get_ref(), &self.env).map_err(|e| at_string(self.source, s, e))
     }
 
     /// A fetch expression from a config value.
     pub fn expr(&self, s: &Spanned<String>) -> Result<Expr, ConfigError> {
         parse_expr(s.get_ref(), 0, &self.env, "in expression")
-            .map_err(|e| at_string(self.env.ctx, s, e))
+            .map_err(|e| at_string(self.source, s, e))
     }
 
     /// The value of a key the builder knows is present (the action key itself).
@@ -950,7 +952,6 @@ mod tests {
     fn build(raw: &RawRule, phase: Phase) -> Result<Box<dyn Filter>, ConfigError> {
         let (source, backends) = ctx_parts();
         let cx = crate::rules::CompileCtx {
-            source: &source,
             backends: &backends,
             plugins: crate::rules::ext::Extensions::empty(),
             tables: crate::stick::StickTables::none(),
@@ -961,6 +962,7 @@ mod tests {
             .expect("rule has an action");
         let re = RuleEnv {
             env: Env { ctx: &cx, phase },
+            source: &source,
             span: 0..0,
             key: key.key,
         };

@@ -130,9 +130,8 @@ mod tests {
     use crate::txn::Phase;
 
     fn parse(text: &str) -> Result<LogFormat, ParseError> {
-        let (source, backends) = ctx_parts();
+        let (_, backends) = ctx_parts();
         let cx = crate::rules::CompileCtx {
-            source: &source,
             backends: &backends,
             plugins: crate::rules::ext::Extensions::empty(),
             tables: crate::stick::StickTables::none(),

@@ -39,9 +39,10 @@ use crate::config::{ConfigError, SourceMap};
 use crate::filter::{BodyFlow, BodyLimits, Chain, Filter, Flow, Phases};
 use crate::txn::{Phase, Txn, VarScope};
 
-/// What rule compilation may refer to.
+/// What rules and expressions may refer to: the names they resolve against.
+/// Rules compiled from the config also get the `SourceMap` their errors
+/// point into; expressions a script compiles at run time need none.
 pub struct CompileCtx<'a> {
-    pub source: &'a SourceMap,
     /// Backend name → index in the config.
     pub backends: &'a HashMap<String, usize>,
     /// The plugin hosts and what they registered (actions, fetches, converters, services).
@@ -85,19 +86,22 @@ pub fn compile_chain(
     request: &[Spanned<RawRule>],
     response: &[Spanned<RawRule>],
     after_response: &[Spanned<RawRule>],
+    source: &SourceMap,
     cx: &CompileCtx<'_>,
 ) -> Result<Chain, ConfigError> {
     let request = request
         .iter()
-        .map(|r| compile_rule(r, Phase::Request, cx))
+        .map(|r| compile_rule(r, Phase::Request, source, cx))
         .collect::<Result<Vec<_>, _>>()?;
     let response = response
         .iter()
-        .map(|r| compile_rule(r, Phase::Response, cx))
+        .map(|r| compile_rule(r, Phase::Response, source, cx))
         .collect::<Result<Vec<_>, _>>()?;
     let mut chain = Chain::assemble(request, response);
     for r in after_response {
-        chain.after_response.push(compile_after_response(r, cx)?);
+        chain
+            .after_response
+            .push(compile_after_response(r, source, cx)?);
     }
     Ok(chain)
 }
@@ -121,11 +125,12 @@ const AFTER_RESPONSE_ACTIONS: &[&str] = &[
 /// [`AFTER_RESPONSE_ACTIONS`].
 fn compile_after_response(
     rule: &Spanned<RawRule>,
+    source: &SourceMap,
     cx: &CompileCtx<'_>,
 ) -> Result<Arc<dyn Filter>, ConfigError> {
     for (key, span) in action::rule_keys(rule.get_ref()) {
         if action::find_action(key).is_some() && !AFTER_RESPONSE_ACTIONS.contains(&key) {
-            return Err(cx.source.error(
+            return Err(source.error(
                 span,
                 format!(
                     "`{key}` cannot be used in http_after_response rules (the response is already decided); they take: {}",
@@ -134,7 +139,7 @@ fn compile_after_response(
             ));
         }
     }
-    compile_rule(rule, Phase::Response, cx)
+    compile_rule(rule, Phase::Response, source, cx)
 }
 
 fn list_name(phase: Phase) -> &'static str {
@@ -148,6 +153,7 @@ fn list_name(phase: Phase) -> &'static str {
 pub fn compile_rule(
     rule: &Spanned<RawRule>,
     phase: Phase,
+    source: &SourceMap,
     cx: &CompileCtx<'_>,
 ) -> Result<Arc<dyn Filter>, ConfigError> {
     let raw = rule.get_ref();
@@ -159,7 +165,7 @@ pub fn compile_rule(
             continue;
         };
         if let Some((first, _)) = &found {
-            return Err(cx.source.error(
+            return Err(source.error(
                 span.clone(),
                 format!(
                     "a rule has exactly one action, but this one has both `{}` and `{key}`; split it into two rules",
@@ -171,7 +177,7 @@ pub fn compile_rule(
     }
     let Some((def, action_span)) = found else {
         let all: Vec<&str> = action::ACTIONS.iter().map(|d| d.key).collect();
-        return Err(cx.source.error(
+        return Err(source.error(
             rule.span(),
             format!("rule has no action; add one of: {}", all.join(", ")),
         ));
@@ -181,7 +187,7 @@ pub fn compile_rule(
             Phase::Request => "http_response",
             Phase::Response => "http_request",
         };
-        return Err(cx.source.error(
+        return Err(source.error(
             action_span,
             format!(
                 "`{}` cannot be used in {} rules ({}); it belongs in {other}",
@@ -205,7 +211,7 @@ pub fn compile_rule(
             [one] => one.clone(),
             [init @ .., last] => format!("{} or {last}", init.join(", ")),
         };
-        return Err(cx.source.error(
+        return Err(source.error(
             span.clone(),
             format!(
                 "`{key}` does not apply to `{}`; it is used with {owners}",
@@ -217,23 +223,24 @@ pub fn compile_rule(
     let env = Env { ctx: cx, phase };
     let cond = match (&raw.cond_if, &raw.unless) {
         (Some(_), Some(u)) => {
-            return Err(cx.source.error(
+            return Err(source.error(
                 u.span(),
                 "a rule takes `if` or `unless`, not both; combine them, e.g. if = \"A and !B\"",
             ));
         }
         (Some(c), None) => {
-            Some(Condition::parse(c.get_ref(), &env).map_err(|e| at_string(cx, c, e))?)
+            Some(Condition::parse(c.get_ref(), &env).map_err(|e| at_string(source, c, e))?)
         }
         (None, Some(u)) => Some(
             Condition::parse(u.get_ref(), &env)
-                .map_err(|e| at_string(cx, u, e))?
+                .map_err(|e| at_string(source, u, e))?
                 .negated(),
         ),
         (None, None) => None,
     };
     let re = RuleEnv {
         env,
+        source,
         span: rule.span(),
         key: def.key,
     };
@@ -339,8 +346,8 @@ impl Filter for RuleFilter {
 /// Offsets count bytes of the decoded string; the source map maps them back
 /// through the TOML quotes and escapes (an offset past the value points at
 /// its closing quote).
-pub(crate) fn at_string(cx: &CompileCtx<'_>, s: &Spanned<String>, e: ParseError) -> ConfigError {
-    cx.source.error_in_string(s.span(), e.offset, e.message)
+pub(crate) fn at_string(source: &SourceMap, s: &Spanned<String>, e: ParseError) -> ConfigError {
+    source.error_in_string(s.span(), e.offset, e.message)
 }
 
 /// Parses `scope.name` for `set_var` / `var()`, checking the scope exists in `env`'s phase.
@@ -791,9 +798,8 @@ http_response = [
         assert_eq!(levenshtein("é", "e"), 1);
         assert_eq!(levenshtein("ab", "ba"), 2);
         assert_eq!(suggest("é", ["e", "ab"]), Some("e"));
-        let (source, backends) = ctx_parts();
+        let (_, backends) = ctx_parts();
         let cx = CompileCtx {
-            source: &source,
             backends: &backends,
             plugins: crate::rules::ext::Extensions::empty(),
             tables: crate::stick::StickTables::none(),

@@ -10,7 +10,6 @@ use mlua::{Function, Lua, MultiValue, Value};
 
 use super::CACHE_MAX;
 use super::args::{Args, func, one, sample_to_lua};
-use crate::config::SourceMap;
 use crate::lua::rules::text_value;
 use crate::lua::runtime::CallCx;
 use crate::rules::fetch::{Arg, Avail, CONVERTERS, Call, FETCHES, find_converter, find_fetch};
@@ -82,9 +81,7 @@ fn compiled<T: ?Sized>(
         parens: !args.is_empty(),
         args,
     };
-    let source = SourceMap::new(std::path::Path::new("lua"), "");
     let ctx = CompileCtx {
-        source: &source,
         backends: &cx.plugin.backends,
         plugins: crate::rules::Extensions::empty(),
         tables: &cx.plugin.tables,

@@ -6,9 +6,8 @@ use crate::rules::tests::{ctx_parts, txn};
 use crate::txn::{Phase, Sample, VarScope};
 
 fn check_in(cond: &str, t: &Txn, phase: Phase) -> bool {
-    let (source, backends) = ctx_parts();
+    let (_, backends) = ctx_parts();
     let cx = crate::rules::CompileCtx {
-        source: &source,
         backends: &backends,
         plugins: crate::rules::ext::Extensions::empty(),
         tables: crate::stick::StickTables::none(),
@@ -24,9 +23,8 @@ fn check(cond: &str, t: &Txn) -> bool {
 }
 
 fn err(cond: &str) -> ParseError {
-    let (source, backends) = ctx_parts();
+    let (_, backends) = ctx_parts();
     let cx = crate::rules::CompileCtx {
-        source: &source,
         backends: &backends,
         plugins: crate::rules::ext::Extensions::empty(),
         tables: crate::stick::StickTables::none(),

@@ -10,9 +10,8 @@ use crate::rules::{Env, ParseError};
 use crate::txn::{BackendChoice, Phase, Sample, Txn, VarScope};
 
 fn eval_in(text: &str, t: &Txn, phase: Phase) -> Option<Sample> {
-    let (source, backends) = ctx_parts();
+    let (_, backends) = ctx_parts();
     let cx = crate::rules::CompileCtx {
-        source: &source,
         backends: &backends,
         plugins: crate::rules::ext::Extensions::empty(),
         tables: crate::stick::StickTables::none(),
@@ -31,9 +30,8 @@ fn s(x: &str) -> Option<Sample> {
 }
 
 fn err(text: &str, phase: Phase) -> ParseError {
-    let (source, backends) = ctx_parts();
+    let (_, backends) = ctx_parts();
     let cx = crate::rules::CompileCtx {
-        source: &source,
         backends: &backends,
         plugins: crate::rules::ext::Extensions::empty(),
         tables: crate::stick::StickTables::none(),
