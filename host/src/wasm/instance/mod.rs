@@ -1,0 +1,98 @@
+//! One live instance of a plugin (one per worker): its store with resource
+//! limits, the guest exports cached as `TypedFunc`s, the root context and
+//! the per-request stream contexts, and the calls into the guest.
+//!
+//! Every call into the guest goes through [`guest_call`](failure::guest_call),
+//! which sets the epoch deadline first and turns any error into a [`Failure`]
+//! with a [`FailKind`]. A failure means the instance is dead: the owner drops
+//! it and builds a new one (see [`super::filter`]).
+//!
+//! - `state`: the host state the store carries (limits, loaded transaction, contexts).
+//! - `lifecycle`: build and start-up, root-context calls, housekeeping, teardown.
+//! - `stream`: stream (HTTP) contexts, their hooks and verdicts.
+//! - `failure`: failure kinds, per-plugin counters, `guest_call`.
+
+mod failure;
+mod lifecycle;
+mod state;
+mod stream;
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::{Store, TypedFunc};
+
+pub use failure::{FailKind, Failure, GuestExit, PluginStats};
+pub use state::{
+    CallResponse, CallResults, Callback, HostState, IdHasher, IdMap, Limiter, MAX_CALLS,
+    PendingCall, PluginShared, ROOT_ID, StreamIo,
+};
+pub(crate) use stream::local_reply;
+pub use stream::{StreamState, StreamWaker, Verdict};
+
+/// `proxy_on_http_call_response(context, token, headers, body_size, trailers)`.
+type CallResponseArgs = (u32, u32, u32, u32, u32);
+
+/// Guest exports, resolved once per instance.
+struct Exports {
+    on_context_create: Option<TypedFunc<(u32, u32), ()>>,
+    on_vm_start: Option<TypedFunc<(u32, u32), u32>>,
+    on_configure: Option<TypedFunc<(u32, u32), u32>>,
+    on_request_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
+    on_request_body: Option<TypedFunc<(u32, u32, u32), u32>>,
+    on_request_trailers: Option<TypedFunc<(u32, u32), u32>>,
+    on_response_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
+    on_response_body: Option<TypedFunc<(u32, u32, u32), u32>>,
+    on_response_trailers: Option<TypedFunc<(u32, u32), u32>>,
+    on_log: Option<TypedFunc<u32, ()>>,
+    on_done: Option<TypedFunc<u32, u32>>,
+    on_delete: Option<TypedFunc<u32, ()>>,
+    on_tick: Option<TypedFunc<u32, ()>>,
+    on_http_call_response: Option<TypedFunc<CallResponseArgs, ()>>,
+    on_queue_ready: Option<TypedFunc<(u32, u32), ()>>,
+    on_new_connection: Option<TypedFunc<u32, u32>>,
+}
+
+/// One instance of a plugin.
+pub struct PluginInstance {
+    store: Store<HostState>,
+    /// Shared with each call site by `Rc` (cloning a `TypedFunc` costs atomics in wasmtime's type registry).
+    ex: Rc<Exports>,
+    ticks: u64,
+    next_ctx: u32,
+    order: VecDeque<u32>,
+    next_tick: Option<Instant>,
+    queue_gen: u64,
+}
+
+fn len_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl PluginInstance {
+    fn begin(&mut self, ctx: u32, callback: Callback) {
+        let d = self.store.data_mut();
+        d.effective = ctx;
+        d.callback = callback;
+    }
+
+    /// The plugin's shared state.
+    pub fn plugin(&self) -> &Arc<PluginShared> {
+        &self.store.data().plugin
+    }
+
+    /// Current linear memory size in bytes.
+    pub fn memory_size(&self) -> usize {
+        self.store
+            .data()
+            .memory
+            .map_or(0, |m| m.data_size(&self.store))
+    }
+
+    /// Whether the module exports an HTTP request hook at all.
+    pub fn has_http_hooks(&self) -> bool {
+        self.ex.on_request_headers.is_some() || self.ex.on_response_headers.is_some()
+    }
+}

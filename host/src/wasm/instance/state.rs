@@ -1,0 +1,360 @@
+//! The host state a plugin instance's store carries: the plugin's shared
+//! parts, the resource limiter, the transaction buffers loaded into the store
+//! for a callback, queued http calls, and the per-instance context data.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use http::{HeaderMap, Method, StatusCode, Uri, Version};
+use wasmtime::{Memory, ResourceLimiter, TypedFunc};
+
+use super::failure::PluginStats;
+use super::stream::StreamState;
+use crate::txn::{Phase, Txn};
+use crate::wasm::PluginSpec;
+use crate::wasm::shared::{Metric, SharedData};
+
+/// What all instances of one plugin share (across workers).
+#[derive(Debug)]
+pub struct PluginShared {
+    pub spec: PluginSpec,
+    pub shared_data: Arc<SharedData>,
+    pub stats: PluginStats,
+}
+
+/// Enforces `memory_limit` and table limits on one store; growth past the
+/// limit traps and is recorded, so the failure is reported as a memory-limit hit.
+#[derive(Debug)]
+pub struct Limiter {
+    memory: usize,
+    tables: usize,
+    hit: bool,
+    current: u64,
+    total: Arc<AtomicU64>,
+}
+
+impl Limiter {
+    pub(super) fn take_hit(&mut self) -> bool {
+        std::mem::take(&mut self.hit)
+    }
+}
+
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.current, Relaxed);
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory {
+            self.hit = true;
+            return Err(wasmtime::format_err!(
+                "linear memory would grow to {desired} bytes, past the plugin's memory_limit of {} bytes",
+                self.memory
+            ));
+        }
+        let grown = u64::try_from(desired.saturating_sub(current)).unwrap_or(0);
+        self.current = self.current.saturating_add(grown);
+        self.total.fetch_add(grown, Relaxed);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.tables {
+            self.hit = true;
+            return Err(wasmtime::format_err!(
+                "a table would grow to {desired} elements, past the limit of {}",
+                self.tables
+            ));
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        4
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+}
+
+/// The parts of a [`Txn`] a callback may read and change, moved into the
+/// store for the duration of the call (swapped, never copied).
+#[derive(Debug, Default)]
+pub struct StreamIo {
+    /// A transaction is loaded.
+    pub active: bool,
+    /// Loaded read-only (the log phase).
+    pub read_only: bool,
+    /// Only a body chunk is loaded (a body let go on mid-stream): headers,
+    /// trailers and request properties are `NOT_FOUND`.
+    pub body_only: bool,
+    pub phase: Option<Phase>,
+    pub req_headers: HeaderMap,
+    pub resp_headers: HeaderMap,
+    pub req_trailers: HeaderMap,
+    pub resp_trailers: HeaderMap,
+    pub req_body: Vec<u8>,
+    pub resp_body: Vec<u8>,
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub status: StatusCode,
+    pub client: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+}
+
+impl StreamIo {
+    fn swap_txn(&mut self, txn: &mut Txn) {
+        std::mem::swap(&mut self.req_headers, &mut txn.req_headers);
+        std::mem::swap(&mut self.resp_headers, &mut txn.resp_headers);
+        std::mem::swap(&mut self.method, &mut txn.method);
+        std::mem::swap(&mut self.uri, &mut txn.uri);
+        std::mem::swap(&mut self.status, &mut txn.status);
+        // Buffered bodies stay readable (and writable) in every later callback
+        // of the stream, e.g. after a pause for an http call. Swapping twice
+        // restores them; `io` holds empty buffers while nothing is loaded.
+        if let Some(b) = txn.req_buffered.as_mut() {
+            std::mem::swap(&mut self.req_body, &mut b.data);
+            std::mem::swap(&mut self.req_trailers, &mut b.trailers);
+        }
+        if let Some(b) = txn.resp_buffered.as_mut() {
+            std::mem::swap(&mut self.resp_body, &mut b.data);
+            std::mem::swap(&mut self.resp_trailers, &mut b.trailers);
+        }
+    }
+
+    pub(super) fn load(&mut self, txn: &mut Txn) {
+        self.swap_txn(txn);
+        self.active = true;
+        self.read_only = false;
+        self.phase = Some(txn.phase);
+        self.version = txn.version;
+        self.client = Some(txn.client_addr);
+        self.local = Some(txn.local_addr);
+    }
+
+    pub(super) fn unload(&mut self, txn: &mut Txn) {
+        self.swap_txn(txn);
+        self.reset();
+    }
+
+    pub(super) fn load_for_log(&mut self, txn: &Txn) {
+        self.active = true;
+        self.read_only = true;
+        self.phase = Some(Phase::Response);
+        self.method = txn.method.clone();
+        self.uri = txn.uri.clone();
+        self.version = txn.version;
+        self.status = StatusCode::from_u16(txn.outcome.status).unwrap_or(txn.status);
+        self.client = Some(txn.client_addr);
+        self.local = Some(txn.local_addr);
+    }
+
+    pub(super) fn reset(&mut self) {
+        self.active = false;
+        self.read_only = false;
+        self.body_only = false;
+        self.phase = None;
+        self.client = None;
+        self.local = None;
+        self.req_trailers.clear();
+        self.resp_trailers.clear();
+        // Writes to a body that was not buffered go nowhere (never to the next request).
+        self.req_body.clear();
+        self.resp_body.clear();
+        self.method = Method::GET;
+        self.uri = Uri::default();
+        self.status = StatusCode::OK;
+    }
+}
+
+/// An outgoing `proxy_http_call`, queued until the request's wait future runs it.
+#[derive(Debug, Clone)]
+pub struct PendingCall {
+    pub token: u32,
+    pub upstream: SocketAddr,
+    pub authority: String,
+    pub method: Method,
+    pub path: String,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    pub timeout: Duration,
+}
+
+/// The response to an http call as the guest sees it (map type 6, buffer type 4).
+#[derive(Debug, Clone, Default)]
+pub struct CallResponse {
+    /// Includes `:status` first; empty if the call failed.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+/// Finished http calls (token, response) waiting to be delivered.
+pub type CallResults = Rc<RefCell<Vec<(u32, CallResponse)>>>;
+
+/// Which buffers exist during the current callback besides bodies.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Callback {
+    #[default]
+    Other,
+    VmStart,
+    Configure,
+    CallResponse,
+}
+
+/// The store's data: everything host functions reach.
+pub struct HostState {
+    pub limiter: Limiter,
+    pub memory: Option<Memory>,
+    /// The guest allocator (`Rc`: cloning a `TypedFunc` is not free, and host calls need it by value).
+    pub malloc: Option<Rc<TypedFunc<u32, u32>>>,
+    pub plugin: Arc<PluginShared>,
+    pub io: StreamIo,
+    /// The stream whose transaction is loaded in `io` (0: none).
+    pub io_ctx: u32,
+    /// The context host calls act on (the callback's, or set by `proxy_set_effective_context`).
+    pub effective: u32,
+    pub root_id: u32,
+    pub callback: Callback,
+    pub streams: IdMap<StreamState>,
+    pub call_response: Option<CallResponse>,
+    pub next_token: u32,
+    /// Root-context http calls (e.g. from `proxy_on_tick`) not yet started:
+    /// the worker starts them after the callback (see `filter::run_root_calls`).
+    pub root_calls: Vec<PendingCall>,
+    /// Root-context calls started and not yet delivered (with `root_calls`,
+    /// bounded by `MAX_CALLS`).
+    pub root_inflight: usize,
+    /// Where started root-context calls leave their responses (per instance:
+    /// a rebuilt instance never sees its predecessor's responses).
+    pub root_results: CallResults,
+    pub tick_period: Option<Duration>,
+    pub queues: Vec<u32>,
+    pub metrics: HashMap<u32, Arc<Metric>>,
+    pub root_props: Vec<(Vec<u8>, Vec<u8>)>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub last_error: Option<String>,
+    /// Guest calls not yet added to the shared `calls` counter: published in
+    /// batches so workers do not contend on one cache line per call.
+    pub calls_pending: u64,
+}
+
+impl HostState {
+    pub(crate) fn new(plugin: Arc<PluginShared>) -> HostState {
+        let limits = plugin.spec.limits;
+        HostState {
+            limiter: Limiter {
+                memory: limits.memory,
+                tables: limits.table_elements,
+                hit: false,
+                current: 0,
+                total: Arc::clone(&plugin.stats.memory_bytes),
+            },
+            memory: None,
+            malloc: None,
+            plugin,
+            io: StreamIo::default(),
+            io_ctx: 0,
+            effective: 0,
+            root_id: ROOT_ID,
+            callback: Callback::Other,
+            streams: IdMap::default(),
+            call_response: None,
+            next_token: 1,
+            root_calls: Vec::new(),
+            root_inflight: 0,
+            root_results: Rc::default(),
+            tick_period: None,
+            queues: Vec::new(),
+            metrics: HashMap::new(),
+            root_props: Vec::new(),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            last_error: None,
+            calls_pending: 0,
+        }
+    }
+
+    /// Adds the batched call count to the plugin's shared counter.
+    pub fn flush_calls(&mut self) {
+        let n = std::mem::take(&mut self.calls_pending);
+        if n > 0 {
+            self.plugin.stats.calls.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Records a refused host call: counted, kept for `last_error`, logged at debug level.
+    pub fn note_bad_call(&mut self, what: &str) {
+        self.plugin.stats.bad_host_calls.fetch_add(1, Relaxed);
+        tracing::debug!(plugin = %self.plugin.spec.name, "refused host call: {what}");
+        self.last_error = Some(what.to_string());
+    }
+
+    /// The stream state of the effective context, if it is a stream.
+    pub fn effective_stream(&mut self) -> Option<&mut StreamState> {
+        self.streams.get_mut(&self.effective)
+    }
+
+    /// Whether the loaded transaction belongs to the effective context.
+    pub fn io_available(&self) -> bool {
+        self.io.active && self.io_ctx != 0 && self.io_ctx == self.effective
+    }
+}
+
+/// Hashes small integer ids (context ids, plugin ids) by one multiplication:
+/// they are not attacker-chosen, so SipHash's cost buys nothing on a path
+/// taken several times per request.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by small integer ids, hashed with [`IdHasher`].
+pub type IdMap<V> = HashMap<u32, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Most http calls one context may have queued or in flight (no unbounded queues).
+pub const MAX_CALLS: usize = 16;
+
+/// The root context's id (the first context a module sees).
+pub const ROOT_ID: u32 = 1;
