@@ -43,6 +43,12 @@ pub const PARK_AFTER: Duration = Duration::from_secs(1);
 /// a request already on its way (answered with `Connection: close`).
 pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
 
+/// Lingering close (HAProxy, nginx): after answering a request whose body
+/// was not read to its end, the socket is half-closed and what the client
+/// still sends is read and dropped for at most this long, so the close does
+/// not reset the connection under the response before the client read it.
+pub const LINGER_MAX: Duration = Duration::from_secs(2);
+
 /// How long an HTTP/2 client gets to finish after our GOAWAY for an idle or
 /// head timeout before the socket is closed under it.
 const H2_GOAWAY_GRACE: Duration = Duration::from_secs(2);
@@ -98,6 +104,9 @@ pub struct ConnState {
     park: Cell<bool>,
     /// hyper is being stopped to park: its shutdown of the socket is skipped.
     parking: Cell<bool>,
+    /// HTTP/1: a request on this connection came with a body (which may be
+    /// unread when the connection closes: see [`LINGER_MAX`]).
+    body_seen: Cell<bool>,
     /// The config and frontend whose `errorfiles` replace the pages written
     /// below hyper; `None` when the frontend replaces none.
     pages: Option<(Arc<Config>, usize)>,
@@ -131,6 +140,7 @@ impl ConnState {
             draining: Cell::new(None),
             park: Cell::new(false),
             parking: Cell::new(false),
+            body_seen: Cell::new(false),
             pages: None,
         }
     }
@@ -142,6 +152,11 @@ impl ConnState {
             .as_ref()
             .and_then(|(c, f)| c.frontends.get(*f)?.errors.get(status))
             .map_or_else(|| crate::error::raw_response(status), |o| o.raw.clone())
+    }
+
+    /// The current request comes with a body.
+    pub fn request_has_body(&self) {
+        self.body_seen.set(true);
     }
 
     /// A request head was parsed: no head timeout until its response is sent.
@@ -541,6 +556,25 @@ impl AsyncWrite for TimedIo {
     }
 }
 
+/// Reads and drops what the client still sends, until it closes or
+/// [`LINGER_MAX`] passes, then closes the socket (see [`LINGER_MAX`]).
+async fn linger(stream: TcpStream) {
+    let deadline = Instant::now() + LINGER_MAX;
+    let mut sink = [0u8; 4096];
+    loop {
+        match stream.try_read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+        match tokio::time::timeout_at(deadline, stream.readable()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return,
+        }
+    }
+}
+
 /// Spawns hyper tasks (HTTP/2 streams) on this worker's `LocalSet`.
 #[derive(Clone, Copy)]
 struct LocalExec;
@@ -800,6 +834,10 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
             let result = drive_h1(&mut *conn, &state, &mut shutdown).await;
             tracing::trace!(?result, phase = ?state.phase.get(), parking = state.parking.get(), "hyper connection ended");
             if result.is_err() || !state.parking.get() {
+                if state.body_seen.get() {
+                    // hyper half-closed the socket after the last response.
+                    linger(conn.into_parts().io.into_inner().stream).await;
+                }
                 break result;
             }
             // Parked: hyper's buffers go; what it had read of a next request stays.

@@ -212,6 +212,9 @@ pub async fn handle(
         .requests
         .fetch_add(1, Relaxed);
     let (parts, body) = req.into_parts();
+    if !http_body::Body::is_end_stream(&body) {
+        ctx.state.request_has_body();
+    }
     // Boxed once: the transaction (about 1 KiB) then moves into the
     // end-of-exchange record as a pointer instead of being copied.
     let mut txn = Box::new(Txn {
