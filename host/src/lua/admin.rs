@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::{Value, json};
 
-use super::Plugin;
+use super::{FailureKind, Plugin};
 use crate::metrics::Family;
 
 /// One plugin's JSON document.
@@ -24,9 +24,9 @@ pub fn plugin_json(p: &Plugin) -> Value {
         "instances": s.instances.load(Relaxed),
         "calls": s.calls.load(Relaxed),
         "errors": {
-            "runtime": s.errors_runtime.load(Relaxed),
-            "oom": s.errors_oom.load(Relaxed),
-            "timeout": s.errors_timeout.load(Relaxed),
+            "runtime": s.errors.get(FailureKind::Script),
+            "oom": s.errors.get(FailureKind::MemoryLimit),
+            "timeout": s.errors.get(FailureKind::CpuLimit),
         },
         "rebuilds": s.rebuilds.load(Relaxed),
         "registered": {
@@ -59,12 +59,15 @@ pub fn metric_families(plugins: &[std::sync::Arc<Plugin>]) -> Vec<Family> {
             [
                 (
                     format!("{l},kind=\"runtime\""),
-                    s.errors_runtime.load(Relaxed),
+                    s.errors.get(FailureKind::Script),
                 ),
-                (format!("{l},kind=\"oom\""), s.errors_oom.load(Relaxed)),
+                (
+                    format!("{l},kind=\"oom\""),
+                    s.errors.get(FailureKind::MemoryLimit),
+                ),
                 (
                     format!("{l},kind=\"timeout\""),
-                    s.errors_timeout.load(Relaxed),
+                    s.errors.get(FailureKind::CpuLimit),
                 ),
             ]
         })

@@ -53,46 +53,15 @@ pub const DEFAULT_CPU_LIMIT: Duration = Duration::from_millis(50);
 
 pub use crate::plugin::OnError;
 
-/// Why a call into a plugin failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// A Lua error (raised by the script or by an API function it called).
-    Runtime,
-    /// An allocation failed under the plugin's memory limit.
-    Oom,
-    /// The call used more CPU than `cpu_limit`.
-    Timeout,
-}
-
-impl ErrorKind {
-    /// The kind in the one error model (the status and page come from there).
-    pub fn failure(self) -> crate::error::PluginFailure {
-        use crate::error::PluginFailure;
-        match self {
-            ErrorKind::Runtime => PluginFailure::RuntimeError,
-            ErrorKind::Oom => PluginFailure::OutOfMemory,
-            ErrorKind::Timeout => PluginFailure::CpuLimit,
-        }
-    }
-
-    /// Lower-case name for logs and stats.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Runtime => "runtime",
-            ErrorKind::Oom => "oom",
-            ErrorKind::Timeout => "timeout",
-        }
-    }
-}
+pub use crate::plugin::FailureKind;
 
 /// A plugin's counters, shared by every worker's instance (atomics only).
 #[derive(Debug, Default)]
 pub struct PluginStats {
     /// Calls into the plugin (actions, fetches, converters, services, inits, tasks).
     pub calls: AtomicU64,
-    pub errors_runtime: AtomicU64,
-    pub errors_oom: AtomicU64,
-    pub errors_timeout: AtomicU64,
+    /// Failed calls by kind (`Script`, `MemoryLimit`, `CpuLimit`).
+    pub errors: crate::plugin::FailureCounts,
     /// States dropped and rebuilt from the script after a failure.
     pub rebuilds: AtomicU64,
     /// Lua memory in use, summed over the workers' instances.
@@ -107,13 +76,8 @@ pub struct PluginStats {
 
 impl PluginStats {
     /// Counts one failure of `kind`.
-    pub fn count_error(&self, kind: ErrorKind) {
-        match kind {
-            ErrorKind::Runtime => &self.errors_runtime,
-            ErrorKind::Oom => &self.errors_oom,
-            ErrorKind::Timeout => &self.errors_timeout,
-        }
-        .fetch_add(1, Relaxed);
+    pub fn count_error(&self, kind: FailureKind) {
+        self.errors.count(kind);
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use mlua::{IntoLuaMulti, MultiValue, Value as LuaValue};
 
 use super::runtime::{self, CallError, CallKind, Instance, Site, Step, TxnSlot};
-use super::{ErrorKind, Plugin, arg_strings};
+use super::{FailureKind, Plugin, arg_strings};
 use crate::config::ConfigError;
 use crate::config::schema::RawRule;
 use crate::filter::{Filter, Flow, Phases, Reply};
@@ -601,7 +601,7 @@ fn call_sync(
             Step::Done => CallError::runtime("txn:done() cannot be used in a fetch or converter"),
             Step::Failed(e) => e,
         };
-        if e.kind == ErrorKind::Oom && attempt == 1 {
+        if e.kind == FailureKind::MemoryLimit && attempt == 1 {
             let _ = inst.setup(|| inst.lua.gc_collect());
             continue;
         }

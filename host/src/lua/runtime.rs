@@ -32,7 +32,7 @@ use mlua::{
     Table, Thread, Value, VmState,
 };
 
-use super::{ErrorKind, OnError, Plugin, Registered};
+use super::{FailureKind, OnError, Plugin, Registered};
 use crate::filter::{Flow, Reply};
 use crate::plugin::BackOff;
 use crate::txn::{Phase, Txn};
@@ -76,7 +76,7 @@ pub(crate) enum CallKind {
 /// A failed call.
 #[derive(Debug, Clone)]
 pub(crate) struct CallError {
-    pub kind: ErrorKind,
+    pub kind: FailureKind,
     pub message: String,
     /// The state may be inconsistent and must be rebuilt.
     pub poisoned: bool,
@@ -85,7 +85,7 @@ pub(crate) struct CallError {
 impl CallError {
     pub(crate) fn runtime(message: impl Into<String>) -> CallError {
         CallError {
-            kind: ErrorKind::Runtime,
+            kind: FailureKind::Script,
             message: message.into(),
             poisoned: false,
         }
@@ -93,7 +93,7 @@ impl CallError {
 
     fn timeout(limit: Duration) -> CallError {
         CallError {
-            kind: ErrorKind::Timeout,
+            kind: FailureKind::CpuLimit,
             message: format!("{CPU_MSG} ({limit:?})"),
             poisoned: true,
         }
@@ -103,15 +103,15 @@ impl CallError {
     pub(crate) fn from_lua(e: &mlua::Error) -> CallError {
         let message = describe(e);
         let kind = if is_memory_error(e) || message.contains("not enough memory") {
-            ErrorKind::Oom
+            FailureKind::MemoryLimit
         } else if message.contains(CPU_MSG) {
-            ErrorKind::Timeout
+            FailureKind::CpuLimit
         } else {
-            ErrorKind::Runtime
+            FailureKind::Script
         };
         CallError {
             kind,
-            poisoned: kind != ErrorKind::Runtime,
+            poisoned: kind != FailureKind::Script,
             message,
         }
     }
@@ -243,30 +243,8 @@ pub(crate) struct Binding {
     pub args: Vec<Value>,
 }
 
-/// Hashes a rule id by one multiplication: ids come from a process-wide
-/// counter, not from clients, and SipHash was a visible part of a short call.
-#[derive(Default)]
-struct RuleIdHasher(u64);
-
-impl std::hash::Hasher for RuleIdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(self.0.rotate_left(8) ^ u64::from(*b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        // Fibonacci hashing: the high bits, which hashbrown uses as tags, mix all of `n`.
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 /// Rule bindings of an instance, by rule id.
-type Bindings = HashMap<u64, Rc<Binding>, std::hash::BuildHasherDefault<RuleIdHasher>>;
+type Bindings = HashMap<u64, Rc<Binding>, std::hash::BuildHasherDefault<crate::plugin::IdHasher>>;
 
 /// One Lua state for one plugin on one worker.
 pub(crate) struct Instance {
@@ -337,7 +315,7 @@ pub(crate) fn validate(plugin: &Plugin) -> Result<Registered, String> {
             Ok(names)
         }
         Ok(Err(e)) => Err(match e.kind {
-            ErrorKind::Oom => format!(
+            FailureKind::MemoryLimit => format!(
                 "{} (memory_limit is {} bytes; raise it)",
                 e.message, plugin.memory_limit
             ),
@@ -366,7 +344,7 @@ impl Instance {
         let base = lua.used_memory();
         if base >= limit {
             return Err(CallError {
-                kind: ErrorKind::Oom,
+                kind: FailureKind::MemoryLimit,
                 message: format!("not enough memory: an empty Lua state already uses {base} bytes"),
                 poisoned: true,
             });
@@ -530,9 +508,9 @@ impl Instance {
         let near_limit = self.lua.used_memory() + 64 * 1024 >= self.limit.get();
         CallError {
             kind: if near_limit {
-                ErrorKind::Oom
+                FailureKind::MemoryLimit
             } else {
-                ErrorKind::Runtime
+                FailureKind::Script
             },
             message: format!("internal error in the Lua runtime: {}", panic_text(p)),
             poisoned: true,
@@ -772,7 +750,7 @@ pub(crate) fn instance(plugin: &Arc<Plugin>) -> Result<Rc<Instance>, CallError> 
             if !backoff.ready(Instant::now()) && limit == plugin.current_memory_limit() =>
         {
             return Err(CallError {
-                kind: ErrorKind::Runtime,
+                kind: FailureKind::Script,
                 message: "the Lua state failed recently; it is rebuilt after a back-off"
                     .to_string(),
                 poisoned: false,
@@ -898,7 +876,7 @@ pub(crate) fn record_failure(
     plugin.stats.count_error(e.kind);
     tracing::warn!(
         plugin = %plugin.name,
-        kind = e.kind.as_str(),
+        kind = e.kind.name(),
         "Lua {what} failed: {}",
         e.message
     );

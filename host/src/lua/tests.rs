@@ -234,7 +234,7 @@ core.register_action("code", {"http-req"}, function(txn, c) return tonumber(c) e
     let r = exchange(&rt, &cfg, &mut txn("/i")).expect("invalid");
     assert_eq!(r.status.as_u16(), 400);
     assert!(exchange(&rt, &cfg, &mut txn("/other")).is_none());
-    assert_eq!(plugin(&cfg).stats.errors_runtime.load(Relaxed), 0);
+    assert_eq!(plugin(&cfg).stats.errors.get(FailureKind::Script), 0);
 }
 
 #[test]
@@ -374,7 +374,7 @@ core.register_action("fine", {"http-req"}, function(txn) txn.http:req_set_header
     assert_eq!(r.status.as_u16(), 500);
     assert!(start.elapsed() < Duration::from_secs(2));
     let p = plugin(&cfg);
-    assert_eq!(p.stats.errors_timeout.load(Relaxed), 1);
+    assert_eq!(p.stats.errors.get(FailureKind::CpuLimit), 1);
     assert_eq!(p.stats.rebuilds.load(Relaxed), 1);
     let mut t = txn("/");
     assert!(exchange(&rt, &cfg, &mut t).is_none());
@@ -430,7 +430,7 @@ end, 1)
     }
     // The unprotected call at the end of each run failed the action (fail_open): counted, no rebuild.
     let p = plugin(&cfg);
-    assert_eq!(p.stats.errors_runtime.load(Relaxed), 5);
+    assert_eq!(p.stats.errors.get(FailureKind::Script), 5);
     assert_eq!(p.stats.rebuilds.load(Relaxed), 0);
 }
 
@@ -438,9 +438,9 @@ fn p_stats(cfg: &Config) -> String {
     let s = &plugin(cfg).stats;
     format!(
         "runtime={} oom={} timeout={}",
-        s.errors_runtime.load(Relaxed),
-        s.errors_oom.load(Relaxed),
-        s.errors_timeout.load(Relaxed)
+        s.errors.get(FailureKind::Script),
+        s.errors.get(FailureKind::MemoryLimit),
+        s.errors.get(FailureKind::CpuLimit)
     )
 }
 
@@ -531,7 +531,7 @@ fn memory_limit_stepped_from_nothing_fails_every_allocation_cleanly() {
         run_all(&rt, &cfg);
         limit += if limit < 40 * 1024 { 997 } else { 211 };
     }
-    assert!(p.stats.errors_oom.load(Relaxed) > 0);
+    assert!(p.stats.errors.get(FailureKind::MemoryLimit) > 0);
     sane_call_works(&rt, &cfg);
 }
 
@@ -553,7 +553,7 @@ fn memory_headroom_stepped_over_a_built_state() {
         run_all(&rt, &cfg);
         room += 61;
     }
-    assert!(p.stats.errors_oom.load(Relaxed) > 0);
+    assert!(p.stats.errors.get(FailureKind::MemoryLimit) > 0);
     assert!(p.stats.rebuilds.load(Relaxed) > 0);
     sane_call_works(&rt, &cfg);
 }
@@ -577,8 +577,20 @@ fn a_plugin_does_not_starve_another() {
     let mut t = txn("/");
     assert!(exchange(&rt, &cfg, &mut t).is_none());
     assert_eq!(t.req_headers["x-ok"], "1");
-    assert_eq!(lua_plugins(&cfg)[0].stats.errors_oom.load(Relaxed), 1);
-    assert_eq!(lua_plugins(&cfg)[1].stats.errors_oom.load(Relaxed), 0);
+    assert_eq!(
+        lua_plugins(&cfg)[0]
+            .stats
+            .errors
+            .get(FailureKind::MemoryLimit),
+        1
+    );
+    assert_eq!(
+        lua_plugins(&cfg)[1]
+            .stats
+            .errors
+            .get(FailureKind::MemoryLimit),
+        0
+    );
     let _ = Path::new("");
 }
 

@@ -78,6 +78,112 @@ impl OnError {
 
 /// Failures in a row after which the instance is rebuilt at once.
 pub const FREE_REBUILDS: u32 = 3;
+/// Why a call into a plugin failed, for every kind of plugin: the one
+/// failure-kind enum (Lua uses the first three, Wasm all but `Script`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The script raised an error (a Lua error, or one an API function raised).
+    Script,
+    /// The call used more CPU than `cpu_limit` (Wasm: the epoch deadline passed).
+    CpuLimit,
+    /// An allocation failed under `memory_limit` (Wasm: memory or tables would grow past it).
+    MemoryLimit,
+    /// The guest's call stack overflowed.
+    StackOverflow,
+    /// `unreachable` (also how Rust guests panic).
+    Unreachable,
+    /// Any other trap (out-of-bounds access, division by zero, bad indirect call, host error).
+    Trap,
+    /// The guest called WASI `proc_exit`.
+    Exit,
+    /// A callback returned a value the ABI does not define.
+    BadReturn,
+    /// A paused request was not resumed within the pause timeout.
+    PauseTimeout,
+    /// Instantiation or start-up (`proxy_on_vm_start` / `proxy_on_configure`) failed.
+    Init,
+}
+
+impl FailureKind {
+    /// Every kind, in stats order.
+    pub const ALL: [FailureKind; 10] = [
+        FailureKind::Script,
+        FailureKind::CpuLimit,
+        FailureKind::MemoryLimit,
+        FailureKind::StackOverflow,
+        FailureKind::Unreachable,
+        FailureKind::Trap,
+        FailureKind::Exit,
+        FailureKind::BadReturn,
+        FailureKind::PauseTimeout,
+        FailureKind::Init,
+    ];
+
+    /// A short name for logs and stats.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::Script => "script",
+            FailureKind::CpuLimit => "cpu_limit",
+            FailureKind::MemoryLimit => "memory_limit",
+            FailureKind::StackOverflow => "stack_overflow",
+            FailureKind::Unreachable => "unreachable",
+            FailureKind::Trap => "trap",
+            FailureKind::Exit => "exit",
+            FailureKind::BadReturn => "bad_return",
+            FailureKind::PauseTimeout => "pause_timeout",
+            FailureKind::Init => "init",
+        }
+    }
+
+    /// The kind in the one error model (the status and page come from there).
+    pub fn failure(self) -> crate::error::PluginFailure {
+        use crate::error::PluginFailure;
+        match self {
+            FailureKind::Script => PluginFailure::RuntimeError,
+            FailureKind::CpuLimit => PluginFailure::CpuLimit,
+            FailureKind::MemoryLimit => PluginFailure::OutOfMemory,
+            FailureKind::StackOverflow
+            | FailureKind::Unreachable
+            | FailureKind::Trap
+            | FailureKind::Exit => PluginFailure::Trap,
+            FailureKind::BadReturn => PluginFailure::BadReturn,
+            FailureKind::PauseTimeout => PluginFailure::PauseTimeout,
+            // No instance to call: the plugin cannot run, like a Lua load error.
+            FailureKind::Init => PluginFailure::RuntimeError,
+        }
+    }
+
+    /// Whether the instance must be thrown away (its state is suspect).
+    /// A script error leaves a Lua state consistent; a bad return value or
+    /// a pause timeout concerns one request only.
+    pub fn kills_instance(self) -> bool {
+        !matches!(
+            self,
+            FailureKind::Script | FailureKind::BadReturn | FailureKind::PauseTimeout
+        )
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Failures counted by kind (atomics shared by every worker's instance).
+#[derive(Debug, Default)]
+pub struct FailureCounts([std::sync::atomic::AtomicU64; 10]);
+
+impl FailureCounts {
+    /// Counts one failure of `kind`.
+    pub fn count(&self, kind: FailureKind) {
+        self.0[kind.index()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Failures of `kind` so far.
+    pub fn get(&self, kind: FailureKind) -> u64 {
+        self.0[kind.index()].load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// First back-off after [`FREE_REBUILDS`] failures in a row; doubles per further failure.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest back-off between rebuilds.
@@ -169,6 +275,34 @@ impl<I> Slot<I> {
     }
 }
 
+/// Hashes small integer ids (plugin, rule and context ids) by one
+/// multiplication (Fibonacci hashing: the high bits hashbrown uses as tags
+/// mix all of the id): they come from counters, not from clients, so
+/// SipHash's cost buys nothing on a path taken several times per request.
+/// One for every plugin kind.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +342,24 @@ mod tests {
         assert_eq!(wait, Duration::ZERO);
         s.install("b");
         assert_eq!(s.generation, 2);
+    }
+
+    #[test]
+    fn failure_kinds_are_counted_apart_and_named_once() {
+        let c = FailureCounts::default();
+        c.count(FailureKind::CpuLimit);
+        c.count(FailureKind::CpuLimit);
+        c.count(FailureKind::Init);
+        assert_eq!(c.get(FailureKind::CpuLimit), 2);
+        assert_eq!(c.get(FailureKind::Init), 1);
+        assert_eq!(c.get(FailureKind::Script), 0);
+        let mut names: Vec<&str> = FailureKind::ALL.iter().map(|k| k.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FailureKind::ALL.len());
+        for (i, k) in FailureKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i, "ALL is in declaration order");
+        }
     }
 
     #[test]

@@ -6,14 +6,27 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::{Value, json};
 
-use super::{FailKind, WasmPlugin};
+use super::{FailureKind, WasmPlugin};
+
+/// The failure kinds a Wasm plugin can have (all but a script error).
+const WASM_KINDS: [FailureKind; 9] = [
+    FailureKind::CpuLimit,
+    FailureKind::MemoryLimit,
+    FailureKind::StackOverflow,
+    FailureKind::Unreachable,
+    FailureKind::Trap,
+    FailureKind::Exit,
+    FailureKind::BadReturn,
+    FailureKind::PauseTimeout,
+    FailureKind::Init,
+];
 
 /// One Wasm plugin's JSON document: limits, memory, calls, failures by kind, rebuilds.
 pub fn plugin_json(p: &WasmPlugin) -> Value {
     let sh = p.shared();
     let s = &sh.stats;
     let spec = &sh.spec;
-    let failures: serde_json::Map<String, Value> = FailKind::ALL
+    let failures: serde_json::Map<String, Value> = WASM_KINDS
         .iter()
         .map(|k| (k.name().to_string(), json!(s.failures_of(*k))))
         .collect();
@@ -50,7 +63,7 @@ pub fn metric_families(plugins: &[std::sync::Arc<WasmPlugin>]) -> Vec<Family> {
         .iter()
         .flat_map(|p| {
             let l = label(p);
-            FailKind::ALL.iter().map(move |k| {
+            WASM_KINDS.iter().map(move |k| {
                 (
                     format!("{l},kind=\"{}\"", k.name()),
                     p.shared().stats.failures_of(*k),

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use super::OnError;
 use super::instance::{
-    CallResponse, FailKind, Failure, IdHasher, PendingCall, PluginInstance, PluginShared,
+    CallResponse, Failure, FailureKind, IdHasher, PendingCall, PluginInstance, PluginShared,
     StreamWaker, Verdict,
 };
 use super::module::WasmPlugin;
@@ -157,14 +157,14 @@ impl WasmFilter {
             }
             let generation = slot.generation;
             let Some(inst) = slot.inst.as_mut() else {
-                return Err(Failure::new(FailKind::Init, "no instance"));
+                return Err(Failure::new(FailureKind::Init, "no instance"));
             };
             if let Err(e) = reap(self.plugin.id, generation, inst) {
                 record(self.plugin.shared(), slot, &e);
                 return Err(e);
             }
             let Some(inst) = slot.inst.as_mut() else {
-                return Err(Failure::new(FailKind::Init, "no instance"));
+                return Err(Failure::new(FailureKind::Init, "no instance"));
             };
             // A successful call does not reset the back-off: a request that
             // fails later (a loop in its second hook) would keep it at its
@@ -373,7 +373,7 @@ impl BodyTap for WasmTap {
                     drop(out);
                     inst.plugin().stats.failed_requests.fetch_add(1, Relaxed);
                     Err(Failure::new(
-                        FailKind::BadReturn,
+                        FailureKind::BadReturn,
                         "local response after the body was let go on: the stream is aborted",
                     ))
                 }
@@ -428,7 +428,7 @@ fn reap(plugin: u64, generation: u64, inst: &mut PluginInstance) -> Result<(), F
 
 fn gone() -> Failure {
     Failure::new(
-        FailKind::Trap,
+        FailureKind::Trap,
         "the request's plugin context is gone (the instance was rebuilt)",
     )
 }
@@ -441,7 +441,7 @@ fn build_instance(plugin: &Arc<WasmPlugin>, slot: &mut Slot) -> Result<(), Failu
     }
     if !slot.backoff.ready(Instant::now()) {
         return Err(Failure::new(
-            FailKind::Init,
+            FailureKind::Init,
             "the plugin failed recently; its instance is being rebuilt after a back-off",
         ));
     }
@@ -455,7 +455,10 @@ fn build_instance(plugin: &Arc<WasmPlugin>, slot: &mut Slot) -> Result<(), Failu
             Ok(())
         }
         Err(e) => {
-            let e = Failure::new(FailKind::Init, format!("cannot rebuild the instance: {e}"));
+            let e = Failure::new(
+                FailureKind::Init,
+                format!("cannot rebuild the instance: {e}"),
+            );
             record(plugin.shared(), slot, &e);
             Err(e)
         }
@@ -724,7 +727,7 @@ impl Filter for WasmFilter {
                 // Not a trap: the instance is fine, only this request is abandoned.
                 let _ = inst.destroy_stream(cref.ctx);
                 return Err(Failure::new(
-                    FailKind::PauseTimeout,
+                    FailureKind::PauseTimeout,
                     "the plugin paused the request and did not resume it in time",
                 ));
             }

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 pub use filter::WasmFilter;
 pub use host::WasmHost;
-pub use instance::{FailKind, PluginInstance};
+pub use instance::{FailureKind, PluginInstance};
 pub use module::{WasmLoadError, WasmPlugin};
 pub use stick::{StickApi, StickFail};
 

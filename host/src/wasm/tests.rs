@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
 
-use super::instance::{FailKind, PluginInstance, Verdict};
+use super::instance::{FailureKind, PluginInstance, Verdict};
 use super::{Limits, OnError, PluginSpec, WasmPlugin};
 use crate::txn::{Phase, Txn};
 
@@ -80,14 +80,14 @@ fn local_response_becomes_a_reply() {
 
 #[test]
 fn failures_are_classified() {
-    let cases: [(&str, Limits, FailKind); 5] = [
+    let cases: [(&str, Limits, FailureKind); 5] = [
         (
             "(loop $l (br $l)) i32.const 0",
             Limits {
                 cpu: Duration::from_millis(10),
                 ..Limits::default()
             },
-            FailKind::Deadline,
+            FailureKind::CpuLimit,
         ),
         (
             "(drop (memory.grow (i32.const 64))) (if (i32.eq (memory.size) (i32.const 1)) (then unreachable)) i32.const 0",
@@ -95,15 +95,15 @@ fn failures_are_classified() {
                 memory: 2 << 20,
                 ..Limits::default()
             },
-            FailKind::Memory,
+            FailureKind::MemoryLimit,
         ),
-        ("unreachable", Limits::default(), FailKind::Unreachable),
+        ("unreachable", Limits::default(), FailureKind::Unreachable),
         (
             "(i32.load (i32.const -1))",
             Limits::default(),
-            FailKind::Trap,
+            FailureKind::Trap,
         ),
-        ("i32.const 2", Limits::default(), FailKind::BadReturn),
+        ("i32.const 2", Limits::default(), FailureKind::BadReturn),
     ];
     for (hook, limits, want) in cases {
         let p = plugin(hook, limits);
@@ -112,6 +112,6 @@ fn failures_are_classified() {
             Ok(v) => panic!("{hook}: expected {want:?}, got {v:?}"),
         }
     }
-    assert!(FailKind::Deadline.kills_instance());
-    assert!(!FailKind::BadReturn.kills_instance());
+    assert!(FailureKind::CpuLimit.kills_instance());
+    assert!(!FailureKind::BadReturn.kills_instance());
 }

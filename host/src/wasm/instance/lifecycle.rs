@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use wasmtime::{Store, TypedFunc};
 
-use super::failure::{FailKind, Failure, classify, guest_call};
+use super::failure::{Failure, FailureKind, classify, guest_call};
 use super::state::{CallResponse, CallResults, Callback, HostState, PendingCall, ROOT_ID};
 use super::{Exports, PluginInstance, len_u32};
 use crate::wasm::engine::deadline_ticks;
@@ -82,7 +82,7 @@ impl PluginInstance {
             match guest_call(&mut inst.store, ticks, &f, ()) {
                 Ok(()) => {}
                 // A WASI command's `_start` ends with proc_exit(0): that is success.
-                Err(e) if e.kind == FailKind::Exit && e.message.contains("proc_exit(0)") => {}
+                Err(e) if e.kind == FailureKind::Exit && e.message.contains("proc_exit(0)") => {}
                 Err(e) => return Err(e),
             }
         }
@@ -98,7 +98,7 @@ impl PluginInstance {
             && guest_call(&mut inst.store, ticks, f, (ROOT_ID, vm_len))? == 0
         {
             return Err(Failure::new(
-                FailKind::Init,
+                FailureKind::Init,
                 "proxy_on_vm_start returned false (the plugin rejected its vm_config)",
             ));
         }
@@ -109,7 +109,7 @@ impl PluginInstance {
             && guest_call(&mut inst.store, ticks, f, (ROOT_ID, cfg_len))? == 0
         {
             return Err(Failure::new(
-                FailKind::Init,
+                FailureKind::Init,
                 "proxy_on_configure returned false (the plugin rejected its config)",
             ));
         }

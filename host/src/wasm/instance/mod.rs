@@ -4,7 +4,7 @@
 //!
 //! Every call into the guest goes through [`guest_call`](failure::guest_call),
 //! which sets the epoch deadline first and turns any error into a [`Failure`]
-//! with a [`FailKind`]. A failure means the instance is dead: the owner drops
+//! with a [`FailureKind`]. A failure means the instance is dead: the owner drops
 //! it and builds a new one (see [`super::filter`]).
 //!
 //! - `state`: the host state the store carries (limits, loaded transaction, contexts).
@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use wasmtime::{Store, TypedFunc};
 
-pub use failure::{FailKind, Failure, GuestExit, PluginStats};
+pub use failure::{Failure, FailureKind, GuestExit, PluginStats};
 pub use state::{
     CallResponse, CallResults, Callback, HostState, IdHasher, IdMap, Limiter, MAX_CALLS,
     PendingCall, PluginShared, ROOT_ID, StreamIo,

@@ -324,31 +324,7 @@ impl HostState {
     }
 }
 
-/// Hashes small integer ids (context ids, plugin ids) by one multiplication:
-/// they are not attacker-chosen, so SipHash's cost buys nothing on a path
-/// taken several times per request.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
+pub use crate::plugin::IdHasher;
 
 /// A map keyed by small integer ids, hashed with [`IdHasher`].
 pub type IdMap<V> = HashMap<u32, V, std::hash::BuildHasherDefault<IdHasher>>;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use wasmtime::TypedFunc;
 
-use super::failure::{FailKind, Failure, action, guest_call};
+use super::failure::{Failure, FailureKind, action, guest_call};
 use super::state::{CallResponse, Callback, PendingCall, ROOT_ID, StreamIo};
 use super::{PluginInstance, len_u32};
 use crate::filter::Reply;
@@ -495,7 +495,7 @@ pub(crate) fn local_reply(status: StatusCode, headers: HeaderMap, body: Vec<u8>)
 /// The failure of a hook called on a stream context the instance no longer has.
 fn gone() -> Failure {
     Failure::new(
-        FailKind::Trap,
+        FailureKind::Trap,
         "the request's plugin context is gone (the instance was rebuilt)",
     )
 }
