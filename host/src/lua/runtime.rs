@@ -34,7 +34,7 @@ use mlua::{
 
 use super::{FailureKind, OnError, Plugin, Registered};
 use crate::filter::{Flow, Reply};
-use crate::plugin::BackOff;
+use crate::plugin::Slot;
 use crate::txn::{Phase, Txn};
 
 /// Instructions between two runs of the CPU/memory hook.
@@ -699,10 +699,9 @@ fn classify_yield(vals: &MultiValue) -> Step {
 
 struct Entry {
     id: u64,
-    inst: Option<Rc<Instance>>,
-    /// When the state may be rebuilt after failures (dropped states and
-    /// failed builds count) ...
-    backoff: BackOff,
+    /// The state (if alive) and when it may be rebuilt after failures
+    /// (dropped states and failed builds count) ...
+    slot: Slot<Rc<Instance>>,
     /// ...or at once if the memory limit changed since (the operator raised it).
     failed_limit: usize,
 }
@@ -741,7 +740,7 @@ pub(crate) fn instance(plugin: &Arc<Plugin>) -> Result<Rc<Instance>, CallError> 
             let v = cell.0.borrow();
             v.iter()
                 .find(|e| e.id == plugin.id)
-                .map(|e| (e.inst.clone(), e.backoff, e.failed_limit))
+                .map(|e| (e.slot.inst.clone(), e.slot.backoff, e.failed_limit))
         })
         .map_err(|_| CallError::runtime("worker is shutting down"))?;
     match existing {
@@ -781,8 +780,7 @@ pub(crate) fn instance(plugin: &Arc<Plugin>) -> Result<Rc<Instance>, CallError> 
             None => {
                 v.push(Entry {
                     id: plugin.id,
-                    inst: None,
-                    backoff: BackOff::default(),
+                    slot: Slot::default(),
                     failed_limit: 0,
                 });
                 v.len() - 1
@@ -792,12 +790,10 @@ pub(crate) fn instance(plugin: &Arc<Plugin>) -> Result<Rc<Instance>, CallError> 
         e.failed_limit = plugin.current_memory_limit();
         match &result {
             Ok(inst) => {
-                e.inst = Some(Rc::clone(inst));
-                e.backoff.rebuilt();
+                e.slot.install(Rc::clone(inst));
             }
             Err(_) => {
-                e.inst = None;
-                e.backoff.failed(Instant::now());
+                e.slot.kill(Instant::now());
             }
         }
     });
@@ -810,9 +806,8 @@ pub(crate) fn discard(inst: &Rc<Instance>) {
     let dropped = INSTANCES.try_with(|cell| {
         let mut v = cell.0.borrow_mut();
         match v.iter_mut().find(|e| e.id == inst.plugin.id) {
-            Some(e) if e.inst.as_ref().is_some_and(|i| Rc::ptr_eq(i, inst)) => {
-                e.backoff.failed(Instant::now());
-                e.inst.take()
+            Some(e) if e.slot.inst.as_ref().is_some_and(|i| Rc::ptr_eq(i, inst)) => {
+                e.slot.kill(Instant::now()).0
             }
             _ => None,
         }
@@ -833,7 +828,7 @@ pub(crate) fn failures(plugin: &Plugin) -> u32 {
                 .borrow()
                 .iter()
                 .find(|e| e.id == plugin.id)
-                .map_or(0, |e| e.backoff.failures())
+                .map_or(0, |e| e.slot.backoff.failures())
         })
         .unwrap_or(0)
 }
@@ -845,9 +840,9 @@ pub(crate) fn request_succeeded(plugin: &Plugin) {
     let _ = INSTANCES.try_with(|cell| {
         if let Ok(mut v) = cell.0.try_borrow_mut()
             && let Some(e) = v.iter_mut().find(|e| e.id == plugin.id)
-            && e.inst.is_some()
+            && e.slot.inst.is_some()
         {
-            e.backoff.reset();
+            e.slot.backoff.reset();
         }
     });
 }
