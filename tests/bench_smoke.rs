@@ -162,30 +162,49 @@ fn bench_harness_smoke() {
 
 /// Every scenario's generated configs pass `portcullis check` and `haproxy -c`
 /// (two scenarios once declared plugins of the same name, which only the full
-/// run found).
+/// run found), and with `--baseline` the baseline binary checks its copy too.
 #[test]
 fn every_scenario_config_passes_both_checks() {
-    let out = std::env::temp_dir().join(format!("portcullis-bench-configs-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
     let root = repo_root();
-    let result = Command::new("python3")
-        .arg(root.join("bench/run"))
-        .args(["--check-configs", "--no-setup", "--bin", BIN, "--out"])
-        .arg(&out)
-        .current_dir(&root)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn python3 bench/run");
-    let _ = std::fs::remove_dir_all(&out);
+    let check = |tag: &str, extra: &[&str]| -> String {
+        let out = std::env::temp_dir().join(format!(
+            "portcullis-bench-configs-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&out);
+        let result = Command::new("python3")
+            .arg(root.join("bench/run"))
+            .args(["--check-configs", "--no-setup", "--bin", BIN])
+            .args(extra)
+            .arg("--out")
+            .arg(&out)
+            .current_dir(&root)
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn python3 bench/run");
+        let wrote_baseline = out.join("configs/portcullis-baseline.toml").is_file();
+        let _ = std::fs::remove_dir_all(&out);
+        assert!(
+            result.status.success(),
+            "bench/run --check-configs {extra:?} failed:\n{}{}",
+            String::from_utf8_lossy(&result.stdout),
+            String::from_utf8_lossy(&result.stderr)
+        );
+        assert_eq!(
+            wrote_baseline,
+            !extra.is_empty(),
+            "baseline config written?"
+        );
+        String::from_utf8_lossy(&result.stdout).into_owned()
+    };
+    let said = check("plain", &[]);
     assert!(
-        result.status.success(),
-        "bench/run --check-configs failed:\n{}{}",
-        String::from_utf8_lossy(&result.stdout),
-        String::from_utf8_lossy(&result.stderr)
+        said.contains("wasm-noop") && said.contains("lua-noop") && said.contains("both checks"),
+        "{said}"
     );
-    let said = String::from_utf8_lossy(&result.stdout);
+    let said = check("baseline", &["--baseline", BIN]);
     assert!(
-        said.contains("wasm-noop") && said.contains("lua-noop"),
+        said.contains("wasm-noop") && said.contains("all three checks"),
         "{said}"
     );
 }
