@@ -49,7 +49,8 @@ impl PluginHost for LuaHost {
     }
 
     fn stop_worker(&self) {
-        super::runtime::clear_worker();
+        let ids: Vec<u64> = self.plugins.list.iter().map(|p| p.id).collect();
+        super::runtime::clear_worker(&ids);
     }
 
     fn admin_documents(&self) -> Vec<(String, Value)> {

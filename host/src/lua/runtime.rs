@@ -725,10 +725,19 @@ thread_local! {
     static INSTANCES: Instances = const { Instances(RefCell::new(Vec::new())) };
 }
 
-/// Drops this thread's instances now, while the thread's locals still exist
-/// (a worker calls it when it stops; tests may call it at their end).
-pub fn clear_worker() {
-    let taken = INSTANCES.try_with(|i| std::mem::take(&mut *i.0.borrow_mut()));
+/// Drops this thread's instances of the plugins `ids` now, while the
+/// thread's locals still exist (a worker calls it when it, or the runtime
+/// the plugins belong to, stops; tests may call it at their end). Other
+/// runtimes' instances stay.
+pub fn clear_worker(ids: &[u64]) {
+    let taken = INSTANCES.try_with(|i| {
+        let mut v = i.0.borrow_mut();
+        let (gone, kept): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut *v)
+            .into_iter()
+            .partition(|e| ids.contains(&e.id));
+        *v = kept;
+        gone
+    });
     drop(taken);
 }
 

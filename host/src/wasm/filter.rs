@@ -536,13 +536,18 @@ fn deliver_root(plugin: u64) {
 /// Runs due `proxy_on_tick` / `proxy_on_queue_ready` callbacks of this
 /// worker's live instances, and rebuilds dead ones whose back-off is over. The worker's housekeeping task calls it every
 /// 100 ms, so ticks also run on a worker that handles no requests.
-pub fn housekeeping() {
+pub fn housekeeping(plugins: &[Arc<WasmPlugin>]) {
     let now = Instant::now();
     SLOTS.with(|slots| {
         let Ok(mut slots) = slots.try_borrow_mut() else {
             return;
         };
-        for slot in slots.values_mut() {
+        // Only this runtime's plugins: a runtime being replaced (a reload)
+        // keeps its own until it stops.
+        for p in plugins {
+            let Some(slot) = slots.get_mut(&p.id) else {
+                continue;
+            };
             if slot.inst.is_none()
                 && slot.backoff.ready(now)
                 && let Some(p) = slot.plugin.clone()
@@ -567,11 +572,19 @@ pub fn housekeeping() {
     });
 }
 
-/// Drops this worker's instances (at worker exit).
-pub fn clear_worker() {
+/// Drops this worker's instances of `plugins` (when the worker, or the
+/// runtime they belong to, stops); other runtimes' instances stay.
+pub fn clear_worker(plugins: &[Arc<WasmPlugin>]) {
     let _ = SLOTS.try_with(|s| {
         if let Ok(mut s) = s.try_borrow_mut() {
-            s.clear();
+            for p in plugins {
+                s.remove(&p.id);
+            }
+        }
+    });
+    let _ = ORPHANS.try_with(|o| {
+        if let Ok(mut o) = o.try_borrow_mut() {
+            o.retain(|(id, _)| plugins.iter().all(|p| p.id != *id));
         }
     });
 }

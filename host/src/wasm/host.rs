@@ -36,11 +36,11 @@ impl PluginHost for WasmHost {
     }
 
     fn housekeeping(&self) {
-        super::filter::housekeeping();
+        super::filter::housekeeping(&self.plugins);
     }
 
     fn stop_worker(&self) {
-        super::filter::clear_worker();
+        super::filter::clear_worker(&self.plugins);
     }
 
     fn admin_documents(&self) -> Vec<(String, Value)> {
