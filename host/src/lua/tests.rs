@@ -968,3 +968,32 @@ fn map_files_that_cannot_load_are_config_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn set_var_ifexist_only_keeps_proc_variables_from_being_created() {
+    // HAProxy 2.6: `ifexist` stops the creation of a proc variable only;
+    // a variable of any other scope is created.
+    let script = r#"
+core.register_action("vars", {"http-req"}, function(txn)
+  txn:set_var("txn.fresh", "made", true)
+  txn:set_var("sess.fresh", 7, true)
+  txn:set_var("proc.lua_ifexist_never_set", 1, true)
+  txn:set_var("proc.lua_ifexist_set", 1)
+  txn:set_var("proc.lua_ifexist_set", 2, true)
+end)
+"#;
+    let (cfg, _d) = ok(script, "", "http_request = [{ lua = \"vars\" }]");
+    let rt = rt();
+    let mut t = txn("/");
+    assert!(exchange(&rt, &cfg, &mut t).is_none());
+    assert_eq!(
+        t.get_var(VarScope::Txn, "fresh"),
+        Some(Sample::Str("made".into()))
+    );
+    assert_eq!(t.get_var(VarScope::Sess, "fresh"), Some(Sample::Int(7)));
+    assert_eq!(t.get_var(VarScope::Proc, "lua_ifexist_never_set"), None);
+    assert_eq!(
+        t.get_var(VarScope::Proc, "lua_ifexist_set"),
+        Some(Sample::Int(2))
+    );
+}

@@ -49,10 +49,11 @@ pub(super) fn txn_methods(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Table> {
                     }
                     return none();
                 }
+                // HAProxy 2.6 (`vars_set_by_name_ifexist`, VF_UPDATEONLY):
+                // `ifexist` only stops the creation of a `proc` variable;
+                // every other scope gets the variable created.
                 cx.with_txn_mut("set_var", |t| {
-                    if !ifexist || t.get_var(scope, var).is_some() {
-                        t.set_var(scope, var, value);
-                    }
+                    t.set_var(scope, var, value);
                     Ok(())
                 })?;
                 none()
