@@ -997,3 +997,18 @@ end)
         Some(Sample::Int(2))
     );
 }
+
+#[test]
+fn log_messages_are_cleaned_as_haproxy_does() {
+    use super::api::clean_log_message;
+    assert_eq!(clean_log_message(b"two\nlines\tand\x7f"), "two.lines.and.");
+    assert_eq!(clean_log_message("é".as_bytes()), "..");
+    assert_eq!(clean_log_message(b"plain text"), "plain text");
+    let exact = vec![b'a'; 16383];
+    assert_eq!(clean_log_message(&exact).len(), 16383);
+    assert!(!clean_log_message(&exact).ends_with(" ..."));
+    let long = vec![b'a'; 20000];
+    let out = clean_log_message(&long);
+    assert_eq!(out.len(), 16383);
+    assert!(out.ends_with("a ..."), "{}", &out[out.len() - 8..]);
+}

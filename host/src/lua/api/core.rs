@@ -14,8 +14,34 @@ use crate::lua::RegAction;
 use crate::lua::runtime::{CallCx, Collect};
 use crate::txn::VarScope;
 
+/// Longest Lua log message, as HAProxy's (its trash buffer, `tune.bufsize` 16384, less the NUL).
+const LOG_MAX: usize = 16383;
+
+/// A Lua log message as HAProxy 2.6 writes it (`hlua_sendlog`): one line,
+/// every byte that is not printable ASCII (a newline, a tab, UTF-8) becomes
+/// `.`, and a message longer than the buffer ends in ` ...`.
+pub(crate) fn clean_log_message(msg: &[u8]) -> String {
+    let cut = msg.len() > LOG_MAX;
+    let keep = if cut { LOG_MAX - 4 } else { msg.len() };
+    let mut out: String = msg[..keep]
+        .iter()
+        .map(|&b| {
+            if (0x20..0x7f).contains(&b) {
+                b as char
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    if cut {
+        out.push_str(" ...");
+    }
+    out
+}
+
 /// Logs `msg` for the plugin at HAProxy syslog level `level` (0 emerg .. 7 debug).
-pub(super) fn log_at(plugin: &str, level: i64, msg: &str) {
+pub(super) fn log_at(plugin: &str, level: i64, msg: &[u8]) {
+    let msg = clean_log_message(msg);
     match level {
         i64::MIN..=3 => tracing::error!(plugin, "{msg}"),
         4 => tracing::warn!(plugin, "{msg}"),
@@ -41,8 +67,7 @@ pub(super) fn log_functions(
                 if !(0..=7).contains(&level) {
                     return Err(args.err(1, "log level must be between 0 (emerg) and 7 (debug)"));
                 }
-                let msg = String::from_utf8_lossy(&args.bytes(2)?).into_owned();
-                log_at(&cx.plugin.name, level, &msg);
+                log_at(&cx.plugin.name, level, &args.bytes(2)?);
                 none()
             })?,
         )?;
@@ -53,8 +78,7 @@ pub(super) fn log_functions(
             name,
             func(lua, move |_, a| {
                 let args = Args::new(&a, "log", skip);
-                let msg = String::from_utf8_lossy(&args.bytes(1)?).into_owned();
-                log_at(&cx.plugin.name, level, &msg);
+                log_at(&cx.plugin.name, level, &args.bytes(1)?);
                 none()
             })?,
         )?;

@@ -30,6 +30,8 @@ use mlua::{Lua, Table, Value};
 
 pub(crate) use self::args::{Args, error_values, one};
 use self::args::{func, none};
+#[cfg(test)]
+pub(crate) use self::core::clean_log_message;
 use self::core::core_table;
 use self::fetches::{conv_fn, fetch_fn};
 use self::http::http_methods;

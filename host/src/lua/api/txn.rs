@@ -131,8 +131,7 @@ pub(super) fn txn_methods(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Table> {
             "deflog",
             func(lua, move |_, a| {
                 let args = Args::new(&a, "deflog", 1);
-                let msg = String::from_utf8_lossy(&args.bytes(1)?).into_owned();
-                log_at(&cx.plugin.name, 6, &msg);
+                log_at(&cx.plugin.name, 6, &args.bytes(1)?);
                 none()
             })?,
         )?;
