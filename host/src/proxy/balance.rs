@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::stats::BackendState;
 use crate::config::Balance;
-use crate::runtime::Runtime as Config;
+use crate::runtime::Runtime;
 
 /// One worker's balancing state.
 pub struct Balancer {
@@ -23,7 +23,7 @@ pub struct Balancer {
 
 impl Balancer {
     /// Fresh state for `config`'s backends.
-    pub fn new(config: &Config) -> Balancer {
+    pub fn new(config: &Runtime) -> Balancer {
         Balancer {
             current: RefCell::new(
                 config

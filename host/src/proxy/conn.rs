@@ -28,7 +28,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::worker::{ShutdownSignal, Worker};
 use crate::config::Timeouts;
-use crate::runtime::Runtime as Config;
+use crate::runtime::Runtime;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -109,7 +109,7 @@ pub struct ConnState {
     body_seen: Cell<bool>,
     /// The config and frontend whose `errorfiles` replace the pages written
     /// below hyper; `None` when the frontend replaces none.
-    pages: Option<(Arc<Config>, usize)>,
+    pages: Option<(Arc<Runtime>, usize)>,
 }
 
 impl std::fmt::Debug for ConnState {

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 use crate::config::admin::AdminListen;
 use crate::config::{ConfigError, Location};
-use crate::runtime::Runtime as Config;
+use crate::runtime::Runtime;
 pub use stats::Shared;
 
 /// Why the daemon could not start or run.
@@ -72,7 +72,7 @@ enum AdminStd {
 }
 
 /// Binds every frontend address once per worker.
-fn bind_all(config: &Config) -> Result<Vec<worker::WorkerListeners>, RunError> {
+fn bind_all(config: &Runtime) -> Result<Vec<worker::WorkerListeners>, RunError> {
     let mut per_worker = Vec::with_capacity(config.global.workers);
     for _ in 0..config.global.workers {
         let mut mine = Vec::new();
@@ -92,7 +92,7 @@ fn bind_all(config: &Config) -> Result<Vec<worker::WorkerListeners>, RunError> {
 }
 
 /// Runs the daemon on `config` until SIGTERM/SIGINT and the drain that follows.
-pub fn run(config: Arc<Config>) -> Result<(), RunError> {
+pub fn run(config: Arc<Runtime>) -> Result<(), RunError> {
     let fd_limit = limit::raise_fd_limit();
     let shared = Arc::new(Shared::new(Arc::clone(&config)));
     if let Some(warning) = limit::check_maxconn(shared.conns.max(), fd_limit) {

@@ -15,7 +15,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::body::RequestBody;
-use crate::runtime::Runtime as Config;
+use crate::runtime::Runtime;
 
 /// A connection to one server, checked out of the pool.
 pub struct PooledConn {
@@ -63,7 +63,7 @@ pub struct UpstreamPool {
 /// The HTTP/1.1 client settings: response heads are bounded like request
 /// heads (`max_header_size`, `max_headers` → 502 when over), as HAProxy's
 /// `tune.bufsize` and `tune.http.maxhdr` bound both directions.
-fn http_builder(config: &Config) -> http1::Builder {
+fn http_builder(config: &Runtime) -> http1::Builder {
     let global = &config.global;
     let mut b = http1::Builder::new();
     b.writev(false)
@@ -78,7 +78,7 @@ fn http_builder(config: &Config) -> http1::Builder {
 
 impl UpstreamPool {
     /// An empty pool shaped after `config`'s backends.
-    pub fn new(config: &Config) -> UpstreamPool {
+    pub fn new(config: &Runtime) -> UpstreamPool {
         UpstreamPool {
             idle: RefCell::new(
                 config

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use super::limit::ConnLimit;
-use crate::runtime::Runtime as Config;
+use crate::runtime::Runtime;
 
 /// Response counters by status class: 1xx, 2xx, 3xx, 4xx, 5xx, other.
 #[derive(Debug, Default)]
@@ -110,7 +110,7 @@ pub struct BackendState {
 /// State shared by every worker, the admin API and the health checker.
 #[derive(Debug)]
 pub struct Shared {
-    pub config: Arc<Config>,
+    pub config: Arc<Runtime>,
     pub frontends: Vec<FrontendStats>,
     pub backends: Vec<BackendState>,
     /// Open client connections against the global `maxconn`.
@@ -120,7 +120,7 @@ pub struct Shared {
 
 impl Shared {
     /// Fresh state for `config`: all servers up, counters zero.
-    pub fn new(config: Arc<Config>) -> Shared {
+    pub fn new(config: Arc<Runtime>) -> Shared {
         let maxconn = config
             .global
             .maxconn
