@@ -643,3 +643,166 @@ async fn a_required_module_works_on_every_worker() {
         );
     }
 }
+
+/// A line server on loopback: answers `lookup <x>` with `OK <x>`, `dump`
+/// with a payload then a close, `count <x>` by counting (no answer), and
+/// `stall` with nothing at all.
+async fn line_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let counted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = std::sync::Arc::clone(&counted);
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            let c = std::sync::Arc::clone(&c);
+            tokio::spawn(async move {
+                let (rd, mut wr) = s.into_split();
+                let mut lines = BufReader::new(rd).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(x) = line.strip_prefix("lookup ") {
+                        let _ = wr.write_all(format!("OK {x}\r\n").as_bytes()).await;
+                    } else if line == "dump" {
+                        let _ = wr.write_all(b"first part\nsecond part").await;
+                        return;
+                    } else if line.starts_with("count ") {
+                        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    } else if line == "stall" {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, counted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn core_tcp_cosockets_from_actions_services_and_tasks() {
+    let (svc, counted) = line_server().await;
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("lua-tcp");
+    let closed = free_addr();
+    let script = dir.write(
+        "tcp.lua",
+        &format!(
+            r#"
+local ADDR, PORT = "{ip}", {port}
+-- An IP-reputation style lookup in an action: one request, one answer line.
+core.register_action("lookup", {{"http-req"}}, function(txn)
+  local s = core.tcp()
+  s:settimeout(2)
+  local ok, err = s:connect(ADDR, PORT)
+  if not ok then txn.http:req_set_header("x-lookup", "connect: " .. err) return end
+  s:send("lookup " .. txn.sf:path() .. "\n")
+  local line, rerr = s:receive("*l")
+  local peer, pport = s:getpeername()
+  s:close()
+  txn.http:req_set_header("x-lookup", tostring(line) .. "|" .. tostring(rerr) .. "|" .. tostring(peer) .. ":" .. tostring(pport == PORT))
+end)
+-- Errors come back as nil plus a message, never as a Lua error.
+core.register_action("failures", {{"http-req"}}, function(txn)
+  local s = core.tcp()
+  s:settimeout(0.3)
+  local ok, cerr = s:connect("{closed}")
+  local t = core.tcp()
+  t:settimeout(0.3)
+  t:connect(ADDR .. ":" .. PORT)
+  t:send("stall\n")
+  local data, terr, partial = t:receive(5, "pre-")
+  local u = core.tcp()
+  local sent, serr = u:send("x")
+  txn.http:req_set_header("x-fail", tostring(ok) .. "|" .. tostring(cerr ~= nil) .. "|" .. tostring(data) .. "|" .. tostring(terr) .. "|" .. tostring(partial) .. "|" .. tostring(sent) .. "|" .. tostring(serr))
+end)
+-- A service reading everything until the peer closes, with byte counts too.
+core.register_service("dump", "http", function(applet)
+  local s = core.tcp()
+  s:settimeout(2)
+  assert(s:connect(ADDR, PORT))
+  assert(s:send("xxdumpyy", 3, 6) == 6)
+  s:send("\n")
+  local head = s:receive(5)
+  local line = s:receive("*l")
+  local rest, err = s:receive("*a")
+  local body = head .. "/" .. line .. "/" .. tostring(rest) .. "/" .. tostring(err)
+  applet:set_status(200)
+  applet:add_header("content-length", #body)
+  applet:start_response()
+  applet:send(body)
+end)
+-- A task talking to the service on its own.
+core.register_task(function()
+  local s = core.tcp()
+  s:settimeout(2)
+  if s:connect(ADDR, PORT) then
+    for i = 1, 3 do s:send("count " .. i .. "\n") end
+    s:close()
+  end
+end)
+"#,
+            ip = svc.ip(),
+            port = svc.port(),
+        ),
+    );
+    let ports = Ports::new();
+    let rules = r#"http_request = [
+  { lua = "lookup", if = "path_beg /lookup" },
+  { lua = "failures", if = "path /failures" },
+  { use_service = "lua.dump", if = "path /dump" },
+]"#;
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"p\"\nlua = \"{}\"\n\n{}{}",
+        global_section(ports.admin, &[("workers", "1")]),
+        script.display(),
+        frontend_section("web", ports.web, "app", rules),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+
+    let r = get(ports.web, "/lookup/1.2.3.4").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.echo().header("x-lookup").as_deref(),
+        Some("OK /lookup/1.2.3.4|nil|127.0.0.1:true")
+    );
+    // Several at once on one worker: each request's coroutine waits alone.
+    let many = (0..8).map(|i| {
+        let web = ports.web;
+        tokio::spawn(async move { (i, get(web, &format!("/lookup/{i}")).await) })
+    });
+    for h in many {
+        let (i, r) = h.await.expect("join");
+        assert_eq!(
+            r.echo().header("x-lookup").as_deref(),
+            Some(format!("OK /lookup/{i}|nil|127.0.0.1:true").as_str())
+        );
+    }
+    let start = std::time::Instant::now();
+    let r = get(ports.web, "/failures").await;
+    assert_eq!(
+        r.echo().header("x-fail").as_deref(),
+        Some("nil|true|nil|timeout|pre-|nil|not connected")
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    let r = get(ports.web, "/dump").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "first/ part/second part/nil");
+    eventually(
+        "the task's three lines arrive",
+        Duration::from_secs(5),
+        || async { counted.load(std::sync::atomic::Ordering::Relaxed) == 3 },
+    )
+    .await;
+}

@@ -173,6 +173,11 @@ impl LuaAction {
                 runtime::put_slot(txn, slot);
                 Flow::Wait(Box::pin(async move { tokio::time::sleep(d).await }))
             }
+            Step::Io(op) => {
+                slot.suspended = keep;
+                runtime::put_slot(txn, slot);
+                Flow::Wait(op)
+            }
             Step::Done => {
                 runtime::put_slot(txn, slot);
                 done_flow(inst, self.phase)
@@ -441,6 +446,14 @@ impl LuaService {
                 }
                 Flow::Wait(Box::pin(async move { tokio::time::sleep(d).await }))
             }
+            Step::Io(op) => {
+                slot.suspended = keep;
+                runtime::put_slot(txn, slot);
+                if let Some(s) = state {
+                    txn.plugin_state.put(self.plugin.id, Box::new(s));
+                }
+                Flow::Wait(op)
+            }
             Step::Failed(e) => {
                 runtime::put_slot(txn, slot);
                 self.failed(Some(inst), &e)
@@ -598,6 +611,9 @@ fn call_sync(
             Step::Sleep(_) => {
                 CallError::runtime("cannot yield (core.msleep, core.yield) in a fetch or converter")
             }
+            Step::Io(_) => CallError::runtime(
+                "sockets cannot wait in a fetch or converter (use them in actions, services or tasks)",
+            ),
             Step::Done => CallError::runtime("txn:done() cannot be used in a fetch or converter"),
             Step::Failed(e) => e,
         };

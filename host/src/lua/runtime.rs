@@ -54,6 +54,8 @@ pub(crate) static DONE_MARK: u8 = 2;
 /// First return value of an API function that failed; the second is the message
 /// (raised by a Lua wrapper as a plain string error, as HAProxy's C functions do).
 pub(crate) static ERR_MARK: u8 = 3;
+/// Yielded with a `Socket` by its methods: the host awaits the socket's operation.
+pub(crate) static IO_MARK: u8 = 4;
 
 /// A marker as a Lua light userdata (compared by address).
 pub(crate) fn mark(m: &'static u8) -> LightUserData {
@@ -212,6 +214,8 @@ pub(crate) enum Step {
     Finished(MultiValue),
     /// `core.msleep` (or `act.YIELD`): wait, then resume.
     Sleep(Duration),
+    /// A cosocket operation (`core.tcp`): await it, then resume.
+    Io(crate::filter::WaitFuture),
     /// `txn:done()`.
     Done,
     Failed(CallError),
@@ -470,6 +474,9 @@ impl Instance {
             Step::Sleep(_) => Err(CallError::runtime(format!(
                 "{what}: core.msleep/core.yield cannot be used while the script loads"
             ))),
+            Step::Io(_) => Err(CallError::runtime(format!(
+                "{what}: sockets cannot wait while the script loads (use them in actions, services or tasks)"
+            ))),
             Step::Done => Err(CallError::runtime(format!(
                 "{what}: txn:done() cannot be used while the script loads"
             ))),
@@ -655,7 +662,7 @@ impl Instance {
         // Only a sleeping call carries its CPU time forward (to its next
         // resume's budget): a call that ends does not read the clock again.
         let spent = match step {
-            Step::Sleep(_) => start.elapsed(),
+            Step::Sleep(_) | Step::Io(_) => start.elapsed(),
             _ => Duration::ZERO,
         };
         self.report();
@@ -668,7 +675,7 @@ impl Instance {
                 }
                 None
             }
-            Step::Sleep(_) => Some(thread),
+            Step::Sleep(_) | Step::Io(_) => Some(thread),
             Step::Done | Step::Failed(_) => None,
         };
         ((spent, step), keep)
@@ -688,6 +695,17 @@ fn classify_yield(vals: &MultiValue) -> Step {
             let ms = ms.filter(|m| m.is_finite() && *m > 0.0).unwrap_or(0.0);
             // Sleeps are capped at one day; a longer one is surely a unit mistake.
             Step::Sleep(Duration::from_secs_f64((ms / 1000.0).min(86_400.0)))
+        }
+        Some(Value::LightUserData(m)) if *m == mark(&IO_MARK) => {
+            let pending = match vals.get(1) {
+                Some(Value::UserData(ud)) => ud
+                    .borrow::<super::api::Socket>()
+                    .ok()
+                    .and_then(|s| s.take_pending()),
+                _ => None,
+            };
+            // Nothing to wait for (the outcome is already there): resume at once.
+            pending.map_or(Step::Sleep(Duration::ZERO), Step::Io)
         }
         _ => Step::Sleep(Duration::ZERO),
     }

@@ -100,6 +100,11 @@ async fn run(inst: Rc<Instance>, f: mlua::Function, mut args: MultiValue, n: usi
                 }
             }
             (Step::Sleep(_), None) => return,
+            (Step::Io(op), Some(t)) => {
+                thread = t;
+                op.await;
+            }
+            (Step::Io(_), None) => return,
             (Step::Done, _) => {
                 mark_failed(plugin.id, n);
                 let e = CallError::runtime("txn:done() cannot be used in a task");

@@ -363,14 +363,7 @@ pub(super) fn core_table(
             none()
         })?,
     )?;
-    for name in [
-        "add_acl",
-        "del_acl",
-        "set_map",
-        "del_map",
-        "tcp",
-        "httpclient",
-    ] {
+    for name in ["add_acl", "del_acl", "set_map", "del_map", "httpclient"] {
         core.raw_set(
             name,
             func(lua, move |_, _| {

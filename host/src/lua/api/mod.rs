@@ -21,6 +21,7 @@ mod core;
 mod fetches;
 mod http;
 mod reply;
+mod socket;
 mod txn;
 
 use std::cell::RefCell;
@@ -37,8 +38,9 @@ use self::fetches::{conv_fn, fetch_fn};
 use self::http::http_methods;
 pub(crate) use self::http::{Msg, framing_refusal};
 use self::reply::reply_from_table;
+pub(crate) use self::socket::Socket;
 use self::txn::txn_methods;
-use super::runtime::{CallCx, Collect, DONE_MARK, ERR_MARK, SLEEP_MARK, mark};
+use super::runtime::{CallCx, Collect, DONE_MARK, ERR_MARK, IO_MARK, SLEEP_MARK, mark};
 
 /// Largest number of compiled fetches/converters/regexes kept per state.
 const CACHE_MAX: usize = 512;
@@ -128,6 +130,7 @@ pub(crate) fn install(
         )?;
     }
     super::map::install(lua, cx, &p)?;
+    p.raw_set("socket", socket::table(lua, cx)?)?;
     let prelude = lua
         .load(include_str!("prelude.lua"))
         .set_name("=portcullis-prelude")
@@ -137,6 +140,7 @@ pub(crate) fn install(
         Value::LightUserData(mark(&SLEEP_MARK)),
         Value::LightUserData(mark(&DONE_MARK)),
         Value::LightUserData(mark(&ERR_MARK)),
+        Value::LightUserData(mark(&IO_MARK)),
     ))?;
     super::ffi::cfunc::install(lua, cx, &http)?;
     Ok((txn, applet))

@@ -1,7 +1,7 @@
 -- The Lua side of portcullis's HAProxy API. Runs once per state, before the
 -- plugin's script. `P` holds the Rust functions; SLEEP and DONE are markers
 -- yielded to the host. Returns the request (txn) and applet objects.
-local P, SLEEP, DONE, ERR = ...
+local P, SLEEP, DONE, ERR, IO = ...
 local yield, type, error, tostring, setmetatable, rawset, pairs, ipairs =
   coroutine.yield, type, error, tostring, setmetatable, rawset, pairs, ipairs
 local mtype, lower, concat = math.type, string.lower, table.concat
@@ -58,6 +58,30 @@ end
 
 function core.yield()
   yield(SLEEP, 0)
+end
+
+-- Socket (core.tcp): cosockets. A method starts its operation in Rust,
+-- yields the socket to the host while it runs, then returns its outcome.
+local S = P.socket
+for k, f in pairs(S) do S[k] = wrap(f) end
+local Socket = {}
+Socket.__index = Socket
+local function io(self, op, ...)
+  if S.start(self.s, op, ...) then yield(IO, self.s) end
+  return S.result(self.s)
+end
+function Socket:connect(address, port) return io(self, "connect", address, port) end
+function Socket:connect_ssl(address, port)
+  return nil, "connect_ssl is not supported yet (TLS)"
+end
+function Socket:send(data, i, j) return io(self, "send", data, i, j) end
+function Socket:receive(pattern, prefix) return io(self, "receive", pattern, prefix) end
+function Socket:settimeout(t) return S.settimeout(self.s, t) end
+function Socket:close() return S.close(self.s) end
+function Socket:getpeername() return S.getpeername(self.s) end
+function Socket:getsockname() return S.getsockname(self.s) end
+function core.tcp()
+  return setmetatable({ s = S.new() }, Socket)
 end
 
 function core.concat()
