@@ -806,3 +806,79 @@ end)
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn core_tcp_reaches_unix_sockets_and_bounds_what_it_buffers() {
+    use tokio::io::AsyncWriteExt;
+    // A stats-socket style service: answers a command with a large dump and closes.
+    let dir = TempDir::new("lua-unix");
+    let sock = dir.path().join("stats.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).expect("bind unix");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut cmd = [0u8; 64];
+                let n = tokio::io::AsyncReadExt::read(&mut s, &mut cmd)
+                    .await
+                    .unwrap_or(0);
+                let reply: Vec<u8> = if cmd[..n].starts_with(b"show big") {
+                    vec![b'x'; 3 << 20]
+                } else {
+                    b"line one\nline two\n".to_vec()
+                };
+                let _ = s.write_all(&reply).await;
+            });
+        }
+    });
+    let app = Backend::start("s1").await;
+    let script = dir.write(
+        "unix.lua",
+        &format!(
+            r#"
+core.register_service("stats", "http", function(applet)
+  local s = core.tcp()
+  s:settimeout(2)
+  assert(s:connect("unix@{path}"))
+  s:send(applet.qs == "big" and "show big\n" or "show stat\n")
+  local all, err = s:receive("*a")
+  s:close()
+  local body = all and ("got " .. #all .. " bytes: " .. all:sub(1, 8)) or ("failed: " .. err)
+  applet:set_status(200)
+  applet:add_header("content-length", #body)
+  applet:start_response()
+  applet:send(body)
+end)
+core.register_fetches("sock", function(txn)
+  local s = core.tcp()
+  return tostring(s:connect("unix@{path}"))
+end)
+"#,
+            path = sock.display()
+        ),
+    );
+    let ports = Ports::new();
+    let rules = r#"http_request = [
+  { use_service = "lua.stats", if = "path /stats" },
+  { return = 200, body = "%[lua.sock]", if = "path /fetch" },
+]"#;
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"p\"\nlua = \"{}\"\nmemory_limit = \"2MiB\"\n\n{}{}",
+        global_section(ports.admin, &[("admin_token", ADMIN_TOKEN_TOML)]),
+        script.display(),
+        frontend_section("web", ports.web, "app", rules),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let r = get(ports.web, "/stats").await;
+    assert_eq!(r.text(), "got 18 bytes: line one");
+    // 3 MiB does not fit a 2 MiB plugin: an error value, not an OOM kill.
+    let r = get(ports.web, "/stats?big").await;
+    assert_eq!(r.text(), "failed: not enough memory");
+    // A fetch cannot wait: the fetch fails (no value), the proxy answers.
+    let r = get(ports.web, "/fetch").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "");
+    let s = plugin_stats(ports.admin).await;
+    assert_eq!(s["errors"]["oom"], 0, "{s}");
+    assert!(s["errors"]["runtime"].as_u64().unwrap_or(0) >= 1, "{s}");
+}
