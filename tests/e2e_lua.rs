@@ -882,3 +882,65 @@ end)
     assert_eq!(s["errors"]["oom"], 0, "{s}");
     assert!(s["errors"]["runtime"].as_u64().unwrap_or(0) >= 1, "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn core_httpclient_posts_and_reads_the_answer() {
+    // A webhook-style call from an action and from a task, on the
+    // daemon's own client, against a local HTTP service (the echo backend).
+    let hook = Backend::start("hook").await;
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("lua-httpclient");
+    let closed = free_addr();
+    let script = dir.write(
+        "hc.lua",
+        &format!(
+            r#"
+local URL = "http://{hook}/hook"
+core.register_action("notify", {{"http-req"}}, function(txn)
+  local hc = core.httpclient()
+  local r = hc:post{{ url = URL .. txn.sf:path(), body = "payload", headers = {{ ["x-a"] = {{ "1", "2" }}, ["content-type"] = {{ "text/plain" }} }} }}
+  local ct = r.headers["content-type"] and r.headers["content-type"][1]
+  txn.http:req_set_header("x-hook", r.status .. "|" .. r.reason .. "|" .. tostring(ct) .. "|" .. tostring(r.body:find("payload", 1, true) ~= nil))
+  local g = hc:get{{ url = URL .. "/get" }}
+  local h = hc:head{{ url = URL .. "/head" }}
+  local bad = hc:get{{ url = "http://{closed}/x", timeout = 500 }}
+  txn.http:req_set_header("x-more", g.status .. "|" .. h.status .. "|" .. #h.body .. "|" .. bad.status .. "|" .. bad.body)
+end)
+core.register_task(function()
+  core.httpclient():put{{ url = URL .. "/from-task", body = "t" }}
+end)
+"#,
+            hook = hook.addr,
+            closed = closed,
+        ),
+    );
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"p\"\nlua = \"{}\"\n\n{}{}",
+        global_section(ports.admin, &[("workers", "1")]),
+        script.display(),
+        frontend_section(
+            "web",
+            ports.web,
+            "app",
+            "http_request = [{ lua = \"notify\", if = \"path_beg /n\" }]"
+        ),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    eventually("the task's PUT arrives", Duration::from_secs(5), || async {
+        hook.requests() >= 1
+    })
+    .await;
+    let before = hook.requests();
+    let r = get(ports.web, "/n1").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let e = r.echo();
+    assert_eq!(
+        e.header("x-hook").as_deref(),
+        Some("200|OK|application/json|true")
+    );
+    assert_eq!(e.header("x-more").as_deref(), Some("200|200|0|0|"));
+    // POST, GET, HEAD reached the service (the failed one did not).
+    assert_eq!(hook.requests(), before + 3);
+}

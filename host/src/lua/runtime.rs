@@ -698,10 +698,13 @@ fn classify_yield(vals: &MultiValue) -> Step {
         }
         Some(Value::LightUserData(m)) if *m == mark(&IO_MARK) => {
             let pending = match vals.get(1) {
-                Some(Value::UserData(ud)) => ud
-                    .borrow::<super::api::Socket>()
-                    .ok()
-                    .and_then(|s| s.take_pending()),
+                Some(Value::UserData(ud)) => match ud.borrow::<super::api::Socket>() {
+                    Ok(s) => s.take_pending(),
+                    Err(_) => ud
+                        .borrow::<super::api::HttpCall>()
+                        .ok()
+                        .and_then(|c| c.take_pending()),
+                },
                 _ => None,
             };
             // Nothing to wait for (the outcome is already there): resume at once.

@@ -20,6 +20,7 @@ mod args;
 mod core;
 mod fetches;
 mod http;
+mod httpclient;
 mod reply;
 mod socket;
 mod txn;
@@ -37,6 +38,7 @@ use self::core::core_table;
 use self::fetches::{conv_fn, fetch_fn};
 use self::http::http_methods;
 pub(crate) use self::http::{Msg, framing_refusal};
+pub(crate) use self::httpclient::HttpCall;
 use self::reply::reply_from_table;
 pub(crate) use self::socket::Socket;
 use self::txn::txn_methods;
@@ -131,6 +133,7 @@ pub(crate) fn install(
     }
     super::map::install(lua, cx, &p)?;
     p.raw_set("socket", socket::table(lua, cx)?)?;
+    p.raw_set("httpclient", httpclient::table(lua, cx)?)?;
     let prelude = lua
         .load(include_str!("prelude.lua"))
         .set_name("=portcullis-prelude")

@@ -84,6 +84,23 @@ function core.tcp()
   return setmetatable({ s = S.new() }, Socket)
 end
 
+-- HTTPClient (core.httpclient): one request per call, on the cosocket path.
+local H = P.httpclient
+for k, f in pairs(H) do H[k] = wrap(f) end
+local HTTPClient = {}
+HTTPClient.__index = HTTPClient
+for _, m in ipairs({ "get", "head", "put", "post", "delete" }) do
+  local method = m:upper()
+  HTTPClient[m] = function(self, request)
+    local call = H.start(method, request)
+    yield(IO, call)
+    return H.result(call)
+  end
+end
+function core.httpclient()
+  return setmetatable({}, HTTPClient)
+end
+
 function core.concat()
   local parts = {}
   local c = {}
