@@ -1012,3 +1012,33 @@ fn log_messages_are_cleaned_as_haproxy_does() {
     assert_eq!(out.len(), 16383);
     assert!(out.ends_with("a ..."), "{}", &out[out.len() - 8..]);
 }
+
+#[test]
+fn regex_class_and_address_matching() {
+    // The selfie exporter's use: `local _, regex = Regex.new(...); regex:exec(s)`.
+    let script = r#"
+core.register_action("re", {"http-req"}, function(txn)
+  local ok, up = Regex.new("^(UP|no check).*", true)
+  local ok2, ci = Regex.new("^up", false)
+  local bad, err = Regex.new("(", true)
+  local m, caps = up:match("UP 1/3")
+  local net = core.parse_addr("10.0.0.0/8")
+  txn.http:req_set_header("x-re", table.concat({
+    tostring(ok), tostring(up:exec("UP 2/3")), tostring(up:exec("DOWN")),
+    tostring(ok2 and ci:exec("Up")), tostring(bad), tostring(err ~= nil),
+    tostring(m), caps[1], caps[2], tostring((select(2, up:match("x")))),
+    tostring(core.match_addr(net, "10.1.2.3")), tostring(core.match_addr("127.0.0.1/32", "127.0.0.0/8")),
+    tostring(core.match_addr("10.0.0.1", "192.168.0.0/16")), tostring(core.parse_addr("nope")),
+    tostring(core.match_addr("::1", "::1/128")),
+  }, ","))
+end)
+"#;
+    let (cfg, _d) = ok(script, "", "http_request = [{ lua = \"re\" }]");
+    let rt = rt();
+    let mut t = txn("/");
+    assert!(exchange(&rt, &cfg, &mut t).is_none());
+    assert_eq!(
+        t.req_headers["x-re"],
+        "true,true,false,true,false,true,true,UP 1/3,UP,nil,true,true,false,nil,true"
+    );
+}

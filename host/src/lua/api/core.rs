@@ -109,6 +109,7 @@ pub(super) fn core_table(
 ) -> mlua::Result<Table> {
     let core = lua.create_table()?;
     log_functions(lua, &core, cx, 0)?;
+    super::regex::add_addr_functions(lua, &core)?;
 
     {
         let collect = Rc::clone(collect);

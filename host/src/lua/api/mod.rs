@@ -21,6 +21,7 @@ mod core;
 mod fetches;
 mod http;
 mod httpclient;
+mod regex;
 mod reply;
 mod socket;
 mod txn;
@@ -134,6 +135,7 @@ pub(crate) fn install(
     super::map::install(lua, cx, &p)?;
     p.raw_set("socket", socket::table(lua, cx)?)?;
     p.raw_set("httpclient", httpclient::table(lua, cx)?)?;
+    p.raw_set("regex_class", regex::class(lua)?)?;
     let prelude = lua
         .load(include_str!("prelude.lua"))
         .set_name("=portcullis-prelude")

@@ -33,6 +33,8 @@ end
 -- The Map class: the object methods live in one metatable's __index.
 Map = P.map_class
 Map.new = wrap(Map.new)
+Regex = P.regex_class
+Regex.new = wrap(Regex.new)
 for k, f in pairs(P.map_methods) do P.map_methods[k] = wrap(f) end
 local set_done, wake_time = P.set_done, P.wake_time
 local get_field, set_field = wrap(P.get_field), wrap(P.set_field)
