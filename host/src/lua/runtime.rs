@@ -56,6 +56,8 @@ pub(crate) static DONE_MARK: u8 = 2;
 pub(crate) static ERR_MARK: u8 = 3;
 /// Yielded with a `Socket` by its methods: the host awaits the socket's operation.
 pub(crate) static IO_MARK: u8 = 4;
+/// Yielded by `core.done(...)`: the call ends here, with these values.
+pub(crate) static END_MARK: u8 = 5;
 
 /// A marker as a Lua light userdata (compared by address).
 pub(crate) fn mark(m: &'static u8) -> LightUserData {
@@ -668,6 +670,8 @@ impl Instance {
         self.report();
         self.busy.set(false);
         let keep = match &step {
+            // A coroutine ended by `core.done` is still suspended: not reusable.
+            Step::Finished(_) if thread.status() == ThreadStatus::Resumable => None,
             Step::Finished(_) => {
                 let mut pool = self.pool.borrow_mut();
                 if pool.len() < POOL_MAX {
@@ -695,6 +699,9 @@ fn classify_yield(vals: &MultiValue) -> Step {
             let ms = ms.filter(|m| m.is_finite() && *m > 0.0).unwrap_or(0.0);
             // Sleeps are capped at one day; a longer one is surely a unit mistake.
             Step::Sleep(Duration::from_secs_f64((ms / 1000.0).min(86_400.0)))
+        }
+        Some(Value::LightUserData(m)) if *m == mark(&END_MARK) => {
+            Step::Finished(vals.iter().skip(1).cloned().collect())
         }
         Some(Value::LightUserData(m)) if *m == mark(&IO_MARK) => {
             let pending = match vals.get(1) {

@@ -1042,3 +1042,33 @@ end)
         "true,true,false,true,false,true,true,UP 1/3,UP,nil,true,true,false,nil,true"
     );
 }
+
+#[test]
+fn core_done_ends_the_call_where_it_stands() {
+    let script = r#"
+core.register_action("stop", {"http-req"}, function(txn)
+  txn.http:req_set_header("x-before", "1")
+  core.done()
+  txn.http:req_set_header("x-after", "1")
+end)
+core.register_fetches("early", function(txn)
+  core.done("from-done")
+  return "from-return"
+end)
+"#;
+    let (cfg, _d) = ok(
+        script,
+        "",
+        "http_request = [{ lua = \"stop\" }, { set_header = \"x-f\", value = \"%[lua.early]\" }]",
+    );
+    let rt = rt();
+    // Twice: a coroutine ended by core.done is not reused in a bad state.
+    for _ in 0..2 {
+        let mut t = txn("/");
+        assert!(exchange(&rt, &cfg, &mut t).is_none());
+        assert_eq!(t.req_headers["x-before"], "1");
+        assert!(t.req_headers.get("x-after").is_none());
+        assert_eq!(t.req_headers["x-f"], "from-done");
+    }
+    assert_eq!(plugin(&cfg).stats.errors.get(FailureKind::Script), 0);
+}

@@ -43,7 +43,7 @@ pub(crate) use self::httpclient::HttpCall;
 use self::reply::reply_from_table;
 pub(crate) use self::socket::Socket;
 use self::txn::txn_methods;
-use super::runtime::{CallCx, Collect, DONE_MARK, ERR_MARK, IO_MARK, SLEEP_MARK, mark};
+use super::runtime::{CallCx, Collect, DONE_MARK, END_MARK, ERR_MARK, IO_MARK, SLEEP_MARK, mark};
 
 /// Largest number of compiled fetches/converters/regexes kept per state.
 const CACHE_MAX: usize = 512;
@@ -146,6 +146,7 @@ pub(crate) fn install(
         Value::LightUserData(mark(&DONE_MARK)),
         Value::LightUserData(mark(&ERR_MARK)),
         Value::LightUserData(mark(&IO_MARK)),
+        Value::LightUserData(mark(&END_MARK)),
     ))?;
     super::ffi::cfunc::install(lua, cx, &http)?;
     Ok((txn, applet))

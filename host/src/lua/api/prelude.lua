@@ -1,7 +1,7 @@
 -- The Lua side of portcullis's HAProxy API. Runs once per state, before the
 -- plugin's script. `P` holds the Rust functions; SLEEP and DONE are markers
 -- yielded to the host. Returns the request (txn) and applet objects.
-local P, SLEEP, DONE, ERR, IO = ...
+local P, SLEEP, DONE, ERR, IO, END = ...
 local yield, type, error, tostring, setmetatable, rawset, pairs, ipairs =
   coroutine.yield, type, error, tostring, setmetatable, rawset, pairs, ipairs
 local mtype, lower, concat = math.type, string.lower, table.concat
@@ -60,6 +60,12 @@ end
 
 function core.yield()
   yield(SLEEP, 0)
+end
+
+-- core.done([value]): ends the current call (action, service, task, fetch,
+-- converter) at once; a fetch or converter returns the value.
+function core.done(...)
+  yield(END, ...)
 end
 
 -- Socket (core.tcp): cosockets. A method starts its operation in Rust,
