@@ -21,7 +21,7 @@ use super::format::LogFormat;
 use super::{Env, at_string, did_you_mean, parse_var_name, suggest};
 use crate::config::schema::{DenySpec, RawRule};
 use crate::config::{ConfigError, SourceMap};
-use crate::filter::{Filter, Flow, Phases as FilterPhases, Reply};
+use crate::filter::{Filter, Flow, Phases, Reply};
 use crate::txn::{BackendChoice, Phase, Txn, VarScope};
 
 /// A built-in action as a filter: runs its `run` in the head hook of the
@@ -44,8 +44,8 @@ impl<A: fmt::Debug + Send + Sync> Filter for HeadAction<A> {
         "action"
     }
 
-    fn phases(&self) -> FilterPhases {
-        FilterPhases::head(self.phase)
+    fn phases(&self) -> Phases {
+        Phases::head(self.phase)
     }
 
     fn on_request(&self, txn: &mut Txn) -> Flow {
@@ -57,22 +57,22 @@ impl<A: fmt::Debug + Send + Sync> Filter for HeadAction<A> {
     }
 }
 
-/// The phases an action may be used in.
+/// The rule lists an action may be used in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phases {
+pub enum Lists {
     Request,
     Response,
     Both,
 }
 
-impl Phases {
+impl Lists {
     /// Whether the action may run in phase `p`.
     pub fn allows(self, p: Phase) -> bool {
         matches!(
             (self, p),
-            (Phases::Both, _)
-                | (Phases::Request, Phase::Request)
-                | (Phases::Response, Phase::Response)
+            (Lists::Both, _)
+                | (Lists::Request, Phase::Request)
+                | (Lists::Response, Phase::Response)
         )
     }
 }
@@ -153,7 +153,7 @@ pub struct ActionDef {
     /// Keys that modify this action (besides `if` / `unless`).
     pub modifiers: &'static [&'static str],
     /// The phases whose rule lists may hold it.
-    pub phases: Phases,
+    pub phases: Lists,
     /// Why the action is limited to one phase, for the error message.
     pub phase_note: &'static str,
     /// Validates the rule's keys and builds the action.
@@ -163,28 +163,28 @@ pub struct ActionDef {
 /// All actions. Keys not listed here and not in any `modifiers` are conditions (`if`, `unless`).
 #[rustfmt::skip]
 pub static ACTIONS: &[ActionDef] = &[
-    ActionDef { key: "return", modifiers: &["content_type", "body", "headers"], phases: Phases::Both, phase_note: "", build: build_return },
-    ActionDef { key: "deny", modifiers: &["headers"], phases: Phases::Both, phase_note: "", build: build_deny },
-    ActionDef { key: "redirect", modifiers: &["code", "headers"], phases: Phases::Both, phase_note: "", build: build_redirect },
-    ActionDef { key: "redirect_prefix", modifiers: &["code", "headers"], phases: Phases::Request, phase_note: "it reuses the request path", build: build_redirect },
-    ActionDef { key: "redirect_scheme", modifiers: &["code", "headers"], phases: Phases::Request, phase_note: "it reuses the request host and path", build: build_redirect },
-    ActionDef { key: "set_header", modifiers: &["value"], phases: Phases::Both, phase_note: "", build: build_set_header },
-    ActionDef { key: "add_header", modifiers: &["value"], phases: Phases::Both, phase_note: "", build: build_set_header },
-    ActionDef { key: "del_header", modifiers: &[], phases: Phases::Both, phase_note: "", build: build_del_header },
-    ActionDef { key: "set_path", modifiers: &[], phases: Phases::Request, phase_note: "it rewrites the request", build: build_set_path },
-    ActionDef { key: "set_status", modifiers: &[], phases: Phases::Response, phase_note: "it rewrites the response", build: build_set_status },
-    ActionDef { key: "set_var", modifiers: &["value", "expr"], phases: Phases::Both, phase_note: "", build: build_set_var },
-    ActionDef { key: "unset_var", modifiers: &[], phases: Phases::Both, phase_note: "", build: build_unset_var },
-    ActionDef { key: "use_backend", modifiers: &[], phases: Phases::Request, phase_note: "the backend is chosen before the request is sent", build: build_use_backend },
-    ActionDef { key: "lua", modifiers: &["args"], phases: Phases::Both, phase_note: "", build: super::ext::build_action },
-    ActionDef { key: "wasm", modifiers: &[], phases: Phases::Both, phase_note: "", build: super::ext::build_action },
-    ActionDef { key: "use_service", modifiers: &[], phases: Phases::Request, phase_note: "a service answers the request", build: super::ext::build_service },
-    ActionDef { key: "track_sc0", modifiers: &["table"], phases: Phases::Request, phase_note: "tracking starts with the request", build: super::stick::build_track },
-    ActionDef { key: "track_sc1", modifiers: &["table"], phases: Phases::Request, phase_note: "tracking starts with the request", build: super::stick::build_track },
-    ActionDef { key: "track_sc2", modifiers: &["table"], phases: Phases::Request, phase_note: "tracking starts with the request", build: super::stick::build_track },
-    ActionDef { key: "sc_inc_gpc", modifiers: &[], phases: Phases::Both, phase_note: "", build: super::stick::build_gp },
-    ActionDef { key: "sc_clr_gpc", modifiers: &[], phases: Phases::Both, phase_note: "", build: super::stick::build_gp },
-    ActionDef { key: "sc_set_gpt", modifiers: &["value", "expr"], phases: Phases::Both, phase_note: "", build: super::stick::build_gp },
+    ActionDef { key: "return", modifiers: &["content_type", "body", "headers"], phases: Lists::Both, phase_note: "", build: build_return },
+    ActionDef { key: "deny", modifiers: &["headers"], phases: Lists::Both, phase_note: "", build: build_deny },
+    ActionDef { key: "redirect", modifiers: &["code", "headers"], phases: Lists::Both, phase_note: "", build: build_redirect },
+    ActionDef { key: "redirect_prefix", modifiers: &["code", "headers"], phases: Lists::Request, phase_note: "it reuses the request path", build: build_redirect },
+    ActionDef { key: "redirect_scheme", modifiers: &["code", "headers"], phases: Lists::Request, phase_note: "it reuses the request host and path", build: build_redirect },
+    ActionDef { key: "set_header", modifiers: &["value"], phases: Lists::Both, phase_note: "", build: build_set_header },
+    ActionDef { key: "add_header", modifiers: &["value"], phases: Lists::Both, phase_note: "", build: build_set_header },
+    ActionDef { key: "del_header", modifiers: &[], phases: Lists::Both, phase_note: "", build: build_del_header },
+    ActionDef { key: "set_path", modifiers: &[], phases: Lists::Request, phase_note: "it rewrites the request", build: build_set_path },
+    ActionDef { key: "set_status", modifiers: &[], phases: Lists::Response, phase_note: "it rewrites the response", build: build_set_status },
+    ActionDef { key: "set_var", modifiers: &["value", "expr"], phases: Lists::Both, phase_note: "", build: build_set_var },
+    ActionDef { key: "unset_var", modifiers: &[], phases: Lists::Both, phase_note: "", build: build_unset_var },
+    ActionDef { key: "use_backend", modifiers: &[], phases: Lists::Request, phase_note: "the backend is chosen before the request is sent", build: build_use_backend },
+    ActionDef { key: "lua", modifiers: &["args"], phases: Lists::Both, phase_note: "", build: super::ext::build_action },
+    ActionDef { key: "wasm", modifiers: &[], phases: Lists::Both, phase_note: "", build: super::ext::build_action },
+    ActionDef { key: "use_service", modifiers: &[], phases: Lists::Request, phase_note: "a service answers the request", build: super::ext::build_service },
+    ActionDef { key: "track_sc0", modifiers: &["table"], phases: Lists::Request, phase_note: "tracking starts with the request", build: super::stick::build_track },
+    ActionDef { key: "track_sc1", modifiers: &["table"], phases: Lists::Request, phase_note: "tracking starts with the request", build: super::stick::build_track },
+    ActionDef { key: "track_sc2", modifiers: &["table"], phases: Lists::Request, phase_note: "tracking starts with the request", build: super::stick::build_track },
+    ActionDef { key: "sc_inc_gpc", modifiers: &[], phases: Lists::Both, phase_note: "", build: super::stick::build_gp },
+    ActionDef { key: "sc_clr_gpc", modifiers: &[], phases: Lists::Both, phase_note: "", build: super::stick::build_gp },
+    ActionDef { key: "sc_set_gpt", modifiers: &["value", "expr"], phases: Lists::Both, phase_note: "", build: super::stick::build_gp },
 ];
 
 /// The action called `key`.

@@ -131,20 +131,28 @@ pub(super) fn build_service(
     host.service(name, re).map_err(|m| re.error(s.span(), m))
 }
 
-/// The builder of `<kind>.*` fetches.
-pub(super) fn build_fetch(c: &Call<'_>, env: &Env<'_>) -> Result<Box<dyn Fetch>, ParseError> {
+/// The host of a `<kind>.<name>` call's kind (`what`: "fetch" or "converter", for the error).
+fn host_of<'e>(
+    c: &Call<'_>,
+    env: &Env<'e>,
+    what: &str,
+) -> Result<&'e dyn RuleExtension, ParseError> {
     let kind = c.name.split_once('.').map_or(c.name, |(k, _)| k);
-    match env.ctx.plugins.get(kind) {
-        Some(host) => host.fetch(c, env),
-        None => Err(ParseError::new(
+    env.ctx.plugins.get(kind).ok_or_else(|| {
+        ParseError::new(
             c.offset,
             format!(
-                "fetch {:?} needs a {kind} plugin host (loaded: {})",
+                "{what} {:?} needs a {kind} plugin host (loaded: {})",
                 c.name,
                 env.ctx.plugins.kinds()
             ),
-        )),
-    }
+        )
+    })
+}
+
+/// The builder of `<kind>.*` fetches.
+pub(super) fn build_fetch(c: &Call<'_>, env: &Env<'_>) -> Result<Box<dyn Fetch>, ParseError> {
+    host_of(c, env, "fetch")?.fetch(c, env)
 }
 
 /// The builder of `<kind>.*` converters.
@@ -152,16 +160,5 @@ pub(super) fn build_converter(
     c: &Call<'_>,
     env: &Env<'_>,
 ) -> Result<Box<dyn Converter>, ParseError> {
-    let kind = c.name.split_once('.').map_or(c.name, |(k, _)| k);
-    match env.ctx.plugins.get(kind) {
-        Some(host) => host.converter(c, env),
-        None => Err(ParseError::new(
-            c.offset,
-            format!(
-                "converter {:?} needs a {kind} plugin host (loaded: {})",
-                c.name,
-                env.ctx.plugins.kinds()
-            ),
-        )),
-    }
+    host_of(c, env, "converter")?.converter(c, env)
 }

@@ -8,27 +8,20 @@ use serde_json::{Value, json};
 
 use super::{FailureKind, WasmPlugin};
 
-/// The failure kinds a Wasm plugin can have (all but a script error).
-const WASM_KINDS: [FailureKind; 9] = [
-    FailureKind::CpuLimit,
-    FailureKind::MemoryLimit,
-    FailureKind::StackOverflow,
-    FailureKind::Unreachable,
-    FailureKind::Trap,
-    FailureKind::Exit,
-    FailureKind::BadReturn,
-    FailureKind::PauseTimeout,
-    FailureKind::Init,
-];
+/// The failure kinds a Wasm plugin can have: all but a script error, in stats order.
+fn wasm_kinds() -> impl Iterator<Item = FailureKind> {
+    FailureKind::ALL
+        .into_iter()
+        .filter(|k| *k != FailureKind::Script)
+}
 
 /// One Wasm plugin's JSON document: limits, memory, calls, failures by kind, rebuilds.
 pub fn plugin_json(p: &WasmPlugin) -> Value {
     let sh = p.shared();
     let s = &sh.stats;
     let spec = &sh.spec;
-    let failures: serde_json::Map<String, Value> = WASM_KINDS
-        .iter()
-        .map(|k| (k.name().to_string(), json!(s.failures_of(*k))))
+    let failures: serde_json::Map<String, Value> = wasm_kinds()
+        .map(|k| (k.name().to_string(), json!(s.failures_of(k))))
         .collect();
     json!({
         "name": p.name(),
@@ -63,10 +56,10 @@ pub fn metric_families(plugins: &[std::sync::Arc<WasmPlugin>]) -> Vec<Family> {
         .iter()
         .flat_map(|p| {
             let l = label(p);
-            WASM_KINDS.iter().map(move |k| {
+            wasm_kinds().map(move |k| {
                 (
                     format!("{l},kind=\"{}\"", k.name()),
-                    p.shared().stats.failures_of(*k),
+                    p.shared().stats.failures_of(k),
                 )
             })
         })

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use mlua::{AnyUserData, Lua, MultiValue, Table, UserData, Value};
+use mlua::{Lua, MultiValue, Table, UserData, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -116,10 +116,8 @@ pub(super) fn table(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Table> {
         "start",
         func(lua, |_, a| {
             let args = Args::new(&a, "socket", 0);
-            let ud = socket(&args)?;
-            let s = ud.borrow::<Socket>()?;
+            let inner = socket(&args)?;
             let op = args.string(2)?;
-            let inner = Rc::clone(&s.0);
             let fut: Option<WaitFuture> = match op.as_str() {
                 "connect" => start_connect(&inner, &args)?,
                 "send" => start_send(&inner, &args)?,
@@ -142,9 +140,8 @@ pub(super) fn table(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Table> {
         "result",
         func(lua, |lua, a| {
             let args = Args::new(&a, "socket", 0);
-            let ud = socket(&args)?;
-            let s = ud.borrow::<Socket>()?;
-            let outcome = s.0.outcome.try_borrow_mut().ok().and_then(|mut o| o.take());
+            let s = socket(&args)?;
+            let outcome = s.outcome.try_borrow_mut().ok().and_then(|mut o| o.take());
             let mut m = MultiValue::new();
             match outcome {
                 Some(Outcome::Values(vals)) => {
@@ -171,8 +168,7 @@ pub(super) fn table(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Table> {
         "settimeout",
         func(lua, |_, a| {
             let args = Args::new(&a, "settimeout", 0);
-            let ud = socket(&args)?;
-            let s = ud.borrow::<Socket>()?;
+            let s = socket(&args)?;
             let secs = match args.get(2) {
                 Value::Integer(i) => *i as f64,
                 Value::Number(n) => *n,
@@ -184,7 +180,7 @@ pub(super) fn table(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Table> {
                     format!("timeout must be between 0 and {MAX_TIMEOUT} seconds"),
                 ));
             }
-            s.0.timeout.set(Duration::from_secs_f64(secs));
+            s.timeout.set(Duration::from_secs_f64(secs));
             one(Value::Integer(1))
         })?,
     )?;
@@ -192,12 +188,11 @@ pub(super) fn table(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Table> {
         "close",
         func(lua, |_, a| {
             let args = Args::new(&a, "close", 0);
-            let ud = socket(&args)?;
-            let s = ud.borrow::<Socket>()?;
-            if let Ok(mut st) = s.0.stream.try_borrow_mut() {
+            let s = socket(&args)?;
+            if let Ok(mut st) = s.stream.try_borrow_mut() {
                 *st = None;
             }
-            if let Ok(mut b) = s.0.rbuf.try_borrow_mut() {
+            if let Ok(mut b) = s.rbuf.try_borrow_mut() {
                 *b = Vec::new();
             }
             one(Value::Integer(1))
@@ -208,13 +203,8 @@ pub(super) fn table(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Table> {
             name,
             func(lua, move |lua, a| {
                 let args = Args::new(&a, name, 0);
-                let ud = socket(&args)?;
-                let s = ud.borrow::<Socket>()?;
-                let addr = if peer {
-                    s.0.peer.get()
-                } else {
-                    s.0.local.get()
-                };
+                let s = socket(&args)?;
+                let addr = if peer { s.peer.get() } else { s.local.get() };
                 match addr {
                     Some(addr) => {
                         let mut m = MultiValue::new();
@@ -230,9 +220,13 @@ pub(super) fn table(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Table> {
     Ok(t)
 }
 
-fn socket(args: &Args<'_>) -> mlua::Result<AnyUserData> {
+/// The socket state behind argument 1.
+fn socket(args: &Args<'_>) -> mlua::Result<Rc<Inner>> {
     match args.get(1) {
-        Value::UserData(ud) if ud.is::<Socket>() => Ok(ud.clone()),
+        Value::UserData(ud) => match ud.borrow::<Socket>() {
+            Ok(s) => Ok(Rc::clone(&s.0)),
+            Err(_) => Err(args.bad(1, "Socket")),
+        },
         _ => Err(args.bad(1, "Socket")),
     }
 }
@@ -242,6 +236,12 @@ fn out_value(lua: &Lua, v: Out) -> mlua::Result<Value> {
         Out::Int(i) => Value::Integer(i),
         Out::Bytes(b) => Value::String(lua.create_string(&b)?),
     })
+}
+
+/// `prefix` followed by `data` (what `receive` returns or leaves as partial).
+fn joined(mut prefix: Vec<u8>, data: &[u8]) -> Vec<u8> {
+    prefix.extend_from_slice(data);
+    prefix
 }
 
 /// Sets the outcome now (no wait) and returns no future.
@@ -471,9 +471,10 @@ fn start_receive(inner: &Rc<Inner>, args: &Args<'_>) -> mlua::Result<Option<Wait
     if let Ok(mut buf) = inner.rbuf.try_borrow_mut()
         && let Some(data) = pattern.take(&mut buf, false)
     {
-        let mut out = prefix;
-        out.extend_from_slice(&data);
-        return done(inner, Outcome::Values(vec![Out::Bytes(out)]));
+        return done(
+            inner,
+            Outcome::Values(vec![Out::Bytes(joined(prefix, &data))]),
+        );
     }
     let Some(mut stream) = inner
         .stream
@@ -500,9 +501,7 @@ fn start_receive(inner: &Rc<Inner>, args: &Args<'_>) -> mlua::Result<Option<Wait
         let mut keep_stream = true;
         let outcome = loop {
             if let Some(data) = pattern.take(&mut buf, false) {
-                let mut out = prefix;
-                out.extend_from_slice(&data);
-                break Outcome::Values(vec![Out::Bytes(out)]);
+                break Outcome::Values(vec![Out::Bytes(joined(prefix, &data))]);
             }
             if buf.len() >= max {
                 keep_stream = false;
@@ -513,24 +512,19 @@ fn start_receive(inner: &Rc<Inner>, args: &Args<'_>) -> mlua::Result<Option<Wait
                 Ok(Ok(0)) => {
                     keep_stream = false;
                     if let Some(data) = pattern.take(&mut buf, true) {
-                        let mut out = prefix;
-                        out.extend_from_slice(&data);
-                        break Outcome::Values(vec![Out::Bytes(out)]);
+                        break Outcome::Values(vec![Out::Bytes(joined(prefix, &data))]);
                     }
-                    let mut partial = prefix;
-                    partial.append(&mut buf);
+                    let partial = joined(prefix, &std::mem::take(&mut buf));
                     break Outcome::Fail("closed".into(), Some(partial));
                 }
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     keep_stream = false;
-                    let mut partial = prefix;
-                    partial.append(&mut buf);
+                    let partial = joined(prefix, &std::mem::take(&mut buf));
                     break Outcome::Fail(format!("receive failed: {e}"), Some(partial));
                 }
                 Err(_) => {
-                    let mut partial = prefix;
-                    partial.append(&mut buf);
+                    let partial = joined(prefix, &std::mem::take(&mut buf));
                     break Outcome::Fail("timeout".into(), Some(partial));
                 }
             }
