@@ -25,6 +25,7 @@ pub mod plugin;
 pub mod proxy;
 pub mod rules;
 pub mod runtime;
+pub mod servers;
 pub mod stick;
 pub mod txn;
 pub mod wasm;

@@ -28,6 +28,9 @@ pub struct Runtime {
     pub global: config::Global,
     pub frontends: Vec<Frontend>,
     pub backends: Vec<config::Backend>,
+    /// Live backend and server state (health, admin state, weights, counters),
+    /// shared by the balancer, health checks, admin API and plugins.
+    pub servers: crate::servers::Backends,
     /// Stick tables (`[[stick_table]]`), shared by rules, plugins and the admin API.
     pub tables: Arc<StickTables>,
     /// One host per plugin kind, in a fixed order (Lua, then Wasm).
@@ -127,6 +130,7 @@ pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
         stick_tables,
     } = spec;
     let tables = Arc::new(config::stick::build(&stick_tables, &source)?);
+    let servers = crate::servers::build(&backends);
     let backend_ids: HashMap<String, usize> = backends
         .iter()
         .enumerate()
@@ -137,6 +141,7 @@ pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
         backends: Arc::new(backend_ids.clone()),
         frontends: frontends.iter().map(|f| f.name.to_string()).collect(),
         tables: Arc::clone(&tables),
+        servers: Arc::clone(&servers),
         client_timeout: global.timeouts.client,
     };
     let lua = Arc::new(crate::lua::LuaHost {
@@ -184,6 +189,7 @@ pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
         global,
         frontends,
         backends,
+        servers,
         tables,
         plugins: hosts,
     })

@@ -13,6 +13,7 @@ mod body;
 mod client;
 mod config;
 mod daemon;
+mod haproxy;
 
 // Each test target uses a part of the helpers: a re-export it leaves unused
 // is not a warning.
@@ -28,6 +29,8 @@ pub use client::*;
 pub use config::*;
 #[allow(unused_imports)]
 pub use daemon::*;
+#[allow(unused_imports)]
+pub use haproxy::*;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

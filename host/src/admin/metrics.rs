@@ -2,7 +2,8 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::proxy::stats::{STATUS_CLASSES, Shared};
+use crate::proxy::stats::Shared;
+use crate::servers::STATUS_CLASSES;
 
 pub use crate::metrics::{Family, Writer, escape_label, label};
 
@@ -100,10 +101,10 @@ pub fn render(shared: &Shared) -> String {
             .map(|(l, s)| (l.clone(), s.bytes_out.load(Relaxed))),
     );
 
-    let bes: Vec<(String, &crate::proxy::stats::BackendState)> = config
+    let bes: Vec<(String, &crate::servers::BackendState)> = config
         .backends
         .iter()
-        .zip(&shared.backends)
+        .zip(shared.backends.iter())
         .map(|(be, st)| (label("backend", &be.name), st))
         .collect();
     f.family(
@@ -132,7 +133,7 @@ pub fn render(shared: &Shared) -> String {
             .map(|(l, s)| (l.clone(), s.stats.no_server.load(Relaxed))),
     );
 
-    let servers: Vec<(String, &crate::proxy::stats::ServerState)> = bes
+    let servers: Vec<(String, &crate::servers::ServerState)> = bes
         .iter()
         .flat_map(|(l, b)| {
             b.servers

@@ -28,7 +28,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
 
 use crate::config::admin::Admin;
-use crate::proxy::stats::{STATUS_CLASSES, Shared, StatusCounters};
+use crate::proxy::stats::Shared;
+use crate::servers::{STATUS_CLASSES, StatusCounters};
 use guard::Peer;
 
 /// Every endpoint, as the 404 answer lists them.
@@ -238,7 +239,7 @@ pub fn stats_json(shared: &Shared) -> Value {
     let backends: Vec<Value> = config
         .backends
         .iter()
-        .zip(&shared.backends)
+        .zip(shared.backends.iter())
         .map(|(be, st)| {
             let servers: Vec<Value> = st
                 .servers
@@ -248,8 +249,8 @@ pub fn stats_json(shared: &Shared) -> Value {
                         "name": &*s.name,
                         "addr": s.addr.to_string(),
                         "up": s.is_up(),
-                        "status": if s.is_up() { "UP" } else { "DOWN" },
-                        "weight": s.weight,
+                        "status": s.status_text(),
+                        "weight": s.weight(),
                         "requests": s.requests.load(Relaxed),
                         "active": s.active.load(Relaxed),
                         "connects": s.connects.load(Relaxed),

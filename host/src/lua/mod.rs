@@ -27,6 +27,7 @@ mod ffi;
 mod headers;
 pub mod host;
 mod map;
+mod proxy;
 mod rules;
 mod runtime;
 mod stktable;
@@ -131,6 +132,8 @@ pub struct Plugin {
     pub frontends: Arc<[String]>,
     /// The config's stick tables (`core.backends[name].stktable`, `sc_*` fetches).
     pub tables: Arc<crate::stick::StickTables>,
+    /// Live backend and server state (`Proxy.servers`, `Server` objects).
+    pub servers: crate::servers::Backends,
     /// Client inactivity limit while a service reads the request body (`timeout.client`).
     pub client_timeout: Duration,
     /// Maps the script loaded with `Map.new`, shared by every state.
@@ -279,6 +282,8 @@ pub struct HostView {
     /// Frontend names, in config order.
     pub frontends: Arc<[String]>,
     pub tables: Arc<crate::stick::StickTables>,
+    /// Live backend and server state (`Proxy.servers`, `Server` objects).
+    pub servers: crate::servers::Backends,
     /// `[global.timeout] client`.
     pub client_timeout: Duration,
 }
@@ -419,6 +424,7 @@ fn load_one(p: &RawPlugin, source: &SourceMap, view: &HostView) -> Result<Plugin
         backends: Arc::clone(&view.backends),
         frontends: Arc::clone(&view.frontends),
         tables: Arc::clone(&view.tables),
+        servers: Arc::clone(&view.servers),
         client_timeout: view.client_timeout,
         maps: Arc::default(),
     };

@@ -310,6 +310,7 @@ pub(crate) fn validate(plugin: &Plugin) -> Result<Registered, String> {
         backends: Arc::clone(&plugin.backends),
         frontends: Arc::clone(&plugin.frontends),
         tables: Arc::clone(&plugin.tables),
+        servers: Arc::clone(&plugin.servers),
         client_timeout: plugin.client_timeout,
         maps: Arc::clone(&plugin.maps),
     });

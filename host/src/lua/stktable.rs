@@ -1,6 +1,5 @@
-//! `core.backends`, `core.frontends` and `core.proxies` (HAProxy's `Proxy`
-//! objects, reduced to what portcullis has) and HAProxy's `StickTable` class
-//! over the stick-table host API ([`crate::stick::Api`]).
+//! HAProxy's `StickTable` class over the stick-table host API
+//! ([`crate::stick::Api`]); `lua/proxy.rs` hangs each on its proxy object.
 //!
 //! HAProxy hangs a table on the proxy that declares it; portcullis declares
 //! tables on their own (`[[stick_table]]`), so a table named `X` appears as
@@ -14,7 +13,6 @@ use std::sync::Arc;
 use mlua::{Lua, MultiValue, Table, Value};
 
 use super::api::{Args, error_values};
-use super::runtime::CallCx;
 use crate::stick::api::{EntryView, Filter};
 use crate::stick::{StickError, StickTables};
 
@@ -56,7 +54,7 @@ fn entry_table(lua: &Lua, e: &EntryView, meta: bool) -> mlua::Result<Table> {
 }
 
 /// Builds the `StickTable` object of table `name`.
-fn stick_table(lua: &Lua, tables: &Arc<StickTables>, name: &str) -> mlua::Result<Table> {
+pub(super) fn stick_table(lua: &Lua, tables: &Arc<StickTables>, name: &str) -> mlua::Result<Table> {
     let obj = lua.create_table()?;
     let methods = lua.create_table()?;
     let name: Arc<str> = Arc::from(name);
@@ -238,64 +236,4 @@ fn stick_table(lua: &Lua, tables: &Arc<StickTables>, name: &str) -> mlua::Result
     obj.set_metatable(Some(meta))?;
     obj.raw_set("name", &*name)?;
     Ok(obj)
-}
-
-/// A `Proxy`-like object: `name`, `uuid` (a string, as HAProxy gives it), `servers`,
-/// `listeners`, `stktable` and `get_cap()`/`get_mode()`.
-fn proxy(lua: &Lua, name: &str, uuid: usize, cap: &'static str) -> mlua::Result<Table> {
-    let p = lua.create_table()?;
-    p.raw_set("name", name)?;
-    p.raw_set("uuid", uuid.to_string())?;
-    p.raw_set("servers", lua.create_table()?)?;
-    p.raw_set("listeners", lua.create_table()?)?;
-    p.raw_set(
-        "get_cap",
-        lua.create_function(move |_, _: MultiValue| Ok(cap))?,
-    )?;
-    p.raw_set(
-        "get_mode",
-        lua.create_function(|_, _: MultiValue| Ok("http"))?,
-    )?;
-    Ok(p)
-}
-
-/// Sets `core.frontends`, `core.backends` and `core.proxies`.
-pub(crate) fn install(lua: &Lua, core: &Table, cx: &CallCx) -> mlua::Result<()> {
-    let plugin = &cx.plugin;
-    let frontends = lua.create_table()?;
-    let backends = lua.create_table()?;
-    let proxies = lua.create_table()?;
-    let mut uuid = 0;
-    for name in plugin.frontends.iter() {
-        uuid += 1;
-        let p = proxy(lua, name, uuid, "frontend")?;
-        frontends.raw_set(name.as_str(), p.clone())?;
-        proxies.raw_set(name.as_str(), p)?;
-    }
-    let mut names: Vec<(&String, usize)> = plugin.backends.iter().map(|(n, i)| (n, *i)).collect();
-    names.sort_by_key(|(_, i)| *i);
-    for (name, _) in names {
-        uuid += 1;
-        let p = proxy(lua, name, uuid, "backend")?;
-        backends.raw_set(name.as_str(), p.clone())?;
-        proxies.raw_set(name.as_str(), p)?;
-    }
-    for table in plugin.tables.names() {
-        let st = stick_table(lua, &plugin.tables, table)?;
-        let p = match backends.raw_get::<Value>(table)? {
-            Value::Table(p) => p,
-            _ => {
-                uuid += 1;
-                let p = proxy(lua, table, uuid, "backend")?;
-                backends.raw_set(table, p.clone())?;
-                proxies.raw_set(table, p.clone())?;
-                p
-            }
-        };
-        p.raw_set("stktable", st)?;
-    }
-    core.raw_set("frontends", frontends)?;
-    core.raw_set("backends", backends)?;
-    core.raw_set("proxies", proxies)?;
-    Ok(())
 }

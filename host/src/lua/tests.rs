@@ -1072,3 +1072,56 @@ end)
     }
     assert_eq!(plugin(&cfg).stats.errors.get(FailureKind::Script), 0);
 }
+
+#[test]
+fn server_objects_share_the_live_state_and_check_self() {
+    // The 2.8 getters scripts such as haproxy-mailers use, the state a
+    // script changes as the balancer and other workers see it, and a forged
+    // object refused as a bad argument.
+    let script = r#"
+core.register_action("srv", {"http-req"}, function(txn)
+  local px = core.backends["app"]
+  local s1 = px.servers["s1"]
+  local out = {
+    s1:get_name(), s1:get_puid(), s1.name, s1.puid, s1:get_proxy():get_name(),
+    px:get_uuid(), tostring(px:get_srv_act()), tostring(px:get_srv_bck()),
+    tostring(s1:get_cur_sess()), tostring(s1:is_backup()), tostring(s1:get_pend_conn()),
+    tostring(core.frontends["web"]:get_cap()), tostring(s1:set_addr("10.0.0.1") ~= nil),
+  }
+  s1:set_maint()
+  out[#out + 1] = tostring(px:get_srv_act())
+  local ok, err = pcall(s1.get_weight, { [0] = 99999999 })
+  out[#out + 1] = tostring(ok) .. ":" .. tostring(err)
+  local ok2, err2 = pcall(px.get_stats, {})
+  out[#out + 1] = tostring(ok2) .. ":" .. tostring(err2)
+  txn:set_var("txn.out", table.concat(out, "|"))
+end)
+"#;
+    let (cfg, _d) = ok(script, "", "http_request = [{ lua = \"srv\" }]");
+    let rt = rt();
+    let mut t = txn("/");
+    assert!(exchange(&rt, &cfg, &mut t).is_none());
+    let Some(Sample::Str(out)) = t.get_var(VarScope::Txn, "out") else {
+        panic!("no output: {:?}", t.get_var(VarScope::Txn, "out"));
+    };
+    let parts: Vec<&str> = out.split('|').collect();
+    assert_eq!(
+        &parts[..14],
+        &[
+            "s1", "1", "s1", "1", "app", "2", "1", "0", "0", "false", "0", "frontend", "true", "0"
+        ],
+        "{out}"
+    );
+    assert!(
+        parts[14].starts_with("false:")
+            && parts[14].contains("bad argument #1 to 'get_weight' (Server expected"),
+        "{out}"
+    );
+    assert!(
+        parts[15].contains("bad argument #1 to 'get_stats' (Proxy expected"),
+        "{out}"
+    );
+    // The script's set_maint is the runtime's live state: the balancer sees it.
+    assert!(cfg.servers[0].servers[0].is_maint());
+    assert_eq!(cfg.servers[0].usable_servers(), 0);
+}

@@ -1,4 +1,5 @@
-//! Server selection: roundrobin, leastconn and source, skipping down servers.
+//! Server selection: roundrobin, leastconn and source, over the servers'
+//! weights in force (zero for a server down, in maintenance or draining).
 //!
 //! Round-robin state is per worker (no shared counter to contend on); leastconn
 //! reads the shared per-server active counts; source hashes the client address
@@ -9,9 +10,9 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::stats::BackendState;
 use crate::config::Balance;
 use crate::runtime::Runtime;
+use crate::servers::BackendState;
 
 /// One worker's balancing state.
 pub struct Balancer {
@@ -58,10 +59,10 @@ impl Balancer {
         let mut total = 0i64;
         let mut best: Option<usize> = None;
         for (i, s) in state.servers.iter().enumerate() {
-            if !s.is_up() || s.weight == 0 {
+            let w = i64::from(s.lb_weight());
+            if w == 0 {
                 continue;
             }
-            let w = i64::from(s.weight);
             let value = {
                 let slot = cw.get_mut(i)?;
                 *slot += w;
@@ -89,11 +90,11 @@ impl Balancer {
         for k in 0..n {
             let i = (start + k) % n;
             let s = &state.servers[i];
-            if !s.is_up() || s.weight == 0 {
+            let w = u64::from(s.lb_weight());
+            if w == 0 {
                 continue;
             }
             let active = u64::from(s.active.load(Relaxed));
-            let w = u64::from(s.weight);
             // active/w < best_active/best_w, compared without division.
             if best.is_none_or(|(_, ba, bw)| active * bw < ba * w) {
                 best = Some((i, active, w));
@@ -122,21 +123,13 @@ fn source_hash(state: &BackendState, client: IpAddr) -> Option<usize> {
     }
     // Mix the high bits in: FNV's low bits are weak for short inputs.
     h ^= h >> 29;
-    let total: u64 = state
-        .servers
-        .iter()
-        .filter(|s| s.is_up())
-        .map(|s| u64::from(s.weight))
-        .sum();
+    let total: u64 = state.servers.iter().map(|s| u64::from(s.lb_weight())).sum();
     if total == 0 {
         return None;
     }
     let mut slot = h % total;
     for (i, s) in state.servers.iter().enumerate() {
-        if !s.is_up() {
-            continue;
-        }
-        let w = u64::from(s.weight);
+        let w = u64::from(s.lb_weight());
         if slot < w {
             return Some(i);
         }

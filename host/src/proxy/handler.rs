@@ -445,8 +445,7 @@ async fn forward(
     };
     let server = &backend.servers[s];
     let sstate = &bstate.servers[s];
-    sstate.requests.fetch_add(1, Relaxed);
-    sstate.active.fetch_add(1, Relaxed);
+    sstate.begin_request();
     ex.active = Some(ActiveGuard {
         worker: Rc::clone(worker),
         backend: b,

@@ -2,10 +2,10 @@
 //!
 //! A server goes down after `fall` consecutive failed checks and comes back
 //! after `rise` consecutive successes (HAProxy's model); balancing reads the
-//! result from the shared [`ServerState`](super::stats::ServerState).
+//! result from the shared [`ServerState`](crate::servers::ServerState), whose health counter
+//! moves as HAProxy's does.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 
 use super::stats::Shared;
 use crate::config::HealthCheck;
+use crate::servers::{CheckStatus, Transition};
 
 /// Spawns the health-check tasks of every backend that has a health check.
 pub fn spawn_all(shared: &Arc<Shared>) {
@@ -37,44 +38,68 @@ async fn check_loop(shared: Arc<Shared>, b: usize, s: usize, check: HealthCheck)
     let backend = &shared.config.backends[b];
     let server = &backend.servers[s];
     let state = &shared.backends[b].servers[s];
-    let mut successes = 0u32;
-    let mut failures = 0u32;
     let mut ticker = tokio::time::interval(check.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        // `check_disable` (Lua) pauses checks; the state stays as it was.
+        if !state.check_enabled() {
+            continue;
+        }
         let host = check
             .host
             .clone()
             .unwrap_or_else(|| server.addr_text.clone());
-        match probe(server.addr, &host, &check).await {
-            Ok(()) => {
-                failures = 0;
-                successes = successes.saturating_add(1);
-                if !state.is_up() && successes >= check.rise && state.set_up(true) {
-                    tracing::warn!(backend = %backend.name, server = %server.name, "server is UP: health check passed {successes} time(s)");
-                }
+        let started = std::time::Instant::now();
+        let probe = probe(server.addr, &host, &check).await;
+        let ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+        match state.record_check(probe.status, probe.code, ms) {
+            Some(Transition::Up) => {
+                tracing::warn!(backend = %backend.name, server = %server.name, check = probe.status.as_str(), "server is UP: health check passed");
             }
-            Err(reason) => {
-                successes = 0;
-                failures = failures.saturating_add(1);
-                state.checks_failed.fetch_add(1, Relaxed);
-                if state.is_up() && failures >= check.fall && state.set_up(false) {
-                    tracing::warn!(backend = %backend.name, server = %server.name, %reason, "server is DOWN: health check failed {failures} time(s)");
-                } else {
-                    tracing::debug!(backend = %backend.name, server = %server.name, %reason, "health check failed");
-                }
+            Some(Transition::Down) => {
+                tracing::warn!(backend = %backend.name, server = %server.name, check = probe.status.as_str(), reason = %probe.reason, "server is DOWN: health check failed");
             }
+            None if probe.status != CheckStatus::L7Ok => {
+                tracing::debug!(backend = %backend.name, server = %server.name, reason = %probe.reason, "health check failed");
+            }
+            None => {}
+        }
+    }
+}
+
+/// One check's outcome, as HAProxy names it.
+struct Probe {
+    status: CheckStatus,
+    /// The HTTP status, 0 before a response.
+    code: u16,
+    reason: String,
+}
+
+impl Probe {
+    fn failed(status: CheckStatus, reason: String) -> Probe {
+        Probe {
+            status,
+            code: 0,
+            reason,
         }
     }
 }
 
 /// One check: a fresh connection, one request, the status compared with `expect`.
-async fn probe(addr: std::net::SocketAddr, host: &str, check: &HealthCheck) -> Result<(), String> {
+async fn probe(addr: std::net::SocketAddr, host: &str, check: &HealthCheck) -> Probe {
+    let connect = match tokio::time::timeout(check.timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Probe::failed(CheckStatus::L4Con, format!("connect: {e}")),
+        Err(_) => {
+            return Probe::failed(
+                CheckStatus::L4Tout,
+                format!("connect timed out after {:?}", check.timeout),
+            );
+        }
+    };
     let attempt = async {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let stream = connect;
         let _ = stream.set_nodelay(true);
         let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await
@@ -98,14 +123,23 @@ async fn probe(addr: std::net::SocketAddr, host: &str, check: &HealthCheck) -> R
         // Drain (bounded by the timeout) so the server sees a clean exchange.
         let _ = resp.into_body().collect().await;
         driver.abort();
-        if check.accepts(status) {
-            Ok(())
-        } else {
-            Err(format!("unexpected status {status}"))
-        }
+        Ok::<u16, String>(status)
     };
     match tokio::time::timeout(check.timeout, attempt).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("timed out after {:?}", check.timeout)),
+        Ok(Ok(code)) if check.accepts(code) => Probe {
+            status: CheckStatus::L7Ok,
+            code,
+            reason: String::new(),
+        },
+        Ok(Ok(code)) => Probe {
+            status: CheckStatus::L7Sts,
+            code,
+            reason: format!("unexpected status {code}"),
+        },
+        Ok(Err(reason)) => Probe::failed(CheckStatus::L7Rsp, reason),
+        Err(_) => Probe::failed(
+            CheckStatus::L7Tout,
+            format!("timed out after {:?}", check.timeout),
+        ),
     }
 }

@@ -1,45 +1,17 @@
-//! Shared runtime state: counters and server health, read by the admin API.
+//! Shared runtime state: frontend counters and connection limits, with the
+//! runtime's live backend state (`crate::servers`), read by the admin API.
 //!
 //! Everything here is atomics so workers update it without locks; readers
 //! (admin, metrics) see a slightly racy but consistent-enough snapshot, as
 //! with HAProxy's stats.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use super::limit::ConnLimit;
 use crate::runtime::Runtime;
-
-/// Response counters by status class: 1xx, 2xx, 3xx, 4xx, 5xx, other.
-#[derive(Debug, Default)]
-pub struct StatusCounters {
-    classes: [AtomicU64; 6],
-}
-
-impl StatusCounters {
-    /// Counts one response with `status`.
-    pub fn record(&self, status: u16) {
-        let idx = match status {
-            100..=199 => 0,
-            200..=299 => 1,
-            300..=399 => 2,
-            400..=499 => 3,
-            500..=599 => 4,
-            _ => 5,
-        };
-        self.classes[idx].fetch_add(1, Relaxed);
-    }
-
-    /// The six counters in order 1xx..5xx, other.
-    pub fn snapshot(&self) -> [u64; 6] {
-        std::array::from_fn(|i| self.classes[i].load(Relaxed))
-    }
-}
-
-/// Names of the [`StatusCounters`] classes, in order.
-pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+use crate::servers::{Backends, StatusCounters};
 
 /// Per-frontend counters.
 #[derive(Debug)]
@@ -55,64 +27,13 @@ pub struct FrontendStats {
     pub errors: AtomicU64,
 }
 
-/// Per-backend counters.
-#[derive(Debug, Default)]
-pub struct BackendStats {
-    pub requests: AtomicU64,
-    pub responses: StatusCounters,
-    /// Requests that found no usable server (503).
-    pub no_server: AtomicU64,
-}
-
-/// One server's live state: health, load and counters.
-#[derive(Debug)]
-pub struct ServerState {
-    pub name: Arc<str>,
-    pub addr: SocketAddr,
-    pub weight: u32,
-    up: AtomicBool,
-    /// Requests currently being served (for leastconn).
-    pub active: AtomicU32,
-    pub requests: AtomicU64,
-    /// Connection failures, resets and timeouts.
-    pub failures: AtomicU64,
-    pub responses: StatusCounters,
-    /// Upstream connections opened.
-    pub connects: AtomicU64,
-    pub checks_failed: AtomicU64,
-    /// Times the server went from up to down.
-    pub downs: AtomicU64,
-}
-
-impl ServerState {
-    /// Whether balancing may pick this server.
-    pub fn is_up(&self) -> bool {
-        self.up.load(Relaxed)
-    }
-
-    /// Marks the server up or down; returns true if that changed its state.
-    pub fn set_up(&self, up: bool) -> bool {
-        let was = self.up.swap(up, Relaxed);
-        if was && !up {
-            self.downs.fetch_add(1, Relaxed);
-        }
-        was != up
-    }
-}
-
-/// A backend's counters and servers.
-#[derive(Debug)]
-pub struct BackendState {
-    pub stats: BackendStats,
-    pub servers: Vec<ServerState>,
-}
-
 /// State shared by every worker, the admin API and the health checker.
 #[derive(Debug)]
 pub struct Shared {
     pub config: Arc<Runtime>,
     pub frontends: Vec<FrontendStats>,
-    pub backends: Vec<BackendState>,
+    /// The runtime's live backend and server state (also seen by plugins).
+    pub backends: Backends,
     /// Open client connections against the global `maxconn`.
     pub conns: ConnLimit,
     pub started: Instant,
@@ -138,30 +59,7 @@ impl Shared {
                 errors: AtomicU64::new(0),
             })
             .collect();
-        let backends = config
-            .backends
-            .iter()
-            .map(|b| BackendState {
-                stats: BackendStats::default(),
-                servers: b
-                    .servers
-                    .iter()
-                    .map(|s| ServerState {
-                        name: s.name.clone(),
-                        addr: s.addr,
-                        weight: s.weight,
-                        up: AtomicBool::new(true),
-                        active: AtomicU32::new(0),
-                        requests: AtomicU64::new(0),
-                        failures: AtomicU64::new(0),
-                        responses: StatusCounters::default(),
-                        connects: AtomicU64::new(0),
-                        checks_failed: AtomicU64::new(0),
-                        downs: AtomicU64::new(0),
-                    })
-                    .collect(),
-            })
-            .collect();
+        let backends = Arc::clone(&config.servers);
         Shared {
             config,
             frontends,

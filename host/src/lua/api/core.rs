@@ -375,7 +375,6 @@ pub(super) fn core_table(
         )?;
     }
     core.raw_set("thread", 1)?;
-    crate::lua::stktable::install(lua, &core, cx)?;
     Ok(core)
 }
 

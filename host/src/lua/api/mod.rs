@@ -55,7 +55,11 @@ pub(crate) fn install(
     collect: &Rc<RefCell<Collect>>,
 ) -> mlua::Result<(Table, Table)> {
     let p = lua.create_table()?;
-    p.raw_set("core", core_table(lua, cx, collect)?)?;
+    let core = core_table(lua, cx, collect)?;
+    let (server_methods, proxy_methods) = super::proxy::install(lua, &core, cx)?;
+    p.raw_set("core", core)?;
+    p.raw_set("server_methods", server_methods)?;
+    p.raw_set("proxy_methods", proxy_methods)?;
     p.raw_set("txn", txn_methods(lua, cx)?)?;
     let http = http_methods(lua, cx)?;
     p.raw_set("http", &http)?;

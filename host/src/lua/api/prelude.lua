@@ -15,7 +15,7 @@ local function wrap(f)
     return a, b, c
   end
 end
-for _, t in ipairs({ P.core, P.txn, P.http, P.applet }) do
+for _, t in ipairs({ P.core, P.txn, P.http, P.applet, P.server_methods, P.proxy_methods }) do
   for k, f in pairs(t) do
     if type(f) == "function" then t[k] = wrap(f) end
   end
