@@ -944,3 +944,202 @@ end)
     // POST, GET, HEAD reached the service (the failed one did not).
     assert_eq!(hook.requests(), before + 3);
 }
+
+/// The public `events-backend-down-webhook` fixture (HAProxy 2.8's event
+/// framework), unmodified: it subscribes every server of backend `test` to
+/// `SERVER_DOWN` in an init function and POSTs to `DEMO_WEBHOOK_URL` when
+/// the last active server goes down.
+fn fixture(path: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/haproxy-lua")
+        .join(path);
+    assert!(
+        p.exists(),
+        "fixture {} is missing: CI clones ../shared beside the repository",
+        p.display()
+    );
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_fixture_posts_one_webhook_when_the_backend_goes_down() {
+    let (w1, w2) = (
+        Backend::start("webserver1").await,
+        Backend::start("webserver2").await,
+    );
+    let hook = Webhook::start().await;
+    let ports = Ports::new();
+    let check = "health_check = { path = \"/health\", interval = \"100ms\", timeout = \"500ms\", rise = 1, fall = 1 }\n";
+    // Two workers: both load the script; the subscription (made at init)
+    // runs once per process, as under HAProxy's lua-load.
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"events\"\nlua = \"{}\"\n\n{}{}",
+        global_section(ports.admin, &[("workers", "2")]),
+        fixture("events-backend-down-webhook/backend_down_webhook.lua").display(),
+        frontend_section("web", ports.web, "test", ""),
+        backend_section(
+            "test",
+            "roundrobin",
+            &[("webserver1", w1.addr, 1), ("webserver2", w2.addr, 1)],
+            check
+        ),
+    );
+    let url = format!("http://{}/webhook", hook.addr);
+    let d = Daemon::start_env(
+        &cfg,
+        &[ports.web, ports.admin],
+        &[("DEMO_WEBHOOK_URL", &url)],
+    )
+    .await;
+    eventually(
+        "both servers are checked",
+        Duration::from_secs(5),
+        || async { w1.health_checks() > 1 && w2.health_checks() > 1 },
+    )
+    .await;
+    // One server down: a SERVER_DOWN event, but another server is active.
+    w1.set_healthy(false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(hook.calls().is_empty(), "{:?}", hook.calls());
+    // The last one down: the handler finds no active server and POSTs.
+    w2.set_healthy(false);
+    eventually("the webhook is called", Duration::from_secs(5), || async {
+        !hook.calls().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calls = hook.calls();
+    assert_eq!(
+        calls.len(),
+        1,
+        "one call per process, not per worker: {calls:?}\n{}",
+        d.stderr()
+    );
+    let (method, path, body) = &calls[0];
+    assert_eq!((method.as_str(), path.as_str()), ("POST", "/webhook"));
+    let body: String = body.split_whitespace().collect();
+    assert!(
+        body.starts_with("{\"type\":\"backend_down\",\"name\":\"test\",\"when\":\""),
+        "{body}"
+    );
+    let when: u64 = body
+        .trim_start_matches("{\"type\":\"backend_down\",\"name\":\"test\",\"when\":\"")
+        .trim_end_matches("\"}")
+        .parse()
+        .expect("when is a number");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(now.abs_diff(when) < 30, "when={when} now={now}");
+    // The backend really is down: 503.
+    assert_eq!(
+        get(ports.web, "/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_sub_delivers_server_events_in_order_until_unsub() {
+    // core.event_sub for the whole family and Server:event_sub for one
+    // server: admin changes made by a script and health-check changes both
+    // arrive, in order, with HAProxy's event data; unsub ends delivery.
+    let (s1, s2) = (Backend::start("s1").await, Backend::start("s2").await);
+    let dir = TempDir::new("lua-events");
+    let script = dir.write(
+        "ev.lua",
+        r#"
+local seen = {}
+local function fmt(event, data)
+  local extra = ""
+  if data.state then extra = " " .. data.state.old_state .. ">" .. data.state.new_state .. " admin=" .. tostring(data.state.admin) end
+  if data.admin then extra = " " .. table.concat(data.admin.old_admin, "+") .. ">" .. table.concat(data.admin.new_admin, "+") end
+  if data.check then extra = " " .. data.check.result .. " " .. data.check.reason.short .. " " .. data.check.health.cur .. "/" .. data.check.health.rise .. "/" .. data.check.health.fall end
+  return event .. " " .. data.proxy_name .. "/" .. data.name .. " puid=" .. data.puid .. " ref=" .. data.reference:get_name() .. extra
+end
+local all = core.event_sub({"SERVER_UP", "SERVER_DOWN", "SERVER_ADMIN", "SERVER_STATE"}, function(event, data, sub, when)
+  core.msleep(1) -- handlers may yield; events still come one at a time
+  seen[#seen + 1] = fmt(event, data)
+  if type(when) ~= "number" then seen[#seen + 1] = "bad when" end
+end)
+core.register_init(function()
+  core.backends["app"].servers["s2"]:event_sub({"SERVER_CHECK"}, function(event, data, sub)
+    -- (the first passing check may come before the worker subscribed)
+    if data.check.result == "FAILED" then
+      seen[#seen + 1] = fmt(event, data)
+      sub:unsub()
+    end
+  end)
+end)
+core.register_service("ev", "http", function(applet)
+  local op = applet.qs
+  local s1 = core.backends["app"].servers["s1"]
+  if op == "maint" then s1:set_maint() elseif op == "ready" then s1:set_ready()
+  elseif op == "unsub" then all:unsub() end
+  core.msleep(50)
+  local body = table.concat(seen, "\n") .. "\n"
+  applet:set_status(200)
+  applet:start_response()
+  applet:send(body)
+end)
+"#,
+    );
+    let ports = Ports::new();
+    let check = "health_check = { path = \"/health\", interval = \"100ms\", timeout = \"500ms\", rise = 2, fall = 2 }\n";
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"ev\"\nlua = \"{}\"\n\n{}{}",
+        global_section(ports.admin, &[("workers", "1")]),
+        script.display(),
+        frontend_section(
+            "web",
+            ports.web,
+            "app",
+            "http_request = [{ use_service = \"lua.ev\", if = \"path /ev\" }]"
+        ),
+        backend_section(
+            "app",
+            "roundrobin",
+            &[("s1", s1.addr, 1), ("s2", s2.addr, 1)],
+            check
+        ),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    eventually("s2 is checked", Duration::from_secs(5), || async {
+        s2.health_checks() > 2
+    })
+    .await;
+    let r = get(ports.web, "/ev?maint").await;
+    assert_eq!(
+        r.text(),
+        "SERVER_ADMIN app/s1 puid=1 ref=s1 >MAINT+FMAINT\n\
+         SERVER_STATE app/s1 puid=1 ref=s1 RUNNING>STOPPED admin=true\n\
+         SERVER_DOWN app/s1 puid=1 ref=s1\n"
+    );
+    // s2 goes down through its checks: two failures (health 3 -> 2 -> 0);
+    // the first reaches the per-server SERVER_CHECK subscription, which
+    // then ends itself.
+    s2.set_healthy(false);
+    eventually("s2 is down", Duration::from_secs(5), || async {
+        get(ports.web, "/ev")
+            .await
+            .text()
+            .contains("SERVER_DOWN app/s2")
+    })
+    .await;
+    let r = get(ports.web, "/ev?unsub").await;
+    assert!(
+        r.text().ends_with(
+            "SERVER_CHECK app/s2 puid=2 ref=s2 FAILED L7STS 2/2/2\n\
+             SERVER_STATE app/s2 puid=2 ref=s2 RUNNING>STOPPED admin=false\n\
+             SERVER_DOWN app/s2 puid=2 ref=s2\n"
+        ),
+        "{}",
+        r.text()
+    );
+    // After unsub nothing more arrives, and the unsubscribed per-server
+    // handler saw no later check.
+    let before = r.text();
+    let r = get(ports.web, "/ev?ready").await;
+    assert_eq!(r.text(), before);
+    assert_eq!(before.matches("SERVER_CHECK").count(), 1, "{before}");
+}

@@ -616,3 +616,62 @@ impl Drop for RawBackend {
         self.task.abort();
     }
 }
+
+/// An HTTP endpoint that records each request (method, path, body) and
+/// answers 200 `ok`: the receiving end of webhooks scripts send.
+pub struct Webhook {
+    pub addr: SocketAddr,
+    pub calls: Arc<Mutex<Vec<(String, String, String)>>>,
+    task: JoinHandle<()>,
+}
+
+impl Webhook {
+    pub async fn start() -> Webhook {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind webhook");
+        let addr = listener.local_addr().expect("webhook addr");
+        let calls: Arc<Mutex<Vec<(String, String, String)>>> = Arc::default();
+        let log = calls.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let log = log.clone();
+                        async move {
+                            let method = req.method().to_string();
+                            let path = req.uri().path().to_string();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                                .unwrap_or_default();
+                            log.lock().expect("webhook log").push((method, path, body));
+                            Ok::<_, Infallible>(Response::new(full("ok")))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Webhook { addr, calls, task }
+    }
+
+    /// The requests received so far.
+    pub fn calls(&self) -> Vec<(String, String, String)> {
+        self.calls.lock().expect("webhook log").clone()
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -124,11 +124,26 @@ impl Daemon {
         d
     }
 
+    /// [`Daemon::start`] with environment variables set for the daemon.
+    pub async fn start_env(config: &str, ready: &[SocketAddr], env: &[(&str, &str)]) -> Daemon {
+        let mut d = Daemon::spawn_env(config, env);
+        for addr in ready {
+            d.wait_accepting(*addr, Duration::from_secs(10)).await;
+        }
+        d
+    }
+
     /// Spawns without waiting for readiness.
     pub fn spawn(config: &str) -> Daemon {
+        Daemon::spawn_env(config, &[])
+    }
+
+    /// Spawns with environment variables `env`, without waiting for readiness.
+    pub fn spawn_env(config: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = TempDir::new("run");
         let config_path = dir.write("portcullis.toml", config);
         let mut child = Command::new(BIN)
+            .envs(env.iter().copied())
             .arg("run")
             .arg("-c")
             .arg(&config_path)

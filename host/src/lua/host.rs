@@ -44,8 +44,8 @@ impl RuleExtension for LuaHost {
 
 impl PluginHost for LuaHost {
     /// `core.register_task` functions run in every worker, as with lua-load-per-thread.
-    fn start_worker(&self) {
-        super::task::start_worker(&self.plugins.list);
+    fn start_worker(&self, worker: usize) {
+        super::task::start_worker(&self.plugins.list, worker);
     }
 
     fn stop_worker(&self) {

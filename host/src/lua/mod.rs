@@ -23,6 +23,7 @@
 pub mod admin;
 mod api;
 mod applet;
+mod events;
 mod ffi;
 mod headers;
 pub mod host;
@@ -104,6 +105,8 @@ pub struct Registered {
     pub services: Vec<String>,
     pub inits: usize,
     pub tasks: usize,
+    /// `core.event_sub`/`Server:event_sub` calls made by the main chunk.
+    pub event_subs: usize,
 }
 
 /// One validated `[[plugin]]` with `lua = ...`.

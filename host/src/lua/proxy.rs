@@ -70,28 +70,45 @@ struct Objects {
     backend_objects: OnceCell<Vec<Table>>,
 }
 
+/// A server object's identity (its raw `[0]`).
+pub(crate) fn encode_server(b: usize, s: usize) -> i64 {
+    (i64::try_from(b).unwrap_or(0) << SERVER_BITS) | i64::try_from(s).unwrap_or(0)
+}
+
+/// The (backend, server) a method's `self` (first argument) stands for.
+pub(crate) fn server_id(
+    args: &MultiValue,
+    f: &str,
+    servers: &Backends,
+) -> mlua::Result<(usize, usize)> {
+    let first = args.front().unwrap_or(&Value::Nil);
+    let id = match first {
+        Value::Table(t) => t.raw_get::<Value>(0)?,
+        _ => Value::Nil,
+    };
+    let found = match id {
+        Value::Integer(id) if id >= 0 => {
+            let b = usize::try_from(id >> SERVER_BITS).unwrap_or(usize::MAX);
+            let s = usize::try_from(id & ((1 << SERVER_BITS) - 1)).unwrap_or(usize::MAX);
+            servers
+                .get(b)
+                .and_then(|be| be.servers.get(s))
+                .map(|_| (b, s))
+        }
+        _ => None,
+    };
+    found.ok_or_else(|| {
+        mlua::Error::runtime(format!(
+            "bad argument #1 to '{f}' (Server expected, got {})",
+            first.type_name()
+        ))
+    })
+}
+
 impl Objects {
-    fn server<'a>(&'a self, args: &Args, f: &str) -> mlua::Result<(usize, &'a ServerState)> {
-        let id = match args.get(1) {
-            Value::Table(t) => t.raw_get::<Value>(0)?,
-            _ => Value::Nil,
-        };
-        let found = match id {
-            Value::Integer(id) if id >= 0 => {
-                let b = usize::try_from(id >> SERVER_BITS).unwrap_or(usize::MAX);
-                let s = usize::try_from(id & ((1 << SERVER_BITS) - 1)).unwrap_or(usize::MAX);
-                self.servers
-                    .get(b)
-                    .and_then(|be| be.servers.get(s).map(|sv| (b, sv)))
-            }
-            _ => None,
-        };
-        found.ok_or_else(|| {
-            mlua::Error::runtime(format!(
-                "bad argument #1 to '{f}' (Server expected, got {})",
-                args.get(1).type_name()
-            ))
-        })
+    fn server<'a>(&'a self, a: &MultiValue, f: &str) -> mlua::Result<(usize, &'a ServerState)> {
+        let (b, s) = server_id(a, f, &self.servers)?;
+        Ok((b, &self.servers[b].servers[s]))
     }
 
     fn proxy(&self, args: &Args, f: &str) -> mlua::Result<(ProxyId, Table)> {
@@ -393,8 +410,7 @@ fn server_class(lua: &Lua, o: &Rc<Objects>) -> mlua::Result<Table> {
             name,
             func(lua, move |lua, a| {
                 let args = Args::new(&a, name, 1);
-                let self_args = Args::new(&a, name, 0);
-                let (b, s) = o.server(&self_args, name)?;
+                let (b, s) = o.server(&a, name)?;
                 f(lua, &o, b, s, &args)
             })?,
         )?;
@@ -465,8 +481,7 @@ pub(crate) fn install(lua: &Lua, core: &Table, cx: &CallCx) -> mlua::Result<(Tab
         let servers: Table = p.raw_get("servers")?;
         for (s, sv) in be.servers.iter().enumerate() {
             let o = lua.create_table()?;
-            let id = (i64::try_from(b).unwrap_or(0) << SERVER_BITS) | i64::try_from(s).unwrap_or(0);
-            o.raw_set(0, id)?;
+            o.raw_set(0, encode_server(b, s))?;
             o.raw_set("name", &*sv.name)?;
             o.raw_set("puid", sv.puid.to_string())?;
             o.set_metatable(Some(server_meta.clone()))?;
@@ -476,6 +491,10 @@ pub(crate) fn install(lua: &Lua, core: &Table, cx: &CallCx) -> mlua::Result<(Tab
         proxies.raw_set(&*be.name, p.clone())?;
         backend_objects.push(p);
     }
+    lua.set_named_registry_value(
+        super::events::BACKEND_OBJECTS,
+        lua.create_sequence_from(backend_objects.iter().cloned())?,
+    )?;
     let _ = objects.backend_objects.set(backend_objects);
     for table in plugin.tables.names() {
         let st = super::stktable::stick_table(lua, &plugin.tables, table)?;

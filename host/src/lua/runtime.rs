@@ -802,6 +802,7 @@ pub(crate) fn instance(plugin: &Arc<Plugin>) -> Result<Rc<Instance>, CallError> 
             plugin.stats.instances.fetch_add(1, Relaxed);
             inst.report();
             let inst = Rc::new(inst);
+            *inst.cx.instance.borrow_mut() = Rc::downgrade(&inst);
             super::task::spawn_tasks(&inst);
             Ok(inst)
         }

@@ -22,8 +22,9 @@ use super::Plugin;
 use super::runtime::{self, CallError, CallKind, Instance, Site, Step};
 
 thread_local! {
-    /// Set on worker threads (inside their `LocalSet`), where tasks can be spawned.
-    static IN_WORKER: Cell<bool> = const { Cell::new(false) };
+    /// The worker's index, set on worker threads (inside their `LocalSet`),
+    /// where tasks can be spawned.
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
     /// Tasks that failed on this worker, as (plugin id, task number): not restarted.
     static FAILED: std::cell::RefCell<Vec<(u64, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -38,23 +39,41 @@ fn mark_failed(plugin: u64, n: usize) {
     let _ = FAILED.try_with(|f| f.borrow_mut().push((plugin, n)));
 }
 
+/// The running worker's index; `None` off worker threads (config checks).
+pub(crate) fn worker_index() -> Option<usize> {
+    WORKER.try_with(Cell::get).ok().flatten()
+}
+
 /// Starts this worker's plugin tasks: builds the instances of the plugins that
-/// registered tasks (which spawns them) and lets later rebuilds spawn theirs.
+/// registered tasks, init functions or event subscriptions (which spawns
+/// them; an init function may subscribe) and lets later rebuilds spawn theirs.
 ///
 /// Must run inside the worker's `LocalSet`.
-pub fn start_worker(plugins: &[Arc<Plugin>]) {
-    IN_WORKER.with(|w| w.set(true));
-    for p in plugins.iter().filter(|p| p.registered.tasks > 0) {
+pub fn start_worker(plugins: &[Arc<Plugin>], worker: usize) {
+    WORKER.with(|w| w.set(Some(worker)));
+    let runs_alone = |p: &&Arc<Plugin>| {
+        let r = &p.registered;
+        r.tasks > 0 || r.inits > 0 || r.event_subs > 0
+    };
+    for p in plugins.iter().filter(runs_alone) {
         if let Err(e) = runtime::instance(p) {
             runtime::record_failure(p, None, &e, "start of tasks");
         }
     }
 }
 
-/// Spawns the tasks of a freshly built instance (only on worker threads).
+/// Spawns the tasks and load-time event subscriptions of a freshly built
+/// instance (only on worker threads; subscriptions on worker 0 only, as
+/// HAProxy's `lua-load` subscribes once per process).
 pub(crate) fn spawn_tasks(inst: &Rc<Instance>) {
-    if inst.funcs.tasks.is_empty() || !IN_WORKER.try_with(Cell::get).unwrap_or(false) {
+    let Some(worker) = worker_index() else {
         return;
+    };
+    let subs = std::mem::take(&mut *inst.cx.pending_subs.borrow_mut());
+    if worker == 0 {
+        for s in subs {
+            super::events::spawn(inst, s);
+        }
     }
     for (i, (f, args)) in inst.funcs.tasks.iter().enumerate() {
         if failed(inst.plugin.id, i + 1) {
@@ -67,17 +86,29 @@ pub(crate) fn spawn_tasks(inst: &Rc<Instance>) {
     }
 }
 
-async fn run(inst: Rc<Instance>, f: mlua::Function, mut args: MultiValue, n: usize) {
+async fn run(inst: Rc<Instance>, f: mlua::Function, args: MultiValue, n: usize) {
     let plugin = Arc::clone(&inst.plugin);
-    let what = format!("task #{n}");
     plugin.stats.calls.fetch_add(1, Relaxed);
-    let mut thread = match inst.setup(|| inst.lua.create_thread(f.clone())) {
-        Ok(t) => t,
-        Err(e) => return runtime::record_failure(&plugin, Some(&inst), &e, &what),
-    };
+    if let Err(e) = drive(&inst, f, args, &format!("task #{n}")).await {
+        mark_failed(plugin.id, n);
+        runtime::record_failure(&plugin, Some(&inst), &e, &format!("task #{n}"));
+    }
+}
+
+/// Runs `f(args)` as a coroutine of `inst` to its end, sleeping and waiting
+/// on I/O where it yields; each slice between two waits gets the plugin's
+/// `cpu_limit`. `Ok` also when the instance was retired meanwhile.
+pub(crate) async fn drive(
+    inst: &Rc<Instance>,
+    f: mlua::Function,
+    mut args: MultiValue,
+    what: &str,
+) -> Result<(), CallError> {
+    let plugin = &inst.plugin;
+    let mut thread = inst.setup(|| inst.lua.create_thread(f.clone()))?;
     loop {
         if inst.is_retired() {
-            return;
+            return Ok(());
         }
         let mut privv = Value::Nil;
         let mut fields = None;
@@ -90,7 +121,7 @@ async fn run(inst: Rc<Instance>, f: mlua::Function, mut args: MultiValue, n: usi
             plugin.cpu_limit,
         );
         match (step, keep) {
-            (Step::Finished(_), _) => return,
+            (Step::Finished(_), _) | (Step::Sleep(_) | Step::Io(_), None) => return Ok(()),
             (Step::Sleep(d), Some(t)) => {
                 thread = t;
                 if d.is_zero() {
@@ -99,21 +130,16 @@ async fn run(inst: Rc<Instance>, f: mlua::Function, mut args: MultiValue, n: usi
                     tokio::time::sleep(d.min(Duration::from_secs(86_400))).await;
                 }
             }
-            (Step::Sleep(_), None) => return,
             (Step::Io(op), Some(t)) => {
                 thread = t;
                 op.await;
             }
-            (Step::Io(_), None) => return,
             (Step::Done, _) => {
-                mark_failed(plugin.id, n);
-                let e = CallError::runtime("txn:done() cannot be used in a task");
-                return runtime::record_failure(&plugin, Some(&inst), &e, &what);
+                return Err(CallError::runtime(format!(
+                    "txn:done() cannot be used in a {what}"
+                )));
             }
-            (Step::Failed(e), _) => {
-                mark_failed(plugin.id, n);
-                return runtime::record_failure(&plugin, Some(&inst), &e, &what);
-            }
+            (Step::Failed(e), _) => return Err(e),
         }
     }
 }

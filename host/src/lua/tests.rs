@@ -1125,3 +1125,51 @@ end)
     assert!(cfg.servers[0].servers[0].is_maint());
     assert_eq!(cfg.servers[0].usable_servers(), 0);
 }
+
+#[test]
+fn event_sub_checks_its_arguments() {
+    let script = r#"
+local errs = {}
+for _, args in ipairs({ { {"NOPE"}, print }, { {}, print }, { "SERVER_UP", print }, { {"SERVER_UP"}, 3 }, { {1}, print } }) do
+  local ok, e = pcall(core.event_sub, args[1], args[2])
+  errs[#errs + 1] = tostring(ok) .. ":" .. tostring(e)
+end
+local ok, e = pcall(core.backends["app"].servers["s1"].event_sub, {}, {"SERVER_UP"}, print)
+errs[#errs + 1] = tostring(ok) .. ":" .. tostring(e)
+local sub = core.event_sub({"SERVER"}, function() end)
+errs[#errs + 1] = tostring(getmetatable(sub).__name) .. ":" .. type(sub.unsub)
+sub:unsub()
+core.register_action("errs", {"http-req"}, function(txn) txn:set_var("txn.errs", table.concat(errs, "\n")) end)
+"#;
+    let (cfg, _d) = ok(script, "", "http_request = [{ lua = \"errs\" }]");
+    let rt = rt();
+    let mut t = txn("/");
+    assert!(exchange(&rt, &cfg, &mut t).is_none());
+    let Some(Sample::Str(out)) = t.get_var(VarScope::Txn, "errs") else {
+        panic!("no output");
+    };
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].contains("bad argument #1 to 'event_sub' (unknown event type \"NOPE\""),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("bad argument #1 to 'event_sub' (no event type given)"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("false:") && lines[2].contains("bad argument #1 to 'event_sub'"),
+        "{out}"
+    );
+    assert!(
+        lines[3].starts_with("false:") && lines[3].contains("bad argument #2 to 'event_sub'"),
+        "{out}"
+    );
+    assert!(lines[4].contains("event types must be strings"), "{out}");
+    assert!(
+        lines[5].contains("bad argument #1 to 'event_sub' (Server expected"),
+        "{out}"
+    );
+    assert_eq!(lines[6], "EventSub:function", "{out}");
+    assert_eq!(plugin(&cfg).registered.event_subs, 1);
+}

@@ -21,8 +21,10 @@ pub use crate::rules::RuleExtension;
 pub trait PluginHost: RuleExtension {
     /// A worker starts (before it accepts): build instances that must run
     /// without traffic (Wasm root contexts and ticks, Lua tasks). Called on
-    /// the worker's thread, inside its `LocalSet`.
-    fn start_worker(&self) {}
+    /// the worker's thread, inside its `LocalSet`. `worker` is its index:
+    /// worker 0 also runs what must run once per process (Lua event
+    /// subscriptions made while a script loads).
+    fn start_worker(&self, _worker: usize) {}
 
     /// Every 100 ms on each worker: timers, queued callbacks, rebuilds of
     /// instances whose back-off is over.

@@ -133,7 +133,7 @@ pub fn run(
         // Plugin instances that run without traffic (Wasm VMs and their
         // ticks, Lua tasks) start on every worker before it serves.
         for host in &worker.shared.config.plugins {
-            host.start_worker();
+            host.start_worker(worker.id);
         }
         let housekeeping = tokio::task::spawn_local(housekeeping(Rc::clone(&worker)));
         worker.shutdown_signal().wait().await;

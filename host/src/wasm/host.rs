@@ -31,7 +31,7 @@ impl RuleExtension for WasmHost {
 }
 
 impl PluginHost for WasmHost {
-    fn start_worker(&self) {
+    fn start_worker(&self, _worker: usize) {
         super::filter::start_worker(&self.plugins);
     }
 

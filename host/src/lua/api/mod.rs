@@ -57,6 +57,7 @@ pub(crate) fn install(
     let p = lua.create_table()?;
     let core = core_table(lua, cx, collect)?;
     let (server_methods, proxy_methods) = super::proxy::install(lua, &core, cx)?;
+    super::events::install(lua, &core, &server_methods, cx, collect)?;
     p.raw_set("core", core)?;
     p.raw_set("server_methods", server_methods)?;
     p.raw_set("proxy_methods", proxy_methods)?;

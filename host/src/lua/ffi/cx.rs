@@ -54,6 +54,12 @@ pub(crate) struct CallCx {
     pub snapshot_gen: Cell<u64>,
     /// Header names recently set from Lua, parsed once (see `cfunc::header_name`).
     pub names: RefCell<[Option<http::HeaderName>; super::cfunc::NAME_SLOTS]>,
+    /// The instance this context belongs to, once built (runtime
+    /// `event_sub` calls start their delivery from it).
+    pub(in crate::lua) instance: RefCell<std::rc::Weak<crate::lua::runtime::Instance>>,
+    /// Event subscriptions made while the script loads, started once the
+    /// instance is built.
+    pub(in crate::lua) pending_subs: RefCell<Vec<crate::lua::events::Sub>>,
 }
 
 /// The error of an API function used where there is no transaction.
@@ -88,6 +94,8 @@ impl CallCx {
             snapshot: RefCell::new(Vec::new()),
             snapshot_gen: Cell::new(0),
             names: RefCell::new(Default::default()),
+            instance: RefCell::new(std::rc::Weak::new()),
+            pending_subs: RefCell::new(Vec::new()),
         }
     }
 

@@ -15,6 +15,10 @@ use std::time::Instant;
 
 use crate::config::{Backend, Balance};
 
+pub mod events;
+
+pub use events::{CheckReport, Detail, EventBus, EventKind, OpState, ServerEvent};
+
 /// Response counters by status class: 1xx, 2xx, 3xx, 4xx, 5xx, other.
 #[derive(Debug, Default)]
 pub struct StatusCounters {
@@ -87,6 +91,19 @@ impl CheckStatus {
         }
     }
 
+    /// HAProxy's description of the status (`reason.desc` of check events).
+    pub fn description(self) -> &'static str {
+        match self {
+            CheckStatus::Init => "Initializing",
+            CheckStatus::L4Con => "Layer4 connection problem",
+            CheckStatus::L4Tout => "Layer4 timeout",
+            CheckStatus::L7Tout => "Layer7 timeout",
+            CheckStatus::L7Rsp => "Layer7 invalid response",
+            CheckStatus::L7Ok => "Layer7 check passed",
+            CheckStatus::L7Sts => "Layer7 wrong status",
+        }
+    }
+
     fn from_u8(v: u8) -> CheckStatus {
         match v {
             1 => CheckStatus::L4Con,
@@ -128,6 +145,11 @@ pub enum Transition {
 /// One server's live state: health, admin state, weight, load and counters.
 #[derive(Debug)]
 pub struct ServerState {
+    /// Index of its backend in the config, and its own index there.
+    pub backend: usize,
+    pub index: usize,
+    /// Where its state changes are published.
+    events: EventBus,
     pub name: Arc<str>,
     pub addr: SocketAddr,
     /// 1-based position in its backend (HAProxy's `puid` / `sid`).
@@ -168,18 +190,23 @@ pub struct ServerState {
 }
 
 impl ServerState {
-    /// A running server with its configured weight; `check` if health-checked.
+    /// A running server with its configured weight; `check` if
+    /// health-checked; its `puid` is `index + 1`.
     pub fn new(
+        (backend, index): (usize, usize),
+        events: EventBus,
         name: Arc<str>,
         addr: SocketAddr,
-        puid: u32,
         weight: u32,
         check: Option<CheckParams>,
     ) -> ServerState {
         ServerState {
+            backend,
+            index,
+            events,
+            puid: u32::try_from(index + 1).unwrap_or(u32::MAX),
             name,
             addr,
-            puid,
             initial_weight: weight,
             weight: AtomicU32::new(weight),
             op: AtomicU8::new(OP_RUNNING),
@@ -254,19 +281,48 @@ impl ServerState {
     /// Marks the server running or stopped (a forced or checked state);
     /// returns the transition if that changed whether it is up.
     pub fn set_up(&self, up: bool) -> Option<Transition> {
-        self.set_op(if up { OP_RUNNING } else { OP_STOPPED })
+        self.set_op(if up { OP_RUNNING } else { OP_STOPPED }, None)
     }
 
-    fn set_op(&self, op: u8) -> Option<Transition> {
+    fn set_op(&self, op: u8, check: Option<CheckReport>) -> Option<Transition> {
         let was_up = self.is_up();
         let was = self.op.swap(op, Relaxed);
-        if was != op {
-            self.touch();
-            if was != OP_STOPPED && op == OP_STOPPED {
-                self.downs.fetch_add(1, Relaxed);
-            }
+        if was == op {
+            return None;
         }
-        transition(was_up, self.is_up())
+        self.touch();
+        if was != OP_STOPPED && op == OP_STOPPED {
+            self.downs.fetch_add(1, Relaxed);
+        }
+        let cause = if check.is_some() {
+            "health check"
+        } else {
+            "forced"
+        };
+        self.publish(
+            EventKind::State,
+            Detail::State {
+                old: op_state(was),
+                new: op_state(op),
+                admin: false,
+                cause,
+                check,
+            },
+        );
+        self.publish_transition(transition(was_up, self.is_up()))
+    }
+
+    fn publish(&self, kind: EventKind, detail: Detail) {
+        self.events.publish(kind, self.backend, self.index, detail);
+    }
+
+    fn publish_transition(&self, t: Option<Transition>) -> Option<Transition> {
+        match t {
+            Some(Transition::Up) => self.publish(EventKind::Up, Detail::None),
+            Some(Transition::Down) => self.publish(EventKind::Down, Detail::None),
+            None => {}
+        }
+        t
     }
 
     /// Puts the server in maintenance (HAProxy's `set server ... state maint`).
@@ -292,13 +348,44 @@ impl ServerState {
             .admin
             .fetch_update(Relaxed, Relaxed, |a| Some(f(a)))
             .unwrap_or_else(|a| a);
-        if f(old) != old {
-            self.touch();
-            if was_up && !self.is_up() {
-                self.downs.fetch_add(1, Relaxed);
-            }
+        let new = f(old);
+        if new == old {
+            return None;
         }
-        transition(was_up, self.is_up())
+        self.touch();
+        let up = self.is_up();
+        if was_up && !up {
+            self.downs.fetch_add(1, Relaxed);
+        }
+        self.publish(
+            EventKind::Admin,
+            Detail::Admin {
+                old: admin_names(old),
+                new: admin_names(new),
+                cause: "",
+            },
+        );
+        let t = transition(was_up, up);
+        if t.is_some() {
+            let state = |up: bool| {
+                if up {
+                    OpState::Running
+                } else {
+                    OpState::Stopped
+                }
+            };
+            self.publish(
+                EventKind::State,
+                Detail::State {
+                    old: state(was_up),
+                    new: state(up),
+                    admin: true,
+                    cause: "",
+                    check: None,
+                },
+            );
+        }
+        self.publish_transition(t)
     }
 
     fn touch(&self) {
@@ -358,7 +445,7 @@ impl ServerState {
     pub fn force_nolb(&self) -> Option<Transition> {
         let top = self.check.map_or(0, |c| c.rise + c.fall - 1);
         self.health.store(top, Relaxed);
-        self.set_op(OP_STOPPING)
+        self.set_op(OP_STOPPING, None)
     }
 
     /// Records a check result and moves the health counter as HAProxy
@@ -370,34 +457,45 @@ impl ServerState {
         code: u16,
         duration_ms: u32,
     ) -> Option<Transition> {
-        self.check_status.store(status as u8, Relaxed);
+        let old_status = self.check_status.swap(status as u8, Relaxed);
         self.check_code.store(code, Relaxed);
         self.check_duration_ms.store(duration_ms, Relaxed);
         let c = self.check?;
         let top = c.rise + c.fall - 1;
         let h = self.health.load(Relaxed);
-        if status == CheckStatus::L7Ok {
-            if h < top {
-                let h = h + 1;
-                if h >= c.rise {
-                    self.health.store(top, Relaxed);
-                    return self.set_up(true);
-                }
-                self.health.store(h, Relaxed);
-            }
-            None
-        } else {
+        let passed = status == CheckStatus::L7Ok;
+        if !passed {
             self.checks_failed.fetch_add(1, Relaxed);
-            if h > 0 {
-                let h = h - 1;
-                if h < c.rise {
-                    self.health.store(0, Relaxed);
-                    return self.set_up(false);
-                }
-                self.health.store(h, Relaxed);
-            }
-            None
         }
+        // A success climbs (to the top once it reaches `rise`), a failure
+        // falls (to zero once it drops below `rise`).
+        let (health, op) = if passed {
+            match h {
+                h if h >= top => (top, None),
+                h if h + 1 >= c.rise => (top, Some(OP_RUNNING)),
+                h => (h + 1, None),
+            }
+        } else {
+            match h {
+                0 => (0, None),
+                h if h - 1 < c.rise => (0, Some(OP_STOPPED)),
+                h => (h - 1, None),
+            }
+        };
+        self.health.store(health, Relaxed);
+        let report = CheckReport {
+            passed,
+            status,
+            code,
+            duration_ms,
+            health,
+            rise: c.rise,
+            fall: c.fall,
+        };
+        if old_status != status as u8 || health != h {
+            self.publish(EventKind::Check, Detail::Check(report));
+        }
+        op.and_then(|op| self.set_op(op, Some(report)))
     }
 
     /// The last check's status, code and duration; `None` without checks
@@ -449,6 +547,23 @@ impl ServerState {
         } else {
             "DOWN".into()
         }
+    }
+}
+
+fn op_state(op: u8) -> OpState {
+    match op {
+        OP_STOPPED => OpState::Stopped,
+        OP_STOPPING => OpState::Stopping,
+        _ => OpState::Running,
+    }
+}
+
+/// The admin flags as `SERVER_ADMIN` events name them.
+fn admin_names(admin: u8) -> &'static [&'static str] {
+    match admin {
+        ADMIN_MAINT => &["MAINT", "FMAINT"],
+        ADMIN_DRAIN => &["DRAIN", "FDRAIN"],
+        _ => &[],
     }
 }
 
@@ -509,8 +624,9 @@ pub struct BackendState {
 }
 
 impl BackendState {
-    /// Fresh state for `backend`: every server running, counters zero.
-    pub fn new(backend: &Backend) -> BackendState {
+    /// Fresh state for backend number `index`: every server running,
+    /// counters zero, changes published on `events`.
+    pub fn new(index: usize, backend: &Backend, events: &EventBus) -> BackendState {
         let check = backend.health_check.as_ref().map(|c| CheckParams {
             rise: c.rise.max(1),
             fall: c.fall.max(1),
@@ -522,12 +638,13 @@ impl BackendState {
             servers: backend
                 .servers
                 .iter()
-                .zip(1u32..)
-                .map(|(s, puid)| {
+                .enumerate()
+                .map(|(i, s)| {
                     ServerState::new(
+                        (index, i),
+                        events.clone(),
                         s.name.clone(),
                         s.addr,
-                        puid,
                         s.weight,
                         if s.check { check } else { None },
                     )
@@ -552,12 +669,35 @@ impl BackendState {
     }
 }
 
-/// Every backend's live state, in config order.
-pub type Backends = Arc<[BackendState]>;
+/// Every backend's live state, in config order, and the channel their
+/// servers' events go out on. Derefs to the backends.
+#[derive(Debug)]
+pub struct Servers {
+    backends: Vec<BackendState>,
+    pub events: EventBus,
+}
+
+impl std::ops::Deref for Servers {
+    type Target = [BackendState];
+    fn deref(&self) -> &[BackendState] {
+        &self.backends
+    }
+}
+
+/// The runtime's live backend state, shared.
+pub type Backends = Arc<Servers>;
 
 /// Builds the live state of `backends`.
 pub fn build(backends: &[Backend]) -> Backends {
-    backends.iter().map(BackendState::new).collect()
+    let events = EventBus::default();
+    Arc::new(Servers {
+        backends: backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| BackendState::new(i, b, &events))
+            .collect(),
+        events,
+    })
 }
 
 #[cfg(test)]
@@ -566,9 +706,10 @@ mod tests {
 
     fn server(weight: u32, check: Option<(u32, u32)>) -> ServerState {
         ServerState::new(
+            (0, 0),
+            EventBus::default(),
             Arc::from("s1"),
             "127.0.0.1:1".parse().unwrap(),
-            1,
             weight,
             check.map(|(rise, fall)| CheckParams { rise, fall }),
         )
