@@ -814,8 +814,11 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
             .unwrap_or(Ok(()))
     } else {
         let mut builder = http1::Builder::new();
+        // Queued writes (writev): body chunks go out as they are, so what a
+        // lagging client holds is the chunks themselves (bounded by
+        // `MAX_UNSENT`), not a flattened copy whose Vec only ever grows.
         builder
-            .writev(false)
+            .writev(true)
             .max_headers(global.max_headers)
             .max_header_size(global.max_header_size)
             .max_buf_size(global.max_header_size.max(64 << 10) + 8192);

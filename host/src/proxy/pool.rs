@@ -72,9 +72,16 @@ fn http_builder(config: &Runtime) -> http1::Builder {
         // The buffer must hold a head of the allowed size, and no more: it
         // is also what one response body can hold here while its client
         // lags (hyper's default would let it grow to 400 KiB).
-        .max_buf_size(global.max_header_size + 8192);
+        .max_buf_size(global.max_header_size + 8192)
+        // Read at most this much per read: a response body chunk handed on
+        // (and held while its client lags) is this big, not the buffer's
+        // full size (hyper's adaptive reads grow toward `max_buf_size`).
+        .read_buf_exact_size(Some(UPSTREAM_READ));
     b
 }
+
+/// Bytes read from a server per read call (HAProxy's default `tune.bufsize`).
+const UPSTREAM_READ: usize = 16 << 10;
 
 impl UpstreamPool {
     /// An empty pool shaped after `config`'s backends.
