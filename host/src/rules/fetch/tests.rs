@@ -431,3 +431,25 @@ fn http_date_converter_formats_as_haproxy() {
     let e = err("int(1),http_date(0,h)", Phase::Request);
     assert!(format!("{e:?}").contains("unit"), "{e:?}");
 }
+
+#[test]
+fn uuid_and_req_body_fetches() {
+    let mut t = txn("/");
+    let Some(Sample::Str(a)) = eval("uuid(4)", &t) else {
+        panic!("uuid gives a string");
+    };
+    let re =
+        regex::Regex::new("^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+            .expect("regex");
+    assert!(re.is_match(&a), "{a}");
+    assert_ne!(eval("uuid", &t), Some(Sample::Str(a)));
+    assert!(format!("{:?}", err("uuid(1)", Phase::Request)).contains("version 4"));
+    // No body was read (no wait_for_body): no value, as HAProxy.
+    assert_eq!(eval("req.body", &t), None);
+    t.req_buffered = Some(crate::txn::BufferedBody {
+        data: b"a=1".to_vec(),
+        received: 3,
+        trailers: http::HeaderMap::new(),
+    });
+    assert_eq!(eval("req.body", &t), Some(Sample::Bin(b"a=1".to_vec())));
+}
