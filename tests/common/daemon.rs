@@ -124,11 +124,36 @@ impl Daemon {
         d
     }
 
+    /// Like [`Daemon::start`], with extra environment variables and a working directory
+    /// (scripts that read `os.getenv` or open relative paths).
+    pub async fn start_with(
+        config: &str,
+        ready: &[SocketAddr],
+        env: &[(&str, &str)],
+        cwd: Option<&Path>,
+    ) -> Daemon {
+        let mut d = Daemon::spawn_with(config, env, cwd);
+        for addr in ready {
+            d.wait_accepting(*addr, Duration::from_secs(10)).await;
+        }
+        d
+    }
+
     /// Spawns without waiting for readiness.
     pub fn spawn(config: &str) -> Daemon {
+        Daemon::spawn_with(config, &[], None)
+    }
+
+    /// Spawns with extra environment variables and a working directory, without waiting.
+    pub fn spawn_with(config: &str, env: &[(&str, &str)], cwd: Option<&Path>) -> Daemon {
         let dir = TempDir::new("run");
         let config_path = dir.write("portcullis.toml", config);
-        let mut child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        cmd.envs(env.iter().copied());
+        if let Some(cwd) = cwd {
+            cmd.current_dir(cwd);
+        }
+        let mut child = cmd
             .arg("run")
             .arg("-c")
             .arg(&config_path)
