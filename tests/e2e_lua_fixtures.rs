@@ -8,16 +8,14 @@
 //!
 //! Fixtures compared: cookie-version-routing, crowdsec-remediation-page,
 //! ingress-error-pages, sliderule-ilb-orchestrator, socks5-connect-inline-auth
-//! (its HTTP part, `auth-inline.lua`) and geoip2-mmdb-converter (with a .mmdb
-//! file this test writes). Not compared, and why:
+//! (its HTTP part, `auth-inline.lua`), geoip2-mmdb-converter (with a .mmdb
+//! file this test writes) and selfie-prometheus-exporter (reading a stats
+//! socket this test serves, the same answer for both). Not compared, and why:
 //! - socks5-connect-inline-auth's `socks5.lua` and `http-connect.lua` are
 //!   `tcp-req` actions working on raw channels (`txn.req:data/remove`,
 //!   `txn.res:send`); portcullis accepts `tcp-req` registrations and never
 //!   calls them (docs/LUA.md) and has no Channel class; both scripts are
 //!   loaded, so at least their loading is compared.
-//! - selfie-prometheus-exporter reads HAProxy's own stats socket
-//!   (`show stat typed`), whose numbers differ between two proxies by nature,
-//!   and `dofile`s an absolute path under /etc/haproxy.
 //! - haproxy-mailers, events-backend-down-webhook, couchbase-kv-client need
 //!   HAProxy 2.7/2.8 (`core.queue`, `event_sub`, lua-load arguments);
 //!   haproxy-h2-tracer is a Lua filter (`core.register_filter`).
@@ -77,9 +75,14 @@ biz_2.0.0  biz_v2
 const IP_SVC_MAP: &str = "127.0.0.1 local_svc\n";
 
 /// Values both processes get in their environment (HAProxy's `setenv`).
-fn env_vars() -> Vec<(String, String)> {
+fn env_vars(stats_sock: &Path) -> Vec<(String, String)> {
     let cs = fixture("crowdsec-remediation-page");
     vec![
+        (
+            "HAPROXY_STATS_SOCKET_PATH".into(),
+            stats_sock.display().to_string(),
+        ),
+        ("HAPROXY_STATS_REFRESH_INTERVAL".into(), "1".into()),
         (
             "CROWDSEC_BAN_TEMPLATE_PATH".into(),
             cs.join("templates/ban.html").display().to_string(),
@@ -114,6 +117,90 @@ io.open = real_open
     )
 }
 
+/// A shim the test writes: `metrics.lua` does
+/// `dofile("/etc/haproxy/system/prometheus.lua")`; the shim points that one
+/// path at the fixture's file while the unmodified script loads.
+fn selfie_shim() -> String {
+    let dir = fixture("selfie-prometheus-exporter");
+    format!(
+        r#"-- Written by tests/e2e_lua_fixtures.rs; loads the fixture unmodified.
+local real_dofile = dofile
+dofile = function(path, ...)
+  if path == "/etc/haproxy/system/prometheus.lua" then path = "{dir}/prometheus.lua" end
+  return real_dofile(path, ...)
+end
+real_dofile("{dir}/metrics.lua")
+dofile = real_dofile
+"#,
+        dir = dir.display(),
+    )
+}
+
+/// What the test's stats socket answers to `show stat typed`: a frontend, a
+/// backend and two servers (one up, one down), in HAProxy's typed format.
+const SHOW_STAT_TYPED: &str = "\
+F.2.0.0.pxname.1:KNSN:str:web
+F.2.0.1.svname.1:KNSN:str:FRONTEND
+F.2.0.4.scur.1:MGP:u32:3
+F.2.0.7.stot.1:MCP:u64:1200
+F.2.0.8.bin.1:MCP:u64:52000
+F.2.0.9.bout.1:MCP:u64:990000
+F.2.0.17.status.1:SGP:str:OPEN
+F.2.0.40.hrsp_2xx.1:MCP:u64:1100
+F.2.0.42.hrsp_4xx.1:MCP:u64:90
+F.2.0.43.hrsp_5xx.1:MCP:u64:10
+B.3.0.0.pxname.1:KNSN:str:app
+B.3.0.1.svname.1:KNSN:str:BACKEND
+B.3.0.4.scur.1:MGP:u32:1
+B.3.0.17.status.1:SGP:str:UP
+B.3.0.19.act.1:MGP:u32:1
+S.3.1.0.pxname.1:KNSN:str:app
+S.3.1.1.svname.1:KNSN:str:s1
+S.3.1.4.scur.1:MGP:u32:1
+S.3.1.17.status.1:SGP:str:UP
+S.3.1.18.weight.1:MAP:u32:1
+S.3.1.73.addr.1:CGS:str:10.0.0.1
+S.3.2.0.pxname.1:KNSN:str:app
+S.3.2.1.svname.1:KNSN:str:s2
+S.3.2.4.scur.1:MGP:u32:0
+S.3.2.17.status.1:SGP:str:DOWN 1/2
+S.3.2.18.weight.1:MAP:u32:1
+S.3.2.73.addr.1:CGS:str:10.0.0.2
+";
+
+/// Serves [`SHOW_STAT_TYPED`] on a Unix socket, one answer per connection
+/// (then closes, as HAProxy's socket does without `prompt`); counts them.
+async fn serve_stats(path: &Path) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::UnixListener::bind(path).expect("bind the stats socket");
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = std::sync::Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let c = std::sync::Arc::clone(&c);
+            tokio::spawn(async move {
+                let mut cmd = Vec::new();
+                let mut buf = [0u8; 256];
+                while !cmd.contains(&b'\n') {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => cmd.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = if cmd.starts_with(b"show stat typed") {
+                    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    SHOW_STAT_TYPED
+                } else {
+                    "Unknown command.\n"
+                };
+                let _ = sock.write_all(answer.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    count
+}
+
 /// A working directory for one proxy: the map files (HAProxy reads them
 /// relative to its working directory, portcullis relative to the script:
 /// docs/LUA.md difference 15, so the script is linked in beside them), the
@@ -142,6 +229,7 @@ impl Workdir {
         std::fs::write(dir.path().join("GeoIP/GeoLite2-ASN.mmdb"), mmdb::asn())
             .expect("write asn mmdb");
         dir.write("geoip_shim.lua", &geoip_shim(&dir.path().join("GeoIP")));
+        dir.write("selfie_shim.lua", &selfie_shim());
         Workdir { dir }
     }
 
@@ -317,11 +405,12 @@ struct Fronts {
     cluster: SocketAddr,
     auth: SocketAddr,
     geoip: SocketAddr,
+    metrics: SocketAddr,
 }
 
 impl Fronts {
     fn new() -> Fronts {
-        let [a, b, c, d, e, f, g, h] = free_addrs::<8>();
+        let [a, b, c, d, e, f, g, h, i] = free_addrs::<9>();
         Fronts {
             cookie_path: a,
             cookie_vsn: b,
@@ -331,10 +420,11 @@ impl Fronts {
             cluster: f,
             auth: g,
             geoip: h,
+            metrics: i,
         }
     }
 
-    fn all(&self) -> [SocketAddr; 8] {
+    fn all(&self) -> [SocketAddr; 9] {
         [
             self.cookie_path,
             self.cookie_vsn,
@@ -344,6 +434,7 @@ impl Fronts {
             self.cluster,
             self.auth,
             self.geoip,
+            self.metrics,
         ]
     }
 
@@ -357,6 +448,7 @@ impl Fronts {
             Front::Cluster => self.cluster,
             Front::Auth => self.auth,
             Front::Geoip => self.geoip,
+            Front::Metrics => self.metrics,
         }
     }
 }
@@ -367,6 +459,8 @@ struct Servers {
     v1: Backend,
     v2: Backend,
     v3: Backend,
+    /// The stats socket both proxies' selfie-prometheus-exporter reads.
+    stats_sock: PathBuf,
 }
 
 /// A running HAProxy, killed (and reaped) on drop.
@@ -423,6 +517,7 @@ async fn start_haproxy(f: &Fronts, s: &Servers, wd: &Workdir) -> HaProxy {
   lua-load {auth}
   lua-load {http_connect}
   lua-load {geoip}
+  lua-load {selfie}
 
 defaults
   mode http
@@ -548,6 +643,11 @@ frontend geoip
   http-request set-header X-Src-Country %[src,lua.mmdb_lookup("country","country","iso_code")]
   default_backend app
 
+# selfie-prometheus-exporter: example-haproxy.cfg's metrics frontend
+frontend metrics
+  bind {a_metrics}
+  http-request use-service lua.metrics
+
 backend app
   server s1 {app}
 "#,
@@ -563,6 +663,7 @@ backend app
         auth = fx("socks5-connect-inline-auth", "auth-inline.lua"),
         http_connect = fx("socks5-connect-inline-auth", "http-connect.lua"),
         geoip = wd.path("geoip_shim.lua"),
+        selfie = wd.path("selfie_shim.lua"),
         a_cookie_path = f.cookie_path,
         a_cookie_vsn = f.cookie_vsn,
         a_crowdsec = f.crowdsec,
@@ -571,6 +672,7 @@ backend app
         a_cluster = f.cluster,
         a_auth = f.auth,
         a_geoip = f.geoip,
+        a_metrics = f.metrics,
         app = s.app.addr,
         v1 = s.v1.addr,
         v2 = s.v2.addr,
@@ -578,7 +680,7 @@ backend app
     );
     let path = cfgdir.write("haproxy.cfg", &cfg);
     let log = cfgdir.path().join("haproxy.log");
-    let env = env_vars();
+    let env = env_vars(&s.stats_sock);
     let check = Command::new("haproxy")
         .current_dir(wd.dir.path())
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -671,6 +773,7 @@ async fn start_portcullis(f: &Fronts, admin: SocketAddr, s: &Servers, wd: &Workd
             "",
         ),
         plugin("geoip", wd.path("geoip_shim.lua"), ""),
+        plugin("selfie", wd.path("selfie_shim.lua"), ""),
     ]
     .concat();
     let front = |name: &str, bind: SocketAddr, default: Option<&str>, rules: &str| {
@@ -783,6 +886,12 @@ http_response = [ { lua = "analyzer_metric" } ]
         front("cluster", f.cluster, Some("app"), cluster),
         front("auth", f.auth, Some("app"), auth),
         front("geoip", f.geoip, Some("app"), geoip),
+        front(
+            "metrics",
+            f.metrics,
+            None,
+            "http_request = [ { use_service = \"lua.metrics\" } ]\n",
+        ),
         backend("app", s.app.addr),
         backend("default_backend", s.app.addr),
         backend("user_v1", s.app.addr),
@@ -794,7 +903,7 @@ http_response = [ { lua = "analyzer_metric" } ]
         backend("version3", s.v3.addr),
     ]
     .concat();
-    let env = env_vars();
+    let env = env_vars(&s.stats_sock);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut ready = f.all().to_vec();
     ready.push(admin);
@@ -815,6 +924,45 @@ enum Front {
     Cluster,
     Auth,
     Geoip,
+    Metrics,
+}
+
+/// How much of a body's order is compared (see [`Case::order`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Order {
+    /// As sent.
+    Kept,
+    /// Blank-line-separated blocks in any order.
+    Blocks,
+    /// Lines in any order, and the `k="v"` labels inside a line's `{...}` too.
+    LinesAndLabels,
+}
+
+/// Sorts what `order` says may come in any order.
+fn reorder(body: &str, order: Order) -> String {
+    match order {
+        Order::Kept => body.to_string(),
+        Order::Blocks => {
+            let mut blocks: Vec<&str> = body.split("\n\n").collect();
+            blocks.sort_unstable();
+            blocks.join("\n\n")
+        }
+        Order::LinesAndLabels => {
+            let mut lines: Vec<String> = body
+                .lines()
+                .map(|l| match (l.find('{'), l.rfind('}')) {
+                    (Some(a), Some(b)) if a < b => {
+                        let mut labels: Vec<&str> = l[a + 1..b].split(',').collect();
+                        labels.sort_unstable();
+                        format!("{}{{{}}}{}", &l[..a], labels.join(","), &l[b + 1..])
+                    }
+                    _ => l.to_string(),
+                })
+                .collect();
+            lines.sort_unstable();
+            lines.join("\n")
+        }
+    }
 }
 
 /// One request sent to both proxies.
@@ -833,10 +981,10 @@ struct Case {
     capture: bool,
     /// Wait before sending (a script's background task must have run).
     pause: Duration,
-    /// The body's blank-line-separated blocks are compared as a set: the
-    /// script writes them in `pairs()` order, which differs between Lua 5.3
-    /// (HAProxy's) and 5.4 (docs/LUA.md, "Lua is 5.4").
-    unordered: bool,
+    /// Parts of the body the script writes in `pairs()` order, which differs
+    /// between Lua 5.3 (HAProxy's) and 5.4 (docs/LUA.md, "Lua is 5.4"): they
+    /// are compared as sets.
+    order: Order,
 }
 
 fn case(front: Front, method: Method, path: &'static str) -> Case {
@@ -849,7 +997,7 @@ fn case(front: Front, method: Method, path: &'static str) -> Case {
         mask: None,
         capture: false,
         pause: Duration::ZERO,
-        unordered: false,
+        order: Order::Kept,
     }
 }
 
@@ -870,8 +1018,8 @@ impl Case {
         self.capture = true;
         self
     }
-    fn unordered(mut self) -> Case {
-        self.unordered = true;
+    fn order(mut self, o: Order) -> Case {
+        self.order = o;
         self
     }
     fn pause(mut self, d: Duration) -> Case {
@@ -954,7 +1102,7 @@ fn cases() -> Vec<Case> {
         case(Cluster, M::GET, "/source/bad-name/"),
         case(Cluster, M::GET, "/source/x").h("x-sliderule-service", "unknown"),
         case(Cluster, M::GET, "/source/atl03").h("x-sub", "alice"),
-        case(Discovery, M::GET, "/discovery/prometheus/analyzer").unordered(),
+        case(Discovery, M::GET, "/discovery/prometheus/analyzer").order(Order::Blocks),
         // After a scrubber tick (every second): member counts are filled in.
         case(Discovery, M::GET, "/discovery/prometheus/orchestrator")
             .pause(Duration::from_millis(1500)),
@@ -982,6 +1130,11 @@ fn cases() -> Vec<Case> {
         case(Geoip, M::GET, "/").h("x-ip", "not-an-ip"),
         case(Geoip, M::GET, "/").h("x-ip", "2001:db8::1"),
         case(Geoip, M::GET, "/"),
+        // selfie-prometheus-exporter: the stats socket rendered for Prometheus.
+        case(Metrics, M::GET, "/metrics").order(Order::LinesAndLabels),
+        case(Metrics, M::POST, "/anything")
+            .body("x")
+            .order(Order::LinesAndLabels),
     ]
 }
 
@@ -1120,12 +1273,15 @@ async fn public_fixture_scripts_behave_as_under_haproxy() {
         version.contains("version 2.6"),
         "this comparison targets HAProxy 2.6; found: {version}"
     );
+    let stats_dir = TempDir::new("fixtures-stats");
     let servers = Servers {
         app: Backend::start("app").await,
         v1: Backend::start("v1").await,
         v2: Backend::start("v2").await,
         v3: Backend::start("v3").await,
+        stats_sock: stats_dir.path().join("haproxy.sock"),
     };
+    let stats_served = serve_stats(&servers.stats_sock).await;
     let ha_wd = Workdir::new("fixtures-ha");
     let pc_wd = Workdir::new("fixtures-pc");
     let ha_f = Fronts::new();
@@ -1147,12 +1303,8 @@ async fn public_fixture_scripts_behave_as_under_haproxy() {
             pc_cap.keep(&pr);
         }
         let (mut h, mut p) = (normalize(&hr, mask.as_ref()), normalize(&pr, mask.as_ref()));
-        if c.unordered {
-            for s in [&mut h, &mut p] {
-                let mut blocks: Vec<&str> = s.body.split("\n\n").collect();
-                blocks.sort_unstable();
-                s.body = blocks.join("\n\n");
-            }
+        for s in [&mut h, &mut p] {
+            s.body = reorder(&s.body, c.order);
         }
         // Shown with --nocapture: what was compared.
         eprintln!("{:?} {} {}\n  {h:?}", c.front, c.method, c.path);
@@ -1194,4 +1346,20 @@ async fn public_fixture_scripts_behave_as_under_haproxy() {
     )
     .await;
     assert_eq!(r.status.as_u16(), 403);
+    // Both exporters read the stats socket (at start, then every second).
+    assert!(
+        stats_served.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+        "the stats socket was not read by both proxies"
+    );
+    let r = send(
+        ha_f.metrics,
+        &case(Front::Metrics, Method::GET, "/metrics"),
+        &ha_cap,
+    )
+    .await;
+    assert!(
+        r.text().contains("haproxy_server_up{"),
+        "selfie's metrics under HAProxy: {}",
+        r.text()
+    );
 }
