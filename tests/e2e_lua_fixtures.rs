@@ -625,7 +625,7 @@ frontend cluster
 # socks5-connect-inline-auth: the auth listener of example-haproxy.cfg
 frontend auth
   bind {a_auth}
-  http-request set-var(req.password) str(moo)
+  http-request set-var(req.password) str(moo) unless {{ path_beg /nopass }}
   http-request set-var(req.cookie_name) str(authsession)
   http-request wait-for-body time 1s at-least 1k if METH_POST
   http-request lua.auth
@@ -850,7 +850,7 @@ async fn start_portcullis(f: &Fronts, admin: SocketAddr, s: &Servers, wd: &Workd
 http_response = [ { lua = "analyzer_metric" } ]
 "#;
     let auth = r#"http_request = [
-  { set_var = "req.password", expr = "str(moo)" },
+  { set_var = "req.password", expr = "str(moo)", unless = "path_beg /nopass" },
   { set_var = "req.cookie_name", expr = "str(authsession)" },
   { wait_for_body = "1s", at_least = "1k", if = "method POST" },
   { lua = "auth" },
@@ -1049,6 +1049,10 @@ fn cases() -> Vec<Case> {
         case(CookieVsn, M::GET, "/a").h("cookie", "version=2.0.0"),
         case(CookieVsn, M::GET, "/b").h("cookie", "a=3.0.0; b=1"),
         case(CookieVsn, M::GET, "/c").h("cookie", "v=9"),
+        // Two Cookie lines: [0] is the first.
+        case(CookieVsn, M::GET, "/d")
+            .h("cookie", "version=3.0.0")
+            .h("cookie", "version=2.0.0"),
         // crowdsec: ban / captcha pages, content negotiation, odd remediations.
         case(Crowdsec, M::GET, "/page")
             .h("x-remediation", "ban")
@@ -1062,12 +1066,18 @@ fn cases() -> Vec<Case> {
             .h("x-remediation", "captcha")
             .h("x-site-key", "site-key-123")
             .h("accept", "*/*"),
+        // Two Accept lines: utils.accept_html walks every value.
+        case(Crowdsec, M::GET, "/two-accepts")
+            .h("x-remediation", "ban")
+            .h("accept", "application/json")
+            .h("accept", "text/html"),
         case(Crowdsec, M::GET, "/always/allow").h("x-remediation", "allow"),
         case(Crowdsec, M::GET, "/always/none"),
         case(Crowdsec, M::GET, "/clean"),
         // ingress-error-pages.
         case(Ingress, M::GET, "/"),
         case(Ingress, M::GET, "/missing"),
+        case(Ingress, M::HEAD, "/missing"),
         case(Ingress, M::POST, "/413").body("too much"),
         case(Ingress, M::GET, "/421"),
         case(Ingress, M::GET, "/495"),
@@ -1095,6 +1105,9 @@ fn cases() -> Vec<Case> {
         case(Discovery, M::POST, "/discovery/lock").body(
             r#"{"service": "nope", "nodesNeeded": 1, "timeout": 60}"#,
         ),
+        // No timeout: nil < number raises, the service fails.
+        case(Discovery, M::POST, "/discovery/lock")
+            .body(r#"{"service": "sliderule-test", "nodesNeeded": 1}"#),
         case(Discovery, M::POST, "/discovery/unlock").body(r#"{"transactions": [0, 1, 7]}"#),
         // An empty body: json.decode fails, the service fails.
         case(Discovery, M::POST, "/discovery/register"),
@@ -1122,6 +1135,8 @@ fn cases() -> Vec<Case> {
             .capture(),
         case(Auth, M::GET, "/private").h("cookie", "{cookie}"),
         case(Auth, M::GET, "/private").h("authsession", "{cookie_value}"),
+        // No req.password: the action returns act.ERROR.
+        case(Auth, M::GET, "/nopass"),
         // geoip2-mmdb-converter: hits in both databases, misses, bad input.
         case(Geoip, M::GET, "/").h("x-ip", "81.2.69.160"),
         case(Geoip, M::GET, "/").h("x-ip", "1.128.0.1"),
@@ -1315,6 +1330,12 @@ async fn public_fixture_scripts_behave_as_under_haproxy() {
             ));
         }
     }
+    // Shown with --nocapture: what the scripts logged under each proxy.
+    eprintln!(
+        "--- portcullis log ---\n{}\n--- haproxy log ---\n{}",
+        pc.stderr(),
+        ha.log()
+    );
     let (hl, pl) = (demo_log(&ha_wd), demo_log(&pc_wd));
     if hl != pl {
         failures.push(format!(
