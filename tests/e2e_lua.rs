@@ -985,10 +985,11 @@ async fn events_fixture_posts_one_webhook_when_the_backend_goes_down() {
         ),
     );
     let url = format!("http://{}/webhook", hook.addr);
-    let d = Daemon::start_env(
+    let d = Daemon::start_with(
         &cfg,
         &[ports.web, ports.admin],
         &[("DEMO_WEBHOOK_URL", &url)],
+        None,
     )
     .await;
     eventually(

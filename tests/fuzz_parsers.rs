@@ -653,6 +653,8 @@ fn check_offset(text: &str, e: &ParseError) -> Result<(), TestCaseError> {
 /// Fetch calls that mostly compile (every registry entry, arguments of the
 /// right shape), so evaluation gets exercised, not only the error paths.
 const FETCH_CALLS: &[&str] = &[
+    "req.body",
+    "uuid",
     "path",
     "pathq",
     "url",
@@ -740,6 +742,8 @@ const FETCH_CALLS: &[&str] = &[
 
 /// Converter calls that mostly compile.
 const CONVERTER_CALLS: &[&str] = &[
+    "http_date",
+    "http_date(3600)",
     "lower",
     "upper",
     "length",

@@ -124,9 +124,15 @@ impl Daemon {
         d
     }
 
-    /// [`Daemon::start`] with environment variables set for the daemon.
-    pub async fn start_env(config: &str, ready: &[SocketAddr], env: &[(&str, &str)]) -> Daemon {
-        let mut d = Daemon::spawn_env(config, env);
+    /// Like [`Daemon::start`], with extra environment variables and a working directory
+    /// (scripts that read `os.getenv` or open relative paths).
+    pub async fn start_with(
+        config: &str,
+        ready: &[SocketAddr],
+        env: &[(&str, &str)],
+        cwd: Option<&Path>,
+    ) -> Daemon {
+        let mut d = Daemon::spawn_with(config, env, cwd);
         for addr in ready {
             d.wait_accepting(*addr, Duration::from_secs(10)).await;
         }
@@ -135,15 +141,19 @@ impl Daemon {
 
     /// Spawns without waiting for readiness.
     pub fn spawn(config: &str) -> Daemon {
-        Daemon::spawn_env(config, &[])
+        Daemon::spawn_with(config, &[], None)
     }
 
-    /// Spawns with environment variables `env`, without waiting for readiness.
-    pub fn spawn_env(config: &str, env: &[(&str, &str)]) -> Daemon {
+    /// Spawns with extra environment variables and a working directory, without waiting.
+    pub fn spawn_with(config: &str, env: &[(&str, &str)], cwd: Option<&Path>) -> Daemon {
         let dir = TempDir::new("run");
         let config_path = dir.write("portcullis.toml", config);
-        let mut child = Command::new(BIN)
-            .envs(env.iter().copied())
+        let mut cmd = Command::new(BIN);
+        cmd.envs(env.iter().copied());
+        if let Some(cwd) = cwd {
+            cmd.current_dir(cwd);
+        }
+        let mut child = cmd
             .arg("run")
             .arg("-c")
             .arg(&config_path)

@@ -344,6 +344,12 @@ pub struct RawRule {
     /// it sees the response too, as an Envoy filter does).
     pub wasm: Option<Spanned<String>>,
 
+    /// `wait_for_body = "1s"`: buffer the request body (until its end or
+    /// `at_least` bytes) before the next rules, as HAProxy's `wait-for-body`.
+    pub wait_for_body: Option<Spanned<String>>,
+    /// With `wait_for_body`: stop waiting once this many bytes arrived (`"1k"`).
+    pub at_least: Option<Spanned<String>>,
+
     /// `track_sc0 = "src"`: track the key this fetch expression yields in stick counter 0.
     pub track_sc0: Option<Spanned<String>>,
     /// `track_sc1 = "hdr(x-api-key)"`: stick counter 1.

@@ -607,7 +607,7 @@ fn call_sync(
         let mut fields = None;
         let ((_, step), _) = inst.run(thread, a, &site, &mut privv, &mut fields, plugin.cpu_limit);
         let e = match step {
-            Step::Finished(vals) => return lua_to_sample(vals.front()),
+            Step::Finished(vals) => return Some(lua_to_sample(vals.front())),
             Step::Sleep(_) => {
                 CallError::runtime("cannot yield (core.msleep, core.yield) in a fetch or converter")
             }
@@ -691,31 +691,48 @@ impl Converter for LuaConverter {
     }
 }
 
-/// A sample value as a Lua value (addresses as text, as HAProxy gives them).
+/// A converter's input as the Lua function gets it: always a string, as
+/// HAProxy registers Lua converters with input type `str` and casts the
+/// sample to it first (a boolean is `"1"`/`"0"`, an integer its digits, an
+/// address its text); binary stays bytes.
 pub(crate) fn value_to_lua(lua: &mlua::Lua, v: &Value<'_>) -> mlua::Result<LuaValue> {
-    Ok(match v {
-        Value::Bool(b) => LuaValue::Boolean(*b),
-        Value::Int(i) => LuaValue::Integer(*i),
-        Value::Ip(ip) => LuaValue::String(lua.create_string(ip.to_string())?),
-        Value::Str(s) => LuaValue::String(lua.create_string(s.as_bytes())?),
-        Value::Bin(b) => LuaValue::String(lua.create_string(b)?),
-    })
+    Ok(LuaValue::String(match v {
+        Value::Bool(b) => lua.create_string(if *b { "1" } else { "0" })?,
+        Value::Int(i) => lua.create_string(i.to_string())?,
+        Value::Ip(ip) => lua.create_string(ip.to_string())?,
+        Value::Str(s) => lua.create_string(s.as_bytes())?,
+        Value::Bin(b) => lua.create_string(b)?,
+    }))
 }
 
-/// A Lua return value as a sample (`nil` and other types: no value).
-pub(crate) fn lua_to_sample(v: Option<&LuaValue>) -> Option<Sample> {
-    match v? {
-        LuaValue::Boolean(b) => Some(Sample::Bool(*b)),
-        LuaValue::Integer(i) => Some(Sample::Int(*i)),
-        LuaValue::Number(n) if n.is_finite() => Some(Sample::Int(*n as i64)),
-        LuaValue::String(s) => {
+/// A fetch's or converter's Lua return value as a sample, as HAProxy's
+/// `hlua_lua2smp` makes it: a number is an integer (`lua_tointeger`: a
+/// float without an exact integer value is 0), and `nil` (or a table, a
+/// function, nothing at all) is the boolean `false`, which is a value: a
+/// log-format string shows it as `0` and `-m found` holds.
+pub(crate) fn lua_to_sample(v: Option<&LuaValue>) -> Sample {
+    match v {
+        Some(LuaValue::Boolean(b)) => Sample::Bool(*b),
+        Some(LuaValue::Integer(i)) => Sample::Int(*i),
+        Some(LuaValue::Number(n)) => Sample::Int(float_to_int(*n)),
+        Some(LuaValue::String(s)) => {
             let b = s.as_bytes();
-            Some(match std::str::from_utf8(&b) {
+            match std::str::from_utf8(&b) {
                 Ok(t) => Sample::Str(t.to_string()),
                 Err(_) => Sample::Bin(b.to_vec()),
-            })
+            }
         }
-        _ => None,
+        _ => Sample::Bool(false),
+    }
+}
+
+/// Lua's `lua_tointeger` on a float: its value if it is an integer that fits, else 0.
+fn float_to_int(n: f64) -> i64 {
+    // i64::MAX as f64 rounds up to 2^63, itself out of range: hence `<`.
+    if n.fract() == 0.0 && n >= i64::MIN as f64 && n < i64::MAX as f64 {
+        n as i64
+    } else {
+        0
     }
 }
 

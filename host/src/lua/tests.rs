@@ -1173,3 +1173,65 @@ core.register_action("errs", {"http-req"}, function(txn) txn:set_var("txn.errs",
     assert_eq!(lines[6], "EventSub:function", "{out}");
     assert_eq!(plugin(&cfg).registered.event_subs, 1);
 }
+
+#[test]
+fn fetch_and_converter_results_convert_as_haproxy_does() {
+    // hlua_lua2smp: nil (and tables, functions) is the boolean false, which
+    // prints as 0; a float without an integer value is 0. Converters get
+    // their input as a string (registered with input type str).
+    let script = r#"
+core.register_fetches("nothing", function(txn) return nil end)
+core.register_fetches("tbl", function(txn) return {} end)
+core.register_fetches("half", function(txn) return 2.5 end)
+core.register_fetches("two", function(txn) return 2.0 end)
+core.register_converters("kind", function(v) return type(v) .. ":" .. v end)
+"#;
+    let (cfg, _d) = ok(
+        script,
+        "",
+        r#"http_request = [
+  { set_var = "txn.n", expr = "lua.nothing" },
+  { return = 200, body = "%[lua.nothing] %[lua.tbl] %[lua.half] %[lua.two] %[int(7),lua.kind] %[lua.nothing,lua.kind] %[src,lua.kind]", if = "var(txn.n) -m found" },
+]"#,
+    );
+    let rt = rt();
+    let r = exchange(&rt, &cfg, &mut txn("/")).expect("return");
+    assert_eq!(
+        std::str::from_utf8(&r.body).expect("utf8"),
+        "0 0 0 2 string:7 string:0 string:10.1.2.3"
+    );
+}
+
+#[test]
+fn debug_getinfo_and_traceback_are_there_and_the_rest_is_not() {
+    let script = r#"
+local info = debug.getinfo(1, "S")
+SOURCE = info.source
+WHAT = info.what
+local function f() return debug.getinfo(2, "l").currentline end
+LINE = f()
+FN = debug.getinfo(f, "S").linedefined
+NONE = debug.getinfo(50) == nil
+TB = debug.traceback("msg")
+SETHOOK = debug.sethook == nil and debug.getregistry == nil and debug.setmetatable == nil
+BAD = select(2, pcall(debug.getinfo, 1, "x"))
+core.register_fetches("dbg", function(txn)
+  return table.concat({tostring(SOURCE:sub(1, 1) == "@" and SOURCE:match("[^/]+$")), WHAT,
+    tostring(LINE), tostring(FN), tostring(NONE), tostring(TB:match("^msg\nstack traceback:") ~= nil),
+    tostring(SETHOOK), BAD}, " ")
+end)
+"#;
+    let (cfg, _d) = ok(
+        script,
+        "",
+        r#"http_request = [ { return = 200, body = "%[lua.dbg]" } ]"#,
+    );
+    let rt = rt();
+    let r = exchange(&rt, &cfg, &mut txn("/")).expect("return");
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(body.starts_with("p.lua main 6 5 true true true "), "{body}");
+    assert!(
+        body.ends_with("bad argument #2 to 'getinfo' (invalid option)"),
+        "{body}"
+    );
+}

@@ -21,7 +21,7 @@ use super::format::LogFormat;
 use super::{Env, at_string, did_you_mean, parse_var_name, suggest};
 use crate::config::schema::{DenySpec, RawRule};
 use crate::config::{ConfigError, SourceMap};
-use crate::filter::{Filter, Flow, Phases, Reply};
+use crate::filter::{BodyFlow, BodyLimits, Filter, Flow, Phases, Reply};
 use crate::txn::{BackendChoice, Phase, Txn, VarScope};
 
 /// A built-in action as a filter: runs its `run` in the head hook of the
@@ -179,6 +179,7 @@ pub static ACTIONS: &[ActionDef] = &[
     ActionDef { key: "lua", modifiers: &["args"], phases: Lists::Both, phase_note: "", build: super::ext::build_action },
     ActionDef { key: "wasm", modifiers: &[], phases: Lists::Both, phase_note: "", build: super::ext::build_action },
     ActionDef { key: "use_service", modifiers: &[], phases: Lists::Request, phase_note: "a service answers the request", build: super::ext::build_service },
+    ActionDef { key: "wait_for_body", modifiers: &["at_least"], phases: Lists::Request, phase_note: "it waits for the request body", build: build_wait_for_body },
     ActionDef { key: "track_sc0", modifiers: &["table"], phases: Lists::Request, phase_note: "tracking starts with the request", build: super::stick::build_track },
     ActionDef { key: "track_sc1", modifiers: &["table"], phases: Lists::Request, phase_note: "tracking starts with the request", build: super::stick::build_track },
     ActionDef { key: "track_sc2", modifiers: &["table"], phases: Lists::Request, phase_note: "tracking starts with the request", build: super::stick::build_track },
@@ -210,6 +211,7 @@ pub fn rule_keys(raw: &RawRule) -> Vec<(&'static str, Range<usize>)> {
         set_var => "set_var", unset_var => "unset_var", value => "value", expr => "expr",
         use_backend => "use_backend",
         lua => "lua", args => "args", use_service => "use_service", wasm => "wasm",
+        wait_for_body => "wait_for_body", at_least => "at_least",
         track_sc0 => "track_sc0", track_sc1 => "track_sc1", track_sc2 => "track_sc2", table => "table",
         sc_inc_gpc => "sc_inc_gpc", sc_clr_gpc => "sc_clr_gpc", sc_set_gpt => "sc_set_gpt",
     );
@@ -1277,4 +1279,88 @@ mod tests {
             .apply(&mut t3);
         assert_eq!(t3.backend, None);
     }
+}
+
+// ---------------------------------------------------------------------------
+// wait_for_body
+// ---------------------------------------------------------------------------
+
+/// What `wait_for_body` buffers without `at_least`: HAProxy waits for the
+/// whole body as far as its buffer holds it (`tune.bufsize`, 16 KiB).
+const WAIT_FOR_BODY_DEFAULT: usize = 16 * 1024;
+
+/// Room past `at_least` for the frame that crosses it (HAProxy never fails
+/// a request for a body larger than it waits for).
+const WAIT_FOR_BODY_SLACK: usize = 1 << 20;
+
+/// Keys `wait_for_body` rules' per-request marks in `txn.plugin_state`
+/// (from the top of the key space, away from plugin ids, which count up).
+static WAIT_FOR_BODY_IDS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// `wait_for_body = "<time>"[, at_least = "<size>"]`: the request body is
+/// read into `txn.req_buffered` (for `req.body`, Lua's `txn.sf:req_body()`)
+/// until it ends or `at_least` bytes arrived, before the next rules run.
+#[derive(Debug)]
+struct WaitForBody {
+    idle: std::time::Duration,
+    at_least: usize,
+    /// Marks the requests whose rule condition held (body hooks run unguarded).
+    id: u64,
+}
+
+impl Filter for WaitForBody {
+    fn name(&self) -> &str {
+        "wait_for_body"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST | Phases::REQUEST_BODY
+    }
+
+    fn on_request(&self, txn: &mut Txn) -> Flow {
+        txn.plugin_state.put(self.id, Box::new(()));
+        Flow::Continue
+    }
+
+    fn body_limits(&self, txn: &Txn) -> Option<BodyLimits> {
+        txn.plugin_state.peek::<()>(self.id)?;
+        Some(BodyLimits {
+            // One frame may carry the body past `at_least`; the hook then
+            // lets the rest stream, so the buffer never holds much more.
+            max: self.at_least.saturating_add(WAIT_FOR_BODY_SLACK),
+            idle: self.idle,
+        })
+    }
+
+    fn on_body(&self, txn: &mut Txn, end_of_stream: bool) -> BodyFlow {
+        let have = txn.req_buffered.as_ref().map_or(0, |b| b.data.len());
+        if end_of_stream || have >= self.at_least {
+            BodyFlow::Continue
+        } else {
+            BodyFlow::StopAndBuffer
+        }
+    }
+}
+
+fn build_wait_for_body(raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Filter>, ConfigError> {
+    let t = re.key(&raw.wait_for_body, "wait_for_body")?;
+    let idle =
+        crate::config::units::parse_duration(t.get_ref()).map_err(|m| re.error(t.span(), m))?;
+    let at_least = match &raw.at_least {
+        None => WAIT_FOR_BODY_DEFAULT,
+        Some(a) => {
+            let n =
+                crate::config::units::parse_size(a.get_ref()).map_err(|m| re.error(a.span(), m))?;
+            usize::try_from(n)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| re.error(a.span(), "at_least must be at least 1 byte"))?
+        }
+    };
+    Ok(Box::new(WaitForBody {
+        idle,
+        at_least,
+        id: WAIT_FOR_BODY_IDS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed),
+    }))
 }

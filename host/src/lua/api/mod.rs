@@ -10,7 +10,8 @@
 //! - `txn`: the `txn` object's methods (variables, private data, logging);
 //! - `http`: `txn.http` (its hottest functions are C functions, `ffi::cfunc`);
 //! - `fetches`: `txn.f/sf/c/sc`, sample fetches and converters from Lua;
-//! - `reply`: reply objects as responses.
+//! - `reply`: reply objects as responses;
+//! - `debug`: `debug.getinfo` and `debug.traceback` (the safe part of Lua's `debug`).
 //!
 //! `act` and the `Reply` class are written in Lua (`prelude.lua`), over the
 //! primitives [`install`] gives the prelude (`set_done`, `wake_time`, the
@@ -18,6 +19,7 @@
 
 mod args;
 mod core;
+mod debug;
 mod fetches;
 mod http;
 mod httpclient;
@@ -141,6 +143,7 @@ pub(crate) fn install(
     p.raw_set("socket", socket::table(lua, cx)?)?;
     p.raw_set("httpclient", httpclient::table(lua, cx)?)?;
     p.raw_set("regex_class", regex::class(lua)?)?;
+    p.raw_set("debug", debug::table(lua)?)?;
     let prelude = lua
         .load(include_str!("prelude.lua"))
         .set_name("=portcullis-prelude")

@@ -15,7 +15,7 @@ local function wrap(f)
     return a, b, c
   end
 end
-for _, t in ipairs({ P.core, P.txn, P.http, P.applet, P.server_methods, P.proxy_methods }) do
+for _, t in ipairs({ P.core, P.txn, P.http, P.applet, P.debug, P.server_methods, P.proxy_methods }) do
   for k, f in pairs(t) do
     if type(f) == "function" then t[k] = wrap(f) end
   end
@@ -42,6 +42,9 @@ local get_field, set_field = wrap(P.get_field), wrap(P.set_field)
 local function bad(n, fname, expected, v)
   error("bad argument #" .. n .. " to '" .. fname .. "' (" .. expected .. " expected, got " .. type(v) .. ")", 3)
 end
+
+-- debug: getinfo and traceback only (api/debug.rs says why).
+debug = P.debug
 
 -- core -----------------------------------------------------------------------
 core = P.core

@@ -403,6 +403,77 @@ fn url_dec_conv(c: &Call<'_>) -> Result<Box<dyn Converter>, ParseError> {
     Ok(Box::new(UrlDec { in_form }))
 }
 
+/// `http_date([offset[,unit]])`: an integer date (seconds, or `ms`/`us`
+/// since the epoch) as an HTTP date, `Sun, 06 Dec 2026 00:59:33 GMT`, as
+/// HAProxy's `sample_conv_http_date` writes it: the offset is added first,
+/// a sub-second unit adds `.<fraction>` before `GMT`, and the date is masked
+/// to 55 bits so that huge numbers cannot go negative.
+#[derive(Debug)]
+struct HttpDate {
+    offset: i64,
+    /// 1 (seconds), 1000 (`ms`) or 1_000_000 (`us`).
+    per_sec: i64,
+}
+
+impl Converter for HttpDate {
+    fn convert<'t>(&'t self, v: Value<'t>, _: &'t Txn) -> Option<Value<'t>> {
+        let n = match v {
+            Value::Int(i) => i,
+            Value::Bool(b) => i64::from(b),
+            // A string input is cast to an integer, as HAProxy casts str to sint.
+            other => other.into_text().trim().parse::<i64>().ok()?,
+        };
+        let n = n.wrapping_add(self.offset);
+        let (secs, frac) = (n / self.per_sec, n % self.per_sec);
+        let secs = secs & 0x007f_ffff_ffff_ffff;
+        Some(Value::Str(Cow::Owned(http_date(
+            secs,
+            (self.per_sec != 1).then_some(frac),
+        ))))
+    }
+}
+
+/// `secs` since the epoch (non-negative) as `Www, DD Mon YYYY HH:MM:SS[.frac] GMT`.
+pub(crate) fn http_date(secs: i64, frac: Option<i64>) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days: days since 1970-01-01 to a Gregorian date.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let wday = DAYS[days.rem_euclid(7) as usize];
+    let mon = MONTHS[(month - 1) as usize];
+    let (h, m, s) = (rem / 3600, rem / 60 % 60, rem % 60);
+    match frac {
+        Some(f) => format!("{wday}, {day:02} {mon} {year:04} {h:02}:{m:02}:{s:02}.{f} GMT"),
+        None => format!("{wday}, {day:02} {mon} {year:04} {h:02}:{m:02}:{s:02} GMT"),
+    }
+}
+
+fn http_date_conv(c: &Call<'_>) -> Result<Box<dyn Converter>, ParseError> {
+    let offset = match c.args.first() {
+        Some(a) if !a.text.is_empty() => arg_int(a, "offset")?,
+        _ => 0,
+    };
+    let per_sec = match c.args.get(1).map(|a| (a, a.text.as_str())) {
+        None | Some((_, "s")) => 1,
+        Some((_, "ms")) => 1000,
+        Some((_, "us")) => 1_000_000,
+        Some((a, _)) => return Err(arg_err(a, "unit must be s, ms or us")),
+    };
+    Ok(Box::new(HttpDate { offset, per_sec }))
+}
+
 /// Percent-decodes `s`; `+` becomes a space in forms and after a literal
 /// `?`. `None` on a bad escape (HAProxy's `url_dec` fails); invalid UTF-8 is replaced.
 fn url_decode(s: &str, in_form: bool) -> Option<String> {
@@ -510,6 +581,7 @@ pub static CONVERTERS: &[ConvDef] = &[
     ConvDef { name: "div", usage: "div(<integer or variable>)", args: (1, 1), out: Some(Kind::Int), build: |c, e| arith_conv(c, e, ArithOp::Div) },
     ConvDef { name: "mod", usage: "mod(<integer or variable>)", args: (1, 1), out: Some(Kind::Int), build: |c, e| arith_conv(c, e, ArithOp::Mod) },
     ConvDef { name: "json", usage: "json([ascii|utf8])", args: (0, 1), out: Some(Kind::Str), build: |c, _| json_conv(c) },
+    ConvDef { name: "http_date", usage: "http_date([<offset>[,<unit s/ms/us>]])", args: (0, 2), out: Some(Kind::Str), build: |c, _| http_date_conv(c) },
     ConvDef { name: "url_dec", usage: "url_dec([<in_form>])", args: (0, 1), out: Some(Kind::Str), build: |c, _| url_dec_conv(c) },
     ConvDef { name: "ipmask", usage: "ipmask(<v4 mask>[,<v6 mask>])", args: (1, 2), out: Some(Kind::Ip), build: |c, _| ipmask_conv(c) },
     ConvDef { name: "sha2", usage: "sha2([<bits>])", args: (0, 1), out: Some(Kind::Bin), build: crate::rules::crypto::sha2_conv },

@@ -519,6 +519,49 @@ fn f_date(_: &Txn) -> Option<Value<'_>> {
     Some(Value::Int(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)))
 }
 
+/// `req.body`: the request body read so far by `wait_for_body` (or a body
+/// filter before); no value when none was read, as HAProxy gives none
+/// without `wait-for-body` / `option http-buffer-request`.
+fn f_req_body(t: &Txn) -> Option<Value<'_>> {
+    let b = t.req_buffered.as_ref()?;
+    Some(Value::Bin(Cow::Borrowed(&b.data)))
+}
+
+/// `uuid([4])`: a random (version 4) UUID, the only version HAProxy 2.6 makes.
+fn b_uuid(c: &Call<'_>, _: &Env<'_>) -> Result<Box<dyn Fetch>, ParseError> {
+    if let Some(a) = c.args.first()
+        && arg_int(a, "the UUID version")? != 4
+    {
+        return Err(ParseError::new(
+            a.offset,
+            "uuid: only version 4 is supported",
+        ));
+    }
+    simple(f_uuid)
+}
+
+fn f_uuid(_: &Txn) -> Option<Value<'_>> {
+    let mut b = [0u8; 16];
+    // getrandom(2) fills at most 256 bytes at once without blocking once the
+    // pool is initialized; a failure (not expected) gives no value.
+    // SAFETY: the buffer is valid for writes of its length.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if usize::try_from(n).ok() != Some(b.len()) {
+        return None;
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    Some(Value::Str(Cow::Owned(format!(
+        "{}-{}-{}-{}-{}",
+        h(0..4),
+        h(4..6),
+        h(6..8),
+        h(8..10),
+        h(10..16)
+    ))))
+}
+
 fn b_int(c: &Call<'_>, _: &Env<'_>) -> Result<Box<dyn Fetch>, ParseError> {
     let Some(a) = c.args.first() else {
         return Err(ParseError::new(c.offset, "int needs a value, e.g. int(1)"));
@@ -589,6 +632,8 @@ pub static FETCHES: &[FetchDef] = &[
     FetchDef { name: "be_name", usage: "be_name", args: (0, 0), kind: Kind::Str, avail: Avail::Both, build: be_name_fetch },
     FetchDef { name: "http_version", usage: "http_version", args: (0, 0), kind: Kind::Str, avail: Avail::Both, build: |_, _| simple(f_version) },
     FetchDef { name: "req.ver", usage: "req.ver", args: (0, 0), kind: Kind::Str, avail: Avail::Both, build: |_, _| simple(f_version) },
+    FetchDef { name: "req.body", usage: "req.body", args: (0, 0), kind: Kind::Bin, avail: Avail::Request, build: |_, _| simple(f_req_body) },
+    FetchDef { name: "uuid", usage: "uuid([4])", args: (0, 1), kind: Kind::Str, avail: Avail::Both, build: b_uuid },
     FetchDef { name: "date", usage: "date", args: (0, 0), kind: Kind::Int, avail: Avail::Both, build: |_, _| simple(f_date) },
     FetchDef { name: "lua.*", usage: "lua.<fetch>([<args>])", args: (0, 16), kind: Kind::Any, avail: Avail::Both, build: crate::rules::ext::build_fetch },
 ];

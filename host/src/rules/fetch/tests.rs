@@ -392,3 +392,64 @@ fn value_text_and_conversions() {
     );
     assert_eq!(haproxy_subst("\\1$x\\"), "${1}$$x\\");
 }
+
+#[test]
+fn http_date_converter_formats_as_haproxy() {
+    let t = txn("/");
+    // 2026-12-06 00:59:33 UTC was a Sunday.
+    assert_eq!(
+        eval("int(1796518773),http_date", &t),
+        s("Sun, 06 Dec 2026 00:59:33 GMT")
+    );
+    assert_eq!(
+        eval("int(0),http_date", &t),
+        s("Thu, 01 Jan 1970 00:00:00 GMT")
+    );
+    assert_eq!(
+        eval("int(951782400),http_date", &t),
+        s("Tue, 29 Feb 2000 00:00:00 GMT")
+    );
+    assert_eq!(
+        eval("int(0),http_date(86400)", &t),
+        s("Fri, 02 Jan 1970 00:00:00 GMT")
+    );
+    assert_eq!(
+        eval("int(1500),http_date(0,ms)", &t),
+        s("Thu, 01 Jan 1970 00:00:01.500 GMT")
+    );
+    assert_eq!(
+        eval("int(2000001),http_date(,us)", &t),
+        s("Thu, 01 Jan 1970 00:00:02.1 GMT")
+    );
+    assert_eq!(
+        eval("str(60),http_date", &t),
+        s("Thu, 01 Jan 1970 00:01:00 GMT")
+    );
+    assert_eq!(eval("str(x),http_date", &t), None);
+    // Negative dates are masked to 55 bits, as HAProxy does: never a negative year.
+    assert!(eval("int(-1),http_date", &t).is_some());
+    let e = err("int(1),http_date(0,h)", Phase::Request);
+    assert!(format!("{e:?}").contains("unit"), "{e:?}");
+}
+
+#[test]
+fn uuid_and_req_body_fetches() {
+    let mut t = txn("/");
+    let Some(Sample::Str(a)) = eval("uuid(4)", &t) else {
+        panic!("uuid gives a string");
+    };
+    let re =
+        regex::Regex::new("^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+            .expect("regex");
+    assert!(re.is_match(&a), "{a}");
+    assert_ne!(eval("uuid", &t), Some(Sample::Str(a)));
+    assert!(format!("{:?}", err("uuid(1)", Phase::Request)).contains("version 4"));
+    // No body was read (no wait_for_body): no value, as HAProxy.
+    assert_eq!(eval("req.body", &t), None);
+    t.req_buffered = Some(crate::txn::BufferedBody {
+        data: b"a=1".to_vec(),
+        received: 3,
+        trailers: http::HeaderMap::new(),
+    });
+    assert_eq!(eval("req.body", &t), Some(Sample::Bin(b"a=1".to_vec())));
+}
