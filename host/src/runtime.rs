@@ -71,6 +71,13 @@ impl Runtime {
 /// Reads, validates and assembles the config file at `path`.
 pub fn load(path: &Path, bind_check: BindCheck) -> Result<Runtime, ConfigError> {
     let spec = config::load(path)?;
+    if spec.frontends.is_empty() && spec.global.admin.is_none() {
+        // HAProxy refuses to start with no listener; so do we (`check` too).
+        return Err(ConfigError::file(
+            path,
+            "the configuration declares no [[frontend]] and no admin address: portcullis would listen on nothing; add a [[frontend]] with a bind address (see docs/CONFIG.md)",
+        ));
+    }
     probe(&spec, bind_check)?;
     assemble(spec)
 }

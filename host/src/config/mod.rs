@@ -201,7 +201,7 @@ pub fn load(path: &Path) -> Result<Spec, ConfigError> {
 pub fn parse(path: &Path, text: &str) -> Result<Spec, ConfigError> {
     let source = SourceMap::new(path, text);
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let message = e.message().trim().to_string();
+        let message = diag::humanize(e.message().trim());
         match e.span() {
             Some(span) => source.error(span, message),
             None => ConfigError::file(path, message),

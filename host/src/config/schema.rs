@@ -47,7 +47,10 @@ pub struct RawStickTable {
 
 /// A count written as an integer or a string with a `k` / `m` / `g` suffix.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected an integer or a string with a k, m or g suffix, such as 100000 or \"100k\""
+)]
 pub enum CountSpec {
     Int(i64),
     Text(String),
@@ -137,7 +140,7 @@ pub struct RawAdminTimeouts {
 
 /// A user or group: a name, or a numeric id (as an integer or a string of digits).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a user or group name, or a numeric id")]
 pub enum IdSpec {
     Id(i64),
     Name(String),
@@ -201,7 +204,7 @@ pub struct RawErrorReply {
 
 /// A string or a list of strings (e.g. `bind = "127.0.0.1:80"` or `bind = ["a", "b"]`).
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a string or a list of strings")]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
@@ -268,7 +271,10 @@ pub struct RawHealthCheck {
 
 /// `deny = true` or `deny = 429`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected true, or the HTTP status to answer with, such as 403 or 429"
+)]
 pub enum DenySpec {
     Flag(bool),
     Status(i64),
