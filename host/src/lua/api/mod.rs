@@ -21,6 +21,7 @@ mod core;
 mod fetches;
 mod http;
 mod httpclient;
+mod queue;
 mod regex;
 mod reply;
 mod socket;
@@ -40,6 +41,7 @@ use self::fetches::{conv_fn, fetch_fn};
 use self::http::http_methods;
 pub(crate) use self::http::{Msg, framing_refusal};
 pub(crate) use self::httpclient::HttpCall;
+pub(crate) use self::queue::Waiter as QueueWaiter;
 use self::reply::reply_from_table;
 pub(crate) use self::socket::Socket;
 use self::txn::txn_methods;
@@ -135,6 +137,7 @@ pub(crate) fn install(
     super::map::install(lua, cx, &p)?;
     p.raw_set("socket", socket::table(lua, cx)?)?;
     p.raw_set("httpclient", httpclient::table(lua, cx)?)?;
+    p.raw_set("queue", queue::table(lua, cx)?)?;
     p.raw_set("regex_class", regex::class(lua)?)?;
     let prelude = lua
         .load(include_str!("prelude.lua"))
