@@ -448,7 +448,7 @@ fn cases() -> Vec<Case> {
         // "first line\nsecond line\nthe rest").
         case(
             Method::POST,
-            "/rrecv?line,0,4,str,flt,nil,word,-7,3,line,100,all,5",
+            "/rrecv?line,0,4,str,flt,nil,word,two,-7,3,line,100,all,5",
             &[],
         ),
         case(Method::POST, "/rrecv?line,line,line,line,2", &[]),

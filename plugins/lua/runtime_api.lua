@@ -81,7 +81,8 @@ core.register_action("runtime_uri", { "http-req" }, function(txn)
 end)
 
 -- The query lists the reads: "line" (getline), "all" (receive()), "nil",
--- "flt", "str" (receive with nil, 2.5, "2") or a length for receive(n).
+-- "flt", "str", "word", "two" (receive with nil, 2.5, "2", "two", (1, 2))
+-- or a length for receive(n).
 -- HAProxy 2.6 answers "" to receive(n) before the first getline, so every
 -- list starts with one.
 core.register_service("runtime_recv", "http", function(applet)
@@ -94,6 +95,7 @@ core.register_service("runtime_recv", "http", function(applet)
     elseif tok == "flt" then ok, r = pcall(function() return applet:receive(2.5) end)
     elseif tok == "str" then ok, r = pcall(function() return applet:receive("2") end)
     elseif tok == "word" then ok, r = pcall(function() return applet:receive("two") end)
+    elseif tok == "two" then ok, r = pcall(function() return applet:receive(1, 2) end)
     else
       local n = tonumber(tok)
       ok, r = pcall(function() return applet:receive(n) end)

@@ -703,6 +703,39 @@ mod tests {
     }
 
     #[test]
+    fn run_time_changes_reach_every_method_and_reader() {
+        let dir = std::env::temp_dir().join(format!("portcullis-patref-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("r.map");
+        std::fs::write(&path, "# c\n/a one\n/a dup\n10.0.0.0/8 net\n").expect("write");
+        let cache = PatternCache::default();
+        let s = cache.get_or_load(&path, MatchMethod::Str).expect("str");
+        let b = cache.get_or_load(&path, MatchMethod::Beg).expect("beg");
+        let (mut rs, mut rb) = (MapReader::new(s), MapReader::new(b));
+        let r = cache.loaded(&path).expect("loaded");
+        assert!(cache.loaded(&dir.join("other.map")).is_none());
+        assert_eq!(rs.get().lookup(b"/a"), Some(&b"one"[..]));
+        // set: every duplicate gets the value; a new key is appended.
+        assert_eq!(r.set(b"/a", b"ONE"), Change::Changed);
+        assert_eq!(r.set(b"/b", b"two"), Change::Changed);
+        assert_eq!(rs.get().lookup(b"/a"), Some(&b"ONE"[..]));
+        assert_eq!(rb.get().lookup(b"/b/x"), Some(&b"two"[..]));
+        // add_key: no value, and nothing if the key is there.
+        assert_eq!(r.add_key(b"/a"), Change::Unchanged);
+        assert_eq!(r.add_key(b"/c"), Change::Changed);
+        assert_eq!(rs.get().lookup(b"/c"), None);
+        assert_eq!(rb.get().lookup(b"/c/x"), None, "the valueless entry wins");
+        assert_eq!(r.delete(b"/a"), Change::Changed);
+        assert_eq!(r.delete(b"/a"), Change::Unchanged);
+        assert_eq!(rs.get().lookup(b"/a"), None);
+        // An ip index loaded after the changes reads the entries, not the file;
+        // from then on a key it cannot read is refused for every method.
+        let ip = cache.get_or_load(&path, MatchMethod::Ip);
+        assert!(ip.is_err(), "'/b' is no address: a load error");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn unusable_methods_and_files_are_refused() {
         let e = PatternMap::parse(b"a b\n", MatchMethod::Found).expect_err("found");
         assert!(
