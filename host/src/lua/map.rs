@@ -153,7 +153,7 @@ fn edit(cx: &CallCx, op: Op, a: &MultiValue) -> mlua::Result<MultiValue> {
     };
     if change == Change::Full {
         // HAProxy drops an entry it cannot allocate without a word; the log says why.
-        tracing::warn!(plugin = %cx.plugin.name, file = %path.display(), "core.{name}: the file holds {} entries, the most allowed; the entry was not added", crate::rules::pattern::MAX_ENTRIES);
+        tracing::warn!(plugin = %cx.plugin.name, file = %path.display(), "core.{name}: the file would exceed {} entries or {} bytes; the change was dropped", crate::rules::pattern::MAX_ENTRIES, crate::rules::pattern::MAX_FILE_BYTES);
     }
     Ok(MultiValue::new())
 }

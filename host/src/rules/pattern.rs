@@ -279,7 +279,21 @@ pub struct PatternRef {
 #[derive(Debug)]
 struct RefState {
     entries: Vec<Entry>,
+    /// Bytes of the entries' keys and values (bounded by [`MAX_FILE_BYTES`]).
+    bytes: usize,
     maps: Vec<(MatchMethod, Arc<LiveMap>)>,
+}
+
+impl RefState {
+    /// Whether `more` bytes more (and `less` fewer) stay within the bound.
+    fn fits(&self, more: usize, less: usize) -> bool {
+        self.bytes.saturating_sub(less).saturating_add(more)
+            <= usize::try_from(MAX_FILE_BYTES).unwrap_or(usize::MAX)
+    }
+}
+
+fn entry_bytes(e: &Entry) -> usize {
+    e.key.len() + e.value.as_ref().map_or(0, |v| v.len())
 }
 
 /// What a run-time change did.
@@ -289,7 +303,7 @@ pub enum Change {
     Changed,
     /// Nothing to do (`del_*` of an absent key, `add_acl` of a present one).
     Unchanged,
-    /// The file holds [`MAX_ENTRIES`]: the addition was dropped.
+    /// The file holds [`MAX_ENTRIES`] or [`MAX_FILE_BYTES`]: the change was dropped.
     Full,
 }
 
@@ -306,7 +320,7 @@ impl PatternRef {
         }
         let text = std::fs::read(path)
             .map_err(|e| format!("failed to open pattern file <{}>: {e}", path.display()))?;
-        let entries = text
+        let entries: Vec<Entry> = text
             .split(|&c| c == b'\n')
             .enumerate()
             .filter_map(|(n, line)| {
@@ -318,9 +332,11 @@ impl PatternRef {
                 })
             })
             .collect();
+        let bytes = entries.iter().map(entry_bytes).sum();
         Ok(PatternRef {
             state: Mutex::new(RefState {
                 entries,
+                bytes,
                 maps: Vec::new(),
             }),
         })
@@ -335,14 +351,21 @@ impl PatternRef {
     /// `core.set_map`: every entry with `key` gets `value`, or a new entry is appended.
     pub fn set(&self, key: &[u8], value: &[u8]) -> Change {
         let mut st = self.lock();
-        let mut found = false;
-        for e in st.entries.iter_mut().filter(|e| &*e.key == key) {
-            e.value = Some(Box::from(value));
-            found = true;
+        let (mut n, mut old) = (0usize, 0usize);
+        for e in st.entries.iter().filter(|e| &*e.key == key) {
+            n += 1;
+            old += e.value.as_ref().map_or(0, |v| v.len());
         }
-        if !found {
+        if n == 0 {
             return Self::append(&mut st, key, Some(value));
         }
+        if !st.fits(value.len().saturating_mul(n), old) {
+            return Change::Full;
+        }
+        for e in st.entries.iter_mut().filter(|e| &*e.key == key) {
+            e.value = Some(Box::from(value));
+        }
+        st.bytes = st.bytes - old + value.len() * n;
         Self::rebuild(&st);
         Change::Changed
     }
@@ -360,10 +383,18 @@ impl PatternRef {
     pub fn delete(&self, key: &[u8]) -> Change {
         let mut st = self.lock();
         let before = st.entries.len();
-        st.entries.retain(|e| &*e.key != key);
+        let mut freed = 0;
+        st.entries.retain(|e| {
+            let keep = &*e.key != key;
+            if !keep {
+                freed += entry_bytes(e);
+            }
+            keep
+        });
         if st.entries.len() == before {
             return Change::Unchanged;
         }
+        st.bytes -= freed;
         Self::rebuild(&st);
         Change::Changed
     }
@@ -371,7 +402,8 @@ impl PatternRef {
     /// Appends an entry; like HAProxy's `pat_ref_add`, an entry a method
     /// cannot index (`not-an-ip` in an `ip` map) is dropped again.
     fn append(st: &mut RefState, key: &[u8], value: Option<&[u8]>) -> Change {
-        if st.entries.len() >= MAX_ENTRIES {
+        let size = key.len() + value.map_or(0, <[u8]>::len);
+        if st.entries.len() >= MAX_ENTRIES || !st.fits(size, 0) {
             return Change::Full;
         }
         let readable = st
@@ -386,6 +418,7 @@ impl PatternRef {
             value: value.map(Box::from),
             line: 0,
         });
+        st.bytes += size;
         Self::rebuild(st);
         Change::Changed
     }
