@@ -469,3 +469,27 @@ end)
     assert_eq!(hdr(&t.req_headers, "x-after"), "42");
     assert_eq!(hdr(&t.resp_headers, "x-res"), "41");
 }
+
+#[test]
+fn queue_push_past_the_cap_returns_false() {
+    let script = r#"
+local q = core.queue()
+core.register_action("fill", {"http-req"}, function(txn)
+  local n = 0
+  while q:push(n) do n = n + 1 end
+  local first = q:pop()
+  local again = q:push("x")
+  txn.http:req_set_header("x-fill", string.format("%d %d %s %s %d", n, q:size(), tostring(first),
+    tostring(again), q:size()))
+end)
+"#;
+    let (cfg, _d) = ok(
+        script,
+        "memory_limit = \"512MiB\"\ncpu_limit = \"60s\"",
+        "http_request = [{ lua = \"fill\" }]",
+    );
+    let rt = rt();
+    let h = run(&rt, &cfg, "/");
+    let max = super::api::QUEUE_MAX_ITEMS;
+    assert_eq!(hdr(&h, "x-fill"), format!("{max} {max} 0 true {max}"));
+}

@@ -41,6 +41,8 @@ use self::fetches::{conv_fn, fetch_fn};
 use self::http::http_methods;
 pub(crate) use self::http::{Msg, framing_refusal};
 pub(crate) use self::httpclient::HttpCall;
+#[cfg(test)]
+pub(crate) use self::queue::MAX_ITEMS as QUEUE_MAX_ITEMS;
 pub(crate) use self::queue::Waiter as QueueWaiter;
 use self::reply::reply_from_table;
 pub(crate) use self::socket::Socket;

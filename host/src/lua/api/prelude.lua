@@ -163,7 +163,12 @@ local function qpop(q)
   local items = q.items
   local v = items[head]
   items[head] = nil
-  q.head = head + 1
+  if head == q.tail then
+    -- Empty again: start over at 1 so the items stay in the array part.
+    q.head, q.tail = 1, 0
+  else
+    q.head = head + 1
+  end
   return v
 end
 function Queue.__index.size(q)
