@@ -28,6 +28,7 @@ const SCRIPTS: &[&str] = &[
     "vars.lua",
     "stick_lookup.lua",
     "maps.lua",
+    "runtime_api.lua",
 ];
 
 fn plugins_dir() -> PathBuf {
@@ -101,6 +102,11 @@ frontend web
   http-request set-header x-masked %[req.hdr(x-token),lua.mask(3)] if {{ path_beg /samples }}
   http-request lua.vars_req if {{ path_beg /vars }}
   http-request lua.maps if {{ path_beg /maps }}
+  http-request lua.runtime_map if {{ path_beg /rmap }}
+  http-request lua.runtime_info if {{ path_beg /rinfo }}
+  http-request lua.runtime_concat if {{ path_beg /rconcat }}
+  http-request lua.runtime_uri if {{ path_beg /ruri }}
+  http-request use-service lua.runtime_recv if {{ path_beg /rrecv }}
   http-response lua.cors if {{ var(txn.cors_origin) -m found }}
   http-response lua.rewrite if {{ var(txn.rewritten) -m found }}
   http-response lua.vars_res if {{ var(txn.path) -m found }}
@@ -184,6 +190,11 @@ async fn start_portcullis(ports: &Ports, app: SocketAddr) -> Daemon {
   { set_header = "x-masked", value = "%[req.hdr(x-token),lua.mask(3)]", if = "path_beg /samples" },
   { lua = "vars_req", if = "path_beg /vars" },
   { lua = "maps", if = "path_beg /maps" },
+  { lua = "runtime_map", if = "path_beg /rmap" },
+  { lua = "runtime_info", if = "path_beg /rinfo" },
+  { lua = "runtime_concat", if = "path_beg /rconcat" },
+  { lua = "runtime_uri", if = "path_beg /ruri" },
+  { use_service = "lua.runtime_recv", if = "path_beg /rrecv" },
 ]
 http_response = [
   { lua = "cors", if = "var(txn.cors_origin) -m found" },
@@ -329,6 +340,121 @@ fn cases() -> Vec<Case> {
             ],
         ),
         case(Method::GET, "/maps", &[("x-host", "acmeco.com")]),
+        // core.set_map / del_map / add_acl / del_acl change the loaded map
+        // in memory; each case sees the changes of the ones before.
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "get"), ("x-k", "alpha.example")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "set"), ("x-k", "gamma.example"), ("x-v", "three")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "set"), ("x-k", "beta.example"), ("x-v", "TWO")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "get"), ("x-k", "gamma.example")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "del"), ("x-k", "beta.example")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "del"), ("x-k", "never.example")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "add"), ("x-k", "delta.example")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "add"), ("x-k", "alpha.example")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "delacl"), ("x-k", "alpha.example")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "unknown"), ("x-k", "a"), ("x-v", "b")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "nargs"), ("x-k", "gamma.example")],
+        ),
+        // core.get_info(): names and types; core.concat().
+        case(Method::GET, "/rinfo", &[]),
+        case(Method::GET, "/rconcat/p", &[]),
+        // req_set_uri / req_set_path / req_set_query edge cases.
+        case(
+            Method::GET,
+            "/ruri/o?q=1",
+            &[("x-f", "req_set_query"), ("x-v", "?a=1")],
+        ),
+        case(
+            Method::GET,
+            "/ruri/o?q=1",
+            &[("x-f", "req_set_query"), ("x-v", "a=1?b")],
+        ),
+        case(
+            Method::GET,
+            "/ruri/o?q=1",
+            &[("x-f", "req_set_query"), ("x-v", "EMPTY")],
+        ),
+        case(
+            Method::GET,
+            "/ruri/o",
+            &[("x-f", "req_set_query"), ("x-v", "EMPTY")],
+        ),
+        case(
+            Method::GET,
+            "/ruri/o?q=1",
+            &[("x-f", "req_set_path"), ("x-v", "/a?b")],
+        ),
+        case(
+            Method::GET,
+            "/ruri/o?q=1",
+            &[("x-f", "req_set_path"), ("x-v", "/new/p")],
+        ),
+        case(
+            Method::GET,
+            "/ruri/o?q=1",
+            &[("x-f", "req_set_uri"), ("x-v", "/p?")],
+        ),
+        case(
+            Method::GET,
+            "/ruri/o",
+            &[
+                ("x-f", "req_set_uri"),
+                ("x-v", "http://other.example:8080/a?x=1"),
+            ],
+        ),
+        // AppletHTTP:receive(n) and getline() lengths (the POST body is
+        // "first line\nsecond line\nthe rest").
+        case(
+            Method::POST,
+            "/rrecv?line,0,4,str,flt,nil,word,two,-7,3,line,100,all,5",
+            &[],
+        ),
+        case(Method::POST, "/rrecv?line,line,line,line,2", &[]),
+        case(Method::POST, "/rrecv?line,100,0,-1", &[]),
+        case(Method::POST, "/rrecv?line,11,1,all", &[]),
+        case(Method::GET, "/rrecv?line,1,all,-1", &[]),
         // Stick-table lookup (the table counts every request above).
         case(Method::GET, "/stick/me", &[]),
     ]

@@ -71,15 +71,18 @@ impl Runtime {
 /// Reads, validates and assembles the config file at `path`.
 pub fn load(path: &Path, bind_check: BindCheck) -> Result<Runtime, ConfigError> {
     let spec = config::load(path)?;
-    if spec.frontends.is_empty() && spec.global.admin.is_none() {
-        // HAProxy refuses to start with no listener; so do we (`check` too).
+    probe(&spec, bind_check)?;
+    let listens = !spec.frontends.is_empty() || spec.global.admin.is_some();
+    let runtime = assemble(spec)?;
+    if !listens {
+        // HAProxy refuses to start with no listener; so do we (`check`
+        // too), once every other error has had its say.
         return Err(ConfigError::file(
             path,
             "the configuration declares no [[frontend]] and no admin address: portcullis would listen on nothing; add a [[frontend]] with a bind address (see docs/CONFIG.md)",
         ));
     }
-    probe(&spec, bind_check)?;
-    assemble(spec)
+    Ok(runtime)
 }
 
 /// Validates and assembles config `text` that came from `path`.

@@ -139,8 +139,10 @@ pub struct Plugin {
     pub servers: crate::servers::Backends,
     /// Client inactivity limit while a service reads the request body (`timeout.client`).
     pub client_timeout: Duration,
-    /// Maps the script loaded with `Map.new`, shared by every state.
+    /// Map files loaded with `Map.new`, shared by every state and every plugin of the config.
     pub maps: Arc<crate::rules::pattern::PatternCache>,
+    /// The daemon's figures (`core.get_info()`), once it serves.
+    pub process: std::sync::OnceLock<std::sync::Weak<dyn crate::plugin::ProcessSource>>,
 }
 
 impl Plugin {
@@ -298,6 +300,9 @@ pub fn load_plugins(
     view: &HostView,
 ) -> Result<Plugins, ConfigError> {
     let mut list: Vec<Arc<Plugin>> = Vec::with_capacity(raw.len());
+    // One per config: every plugin sees the same in-memory map files, as
+    // HAProxy's pattern references are process-wide.
+    let maps = Arc::new(crate::rules::pattern::PatternCache::default());
     for p in raw {
         let p = p.get_ref();
         let name = p.name.get_ref();
@@ -311,12 +316,17 @@ pub fn load_plugins(
             // Another plugin host's.
             continue;
         }
-        list.push(Arc::new(load_one(p, source, view)?));
+        list.push(Arc::new(load_one(p, source, view, &maps)?));
     }
     Ok(Plugins { list })
 }
 
-fn load_one(p: &RawPlugin, source: &SourceMap, view: &HostView) -> Result<Plugin, ConfigError> {
+fn load_one(
+    p: &RawPlugin,
+    source: &SourceMap,
+    view: &HostView,
+    maps: &Arc<crate::rules::pattern::PatternCache>,
+) -> Result<Plugin, ConfigError> {
     let name = p.name.get_ref();
     crate::config::check_name(source, &p.name, "plugin")?;
     let Some(lua) = &p.lua else {
@@ -429,7 +439,8 @@ fn load_one(p: &RawPlugin, source: &SourceMap, view: &HostView) -> Result<Plugin
         tables: Arc::clone(&view.tables),
         servers: Arc::clone(&view.servers),
         client_timeout: view.client_timeout,
-        maps: Arc::default(),
+        maps: Arc::clone(maps),
+        process: std::sync::OnceLock::new(),
     };
     plugin.set_memory_limit(memory_limit);
     plugin.registered = runtime::validate(&plugin).map_err(|m| {
@@ -463,3 +474,5 @@ pub(crate) fn arg_strings(a: &Spanned<Vec<toml::Value>>) -> Result<Vec<String>, 
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_api;

@@ -23,6 +23,7 @@ mod debug;
 mod fetches;
 mod http;
 mod httpclient;
+mod queue;
 mod regex;
 mod reply;
 mod socket;
@@ -42,6 +43,9 @@ use self::fetches::{conv_fn, fetch_fn};
 use self::http::http_methods;
 pub(crate) use self::http::{Msg, framing_refusal};
 pub(crate) use self::httpclient::HttpCall;
+#[cfg(test)]
+pub(crate) use self::queue::MAX_ITEMS as QUEUE_MAX_ITEMS;
+pub(crate) use self::queue::Waiter as QueueWaiter;
 use self::reply::reply_from_table;
 pub(crate) use self::socket::Socket;
 use self::txn::txn_methods;
@@ -142,6 +146,7 @@ pub(crate) fn install(
     super::map::install(lua, cx, &p)?;
     p.raw_set("socket", socket::table(lua, cx)?)?;
     p.raw_set("httpclient", httpclient::table(lua, cx)?)?;
+    p.raw_set("queue", queue::table(lua, cx)?)?;
     p.raw_set("regex_class", regex::class(lua)?)?;
     p.raw_set("debug", debug::table(lua)?)?;
     let prelude = lua
