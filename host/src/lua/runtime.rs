@@ -153,6 +153,8 @@ pub(crate) struct Funcs {
     pub fetches: HashMap<String, Function>,
     pub converters: HashMap<String, Function>,
     pub services: HashMap<String, Function>,
+    /// `core.register_filter`: the class and the function called per `filters` entry.
+    pub filters: HashMap<String, (Table, Function)>,
     pub inits: Vec<Function>,
     pub tasks: Vec<(Function, Vec<Value>)>,
 }
@@ -312,6 +314,7 @@ pub(crate) fn validate(plugin: &Plugin) -> Result<Registered, String> {
         tables: Arc::clone(&plugin.tables),
         client_timeout: plugin.client_timeout,
         maps: Arc::clone(&plugin.maps),
+        max_body: plugin.max_body,
     });
     copy.set_memory_limit(plugin.memory_limit);
     let built = catch_unwind(AssertUnwindSafe(|| Instance::build(&copy, false)));

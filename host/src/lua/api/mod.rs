@@ -10,7 +10,8 @@
 //! - `txn`: the `txn` object's methods (variables, private data, logging);
 //! - `http`: `txn.http` (its hottest functions are C functions, `ffi::cfunc`);
 //! - `fetches`: `txn.f/sf/c/sc`, sample fetches and converters from Lua;
-//! - `reply`: reply objects as responses.
+//! - `reply`: reply objects as responses;
+//! - `filter`: `core.register_filter`, `filter`, `Channel`, `HTTPMessage` (with `filter.lua`).
 //!
 //! `act` and the `Reply` class are written in Lua (`prelude.lua`), over the
 //! primitives [`install`] gives the prelude (`set_done`, `wake_time`, the
@@ -19,6 +20,7 @@
 mod args;
 mod core;
 mod fetches;
+pub(crate) mod filter;
 mod http;
 mod httpclient;
 mod regex;
@@ -141,7 +143,7 @@ pub(crate) fn install(
         .set_name("=portcullis-prelude")
         .into_function()?;
     let (txn, applet): (Table, Table) = prelude.call((
-        p,
+        p.clone(),
         Value::LightUserData(mark(&SLEEP_MARK)),
         Value::LightUserData(mark(&DONE_MARK)),
         Value::LightUserData(mark(&ERR_MARK)),
@@ -149,5 +151,6 @@ pub(crate) fn install(
         Value::LightUserData(mark(&END_MARK)),
     ))?;
     super::ffi::cfunc::install(lua, cx, &http)?;
+    filter::install(lua, cx, collect, &p, &txn)?;
     Ok((txn, applet))
 }
