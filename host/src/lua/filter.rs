@@ -602,7 +602,8 @@ impl LuaFilter {
                 let wake = fcx.wake_ms.get().map_or(DEFAULT_WAKE, |ms| {
                     Duration::from_millis(ms.clamp(1, 86_400_000))
                 });
-                return Flow::Wait(Box::pin(tokio::time::sleep(wake)));
+                // Created lazily: the timer registers with the runtime when polled.
+                return Flow::Wait(Box::pin(async move { tokio::time::sleep(wake).await }));
             }
             slot.waiting = None;
         }
@@ -898,3 +899,6 @@ impl BodyTap for FilterTap {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
