@@ -39,7 +39,7 @@ function BodyFilter:http_headers(txn, msg)
   local sl = msg:get_stline()
   if msg:is_resp() then
     msg:set_header("x-filter-req-body", tostring(self.req_len))
-    msg:set_header("x-filter-code", sl.code)
+    msg:set_header("x-filter-code", sl.code .. " " .. sl.reason .. " " .. sl.version)
     msg:set_header("x-filter-args", table.concat(self.args, ","))
     msg:set_header("x-filter-waits", tostring(self.waits))
     msg:del_header("x-secret")
@@ -55,7 +55,7 @@ function BodyFilter:http_headers(txn, msg)
   end
   local hdrs = msg:get_headers()
   local ua = hdrs["user-agent"] and hdrs["user-agent"][0] or "none"
-  msg:set_header("x-filter-method", sl.method)
+  msg:set_header("x-filter-method", sl.method .. " " .. sl.version)
   msg:set_header("x-filter-uri", sl.uri)
   msg:add_header("x-filter-ua", ua)
   msg:del_header("x-drop-me")

@@ -144,12 +144,16 @@ function Msg:forward(n) return F.forward(self.__resp, n) end
 local HTTP_REQ = setmetatable({ __resp = false, channel = REQ }, Msg)
 local HTTP_RES = setmetatable({ __resp = true, channel = RES }, Msg)
 
--- txn.req / txn.res / txn.http_req / txn.http_res exist in filter callbacks only.
-local in_filter = { req = REQ, res = RES, http_req = HTTP_REQ, http_res = HTTP_RES }
+-- txn.req / txn.res are the channels (as in HAProxy's actions too);
+-- txn.http_req / txn.http_res exist in filter callbacks only.
+local channels = { req = REQ, res = RES }
+local in_filter = { http_req = HTTP_REQ, http_res = HTTP_RES }
 local TXN = getmetatable(txn).__index
 local tmt = getmetatable(TXN)
 local fallback = tmt.__index
 tmt.__index = function(t, k)
+  local c = channels[k]
+  if c ~= nil then return c end
   local o = in_filter[k]
   if o ~= nil and F.stage() ~= nil then return o end
   return fallback(t, k)

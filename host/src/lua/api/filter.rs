@@ -255,16 +255,15 @@ pub(super) fn install(
                 let resp = matches!(a.front(), Some(Value::Boolean(true)));
                 let t = lua.create_table()?;
                 cx.with_txn(|txn| {
-                    let version = format!("{:?}", txn.version);
-                    let version = version.strip_prefix("HTTP/").unwrap_or(&version);
                     if resp {
-                        t.raw_set("version", version)?;
+                        // Responses come from servers over HTTP/1.1.
+                        t.raw_set("version", "HTTP/1.1")?;
                         t.raw_set("code", txn.status.as_str())?;
                         t.raw_set("reason", txn.status.canonical_reason().unwrap_or(""))?;
                     } else {
                         t.raw_set("method", txn.method.as_str())?;
                         t.raw_set("uri", txn.uri.to_string())?;
-                        t.raw_set("version", version)?;
+                        t.raw_set("version", format!("{:?}", txn.version))?;
                     }
                     Ok(())
                 })?;

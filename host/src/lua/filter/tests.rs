@@ -175,7 +175,7 @@ fn callbacks_run_in_haproxys_order() {
     set_body(&mut t, "hello");
     assert!(head(&rt, &f, &mut t).is_none());
     assert_eq!(t.req_headers["x-args"], "a1|2");
-    assert_eq!(t.req_headers["x-sl"], "GET /p?q=1 1.1");
+    assert_eq!(t.req_headers["x-sl"], "GET /p?q=1 HTTP/1.1");
     assert_eq!(t.uri.path(), "/rewritten");
     assert!(matches!(whole_body(&f, &mut t), BodyFlow::Continue));
     assert_eq!(body_of(&t), "HELLO");
@@ -394,7 +394,7 @@ core.register_filter("f", F, function(c) return c end)
 fn filter_objects_exist_only_in_filters() {
     let script = r#"
 core.register_action("a", { "http-req" }, function(txn)
-  txn:set_var("txn.r", tostring(txn.http_req) .. " " .. tostring(txn.req))
+  txn:set_var("txn.r", tostring(txn.http_req) .. " " .. tostring(txn.req:is_resp()))
 end)
 F = { flags = filter.FLT_CFG_FL_HTX }
 core.register_filter("f", F, function(c) return c end)
@@ -404,7 +404,7 @@ core.register_filter("f", F, function(c) return c end)
     let mut t = Txn::for_test("/", std::net::SocketAddr::from(([10, 0, 0, 1], 1)));
     let f = Arc::clone(&cfg.frontends[0].chain.request[0]);
     assert!(head(&rt, &f, &mut t).is_none());
-    assert_eq!(var(&t, "r"), "nil nil");
+    assert_eq!(var(&t, "r"), "nil false");
 }
 
 #[test]
