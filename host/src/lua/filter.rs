@@ -70,6 +70,7 @@ pub fn build_filters(
         };
         out.push(Arc::new(LuaFilter {
             plugin: Arc::clone(plugin),
+            label: format!("lua.{}", name.get_ref()),
             what: format!("filter {:?}", name.get_ref()),
             name: name.get_ref().clone(),
             args,
@@ -87,6 +88,8 @@ pub struct LuaFilter {
     args: Vec<String>,
     /// Process-unique: keys the per-request state and the configured class in each state.
     id: u64,
+    /// `lua.<name>`, for logs and stats.
+    label: String,
     what: String,
 }
 
@@ -321,7 +324,8 @@ impl Pipe<'_> {
         mut txn_slot: Option<&mut runtime::TxnSlot>,
     ) -> Result<Vec<u8>, StepError> {
         let max = self.plugin.max_body;
-        if held.len().saturating_add(chunk.len()) > max {
+        // What the filter kept back, plus this part (already in memory).
+        if held.len() > max {
             return Err(StepError::TooLarge);
         }
         held.extend_from_slice(chunk);
@@ -380,6 +384,10 @@ impl Pipe<'_> {
             let mut buf = buf;
             *held = buf.split_off(off + n);
             out = buf;
+            // Only what it keeps back is bounded: what it forwards goes on.
+            if held.len() > max && !end {
+                return Err(StepError::TooLarge);
+            }
         }
         if end {
             if self.data[dir(self.resp)] {
@@ -735,7 +743,7 @@ fn put_body(txn: &mut Txn, resp: bool, data: Vec<u8>) {
 
 impl Filter for LuaFilter {
     fn name(&self) -> &str {
-        "lua.filter"
+        &self.label
     }
 
     fn phases(&self) -> Phases {

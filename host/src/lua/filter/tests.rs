@@ -167,7 +167,7 @@ end)
 fn callbacks_run_in_haproxys_order() {
     let (cfg, _d) = ok(TRACE, "", FILTERS);
     let f = the_filter(&cfg);
-    assert_eq!(f.name(), "lua.filter");
+    assert_eq!(f.name(), "lua.f");
     let rt = rt();
     let mut t = Txn::for_test("/p?q=1", std::net::SocketAddr::from(([10, 0, 0, 1], 1)));
     t.req_headers
@@ -280,6 +280,7 @@ core.register_filter("f", F, function(c) return c end)
         name: "f".into(),
         args: Vec::new(),
         id: NEXT_FILTER.fetch_add(1, Relaxed),
+        label: "lua.f".into(),
         what: "filter \"f\"".into(),
     });
     let f: Arc<dyn Filter> = Arc::clone(&lf) as Arc<dyn Filter>;
@@ -306,13 +307,19 @@ core.register_filter("f", F, function(c) return c end)
         out.push(String::from_utf8_lossy(&d).into_owned());
     }
     assert_eq!(out, ["ab\n", "cde\n", "fgh"]);
-    // Holding more than max_body_size aborts the body.
+    // Keeping back more than max_body_size aborts the body; a large part
+    // that is forwarded is fine.
     let mut tap = FilterTap {
         held: Vec::new(),
         failed: false,
         ended: false,
         ..tap
     };
+    let big = "0123456789\n".repeat(10);
+    assert_eq!(
+        tap.data(bytes::Bytes::from(big.clone()), false).ok(),
+        Some(bytes::Bytes::from(big))
+    );
     assert!(tap.data(bytes::Bytes::from("0123456789"), false).is_ok());
     let e = tap
         .data(bytes::Bytes::from("0123456789"), false)
