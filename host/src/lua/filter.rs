@@ -72,7 +72,7 @@ pub fn build_filters(
             plugin: Arc::clone(plugin),
             label: format!("lua.{}", name.get_ref()),
             what: format!("filter {:?}", name.get_ref()),
-            name: name.get_ref().clone(),
+            registered: name.get_ref().clone(),
             args,
             id: NEXT_FILTER.fetch_add(1, Relaxed),
         }));
@@ -84,7 +84,8 @@ pub fn build_filters(
 #[derive(Debug)]
 pub struct LuaFilter {
     plugin: Arc<Plugin>,
-    name: String,
+    /// The name given to `core.register_filter`.
+    registered: String,
     args: Vec<String>,
     /// Process-unique: keys the per-request state and the configured class in each state.
     id: u64,
@@ -436,7 +437,7 @@ impl LuaFilter {
     fn attach(&self, txn: &mut Txn) -> Result<Option<Slot>, Box<Flow>> {
         let plugin = &self.plugin;
         let inst = runtime::instance(plugin).map_err(|e| Box::new(self.fail(None, None, &e)))?;
-        let Some((class, fun)) = inst.funcs.filters.get(&self.name).cloned() else {
+        let Some((class, fun)) = inst.funcs.filters.get(&self.registered).cloned() else {
             let e = CallError::runtime(format!(
                 "{} is not registered by this instance of the script (was it registered conditionally?)",
                 self.what

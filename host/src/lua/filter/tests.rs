@@ -277,7 +277,7 @@ core.register_filter("f", F, function(c) return c end)
         .expect("lua host");
     let lf = Arc::new(LuaFilter {
         plugin: Arc::clone(&host.plugins.list[0]),
-        name: "f".into(),
+        registered: "f".into(),
         args: Vec::new(),
         id: NEXT_FILTER.fetch_add(1, Relaxed),
         label: "lua.f".into(),
