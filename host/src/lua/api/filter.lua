@@ -180,6 +180,10 @@ end
 -- function), then a new instance for one stream (nil: not attached).
 local confs = {}
 local function new(id, class, fn, args)
+  -- Without filter.FLT_CFG_FL_HTX (read from the registered class, as
+  -- HAProxy does) a filter is not attached to HTTP streams.
+  local flags = math.tointeger(class.flags)
+  if flags == nil or flags & filter.FLT_CFG_FL_HTX == 0 then return nil end
   local c = confs[id]
   if c == nil then
     c = {}

@@ -398,6 +398,23 @@ core.register_filter("f", F, function(c) return c end)
 }
 
 #[test]
+fn a_class_without_the_htx_flag_is_not_attached() {
+    // HAProxy 2.6 silently leaves such a filter out of HTTP streams.
+    let script = r#"
+F = {}
+function F:new() return {} end
+function F:http_headers(txn, msg) msg:set_header("x-seen", "1") end
+core.register_filter("f", F, function(c) return c end)
+"#;
+    let (cfg, _d) = ok(script, "", FILTERS);
+    let f = the_filter(&cfg);
+    let rt = rt();
+    let mut t = Txn::for_test("/", std::net::SocketAddr::from(([10, 0, 0, 1], 1)));
+    assert!(head(&rt, &f, &mut t).is_none());
+    assert!(t.req_headers.get("x-seen").is_none());
+}
+
+#[test]
 fn filter_objects_exist_only_in_filters() {
     let script = r#"
 core.register_action("a", { "http-req" }, function(txn)
