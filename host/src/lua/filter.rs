@@ -223,6 +223,15 @@ fn refused(resp: bool) -> Reply {
     r
 }
 
+/// Leaves filter mode when dropped.
+struct Leave<'a>(&'a FilterCx);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.stage.set(Stage::Idle);
+    }
+}
+
 /// Runs one callback of `obj` in `inst`. `fcx` must have been entered.
 #[allow(clippy::too_many_arguments)]
 fn invoke(
@@ -235,6 +244,8 @@ fn invoke(
     access: Access,
     txn_slot: Option<&mut runtime::TxnSlot>,
 ) -> Result<Ret, CallError> {
+    // However the call ends, the API leaves filter mode (`txn.http_req` is gone).
+    let _leave = Leave(fcx);
     plugin.stats.calls.fetch_add(1, Relaxed);
     let call: Function = inst
         .setup(|| inst.lua.named_registry_value(CALL_KEY))
@@ -274,7 +285,6 @@ fn invoke(
         s.privv = privv;
         s.fields = fields;
     }
-    fcx.stage.set(Stage::Idle);
     match step {
         Step::Finished(vals) => Ok(match vals.front() {
             Some(LuaValue::Boolean(false)) | None => Ret::Missing,
@@ -346,6 +356,7 @@ impl Pipe<'_> {
             match fcx.buf.try_borrow_mut() {
                 Ok(mut b) => *b = std::mem::take(held),
                 Err(_) => {
+                    fcx.stage.set(Stage::Idle);
                     return Err(StepError::Failed(
                         CallError::runtime("filter buffer in use"),
                         std::mem::take(held),

@@ -344,7 +344,10 @@ function F:http_headers(txn, msg)
     if self.n < 3 then filter.wake_time(1); return filter.WAIT end
     msg:set_header("x-calls", tostring(self.n))
   end
-  if p == "/nil" then return nil end
+  if p == "/hog" then
+    local t = {} for i = 1, 1e7 do t[i] = string.rep("x", 64) .. i end
+  end
+  if p == "/spin" then while true do end end
   return filter.CONTINUE
 end
 core.register_filter("f", F, function(c) return c end)
@@ -357,8 +360,15 @@ core.register_filter("f", F, function(c) return c end)
         ("fail_open", "/boom", None),
         ("fail_closed", "/sleep", Some(500)),
         ("fail_open", "/wait", None),
+        ("fail_closed", "/hog", Some(500)),
+        ("fail_open", "/hog", None),
+        ("fail_closed", "/spin", Some(500)),
     ] {
-        let (cfg, _d) = ok(script, &format!("on_error = \"{on_error}\""), FILTERS);
+        let (cfg, _d) = ok(
+            script,
+            &format!("on_error = \"{on_error}\"\nmemory_limit = \"4MiB\"\ncpu_limit = \"20ms\""),
+            FILTERS,
+        );
         let f = the_filter(&cfg);
         let mut t = Txn::for_test(path, std::net::SocketAddr::from(([10, 0, 0, 1], 1)));
         let r = head(&rt, &f, &mut t);
@@ -373,6 +383,19 @@ core.register_filter("f", F, function(c) return c end)
         }
         if path == "/wait" {
             assert_eq!(t.req_headers["x-calls"], "3");
+        }
+        if path == "/hog" || path == "/spin" {
+            // The state was dropped; the next request gets a rebuilt one.
+            let mut t = Txn::for_test("/", std::net::SocketAddr::from(([10, 0, 0, 1], 1)));
+            assert!(head(&rt, &f, &mut t).is_none(), "{on_error} {path} then /");
+            let p = &cfg
+                .plugins
+                .iter()
+                .find_map(|h| h.as_any().downcast_ref::<LuaHost>())
+                .expect("lua host")
+                .plugins
+                .list[0];
+            assert!(p.stats.rebuilds.load(Relaxed) >= 1, "{on_error} {path}");
         }
     }
 }
