@@ -349,6 +349,8 @@ fn cases() -> Vec<Case> {
         case(Method::POST, "/filter/swap", &[("x-version", "beta")]),
         case(Method::GET, "/filter/wait", &[]),
         case(Method::GET, "/filter/deny", &[]),
+        // A streamed response without a length, in many parts.
+        case(Method::GET, "/large/100000?filter=upper", &[]),
         // Stick-table lookup (the table counts every request above).
         case(Method::GET, "/stick/me", &[]),
     ]

@@ -1,5 +1,5 @@
 -- A HAProxy 2.5+ Lua filter (core.register_filter): on requests whose path
--- starts with /filter/, it
+-- starts with /filter/ (or with filter=upper in the query), it
 --   * rewrites request headers in http_headers (start line in x-filter-*),
 --   * counts and rewrites the request body in http_payload (line -> LINE),
 --   * reports the request body length and its configuration arguments on
@@ -28,6 +28,9 @@ function BodyFilter:start_analyze(txn, chn)
     local path = txn.sf:path()
     self.on = path:sub(1, 8) == "/filter/"
     self.mode = path:sub(9)
+    if (txn.sf:query() or ""):find("filter=upper", 1, true) then
+      self.on, self.mode = true, "upper"
+    end
   end
   if self.on then
     filter.register_data_filter(self, chn)
