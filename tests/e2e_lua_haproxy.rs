@@ -29,6 +29,7 @@ const SCRIPTS: &[&str] = &[
     "stick_lookup.lua",
     "maps.lua",
     "runtime_api.lua",
+    "body_filter.lua",
 ];
 
 fn plugins_dir() -> PathBuf {
@@ -111,6 +112,7 @@ frontend web
   http-response lua.rewrite if {{ var(txn.rewritten) -m found }}
   http-response lua.vars_res if {{ var(txn.path) -m found }}
   http-response lua.stick_lookup if {{ res.hdr(x-stick) -m found }} || {{ var(txn.stick) -m found }}
+  filter lua.body_filter tag-a tag-b
   default_backend app
 
 backend app
@@ -203,10 +205,13 @@ http_response = [
   { lua = "stick_lookup", if = "res.hdr(x-stick) -m found or var(txn.stick) -m found" },
 ]
 "#;
+    // HAProxy's `filter lua.body_filter tag-a tag-b`.
+    let rules =
+        format!("{rules}filters = [{{ lua = \"body_filter\", args = [\"tag-a\", \"tag-b\"] }}]\n");
     let cfg = format!(
         "{}[[stick_table]]\nname = \"per_ip\"\ntype = \"ip\"\nsize = 1024\nexpire = \"60s\"\nstore = [\"http_req_cnt\", \"gpc0\"]\n\n{plugins}{}{}",
         global_section(ports.admin, &[]),
-        frontend_section("web", ports.web, "app", rules),
+        frontend_section("web", ports.web, "app", &rules),
         backend_section("app", "roundrobin", &[("s1", app, 1)], ""),
     );
     Daemon::start(&cfg, &[ports.web, ports.admin]).await
@@ -455,6 +460,23 @@ fn cases() -> Vec<Case> {
         case(Method::POST, "/rrecv?line,100,0,-1", &[]),
         case(Method::POST, "/rrecv?line,11,1,all", &[]),
         case(Method::GET, "/rrecv?line,1,all,-1", &[]),
+        // A Lua filter (core.register_filter): headers in http_headers, the
+        // request body counted and rewritten, the response body rewritten
+        // (same length), filter.ERROR, filter.WAIT.
+        case(
+            Method::GET,
+            "/filter/swap?a=1",
+            &[
+                ("user-agent", "filter-agent"),
+                ("x-drop-me", "1"),
+                ("x-version", "v7"),
+            ],
+        ),
+        case(Method::POST, "/filter/swap", &[("x-version", "beta")]),
+        case(Method::GET, "/filter/wait", &[]),
+        case(Method::GET, "/filter/deny", &[]),
+        // A streamed response without a length, in many parts.
+        case(Method::GET, "/large/100000?filter=upper", &[]),
         // Stick-table lookup (the table counts every request above).
         case(Method::GET, "/stick/me", &[]),
     ]
@@ -512,7 +534,13 @@ fn normalize(r: &Resp) -> Seen {
                 .unwrap_or("")
                 .cmp(b.split(':').next().unwrap_or(""))
         });
-        format!("echo {} {}\n{}", e.method(), e.path(), seen.join("\n"))
+        let sent = e.0["body"].as_str().unwrap_or("");
+        format!(
+            "echo {} {}\n{}\nbody: {sent}",
+            e.method(),
+            e.path(),
+            seen.join("\n")
+        )
     } else {
         r.text()
     };

@@ -168,7 +168,7 @@ pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
             global.timeouts.server,
         )?,
     });
-    let hosts: Vec<Arc<dyn PluginHost>> = vec![lua, wasm];
+    let hosts: Vec<Arc<dyn PluginHost>> = vec![Arc::clone(&lua) as Arc<dyn PluginHost>, wasm];
     let extensions = Extensions::new(
         hosts
             .iter()
@@ -184,13 +184,19 @@ pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
     let frontends = frontends
         .into_iter()
         .map(|spec| {
-            let chain = crate::rules::compile_chain(
+            let mut chain = crate::rules::compile_chain(
                 &spec.http_request,
                 &spec.http_response,
                 &spec.http_after_response,
                 &source,
                 &cx,
             )?;
+            // HAProxy's `filter`s see each message after the rules processed it.
+            for f in crate::lua::build_filters(&lua, &spec.filters, &source)? {
+                chain.request.push(Arc::clone(&f));
+                chain.response.push(Arc::clone(&f));
+                chain.log.push(f);
+            }
             Ok(Frontend { spec, chain })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;

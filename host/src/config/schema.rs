@@ -182,10 +182,24 @@ pub struct RawFrontend {
     /// proxy's own answers (deny, return, redirect, error pages) included.
     #[serde(default)]
     pub http_after_response: Vec<Spanned<RawRule>>,
+    /// HAProxy's `filter lua.NAME [args]`: stream filters, in order.
+    #[serde(default)]
+    pub filters: Vec<Spanned<RawFilter>>,
     /// HAProxy's `errorfile`: status → a file holding a whole HTTP response.
     pub errorfiles: Option<Spanned<ErrorMap<String>>>,
     /// HAProxy's `http-error`: status → a reply (`body`, `content_type`, `headers`).
     pub error_replies: Option<Spanned<ErrorMap<RawErrorReply>>>,
+}
+
+/// One `filters` entry of a frontend: `{ lua = "name", args = [...] }`
+/// (HAProxy's `filter lua.name args...`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilter {
+    /// The name a script gave `core.register_filter`.
+    pub lua: Option<Spanned<String>>,
+    /// Arguments handed to the registration function (as strings).
+    pub args: Option<Spanned<Vec<toml::Value>>>,
 }
 
 /// Error pages by status (`errorfiles`, `error_replies` of a frontend or backend).

@@ -14,6 +14,8 @@
 //!   reply objects; `applet`: `AppletHTTP` for services.
 //! - `rules`: how rules reach plugins: the `lua` action, `use_service`, and
 //!   `lua.<name>` fetches and converters.
+//! - `filter`: a frontend's `filters` (HAProxy's `filter lua.<name>`), with
+//!   the `Channel` and `HTTPMessage` classes in `api/filter.rs`.
 //!
 //! Failures stay local: every allocation a script can trigger is bounded by
 //! the plugin's own limit and fails as a Lua error, every entry into Lua is
@@ -25,6 +27,7 @@ mod api;
 mod applet;
 mod events;
 mod ffi;
+mod filter;
 mod headers;
 pub mod host;
 mod map;
@@ -46,10 +49,13 @@ use crate::config::schema::RawPlugin;
 use crate::config::{ConfigError, SourceMap};
 use crate::txn::Phase;
 
+pub use filter::build_filters;
 pub use host::LuaHost;
 
 /// Default per-instance memory limit.
 pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
+/// Default `max_body_size`: the body a Lua filter may hold un-forwarded.
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 /// Default CPU budget of one call.
 pub const DEFAULT_CPU_LIMIT: Duration = Duration::from_millis(50);
 
@@ -103,6 +109,8 @@ pub struct Registered {
     pub fetches: Vec<String>,
     pub converters: Vec<String>,
     pub services: Vec<String>,
+    /// `core.register_filter` names.
+    pub filters: Vec<String>,
     pub inits: usize,
     pub tasks: usize,
     /// `core.event_sub`/`Server:event_sub` calls made by the main chunk.
@@ -143,6 +151,8 @@ pub struct Plugin {
     pub maps: Arc<crate::rules::pattern::PatternCache>,
     /// The daemon's figures (`core.get_info()`), once it serves.
     pub process: std::sync::OnceLock<std::sync::Weak<dyn crate::plugin::ProcessSource>>,
+    /// Most body bytes a filter holds without forwarding them (`max_body_size`).
+    pub max_body: usize,
 }
 
 impl Plugin {
@@ -345,13 +355,21 @@ fn load_one(
             ));
         }
     }
-    if let Some(m) = &p.max_body_size {
-        return Err(source.error(
-            m.span(),
-            "`max_body_size` bounds the body a Wasm plugin may buffer; a Lua action sees \
-             headers only (a Lua service reads the body with `receive`)",
-        ));
-    }
+    // A Lua filter holds at most this much of a body it has not forwarded
+    // yet (HAProxy: one buffer, `tune.bufsize`); actions see headers only.
+    let max_body = match &p.max_body_size {
+        Some(m) => {
+            let n = m.get_ref().0;
+            if !(1..=(64u64 << 20)).contains(&n) {
+                return Err(source.error(
+                    m.span(),
+                    format!("max_body_size of a Lua plugin (the body a filter may hold) must be between 1 byte and 64MiB, got {n} bytes"),
+                ));
+            }
+            usize::try_from(n).unwrap_or(DEFAULT_MAX_BODY)
+        }
+        None => DEFAULT_MAX_BODY,
+    };
     let memory_limit = match &p.memory_limit {
         Some(m) => {
             let n = m.get_ref().0;
@@ -441,6 +459,7 @@ fn load_one(
         client_timeout: view.client_timeout,
         maps: Arc::clone(maps),
         process: std::sync::OnceLock::new(),
+        max_body,
     };
     plugin.set_memory_limit(memory_limit);
     plugin.registered = runtime::validate(&plugin).map_err(|m| {

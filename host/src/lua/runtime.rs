@@ -153,6 +153,8 @@ pub(crate) struct Funcs {
     pub fetches: HashMap<String, Function>,
     pub converters: HashMap<String, Function>,
     pub services: HashMap<String, Function>,
+    /// `core.register_filter`: the class and the function called per `filters` entry.
+    pub filters: HashMap<String, (Table, Function)>,
     pub inits: Vec<Function>,
     pub tasks: Vec<(Function, Vec<Value>)>,
 }
@@ -314,6 +316,7 @@ pub(crate) fn validate(plugin: &Plugin) -> Result<Registered, String> {
         client_timeout: plugin.client_timeout,
         maps: Arc::clone(&plugin.maps),
         process: std::sync::OnceLock::new(),
+        max_body: plugin.max_body,
     });
     copy.set_memory_limit(plugin.memory_limit);
     let built = catch_unwind(AssertUnwindSafe(|| Instance::build(&copy, false)));

@@ -319,11 +319,11 @@ fn config_errors_name_the_script_line_and_the_plugin() {
     )
     .expect_err("memory");
     assert!(e.to_string().contains("not enough memory"), "{e}");
-    // Wasm-only keys are refused with the reason, not silently ignored.
-    let e = load("", "max_body_size = \"1MiB\"", "").expect_err("max_body_size");
+    // `max_body_size` bounds what a Lua filter holds.
+    let e = load("", "max_body_size = \"65MiB\"", "").expect_err("max_body_size");
     assert!(
         e.to_string()
-            .contains("`max_body_size` bounds the body a Wasm"),
+            .contains("max_body_size of a Lua plugin (the body a filter may hold)"),
         "{e}"
     );
     let e = load("", "", "http_request = [{ lua = \"nope\" }]").expect_err("unknown");

@@ -12,6 +12,7 @@
 //! - `fetches`: `txn.f/sf/c/sc`, sample fetches and converters from Lua;
 //! - `reply`: reply objects as responses;
 //! - `debug`: `debug.getinfo` and `debug.traceback` (the safe part of Lua's `debug`).
+//! - `filter`: `core.register_filter`, `filter`, `Channel`, `HTTPMessage` (with `filter.lua`).
 //!
 //! `act` and the `Reply` class are written in Lua (`prelude.lua`), over the
 //! primitives [`install`] gives the prelude (`set_done`, `wake_time`, the
@@ -21,6 +22,7 @@ mod args;
 mod core;
 mod debug;
 mod fetches;
+pub(crate) mod filter;
 mod http;
 mod httpclient;
 mod queue;
@@ -154,7 +156,7 @@ pub(crate) fn install(
         .set_name("=portcullis-prelude")
         .into_function()?;
     let (txn, applet): (Table, Table) = prelude.call((
-        p,
+        p.clone(),
         Value::LightUserData(mark(&SLEEP_MARK)),
         Value::LightUserData(mark(&DONE_MARK)),
         Value::LightUserData(mark(&ERR_MARK)),
@@ -162,5 +164,6 @@ pub(crate) fn install(
         Value::LightUserData(mark(&END_MARK)),
     ))?;
     super::ffi::cfunc::install(lua, cx, &http)?;
+    filter::install(lua, cx, collect, &p, &txn)?;
     Ok((txn, applet))
 }
