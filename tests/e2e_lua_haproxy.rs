@@ -12,8 +12,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
 use http::{Method, Request};
@@ -36,44 +34,7 @@ fn plugins_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/lua")
 }
 
-/// A running HAProxy, killed (and reaped) on drop.
-struct HaProxy {
-    child: Child,
-    _dir: TempDir,
-    log: PathBuf,
-}
-
-impl Drop for HaProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl HaProxy {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-/// The installed HAProxy's version line; panics (fails the test) when it is missing.
-fn haproxy_version() -> String {
-    let out = Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("haproxy is required for this test and could not be run ({e}); install it with `bash scripts/setup.sh`")
-        });
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && text.contains("HAProxy version"),
-        "haproxy -v failed: {text}"
-    );
-    text.lines().next().unwrap_or("").to_string()
-}
-
 async fn start_haproxy(web: SocketAddr, app: SocketAddr) -> HaProxy {
-    let dir = TempDir::new("haproxy-lua");
     let loads: String = SCRIPTS
         .iter()
         .map(|s| format!("  lua-load {}\n", plugins_dir().join(s).display()))
@@ -122,48 +83,8 @@ backend per_ip
   stick-table type ip size 1k expire 60s store http_req_cnt,gpc0
 "#
     );
-    let path = dir.write("haproxy.cfg", &cfg);
-    let log = dir.path().join("haproxy.log");
     // HAProxy resolves relative map paths against its working directory.
-    let check = Command::new("haproxy")
-        .current_dir(plugins_dir())
-        .arg("-c")
-        .arg("-f")
-        .arg(&path)
-        .output()
-        .expect("run haproxy -c");
-    assert!(
-        check.status.success(),
-        "haproxy rejects the config:\n{}{}\n{cfg}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let logf = std::fs::File::create(&log).expect("haproxy log file");
-    let child = Command::new("haproxy")
-        .current_dir(plugins_dir())
-        .arg("-db")
-        .arg("-f")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(logf.try_clone().expect("log fd"))
-        .stderr(logf)
-        .spawn()
-        .expect("start haproxy");
-    let h = HaProxy {
-        child,
-        _dir: dir,
-        log,
-    };
-    let start = Instant::now();
-    while tokio::net::TcpStream::connect(web).await.is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "haproxy did not listen on {web}: {}",
-            h.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    h
+    HaProxy::start(&cfg, &plugins_dir(), web).await
 }
 
 /// portcullis with the same scripts and the equivalent rules.
@@ -572,11 +493,7 @@ async fn send(addr: SocketAddr, c: &Case) -> Resp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_scripts_behave_as_under_haproxy() {
-    let version = haproxy_version();
-    assert!(
-        version.contains("version 2.6"),
-        "this comparison targets HAProxy 2.6; found: {version}"
-    );
+    haproxy_26();
     let app = Backend::start("s1").await;
     let ha_web = free_addr();
     let ha = start_haproxy(ha_web, app.addr).await;

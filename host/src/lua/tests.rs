@@ -79,7 +79,7 @@ pub(super) fn txn(uri: &str) -> Txn {
 }
 
 /// Runs one hook to completion like the proxy core (waiting on a runtime).
-fn hook(
+pub(in crate::lua) fn hook(
     rt: &tokio::runtime::Runtime,
     f: &std::sync::Arc<dyn Filter>,
     t: &mut Txn,

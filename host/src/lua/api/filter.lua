@@ -8,13 +8,7 @@ local P, F, txn, ERR = ...
 local type, error, setmetatable, getmetatable, pairs, tostring, mtype =
   type, error, setmetatable, getmetatable, pairs, tostring, math.type
 
-local function wrap(f)
-  return function(...)
-    local a, b, c = f(...)
-    if a == ERR then error(b, 2) end
-    return a, b, c
-  end
-end
+local wrap = P.wrap
 for k, f in pairs(F) do
   if type(f) == "function" then F[k] = wrap(f) end
 end

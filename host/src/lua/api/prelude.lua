@@ -16,6 +16,8 @@ local function wrap(f)
     return a, b, c
   end
 end
+-- filter.lua (run after this prelude) raises its primitives' errors the same way.
+P.wrap = wrap
 for _, t in ipairs({ P.core, P.txn, P.http, P.applet, P.debug, P.server_methods, P.proxy_methods }) do
   for k, f in pairs(t) do
     if type(f) == "function" then t[k] = wrap(f) end

@@ -62,20 +62,7 @@ fn the_filter(cfg: &Config) -> Arc<dyn Filter> {
 
 /// Runs a head hook to completion, waiting as asked.
 fn head(rt: &tokio::runtime::Runtime, f: &Arc<dyn Filter>, t: &mut Txn) -> Option<Reply> {
-    let mut flow = match t.phase {
-        Phase::Request => f.on_request(t),
-        Phase::Response => f.on_response(t),
-    };
-    loop {
-        match flow {
-            Flow::Continue => return None,
-            Flow::Respond(r) => return Some(r),
-            Flow::Wait(fut) => {
-                rt.block_on(fut);
-                flow = f.resume(t);
-            }
-        }
-    }
+    crate::lua::tests::hook(rt, f, t)
 }
 
 /// The phase's body, read whole before the head hook (as when an earlier
