@@ -1252,3 +1252,49 @@ async fn runtime_maps_get_info_and_queues_through_the_binary() {
     let second = req("/push", "x2", "").await;
     assert!(second.contains("x2;"), "{second}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_failure_that_answers_is_the_access_logs_termination() {
+    // fail_closed: the 500 a failing plugin causes is logged with the
+    // failure as the termination, not as a complete exchange.
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("lua-termination");
+    let script = dir.write(
+        "t.lua",
+        r#"
+core.register_action("boom", {"http-req"}, function(txn) error("boom") end)
+core.register_action("spin", {"http-req"}, function(txn) while true do end end)
+"#,
+    );
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"t\"\nlua = \"{}\"\non_error = \"fail_closed\"\ncpu_limit = \"20ms\"\n\n{}{}",
+        global_section(ports.admin, &[("access_log", "\"json\""), ("workers", "1")]),
+        script.display(),
+        frontend_section(
+            "web",
+            ports.web,
+            "app",
+            "http_request = [{ lua = \"boom\", if = \"path /boom\" }, { lua = \"spin\", if = \"path /spin\" }]"
+        ),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    for (path, want) in [
+        ("/boom", "plugin_error"),
+        ("/spin", "plugin_cpu_limit"),
+        ("/ok", "complete"),
+    ] {
+        let r = get(ports.web, path).await;
+        let status = if want == "complete" { 200 } else { 500 };
+        assert_eq!(r.status.as_u16(), status, "{path}");
+        let line = d
+            .wait_stderr_line(Duration::from_secs(5), |l| {
+                l.contains(&format!("\"path\":\"{path}\"")) && l.contains("\"termination\"")
+            })
+            .await
+            .unwrap_or_else(|| panic!("no access-log line for {path}:\n{}", d.stderr()));
+        let v: Value = serde_json::from_str(&line).expect("json line");
+        assert_eq!(v["termination"], want, "{line}");
+    }
+}

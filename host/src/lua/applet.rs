@@ -112,6 +112,7 @@ impl AppletState {
             headers,
             body: Bytes::from(self.body),
             error_page: false,
+            cause: None,
         }
     }
 }

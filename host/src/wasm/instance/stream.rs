@@ -489,6 +489,7 @@ pub(crate) fn local_reply(status: StatusCode, headers: HeaderMap, body: Vec<u8>)
         headers,
         body: Bytes::from(body),
         error_page: false,
+        cause: None,
     }
 }
 
