@@ -40,10 +40,10 @@ fn serialize_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
-fn count(key: &String) -> Result<u64, proxy_wasm::types::Status> {
+fn count(key: &str) -> Result<u64, proxy_wasm::types::Status> {
     let args = [
         ("table", "per_key"),
-        ("key", key.as_str()),
+        ("key", key),
         ("data", "gpc0"),
         ("delta", "1"),
     ];
