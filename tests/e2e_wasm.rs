@@ -86,10 +86,12 @@ fn hostile_plugins() -> Vec<Plugin> {
             path: "/spin",
         },
         Plugin {
+            // Grows until memory.grow says -1 (the limit), then gives up
+            // like an allocator that aborts: a memory-limit failure.
             name: "bomb",
             wat: hostile(
                 "",
-                "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 4)) (i32.const -1)))) i32.const 0",
+                "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 4)) (i32.const -1)))) unreachable",
             ),
             extra: "on_error = \"fail_closed\"\nmemory_limit = \"1MiB\"",
             path: "/bomb",

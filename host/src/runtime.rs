@@ -147,6 +147,8 @@ pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
     let lua = Arc::new(crate::lua::LuaHost {
         plugins: crate::lua::load_plugins(&plugins, &source, &view)?,
     });
+    // Plugins log while they start, before the daemon sets up its logging.
+    crate::wasm::abi::proxy_wasm::set_configured_level(&global.log_level);
     let wasm = Arc::new(crate::wasm::WasmHost {
         plugins: crate::wasm::config::load_plugins(
             &plugins,
