@@ -404,3 +404,50 @@ fn a_config_the_module_rejects_is_a_config_error_with_its_reason() {
         out.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_only_module_no_rule_uses_runs_as_a_singleton() {
+    // vm_plugin_configuration has no HTTP context: declared without a rule
+    // it is a singleton service, one VM for the process as Envoy runs it,
+    // started with its vm_config and its (distinct) config.
+    let app = Backend::start("app").await;
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"vmconf\"\nwasm = \"{}\"\nvm_config = \"vm-side settings\"\nconfig = {{ answer = 42 }}\n\n{}{}",
+        global_section(ports.admin, &[("workers", "2"), ("log_level", "\"info\"")]),
+        fixture("vm_plugin_configuration").display(),
+        frontend_section("web", ports.web, "app", ""),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let d = Daemon::spawn(&cfg);
+    let up = d
+        .wait_stderr_line(Duration::from_secs(180), |l| l.contains("listening"))
+        .await;
+    assert!(up.is_some(), "did not start:\n{}", d.stderr());
+    let stderr = d.stderr();
+    let lines = plugin_lines(&stderr, "vmconf");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("vm config: vm-side settings")),
+        "{stderr}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(r#"plugin config: {"answer":42}"#)),
+        "{stderr}"
+    );
+    let admin = ports.admin;
+    let all = get(admin, "/plugins").await.json();
+    let p = &all["plugins"][0];
+    assert_eq!(p["name"], "vmconf", "{all}");
+    assert_eq!(p["root_only"], true, "{p}");
+    assert_eq!(p["abi"], "0.2.0", "{p}");
+    // One instance although two workers run.
+    assert_eq!(p["instances"], 1, "{p}");
+    assert_eq!(p["rebuilds"], 0, "{p}");
+    // Traffic is not affected.
+    let r = get(ports.web, "/x").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}

@@ -286,6 +286,11 @@ impl WasmPlugin {
     fn check_start(&self) -> Result<(), WasmLoadError> {
         let mut inst = PluginInstance::new_captured(self)
             .map_err(|(f, lines)| WasmLoadError::Start(format!("{f}{}", logged(&lines))))?;
+        // A singleton service (no rule uses it) needs no HTTP context: a
+        // root-only module (the Go SDK panics creating one) is fine.
+        if self.shared.spec.root_only {
+            return Ok(());
+        }
         if !inst.has_http_hooks() {
             return Err(WasmLoadError::NotHttp(
                 "the module exports neither proxy_on_request_headers nor proxy_on_response_headers; HTTP rules need an HTTP filter".into(),
