@@ -403,6 +403,33 @@ fn a_config_the_module_rejects_is_a_config_error_with_its_reason() {
         "the module's reason is missing: {}",
         out.stderr
     );
+
+    // A root-only module in a rule: it has no HTTP context, and the Go
+    // runtime's panic message (printed while it dies) is in the error.
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"vmconf\"\nwasm = \"{}\"\n\n{}{}",
+        global_section(ports.admin, &[]),
+        fixture("vm_plugin_configuration").display(),
+        frontend_section(
+            "web",
+            ports.web,
+            "app",
+            "http_request = [ { wasm = \"vmconf\" } ]\n"
+        ),
+        backend_section("app", "roundrobin", &[("s1", free_addr(), 1)], ""),
+    );
+    let path = dir.write("check-root.toml", &cfg);
+    let p = path.display().to_string();
+    let out = run_bin(&["check", "-c", &p], Duration::from_secs(180));
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:?}");
+    assert!(out.stderr.contains("plugin \"vmconf\""), "{}", out.stderr);
+    assert!(out.stderr.contains("HTTP context"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("panic: invalid context id on proxy_on_context_create"),
+        "the Go panic message is missing: {}",
+        out.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

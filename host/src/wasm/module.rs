@@ -47,6 +47,7 @@ pub enum WasmLoadError {
 /// level or above (else the last lines of any level), a few at most.
 fn logged(lines: &[(u32, String)]) -> String {
     const MAX: usize = 5;
+    let lines: Vec<&(u32, String)> = lines.iter().filter(|(_, m)| !m.trim().is_empty()).collect();
     let serious: Vec<&str> = lines
         .iter()
         .filter(|(l, _)| *l >= 3)
@@ -289,6 +290,7 @@ impl WasmPlugin {
         // A singleton service (no rule uses it) needs no HTTP context: a
         // root-only module (the Go SDK panics creating one) is fine.
         if self.shared.spec.root_only {
+            inst.take_captured();
             return Ok(());
         }
         if !inst.has_http_hooks() {
@@ -296,11 +298,18 @@ impl WasmPlugin {
                 "the module exports neither proxy_on_request_headers nor proxy_on_response_headers; HTTP rules need an HTTP filter".into(),
             ));
         }
-        let ctx = inst.create_stream().map_err(|f| {
-            WasmLoadError::NotHttp(format!(
-                "the module's root context does not create an HTTP context (creating one failed: {f}); a plugin used in HTTP rules must define an HTTP context (proxy_wasm::set_http_context, or a root context whose get_type() is HttpContext)"
-            ))
-        })?;
+        let ctx = match inst.create_stream() {
+            Ok(ctx) => ctx,
+            Err(f) => {
+                // What the guest printed says why (a Go SDK module panics).
+                let lines = inst.take_captured();
+                return Err(WasmLoadError::NotHttp(format!(
+                    "the module's root context does not create an HTTP context (creating one failed: {f}{}); a plugin used in HTTP rules must define an HTTP context (proxy_wasm::set_http_context, or a root context whose get_type() is HttpContext); a root-only plugin runs as a singleton service when no rule uses it",
+                    logged(&lines)
+                )));
+            }
+        };
+        inst.take_captured();
         if inst.probe_stream_context(ctx) {
             return Err(WasmLoadError::NotHttp(
                 "the module defines a TCP stream context, not an HTTP context; HTTP rules need an HTTP filter".into(),

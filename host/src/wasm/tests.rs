@@ -343,3 +343,25 @@ fn the_request_map_shows_host_as_authority_only() {
         assert!(list.iter().any(|(k, _)| k == p), "{p}: {list:?}");
     }
 }
+
+#[test]
+fn config_reads_for_0x7fffffff_bytes_get_the_whole_config() {
+    // The Go SDK reads its configuration asking for math.MaxInt32 bytes.
+    let src = module_with(
+        r#"(import "env" "proxy_get_buffer_bytes" (func $buf (param i32 i32 i32 i32 i32) (result i32)))"#,
+        "",
+        "i32.const 0",
+    )
+    .replacen(
+        "(func (export \"proxy_on_context_create\")",
+        "(func (export \"proxy_on_configure\") (param i32 i32) (result i32)\n    (if (i32.ne (call $buf (i32.const 7) (i32.const 0) (i32.const 0x7fffffff) (i32.const 100) (i32.const 104)) (i32.const 0)) (then (return (i32.const 0))))\n    (i32.eq (i32.load (i32.const 104)) (i32.const 11)))\n  (func (export \"proxy_on_context_create\")",
+        1,
+    );
+    let spec = PluginSpec {
+        config: b"{\"a\": true}".to_vec(),
+        ..PluginSpec::new("unit")
+    };
+    if let Err(e) = WasmPlugin::compile(src.as_bytes(), spec) {
+        panic!("the config read failed: {e}");
+    }
+}

@@ -34,10 +34,8 @@ impl PluginInstance {
     ) -> Result<PluginInstance, (Failure, Vec<(u32, String)>)> {
         let mut inst = Self::instantiate(plugin, true).map_err(|f| (f, Vec::new()))?;
         match inst.start() {
-            Ok(()) => {
-                inst.store.data_mut().captured = None;
-                Ok(inst)
-            }
+            // Capturing goes on for the checks that follow (see `take_captured`).
+            Ok(()) => Ok(inst),
             Err(f) => {
                 let lines = inst.store.data_mut().captured.take().unwrap_or_default();
                 Err((f, lines))
@@ -156,6 +154,11 @@ impl PluginInstance {
         inst.begin(ROOT_ID, Callback::Other);
         inst.schedule_tick();
         Ok(())
+    }
+
+    /// Stops keeping the guest's log lines and returns those kept so far.
+    pub(crate) fn take_captured(&mut self) -> Vec<(u32, String)> {
+        self.store.data_mut().captured.take().unwrap_or_default()
     }
 
     fn live(&self, up: bool) {
