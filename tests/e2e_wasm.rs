@@ -1299,3 +1299,58 @@ async fn failure_back_off_grows_until_a_request_succeeds() {
     // `spin` is not a failure of the worker.
     assert_good(t.ports.web).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_off_follows_the_documented_schedule() {
+    // plugin::BackOff: the first three failures in a row rebuild at once,
+    // then 10 ms doubling per further failure. Each failure's log line says
+    // the wait it starts; a plugin that fails on every request shows the
+    // schedule exactly, whether a request or housekeeping rebuilds it.
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("wasm-backoff");
+    let ports = Ports::new();
+    let f = dir.write("crash.wat", &hostile("", "unreachable"));
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"crash\"\nwasm = \"{}\"\non_error = \"fail_closed\"\n\n{}{}",
+        global_section(ports.admin, &[]),
+        f.display(),
+        frontend_section(
+            "web",
+            ports.web,
+            "app",
+            "http_request = [ { wasm = \"crash\" } ]\n"
+        ),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let waits = || -> Vec<u64> {
+        // The trap's message spans lines; the fields follow it.
+        d.stderr()
+            .split("wasm plugin failed, instance dropped")
+            .skip(1)
+            .filter_map(|entry| {
+                entry
+                    .split("backoff_ms=")
+                    .nth(1)
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse().ok())
+            })
+            .collect()
+    };
+    let start = Instant::now();
+    while waits().len() < 8 && start.elapsed() < Duration::from_secs(10) {
+        let r = get(ports.web, "/").await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seen = waits();
+    assert!(seen.len() >= 8, "{seen:?}\n{}", d.stderr());
+    assert_eq!(seen[..8], [0, 0, 0, 10, 20, 40, 80, 160], "{}", d.stderr());
+    // Requests during a back-off never entered the guest: one failure per
+    // build (besides the load-time check's instance and a live rebuilt one).
+    let all = plugins(ports.admin).await;
+    let s = stats_of(&all, "crash");
+    let fails = s["failures"]["unreachable"].as_u64().unwrap_or(0);
+    let built = s["instances_built"].as_u64().unwrap_or(0);
+    assert!((fails..=fails + 2).contains(&built), "{s}");
+}
