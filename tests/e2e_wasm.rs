@@ -1354,3 +1354,79 @@ async fn back_off_follows_the_documented_schedule() {
     let built = s["instances_built"].as_u64().unwrap_or(0);
     assert!((fails..=fails + 2).contains(&built), "{s}");
 }
+
+/// Logs at info when configured (with the level `proxy_get_log_level`
+/// reports then) and at info and warn per request.
+const LEVELS: &str = r#"(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_log_level" (func $level (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (data (i32.const 16) "configured, host level ?")
+  (data (i32.const 64) "request seen")
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    global.get $heap local.set $p
+    global.get $heap local.get $n i32.add global.set $heap
+    local.get $p)
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $level (i32.const 8)))
+    (i32.store8 (i32.const 39) (i32.add (i32.const 48) (i32.load (i32.const 8))))
+    (drop (call $log (i32.const 2) (i32.const 16) (i32.const 24)))
+    i32.const 1)
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $log (i32.const 2) (i32.const 64) (i32.const 12)))
+    (drop (call $log (i32.const 3) (i32.const 64) (i32.const 12)))
+    i32.const 0))"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_log_lines_follow_log_level() {
+    // Before, plugin lines had their own tracing target outside the
+    // `portcullis=<log_level>` filter: info lines were hidden unless
+    // PORTCULLIS_LOG said otherwise, and lines logged while the config
+    // loaded were lost (no subscriber yet).
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("wasm-levels");
+    let f = dir.write("levels.wat", LEVELS);
+    for (level, shown) in [("info", true), ("warn", false)] {
+        let ports = Ports::new();
+        let cfg = format!(
+            "{}[[plugin]]\nname = \"levels\"\nwasm = \"{}\"\n\n{}{}",
+            global_section(ports.admin, &[("log_level", &format!("\"{level}\""))]),
+            f.display(),
+            frontend_section(
+                "web",
+                ports.web,
+                "app",
+                "http_request = [ { wasm = \"levels\" } ]\n"
+            ),
+            backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+        );
+        let d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+        let r = get(ports.web, "/").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let warn = d
+            .wait_stderr_line(Duration::from_secs(5), |l| {
+                l.contains("WARN") && l.contains("request seen")
+            })
+            .await;
+        assert!(warn.is_some(), "{level}: {}", d.stderr());
+        let err = d.stderr();
+        let info_request = err
+            .lines()
+            .any(|l| l.contains("INFO") && l.contains("request seen"));
+        assert_eq!(info_request, shown, "{level}: {err}");
+        // The load-time check instance and the worker's both configured;
+        // the host reported the configured level (2 info, 3 warn).
+        let configured = err
+            .lines()
+            .filter(|l| l.contains("configured, host level 2"))
+            .count();
+        assert_eq!(configured >= 2, shown, "{level}: {err}");
+        assert!(
+            err.lines()
+                .all(|l| !l.contains("plugin=\"levels\"") || l.contains("plugin=\"levels\"")),
+            "{err}"
+        );
+    }
+}
