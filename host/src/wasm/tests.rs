@@ -159,6 +159,10 @@ fn every_wasi_preview1_function_resolves_under_both_names() {
             );
         }
     }
+    // What Emscripten and wasi-sdk C++ builds import from `env` besides the ABI.
+    for f in ["emscripten_notify_memory_growth", "pthread_equal"] {
+        assert!(linker.get(&mut store, "env", f).is_ok(), "env.{f}");
+    }
 }
 
 #[test]

@@ -135,6 +135,23 @@ pub fn add(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_call_foreign_function",
         super::portcullis::foreign,
     )?;
+    toolchain(l)?;
+    Ok(())
+}
+
+/// The two `env` functions C/C++ toolchains link besides WASI, which
+/// proxy-wasm-cpp-host provides too: Emscripten's memory-growth hook (a
+/// host without JavaScript views has nothing to update) and `pthread_equal`
+/// (a single-threaded guest compares thread ids).
+fn toolchain(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    l.func_wrap(
+        "env",
+        "emscripten_notify_memory_growth",
+        |_c: C<'_>, _memory_index: u32| {},
+    )?;
+    l.func_wrap("env", "pthread_equal", |_c: C<'_>, a: u32, b: u32| -> u32 {
+        u32::from(a == b)
+    })?;
     Ok(())
 }
 
