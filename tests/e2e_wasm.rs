@@ -1425,3 +1425,38 @@ async fn plugin_log_lines_follow_log_level() {
         assert_eq!(configured >= 2, shown, "{level}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_no_rule_uses_ticks_as_one_singleton() {
+    // Declared but used by no rule: one instance for the process (not one
+    // per worker), configured and ticking with no HTTP context.
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("wasm-singleton");
+    let ports = Ports::new();
+    let f = dir.write("ticker.wat", CONFIGURE_TICKER);
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"service\"\nwasm = \"{}\"\n\n{}{}",
+        global_section(ports.admin, &[("workers", "2")]),
+        f.display(),
+        frontend_section("web", ports.web, "app", ""),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let admin = ports.admin;
+    eventually(
+        "the singleton ticks",
+        Duration::from_secs(3),
+        || async move {
+            guest_metric(admin, "idle_ticks", "service")
+                .await
+                .is_some_and(|n| n >= 3)
+        },
+    )
+    .await;
+    let all = plugins(admin).await;
+    let s = stats_of(&all, "service");
+    assert_eq!(s["root_only"], true, "{s}");
+    assert_eq!(s["instances"], 1, "{s}");
+    assert_eq!(s["rebuilds"], 0, "{s}");
+    assert_eq!(get(ports.web, "/").await.status, StatusCode::OK);
+}
