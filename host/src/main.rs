@@ -72,6 +72,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match portcullis::runtime::load(&config, BindCheck::Probe) {
             Ok(c) => {
+                // The plugins' start-up lines, at the configured level, as `run` shows them.
+                init_logging(&c.global.log_level);
+                portcullis::wasm::abi::proxy_wasm::replay_load_logs();
                 for w in &c.global.warnings {
                     eprintln!("{w}");
                 }
@@ -98,6 +101,8 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.global.log_level);
+            // What plugins logged while they started during the load above.
+            portcullis::wasm::abi::proxy_wasm::replay_load_logs();
             tracing::info!(config = %config.display(), version = env!("CARGO_PKG_VERSION"), "starting portcullis");
             for w in &cfg.global.warnings {
                 tracing::warn!("{w}");

@@ -157,6 +157,19 @@ pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
     let lua = Arc::new(crate::lua::LuaHost {
         plugins: crate::lua::load_plugins(&plugins, &source, &view)?,
     });
+    // Plugins log while they start, before the daemon sets up its logging.
+    crate::wasm::abi::proxy_wasm::set_configured_level(&global.log_level);
+    // A Wasm plugin no rule runs is a singleton service (root context only).
+    let wasm_used: std::collections::HashSet<String> = frontends
+        .iter()
+        .flat_map(|f| {
+            f.http_request
+                .iter()
+                .chain(&f.http_response)
+                .chain(&f.http_after_response)
+        })
+        .filter_map(|r| r.get_ref().wasm.as_ref().map(|w| w.get_ref().clone()))
+        .collect();
     let wasm = Arc::new(crate::wasm::WasmHost {
         plugins: crate::wasm::config::load_plugins(
             &plugins,
@@ -166,6 +179,7 @@ pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
                 &tables,
             )))),
             global.timeouts.server,
+            &wasm_used,
         )?,
     });
     let hosts: Vec<Arc<dyn PluginHost>> = vec![Arc::clone(&lua) as Arc<dyn PluginHost>, wasm];
