@@ -143,4 +143,10 @@ async fn guest_sdk_packages_and_builds_outside_the_repository() {
         "the check must say why:\n{}",
         out.stderr
     );
+    // ... in the plugin's own words (its error log line while loading).
+    assert!(
+        out.stderr.contains("missing field `sha256_hex`"),
+        "the plugin's reason must reach the operator:\n{}",
+        out.stderr
+    );
 }

@@ -20,7 +20,7 @@ const LONG_VERSION: &str = concat!(
     env!("PORTCULLIS_MLUA"),
     ", vendored)\nwasmtime ",
     env!("PORTCULLIS_WASMTIME"),
-    " (Proxy-Wasm ABI 0.2.1, portcullis_v1)\nallocator mimalloc"
+    " (Proxy-Wasm ABI 0.2.1 and 0.2.0, portcullis_v1)\nallocator mimalloc"
 );
 
 /// Shown after `--help`.

@@ -323,7 +323,14 @@ impl HostState {
         if let Some(c) = self.captured.as_mut()
             && c.len() < MAX_CAPTURED
         {
-            c.push((level, msg.chars().take(512).collect()));
+            // Structured fields are part of what the operator must see
+            // (`bad configuration reason="missing field ..."`).
+            let line = if fields.is_empty() {
+                msg.chars().take(512).collect()
+            } else {
+                format!("{msg} {fields}").chars().take(512).collect()
+            };
+            c.push((level, line));
         }
         crate::wasm::abi::proxy_wasm::emit(&self.plugin.spec.name, level, msg, fields);
     }
