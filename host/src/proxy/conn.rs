@@ -814,11 +814,8 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
             .unwrap_or(Ok(()))
     } else {
         let mut builder = http1::Builder::new();
-        // Queued writes (writev): body chunks go out as they are, so what a
-        // lagging client holds is the chunks themselves (bounded by
-        // `MAX_UNSENT`), not a flattened copy whose Vec only ever grows.
         builder
-            .writev(true)
+            .writev(false)
             .max_headers(global.max_headers)
             .max_header_size(global.max_header_size)
             .max_buf_size(global.max_header_size.max(64 << 10) + 8192);
@@ -839,7 +836,9 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
             if result.is_err() || !state.parking.get() {
                 if state.body_seen.get() {
                     // hyper half-closed the socket after the last response.
-                    linger(conn.into_parts().io.into_inner().stream).await;
+                    // Boxed: its 4 KiB sink would otherwise be part of every
+                    // connection's task, parked idle ones included.
+                    Box::pin(linger(conn.into_parts().io.into_inner().stream)).await;
                 }
                 break result;
             }
