@@ -1460,3 +1460,66 @@ async fn a_plugin_no_rule_uses_ticks_as_one_singleton() {
     assert_eq!(s["rebuilds"], 0, "{s}");
     assert_eq!(get(ports.web, "/").await.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_metadata_reaches_the_plugin_as_envoy_names_it() {
+    // A rule's `metadata` and its frontend's are Envoy's route metadata:
+    // `route_metadata.filter_metadata.<filter>.<key>`, the rule's first.
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("wasm-metadata");
+    let module = dir.write("md.wat", include_str!("fixtures/wasm/route_metadata.wat"));
+    let ports = Ports::new();
+    let rules = r#"metadata = { demo = { tenant = "frontend-wide" } }
+http_request = [
+  { wasm = "md", if = "path_beg /rule", metadata = { demo = { tenant = "rule-own", n = 3 } } },
+  { wasm = "md", unless = "path_beg /rule" },
+]"#;
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"md\"\nwasm = \"{}\"\n\n{}{}",
+        global_section(ports.admin, &[]),
+        module.display(),
+        frontend_section("web", ports.web, "app", rules),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let e = get(ports.web, "/rule/x").await.echo();
+    assert_eq!(e.header("x-tenant").as_deref(), Some("rule-own"));
+    assert_eq!(
+        e.header("x-md-status").as_deref(),
+        Some("1"),
+        "missing key: NOT_FOUND"
+    );
+    let e = get(ports.web, "/other").await.echo();
+    assert_eq!(e.header("x-tenant").as_deref(), Some("frontend-wide"));
+
+    // metadata belongs to wasm rules, and each filter's entry is a table.
+    for (rule, want) in [
+        (
+            r#"{ set_header = "x-a", value = "1", metadata = { demo = { k = "v" } } }"#,
+            "`metadata` does not apply to `set_header`; it is used with `wasm`",
+        ),
+        (
+            r#"{ wasm = "md", metadata = { demo = "flat" } }"#,
+            "metadata: `demo` must be a table",
+        ),
+    ] {
+        let bad = format!(
+            "[[plugin]]\nname = \"md\"\nwasm = \"{}\"\n\n{}{}",
+            module.display(),
+            frontend_section(
+                "web",
+                free_addr(),
+                "app",
+                &format!("http_request = [{rule}]")
+            ),
+            backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+        );
+        let path = dir.write("bad.toml", &bad);
+        let out = run_bin(
+            &["check", "-c", path.to_str().expect("utf-8")],
+            Duration::from_secs(30),
+        );
+        assert!(!out.status.expect("finished").success(), "{rule} accepted");
+        assert!(out.stderr.contains(want), "{rule}: {}", out.stderr);
+    }
+}

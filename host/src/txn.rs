@@ -205,6 +205,8 @@ pub struct Txn {
     pub outcome: Outcome,
     /// What plugins keep per transaction between hooks (private data, a waiting coroutine).
     pub plugin_state: PluginState,
+    /// The frontend's `metadata` (what its `wasm` rules read as route metadata).
+    pub frontend_metadata: Option<crate::config::Metadata>,
     /// Stick-table entries tracked by `track_sc0..2`; held (never evicted) until the `Txn` drops.
     pub sc: crate::stick::StickCounters,
     /// The client's request body until it is forwarded (a Lua service may read it instead).
@@ -347,6 +349,7 @@ impl Txn {
             backend: None,
             outcome: Outcome::default(),
             plugin_state: PluginState::default(),
+            frontend_metadata: None,
             sc: crate::stick::StickCounters::default(),
             req_body: None,
             req_buffered: None,

@@ -25,6 +25,30 @@ use http::Method;
 use toml::Spanned;
 
 pub use diag::{ConfigError, ConfigWarning, Location, SourceMap};
+
+/// Envoy's `filter_metadata`: filter name → a table of values (JSON-like).
+pub type Metadata = std::sync::Arc<serde_json::Map<String, serde_json::Value>>;
+
+/// Checks a `metadata` table (every entry a table, as Envoy's
+/// `filter_metadata` holds a struct per filter) and converts it.
+pub fn metadata(source: &SourceMap, m: &Spanned<toml::Table>) -> Result<Metadata, ConfigError> {
+    let mut out = serde_json::Map::new();
+    for (name, v) in m.get_ref() {
+        if !v.is_table() {
+            return Err(source.error(
+                m.span(),
+                format!(
+                    "metadata: `{name}` must be a table of that filter's values (metadata = {{ {name} = {{ key = \"value\" }} }}), got {}",
+                    v.type_str()
+                ),
+            ));
+        }
+        let json = serde_json::to_value(v)
+            .map_err(|e| source.error(m.span(), format!("metadata: `{name}`: {e}")))?;
+        out.insert(name.clone(), json);
+    }
+    Ok(std::sync::Arc::new(out))
+}
 use schema::{RawBackend, RawConfig, RawFrontend, RawHealthCheck, RawTimeouts};
 
 /// A validated configuration, as data: what the assembly step builds the running daemon from.
@@ -115,6 +139,8 @@ pub struct Frontend {
     pub http_after_response: Vec<Spanned<schema::RawRule>>,
     /// `filters` as written (built by the plugin host at assembly).
     pub filters: Vec<Spanned<schema::RawFilter>>,
+    /// `metadata`, checked: what its `wasm` rules read as route metadata.
+    pub metadata: Option<Metadata>,
     /// `errorfiles` / `error_replies`: pages replacing the default ones.
     pub errors: crate::error::ErrorPages,
 }
@@ -457,6 +483,11 @@ impl Validator<'_> {
             http_response: f.http_response.clone(),
             http_after_response: f.http_after_response.clone(),
             filters: f.filters.clone(),
+            metadata: f
+                .metadata
+                .as_ref()
+                .map(|m| metadata(self.source, m))
+                .transpose()?,
             errors: errors::error_pages(
                 self.source,
                 f.errorfiles.as_ref(),

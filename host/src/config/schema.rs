@@ -185,6 +185,9 @@ pub struct RawFrontend {
     /// HAProxy's `filter lua.NAME [args]`: stream filters, in order.
     #[serde(default)]
     pub filters: Vec<Spanned<RawFilter>>,
+    /// Metadata every `wasm` rule of the frontend sees (a rule's own wins):
+    /// filter name → values, as Envoy's `filter_metadata`.
+    pub metadata: Option<Spanned<toml::Table>>,
     /// HAProxy's `errorfile`: status → a file holding a whole HTTP response.
     pub errorfiles: Option<Spanned<ErrorMap<String>>>,
     /// HAProxy's `http-error`: status → a reply (`body`, `content_type`, `headers`).
@@ -363,6 +366,9 @@ pub struct RawRule {
     /// `wasm = "hmac_auth"`: run a Wasm plugin's HTTP filter (in `http_request`
     /// it sees the response too, as an Envoy filter does).
     pub wasm: Option<Spanned<String>>,
+    /// Envoy's route metadata for a `wasm` rule: filter name → values, read by
+    /// the plugin as `route_metadata.filter_metadata.<name>...`.
+    pub metadata: Option<Spanned<toml::Table>>,
 
     /// `wait_for_body = "1s"`: buffer the request body (until its end or
     /// `at_least` bytes) before the next rules, as HAProxy's `wait-for-body`.

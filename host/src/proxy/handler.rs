@@ -235,6 +235,7 @@ pub async fn handle(
         backend: None,
         outcome: crate::txn::Outcome::default(),
         plugin_state: crate::txn::PluginState::default(),
+        frontend_metadata: shared.config.frontends[ctx.frontend].metadata.clone(),
         sc: crate::stick::StickCounters::default(),
         req_body: Some(body),
         req_buffered: None,

@@ -208,7 +208,16 @@ pub fn build_action(
             format!("no Wasm plugin {:?}{hint}{list}", name.get_ref()),
         ));
     };
-    Ok(Box::new(WasmFilter::new(Arc::clone(p), re.env.phase)))
+    let metadata = raw
+        .metadata
+        .as_ref()
+        .map(|m| crate::config::metadata(re.source, m))
+        .transpose()?;
+    Ok(Box::new(WasmFilter::new(
+        Arc::clone(p),
+        re.env.phase,
+        metadata,
+    )))
 }
 
 #[cfg(test)]

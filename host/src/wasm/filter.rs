@@ -100,6 +100,8 @@ pub struct WasmFilter {
     key: u64,
     /// The list the rule was declared in: a request rule also sees the response.
     declared: Phase,
+    /// The rule's `metadata` (Envoy's route metadata).
+    metadata: Option<crate::config::Metadata>,
 }
 
 impl std::fmt::Debug for WasmFilter {
@@ -119,11 +121,16 @@ enum Outcome {
 
 impl WasmFilter {
     /// A filter running `plugin` for a rule declared in the `declared` list.
-    pub fn new(plugin: Arc<WasmPlugin>, declared: Phase) -> WasmFilter {
+    pub fn new(
+        plugin: Arc<WasmPlugin>,
+        declared: Phase,
+        metadata: Option<crate::config::Metadata>,
+    ) -> WasmFilter {
         WasmFilter {
             plugin,
             key: NEXT_FILTER.fetch_add(1, Relaxed),
             declared,
+            metadata,
         }
     }
 
@@ -287,6 +294,7 @@ impl WasmFilter {
                 inst.housekeeping(Instant::now())?;
             }
             let ctx = inst.create_stream()?;
+            inst.set_route_metadata(ctx, [self.metadata.clone(), txn.frontend_metadata.clone()]);
             Ok(CtxRef { ctx, generation })
         });
         let cref = match r {

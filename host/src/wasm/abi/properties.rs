@@ -18,6 +18,15 @@
 //! | `destination.address` / `destination.port` | local `ip:port` / port (int) |
 //! | `plugin_name`, `plugin_vm_id` | the plugin's name |
 //! | `plugin_root_id` | empty |
+//! | `route_metadata`, `metadata` | the rule's / frontend's `metadata` (see below) |
+//!
+//! Route metadata is Envoy's `filter_metadata`: `route_metadata.filter_metadata.<filter>.<key>...`
+//! (and the same under `metadata`) walks the rule's `metadata` table, else its
+//! frontend's. A leaf string is its bytes, a number an 8-byte little-endian
+//! double (protobuf `Value.number_value`), a boolean one byte; a table is a
+//! serialized `google.protobuf.Struct`, a list a `ListValue`, and the whole
+//! `route_metadata` a serialized `envoy.config.core.v3.Metadata`, as Envoy
+//! serializes them.
 //!
 //! `proxy_set_property` on `request.path` or `request.method` rewrites the
 //! request; any other path stores a value the same context can read back
@@ -54,6 +63,14 @@ pub fn get(st: &HostState, path: &[u8]) -> Result<Vec<u8>, Status> {
     }
     if let Some(v) = stream_props(st).and_then(|p| p.iter().find(|(k, _)| k == path)) {
         return Ok(v.1.clone());
+    }
+    if let [b"route_metadata" | b"metadata", rest @ ..] = segs.as_slice() {
+        let md = st
+            .streams
+            .get(&st.effective)
+            .map(|s| &s.metadata)
+            .ok_or(Status::NotFound)?;
+        return route_metadata(md, rest).ok_or(Status::NotFound);
     }
     // Not for a chunk of a body let go on mid-stream: the request has moved on.
     if !st.io_available() || st.io.body_only {
@@ -135,4 +152,159 @@ pub fn set(st: &mut HostState, path: &[u8], value: &[u8]) -> Status {
         }
     }
     Status::Ok
+}
+
+/// `route_metadata` below its name: `[]` (the whole `Metadata`),
+/// `[filter_metadata, <filter>, <key>...]`.
+fn route_metadata(md: &[Option<crate::config::Metadata>; 2], rest: &[&[u8]]) -> Option<Vec<u8>> {
+    use serde_json::Value;
+    match rest {
+        [] => {
+            // envoy.config.core.v3.Metadata { map<string, Struct> filter_metadata = 1; }
+            let mut names: Vec<&String> = md.iter().flatten().flat_map(|m| m.keys()).collect();
+            names.sort();
+            names.dedup();
+            let mut out = Vec::new();
+            for name in names {
+                let v = md.iter().flatten().find_map(|m| m.get(name))?;
+                let mut entry = Vec::new();
+                pb_bytes(&mut entry, 1, name.as_bytes());
+                pb_bytes(&mut entry, 2, &pb_struct(v.as_object()?));
+                pb_bytes(&mut out, 1, &entry);
+            }
+            Some(out)
+        }
+        [b"filter_metadata", filter, keys @ ..] => {
+            let filter = std::str::from_utf8(filter).ok()?;
+            let mut v: &Value = md.iter().flatten().find_map(|m| m.get(filter))?;
+            for k in keys {
+                let k = std::str::from_utf8(k).ok()?;
+                v = match v {
+                    Value::Object(o) => o.get(k)?,
+                    Value::Array(a) => a.get(k.parse::<usize>().ok()?)?,
+                    _ => return None,
+                };
+            }
+            Some(match v {
+                Value::String(s) => s.as_bytes().to_vec(),
+                Value::Number(n) => n.as_f64()?.to_le_bytes().to_vec(),
+                Value::Bool(b) => vec![u8::from(*b)],
+                Value::Null => Vec::new(),
+                Value::Object(o) => pb_struct(o),
+                Value::Array(a) => pb_list(a),
+            })
+        }
+        _ => None,
+    }
+}
+
+fn pb_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A length-delimited field.
+fn pb_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
+    pb_varint(out, field << 3 | 2);
+    pb_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// `google.protobuf.Struct { map<string, Value> fields = 1; }`, keys sorted.
+fn pb_struct(o: &serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
+    let mut keys: Vec<&String> = o.keys().collect();
+    keys.sort();
+    let mut out = Vec::new();
+    for k in keys {
+        let mut entry = Vec::new();
+        pb_bytes(&mut entry, 1, k.as_bytes());
+        pb_bytes(&mut entry, 2, &pb_value(&o[k]));
+        pb_bytes(&mut out, 1, &entry);
+    }
+    out
+}
+
+/// `google.protobuf.ListValue { repeated Value values = 1; }`.
+fn pb_list(a: &[serde_json::Value]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in a {
+        pb_bytes(&mut out, 1, &pb_value(v));
+    }
+    out
+}
+
+/// `google.protobuf.Value`: null 1, number 2, string 3, bool 4, struct 5, list 6.
+fn pb_value(v: &serde_json::Value) -> Vec<u8> {
+    use serde_json::Value;
+    let mut out = Vec::new();
+    match v {
+        Value::Null => {
+            pb_varint(&mut out, 1 << 3);
+            pb_varint(&mut out, 0);
+        }
+        Value::Number(n) => {
+            pb_varint(&mut out, 2 << 3 | 1);
+            out.extend_from_slice(&n.as_f64().unwrap_or(0.0).to_le_bytes());
+        }
+        Value::String(s) => pb_bytes(&mut out, 3, s.as_bytes()),
+        Value::Bool(b) => {
+            pb_varint(&mut out, 4 << 3);
+            pb_varint(&mut out, u64::from(*b));
+        }
+        Value::Object(o) => pb_bytes(&mut out, 5, &pb_struct(o)),
+        Value::Array(a) => pb_bytes(&mut out, 6, &pb_list(a)),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn md(json: &str) -> crate::config::Metadata {
+        std::sync::Arc::new(serde_json::from_str(json).expect("json"))
+    }
+
+    #[test]
+    fn route_metadata_walks_rule_then_frontend_as_envoy_serializes() {
+        let rule = md(r#"{"auth": {"tenant": "a", "n": 3, "on": true, "tags": ["x"]}}"#);
+        let fe = md(r#"{"auth": {"tenant": "fe"}, "other": {"k": "v"}}"#);
+        let both = [Some(rule), Some(fe)];
+        let get = |p: &[&[u8]]| route_metadata(&both, p);
+        assert_eq!(
+            get(&[b"filter_metadata", b"auth", b"tenant"]),
+            Some(b"a".to_vec())
+        );
+        assert_eq!(
+            get(&[b"filter_metadata", b"auth", b"n"]),
+            Some(3.0f64.to_le_bytes().to_vec())
+        );
+        assert_eq!(get(&[b"filter_metadata", b"auth", b"on"]), Some(vec![1]));
+        assert_eq!(
+            get(&[b"filter_metadata", b"auth", b"tags", b"0"]),
+            Some(b"x".to_vec())
+        );
+        // The frontend answers for a filter the rule does not name.
+        assert_eq!(
+            get(&[b"filter_metadata", b"other", b"k"]),
+            Some(b"v".to_vec())
+        );
+        assert_eq!(get(&[b"filter_metadata", b"auth", b"missing"]), None);
+        assert_eq!(get(&[b"filter_metadata", b"nope"]), None);
+        assert_eq!(get(&[b"other"]), None);
+        // A struct: field 1 entries { key = 1, Value = 2 } in key order.
+        let s = get(&[b"filter_metadata", b"other"]).expect("struct");
+        assert_eq!(
+            s,
+            vec![0x0a, 0x08, 0x0a, 0x01, b'k', 0x12, 0x03, 0x1a, 0x01, b'v']
+        );
+        // The whole Metadata: filter_metadata entries for both filters.
+        let all = get(&[]).expect("metadata");
+        assert_eq!(all[0], 0x0a);
+        assert!(all.windows(4).any(|w| w == b"auth"));
+        assert!(all.windows(5).any(|w| w == b"other"));
+    }
 }

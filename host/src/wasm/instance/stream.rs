@@ -34,6 +34,9 @@ pub struct StreamState {
     /// Created when the stream first waits (most requests never pause).
     pub waker: Option<Rc<StreamWaker>>,
     pub props: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Route metadata: the rule's, then its frontend's (the first that has
+    /// a filter's entry answers for it).
+    pub metadata: [Option<crate::config::Metadata>; 2],
 }
 
 impl StreamState {
@@ -47,6 +50,7 @@ impl StreamState {
             inflight: 0,
             waker: None,
             props: Vec::new(),
+            metadata: [None, None],
         }
     }
 }
@@ -69,6 +73,13 @@ impl PluginInstance {
     }
 
     /// Creates a stream context for one request; returns its id.
+    /// Gives stream `ctx` its route metadata (rule's, frontend's).
+    pub fn set_route_metadata(&mut self, ctx: u32, metadata: [Option<crate::config::Metadata>; 2]) {
+        if let Some(s) = self.store.data_mut().streams.get_mut(&ctx) {
+            s.metadata = metadata;
+        }
+    }
+
     pub fn create_stream(&mut self) -> Result<u32, Failure> {
         let max = self.store.data().plugin.spec.limits.max_streams.max(1);
         while self.store.data().streams.len() >= max {
