@@ -25,8 +25,9 @@
  *   upper-cased; buffers the response body and appends
  *   "\nGUEST saw <n> bytes\n";
  * - `/count...`: increments the shared counter `hits` (compare-and-swap,
- *   retried on a CAS mismatch, so concurrent workers never lose a count)
- *   and adds `x-hits: <new value>`;
+ *   retried on a CAS mismatch, logging "GUEST cas retry", so concurrent
+ *   workers never lose a count; 2 ms pass between the read and the write to
+ *   make races likely) and adds `x-hits: <new value>`;
  * - `/ticks...`: adds `x-ticks: <shared tick count>`;
  * - a 100 ms tick increments the shared `ticks` counter; the first three
  *   ticks of each instance log "GUEST tick <n>";
@@ -52,6 +53,7 @@ enum { BUF_REQUEST = 0, BUF_RESPONSE = 1, BUF_CALL_RESPONSE = 4, BUF_PLUGIN_CONF
 enum { CONTINUE = 0, PAUSE = 1 };
 
 IMPORT(proxy_log) status_t proxy_log(uint32_t level, const char *msg, size_t len);
+IMPORT(proxy_get_current_time_nanoseconds) status_t proxy_get_current_time_nanoseconds(uint64_t *ret);
 IMPORT(proxy_set_tick_period_milliseconds) status_t proxy_set_tick_period_milliseconds(uint32_t ms);
 IMPORT(proxy_set_effective_context) status_t proxy_set_effective_context(uint32_t ctx);
 IMPORT(proxy_get_buffer_bytes)
@@ -171,9 +173,19 @@ static void local_reply(uint32_t status, const char *body, const char *const *he
     free(pairs);
 }
 
-/* Adds `delta` to the decimal counter `key` in shared data; retries on a CAS
- * mismatch (another worker won the race). Returns the new value. */
-static uint32_t shared_add(const char *key, uint32_t delta) {
+/* Busy-waits `ms` milliseconds of the host's clock. */
+static void hold(uint32_t ms) {
+    uint64_t start = 0, now = 0;
+    proxy_get_current_time_nanoseconds(&start);
+    do proxy_get_current_time_nanoseconds(&now);
+    while (now - start < (uint64_t)ms * 1000000u);
+}
+
+/* Adds `delta` to the decimal counter `key` in shared data; retries (and
+ * logs "GUEST cas retry") on a CAS mismatch: another worker won the race.
+ * `hold_ms` widens the window between read and write, so that the tests can
+ * make workers race. Returns the new value. */
+static uint32_t shared_add(const char *key, uint32_t delta, uint32_t hold_ms) {
     for (int attempt = 0; attempt < 100; attempt++) {
         str_t cur = {0, 0};
         uint32_t cas = 0, value = 0;
@@ -186,11 +198,13 @@ static uint32_t shared_add(const char *key, uint32_t delta) {
             cas = 0; /* no entry yet: the first write */
         }
         str_free(&cur);
+        if (hold_ms) hold(hold_ms);
         char text[12];
         size_t len = fmt_u32(value + delta, text);
         s = proxy_set_shared_data(key, strlen(key), text, len, cas);
         if (s == OK) return value + delta;
         if (s != CAS_MISMATCH) break;
+        log_msg(LOG_INFO, GUEST " cas retry");
     }
     log_msg(LOG_WARN, GUEST " shared counter update failed");
     return 0;
@@ -292,7 +306,7 @@ EXPORT(proxy_on_configure) uint32_t proxy_on_configure(uint32_t root, uint32_t c
 
 EXPORT(proxy_on_tick) void proxy_on_tick(uint32_t root) {
     (void)root;
-    uint32_t total = shared_add("ticks", 1);
+    uint32_t total = shared_add("ticks", 1, 0);
     if (++ticks_seen <= 3) {
         char msg[64] = GUEST " tick ";
         fmt_u32(ticks_seen, msg + strlen(msg));
@@ -355,7 +369,7 @@ EXPORT(proxy_on_request_headers) uint32_t proxy_on_request_headers(uint32_t ctx,
     if (starts_with(&s->path, "/body")) s->body = 1;
     char num[12];
     if (starts_with(&s->path, "/count")) {
-        size_t len = fmt_u32(shared_add("hits", 1), num);
+        size_t len = fmt_u32(shared_add("hits", 1, 2), num);
         add_header(MAP_REQUEST, "x-hits", num, len);
     }
     if (starts_with(&s->path, "/ticks")) {

@@ -28,6 +28,8 @@ export const PAUSE: u32 = 1;
 
 @external("env", "proxy_log")
 declare function proxy_log(level: u32, ptr: usize, len: usize): u32;
+@external("env", "proxy_get_current_time_nanoseconds")
+declare function proxy_get_current_time_nanoseconds(ret: usize): u32;
 @external("env", "proxy_set_tick_period_milliseconds")
 declare function proxy_set_tick_period_milliseconds(ms: u32): u32;
 @external("env", "proxy_set_effective_context")
@@ -103,6 +105,11 @@ export function asAbort(message: string | null, file: string | null, line: u32, 
 export function log(level: u32, msg: string): void {
   const b = utf8(msg);
   proxy_log(level, changetype<usize>(b), b.byteLength);
+}
+
+export function nowNanos(): u64 {
+  proxy_get_current_time_nanoseconds(OUT);
+  return load<u64>(OUT);
 }
 
 export function setTickPeriod(ms: u32): void {

@@ -60,22 +60,32 @@ function sharedInit(key: string): void {
   if (abi.getShared(key).value === null) abi.setShared(key, "0", 0);
 }
 
-// Adds `delta` to the decimal counter `key` in shared data, retrying when
-// another worker changed it in between (CAS mismatch). The new value.
-function sharedAdd(key: string, delta: u32): u32 {
+// Busy-waits `ms` milliseconds of the host's clock.
+function hold(ms: u32): void {
+  const start = abi.nowNanos();
+  while (abi.nowNanos() - start < <u64>ms * 1000000) {}
+}
+
+// Adds `delta` to the decimal counter `key` in shared data, retrying (and
+// logging "as cas retry") when another worker changed it in between (CAS
+// mismatch). `holdMs` widens the window between read and write so that the
+// tests can make workers race. The new value.
+function sharedAdd(key: string, delta: u32, holdMs: u32): u32 {
   for (let attempt = 0; attempt < 100; attempt++) {
     const cur = abi.getShared(key);
     const value: u32 = cur.value !== null ? <u32>parseInt(cur.value!) : 0;
+    if (holdMs > 0) hold(holdMs);
     const s = abi.setShared(key, (value + delta).toString(), cur.cas);
     if (s == abi.OK) return value + delta;
     if (s != abi.CAS_MISMATCH) break;
+    abi.log(abi.LOG_INFO, GUEST + " cas retry");
   }
   abi.log(abi.LOG_WARN, GUEST + " shared counter update failed");
   return 0;
 }
 
 export function proxy_on_tick(root: u32): void {
-  const total = sharedAdd("ticks", 1);
+  const total = sharedAdd("ticks", 1, 0);
   ticksSeen++;
   if (ticksSeen <= 3) {
     abi.log(abi.LOG_INFO, GUEST + " tick " + ticksSeen.toString() + " total " + total.toString());
@@ -126,7 +136,7 @@ export function proxy_on_request_headers(ctx: u32, n: u32, eos: u32): u32 {
   if (s.path.startsWith("/call/")) return startAuthCall(s);
   if (s.path.startsWith("/body")) s.body = true;
   if (s.path.startsWith("/count")) {
-    abi.addHeader(abi.MAP_REQUEST, "x-hits", sharedAdd("hits", 1).toString());
+    abi.addHeader(abi.MAP_REQUEST, "x-hits", sharedAdd("hits", 1, 2).toString());
   }
   if (s.path.startsWith("/ticks")) {
     const t = abi.getShared("ticks");

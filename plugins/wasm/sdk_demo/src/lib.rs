@@ -23,15 +23,34 @@ proxy_wasm::main! {{
     });
 }}
 
-/// Adds `delta` to the decimal counter `key` in shared data, retrying when
-/// another worker changed it in between (CAS mismatch); the new value.
-fn shared_add(key: &str, delta: u32) -> u32 {
+/// Busy-waits `ms` milliseconds of the host's clock.
+fn hold(ms: u64) {
+    let Ok(start) = hostcalls::get_current_time() else {
+        return;
+    };
+    while hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(start).ok())
+        .is_some_and(|d| d < Duration::from_millis(ms))
+    {}
+}
+
+/// Adds `delta` to the decimal counter `key` in shared data, retrying (and
+/// logging "rust cas retry") when another worker changed it in between (CAS
+/// mismatch). `hold_ms` widens the window between read and write so that
+/// the tests can make workers race. The new value.
+fn shared_add(key: &str, delta: u32, hold_ms: u64) -> u32 {
     for _ in 0..100 {
         let (value, cas) = hostcalls::get_shared_data(key).unwrap_or((None, None));
         let n = shared_value(value.as_deref());
+        if hold_ms > 0 {
+            hold(hold_ms);
+        }
         match hostcalls::set_shared_data(key, Some((n + delta).to_string().as_bytes()), cas) {
             Ok(()) => return n + delta,
-            Err(Status::CasMismatch) => continue,
+            Err(Status::CasMismatch) => {
+                let _ = hostcalls::log(LogLevel::Info, &format!("{GUEST} cas retry"));
+            }
             Err(_) => break,
         }
     }
@@ -88,7 +107,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        let total = shared_add("ticks", 1);
+        let total = shared_add("ticks", 1, 0);
         self.ticks_seen += 1;
         if self.ticks_seen <= 3 {
             let _ = hostcalls::log(
@@ -206,7 +225,7 @@ impl HttpContext for Demo {
         }
         self.body = self.path.starts_with("/body");
         if self.path.starts_with("/count") {
-            let n = shared_add("hits", 1);
+            let n = shared_add("hits", 1, 2);
             self.add_http_request_header("x-hits", &n.to_string());
         }
         if self.path.starts_with("/ticks") {
