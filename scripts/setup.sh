@@ -44,6 +44,10 @@ for t in wasm32-unknown-unknown wasm32-wasip1; do
 done
 
 # The AssemblyScript compiler, at the pinned version, in the guest's directory.
+if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)'; then
+  echo "setup: assemblyscript needs Node.js >= 18, found $(node --version)" >&2
+  exit 1
+fi
 as_dir=plugins/wasm/assemblyscript
 want=$(sed -n 's/.*"assemblyscript": "\([0-9][0-9.]*\)".*/\1/p' "$as_dir/package.json" | head -n1)
 have=$(sed -n 's/^  "version": "\(.*\)",$/\1/p' "$as_dir/node_modules/assemblyscript/package.json" 2>/dev/null || true)
