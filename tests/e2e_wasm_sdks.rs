@@ -5,8 +5,8 @@
 //! Envoy SDK, the `proxy-wasm` crate (`plugins/wasm/sdk_demo`). Each test
 //! checks one behaviour on all three: header changes in both directions, a
 //! local reply, an http call whose answer resumes or denies the request,
-//! buffered body rewrites, shared data updated with CAS across workers, and
-//! ticks with logs.
+//! buffered body rewrites, shared data updated with CAS across workers,
+//! ticks with logs, and a configuration the guest refuses.
 //!
 //! The C guest needs clang, lld, wasi-libc and the wasm32 compiler-rt
 //! builtins; the AssemblyScript guest Node.js and the pinned assemblyscript
@@ -466,4 +466,49 @@ async fn ticks_run_without_traffic_and_log() {
         assert_eq!(log.matches(&format!("{name} tick 4 ")).count(), 0);
     }
     p.assert_clean().await;
+}
+
+#[test]
+fn a_guest_refusing_its_config_is_a_config_error() {
+    // proxy_on_configure reads the plugin configuration (buffer 7) and
+    // returns 0 without "upstream=<backend>": `check` fails, naming the
+    // plugin and quoting its warning.
+    let dir = TempDir::new("wasm-sdks-check");
+    for g in guests() {
+        let check = |config: &str| {
+            let ports = Ports::new();
+            let cfg = format!(
+                "{}[[plugin]]\nname = \"{}\"\nwasm = \"{}\"\n{config}\n{}{}",
+                global_section(ports.admin, &[]),
+                g.name,
+                g.wasm.display(),
+                frontend_section(
+                    "web",
+                    ports.web,
+                    "app",
+                    &format!("http_request = [ {{ wasm = \"{}\" }} ]\n", g.name)
+                ),
+                backend_section("app", "roundrobin", &[("s1", free_addr(), 1)], ""),
+            );
+            let path = dir.write("check.toml", &cfg);
+            let out = run_bin(
+                &["check", "-c", &path.display().to_string()],
+                Duration::from_secs(30),
+            );
+            (out.status.and_then(|s| s.code()), out.stderr)
+        };
+        for bad in ["", "config = \"nonsense\""] {
+            let (code, stderr) = check(bad);
+            assert_eq!(code, Some(1), "{}: {bad:?} accepted: {stderr}", g.name);
+            // The error names the plugin and quotes what it logged.
+            assert!(
+                stderr.contains(&format!("plugin \"{}\"", g.name))
+                    && stderr.contains(&format!("{} needs config", g.name)),
+                "{}: {stderr}",
+                g.name
+            );
+        }
+        let (code, stderr) = check("config = \"upstream=app\"");
+        assert_eq!(code, Some(0), "{}: {stderr}", g.name);
+    }
 }
