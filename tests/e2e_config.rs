@@ -251,6 +251,35 @@ fn cases() -> Vec<Case> {
             edit(&b.text, &bind, &format!("bnd = \"{}\"  # HERE", b.web)),
             Want::Err(&["bnd"]),
         ),
+        // Errors in the user's words, with the closest known key or value.
+        Case::new(
+            "misspelled key suggests the known one",
+            edit(&b.text, &bind, &format!("bnid = \"{}\"  # HERE", b.web)),
+            Want::Err(&["unknown key `bnid` (did you mean `bind`?)"]),
+        ),
+        Case::new(
+            "a string where an integer goes",
+            edit(&b.text, "workers = 1", "workers = \"two\"  # HERE"),
+            Want::Err(&["expected an integer, got the string \"two\""]),
+        ),
+        Case::new(
+            "deny with a word",
+            edit(
+                &b.text,
+                "  { deny = 403, if = \"path_beg /admin\" },",
+                "  { deny = \"yes\", if = \"path_beg /admin\" },  # HERE",
+            ),
+            Want::Err(&["expected true, or the HTTP status to answer with"]),
+        ),
+        Case::new(
+            "misspelled balance algorithm",
+            edit(
+                &b.text,
+                "balance = \"roundrobin\"",
+                "balance = \"roundrobn\"  # HERE",
+            ),
+            Want::Err(&["unknown balance algorithm \"roundrobn\"; expected \"roundrobin\""]),
+        ),
         Case::new(
             "dangling default_backend",
             edit(
@@ -630,4 +659,46 @@ fn admin_keys_without_admin_warn() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn a_config_that_listens_on_nothing_is_refused() {
+    // HAProxy will not start without a listener; neither check nor run passes.
+    let dir = TempDir::new("empty-config");
+    let path = dir.write("empty.toml", "# nothing here\n");
+    let p = path.to_str().expect("utf-8 path");
+    for cmd in ["check", "run"] {
+        let out = run_bin(&[cmd, "-c", p], LIMIT);
+        assert!(
+            !out.status.expect("finished").success(),
+            "{cmd}: {}",
+            out.stdout
+        );
+        assert!(
+            out.stderr
+                .contains("declares no [[frontend]] and no admin address"),
+            "{cmd}: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn version_and_help_say_what_was_built_and_where_to_look() {
+    let out = run_bin(&["--version"], LIMIT);
+    assert!(out.status.expect("finished").success());
+    let v = out.stdout;
+    assert!(
+        v.starts_with(&format!(
+            "portcullis {} (commit ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{v}"
+    );
+    assert!(v.contains("Lua 5.4 (mlua 0."), "{v}");
+    assert!(v.contains("wasmtime 48."), "{v}");
+    let out = run_bin(&["--help"], LIMIT);
+    assert!(out.status.expect("finished").success());
+    assert!(out.stdout.contains("PORTCULLIS_LOG"), "{}", out.stdout);
+    assert!(out.stdout.contains("docs/CONFIG.md"), "{}", out.stdout);
 }

@@ -1144,3 +1144,157 @@ end)
     assert_eq!(r.text(), before);
     assert_eq!(before.matches("SERVER_CHECK").count(), 1, "{before}");
 }
+
+const RUNTIME_SCRIPT: &str = r#"
+local hosts = Map.new("hosts.map", Map._str)
+local q = core.queue()
+-- Tasks run in every worker: each waits on its own worker's queue.
+core.register_task(function()
+  while true do
+    local v = q:pop_wait()
+    core.set_var("proc.e2e_popped", (core.get_var("proc.e2e_popped") or "") .. v .. ";")
+  end
+end)
+local function answer(txn, body)
+  txn:done(txn:reply({ status = 200, body = body }))
+end
+core.register_action("rt", {"http-req"}, function(txn)
+  local p, k = txn.f:path(), txn.sf:req_hdr("x-k")
+  if p == "/set" then
+    core.set_map("hosts.map", k, txn.sf:req_hdr("x-v"))
+  elseif p == "/del" then
+    core.del_map("hosts.map", k)
+  elseif p == "/push" then
+    local ok = q:push(k)
+    core.msleep(50)
+    return answer(txn, tostring(ok) .. " " .. (core.get_var("proc.e2e_popped") or ""))
+  elseif p == "/info" then
+    local i = core.get_info()
+    return answer(txn, string.format("%d %d %d %d %d %s", i.Pid, i.Nbthread, i.CumReq, i.Listeners,
+      i.Maxconn, i.Name))
+  end
+  answer(txn, tostring(hosts:lookup(k)))
+end)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runtime_maps_get_info_and_queues_through_the_binary() {
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("lua-runtime-api");
+    dir.write("hosts.map", "a.example one\n");
+    let script = dir.write("rt.lua", RUNTIME_SCRIPT);
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"rt\"\nlua = \"{}\"\n\n{}{}",
+        global_section(ports.admin, &[("workers", "2"), ("maxconn", "500")]),
+        script.display(),
+        frontend_section("web", ports.web, "app", "http_request = [{ lua = \"rt\" }]"),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let req = |path: &'static str, k: &'static str, v: &'static str| {
+        let web = ports.web;
+        async move {
+            let r = H1::connect(web)
+                .await
+                .send(
+                    http::Request::builder()
+                        .uri(path)
+                        .header("host", "t")
+                        .header("x-k", k)
+                        .header("x-v", v)
+                        .body(empty())
+                        .expect("request"),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+            r.text()
+        }
+    };
+    // core.get_info(): the daemon's own figures.
+    let info = req("/info", "", "").await;
+    let f: Vec<&str> = info.split(' ').collect();
+    assert_eq!(f[0], d.pid().to_string(), "{info}");
+    assert_eq!(&f[1..], ["2", f[2], "2", "500", "portcullis"], "{info}");
+    let before: u64 = f[2].parse().expect("CumReq");
+    let again = req("/info", "", "").await;
+    let after: u64 = again
+        .split(' ')
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .expect("CumReq");
+    assert!(after > before, "{info} then {again}");
+    // A map change made on one connection (one worker) is seen on every
+    // connection after it, whichever worker serves it.
+    assert_eq!(req("/get", "a.example", "").await, "one");
+    assert_eq!(req("/get", "b.example", "").await, "nil");
+    req("/set", "b.example", "two").await;
+    req("/set", "a.example", "ONE").await;
+    for _ in 0..8 {
+        assert_eq!(req("/get", "b.example", "").await, "two");
+        assert_eq!(req("/get", "a.example", "").await, "ONE");
+    }
+    req("/del", "a.example", "").await;
+    for _ in 0..4 {
+        assert_eq!(req("/get", "a.example", "").await, "nil");
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("hosts.map")).expect("map"),
+        "a.example one\n",
+        "the file on disk is never written"
+    );
+    // core.queue(): the worker's task wakes from pop_wait on each push.
+    let first = req("/push", "x1", "").await;
+    assert!(
+        first.starts_with("true ") && first.contains("x1;"),
+        "{first}"
+    );
+    let second = req("/push", "x2", "").await;
+    assert!(second.contains("x2;"), "{second}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_failure_that_answers_is_the_access_logs_termination() {
+    // fail_closed: the 500 a failing plugin causes is logged with the
+    // failure as the termination, not as a complete exchange.
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("lua-termination");
+    let script = dir.write(
+        "t.lua",
+        r#"
+core.register_action("boom", {"http-req"}, function(txn) error("boom") end)
+core.register_action("spin", {"http-req"}, function(txn) while true do end end)
+"#,
+    );
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"t\"\nlua = \"{}\"\non_error = \"fail_closed\"\ncpu_limit = \"20ms\"\n\n{}{}",
+        global_section(ports.admin, &[("access_log", "\"json\""), ("workers", "1")]),
+        script.display(),
+        frontend_section(
+            "web",
+            ports.web,
+            "app",
+            "http_request = [{ lua = \"boom\", if = \"path /boom\" }, { lua = \"spin\", if = \"path /spin\" }]"
+        ),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    for (path, want) in [
+        ("/boom", "plugin_error"),
+        ("/spin", "plugin_cpu_limit"),
+        ("/ok", "complete"),
+    ] {
+        let r = get(ports.web, path).await;
+        let status = if want == "complete" { 200 } else { 500 };
+        assert_eq!(r.status.as_u16(), status, "{path}");
+        let line = d
+            .wait_stderr_line(Duration::from_secs(5), |l| {
+                l.contains(&format!("\"path\":\"{path}\"")) && l.contains("\"termination\"")
+            })
+            .await
+            .unwrap_or_else(|| panic!("no access-log line for {path}:\n{}", d.stderr()));
+        let v: Value = serde_json::from_str(&line).expect("json line");
+        assert_eq!(v["termination"], want, "{line}");
+    }
+}

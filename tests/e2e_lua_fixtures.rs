@@ -30,8 +30,7 @@ mod common;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use http::{Method, Request};
@@ -463,44 +462,7 @@ struct Servers {
     stats_sock: PathBuf,
 }
 
-/// A running HAProxy, killed (and reaped) on drop.
-struct HaProxy {
-    child: Child,
-    _cfg: TempDir,
-    log: PathBuf,
-}
-
-impl Drop for HaProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl HaProxy {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-/// The installed HAProxy's version line; panics (fails the test) when it is missing.
-fn haproxy_version() -> String {
-    let out = Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("haproxy is required for this test and could not be run ({e}); install it with `bash scripts/setup.sh`")
-        });
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && text.contains("HAProxy version"),
-        "haproxy -v failed: {text}"
-    );
-    text.lines().next().unwrap_or("").to_string()
-}
-
 async fn start_haproxy(f: &Fronts, s: &Servers, wd: &Workdir) -> HaProxy {
-    let cfgdir = TempDir::new("haproxy-fixtures");
     let cv = |x| fx("cookie-version-routing", x);
     let cfg = format!(
         r#"global
@@ -678,52 +640,7 @@ backend app
         v2 = s.v2.addr,
         v3 = s.v3.addr,
     );
-    let path = cfgdir.write("haproxy.cfg", &cfg);
-    let log = cfgdir.path().join("haproxy.log");
-    let env = env_vars(&s.stats_sock);
-    let check = Command::new("haproxy")
-        .current_dir(wd.dir.path())
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .arg("-c")
-        .arg("-f")
-        .arg(&path)
-        .output()
-        .expect("run haproxy -c");
-    assert!(
-        check.status.success(),
-        "haproxy rejects the config:\n{}{}\n{cfg}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let logf = std::fs::File::create(&log).expect("haproxy log file");
-    let child = Command::new("haproxy")
-        .current_dir(wd.dir.path())
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .arg("-db")
-        .arg("-f")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(logf.try_clone().expect("log fd"))
-        .stderr(logf)
-        .spawn()
-        .expect("start haproxy");
-    let h = HaProxy {
-        child,
-        _cfg: cfgdir,
-        log,
-    };
-    for addr in f.all() {
-        let start = Instant::now();
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "haproxy did not listen on {addr}: {}",
-                h.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    h
+    HaProxy::start_with(&cfg, wd.dir.path(), &env_vars(&s.stats_sock), &f.all()).await
 }
 
 /// portcullis with the same scripts and the equivalent rules. portcullis has
@@ -1283,11 +1200,7 @@ fn demo_log(wd: &Workdir) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_fixture_scripts_behave_as_under_haproxy() {
-    let version = haproxy_version();
-    assert!(
-        version.contains("version 2.6"),
-        "this comparison targets HAProxy 2.6; found: {version}"
-    );
+    haproxy_26();
     let stats_dir = TempDir::new("fixtures-stats");
     let servers = Servers {
         app: Backend::start("app").await,

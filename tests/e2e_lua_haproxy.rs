@@ -12,8 +12,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
 use http::{Method, Request};
@@ -28,50 +26,15 @@ const SCRIPTS: &[&str] = &[
     "vars.lua",
     "stick_lookup.lua",
     "maps.lua",
+    "runtime_api.lua",
+    "body_filter.lua",
 ];
 
 fn plugins_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/lua")
 }
 
-/// A running HAProxy, killed (and reaped) on drop.
-struct HaProxy {
-    child: Child,
-    _dir: TempDir,
-    log: PathBuf,
-}
-
-impl Drop for HaProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl HaProxy {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-/// The installed HAProxy's version line; panics (fails the test) when it is missing.
-fn haproxy_version() -> String {
-    let out = Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("haproxy is required for this test and could not be run ({e}); install it with `bash scripts/setup.sh`")
-        });
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && text.contains("HAProxy version"),
-        "haproxy -v failed: {text}"
-    );
-    text.lines().next().unwrap_or("").to_string()
-}
-
 async fn start_haproxy(web: SocketAddr, app: SocketAddr) -> HaProxy {
-    let dir = TempDir::new("haproxy-lua");
     let loads: String = SCRIPTS
         .iter()
         .map(|s| format!("  lua-load {}\n", plugins_dir().join(s).display()))
@@ -101,10 +64,16 @@ frontend web
   http-request set-header x-masked %[req.hdr(x-token),lua.mask(3)] if {{ path_beg /samples }}
   http-request lua.vars_req if {{ path_beg /vars }}
   http-request lua.maps if {{ path_beg /maps }}
+  http-request lua.runtime_map if {{ path_beg /rmap }}
+  http-request lua.runtime_info if {{ path_beg /rinfo }}
+  http-request lua.runtime_concat if {{ path_beg /rconcat }}
+  http-request lua.runtime_uri if {{ path_beg /ruri }}
+  http-request use-service lua.runtime_recv if {{ path_beg /rrecv }}
   http-response lua.cors if {{ var(txn.cors_origin) -m found }}
   http-response lua.rewrite if {{ var(txn.rewritten) -m found }}
   http-response lua.vars_res if {{ var(txn.path) -m found }}
   http-response lua.stick_lookup if {{ res.hdr(x-stick) -m found }} || {{ var(txn.stick) -m found }}
+  filter lua.body_filter tag-a tag-b
   default_backend app
 
 backend app
@@ -114,48 +83,8 @@ backend per_ip
   stick-table type ip size 1k expire 60s store http_req_cnt,gpc0
 "#
     );
-    let path = dir.write("haproxy.cfg", &cfg);
-    let log = dir.path().join("haproxy.log");
     // HAProxy resolves relative map paths against its working directory.
-    let check = Command::new("haproxy")
-        .current_dir(plugins_dir())
-        .arg("-c")
-        .arg("-f")
-        .arg(&path)
-        .output()
-        .expect("run haproxy -c");
-    assert!(
-        check.status.success(),
-        "haproxy rejects the config:\n{}{}\n{cfg}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let logf = std::fs::File::create(&log).expect("haproxy log file");
-    let child = Command::new("haproxy")
-        .current_dir(plugins_dir())
-        .arg("-db")
-        .arg("-f")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(logf.try_clone().expect("log fd"))
-        .stderr(logf)
-        .spawn()
-        .expect("start haproxy");
-    let h = HaProxy {
-        child,
-        _dir: dir,
-        log,
-    };
-    let start = Instant::now();
-    while tokio::net::TcpStream::connect(web).await.is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "haproxy did not listen on {web}: {}",
-            h.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    h
+    HaProxy::start(&cfg, &plugins_dir(), web).await
 }
 
 /// portcullis with the same scripts and the equivalent rules.
@@ -184,6 +113,11 @@ async fn start_portcullis(ports: &Ports, app: SocketAddr) -> Daemon {
   { set_header = "x-masked", value = "%[req.hdr(x-token),lua.mask(3)]", if = "path_beg /samples" },
   { lua = "vars_req", if = "path_beg /vars" },
   { lua = "maps", if = "path_beg /maps" },
+  { lua = "runtime_map", if = "path_beg /rmap" },
+  { lua = "runtime_info", if = "path_beg /rinfo" },
+  { lua = "runtime_concat", if = "path_beg /rconcat" },
+  { lua = "runtime_uri", if = "path_beg /ruri" },
+  { use_service = "lua.runtime_recv", if = "path_beg /rrecv" },
 ]
 http_response = [
   { lua = "cors", if = "var(txn.cors_origin) -m found" },
@@ -192,10 +126,13 @@ http_response = [
   { lua = "stick_lookup", if = "res.hdr(x-stick) -m found or var(txn.stick) -m found" },
 ]
 "#;
+    // HAProxy's `filter lua.body_filter tag-a tag-b`.
+    let rules =
+        format!("{rules}filters = [{{ lua = \"body_filter\", args = [\"tag-a\", \"tag-b\"] }}]\n");
     let cfg = format!(
         "{}[[stick_table]]\nname = \"per_ip\"\ntype = \"ip\"\nsize = 1024\nexpire = \"60s\"\nstore = [\"http_req_cnt\", \"gpc0\"]\n\n{plugins}{}{}",
         global_section(ports.admin, &[]),
-        frontend_section("web", ports.web, "app", rules),
+        frontend_section("web", ports.web, "app", &rules),
         backend_section("app", "roundrobin", &[("s1", app, 1)], ""),
     );
     Daemon::start(&cfg, &[ports.web, ports.admin]).await
@@ -329,6 +266,138 @@ fn cases() -> Vec<Case> {
             ],
         ),
         case(Method::GET, "/maps", &[("x-host", "acmeco.com")]),
+        // core.set_map / del_map / add_acl / del_acl change the loaded map
+        // in memory; each case sees the changes of the ones before.
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "get"), ("x-k", "alpha.example")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "set"), ("x-k", "gamma.example"), ("x-v", "three")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "set"), ("x-k", "beta.example"), ("x-v", "TWO")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "get"), ("x-k", "gamma.example")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "del"), ("x-k", "beta.example")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "del"), ("x-k", "never.example")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "add"), ("x-k", "delta.example")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "add"), ("x-k", "alpha.example")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "delacl"), ("x-k", "alpha.example")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "unknown"), ("x-k", "a"), ("x-v", "b")],
+        ),
+        case(
+            Method::GET,
+            "/rmap",
+            &[("x-op", "nargs"), ("x-k", "gamma.example")],
+        ),
+        // core.get_info(): names and types; core.concat().
+        case(Method::GET, "/rinfo", &[]),
+        case(Method::GET, "/rconcat/p", &[]),
+        // req_set_uri / req_set_path / req_set_query edge cases.
+        case(
+            Method::GET,
+            "/ruri/o?q=1",
+            &[("x-f", "req_set_query"), ("x-v", "?a=1")],
+        ),
+        case(
+            Method::GET,
+            "/ruri/o?q=1",
+            &[("x-f", "req_set_query"), ("x-v", "a=1?b")],
+        ),
+        case(
+            Method::GET,
+            "/ruri/o?q=1",
+            &[("x-f", "req_set_query"), ("x-v", "EMPTY")],
+        ),
+        case(
+            Method::GET,
+            "/ruri/o",
+            &[("x-f", "req_set_query"), ("x-v", "EMPTY")],
+        ),
+        case(
+            Method::GET,
+            "/ruri/o?q=1",
+            &[("x-f", "req_set_path"), ("x-v", "/a?b")],
+        ),
+        case(
+            Method::GET,
+            "/ruri/o?q=1",
+            &[("x-f", "req_set_path"), ("x-v", "/new/p")],
+        ),
+        case(
+            Method::GET,
+            "/ruri/o?q=1",
+            &[("x-f", "req_set_uri"), ("x-v", "/p?")],
+        ),
+        case(
+            Method::GET,
+            "/ruri/o",
+            &[
+                ("x-f", "req_set_uri"),
+                ("x-v", "http://other.example:8080/a?x=1"),
+            ],
+        ),
+        // AppletHTTP:receive(n) and getline() lengths (the POST body is
+        // "first line\nsecond line\nthe rest").
+        case(
+            Method::POST,
+            "/rrecv?line,0,4,str,flt,nil,word,two,-7,3,line,100,all,5",
+            &[],
+        ),
+        case(Method::POST, "/rrecv?line,line,line,line,2", &[]),
+        case(Method::POST, "/rrecv?line,100,0,-1", &[]),
+        case(Method::POST, "/rrecv?line,11,1,all", &[]),
+        case(Method::GET, "/rrecv?line,1,all,-1", &[]),
+        // A Lua filter (core.register_filter): headers in http_headers, the
+        // request body counted and rewritten, the response body rewritten
+        // (same length), filter.ERROR, filter.WAIT.
+        case(
+            Method::GET,
+            "/filter/swap?a=1",
+            &[
+                ("user-agent", "filter-agent"),
+                ("x-drop-me", "1"),
+                ("x-version", "v7"),
+            ],
+        ),
+        case(Method::POST, "/filter/swap", &[("x-version", "beta")]),
+        case(Method::GET, "/filter/wait", &[]),
+        case(Method::GET, "/filter/deny", &[]),
+        // A streamed response without a length, in many parts.
+        case(Method::GET, "/large/100000?filter=upper", &[]),
         // Stick-table lookup (the table counts every request above).
         case(Method::GET, "/stick/me", &[]),
     ]
@@ -386,7 +455,13 @@ fn normalize(r: &Resp) -> Seen {
                 .unwrap_or("")
                 .cmp(b.split(':').next().unwrap_or(""))
         });
-        format!("echo {} {}\n{}", e.method(), e.path(), seen.join("\n"))
+        let sent = e.0["body"].as_str().unwrap_or("");
+        format!(
+            "echo {} {}\n{}\nbody: {sent}",
+            e.method(),
+            e.path(),
+            seen.join("\n")
+        )
     } else {
         r.text()
     };
@@ -418,11 +493,7 @@ async fn send(addr: SocketAddr, c: &Case) -> Resp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_scripts_behave_as_under_haproxy() {
-    let version = haproxy_version();
-    assert!(
-        version.contains("version 2.6"),
-        "this comparison targets HAProxy 2.6; found: {version}"
-    );
+    haproxy_26();
     let app = Backend::start("s1").await;
     let ha_web = free_addr();
     let ha = start_haproxy(ha_web, app.addr).await;

@@ -86,10 +86,12 @@ fn hostile_plugins() -> Vec<Plugin> {
             path: "/spin",
         },
         Plugin {
+            // Grows until memory.grow says -1 (the limit), then gives up
+            // like an allocator that aborts: a memory-limit failure.
             name: "bomb",
             wat: hostile(
                 "",
-                "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 4)) (i32.const -1)))) i32.const 0",
+                "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 4)) (i32.const -1)))) unreachable",
             ),
             extra: "on_error = \"fail_closed\"\nmemory_limit = \"1MiB\"",
             path: "/bomb",
@@ -1296,4 +1298,165 @@ async fn failure_back_off_grows_until_a_request_succeeds() {
     // A good request on another plugin is unaffected, and the back-off of
     // `spin` is not a failure of the worker.
     assert_good(t.ports.web).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_off_follows_the_documented_schedule() {
+    // plugin::BackOff: the first three failures in a row rebuild at once,
+    // then 10 ms doubling per further failure. Each failure's log line says
+    // the wait it starts; a plugin that fails on every request shows the
+    // schedule exactly, whether a request or housekeeping rebuilds it.
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("wasm-backoff");
+    let ports = Ports::new();
+    let f = dir.write("crash.wat", &hostile("", "unreachable"));
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"crash\"\nwasm = \"{}\"\non_error = \"fail_closed\"\n\n{}{}",
+        global_section(ports.admin, &[]),
+        f.display(),
+        frontend_section(
+            "web",
+            ports.web,
+            "app",
+            "http_request = [ { wasm = \"crash\" } ]\n"
+        ),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let waits = || -> Vec<u64> {
+        // The trap's message spans lines; the fields follow it.
+        d.stderr()
+            .split("wasm plugin failed, instance dropped")
+            .skip(1)
+            .filter_map(|entry| {
+                entry
+                    .split("backoff_ms=")
+                    .nth(1)
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse().ok())
+            })
+            .collect()
+    };
+    let start = Instant::now();
+    while waits().len() < 8 && start.elapsed() < Duration::from_secs(10) {
+        let r = get(ports.web, "/").await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seen = waits();
+    assert!(seen.len() >= 8, "{seen:?}\n{}", d.stderr());
+    assert_eq!(seen[..8], [0, 0, 0, 10, 20, 40, 80, 160], "{}", d.stderr());
+    // Requests during a back-off never entered the guest: one failure per
+    // build (besides the load-time check's instance and a live rebuilt one).
+    let all = plugins(ports.admin).await;
+    let s = stats_of(&all, "crash");
+    let fails = s["failures"]["unreachable"].as_u64().unwrap_or(0);
+    let built = s["instances_built"].as_u64().unwrap_or(0);
+    assert!((fails..=fails + 2).contains(&built), "{s}");
+}
+
+/// Logs at info when configured (with the level `proxy_get_log_level`
+/// reports then) and at info and warn per request.
+const LEVELS: &str = r#"(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_log_level" (func $level (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (data (i32.const 16) "configured, host level ?")
+  (data (i32.const 64) "request seen")
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    global.get $heap local.set $p
+    global.get $heap local.get $n i32.add global.set $heap
+    local.get $p)
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $level (i32.const 8)))
+    (i32.store8 (i32.const 39) (i32.add (i32.const 48) (i32.load (i32.const 8))))
+    (drop (call $log (i32.const 2) (i32.const 16) (i32.const 24)))
+    i32.const 1)
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $log (i32.const 2) (i32.const 64) (i32.const 12)))
+    (drop (call $log (i32.const 3) (i32.const 64) (i32.const 12)))
+    i32.const 0))"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_log_lines_follow_log_level() {
+    // Before, plugin lines had their own tracing target outside the
+    // `portcullis=<log_level>` filter: info lines were hidden unless
+    // PORTCULLIS_LOG said otherwise, and lines logged while the config
+    // loaded were lost (no subscriber yet).
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("wasm-levels");
+    let f = dir.write("levels.wat", LEVELS);
+    for (level, shown) in [("info", true), ("warn", false)] {
+        let ports = Ports::new();
+        let cfg = format!(
+            "{}[[plugin]]\nname = \"levels\"\nwasm = \"{}\"\n\n{}{}",
+            global_section(ports.admin, &[("log_level", &format!("\"{level}\""))]),
+            f.display(),
+            frontend_section(
+                "web",
+                ports.web,
+                "app",
+                "http_request = [ { wasm = \"levels\" } ]\n"
+            ),
+            backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+        );
+        let d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+        let r = get(ports.web, "/").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let warn = d
+            .wait_stderr_line(Duration::from_secs(5), |l| {
+                l.contains("WARN") && l.contains("request seen")
+            })
+            .await;
+        assert!(warn.is_some(), "{level}: {}", d.stderr());
+        let err = d.stderr();
+        let info_request = err
+            .lines()
+            .any(|l| l.contains("INFO") && l.contains("request seen"));
+        assert_eq!(info_request, shown, "{level}: {err}");
+        // The load-time check instance and the worker's both configured;
+        // the host reported the configured level (2 info, 3 warn).
+        let configured = err
+            .lines()
+            .filter(|l| l.contains("configured, host level 2"))
+            .count();
+        assert_eq!(configured >= 2, shown, "{level}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_no_rule_uses_ticks_as_one_singleton() {
+    // Declared but used by no rule: one instance for the process (not one
+    // per worker), configured and ticking with no HTTP context.
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("wasm-singleton");
+    let ports = Ports::new();
+    let f = dir.write("ticker.wat", CONFIGURE_TICKER);
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"service\"\nwasm = \"{}\"\n\n{}{}",
+        global_section(ports.admin, &[("workers", "2")]),
+        f.display(),
+        frontend_section("web", ports.web, "app", ""),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let admin = ports.admin;
+    eventually(
+        "the singleton ticks",
+        Duration::from_secs(3),
+        || async move {
+            guest_metric(admin, "idle_ticks", "service")
+                .await
+                .is_some_and(|n| n >= 3)
+        },
+    )
+    .await;
+    let all = plugins(admin).await;
+    let s = stats_of(&all, "service");
+    assert_eq!(s["root_only"], true, "{s}");
+    assert_eq!(s["instances"], 1, "{s}");
+    assert_eq!(s["rebuilds"], 0, "{s}");
+    assert_eq!(get(ports.web, "/").await.status, StatusCode::OK);
 }

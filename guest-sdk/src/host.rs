@@ -128,9 +128,13 @@ pub(crate) fn check(raw: u32) -> Result<(), Status> {
 /// SHA-2 variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sha2 {
+    /// SHA-224.
     Sha224 = 224,
+    /// SHA-256.
     Sha256 = 256,
+    /// SHA-384.
     Sha384 = 384,
+    /// SHA-512.
     Sha512 = 512,
 }
 

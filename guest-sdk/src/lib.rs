@@ -9,6 +9,11 @@
 //! - portcullis's own `portcullis_v1`: typed [`StickTable`]s, [`sha2`] and
 //!   [`hmac`] (SHA-2 family), structured [`log`] lines, [`last_error`].
 //!
+//! Start a plugin with [`main!`] (it installs the panic hook, so a panic's
+//! message reaches the host's log), read its configuration with
+//! [`json_config`], compare secrets with [`constant_time_eq`], and use
+//! [`hex_encode`]/[`hex_decode`] for digests.
+//!
 //! On a non-wasm target the `portcullis_v1` calls return
 //! [`Status::Unimplemented`], so plugin logic can be unit-tested natively.
 //! See `docs/PLUGINS.md` for a first plugin and `docs/ABI.md` for the ABI.
@@ -19,9 +24,37 @@ pub use proxy_wasm::types::{Action, ContextType, LogLevel as ProxyLogLevel};
 
 mod host;
 mod stick;
+mod util;
 
 pub use host::{Sha2, abi_version, hmac, hmac_verify, last_error, log, sha2};
 pub use stick::StickTable;
+#[cfg(feature = "json")]
+pub use util::json_config;
+pub use util::{ConfigError, HexError, constant_time_eq, hex_decode, hex_encode};
+
+/// Declares the plugin's entry point, like `proxy_wasm::main!`, and first
+/// installs the panic hook: a panic's message reaches the host's log as a
+/// critical line instead of a bare trap. The body sets the root context:
+///
+/// ```ignore
+/// portcullis_guest::main! {
+///     portcullis_guest::proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root) });
+/// }
+/// ```
+#[macro_export]
+macro_rules! main {
+    ($($body:tt)*) => {
+        // In a block: the exported entry point needs no doc of its own.
+        #[allow(missing_docs)]
+        const _: () = {
+            $crate::proxy_wasm::main! {{
+                // `set_log_level` installs proxy-wasm's panic hook (once).
+                $crate::proxy_wasm::set_log_level($crate::proxy_wasm::types::LogLevel::Info);
+                $($body)*
+            }}
+        };
+    };
+}
 
 /// Name of the portcullis host import module this SDK speaks.
 pub const HOST_MODULE: &str = "portcullis_v1";
@@ -33,15 +66,25 @@ pub const PROXY_WASM_ABI: &str = "0.2.1";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Status {
+    /// Success.
     Ok = 0,
+    /// No such key, table, entry or value.
     NotFound = 1,
+    /// An argument the host refused (wrong type, name or range).
     BadArgument = 2,
+    /// A value could not be encoded.
     SerializationFailure = 3,
+    /// A value could not be decoded.
     ParseFailure = 4,
+    /// A pointer or length outside the guest's memory.
     InvalidMemoryAccess = 6,
+    /// Nothing to return (an empty queue or buffer).
     Empty = 7,
+    /// A compare-and-swap lost to another writer.
     CasMismatch = 8,
+    /// The host failed; see [`last_error`].
     InternalFailure = 10,
+    /// Not provided by this host (or not on this target).
     Unimplemented = 12,
 }
 
@@ -76,11 +119,17 @@ impl Status {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u32)]
 pub enum LogLevel {
+    /// Finest detail.
     Trace = 0,
+    /// Debugging detail.
     Debug = 1,
+    /// Normal events.
     Info = 2,
+    /// Something unusual.
     Warn = 3,
+    /// A failure.
     Error = 4,
+    /// A failure that stops the plugin.
     Critical = 5,
 }
 

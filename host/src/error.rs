@@ -63,6 +63,22 @@ pub enum PluginFailure {
     PauseTimeout,
 }
 
+impl PluginFailure {
+    /// The access log's `termination` for a request a failing plugin
+    /// answered (`fail_closed`).
+    pub const fn termination(self) -> &'static str {
+        match self {
+            PluginFailure::RuntimeError => "plugin_error",
+            PluginFailure::OutOfMemory => "plugin_memory_limit",
+            PluginFailure::CpuLimit => "plugin_cpu_limit",
+            PluginFailure::Trap => "plugin_trap",
+            PluginFailure::BadReturn => "plugin_bad_return",
+            PluginFailure::BodyLimit(_) => "plugin_body_limit",
+            PluginFailure::PauseTimeout => "plugin_pause_timeout",
+        }
+    }
+}
+
 /// Where an error came from; the one input of the status table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorSource {
@@ -104,7 +120,11 @@ impl ErrorSource {
 
     /// The response for this error: its status with the default page.
     pub fn reply(self) -> Reply {
-        reply(self.status())
+        let mut r = reply(self.status());
+        if let ErrorSource::Plugin(p) = self {
+            r.cause = Some(p.termination());
+        }
+        r
     }
 }
 
@@ -273,6 +293,7 @@ pub fn reply(status: StatusCode) -> Reply {
         headers: page_headers(),
         body: body(status),
         error_page: true,
+        cause: None,
     }
 }
 

@@ -31,6 +31,9 @@ pub struct Reply {
     /// An error page of [`crate::error`]: the frontend's or backend's
     /// `errorfiles` / `error_replies` may replace it before it is sent.
     pub error_page: bool,
+    /// Why the proxy answered instead of a server, for the access log's
+    /// `termination` (`plugin_cpu_limit`, ...); `None` for a rule's answer.
+    pub cause: Option<&'static str>,
 }
 
 impl Reply {
@@ -46,6 +49,7 @@ impl Reply {
             headers,
             body: body.into(),
             error_page: false,
+            cause: None,
         }
     }
 }

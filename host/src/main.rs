@@ -11,9 +11,30 @@ use portcullis::config::BindCheck;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `--version`: the release, the commit it was built from and what it embeds.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PORTCULLIS_COMMIT"),
+    ")\nLua 5.4 (mlua ",
+    env!("PORTCULLIS_MLUA"),
+    ", vendored)\nwasmtime ",
+    env!("PORTCULLIS_WASMTIME"),
+    " (Proxy-Wasm ABI 0.2.1, portcullis_v1)\nallocator mimalloc"
+);
+
+/// Shown after `--help`.
+const AFTER_HELP: &str = "\
+Logging: [global] log_level sets the level; the PORTCULLIS_LOG environment
+variable overrides it with a tracing filter (e.g. PORTCULLIS_LOG=debug or
+PORTCULLIS_LOG=portcullis=debug,warn). Logs go to stderr.
+
+Docs: README.md, docs/CONFIG.md (every config key), docs/LUA.md and
+docs/PLUGINS.md (plugins), docs/ABI.md (the Wasm host ABI).";
+
 /// HTTP reverse proxy with Lua and WebAssembly filter plugins.
 #[derive(Parser)]
-#[command(name = "portcullis", version, about)]
+#[command(name = "portcullis", version, long_version = LONG_VERSION, about, after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,6 +72,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match portcullis::runtime::load(&config, BindCheck::Probe) {
             Ok(c) => {
+                // The plugins' start-up lines, at the configured level, as `run` shows them.
+                init_logging(&c.global.log_level);
+                portcullis::wasm::abi::proxy_wasm::replay_load_logs();
                 for w in &c.global.warnings {
                     eprintln!("{w}");
                 }
@@ -77,6 +101,8 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.global.log_level);
+            // What plugins logged while they started during the load above.
+            portcullis::wasm::abi::proxy_wasm::replay_load_logs();
             tracing::info!(config = %config.display(), version = env!("CARGO_PKG_VERSION"), "starting portcullis");
             for w in &cfg.global.warnings {
                 tracing::warn!("{w}");

@@ -72,7 +72,17 @@ impl Runtime {
 pub fn load(path: &Path, bind_check: BindCheck) -> Result<Runtime, ConfigError> {
     let spec = config::load(path)?;
     probe(&spec, bind_check)?;
-    assemble(spec)
+    let listens = !spec.frontends.is_empty() || spec.global.admin.is_some();
+    let runtime = assemble(spec)?;
+    if !listens {
+        // HAProxy refuses to start with no listener; so do we (`check`
+        // too), once every other error has had its say.
+        return Err(ConfigError::file(
+            path,
+            "the configuration declares no [[frontend]] and no admin address: portcullis would listen on nothing; add a [[frontend]] with a bind address (see docs/CONFIG.md)",
+        ));
+    }
+    Ok(runtime)
 }
 
 /// Validates and assembles config `text` that came from `path`.
@@ -147,6 +157,19 @@ pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
     let lua = Arc::new(crate::lua::LuaHost {
         plugins: crate::lua::load_plugins(&plugins, &source, &view)?,
     });
+    // Plugins log while they start, before the daemon sets up its logging.
+    crate::wasm::abi::proxy_wasm::set_configured_level(&global.log_level);
+    // A Wasm plugin no rule runs is a singleton service (root context only).
+    let wasm_used: std::collections::HashSet<String> = frontends
+        .iter()
+        .flat_map(|f| {
+            f.http_request
+                .iter()
+                .chain(&f.http_response)
+                .chain(&f.http_after_response)
+        })
+        .filter_map(|r| r.get_ref().wasm.as_ref().map(|w| w.get_ref().clone()))
+        .collect();
     let wasm = Arc::new(crate::wasm::WasmHost {
         plugins: crate::wasm::config::load_plugins(
             &plugins,
@@ -156,9 +179,10 @@ pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
                 &tables,
             )))),
             global.timeouts.server,
+            &wasm_used,
         )?,
     });
-    let hosts: Vec<Arc<dyn PluginHost>> = vec![lua, wasm];
+    let hosts: Vec<Arc<dyn PluginHost>> = vec![Arc::clone(&lua) as Arc<dyn PluginHost>, wasm];
     let extensions = Extensions::new(
         hosts
             .iter()
@@ -174,13 +198,19 @@ pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
     let frontends = frontends
         .into_iter()
         .map(|spec| {
-            let chain = crate::rules::compile_chain(
+            let mut chain = crate::rules::compile_chain(
                 &spec.http_request,
                 &spec.http_response,
                 &spec.http_after_response,
                 &source,
                 &cx,
             )?;
+            // HAProxy's `filter`s see each message after the rules processed it.
+            for f in crate::lua::build_filters(&lua, &spec.filters, &source)? {
+                chain.request.push(Arc::clone(&f));
+                chain.response.push(Arc::clone(&f));
+                chain.log.push(f);
+            }
             Ok(Frontend { spec, chain })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;

@@ -28,11 +28,23 @@ impl HaProxy {
     /// Checks and starts HAProxy on `cfg` from directory `cwd` (HAProxy
     /// resolves relative paths against it); waits until `web` accepts.
     pub async fn start(cfg: &str, cwd: &Path, web: SocketAddr) -> HaProxy {
+        HaProxy::start_with(cfg, cwd, &[], &[web]).await
+    }
+
+    /// [`HaProxy::start`] with environment variables, waiting for every
+    /// address in `listen`.
+    pub async fn start_with(
+        cfg: &str,
+        cwd: &Path,
+        env: &[(String, String)],
+        listen: &[SocketAddr],
+    ) -> HaProxy {
         let dir = TempDir::new("haproxy");
         let path = dir.write("haproxy.cfg", cfg);
         let log = dir.path().join("haproxy.log");
         let check = Command::new("haproxy")
             .current_dir(cwd)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("-c")
             .arg("-f")
             .arg(&path)
@@ -47,6 +59,7 @@ impl HaProxy {
         let logf = std::fs::File::create(&log).expect("haproxy log file");
         let child = Command::new("haproxy")
             .current_dir(cwd)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("-db")
             .arg("-f")
             .arg(&path)
@@ -60,14 +73,16 @@ impl HaProxy {
             _dir: dir,
             log,
         };
-        let start = Instant::now();
-        while tokio::net::TcpStream::connect(web).await.is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "haproxy did not listen on {web}: {}",
-                h.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        for &addr in listen {
+            let start = Instant::now();
+            while tokio::net::TcpStream::connect(addr).await.is_err() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "haproxy did not listen on {addr}: {}",
+                    h.log()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         h
     }

@@ -284,3 +284,145 @@ xy\'''";
         assert_eq!(map.location(99).col, 6);
     }
 }
+
+/// Rewrites serde's messages about a config value in the user's words:
+/// Rust type names become what to write (`expected i64` → `expected an
+/// integer`), and an unknown key or value gets the closest known one
+/// (HAProxy's "did you mean").
+pub fn humanize(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        return unknown("key", rest);
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant `") {
+        return unknown("value", rest);
+    }
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        let name = rest.split('`').next().unwrap_or(rest);
+        return format!("missing key `{name}`");
+    }
+    if let Some(rest) = message.strip_prefix("invalid type: ")
+        && let Some((got, expected)) = rest.split_once(", expected ")
+    {
+        return format!(
+            "expected {}, got {}",
+            expected_words(expected),
+            got_words(got)
+        );
+    }
+    if let Some(rest) = message.strip_prefix("invalid value: ")
+        && let Some((got, expected)) = rest.split_once(", expected ")
+    {
+        return format!(
+            "expected {}, got {}",
+            expected_words(expected),
+            got_words(got)
+        );
+    }
+    message.to_string()
+}
+
+/// `unknown field `x`, expected one of `a`, `b`` (or `expected `a``, or
+/// `there are no fields`) as a located hint.
+fn unknown(what: &str, rest: &str) -> String {
+    let Some((name, tail)) = rest.split_once('`') else {
+        return format!("unknown {what} `{rest}");
+    };
+    let known: Vec<&str> = tail
+        .split('`')
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, s)| s)
+        .collect();
+    if known.is_empty() {
+        return format!("unknown {what} `{name}`; none is allowed here");
+    }
+    let best = known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(name, k), *k))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let list = known.join(", ");
+    match best {
+        Some((_, k)) => {
+            format!("unknown {what} `{name}` (did you mean `{k}`?); expected one of: {list}")
+        }
+        None => format!("unknown {what} `{name}`; expected one of: {list}"),
+    }
+}
+
+fn expected_words(expected: &str) -> String {
+    match expected {
+        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" | "isize"
+        | "an integer" => "an integer".into(),
+        "f32" | "f64" => "a number".into(),
+        "a boolean" | "bool" => "true or false".into(),
+        "a sequence" => "a list".into(),
+        "a map" => "a table".into(),
+        e if e.starts_with("struct ") => "a table".into(),
+        e => e.to_string(),
+    }
+}
+
+fn got_words(got: &str) -> String {
+    if let Some(s) = got.strip_prefix("string ") {
+        return format!("the string {s}");
+    }
+    for (prefix, word) in [
+        ("integer ", "the integer "),
+        ("floating point ", "the number "),
+        ("boolean ", ""),
+    ] {
+        if let Some(v) = got.strip_prefix(prefix) {
+            return format!("{word}{}", v.trim_matches('`'));
+        }
+    }
+    match got {
+        "sequence" => "a list".into(),
+        "map" => "a table".into(),
+        g => g.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod humanize_tests {
+    use super::humanize;
+
+    #[test]
+    fn serde_messages_in_the_users_words() {
+        let cases = [
+            (
+                "invalid type: string \"two\", expected i64",
+                "expected an integer, got the string \"two\"",
+            ),
+            (
+                "unknown field `bnid`, expected one of `name`, `bind`, `default_backend`",
+                "unknown key `bnid` (did you mean `bind`?); expected one of: name, bind, default_backend",
+            ),
+            (
+                "unknown field `zzz`, expected one of `name`, `bind`",
+                "unknown key `zzz`; expected one of: name, bind",
+            ),
+            (
+                "unknown variant `roundrobn`, expected one of `roundrobin`, `leastconn`, `source`",
+                "unknown value `roundrobn` (did you mean `roundrobin`?); expected one of: roundrobin, leastconn, source",
+            ),
+            ("missing field `name`", "missing key `name`"),
+            (
+                "invalid type: integer `3`, expected a string",
+                "expected a string, got the integer 3",
+            ),
+            (
+                "invalid type: boolean `true`, expected u32",
+                "expected an integer, got true",
+            ),
+            (
+                "invalid type: sequence, expected struct RawFrontend",
+                "expected a table, got a list",
+            ),
+            ("something else entirely", "something else entirely"),
+        ];
+        for (serde, want) in cases {
+            assert_eq!(humanize(serde), want, "{serde}");
+        }
+    }
+}

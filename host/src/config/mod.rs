@@ -113,6 +113,8 @@ pub struct Frontend {
     pub http_response: Vec<Spanned<schema::RawRule>>,
     /// `http_after_response` rules as written.
     pub http_after_response: Vec<Spanned<schema::RawRule>>,
+    /// `filters` as written (built by the plugin host at assembly).
+    pub filters: Vec<Spanned<schema::RawFilter>>,
     /// `errorfiles` / `error_replies`: pages replacing the default ones.
     pub errors: crate::error::ErrorPages,
 }
@@ -201,7 +203,7 @@ pub fn load(path: &Path) -> Result<Spec, ConfigError> {
 pub fn parse(path: &Path, text: &str) -> Result<Spec, ConfigError> {
     let source = SourceMap::new(path, text);
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let message = e.message().trim().to_string();
+        let message = diag::humanize(e.message().trim());
         match e.span() {
             Some(span) => source.error(span, message),
             None => ConfigError::file(path, message),
@@ -454,6 +456,7 @@ impl Validator<'_> {
             http_request: f.http_request.clone(),
             http_response: f.http_response.clone(),
             http_after_response: f.http_after_response.clone(),
+            filters: f.filters.clone(),
             errors: errors::error_pages(
                 self.source,
                 f.errorfiles.as_ref(),

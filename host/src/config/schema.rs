@@ -47,7 +47,10 @@ pub struct RawStickTable {
 
 /// A count written as an integer or a string with a `k` / `m` / `g` suffix.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected an integer or a string with a k, m or g suffix, such as 100000 or \"100k\""
+)]
 pub enum CountSpec {
     Int(i64),
     Text(String),
@@ -137,7 +140,7 @@ pub struct RawAdminTimeouts {
 
 /// A user or group: a name, or a numeric id (as an integer or a string of digits).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a user or group name, or a numeric id")]
 pub enum IdSpec {
     Id(i64),
     Name(String),
@@ -179,10 +182,24 @@ pub struct RawFrontend {
     /// proxy's own answers (deny, return, redirect, error pages) included.
     #[serde(default)]
     pub http_after_response: Vec<Spanned<RawRule>>,
+    /// HAProxy's `filter lua.NAME [args]`: stream filters, in order.
+    #[serde(default)]
+    pub filters: Vec<Spanned<RawFilter>>,
     /// HAProxy's `errorfile`: status → a file holding a whole HTTP response.
     pub errorfiles: Option<Spanned<ErrorMap<String>>>,
     /// HAProxy's `http-error`: status → a reply (`body`, `content_type`, `headers`).
     pub error_replies: Option<Spanned<ErrorMap<RawErrorReply>>>,
+}
+
+/// One `filters` entry of a frontend: `{ lua = "name", args = [...] }`
+/// (HAProxy's `filter lua.name args...`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilter {
+    /// The name a script gave `core.register_filter`.
+    pub lua: Option<Spanned<String>>,
+    /// Arguments handed to the registration function (as strings).
+    pub args: Option<Spanned<Vec<toml::Value>>>,
 }
 
 /// Error pages by status (`errorfiles`, `error_replies` of a frontend or backend).
@@ -201,7 +218,7 @@ pub struct RawErrorReply {
 
 /// A string or a list of strings (e.g. `bind = "127.0.0.1:80"` or `bind = ["a", "b"]`).
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a string or a list of strings")]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
@@ -268,7 +285,10 @@ pub struct RawHealthCheck {
 
 /// `deny = true` or `deny = 429`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected true, or the HTTP status to answer with, such as 403 or 429"
+)]
 pub enum DenySpec {
     Flag(bool),
     Status(i64),

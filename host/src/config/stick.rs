@@ -230,7 +230,7 @@ nopurge = true
         fails(
             "[[stick_table]]\nname = \"a\"\ntype = \"ip\"\nsize = 1\nexpir = \"1s\"\n",
             "expir",
-            "unknown field",
+            "unknown key `expir` (did you mean `expire`?)",
         );
     }
 }

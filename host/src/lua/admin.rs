@@ -39,6 +39,7 @@ pub fn plugin_json(p: &Plugin) -> Value {
             "fetches": r.fetches,
             "converters": r.converters,
             "services": r.services,
+            "filters": r.filters,
             "inits": r.inits,
             "tasks": r.tasks,
         },

@@ -112,6 +112,7 @@ impl AppletState {
             headers,
             body: Bytes::from(self.body),
             error_page: false,
+            cause: None,
         }
     }
 }
@@ -269,7 +270,19 @@ pub(crate) fn methods(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Table> {
             "receive",
             func(lua, move |lua, a| {
                 let args = Args::new(&a, "receive", 1);
-                let size = args.opt_int(1)?;
+                // As HAProxy: an explicit argument (nil included) must be an
+                // integer; none, or a negative one, reads everything.
+                if a.len() > 2 {
+                    // HAProxy's message (it names the function 'recv').
+                    return Err(mlua::Error::runtime(
+                        "The 'recv' function requires between 1 and 2 arguments.",
+                    ));
+                }
+                let size = if a.len() >= 2 {
+                    Some(args.checkinteger(1)?)
+                } else {
+                    None
+                };
                 let chunk = with_state(&cx, |s| {
                     let rest = s.req_body.len() - s.read;
                     let n = match size {

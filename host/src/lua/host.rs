@@ -76,4 +76,11 @@ impl PluginHost for LuaHost {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+
+    fn attach_process(&self, source: std::sync::Weak<dyn crate::plugin::ProcessSource>) {
+        for p in &self.plugins.list {
+            // Set once per runtime; a second daemon on the same runtime keeps the first.
+            let _ = p.process.set(std::sync::Weak::clone(&source));
+        }
+    }
 }

@@ -5,18 +5,18 @@
 //! ([`PatternCache`](crate::rules::pattern::PatternCache)) and shared by
 //! every worker's state.
 
+use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use mlua::{Lua, MultiValue, Table, UserData, Value};
 
 use super::api::{Args, error_values, one};
 use super::runtime::{CallCx, CallKind};
 use crate::rules::cond::MatchMethod;
-use crate::rules::pattern::PatternMap;
+use crate::rules::pattern::{Change, MapReader};
 
-/// The map behind a `Map` object.
-struct MapHandle(Arc<PatternMap>);
+/// The map behind a `Map` object: this state's copy of the file's live index.
+struct MapHandle(RefCell<MapReader>);
 
 impl UserData for MapHandle {}
 
@@ -81,7 +81,81 @@ pub(crate) fn install(lua: &Lua, cx: &Rc<CallCx>, p: &Table) -> mlua::Result<()>
     class.raw_set("new", new)?;
     p.raw_set("map_class", class)?;
     p.raw_set("map_methods", methods)?;
+    let core: Table = p.raw_get("core")?;
+    for op in [Op::SetMap, Op::DelMap, Op::AddAcl, Op::DelAcl] {
+        let cx = Rc::clone(cx);
+        let f = lua.create_function(move |lua, a: MultiValue| {
+            edit(&cx, op, &a).or_else(|e| error_values(lua, e))
+        })?;
+        core.raw_set(op.name(), f)?;
+    }
     Ok(())
+}
+
+/// `core.set_map`, `del_map`, `add_acl`, `del_acl`.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    SetMap,
+    DelMap,
+    AddAcl,
+    DelAcl,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::SetMap => "set_map",
+            Op::DelMap => "del_map",
+            Op::AddAcl => "add_acl",
+            Op::DelAcl => "del_acl",
+        }
+    }
+}
+
+/// Changes the in-memory entries of a loaded file, as HAProxy's
+/// `hlua_set_map` and friends change its `pat_ref` (never the file on
+/// disk); every `Map` object of the file, in every worker, sees the change
+/// at its next lookup.
+fn edit(cx: &CallCx, op: Op, a: &MultiValue) -> mlua::Result<MultiValue> {
+    let name = op.name();
+    let nargs = if matches!(op, Op::SetMap) { 3 } else { 2 };
+    if a.len() != nargs {
+        return Err(mlua::Error::runtime(format!(
+            "'{name}' needs {nargs} arguments"
+        )));
+    }
+    let args = Args::new(a, name, 0);
+    let file = args.bytes(1)?;
+    let key = args.bytes(2)?;
+    let value = if matches!(op, Op::SetMap) {
+        Some(args.bytes(3)?)
+    } else {
+        None
+    };
+    let file_text = String::from_utf8_lossy(&file);
+    // Resolved as `Map.new` resolves it, so the same string names the same file.
+    let path = crate::config::resolve_path(&cx.plugin.path, &file_text);
+    let Some(r) = cx.plugin.maps.loaded(&path) else {
+        // HAProxy's messages, `del_map`'s "acl" included.
+        let kind = if matches!(op, Op::SetMap) {
+            "map"
+        } else {
+            "acl"
+        };
+        return Err(mlua::Error::runtime(format!(
+            "'{name}': unknown {kind} file '{file_text}'"
+        )));
+    };
+    let change = match (op, value) {
+        (Op::SetMap, Some(v)) => r.set(&key, &v),
+        (Op::AddAcl, _) => r.add_key(&key),
+        _ => r.delete(&key),
+    };
+    if change == Change::Full {
+        // HAProxy drops an entry it cannot allocate without a word; the log says why.
+        tracing::warn!(plugin = %cx.plugin.name, file = %path.display(), "core.{name}: the file would exceed {} entries or {} bytes; the change was dropped", crate::rules::pattern::MAX_ENTRIES, crate::rules::pattern::MAX_FILE_BYTES);
+    }
+    Ok(MultiValue::new())
 }
 
 fn new_map(lua: &Lua, cx: &CallCx, meta: &Table, a: &MultiValue) -> mlua::Result<MultiValue> {
@@ -108,7 +182,10 @@ fn new_map(lua: &Lua, cx: &CallCx, meta: &Table, a: &MultiValue) -> mlua::Result
         .get_or_load(&path, method)
         .map_err(|m| mlua::Error::runtime(format!("'new': {m}.")))?;
     let obj = lua.create_table()?;
-    obj.raw_set(0, lua.create_userdata(MapHandle(map))?)?;
+    obj.raw_set(
+        0,
+        lua.create_userdata(MapHandle(RefCell::new(MapReader::new(map))))?,
+    )?;
     obj.set_metatable(Some(meta.clone()))?;
     one(Value::Table(obj))
 }
@@ -144,10 +221,13 @@ fn lookup(
             this.type_name()
         )));
     };
-    let map = &handle.0;
     let args = Args::new(a, name, 1);
+    let Ok(mut reader) = handle.0.try_borrow_mut() else {
+        return Err(mlua::Error::runtime(format!("'{name}': map in use")));
+    };
+    let map = reader.get();
     let found = if map.method() == MatchMethod::Int {
-        map.lookup_int(lua_integer(&args)?)
+        map.lookup_int(args.checkinteger(1)?)
     } else {
         match args.get(1) {
             Value::String(s) => map.lookup(&s.as_bytes()),
@@ -161,31 +241,4 @@ fn lookup(
         None => Value::Nil,
     };
     one(v)
-}
-
-/// The key of an `int` map, converted as Lua's `luaL_checkinteger` does.
-fn lua_integer(args: &Args<'_>) -> mlua::Result<i64> {
-    let as_int = |x: f64| {
-        (x.fract() == 0.0 && x >= -(2f64.powi(63)) && x < 2f64.powi(63)).then_some(x as i64)
-    };
-    match args.get(1) {
-        Value::Integer(i) => Ok(*i),
-        Value::Number(x) => {
-            as_int(*x).ok_or_else(|| args.err(1, "number has no integer representation"))
-        }
-        Value::String(s) => {
-            let text = s.to_str().map_err(|_| args.bad(1, "number"))?;
-            let t = text.trim();
-            if let Ok(i) = t.parse::<i64>() {
-                return Ok(i);
-            }
-            match t.parse::<f64>() {
-                Ok(x) => {
-                    as_int(x).ok_or_else(|| args.err(1, "number has no integer representation"))
-                }
-                Err(_) => Err(args.bad(1, "number")),
-            }
-        }
-        _ => Err(args.bad(1, "number")),
-    }
 }

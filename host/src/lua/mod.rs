@@ -14,6 +14,8 @@
 //!   reply objects; `applet`: `AppletHTTP` for services.
 //! - `rules`: how rules reach plugins: the `lua` action, `use_service`, and
 //!   `lua.<name>` fetches and converters.
+//! - `filter`: a frontend's `filters` (HAProxy's `filter lua.<name>`), with
+//!   the `Channel` and `HTTPMessage` classes in `api/filter.rs`.
 //!
 //! Failures stay local: every allocation a script can trigger is bounded by
 //! the plugin's own limit and fails as a Lua error, every entry into Lua is
@@ -25,6 +27,7 @@ mod api;
 mod applet;
 mod events;
 mod ffi;
+mod filter;
 mod headers;
 pub mod host;
 mod map;
@@ -46,10 +49,13 @@ use crate::config::schema::RawPlugin;
 use crate::config::{ConfigError, SourceMap};
 use crate::txn::Phase;
 
+pub use filter::build_filters;
 pub use host::LuaHost;
 
 /// Default per-instance memory limit.
 pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
+/// Default `max_body_size`: the body a Lua filter may hold un-forwarded.
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 /// Default CPU budget of one call.
 pub const DEFAULT_CPU_LIMIT: Duration = Duration::from_millis(50);
 
@@ -103,6 +109,8 @@ pub struct Registered {
     pub fetches: Vec<String>,
     pub converters: Vec<String>,
     pub services: Vec<String>,
+    /// `core.register_filter` names.
+    pub filters: Vec<String>,
     pub inits: usize,
     pub tasks: usize,
     /// `core.event_sub`/`Server:event_sub` calls made by the main chunk.
@@ -139,8 +147,12 @@ pub struct Plugin {
     pub servers: crate::servers::Backends,
     /// Client inactivity limit while a service reads the request body (`timeout.client`).
     pub client_timeout: Duration,
-    /// Maps the script loaded with `Map.new`, shared by every state.
+    /// Map files loaded with `Map.new`, shared by every state and every plugin of the config.
     pub maps: Arc<crate::rules::pattern::PatternCache>,
+    /// The daemon's figures (`core.get_info()`), once it serves.
+    pub process: std::sync::OnceLock<std::sync::Weak<dyn crate::plugin::ProcessSource>>,
+    /// Most body bytes a filter holds without forwarding them (`max_body_size`).
+    pub max_body: usize,
 }
 
 impl Plugin {
@@ -298,6 +310,9 @@ pub fn load_plugins(
     view: &HostView,
 ) -> Result<Plugins, ConfigError> {
     let mut list: Vec<Arc<Plugin>> = Vec::with_capacity(raw.len());
+    // One per config: every plugin sees the same in-memory map files, as
+    // HAProxy's pattern references are process-wide.
+    let maps = Arc::new(crate::rules::pattern::PatternCache::default());
     for p in raw {
         let p = p.get_ref();
         let name = p.name.get_ref();
@@ -311,12 +326,17 @@ pub fn load_plugins(
             // Another plugin host's.
             continue;
         }
-        list.push(Arc::new(load_one(p, source, view)?));
+        list.push(Arc::new(load_one(p, source, view, &maps)?));
     }
     Ok(Plugins { list })
 }
 
-fn load_one(p: &RawPlugin, source: &SourceMap, view: &HostView) -> Result<Plugin, ConfigError> {
+fn load_one(
+    p: &RawPlugin,
+    source: &SourceMap,
+    view: &HostView,
+    maps: &Arc<crate::rules::pattern::PatternCache>,
+) -> Result<Plugin, ConfigError> {
     let name = p.name.get_ref();
     crate::config::check_name(source, &p.name, "plugin")?;
     let Some(lua) = &p.lua else {
@@ -335,13 +355,21 @@ fn load_one(p: &RawPlugin, source: &SourceMap, view: &HostView) -> Result<Plugin
             ));
         }
     }
-    if let Some(m) = &p.max_body_size {
-        return Err(source.error(
-            m.span(),
-            "`max_body_size` bounds the body a Wasm plugin may buffer; a Lua action sees \
-             headers only (a Lua service reads the body with `receive`)",
-        ));
-    }
+    // A Lua filter holds at most this much of a body it has not forwarded
+    // yet (HAProxy: one buffer, `tune.bufsize`); actions see headers only.
+    let max_body = match &p.max_body_size {
+        Some(m) => {
+            let n = m.get_ref().0;
+            if !(1..=(64u64 << 20)).contains(&n) {
+                return Err(source.error(
+                    m.span(),
+                    format!("max_body_size of a Lua plugin (the body a filter may hold) must be between 1 byte and 64MiB, got {n} bytes"),
+                ));
+            }
+            usize::try_from(n).unwrap_or(DEFAULT_MAX_BODY)
+        }
+        None => DEFAULT_MAX_BODY,
+    };
     let memory_limit = match &p.memory_limit {
         Some(m) => {
             let n = m.get_ref().0;
@@ -429,7 +457,9 @@ fn load_one(p: &RawPlugin, source: &SourceMap, view: &HostView) -> Result<Plugin
         tables: Arc::clone(&view.tables),
         servers: Arc::clone(&view.servers),
         client_timeout: view.client_timeout,
-        maps: Arc::default(),
+        maps: Arc::clone(maps),
+        process: std::sync::OnceLock::new(),
+        max_body,
     };
     plugin.set_memory_limit(memory_limit);
     plugin.registered = runtime::validate(&plugin).map_err(|m| {
@@ -463,3 +493,5 @@ pub(crate) fn arg_strings(a: &Spanned<Vec<toml::Value>>) -> Result<Vec<String>, 
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_api;

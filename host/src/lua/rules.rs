@@ -566,7 +566,7 @@ fn call_sync(
     what: impl Fn() -> String,
     resolve: impl Fn(&runtime::Funcs) -> Option<mlua::Function>,
     args: &[String],
-    first: impl Fn(&Instance) -> mlua::Result<LuaValue>,
+    first: impl Fn(&Instance) -> mlua::Result<(LuaValue, LuaValue)>,
     site: Site,
 ) -> Option<Sample> {
     let inst = match runtime::instance(plugin) {
@@ -590,20 +590,19 @@ fn call_sync(
     loop {
         attempt += 1;
         let prepared = inst.thread_for(&binding.func).and_then(|t| {
-            let head = inst.setup(|| first(&inst))?;
+            let (head, privv) = inst.setup(|| first(&inst))?;
             let mut a = MultiValue::with_capacity(1 + binding.args.len());
             a.push_back(head);
             a.extend(binding.args.iter().cloned());
-            Ok((t, a))
+            Ok((t, a, privv))
         });
-        let (thread, a) = match prepared {
+        let (thread, a, mut privv) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 runtime::record_failure(plugin, Some(&inst), &e, &what());
                 return None;
             }
         };
-        let mut privv = LuaValue::Nil;
         let mut fields = None;
         let ((_, step), _) = inst.run(thread, a, &site, &mut privv, &mut fields, plugin.cpu_limit);
         let e = match step {
@@ -642,7 +641,18 @@ impl Fetch for LuaFetch {
             || format!("fetch {name:?}"),
             |f| f.fetches.get(name).cloned(),
             &self.args,
-            |inst| Ok(LuaValue::Table(inst.txn_obj.clone())),
+            |inst| {
+                // The request's private data, as the actions of this state
+                // left it (HAProxy's fetches share the stream's Lua
+                // context); a fetch only reads the request, so what it
+                // sets is not kept.
+                let privv = txn
+                    .plugin_state
+                    .peek::<TxnSlot>(self.plugin.id)
+                    .filter(|s| std::ptr::eq(Rc::as_ptr(&s.instance), inst))
+                    .map_or(LuaValue::Nil, |s| s.privv.clone());
+                Ok((LuaValue::Table(inst.txn_obj.clone()), privv))
+            },
             site,
         )
         .map(Value::owned)
@@ -684,7 +694,7 @@ impl Converter for LuaConverter {
             || format!("converter {name:?}"),
             |f| f.converters.get(name).cloned(),
             &self.args,
-            |inst| value_to_lua(&inst.lua, &input),
+            |inst| Ok((value_to_lua(&inst.lua, &input)?, LuaValue::Nil)),
             Site::none(CallKind::Converter),
         )
         .map(Value::owned)

@@ -54,7 +54,7 @@ pub(crate) static DONE_MARK: u8 = 2;
 /// First return value of an API function that failed; the second is the message
 /// (raised by a Lua wrapper as a plain string error, as HAProxy's C functions do).
 pub(crate) static ERR_MARK: u8 = 3;
-/// Yielded with a `Socket` by its methods: the host awaits the socket's operation.
+/// Yielded with a `Socket`, an `HTTPClient` call or a `Queue` waiter: the host awaits its operation.
 pub(crate) static IO_MARK: u8 = 4;
 /// Yielded by `core.done(...)`: the call ends here, with these values.
 pub(crate) static END_MARK: u8 = 5;
@@ -153,6 +153,8 @@ pub(crate) struct Funcs {
     pub fetches: HashMap<String, Function>,
     pub converters: HashMap<String, Function>,
     pub services: HashMap<String, Function>,
+    /// `core.register_filter`: the class and the function called per `filters` entry.
+    pub filters: HashMap<String, (Table, Function)>,
     pub inits: Vec<Function>,
     pub tasks: Vec<(Function, Vec<Value>)>,
 }
@@ -313,6 +315,8 @@ pub(crate) fn validate(plugin: &Plugin) -> Result<Registered, String> {
         servers: Arc::clone(&plugin.servers),
         client_timeout: plugin.client_timeout,
         maps: Arc::clone(&plugin.maps),
+        process: std::sync::OnceLock::new(),
+        max_body: plugin.max_body,
     });
     copy.set_memory_limit(plugin.memory_limit);
     let built = catch_unwind(AssertUnwindSafe(|| Instance::build(&copy, false)));
@@ -708,10 +712,13 @@ fn classify_yield(vals: &MultiValue) -> Step {
             let pending = match vals.get(1) {
                 Some(Value::UserData(ud)) => match ud.borrow::<super::api::Socket>() {
                     Ok(s) => s.take_pending(),
-                    Err(_) => ud
-                        .borrow::<super::api::HttpCall>()
-                        .ok()
-                        .and_then(|c| c.take_pending()),
+                    Err(_) => match ud.borrow::<super::api::HttpCall>() {
+                        Ok(c) => c.take_pending(),
+                        Err(_) => ud
+                            .borrow::<super::api::QueueWaiter>()
+                            .ok()
+                            .and_then(|w| w.take_pending()),
+                    },
                 },
                 _ => None,
             };

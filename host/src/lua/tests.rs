@@ -13,7 +13,7 @@ use crate::txn::{Phase, Sample, Txn, VarScope};
 
 /// A directory for one test's files, removed afterwards.
 #[derive(Debug)]
-struct Dir(PathBuf);
+pub(super) struct Dir(pub(super) PathBuf);
 
 impl Dir {
     fn new(tag: &str) -> Dir {
@@ -58,23 +58,28 @@ fn load_with(
     crate::runtime::parse(&path, &text, BindCheck::Skip).map(|c| (c, dir))
 }
 
-fn ok(script: &str, plugin_extra: &str, rules: &str) -> (Config, Dir) {
+pub(super) fn ok(script: &str, plugin_extra: &str, rules: &str) -> (Config, Dir) {
     ok_with(&[], script, plugin_extra, rules)
 }
 
-fn ok_with(files: &[(&str, &str)], script: &str, plugin_extra: &str, rules: &str) -> (Config, Dir) {
+pub(super) fn ok_with(
+    files: &[(&str, &str)],
+    script: &str,
+    plugin_extra: &str,
+    rules: &str,
+) -> (Config, Dir) {
     match load_with(files, script, plugin_extra, rules) {
         Ok(c) => c,
         Err(e) => panic!("config should load: {e}"),
     }
 }
 
-fn txn(uri: &str) -> Txn {
+pub(super) fn txn(uri: &str) -> Txn {
     Txn::for_test(uri, std::net::SocketAddr::from(([10, 1, 2, 3], 5555)))
 }
 
 /// Runs one hook to completion like the proxy core (waiting on a runtime).
-fn hook(
+pub(in crate::lua) fn hook(
     rt: &tokio::runtime::Runtime,
     f: &std::sync::Arc<dyn Filter>,
     t: &mut Txn,
@@ -95,7 +100,7 @@ fn hook(
     }
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(super) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -103,7 +108,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// Runs the request rules, then (unless answered) the response rules on a 200.
-fn exchange(rt: &tokio::runtime::Runtime, cfg: &Config, t: &mut Txn) -> Option<Reply> {
+pub(super) fn exchange(rt: &tokio::runtime::Runtime, cfg: &Config, t: &mut Txn) -> Option<Reply> {
     let chain = &cfg.frontends[0].chain;
     t.phase = Phase::Request;
     for f in &chain.request {
@@ -126,7 +131,7 @@ fn plugin(cfg: &Config) -> &Arc<Plugin> {
 }
 
 /// The config's Lua plugins (the first plugin host is Lua's).
-fn lua_plugins(cfg: &Config) -> &[Arc<Plugin>] {
+pub(super) fn lua_plugins(cfg: &Config) -> &[Arc<Plugin>] {
     let host = cfg.plugins[0]
         .as_any()
         .downcast_ref::<super::LuaHost>()
@@ -314,11 +319,11 @@ fn config_errors_name_the_script_line_and_the_plugin() {
     )
     .expect_err("memory");
     assert!(e.to_string().contains("not enough memory"), "{e}");
-    // Wasm-only keys are refused with the reason, not silently ignored.
-    let e = load("", "max_body_size = \"1MiB\"", "").expect_err("max_body_size");
+    // `max_body_size` bounds what a Lua filter holds.
+    let e = load("", "max_body_size = \"65MiB\"", "").expect_err("max_body_size");
     assert!(
         e.to_string()
-            .contains("`max_body_size` bounds the body a Wasm"),
+            .contains("max_body_size of a Lua plugin (the body a filter may hold)"),
         "{e}"
     );
     let e = load("", "", "http_request = [{ lua = \"nope\" }]").expect_err("unknown");

@@ -48,6 +48,36 @@ pub trait PluginHost: RuleExtension {
 
     /// The host itself, for code that knows its kind (tests, the assembly step).
     fn as_any(&self) -> &dyn std::any::Any;
+
+    /// The daemon starts serving: where the plugins read its figures
+    /// (Lua's `core.get_info()`). Weak, so the runtime and the daemon's
+    /// state, which holds the runtime, do not keep each other alive.
+    fn attach_process(&self, _source: std::sync::Weak<dyn ProcessSource>) {}
+}
+
+/// The running daemon's figures, as HAProxy's `show info` has them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Since the daemon started serving.
+    pub uptime: Duration,
+    /// Worker threads (HAProxy's `Nbthread`).
+    pub workers: u64,
+    /// Open client connections.
+    pub curr_conns: u64,
+    /// Client connections accepted since the start.
+    pub cum_conns: u64,
+    /// Requests received since the start.
+    pub cum_req: u64,
+    /// The global `maxconn`.
+    pub maxconn: u64,
+    /// Listening sockets (one per bind address per worker).
+    pub listeners: u64,
+}
+
+/// Where [`ProcessInfo`] comes from (the proxy's shared state).
+pub trait ProcessSource: Send + Sync + std::fmt::Debug {
+    /// The figures now.
+    fn process_info(&self) -> ProcessInfo;
 }
 
 /// What a request sees when a plugin fails on it.

@@ -265,6 +265,7 @@ pub async fn handle(
     };
     let (status, headers, body, reason) = match early {
         Some(mut reply) => {
+            note_cause(&mut route, &reply);
             error_pages(&ctx, &route, &mut reply);
             reply_parts(reply)
         }
@@ -283,6 +284,7 @@ pub async fn handle(
                 let mut taps = Vec::new();
                 match run_phase(&chain.response, &mut txn, &mut taps).await {
                     Some(mut reply) => {
+                        note_cause(&mut route, &reply);
                         error_pages(&ctx, &route, &mut reply);
                         // The server's body is abandoned: its connection cannot be reused.
                         if let Some(conn) = route.conn.take() {
@@ -372,6 +374,15 @@ fn reply_parts(reply: Reply) -> (StatusCode, HeaderMap, ResponseBody, Option<&'s
         ResponseBody::full(reply.body),
         reason,
     )
+}
+
+/// A plugin failure that answered the request is the access log's termination.
+fn note_cause(route: &mut Route, reply: &Reply) {
+    if route.error.is_none()
+        && let Some(cause) = reply.cause
+    {
+        route.error = Some(cause.to_string());
+    }
 }
 
 /// The proxy's own answer to `err`, recorded in `route` for counters and the access log.

@@ -15,6 +15,7 @@ pub mod error;
 pub mod handler;
 pub mod head;
 pub mod health;
+mod info;
 pub mod limit;
 pub mod pool;
 pub mod stats;
@@ -95,6 +96,13 @@ fn bind_all(config: &Runtime) -> Result<Vec<worker::WorkerListeners>, RunError> 
 pub fn run(config: Arc<Runtime>) -> Result<(), RunError> {
     let fd_limit = limit::raise_fd_limit();
     let shared = Arc::new(Shared::new(Arc::clone(&config)));
+    {
+        let weak: std::sync::Weak<Shared> = Arc::downgrade(&shared);
+        let source: std::sync::Weak<dyn crate::plugin::ProcessSource> = weak;
+        for host in &config.plugins {
+            host.attach_process(std::sync::Weak::clone(&source));
+        }
+    }
     if let Some(warning) = limit::check_maxconn(shared.conns.max(), fd_limit) {
         tracing::warn!("{warning}");
     }

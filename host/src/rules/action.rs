@@ -389,6 +389,7 @@ impl ReturnAction {
             headers,
             body,
             error_page: false,
+            cause: None,
         })
     }
 }
@@ -466,6 +467,7 @@ impl DenyAction {
             headers: crate::error::page_headers(),
             body: self.body.clone(),
             error_page: true,
+            cause: None,
         };
         self.headers.apply(txn, &mut reply.headers);
         Flow::Respond(reply)
@@ -562,6 +564,7 @@ impl RedirectAction {
             headers,
             body: Bytes::new(),
             error_page: false,
+            cause: None,
         })
     }
 }

@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use regex::Regex;
 
@@ -18,11 +20,17 @@ use super::fetch::compile_regex;
 /// Largest map file read (HAProxy has no limit; this bounds a typo'd path to a huge file).
 pub const MAX_FILE_BYTES: u64 = 256 << 20;
 
-/// A map loaded from a file: keys matched by one method, each with a value.
+/// Most entries one file may hold after run-time additions (HAProxy has no
+/// limit; this bounds a script that adds a key per request). Additions past
+/// it are dropped, as HAProxy drops an entry it cannot allocate.
+pub const MAX_ENTRIES: usize = 1 << 20;
+
+/// A map loaded from a file: keys matched by one method, each with a value
+/// (none for an entry added by `core.add_acl`).
 #[derive(Debug)]
 pub struct PatternMap {
     method: MatchMethod,
-    values: Box<[Box<[u8]>]>,
+    values: Box<[Option<Box<[u8]>>]>,
     index: Index,
 }
 
@@ -87,7 +95,40 @@ impl PatternMap {
                 line: n + 1,
                 message,
             })?;
-            values.push(Box::from(value));
+            values.push(Some(Box::from(value)));
+        }
+        Ok(PatternMap {
+            method,
+            values: values.into_boxed_slice(),
+            index: b.finish(),
+        })
+    }
+
+    /// Indexes entries in order. An entry whose key `method` cannot read
+    /// is an error when `strict` (loading), else skipped (a rebuild: such
+    /// keys are refused when added).
+    fn from_entries(
+        entries: &[Entry],
+        method: MatchMethod,
+        strict: bool,
+    ) -> Result<PatternMap, PatternError> {
+        let mut values = Vec::with_capacity(entries.len());
+        let mut b = Builder::new(method)?;
+        for e in entries {
+            let id = u32::try_from(values.len()).map_err(|_| PatternError {
+                line: e.line,
+                message: "too many entries".into(),
+            })?;
+            match b.add(&e.key, id) {
+                Ok(()) => values.push(e.value.clone()),
+                Err(message) if strict => {
+                    return Err(PatternError {
+                        line: e.line,
+                        message,
+                    });
+                }
+                Err(_) => {}
+            }
         }
         Ok(PatternMap {
             method,
@@ -156,31 +197,287 @@ impl PatternMap {
         }
     }
 
+    /// The entry's value; none for a key without one (`core.add_acl`), which
+    /// still wins the lookup, as in HAProxy (a map lookup then finds nothing).
     fn value(&self, id: u32) -> Option<&[u8]> {
-        self.values.get(usize::try_from(id).ok()?).map(|v| &**v)
+        self.values.get(usize::try_from(id).ok()?)?.as_deref()
     }
 }
 
-/// Maps loaded so far, by file and method: every worker's Lua state (and a
-/// rebuilt one) shares one copy instead of reading the file again. Only
-/// touched while scripts load, never on the request path.
+/// One entry of a file: its key as written and its value.
+#[derive(Debug, Clone)]
+struct Entry {
+    key: Box<[u8]>,
+    value: Option<Box<[u8]>>,
+    /// Its line in the file (for load errors); 0 when added at run time.
+    line: usize,
+}
+
+/// A file's map for one match method as the workers see it: the current
+/// index and a version bumped after each change. Readers keep a copy
+/// ([`MapReader`]) and take the lock only when the version moved.
+#[derive(Debug)]
+pub struct LiveMap {
+    version: AtomicU64,
+    current: RwLock<Arc<PatternMap>>,
+}
+
+impl LiveMap {
+    fn new(map: PatternMap) -> LiveMap {
+        LiveMap {
+            version: AtomicU64::new(0),
+            current: RwLock::new(Arc::new(map)),
+        }
+    }
+
+    /// The current index (takes the read lock; see [`MapReader`] for lookups).
+    pub fn snapshot(&self) -> Arc<PatternMap> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn publish(&self, map: PatternMap) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(map);
+        // After the store: a reader that sees the new version reads the new map.
+        self.version.fetch_add(1, Release);
+    }
+}
+
+/// A worker's view of a [`LiveMap`]: the copy it last read and its version.
+#[derive(Debug)]
+pub struct MapReader {
+    live: Arc<LiveMap>,
+    seen: u64,
+    map: Arc<PatternMap>,
+}
+
+impl MapReader {
+    /// A reader of `live`, starting at its current index.
+    pub fn new(live: Arc<LiveMap>) -> MapReader {
+        let seen = live.version.load(Acquire);
+        let map = live.snapshot();
+        MapReader { live, seen, map }
+    }
+
+    /// The current index: one atomic load, and the read lock only after a change.
+    pub fn get(&mut self) -> &PatternMap {
+        let v = self.live.version.load(Acquire);
+        if v != self.seen {
+            self.map = self.live.snapshot();
+            self.seen = v;
+        }
+        &self.map
+    }
+}
+
+/// HAProxy's `pat_ref`: a file's entries, changed at run time, and the
+/// indexes built from them for each method a script asked for.
+#[derive(Debug)]
+pub struct PatternRef {
+    state: Mutex<RefState>,
+}
+
+#[derive(Debug)]
+struct RefState {
+    entries: Vec<Entry>,
+    /// Bytes of the entries' keys and values (bounded by [`MAX_FILE_BYTES`]).
+    bytes: usize,
+    maps: Vec<(MatchMethod, Arc<LiveMap>)>,
+}
+
+impl RefState {
+    /// Whether `more` bytes more (and `less` fewer) stay within the bound.
+    fn fits(&self, more: usize, less: usize) -> bool {
+        self.bytes.saturating_sub(less).saturating_add(more)
+            <= usize::try_from(MAX_FILE_BYTES).unwrap_or(usize::MAX)
+    }
+}
+
+fn entry_bytes(e: &Entry) -> usize {
+    e.key.len() + e.value.as_ref().map_or(0, |v| v.len())
+}
+
+/// What a run-time change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Entries changed (and every index was rebuilt).
+    Changed,
+    /// Nothing to do (`del_*` of an absent key, `add_acl` of a present one).
+    Unchanged,
+    /// The file holds [`MAX_ENTRIES`] or [`MAX_FILE_BYTES`]: the change was dropped.
+    Full,
+}
+
+impl PatternRef {
+    fn read(path: &Path) -> Result<PatternRef, String> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| format!("failed to open pattern file <{}>: {e}", path.display()))?;
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(format!(
+                "pattern file <{}> is {} bytes; at most {MAX_FILE_BYTES} are read",
+                path.display(),
+                meta.len()
+            ));
+        }
+        let text = std::fs::read(path)
+            .map_err(|e| format!("failed to open pattern file <{}>: {e}", path.display()))?;
+        let entries: Vec<Entry> = text
+            .split(|&c| c == b'\n')
+            .enumerate()
+            .filter_map(|(n, line)| {
+                let (k, v) = split_line(line)?;
+                Some(Entry {
+                    key: Box::from(k),
+                    value: Some(Box::from(v)),
+                    line: n + 1,
+                })
+            })
+            .collect();
+        let bytes = entries.iter().map(entry_bytes).sum();
+        Ok(PatternRef {
+            state: Mutex::new(RefState {
+                entries,
+                bytes,
+                maps: Vec::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RefState> {
+        // A panic while holding the lock leaves consistent entries (each change
+        // is applied before the rebuild): go on.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `core.set_map`: every entry with `key` gets `value`, or a new entry is appended.
+    pub fn set(&self, key: &[u8], value: &[u8]) -> Change {
+        let mut st = self.lock();
+        let (mut n, mut old) = (0usize, 0usize);
+        for e in st.entries.iter().filter(|e| &*e.key == key) {
+            n += 1;
+            old += e.value.as_ref().map_or(0, |v| v.len());
+        }
+        if n == 0 {
+            return Self::append(&mut st, key, Some(value));
+        }
+        if !st.fits(value.len().saturating_mul(n), old) {
+            return Change::Full;
+        }
+        for e in st.entries.iter_mut().filter(|e| &*e.key == key) {
+            e.value = Some(Box::from(value));
+        }
+        st.bytes = st.bytes - old + value.len() * n;
+        Self::rebuild(&st);
+        Change::Changed
+    }
+
+    /// `core.add_acl`: appends `key` (without a value) unless an entry has it.
+    pub fn add_key(&self, key: &[u8]) -> Change {
+        let mut st = self.lock();
+        if st.entries.iter().any(|e| &*e.key == key) {
+            return Change::Unchanged;
+        }
+        Self::append(&mut st, key, None)
+    }
+
+    /// `core.del_map` / `core.del_acl`: removes every entry with `key`.
+    pub fn delete(&self, key: &[u8]) -> Change {
+        let mut st = self.lock();
+        let before = st.entries.len();
+        let mut freed = 0;
+        st.entries.retain(|e| {
+            let keep = &*e.key != key;
+            if !keep {
+                freed += entry_bytes(e);
+            }
+            keep
+        });
+        if st.entries.len() == before {
+            return Change::Unchanged;
+        }
+        st.bytes -= freed;
+        Self::rebuild(&st);
+        Change::Changed
+    }
+
+    /// Appends an entry; like HAProxy's `pat_ref_add`, an entry a method
+    /// cannot index (`not-an-ip` in an `ip` map) is dropped again.
+    fn append(st: &mut RefState, key: &[u8], value: Option<&[u8]>) -> Change {
+        let size = key.len() + value.map_or(0, <[u8]>::len);
+        if st.entries.len() >= MAX_ENTRIES || !st.fits(size, 0) {
+            return Change::Full;
+        }
+        let readable = st
+            .maps
+            .iter()
+            .all(|(m, _)| Builder::new(*m).is_ok_and(|mut b| b.add(key, 0).is_ok()));
+        if !readable {
+            return Change::Unchanged;
+        }
+        st.entries.push(Entry {
+            key: Box::from(key),
+            value: value.map(Box::from),
+            line: 0,
+        });
+        st.bytes += size;
+        Self::rebuild(st);
+        Change::Changed
+    }
+
+    fn rebuild(st: &RefState) {
+        for (method, live) in &st.maps {
+            // Every key was readable when it was added: this cannot fail.
+            if let Ok(m) = PatternMap::from_entries(&st.entries, *method, false) {
+                live.publish(m);
+            }
+        }
+    }
+
+    /// The index for `method`, built on first use from the current entries.
+    fn live(&self, method: MatchMethod) -> Result<Arc<LiveMap>, PatternError> {
+        let mut st = self.lock();
+        if let Some((_, l)) = st.maps.iter().find(|(m, _)| *m == method) {
+            return Ok(Arc::clone(l));
+        }
+        let map = PatternMap::from_entries(&st.entries, method, true)?;
+        let live = Arc::new(LiveMap::new(map));
+        st.maps.push((method, Arc::clone(&live)));
+        Ok(live)
+    }
+}
+
+/// Maps loaded so far, by file: every worker's Lua state (and a rebuilt
+/// one), and every plugin of one config, share one [`PatternRef`] per file
+/// instead of reading it again, and see each other's run-time changes.
 #[derive(Debug, Default)]
 pub struct PatternCache {
-    maps: Mutex<HashMap<(PathBuf, MatchMethod), Arc<PatternMap>>>,
+    files: Mutex<HashMap<PathBuf, Arc<PatternRef>>>,
 }
 
 impl PatternCache {
-    /// The map of `path` for `method`, read on first use.
-    pub fn get_or_load(&self, path: &Path, method: MatchMethod) -> Result<Arc<PatternMap>, String> {
-        // A panic while holding the lock leaves at worst a missing entry: go on.
-        let mut maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (path.to_path_buf(), method);
-        if let Some(m) = maps.get(&key) {
-            return Ok(Arc::clone(m));
-        }
-        let m = Arc::new(PatternMap::load(path, method)?);
-        maps.insert(key, Arc::clone(&m));
-        Ok(m)
+    /// The map of `path` for `method`, read on first use (only while scripts load).
+    pub fn get_or_load(&self, path: &Path, method: MatchMethod) -> Result<Arc<LiveMap>, String> {
+        let r = {
+            // A panic while holding the lock leaves at worst a missing entry: go on.
+            let mut files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+            match files.get(path) {
+                Some(r) => Arc::clone(r),
+                None => {
+                    let r = Arc::new(PatternRef::read(path)?);
+                    files.insert(path.to_path_buf(), Arc::clone(&r));
+                    r
+                }
+            }
+        };
+        r.live(method).map_err(|e| match e.line {
+            0 => e.message,
+            n => format!("{} at line {n} of file <{}>", e.message, path.display()),
+        })
+    }
+
+    /// The loaded file `path` (`core.set_map` and friends), if any script loaded it.
+    pub fn loaded(&self, path: &Path) -> Option<Arc<PatternRef>> {
+        let files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        files.get(path).cloned()
     }
 }
 
@@ -436,6 +733,39 @@ mod tests {
         let e = PatternMap::parse(b"( bad\n", MatchMethod::Reg).expect_err("bad regex");
         assert_eq!(e.line, 1);
         assert!(e.message.contains("invalid regex"), "{e:?}");
+    }
+
+    #[test]
+    fn run_time_changes_reach_every_method_and_reader() {
+        let dir = std::env::temp_dir().join(format!("portcullis-patref-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("r.map");
+        std::fs::write(&path, "# c\n/a one\n/a dup\n10.0.0.0/8 net\n").expect("write");
+        let cache = PatternCache::default();
+        let s = cache.get_or_load(&path, MatchMethod::Str).expect("str");
+        let b = cache.get_or_load(&path, MatchMethod::Beg).expect("beg");
+        let (mut rs, mut rb) = (MapReader::new(s), MapReader::new(b));
+        let r = cache.loaded(&path).expect("loaded");
+        assert!(cache.loaded(&dir.join("other.map")).is_none());
+        assert_eq!(rs.get().lookup(b"/a"), Some(&b"one"[..]));
+        // set: every duplicate gets the value; a new key is appended.
+        assert_eq!(r.set(b"/a", b"ONE"), Change::Changed);
+        assert_eq!(r.set(b"/b", b"two"), Change::Changed);
+        assert_eq!(rs.get().lookup(b"/a"), Some(&b"ONE"[..]));
+        assert_eq!(rb.get().lookup(b"/b/x"), Some(&b"two"[..]));
+        // add_key: no value, and nothing if the key is there.
+        assert_eq!(r.add_key(b"/a"), Change::Unchanged);
+        assert_eq!(r.add_key(b"/c"), Change::Changed);
+        assert_eq!(rs.get().lookup(b"/c"), None);
+        assert_eq!(rb.get().lookup(b"/c/x"), None, "the valueless entry wins");
+        assert_eq!(r.delete(b"/a"), Change::Changed);
+        assert_eq!(r.delete(b"/a"), Change::Unchanged);
+        assert_eq!(rs.get().lookup(b"/a"), None);
+        // An ip index loaded after the changes reads the entries, not the file;
+        // from then on a key it cannot read is refused for every method.
+        let ip = cache.get_or_load(&path, MatchMethod::Ip);
+        assert!(ip.is_err(), "'/b' is no address: a load error");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub fn plugin_json(p: &WasmPlugin) -> Value {
         "name": p.name(),
         "kind": "wasm",
         "on_error": spec.on_error.as_str(),
+        "root_only": spec.root_only,
+        "abi": p.abi.as_str(),
         "memory_limit": spec.limits.memory,
         "cpu_limit_us": u64::try_from(spec.limits.cpu.as_micros()).unwrap_or(u64::MAX),
         "memory_in_use": s.memory_bytes.load(Relaxed),

@@ -6,7 +6,7 @@
 //! whose `proxy_on_vm_start` / `proxy_on_configure` returns false is a
 //! config error with the entry's location.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +20,15 @@ use crate::filter::Filter;
 use crate::rules::RuleEnv;
 
 /// Loads every `[[plugin]]` that has `wasm =` (the others are Lua's).
+/// `used` names the plugins some `{ wasm = "<name>" }` rule runs; the
+/// others are singleton services (see [`PluginSpec::root_only`]).
 pub fn load_plugins(
     raw: &[Spanned<RawPlugin>],
     source: &SourceMap,
     backends: &[Backend],
     tables: Option<Arc<dyn super::StickApi>>,
     pause_timeout: Duration,
+    used: &HashSet<String>,
 ) -> Result<Vec<Arc<WasmPlugin>>, ConfigError> {
     let upstreams: HashMap<String, SocketAddr> = backends
         .iter()
@@ -59,6 +62,7 @@ pub fn load_plugins(
             &upstreams,
             tables.clone(),
             pause_timeout,
+            !used.contains(name),
         )?));
     }
     Ok(out)
@@ -81,6 +85,7 @@ fn load_one(
     upstreams: &HashMap<String, SocketAddr>,
     tables: Option<Arc<dyn super::StickApi>>,
     pause_timeout: Duration,
+    root_only: bool,
 ) -> Result<WasmPlugin, ConfigError> {
     let name = p.name.get_ref();
     if let Some(l) = &p.lua {
@@ -169,6 +174,7 @@ fn load_one(
         on_error,
         upstreams: upstreams.clone(),
         stick: tables,
+        root_only,
     };
     WasmPlugin::compile(&bytes, spec).map_err(|e| {
         source.error(

@@ -470,13 +470,17 @@ fn build_instance(plugin: &Arc<WasmPlugin>, slot: &mut Slot) -> Result<(), Failu
 /// first request, so a tick period set in `on_configure` ticks with no
 /// traffic, as in Envoy. A failure is logged and counted and the instance is
 /// rebuilt after the back-off (by housekeeping or a request); the worker
-/// serves either way.
-pub fn start_worker(plugins: &[Arc<WasmPlugin>]) {
+/// serves either way. A singleton service (a plugin no rule runs) gets its
+/// one instance on worker 0 only; housekeeping there ticks and rebuilds it.
+pub fn start_worker(plugins: &[Arc<WasmPlugin>], worker: usize) {
     SLOTS.with(|slots| {
         let Ok(mut slots) = slots.try_borrow_mut() else {
             return;
         };
         for p in plugins {
+            if p.shared().spec.root_only && worker != 0 {
+                continue;
+            }
             let slot = slots.entry(p.id).or_default();
             if slot.inst.is_none() {
                 // Failures were recorded (and logged) by `build_instance`.

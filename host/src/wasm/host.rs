@@ -31,8 +31,8 @@ impl RuleExtension for WasmHost {
 }
 
 impl PluginHost for WasmHost {
-    fn start_worker(&self, _worker: usize) {
-        super::filter::start_worker(&self.plugins);
+    fn start_worker(&self, worker: usize) {
+        super::filter::start_worker(&self.plugins, worker);
     }
 
     fn housekeeping(&self) {

@@ -120,6 +120,10 @@ pub struct PluginSpec {
     pub upstreams: HashMap<String, SocketAddr>,
     /// Stick tables for `portcullis_v1` and the foreign functions (none: calls return NOT_FOUND).
     pub stick: Option<Arc<dyn StickApi>>,
+    /// No rule uses the plugin: it runs as a singleton service (one
+    /// instance, on worker 0, as Envoy runs a singleton VM): start-up, ticks,
+    /// queues and http calls of its root context, and needs no HTTP context.
+    pub root_only: bool,
 }
 
 impl std::fmt::Debug for PluginSpec {
@@ -130,6 +134,7 @@ impl std::fmt::Debug for PluginSpec {
             .field("vm_config_len", &self.vm_config.len())
             .field("limits", &self.limits)
             .field("on_error", &self.on_error)
+            .field("root_only", &self.root_only)
             .finish()
     }
 }
@@ -145,6 +150,7 @@ impl PluginSpec {
             on_error: OnError::FailClosed,
             upstreams: HashMap::new(),
             stick: None,
+            root_only: false,
         }
     }
 }

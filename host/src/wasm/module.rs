@@ -38,7 +38,76 @@ pub enum WasmLoadError {
     #[error("the plugin failed to start: {0}")]
     Start(String),
     #[error("{0}")]
+    AbiMismatch(String),
+    #[error("{0}")]
     NotHttp(String),
+}
+
+/// What a failed start-up logged, for its load error: the lines at warning
+/// level or above (else the last lines of any level), a few at most.
+fn logged(lines: &[(u32, String)]) -> String {
+    const MAX: usize = 5;
+    let lines: Vec<&(u32, String)> = lines.iter().filter(|(_, m)| !m.trim().is_empty()).collect();
+    let serious: Vec<&str> = lines
+        .iter()
+        .filter(|(l, _)| *l >= 3)
+        .map(|(_, m)| m.as_str())
+        .collect();
+    let shown: Vec<&str> = if serious.is_empty() {
+        let all: Vec<&str> = lines.iter().map(|(_, m)| m.as_str()).collect();
+        all[all.len().saturating_sub(MAX)..].to_vec()
+    } else {
+        serious.into_iter().take(MAX).collect()
+    };
+    if shown.is_empty() {
+        return String::new();
+    }
+    format!("; the plugin logged: {}", shown.join(" | "))
+}
+
+/// The Proxy-Wasm ABI a module declares (its `proxy_abi_version_*` export).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbiVersion {
+    /// `proxy_abi_version_0_2_0` (the Go SDK's): 0.2.1 without `proxy_get_log_level`.
+    V0_2_0,
+    /// `proxy_abi_version_0_2_1`, or no version export (taken as the newest).
+    V0_2_1,
+}
+
+impl AbiVersion {
+    /// The version as written in the export's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AbiVersion::V0_2_0 => "0.2.0",
+            AbiVersion::V0_2_1 => "0.2.1",
+        }
+    }
+
+    /// From the module's exports: 0.2.0 or 0.2.1; 0.1.0 (whose header hooks
+    /// take other arguments) is refused, as anything we cannot call right.
+    fn detect(module: &Module) -> Result<AbiVersion, WasmLoadError> {
+        let has = |n: &str| module.get_export(n).is_some();
+        if has("proxy_abi_version_0_2_1") {
+            Ok(AbiVersion::V0_2_1)
+        } else if has("proxy_abi_version_0_2_0") {
+            if let Some(i) = module
+                .imports()
+                .find(|i| i.module() == "env" && i.name() == "proxy_get_log_level")
+            {
+                return Err(WasmLoadError::AbiMismatch(format!(
+                    "the module declares Proxy-Wasm ABI 0.2.0 but imports `{}`, which ABI 0.2.1 added; rebuild it with an SDK for ABI 0.2.1",
+                    i.name()
+                )));
+            }
+            Ok(AbiVersion::V0_2_0)
+        } else if has("proxy_abi_version_0_1_0") {
+            Err(WasmLoadError::AbiMismatch(
+                "the module declares Proxy-Wasm ABI 0.1.0; portcullis runs ABI 0.2.0 and 0.2.1 modules (rebuild it with a current SDK)".into(),
+            ))
+        } else {
+            Ok(AbiVersion::V0_2_1)
+        }
+    }
 }
 
 /// Exports the host calls, with the signature it calls them with.
@@ -86,6 +155,8 @@ pub struct WasmPlugin {
     pub(crate) pre: InstancePre<HostState>,
     pub(crate) shared: Arc<PluginShared>,
     engine: &'static Engine,
+    /// The Proxy-Wasm ABI version the module declares.
+    pub abi: AbiVersion,
     /// The module exports `proxy_on_request_body` or `_trailers`: request bodies are buffered for it.
     pub(crate) request_body_hooks: bool,
     /// The module exports `proxy_on_response_body` or `_trailers`: response bodies are buffered for it.
@@ -153,6 +224,7 @@ impl WasmPlugin {
                 format!("{msg}: {root}")
             })
         })?;
+        let abi = AbiVersion::detect(&module)?;
         let shared = Arc::new(PluginShared {
             shared_data: super::shared::shared_data(&spec.name),
             spec,
@@ -206,24 +278,38 @@ impl WasmPlugin {
             pre,
             shared,
             engine,
+            abi,
             request_body_hooks: exports(["proxy_on_request_body", "proxy_on_request_trailers"]),
             response_body_hooks: exports(["proxy_on_response_body", "proxy_on_response_trailers"]),
         })
     }
 
     fn check_start(&self) -> Result<(), WasmLoadError> {
-        let mut inst =
-            PluginInstance::new(self).map_err(|f| WasmLoadError::Start(f.to_string()))?;
+        let mut inst = PluginInstance::new_captured(self)
+            .map_err(|(f, lines)| WasmLoadError::Start(format!("{f}{}", logged(&lines))))?;
+        // A singleton service (no rule uses it) needs no HTTP context: a
+        // root-only module (the Go SDK panics creating one) is fine.
+        if self.shared.spec.root_only {
+            inst.take_captured();
+            return Ok(());
+        }
         if !inst.has_http_hooks() {
             return Err(WasmLoadError::NotHttp(
                 "the module exports neither proxy_on_request_headers nor proxy_on_response_headers; HTTP rules need an HTTP filter".into(),
             ));
         }
-        let ctx = inst.create_stream().map_err(|f| {
-            WasmLoadError::NotHttp(format!(
-                "the module's root context does not create an HTTP context (creating one failed: {f}); a plugin used in HTTP rules must define an HTTP context (proxy_wasm::set_http_context, or a root context whose get_type() is HttpContext)"
-            ))
-        })?;
+        let ctx = match inst.create_stream() {
+            Ok(ctx) => ctx,
+            Err(f) => {
+                // What the guest printed says why (a Go SDK module panics).
+                let lines = inst.take_captured();
+                return Err(WasmLoadError::NotHttp(format!(
+                    "the module's root context does not create an HTTP context (creating one failed: {f}{}); a plugin used in HTTP rules must define an HTTP context (proxy_wasm::set_http_context, or a root context whose get_type() is HttpContext); a root-only plugin runs as a singleton service when no rule uses it",
+                    logged(&lines)
+                )));
+            }
+        };
+        inst.take_captured();
         if inst.probe_stream_context(ctx) {
             return Err(WasmLoadError::NotHttp(
                 "the module defines a TCP stream context, not an HTTP context; HTTP rules need an HTTP filter".into(),

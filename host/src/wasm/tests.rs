@@ -115,3 +115,257 @@ fn failures_are_classified() {
     assert!(FailureKind::CpuLimit.kills_instance());
     assert!(!FailureKind::BadReturn.kills_instance());
 }
+
+/// A module that imports `imports` and runs `hook` as its request-headers hook.
+fn module_with(imports: &str, data: &str, hook: &str) -> String {
+    format!(
+        r#"(module
+  {imports}
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  {data}
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    global.get $heap local.set $p
+    global.get $heap local.get $n i32.add global.set $heap
+    local.get $p)
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param $ctx i32) (param i32 i32) (result i32)
+    {hook}))"#
+    )
+}
+
+fn compile(src: &str) -> Result<WasmPlugin, super::WasmLoadError> {
+    WasmPlugin::compile(src.as_bytes(), PluginSpec::new("unit"))
+}
+
+#[test]
+fn every_wasi_preview1_function_resolves_under_both_names() {
+    // Every preview1 name, imported once per module name with the
+    // signature a WASI toolchain declares; wasmtime refuses a mismatch.
+    let linker = super::abi::linker(super::engine::engine().expect("engine")).expect("linker");
+    let mut store = wasmtime::Store::new(
+        super::engine::engine().expect("engine"),
+        super::instance::HostState::new(std::sync::Arc::new(super::instance::PluginShared {
+            spec: PluginSpec::new("unit"),
+            shared_data: super::shared::shared_data("unit"),
+            stats: Default::default(),
+        })),
+    );
+    for m in ["wasi_snapshot_preview1", "wasi_unstable"] {
+        for f in super::abi::wasi::FUNCTIONS {
+            assert!(
+                linker.get(&mut store, m, f).is_ok(),
+                "{m}.{f} is not linked"
+            );
+        }
+    }
+    // What Emscripten and wasi-sdk C++ builds import from `env` besides the ABI.
+    for f in ["emscripten_notify_memory_growth", "pthread_equal"] {
+        assert!(linker.get(&mut store, "env", f).is_ok(), "env.{f}");
+    }
+}
+
+#[test]
+fn go_runtime_wasi_calls_behave_as_in_envoy() {
+    // fd_fdstat_set_flags is ENOSYS (52); poll_oneoff succeeds with zero
+    // events (the Go runtime sleeps through it); the same import twice is
+    // legal (Go modules import fd_write twice).
+    let imports = r#"
+  (import "wasi_snapshot_preview1" "fd_write" (func $w1 (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $w2 (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_fdstat_set_flags" (func $setfl (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))"#;
+    let hook = r#"
+    (i32.store (i32.const 200) (i32.const 99))
+    (if (i32.ne (call $setfl (i32.const 1) (i32.const 4)) (i32.const 52)) (then unreachable))
+    (if (i32.ne (call $poll (i32.const 300) (i32.const 400) (i32.const 1) (i32.const 200)) (i32.const 0)) (then unreachable))
+    (if (i32.ne (i32.load (i32.const 200)) (i32.const 0)) (then unreachable))
+    ;; a bad result pointer is a fault (21), not a host crash
+    (if (i32.ne (call $poll (i32.const 300) (i32.const 400) (i32.const 1) (i32.const -2)) (i32.const 21)) (then unreachable))
+    (drop (call $reply (i32.const 204) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)))
+    i32.const 1"#;
+    let p = compile(&module_with(imports, "", hook)).unwrap_or_else(|e| panic!("{e}"));
+    match run(&p).0 {
+        Ok(Verdict::Respond(r)) => assert_eq!(r.status, StatusCode::NO_CONTENT),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn memory_grow_past_the_limit_returns_minus_one_and_the_instance_lives() {
+    // The guest asks for 4 MiB more under a 2 MiB limit: memory.grow says -1
+    // (the guest may cope, as a Go or Rust allocator does), nothing traps,
+    // and the same instance serves the next request.
+    let p = plugin(
+        "(if (i32.ne (memory.grow (i32.const 64)) (i32.const -1)) (then unreachable)) (drop (call $add (i32.const 0) (i32.const 16) (i32.const 6) (i32.const 32) (i32.const 3))) i32.const 0",
+        Limits {
+            memory: 2 << 20,
+            ..Limits::default()
+        },
+    );
+    let mut inst = PluginInstance::new(&p).unwrap_or_else(|e| panic!("instance: {e}"));
+    for _ in 0..2 {
+        let ctx = inst.create_stream().unwrap_or_else(|e| panic!("{e}"));
+        let mut txn = Txn::for_test("/x", ([127, 0, 0, 1], 4000).into());
+        let v = inst.request_headers(ctx, &mut txn, true);
+        assert!(matches!(v, Ok(Verdict::Continue)), "{v:?}");
+        assert_eq!(
+            txn.req_headers.get("x-seen").map(|v| v.as_bytes()),
+            Some(&b"yes"[..])
+        );
+    }
+    assert_eq!(p.shared().stats.failures_of(FailureKind::MemoryLimit), 0);
+}
+
+#[test]
+fn abi_versions_are_checked() {
+    let with_export = |name: &str, imports: &str| {
+        module_with(imports, "", "i32.const 0").replacen(
+            "(memory",
+            &format!("(func (export \"{name}\"))\n  (memory"),
+            1,
+        )
+    };
+    let p = compile(&with_export("proxy_abi_version_0_2_0", "")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.abi, super::module::AbiVersion::V0_2_0);
+    let p = compile(&with_export("proxy_abi_version_0_2_1", "")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.abi, super::module::AbiVersion::V0_2_1);
+    let e = compile(&with_export("proxy_abi_version_0_1_0", ""))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("ABI 0.1.0"), "{e}");
+    // proxy_get_log_level is ABI 0.2.1's: a 0.2.0 module cannot import it (Envoy does not link it).
+    let e = compile(&with_export(
+        "proxy_abi_version_0_2_0",
+        r#"(import "env" "proxy_get_log_level" (func (param i32) (result i32)))"#,
+    ))
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.contains("proxy_get_log_level"), "{e}");
+}
+
+#[test]
+fn a_rejected_config_fails_the_load_with_what_the_plugin_logged() {
+    // on_configure logs why (critical, as the Go SDK's LogCritical) and says no.
+    let src = module_with(
+        r#"(import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))"#,
+        r#"(data (i32.const 16) "bad config: want JSON")"#,
+        "i32.const 0",
+    )
+    .replacen(
+        "(func (export \"proxy_on_context_create\")",
+        "(func (export \"proxy_on_configure\") (param i32 i32) (result i32)\n    (drop (call $log (i32.const 5) (i32.const 16) (i32.const 21))) i32.const 0)\n  (func (export \"proxy_on_context_create\")",
+        1,
+    );
+    let e = compile(&src)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("rejected its config"), "{e}");
+    assert!(e.contains("bad config: want JSON"), "{e}");
+}
+
+#[test]
+fn what_a_dying_guest_printed_is_flushed() {
+    // Like a Go panic: a message on stderr without a final newline, then a
+    // trap. The partial line reaches the log (here: the load error).
+    let src = module_with(
+        r#"(import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))"#,
+        r#"(data (i32.const 16) "panic: boom") (data (i32.const 32) "\10\00\00\00\0b\00\00\00")"#,
+        "i32.const 0",
+    )
+    .replacen(
+        "(func (export \"proxy_on_context_create\")",
+        "(func (export \"proxy_on_vm_start\") (param i32 i32) (result i32)\n    (drop (call $w (i32.const 2) (i32.const 32) (i32.const 1) (i32.const 48))) unreachable)\n  (func (export \"proxy_on_context_create\")",
+        1,
+    );
+    let e = compile(&src)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("panic: boom"), "{e}");
+}
+
+#[test]
+fn the_request_map_shows_host_as_authority_only() {
+    // As Envoy's HTTP/1 codec: `Host` is `:authority`; no `host` entry.
+    let imports = r#"
+  (import "env" "proxy_get_header_map_pairs" (func $pairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_replace_header_map_value" (func $rep (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))"#;
+    let data = r#"(data (i32.const 16) "host") (data (i32.const 32) "new.example") (data (i32.const 48) "x-pairs")"#;
+    // Reading `host` finds nothing (1); the pairs go to x-pairs for the test to read;
+    // writing `host` writes :authority.
+    let hook = r#"
+    (if (i32.ne (call $get (i32.const 0) (i32.const 16) (i32.const 4) (i32.const 100) (i32.const 104)) (i32.const 1)) (then unreachable))
+    (if (i32.ne (call $pairs (i32.const 0) (i32.const 100) (i32.const 104)) (i32.const 0)) (then unreachable))
+    (i32.store (i32.const 108) (i32.load (i32.const 104)))
+    (drop (call $rep (i32.const 0) (i32.const 16) (i32.const 4) (i32.const 32) (i32.const 11)))
+    i32.const 0"#;
+    let p = compile(&module_with(imports, data, hook)).unwrap_or_else(|e| panic!("{e}"));
+    let mut inst = PluginInstance::new(&p).unwrap_or_else(|e| panic!("{e}"));
+    let ctx = inst.create_stream().unwrap_or_else(|e| panic!("{e}"));
+    let mut txn = Txn::for_test("/x", ([127, 0, 0, 1], 4000).into());
+    txn.req_headers
+        .insert(http::header::HOST, HeaderValue::from_static("old.example"));
+    let v = inst.request_headers(ctx, &mut txn, true);
+    assert!(matches!(v, Ok(Verdict::Continue)), "{v:?}");
+    assert_eq!(
+        txn.req_headers
+            .get_all(http::header::HOST)
+            .iter()
+            .collect::<Vec<_>>(),
+        vec![&HeaderValue::from_static("new.example")]
+    );
+    let size = inst.guest_memory(104, 4);
+    let size = u32::from_le_bytes([size[0], size[1], size[2], size[3]]);
+    let at = inst.guest_memory(100, 4);
+    let at = u32::from_le_bytes([at[0], at[1], at[2], at[3]]);
+    let pairs = inst.guest_memory(at, size);
+    let decoded = super::abi::pairs::decode(&pairs).map(|l| {
+        l.iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(k).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+    let list = decoded.unwrap_or_else(|e| panic!("pairs: {e:?}"));
+    assert!(
+        list.iter()
+            .any(|(k, v)| k == ":authority" && v == "old.example"),
+        "{list:?}"
+    );
+    assert!(list.iter().all(|(k, _)| k != "host"), "{list:?}");
+    for p in [":method", ":path", ":scheme"] {
+        assert!(list.iter().any(|(k, _)| k == p), "{p}: {list:?}");
+    }
+}
+
+#[test]
+fn config_reads_for_0x7fffffff_bytes_get_the_whole_config() {
+    // The Go SDK reads its configuration asking for math.MaxInt32 bytes.
+    let src = module_with(
+        r#"(import "env" "proxy_get_buffer_bytes" (func $buf (param i32 i32 i32 i32 i32) (result i32)))"#,
+        "",
+        "i32.const 0",
+    )
+    .replacen(
+        "(func (export \"proxy_on_context_create\")",
+        "(func (export \"proxy_on_configure\") (param i32 i32) (result i32)\n    (if (i32.ne (call $buf (i32.const 7) (i32.const 0) (i32.const 0x7fffffff) (i32.const 100) (i32.const 104)) (i32.const 0)) (then (return (i32.const 0))))\n    (i32.eq (i32.load (i32.const 104)) (i32.const 11)))\n  (func (export \"proxy_on_context_create\")",
+        1,
+    );
+    let spec = PluginSpec {
+        config: b"{\"a\": true}".to_vec(),
+        ..PluginSpec::new("unit")
+    };
+    if let Err(e) = WasmPlugin::compile(src.as_bytes(), spec) {
+        panic!("the config read failed: {e}");
+    }
+}

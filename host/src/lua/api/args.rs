@@ -71,6 +71,35 @@ impl<'a> Args<'a> {
         }
     }
 
+    /// An integer argument converted as Lua's `luaL_checkinteger` does (what
+    /// HAProxy's C functions use): an integral float or a string holding a
+    /// number is accepted, with Lua's messages otherwise.
+    pub(crate) fn checkinteger(&self, n: usize) -> mlua::Result<i64> {
+        let as_int = |x: f64| {
+            (x.fract() == 0.0 && x >= -(2f64.powi(63)) && x < 2f64.powi(63)).then_some(x as i64)
+        };
+        match self.get(n) {
+            Value::Integer(i) => Ok(*i),
+            Value::Number(x) => {
+                as_int(*x).ok_or_else(|| self.err(n, "number has no integer representation"))
+            }
+            Value::String(s) => {
+                let text = s.to_str().map_err(|_| self.bad(n, "number"))?;
+                let t = text.trim();
+                if let Ok(i) = t.parse::<i64>() {
+                    return Ok(i);
+                }
+                match t.parse::<f64>() {
+                    Ok(x) => {
+                        as_int(x).ok_or_else(|| self.err(n, "number has no integer representation"))
+                    }
+                    Err(_) => Err(self.bad(n, "number")),
+                }
+            }
+            _ => Err(self.bad(n, "number")),
+        }
+    }
+
     pub(crate) fn opt_int(&self, n: usize) -> mlua::Result<Option<i64>> {
         match self.get(n) {
             Value::Nil => Ok(None),

@@ -1,6 +1,5 @@
 //! The `core` table: `core.register_*` (only while the script loads),
-//! logging, `now`/`tokenize`, `proc.*` variables, and the functions
-//! portcullis does not support (they raise a clear error).
+//! logging, `now`/`tokenize`, `proc.*` variables, `get_info`.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -364,18 +363,119 @@ pub(super) fn core_table(
             none()
         })?,
     )?;
-    for name in ["add_acl", "del_acl", "set_map", "del_map", "httpclient"] {
+    {
+        let cx = Rc::clone(cx);
         core.raw_set(
-            name,
-            func(lua, move |_, _| {
-                Err(mlua::Error::runtime(format!(
-                    "core.{name} is not supported by portcullis"
-                )))
+            "get_info",
+            func(lua, move |lua, _| {
+                get_info(lua, &cx).map(Value::Table).and_then(one)
             })?,
         )?;
     }
     core.raw_set("thread", 1)?;
     Ok(core)
+}
+
+/// `show info` fields of features portcullis does not have: 0, as HAProxy
+/// reports them when they are not configured (SSL, pipes, compression,
+/// peers, log receivers, resolvers, rate limits).
+const ZERO_FIELDS: [&str; 30] = [
+    "ActivePeers",
+    "BusyPolling",
+    "CompressBpsIn",
+    "CompressBpsOut",
+    "CompressBpsRateLim",
+    "ConnRateLimit",
+    "ConnectedPeers",
+    "CumRecvLogs",
+    "CumSslConns",
+    "CurrSslConns",
+    "DebugCommandsIssued",
+    "FailedResolutions",
+    "MaxSslConns",
+    "MaxSslRate",
+    "Maxpipes",
+    "PipesFree",
+    "PipesUsed",
+    "SessRateLimit",
+    "SslBackendKeyRate",
+    "SslBackendMaxKeyRate",
+    "SslCacheLookups",
+    "SslCacheMisses",
+    "SslFrontendKeyRate",
+    "SslFrontendMaxKeyRate",
+    "SslFrontendSessionReuse_pct",
+    "SslRate",
+    "SslRateLimit",
+    // HAProxy 2.6's spelling.
+    "TotalSplicdedBytesOut",
+    "Nbproc",
+    "Process_num",
+];
+
+/// `core.get_info()`: HAProxy's `show info` fields, with HAProxy's names and
+/// types (integers, and strings for `Name`, `Version`, `Uptime`, ...), for
+/// what portcullis knows; fields it does not measure are absent (nil), as
+/// HAProxy leaves out empty ones.
+fn get_info(lua: &Lua, cx: &CallCx) -> mlua::Result<Table> {
+    let info = cx
+        .plugin
+        .process
+        .get()
+        .and_then(std::sync::Weak::upgrade)
+        .map(|s| s.process_info());
+    let t = lua.create_table_with_capacity(0, 48)?;
+    let version = env!("CARGO_PKG_VERSION");
+    t.raw_set("Name", "portcullis")?;
+    t.raw_set("Version", version)?;
+    t.raw_set("Build info", version)?;
+    t.raw_set("Tainted", "0")?;
+    t.raw_set("Pid", i64::from(std::process::id()))?;
+    for name in ZERO_FIELDS {
+        t.raw_set(name, 0)?;
+    }
+    // Nbproc and Process_num are 1 (one process), as in HAProxy 2.6.
+    t.raw_set("Nbproc", 1)?;
+    t.raw_set("Process_num", 1)?;
+    // Before the daemon serves (a script loading, `portcullis check`):
+    // the process's own age and no traffic.
+    let info = info.unwrap_or_else(|| crate::plugin::ProcessInfo {
+        uptime: process_start().elapsed(),
+        workers: 1,
+        ..Default::default()
+    });
+    let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let up = info.uptime.as_secs();
+    t.raw_set(
+        "Uptime",
+        format!(
+            "{}d {}h{:02}m{:02}s",
+            up / 86400,
+            (up % 86400) / 3600,
+            (up % 3600) / 60,
+            up % 60
+        ),
+    )?;
+    t.raw_set("Uptime_sec", int(up))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    t.raw_set("Start_time_sec", int(now.saturating_sub(up)))?;
+    t.raw_set("Nbthread", int(info.workers))?;
+    t.raw_set("Maxconn", int(info.maxconn))?;
+    t.raw_set("Hard_maxconn", int(info.maxconn))?;
+    t.raw_set("CurrConns", int(info.curr_conns))?;
+    t.raw_set("CumConns", int(info.cum_conns))?;
+    t.raw_set("CumReq", int(info.cum_req))?;
+    t.raw_set("Listeners", int(info.listeners))?;
+    Ok(t)
+}
+
+/// When the process first asked (the uptime reported before the daemon serves).
+fn process_start() -> std::time::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(std::time::Instant::now)
 }
 
 fn push_name(list: &mut Vec<String>, name: &str) {

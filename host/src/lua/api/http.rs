@@ -5,10 +5,10 @@ use std::rc::Rc;
 
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use mlua::{Lua, Table};
+use mlua::{Lua, Table, Value};
 
 use super::CACHE_MAX;
-use super::args::{Args, func, none};
+use super::args::{Args, func, none, one};
 use crate::lua::runtime::CallCx;
 use crate::txn::Txn;
 
@@ -185,39 +185,9 @@ pub(super) fn http_methods(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Table> {
             name,
             func(lua, move |_, a| {
                 let args = Args::new(&a, name, 1);
-                let v = args.string(1)?;
-                cx.with_txn_mut(name, |t| {
-                    let uri = match name {
-                        "req_set_uri" => {
-                            v.parse::<Uri>().map_err(|_| args.err(1, "invalid URI"))?
-                        }
-                        _ => {
-                            let path = if name == "req_set_path" {
-                                v.clone()
-                            } else {
-                                t.uri.path().to_string()
-                            };
-                            let query = if name == "req_set_query" {
-                                let q = v.strip_prefix('?').unwrap_or(&v);
-                                (!q.is_empty()).then(|| q.to_string())
-                            } else {
-                                t.uri.query().map(str::to_string)
-                            };
-                            let pq = match query {
-                                Some(q) => format!("{path}?{q}"),
-                                None => path,
-                            };
-                            let pq = PathAndQuery::try_from(pq)
-                                .map_err(|_| args.err(1, "invalid path or query"))?;
-                            let mut parts = t.uri.clone().into_parts();
-                            parts.path_and_query = Some(pq);
-                            Uri::from_parts(parts).map_err(|_| args.err(1, "invalid URI"))?
-                        }
-                    };
-                    t.uri = uri;
-                    Ok(())
-                })?;
-                none()
+                let v = args.bytes(1)?;
+                let done = cx.with_txn_mut(name, |t| Ok(replace_uri(t, name, &v)))?;
+                one(Value::Boolean(done))
             })?,
         )?;
     }
@@ -243,4 +213,68 @@ pub(super) fn http_methods(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Table> {
         )?;
     }
     Ok(t)
+}
+
+/// `req_set_path`, `req_set_query`, `req_set_uri` as HAProxy's
+/// `http_req_replace_stline` does them: the text replaces that part of the
+/// request target as given (a query keeps a leading `?`: `"?a"` gives
+/// `/p??a`; `""` leaves `/p?` where there was a query, nothing where there
+/// was none), and an absolute URI's authority becomes `Host`. Returns
+/// false, changing nothing, for a target the request line cannot carry
+/// (spaces, control characters, `#`, an empty path), which HAProxy would
+/// write as is.
+fn replace_uri(t: &mut Txn, name: &str, v: &[u8]) -> bool {
+    let text = match std::str::from_utf8(v) {
+        // The URI parser would drop a fragment silently: refused instead.
+        Ok(s) if !s.contains('#') => s,
+        _ => return false,
+    };
+    let uri = match name {
+        "req_set_uri" => match text.parse::<Uri>() {
+            Ok(u) => u,
+            Err(_) => return false,
+        },
+        _ => {
+            let path = if name == "req_set_path" {
+                text
+            } else {
+                t.uri.path()
+            };
+            let query = if name == "req_set_query" {
+                // HAProxy only writes `?` + "" where a query string was.
+                (!text.is_empty() || t.uri.query().is_some()).then_some(text)
+            } else {
+                t.uri.query()
+            };
+            let pq = match query {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_string(),
+            };
+            // An empty path would be read back as `/`: HAProxy writes none.
+            if path.is_empty() {
+                return false;
+            }
+            let Ok(pq) = PathAndQuery::try_from(pq) else {
+                return false;
+            };
+            let mut parts = t.uri.clone().into_parts();
+            parts.path_and_query = Some(pq);
+            match Uri::from_parts(parts) {
+                Ok(u) => u,
+                Err(_) => return false,
+            }
+        }
+    };
+    if let Some(auth) = uri.authority() {
+        if auth.as_str().contains('@') {
+            // Userinfo in a request target disguises the host (RFC 9110 §4.2.4).
+            return false;
+        }
+        let Ok(host) = HeaderValue::from_str(auth.as_str()) else {
+            return false;
+        };
+        t.req_headers.insert(http::header::HOST, host);
+    }
+    t.uri = uri;
+    true
 }

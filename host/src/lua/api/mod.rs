@@ -12,6 +12,7 @@
 //! - `fetches`: `txn.f/sf/c/sc`, sample fetches and converters from Lua;
 //! - `reply`: reply objects as responses;
 //! - `debug`: `debug.getinfo` and `debug.traceback` (the safe part of Lua's `debug`).
+//! - `filter`: `core.register_filter`, `filter`, `Channel`, `HTTPMessage` (with `filter.lua`).
 //!
 //! `act` and the `Reply` class are written in Lua (`prelude.lua`), over the
 //! primitives [`install`] gives the prelude (`set_done`, `wake_time`, the
@@ -21,8 +22,10 @@ mod args;
 mod core;
 mod debug;
 mod fetches;
+pub(crate) mod filter;
 mod http;
 mod httpclient;
+mod queue;
 mod regex;
 mod reply;
 mod socket;
@@ -42,6 +45,9 @@ use self::fetches::{conv_fn, fetch_fn};
 use self::http::http_methods;
 pub(crate) use self::http::{Msg, framing_refusal};
 pub(crate) use self::httpclient::HttpCall;
+#[cfg(test)]
+pub(crate) use self::queue::MAX_ITEMS as QUEUE_MAX_ITEMS;
+pub(crate) use self::queue::Waiter as QueueWaiter;
 use self::reply::reply_from_table;
 pub(crate) use self::socket::Socket;
 use self::txn::txn_methods;
@@ -142,6 +148,7 @@ pub(crate) fn install(
     super::map::install(lua, cx, &p)?;
     p.raw_set("socket", socket::table(lua, cx)?)?;
     p.raw_set("httpclient", httpclient::table(lua, cx)?)?;
+    p.raw_set("queue", queue::table(lua, cx)?)?;
     p.raw_set("regex_class", regex::class(lua)?)?;
     p.raw_set("debug", debug::table(lua)?)?;
     let prelude = lua
@@ -149,7 +156,7 @@ pub(crate) fn install(
         .set_name("=portcullis-prelude")
         .into_function()?;
     let (txn, applet): (Table, Table) = prelude.call((
-        p,
+        p.clone(),
         Value::LightUserData(mark(&SLEEP_MARK)),
         Value::LightUserData(mark(&DONE_MARK)),
         Value::LightUserData(mark(&ERR_MARK)),
@@ -157,5 +164,6 @@ pub(crate) fn install(
         Value::LightUserData(mark(&END_MARK)),
     ))?;
     super::ffi::cfunc::install(lua, cx, &http)?;
+    filter::install(lua, cx, collect, &p, &txn)?;
     Ok((txn, applet))
 }

@@ -5,6 +5,7 @@ local P, SLEEP, DONE, ERR, IO, END = ...
 local yield, type, error, tostring, setmetatable, rawset, pairs, ipairs =
   coroutine.yield, type, error, tostring, setmetatable, rawset, pairs, ipairs
 local mtype, lower, concat = math.type, string.lower, table.concat
+local getmetatable, select, format = getmetatable, select, string.format
 
 -- Rust functions report errors as (ERR, message); raise them as plain
 -- string errors located at the script's call, as HAProxy's C functions do.
@@ -15,6 +16,8 @@ local function wrap(f)
     return a, b, c
   end
 end
+-- filter.lua (run after this prelude) raises its primitives' errors the same way.
+P.wrap = wrap
 for _, t in ipairs({ P.core, P.txn, P.http, P.applet, P.debug, P.server_methods, P.proxy_methods }) do
   for k, f in pairs(t) do
     if type(f) == "function" then t[k] = wrap(f) end
@@ -112,17 +115,101 @@ function core.httpclient()
   return setmetatable({}, HTTPClient)
 end
 
+-- Concat (core.concat): HAProxy's buffer object; parts are joined by dump().
+local Concat = { __index = {} }
+local function check_concat(c, fname)
+  if type(c) ~= "table" or getmetatable(c) ~= Concat then
+    error("bad argument #1 to '" .. fname .. "' (Concat expected, got " .. type(c) .. ")", 3)
+  end
+end
+function Concat.__index.add(c, ...)
+  check_concat(c, "add")
+  local s = ...
+  local t = type(s)
+  if t ~= "string" and t ~= "number" then
+    -- As luaL_checklstring reports it for c:add(x).
+    if select("#", ...) == 0 then t = "no value" end
+    error("bad argument #1 to 'add' (string expected, got " .. t .. ")", 2)
+  end
+  local parts = c[1]
+  parts[#parts + 1] = tostring(s)
+end
+function Concat.__index.dump(c)
+  check_concat(c, "dump")
+  local parts = c[1]
+  -- Joined once and kept as one part: repeated dumps cost no more.
+  if #parts > 1 then
+    local all = concat(parts)
+    c[1] = { all }
+    return all
+  end
+  return parts[1] or ""
+end
+function Concat.__tostring(c)
+  return format("Concat object: %p", c)
+end
 function core.concat()
-  local parts = {}
-  local c = {}
-  function c.add(_, s)
-    if type(s) ~= "string" and type(s) ~= "number" then bad(1, "add", "string", s) end
-    parts[#parts + 1] = tostring(s)
+  return setmetatable({ [1] = {} }, Concat)
+end
+
+-- Queue (core.queue, HAProxy 2.8): a FIFO of values of this state; pop_wait
+-- sleeps (yielding like a socket) until another coroutine pushes.
+local Q = P.queue
+local QMAX = Q.max
+local Queue = { __index = {} }
+local function check_queue(q, fname)
+  if type(q) ~= "table" or getmetatable(q) ~= Queue then
+    error("bad argument #1 to '" .. fname .. "' (Queue expected, got " .. type(q) .. ")", 3)
   end
-  function c.dump()
-    return concat(parts)
+end
+local function qpop(q)
+  local head = q.head
+  if head > q.tail then return nil end
+  local items = q.items
+  local v = items[head]
+  items[head] = nil
+  if head == q.tail then
+    -- Empty again: start over at 1 so the items stay in the array part.
+    q.head, q.tail = 1, 0
+  else
+    q.head = head + 1
   end
-  return c
+  return v
+end
+function Queue.__index.size(q)
+  check_queue(q, "size")
+  return q.tail - q.head + 1
+end
+function Queue.__index.push(q, ...)
+  check_queue(q, "push")
+  local n, v = select("#", ...), ...
+  if n ~= 1 or v == nil then error("unexpected argument", 2) end
+  if q.tail - q.head + 1 >= QMAX then return false end
+  local tail = q.tail + 1
+  q.items[tail] = v
+  q.tail = tail
+  Q.wake(q[0])
+  return true
+end
+function Queue.__index.pop(q)
+  check_queue(q, "pop")
+  return qpop(q)
+end
+function Queue.__index.pop_wait(q)
+  check_queue(q, "pop_wait")
+  local deadline
+  while true do
+    local v = qpop(q)
+    if v ~= nil then return v end
+    local armed, d = Q.arm(q[0], deadline)
+    if armed == ERR then error(d, 2) end
+    if not armed then return nil end
+    deadline = d
+    yield(IO, q[0])
+  end
+end
+function core.queue()
+  return setmetatable({ [0] = Q.new(), items = {}, head = 1, tail = 0 }, Queue)
 end
 
 -- act ------------------------------------------------------------------------

@@ -80,5 +80,6 @@ pub(crate) fn reply_from_table(t: &Table) -> mlua::Result<Reply> {
         headers,
         body,
         error_page: false,
+        cause: None,
     })
 }

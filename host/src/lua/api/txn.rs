@@ -136,19 +136,27 @@ pub(super) fn txn_methods(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Table> {
             })?,
         )?;
     }
-    // Accepted for compatibility; portcullis has no per-request log level, TOS, mark or priority.
-    for (name, kind) in [
-        ("set_loglevel", 0u8),
-        ("set_tos", 0),
-        ("set_mark", 0),
-        ("set_priority_class", 0),
-        ("set_priority_offset", 0),
+    // Checked as HAProxy checks them (`check_args`, `luaL_checkinteger`),
+    // then without effect: portcullis has no per-request log level, TOS,
+    // mark or queue priority.
+    for name in [
+        "set_loglevel",
+        "set_tos",
+        "set_mark",
+        "set_priority_class",
+        "set_priority_offset",
     ] {
-        let _ = kind;
         t.raw_set(
             name,
             func(lua, move |_, a| {
-                Args::new(&a, name, 1).int(1)?;
+                if a.len() != 2 {
+                    return Err(mlua::Error::runtime(format!("'{name}' needs 2 arguments")));
+                }
+                let args = Args::new(&a, name, 1);
+                let n = args.checkinteger(1)?;
+                if name == "set_loglevel" && !(0..=7).contains(&n) {
+                    return Err(args.err(1, "Bad log level. It must be between 0 and 7"));
+                }
                 none()
             })?,
         )?;

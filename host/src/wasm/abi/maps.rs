@@ -3,7 +3,10 @@
 //! headers of an http call's response. Request maps carry HTTP/2-style
 //! pseudo-headers (`:method`, `:path`, `:authority`, `:scheme`), response
 //! maps `:status`, as Envoy presents them; writing one rewrites the method,
-//! the path, the Host header or the status.
+//! the path, the Host header or the status. As in Envoy, whose HTTP/1 codec
+//! turns `Host` into `:authority`, the request map has no `host` entry: the
+//! Host header is `:authority` (reading `host` finds nothing; writing `host`
+//! writes `:authority`, so a request never gets two Host headers).
 
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
@@ -142,6 +145,9 @@ pub fn get_value(st: &HostState, kind: MapKind, name: &[u8]) -> Result<Option<Ve
     let Ok(name) = HeaderName::from_bytes(name) else {
         return Ok(None);
     };
+    if is_host(kind, &name) {
+        return Ok(None);
+    }
     Ok(headers(st, kind).get(name).map(|v| v.as_bytes().to_vec()))
 }
 
@@ -171,6 +177,9 @@ pub fn get_pairs(st: &HostState, kind: MapKind) -> Result<Vec<u8>, Status> {
                 }
             }
             for (k, v) in headers(st, kind) {
+                if is_host(kind, k) {
+                    continue;
+                }
                 list.push((k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()));
             }
             Ok(pairs::encode(list.iter().map(|(k, v)| (k, v))))
@@ -230,6 +239,20 @@ fn set_pseudo(st: &mut HostState, kind: MapKind, name: &[u8], value: &[u8]) -> S
     }
 }
 
+/// Whether `name` is the request's Host header, which the guest sees as `:authority`.
+fn is_host(kind: MapKind, name: &HeaderName) -> bool {
+    kind == MapKind::RequestHeaders && name == http::header::HOST
+}
+
+/// The name a write goes to: `host` in the request map is `:authority`.
+fn write_name(kind: MapKind, name: &[u8]) -> &[u8] {
+    if kind == MapKind::RequestHeaders && name.eq_ignore_ascii_case(b"host") {
+        b":authority"
+    } else {
+        name
+    }
+}
+
 fn name_value(name: &[u8], value: &[u8]) -> Result<(HeaderName, HeaderValue), Status> {
     let n = HeaderName::from_bytes(name).map_err(|_| Status::BadArgument)?;
     let v = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
@@ -241,6 +264,7 @@ pub fn add(st: &mut HostState, kind: MapKind, name: &[u8], value: &[u8]) -> Stat
     if let Err(s) = check(st, kind, true) {
         return s;
     }
+    let name = write_name(kind, name);
     if name.first() == Some(&b':') {
         return set_pseudo(st, kind, name, value);
     }
@@ -258,6 +282,7 @@ pub fn replace(st: &mut HostState, kind: MapKind, name: &[u8], value: &[u8]) -> 
     if let Err(s) = check(st, kind, true) {
         return s;
     }
+    let name = write_name(kind, name);
     if name.first() == Some(&b':') {
         return set_pseudo(st, kind, name, value);
     }
@@ -275,6 +300,8 @@ pub fn remove(st: &mut HostState, kind: MapKind, name: &[u8]) -> Status {
     if let Err(s) = check(st, kind, true) {
         return s;
     }
+    // Removing `host` (like a pseudo-header) leaves `:authority` in place.
+    let name = write_name(kind, name);
     if name.first() == Some(&b':') {
         return Status::Ok;
     }
@@ -296,6 +323,7 @@ pub fn set_pairs(st: &mut HostState, kind: MapKind, buf: &[u8]) -> Status {
     let mut map = HeaderMap::with_capacity(list.len());
     let mut pseudos = Vec::new();
     for (k, v) in list {
+        let k = write_name(kind, k);
         if k.first() == Some(&b':') {
             pseudos.push((k, v));
             continue;

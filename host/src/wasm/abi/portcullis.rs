@@ -166,12 +166,8 @@ pub fn add(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 text.push('=');
                 text.push_str(&String::from_utf8_lossy(v));
             }
-            super::proxy_wasm::emit(
-                &st.plugin.spec.name,
-                level,
-                &String::from_utf8_lossy(msg),
-                &text,
-            );
+            let msg = String::from_utf8_lossy(msg).into_owned();
+            st.guest_log(level, &msg, &text);
             Ok(Status::Ok.raw())
         },
     )?;

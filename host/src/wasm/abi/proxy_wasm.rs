@@ -6,6 +6,8 @@
 //! Calls that need a stream context made from the root context (or after a
 //! `proxy_set_effective_context` to the root) return `NOT_FOUND`.
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -25,20 +27,83 @@ pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most bytes a guest log line may carry.
 pub const MAX_LOG_LINE: u32 = 64 << 10;
 
+/// Where guest log lines go: tracing target of every plugin line, so the
+/// daemon's `portcullis=<log_level>` filter applies to them as to its own.
+pub const LOG_TARGET: &str = "portcullis::wasm";
+
+/// The configured `log_level` in Proxy-Wasm numbering (what
+/// `proxy_get_log_level` answers before the log subscriber exists).
+static CONFIGURED_LEVEL: AtomicU32 = AtomicU32::new(2);
+
+/// Most lines kept from plugin start-up before logging is set up.
+const MAX_PENDING: usize = 1024;
+
+/// Lines plugins logged while the config loaded, before the daemon set up
+/// its logging (which needs the loaded config): replayed by [`replay_load_logs`].
+static PENDING: Mutex<Vec<(u32, String, String, String)>> = Mutex::new(Vec::new());
+
+/// Sets the level plugin lines are kept at until logging is set up (from `log_level`).
+pub fn set_configured_level(level: &str) {
+    let n = match level {
+        "trace" => 0,
+        "debug" => 1,
+        "info" => 2,
+        "warn" => 3,
+        _ => 4,
+    };
+    CONFIGURED_LEVEL.store(n, Ordering::Relaxed);
+}
+
 /// Emits a guest log line at a Proxy-Wasm level (0 trace … 5 critical).
+/// Before a log subscriber exists (plugins start while the config loads)
+/// the line is kept, at the configured level, for [`replay_load_logs`].
 pub(crate) fn emit(plugin: &str, level: u32, msg: &str, fields: &str) {
-    match level {
-        0 => tracing::trace!(target: "wasm", plugin, fields, "{msg}"),
-        1 => tracing::debug!(target: "wasm", plugin, fields, "{msg}"),
-        2 => tracing::info!(target: "wasm", plugin, fields, "{msg}"),
-        3 => tracing::warn!(target: "wasm", plugin, fields, "{msg}"),
-        _ => tracing::error!(target: "wasm", plugin, fields, "{msg}"),
+    if !tracing::dispatcher::has_been_set() {
+        if level >= CONFIGURED_LEVEL.load(Ordering::Relaxed)
+            && let Ok(mut p) = PENDING.lock()
+            && p.len() < MAX_PENDING
+        {
+            p.push((
+                level,
+                plugin.to_string(),
+                msg.to_string(),
+                fields.to_string(),
+            ));
+        }
+        return;
+    }
+    // Structured fields (portcullis_v1.log) only when there are some.
+    match (level, fields.is_empty()) {
+        (0, true) => tracing::trace!(target: LOG_TARGET, plugin, "{msg}"),
+        (1, true) => tracing::debug!(target: LOG_TARGET, plugin, "{msg}"),
+        (2, true) => tracing::info!(target: LOG_TARGET, plugin, "{msg}"),
+        (3, true) => tracing::warn!(target: LOG_TARGET, plugin, "{msg}"),
+        (_, true) => tracing::error!(target: LOG_TARGET, plugin, "{msg}"),
+        (0, false) => tracing::trace!(target: LOG_TARGET, plugin, fields, "{msg}"),
+        (1, false) => tracing::debug!(target: LOG_TARGET, plugin, fields, "{msg}"),
+        (2, false) => tracing::info!(target: LOG_TARGET, plugin, fields, "{msg}"),
+        (3, false) => tracing::warn!(target: LOG_TARGET, plugin, fields, "{msg}"),
+        (_, false) => tracing::error!(target: LOG_TARGET, plugin, fields, "{msg}"),
+    }
+}
+
+/// Logs the lines plugins logged during load (call once logging is set up).
+pub fn replay_load_logs() {
+    let lines = PENDING
+        .lock()
+        .map(|mut p| std::mem::take(&mut *p))
+        .unwrap_or_default();
+    for (level, plugin, msg, fields) in lines {
+        emit(&plugin, level, &msg, &fields);
     }
 }
 
 /// The current log level in Proxy-Wasm numbering.
 pub(crate) fn log_level() -> u32 {
     use tracing::level_filters::LevelFilter;
+    if !tracing::dispatcher::has_been_set() {
+        return CONFIGURED_LEVEL.load(Ordering::Relaxed);
+    }
     match LevelFilter::current() {
         LevelFilter::TRACE => 0,
         LevelFilter::DEBUG => 1,
@@ -70,6 +135,23 @@ pub fn add(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_call_foreign_function",
         super::portcullis::foreign,
     )?;
+    toolchain(l)?;
+    Ok(())
+}
+
+/// The two `env` functions C/C++ toolchains link besides WASI, which
+/// proxy-wasm-cpp-host provides too: Emscripten's memory-growth hook (a
+/// host without JavaScript views has nothing to update) and `pthread_equal`
+/// (a single-threaded guest compares thread ids).
+fn toolchain(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    l.func_wrap(
+        "env",
+        "emscripten_notify_memory_growth",
+        |_c: C<'_>, _memory_index: u32| {},
+    )?;
+    l.func_wrap("env", "pthread_equal", |_c: C<'_>, a: u32, b: u32| -> u32 {
+        u32::from(a == b)
+    })?;
     Ok(())
 }
 
@@ -89,12 +171,8 @@ fn logging(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 memory::read(mem, ptr, len.min(MAX_LOG_LINE)),
                 "proxy_log: message out of bounds"
             );
-            emit(
-                &st.plugin.spec.name,
-                level,
-                &String::from_utf8_lossy(bytes),
-                "",
-            );
+            let msg = String::from_utf8_lossy(bytes).into_owned();
+            st.guest_log(level, &msg, "");
             Ok(Status::Ok.raw())
         },
     )?;

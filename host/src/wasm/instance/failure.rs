@@ -80,6 +80,9 @@ pub(super) fn guest_call<P: WasmParams, R: WasmResults>(
 ) -> Result<R, Failure> {
     store.set_epoch_deadline(ticks);
     let d = store.data_mut();
+    // A growth refused in an earlier call that the guest coped with says
+    // nothing about a failure of this one.
+    d.limiter.take_hit();
     d.calls_pending += 1;
     if d.calls_pending >= 64 {
         d.flush_calls();
@@ -88,6 +91,11 @@ pub(super) fn guest_call<P: WasmParams, R: WasmResults>(
 }
 
 pub(super) fn classify(store: &mut Store<HostState>, e: &wasmtime::Error) -> Failure {
+    // What the guest printed before it died (a Go panic's message) is logged
+    // even without a final newline.
+    crate::wasm::abi::wasi::flush_all(store.data_mut());
+    // A trap after the limiter refused to grow memory in this call is the
+    // guest failing for want of memory (an allocator that aborts).
     let memory_hit = store.data_mut().limiter.take_hit();
     let kind = if memory_hit {
         FailureKind::MemoryLimit

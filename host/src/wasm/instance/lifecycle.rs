@@ -21,9 +21,37 @@ impl PluginInstance {
     /// Instantiates `plugin` and runs its start-up: `_initialize` / `_start`,
     /// the root context, `proxy_on_vm_start` and `proxy_on_configure` (both must return true).
     pub fn new(plugin: &WasmPlugin) -> Result<PluginInstance, Failure> {
+        let mut inst = Self::instantiate(plugin, false)?;
+        inst.start()?;
+        Ok(inst)
+    }
+
+    /// Like [`Self::new`], for the load-time check: the guest's log lines
+    /// are kept, and on failure returned with it (a plugin that rejects its
+    /// configuration logs why, and the operator must see it).
+    pub(crate) fn new_captured(
+        plugin: &WasmPlugin,
+    ) -> Result<PluginInstance, (Failure, Vec<(u32, String)>)> {
+        let mut inst = Self::instantiate(plugin, true).map_err(|f| (f, Vec::new()))?;
+        match inst.start() {
+            // Capturing goes on for the checks that follow (see `take_captured`).
+            Ok(()) => Ok(inst),
+            Err(f) => {
+                let lines = inst.store.data_mut().captured.take().unwrap_or_default();
+                Err((f, lines))
+            }
+        }
+    }
+
+    /// Instantiates `plugin` (no guest code runs but a start function) and resolves its exports.
+    fn instantiate(plugin: &WasmPlugin, capture: bool) -> Result<PluginInstance, Failure> {
         let shared = Arc::clone(&plugin.shared);
         let ticks = deadline_ticks(shared.spec.limits.cpu);
-        let mut store = Store::new(plugin.engine(), HostState::new(Arc::clone(&shared)));
+        let mut state = HostState::new(Arc::clone(&shared));
+        if capture {
+            state.captured = Some(Vec::new());
+        }
+        let mut store = Store::new(plugin.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(ticks);
         let instance = plugin
@@ -68,9 +96,10 @@ impl PluginInstance {
             .get_typed_func(&mut store, "_initialize")
             .or_else(|_| instance.get_typed_func(&mut store, "_start"))
             .ok();
-        let mut inst = PluginInstance {
+        let inst = PluginInstance {
             store,
             ex: Rc::new(ex),
+            init,
             ticks,
             next_ctx: ROOT_ID + 1,
             order: VecDeque::new(),
@@ -78,7 +107,16 @@ impl PluginInstance {
             queue_gen: crate::wasm::shared::queue_generation(),
         };
         inst.live(true);
-        if let Some(f) = init {
+        Ok(inst)
+    }
+
+    /// Runs start-up: `_initialize` / `_start`, the root context,
+    /// `proxy_on_vm_start` and `proxy_on_configure` (both must return true).
+    fn start(&mut self) -> Result<(), Failure> {
+        let inst = self;
+        let ticks = inst.ticks;
+        let shared = Arc::clone(inst.plugin());
+        if let Some(f) = inst.init.take() {
             match guest_call(&mut inst.store, ticks, &f, ()) {
                 Ok(()) => {}
                 // A WASI command's `_start` ends with proc_exit(0): that is success.
@@ -115,7 +153,12 @@ impl PluginInstance {
         }
         inst.begin(ROOT_ID, Callback::Other);
         inst.schedule_tick();
-        Ok(inst)
+        Ok(())
+    }
+
+    /// Stops keeping the guest's log lines and returns those kept so far.
+    pub(crate) fn take_captured(&mut self) -> Vec<(u32, String)> {
+        self.store.data_mut().captured.take().unwrap_or_default()
     }
 
     fn live(&self, up: bool) {

@@ -60,6 +60,8 @@ pub struct PluginInstance {
     store: Store<HostState>,
     /// Shared with each call site by `Rc` (cloning a `TypedFunc` costs atomics in wasmtime's type registry).
     ex: Rc<Exports>,
+    /// `_initialize` / `_start`, until start-up has run it.
+    init: Option<TypedFunc<(), ()>>,
     ticks: u64,
     next_ctx: u32,
     order: VecDeque<u32>,
@@ -89,6 +91,18 @@ impl PluginInstance {
             .data()
             .memory
             .map_or(0, |m| m.data_size(&self.store))
+    }
+
+    /// A copy of guest memory `ptr .. ptr + len` (empty where out of bounds), for tests.
+    #[cfg(test)]
+    pub(crate) fn guest_memory(&self, ptr: u32, len: u32) -> Vec<u8> {
+        let Some(m) = self.store.data().memory else {
+            return Vec::new();
+        };
+        let mem = m.data(&self.store);
+        crate::wasm::memory::read(mem, ptr, len)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
     }
 
     /// Whether the module exports an HTTP request hook at all.

@@ -27,8 +27,11 @@ pub struct PluginShared {
     pub stats: PluginStats,
 }
 
-/// Enforces `memory_limit` and table limits on one store; growth past the
-/// limit traps and is recorded, so the failure is reported as a memory-limit hit.
+/// Enforces `memory_limit` and table limits on one store. Memory growth past
+/// the limit fails the way the guest expects (`memory.grow` returns -1, as
+/// in Envoy), so an allocator can fail gracefully; the refusal is recorded,
+/// so a trap that follows in the same call counts as a memory-limit hit.
+/// Table growth past its limit traps.
 #[derive(Debug)]
 pub struct Limiter {
     memory: usize,
@@ -59,10 +62,8 @@ impl ResourceLimiter for Limiter {
     ) -> wasmtime::Result<bool> {
         if desired > self.memory {
             self.hit = true;
-            return Err(wasmtime::format_err!(
-                "linear memory would grow to {desired} bytes, past the plugin's memory_limit of {} bytes",
-                self.memory
-            ));
+            // Ok(false): `memory.grow` returns -1 to the guest, nothing traps.
+            return Ok(false);
         }
         let grown = u64::try_from(desired.saturating_sub(current)).unwrap_or(0);
         self.current = self.current.saturating_add(grown);
@@ -260,6 +261,12 @@ pub struct HostState {
     /// Guest calls not yet added to the shared `calls` counter: published in
     /// batches so workers do not contend on one cache line per call.
     pub calls_pending: u64,
+    /// Drop the guest's log lines (the load-time probe of a TCP context,
+    /// which a Go SDK module answers with a panic message).
+    pub quiet: bool,
+    /// Lines the guest logged, kept for a load error (the start-up check
+    /// instance only: a plugin that rejects its config says why in its log).
+    pub captured: Option<Vec<(u32, String)>>,
 }
 
 impl HostState {
@@ -295,6 +302,8 @@ impl HostState {
             stderr: Vec::new(),
             last_error: None,
             calls_pending: 0,
+            quiet: false,
+            captured: None,
         }
     }
 
@@ -304,6 +313,19 @@ impl HostState {
         if n > 0 {
             self.plugin.stats.calls.fetch_add(n, Relaxed);
         }
+    }
+
+    /// Logs a line of the guest (`proxy_log`, stdout/stderr, `portcullis_v1.log`).
+    pub fn guest_log(&mut self, level: u32, msg: &str, fields: &str) {
+        if self.quiet {
+            return;
+        }
+        if let Some(c) = self.captured.as_mut()
+            && c.len() < MAX_CAPTURED
+        {
+            c.push((level, msg.chars().take(512).collect()));
+        }
+        crate::wasm::abi::proxy_wasm::emit(&self.plugin.spec.name, level, msg, fields);
     }
 
     /// Records a refused host call: counted, kept for `last_error`, logged at debug level.
@@ -328,6 +350,9 @@ pub use crate::plugin::IdHasher;
 
 /// A map keyed by small integer ids, hashed with [`IdHasher`].
 pub type IdMap<V> = HashMap<u32, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Most guest log lines kept for a load error.
+const MAX_CAPTURED: usize = 32;
 
 /// Most http calls one context may have queued or in flight (no unbounded queues).
 pub const MAX_CALLS: usize = 16;

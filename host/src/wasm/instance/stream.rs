@@ -111,10 +111,15 @@ impl PluginInstance {
     /// stream context (the Rust SDK traps for an HTTP context). Used at load.
     pub(crate) fn probe_stream_context(&mut self, ctx: u32) -> bool {
         let ex = Rc::clone(&self.ex);
-        match &ex.on_new_connection {
+        // The Go SDK panics (and prints it) for an HTTP context: expected
+        // here, so the probe's output is not the plugin's to log.
+        self.store.data_mut().quiet = true;
+        let tcp = match &ex.on_new_connection {
             Some(f) => guest_call(&mut self.store, self.ticks, f, ctx).is_ok(),
             None => false,
-        }
+        };
+        self.store.data_mut().quiet = false;
+        tcp
     }
 
     fn stream_hook(
@@ -393,12 +398,17 @@ impl PluginInstance {
             };
             let nh = len_u32(resp.headers.len());
             let nb = len_u32(resp.body.len());
-            self.begin(ctx, Callback::CallResponse);
+            // As Envoy: an http call belongs to the root context, whatever
+            // context made it, and its response is delivered there (the Go
+            // SDK panics on any other id). The SDK finds the caller by token
+            // and reaches the stream with proxy_set_effective_context; the
+            // stream's transaction is loaded for it meanwhile.
+            self.begin(ROOT_ID, Callback::CallResponse);
             let d = self.store.data_mut();
             d.call_response = Some(resp);
             d.io.load(txn);
             d.io_ctx = ctx;
-            let r = guest_call(&mut self.store, self.ticks, f, (ctx, token, nh, nb, 0));
+            let r = guest_call(&mut self.store, self.ticks, f, (ROOT_ID, token, nh, nb, 0));
             let d = self.store.data_mut();
             d.io.unload(txn);
             d.io_ctx = 0;
@@ -489,6 +499,7 @@ pub(crate) fn local_reply(status: StatusCode, headers: HeaderMap, body: Vec<u8>)
         headers,
         body: Bytes::from(body),
         error_page: false,
+        cause: None,
     }
 }
 

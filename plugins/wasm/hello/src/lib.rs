@@ -1,13 +1,14 @@
 //! The `docs/PLUGINS.md` walkthrough plugin: `x-hello: <path>` on every
 //! request, 429 for an API key seen more than 10 times in 10 s.
 
-use portcullis_guest::proxy_wasm::{self, types::LogLevel};
+use portcullis_guest::proxy_wasm;
 use portcullis_guest::{Action, Context, ContextType, HttpContext, RootContext, StickTable};
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
+// Like proxy_wasm::main!, and installs the panic hook: a panic's message
+// reaches portcullis's log.
+portcullis_guest::main! {
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root) });
-}}
+}
 
 struct Root;
 impl Context for Root {}
