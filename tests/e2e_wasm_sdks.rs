@@ -419,7 +419,8 @@ async fn shared_data_counts_with_cas_across_workers() {
             (1..=N).collect::<Vec<_>>(),
             "{name}: every increment counted once"
         );
-        // The guests hold 2 ms between read and write: the workers did race
+        // The guests hold 5 ms between read and write (longer than a scheduler
+        // slice, so even on one CPU): the workers did race
         // (so the count above proves the CAS), and the loser retried.
         p.log_has(&format!("{name} cas retry")).await;
     }

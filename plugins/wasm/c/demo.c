@@ -26,7 +26,7 @@
  *   "\nGUEST saw <n> bytes\n";
  * - `/count...`: increments the shared counter `hits` (compare-and-swap,
  *   retried on a CAS mismatch, logging "GUEST cas retry", so concurrent
- *   workers never lose a count; 2 ms pass between the read and the write to
+ *   workers never lose a count; 5 ms pass between the read and the write to
  *   make races likely) and adds `x-hits: <new value>`;
  * - `/ticks...`: adds `x-ticks: <shared tick count>`;
  * - a 100 ms tick increments the shared `ticks` counter; the first three
@@ -183,8 +183,9 @@ static void hold(uint32_t ms) {
 
 /* Adds `delta` to the decimal counter `key` in shared data; retries (and
  * logs "GUEST cas retry") on a CAS mismatch: another worker won the race.
- * `hold_ms` widens the window between read and write, so that the tests can
- * make workers race. Returns the new value. */
+ * `hold_ms` widens the window between the first read and write, so that the
+ * tests can make workers race (retries go at full speed, or a loser could
+ * keep losing). Returns the new value. */
 static uint32_t shared_add(const char *key, uint32_t delta, uint32_t hold_ms) {
     for (int attempt = 0; attempt < 100; attempt++) {
         str_t cur = {0, 0};
@@ -198,7 +199,7 @@ static uint32_t shared_add(const char *key, uint32_t delta, uint32_t hold_ms) {
             cas = 0; /* no entry yet: the first write */
         }
         str_free(&cur);
-        if (hold_ms) hold(hold_ms);
+        if (hold_ms && attempt == 0) hold(hold_ms);
         char text[12];
         size_t len = fmt_u32(value + delta, text);
         s = proxy_set_shared_data(key, strlen(key), text, len, cas);
@@ -369,7 +370,7 @@ EXPORT(proxy_on_request_headers) uint32_t proxy_on_request_headers(uint32_t ctx,
     if (starts_with(&s->path, "/body")) s->body = 1;
     char num[12];
     if (starts_with(&s->path, "/count")) {
-        size_t len = fmt_u32(shared_add("hits", 1, 2), num);
+        size_t len = fmt_u32(shared_add("hits", 1, 5), num);
         add_header(MAP_REQUEST, "x-hits", num, len);
     }
     if (starts_with(&s->path, "/ticks")) {
