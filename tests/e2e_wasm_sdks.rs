@@ -304,6 +304,8 @@ async fn local_reply_never_reaches_the_backend() {
         assert_eq!(r.status.as_u16(), 403, "{name}: {}", r.text());
         assert_eq!(r.text(), format!("{name} says no\n"));
         assert_eq!(r.header("x-local-by").as_deref(), Some(name));
+        // proxy_on_log still runs, and sees the local reply's status.
+        p.log_has(&format!("{name} log GET /local/x -> 403")).await;
     }
     assert_eq!(p.app.requests(), 0, "a local reply stays in the proxy");
     p.assert_clean().await;
