@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for building and testing portcullis:
-# wasm targets for plugins, and Debian packages the tests and benchmarks use
-# (haproxy for side-by-side comparisons, wrk for load, nginx-light and curl).
+# wasm targets for plugins, Debian packages the tests and benchmarks use
+# (haproxy for side-by-side comparisons, wrk for load, nginx-light and curl),
+# and the toolchains of the non-Rust Proxy-Wasm guests (tests/e2e_wasm_sdks.rs):
+# clang + lld + wasi-libc + the wasm32 compiler-rt builtins for C, Node.js and
+# npm for AssemblyScript, whose compiler is installed at the version pinned in
+# plugins/wasm/assemblyscript/package-lock.json into that directory's
+# node_modules (nothing global).
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 SUDO=""
 if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
@@ -13,6 +19,16 @@ command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# C guests: clang --target=wasm32-wasi links with wasm-ld against wasi-libc
+# and compiler-rt's wasm32 builtins.
+command -v clang >/dev/null 2>&1 || need+=(clang)
+command -v wasm-ld >/dev/null 2>&1 || need+=(lld)
+[ -f /usr/lib/wasm32-wasi/libc.a ] || need+=(wasi-libc)
+compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a" >/dev/null ||
+  need+=(libclang-rt-dev-wasm32)
+# AssemblyScript guests: Node.js (>= 18) and npm, from Debian if missing.
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   $SUDO apt-get update -qq
@@ -26,3 +42,16 @@ for t in wasm32-unknown-unknown wasm32-wasip1; do
     rustup target add "$t"
   fi
 done
+
+# The AssemblyScript compiler, at the pinned version, in the guest's directory.
+if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)'; then
+  echo "setup: assemblyscript needs Node.js >= 18, found $(node --version)" >&2
+  exit 1
+fi
+as_dir=plugins/wasm/assemblyscript
+want=$(sed -n 's/.*"assemblyscript": "\([0-9][0-9.]*\)".*/\1/p' "$as_dir/package.json" | head -n1)
+have=$(sed -n 's/^  "version": "\(.*\)",$/\1/p' "$as_dir/node_modules/assemblyscript/package.json" 2>/dev/null || true)
+if [ "$have" != "$want" ]; then
+  echo "setup: installing assemblyscript $want into $as_dir/node_modules"
+  (cd "$as_dir" && npm ci --no-audit --no-fund --loglevel=error)
+fi
