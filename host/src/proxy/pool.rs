@@ -80,8 +80,11 @@ fn http_builder(config: &Runtime) -> http1::Builder {
     b
 }
 
-/// Bytes read from a server per read call (HAProxy's default `tune.bufsize`).
-const UPSTREAM_READ: usize = 16 << 10;
+/// Bytes read from a server per read call. A client that stops reading
+/// holds about three such chunks (being handed on, in hyper's read buffer,
+/// in the body channel): 12 KiB keeps that under 64 KiB per connection
+/// while large bodies still move in big reads (HAProxy: `tune.bufsize` 16 KiB).
+const UPSTREAM_READ: usize = 12 << 10;
 
 impl UpstreamPool {
     /// An empty pool shaped after `config`'s backends.
