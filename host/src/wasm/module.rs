@@ -43,6 +43,16 @@ pub enum WasmLoadError {
     NotHttp(String),
 }
 
+/// Whether `bytes` may be WebAssembly text: after blanks and `;;` comments,
+/// a `(`.
+fn looks_like_wat(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]);
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with(";;"))
+        .is_some_and(|l| l.starts_with('('))
+}
+
 /// What a failed start-up logged, for its load error: the lines at warning
 /// level or above (else the last lines of any level), a few at most.
 fn logged(lines: &[(u32, String)]) -> String {
@@ -215,6 +225,23 @@ impl WasmPlugin {
         let linker = LINKER
             .as_ref()
             .map_err(|e| WasmLoadError::Engine(e.clone()))?;
+        if !bytes.starts_with(b"\0asm") && !looks_like_wat(bytes) {
+            // Module::new would try it as WebAssembly text and say "expected `(`".
+            let head: String = bytes
+                .iter()
+                .take(16)
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let found = if bytes.is_empty() {
+                "this file is empty".to_string()
+            } else {
+                format!("this file starts with {head}")
+            };
+            return Err(WasmLoadError::Invalid(format!(
+                "a binary module starts with the bytes 00 61 73 6d (\"\\0asm\") and a text one with `(module`, but {found} (build the plugin for wasm32-unknown-unknown or wasm32-wasip1 and point `wasm` at the .wasm file)"
+            )));
+        }
         let module = Module::new(engine, bytes).map_err(|e| {
             let root = e.chain().last().map(|c| c.to_string()).unwrap_or_default();
             let msg = e.to_string();

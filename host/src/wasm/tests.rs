@@ -369,3 +369,29 @@ fn config_reads_for_0x7fffffff_bytes_get_the_whole_config() {
         panic!("the config read failed: {e}");
     }
 }
+
+#[test]
+fn a_file_that_is_no_module_says_what_a_module_looks_like() {
+    // A text file named .wasm used to get wat's "expected `(`".
+    for (bytes, want) in [
+        (&b"hello"[..], "but this file starts with 68 65 6c 6c 6f"),
+        (&b""[..], "but this file is empty"),
+        (
+            &b"\x7fELF\x02\x01"[..],
+            "but this file starts with 7f 45 4c 46 02 01",
+        ),
+    ] {
+        let e = WasmPlugin::compile(bytes, PluginSpec::new("x"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("a binary module starts with the bytes 00 61 73 6d"),
+            "{e}"
+        );
+        assert!(e.contains(want), "{e}");
+    }
+    // Text modules (comments first) still compile.
+    let ok = WasmPlugin::compile_unchecked(b";; a comment\n(module)", PluginSpec::new("x"));
+    assert!(ok.is_ok() || ok.is_err_and(|e| !e.to_string().contains("binary module starts")));
+}
