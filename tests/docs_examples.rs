@@ -1,7 +1,7 @@
 //! Every config and code block in the docs is checked, so the docs cannot
 //! drift from the daemon:
 //! - TOML blocks go through `portcullis check`. A block that is a whole
-//!   config is checked as written; one that shows a part (a `[[plugin]]`,
+//!   config (a frontend with a bind) is checked as written; one that shows a part (a `[[plugin]]`,
 //!   a rule list, one rule per line) is checked inside a minimal config
 //!   around it (a frontend `web`, backends `app` and `api`); `# ...` lines
 //!   stand for what the prose leaves out. Files the blocks name are there:
@@ -90,8 +90,24 @@ fn has_key(table: &str, key: &str) -> bool {
     })
 }
 
-/// A config `portcullis check` can take, from a block.
+/// A config `portcullis check` can take, from a block. A block with a
+/// frontend that binds is shown as a whole config and checked as written.
 fn complete(block: &str) -> String {
+    if block.contains("[[frontend]]") && block.lines().any(|l| l.trim_start().starts_with("bind")) {
+        // As written, but on free ports: `check` binds what it reads.
+        return block
+            .lines()
+            .map(|l| {
+                let t = l.trim_start();
+                if (t.starts_with("bind") || t.starts_with("admin")) && t.contains("\"127.0.0.1:") {
+                    let key = t.split('=').next().unwrap_or("bind").trim();
+                    format!("{key} = \"{}\"\n", free_addr())
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+    }
     let text: String = block
         .lines()
         .filter(|l| l.trim() != "# ...")
