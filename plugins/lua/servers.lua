@@ -44,7 +44,8 @@ local function report(lines, px_name)
     local st = srv:get_stats()
     lines[#lines + 1] = string.format("  server %s puid=%s addr=%s weight=%s draining=%s %s check=%s",
       srv.name, tostring(srv.puid), srv:get_addr(), tostring(srv:get_weight()), tostring(truthy(srv:is_draining())),
-      stats_line(st, STAT_KEYS), tostring(st.check_status))
+      -- HAProxy prefixes "* " while a check runs: timing, not state.
+      stats_line(st, STAT_KEYS), (tostring(st.check_status):gsub("^%* ", "")))
   end
 end
 

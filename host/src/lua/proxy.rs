@@ -339,7 +339,12 @@ fn server_stats(lua: &Lua, b: &BackendState, s: &ServerState) -> mlua::Result<Ta
         // HAProxy leaves the check counters empty for an unchecked server.
         set(&t, "chkfail", count(s.checks_failed.load(Relaxed)))?;
         set(&t, "chkdown", count(s.downs.load(Relaxed)))?;
-        set(&t, "check_status", status.as_str())?;
+        // HAProxy's `* ` marks a check running at this moment.
+        if s.is_checking() {
+            set(&t, "check_status", format!("* {}", status.as_str()))?;
+        } else {
+            set(&t, "check_status", status.as_str())?;
+        }
         if code != 0 {
             set(&t, "check_code", i64::from(code))?;
         }

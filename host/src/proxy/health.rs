@@ -51,7 +51,9 @@ async fn check_loop(shared: Arc<Shared>, b: usize, s: usize, check: HealthCheck)
             .clone()
             .unwrap_or_else(|| server.addr_text.clone());
         let started = std::time::Instant::now();
+        state.set_checking(true);
         let probe = probe(server.addr, &host, &check).await;
+        state.set_checking(false);
         let ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
         match state.record_check(probe.status, probe.code, ms) {
             Some(Transition::Up) => {

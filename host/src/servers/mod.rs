@@ -164,6 +164,8 @@ pub struct ServerState {
     /// Health-check settings, if the backend checks this server.
     pub check: Option<CheckParams>,
     check_enabled: AtomicBool,
+    /// A check is running now (HAProxy shows `* ` before `check_status`).
+    checking: AtomicBool,
     /// HAProxy's `check.health`: 0..rise+fall-1; up at or above `rise`.
     health: AtomicU32,
     check_status: AtomicU8,
@@ -213,6 +215,7 @@ impl ServerState {
             admin: AtomicU8::new(0),
             check,
             check_enabled: AtomicBool::new(check.is_some()),
+            checking: AtomicBool::new(false),
             // HAProxy starts a checked server up "but it will fall at the
             // first failure": health = rise.
             health: AtomicU32::new(check.map_or(0, |c| c.rise)),
@@ -423,6 +426,16 @@ impl ServerState {
     /// Whether health checks run for this server now.
     pub fn check_enabled(&self) -> bool {
         self.check.is_some() && self.check_enabled.load(Relaxed)
+    }
+
+    /// Marks a check as running (or done).
+    pub fn set_checking(&self, on: bool) {
+        self.checking.store(on, Relaxed);
+    }
+
+    /// Whether a check is running now.
+    pub fn is_checking(&self) -> bool {
+        self.checking.load(Relaxed)
     }
 
     /// Enables or disables configured checks (`check_enable`/`check_disable`).
