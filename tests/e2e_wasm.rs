@@ -1462,6 +1462,54 @@ async fn a_plugin_no_rule_uses_ticks_as_one_singleton() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_with_singleton_false_runs_in_every_worker() {
+    // Envoy's WasmService singleton = false: one instance per worker.
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("wasm-per-worker");
+    let ports = Ports::new();
+    let f = dir.write("ticker.wat", CONFIGURE_TICKER);
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"service\"\nwasm = \"{}\"\nsingleton = false\n\n{}{}",
+        global_section(ports.admin, &[("workers", "2")]),
+        f.display(),
+        frontend_section("web", ports.web, "app", ""),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let admin = ports.admin;
+    eventually(
+        "both workers' instances run",
+        Duration::from_secs(3),
+        || async move { stats_of(&plugins(admin).await, "service")["instances"] == 2 },
+    )
+    .await;
+    // `singleton` on a plugin a rule uses is a config error.
+    let bad = format!(
+        "[[plugin]]\nname = \"f\"\nwasm = \"{}\"\nsingleton = false\n\n{}{}",
+        dir.write("good.wat", GOOD).display(),
+        frontend_section(
+            "web",
+            free_addr(),
+            "app",
+            "http_request = [{ wasm = \"f\" }]"
+        ),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let path = dir.write("bad.toml", &bad);
+    let out = run_bin(
+        &["check", "-c", path.to_str().expect("utf-8")],
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.expect("finished").success());
+    assert!(
+        out.stderr
+            .contains("`singleton` applies to a plugin no rule uses"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_metadata_reaches_the_plugin_as_envoy_names_it() {
     // A rule's `metadata` and its frontend's are Envoy's route metadata:
     // `route_metadata.filter_metadata.<filter>.<key>`, the rule's first.

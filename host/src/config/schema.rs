@@ -69,6 +69,9 @@ pub struct RawPlugin {
     pub config: Option<Spanned<toml::Value>>,
     /// VM configuration handed to a Wasm plugin (reserved for Wasm).
     pub vm_config: Option<Spanned<toml::Value>>,
+    /// A Wasm plugin no rule uses: one instance for the process (`true`, the
+    /// default) or one per worker (`false`), as Envoy's `WasmService.singleton`.
+    pub singleton: Option<Spanned<bool>>,
     /// Memory the plugin may use per worker instance.
     pub memory_limit: Option<Spanned<ConfigSize>>,
     /// CPU time one call into the plugin may use.

@@ -345,6 +345,12 @@ fn load_one(
             format!("plugin {name:?} needs a script: add lua = \"path/to/script.lua\""),
         ));
     };
+    if let Some(s) = &p.singleton {
+        return Err(source.error(
+            s.span(),
+            "`singleton` is for Wasm plugins no rule uses; a Lua plugin's tasks run in every worker",
+        ));
+    }
     for (key, v) in [("config", &p.config), ("vm_config", &p.vm_config)] {
         if let Some(v) = v {
             return Err(source.error(

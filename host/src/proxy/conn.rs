@@ -61,7 +61,7 @@ const H2_SEND_BUF: usize = 64 << 10;
 /// socket beyond which the body stops reading from the server. With it, a
 /// client that stops reading holds this much plus one chunk in hyper's write
 /// buffer, whatever hyper's own buffer limits (sized for request heads) allow.
-pub const MAX_UNSENT: usize = 16 << 10;
+pub const MAX_UNSENT: usize = 8 << 10;
 
 /// Where a client connection is in its request cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

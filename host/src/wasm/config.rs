@@ -166,6 +166,18 @@ fn load_one(
             ),
         )
     })?;
+    let singleton = match &p.singleton {
+        Some(s) if !root_only => {
+            return Err(source.error(
+                s.span(),
+                format!(
+                    "plugin {name:?}: `singleton` applies to a plugin no rule uses (a service); this one runs as a filter in every worker"
+                ),
+            ));
+        }
+        Some(s) => *s.get_ref(),
+        None => true,
+    };
     let spec = PluginSpec {
         name: name.clone(),
         config: config_bytes(&p.config),
@@ -175,6 +187,7 @@ fn load_one(
         upstreams: upstreams.clone(),
         stick: tables,
         root_only,
+        singleton,
     };
     WasmPlugin::compile(&bytes, spec).map_err(|e| {
         source.error(

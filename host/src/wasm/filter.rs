@@ -486,7 +486,8 @@ pub fn start_worker(plugins: &[Arc<WasmPlugin>], worker: usize) {
             return;
         };
         for p in plugins {
-            if p.shared().spec.root_only && worker != 0 {
+            let spec = &p.shared().spec;
+            if spec.root_only && spec.singleton && worker != 0 {
                 continue;
             }
             let slot = slots.entry(p.id).or_default();

@@ -124,6 +124,9 @@ pub struct PluginSpec {
     /// instance, on worker 0, as Envoy runs a singleton VM): start-up, ticks,
     /// queues and http calls of its root context, and needs no HTTP context.
     pub root_only: bool,
+    /// A root-only plugin runs once for the process (`true`) or once per
+    /// worker (`false`).
+    pub singleton: bool,
 }
 
 impl std::fmt::Debug for PluginSpec {
@@ -151,6 +154,7 @@ impl PluginSpec {
             upstreams: HashMap::new(),
             stick: None,
             root_only: false,
+            singleton: true,
         }
     }
 }
