@@ -190,7 +190,7 @@ fn workdir() -> TempDir {
     };
     link(&repo().join("plugins/lua"), "plugins/lua");
     link(&repo().join("plugins/lua/maps"), "maps");
-    let wasm = build_example_plugins();
+    let wasm = build_wasm_examples("wasm32-unknown-unknown", &[]);
     for m in ["hello", "hmac_auth", "rate_limit", "header_rewrite"] {
         let module = wasm.join(format!("{m}.wasm"));
         link(&module, &format!("plugins/wasm/{m}.wasm"));
@@ -216,32 +216,6 @@ fn workdir() -> TempDir {
         );
     }
     dir
-}
-
-/// The example Wasm plugins, built as `tests/e2e_wasm.rs` builds them.
-fn build_example_plugins() -> PathBuf {
-    let target = repo().join("target").join("wasm-plugins");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-unknown-unknown",
-            "--manifest-path",
-        ])
-        .arg(repo().join("plugins/wasm/Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .output()
-        .expect("run cargo build for the example plugins");
-    assert!(
-        out.status.success(),
-        "building plugins/wasm failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    target.join("wasm32-unknown-unknown/release")
 }
 
 fn check(dir: &TempDir, name: &str, cfg: &str) -> Result<(), String> {

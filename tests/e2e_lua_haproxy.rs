@@ -435,26 +435,7 @@ fn normalize(r: &Resp) -> Seen {
     headers.sort_by(|a, b| a.0.cmp(&b.0));
     let body = if is_echo {
         let e = r.echo();
-        let mut seen: Vec<String> = e.0["headers"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|p| {
-                        let k = p[0].as_str()?;
-                        let v = p[1].as_str()?;
-                        (k.starts_with("x-") && !k.starts_with("x-forwarded-"))
-                            .then(|| format!("{k}: {v}"))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        // Stable: values of one header keep their order.
-        seen.sort_by(|a, b| {
-            a.split(':')
-                .next()
-                .unwrap_or("")
-                .cmp(b.split(':').next().unwrap_or(""))
-        });
+        let seen = e.x_headers();
         let sent = e.0["body"].as_str().unwrap_or("");
         format!(
             "echo {} {}\n{}\nbody: {sent}",

@@ -479,44 +479,6 @@ fn load_errors_are_config_errors() {
     assert_eq!(out.status.and_then(|s| s.code()), Some(0), "{out:?}");
 }
 
-/// Builds the example plugins (plugins/wasm) for wasm32 with their own
-/// target directory, so the build does not wait on the outer cargo's lock.
-fn build_examples() -> std::path::PathBuf {
-    build_examples_for("wasm32-unknown-unknown", &[])
-}
-
-/// Builds `packages` (all if empty) of plugins/wasm for `target`; the output directory.
-fn build_examples_for(target_triple: &str, packages: &[&str]) -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf();
-    let target = root.join("target").join("wasm-plugins");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            target_triple,
-            "--manifest-path",
-        ])
-        .arg(root.join("plugins/wasm/Cargo.toml"))
-        .args(packages.iter().flat_map(|p| ["-p", p]))
-        .env("CARGO_TARGET_DIR", &target)
-        // The outer `cargo test` may set flags meant for the host target.
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .output()
-        .expect("run cargo build for the example plugins");
-    assert!(
-        out.status.success(),
-        "building plugins/wasm failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    target.join(target_triple).join("release")
-}
-
 fn sign(secret: &str, method: &str, path: &str) -> String {
     use hmac::Mac;
     let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("key");
@@ -530,9 +492,9 @@ fn sign(secret: &str, method: &str, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn example_plugins_build_and_work() {
-    let wasm = build_examples();
+    let wasm = build_wasm_examples("wasm32-unknown-unknown", &[]);
     // The same plain filter built for WASI (the Rust std links wasi_snapshot_preview1).
-    let wasi = build_examples_for("wasm32-wasip1", &["plain_filter"]);
+    let wasi = build_wasm_examples("wasm32-wasip1", &["plain_filter"]);
     let wasi_plugin = format!(
         "[[plugin]]\nname = \"plain_wasi\"\nwasm = \"{}\"\non_error = \"fail_closed\"\n\n",
         wasi.join("plain_filter.wasm").display()
@@ -1426,22 +1388,29 @@ async fn plugin_log_lines_follow_log_level() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugin_no_rule_uses_ticks_as_one_singleton() {
-    // Declared but used by no rule: one instance for the process (not one
-    // per worker), configured and ticking with no HTTP context.
+/// Two workers and the ticking module as a plugin no rule uses, with
+/// `extra` plugin keys; the backend, the directory and the daemon live as long as the test.
+async fn ticker_service(extra: &str) -> (Backend, TempDir, Ports, Daemon) {
     let app = Backend::start("s1").await;
-    let dir = TempDir::new("wasm-singleton");
+    let dir = TempDir::new("wasm-service");
     let ports = Ports::new();
     let f = dir.write("ticker.wat", CONFIGURE_TICKER);
     let cfg = format!(
-        "{}[[plugin]]\nname = \"service\"\nwasm = \"{}\"\n\n{}{}",
+        "{}[[plugin]]\nname = \"service\"\nwasm = \"{}\"\n{extra}\n{}{}",
         global_section(ports.admin, &[("workers", "2")]),
         f.display(),
         frontend_section("web", ports.web, "app", ""),
         backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
     );
-    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    (app, dir, ports, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_no_rule_uses_ticks_as_one_singleton() {
+    // Declared but used by no rule: one instance for the process (not one
+    // per worker), configured and ticking with no HTTP context.
+    let (_app, _dir, ports, _d) = ticker_service("").await;
     let admin = ports.admin;
     eventually(
         "the singleton ticks",
@@ -1464,18 +1433,7 @@ async fn a_plugin_no_rule_uses_ticks_as_one_singleton() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_with_singleton_false_runs_in_every_worker() {
     // Envoy's WasmService singleton = false: one instance per worker.
-    let app = Backend::start("s1").await;
-    let dir = TempDir::new("wasm-per-worker");
-    let ports = Ports::new();
-    let f = dir.write("ticker.wat", CONFIGURE_TICKER);
-    let cfg = format!(
-        "{}[[plugin]]\nname = \"service\"\nwasm = \"{}\"\nsingleton = false\n\n{}{}",
-        global_section(ports.admin, &[("workers", "2")]),
-        f.display(),
-        frontend_section("web", ports.web, "app", ""),
-        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
-    );
-    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let (app, dir, ports, _d) = ticker_service("singleton = false\n").await;
     let admin = ports.admin;
     eventually(
         "both workers' instances run",

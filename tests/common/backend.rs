@@ -337,6 +337,32 @@ async fn echo_json(st: &BackendState, req: Request<Incoming>) -> Value {
 pub struct Echo(pub Value);
 
 impl Echo {
+    /// The `x-*` request headers the backend saw (not `X-Forwarded-*`, which
+    /// portcullis adds) as `name: value`, sorted by name, each header's
+    /// values in their order: what side-by-side tests compare.
+    pub fn x_headers(&self) -> Vec<String> {
+        let mut seen: Vec<String> = self.0["headers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| {
+                        let k = p[0].as_str()?;
+                        let v = p[1].as_str()?;
+                        (k.starts_with("x-") && !k.starts_with("x-forwarded-"))
+                            .then(|| format!("{k}: {v}"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        seen.sort_by(|a, b| {
+            a.split(':')
+                .next()
+                .unwrap_or("")
+                .cmp(b.split(':').next().unwrap_or(""))
+        });
+        seen
+    }
+
     pub fn server(&self) -> &str {
         self.0["server"].as_str().unwrap_or("")
     }

@@ -14,6 +14,7 @@ mod client;
 mod config;
 mod daemon;
 mod haproxy;
+mod plugins;
 
 // Each test target uses a part of the helpers: a re-export it leaves unused
 // is not a warning.
@@ -31,6 +32,8 @@ pub use config::*;
 pub use daemon::*;
 #[allow(unused_imports)]
 pub use haproxy::*;
+#[allow(unused_imports)]
+pub use plugins::*;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -406,43 +406,44 @@ fn proxy_stats(lua: &Lua, o: &Objects, id: ProxyId, obj: &Table) -> mlua::Result
     Ok(t)
 }
 
-/// The method table of a class: each entry checks `self` and calls its implementation.
-fn server_class(lua: &Lua, o: &Rc<Objects>) -> mlua::Result<Table> {
+/// A class's metatable: `__index` holds one function per entry of `table`,
+/// made by `method` (which checks `self` and calls the implementation).
+fn class<F: Copy + 'static>(
+    lua: &Lua,
+    name: &'static str,
+    table: &[(&'static str, F)],
+    method: impl Fn(&'static str, F) -> mlua::Result<mlua::Function>,
+) -> mlua::Result<Table> {
     let methods = lua.create_table()?;
-    for (name, f) in SERVER_METHODS {
-        let (o, f, name) = (Rc::clone(o), *f, *name);
-        methods.raw_set(
-            name,
-            func(lua, move |lua, a| {
-                let args = Args::new(&a, name, 1);
-                let (b, s) = o.server(&a, name)?;
-                f(lua, &o, b, s, &args)
-            })?,
-        )?;
+    for (n, f) in table {
+        methods.raw_set(*n, method(n, *f)?)?;
     }
     let meta = lua.create_table()?;
     meta.raw_set("__index", methods)?;
-    meta.raw_set("__name", "Server")?;
+    meta.raw_set("__name", name)?;
     Ok(meta)
 }
 
+fn server_class(lua: &Lua, o: &Rc<Objects>) -> mlua::Result<Table> {
+    class(lua, "Server", SERVER_METHODS, |name, f| {
+        let o = Rc::clone(o);
+        func(lua, move |lua, a| {
+            let args = Args::new(&a, name, 1);
+            let (b, s) = o.server(&a, name)?;
+            f(lua, &o, b, s, &args)
+        })
+    })
+}
+
 fn proxy_class(lua: &Lua, o: &Rc<Objects>) -> mlua::Result<Table> {
-    let methods = lua.create_table()?;
-    for (name, f) in PROXY_METHODS {
-        let (o, f, name) = (Rc::clone(o), *f, *name);
-        methods.raw_set(
-            name,
-            func(lua, move |lua, a| {
-                let args = Args::new(&a, name, 0);
-                let (id, t) = o.proxy(&args, name)?;
-                f(lua, &o, id, &t)
-            })?,
-        )?;
-    }
-    let meta = lua.create_table()?;
-    meta.raw_set("__index", methods)?;
-    meta.raw_set("__name", "Proxy")?;
-    Ok(meta)
+    class(lua, "Proxy", PROXY_METHODS, |name, f| {
+        let o = Rc::clone(o);
+        func(lua, move |lua, a| {
+            let args = Args::new(&a, name, 0);
+            let (id, t) = o.proxy(&args, name)?;
+            f(lua, &o, id, &t)
+        })
+    })
 }
 
 /// A `Proxy` object: `name`, `uuid` (a string, as HAProxy gives it),
