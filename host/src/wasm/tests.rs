@@ -395,3 +395,29 @@ fn a_file_that_is_no_module_says_what_a_module_looks_like() {
     let ok = WasmPlugin::compile_unchecked(b";; a comment\n(module)", PluginSpec::new("x"));
     assert!(ok.is_ok() || ok.is_err_and(|e| !e.to_string().contains("binary module starts")));
 }
+
+#[test]
+fn a_trap_is_one_line_with_demangled_frames() {
+    // wasmtime's own message is a multi-line backtrace of mangled symbols.
+    let wat = r#"(module
+  (memory (export "memory") 1)
+  (func (export "malloc") (param i32) (result i32) i32.const 1024)
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) i32.const 1)
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) i32.const 1)
+  (func $_ZN4core9panicking5panic17h1234567890abcdefE unreachable)
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    call $_ZN4core9panicking5panic17h1234567890abcdefE i32.const 0))"#;
+    let p = WasmPlugin::compile(wat.as_bytes(), PluginSpec::new("trap"))
+        .unwrap_or_else(|e| panic!("compile: {e}"));
+    let (r, _) = run(&p);
+    let f = r.expect_err("the guest traps");
+    assert_eq!(f.kind, FailureKind::Unreachable);
+    assert!(!f.message.contains('\n'), "{}", f.message);
+    assert!(
+        f.message
+            .starts_with("wasm `unreachable` instruction executed (in core::panicking::panic <- "),
+        "{}",
+        f.message
+    );
+}

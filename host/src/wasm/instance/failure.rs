@@ -111,11 +111,40 @@ pub(super) fn classify(store: &mut Store<HostState>, e: &wasmtime::Error) -> Fai
     } else {
         FailureKind::Trap
     };
-    let mut message = format!("{e}");
-    if let Some(root) = e.chain().skip(1).last() {
-        message = format!("{message}: {root}");
+    Failure::new(kind, describe(e))
+}
+
+/// One line for the log: the cause, then where the guest was (its top
+/// frames, Rust and C++ names demangled), instead of wasmtime's multi-line
+/// backtrace of mangled symbols.
+fn describe(e: &wasmtime::Error) -> String {
+    let cause = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<Trap>().map(ToString::to_string))
+        .or_else(|| e.chain().last().map(ToString::to_string))
+        .unwrap_or_else(|| e.to_string());
+    let cause = cause.trim_start_matches("wasm trap: ").to_string();
+    let Some(bt) = e.downcast_ref::<wasmtime::WasmBacktrace>() else {
+        return cause;
+    };
+    let frames: Vec<String> = bt
+        .frames()
+        .iter()
+        .take(4)
+        .map(|f| match f.func_name() {
+            Some(name) => format!("{:#}", rustc_demangle::demangle(name)),
+            None => format!("wasm function {}", f.func_index()),
+        })
+        .collect();
+    if frames.is_empty() {
+        return cause;
     }
-    Failure::new(kind, message)
+    let more = if bt.frames().len() > frames.len() {
+        " <- ..."
+    } else {
+        ""
+    };
+    format!("{cause} (in {}{more})", frames.join(" <- "))
 }
 
 pub(super) fn action(raw: u32, callback: &str) -> Result<bool, Failure> {
