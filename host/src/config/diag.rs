@@ -300,16 +300,9 @@ pub fn humanize(message: &str) -> String {
         let name = rest.split('`').next().unwrap_or(rest);
         return format!("missing key `{name}`");
     }
-    if let Some(rest) = message.strip_prefix("invalid type: ")
-        && let Some((got, expected)) = rest.split_once(", expected ")
-    {
-        return format!(
-            "expected {}, got {}",
-            expected_words(expected),
-            got_words(got)
-        );
-    }
-    if let Some(rest) = message.strip_prefix("invalid value: ")
+    if let Some(rest) = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))
         && let Some((got, expected)) = rest.split_once(", expected ")
     {
         return format!(

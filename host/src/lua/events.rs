@@ -191,7 +191,7 @@ async fn deliver(
         if !sub.matches(&ev) {
             continue;
         }
-        let args = match inst.setup(|| event_args(&inst.lua, &sub, &ev)) {
+        let args = match inst.setup(|| event_args(&inst.lua, &plugin.servers, &sub, &ev)) {
             Ok(a) => a,
             Err(e) => {
                 super::runtime::record_failure(&plugin, Some(&inst), &e, "event handler");
@@ -209,7 +209,12 @@ async fn deliver(
 }
 
 /// `(event, event_data, sub, when)` for one event.
-fn event_args(lua: &Lua, sub: &Sub, ev: &ServerEvent) -> mlua::Result<MultiValue> {
+fn event_args(
+    lua: &Lua,
+    servers: &crate::servers::Servers,
+    sub: &Sub,
+    ev: &ServerEvent,
+) -> mlua::Result<MultiValue> {
     let data = lua.create_table()?;
     let backends: Table = lua.named_registry_value(BACKEND_OBJECTS)?;
     let proxy: Option<Table> = backends.raw_get(ev.backend + 1)?;
@@ -217,15 +222,16 @@ fn event_args(lua: &Lua, sub: &Sub, ev: &ServerEvent) -> mlua::Result<MultiValue
         data.raw_set("proxy_name", px.raw_get::<Value>("name")?)?;
         let uuid: String = px.raw_get("uuid")?;
         data.raw_set("proxy_uuid", uuid.parse::<i64>().unwrap_or(0))?;
-        let servers: Table = px.raw_get("servers")?;
-        for pair in servers.pairs::<Value, Table>() {
-            let (_, srv) = pair?;
-            if srv.raw_get::<i64>(0).ok()
-                == Some(super::proxy::encode_server(ev.backend, ev.server))
-            {
-                data.raw_set("name", srv.raw_get::<Value>("name")?)?;
+        // The proxy's `servers` is keyed by name: the event's server, looked up directly.
+        let objects: Table = px.raw_get("servers")?;
+        let name = servers
+            .get(ev.backend)
+            .and_then(|be| be.servers.get(ev.server))
+            .map(|sv| Arc::clone(&sv.name));
+        if let Some(name) = name {
+            data.raw_set("name", &*name)?;
+            if let Value::Table(srv) = objects.raw_get::<Value>(&*name)? {
                 data.raw_set("reference", srv)?;
-                break;
             }
         }
     }

@@ -10,7 +10,6 @@
 //! object's identity is its raw `[0]` entry (HAProxy keeps a pointer there);
 //! every method checks it, so a forged or stale object is a Lua error.
 
-use std::cell::OnceCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -62,12 +61,10 @@ impl ProxyId {
     }
 }
 
-/// What the methods reach: the live state and the backend proxy objects
-/// (for `Server:get_proxy()`), set once the objects exist.
+/// What the methods reach: the live state and the frontends' names.
 struct Objects {
     servers: Backends,
     frontends: Arc<[String]>,
-    backend_objects: OnceCell<Vec<Table>>,
 }
 
 /// A server object's identity (its raw `[0]`).
@@ -185,8 +182,10 @@ const SERVER_METHODS: &[(&str, ServerFn)] = &[
         Some(be) => one(Value::Table(server_stats(lua, be, s)?)),
         None => one(Value::Nil),
     }),
-    ("get_proxy", |_, o, b, _, _| {
-        let p = o.backend_objects.get().and_then(|v| v.get(b)).cloned();
+    ("get_proxy", |lua, _, b, _, _| {
+        // The backend proxy objects live in the registry (events read them too).
+        let objects: Table = lua.named_registry_value(super::events::BACKEND_OBJECTS)?;
+        let p: Option<Table> = objects.raw_get(b + 1)?;
         one(p.map_or(Value::Nil, Value::Table))
     }),
     ("shut_sess", |_, _, _, _, _| none()),
@@ -466,7 +465,6 @@ pub(crate) fn install(lua: &Lua, core: &Table, cx: &CallCx) -> mlua::Result<(Tab
     let objects = Rc::new(Objects {
         servers: Arc::clone(&plugin.servers),
         frontends: Arc::clone(&plugin.frontends),
-        backend_objects: OnceCell::new(),
     });
     let server_meta = server_class(lua, &objects)?;
     let proxy_meta = proxy_class(lua, &objects)?;
@@ -499,9 +497,8 @@ pub(crate) fn install(lua: &Lua, core: &Table, cx: &CallCx) -> mlua::Result<(Tab
     }
     lua.set_named_registry_value(
         super::events::BACKEND_OBJECTS,
-        lua.create_sequence_from(backend_objects.iter().cloned())?,
+        lua.create_sequence_from(backend_objects)?,
     )?;
-    let _ = objects.backend_objects.set(backend_objects);
     for table in plugin.tables.names() {
         let st = super::stktable::stick_table(lua, &plugin.tables, table)?;
         let p = match backends.raw_get::<Value>(table)? {

@@ -90,7 +90,10 @@ impl Probe {
 
 /// One check: a fresh connection, one request, the status compared with `expect`.
 async fn probe(addr: std::net::SocketAddr, host: &str, check: &HealthCheck) -> Probe {
-    let connect = match tokio::time::timeout(check.timeout, TcpStream::connect(addr)).await {
+    // One deadline for the whole check (connect, request, response), as before
+    // the connect step got its own status.
+    let deadline = tokio::time::Instant::now() + check.timeout;
+    let connect = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Probe::failed(CheckStatus::L4Con, format!("connect: {e}")),
         Err(_) => {
@@ -127,7 +130,7 @@ async fn probe(addr: std::net::SocketAddr, host: &str, check: &HealthCheck) -> P
         driver.abort();
         Ok::<u16, String>(status)
     };
-    match tokio::time::timeout(check.timeout, attempt).await {
+    match tokio::time::timeout_at(deadline, attempt).await {
         Ok(Ok(code)) if check.accepts(code) => Probe {
             status: CheckStatus::L7Ok,
             code,
