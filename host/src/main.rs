@@ -47,6 +47,13 @@ enum Command {
         /// Config file (TOML).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Listen on this Unix socket for a new binary taking over (see docs/OPERATIONS.md).
+        #[arg(long, value_name = "PATH")]
+        upgrade_socket: Option<PathBuf>,
+        /// Take over the listening sockets of the daemon whose --upgrade-socket is PATH;
+        /// it then drains and exits.
+        #[arg(long, value_name = "PATH")]
+        upgrade_from: Option<PathBuf>,
     },
     /// Validate a config file completely (including bind addresses) without starting anything.
     Check {
@@ -92,7 +99,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            upgrade_socket,
+            upgrade_from,
+        } => {
             let cfg = match portcullis::runtime::load(&config, BindCheck::Skip) {
                 Ok(c) => c,
                 Err(e) => {
@@ -107,7 +118,12 @@ fn main() -> ExitCode {
             for w in &cfg.global.warnings {
                 tracing::warn!("{w}");
             }
-            match portcullis::proxy::run(Arc::new(cfg)) {
+            let opts = portcullis::proxy::RunOptions {
+                config_path: config,
+                upgrade_socket,
+                upgrade_from,
+            };
+            match portcullis::proxy::run(Arc::new(cfg), opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{e}");

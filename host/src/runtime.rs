@@ -70,10 +70,21 @@ impl Runtime {
 
 /// Reads, validates and assembles the config file at `path`.
 pub fn load(path: &Path, bind_check: BindCheck) -> Result<Runtime, ConfigError> {
+    load_after(path, bind_check, None)
+}
+
+/// [`load`] for a reload of `previous` (see [`assemble_after`]): the same
+/// checks as `portcullis check`, the bind probe apart (the running daemon
+/// holds the addresses; a reload binds the new ones itself).
+pub fn load_after(
+    path: &Path,
+    bind_check: BindCheck,
+    previous: Option<&Runtime>,
+) -> Result<Runtime, ConfigError> {
     let spec = config::load(path)?;
     probe(&spec, bind_check)?;
     let listens = !spec.frontends.is_empty() || spec.global.admin.is_some();
-    let runtime = assemble(spec)?;
+    let runtime = assemble_after(spec, previous)?;
     if !listens {
         // HAProxy refuses to start with no listener; so do we (`check`
         // too), once every other error has had its say.
@@ -131,6 +142,12 @@ fn probe(spec: &Spec, bind_check: BindCheck) -> Result<(), ConfigError> {
 /// Builds the running configuration from `spec`: tables first (rules and
 /// plugins reach them), then the plugin hosts, then the chains.
 pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
+    assemble_after(spec, None)
+}
+
+/// [`assemble`] for a reload of `previous`: stick tables declared as before
+/// keep their entries (a changed one starts empty, said in `global.warnings`).
+pub fn assemble_after(spec: Spec, previous: Option<&Runtime>) -> Result<Runtime, ConfigError> {
     let Spec {
         source,
         global,
@@ -139,7 +156,16 @@ pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
         plugins,
         stick_tables,
     } = spec;
-    let tables = Arc::new(config::stick::build(&stick_tables, &source)?);
+    let mut tables = config::stick::build(&stick_tables, &source)?;
+    let mut global = global;
+    if let Some(prev) = previous {
+        for note in tables.carry_over(&prev.tables) {
+            global
+                .warnings
+                .push(config::ConfigWarning(ConfigError::file(source.file(), note)));
+        }
+    }
+    let tables = Arc::new(tables);
     let servers = crate::servers::build(&backends);
     let backend_ids: HashMap<String, usize> = backends
         .iter()

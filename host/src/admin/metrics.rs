@@ -189,6 +189,7 @@ pub fn render(shared: &Shared) -> String {
             .iter()
             .map(|(l, s)| (l.clone(), s.checks_failed.load(Relaxed))),
     );
+    super::reload::metrics(shared, &mut f);
     for host in &config.plugins {
         host.metrics(&mut f);
     }

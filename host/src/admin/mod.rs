@@ -9,6 +9,7 @@ pub mod conn;
 pub mod guard;
 pub mod metrics;
 pub mod plugins;
+pub mod reload;
 pub mod tables;
 pub mod unix;
 
@@ -28,17 +29,20 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
 
 use crate::config::admin::Admin;
+use crate::proxy::Daemon;
 use crate::proxy::stats::Shared;
 use crate::servers::{STATUS_CLASSES, StatusCounters};
 use guard::Peer;
 
 /// Every endpoint, as the 404 answer lists them.
-const ENDPOINTS: [&str; 7] = [
+const ENDPOINTS: [&str; 9] = [
     "GET /health",
     "GET /stats",
     "GET /metrics",
+    "POST /reload",
     "GET /plugins[/<name>]",
     "POST /plugins/<name>/limits?memory_limit=<size>",
+    "POST /plugins/<name>/reload",
     "GET /tables[/<name>[/<key>]]",
     "POST|DELETE /tables/<name>/<key>, DELETE /tables/<name>",
 ];
@@ -50,8 +54,8 @@ pub enum Listener {
 }
 
 /// Accepts admin connections forever, at most `admin_maxconn` at once.
-pub async fn serve(listener: Listener, shared: Arc<Shared>) {
-    let Some(admin) = shared.config.global.admin.clone() else {
+pub async fn serve(listener: Listener, shared: Arc<Daemon>) {
+    let Some(admin) = shared.current().config.global.admin.clone() else {
         return;
     };
     let admin = Arc::new(admin);
@@ -96,7 +100,7 @@ enum Stream {
 }
 
 /// Serves one admin connection until it closes or a deadline passes.
-async fn serve_conn<S>(stream: S, peer: Peer, shared: Arc<Shared>, admin: Arc<Admin>)
+async fn serve_conn<S>(stream: S, peer: Peer, shared: Arc<Daemon>, admin: Arc<Admin>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -145,7 +149,11 @@ where
 }
 
 /// Runs the endpoint for an admitted request.
-async fn dispatch(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+async fn dispatch(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Response<Full<Bytes>> {
+    if let Some((status, body)) = reload::route(&req, daemon).await {
+        return json_response(status, &body);
+    }
+    let shared = &*daemon.current();
     // Table requests may carry a body (POST), so they are routed before `route`.
     if tables::owns(req.uri().path()) {
         return tables::handle(req, &shared.config.tables).await;
@@ -279,6 +287,7 @@ pub fn stats_json(shared: &Shared) -> Value {
         "connections_current": shared.conns.current(),
         "maxconn": shared.conns.max(),
         "maxconn_reached": shared.conns.reached(),
+        "reload": reload::stats_json(shared),
         "frontends": frontends,
         "backends": backends,
     })

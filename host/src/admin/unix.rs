@@ -30,6 +30,17 @@ impl Drop for SocketFile {
     }
 }
 
+/// The socket file at `path`, bound by a process this one took over (a
+/// binary upgrade): removed when this process stops, as if it had bound it.
+pub fn adopt(path: &std::path::Path) -> Option<SocketFile> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    Some(SocketFile {
+        path: path.to_path_buf(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
 /// Binds the admin socket: removes a stale file, creates the socket with
 /// no access for others, then applies the configured mode and owner.
 pub fn bind(sock: &UnixSocket) -> Result<(UnixListener, SocketFile), String> {

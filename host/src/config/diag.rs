@@ -106,6 +106,11 @@ impl SourceMap {
         }
     }
 
+    /// The text this map describes (a plugin reload assembles it again).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     /// The file this map describes.
     pub fn file(&self) -> &Path {
         &self.file

@@ -757,7 +757,10 @@ where
 /// Serves one accepted client connection until it closes or the worker shuts down.
 pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, client: SocketAddr) {
     let local = stream.local_addr().unwrap_or(client);
-    let timeouts = worker.shared.config.global.timeouts;
+    // The generation in force at accept sets the connection's timeouts and
+    // limits; each request then runs on the generation in force when it starts.
+    let epoch = worker.current();
+    let timeouts = epoch.shared.config.global.timeouts;
     let accepted = Instant::now();
     let mut shutdown = worker.shutdown_signal();
     // Until its first byte a connection holds no buffer: a flood of silent
@@ -783,7 +786,7 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
         if h2 { ConnPhase::Busy } else { ConnPhase::Head },
         accepted,
     );
-    let config = &worker.shared.config;
+    let config = &epoch.shared.config;
     if config
         .frontends
         .get(frontend)
@@ -800,11 +803,17 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
         Rc::clone(&state),
     ));
     let svc = service_fn(move |req| super::handler::handle(req, Rc::clone(&ctx)));
-    let global = &worker.shared.config.global;
+    let (max_header_size, max_headers) = (
+        epoch.shared.config.global.max_header_size,
+        epoch.shared.config.global.max_headers,
+    );
+    // Not held while the connection lives: an idle connection must not keep
+    // a replaced runtime alive.
+    drop(epoch);
     let result = if h2 {
         let io = TimedIo::new(stream, prefix, Rc::clone(&state), &timeouts, None);
         let conn = http2::Builder::new(LocalExec)
-            .max_header_list_size(u32::try_from(global.max_header_size).unwrap_or(u32::MAX))
+            .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
             .max_send_buf_size(H2_SEND_BUF)
             .serve_connection(TokioIo::new(io), svc);
         // Boxed: the connection's state lives on the heap only while it runs.
@@ -816,9 +825,9 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
         let mut builder = http1::Builder::new();
         builder
             .writev(false)
-            .max_headers(global.max_headers)
-            .max_header_size(global.max_header_size)
-            .max_buf_size(global.max_header_size.max(64 << 10) + 8192);
+            .max_headers(max_headers)
+            .max_header_size(max_header_size)
+            .max_buf_size(max_header_size.max(64 << 10) + 8192);
         let mut stream = stream;
         let mut prefix = prefix;
         let mut park_base = accepted;

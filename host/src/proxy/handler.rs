@@ -21,14 +21,16 @@ use super::conn::ConnState;
 use super::error::ProxyError;
 use super::head::{prepare_request, remove_connection_options, strip_hop_by_hop};
 use super::pool::PooledConn;
-use super::worker::Worker;
+use super::worker::{Epoch, Worker};
 use crate::filter::Reply;
 use crate::txn::{BackendChoice, Phase, Txn, VarStore};
 
 /// What every request on one client connection shares.
 pub struct ConnCtx {
-    worker: Rc<Worker>,
-    frontend: usize,
+    home: Rc<Worker>,
+    /// The frontend's index in the generation that last served a request
+    /// here, as (generation, index): a reload may move it.
+    frontend_at: std::cell::Cell<(u64, usize)>,
     frontend_name: Rc<str>,
     client: SocketAddr,
     /// `client` as the access log writes it (formatted once per connection, on first use).
@@ -49,10 +51,14 @@ impl ConnCtx {
         local: SocketAddr,
         state: Rc<ConnState>,
     ) -> ConnCtx {
-        let frontend_name = Rc::clone(&worker.frontend_names[frontend]);
+        let epoch = worker.current();
+        let frontend_name = epoch
+            .frontend_names
+            .get(frontend)
+            .map_or_else(|| Rc::from(""), Rc::clone);
         ConnCtx {
-            worker,
-            frontend,
+            frontend_at: std::cell::Cell::new((epoch.shared.id, frontend)),
+            home: worker,
             frontend_name,
             client,
             client_text: std::cell::OnceCell::new(),
@@ -64,10 +70,40 @@ impl ConnCtx {
     }
 }
 
+impl ConnCtx {
+    /// This connection's frontend in `epoch`'s generation: found again by
+    /// name after a reload; `None` if the reload removed it.
+    fn frontend_in(&self, epoch: &Epoch) -> Option<usize> {
+        let (generation, index) = self.frontend_at.get();
+        if generation == epoch.shared.id {
+            return Some(index);
+        }
+        let index = epoch.shared.frontend_named(&self.frontend_name)?;
+        self.frontend_at.set((epoch.shared.id, index));
+        Some(index)
+    }
+}
+
+/// One request's context: its connection, the runtime generation it runs
+/// on from start to end (the one in force when it started) and its
+/// frontend's index there.
+pub struct Ctx {
+    conn: Rc<ConnCtx>,
+    worker: Rc<Epoch>,
+    frontend: usize,
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = ConnCtx;
+    fn deref(&self) -> &ConnCtx {
+        &self.conn
+    }
+}
+
 /// A request counted in a server's `active` load (leastconn); released on drop,
 /// so a request abandoned mid-flight (client gone) releases it too.
 struct ActiveGuard {
-    worker: Rc<Worker>,
+    worker: Rc<Epoch>,
     backend: usize,
     server: usize,
 }
@@ -96,7 +132,7 @@ struct Route {
 
 /// The end-of-exchange record, finished when the response body is over.
 struct Exchange {
-    ctx: Rc<ConnCtx>,
+    ctx: Rc<Ctx>,
     txn: Box<Txn>,
     start: Instant,
     orig_method: http::Method,
@@ -118,6 +154,7 @@ impl BodyEnd for Exchange {
         } = *self;
         let worker = &ctx.worker;
         let shared = &worker.shared;
+        let access_log = &ctx.home.access_log;
         let now = Instant::now();
         if let Some(conn) = route.conn {
             if outcome == BodyOutcome::Complete {
@@ -154,7 +191,7 @@ impl BodyEnd for Exchange {
         }
         // Tracked entries learn how the exchange ended (status class, bytes), as HAProxy's stream does.
         txn.sc.record_outcome(&txn.outcome);
-        if worker.access_log.enabled() {
+        if access_log.enabled() {
             let config = &shared.config;
             let backend = route.backend.and_then(|b| config.backends.get(b));
             let server = backend
@@ -167,7 +204,7 @@ impl BodyEnd for Exchange {
                 (None, BodyOutcome::Aborted) => "aborted",
                 (None, BodyOutcome::UpstreamError) => "upstream_error",
             };
-            worker.access_log.write(&super::accesslog::LogRecord {
+            access_log.write(&super::accesslog::LogRecord {
                 client: ctx
                     .client_text
                     .get_or_init(|| ctx.client.to_string().into_boxed_str()),
@@ -203,8 +240,18 @@ fn version_str(v: Version) -> &'static str {
 /// The hyper service: handles one request from `ctx`'s connection.
 pub async fn handle(
     req: Request<Incoming>,
-    ctx: Rc<ConnCtx>,
+    conn: Rc<ConnCtx>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    // The generation in force now serves this request to its end.
+    let epoch = conn.home.current();
+    let Some(frontend) = conn.frontend_in(&epoch) else {
+        return Ok(frontend_gone());
+    };
+    let ctx = Rc::new(Ctx {
+        conn,
+        worker: epoch,
+        frontend,
+    });
     ctx.state.request_started();
     let start = Instant::now();
     let shared = &*ctx.worker.shared;
@@ -360,6 +407,19 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// The answer to a request on a kept-alive connection whose frontend a
+/// reload removed: 503, and the connection closes (as HAProxy's old process
+/// closes its idle connections once its listener is gone).
+fn frontend_gone() -> Response<ResponseBody> {
+    let status = StatusCode::SERVICE_UNAVAILABLE;
+    let mut resp = Response::new(ResponseBody::full(crate::error::body(status)));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = crate::error::page_headers();
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 /// A reply as response parts; an error page keeps HAProxy's reason phrase
 /// where it differs from the standard one.
 fn reply_parts(reply: Reply) -> (StatusCode, HeaderMap, ResponseBody, Option<&'static str>) {
@@ -387,7 +447,7 @@ fn note_cause(route: &mut Route, reply: &Reply) {
 }
 
 /// The proxy's own answer to `err`, recorded in `route` for counters and the access log.
-fn fail(ctx: &ConnCtx, route: &mut Route, err: &ProxyError) -> Reply {
+fn fail(ctx: &Ctx, route: &mut Route, err: &ProxyError) -> Reply {
     if err.is_server_failure()
         && let (Some(b), Some(s)) = (route.backend, route.server)
     {
@@ -403,7 +463,7 @@ fn fail(ctx: &ConnCtx, route: &mut Route, err: &ProxyError) -> Reply {
 
 /// Puts the configured page (the backend's once routed, else the
 /// frontend's) in place of an error page of the proxy, a rule or a plugin.
-fn error_pages(ctx: &ConnCtx, route: &Route, reply: &mut Reply) {
+fn error_pages(ctx: &Ctx, route: &Route, reply: &mut Reply) {
     if !reply.error_page {
         return;
     }
@@ -419,7 +479,7 @@ fn error_pages(ctx: &ConnCtx, route: &Route, reply: &mut Reply) {
 }
 
 /// Picks the backend for `txn`: a `use_backend` choice, else the frontend default.
-fn resolve_backend(ctx: &ConnCtx, txn: &Txn) -> Option<usize> {
+fn resolve_backend(ctx: &Ctx, txn: &Txn) -> Option<usize> {
     let config = &ctx.worker.shared.config;
     let default = config.frontends[ctx.frontend].default_backend;
     match &txn.backend {
@@ -431,7 +491,7 @@ fn resolve_backend(ctx: &ConnCtx, txn: &Txn) -> Option<usize> {
 
 /// Sends the request to a server of the chosen backend and waits for its response head.
 async fn forward(
-    ctx: &Rc<ConnCtx>,
+    ctx: &Rc<Ctx>,
     txn: &mut Txn,
     taps: Vec<Box<dyn crate::filter::BodyTap>>,
     ex: &mut Route,

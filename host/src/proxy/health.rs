@@ -17,8 +17,10 @@ use super::stats::Shared;
 use crate::config::HealthCheck;
 use crate::servers::{CheckStatus, Transition};
 
-/// Spawns the health-check tasks of every backend that has a health check.
-pub fn spawn_all(shared: &Arc<Shared>) {
+/// Spawns the health-check tasks of every backend that has a health check;
+/// a reload aborts them through the handles returned.
+pub fn spawn_all(shared: &Arc<Shared>) -> Vec<tokio::task::AbortHandle> {
+    let mut tasks = Vec::new();
     for (b, backend) in shared.config.backends.iter().enumerate() {
         let Some(check) = &backend.health_check else {
             continue;
@@ -29,9 +31,10 @@ pub fn spawn_all(shared: &Arc<Shared>) {
             }
             let shared = Arc::clone(shared);
             let check = check.clone();
-            tokio::spawn(async move { check_loop(shared, b, s, check).await });
+            tasks.push(tokio::spawn(async move { check_loop(shared, b, s, check).await }).abort_handle());
         }
     }
+    tasks
 }
 
 async fn check_loop(shared: Arc<Shared>, b: usize, s: usize, check: HealthCheck) {

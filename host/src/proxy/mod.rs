@@ -18,10 +18,13 @@ pub mod health;
 mod info;
 pub mod limit;
 pub mod pool;
+pub mod reload;
 pub mod stats;
+pub mod upgrade;
 pub mod worker;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -30,6 +33,7 @@ use tokio::sync::watch;
 use crate::config::admin::AdminListen;
 use crate::config::{ConfigError, Location};
 use crate::runtime::Runtime;
+pub use reload::Daemon;
 pub use stats::Shared;
 
 /// Why the daemon could not start or run.
@@ -47,6 +51,8 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error("cannot start: {0}")]
     Startup(std::io::Error),
+    #[error("{0}")]
+    Upgrade(String),
 }
 
 /// Creates a listening socket; `reuse_port` lets every worker bind the same address.
@@ -72,45 +78,104 @@ enum AdminStd {
     Unix(std::os::unix::net::UnixListener),
 }
 
-/// Binds every frontend address once per worker.
-fn bind_all(config: &Runtime) -> Result<Vec<worker::WorkerListeners>, RunError> {
-    let mut per_worker = Vec::with_capacity(config.global.workers);
-    for _ in 0..config.global.workers {
-        let mut mine = Vec::new();
-        for (fe_idx, fe) in config.frontends.iter().enumerate() {
+/// Binds every frontend address once per worker, taking the sockets of a
+/// process being upgraded first ([`upgrade::Inherited`]); every socket is
+/// also kept in `inventory` for the next upgrade.
+fn bind_all(
+    config: &Runtime,
+    inherited: &mut upgrade::Inherited,
+    inventory: &upgrade::Inventory,
+) -> Result<Vec<worker::WorkerListeners>, RunError> {
+    use std::os::fd::AsFd;
+    let workers = config.global.workers.max(1);
+    let mut per_worker: Vec<worker::WorkerListeners> = (0..workers).map(|_| Vec::new()).collect();
+    for mine in &mut per_worker {
+        for fe in &config.frontends {
             for b in &fe.binds {
-                let l = listen(b.addr, true).map_err(|source| RunError::Bind {
-                    location: b.location.clone(),
-                    addr: b.addr,
-                    source,
-                })?;
-                mine.push((fe_idx, l));
+                if mine.iter().any(|(a, _)| *a == b.addr) {
+                    continue;
+                }
+                let l = match inherited.take(b.addr) {
+                    Some(l) => l,
+                    None => listen(b.addr, true).map_err(|source| RunError::Bind {
+                        location: b.location.clone(),
+                        addr: b.addr,
+                        source,
+                    })?,
+                };
+                inventory.add(b.addr, l.as_fd());
+                mine.push((b.addr, l));
             }
         }
-        per_worker.push(mine);
+    }
+    // The old process had more workers: their sockets' accept queues are
+    // served too (round robin over the workers), or their connections would wait forever.
+    let mut next = 0;
+    for (addr, ls) in std::mem::take(&mut inherited.listeners) {
+        if !per_worker.iter().flatten().any(|(a, _)| *a == addr) {
+            continue;
+        }
+        for l in ls {
+            inventory.add(addr, l.as_fd());
+            if let Some(mine) = per_worker.get_mut(next % workers) {
+                mine.push((addr, l));
+            }
+            next += 1;
+        }
     }
     Ok(per_worker)
 }
 
-/// Runs the daemon on `config` until SIGTERM/SIGINT and the drain that follows.
-pub fn run(config: Arc<Runtime>) -> Result<(), RunError> {
+/// How `portcullis run` was started.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The config file, read again by a reload.
+    pub config_path: PathBuf,
+    /// Listen here for a new binary taking over (`--upgrade-socket`).
+    pub upgrade_socket: Option<PathBuf>,
+    /// Take over the sockets of the process listening here (`--upgrade-from`).
+    pub upgrade_from: Option<PathBuf>,
+}
+
+/// Runs the daemon on `config` until SIGTERM/SIGINT (or a new binary taking
+/// over) and the drain that follows; SIGHUP reloads.
+pub fn run(config: Arc<Runtime>, opts: RunOptions) -> Result<(), RunError> {
+    use std::os::fd::AsFd;
     let fd_limit = limit::raise_fd_limit();
     let shared = Arc::new(Shared::new(Arc::clone(&config)));
-    {
-        let weak: std::sync::Weak<Shared> = Arc::downgrade(&shared);
-        let source: std::sync::Weak<dyn crate::plugin::ProcessSource> = weak;
-        for host in &config.plugins {
-            host.attach_process(std::sync::Weak::clone(&source));
-        }
-    }
+    reload::attach(&shared);
     if let Some(warning) = limit::check_maxconn(shared.conns.max(), fd_limit) {
         tracing::warn!("{warning}");
     }
     tracing::info!(maxconn = shared.conns.max(), fd_limit, "connection limits");
-    let listeners = bind_all(&config)?;
+    let mut inherited = match &opts.upgrade_from {
+        Some(path) => {
+            let i = upgrade::receive(path).map_err(|e| RunError::Upgrade(e.to_string()))?;
+            tracing::info!(from = %path.display(), addresses = i.listeners.len(), admin = i.admin.is_some(), "took over the listeners of the running process");
+            i
+        }
+        None => upgrade::Inherited::default(),
+    };
+    let inventory = Arc::new(upgrade::Inventory::default());
+    let listeners = bind_all(&config, &mut inherited, &inventory)?;
+    let inherited_admin = inherited.admin.take();
     // The socket file guard lives until `run` returns: dropping it removes the file.
-    let (admin_listener, _admin_socket_file) =
+    let (admin_listener, admin_socket_file) =
         match config.global.admin.as_ref().map(|a| (a, &a.listen)) {
+            Some((_, AdminListen::Tcp(_)))
+                if inherited_admin.as_ref().is_some_and(|(k, _)| k == "tcp") =>
+            {
+                let fd = inherited_admin.map(|(_, fd)| fd);
+                let l = fd.map(StdListener::from);
+                (l.map(AdminStd::Tcp), None)
+            }
+            Some((_, AdminListen::Unix(u)))
+                if inherited_admin.as_ref().is_some_and(|(k, _)| k == "unix") =>
+            {
+                let fd = inherited_admin.map(|(_, fd)| fd);
+                let l = fd.map(std::os::unix::net::UnixListener::from);
+                (l.map(AdminStd::Unix), crate::admin::unix::adopt(&u.path))
+            }
             Some((a, AdminListen::Tcp(addr))) => {
                 let l = listen(*addr, false).map_err(|source| RunError::Bind {
                     location: a.location.clone(),
@@ -129,6 +194,11 @@ pub fn run(config: Arc<Runtime>) -> Result<(), RunError> {
             }
             None => (None, None),
         };
+    match &admin_listener {
+        Some(AdminStd::Tcp(l)) => inventory.set_admin("tcp", l.as_fd()),
+        Some(AdminStd::Unix(l)) => inventory.set_admin("unix", l.as_fd()),
+        None => {}
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -140,13 +210,21 @@ pub fn run(config: Arc<Runtime>) -> Result<(), RunError> {
         Signals::install()
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (daemon, switches) = Daemon::new(
+        opts.config_path.clone(),
+        Arc::clone(&shared),
+        config.global.workers.max(1),
+        Arc::clone(&inventory),
+    );
+    drop(shared);
     let mut workers = Vec::new();
     for (id, ls) in listeners.into_iter().enumerate() {
-        let shared = Arc::clone(&shared);
+        let shared = daemon.current();
         let rx = shutdown_rx.clone();
+        let switches = switches.clone();
         let handle = std::thread::Builder::new()
             .name(format!("worker-{id}"))
-            .spawn(move || worker::run(id, shared, ls, rx))
+            .spawn(move || worker::run(id, shared, ls, rx, switches))
             .map_err(RunError::Startup)?;
         workers.push(handle);
     }
@@ -155,12 +233,16 @@ pub fn run(config: Arc<Runtime>) -> Result<(), RunError> {
             tracing::info!(frontend = %fe.name, addr = %b.addr, workers = config.global.workers, "listening");
         }
     }
-    rt.block_on(async {
-        health::spawn_all(&shared);
-        // Expiry tasks live on the control runtime: they sleep until the
-        // earliest expiry, so they cost the workers nothing.
-        crate::stick::spawn_expiry(&config.tables);
-        if let (Some(l), Some(admin)) = (admin_listener, &config.global.admin) {
+    drop(switches);
+    // Held only by the daemon from here, so a reload can drop it.
+    let admin_settings = config.global.admin.clone();
+    drop(config);
+    let taken_over = Arc::new(tokio::sync::Notify::new());
+    let upgraded = rt.block_on(async {
+        // Health checks and expiry tasks live on the control runtime (expiry
+        // tasks sleep until the earliest expiry, so they cost the workers nothing).
+        daemon.start_tasks();
+        if let (Some(l), Some(admin)) = (admin_listener, &admin_settings) {
             let l = match l {
                 AdminStd::Tcp(l) => tokio::net::TcpListener::from_std(l).map(crate::admin::Listener::Tcp),
                 AdminStd::Unix(l) => tokio::net::UnixListener::from_std(l).map(crate::admin::Listener::Unix),
@@ -168,15 +250,45 @@ pub fn run(config: Arc<Runtime>) -> Result<(), RunError> {
             match l {
                 Ok(l) => {
                     tracing::info!(addr = %admin.describe(), maxconn = admin.maxconn, token = admin.token.is_some(), "admin API listening");
-                    tokio::spawn(crate::admin::serve(l, Arc::clone(&shared)));
+                    tokio::spawn(crate::admin::serve(l, Arc::clone(&daemon)));
                 }
                 Err(e) => tracing::error!(error = %e, "cannot start admin listener"),
             }
         }
-        signals.wait().await;
-        tracing::info!(grace = ?config.global.grace, "shutting down: no new connections, draining in-flight requests");
+        // Serving: the process this one replaces may stop accepting.
+        inherited.ready();
+        if let Some(path) = &opts.upgrade_socket {
+            let notify = Arc::clone(&taken_over);
+            match upgrade::serve(path.clone(), Arc::clone(&inventory), move || notify.notify_one()) {
+                Ok(()) => tracing::info!(path = %path.display(), "upgrade socket listening"),
+                Err(e) => tracing::error!(path = %path.display(), error = %e, "cannot listen on the upgrade socket; binary upgrades are unavailable"),
+            }
+        }
+        let mut signals = signals;
+        let upgraded = loop {
+            tokio::select! {
+                signal = signals.wait() => match signal {
+                    Signal::Reload => {
+                        let _ = daemon.reload("SIGHUP").await;
+                    }
+                    Signal::Shutdown => break false,
+                },
+                () = taken_over.notified() => break true,
+            }
+        };
+        tracing::info!(grace = ?daemon.current().config.global.grace, "shutting down: no new connections, draining in-flight requests");
         let _ = shutdown_tx.send(true);
+        upgraded
     });
+    // This process's copies of the sockets close; after an upgrade the
+    // sockets live on in the new process.
+    inventory.clear();
+    if upgraded {
+        // The socket files now belong to the new process.
+        std::mem::forget(admin_socket_file);
+    } else if let Some(path) = &opts.upgrade_socket {
+        let _ = std::fs::remove_file(path);
+    }
     // Workers stop by themselves within the grace period.
     for w in workers {
         let _ = w.join();
@@ -185,36 +297,59 @@ pub fn run(config: Arc<Runtime>) -> Result<(), RunError> {
     Ok(())
 }
 
-/// SIGTERM and SIGINT handlers.
-struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+/// What a signal asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Signal {
+    Shutdown,
+    Reload,
+}
+
+/// SIGTERM and SIGINT handlers, and SIGHUP's (reload; none if it cannot be installed).
+struct Signals(
+    Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+    Option<tokio::signal::unix::Signal>,
+);
 
 impl Signals {
     /// Installs the handlers; must run inside the control runtime.
     fn install() -> Signals {
         use tokio::signal::unix::{SignalKind, signal};
+        let hup = signal(SignalKind::hangup()).ok();
         match (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
         ) {
-            (Ok(term), Ok(int)) => Signals(Some((term, int))),
+            (Ok(term), Ok(int)) => Signals(Some((term, int)), hup),
             _ => {
                 tracing::warn!("cannot install signal handlers; graceful shutdown is unavailable");
-                Signals(None)
+                Signals(None, hup)
             }
         }
     }
 
-    /// Waits for SIGTERM or SIGINT.
-    async fn wait(self) {
-        match self.0 {
-            Some((mut term, mut int)) => {
+    /// Waits for SIGTERM or SIGINT (shutdown) or SIGHUP (reload).
+    async fn wait(&mut self) -> Signal {
+        let hup = async {
+            match &mut self.1 {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        match &mut self.0 {
+            Some((term, int)) => {
                 tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+                    _ = term.recv() => Signal::Shutdown,
+                    _ = int.recv() => Signal::Shutdown,
+                    () = hup => Signal::Reload,
                 }
             }
-            // Without signal handlers the process can only be killed; keep serving.
-            None => std::future::pending::<()>().await,
+            // Without shutdown handlers the process can only be killed; keep serving.
+            None => {
+                hup.await;
+                Signal::Reload
+            }
         }
     }
 }

@@ -207,6 +207,36 @@ impl UpstreamPool {
         }
     }
 
+    /// A reload: takes over `old`'s idle connections to every server that
+    /// `own` declares as `old_config` did (same backend name, server name
+    /// and address); the rest close with `old`.
+    pub fn adopt(&self, own: &Runtime, old: &UpstreamPool, old_config: &Runtime) {
+        let mut mine = self.idle.borrow_mut();
+        let mut theirs = old.idle.borrow_mut();
+        for (b, backend) in own.backends.iter().enumerate() {
+            let Some(ob) = old_config.backend_index(&backend.name) else {
+                continue;
+            };
+            for (s, server) in backend.servers.iter().enumerate() {
+                let Some(os) = old_config.backends.get(ob).and_then(|o| {
+                    o.servers
+                        .iter()
+                        .position(|x| x.name == server.name && x.addr == server.addr)
+                }) else {
+                    continue;
+                };
+                let max = self.max_idle.get(b).copied().unwrap_or(0);
+                if let (Some(to), Some(from)) = (
+                    mine.get_mut(b).and_then(|v| v.get_mut(s)),
+                    theirs.get_mut(ob).and_then(|v| v.get_mut(os)),
+                ) {
+                    let room = max.saturating_sub(to.len()).min(from.len());
+                    to.extend(from.drain(..room));
+                }
+            }
+        }
+    }
+
     /// Number of idle connections held (for tests and stats).
     pub fn idle_count(&self) -> usize {
         self.idle.borrow().iter().flatten().map(Vec::len).sum()

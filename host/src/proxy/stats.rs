@@ -27,16 +27,25 @@ pub struct FrontendStats {
     pub errors: AtomicU64,
 }
 
-/// State shared by every worker, the admin API and the health checker.
+/// State shared by every worker, the admin API and the health checker: one
+/// per runtime generation (a reload makes the next one, [`Shared::next`]);
+/// the process-wide parts (connection limit, reload counters, uptime) are
+/// the same objects in every generation.
 #[derive(Debug)]
 pub struct Shared {
+    /// The generation: 0 at start, one more per successful reload.
+    pub id: u64,
     pub config: Arc<Runtime>,
-    pub frontends: Vec<FrontendStats>,
+    /// Per frontend of `config`, in its order; a frontend a reload kept (by
+    /// name) keeps its counters and its `maxconn` count.
+    pub frontends: Vec<Arc<FrontendStats>>,
     /// The runtime's live backend and server state (also seen by plugins).
     pub backends: Backends,
     /// Open client connections against the global `maxconn`.
-    pub conns: ConnLimit,
+    pub conns: Arc<ConnLimit>,
     pub started: Instant,
+    /// Reload counters and times, process-wide.
+    pub reloads: Arc<super::reload::ReloadStats>,
 }
 
 impl Shared {
@@ -49,23 +58,78 @@ impl Shared {
         let frontends = config
             .frontends
             .iter()
-            .map(|f| FrontendStats {
-                requests: AtomicU64::new(0),
-                responses: StatusCounters::default(),
-                connections_total: AtomicU64::new(0),
-                conns: ConnLimit::new(f.maxconn.unwrap_or(maxconn)),
-                bytes_in: AtomicU64::new(0),
-                bytes_out: AtomicU64::new(0),
-                errors: AtomicU64::new(0),
+            .map(|f| Arc::new(FrontendStats::new(f.maxconn.unwrap_or(maxconn))))
+            .collect();
+        let backends = Arc::clone(&config.servers);
+        Shared {
+            id: 0,
+            config,
+            frontends,
+            backends,
+            conns: Arc::new(ConnLimit::new(maxconn)),
+            started: Instant::now(),
+            reloads: Arc::default(),
+        }
+    }
+
+    /// The generation after `self` for `config`: frontends with the same
+    /// name keep their counters (and, with the same `maxconn`, their open
+    /// connection count); the global limit, uptime and reload counters are shared.
+    pub fn next(&self, config: Arc<Runtime>) -> Shared {
+        let maxconn = self.conns.max();
+        let frontends = config
+            .frontends
+            .iter()
+            .map(|f| {
+                let max = f.maxconn.unwrap_or(maxconn);
+                self.config
+                    .frontends
+                    .iter()
+                    .zip(&self.frontends)
+                    .find(|(old, st)| old.name == f.name && st.conns.max() == max)
+                    .map_or_else(
+                        || Arc::new(FrontendStats::new(max)),
+                        |(_, st)| Arc::clone(st),
+                    )
             })
             .collect();
         let backends = Arc::clone(&config.servers);
         Shared {
+            id: self.id + 1,
             config,
             frontends,
             backends,
-            conns: ConnLimit::new(maxconn),
-            started: Instant::now(),
+            conns: Arc::clone(&self.conns),
+            started: self.started,
+            reloads: Arc::clone(&self.reloads),
+        }
+    }
+
+    /// Index of the frontend that listens on `addr` in this generation.
+    pub fn frontend_for(&self, addr: std::net::SocketAddr) -> Option<usize> {
+        self.config
+            .frontends
+            .iter()
+            .position(|f| f.binds.iter().any(|b| b.addr == addr))
+    }
+
+    /// Index of the frontend called `name` in this generation.
+    pub fn frontend_named(&self, name: &str) -> Option<usize> {
+        self.config.frontends.iter().position(|f| &*f.name == name)
+    }
+}
+
+impl FrontendStats {
+    /// Zero counters under a `maxconn` of `max`.
+    pub fn new(max: usize) -> FrontendStats {
+        FrontendStats {
+            requests: AtomicU64::new(0),
+            responses: StatusCounters::default(),
+            connections_total: AtomicU64::new(0),
+            conns: ConnLimit::new(max),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
         }
     }
 }

@@ -3,8 +3,8 @@
 //! Nothing a worker touches per request is shared with another worker
 //! except atomics and the immutable config.
 
-use std::cell::Cell;
-use std::net::TcpListener as StdListener;
+use std::cell::{Cell, RefCell};
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -18,6 +18,7 @@ use tokio::task::LocalSet;
 use super::accesslog::{AccessLog, LogRecord};
 use super::balance::Balancer;
 use super::pool::UpstreamPool;
+use super::reload::Switch;
 use super::stats::Shared;
 
 /// Resolves once the process starts shutting down.
@@ -34,12 +35,12 @@ impl ShutdownSignal {
 /// A worker's state, shared by its tasks through `Rc`.
 pub struct Worker {
     pub id: usize,
-    pub shared: Arc<Shared>,
-    pub pool: UpstreamPool,
-    pub balancer: Balancer,
     pub access_log: AccessLog,
-    /// Frontend names as this worker's own `Rc`s (no shared refcount per request).
-    pub frontend_names: Vec<Rc<str>>,
+    /// The runtime generation new requests use (replaced by a reload; a
+    /// request holds the one it started on until it ends).
+    current: RefCell<Rc<Epoch>>,
+    /// Each accept loop's stop signal, by listening address.
+    listeners: RefCell<Vec<(SocketAddr, watch::Sender<bool>)>>,
     shutdown: watch::Receiver<bool>,
     connections: Cell<usize>,
     drained: Notify,
@@ -48,7 +49,52 @@ pub struct Worker {
     pub shed: Notify,
 }
 
+/// One runtime generation as a worker runs it: the generation's shared
+/// state and this worker's pool and balancer for its backends. Requests hold
+/// it through `Rc` (no atomic per request); when the last request of a
+/// replaced generation ends, dropping it stops this worker's plugin
+/// instances of that generation (and with the other workers' epochs, the
+/// generation's `Runtime` goes).
+pub struct Epoch {
+    pub shared: Arc<Shared>,
+    pub pool: UpstreamPool,
+    pub balancer: Balancer,
+    /// Frontend names as this worker's own `Rc`s (no shared refcount per request).
+    pub frontend_names: Vec<Rc<str>>,
+}
+
+impl Epoch {
+    fn new(shared: Arc<Shared>) -> Epoch {
+        Epoch {
+            pool: UpstreamPool::new(&shared.config),
+            balancer: Balancer::new(&shared.config),
+            frontend_names: shared
+                .config
+                .frontends
+                .iter()
+                .map(|f| Rc::from(&*f.name))
+                .collect(),
+            shared,
+        }
+    }
+}
+
+impl Drop for Epoch {
+    fn drop(&mut self) {
+        // On this worker's thread (an `Rc`): its thread-local instances go.
+        for host in &self.shared.config.plugins {
+            host.stop_worker();
+        }
+        tracing::debug!(generation = self.shared.id, "runtime generation released by a worker");
+    }
+}
+
 impl Worker {
+    /// The runtime generation a new request or connection uses.
+    pub fn current(&self) -> Rc<Epoch> {
+        Rc::clone(&self.current.borrow())
+    }
+
     /// A receiver for the shutdown signal.
     pub fn shutdown_signal(&self) -> ShutdownSignal {
         ShutdownSignal(self.shutdown.clone())
@@ -63,14 +109,20 @@ impl Worker {
         status: u16,
         reason: &str,
     ) {
-        let fe = &self.shared.frontends[frontend];
+        let epoch = self.current();
+        let (Some(fe), Some(spec)) = (
+            epoch.shared.frontends.get(frontend),
+            epoch.shared.config.frontends.get(frontend),
+        ) else {
+            return;
+        };
         fe.responses.record(status);
         fe.errors.fetch_add(1, Relaxed);
         if self.access_log.enabled() {
             let client = client.to_string();
             self.access_log.write(&LogRecord {
                 client: &client,
-                frontend: &self.shared.config.frontends[frontend].name,
+                frontend: &spec.name,
                 backend: None,
                 server: None,
                 method: "-",
@@ -87,15 +139,18 @@ impl Worker {
     }
 }
 
-/// Listening sockets handed to one worker: (frontend index, socket).
-pub type WorkerListeners = Vec<(usize, StdListener)>;
+/// Listening sockets handed to one worker: (bound address, socket).
+pub type WorkerListeners = Vec<(SocketAddr, StdListener)>;
 
 /// Runs worker `id` until shutdown completes; blocks the calling thread.
+/// `reloads` brings each new runtime generation (with this worker's sockets
+/// for addresses the generation adds).
 pub fn run(
     id: usize,
     shared: Arc<Shared>,
     listeners: WorkerListeners,
     shutdown: watch::Receiver<bool>,
+    mut reloads: watch::Receiver<Option<Arc<Switch>>>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -107,19 +162,11 @@ pub fn run(
             return;
         }
     };
-    let grace = shared.config.global.grace;
     let worker = Rc::new(Worker {
         id,
-        pool: UpstreamPool::new(&shared.config),
-        balancer: Balancer::new(&shared.config),
         access_log: AccessLog::new(shared.config.global.access_log),
-        frontend_names: shared
-            .config
-            .frontends
-            .iter()
-            .map(|f| Rc::from(&*f.name))
-            .collect(),
-        shared,
+        current: RefCell::new(Rc::new(Epoch::new(shared))),
+        listeners: RefCell::new(Vec::new()),
         shutdown,
         connections: Cell::new(0),
         drained: Notify::new(),
@@ -127,16 +174,32 @@ pub fn run(
     });
     let local = LocalSet::new();
     local.block_on(&rt, async {
-        for (frontend, listener) in listeners {
-            tokio::task::spawn_local(accept_loop(Rc::clone(&worker), frontend, listener));
-        }
         // Plugin instances that run without traffic (Wasm VMs and their
         // ticks, Lua tasks) start on every worker before it serves.
-        for host in &worker.shared.config.plugins {
+        for host in &worker.current().shared.config.plugins {
             host.start_worker(worker.id);
         }
+        for (addr, listener) in listeners {
+            worker.listen(addr, listener);
+        }
         let housekeeping = tokio::task::spawn_local(housekeeping(Rc::clone(&worker)));
-        worker.shutdown_signal().wait().await;
+        let mut shutdown = worker.shutdown_signal();
+        loop {
+            tokio::select! {
+                () = shutdown.wait() => break,
+                changed = reloads.changed() => {
+                    if changed.is_err() {
+                        // No more reloads can come: serve until shutdown.
+                        shutdown.wait().await;
+                        break;
+                    }
+                    let switch = reloads.borrow_and_update().clone();
+                    if let Some(switch) = switch {
+                        worker.switch_to(&switch);
+                    }
+                }
+            }
+        }
         // Accept loops have seen the signal too and dropped their sockets.
         if worker.connections.get() > 0 {
             tracing::info!(
@@ -149,6 +212,7 @@ pub fn run(
                     worker.drained.notified().await;
                 }
             };
+            let grace = worker.current().shared.config.global.grace;
             if tokio::time::timeout(grace, drained).await.is_err() {
                 tracing::warn!(
                     worker = id,
@@ -160,10 +224,54 @@ pub fn run(
         housekeeping.abort();
         worker.access_log.flush();
     });
-    // Plugin tasks go with the LocalSet; then the instances, while thread-locals still exist.
+    // Plugin tasks go with the LocalSet; then the instances (the epoch's
+    // drop: with the tasks gone, this is the last `Rc` of the worker and
+    // of its epoch), while thread-locals still exist.
     drop(local);
-    for host in &worker.shared.config.plugins {
-        host.stop_worker();
+    drop(worker);
+}
+
+impl Worker {
+    /// Starts accepting on `listener` (bound to `addr`) until shutdown or
+    /// until a reload removes `addr`.
+    fn listen(self: &Rc<Self>, addr: SocketAddr, listener: StdListener) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // A worker may have several sockets for one address (taken over
+        // from a process that had more workers).
+        self.listeners.borrow_mut().push((addr, stop_tx));
+        tokio::task::spawn_local(accept_loop(
+            Rc::clone(self),
+            addr,
+            listener,
+            ShutdownSignal(stop_rx),
+        ));
+    }
+
+    /// A reload: new requests and connections use `switch`'s generation from
+    /// now on; the replaced one goes when its last request on this worker
+    /// ends. Listeners the generation adds start, removed ones stop accepting.
+    fn switch_to(self: &Rc<Self>, switch: &Switch) {
+        let shared = Arc::clone(&switch.shared);
+        // Its per-worker plugin instances exist before a request can reach them.
+        for host in &shared.config.plugins {
+            host.start_worker(self.id);
+        }
+        let old = self.current.replace(Rc::new(Epoch::new(Arc::clone(&shared))));
+        // Idle keep-alive connections to servers the reload kept are reused.
+        let new = self.current();
+        new.pool.adopt(&new.shared.config, &old.pool, &old.shared.config);
+        drop(old);
+        for (addr, listener) in switch.take_listeners(self.id) {
+            self.listen(addr, listener);
+        }
+        self.listeners.borrow_mut().retain(|(addr, stop)| {
+            let kept = shared.frontend_for(*addr).is_some();
+            if !kept {
+                let _ = stop.send(true);
+            }
+            kept
+        });
+        switch.applied();
     }
 }
 
@@ -174,13 +282,14 @@ async fn housekeeping(worker: Rc<Worker>) {
     loop {
         tick.tick().await;
         worker.access_log.flush();
+        let epoch = worker.current();
         // Plugin timers (Wasm proxy_on_tick / proxy_on_queue_ready) and rebuilds, also when idle.
-        for host in &worker.shared.config.plugins {
+        for host in &epoch.shared.config.plugins {
             host.housekeeping();
         }
         n = n.wrapping_add(1);
         if n.is_multiple_of(10) {
-            worker.pool.sweep();
+            epoch.pool.sweep();
             // Buffers of closed and parked connections go back to the system
             // instead of staying in this thread's heap after a load peak.
             release_free_memory();
@@ -202,12 +311,18 @@ fn release_free_memory() {
     unsafe { mi_collect(false) }
 }
 
-/// Accepts connections for `frontend` until shutdown, within the global and
-/// the frontend's `maxconn`: a slot is reserved once the listener is
+/// Accepts connections on `addr` until shutdown or `stop` (a reload removed
+/// the address), for the frontend that listens there in the current
+/// generation, within the global and the frontend's `maxconn`: a slot is reserved once the listener is
 /// readable and before `accept`, so at the limit the loop pauses and new
 /// connections wait in the kernel's backlog (HAProxy's behaviour), while
 /// this worker's silent and parked idle connections are shed to make room.
-async fn accept_loop(worker: Rc<Worker>, frontend: usize, listener: StdListener) {
+async fn accept_loop(
+    worker: Rc<Worker>,
+    addr: SocketAddr,
+    listener: StdListener,
+    mut stop: ShutdownSignal,
+) {
     // SAFETY: the listener owns its descriptor, which stays open and is not
     // replaced while the AsyncFd owns the listener.
     let listener = match unsafe { AsyncFd::register(listener) } {
@@ -218,9 +333,8 @@ async fn accept_loop(worker: Rc<Worker>, frontend: usize, listener: StdListener)
         }
     };
     let mut shutdown = worker.shutdown_signal();
-    let shared = Arc::clone(&worker.shared);
-    let global = &shared.conns;
-    let fe = &shared.frontends[frontend].conns;
+    let global = Arc::clone(&worker.current().shared.conns);
+    let global = &*global;
     loop {
         let mut ready = tokio::select! {
             r = listener.readable() => match r {
@@ -231,7 +345,18 @@ async fn accept_loop(worker: Rc<Worker>, frontend: usize, listener: StdListener)
                 }
             },
             () = shutdown.wait() => return,
+            () = stop.wait() => return,
         };
+        // The frontend listening here in the generation in force (a reload
+        // may have changed its settings, its index or its counters).
+        let (frontend, fe_stats) = {
+            let epoch = worker.current();
+            match epoch.shared.frontend_for(addr) {
+                Some(i) => (i, Arc::clone(&epoch.shared.frontends[i])),
+                None => return,
+            }
+        };
+        let fe = &fe_stats.conns;
         // Created before the check, so a release in between is not missed.
         let global_freed = global.released();
         let fe_freed = fe.released();
@@ -261,6 +386,7 @@ async fn accept_loop(worker: Rc<Worker>, frontend: usize, listener: StdListener)
                 // A release on another worker that raced the check is found on the next pass.
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
                 () = shutdown.wait() => return,
+                () = stop.wait() => return,
             }
             continue;
         }
@@ -296,15 +422,15 @@ async fn accept_loop(worker: Rc<Worker>, frontend: usize, listener: StdListener)
             }
         };
         let _ = stream.set_nodelay(true);
-        shared.frontends[frontend]
-            .connections_total
-            .fetch_add(1, Relaxed);
+        fe_stats.connections_total.fetch_add(1, Relaxed);
         worker.connections.set(worker.connections.get() + 1);
         let w = Rc::clone(&worker);
+        let fe_stats = Arc::clone(&fe_stats);
+        let global = Arc::clone(&w.current().shared.conns);
         tokio::task::spawn_local(async move {
             super::conn::serve(Rc::clone(&w), frontend, stream, client).await;
-            w.shared.conns.release();
-            w.shared.frontends[frontend].conns.release();
+            global.release();
+            fe_stats.conns.release();
             w.connections.set(w.connections.get() - 1);
             if w.connections.get() == 0 {
                 w.drained.notify_waiters();

@@ -235,6 +235,31 @@ impl ServerState {
         }
     }
 
+    /// A reload kept this server (same backend, name, address, weight and
+    /// check settings): its health, admin state, weight in force and
+    /// counters carry over from `old`, so a reload neither revives a down
+    /// server nor takes one out of maintenance.
+    pub fn inherit(&self, old: &ServerState) {
+        let copy32 = |to: &AtomicU32, from: &AtomicU32| to.store(from.load(Relaxed), Relaxed);
+        let copy64 = |to: &AtomicU64, from: &AtomicU64| to.store(from.load(Relaxed), Relaxed);
+        copy32(&self.weight, &old.weight);
+        self.op.store(old.op.load(Relaxed), Relaxed);
+        self.admin.store(old.admin.load(Relaxed), Relaxed);
+        self.check_enabled
+            .store(old.check_enabled.load(Relaxed), Relaxed);
+        copy32(&self.health, &old.health);
+        self.check_status
+            .store(old.check_status.load(Relaxed), Relaxed);
+        self.check_code.store(old.check_code.load(Relaxed), Relaxed);
+        copy32(&self.check_duration_ms, &old.check_duration_ms);
+        copy32(&self.max_active, &old.max_active);
+        copy64(&self.requests, &old.requests);
+        copy64(&self.failures, &old.failures);
+        copy64(&self.connects, &old.connects);
+        copy64(&self.checks_failed, &old.checks_failed);
+        copy64(&self.downs, &old.downs);
+    }
+
     /// Whether health checks (or a forced state) say the server runs
     /// (also when stopping: `check_force_nolb`).
     pub fn is_running(&self) -> bool {
@@ -711,6 +736,33 @@ pub fn build(backends: &[Backend]) -> Backends {
             .collect(),
         events,
     })
+}
+
+/// A reload: every server of `new` that is declared as in `old` (same
+/// backend name, server name, address, weight and health-check settings)
+/// takes over its live state ([`ServerState::inherit`]). Returns how many did.
+pub fn carry_over(new: &Servers, new_cfg: &[Backend], old: &Servers, old_cfg: &[Backend]) -> usize {
+    let mut kept = 0;
+    for (nb, ncfg) in new.iter().zip(new_cfg) {
+        let Some((ob, ocfg)) = old.iter().zip(old_cfg).find(|(b, _)| b.name == nb.name) else {
+            continue;
+        };
+        for (ns, nscfg) in nb.servers.iter().zip(&ncfg.servers) {
+            let same = |(os, oscfg): &(&ServerState, &crate::config::Server)| {
+                os.name == ns.name
+                    && os.addr == ns.addr
+                    && os.initial_weight == ns.initial_weight
+                    && oscfg.check == nscfg.check
+                    // Debug text: the check settings are plain data without PartialEq.
+                    && format!("{:?}", ocfg.health_check) == format!("{:?}", ncfg.health_check)
+            };
+            if let Some((os, _)) = ob.servers.iter().zip(&ocfg.servers).find(same) {
+                ns.inherit(os);
+                kept += 1;
+            }
+        }
+    }
+    kept
 }
 
 #[cfg(test)]

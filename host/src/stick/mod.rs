@@ -72,10 +72,40 @@ impl StickTables {
         self.tables.is_empty()
     }
 
+    /// A reload: every table declared as in `old` (same name, key type and
+    /// data) is replaced by `old`'s, entries included; the others start
+    /// empty. Returns one message per table that changed and so starts empty.
+    pub fn carry_over(&mut self, old: &StickTables) -> Vec<String> {
+        let mut changed = Vec::new();
+        for t in &mut self.tables {
+            match old.get(t.name()) {
+                Some(prev) if prev.same_definition(t) => *t = Arc::clone(prev),
+                Some(prev) => changed.push(format!(
+                    "stick_table {:?} changed its definition: it starts empty ({} entries dropped)",
+                    t.name(),
+                    prev.used()
+                )),
+                None => {}
+            }
+        }
+        changed
+    }
+
+    /// Whether `table` (by identity) is one of these tables.
+    pub fn contains(&self, table: &Arc<StickTable>) -> bool {
+        self.tables.iter().any(|t| Arc::ptr_eq(t, table))
+    }
+
     /// The host-function API over these tables.
     pub fn api(&self) -> Api<'_> {
         Api::new(self)
     }
+}
+
+/// The expiry task of `table` (runs until aborted; returns at once for a
+/// table without `expire`).
+pub async fn expiry_task(table: Arc<StickTable>) {
+    expiry::run(table).await;
 }
 
 /// Starts the expiry task of every table with `expire` on the current tokio runtime.

@@ -161,6 +161,16 @@ const fn d(kind: DataKind) -> DataRef {
 
 impl StickTable {
     /// An empty table.
+    /// Whether `other` is declared exactly as this table (key type, stored
+    /// data, size, expiry, nopurge): a reload then keeps this table and its entries.
+    pub fn same_definition(&self, other: &StickTable) -> bool {
+        self.meta.key_type == other.meta.key_type
+            && self.meta.schema == other.meta.schema
+            && self.meta.expire == other.meta.expire
+            && self.size == other.size
+            && self.nopurge == other.nopurge
+    }
+
     pub fn new(cfg: TableConfig, clock: Clock) -> StickTable {
         StickTable {
             meta: Arc::new(Meta {
