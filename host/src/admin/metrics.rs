@@ -40,7 +40,7 @@ pub fn render(shared: &Shared) -> String {
         .frontends
         .iter()
         .zip(&shared.frontends)
-        .map(|(fe, st)| (label("frontend", &fe.name), st))
+        .map(|(fe, st)| (label("frontend", &fe.name), &**st))
         .collect();
     f.family(
         "portcullis_frontend_requests_total",

@@ -774,6 +774,15 @@ pub fn clear_worker(ids: &[u64]) {
         *v = kept;
         gone
     });
+    // Its tasks and event subscriptions end at their next wake-up instead of
+    // keeping the instance alive (a reload replaced the plugin).
+    if let Ok(gone) = &taken {
+        for e in gone {
+            if let Some(inst) = &e.slot.inst {
+                inst.retired.set(true);
+            }
+        }
+    }
     drop(taken);
 }
 
