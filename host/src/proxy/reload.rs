@@ -386,12 +386,12 @@ pub fn attach(shared: &Arc<Shared>) {
     }
 }
 
-/// Addresses `new` listens on and `old` did not, and the reverse, each with its frontend.
-fn listener_changes(
-    old: &Runtime,
-    new: &Runtime,
-) -> (Vec<(SocketAddr, String)>, Vec<(SocketAddr, String)>) {
-    let addrs = |r: &Runtime| -> Vec<(SocketAddr, String)> {
+/// Listening addresses, each with its frontend's name.
+type Addrs = Vec<(SocketAddr, String)>;
+
+/// Addresses `new` listens on and `old` did not, and the reverse.
+fn listener_changes(old: &Runtime, new: &Runtime) -> (Addrs, Addrs) {
+    let addrs = |r: &Runtime| -> Addrs {
         let mut seen = HashSet::new();
         r.frontends
             .iter()

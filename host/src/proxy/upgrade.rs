@@ -91,10 +91,10 @@ impl Inherited {
 
     /// Tells the old process the new one serves: it stops accepting and drains.
     pub fn ready(&mut self) {
-        if let Some(ch) = self.channel.take() {
-            if let Err(e) = ch.send(b"READY") {
-                tracing::warn!(error = %e, "cannot tell the old process to stop");
-            }
+        if let Some(ch) = self.channel.take()
+            && let Err(e) = ch.send(b"READY")
+        {
+            tracing::warn!(error = %e, "cannot tell the old process to stop");
         }
     }
 }
