@@ -162,7 +162,10 @@ pub fn assemble_after(spec: Spec, previous: Option<&Runtime>) -> Result<Runtime,
         for note in tables.carry_over(&prev.tables) {
             global
                 .warnings
-                .push(config::ConfigWarning(ConfigError::file(source.file(), note)));
+                .push(config::ConfigWarning(ConfigError::file(
+                    source.file(),
+                    note,
+                )));
         }
     }
     let tables = Arc::new(tables);

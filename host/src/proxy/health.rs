@@ -31,7 +31,9 @@ pub fn spawn_all(shared: &Arc<Shared>) -> Vec<tokio::task::AbortHandle> {
             }
             let shared = Arc::clone(shared);
             let check = check.clone();
-            tasks.push(tokio::spawn(async move { check_loop(shared, b, s, check).await }).abort_handle());
+            tasks.push(
+                tokio::spawn(async move { check_loop(shared, b, s, check).await }).abort_handle(),
+            );
         }
     }
     tasks

@@ -186,7 +186,10 @@ impl Daemon {
     /// of the generation in force; must run inside the control runtime.
     pub fn start_tasks(&self) {
         let shared = self.current();
-        let mut tasks = self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut tasks = self
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for h in tasks.health.drain(..) {
             h.abort();
         }
@@ -232,7 +235,11 @@ impl Daemon {
         self.reload_from(&cause, Source::InForce).await
     }
 
-    async fn reload_from(self: &Arc<Self>, cause: &str, source: Source) -> Result<Outcome, ReloadError> {
+    async fn reload_from(
+        self: &Arc<Self>,
+        cause: &str,
+        source: Source,
+    ) -> Result<Outcome, ReloadError> {
         let _one = self.reloading.lock().await;
         let started = Instant::now();
         let result = self
@@ -276,7 +283,11 @@ impl Daemon {
         result
     }
 
-    async fn reload_inner(self: &Arc<Self>, started: Instant, source: Source) -> Result<Outcome, String> {
+    async fn reload_inner(
+        self: &Arc<Self>,
+        started: Instant,
+        source: Source,
+    ) -> Result<Outcome, String> {
         let old = self.current();
         let path = self.config_path.clone();
         let previous = Arc::clone(&old.config);
@@ -305,7 +316,12 @@ impl Daemon {
             &old.config.servers,
             &old.config.backends,
         );
-        let warnings = runtime.global.warnings.iter().map(|w| w.to_string()).collect();
+        let warnings = runtime
+            .global
+            .warnings
+            .iter()
+            .map(|w| w.to_string())
+            .collect();
         let shared = Arc::new(old.next(Arc::new(runtime)));
         attach(&shared);
         *self
@@ -366,10 +382,11 @@ impl Daemon {
             for mine in &mut per_worker {
                 let l = super::listen(*addr, true).map_err(|e| match &location {
                     Some(loc) => ConfigError::at(loc, format!("cannot bind {addr}: {e}")),
-                    None => ConfigError::file(&self.config_path, format!("cannot bind {addr}: {e}")),
+                    None => {
+                        ConfigError::file(&self.config_path, format!("cannot bind {addr}: {e}"))
+                    }
                 })?;
-                self.inventory
-                    .add(*addr, std::os::fd::AsFd::as_fd(&l));
+                self.inventory.add(*addr, std::os::fd::AsFd::as_fd(&l));
                 mine.push((*addr, l));
             }
         }
@@ -426,7 +443,11 @@ fn restart_required(old: &Runtime, new: &Runtime) -> Vec<String> {
         }
     };
     note("workers", o.workers.to_string(), n.workers.to_string());
-    note("maxconn", format!("{:?}", o.maxconn), format!("{:?}", n.maxconn));
+    note(
+        "maxconn",
+        format!("{:?}", o.maxconn),
+        format!("{:?}", n.maxconn),
+    );
     note("log_level", o.log_level.clone(), n.log_level.clone());
     note(
         "access_log",

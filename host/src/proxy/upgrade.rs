@@ -46,7 +46,9 @@ impl Inventory {
     pub fn add(&self, addr: SocketAddr, fd: BorrowedFd<'_>) {
         match fd.try_clone_to_owned() {
             Ok(fd) => lock(&self.listeners).push((addr, fd)),
-            Err(e) => tracing::warn!(%addr, error = %e, "cannot keep a listener for binary upgrades"),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "cannot keep a listener for binary upgrades")
+            }
         }
     }
 
@@ -115,8 +117,12 @@ pub fn receive(path: &Path) -> Result<Inherited, UpgradeError> {
     };
     let sock = Socket::new(Domain::UNIX, Type::SEQPACKET, None).map_err(|e| fail(e.to_string()))?;
     let addr = SockAddr::unix(path).map_err(|e| fail(e.to_string()))?;
-    sock.connect(&addr)
-        .map_err(|e| fail(format!("connect: {e} (is the running daemon started with --upgrade-socket {})?", path.display())))?;
+    sock.connect(&addr).map_err(|e| {
+        fail(format!(
+            "connect: {e} (is the running daemon started with --upgrade-socket {})?",
+            path.display()
+        ))
+    })?;
     sock.set_read_timeout(Some(STEP_TIMEOUT))
         .map_err(|e| fail(e.to_string()))?;
     let mut out = Inherited::default();

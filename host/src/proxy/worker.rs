@@ -85,7 +85,10 @@ impl Drop for Epoch {
         for host in &self.shared.config.plugins {
             host.stop_worker();
         }
-        tracing::debug!(generation = self.shared.id, "runtime generation released by a worker");
+        tracing::debug!(
+            generation = self.shared.id,
+            "runtime generation released by a worker"
+        );
     }
 }
 
@@ -256,10 +259,13 @@ impl Worker {
         for host in &shared.config.plugins {
             host.start_worker(self.id);
         }
-        let old = self.current.replace(Rc::new(Epoch::new(Arc::clone(&shared))));
+        let old = self
+            .current
+            .replace(Rc::new(Epoch::new(Arc::clone(&shared))));
         // Idle keep-alive connections to servers the reload kept are reused.
         let new = self.current();
-        new.pool.adopt(&new.shared.config, &old.pool, &old.shared.config);
+        new.pool
+            .adopt(&new.shared.config, &old.pool, &old.shared.config);
         drop(old);
         for (addr, listener) in switch.take_listeners(self.id) {
             self.listen(addr, listener);
