@@ -148,7 +148,7 @@ async fn twenty_reloads_under_load_lose_no_request() {
     let ports = Ports::new();
     let dir = TempDir::new("reload-lua");
     let lua = dir.write("tag.lua", &lua_script(0));
-    let mut d = Daemon::start(
+    let d = Daemon::start(
         &config_gen(&ports, &a, &b, &lua, 0),
         &[ports.web, ports.admin],
     )
