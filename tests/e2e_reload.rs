@@ -378,8 +378,8 @@ fn spawn_run(config: &Path, extra: &[&str]) -> Killed {
 
 // The hand-over itself works (the old process exits 0 once the new one
 // serves, the admin API and every listener are the new process's), but under
-// keep-alive load about one request in a thousand still fails with a
-// connection error while the old process winds down its kept-alive
+// keep-alive load a request now and then (2 of ~1,000 in one run of three)
+// still fails with a connection error while the old process winds down its kept-alive
 // connections (the HTTP/1 idle-close race). Ignored until the old process
 // answers the next request on each kept-alive connection with
 // `Connection: close` instead of closing it while idle.
