@@ -660,6 +660,12 @@ const VARYING_FETCH_CALLS: &[&str] = &["uuid", "uuid(4)"];
 
 const FETCH_CALLS: &[&str] = &[
     "req.body",
+    "req.len",
+    "req_len",
+    "req.payload(0,4)",
+    "req.payload(2,0)",
+    "req.payload_lv(0,1)",
+    "req.payload_lv(0,2,4)",
     "path",
     "pathq",
     "url",

@@ -16,6 +16,7 @@
 //! - [`admin`]: the admin listener (`/health`, `/stats`, `/metrics`, `/tables`, `/plugins`) and its access policy.
 
 pub mod admin;
+pub mod channel;
 pub mod config;
 pub mod error;
 pub mod filter;

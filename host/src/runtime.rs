@@ -52,6 +52,8 @@ impl std::fmt::Debug for Runtime {
 pub struct Frontend {
     pub spec: config::Frontend,
     pub chain: Chain,
+    /// `tcp_request` rules of a TCP frontend (`proxy/tcp.rs` runs them).
+    pub tcp_rules: Vec<crate::rules::tcp::TcpRule>,
 }
 
 impl Deref for Frontend {
@@ -211,7 +213,12 @@ pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
                 chain.response.push(Arc::clone(&f));
                 chain.log.push(f);
             }
-            Ok(Frontend { spec, chain })
+            let tcp_rules = crate::rules::tcp::compile(&spec.tcp_request, &source, &cx)?;
+            Ok(Frontend {
+                spec,
+                chain,
+                tcp_rules,
+            })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
     Ok(Runtime {

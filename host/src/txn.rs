@@ -331,13 +331,25 @@ impl Txn {
 
     /// A transaction for tests and tools: GET `uri` from `client`.
     pub fn for_test(uri: &str, client: SocketAddr) -> Txn {
+        let mut t = Txn::for_stream(
+            client,
+            SocketAddr::from(([127, 0, 0, 1], 8080)),
+            Rc::from("test"),
+        );
+        t.uri = uri.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        t
+    }
+
+    /// The transaction of a TCP-mode stream (no HTTP message: GET / stands
+    /// in for the fetches that read one).
+    pub fn for_stream(client: SocketAddr, local: SocketAddr, frontend: Rc<str>) -> Txn {
         Txn {
             client_addr: client,
-            local_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            frontend: Rc::from("test"),
+            local_addr: local,
+            frontend,
             phase: Phase::Request,
             method: Method::GET,
-            uri: uri.parse().unwrap_or_else(|_| Uri::from_static("/")),
+            uri: Uri::from_static("/"),
             version: Version::HTTP_11,
             req_headers: HeaderMap::new(),
             status: StatusCode::OK,

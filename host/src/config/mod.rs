@@ -99,6 +99,8 @@ pub struct Timeouts {
     pub server: Duration,
     pub http_request: Duration,
     pub keep_alive: Duration,
+    /// HAProxy's `timeout tunnel`; `None`: the client and server timeouts apply.
+    pub tunnel: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -109,6 +111,7 @@ impl Default for Timeouts {
             server: Duration::from_secs(30),
             http_request: Duration::from_secs(10),
             keep_alive: Duration::from_secs(60),
+            tunnel: None,
         }
     }
 }
@@ -143,6 +146,12 @@ pub struct Frontend {
     pub metadata: Option<Metadata>,
     /// `errorfiles` / `error_replies`: pages replacing the default ones.
     pub errors: crate::error::ErrorPages,
+    /// `mode = "tcp"`: bytes are spliced to a server after `tcp_request`.
+    pub tcp: bool,
+    /// `tcp_request` rules as written (TCP frontends).
+    pub tcp_request: Vec<Spanned<schema::RawRule>>,
+    /// `inspect_delay`: how long `tcp_request` rules may wait for data.
+    pub inspect_delay: Duration,
 }
 
 /// Load-balancing algorithm.
@@ -162,6 +171,8 @@ pub struct Backend {
     pub health_check: Option<HealthCheck>,
     pub connect_timeout: Duration,
     pub server_timeout: Duration,
+    /// HAProxy's `timeout tunnel` for TCP-mode connections to this backend.
+    pub tunnel_timeout: Option<Duration>,
     pub max_idle_per_server: usize,
     /// `errorfiles` / `error_replies`; win over the frontend's after routing.
     pub errors: crate::error::ErrorPages,
@@ -473,6 +484,7 @@ impl Validator<'_> {
             Some(n) => Some(ranged::<usize>(self.source, n, "maxconn", 1, 1 << 24)?),
             None => None,
         };
+        let tcp = self.frontend_mode(f)?;
         Ok(Frontend {
             name: Arc::from(name.as_str()),
             binds,
@@ -493,7 +505,77 @@ impl Validator<'_> {
                 f.errorfiles.as_ref(),
                 f.error_replies.as_ref(),
             )?,
+            tcp,
+            tcp_request: f.tcp_request.clone(),
+            inspect_delay: f.inspect_delay.as_ref().map_or(Duration::ZERO, |d| d.get_ref().0),
         })
+    }
+
+    /// `mode`: true for `"tcp"`; HTTP-only keys on a TCP frontend and
+    /// TCP-only keys on an HTTP one are errors at the key.
+    fn frontend_mode(&self, f: &RawFrontend) -> Result<bool, ConfigError> {
+        let tcp = match &f.mode {
+            None => false,
+            Some(m) => match m.get_ref().as_str() {
+                "http" => false,
+                "tcp" => true,
+                other => {
+                    return Err(self.source.error(
+                        m.span(),
+                        format!("unknown mode {other:?}; expected \"http\" or \"tcp\""),
+                    ));
+                }
+            },
+        };
+        let first = |rules: &[Spanned<schema::RawRule>]| rules.first().map(|r| r.span());
+        if tcp {
+            let http_only = [
+                ("http_request", first(&f.http_request)),
+                ("http_response", first(&f.http_response)),
+                ("http_after_response", first(&f.http_after_response)),
+                ("errorfiles", f.errorfiles.as_ref().map(|e| e.span())),
+                ("error_replies", f.error_replies.as_ref().map(|e| e.span())),
+                ("metadata", f.metadata.as_ref().map(|m| m.span())),
+            ];
+            if let Some((key, Some(span))) = http_only.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(self.source.error(
+                    span,
+                    format!("`{key}` is an HTTP setting and this frontend has mode = \"tcp\"; use tcp_request rules, or a separate HTTP frontend"),
+                ));
+            }
+            if let Some(fl) = f.filters.first() {
+                return Err(self.source.error(
+                    fl.span(),
+                    "filters on a TCP frontend (HAProxy's tcp_payload callbacks) are not supported yet; use tcp_request rules with a Lua tcp-req action",
+                ));
+            }
+            if f.forwardfor == Some(true) {
+                return Err(self.source.error(
+                    f.mode.as_ref().map_or(0..0, |m| m.span()),
+                    "forwardfor adds HTTP headers and this frontend has mode = \"tcp\"; remove it",
+                ));
+            }
+        } else {
+            let tcp_only = [
+                ("tcp_request", first(&f.tcp_request)),
+                ("inspect_delay", f.inspect_delay.as_ref().map(|d| d.span())),
+            ];
+            if let Some((key, Some(span))) = tcp_only.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(self.source.error(
+                    span,
+                    format!("`{key}` applies to TCP frontends; add mode = \"tcp\" to this frontend, or use http_request rules"),
+                ));
+            }
+        }
+        if let Some(d) = &f.inspect_delay
+            && d.get_ref().0 > Duration::from_secs(3600)
+        {
+            return Err(self.source.error(
+                d.span(),
+                "inspect_delay longer than 1h; it bounds how long a connection may wait for data, e.g. \"5s\"",
+            ));
+        }
+        Ok(tcp)
     }
 
     fn check_name(&self, name: &Spanned<String>, what: &str) -> Result<(), ConfigError> {
@@ -571,7 +653,7 @@ impl Validator<'_> {
                 if t.client.is_some() || t.http_request.is_some() || t.keep_alive.is_some() {
                     return Err(src.error(
                         b.timeout.as_ref().map_or(0..0, |t| t.span()),
-                        "a backend's timeout table may only set \"connect\" and \"server\"; client-side timeouts belong in [global.timeout]",
+                        "a backend's timeout table may only set \"connect\", \"server\" and \"tunnel\"; client-side timeouts belong in [global.timeout]",
                     ));
                 }
                 merge_timeouts(global, t)
@@ -589,6 +671,7 @@ impl Validator<'_> {
             health_check,
             connect_timeout: timeouts.connect,
             server_timeout: timeouts.server,
+            tunnel_timeout: timeouts.tunnel,
             max_idle_per_server,
             errors: errors::error_pages(src, b.errorfiles.as_ref(), b.error_replies.as_ref())?,
         })
@@ -675,6 +758,7 @@ fn merge_timeouts(base: &Timeouts, raw: &RawTimeouts) -> Timeouts {
         server: raw.server.map_or(base.server, |d| d.0),
         http_request: raw.http_request.map_or(base.http_request, |d| d.0),
         keep_alive: raw.keep_alive.map_or(base.keep_alive, |d| d.0),
+        tunnel: raw.tunnel.map(|d| d.0).or(base.tunnel),
     }
 }
 

@@ -163,6 +163,9 @@ pub struct RawTimeouts {
     pub http_request: Option<ConfigDuration>,
     /// Idle time allowed between requests on a keep-alive connection.
     pub keep_alive: Option<ConfigDuration>,
+    /// Inactivity allowed both ways once a TCP-mode connection is spliced
+    /// to its server (HAProxy's `timeout tunnel`); absent: `client`/`server`.
+    pub tunnel: Option<ConfigDuration>,
 }
 
 /// `[[frontend]]`: a set of listening addresses and the rules applied to their traffic.
@@ -172,6 +175,15 @@ pub struct RawFrontend {
     pub name: Spanned<String>,
     pub bind: Spanned<OneOrMany>,
     pub default_backend: Option<Spanned<String>>,
+    /// `"http"` (the default) or `"tcp"`: a TCP frontend splices bytes to a
+    /// server after its `tcp_request` rules (HAProxy's `mode tcp`).
+    pub mode: Option<Spanned<String>>,
+    /// HAProxy's `tcp-request content` rules (TCP frontends only).
+    #[serde(default)]
+    pub tcp_request: Vec<Spanned<RawRule>>,
+    /// How long `tcp_request` rules may wait for client data (HAProxy's
+    /// `tcp-request inspect-delay`); absent: they see what is there at once.
+    pub inspect_delay: Option<Spanned<ConfigDuration>>,
     /// Most client connections open at once on this frontend; absent: the global `maxconn`.
     pub maxconn: Option<Spanned<i64>>,
     /// HAProxy's `option forwardfor` (and the proto header): add
@@ -326,6 +338,10 @@ pub struct RawRule {
 
     /// `deny = true` (403) or `deny = 429`.
     pub deny: Option<Spanned<DenySpec>>,
+    /// `accept = true` (`tcp_request` only): stop the rules, forward the connection.
+    pub accept: Option<Spanned<bool>>,
+    /// `reject = true` (`tcp_request` only): close the connection.
+    pub reject: Option<Spanned<bool>>,
 
     /// `redirect = "https://example.com%[path]"`: Location (log-format).
     pub redirect: Option<Spanned<String>>,

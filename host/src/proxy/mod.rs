@@ -19,6 +19,8 @@ mod info;
 pub mod limit;
 pub mod pool;
 pub mod stats;
+pub mod tcp;
+pub mod tunnel;
 pub mod worker;
 
 use std::net::{SocketAddr, TcpListener as StdListener};

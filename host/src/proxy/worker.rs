@@ -302,7 +302,11 @@ async fn accept_loop(worker: Rc<Worker>, frontend: usize, listener: StdListener)
         worker.connections.set(worker.connections.get() + 1);
         let w = Rc::clone(&worker);
         tokio::task::spawn_local(async move {
-            super::conn::serve(Rc::clone(&w), frontend, stream, client).await;
+            if w.shared.config.frontends[frontend].tcp {
+                super::tcp::serve(Rc::clone(&w), frontend, stream, client).await;
+            } else {
+                super::conn::serve(Rc::clone(&w), frontend, stream, client).await;
+            }
             w.shared.conns.release();
             w.shared.frontends[frontend].conns.release();
             w.connections.set(w.connections.get() - 1);

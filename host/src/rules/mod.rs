@@ -19,6 +19,7 @@ pub mod fetch;
 pub mod format;
 pub mod pattern;
 pub mod stick;
+pub mod tcp;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -13,6 +13,7 @@
 mod converters;
 mod expr;
 mod fetches;
+pub(crate) mod payload;
 mod registry;
 mod value;
 
