@@ -131,7 +131,10 @@ if = "src 127.0.0.1"
         .wait_stderr_line(LIMIT, |l| l.contains("\"TCP"))
         .await
         .expect("log line");
-    assert!(line.contains("tcpfe -/- ") && line.ends_with(" PR"), "{line}");
+    assert!(
+        line.contains("tcpfe -/- ") && line.ends_with(" PR"),
+        "{line}"
+    );
 }
 
 #[tokio::test]
@@ -272,8 +275,7 @@ fn http_settings_on_a_tcp_frontend_are_errors() {
     let out = check(&cfg);
     assert!(!out.status.success());
     assert!(
-        out.stderr.contains("`http_request` is an HTTP setting")
-            && out.stderr.contains("p.toml:"),
+        out.stderr.contains("`http_request` is an HTTP setting") && out.stderr.contains("p.toml:"),
         "{}",
         out.stderr
     );
@@ -285,7 +287,8 @@ fn http_settings_on_a_tcp_frontend_are_errors() {
     );
     let out = check(&cfg);
     assert!(
-        out.stderr.contains("`set_header` cannot be used in tcp_request rules"),
+        out.stderr
+            .contains("`set_header` cannot be used in tcp_request rules"),
         "{}",
         out.stderr
     );
@@ -295,11 +298,7 @@ fn http_settings_on_a_tcp_frontend_are_errors() {
         backend("a", a, "")
     );
     let out = check(&cfg);
-    assert!(
-        out.stderr.contains("add mode = \"tcp\""),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("add mode = \"tcp\""), "{}", out.stderr);
 }
 
 // ---------------------------------------------------------------------------
@@ -410,7 +409,9 @@ async fn smtp_client(addr: SocketAddr) -> Vec<String> {
         seen.push(read_line(&mut c).await);
     }
     // The body in two writes, split inside a line.
-    c.write_all(b"Subject: disk full\r\nHello th").await.expect("write");
+    c.write_all(b"Subject: disk full\r\nHello th")
+        .await
+        .expect("write");
     tokio::time::sleep(Duration::from_millis(50)).await;
     c.write_all(b"ere\r\n\r\n.\r\n").await.expect("write");
     seen.push(read_line(&mut c).await);
@@ -451,4 +452,70 @@ async fn healthcheckmail_smtp_service_matches_haproxy() {
         .await
         .expect("portcullis logged the script's line");
     assert!(h.log().contains(want), "HAProxy log: {}", h.log());
+}
+
+fn own_script() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/lua/tcp_banner.lua")
+        .display()
+        .to_string()
+}
+
+#[tokio::test]
+async fn lua_tcp_action_reads_and_answers_on_raw_channels() {
+    let [web, admin] = free_addrs();
+    let a = echo("").await;
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"b\"\nlua = \"{}\"\n\n[[frontend]]\nname = \"tcpfe\"\nbind = \"{web}\"\nmode = \"tcp\"\ndefault_backend = \"a\"\ninspect_delay = \"1s\"\n[[frontend.tcp_request]]\nlua = \"banner\"\n[[frontend.tcp_request]]\nreject = true\n\n{}",
+        global_section(admin, &[("access_log", "\"text\"")]),
+        own_script(),
+        backend("a", a, "")
+    );
+    let d = Daemon::start(&cfg, &[web]).await;
+    // The line arrives in two pieces; the rest goes to the server after
+    // what the action put in front of it. act.STOP skips the reject rule.
+    let mut c = TcpStream::connect(web).await.expect("connect");
+    c.write_all(b"HELO b").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.write_all(b"ob\r\ndata").await.expect("write");
+    let got = read_n(&mut c, 8 + 9 + 4).await;
+    assert_eq!(got, b"hi bob\r\nUSER bob\ndata");
+    // A wrong greeting: act.DENY closes the connection.
+    let mut c = TcpStream::connect(web).await.expect("connect");
+    c.write_all(b"EHLO x\r\n").await.expect("write");
+    let (got, _) = read_to_close(&mut c).await;
+    assert!(got.is_empty(), "{got:?}");
+    d.wait_stderr_line(LIMIT, |l| l.contains("\"TCP") && l.ends_with(" PR"))
+        .await
+        .expect("denied connection logged PR");
+}
+
+#[tokio::test]
+async fn lua_tcp_service_talks_to_the_client() {
+    let [web, admin] = free_addrs();
+    let dead = free_addr();
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"b\"\nlua = \"{}\"\n\n[[frontend]]\nname = \"tcpfe\"\nbind = \"{web}\"\nmode = \"tcp\"\ndefault_backend = \"a\"\n[[frontend.tcp_request]]\nuse_service = \"lua.lines\"\n\n{}",
+        global_section(admin, &[]),
+        own_script(),
+        backend("a", dead, "")
+    );
+    let _d = Daemon::start(&cfg, &[web]).await;
+    let mut c = TcpStream::connect(web).await.expect("connect");
+    assert_eq!(read_line(&mut c).await, "ready\r\n");
+    c.write_all(b"one\ntw").await.expect("write");
+    assert_eq!(read_line(&mut c).await, "ONE\n");
+    c.write_all(b"o\n").await.expect("write");
+    assert_eq!(read_line(&mut c).await, "TWO\n");
+    c.write_all(b"QUIT\nab").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.write_all(b"cdef").await.expect("write");
+    assert_eq!(read_line(&mut c).await, "got4:abcd\r\n");
+    // "ef" is there, then nothing for 200 ms: receive(10, 200) gives what came.
+    assert_eq!(read_line(&mut c).await, "timeout:ef\r\n");
+    let (rest, _) = read_to_close(&mut c).await;
+    assert!(
+        rest.is_empty(),
+        "the connection closes when the service returns"
+    );
 }

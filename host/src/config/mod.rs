@@ -507,7 +507,10 @@ impl Validator<'_> {
             )?,
             tcp,
             tcp_request: f.tcp_request.clone(),
-            inspect_delay: f.inspect_delay.as_ref().map_or(Duration::ZERO, |d| d.get_ref().0),
+            inspect_delay: f
+                .inspect_delay
+                .as_ref()
+                .map_or(Duration::ZERO, |d| d.get_ref().0),
         })
     }
 

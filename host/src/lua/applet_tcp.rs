@@ -84,10 +84,7 @@ impl LuaTcpService {
             Ok(t) => t,
             Err(e) => return self.failed(Some(&inst), &e),
         };
-        let applet: Table = match inst
-            .lua
-            .named_registry_value(super::api::tcp::APPLET_KEY)
-        {
+        let applet: Table = match inst.lua.named_registry_value(super::api::tcp::APPLET_KEY) {
             Ok(a) => a,
             Err(e) => return self.failed(Some(&inst), &CallError::from_lua(&e)),
         };
@@ -145,10 +142,16 @@ impl LuaTcpService {
 
     fn resume_call(&self, txn: &mut Txn) -> Flow {
         let Some(mut slot) = txn.plugin_state.take::<TxnSlot>(self.plugin.id) else {
-            return self.failed(None, &CallError::runtime("resumed without a waiting service"));
+            return self.failed(
+                None,
+                &CallError::runtime("resumed without a waiting service"),
+            );
         };
         let Some(thread) = slot.suspended.take() else {
-            return self.failed(None, &CallError::runtime("resumed without a waiting service"));
+            return self.failed(
+                None,
+                &CallError::runtime("resumed without a waiting service"),
+            );
         };
         let inst = Rc::clone(&slot.instance);
         self.drive(&inst, thread, MultiValue::new(), txn, *slot)

@@ -251,7 +251,13 @@ impl Plugins {
                 let names: Vec<&str> = self
                     .list
                     .iter()
-                    .flat_map(|p| p.registered.actions.iter().filter(|a| a.tcp).map(|a| a.name.as_str()))
+                    .flat_map(|p| {
+                        p.registered
+                            .actions
+                            .iter()
+                            .filter(|a| a.tcp)
+                            .map(|a| a.name.as_str())
+                    })
                     .collect();
                 Err(unknown("tcp-req action", name, &names, &self.list))
             }

@@ -112,7 +112,15 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, stream: TcpStream, clien
         return;
     };
     let (mut client_stream, prefix) = ch.into_client();
-    forward(&worker, frontend, &mut txn, &mut client_stream, &prefix, &mut rec).await;
+    forward(
+        &worker,
+        frontend,
+        &mut txn,
+        &mut client_stream,
+        &prefix,
+        &mut rec,
+    )
+    .await;
     // From the client: what the rules read, then what the splice moved past the prefix.
     let spliced = rec.to_server.saturating_sub(prefix.len() as u64);
     finish(&worker, frontend, &txn, start, received + spliced, &rec);
@@ -255,7 +263,10 @@ async fn forward(
         tunnel: backend.tunnel_timeout,
     };
     let mut stop = worker.shutdown_signal();
-    let out = tunnel::splice(client, &mut upstream, prefix, idle, async move { stop.wait().await }).await;
+    let out = tunnel::splice(client, &mut upstream, prefix, idle, async move {
+        stop.wait().await
+    })
+    .await;
     rec.to_server = out.to_server;
     rec.to_client += out.to_client;
     if matches!(out.end, End::ServerError | End::ServerTimeout) {
@@ -282,9 +293,7 @@ fn finish(
     }
     let config = &shared.config;
     let backend = rec.backend.and_then(|b| config.backends.get(b));
-    let server = backend
-        .zip(rec.server)
-        .and_then(|(b, s)| b.servers.get(s));
+    let server = backend.zip(rec.server).and_then(|(b, s)| b.servers.get(s));
     let client = txn.client_addr.to_string();
     worker.access_log.write(&super::accesslog::LogRecord {
         client: &client,

@@ -208,7 +208,9 @@ where
             }
             () = &mut stop => break End::Shutdown,
         }
-        if up.moved + u64::from(up.eof) != up_before || down.moved + u64::from(down.eof) != down_before {
+        if up.moved + u64::from(up.eof) != up_before
+            || down.moved + u64::from(down.eof) != down_before
+        {
             let now = Instant::now();
             client_deadline = now + idle.tunnel.unwrap_or(idle.client);
             server_deadline = now + idle.tunnel.unwrap_or(idle.server);

@@ -71,8 +71,6 @@ impl std::fmt::Debug for TcpAction {
 pub struct TcpRule {
     cond: Option<Condition>,
     unless: bool,
-    /// The condition reads data that may grow ([`super::fetch::payload::MAY_CHANGE`]).
-    may_change: bool,
     pub action: TcpAction,
 }
 
@@ -94,8 +92,8 @@ impl TcpRule {
         let Some(c) = &self.cond else {
             return Verdict::Apply;
         };
-        let holds = c.holds(txn);
-        if !holds && self.may_change && !last {
+        let (holds, may_change) = super::fetch::payload::watch_may_change(|| c.holds(txn));
+        if !holds && may_change && !last {
             return Verdict::Wait;
         }
         if holds != self.unless {
@@ -160,7 +158,7 @@ fn compile_one(
         ctx: cx,
         phase: Phase::Request,
     };
-    let (cond, unless, may_change) = match (&raw.cond_if, &raw.unless) {
+    let (cond, unless) = match (&raw.cond_if, &raw.unless) {
         (Some(_), Some(u)) => {
             return Err(source.error(
                 u.span(),
@@ -168,14 +166,11 @@ fn compile_one(
             ));
         }
         (Some(c), None) | (None, Some(c)) => {
-            let parsed = Condition::parse(c.get_ref(), &env).map_err(|e| at_string(source, c, e))?;
-            let text = c.get_ref();
-            let may_change = super::fetch::payload::MAY_CHANGE
-                .iter()
-                .any(|f| text.contains(f));
-            (Some(parsed), raw.unless.is_some(), may_change)
+            let parsed =
+                Condition::parse(c.get_ref(), &env).map_err(|e| at_string(source, c, e))?;
+            (Some(parsed), raw.unless.is_some())
         }
-        (None, None) => (None, false, false),
+        (None, None) => (None, false),
     };
     let flag = |v: &Option<Spanned<bool>>| -> Result<(), ConfigError> {
         match v {
@@ -191,10 +186,9 @@ fn compile_one(
             .iter()
             .find(|(k, _)| !matches!(*k, "if" | "unless") && *k != key)
         {
-            Some((k, s)) => Err(source.error(
-                s.clone(),
-                format!("`{k}` does not apply to `{what}`"),
-            )),
+            Some((k, s)) => {
+                Err(source.error(s.clone(), format!("`{k}` does not apply to `{what}`")))
+            }
             None => Ok(()),
         }
     };
@@ -219,11 +213,16 @@ fn compile_one(
             if key == "lua" {
                 for (k, s) in &keys {
                     if !matches!(*k, "if" | "unless" | "lua" | "args") {
-                        return Err(source.error(s.clone(), format!("`{k}` does not apply to `lua`")));
+                        return Err(
+                            source.error(s.clone(), format!("`{k}` does not apply to `lua`"))
+                        );
                     }
                 }
                 let host = cx.plugins.get("lua").ok_or_else(|| {
-                    source.error(span.clone(), "`lua` rules need a lua plugin host, and none is loaded")
+                    source.error(
+                        span.clone(),
+                        "`lua` rules need a lua plugin host, and none is loaded",
+                    )
                 })?;
                 TcpAction::Run(Arc::from(host.tcp_action(raw, &re)?))
             } else {
@@ -231,7 +230,10 @@ fn compile_one(
                 let Some(s) = &raw.use_service else {
                     return Err(source.error(span, "internal error: `use_service` missing"));
                 };
-                let (kind, name) = s.get_ref().split_once('.').unwrap_or(("", s.get_ref()));
+                let (kind, name) = s
+                    .get_ref()
+                    .split_once('.')
+                    .unwrap_or(("", s.get_ref().as_str()));
                 let host = cx.plugins.get(kind).ok_or_else(|| {
                     source.error(
                         s.span(),
@@ -253,14 +255,18 @@ fn compile_one(
             let mut inner = raw.clone();
             inner.cond_if = None;
             inner.unless = None;
-            let f = super::compile_rule(&Spanned::new(rule.span(), inner), Phase::Request, source, cx)?;
+            let f = super::compile_rule(
+                &Spanned::new(rule.span(), inner),
+                Phase::Request,
+                source,
+                cx,
+            )?;
             TcpAction::Run(f)
         }
     };
     Ok(TcpRule {
         cond,
         unless,
-        may_change,
         action,
     })
 }

@@ -214,7 +214,6 @@ pub(super) fn core_table(
     }
     {
         let collect = Rc::clone(collect);
-        let cx = Rc::clone(cx);
         core.raw_set(
             "register_service",
             func(lua, move |_, a| {

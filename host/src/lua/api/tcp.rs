@@ -39,7 +39,11 @@ impl ChanWait {
 /// The running call's stream channels.
 fn channels(cx: &CallCx) -> mlua::Result<Rc<Channels>> {
     cx.with_txn(|txn| Ok(crate::channel::of(txn)))?
-        .ok_or_else(|| mlua::Error::runtime("no TCP stream: this works in tcp-req actions and TCP services only"))
+        .ok_or_else(|| {
+            mlua::Error::runtime(
+                "no TCP stream: this works in tcp-req actions and TCP services only",
+            )
+        })
 }
 
 fn int(n: usize) -> Value {
@@ -72,7 +76,9 @@ pub(super) fn install(
         add(
             "active",
             lua.create_function(move |_, ()| {
-                Ok(cx.with_txn(|txn| Ok(crate::channel::of(txn).is_some())).unwrap_or(false))
+                Ok(cx
+                    .with_txn(|txn| Ok(crate::channel::of(txn).is_some()))
+                    .unwrap_or(false))
             })?,
         )?;
     }
@@ -113,7 +119,9 @@ pub(super) fn install(
                 let input = buf.get(ch.fwd.get()..).unwrap_or(&[]);
                 let start = off.min(input.len());
                 let end = start.saturating_add(len).min(input.len());
-                one(Value::String(lua.create_string(input.get(start..end).unwrap_or(&[]))?))
+                one(Value::String(
+                    lua.create_string(input.get(start..end).unwrap_or(&[]))?,
+                ))
             })?,
         )?;
     }

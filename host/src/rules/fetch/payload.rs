@@ -1,8 +1,9 @@
 //! Layer-4 content fetches (`req.len`, `req.payload`, `req.payload_lv`):
 //! the request channel of a TCP-mode stream ([`crate::channel`]), or in an
-//! HTTP transaction the request body part read so far. HAProxy marks these
-//! samples "may change": a `tcp_request` condition on them that fails waits
-//! for more data (`rules/tcp.rs`).
+//! HTTP transaction the request body part read so far. As in HAProxy, a
+//! value more data may change is flagged ([`watch_may_change`]): a
+//! `tcp_request` condition that fails on one waits for more data
+//! (`rules/tcp.rs`).
 
 use std::borrow::Cow;
 
@@ -11,8 +12,23 @@ use super::{Call, Fetch, Value};
 use crate::rules::{Env, ParseError};
 use crate::txn::Txn;
 
-/// Fetch names whose value grows with the data (HAProxy's `SMP_F_MAY_CHANGE`).
-pub const MAY_CHANGE: &[&str] = &["req.len", "req_len", "req.payload"];
+thread_local! {
+    /// Set when a fetch here gave a value that more data may change
+    /// (HAProxy's `SMP_F_MAY_CHANGE`): `req.len` always, the payload
+    /// fetches when the data they need is not all there yet.
+    static MAY_CHANGE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` and tells whether a fetch it ran gave a value more data may change.
+pub fn watch_may_change<R>(f: impl FnOnce() -> R) -> (R, bool) {
+    MAY_CHANGE.with(|m| m.set(false));
+    let r = f();
+    (r, MAY_CHANGE.with(std::cell::Cell::get))
+}
+
+fn may_change() {
+    MAY_CHANGE.with(|m| m.set(true));
+}
 
 /// Runs `f` on the request data of `txn`.
 fn with_data<R>(txn: &Txn, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
@@ -29,6 +45,7 @@ struct Len;
 
 impl Fetch for Len {
     fn fetch<'t>(&'t self, txn: &'t Txn) -> Option<Value<'t>> {
+        may_change();
         let n = with_data(txn, <[u8]>::len).unwrap_or(0);
         Some(Value::Int(i64::try_from(n).unwrap_or(i64::MAX)))
     }
@@ -44,7 +61,7 @@ struct Payload {
 
 impl Fetch for Payload {
     fn fetch<'t>(&'t self, txn: &'t Txn) -> Option<Value<'t>> {
-        with_data(txn, |d| {
+        let v = with_data(txn, |d| {
             let end = if self.len == 0 {
                 d.len()
             } else {
@@ -52,8 +69,11 @@ impl Fetch for Payload {
             };
             d.get(self.off..end).map(<[u8]>::to_vec)
         })
-        .flatten()
-        .map(|v| Value::Bin(Cow::Owned(v)))
+        .flatten();
+        if v.is_none() || self.len == 0 {
+            may_change();
+        }
+        v.map(|v| Value::Bin(Cow::Owned(v)))
     }
 }
 
@@ -69,16 +89,19 @@ struct PayloadLv {
 
 impl Fetch for PayloadLv {
     fn fetch<'t>(&'t self, txn: &'t Txn) -> Option<Value<'t>> {
-        with_data(txn, |d| {
+        let v = with_data(txn, |d| {
             let len_bytes = d.get(self.off1..self.off1.checked_add(self.len)?)?;
-            let n = len_bytes
-                .iter()
-                .try_fold(0usize, |acc, b| acc.checked_mul(256)?.checked_add(usize::from(*b)))?;
+            let n = len_bytes.iter().try_fold(0usize, |acc, b| {
+                acc.checked_mul(256)?.checked_add(usize::from(*b))
+            })?;
             let start = self.off2.unwrap_or(self.off1 + self.len);
             d.get(start..start.checked_add(n)?).map(<[u8]>::to_vec)
         })
-        .flatten()
-        .map(|v| Value::Bin(Cow::Owned(v)))
+        .flatten();
+        if v.is_none() {
+            may_change();
+        }
+        v.map(|v| Value::Bin(Cow::Owned(v)))
     }
 }
 
