@@ -103,14 +103,12 @@ async fn splices_both_ways_and_logs_the_connection() {
     writer.await.expect("writer");
     assert_eq!(got, big, "the echo came back whole after the half-close");
     let line = d
-        .wait_stderr_line(LIMIT, |l| l.contains("tcpfe a/s1 \"TCP"))
+        .wait_stderr_line(LIMIT, |l| {
+            l.contains("tcpfe a/s1 \"TCP") && l.contains(" 200007 ")
+        })
         .await
         .expect("a TCP access-log line");
     assert!(line.contains(" --"), "normal termination: {line}");
-    assert!(
-        line.contains(&format!(" {} ", 200_000 + 7)),
-        "bytes to the client: {line}"
-    );
 }
 
 #[tokio::test]
@@ -226,7 +224,7 @@ async fn tunnel_timeout_closes_an_idle_connection() {
         "closed by the tunnel timeout (client timeout is 2s): {took:?}"
     );
     let line = d
-        .wait_stderr_line(LIMIT, |l| l.contains("\"TCP"))
+        .wait_stderr_line(LIMIT, |l| l.contains("\"TCP - -\" 0 4 "))
         .await
         .expect("log line");
     assert!(line.ends_with(" cD"), "{line}");
@@ -273,7 +271,7 @@ fn http_settings_on_a_tcp_frontend_are_errors() {
         &backend("a", a, ""),
     );
     let out = check(&cfg);
-    assert!(!out.status.success());
+    assert!(out.status.is_some_and(|s| !s.success()));
     assert!(
         out.stderr.contains("`http_request` is an HTTP setting") && out.stderr.contains("p.toml:"),
         "{}",

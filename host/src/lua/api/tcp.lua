@@ -8,7 +8,7 @@ local type, error, yield, mtype, tostring = type, error, coroutine.yield, math.t
 
 local wrap = P.wrap
 for k, f in pairs(T) do
-  if type(f) == "function" and k ~= "active" then T[k] = wrap(f) end
+  if type(f) == "function" and k ~= "active" and k ~= "done" then T[k] = wrap(f) end
 end
 
 local function bad(n, fname, expected, v)
@@ -29,7 +29,7 @@ local function more(resp, ms)
   local w = T.wait(ms)
   if w == nil then return false end
   yield(IO, w)
-  return true
+  return T.done(w)
 end
 
 -- The input offset HAProxy's `offset` argument names (negative: from the end).

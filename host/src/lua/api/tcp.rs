@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use mlua::{Function, Lua, MultiValue, Table, Value};
+use mlua::{Function, Lua, Table, Value};
 
 use super::args::{Args, func, one};
 use crate::channel::{BUFSIZE, Channels};
@@ -24,8 +24,9 @@ use crate::lua::runtime::{CallCx, ERR_MARK, IO_MARK, mark};
 /// Registry name of the `AppletTCP` object `tcp.lua` builds.
 pub(crate) const APPLET_KEY: &str = "portcullis.applet_tcp";
 
-/// A wait the script yielded on, for its driver to await.
-pub(crate) struct ChanWait(RefCell<Option<WaitFuture>>);
+/// A wait the script yielded on, for its driver to await, and whether it
+/// brought data (a read) or succeeded (a send).
+pub(crate) struct ChanWait(RefCell<Option<WaitFuture>>, Rc<std::cell::Cell<bool>>);
 
 impl mlua::UserData for ChanWait {}
 
@@ -243,11 +244,13 @@ pub(super) fn install(
                 if !ch.may_recv() {
                     return one(Value::Nil);
                 }
+                let ok = Rc::new(std::cell::Cell::new(false));
+                let set = Rc::clone(&ok);
                 let fut: WaitFuture = Box::pin(async move {
-                    ch.fill().await;
+                    set.set(ch.fill().await);
                 });
                 one(Value::UserData(
-                    lua.create_userdata(ChanWait(RefCell::new(Some(fut))))?,
+                    lua.create_userdata(ChanWait(RefCell::new(Some(fut)), ok))?,
                 ))
             })?,
         )?;
@@ -261,17 +264,27 @@ pub(super) fn install(
                 let args = Args::new(&a, "send", 0);
                 let data = args.bytes(1)?;
                 let ch = channels(&cx)?;
+                let ok = Rc::new(std::cell::Cell::new(false));
+                let set = Rc::clone(&ok);
                 let fut: WaitFuture = Box::pin(async move {
-                    if !ch.send(&data).await {
+                    let sent = ch.send(&data).await;
+                    if !sent {
                         ch.closed.set(true);
                     }
+                    set.set(sent);
                 });
                 one(Value::UserData(
-                    lua.create_userdata(ChanWait(RefCell::new(Some(fut))))?,
+                    lua.create_userdata(ChanWait(RefCell::new(Some(fut)), ok))?,
                 ))
             })?,
         )?;
     }
+    add(
+        "done",
+        lua.create_function(|_, w: mlua::AnyUserData| {
+            Ok(w.borrow::<ChanWait>().is_ok_and(|w| w.1.get()))
+        })?,
+    )?;
     let chunk = lua
         .load(include_str!("tcp.lua"))
         .set_name("=portcullis-tcp")
