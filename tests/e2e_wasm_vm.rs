@@ -79,9 +79,13 @@ impl Vms {
                 "",
             ));
         }
-        let mut ready: Vec<SocketAddr> = fronts.iter().map(|(_, a)| *a).collect();
-        ready.push(ports.admin);
-        let d = Daemon::start(&cfg, &ready).await;
+        let d = Daemon::spawn(&cfg);
+        // Go modules are large: compiling them in a debug build on a busy
+        // machine takes longer than Daemon::start's usual wait.
+        let up = d
+            .wait_stderr_line(Duration::from_secs(180), |l| l.contains("listening"))
+            .await;
+        assert!(up.is_some(), "the daemon did not start:\n{}", d.stderr());
         Vms {
             d,
             admin: ports.admin,

@@ -80,13 +80,15 @@ pub fn load_plugins(
         let key = (spec.vm_id.clone(), spec.root_only && spec.singleton);
         match vms.iter_mut().find(|v| v.0 == key) {
             Some((_, members, first_bytes, first)) => {
-                same_vm(p, first, &spec, &bytes, first_bytes, &out, members, source)?;
-                let Some(&lead) = members.first() else {
+                let Some(lead) = members.first().and_then(|i| out.get(*i)) else {
                     return Err(source.error(p.name.span(), "internal error: empty VM group"));
                 };
-                let Some(lead) = out.get(lead) else {
-                    return Err(source.error(p.name.span(), "internal error: unknown VM group"));
-                };
+                let same = (&bytes[..], &spec);
+                same_vm(
+                    (p, same),
+                    (first, (first_bytes, &lead.shared().spec)),
+                    source,
+                )?;
                 let plugin = lead.sibling(spec).map_err(load_err)?;
                 members.push(out.len());
                 out.push(plugin);
@@ -119,21 +121,11 @@ pub fn load_plugins(
 /// Checks that plugin `p` may join the VM of `first` (Envoy's VM key: the
 /// same module and VM configuration; here also the same CPU and memory
 /// limits, which are the VM's); the error names both plugins.
-#[allow(clippy::too_many_arguments)]
 fn same_vm(
-    p: &RawPlugin,
-    first: &RawPlugin,
-    spec: &PluginSpec,
-    bytes: &[u8],
-    first_bytes: &[u8],
-    out: &[WasmPlugin],
-    members: &[usize],
+    (p, (bytes, spec)): (&RawPlugin, (&[u8], &PluginSpec)),
+    (first, (first_bytes, lead)): (&RawPlugin, (&[u8], &PluginSpec)),
     source: &SourceMap,
 ) -> Result<(), ConfigError> {
-    let Some(lead) = members.first().and_then(|i| out.get(*i)) else {
-        return Ok(());
-    };
-    let lead = &lead.shared().spec;
     let what = if bytes != first_bytes {
         Some("module (`wasm`)".to_string())
     } else if spec.vm_config != lead.vm_config {
