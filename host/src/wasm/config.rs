@@ -35,10 +35,7 @@ pub fn load_plugins(
         .filter_map(|b| b.servers.first().map(|s| (b.name.to_string(), s.addr)))
         .collect();
     let mut out: Vec<WasmPlugin> = Vec::new();
-    // Plugins whose `vm_id` (and placement) put them in one VM: the VM key
-    // (vm id, runs as a singleton service) → indexes into `out`, and the
-    // first one's module bytes and config entry.
-    let mut vms: Vec<((String, bool), Vec<usize>, Vec<u8>, &RawPlugin)> = Vec::new();
+    let mut vms: Vec<Vm<'_>> = Vec::new();
     for (i, p) in raw.iter().enumerate() {
         let p = p.get_ref();
         let Some(wasm) = &p.wasm else { continue };
@@ -78,8 +75,13 @@ pub fn load_plugins(
         // every worker (Envoy's main-thread VM): the same vm_id shares its
         // data and queues but not its VM.
         let key = (spec.vm_id.clone(), spec.root_only && spec.singleton);
-        match vms.iter_mut().find(|v| v.0 == key) {
-            Some((_, members, first_bytes, first)) => {
+        match vms.iter_mut().find(|v| v.key == key) {
+            Some(Vm {
+                members,
+                bytes: first_bytes,
+                first,
+                ..
+            }) => {
                 let Some(lead) = members.first().and_then(|i| out.get(*i)) else {
                     return Err(source.error(p.name.span(), "internal error: empty VM group"));
                 };
@@ -95,12 +97,17 @@ pub fn load_plugins(
             }
             None => {
                 let plugin = WasmPlugin::compile(&bytes, spec).map_err(load_err)?;
-                vms.push((key, vec![out.len()], bytes, p));
+                vms.push(Vm {
+                    key,
+                    members: vec![out.len()],
+                    bytes,
+                    first: p,
+                });
                 out.push(plugin);
             }
         }
     }
-    for (_, members, _, first) in &vms {
+    for Vm { members, first, .. } in &vms {
         if members.len() < 2 {
             continue;
         }
@@ -116,6 +123,17 @@ pub fn load_plugins(
         })?;
     }
     Ok(out.into_iter().map(Arc::new).collect())
+}
+
+/// Plugins whose `vm_id` (and placement) put them in one VM.
+struct Vm<'a> {
+    /// The vm id, and whether the VM runs as a singleton service.
+    key: (String, bool),
+    /// Indexes of its plugins in the loaded list, in config order.
+    members: Vec<usize>,
+    /// The first plugin's module bytes and entry.
+    bytes: Vec<u8>,
+    first: &'a RawPlugin,
 }
 
 /// Checks that plugin `p` may join the VM of `first` (Envoy's VM key: the
