@@ -72,6 +72,10 @@ pub struct RawPlugin {
     /// A Wasm plugin no rule uses: one instance for the process (`true`, the
     /// default) or one per worker (`false`), as Envoy's `WasmService.singleton`.
     pub singleton: Option<Spanned<bool>>,
+    /// Wasm: Envoy's `vm_id`; plugins with the same one share a VM per worker.
+    pub vm_id: Option<Spanned<String>>,
+    /// Wasm: Envoy's `root_id` (the `plugin_root_id` property).
+    pub root_id: Option<Spanned<String>>,
     /// Memory the plugin may use per worker instance.
     pub memory_limit: Option<Spanned<ConfigSize>>,
     /// CPU time one call into the plugin may use.

@@ -396,6 +396,14 @@ fn load_one(
             "`singleton` is for Wasm plugins no rule uses; a Lua plugin's tasks run in every worker",
         ));
     }
+    for (key, v) in [("vm_id", &p.vm_id), ("root_id", &p.root_id)] {
+        if let Some(v) = v {
+            return Err(source.error(
+                v.span(),
+                format!("`{key}` is for Wasm plugins (Envoy's VM and root context ids)"),
+            ));
+        }
+    }
     for (key, v) in [("config", &p.config), ("vm_config", &p.vm_config)] {
         if let Some(v) = v {
             return Err(source.error(

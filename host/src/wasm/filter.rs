@@ -1,7 +1,8 @@
 //! [`WasmFilter`]: a Wasm plugin as a rule action, with one Proxy-Wasm
 //! stream context per request spanning the request and response phases.
 //!
-//! Instances live in a worker-local registry (one per plugin per worker,
+//! Instances live in a worker-local registry (one per VM per worker, keyed
+//! by [`WasmPlugin::vm_key`]: a plugin's own, or one shared through `vm_id`;
 //! built from the plugin's `InstancePre` when the worker starts, as Envoy
 //! starts each worker's VM, so ticks run with no traffic). A failed call kills the
 //! instance; the request gets the plugin's `on_error` policy, the failure is
@@ -155,7 +156,7 @@ impl WasmFilter {
     ) -> Result<T, Failure> {
         SLOTS.with(|slots| {
             let mut slots = slots.borrow_mut();
-            let slot = slots.entry(self.plugin.id).or_default();
+            let slot = slots.entry(self.plugin.vm_key).or_default();
             if slot.inst.is_none() {
                 if !build {
                     return Err(gone());
@@ -166,7 +167,7 @@ impl WasmFilter {
             let Some(inst) = slot.inst.as_mut() else {
                 return Err(Failure::new(FailureKind::Init, "no instance"));
             };
-            if let Err(e) = reap(self.plugin.id, generation, inst) {
+            if let Err(e) = reap(self.plugin.vm_key, generation, inst) {
                 record(self.plugin.shared(), slot, &e);
                 return Err(e);
             }
@@ -191,7 +192,7 @@ impl WasmFilter {
     fn reset_backoff(&self, generation: u64) {
         let _ = SLOTS.try_with(|slots| {
             if let Ok(mut slots) = slots.try_borrow_mut()
-                && let Some(slot) = slots.get_mut(&self.plugin.id)
+                && let Some(slot) = slots.get_mut(&self.plugin.vm_key)
                 && slot.generation == generation
             {
                 slot.backoff.reset();
@@ -275,7 +276,7 @@ impl WasmFilter {
     fn tap(&self, txn: &Txn) -> Option<Box<dyn BodyTap>> {
         let cref = self.current(txn)?;
         Some(Box::new(WasmTap {
-            plugin: self.plugin.id,
+            plugin: self.plugin.vm_key,
             cref,
             phase: txn.phase,
             fail_open: matches!(self.plugin.shared().spec.on_error, OnError::FailOpen),
@@ -293,7 +294,7 @@ impl WasmFilter {
             if inst.wants_housekeeping() {
                 inst.housekeeping(Instant::now())?;
             }
-            let ctx = inst.create_stream()?;
+            let ctx = inst.create_stream(self.plugin.root_ctx)?;
             inst.set_route_metadata(ctx, [self.metadata.clone(), txn.frontend_metadata.clone()]);
             Ok(CtxRef { ctx, generation })
         });
@@ -304,7 +305,7 @@ impl WasmFilter {
         txn.plugin_state.put(
             self.key,
             Box::new(Held {
-                plugin: self.plugin.id,
+                plugin: self.plugin.vm_key,
                 cref,
                 done: std::cell::Cell::new(false),
             }),
@@ -487,10 +488,13 @@ pub fn start_worker(plugins: &[Arc<WasmPlugin>], worker: usize) {
         };
         for p in plugins {
             let spec = &p.shared().spec;
-            if spec.root_only && spec.singleton && worker != 0 {
+            // A VM shared through `vm_id` is built once, for its first plugin.
+            if p.root_ctx != super::instance::ROOT_ID
+                || (spec.root_only && spec.singleton && worker != 0)
+            {
                 continue;
             }
-            let slot = slots.entry(p.id).or_default();
+            let slot = slots.entry(p.vm_key).or_default();
             if slot.inst.is_none() {
                 // Failures were recorded (and logged) by `build_instance`.
                 let _ = build_instance(p, slot);
@@ -507,7 +511,7 @@ pub fn start_worker(plugins: &[Arc<WasmPlugin>], worker: usize) {
 /// tasks of a worker's `LocalSet` (start-up, housekeeping, a finished call),
 /// where `spawn_local` is allowed.
 fn root_calls(slot: &mut Slot) {
-    let Some(plugin) = slot.plugin.as_ref().map(|p| p.id) else {
+    let Some(plugin) = slot.plugin.as_ref().map(|p| p.vm_key) else {
         return;
     };
     let Some(inst) = slot.inst.as_mut() else {
@@ -521,15 +525,16 @@ fn root_calls(slot: &mut Slot) {
         record(&shared, slot, &e);
         return;
     }
-    let (calls, results) = inst.take_root_calls();
-    for c in calls {
-        let results = Rc::clone(&results);
-        tokio::task::spawn_local(async move {
-            let token = c.token;
-            let resp = http_call(c).await;
-            results.borrow_mut().push((token, resp));
-            deliver_root(plugin);
-        });
+    for (calls, results) in inst.take_root_calls() {
+        for c in calls {
+            let results = Rc::clone(&results);
+            tokio::task::spawn_local(async move {
+                let token = c.token;
+                let resp = http_call(c).await;
+                results.borrow_mut().push((token, resp));
+                deliver_root(plugin);
+            });
+        }
     }
 }
 
@@ -558,7 +563,11 @@ pub fn housekeeping(plugins: &[Arc<WasmPlugin>]) {
         // Only this runtime's plugins: a runtime being replaced (a reload)
         // keeps its own until it stops.
         for p in plugins {
-            let Some(slot) = slots.get_mut(&p.id) else {
+            // A shared VM is looked after once, through its first plugin.
+            if p.root_ctx != super::instance::ROOT_ID {
+                continue;
+            }
+            let Some(slot) = slots.get_mut(&p.vm_key) else {
                 continue;
             };
             if slot.inst.is_none()
@@ -591,13 +600,13 @@ pub fn clear_worker(plugins: &[Arc<WasmPlugin>]) {
     let _ = SLOTS.try_with(|s| {
         if let Ok(mut s) = s.try_borrow_mut() {
             for p in plugins {
-                s.remove(&p.id);
+                s.remove(&p.vm_key);
             }
         }
     });
     let _ = ORPHANS.try_with(|o| {
         if let Ok(mut o) = o.try_borrow_mut() {
-            o.retain(|(id, _)| plugins.iter().all(|p| p.id != *id));
+            o.retain(|(id, _)| plugins.iter().all(|p| p.vm_key != *id));
         }
     });
 }
@@ -608,14 +617,29 @@ fn record(plugin: &PluginShared, slot: &mut Slot, f: &Failure) {
     stats.count_failure(f.kind);
     if f.kind.kills_instance() {
         let (old, backoff) = slot.kill(Instant::now());
+        // A VM shared through `vm_id` goes for all its plugins, as in Envoy.
+        let mut shared_with = String::new();
         if let Some(inst) = old {
             inst.wake_all();
+            let others: Vec<&str> = inst
+                .members()
+                .iter()
+                .map(|m| m.spec.name.as_str())
+                .filter(|n| *n != plugin.spec.name)
+                .collect();
+            if !others.is_empty() {
+                shared_with = format!(
+                    " (the VM {:?} of plugins {} too)",
+                    plugin.spec.vm_id,
+                    others.join(", ")
+                );
+            }
         }
         tracing::warn!(
             plugin = %plugin.spec.name,
             kind = f.kind.name(),
             backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
-            "wasm plugin failed, instance dropped: {}", f.message
+            "wasm plugin failed, instance dropped{shared_with}: {}", f.message
         );
     } else {
         tracing::warn!(plugin = %plugin.spec.name, kind = f.kind.name(), "wasm plugin call failed: {}", f.message);

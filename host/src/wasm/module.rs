@@ -171,6 +171,13 @@ pub struct WasmPlugin {
     pub(crate) request_body_hooks: bool,
     /// The module exports `proxy_on_response_body` or `_trailers`: response bodies are buffered for it.
     pub(crate) response_body_hooks: bool,
+    /// Keys the per-worker VM registry: the id of the VM's first plugin
+    /// (its own id unless it shares a VM through `vm_id`).
+    pub vm_key: u64,
+    /// The plugin's root context id in its VM ([`super::instance::ROOT_ID`] for the first plugin).
+    pub root_ctx: u32,
+    /// Every plugin of the VM in root-context order (empty: this one alone).
+    pub(crate) members: Vec<Arc<PluginShared>>,
 }
 
 impl std::fmt::Debug for WasmPlugin {
@@ -180,6 +187,15 @@ impl std::fmt::Debug for WasmPlugin {
             .field("name", &self.shared.spec.name)
             .finish()
     }
+}
+
+/// `"a", "b"` for the plugins of a VM.
+fn names(members: &[Arc<PluginShared>]) -> String {
+    members
+        .iter()
+        .map(|m| format!("{:?}", m.spec.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn sig(params: &[ValType], results: &[ValType]) -> String {
@@ -253,7 +269,7 @@ impl WasmPlugin {
         })?;
         let abi = AbiVersion::detect(&module)?;
         let shared = Arc::new(PluginShared {
-            shared_data: super::shared::shared_data(&spec.name),
+            shared_data: super::shared::shared_data(&spec.vm_id),
             spec,
             stats: PluginStats::default(),
         });
@@ -300,15 +316,79 @@ impl WasmPlugin {
                 .iter()
                 .any(|n| matches!(module.get_export(n), Some(ExternType::Func(_))))
         };
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         Ok(WasmPlugin {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id,
             pre,
             shared,
             engine,
             abi,
             request_body_hooks: exports(["proxy_on_request_body", "proxy_on_request_trailers"]),
             response_body_hooks: exports(["proxy_on_response_body", "proxy_on_response_trailers"]),
+            vm_key: id,
+            root_ctx: super::instance::ROOT_ID,
+            members: Vec::new(),
         })
+    }
+
+    /// A plugin of `spec` running the module `self` was compiled from (the
+    /// same bytes: a plugin joining another's VM through `vm_id`), checked
+    /// through start-up like [`WasmPlugin::compile`] without compiling again.
+    pub fn sibling(&self, spec: PluginSpec) -> Result<WasmPlugin, WasmLoadError> {
+        let shared = Arc::new(PluginShared {
+            shared_data: super::shared::shared_data(&spec.vm_id),
+            spec,
+            stats: PluginStats::default(),
+        });
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let plugin = WasmPlugin {
+            id,
+            pre: self.pre.clone(),
+            shared,
+            engine: self.engine,
+            abi: self.abi,
+            request_body_hooks: self.request_body_hooks,
+            response_body_hooks: self.response_body_hooks,
+            vm_key: id,
+            root_ctx: super::instance::ROOT_ID,
+            members: Vec::new(),
+        };
+        plugin.check_start()?;
+        Ok(plugin)
+    }
+
+    /// Makes the plugins of `group` (same module, VM configuration and
+    /// limits, checked by the caller) share one VM per worker: root context
+    /// 1, 2, ... in order. Then checks that the VM starts with all of them.
+    pub fn share_vm(group: &mut [&mut WasmPlugin]) -> Result<(), WasmLoadError> {
+        let members: Vec<Arc<PluginShared>> = group.iter().map(|p| Arc::clone(&p.shared)).collect();
+        let Some(key) = group.first().map(|p| p.id) else {
+            return Ok(());
+        };
+        for (root, p) in (super::instance::ROOT_ID..).zip(group.iter_mut()) {
+            p.vm_key = key;
+            p.root_ctx = root;
+            p.members = members.clone();
+        }
+        if let Some(first) = group.first()
+            && members.len() > 1
+        {
+            // Each plugin started alone; together they share one memory,
+            // one set of globals: start them as a worker will.
+            PluginInstance::new(first).map_err(|f| {
+                WasmLoadError::Start(format!("in the VM shared by {}: {f}", names(&members)))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The names of the other plugins sharing this one's VM (empty if none).
+    pub fn vm_siblings(&self) -> Vec<&str> {
+        self.members
+            .iter()
+            .filter(|m| !Arc::ptr_eq(m, &self.shared))
+            .map(|m| m.spec.name.as_str())
+            .collect()
     }
 
     fn check_start(&self) -> Result<(), WasmLoadError> {
@@ -325,7 +405,7 @@ impl WasmPlugin {
                 "the module exports neither proxy_on_request_headers nor proxy_on_response_headers; HTTP rules need an HTTP filter".into(),
             ));
         }
-        let ctx = match inst.create_stream() {
+        let ctx = match inst.create_stream(super::instance::ROOT_ID) {
             Ok(ctx) => ctx,
             Err(f) => {
                 // What the guest printed says why (a Go SDK module panics).
