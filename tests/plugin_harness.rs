@@ -22,9 +22,8 @@ fn repo() -> PathBuf {
 /// plugins/wasm built once for all tests of this file.
 fn wasm(name: &str) -> String {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        common::plugins::build_wasm_examples("wasm32-unknown-unknown", &[])
-    });
+    let dir =
+        DIR.get_or_init(|| common::plugins::build_wasm_examples("wasm32-unknown-unknown", &[]));
     dir.join(format!("{name}.wasm")).display().to_string()
 }
 
@@ -35,7 +34,13 @@ fn sdk_example(name: &str) -> String {
         let target = repo().join("target").join("guest-sdk-examples");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = std::process::Command::new(cargo)
-            .args(["build", "--release", "--target", "wasm32-unknown-unknown", "--examples"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-unknown-unknown",
+                "--examples",
+            ])
             .current_dir(repo().join("guest-sdk"))
             .env("CARGO_TARGET_DIR", &target)
             .env_remove("RUSTFLAGS")
@@ -93,7 +98,10 @@ fn plugin_wasm(name: &str, path: &str, config: Option<&str>) -> String {
 }
 
 fn plugin_lua(name: &str) -> String {
-    format!("[[plugin]]\nname = \"{name}\"\nlua = \"{}\"\n", lua(&format!("{name}.lua")))
+    format!(
+        "[[plugin]]\nname = \"{name}\"\nlua = \"{}\"\n",
+        lua(&format!("{name}.lua"))
+    )
 }
 
 // ---------------------------------------------------------------- Wasm
@@ -132,8 +140,12 @@ fn wasm_header_rewrite_in_both_phases() {
     let top = plugin_wasm("rw", &wasm("header_rewrite"), None);
     let mut h = harness(&top, r#"{ wasm = "rw" }"#, "");
     let ex = h.run(
-        Request::get("/").header("x-internal-token", "secret").header("x-keep", "1"),
-        Canned::ok().header("server", "apache").header("x-other", "o"),
+        Request::get("/")
+            .header("x-internal-token", "secret")
+            .header("x-keep", "1"),
+        Canned::ok()
+            .header("server", "apache")
+            .header("x-other", "o"),
     );
     let up = ex.upstream.as_ref().expect("forwarded");
     assert_eq!(up.header("x-internal-token"), None);
@@ -150,7 +162,10 @@ fn wasm_hmac_auth_checks_signatures() {
     use hmac::Mac;
     let top = plugin_wasm("sig", &wasm("hmac_auth"), Some(r#"{"secret": "s3cret"}"#));
     let mut h = harness(&top, r#"{ wasm = "sig" }"#, "");
-    let ex = h.run(Request::get("/doc").header("x-signature", "00"), Canned::ok());
+    let ex = h.run(
+        Request::get("/doc").header("x-signature", "00"),
+        Canned::ok(),
+    );
     assert_eq!(ex.status, 401);
     assert_eq!(ex.text(), "bad signature\n");
     assert!(ex.logged("bad request signature"), "{:?}", ex.logs);
@@ -162,7 +177,10 @@ fn wasm_hmac_auth_checks_signatures() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let ex = h.run(Request::get("/doc").header("x-signature", &sig), Canned::ok());
+    let ex = h.run(
+        Request::get("/doc").header("x-signature", &sig),
+        Canned::ok(),
+    );
     assert_eq!(ex.status, 200);
     assert!(!ex.local_reply);
     // A config without a secret is refused when the config loads.
@@ -191,7 +209,10 @@ fn wasm_plain_filter_http_call_answered_by_a_canned_upstream() {
     assert_eq!(ex.calls.len(), 1, "{:?}", ex.calls);
     assert_eq!(ex.calls[0].upstream, "auth");
     assert_eq!(ex.calls[0].path, "/check");
-    assert_eq!(ex.upstream.as_ref().and_then(|u| u.header("x-checked")), Some("204"));
+    assert_eq!(
+        ex.upstream.as_ref().and_then(|u| u.header("x-checked")),
+        Some("204")
+    );
     assert_eq!(h.calls().len(), 1);
 }
 
@@ -222,7 +243,10 @@ fn wasm_sdk_demo_bodies_local_replies_calls_ticks_and_log_hook() {
     let top = plugin_wasm("demo", &wasm("sdk_demo"), Some("upstream=auth"));
     let text = config(&top, r#"{ wasm = "demo" }"#, "");
     let mut h = Harness::config_text(&text, repo())
-        .upstream("auth", Canned::ok().header("x-server", "auth1").body("12345"))
+        .upstream(
+            "auth",
+            Canned::ok().header("x-server", "auth1").body("12345"),
+        )
         .start()
         .expect("harness");
     // Request and response bodies rewritten by the body hooks.
@@ -246,7 +270,10 @@ fn wasm_sdk_demo_bodies_local_replies_calls_ticks_and_log_hook() {
     let ex = h.run(Request::get("/call/200"), Canned::ok());
     assert_eq!(ex.calls.len(), 1);
     assert_eq!(ex.calls[0].path, "/status/200");
-    assert_eq!(ex.calls[0].headers.get("x-from").map(|v| v.as_bytes()), Some(&b"rust"[..]));
+    assert_eq!(
+        ex.calls[0].headers.get("x-from").map(|v| v.as_bytes()),
+        Some(&b"rust"[..])
+    );
     let up = ex.upstream.as_ref().expect("forwarded after the call");
     assert_eq!(up.header("x-auth-server"), Some("auth1"));
     assert_eq!(up.header("x-auth-bytes"), Some("5"));
@@ -279,12 +306,19 @@ fn guest_sdk_examples() {
     let ex = h.run(Request::get("/").header("x-token", "secret"), Canned::ok());
     assert_eq!(ex.status, 200);
     drop(h);
-    let bad = plugin_wasm("token", &sdk_example("json_config"), Some(r#"{"header": "x"}"#));
+    let bad = plugin_wasm(
+        "token",
+        &sdk_example("json_config"),
+        Some(r#"{"header": "x"}"#),
+    );
     let err = Harness::config_text(&config(&bad, r#"{ wasm = "token" }"#, ""), repo())
         .start()
         .err()
         .expect("a bad plugin config must not load");
-    assert!(err.to_string().contains("missing field `sha256_hex`"), "{err}");
+    assert!(
+        err.to_string().contains("missing field `sha256_hex`"),
+        "{err}"
+    );
 
     // foreign_counter: a plain Proxy-Wasm module on a stick table.
     let top = format!(
@@ -303,13 +337,19 @@ fn guest_sdk_examples() {
 
 #[test]
 fn lua_rewrite_in_both_phases() {
-    let mut h = harness(&plugin_lua("rewrite"), r#"{ lua = "rewrite" }"#, r#"{ lua = "rewrite" }"#);
+    let mut h = harness(
+        &plugin_lua("rewrite"),
+        r#"{ lua = "rewrite" }"#,
+        r#"{ lua = "rewrite" }"#,
+    );
     let ex = h.run(
         Request::get("/p?x=1")
             .header("user-agent", "ua")
             .header("x-remove-me", "1")
             .header("x-version", "v2"),
-        Canned::ok().header("x-server", "s1").header("x-secret", "no"),
+        Canned::ok()
+            .header("x-server", "s1")
+            .header("x-secret", "no"),
     );
     let up = ex.upstream.as_ref().expect("forwarded");
     assert_eq!(up.path, "/rewritten/p?a=1&b=2");
@@ -335,25 +375,44 @@ fn lua_cors_preflight_and_response() {
     assert_eq!(ex.status, 204);
     assert!(ex.local_reply);
     assert_eq!(ex.header("access-control-allow-methods"), Some("GET,POST"));
-    let ex = h.run(Request::get("/").header("origin", "https://a.example"), Canned::ok());
+    let ex = h.run(
+        Request::get("/").header("origin", "https://a.example"),
+        Canned::ok(),
+    );
     assert_eq!(ex.status, 200);
-    assert_eq!(ex.header("access-control-allow-origin"), Some("https://a.example"));
-    assert_eq!(ex.var("txn.cors_origin").as_deref(), Some("https://a.example"));
-    let ex = h.run(Request::get("/").header("origin", "https://evil.example"), Canned::ok());
+    assert_eq!(
+        ex.header("access-control-allow-origin"),
+        Some("https://a.example")
+    );
+    assert_eq!(
+        ex.var("txn.cors_origin").as_deref(),
+        Some("https://a.example")
+    );
+    let ex = h.run(
+        Request::get("/").header("origin", "https://evil.example"),
+        Canned::ok(),
+    );
     assert_eq!(ex.header("access-control-allow-origin"), None);
     assert_eq!(ex.header("vary"), Some("Origin"));
 }
 
 #[test]
 fn lua_deny_page_and_services() {
-    let top = format!("{}\n{}", plugin_lua("deny_page"), plugin_lua("hello_service"));
+    let top = format!(
+        "{}\n{}",
+        plugin_lua("deny_page"),
+        plugin_lua("hello_service")
+    );
     let rules = r#"{ lua = "deny_page", if = "path_beg /admin" }, { use_service = "lua.hello", if = "path_beg /svc" }, { use_service = "lua.body_echo", if = "path_beg /body" }"#;
     let mut h = harness(&top, rules, "");
     let ex = h.run(Request::get("/admin/x"), Canned::ok());
     assert_eq!(ex.status, 403);
     assert_eq!(ex.header("x-denied-by"), Some("lua"));
     assert!(ex.text().contains("No access to /admin/x"), "{}", ex.text());
-    let ex = h.run(Request::get("/svc?cl=1").header("x-name", "ann"), Canned::ok());
+    let ex = h.run(
+        Request::get("/svc?cl=1").header("x-name", "ann"),
+        Canned::ok(),
+    );
     assert!(ex.local_reply);
     assert_eq!(ex.header("x-service"), Some("hello"));
     assert_eq!(ex.text(), "hello GET /svc?cl=1\nname=ann\nfrom=127.0.0.1\n");
@@ -368,11 +427,26 @@ fn lua_deny_page_and_services() {
 fn lua_fetches_and_converters_through_sample() {
     let mut h = harness(&plugin_lua("samples"), r#"{ lua = "builtins" }"#, "");
     let bot = Request::get("/").header("user-agent", "SomeBot/1.0");
-    assert_eq!(h.sample("lua.client_kind(kind=)", bot).expect("compiles").as_deref(), Some("kind=bot"));
+    assert_eq!(
+        h.sample("lua.client_kind(kind=)", bot)
+            .expect("compiles")
+            .as_deref(),
+        Some("kind=bot")
+    );
     let human = Request::get("/").header("user-agent", "Firefox");
-    assert_eq!(h.sample("lua.client_kind", human).expect("compiles").as_deref(), Some("human"));
+    assert_eq!(
+        h.sample("lua.client_kind", human)
+            .expect("compiles")
+            .as_deref(),
+        Some("human")
+    );
     let tok = Request::get("/").header("x-token", "abcdef");
-    assert_eq!(h.sample("req.hdr(x-token),lua.mask(3)", tok).expect("compiles").as_deref(), Some("abc***"));
+    assert_eq!(
+        h.sample("req.hdr(x-token),lua.mask(3)", tok)
+            .expect("compiles")
+            .as_deref(),
+        Some("abc***")
+    );
     assert!(h.sample("lua.no_such_fetch", Request::get("/")).is_err());
     let ex = h.run(Request::get("/a?b=c"), Canned::ok());
     let up = ex.upstream.as_ref().expect("forwarded");
@@ -411,7 +485,9 @@ fn lua_body_filter_rewrites_both_bodies() {
         "http_response = []",
         "http_response = []\nfilters = [{ lua = \"body_filter\", args = [\"tag-a\", \"tag-b\"] }]",
     );
-    let mut h = Harness::config_text(&text, repo()).start().expect("harness");
+    let mut h = Harness::config_text(&text, repo())
+        .start()
+        .expect("harness");
     let ex = h.run(
         Request::post("/filter/upper", "some body"),
         Canned::ok().body("hello filter"),
@@ -427,7 +503,12 @@ fn lua_body_filter_rewrites_both_bodies() {
 
 #[test]
 fn lua_maps_runtime_api_and_servers() {
-    let top = format!("{}\n{}\n{}", plugin_lua("maps"), plugin_lua("runtime_api"), plugin_lua("servers"));
+    let top = format!(
+        "{}\n{}\n{}",
+        plugin_lua("maps"),
+        plugin_lua("runtime_api"),
+        plugin_lua("servers")
+    );
     let rules = r#"{ lua = "maps", if = "path_beg /maps" }, { lua = "runtime_map", if = "path_beg /rmap" }, { use_service = "lua.servers", if = "path_beg /servers" }"#;
     let mut h = harness(&top, rules, "");
     let ex = h.run(Request::get("/maps/img/42.jpg"), Canned::ok());
@@ -435,7 +516,13 @@ fn lua_maps_runtime_api_and_servers() {
     let ex = h.run(Request::get("/servers"), Canned::ok());
     assert!(ex.local_reply);
     assert!(ex.text().contains("s1"), "{}", ex.text());
-    let ex = h.run(Request::get("/rmap").header("x-op", "set").header("x-k", "k").header("x-v", "v"), Canned::ok());
+    let ex = h.run(
+        Request::get("/rmap")
+            .header("x-op", "set")
+            .header("x-k", "k")
+            .header("x-v", "v"),
+        Canned::ok(),
+    );
     assert!(ex.local_reply, "{}", ex.text());
 }
 
@@ -539,17 +626,17 @@ async fn guide_rust_steps_scaffold_build_test_check_and_run() {
     // The crate depends on the SDK outside any workspace: it built on its own.
     let project = dir.path().join("my_filter");
     let manifest = std::fs::read_to_string(project.join("Cargo.toml")).expect("manifest");
-    assert!(manifest.contains("portcullis-guest = { path = "), "{manifest}");
+    assert!(
+        manifest.contains("portcullis-guest = { path = "),
+        "{manifest}"
+    );
     // The edited config is what runs.
     let ports = common::Ports::new();
     let cfg = std::fs::read_to_string(project.join("portcullis.toml"))
         .expect("config")
         .replace("127.0.0.1:18080", &ports.web.to_string())
         .replace("127.0.0.1:19901", &ports.admin.to_string())
-        .replace(
-            "\"target/",
-            &format!("\"{}/target/", project.display()),
-        );
+        .replace("\"target/", &format!("\"{}/target/", project.display()));
     let _d = common::Daemon::start(&cfg, &[ports.web, ports.admin]).await;
     let r = common::get(ports.web, "/private/x").await;
     assert_eq!(r.status.as_u16(), 403, "{}", r.text());
@@ -570,7 +657,10 @@ async fn guide_lua_steps_scaffold_test_check_and_run() {
     .await
     .expect("steps");
     assert!(out.contains("2 passed, 0 failed"), "{out}");
-    assert!(out.contains("actions:    my_script (http-req, http-res)"), "{out}");
+    assert!(
+        out.contains("actions:    my_script (http-req, http-res)"),
+        "{out}"
+    );
     assert!(out.contains("fetches:    my_script_greeting"), "{out}");
     assert!(out.contains("configuration is valid"), "{out}");
     run_generated(&dir.path().join("my_script"), "my_script", "my_script.lua").await;
@@ -580,10 +670,22 @@ async fn guide_lua_steps_scaffold_test_check_and_run() {
 fn plugin_test_reports_failures_and_exits_1() {
     let dir = common::TempDir::new("plugin-test-fail");
     let out = common::run_bin(
-        &["plugin", "new", "--lang", "lua", "t", dir.path().join("t").to_str().expect("utf-8")],
+        &[
+            "plugin",
+            "new",
+            "--lang",
+            "lua",
+            "t",
+            dir.path().join("t").to_str().expect("utf-8"),
+        ],
         std::time::Duration::from_secs(30),
     );
-    assert!(out.status.is_some_and(|s| s.success()), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.status.is_some_and(|s| s.success()),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
     let file = dir.path().join("t/plugin-test.toml");
     let text = std::fs::read_to_string(&file).expect("test file");
     std::fs::write(&file, text.replace("status = 403", "status = 418")).expect("write");
@@ -591,13 +693,34 @@ fn plugin_test_reports_failures_and_exits_1() {
         &["plugin", "test", file.to_str().expect("utf-8")],
         std::time::Duration::from_secs(30),
     );
-    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{}{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("FAIL  /admin is answered 403"), "{}", out.stdout);
-    assert!(out.stdout.contains("status: expected 418, got 403"), "{}", out.stdout);
+    assert_eq!(
+        out.status.and_then(|s| s.code()),
+        Some(1),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("FAIL  /admin is answered 403"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("status: expected 418, got 403"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("1 passed, 1 failed"), "{}", out.stdout);
     // A second scaffold into a non-empty directory is refused.
     let out = common::run_bin(
-        &["plugin", "new", "--lang", "lua", "t", dir.path().join("t").to_str().expect("utf-8")],
+        &[
+            "plugin",
+            "new",
+            "--lang",
+            "lua",
+            "t",
+            dir.path().join("t").to_str().expect("utf-8"),
+        ],
         std::time::Duration::from_secs(30),
     );
     assert_eq!(out.status.and_then(|s| s.code()), Some(1));
@@ -621,14 +744,28 @@ fn plugin_check_reports_imports_abi_and_what_the_host_lacks() {
         &["plugin", "check", bad.to_str().expect("utf-8")],
         std::time::Duration::from_secs(30),
     );
-    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.status.and_then(|s| s.code()),
+        Some(1),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
     let text = format!("{}{}", out.stdout, out.stderr);
     assert!(text.contains("Proxy-Wasm ABI 0.2.0"), "{text}");
     assert!(text.contains("env.proxy_log (function)\n"), "{text}");
-    assert!(text.contains("env.proxy_no_such_call (function)   <- NOT PROVIDED"), "{text}");
-    assert!(text.contains("memory: 2 pages of 64 KiB at start (128 KiB), at most 16 pages"), "{text}");
     assert!(
-        text.contains("error: the daemon would refuse it: the module imports `env`.`proxy_no_such_call`"),
+        text.contains("env.proxy_no_such_call (function)   <- NOT PROVIDED"),
+        "{text}"
+    );
+    assert!(
+        text.contains("memory: 2 pages of 64 KiB at start (128 KiB), at most 16 pages"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "error: the daemon would refuse it: the module imports `env`.`proxy_no_such_call`"
+        ),
         "{text}"
     );
 
@@ -637,19 +774,47 @@ fn plugin_check_reports_imports_abi_and_what_the_host_lacks() {
         &["plugin", "check", &wasm("hello")],
         std::time::Duration::from_secs(30),
     );
-    assert!(out.status.is_some_and(|s| s.success()), "{}{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("Proxy-Wasm ABI 0.2.1"), "{}", out.stdout);
+    assert!(
+        out.status.is_some_and(|s| s.success()),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("Proxy-Wasm ABI 0.2.1"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("portcullis_v1"), "{}", out.stdout);
-    assert!(out.stdout.contains("proxy_on_request_headers (function)"), "{}", out.stdout);
-    assert!(out.stdout.contains("ok: loads and starts as an HTTP filter"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("proxy_on_request_headers (function)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("ok: loads and starts as an HTTP filter"),
+        "{}",
+        out.stdout
+    );
 
     // A module that needs its configuration: the start-up failure, with a hint.
     let out = common::run_bin(
         &["plugin", "check", &wasm("hmac_auth")],
         std::time::Duration::from_secs(30),
     );
-    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{}{}", out.stdout, out.stderr);
-    assert!(out.stderr.contains("give it with --config"), "{}", out.stderr);
+    assert_eq!(
+        out.status.and_then(|s| s.code()),
+        Some(1),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("give it with --config"),
+        "{}",
+        out.stderr
+    );
 
     // Lua: a script that fails under the sandbox, and one that registers things.
     let broken = dir.write("broken.lua", "core.register_action(\n");
@@ -657,12 +822,27 @@ fn plugin_check_reports_imports_abi_and_what_the_host_lacks() {
         &["plugin", "check", broken.to_str().expect("utf-8")],
         std::time::Duration::from_secs(30),
     );
-    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.status.and_then(|s| s.code()),
+        Some(1),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
     assert!(out.stderr.contains("broken.lua"), "{}", out.stderr);
     let out = common::run_bin(
         &["plugin", "check", &lua("hello_service.lua")],
         std::time::Duration::from_secs(30),
     );
-    assert!(out.status.is_some_and(|s| s.success()), "{}{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("services:   hello, body_echo"), "{}", out.stdout);
+    assert!(
+        out.status.is_some_and(|s| s.success()),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("services:   hello, body_echo"),
+        "{}",
+        out.stdout
+    );
 }

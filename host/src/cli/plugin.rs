@@ -62,7 +62,11 @@ pub fn run(cmd: PluginCommand) -> ExitCode {
 fn new(lang: Lang, name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> bool {
     match scaffold::create(lang, name, dir, sdk) {
         Ok((dir, files)) => {
-            println!("created {} plugin `{name}` in {}:", lang_name(lang), dir.display());
+            println!(
+                "created {} plugin `{name}` in {}:",
+                lang_name(lang),
+                dir.display()
+            );
             for f in &files {
                 println!("  {}", f.strip_prefix(&dir).unwrap_or(f).display());
             }
@@ -116,8 +120,8 @@ fn check_wasm(file: &Path, config: Option<&str>) -> Result<String, String> {
     use std::fmt::Write;
     let bytes =
         std::fs::read(file).map_err(|e| format!("{}: cannot read: {e}\n", file.display()))?;
-    let info = crate::wasm::module::inspect(&bytes)
-        .map_err(|e| format!("{}: {e}\n", file.display()))?;
+    let info =
+        crate::wasm::module::inspect(&bytes).map_err(|e| format!("{}: {e}\n", file.display()))?;
     let mut out = String::new();
     let speaks = |m: &str| info.imports.iter().any(|i| i.module == m);
     let abi = match &info.abi {
@@ -177,9 +181,10 @@ fn check_wasm(file: &Path, config: Option<&str>) -> Result<String, String> {
     for (name, kind) in &info.exports {
         let _ = writeln!(out, "    {name} ({kind})");
     }
-    let name = file
-        .file_stem()
-        .map_or_else(|| "plugin".to_string(), |s| s.to_string_lossy().into_owned());
+    let name = file.file_stem().map_or_else(
+        || "plugin".to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    );
     let spec = |root_only| crate::wasm::PluginSpec {
         config: config.unwrap_or_default().as_bytes().to_vec(),
         root_only,
@@ -221,11 +226,12 @@ fn check_wasm(file: &Path, config: Option<&str>) -> Result<String, String> {
             }
         }
         Err(e) => {
-            let hint = if config.is_none() && matches!(e, crate::wasm::module::WasmLoadError::Start(_)) {
-                " (if it needs a configuration, give it with --config)"
-            } else {
-                ""
-            };
+            let hint =
+                if config.is_none() && matches!(e, crate::wasm::module::WasmLoadError::Start(_)) {
+                    " (if it needs a configuration, give it with --config)"
+                } else {
+                    ""
+                };
             let _ = writeln!(out, "error: the daemon would refuse it: {e}{hint}");
             Err(out)
         }
@@ -240,7 +246,10 @@ fn check_lua(file: &Path) -> Result<String, String> {
         .canonicalize()
         .map_err(|e| format!("{}: cannot read: {e}\n", file.display()))?;
     let dir = abs.parent().unwrap_or(Path::new("."));
-    let text = format!("[[plugin]]\nname = \"check\"\nlua = {:?}\n", abs.display().to_string());
+    let text = format!(
+        "[[plugin]]\nname = \"check\"\nlua = {:?}\n",
+        abs.display().to_string()
+    );
     let spec = crate::config::parse(&dir.join("plugin-check.toml"), &text)
         .map_err(|e| format!("{e}\n"))?;
     let runtime = crate::runtime::assemble(spec).map_err(|e| format!("{e}\n"))?;

@@ -18,23 +18,42 @@ type Template = (&'static str, &'static str);
 
 const RUST: &[Template] = &[
     ("Cargo.toml", include_str!("templates/rust/Cargo.toml.in")),
-    (".cargo/config.toml", include_str!("templates/rust/cargo-config.toml.in")),
+    (
+        ".cargo/config.toml",
+        include_str!("templates/rust/cargo-config.toml.in"),
+    ),
     (".gitignore", include_str!("templates/rust/gitignore.in")),
     ("src/lib.rs", include_str!("templates/rust/lib.rs.in")),
-    ("portcullis.toml", include_str!("templates/rust/portcullis.toml.in")),
-    ("plugin-test.toml", include_str!("templates/rust/plugin-test.toml.in")),
+    (
+        "portcullis.toml",
+        include_str!("templates/rust/portcullis.toml.in"),
+    ),
+    (
+        "plugin-test.toml",
+        include_str!("templates/rust/plugin-test.toml.in"),
+    ),
 ];
 
 const LUA: &[Template] = &[
     ("{{name}}.lua", include_str!("templates/lua/plugin.lua.in")),
-    ("portcullis.toml", include_str!("templates/lua/portcullis.toml.in")),
-    ("plugin-test.toml", include_str!("templates/lua/plugin-test.toml.in")),
+    (
+        "portcullis.toml",
+        include_str!("templates/lua/portcullis.toml.in"),
+    ),
+    (
+        "plugin-test.toml",
+        include_str!("templates/lua/plugin-test.toml.in"),
+    ),
 ];
 
 /// The guest SDK next to the sources this binary was built from, if they are still there.
 fn local_sdk() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.join("guest-sdk");
-    dir.join("Cargo.toml").is_file().then(|| dir.canonicalize().unwrap_or(dir))
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()?
+        .join("guest-sdk");
+    dir.join("Cargo.toml")
+        .is_file()
+        .then(|| dir.canonicalize().unwrap_or(dir))
 }
 
 /// Whether `name` can name a plugin, a Cargo package and a Lua registration:
@@ -75,7 +94,10 @@ pub fn create(
     let sdk_dep = match sdk.map(Path::to_path_buf).or_else(local_sdk) {
         Some(p) => {
             let p = p.canonicalize().map_err(|e| {
-                format!("guest SDK {}: {e}; give --sdk the guest-sdk directory", p.display())
+                format!(
+                    "guest SDK {}: {e}; give --sdk the guest-sdk directory",
+                    p.display()
+                )
             })?;
             if !p.join("Cargo.toml").is_file() {
                 return Err(format!(

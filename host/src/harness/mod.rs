@@ -17,6 +17,13 @@
 //! assert_eq!(ex.header("x-served-by"), Some("portcullis"));
 //! ```
 //!
+//! What is the daemon's own code: the config loading and assembly, the
+//! plugins' worker instances, the chain driver and body handling
+//! (`proxy::chain`, `proxy::body`), the head preparation (`proxy::head`),
+//! error pages. What the harness does itself is the sequence of
+//! [`Harness::try_run`], which follows `proxy::handler::handle` step by step
+//! (keep them in step), without the socket, balancer and pool.
+//!
 //! The harness runs on the calling thread (its own current-thread tokio
 //! runtime, like one daemon worker): use it from plain `#[test]`s, not
 //! from inside an async runtime.
@@ -247,10 +254,11 @@ impl HarnessBuilder {
     /// canned upstreams and the plugins' worker instances.
     pub fn start(self) -> Result<Harness, HarnessError> {
         let lines = logs::Lines::default();
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_subscriber::filter::LevelFilter::from_level(self.level)
-                .and_then(logs::Capture(Arc::clone(&lines))),
-        );
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::from_level(
+                self.level,
+            ))
+            .with(logs::Capture(Arc::clone(&lines)));
         // This thread's default only: tests in parallel keep their own lines.
         let guard = tracing::subscriber::set_default(subscriber);
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -284,7 +292,23 @@ impl HarnessBuilder {
                 s.addr_text = addr.to_string();
             }
         }
-        let runtime = crate::runtime::assemble(spec)?;
+        let runtime = crate::runtime::assemble(spec).map_err(|e| {
+            // What the plugins logged while they failed to start says why.
+            let said: Vec<String> = lines
+                .lock()
+                .map(|l| {
+                    l.iter()
+                        .filter(|l| l.level <= tracing::Level::WARN)
+                        .map(ToString::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if said.is_empty() {
+                HarnessError::Config(e.to_string())
+            } else {
+                HarnessError::Config(format!("{e}\n{}", said.join("\n")))
+            }
+        })?;
         let frontend = match &self.frontend {
             Some(name) => runtime
                 .frontends
@@ -297,7 +321,8 @@ impl HarnessBuilder {
                 })?,
             None if runtime.frontends.is_empty() => {
                 return Err(HarnessError::Unknown(
-                    "the config declares no [[frontend]]: the harness runs a frontend's rules".into(),
+                    "the config declares no [[frontend]]: the harness runs a frontend's rules"
+                        .into(),
                 ));
             }
             None => 0,
@@ -434,17 +459,16 @@ impl Harness {
             ctx: &cx,
             phase: Phase::Request,
         };
-        let compiled = crate::rules::fetch::parse_expr(expr, 0, &env, "harness sample").map_err(
-            |e| HarnessError::Expr {
-                expr: expr.to_string(),
-                message: e.message,
-            },
-        )?;
+        let compiled =
+            crate::rules::fetch::parse_expr(expr, 0, &env, "harness sample").map_err(|e| {
+                HarnessError::Expr {
+                    expr: expr.to_string(),
+                    message: e.message,
+                }
+            })?;
         let txn = self.txn(&req)?;
         Ok(self.local.block_on(&self.rt, async {
-            compiled
-                .eval(&txn)
-                .map(|v| v.into_sample().to_text())
+            compiled.eval(&txn).map(|v| v.into_sample().to_text())
         }))
     }
 
@@ -495,7 +519,11 @@ impl Harness {
         let fe = &rt.frontends[self.frontend];
         let chain = &fe.chain;
         let result = self.local.block_on(&self.rt, async {
-            txn.req_body = Some(net::incoming(req.body.clone()).await.map_err(HarnessError::Io)?);
+            txn.req_body = Some(
+                net::incoming(req.body.clone())
+                    .await
+                    .map_err(HarnessError::Io)?,
+            );
             let mut taps = Vec::new();
             let early = match prepare_request(&mut txn) {
                 Ok(()) => run_phase(&chain.request, &mut txn, &mut taps).await,
@@ -537,8 +565,11 @@ impl Harness {
                     txn.resp_headers = server.headers.clone();
                     remove_connection_options(&mut txn.resp_headers);
                     strip_hop_by_hop(&mut txn.resp_headers);
-                    txn.resp_body =
-                        Some(net::incoming(server.body.clone()).await.map_err(HarnessError::Io)?);
+                    txn.resp_body = Some(
+                        net::incoming(server.body.clone())
+                            .await
+                            .map_err(HarnessError::Io)?,
+                    );
                     let mut taps = Vec::new();
                     match run_phase(&chain.response, &mut txn, &mut taps).await {
                         Some(reply) => {

@@ -167,7 +167,9 @@ fn check_headers(
     out: &mut Vec<String>,
 ) {
     for (name, value) in want {
-        let v = got.get(name.as_str()).map(|v| String::from_utf8_lossy(v.as_bytes()));
+        let v = got
+            .get(name.as_str())
+            .map(|v| String::from_utf8_lossy(v.as_bytes()));
         match (v, value.is_empty()) {
             (None, true) => {}
             (Some(v), true) => out.push(format!("{what} `{name}` should be absent, got {v:?}")),
@@ -198,13 +200,21 @@ fn check(h: &Harness, ex: &Exchange, want: &Expect) -> Vec<String> {
     if let Some(b) = &want.body_contains
         && !ex.text().contains(b.as_str())
     {
-        out.push(format!("body: expected to contain {b:?}, got {:?}", ex.text()));
+        out.push(format!(
+            "body: expected to contain {b:?}, got {:?}",
+            ex.text()
+        ));
     }
     if !want.upstream_headers.is_empty() || want.upstream_body.is_some() {
         match &ex.upstream {
             None => out.push("the server got no request (the proxy answered)".into()),
             Some(up) => {
-                check_headers("upstream header", &up.headers, &want.upstream_headers, &mut out);
+                check_headers(
+                    "upstream header",
+                    &up.headers,
+                    &want.upstream_headers,
+                    &mut out,
+                );
                 if let Some(b) = &want.upstream_body
                     && b.as_bytes() != up.body
                 {
@@ -248,7 +258,9 @@ fn check(h: &Harness, ex: &Exchange, want: &Expect) -> Vec<String> {
         };
         let got = h.table_value(table, key, data);
         if got != *value {
-            out.push(format!("{table}[{key}].{data}: expected {value}, got {got}"));
+            out.push(format!(
+                "{table}[{key}].{data}: expected {value}, got {got}"
+            ));
         }
     }
     out
