@@ -23,7 +23,7 @@ fn repo() -> PathBuf {
 fn wasm(name: &str) -> String {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir =
-        DIR.get_or_init(|| common::plugins::build_wasm_examples("wasm32-unknown-unknown", &[]));
+        DIR.get_or_init(|| common::build_wasm_examples("wasm32-unknown-unknown", &[]));
     dir.join(format!("{name}.wasm")).display().to_string()
 }
 
@@ -258,7 +258,7 @@ fn wasm_sdk_demo_bodies_local_replies_calls_ticks_and_log_hook() {
     assert_eq!(&up.body[..], b"rust:HELLO");
     assert_eq!(up.header("x-guest"), Some("rust"));
     assert_eq!(ex.text(), "abc\nrust saw 3 bytes\n");
-    assert_eq!(ex.header("content-length"), Some("20"));
+    assert_eq!(ex.header("content-length"), Some("21"));
     assert_eq!(ex.header("x-secret"), None);
     assert_eq!(ex.header("x-server"), Some("hidden"));
     assert!(ex.logged("rust log POST /body -> 200"), "{:?}", ex.logs);
@@ -495,8 +495,9 @@ fn lua_body_filter_rewrites_both_bodies() {
     assert_eq!(ex.header("x-filter-args"), Some("tag-a,tag-b"));
     assert_eq!(ex.header("x-filter-req-body"), Some("9"));
     assert_eq!(ex.text(), "HELLO FILTER");
+    // filter.ERROR in the request phase: HAProxy's 400, from the proxy.
     let ex = h.run(Request::get("/filter/deny"), Canned::ok());
-    assert_eq!(ex.status, 500);
+    assert_eq!((ex.status, ex.local_reply), (400, true));
     let ex = h.run(Request::get("/plain"), Canned::ok().body("as is"));
     assert_eq!(ex.text(), "as is");
 }
@@ -511,8 +512,17 @@ fn lua_maps_runtime_api_and_servers() {
     );
     let rules = r#"{ lua = "maps", if = "path_beg /maps" }, { lua = "runtime_map", if = "path_beg /rmap" }, { use_service = "lua.servers", if = "path_beg /servers" }"#;
     let mut h = harness(&top, rules, "");
-    let ex = h.run(Request::get("/maps/img/42.jpg"), Canned::ok());
-    assert_eq!(ex.status, 200, "{}", ex.text());
+    let ex = h.run(
+        Request::get("/maps/img/42.jpg")
+            .header("x-host", "static.example.com")
+            .header("user-agent", "Mozilla/5.0")
+            .header("x-ip", "2001:db8::7")
+            .header("x-code", "503"),
+        Canned::ok(),
+    );
+    assert_eq!(ex.status, 200, "{} {:?}", ex.text(), ex.logs);
+    let up = ex.upstream.as_ref().expect("forwarded");
+    assert_eq!(up.header("x-map-host"), Some("assets"));
     let ex = h.run(Request::get("/servers"), Canned::ok());
     assert!(ex.local_reply);
     assert!(ex.text().contains("s1"), "{}", ex.text());
