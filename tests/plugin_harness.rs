@@ -22,8 +22,7 @@ fn repo() -> PathBuf {
 /// plugins/wasm built once for all tests of this file.
 fn wasm(name: &str) -> String {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir =
-        DIR.get_or_init(|| common::build_wasm_examples("wasm32-unknown-unknown", &[]));
+    let dir = DIR.get_or_init(|| common::build_wasm_examples("wasm32-unknown-unknown", &[]));
     dir.join(format!("{name}.wasm")).display().to_string()
 }
 
@@ -504,8 +503,15 @@ fn lua_body_filter_rewrites_both_bodies() {
 
 #[test]
 fn lua_maps_runtime_api_and_servers() {
+    // servers.lua reports the backends `pool`, `hashed` and `checked`.
+    let pools: String = ["pool", "hashed", "checked"]
+        .iter()
+        .map(|b| {
+            format!("[[backend]]\nname = \"{b}\"\nserver = [{{ name = \"s1\", addr = \"127.0.0.1:4\" }}]\n\n")
+        })
+        .collect();
     let top = format!(
-        "{}\n{}\n{}",
+        "{pools}{}\n{}\n{}",
         plugin_lua("maps"),
         plugin_lua("runtime_api"),
         plugin_lua("servers")
@@ -525,7 +531,7 @@ fn lua_maps_runtime_api_and_servers() {
     assert_eq!(up.header("x-map-host"), Some("assets"));
     let ex = h.run(Request::get("/servers"), Canned::ok());
     assert!(ex.local_reply);
-    assert!(ex.text().contains("s1"), "{}", ex.text());
+    assert!(ex.text().contains("s1"), "{} {:?}", ex.text(), ex.logs);
     let ex = h.run(
         Request::get("/rmap")
             .header("x-op", "set")
