@@ -320,6 +320,12 @@ fn test(file: &Path) -> bool {
                 file.display(),
                 results.len() - failed
             );
+            if results.is_empty() {
+                eprintln!(
+                    "{}: no [[case]] to run; add one (see docs/GUIDE.md)",
+                    file.display()
+                );
+            }
             failed == 0 && !results.is_empty()
         }
         Err(e) => {
