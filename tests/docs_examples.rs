@@ -9,6 +9,8 @@
 //!   error files. A Cargo manifest is parsed and checked for a `cdylib`.
 //! - Lua blocks load as plugins through `portcullis check`.
 //! - Rust blocks must appear in a file the test suite compiles.
+//! - A plugin test file (`[[case]]`) must parse as one; the `sh` steps of
+//!   docs/GUIDE.md are run by tests/plugin_harness.rs.
 
 mod common;
 
@@ -32,6 +34,7 @@ const DOCS: &[&str] = &[
     "docs/PLUGINS.md",
     "docs/STICK-TABLES.md",
     "docs/ABI.md",
+    "docs/GUIDE.md",
     "guest-sdk/README.md",
 ];
 
@@ -244,6 +247,9 @@ fn every_config_and_code_block_in_the_docs_is_checked() {
         "guest-sdk/examples/json_config.rs",
         "guest-sdk/examples/foreign_counter.rs",
         "tests/e2e_wasm.rs",
+        "tests/plugin_harness.rs",
+        // What `portcullis plugin new --lang rust` writes; built by tests/plugin_harness.rs.
+        "host/src/cli/templates/rust/lib.rs.in",
     ]
     .iter()
     .map(|f| std::fs::read_to_string(repo().join(f)).unwrap_or_default())
@@ -264,6 +270,12 @@ fn every_config_and_code_block_in_the_docs_is_checked() {
                         .then_some(())
                         .ok_or_else(|| "a plugin crate must be a cdylib".into())
                 }),
+            // A plugin test file (`portcullis plugin test`): every key known.
+            "toml" if b.text.contains("[[case]]") => {
+                toml::from_str::<portcullis::harness::spec::TestFile>(&b.text)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
             "toml" => check(&dir, &format!("block{n}.toml"), &complete(&b.text)),
             "lua" => {
                 let script = dir.write(&format!("block{n}.lua"), &b.text);

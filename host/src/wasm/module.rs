@@ -225,6 +225,113 @@ fn kind_name(t: &ExternType) -> &'static str {
     }
 }
 
+/// Validates and compiles `bytes` (a binary module or WAT text), with a
+/// message in the user's words for a file that is neither.
+fn parse_module(engine: &Engine, bytes: &[u8]) -> Result<Module, WasmLoadError> {
+    if !bytes.starts_with(b"\0asm") && !looks_like_wat(bytes) {
+        // Module::new would try it as WebAssembly text and say "expected `(`".
+        let head: String = bytes
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let found = if bytes.is_empty() {
+            "this file is empty".to_string()
+        } else {
+            format!("this file starts with {head}")
+        };
+        return Err(WasmLoadError::Invalid(format!(
+            "a binary module starts with the bytes 00 61 73 6d (\"\\0asm\") and a text one with `(module`, but {found} (build the plugin for wasm32-unknown-unknown or wasm32-wasip1 and point `wasm` at the .wasm file)"
+        )));
+    }
+    let module = Module::new(engine, bytes).map_err(|e| {
+        let root = e.chain().last().map(|c| c.to_string()).unwrap_or_default();
+        let msg = e.to_string();
+        WasmLoadError::Invalid(if root.is_empty() || root == msg {
+            msg
+        } else {
+            format!("{msg}: {root}")
+        })
+    })?;
+    Ok(module)
+}
+
+/// One import of a module, and whether the host provides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportInfo {
+    pub module: String,
+    pub name: String,
+    /// `function`, `memory`, `global`, `table`.
+    pub kind: &'static str,
+    pub provided: bool,
+}
+
+/// Every import of `module`, checked against the host's linker.
+fn imports(
+    engine: &Engine,
+    linker: &Linker<HostState>,
+    module: &Module,
+    shared: &Arc<PluginShared>,
+) -> Vec<ImportInfo> {
+    let mut probe = Store::new(engine, HostState::new(Arc::clone(shared)));
+    module
+        .imports()
+        .map(|import| ImportInfo {
+            module: import.module().to_string(),
+            name: import.name().to_string(),
+            kind: kind_name(&import.ty()),
+            provided: linker
+                .get(&mut probe, import.module(), import.name())
+                .is_ok(),
+        })
+        .collect()
+}
+
+/// What `portcullis plugin check` shows of a module before it is loaded.
+#[derive(Debug, Clone)]
+pub struct ModuleInfo {
+    /// The Proxy-Wasm ABI it declares, or why it cannot be run.
+    pub abi: Result<AbiVersion, String>,
+    pub imports: Vec<ImportInfo>,
+    /// Exports: name and kind.
+    pub exports: Vec<(String, &'static str)>,
+    /// The memory it exports or imports: minimum and maximum in 64 KiB pages.
+    pub memory: Option<(u64, Option<u64>)>,
+}
+
+/// Reads a module's interface: imports (each checked against what the host
+/// provides, as loading does), exports, the ABI it declares, its memory.
+pub fn inspect(bytes: &[u8]) -> Result<ModuleInfo, WasmLoadError> {
+    let engine = super::engine::engine().map_err(WasmLoadError::Engine)?;
+    let linker = LINKER
+        .as_ref()
+        .map_err(|e| WasmLoadError::Engine(e.clone()))?;
+    let module = parse_module(engine, bytes)?;
+    let shared = Arc::new(PluginShared {
+        shared_data: super::shared::shared_data("plugin-check"),
+        spec: PluginSpec::new("plugin-check"),
+        stats: PluginStats::default(),
+    });
+    let memory = module
+        .exports()
+        .map(|e| e.ty())
+        .chain(module.imports().map(|i| i.ty()))
+        .find_map(|t| match t {
+            ExternType::Memory(m) => Some((m.minimum(), m.maximum())),
+            _ => None,
+        });
+    Ok(ModuleInfo {
+        abi: AbiVersion::detect(&module).map_err(|e| e.to_string()),
+        imports: imports(engine, linker, &module, &shared),
+        exports: module
+            .exports()
+            .map(|e| (e.name().to_string(), kind_name(&e.ty())))
+            .collect(),
+        memory,
+    })
+}
+
 impl WasmPlugin {
     /// Compiles `bytes` (a binary module, or WAT text) for `spec`: validates,
     /// checks every import is provided and every known export has the ABI's
@@ -241,50 +348,22 @@ impl WasmPlugin {
         let linker = LINKER
             .as_ref()
             .map_err(|e| WasmLoadError::Engine(e.clone()))?;
-        if !bytes.starts_with(b"\0asm") && !looks_like_wat(bytes) {
-            // Module::new would try it as WebAssembly text and say "expected `(`".
-            let head: String = bytes
-                .iter()
-                .take(16)
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(" ");
-            let found = if bytes.is_empty() {
-                "this file is empty".to_string()
-            } else {
-                format!("this file starts with {head}")
-            };
-            return Err(WasmLoadError::Invalid(format!(
-                "a binary module starts with the bytes 00 61 73 6d (\"\\0asm\") and a text one with `(module`, but {found} (build the plugin for wasm32-unknown-unknown or wasm32-wasip1 and point `wasm` at the .wasm file)"
-            )));
-        }
-        let module = Module::new(engine, bytes).map_err(|e| {
-            let root = e.chain().last().map(|c| c.to_string()).unwrap_or_default();
-            let msg = e.to_string();
-            WasmLoadError::Invalid(if root.is_empty() || root == msg {
-                msg
-            } else {
-                format!("{msg}: {root}")
-            })
-        })?;
+        let module = parse_module(engine, bytes)?;
         let abi = AbiVersion::detect(&module)?;
         let shared = Arc::new(PluginShared {
             shared_data: super::shared::shared_data(&spec.vm_id),
             spec,
             stats: PluginStats::default(),
         });
-        let mut probe = Store::new(engine, HostState::new(Arc::clone(&shared)));
-        for import in module.imports() {
-            if linker
-                .get(&mut probe, import.module(), import.name())
-                .is_err()
-            {
-                return Err(WasmLoadError::MissingImport {
-                    module: import.module().to_string(),
-                    name: import.name().to_string(),
-                    kind: kind_name(&import.ty()),
-                });
-            }
+        if let Some(i) = imports(engine, linker, &module, &shared)
+            .into_iter()
+            .find(|i| !i.provided)
+        {
+            return Err(WasmLoadError::MissingImport {
+                module: i.module,
+                name: i.name,
+                kind: i.kind,
+            });
         }
         if !matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
             return Err(WasmLoadError::MissingExport("memory"));
