@@ -19,6 +19,7 @@ mod info;
 pub mod limit;
 pub mod pool;
 pub mod stats;
+pub mod tls;
 pub mod worker;
 
 use std::net::{SocketAddr, TcpListener as StdListener};

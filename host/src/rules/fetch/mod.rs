@@ -14,6 +14,7 @@ mod converters;
 mod expr;
 mod fetches;
 mod registry;
+mod ssl;
 mod value;
 
 #[cfg(test)]
