@@ -814,3 +814,66 @@ async fn certificate_reload_keeps_open_connections() {
     assert_eq!(parts.status, 200, "the connection opened before the reload still serves");
     assert_eq!(echo(&body).path(), "/after");
 }
+
+/// `configs/https.toml` as shipped, with a certificate made by the openssl
+/// command its header (and the README) shows: HTTP/2 over TLS, the
+/// redirect on the plain bind, HSTS.
+#[tokio::test]
+async fn https_example_config_works_with_an_openssl_certificate() {
+    let dir = TempDir::new("tls-example");
+    std::fs::create_dir_all(dir.path().join("certs")).expect("mkdir");
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+        .args(["-days", "365", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-keyout", "certs/localhost.key", "-out", "certs/localhost.pem"])
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl (scripts/setup.sh installs it)");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/https.toml"))
+        .expect("configs/https.toml");
+    let [plain, secure, admin] = free_addrs::<3>();
+    let config = shipped
+        .replace("127.0.0.1:8080", &plain.to_string())
+        .replace("127.0.0.1:8443", &secure.to_string())
+        .replace("127.0.0.1:9901", &admin.to_string())
+        .replace("workers = 0", "workers = 1");
+    // The config's relative paths resolve against its own directory.
+    let path = dir.write("https.toml", &config);
+    let out = run_bin(&["check", "-c", path.to_str().expect("utf-8 path")], LIMIT);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(0), "{}", out.stderr);
+    // The daemon runs from a config written elsewhere: absolute certificate paths.
+    let config = config.replace(
+        "\"certs/localhost.",
+        &format!("\"{}/certs/localhost.", toml_path(dir.path())),
+    );
+    let _daemon = Daemon::start(&config, &[plain, secure]).await;
+    let client = Client {
+        alpn: vec!["h2", "http/1.1"],
+        ..Client::default()
+    };
+    let mut send = Sender::over(client.connect(secure, "localhost").await.expect("handshake")).await;
+    let (parts, body) = send.get("localhost", "/hello").await;
+    assert_eq!(parts.version, Version::HTTP_2);
+    assert_eq!(parts.status, 200);
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert!(text.starts_with("hello over TLSv1.3 (TLS_"), "{text}");
+    assert!(text.contains("ALPN h2, SNI localhost"), "{text}");
+    assert_eq!(
+        parts.headers.get("strict-transport-security").map(|v| v.as_bytes()),
+        Some(&b"max-age=31536000"[..])
+    );
+    let resp = H1::connect(plain)
+        .await
+        .send(
+            request(Method::GET, plain, "/hello")
+                .header("host", "localhost:8080")
+                .body(empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(resp.status, 301);
+    assert_eq!(resp.header("location").as_deref(), Some("https://localhost:8080/hello"));
+    assert!(resp.header("strict-transport-security").is_none(), "no HSTS in clear");
+}
