@@ -110,13 +110,17 @@ fn complete(block: &str) -> String {
                         let after = &rest[i + 1..];
                         let end = after.find('"').unwrap_or(after.len());
                         let written = after[..end].to_string();
-                        let free = ports.entry(written).or_insert_with(|| free_addr().to_string());
+                        let free = ports
+                            .entry(written)
+                            .or_insert_with(|| free_addr().to_string());
                         out.push_str(&format!("\"{free}"));
                         rest = &after[end..];
                     }
                     out.push_str(rest);
                     format!("{out}\n")
-                } else if (t.starts_with("bind") || t.starts_with("admin")) && t.contains("\"127.0.0.1:") {
+                } else if (t.starts_with("bind") || t.starts_with("admin"))
+                    && t.contains("\"127.0.0.1:")
+                {
                     let key = t.split('=').next().unwrap_or("bind").trim();
                     format!("{key} = \"{}\"\n", free_addr())
                 } else {

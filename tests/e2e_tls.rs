@@ -19,7 +19,7 @@ use common::*;
 use http::{Method, Request, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use rcgen::{CertificateParams, CertifiedIssuer, DnType, IsCa, BasicConstraints, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
@@ -163,6 +163,7 @@ struct Client {
 }
 
 impl Client {
+    #[allow(deprecated)] // ring's provider, as the daemon's
     fn config(&self) -> Arc<ClientConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let versions: Vec<&'static rustls::SupportedProtocolVersion> = match self.version {
@@ -199,7 +200,11 @@ impl Client {
 
 /// The leaf certificate the server presented.
 fn served(s: &TlsStream<TcpStream>) -> CertificateDer<'static> {
-    s.get_ref().1.peer_certificates().expect("server certificate")[0].clone()
+    s.get_ref()
+        .1
+        .peer_certificates()
+        .expect("server certificate")[0]
+        .clone()
 }
 
 /// One HTTP/1.1 or HTTP/2 exchange channel over a TLS stream.
@@ -260,9 +265,10 @@ impl Sender {
 
 /// An echo of the request (backend's JSON), from a TLS response body.
 fn echo(body: &Bytes) -> Echo {
-    Echo(serde_json::from_slice(body).unwrap_or_else(|e| {
-        panic!("not an echo ({e}): {}", String::from_utf8_lossy(body))
-    }))
+    Echo(
+        serde_json::from_slice(body)
+            .unwrap_or_else(|e| panic!("not an echo ({e}): {}", String::from_utf8_lossy(body))),
+    )
 }
 
 /// Headers the TLS frontends set from the TLS fetches.
@@ -333,12 +339,24 @@ async fn sni_picks_exact_then_wildcard_then_default() {
         ("api.example.com", &exact, "exact name beats the wildcard"),
         ("API.Example.com", &exact, "names match without case"),
         ("www.example.com", &wild, "wildcard"),
-        ("a.b.example.com", &default, "a wildcard covers one label only"),
-        ("example.com", &default, "a wildcard does not cover its parent"),
+        (
+            "a.b.example.com",
+            &default,
+            "a wildcard covers one label only",
+        ),
+        (
+            "example.com",
+            &default,
+            "a wildcard does not cover its parent",
+        ),
         ("other.test", &default, "unknown name: default"),
         ("127.0.0.1", &default, "no SNI: default"),
         ("by-config.test", &named, "names from the config"),
-        ("ignored.test", &default, "configured names replace the certificate's"),
+        (
+            "ignored.test",
+            &default,
+            "configured names replace the certificate's",
+        ),
     ] {
         let s = client.connect(ports.web, sni).await.expect("handshake");
         assert_eq!(served(&s), want.der, "{what} ({sni})");
@@ -351,7 +369,11 @@ async fn sni_picks_exact_then_wildcard_then_default() {
         } else {
             sni.to_ascii_lowercase()
         };
-        assert_eq!(e.header("x-sni").unwrap_or_default(), expected_sni, "ssl_fc_sni ({what})");
+        assert_eq!(
+            e.header("x-sni").unwrap_or_default(),
+            expected_sni,
+            "ssl_fc_sni ({what})"
+        );
         assert_eq!(e.header("x-forwarded-proto").as_deref(), Some("https"));
         assert_eq!(e.header("x-ssl").as_deref(), Some("1"));
     }
@@ -397,7 +419,12 @@ async fn alpn_and_protocol_versions() {
 
     // No ALPN: HTTP/1.1 found from the bytes; ssl_fc_alpn has no value.
     let none = Client::default();
-    let mut send = Sender::over(none.connect(ports.web, "site.test").await.expect("handshake")).await;
+    let mut send = Sender::over(
+        none.connect(ports.web, "site.test")
+            .await
+            .expect("handshake"),
+    )
+    .await;
     let (_, body) = send.get("site.test", "/none").await;
     assert_eq!(echo(&body).header("x-alpn").unwrap_or_default(), "");
 
@@ -411,12 +438,16 @@ async fn alpn_and_protocol_versions() {
             version: Some(version),
             ..Client::default()
         };
-        let mut send = Sender::over(c.connect(ports.web, "site.test").await.expect("handshake")).await;
+        let mut send =
+            Sender::over(c.connect(ports.web, "site.test").await.expect("handshake")).await;
         let (_, body) = send.get("site.test", "/v").await;
         let e = echo(&body);
         assert_eq!(e.header("x-proto").as_deref(), Some(proto));
         let cipher = e.header("x-cipher").unwrap_or_default();
-        assert!(cipher.starts_with(cipher_prefix), "{proto}: cipher {cipher}");
+        assert!(
+            cipher.starts_with(cipher_prefix),
+            "{proto}: cipher {cipher}"
+        );
         assert_eq!(e.header("x-client-used").as_deref(), Some("0"));
     }
 
@@ -462,7 +493,10 @@ async fn tls13_session_tickets_resume() {
     }
     assert_eq!(
         kinds,
-        [Some(rustls::HandshakeKind::Full), Some(rustls::HandshakeKind::Resumed)],
+        [
+            Some(rustls::HandshakeKind::Full),
+            Some(rustls::HandshakeKind::Resumed)
+        ],
         "the second connection resumes with the first one's ticket"
     );
 }
@@ -476,7 +510,8 @@ async fn mtls_required_optional_and_ssl_c_fetches() {
     let ca_file = dir.write("ca.pem", &ca.pem());
     let mut p = params(&[], "client-one");
     p.distinguished_name.push(DnType::CountryName, "FR");
-    p.distinguished_name.push(DnType::OrganizationName, "Example");
+    p.distinguished_name
+        .push(DnType::OrganizationName, "Example");
     let good = ca.sign(p);
     let stranger = Ca::new("Other CA").sign(params(&[], "intruder"));
     let backend = Backend::start("s1").await;
@@ -493,7 +528,13 @@ async fn mtls_required_optional_and_ssl_c_fetches() {
         identity: Some((good.der.clone(), good.key_der.clone_key())),
         ..Client::default()
     };
-    let mut send = Sender::over(with_cert.connect(ports.web, "site.test").await.expect("handshake")).await;
+    let mut send = Sender::over(
+        with_cert
+            .connect(ports.web, "site.test")
+            .await
+            .expect("handshake"),
+    )
+    .await;
     let (parts, body) = send.get("site.test", "/mtls").await;
     assert_eq!(parts.status, 200);
     let e = echo(&body);
@@ -508,7 +549,13 @@ async fn mtls_required_optional_and_ssl_c_fetches() {
 
     // Without a certificate, or with one from another CA: no request gets through.
     for (what, client) in [
-        ("no client certificate", Client { alpn: vec!["http/1.1"], ..Client::default() }),
+        (
+            "no client certificate",
+            Client {
+                alpn: vec!["http/1.1"],
+                ..Client::default()
+            },
+        ),
         (
             "certificate of another CA",
             Client {
@@ -523,18 +570,32 @@ async fn mtls_required_optional_and_ssl_c_fetches() {
             // TLS 1.3: the client's handshake may finish before the server's
             // verdict arrives; the first read then fails.
             Ok(mut s) => {
-                let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: site.test\r\n\r\n").await;
+                let _ = s
+                    .write_all(b"GET / HTTP/1.1\r\nhost: site.test\r\n\r\n")
+                    .await;
                 let mut buf = Vec::new();
-                let read = within("refused read", LIMIT, tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf)).await;
+                let read = within(
+                    "refused read",
+                    LIMIT,
+                    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf),
+                )
+                .await;
                 read.is_err() || buf.is_empty()
             }
         };
         assert!(refused, "{what}: the connection must be refused");
     }
-    assert_eq!(backend.requests(), 1, "only the verified client reached the server");
+    assert_eq!(
+        backend.requests(),
+        1,
+        "only the verified client reached the server"
+    );
     let stats = stats(ports.admin).await;
     let fe = named(&stats["frontends"], "web").expect("frontend");
-    assert!(fe["tls_handshake_failures"].as_u64().unwrap_or(0) >= 1, "{fe}");
+    assert!(
+        fe["tls_handshake_failures"].as_u64().unwrap_or(0) >= 1,
+        "{fe}"
+    );
 
     // verify = "optional": a client without a certificate is let in.
     let backend2 = Backend::start("s2").await;
@@ -549,14 +610,29 @@ async fn mtls_required_optional_and_ssl_c_fetches() {
         alpn: vec!["http/1.1"],
         ..Client::default()
     };
-    let mut send = Sender::over(plain.connect(ports2.web, "site.test").await.expect("handshake")).await;
+    let mut send = Sender::over(
+        plain
+            .connect(ports2.web, "site.test")
+            .await
+            .expect("handshake"),
+    )
+    .await;
     let (_, body) = send.get("site.test", "/opt").await;
     let e = echo(&body);
     assert_eq!(e.header("x-client-used").as_deref(), Some("0"));
     assert_eq!(e.header("x-client-dn").unwrap_or_default(), "");
-    let mut send = Sender::over(with_cert.connect(ports2.web, "site.test").await.expect("handshake")).await;
+    let mut send = Sender::over(
+        with_cert
+            .connect(ports2.web, "site.test")
+            .await
+            .expect("handshake"),
+    )
+    .await;
     let (_, body) = send.get("site.test", "/opt").await;
-    assert_eq!(echo(&body).header("x-client-cn").as_deref(), Some("client-one"));
+    assert_eq!(
+        echo(&body).header("x-client-cn").as_deref(),
+        Some("client-one")
+    );
 }
 
 #[tokio::test]
@@ -570,9 +646,11 @@ async fn handshake_timeout_and_failures_are_counted() {
 
     // Half a ClientHello: a handshake record header announcing more bytes than sent.
     let mut half = TcpStream::connect(ports.web).await.expect("connect");
-    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03])
-        .await
-        .expect("write");
+    half.write_all(&[
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ])
+    .await
+    .expect("write");
     let start = std::time::Instant::now();
     assert!(
         wait_closed(&mut half, Duration::from_secs(5)).await,
@@ -599,7 +677,7 @@ async fn handshake_timeout_and_failures_are_counted() {
     eventually("handshake failures counted", LIMIT, || async {
         let s = stats(ports.admin).await;
         let fe = named(&s["frontends"], "web").expect("frontend").clone();
-        (fe["tls_handshake_failures"].as_u64() == Some(2)).then_some(())
+        fe["tls_handshake_failures"].as_u64() == Some(2)
     })
     .await;
     let metrics = get(ports.admin, "/metrics").await.text();
@@ -661,14 +739,26 @@ http_response = [
         alpn: vec!["h2"],
         ..Client::default()
     };
-    let mut send = Sender::over(client.connect(secure, "shop.test").await.expect("handshake")).await;
+    let mut send = Sender::over(
+        client
+            .connect(secure, "shop.test")
+            .await
+            .expect("handshake"),
+    )
+    .await;
     let (parts, body) = send.get("shop.test", "/login").await;
     assert_eq!(parts.status, 200);
     assert_eq!(
-        parts.headers.get("strict-transport-security").map(|v| v.as_bytes()),
+        parts
+            .headers
+            .get("strict-transport-security")
+            .map(|v| v.as_bytes()),
         Some(&b"max-age=31536000"[..])
     );
-    assert_eq!(echo(&body).header("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(
+        echo(&body).header("x-forwarded-proto").as_deref(),
+        Some("https")
+    );
 }
 
 /// `portcullis check` on a config whose `tls` is `tls`; its stderr.
@@ -709,8 +799,16 @@ fn check_refuses_bad_certificates_naming_the_file() {
     );
     let missing = dir.path().join("missing.pem");
 
-    let ok_out = check_tls(&dir, &format!(r#"cert = "{}", key = "{}""#, toml_path(&gc), toml_path(&gk)));
-    assert_eq!(ok_out.status.and_then(|s| s.code()), Some(0), "{}", ok_out.stderr);
+    let ok_out = check_tls(
+        &dir,
+        &format!(r#"cert = "{}", key = "{}""#, toml_path(&gc), toml_path(&gk)),
+    );
+    assert_eq!(
+        ok_out.status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        ok_out.stderr
+    );
 
     for (tls, file, words) in [
         (
@@ -729,44 +827,103 @@ fn check_refuses_bad_certificates_naming_the_file() {
             "does not match the certificate",
         ),
         (
-            format!(r#"cert = "{}", key = "{}""#, toml_path(&garbage), toml_path(&gk)),
+            format!(
+                r#"cert = "{}", key = "{}""#,
+                toml_path(&garbage),
+                toml_path(&gk)
+            ),
             garbage.clone(),
             "unparsable PEM",
         ),
         (
-            format!(r#"cert = "{}", key = "{}""#, toml_path(&missing), toml_path(&gk)),
+            format!(
+                r#"cert = "{}", key = "{}""#,
+                toml_path(&missing),
+                toml_path(&gk)
+            ),
             missing.clone(),
             "cannot read",
         ),
         (
-            format!(r#"cert = "{}", key = "{}", verify = "required", ca = "{}""#, toml_path(&gc), toml_path(&gk), toml_path(&ec)),
+            format!(
+                r#"cert = "{}", key = "{}", verify = "required", ca = "{}""#,
+                toml_path(&gc),
+                toml_path(&gk),
+                toml_path(&ec)
+            ),
             ec.clone(),
             "has expired",
         ),
     ] {
         let out = check_tls(&dir, &tls);
-        assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{tls}: {}", out.stderr);
+        assert_eq!(
+            out.status.and_then(|s| s.code()),
+            Some(1),
+            "{tls}: {}",
+            out.stderr
+        );
         assert!(
             out.stderr.contains(&file.display().to_string()) && out.stderr.contains(words),
             "{tls}: the error names {} and says {words:?}:\n{}",
             file.display(),
             out.stderr
         );
-        assert!(out.stderr.contains("check.toml:5:"), "located at the tls line:\n{}", out.stderr);
+        assert!(
+            out.stderr.contains("check.toml:5:"),
+            "located at the tls line:\n{}",
+            out.stderr
+        );
     }
 
     // Settings errors point at their value.
     for (tls, words) in [
         (format!(r#"cert = "{}""#, toml_path(&gc)), "needs tls.key"),
-        (format!(r#"cert = "{}", key = "{}", min_version = "1.1""#, toml_path(&gc), toml_path(&gk)), "TLS 1.2 and 1.3 only"),
-        (format!(r#"cert = "{}", key = "{}", verify = "required""#, toml_path(&gc), toml_path(&gk)), "needs tls.ca"),
-        (format!(r#"cert = "{}", key = "{}", alpn = ["spdy/3"]"#, toml_path(&gc), toml_path(&gk)), "unknown ALPN protocol"),
-        (format!(r#"cert = "{}", key = "{}", binds = ["127.0.0.1:1"]"#, toml_path(&gc), toml_path(&gk)), "not one of this frontend's bind addresses"),
+        (
+            format!(
+                r#"cert = "{}", key = "{}", min_version = "1.1""#,
+                toml_path(&gc),
+                toml_path(&gk)
+            ),
+            "TLS 1.2 and 1.3 only",
+        ),
+        (
+            format!(
+                r#"cert = "{}", key = "{}", verify = "required""#,
+                toml_path(&gc),
+                toml_path(&gk)
+            ),
+            "needs tls.ca",
+        ),
+        (
+            format!(
+                r#"cert = "{}", key = "{}", alpn = ["spdy/3"]"#,
+                toml_path(&gc),
+                toml_path(&gk)
+            ),
+            "unknown ALPN protocol",
+        ),
+        (
+            format!(
+                r#"cert = "{}", key = "{}", binds = ["127.0.0.1:1"]"#,
+                toml_path(&gc),
+                toml_path(&gk)
+            ),
+            "not one of this frontend's bind addresses",
+        ),
         (String::new(), "tls needs a certificate"),
     ] {
         let out = check_tls(&dir, &tls);
-        assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{tls}: {}", out.stderr);
-        assert!(out.stderr.contains(words), "{tls}: says {words:?}:\n{}", out.stderr);
+        assert_eq!(
+            out.status.and_then(|s| s.code()),
+            Some(1),
+            "{tls}: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(words),
+            "{tls}: says {words:?}:\n{}",
+            out.stderr
+        );
     }
 }
 
@@ -783,7 +940,10 @@ async fn certificate_reload_keeps_open_connections() {
         alpn: vec!["http/1.1"],
         ..Client::default()
     };
-    let s = client.connect(ports.web, "site.test").await.expect("handshake");
+    let s = client
+        .connect(ports.web, "site.test")
+        .await
+        .expect("handshake");
     assert_eq!(served(&s), first.der);
     let mut open = Sender::over(s).await;
     assert_eq!(open.get("site.test", "/before").await.0.status, 200);
@@ -791,7 +951,11 @@ async fn certificate_reload_keeps_open_connections() {
     // Without the token: refused.
     let resp = H1::connect(ports.admin)
         .await
-        .send(request(Method::POST, ports.admin, "/certificates/reload").body(empty()).expect("req"))
+        .send(
+            request(Method::POST, ports.admin, "/certificates/reload")
+                .body(empty())
+                .expect("req"),
+        )
         .await;
     assert_eq!(resp.status, 401, "{}", resp.text());
 
@@ -799,8 +963,15 @@ async fn certificate_reload_keeps_open_connections() {
     std::fs::write(&k, "not a key").expect("write key");
     let resp = admin_send(ports.admin, Method::POST, "/certificates/reload", "").await;
     assert_eq!(resp.status, 422, "{}", resp.text());
-    assert!(resp.text().contains(&k.display().to_string()), "{}", resp.text());
-    let s = client.connect(ports.web, "site.test").await.expect("handshake");
+    assert!(
+        resp.text().contains(&k.display().to_string()),
+        "{}",
+        resp.text()
+    );
+    let s = client
+        .connect(ports.web, "site.test")
+        .await
+        .expect("handshake");
     assert_eq!(served(&s), first.der, "a failed reload changes nothing");
 
     // The new pair: new handshakes get it; the open connection goes on.
@@ -808,10 +979,16 @@ async fn certificate_reload_keeps_open_connections() {
     let resp = admin_send(ports.admin, Method::POST, "/certificates/reload", "").await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(resp.json()["reloaded"][0], "web");
-    let s = client.connect(ports.web, "site.test").await.expect("handshake");
+    let s = client
+        .connect(ports.web, "site.test")
+        .await
+        .expect("handshake");
     assert_eq!(served(&s), second.der, "reloaded certificate served");
     let (parts, body) = open.get("site.test", "/after").await;
-    assert_eq!(parts.status, 200, "the connection opened before the reload still serves");
+    assert_eq!(
+        parts.status, 200,
+        "the connection opened before the reload still serves"
+    );
     assert_eq!(echo(&body).path(), "/after");
 }
 
@@ -823,16 +1000,36 @@ async fn https_example_config_works_with_an_openssl_certificate() {
     let dir = TempDir::new("tls-example");
     std::fs::create_dir_all(dir.path().join("certs")).expect("mkdir");
     let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
         .args(["-days", "365", "-subj", "/CN=localhost"])
         .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .args(["-keyout", "certs/localhost.key", "-out", "certs/localhost.pem"])
+        .args([
+            "-keyout",
+            "certs/localhost.key",
+            "-out",
+            "certs/localhost.pem",
+        ])
         .current_dir(dir.path())
         .output()
         .expect("openssl (scripts/setup.sh installs it)");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/https.toml"))
-        .expect("configs/https.toml");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../configs/https.toml"
+    ))
+    .expect("configs/https.toml");
     let [plain, secure, admin] = free_addrs::<3>();
     let config = shipped
         .replace("127.0.0.1:8080", &plain.to_string())
@@ -853,7 +1050,13 @@ async fn https_example_config_works_with_an_openssl_certificate() {
         alpn: vec!["h2", "http/1.1"],
         ..Client::default()
     };
-    let mut send = Sender::over(client.connect(secure, "localhost").await.expect("handshake")).await;
+    let mut send = Sender::over(
+        client
+            .connect(secure, "localhost")
+            .await
+            .expect("handshake"),
+    )
+    .await;
     let (parts, body) = send.get("localhost", "/hello").await;
     assert_eq!(parts.version, Version::HTTP_2);
     assert_eq!(parts.status, 200);
@@ -861,7 +1064,10 @@ async fn https_example_config_works_with_an_openssl_certificate() {
     assert!(text.starts_with("hello over TLSv1.3 (TLS_"), "{text}");
     assert!(text.contains("ALPN h2, SNI localhost"), "{text}");
     assert_eq!(
-        parts.headers.get("strict-transport-security").map(|v| v.as_bytes()),
+        parts
+            .headers
+            .get("strict-transport-security")
+            .map(|v| v.as_bytes()),
         Some(&b"max-age=31536000"[..])
     );
     let resp = H1::connect(plain)
@@ -874,6 +1080,12 @@ async fn https_example_config_works_with_an_openssl_certificate() {
         )
         .await;
     assert_eq!(resp.status, 301);
-    assert_eq!(resp.header("location").as_deref(), Some("https://localhost:8080/hello"));
-    assert!(resp.header("strict-transport-security").is_none(), "no HSTS in clear");
+    assert_eq!(
+        resp.header("location").as_deref(),
+        Some("https://localhost:8080/hello")
+    );
+    assert!(
+        resp.header("strict-transport-security").is_none(),
+        "no HSTS in clear"
+    );
 }

@@ -466,8 +466,9 @@ impl Validator<'_> {
         }
         let tls = match &f.tls {
             Some(t) => {
-                let (acceptor, which) =
-                    tls::bind(self.source, t, &|a| self.socket_addr(a, "tls.binds address"))?;
+                let (acceptor, which) = tls::bind(self.source, t, &|a| {
+                    self.socket_addr(a, "tls.binds address")
+                })?;
                 if let (Some(which), Some(b)) = (&which, &t.get_ref().binds)
                     && let Some(stray) = which.iter().find(|a| !binds.iter().any(|x| x.addr == **a))
                 {

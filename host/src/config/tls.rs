@@ -69,7 +69,11 @@ fn version(src: &SourceMap, v: &Spanned<String>, what: &str) -> Result<u8, Confi
     }
 }
 
-fn path_of(src: &SourceMap, p: &Spanned<String>, what: &str) -> Result<std::path::PathBuf, ConfigError> {
+fn path_of(
+    src: &SourceMap,
+    p: &Spanned<String>,
+    what: &str,
+) -> Result<std::path::PathBuf, ConfigError> {
     if p.get_ref().is_empty() {
         return Err(src.error(p.span(), format!("{what} must name a PEM file")));
     }
@@ -94,10 +98,16 @@ pub fn bind(
             location: src.location(c.span().start),
         }),
         (Some(c), None) => {
-            return Err(src.error(c.span(), "tls.cert needs tls.key, the file holding its private key"));
+            return Err(src.error(
+                c.span(),
+                "tls.cert needs tls.key, the file holding its private key",
+            ));
         }
         (None, Some(k)) => {
-            return Err(src.error(k.span(), "tls.key needs tls.cert, the file holding its certificate chain"));
+            return Err(src.error(
+                k.span(),
+                "tls.key needs tls.cert, the file holding its certificate chain",
+            ));
         }
         (None, None) => {}
     }
@@ -136,11 +146,24 @@ pub fn bind(
                     ));
                 }
             }
-            list.get_ref().iter().map(|p| p.as_bytes().to_vec()).collect()
+            list.get_ref()
+                .iter()
+                .map(|p| p.as_bytes().to_vec())
+                .collect()
         }
     };
-    let min = t.min_version.as_ref().map(|v| version(src, v, "min_version")).transpose()?.unwrap_or(2);
-    let max = t.max_version.as_ref().map(|v| version(src, v, "max_version")).transpose()?.unwrap_or(3);
+    let min = t
+        .min_version
+        .as_ref()
+        .map(|v| version(src, v, "min_version"))
+        .transpose()?
+        .unwrap_or(2);
+    let max = t
+        .max_version
+        .as_ref()
+        .map(|v| version(src, v, "max_version"))
+        .transpose()?
+        .unwrap_or(3);
     if min > max
         && let Some(v) = &t.min_version
     {
@@ -148,17 +171,19 @@ pub fn bind(
     }
     let verify = match &t.verify {
         None => Verify::None,
-        Some(v) => match v.get_ref().as_str() {
-            "none" => Verify::None,
-            "optional" => Verify::Optional,
-            "required" => Verify::Required,
-            other => {
-                return Err(src.error(
+        Some(v) => {
+            match v.get_ref().as_str() {
+                "none" => Verify::None,
+                "optional" => Verify::Optional,
+                "required" => Verify::Required,
+                other => {
+                    return Err(src.error(
                     v.span(),
                     format!("invalid verify {other:?}; expected \"none\", \"optional\" or \"required\""),
                 ));
+                }
             }
-        },
+        }
     };
     let ca = match &t.ca {
         Some(p) => Some((path_of(src, p, "tls.ca")?, src.location(p.span().start))),
@@ -227,16 +252,26 @@ pub fn upstream(
         None => Sni::Address,
         Some(s) => {
             let text = s.get_ref().trim();
-            if matches!(text, "%[req.hdr(host)]" | "%[hdr(host)]" | "%[req.fhdr(host)]") {
+            if matches!(
+                text,
+                "%[req.hdr(host)]" | "%[hdr(host)]" | "%[req.fhdr(host)]"
+            ) {
                 Sni::RequestHost
             } else if text.contains("%[") {
                 return Err(src.error(
                     s.span(),
-                    format!("unsupported sni {text:?}; expected a host name or \"%[req.hdr(host)]\""),
+                    format!(
+                        "unsupported sni {text:?}; expected a host name or \"%[req.hdr(host)]\""
+                    ),
                 ));
             } else {
                 Sni::Fixed(server_name(text).ok_or_else(|| {
-                    src.error(s.span(), format!("invalid sni {text:?}; expected a host name such as \"api.example.com\""))
+                    src.error(
+                        s.span(),
+                        format!(
+                            "invalid sni {text:?}; expected a host name such as \"api.example.com\""
+                        ),
+                    )
                 })?)
             }
         }
@@ -252,16 +287,32 @@ pub fn upstream(
                     ));
                 }
             }
-            list.get_ref().iter().map(|p| p.as_bytes().to_vec()).collect()
+            list.get_ref()
+                .iter()
+                .map(|p| p.as_bytes().to_vec())
+                .collect()
         }
     };
     let identity = match (&t.cert, &t.key) {
         (Some(c), Some(k)) => Some((path_of(src, c, "tls.cert")?, path_of(src, k, "tls.key")?)),
-        (Some(c), None) => return Err(src.error(c.span(), "tls.cert needs tls.key, the file holding its private key")),
-        (None, Some(k)) => return Err(src.error(k.span(), "tls.key needs tls.cert, the file holding its certificate chain")),
+        (Some(c), None) => {
+            return Err(src.error(
+                c.span(),
+                "tls.cert needs tls.key, the file holding its private key",
+            ));
+        }
+        (None, Some(k)) => {
+            return Err(src.error(
+                k.span(),
+                "tls.key needs tls.cert, the file holding its certificate chain",
+            ));
+        }
         (None, None) => None,
     };
-    let ca = t.ca.as_ref().map(|p| path_of(src, p, "tls.ca")).transpose()?;
+    let ca =
+        t.ca.as_ref()
+            .map(|p| path_of(src, p, "tls.ca"))
+            .transpose()?;
     let spec = UpstreamSpec {
         verify: t.verify.unwrap_or(true),
         ca,

@@ -828,7 +828,10 @@ pub struct Opened {
 /// Serves a TLS connection after its handshake: HTTP/2 when ALPN chose it,
 /// HTTP/1.1 when ALPN chose that, else the protocol the first bytes show.
 pub(super) async fn serve_tls<S: ClientStream>(worker: Rc<Worker>, opened: Opened, mut stream: S) {
-    let alpn = opened.tls.as_ref().and_then(|t| t.alpn.as_deref().map(str::to_owned));
+    let alpn = opened
+        .tls
+        .as_ref()
+        .and_then(|t| t.alpn.as_deref().map(str::to_owned));
     let (prefix, h2) = match alpn.as_deref() {
         Some("h2") => (Bytes::new(), true),
         Some(_) => (Bytes::new(), false),
@@ -944,7 +947,8 @@ async fn serve_stream<S: ClientStream>(
             if prefix.is_empty() {
                 let close_at = state.idle_close_at(timeouts.keep_alive);
                 let woke =
-                    wait_readable(stream.tcp(), &worker, Some(&state), close_at, &mut shutdown).await;
+                    wait_readable(stream.tcp(), &worker, Some(&state), close_at, &mut shutdown)
+                        .await;
                 if woke == Wake::Close {
                     break Ok(());
                 }

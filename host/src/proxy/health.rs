@@ -52,7 +52,10 @@ async fn check_loop(shared: Arc<Shared>, b: usize, s: usize, check: HealthCheck)
             .unwrap_or_else(|| server.addr_text.clone());
         let started = std::time::Instant::now();
         state.set_checking(true);
-        let tls = server.tls.as_ref().and_then(|u| u.target(&server.addr_text, Some(&host)));
+        let tls = server
+            .tls
+            .as_ref()
+            .and_then(|u| u.target(&server.addr_text, Some(&host)));
         let probe = probe(server.addr, &host, &check, tls).await;
         state.set_checking(false);
         let ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);

@@ -79,8 +79,7 @@ fn now_unix() -> i64 {
 }
 
 fn date(t: i64) -> String {
-    x509_parser::time::ASN1Time::from_timestamp(t)
-        .map_or_else(|_| t.to_string(), |a| a.to_string())
+    x509_parser::time::ASN1Time::from_timestamp(t).map_or_else(|_| t.to_string(), |a| a.to_string())
 }
 
 /// Checks that every certificate of `chain` parses and is valid now.
@@ -92,8 +91,12 @@ pub fn check_validity(path: &Path, chain: &[CertificateDer<'_>]) -> Result<(), F
         } else {
             format!("certificate {} of the chain", i + 1)
         };
-        let (_, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| fail(path, format!("{which} is not a valid X.509 certificate: {e}")))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| {
+            fail(
+                path,
+                format!("{which} is not a valid X.509 certificate: {e}"),
+            )
+        })?;
         let v = cert.validity();
         let (from, until) = (v.not_before.timestamp(), v.not_after.timestamp());
         if now < from {

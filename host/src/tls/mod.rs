@@ -116,9 +116,10 @@ fn subject_entries(der: &rustls_pki_types::CertificateDer<'_>) -> Vec<(String, S
                 Ok(n) => n.to_string(),
                 Err(_) => oid.to_id_string(),
             };
-            let value = attr
-                .as_str()
-                .map_or_else(|_| String::from_utf8_lossy(attr.attr_value().data).into_owned(), str::to_string);
+            let value = attr.as_str().map_or_else(
+                |_| String::from_utf8_lossy(attr.attr_value().data).into_owned(),
+                str::to_string,
+            );
             out.push((name, value));
         }
     }
@@ -133,7 +134,9 @@ pub fn openssl_cipher_name(suite: CipherSuite) -> &'static str {
         CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => "TLS_CHACHA20_POLY1305_SHA256",
         CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ECDHE-ECDSA-AES128-GCM-SHA256",
         CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ECDHE-ECDSA-AES256-GCM-SHA384",
-        CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-ECDSA-CHACHA20-POLY1305",
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => {
+            "ECDHE-ECDSA-CHACHA20-POLY1305"
+        }
         CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ECDHE-RSA-AES128-GCM-SHA256",
         CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ECDHE-RSA-AES256-GCM-SHA384",
         CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-RSA-CHACHA20-POLY1305",
@@ -160,7 +163,10 @@ mod tests {
     #[test]
     fn dn_forms() {
         let f = facts();
-        assert_eq!(f.client_dn().as_deref(), Some("/C=FR/OU=a/OU=b/CN=client, one"));
+        assert_eq!(
+            f.client_dn().as_deref(),
+            Some("/C=FR/OU=a/OU=b/CN=client, one")
+        );
         assert_eq!(
             f.client_dn_rfc2253().as_deref(),
             Some("CN=client\\, one,OU=b,OU=a,C=FR")

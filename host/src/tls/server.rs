@@ -95,7 +95,10 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The crypto provider every TLS object of the process uses (ring).
+/// The crypto provider every TLS object of the process uses (ring: it
+/// builds without cmake; rustls deprecates it for lacking post-quantum key
+/// exchange, which aws-lc-rs has).
+#[allow(deprecated)]
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -111,8 +114,8 @@ pub fn build(
     let mut wildcard = HashMap::new();
     let mut default = None;
     for c in &spec.certs {
-        let (ck, own_names) = certs::load_certified_key(&c.cert, &c.key, &provider)
-            .map_err(|error| LoadError {
+        let (ck, own_names) =
+            certs::load_certified_key(&c.cert, &c.key, &provider).map_err(|error| LoadError {
                 location: c.location.clone(),
                 error,
             })?;
@@ -150,10 +153,8 @@ pub fn build(
                 location: location.clone(),
                 error,
             })?;
-            let b = WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                Arc::clone(&provider),
-            );
+            let b =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
             let b = if v == Verify::Optional {
                 b.allow_unauthenticated()
             } else {
