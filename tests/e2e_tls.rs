@@ -680,6 +680,9 @@ async fn handshake_timeout_and_failures_are_counted() {
         fe["tls_handshake_failures"].as_u64() == Some(2)
     })
     .await;
+    let s = stats(ports.admin).await;
+    let fe = named(&s["frontends"], "web").expect("frontend");
+    assert_eq!(fe["tls_handshakes"].as_u64(), Some(0), "{fe}");
     let metrics = get(ports.admin, "/metrics").await.text();
     assert!(
         metrics.contains("portcullis_frontend_tls_handshake_failures_total{frontend=\"web\"} 2"),
@@ -722,7 +725,8 @@ http_response = [
     let mut h1 = H1::connect(plain).await;
     let resp = h1
         .send(
-            request(Method::GET, plain, "/login?next=1")
+            Request::builder()
+                .uri("/login?next=1")
                 .header("host", "shop.test")
                 .body(empty())
                 .expect("request"),
@@ -1073,7 +1077,8 @@ async fn https_example_config_works_with_an_openssl_certificate() {
     let resp = H1::connect(plain)
         .await
         .send(
-            request(Method::GET, plain, "/hello")
+            Request::builder()
+                .uri("/hello")
                 .header("host", "localhost:8080")
                 .body(empty())
                 .expect("request"),

@@ -77,6 +77,11 @@ pub async fn serve(
     if conn::wait_readable(&stream, &worker, None, deadline, &mut shutdown).await == Wake::Close {
         return;
     }
+    // A client that closes without a byte (a port probe) is no handshake.
+    let mut first = [0u8; 1];
+    if matches!(stream.peek(&mut first).await, Ok(0) | Err(_)) {
+        return;
+    }
     let stats = &worker.shared.frontends[frontend];
     let handshake = tokio_rustls::TlsAcceptor::from(acceptor.current()).accept(stream);
     let tls = match tokio::time::timeout_at(deadline, handshake).await {
