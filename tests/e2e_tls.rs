@@ -1094,3 +1094,115 @@ async fn https_example_config_works_with_an_openssl_certificate() {
         "no HSTS in clear"
     );
 }
+
+/// Upstream TLS through two real daemons: the back one terminates TLS with
+/// its own certificate; the front one verifies it against the `ca` file
+/// (pass), against the bundled web PKI roots (fail: 502), or not at all
+/// (`verify = false`), and reuses one pooled TLS connection.
+#[tokio::test]
+async fn upstream_tls_verifies_and_reuses_connections() {
+    let dir = TempDir::new("tls-upstream");
+    let ca = Ca::new("Internal CA");
+    let ca_file = dir.write("ca.pem", &ca.pem());
+    let server_cert = ca.sign(params(&["backend.test"], "backend.test"));
+    let (c, k) = write_pair(&dir, "backend", &server_cert);
+    let [back, back_admin, front, front_admin] = free_addrs::<4>();
+    let back_config = format!(
+        r#"{}[[frontend]]
+name = "back"
+bind = "{back}"
+tls = {{ cert = "{}", key = "{}" }}
+http_request = [
+  {{ return = 200, body = "upstream %[ssl_fc_sni] %[hdr(x-forwarded-proto)]" }},
+]
+"#,
+        global_section(back_admin, &[]),
+        toml_path(&c),
+        toml_path(&k),
+    );
+    let _back = Daemon::start(&back_config, &[back]).await;
+    let front_config = format!(
+        r#"{}[[frontend]]
+name = "web"
+bind = "{front}"
+default_backend = "verified"
+http_request = [
+  {{ use_backend = "roots", if = "path_beg /roots" }},
+  {{ use_backend = "unverified", if = "path_beg /unverified" }},
+  {{ use_backend = "by_host", if = "path_beg /host" }},
+]
+
+[[backend]]
+name = "verified"
+tls = {{ ca = "{ca}", sni = "backend.test" }}
+server = [{{ name = "s1", addr = "{back}" }}]
+
+[[backend]]
+name = "roots"
+tls = {{ sni = "backend.test" }}
+server = [{{ name = "s1", addr = "{back}" }}]
+
+[[backend]]
+name = "unverified"
+server = [{{ name = "s1", addr = "{back}", tls = {{ verify = false, sni = "other.test" }} }}]
+
+[[backend]]
+name = "by_host"
+tls = {{ ca = "{ca}", sni = "%[req.hdr(host)]" }}
+server = [{{ name = "s1", addr = "{back}" }}]
+"#,
+        global_section(front_admin, &[]),
+        ca = toml_path(&ca_file),
+    );
+    let _front = Daemon::start(&front_config, &[front]).await;
+    let mut h1 = H1::connect(front).await;
+    for _ in 0..3 {
+        let resp = h1.get("/verified").await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.text(), "upstream backend.test http");
+    }
+    let back_stats = stats(back_admin).await;
+    let fe = named(&back_stats["frontends"], "back").expect("frontend");
+    assert_eq!(
+        fe["tls_handshakes"].as_u64(),
+        Some(1),
+        "three requests over one pooled TLS connection: {fe}"
+    );
+
+    let resp = h1.get("/roots").await;
+    assert_eq!(
+        resp.status,
+        502,
+        "a certificate the web PKI roots do not know: {}",
+        resp.text()
+    );
+
+    let resp = h1.get("/unverified").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.text(), "upstream other.test http");
+
+    // SNI from the request's Host: a name the certificate has verifies, another does not.
+    let resp = H1::connect(front)
+        .await
+        .send(
+            Request::builder()
+                .uri("/host")
+                .header("host", "backend.test:8443")
+                .body(empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.text(), "upstream backend.test http");
+    let resp = H1::connect(front)
+        .await
+        .send(
+            Request::builder()
+                .uri("/host")
+                .header("host", "elsewhere.test")
+                .body(empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(resp.status, 502, "{}", resp.text());
+}
