@@ -83,10 +83,6 @@ impl Ca {
         self.issuer.pem()
     }
 
-    fn der(&self) -> CertificateDer<'static> {
-        self.issuer.der().clone()
-    }
-
     fn sign(&self, p: CertificateParams) -> Made {
         let key = KeyPair::generate().expect("leaf key");
         let cert = p.signed_by(&key, &self.issuer).expect("signed");

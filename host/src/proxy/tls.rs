@@ -24,7 +24,7 @@ use crate::tls::server::Acceptor;
 
 impl ClientStream for TlsStream<TcpStream> {
     fn tcp(&self) -> &TcpStream {
-        &self.get_ref().0
+        self.get_ref().0
     }
 
     fn into_tcp(self) -> TcpStream {
