@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for building and testing portcullis:
 # wasm targets for plugins, Debian packages the tests and benchmarks use
-# (haproxy for side-by-side comparisons, wrk for load, nginx-light and curl),
+# (haproxy for side-by-side comparisons, wrk for load, nginx-light, curl and openssl),
 # and the toolchains of the non-Rust Proxy-Wasm guests (tests/e2e_wasm_sdks.rs):
 # clang + lld + wasi-libc + the wasm32 compiler-rt builtins for C (and libc++
 # with libc++abi for wasm32 for C++), Node.js and
@@ -20,6 +20,8 @@ command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The TLS tests and bench scenarios make certificates with the openssl CLI.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # C guests: clang --target=wasm32-wasi links with wasm-ld against wasi-libc
 # and compiler-rt's wasm32 builtins.
 command -v clang >/dev/null 2>&1 || need+=(clang)

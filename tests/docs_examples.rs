@@ -97,12 +97,33 @@ fn has_key(table: &str, key: &str) -> bool {
 /// frontend that binds is shown as a whole config and checked as written.
 fn complete(block: &str) -> String {
     if block.contains("[[frontend]]") && block.lines().any(|l| l.trim_start().starts_with("bind")) {
-        // As written, but on free ports: `check` binds what it reads.
+        // As written, but on free ports: `check` binds what it reads. A
+        // list of binds (and `tls.binds`, which repeats some) keeps its
+        // addresses apart: each port written maps to one free address.
+        let mut ports: std::collections::HashMap<String, String> = Default::default();
         return block
             .lines()
             .map(|l| {
                 let t = l.trim_start();
-                if (t.starts_with("bind") || t.starts_with("admin")) && t.contains("\"127.0.0.1:") {
+                if t.starts_with("bind = [") || t.starts_with("tls = {") {
+                    let mut out = String::new();
+                    let mut rest = l;
+                    while let Some(i) = rest.find("\"127.0.0.1:") {
+                        out.push_str(&rest[..i]);
+                        let after = &rest[i + 1..];
+                        let end = after.find('"').unwrap_or(after.len());
+                        let written = after[..end].to_string();
+                        let free = ports
+                            .entry(written)
+                            .or_insert_with(|| free_addr().to_string());
+                        out.push_str(&format!("\"{free}"));
+                        rest = &after[end..];
+                    }
+                    out.push_str(rest);
+                    format!("{out}\n")
+                } else if (t.starts_with("bind") || t.starts_with("admin"))
+                    && t.contains("\"127.0.0.1:")
+                {
                     let key = t.split('=').next().unwrap_or("bind").trim();
                     format!("{key} = \"{}\"\n", free_addr())
                 } else {
@@ -207,6 +228,16 @@ fn workdir() -> TempDir {
         &wasm.join("hello.wasm"),
         "target/wasm32-unknown-unknown/release/my_filter.wasm",
     );
+    // The certificates the TLS examples name, made here (valid, self-signed).
+    std::fs::create_dir_all(root.join("certs")).expect("mkdir certs");
+    for name in ["site", "api", "wild", "internal-ca"] {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec![format!("{name}.example.com")])
+            .and_then(|p| p.self_signed(&key))
+            .expect("certificate");
+        dir.write(&format!("certs/{name}.pem"), &cert.pem());
+        dir.write(&format!("certs/{name}.key"), &key.serialize_pem());
+    }
     std::fs::create_dir_all(root.join("errors")).expect("mkdir errors");
     for (page, status) in [
         ("errors/503.http", "503 Service Unavailable"),

@@ -297,6 +297,19 @@ fn http_settings_on_a_tcp_frontend_are_errors() {
     );
     let out = check(&cfg);
     assert!(out.stderr.contains("add mode = \"tcp\""), "{}", out.stderr);
+    // TLS is terminated on HTTP frontends only, for now: refused, not ignored.
+    let cfg = config(
+        web,
+        admin,
+        "tls = { cert = \"c.pem\", key = \"k.pem\" }\n",
+        &backend("a", a, ""),
+    );
+    let out = check(&cfg);
+    assert!(
+        out.stderr.contains("TLS on a TCP frontend") && out.stderr.contains("p.toml:"),
+        "{}",
+        out.stderr
+    );
 }
 
 // ---------------------------------------------------------------------------

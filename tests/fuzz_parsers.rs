@@ -659,6 +659,17 @@ fn check_offset(text: &str, e: &ParseError) -> Result<(), TestCaseError> {
 const VARYING_FETCH_CALLS: &[&str] = &["uuid", "uuid(4)"];
 
 const FETCH_CALLS: &[&str] = &[
+    "ssl_fc",
+    "ssl_fc_sni",
+    "ssl_fc_protocol",
+    "ssl_fc_cipher",
+    "ssl_fc_alpn",
+    "ssl_c_used",
+    "ssl_c_verify",
+    "ssl_c_s_dn",
+    "ssl_c_s_dn(CN)",
+    "ssl_c_s_dn(OU,-1)",
+    "ssl_c_s_dn(,,rfc2253)",
     "req.body",
     "req.len",
     "req_len",

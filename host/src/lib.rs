@@ -31,5 +31,6 @@ pub mod rules;
 pub mod runtime;
 pub mod servers;
 pub mod stick;
+pub mod tls;
 pub mod txn;
 pub mod wasm;

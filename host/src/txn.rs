@@ -218,6 +218,8 @@ pub struct Txn {
     pub resp_body: Option<hyper::body::Incoming>,
     /// Response body bytes a filter read; sent to the client before what is left of `resp_body`.
     pub resp_buffered: Option<BufferedBody>,
+    /// The connection's TLS facts (`ssl_fc*`, `ssl_c_*`); `None` on a plain-TCP bind.
+    pub tls: Option<Rc<crate::tls::TlsFacts>>,
 }
 
 /// A message body (or its first part) a filter read and may have rewritten, with its trailers.
@@ -367,6 +369,7 @@ impl Txn {
             req_buffered: None,
             resp_body: None,
             resp_buffered: None,
+            tls: None,
         }
     }
 }

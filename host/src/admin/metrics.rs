@@ -100,6 +100,20 @@ pub fn render(shared: &Shared) -> String {
         fes.iter()
             .map(|(l, s)| (l.clone(), s.bytes_out.load(Relaxed))),
     );
+    f.family(
+        "portcullis_frontend_tls_handshakes_total",
+        "counter",
+        "TLS handshakes completed on the frontend's TLS binds.",
+        fes.iter()
+            .map(|(l, s)| (l.clone(), s.tls_handshakes.load(Relaxed))),
+    );
+    f.family(
+        "portcullis_frontend_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that failed or did not complete within timeout.http_request.",
+        fes.iter()
+            .map(|(l, s)| (l.clone(), s.tls_handshake_failures.load(Relaxed))),
+    );
 
     let bes: Vec<(String, &crate::servers::BackendState)> = config
         .backends

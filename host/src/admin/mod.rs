@@ -5,6 +5,7 @@
 //! Every request passes [`guard::check`] first (Host, token, body type);
 //! connections are bounded by `admin_maxconn` and by [`conn`]'s deadlines.
 
+mod certs;
 pub mod conn;
 pub mod guard;
 pub mod metrics;
@@ -33,7 +34,7 @@ use crate::servers::{STATUS_CLASSES, StatusCounters};
 use guard::Peer;
 
 /// Every endpoint, as the 404 answer lists them.
-const ENDPOINTS: [&str; 7] = [
+const ENDPOINTS: [&str; 8] = [
     "GET /health",
     "GET /stats",
     "GET /metrics",
@@ -41,6 +42,7 @@ const ENDPOINTS: [&str; 7] = [
     "POST /plugins/<name>/limits?memory_limit=<size>",
     "GET /tables[/<name>[/<key>]]",
     "POST|DELETE /tables/<name>/<key>, DELETE /tables/<name>",
+    "POST /certificates/reload",
 ];
 
 /// A bound admin listener.
@@ -150,6 +152,9 @@ async fn dispatch(req: Request<Incoming>, shared: &Shared) -> Response<Full<Byte
     if tables::owns(req.uri().path()) {
         return tables::handle(req, &shared.config.tables).await;
     }
+    if req.uri().path() == certs::PATH {
+        return certs::reload(req.method(), shared);
+    }
     route(&req, shared)
 }
 
@@ -233,6 +238,9 @@ pub fn stats_json(shared: &Shared) -> Value {
                 "errors": st.errors.load(Relaxed),
                 "bytes_in": st.bytes_in.load(Relaxed),
                 "bytes_out": st.bytes_out.load(Relaxed),
+                "tls_binds": fe.binds.iter().filter(|b| b.tls).map(|b| b.addr.to_string()).collect::<Vec<_>>(),
+                "tls_handshakes": st.tls_handshakes.load(Relaxed),
+                "tls_handshake_failures": st.tls_handshake_failures.load(Relaxed),
             })
         })
         .collect();

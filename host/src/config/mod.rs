@@ -13,6 +13,7 @@ pub mod diag;
 mod errors;
 pub mod schema;
 pub mod stick;
+pub mod tls;
 pub mod units;
 
 use std::collections::HashMap;
@@ -121,6 +122,8 @@ impl Default for Timeouts {
 pub struct Bind {
     pub addr: SocketAddr,
     pub location: Location,
+    /// Connections to this address start with a TLS handshake (the frontend's `tls`).
+    pub tls: bool,
 }
 
 /// A validated frontend.
@@ -152,6 +155,8 @@ pub struct Frontend {
     pub tcp_request: Vec<Spanned<schema::RawRule>>,
     /// `inspect_delay`: how long `tcp_request` rules may wait for data.
     pub inspect_delay: Duration,
+    /// `tls`: the certificates its TLS binds serve (swappable on reload).
+    pub tls: Option<Arc<crate::tls::server::Acceptor>>,
 }
 
 /// Load-balancing algorithm.
@@ -188,6 +193,8 @@ pub struct Server {
     pub weight: u32,
     /// Whether the backend's health check applies to this server.
     pub check: bool,
+    /// TLS to this server (its own `tls`, else the backend's).
+    pub tls: Option<Arc<crate::tls::client::Upstream>>,
 }
 
 /// Active HTTP health-check settings.
@@ -465,8 +472,29 @@ impl Validator<'_> {
             binds.push(Bind {
                 addr,
                 location: self.source.location(f.bind.span().start),
+                tls: false,
             });
         }
+        let tls = match &f.tls {
+            Some(t) => {
+                let (acceptor, which) = tls::bind(self.source, t, &|a| {
+                    self.socket_addr(a, "tls.binds address")
+                })?;
+                if let (Some(which), Some(b)) = (&which, &t.get_ref().binds)
+                    && let Some(stray) = which.iter().find(|a| !binds.iter().any(|x| x.addr == **a))
+                {
+                    return Err(self.source.error(
+                        b.span(),
+                        format!("tls.binds lists {stray}, which is not one of this frontend's bind addresses"),
+                    ));
+                }
+                for b in &mut binds {
+                    b.tls = which.as_ref().is_none_or(|w| w.contains(&b.addr));
+                }
+                Some(acceptor)
+            }
+            None => None,
+        };
         let default_backend = match &f.default_backend {
             Some(b) => Some(*backends.get(b.get_ref()).ok_or_else(|| {
                 self.source.error(
@@ -511,6 +539,7 @@ impl Validator<'_> {
                 .inspect_delay
                 .as_ref()
                 .map_or(Duration::ZERO, |d| d.get_ref().0),
+            tls,
         })
     }
 
@@ -550,6 +579,12 @@ impl Validator<'_> {
                 return Err(self.source.error(
                     fl.span(),
                     "filters on a TCP frontend (HAProxy's tcp_payload callbacks) are not supported yet; use tcp_request rules with a Lua tcp-req action",
+                ));
+            }
+            if let Some(t) = &f.tls {
+                return Err(self.source.error(
+                    t.span(),
+                    "TLS on a TCP frontend (HAProxy's `bind ... ssl` in mode tcp) is not supported yet; terminate TLS on an HTTP frontend, or pass the bytes through without `tls`",
                 ));
             }
             if f.forwardfor == Some(true) {
@@ -608,6 +643,7 @@ impl Validator<'_> {
                 format!("backend {:?} has no server; add e.g. server = [{{ name = \"s1\", addr = \"127.0.0.1:9000\" }}]", b.name.get_ref()),
             ));
         }
+        let backend_tls = b.tls.as_ref().map(|t| tls::upstream(src, t)).transpose()?;
         let mut servers = Vec::with_capacity(b.server.len());
         let mut names = HashMap::new();
         for s in &b.server {
@@ -637,6 +673,11 @@ impl Validator<'_> {
                 addr_text: s.addr.get_ref().clone(),
                 weight,
                 check: s.check.unwrap_or(true),
+                tls: match (&s.tls, &backend_tls) {
+                    (Some(t), _) => Some(tls::upstream(src, t)?),
+                    (None, Some(t)) => Some(Arc::clone(t)),
+                    (None, None) => None,
+                },
             });
         }
         if servers.iter().all(|s| s.weight == 0) {

@@ -211,6 +211,8 @@ pub struct RawFrontend {
     pub errorfiles: Option<Spanned<ErrorMap<String>>>,
     /// HAProxy's `http-error`: status → a reply (`body`, `content_type`, `headers`).
     pub error_replies: Option<Spanned<ErrorMap<RawErrorReply>>>,
+    /// HTTPS: certificates and TLS settings of the binds (see `config/tls.rs`).
+    pub tls: Option<Spanned<super::tls::RawTlsBind>>,
 }
 
 /// One `filters` entry of a frontend: `{ lua = "name", args = [...] }`
@@ -273,6 +275,8 @@ pub struct RawBackend {
     pub errorfiles: Option<Spanned<ErrorMap<String>>>,
     /// HAProxy's `http-error`: status → a reply (`body`, `content_type`, `headers`).
     pub error_replies: Option<Spanned<ErrorMap<RawErrorReply>>>,
+    /// TLS to the servers (see `config/tls.rs`); a server's own `tls` wins.
+    pub tls: Option<Spanned<super::tls::RawTlsUpstream>>,
 }
 
 /// One `server` entry of a backend.
@@ -284,6 +288,8 @@ pub struct RawServer {
     pub weight: Option<Spanned<i64>>,
     /// Set to false to exclude this server from the backend's health check.
     pub check: Option<bool>,
+    /// TLS to this server, replacing the backend's `tls`.
+    pub tls: Option<Spanned<super::tls::RawTlsUpstream>>,
 }
 
 /// Active HTTP health check for a backend's servers.

@@ -38,6 +38,8 @@ pub struct ConnCtx {
     local: SocketAddr,
     state: Rc<ConnState>,
     sess_vars: Rc<RefCell<VarStore>>,
+    /// What the TLS handshake settled; `None` on a plain-TCP bind.
+    tls: Option<Rc<crate::tls::TlsFacts>>,
 }
 
 impl ConnCtx {
@@ -48,6 +50,7 @@ impl ConnCtx {
         client: SocketAddr,
         local: SocketAddr,
         state: Rc<ConnState>,
+        tls: Option<Rc<crate::tls::TlsFacts>>,
     ) -> ConnCtx {
         let frontend_name = Rc::clone(&worker.frontend_names[frontend]);
         ConnCtx {
@@ -60,6 +63,7 @@ impl ConnCtx {
             local,
             state,
             sess_vars: Rc::default(),
+            tls,
         }
     }
 }
@@ -241,6 +245,7 @@ pub async fn handle(
         req_buffered: None,
         resp_body: None,
         resp_buffered: None,
+        tls: ctx.tls.clone(),
     });
     let orig_method = txn.method.clone();
     let orig_uri = txn.uri.clone();
@@ -466,6 +471,18 @@ async fn forward(
     ex.server = Some(s);
 
     let mut headers = std::mem::take(&mut txn.req_headers);
+    // TLS to the server: the name to send (a fixed one, the address's, or the request's Host).
+    let tls_target = server.tls.as_ref().and_then(|u| {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        u.target(&server.addr_text, host)
+    });
+    if server.tls.is_some() && tls_target.is_none() {
+        // Never plain TCP to a TLS server: no name to send (no Host) is a 502.
+        return Err(ProxyError::Connect(super::pool::ConnectError::Tls {
+            addr: server.addr,
+            source: std::io::Error::other("no server name for SNI (the request has no Host)"),
+        }));
+    }
     // Upgrades are not forwarded yet (Upgrade is hop-by-hop); a server that
     // switches protocols anyway without being asked is answered 502 below.
     let asked_upgrade = headers.contains_key(header::UPGRADE);
@@ -473,7 +490,7 @@ async fn forward(
     // was settled there: what rules set and what the proxy adds here stays.
     strip_hop_by_hop(&mut headers);
     if shared.config.frontends[ctx.frontend].forwardfor {
-        add_forwarded(&mut headers, &ctx.client_ip);
+        add_forwarded(&mut headers, &ctx.client_ip, ctx.tls.is_some());
     }
     let uri = match txn.uri.path_and_query() {
         Some(pq) => Uri::from(pq.clone()),
@@ -494,7 +511,14 @@ async fn forward(
     let now = Instant::now();
     let mut conn = worker
         .pool
-        .checkout(b, s, server.addr, backend.connect_timeout, now)
+        .checkout(
+            b,
+            s,
+            server.addr,
+            backend.connect_timeout,
+            now,
+            tls_target.as_ref(),
+        )
         .await?;
     // A reused connection is ready at once: no need to read the clock again.
     let sent_at = if conn.reused {
@@ -509,7 +533,13 @@ async fn forward(
             conn.discard();
             conn = worker
                 .pool
-                .connect_new(b, s, server.addr, backend.connect_timeout)
+                .connect_new(
+                    b,
+                    s,
+                    server.addr,
+                    backend.connect_timeout,
+                    tls_target.as_ref(),
+                )
                 .await?;
             sstate.connects.fetch_add(1, Relaxed);
             send(
@@ -606,7 +636,7 @@ fn client_ip_value(client: SocketAddr) -> HeaderValue {
 
 /// Appends the client address to X-Forwarded-For and sets X-Forwarded-Proto.
 /// `ip` is the client address, computed once per connection.
-fn add_forwarded(headers: &mut HeaderMap, ip: &HeaderValue) {
+fn add_forwarded(headers: &mut HeaderMap, ip: &HeaderValue, https: bool) {
     let xff = HeaderName::from_static("x-forwarded-for");
     if headers.contains_key(&xff) {
         let mut joined: Vec<u8> = Vec::with_capacity(64);
@@ -623,7 +653,7 @@ fn add_forwarded(headers: &mut HeaderMap, ip: &HeaderValue) {
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
+        HeaderValue::from_static(if https { "https" } else { "http" }),
     );
 }
 
@@ -638,6 +668,7 @@ mod tests {
         add_forwarded(
             &mut h,
             &client_ip_value("127.0.0.1:5000".parse().expect("addr")),
+            false,
         );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -645,7 +676,9 @@ mod tests {
         add_forwarded(
             &mut h,
             &client_ip_value("[::ffff:10.0.0.1]:5000".parse().expect("addr")),
+            true,
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
     }
 }

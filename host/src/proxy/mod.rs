@@ -21,6 +21,7 @@ pub mod pool;
 pub mod stats;
 pub mod tcp;
 pub mod tunnel;
+pub mod tls;
 pub mod worker;
 
 use std::net::{SocketAddr, TcpListener as StdListener};

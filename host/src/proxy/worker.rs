@@ -219,6 +219,7 @@ async fn accept_loop(worker: Rc<Worker>, frontend: usize, listener: StdListener)
     };
     let mut shutdown = worker.shutdown_signal();
     let shared = Arc::clone(&worker.shared);
+    let tls = tls_of(&shared, frontend, listener.get_ref());
     let global = &shared.conns;
     let fe = &shared.frontends[frontend].conns;
     loop {
@@ -301,11 +302,17 @@ async fn accept_loop(worker: Rc<Worker>, frontend: usize, listener: StdListener)
             .fetch_add(1, Relaxed);
         worker.connections.set(worker.connections.get() + 1);
         let w = Rc::clone(&worker);
+        let tls = tls.clone();
         tokio::task::spawn_local(async move {
-            if w.shared.config.frontends[frontend].tcp {
-                super::tcp::serve(Rc::clone(&w), frontend, stream, client).await;
-            } else {
-                super::conn::serve(Rc::clone(&w), frontend, stream, client).await;
+            match tls {
+                // A TCP frontend's binds are plain: `tls` there is refused by the config check.
+                _ if w.shared.config.frontends[frontend].tcp => {
+                    super::tcp::serve(Rc::clone(&w), frontend, stream, client).await;
+                }
+                Some(acceptor) => {
+                    super::tls::serve(Rc::clone(&w), frontend, stream, client, acceptor).await;
+                }
+                None => super::conn::serve(Rc::clone(&w), frontend, stream, client).await,
             }
             w.shared.conns.release();
             w.shared.frontends[frontend].conns.release();
@@ -315,6 +322,21 @@ async fn accept_loop(worker: Rc<Worker>, frontend: usize, listener: StdListener)
             }
         });
     }
+}
+
+/// The TLS acceptor of `listener` if it is one of the frontend's TLS binds.
+fn tls_of(
+    shared: &Shared,
+    frontend: usize,
+    listener: &StdListener,
+) -> Option<Arc<crate::tls::server::Acceptor>> {
+    let fe = shared.config.frontends.get(frontend)?;
+    let acceptor = fe.tls.as_ref()?;
+    let local = listener.local_addr().ok()?;
+    fe.binds
+        .iter()
+        .any(|b| b.tls && b.addr == local)
+        .then(|| Arc::clone(acceptor))
 }
 
 /// Whether a connection waits in `listener`'s accept queue (a zero-timeout

@@ -639,5 +639,13 @@ pub static FETCHES: &[FetchDef] = &[
     FetchDef { name: "req.payload_lv", usage: "req.payload_lv(<offset1>,<length>[,<offset2>])", args: (2, 3), kind: Kind::Bin, avail: Avail::Request, build: super::payload::b_payload_lv },
     FetchDef { name: "uuid", usage: "uuid([4])", args: (0, 1), kind: Kind::Str, avail: Avail::Both, build: b_uuid },
     FetchDef { name: "date", usage: "date", args: (0, 0), kind: Kind::Int, avail: Avail::Both, build: |_, _| simple(f_date) },
+    FetchDef { name: "ssl_fc", usage: "ssl_fc", args: (0, 0), kind: Kind::Bool, avail: Avail::Both, build: |_, _| simple(super::ssl::f_ssl_fc) },
+    FetchDef { name: "ssl_fc_sni", usage: "ssl_fc_sni", args: (0, 0), kind: Kind::Str, avail: Avail::Both, build: |_, _| simple(super::ssl::f_ssl_fc_sni) },
+    FetchDef { name: "ssl_fc_protocol", usage: "ssl_fc_protocol", args: (0, 0), kind: Kind::Str, avail: Avail::Both, build: |_, _| simple(super::ssl::f_ssl_fc_protocol) },
+    FetchDef { name: "ssl_fc_cipher", usage: "ssl_fc_cipher", args: (0, 0), kind: Kind::Str, avail: Avail::Both, build: |_, _| simple(super::ssl::f_ssl_fc_cipher) },
+    FetchDef { name: "ssl_fc_alpn", usage: "ssl_fc_alpn", args: (0, 0), kind: Kind::Str, avail: Avail::Both, build: |_, _| simple(super::ssl::f_ssl_fc_alpn) },
+    FetchDef { name: "ssl_c_used", usage: "ssl_c_used", args: (0, 0), kind: Kind::Bool, avail: Avail::Both, build: |_, _| simple(super::ssl::f_ssl_c_used) },
+    FetchDef { name: "ssl_c_verify", usage: "ssl_c_verify", args: (0, 0), kind: Kind::Int, avail: Avail::Both, build: |_, _| simple(super::ssl::f_ssl_c_verify) },
+    FetchDef { name: "ssl_c_s_dn", usage: "ssl_c_s_dn([<entry>[,<occ>[,<format>]]])", args: (0, 3), kind: Kind::Str, avail: Avail::Both, build: super::ssl::b_ssl_c_s_dn },
     FetchDef { name: "lua.*", usage: "lua.<fetch>([<args>])", args: (0, 16), kind: Kind::Any, avail: Avail::Both, build: crate::rules::ext::build_fetch },
 ];

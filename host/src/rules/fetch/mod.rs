@@ -15,6 +15,7 @@ mod expr;
 mod fetches;
 pub(crate) mod payload;
 mod registry;
+mod ssl;
 mod value;
 
 #[cfg(test)]
