@@ -52,6 +52,8 @@ impl std::fmt::Debug for Runtime {
 pub struct Frontend {
     pub spec: config::Frontend,
     pub chain: Chain,
+    /// The access-log line (its `log_format`, else the global one), if custom.
+    pub log_format: Option<crate::rules::LogFormat>,
 }
 
 impl Deref for Frontend {
@@ -211,7 +213,16 @@ pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
                 chain.response.push(Arc::clone(&f));
                 chain.log.push(f);
             }
-            Ok(Frontend { spec, chain })
+            let log_format = crate::rules::compile_log_format(
+                spec.log_format.as_ref().or(global.log_format.as_ref()),
+                &source,
+                &cx,
+            )?;
+            Ok(Frontend {
+                spec,
+                chain,
+                log_format,
+            })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
     Ok(Runtime {

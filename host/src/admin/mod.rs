@@ -33,7 +33,7 @@ use crate::servers::{STATUS_CLASSES, StatusCounters};
 use guard::Peer;
 
 /// Every endpoint, as the 404 answer lists them.
-const ENDPOINTS: [&str; 7] = [
+const ENDPOINTS: [&str; 8] = [
     "GET /health",
     "GET /stats",
     "GET /metrics",
@@ -41,6 +41,7 @@ const ENDPOINTS: [&str; 7] = [
     "POST /plugins/<name>/limits?memory_limit=<size>",
     "GET /tables[/<name>[/<key>]]",
     "POST|DELETE /tables/<name>/<key>, DELETE /tables/<name>",
+    "POST /logs/reopen",
 ];
 
 /// A bound admin listener.
@@ -180,6 +181,17 @@ pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> 
         plugins::route(req.method(), path, req.uri().query(), &shared.config)
     {
         return json_response(status, &body);
+    }
+    if path == "/logs/reopen" {
+        if req.method() != Method::POST {
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": format!("{} is not allowed on {path}; use POST", req.method())}),
+            );
+        }
+        // The file writers reopen within 200 ms (logrotate's `postrotate`).
+        crate::proxy::logsink::reopen();
+        return json_response(StatusCode::OK, &json!({"reopen": "requested"}));
     }
     if !["/health", "/stats", "/metrics"].contains(&path) {
         return json_response(

@@ -606,19 +606,23 @@ pub fn clear_worker(plugins: &[Arc<WasmPlugin>]) {
 fn record(plugin: &PluginShared, slot: &mut Slot, f: &Failure) {
     let stats = &plugin.stats;
     stats.count_failure(f.kind);
+    // Rate-limited per plugin and kind (plugin::lograte); every failure is counted.
+    let line = stats.failures.log_line(f.kind);
     if f.kind.kills_instance() {
         let (old, backoff) = slot.kill(Instant::now());
         if let Some(inst) = old {
             inst.wake_all();
         }
-        tracing::warn!(
-            plugin = %plugin.spec.name,
-            kind = f.kind.name(),
-            backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
-            "wasm plugin failed, instance dropped: {}", f.message
-        );
-    } else {
-        tracing::warn!(plugin = %plugin.spec.name, kind = f.kind.name(), "wasm plugin call failed: {}", f.message);
+        if let Some(more) = line {
+            tracing::warn!(
+                plugin = %plugin.spec.name,
+                kind = f.kind.name(),
+                backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                "wasm plugin failed, instance dropped: {}{more}", f.message
+            );
+        }
+    } else if let Some(more) = line {
+        tracing::warn!(plugin = %plugin.spec.name, kind = f.kind.name(), "wasm plugin call failed: {}{more}", f.message);
     }
 }
 
@@ -724,7 +728,11 @@ impl Filter for WasmFilter {
     fn phases(&self) -> Phases {
         let response = Phases::RESPONSE | Phases::RESPONSE_BODY | Phases::LOG;
         match self.declared {
-            Phase::Request => response | Phases::REQUEST | Phases::REQUEST_BODY,
+            // As in Envoy, a context the request created also sees the
+            // proxy's own reply (its own `send_http_response` included).
+            Phase::Request => {
+                response | Phases::REQUEST | Phases::REQUEST_BODY | Phases::LOCAL_REPLY
+            }
             Phase::Response => response,
         }
     }
