@@ -234,11 +234,12 @@ fn lines_with(d: &Daemon, needle: &str) -> Vec<String> {
 async fn custom_log_formats_render_haproxy_variables_and_fetches() {
     let app = Backend::start("s1").await;
     let [web, web2, admin] = free_addrs();
-    let custom = r#"log_format = "custom %ci %HM %HU %HP %HQ %HV %ST %U %ts %b/%s %[res.hdr(x-server)] %[var(txn.who)] %{+Q}r %fi:%fp %Tw %Tc"
+    let custom = r#"log_format = "custom %ci %HM %HU %HP %HQ %HV %ST %U %ts %b/%s %[var(txn.srv)] %[var(txn.who)] %{+Q}r %fi:%fp %Tw %Tc"
 http_request = [
   { set_var = "txn.who", value = "%[hdr(x-who)]" },
   { deny = 403, if = "path_beg /deny" },
 ]
+http_response = [ { set_var = "txn.srv", expr = "res.hdr(x-server)" } ]
 "#;
     let cfg = format!(
         "{}{}{}{}",

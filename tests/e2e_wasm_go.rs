@@ -135,7 +135,7 @@ async fn go_proxy() -> GoProxy {
     .concat();
     let rules = "http_request = [\n  { wasm = \"helloworld\" },\n  { wasm = \"headers\", if = \"path_beg /headers\" },\n  { deny = 403, if = \"path_beg /headers/deny\" },\n  { use_backend = \"down\", if = \"path_beg /headers/down\" },\n  { wasm = \"headers_late\", if = \"path_beg /headers/deny or path_beg /headers/down\" },\n  { wasm = \"body_echo\", if = \"path_beg /echo\" },\n  { wasm = \"body_set\", if = \"path_beg /set\" },\n  { wasm = \"shared\", if = \"path_beg /shared\" },\n  { wasm = \"auth\", if = \"path_beg /auth\" },\n]\nhttp_response = [ { set_header = \"x-resp-rule\", value = \"1\" } ]\nhttp_after_response = [ { set_header = \"x-after\", value = \"1\" } ]\n";
     let cfg = format!(
-        "{}{plugins}{}{}{}",
+        "{}{plugins}{}{}{}{}",
         global_section(ports.admin, &[("workers", "2"), ("log_level", "\"info\"")]),
         frontend_section("web", ports.web, "app", rules),
         backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
