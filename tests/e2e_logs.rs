@@ -57,11 +57,9 @@ async fn syslog_over_udp_in_rfc5424() {
     let d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
     let r = get(ports.web, "/over-udp?x=1").await;
     assert_eq!(r.status, StatusCode::OK);
-    let msg = tokio::task::spawn_blocking(move || {
-        recv_until(|b| rx.recv(b), "/over-udp?x=1")
-    })
-    .await
-    .expect("receiver");
+    let msg = tokio::task::spawn_blocking(move || recv_until(|b| rx.recv(b), "/over-udp?x=1"))
+        .await
+        .expect("receiver");
     // <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD MSG; PRI = local3 (19) * 8 + notice (5).
     let parts: Vec<&str> = msg.splitn(8, ' ').collect();
     assert_eq!(parts[0], "<157>1", "{msg}");
@@ -111,7 +109,9 @@ async fn syslog_to_a_unix_socket_in_rfc3164() {
     let months = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let rest = head.strip_prefix("<134>").unwrap_or_else(|| panic!("{msg}"));
+    let rest = head
+        .strip_prefix("<134>")
+        .unwrap_or_else(|| panic!("{msg}"));
     assert!(months.contains(&&rest[..3]), "{msg}");
     let time_and_tag = &rest[7..];
     assert_eq!(&time_and_tag[2..3], ":", "{msg}");
@@ -158,10 +158,14 @@ async fn an_absent_syslog_receiver_drops_lines_never_requests() {
 async fn file_has(path: &std::path::Path, needle: &str) {
     let p = path.to_path_buf();
     let n = needle.to_string();
-    eventually(&format!("{} has {needle}", path.display()), Duration::from_secs(5), move || {
-        let (p, n) = (p.clone(), n.clone());
-        async move { std::fs::read_to_string(&p).is_ok_and(|t| t.contains(&n)) }
-    })
+    eventually(
+        &format!("{} has {needle}", path.display()),
+        Duration::from_secs(5),
+        move || {
+            let (p, n) = (p.clone(), n.clone());
+            async move { std::fs::read_to_string(&p).is_ok_and(|t| t.contains(&n)) }
+        },
+    )
     .await;
 }
 
@@ -188,7 +192,10 @@ async fn a_log_file_is_reopened_after_rotation() {
     let d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
     get(ports.web, "/before-rotation").await;
     file_has(&log, "/before-rotation").await;
-    assert!(!d.stderr().contains("/before-rotation"), "not on stderr too");
+    assert!(
+        !d.stderr().contains("/before-rotation"),
+        "not on stderr too"
+    );
 
     // logrotate's `create` mode: move the file, then signal.
     let old = dir.path().join("access.log.1");
@@ -208,10 +215,14 @@ async fn a_log_file_is_reopened_after_rotation() {
     std::fs::rename(&log, &older).expect("mv");
     let r = admin_send(ports.admin, Method::POST, "/logs/reopen", "").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    eventually("the file is recreated again", Duration::from_secs(5), || async {
-        get(ports.web, "/after-admin").await;
-        log.exists()
-    })
+    eventually(
+        "the file is recreated again",
+        Duration::from_secs(5),
+        || async {
+            get(ports.web, "/after-admin").await;
+            log.exists()
+        },
+    )
     .await;
     file_has(&log, "/after-admin").await;
     let rotated = std::fs::read_to_string(&older).expect("rotated file");
@@ -243,7 +254,10 @@ http_response = [ { set_var = "txn.srv", expr = "res.hdr(x-server)" } ]
 "#;
     let cfg = format!(
         "{}{}{}{}",
-        global_section(admin, &[("access_log", "\"text\""), ("log_format", "\"httplog\"")]),
+        global_section(
+            admin,
+            &[("access_log", "\"text\""), ("log_format", "\"httplog\"")]
+        ),
         frontend_section("web", web, "app", custom),
         frontend_section("plain", web2, "app", ""),
         backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
@@ -267,9 +281,11 @@ http_response = [ { set_var = "txn.srv", expr = "res.hdr(x-server)" } ]
     d.wait_stderr_line(Duration::from_secs(5), |l| l.contains("/via-httplog"))
         .await
         .expect("httplog line");
-    d.wait_stderr_line(Duration::from_secs(5), |l| l.contains("custom 127.0.0.1 GET /deny/me"))
-        .await
-        .expect("deny line");
+    d.wait_stderr_line(Duration::from_secs(5), |l| {
+        l.contains("custom 127.0.0.1 GET /deny/me")
+    })
+    .await
+    .expect("deny line");
 
     let ok = lines_with(&d, "custom 127.0.0.1 GET /x/y");
     assert_eq!(
@@ -300,11 +316,17 @@ http_response = [ { set_var = "txn.srv", expr = "res.hdr(x-server)" } ]
     let f: Vec<&str> = line.split(' ').collect();
     assert_eq!(f.len(), 15, "{line}");
     assert!(f[0].starts_with("127.0.0.1:"), "{line}");
-    assert!(f[1].starts_with('[') && f[1].ends_with(']') && f[1].len() == 26, "{line}");
+    assert!(
+        f[1].starts_with('[') && f[1].ends_with(']') && f[1].len() == 26,
+        "{line}"
+    );
     assert_eq!((f[2], f[3]), ("plain", "app/s1"), "{line}");
     let t: Vec<&str> = f[4].split('/').collect();
     assert_eq!((t[0], t[1], t[2]), ("-", "0", "-"), "{line}");
-    assert!(t[3].parse::<u64>().is_ok() && t[4].parse::<u64>().is_ok(), "{line}");
+    assert!(
+        t[3].parse::<u64>().is_ok() && t[4].parse::<u64>().is_ok(),
+        "{line}"
+    );
     assert_eq!(f[5], "200", "{line}");
     assert_eq!(f[6], len.to_string(), "{line}");
     assert_eq!(&f[7..12], ["-", "-", "----", "0/0/0/0/0", "0/0"], "{line}");
@@ -320,9 +342,21 @@ fn log_settings_errors_say_what_is_expected() {
             "\"/var/log/x.log\"",
             "expected \"stderr\", \"file:PATH\", \"udp://HOST:PORT\" or \"unix:PATH\"",
         ),
-        ("syslog_facility", "\"local9\"", "unknown syslog_facility \"local9\"; expected one of"),
-        ("syslog_format", "\"rfc9999\"", "expected \"rfc3164\" or \"rfc5424\""),
-        ("log_format", "\"%ci %zz\"", "unknown log-format variable %zz"),
+        (
+            "syslog_facility",
+            "\"local9\"",
+            "unknown syslog_facility \"local9\"; expected one of",
+        ),
+        (
+            "syslog_format",
+            "\"rfc9999\"",
+            "expected \"rfc3164\" or \"rfc5424\"",
+        ),
+        (
+            "log_format",
+            "\"%ci %zz\"",
+            "unknown log-format variable %zz",
+        ),
         ("log_format", "\"%[nosuch]\"", "unknown fetch \"nosuch\""),
     ] {
         let cfg = format!(

@@ -1278,10 +1278,7 @@ async fn back_off_follows_the_documented_schedule() {
     let f = dir.write("crash.wat", &hostile("", "unreachable"));
     let cfg = format!(
         "{}[[plugin]]\nname = \"crash\"\nwasm = \"{}\"\non_error = \"fail_closed\"\n\n{}{}",
-        global_section(
-            ports.admin,
-            &[("plugin_failure_log_interval", "\"150ms\"")]
-        ),
+        global_section(ports.admin, &[("plugin_failure_log_interval", "\"150ms\"")]),
         f.display(),
         frontend_section(
             "web",
@@ -1356,7 +1353,10 @@ async fn back_off_follows_the_documented_schedule() {
     let built = s["instances_built"].as_u64().unwrap_or(0);
     assert!((fails..=fails + 2).contains(&built), "{s}");
     let logged: u64 = seen.iter().map(|&(_, n)| n + 1).sum();
-    assert!(fails >= logged, "{fails} failures, {logged} logged or left out: {s}");
+    assert!(
+        fails >= logged,
+        "{fails} failures, {logged} logged or left out: {s}"
+    );
 }
 
 /// Logs at info when configured (with the level `proxy_get_log_level`

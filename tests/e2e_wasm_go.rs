@@ -140,7 +140,7 @@ async fn go_proxy() -> GoProxy {
         frontend_section("web", ports.web, "app", rules),
         backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
         backend_section("httpbin", "roundrobin", &[("h1", httpbin.addr, 1)], ""),
-        // Nothing listens there: a request routed to it gets the proxy's 503.
+        // Nothing listens there: a request routed to it gets the proxy's 502.
         backend_section("down", "roundrobin", &[("d1", free_addr(), 1)], ""),
     );
     let d = Daemon::spawn(&cfg);
@@ -233,7 +233,11 @@ async fn go_sdk_examples_behave_as_under_envoy() {
         .await;
     assert!(logged.is_some(), "{}", t.d.stderr());
     assert_eq!(r.header("x-resp-rule").as_deref(), Some("1"));
-    assert_eq!(r.header("x-late"), None, "headers_late only runs on /headers/deny|down");
+    assert_eq!(
+        r.header("x-late"),
+        None,
+        "headers_late only runs on /headers/deny|down"
+    );
 
     // Local replies go through the response hooks as Envoy's local replies
     // go through its encoder filters: a filter whose context the request
@@ -247,13 +251,21 @@ async fn go_sdk_examples_behave_as_under_envoy() {
         r.header("x-proxy-wasm-go-sdk-example").as_deref(),
         Some("http_headers")
     );
-    assert_eq!(r.header("x-late"), None, "the request never reached headers_late");
-    assert_eq!(r.header("x-resp-rule"), None, "http_response rules skip local replies");
+    assert_eq!(
+        r.header("x-late"),
+        None,
+        "the request never reached headers_late"
+    );
+    assert_eq!(
+        r.header("x-resp-rule"),
+        None,
+        "http_response rules skip local replies"
+    );
     assert_eq!(r.header("x-after").as_deref(), Some("1"));
-    // The proxy's own 503 (the router's local reply in Envoy) comes after
-    // every request filter ran: both see it.
+    // The proxy's own 502 for a refused connection (the router's local
+    // reply in Envoy) comes after every request filter ran: both see it.
     let r = get(web, "/headers/down").await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
     assert_eq!(r.header("x-wasm-header").as_deref(), Some("demo-wasm"));
     assert_eq!(r.header("x-late").as_deref(), Some("late"));
     assert_eq!(r.header("x-resp-rule"), None);

@@ -156,14 +156,14 @@ mod tests {
         }
         let line = l.admit_at(s, 10_003).expect("one line after the interval");
         assert_eq!(line.count, 9_999);
-        assert_eq!(
-            line.to_string(),
-            " (9999 more like this in the last 10s)"
-        );
+        assert_eq!(line.to_string(), " (9999 more like this in the last 10s)");
         assert_eq!(l.admit_at(s, 10_004), None);
         // Quiet for longer than the interval: the next failure is logged at once.
         let line = l.admit_at(s, 50_000).expect("after a quiet time");
-        assert_eq!((line.count, line.to_string().as_str()), (1, " (1 more like this in the last 39s)"));
+        assert_eq!(
+            (line.count, line.to_string().as_str()),
+            (1, " (1 more like this in the last 39s)")
+        );
         let line = l.admit_at(s, 70_000).expect("nothing left out");
         assert_eq!(line.to_string(), "");
     }

@@ -205,10 +205,7 @@ impl FailureKind {
 /// Failures counted by kind (atomics shared by every worker's instance),
 /// with the rate limit of their log lines ([`lograte`]).
 #[derive(Debug, Default)]
-pub struct FailureCounts(
-    [std::sync::atomic::AtomicU64; 10],
-    [lograte::LineLimit; 10],
-);
+pub struct FailureCounts([std::sync::atomic::AtomicU64; 10], [lograte::LineLimit; 10]);
 
 impl FailureCounts {
     /// Counts one failure of `kind`.

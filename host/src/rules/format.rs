@@ -204,11 +204,9 @@ impl LogFormat {
                 let close = if after.starts_with('%') {
                     pos + 2
                 } else {
-                    find_close(rest, pos + 2)?
-                        .map(|c| c + 1)
-                        .ok_or_else(|| {
-                            ParseError::new(base + pos, "unclosed %[ ... ]; add the closing ']'")
-                        })?
+                    find_close(rest, pos + 2)?.map(|c| c + 1).ok_or_else(|| {
+                        ParseError::new(base + pos, "unclosed %[ ... ]; add the closing ']'")
+                    })?
                 };
                 let piece = LogFormat::parse(&rest[pos..close], env).map_err(|mut e| {
                     e.offset += base + pos;
@@ -240,7 +238,10 @@ impl LogFormat {
             };
             let tail = &rest[name_at..];
             let Some((name, var)) = VARS.iter().find(|(n, _)| tail.starts_with(n)) else {
-                let word: String = tail.chars().take_while(char::is_ascii_alphanumeric).collect();
+                let word: String = tail
+                    .chars()
+                    .take_while(char::is_ascii_alphanumeric)
+                    .collect();
                 return Err(ParseError::new(
                     base + pos,
                     format!(
@@ -392,7 +393,10 @@ fn ms(d: Duration) -> u128 {
 
 /// Appends one variable's value.
 fn render_var(v: LogVar, f: &LogFacts<'_>, out: &mut String) {
-    let (path, query) = f.uri.split_once('?').map_or((f.uri, None), |(p, q)| (p, Some(q)));
+    let (path, query) = f
+        .uri
+        .split_once('?')
+        .map_or((f.uri, None), |(p, q)| (p, Some(q)));
     let _ = match v {
         LogVar::ClientIp => write!(out, "{}", f.client.ip().to_canonical()),
         LogVar::ClientPort => write!(out, "{}", f.client.port()),
@@ -430,12 +434,9 @@ fn render_var(v: LogVar, f: &LogFacts<'_>, out: &mut String) {
         LogVar::Version => write!(out, "{}", f.version),
         LogVar::Request => write!(out, "{} {} {}", f.method, f.uri, f.version),
         LogVar::TermState => write!(out, "{}{}", char::from(f.term[0]), char::from(f.term[1])),
-        LogVar::TermStateCookie => write!(
-            out,
-            "{}{}--",
-            char::from(f.term[0]),
-            char::from(f.term[1])
-        ),
+        LogVar::TermStateCookie => {
+            write!(out, "{}{}--", char::from(f.term[0]), char::from(f.term[1]))
+        }
         LogVar::Date => {
             write_date(out, f.start, true);
             Ok(())
