@@ -880,13 +880,16 @@ async fn body_and_trailer_hooks() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.echo().body_len(), 1 << 20);
 
-    // A Lua service behind the rewrite gets the rewritten body, not an empty one.
+    // A Lua service behind the rewrite gets the rewritten body, not an
+    // empty one; its answer is a local reply the rewrite filter saw the
+    // request of, so (as Envoy's encoder filters on a local reply) the
+    // filter's response body hook prefixes it too.
     let r = H1::connect(web)
         .await
         .send(post("/svc", full("original body for the service")))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert_eq!(r.text(), "REPLACED-BODY");
+    assert_eq!(r.text(), "RESP-PREFIX:REPLACED-BODY");
     // Rewrites: the backend sees the new body with its own length; the
     // client gets the changed response body with a correct length.
     let (tx, body) = chan_body();
