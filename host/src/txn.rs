@@ -218,6 +218,10 @@ pub struct Txn {
     pub resp_body: Option<hyper::body::Incoming>,
     /// Response body bytes a filter read; sent to the client before what is left of `resp_body`.
     pub resp_buffered: Option<BufferedBody>,
+    /// The response phase runs on the proxy's own reply (a local reply:
+    /// Wasm filters skip a context whose instance died, as Envoy skips a
+    /// failed stream).
+    pub local_reply: bool,
 }
 
 /// A message body (or its first part) a filter read and may have rewritten, with its trailers.
@@ -355,6 +359,7 @@ impl Txn {
             req_buffered: None,
             resp_body: None,
             resp_buffered: None,
+            local_reply: false,
         }
     }
 }

@@ -67,7 +67,9 @@ pub async fn run_local_reply(
         trailers: HeaderMap::new(),
     });
     let mut taps = Vec::new();
+    txn.local_reply = true;
     let answer = run_phase(filters, txn, &mut taps).await;
+    txn.local_reply = false;
     reply.status = txn.status;
     reply.headers = std::mem::take(&mut txn.resp_headers);
     match txn.resp_buffered.take() {

@@ -278,6 +278,7 @@ pub async fn handle(
         req_buffered: None,
         resp_body: None,
         resp_buffered: None,
+        local_reply: false,
     });
     let orig_method = txn.method.clone();
     let orig_uri = txn.uri.clone();

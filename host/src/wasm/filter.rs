@@ -283,6 +283,17 @@ impl WasmFilter {
         }))
     }
 
+    /// Whether `cref`'s instance is still this worker's live one.
+    fn is_live(&self, cref: CtxRef) -> bool {
+        SLOTS.with(|slots| {
+            slots.try_borrow().is_ok_and(|slots| {
+                slots
+                    .get(&self.plugin.id)
+                    .is_some_and(|s| s.inst.is_some() && s.generation == cref.generation)
+            })
+        })
+    }
+
     fn current(&self, txn: &Txn) -> Option<CtxRef> {
         txn.plugin_state.peek::<Held>(self.key).map(|h| h.cref)
     }
@@ -331,6 +342,13 @@ impl WasmFilter {
 
     fn run_phase(&self, txn: &mut Txn) -> Flow {
         match self.current(txn) {
+            // On a local reply, a context whose instance died since (this
+            // request's own failure, e.g. a trapping body tap) is skipped,
+            // as Envoy skips a stream that failed.
+            Some(cref) if txn.local_reply && !self.is_live(cref) => {
+                drop(txn.plugin_state.take::<Held>(self.key));
+                Flow::Continue
+            }
             Some(cref) => self.headers(txn, cref),
             // A request rule whose condition did not hold (or that failed open) has no context.
             None if self.declared == Phase::Request && txn.phase == Phase::Response => {
