@@ -522,6 +522,7 @@ mod tests {
     use super::*;
     use crate::rules::tests::{ctx_parts, txn};
     use crate::txn::Phase;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn parse(text: &str) -> Result<LogFormat, ParseError> {
         let (_, backends) = ctx_parts();
@@ -564,6 +565,77 @@ mod tests {
         assert_eq!(render("%%[path]", &t), "%[path]");
         assert_eq!(render("end%", &t), "end%");
         assert_eq!(render("é%[path]ü", &t), "é/a/bü");
+    }
+
+    fn facts() -> LogFacts<'static> {
+        LogFacts {
+            client: "10.0.0.1:5555".parse().expect("addr"),
+            local: "127.0.0.1:8080".parse().expect("addr"),
+            frontend: "web",
+            backend: None,
+            server: None,
+            server_addr: None,
+            method: "GET",
+            uri: "/a?b=1",
+            version: "HTTP/1.1",
+            status: 403,
+            bytes_out: 12,
+            bytes_in: 0,
+            start: UNIX_EPOCH + Duration::from_millis(1_765_000_000_123),
+            total: Duration::from_micros(2_700),
+            upstream: None,
+            term: *b"PR",
+        }
+    }
+
+    fn log_line(text: &str) -> String {
+        let (_, backends) = ctx_parts();
+        let cx = crate::rules::CompileCtx {
+            backends: &backends,
+            plugins: crate::rules::ext::Extensions::empty(),
+            tables: crate::stick::StickTables::none(),
+        };
+        let env = Env {
+            ctx: &cx,
+            phase: Phase::Response,
+        };
+        let f = LogFormat::parse_log(text, &env).expect("log format parses");
+        let mut out = String::new();
+        f.render_log(None, &facts(), &mut out);
+        out
+    }
+
+    #[test]
+    fn log_formats_render_haproxy_variables() {
+        assert_eq!(
+            log_line("httplog"),
+            "10.0.0.1:5555 [06/Dec/2025:05:46:40.123] web web/<NOSRV> -/0/-/-1/2 403 12 - - PR-- 0/0/0/0/0 0/0 \"GET /a?b=1 HTTP/1.1\""
+        );
+        assert_eq!(
+            log_line("%ci %{+Q}HU %HP|%HQ %T %Ts.%ms %tsc %% %[str(x)] %[var(txn.none)]"),
+            "10.0.0.1 \"/a?b=1\" /a|?b=1 06/Dec/2025:05:46:40 +0000 1765000000.123 PR-- % - -"
+        );
+        let (_, backends) = ctx_parts();
+        let cx = crate::rules::CompileCtx {
+            backends: &backends,
+            plugins: crate::rules::ext::Extensions::empty(),
+            tables: crate::stick::StickTables::none(),
+        };
+        let env = Env {
+            ctx: &cx,
+            phase: Phase::Response,
+        };
+        let e = LogFormat::parse_log("ab %zz", &env).expect_err("unknown");
+        assert_eq!(e.offset, 3);
+        assert!(
+            e.message.contains("unknown log-format variable %zz"),
+            "{}",
+            e.message
+        );
+        let e = LogFormat::parse_log("%ci %[pth]", &env).expect_err("unknown fetch");
+        assert_eq!(e.offset, 6);
+        // Rule strings keep `%ci` literal.
+        assert_eq!(parse("%ci").expect("ok").as_literal(), Some("%ci"));
     }
 
     #[test]
