@@ -220,6 +220,10 @@ pub struct Txn {
     pub resp_buffered: Option<BufferedBody>,
     /// The connection's TLS facts (`ssl_fc*`, `ssl_c_*`); `None` on a plain-TCP bind.
     pub tls: Option<Rc<crate::tls::TlsFacts>>,
+    /// The response phase runs on the proxy's own reply (a local reply:
+    /// Wasm filters skip a context whose instance died, as Envoy skips a
+    /// failed stream).
+    pub local_reply: bool,
 }
 
 /// A message body (or its first part) a filter read and may have rewritten, with its trailers.
@@ -370,6 +374,7 @@ impl Txn {
             resp_body: None,
             resp_buffered: None,
             tls: None,
+            local_reply: false,
         }
     }
 }

@@ -35,6 +35,12 @@ pub fn render(shared: &Shared) -> String {
         "Times accepting paused because the global maxconn was reached.",
         [(String::new(), shared.conns.reached())],
     );
+    f.family(
+        "portcullis_access_log_dropped_total",
+        "counter",
+        "Access-log lines dropped because their target could not take them (full queue or socket buffer, no syslog receiver, write error).",
+        [(String::new(), crate::proxy::logsink::dropped_total())],
+    );
 
     let fes: Vec<(String, &crate::proxy::stats::FrontendStats)> = config
         .frontends

@@ -43,6 +43,7 @@ const ENDPOINTS: [&str; 8] = [
     "GET /tables[/<name>[/<key>]]",
     "POST|DELETE /tables/<name>/<key>, DELETE /tables/<name>",
     "POST /certificates/reload",
+    "POST /logs/reopen",
 ];
 
 /// A bound admin listener.
@@ -185,6 +186,17 @@ pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> 
         plugins::route(req.method(), path, req.uri().query(), &shared.config)
     {
         return json_response(status, &body);
+    }
+    if path == "/logs/reopen" {
+        if req.method() != Method::POST {
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": format!("{} is not allowed on {path}; use POST", req.method())}),
+            );
+        }
+        // The file writers reopen within 200 ms (logrotate's `postrotate`).
+        crate::proxy::logsink::reopen();
+        return json_response(StatusCode::OK, &json!({"reopen": "requested"}));
     }
     if !["/health", "/stats", "/metrics"].contains(&path) {
         return json_response(

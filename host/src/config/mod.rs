@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod diag;
 mod errors;
+pub mod logs;
 pub mod schema;
 pub mod stick;
 pub mod tls;
@@ -85,6 +86,10 @@ pub struct Global {
     pub grace: Duration,
     pub log_level: String,
     pub access_log: AccessLogFormat,
+    /// Where access-log lines go, the syslog header, the failure-line limit.
+    pub logs: logs::LogSettings,
+    /// `[global] log_format` as written (compiled at assembly).
+    pub log_format: Option<Spanned<String>>,
     pub max_header_size: usize,
     pub max_headers: usize,
     /// Global `maxconn`; `None`: derived from the open-file limit at start-up.
@@ -143,6 +148,8 @@ pub struct Frontend {
     pub http_response: Vec<Spanned<schema::RawRule>>,
     /// `http_after_response` rules as written.
     pub http_after_response: Vec<Spanned<schema::RawRule>>,
+    /// `log_format` as written (compiled at assembly; else the global one).
+    pub log_format: Option<Spanned<String>>,
     /// `filters` as written (built by the plugin host at assembly).
     pub filters: Vec<Spanned<schema::RawFilter>>,
     /// `metadata`, checked: what its `wasm` rules read as route metadata.
@@ -417,6 +424,8 @@ impl Validator<'_> {
             grace: g.grace.map_or(Duration::from_secs(10), |d| d.0),
             log_level,
             access_log,
+            logs: logs::settings(src, g)?,
+            log_format: g.log_format.clone(),
             max_header_size,
             max_headers,
             maxconn,
@@ -522,6 +531,7 @@ impl Validator<'_> {
             http_request: f.http_request.clone(),
             http_response: f.http_response.clone(),
             http_after_response: f.http_after_response.clone(),
+            log_format: f.log_format.clone(),
             filters: f.filters.clone(),
             metadata: f
                 .metadata

@@ -122,6 +122,23 @@ pub struct RawGlobal {
     pub log_level: Option<Spanned<String>>,
     /// Access-log format: `text`, `json` or `off`.
     pub access_log: Option<Spanned<String>>,
+    // Where access-log lines go and how they read (checked in `config/logs.rs`).
+    /// `stderr`, `file:PATH`, `udp://HOST:PORT` or `unix:PATH` (syslog).
+    pub access_log_target: Option<Spanned<String>>,
+    /// Syslog header: `rfc3164` (HAProxy's default) or `rfc5424`.
+    pub syslog_format: Option<Spanned<String>>,
+    /// Syslog facility (`local0`..`local7`, `daemon`, ...).
+    pub syslog_facility: Option<Spanned<String>>,
+    /// Syslog severity of access-log lines (`info`, ...).
+    pub syslog_level: Option<Spanned<String>>,
+    /// Syslog tag (program name).
+    pub syslog_tag: Option<Spanned<String>>,
+    /// HAProxy-style custom access-log line for every frontend without its own.
+    pub log_format: Option<Spanned<String>>,
+    /// Plugin failures of a kind logged in full before the rate limit applies.
+    pub plugin_failure_log_burst: Option<Spanned<i64>>,
+    /// After the burst, at most one failure line per plugin and kind per this time.
+    pub plugin_failure_log_interval: Option<Spanned<ConfigDuration>>,
     /// Largest request head (request line + headers) accepted; larger gets 431.
     pub max_header_size: Option<Spanned<ConfigSize>>,
     /// Most header fields accepted in one request; more gets 431.
@@ -201,6 +218,8 @@ pub struct RawFrontend {
     /// proxy's own answers (deny, return, redirect, error pages) included.
     #[serde(default)]
     pub http_after_response: Vec<Spanned<RawRule>>,
+    /// HAProxy-style custom access-log line for this frontend.
+    pub log_format: Option<Spanned<String>>,
     /// HAProxy's `filter lua.NAME [args]`: stream filters, in order.
     #[serde(default)]
     pub filters: Vec<Spanned<RawFilter>>,

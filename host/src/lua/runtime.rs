@@ -921,12 +921,15 @@ pub(crate) fn record_failure(
     what: &str,
 ) {
     plugin.stats.count_error(e.kind);
-    tracing::warn!(
-        plugin = %plugin.name,
-        kind = e.kind.name(),
-        "Lua {what} failed: {}",
-        e.message
-    );
+    // Rate-limited per plugin and kind (plugin::lograte); every failure is counted.
+    if let Some(more) = plugin.stats.errors.log_line(e.kind) {
+        tracing::warn!(
+            plugin = %plugin.name,
+            kind = e.kind.name(),
+            "Lua {what} failed: {}{more}",
+            e.message
+        );
+    }
     if e.poisoned
         && let Some(i) = inst
     {

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::body::{BodyEnd, BodyOutcome, RequestBody, RequestBodyState, ResponseBody};
-use super::chain::{Outgoing, run_phase};
+use super::chain::{Outgoing, run_local_reply, run_phase};
 use super::conn::ConnState;
 use super::error::ProxyError;
 use super::head::{prepare_request, remove_connection_options, strip_hop_by_hop};
@@ -96,6 +96,8 @@ struct Route {
     error: Option<String>,
     /// The error (if any) was the server's fault.
     server_failed: bool,
+    /// HAProxy's termination state for the access log (`--` until known).
+    term: Option<[u8; 2]>,
 }
 
 /// The end-of-exchange record, finished when the response body is over.
@@ -171,6 +173,41 @@ impl BodyEnd for Exchange {
                 (None, BodyOutcome::Aborted) => "aborted",
                 (None, BodyOutcome::UpstreamError) => "upstream_error",
             };
+            let fe_rt = &config.frontends[ctx.frontend];
+            if let Some(format) = &fe_rt.log_format {
+                let total = now.saturating_duration_since(start);
+                let term = match (route.term, outcome) {
+                    (Some(t), _) => t,
+                    (None, BodyOutcome::Complete) => *b"--",
+                    (None, BodyOutcome::Aborted) => *b"CD",
+                    (None, BodyOutcome::UpstreamError) => *b"SD",
+                };
+                let facts = crate::rules::LogFacts {
+                    client: ctx.client,
+                    local: ctx.local,
+                    frontend: &ctx.frontend_name,
+                    backend: backend.map(|b| &*b.name),
+                    server: server.map(|s| &*s.name),
+                    server_addr: server.map(|s| s.addr),
+                    method: orig_method.as_str(),
+                    uri: path,
+                    version: version_str(txn.version),
+                    status,
+                    bytes_out: bytes,
+                    bytes_in,
+                    start: std::time::SystemTime::now()
+                        .checked_sub(total)
+                        .unwrap_or(std::time::UNIX_EPOCH),
+                    total,
+                    upstream: route.upstream_time,
+                    term,
+                };
+                worker
+                    .access_log
+                    .write_with(|buf| format.render_log(Some(&txn), &facts, buf));
+                ctx.state.request_finished();
+                return;
+            }
             worker.access_log.write(&super::accesslog::LogRecord {
                 client: ctx
                     .client_text
@@ -246,6 +283,7 @@ pub async fn handle(
         resp_body: None,
         resp_buffered: None,
         tls: ctx.tls.clone(),
+        local_reply: false,
     });
     let orig_method = txn.method.clone();
     let orig_uri = txn.uri.clone();
@@ -271,8 +309,9 @@ pub async fn handle(
     };
     let (status, headers, body, reason) = match early {
         Some(mut reply) => {
-            note_cause(&mut route, &reply);
+            note_cause(&mut route, &reply, Phase::Request);
             error_pages(&ctx, &route, &mut reply);
+            local_reply(&ctx, &mut route, &mut txn, &mut reply).await;
             reply_parts(reply)
         }
         None => match forward(&ctx, &mut txn, req_taps, &mut route).await {
@@ -290,7 +329,7 @@ pub async fn handle(
                 let mut taps = Vec::new();
                 match run_phase(&chain.response, &mut txn, &mut taps).await {
                     Some(mut reply) => {
-                        note_cause(&mut route, &reply);
+                        note_cause(&mut route, &reply, Phase::Response);
                         error_pages(&ctx, &route, &mut reply);
                         // The server's body is abandoned: its connection cannot be reused.
                         if let Some(conn) = route.conn.take() {
@@ -319,6 +358,7 @@ pub async fn handle(
             Err(err) => {
                 let mut reply = fail(&ctx, &mut route, &err);
                 error_pages(&ctx, &route, &mut reply);
+                local_reply(&ctx, &mut route, &mut txn, &mut reply).await;
                 reply_parts(reply)
             }
         },
@@ -382,8 +422,34 @@ fn reply_parts(reply: Reply) -> (StatusCode, HeaderMap, ResponseBody, Option<&'s
     )
 }
 
+/// The response hooks that see the proxy's own reply to a request no
+/// server answered (Envoy's local reply through the encoder filters); a hook
+/// that answers instead replaces the reply.
+async fn local_reply(ctx: &ConnCtx, route: &mut Route, txn: &mut Txn, reply: &mut Reply) {
+    let chain = &ctx.worker.shared.config.frontends[ctx.frontend].chain;
+    if let Some(mut other) = run_local_reply(&chain.local_reply, txn, reply).await {
+        note_cause(route, &other, Phase::Response);
+        error_pages(ctx, route, &mut other);
+        *reply = other;
+    }
+}
+
 /// A plugin failure that answered the request is the access log's termination.
-fn note_cause(route: &mut Route, reply: &Reply) {
+/// The termination state: a plugin failure is internal (`I`), an error
+/// page (`deny`) the proxy's refusal (`P`), another answer local (`L`); in
+/// the request (`R`) or response-headers (`H`) state.
+fn note_cause(route: &mut Route, reply: &Reply, phase: Phase) {
+    if route.term.is_none() {
+        let cause = if reply.cause.is_some() {
+            b'I'
+        } else if reply.error_page {
+            b'P'
+        } else {
+            b'L'
+        };
+        let state = if phase == Phase::Request { b'R' } else { b'H' };
+        route.term = Some([cause, state]);
+    }
     if route.error.is_none()
         && let Some(cause) = reply.cause
     {
@@ -403,6 +469,7 @@ fn fail(ctx: &ConnCtx, route: &mut Route, err: &ProxyError) -> Reply {
     tracing::debug!(client = %ctx.client, source = ?err.source(), error = %err, "request failed");
     route.error = Some(err.to_string());
     route.server_failed = err.is_server_failure();
+    route.term = Some(err.term_state());
     err.reply()
 }
 

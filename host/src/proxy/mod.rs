@@ -17,6 +17,7 @@ pub mod head;
 pub mod health;
 mod info;
 pub mod limit;
+pub mod logsink;
 pub mod pool;
 pub mod stats;
 pub mod tcp;
@@ -99,6 +100,7 @@ fn bind_all(config: &Runtime) -> Result<Vec<worker::WorkerListeners>, RunError> 
 pub fn run(config: Arc<Runtime>) -> Result<(), RunError> {
     let fd_limit = limit::raise_fd_limit();
     let shared = Arc::new(Shared::new(Arc::clone(&config)));
+    crate::plugin::lograte::configure(config.global.logs.failure_lines);
     {
         let weak: std::sync::Weak<Shared> = Arc::downgrade(&shared);
         let source: std::sync::Weak<dyn crate::plugin::ProcessSource> = weak;
@@ -163,6 +165,7 @@ pub fn run(config: Arc<Runtime>) -> Result<(), RunError> {
         // Expiry tasks live on the control runtime: they sleep until the
         // earliest expiry, so they cost the workers nothing.
         crate::stick::spawn_expiry(&config.tables);
+        tokio::spawn(logsink::reopen_on_sigusr1());
         if let (Some(l), Some(admin)) = (admin_listener, &config.global.admin) {
             let l = match l {
                 AdminStd::Tcp(l) => tokio::net::TcpListener::from_std(l).map(crate::admin::Listener::Tcp),

@@ -66,6 +66,31 @@ impl Worker {
         let fe = &self.shared.frontends[frontend];
         fe.responses.record(status);
         fe.errors.fetch_add(1, Relaxed);
+        let fe_rt = &self.shared.config.frontends[frontend];
+        if let Some(format) = &fe_rt.log_format {
+            // No transaction: fetches render `-`.
+            let facts = crate::rules::LogFacts {
+                client,
+                local: fe_rt.binds.first().map_or(client, |b| b.addr),
+                frontend: &fe_rt.name,
+                backend: None,
+                server: None,
+                server_addr: None,
+                method: "-",
+                uri: "-",
+                version: "-",
+                status,
+                bytes_out: 0,
+                bytes_in: 0,
+                start: std::time::SystemTime::now(),
+                total: std::time::Duration::ZERO,
+                upstream: None,
+                term: if status == 408 { *b"cR" } else { *b"PR" },
+            };
+            self.access_log
+                .write_with(|buf| format.render_log(None, &facts, buf));
+            return;
+        }
         if self.access_log.enabled() {
             let client = client.to_string();
             self.access_log.write(&LogRecord {
@@ -112,7 +137,10 @@ pub fn run(
         id,
         pool: UpstreamPool::new(&shared.config),
         balancer: Balancer::new(&shared.config),
-        access_log: AccessLog::new(shared.config.global.access_log),
+        access_log: AccessLog::new(
+            shared.config.global.access_log,
+            super::logsink::open(&shared.config.global.logs),
+        ),
         frontend_names: shared
             .config
             .frontends

@@ -284,6 +284,17 @@ impl WasmFilter {
         }))
     }
 
+    /// Whether `cref`'s instance is still this worker's live one.
+    fn is_live(&self, cref: CtxRef) -> bool {
+        SLOTS.with(|slots| {
+            slots.try_borrow().is_ok_and(|slots| {
+                slots
+                    .get(&self.plugin.id)
+                    .is_some_and(|s| s.inst.is_some() && s.generation == cref.generation)
+            })
+        })
+    }
+
     fn current(&self, txn: &Txn) -> Option<CtxRef> {
         txn.plugin_state.peek::<Held>(self.key).map(|h| h.cref)
     }
@@ -332,6 +343,13 @@ impl WasmFilter {
 
     fn run_phase(&self, txn: &mut Txn) -> Flow {
         match self.current(txn) {
+            // On a local reply, a context whose instance died since (this
+            // request's own failure, e.g. a trapping body tap) is skipped,
+            // as Envoy skips a stream that failed.
+            Some(cref) if txn.local_reply && !self.is_live(cref) => {
+                drop(txn.plugin_state.take::<Held>(self.key));
+                Flow::Continue
+            }
             Some(cref) => self.headers(txn, cref),
             // A request rule whose condition did not hold (or that failed open) has no context.
             None if self.declared == Phase::Request && txn.phase == Phase::Response => {
@@ -615,6 +633,8 @@ pub fn clear_worker(plugins: &[Arc<WasmPlugin>]) {
 fn record(plugin: &PluginShared, slot: &mut Slot, f: &Failure) {
     let stats = &plugin.stats;
     stats.count_failure(f.kind);
+    // Rate-limited per plugin and kind (plugin::lograte); every failure is counted.
+    let line = stats.failures.log_line(f.kind);
     if f.kind.kills_instance() {
         let (old, backoff) = slot.kill(Instant::now());
         // A VM shared through `vm_id` goes for all its plugins, as in Envoy.
@@ -635,14 +655,16 @@ fn record(plugin: &PluginShared, slot: &mut Slot, f: &Failure) {
                 );
             }
         }
-        tracing::warn!(
-            plugin = %plugin.spec.name,
-            kind = f.kind.name(),
-            backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
-            "wasm plugin failed, instance dropped{shared_with}: {}", f.message
-        );
-    } else {
-        tracing::warn!(plugin = %plugin.spec.name, kind = f.kind.name(), "wasm plugin call failed: {}", f.message);
+        if let Some(more) = line {
+            tracing::warn!(
+                plugin = %plugin.spec.name,
+                kind = f.kind.name(),
+                backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                "wasm plugin failed, instance dropped{shared_with}: {}{more}", f.message
+            );
+        }
+    } else if let Some(more) = line {
+        tracing::warn!(plugin = %plugin.spec.name, kind = f.kind.name(), "wasm plugin call failed: {}{more}", f.message);
     }
 }
 
@@ -748,7 +770,11 @@ impl Filter for WasmFilter {
     fn phases(&self) -> Phases {
         let response = Phases::RESPONSE | Phases::RESPONSE_BODY | Phases::LOG;
         match self.declared {
-            Phase::Request => response | Phases::REQUEST | Phases::REQUEST_BODY,
+            // As in Envoy, a context the request created also sees the
+            // proxy's own reply (its own `send_http_response` included).
+            Phase::Request => {
+                response | Phases::REQUEST | Phases::REQUEST_BODY | Phases::LOCAL_REPLY
+            }
             Phase::Response => response,
         }
     }
