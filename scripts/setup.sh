@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for building and testing portcullis:
 # wasm targets for plugins, Debian packages the tests and benchmarks use
-# (haproxy for side-by-side comparisons, wrk for load, nginx-light and curl),
+# (haproxy for side-by-side comparisons, wrk for load, nginx-light, curl and openssl),
 # and the toolchains of the non-Rust Proxy-Wasm guests (tests/e2e_wasm_sdks.rs):
-# clang + lld + wasi-libc + the wasm32 compiler-rt builtins for C, Node.js and
+# clang + lld + wasi-libc + the wasm32 compiler-rt builtins for C (and libc++
+# with libc++abi for wasm32 for C++), Node.js and
 # npm for AssemblyScript, whose compiler is installed at the version pinned in
 # plugins/wasm/assemblyscript/package-lock.json into that directory's
 # node_modules (nothing global).
@@ -19,6 +20,8 @@ command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The TLS tests and bench scenarios make certificates with the openssl CLI.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # C guests: clang --target=wasm32-wasi links with wasm-ld against wasi-libc
 # and compiler-rt's wasm32 builtins.
 command -v clang >/dev/null 2>&1 || need+=(clang)
@@ -26,6 +29,10 @@ command -v wasm-ld >/dev/null 2>&1 || need+=(lld)
 [ -f /usr/lib/wasm32-wasi/libc.a ] || need+=(wasi-libc)
 compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a" >/dev/null ||
   need+=(libclang-rt-dev-wasm32)
+# C++ guests: clang++ --target=wasm32-wasi links libc++ and libc++abi built
+# for WASI (Debian's libc++-dev-wasm32 brings both).
+{ [ -f /usr/lib/wasm32-wasi/libc++.a ] && [ -f /usr/lib/wasm32-wasi/libc++abi.a ]; } ||
+  need+=(libc++-dev-wasm32)
 # AssemblyScript guests: Node.js (>= 18) and npm, from Debian if missing.
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)

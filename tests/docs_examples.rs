@@ -9,6 +9,8 @@
 //!   error files. A Cargo manifest is parsed and checked for a `cdylib`.
 //! - Lua blocks load as plugins through `portcullis check`.
 //! - Rust blocks must appear in a file the test suite compiles.
+//! - A plugin test file (`[[case]]`) must parse as one; the `sh` steps of
+//!   docs/GUIDE.md are run by tests/plugin_harness.rs.
 
 mod common;
 
@@ -32,6 +34,7 @@ const DOCS: &[&str] = &[
     "docs/PLUGINS.md",
     "docs/STICK-TABLES.md",
     "docs/ABI.md",
+    "docs/GUIDE.md",
     "guest-sdk/README.md",
 ];
 
@@ -94,12 +97,33 @@ fn has_key(table: &str, key: &str) -> bool {
 /// frontend that binds is shown as a whole config and checked as written.
 fn complete(block: &str) -> String {
     if block.contains("[[frontend]]") && block.lines().any(|l| l.trim_start().starts_with("bind")) {
-        // As written, but on free ports: `check` binds what it reads.
+        // As written, but on free ports: `check` binds what it reads. A
+        // list of binds (and `tls.binds`, which repeats some) keeps its
+        // addresses apart: each port written maps to one free address.
+        let mut ports: std::collections::HashMap<String, String> = Default::default();
         return block
             .lines()
             .map(|l| {
                 let t = l.trim_start();
-                if (t.starts_with("bind") || t.starts_with("admin")) && t.contains("\"127.0.0.1:") {
+                if t.starts_with("bind = [") || t.starts_with("tls = {") {
+                    let mut out = String::new();
+                    let mut rest = l;
+                    while let Some(i) = rest.find("\"127.0.0.1:") {
+                        out.push_str(&rest[..i]);
+                        let after = &rest[i + 1..];
+                        let end = after.find('"').unwrap_or(after.len());
+                        let written = after[..end].to_string();
+                        let free = ports
+                            .entry(written)
+                            .or_insert_with(|| free_addr().to_string());
+                        out.push_str(&format!("\"{free}"));
+                        rest = &after[end..];
+                    }
+                    out.push_str(rest);
+                    format!("{out}\n")
+                } else if (t.starts_with("bind") || t.starts_with("admin"))
+                    && t.contains("\"127.0.0.1:")
+                {
                     let key = t.split('=').next().unwrap_or("bind").trim();
                     format!("{key} = \"{}\"\n", free_addr())
                 } else {
@@ -204,6 +228,16 @@ fn workdir() -> TempDir {
         &wasm.join("hello.wasm"),
         "target/wasm32-unknown-unknown/release/my_filter.wasm",
     );
+    // The certificates the TLS examples name, made here (valid, self-signed).
+    std::fs::create_dir_all(root.join("certs")).expect("mkdir certs");
+    for name in ["site", "api", "wild", "internal-ca"] {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec![format!("{name}.example.com")])
+            .and_then(|p| p.self_signed(&key))
+            .expect("certificate");
+        dir.write(&format!("certs/{name}.pem"), &cert.pem());
+        dir.write(&format!("certs/{name}.key"), &key.serialize_pem());
+    }
     std::fs::create_dir_all(root.join("errors")).expect("mkdir errors");
     for (page, status) in [
         ("errors/503.http", "503 Service Unavailable"),
@@ -244,6 +278,9 @@ fn every_config_and_code_block_in_the_docs_is_checked() {
         "guest-sdk/examples/json_config.rs",
         "guest-sdk/examples/foreign_counter.rs",
         "tests/e2e_wasm.rs",
+        "tests/plugin_harness.rs",
+        // What `portcullis plugin new --lang rust` writes; built by tests/plugin_harness.rs.
+        "host/src/cli/templates/rust/lib.rs.in",
     ]
     .iter()
     .map(|f| std::fs::read_to_string(repo().join(f)).unwrap_or_default())
@@ -264,6 +301,12 @@ fn every_config_and_code_block_in_the_docs_is_checked() {
                         .then_some(())
                         .ok_or_else(|| "a plugin crate must be a cdylib".into())
                 }),
+            // A plugin test file (`portcullis plugin test`): every key known.
+            "toml" if b.text.contains("[[case]]") => {
+                toml::from_str::<portcullis::harness::spec::TestFile>(&b.text)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
             "toml" => check(&dir, &format!("block{n}.toml"), &complete(&b.text)),
             "lua" => {
                 let script = dir.write(&format!("block{n}.lua"), &b.text);

@@ -29,7 +29,14 @@ async fn unknown_endpoint_lists_every_endpoint() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    for want in ["/health", "/stats", "/metrics", "/plugins", "/tables"] {
+    for want in [
+        "/health",
+        "/stats",
+        "/metrics",
+        "/plugins",
+        "/tables",
+        "/logs/reopen",
+    ] {
         assert!(
             endpoints.iter().any(|e| e.contains(want)),
             "{want} missing from {endpoints:?}"

@@ -11,14 +11,14 @@
 //! (its HTTP part, `auth-inline.lua`), geoip2-mmdb-converter (with a .mmdb
 //! file this test writes) and selfie-prometheus-exporter (reading a stats
 //! socket this test serves, the same answer for both). Not compared, and why:
-//! - socks5-connect-inline-auth's `socks5.lua` and `http-connect.lua` are
-//!   `tcp-req` actions working on raw channels (`txn.req:data/remove`,
-//!   `txn.res:send`); portcullis accepts `tcp-req` registrations and never
-//!   calls them (docs/LUA.md) and has no Channel class; both scripts are
-//!   loaded, so at least their loading is compared.
-//! - haproxy-mailers, events-backend-down-webhook, couchbase-kv-client need
-//!   HAProxy 2.7/2.8 (`core.queue`, `event_sub`, lua-load arguments);
-//!   haproxy-h2-tracer is a Lua filter (`core.register_filter`).
+//! - socks5-connect-inline-auth's `socks5.lua` and haproxy-mailers'
+//!   `healthcheckmail.lua` run on TCP frontends: `tests/e2e_tcp.rs` compares
+//!   them with HAProxy. Here `socks5.lua` and `http-connect.lua` are loaded
+//!   beside the HTTP part, so their loading is compared too.
+//! - haproxy-mailers' `mailers.lua`, events-backend-down-webhook,
+//!   couchbase-kv-client need HAProxy 2.7/2.8 (`core.queue`, `event_sub`,
+//!   lua-load arguments); haproxy-h2-tracer is a Lua filter on a TCP
+//!   frontend (`tcp_payload`), which portcullis does not run yet.
 //!
 //! The fixture files are used in place, never copied: what a script needs
 //! beside it (map files, the .mmdb file, a log directory) is written to a

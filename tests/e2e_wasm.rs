@@ -880,13 +880,16 @@ async fn body_and_trailer_hooks() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.echo().body_len(), 1 << 20);
 
-    // A Lua service behind the rewrite gets the rewritten body, not an empty one.
+    // A Lua service behind the rewrite gets the rewritten body, not an
+    // empty one; its answer is a local reply the rewrite filter saw the
+    // request of, so (as Envoy's encoder filters on a local reply) the
+    // filter's response body hook prefixes it too.
     let r = H1::connect(web)
         .await
         .send(post("/svc", full("original body for the service")))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert_eq!(r.text(), "REPLACED-BODY");
+    assert_eq!(r.text(), "RESP-PREFIX:REPLACED-BODY");
     // Rewrites: the backend sees the new body with its own length; the
     // client gets the changed response body with a correct length.
     let (tx, body) = chan_body();
@@ -1267,14 +1270,18 @@ async fn back_off_follows_the_documented_schedule() {
     // plugin::BackOff: the first three failures in a row rebuild at once,
     // then 10 ms doubling per further failure. Each failure's log line says
     // the wait it starts; a plugin that fails on every request shows the
-    // schedule exactly, whether a request or housekeeping rebuilds it.
+    // schedule, whether a request or housekeeping rebuilds it. The lines
+    // are rate-limited (plugin::lograte): the first five in full, then at
+    // most one per interval (150 ms here) saying how many like it were left
+    // out, so the logged waits are the schedule with the left-out steps
+    // counted in the line that follows them.
     let app = Backend::start("s1").await;
     let dir = TempDir::new("wasm-backoff");
     let ports = Ports::new();
     let f = dir.write("crash.wat", &hostile("", "unreachable"));
     let cfg = format!(
         "{}[[plugin]]\nname = \"crash\"\nwasm = \"{}\"\non_error = \"fail_closed\"\n\n{}{}",
-        global_section(ports.admin, &[]),
+        global_section(ports.admin, &[("plugin_failure_log_interval", "\"150ms\"")]),
         f.display(),
         frontend_section(
             "web",
@@ -1285,36 +1292,74 @@ async fn back_off_follows_the_documented_schedule() {
         backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
     );
     let d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
-    let waits = || -> Vec<u64> {
-        // The trap's message spans lines; the fields follow it.
+    // (wait started, failures left out before this line) per logged failure.
+    let lines = || -> Vec<(u64, u64)> {
         d.stderr()
             .split("wasm plugin failed, instance dropped")
             .skip(1)
             .filter_map(|entry| {
-                entry
+                let wait = entry
                     .split("backoff_ms=")
                     .nth(1)
                     .and_then(|v| v.split_whitespace().next())
-                    .and_then(|v| v.parse().ok())
+                    .and_then(|v| v.parse().ok())?;
+                let left_out = entry
+                    .split(" more like this in the last ")
+                    .next()
+                    .filter(|_| entry.contains(" more like this in the last "))
+                    .and_then(|head| head.rsplit('(').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                Some((wait, left_out))
             })
             .collect()
     };
     let start = Instant::now();
-    while waits().len() < 8 && start.elapsed() < Duration::from_secs(10) {
+    while lines().len() < 8 && start.elapsed() < Duration::from_secs(10) {
         let r = get(ports.web, "/").await;
         assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.text());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let seen = waits();
+    let seen = lines();
     assert!(seen.len() >= 8, "{seen:?}\n{}", d.stderr());
-    assert_eq!(seen[..8], [0, 0, 0, 10, 20, 40, 80, 160], "{}", d.stderr());
+    // The burst: every failure, in full.
+    assert_eq!(
+        seen[..5],
+        [(0, 0), (0, 0), (0, 0), (10, 0), (20, 0)],
+        "{}",
+        d.stderr()
+    );
+    // After it: each logged wait doubles the previous logged one once per
+    // failure in between, and the line counts exactly those left out.
+    for pair in seen[4..].windows(2) {
+        let ((prev, _), (wait, left_out)) = (pair[0], pair[1]);
+        assert_eq!(
+            wait.min(5000),
+            prev.checked_shl(u32::try_from(left_out + 1).unwrap_or(u32::MAX))
+                .unwrap_or(u64::MAX)
+                .min(5000),
+            "{seen:?}\n{}",
+            d.stderr()
+        );
+        assert!(wait == 5000 || left_out < 8, "{seen:?}");
+    }
+    assert!(
+        seen[5..].iter().any(|&(_, n)| n > 0),
+        "the limit left lines out: {seen:?}"
+    );
     // Requests during a back-off never entered the guest: one failure per
-    // build (besides the load-time check's instance and a live rebuilt one).
+    // build (besides the load-time check's instance and a live rebuilt one),
+    // and every failure is counted whether logged or not.
     let all = plugins(ports.admin).await;
     let s = stats_of(&all, "crash");
     let fails = s["failures"]["unreachable"].as_u64().unwrap_or(0);
     let built = s["instances_built"].as_u64().unwrap_or(0);
     assert!((fails..=fails + 2).contains(&built), "{s}");
+    let logged: u64 = seen.iter().map(|&(_, n)| n + 1).sum();
+    assert!(
+        fails >= logged,
+        "{fails} failures, {logged} logged or left out: {s}"
+    );
 }
 
 /// Logs at info when configured (with the level `proxy_get_log_level`

@@ -122,19 +122,26 @@ async fn go_proxy() -> GoProxy {
             "http_headers",
             r#"config = { header = "x-wasm-header", value = "demo-wasm" }"#,
         ),
+        plugin(
+            "headers_late",
+            "http_headers",
+            r#"config = { header = "x-late", value = "late" }"#,
+        ),
         plugin("body_echo", "http_body", "config = \"echo\""),
         plugin("body_set", "http_body", "config = \"body-set\""),
         plugin("shared", "shared_data", ""),
         plugin("auth", "http_auth_random", ""),
     ]
     .concat();
-    let rules = "http_request = [\n  { wasm = \"helloworld\" },\n  { wasm = \"headers\", if = \"path_beg /headers\" },\n  { wasm = \"body_echo\", if = \"path_beg /echo\" },\n  { wasm = \"body_set\", if = \"path_beg /set\" },\n  { wasm = \"shared\", if = \"path_beg /shared\" },\n  { wasm = \"auth\", if = \"path_beg /auth\" },\n]\n";
+    let rules = "http_request = [\n  { wasm = \"helloworld\" },\n  { wasm = \"headers\", if = \"path_beg /headers\" },\n  { deny = 403, if = \"path_beg /headers/deny\" },\n  { use_backend = \"down\", if = \"path_beg /headers/down\" },\n  { wasm = \"headers_late\", if = \"path_beg /headers/deny or path_beg /headers/down\" },\n  { wasm = \"body_echo\", if = \"path_beg /echo\" },\n  { wasm = \"body_set\", if = \"path_beg /set\" },\n  { wasm = \"shared\", if = \"path_beg /shared\" },\n  { wasm = \"auth\", if = \"path_beg /auth\" },\n]\nhttp_response = [ { set_header = \"x-resp-rule\", value = \"1\" } ]\nhttp_after_response = [ { set_header = \"x-after\", value = \"1\" } ]\n";
     let cfg = format!(
-        "{}{plugins}{}{}{}",
+        "{}{plugins}{}{}{}{}",
         global_section(ports.admin, &[("workers", "2"), ("log_level", "\"info\"")]),
         frontend_section("web", ports.web, "app", rules),
         backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
         backend_section("httpbin", "roundrobin", &[("h1", httpbin.addr, 1)], ""),
+        // Nothing listens there: a request routed to it gets the proxy's 502.
+        backend_section("down", "roundrobin", &[("d1", free_addr(), 1)], ""),
     );
     let d = Daemon::spawn(&cfg);
     // The Go modules are large: compiling them in a debug build on a busy
@@ -225,6 +232,44 @@ async fn go_sdk_examples_behave_as_under_envoy() {
         })
         .await;
     assert!(logged.is_some(), "{}", t.d.stderr());
+    assert_eq!(r.header("x-resp-rule").as_deref(), Some("1"));
+    assert_eq!(
+        r.header("x-late"),
+        None,
+        "headers_late only runs on /headers/deny|down"
+    );
+
+    // Local replies go through the response hooks as Envoy's local replies
+    // go through its encoder filters: a filter whose context the request
+    // created (`headers`, before the `deny`) adds its headers to the 403;
+    // one the request never reached (`headers_late`, after it) does not.
+    // `http_response` rules do not run on it (HAProxy), `http_after_response` do.
+    let r = get(web, "/headers/deny").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(r.header("x-wasm-header").as_deref(), Some("demo-wasm"));
+    assert_eq!(
+        r.header("x-proxy-wasm-go-sdk-example").as_deref(),
+        Some("http_headers")
+    );
+    assert_eq!(
+        r.header("x-late"),
+        None,
+        "the request never reached headers_late"
+    );
+    assert_eq!(
+        r.header("x-resp-rule"),
+        None,
+        "http_response rules skip local replies"
+    );
+    assert_eq!(r.header("x-after").as_deref(), Some("1"));
+    // The proxy's own 502 for a refused connection (the router's local
+    // reply in Envoy) comes after every request filter ran: both see it.
+    let r = get(web, "/headers/down").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert_eq!(r.header("x-wasm-header").as_deref(), Some("demo-wasm"));
+    assert_eq!(r.header("x-late").as_deref(), Some("late"));
+    assert_eq!(r.header("x-resp-rule"), None);
+    assert_eq!(r.header("x-after").as_deref(), Some("1"));
     let lines = plugin_lines(&t.d.stderr(), "headers");
     let auth = format!("request header --> :authority: {web}");
     assert!(lines.iter().any(|l| l.contains(&auth)), "{lines:?}");

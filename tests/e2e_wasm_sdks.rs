@@ -1,15 +1,16 @@
 //! Proxy-Wasm guests from other languages and SDKs, built here from source
-//! and run through the binary: the "demo filter" written three times, in C
-//! against wasi-libc (`plugins/wasm/c/demo.c`), in AssemblyScript with its
+//! and run through the binary: the "demo filter" written four times, in C
+//! against wasi-libc (`plugins/wasm/c/demo.c`), in C++ against libc++ and
+//! wasi-libc (`plugins/wasm/cpp/demo.cc`), in AssemblyScript with its
 //! own ABI bindings (`plugins/wasm/assemblyscript/`) and in Rust with the
 //! Envoy SDK, the `proxy-wasm` crate (`plugins/wasm/sdk_demo`). Each test
-//! checks one behaviour on all three: header changes in both directions, a
+//! checks one behaviour on all four: header changes in both directions, a
 //! local reply, an http call whose answer resumes or denies the request,
 //! buffered body rewrites, shared data updated with CAS across workers,
 //! ticks with logs, and a configuration the guest refuses.
 //!
 //! The C guest needs clang, lld, wasi-libc and the wasm32 compiler-rt
-//! builtins; the AssemblyScript guest Node.js and the pinned assemblyscript
+//! builtins, the C++ guest also libc++ for wasm32; the AssemblyScript guest Node.js and the pinned assemblyscript
 //! compiler: `bash scripts/setup.sh` installs them. Without them these tests
 //! fail, naming the script; they never skip.
 
@@ -47,7 +48,7 @@ fn out_dir() -> PathBuf {
 }
 
 const SETUP_HINT: &str = "run `bash scripts/setup.sh` (it installs clang, lld, wasi-libc, \
-libclang-rt-dev-wasm32, Node.js/npm and the pinned assemblyscript)";
+libclang-rt-dev-wasm32, libc++-dev-wasm32, Node.js/npm and the pinned assemblyscript)";
 
 /// Runs a build command; on failure (or a missing tool) panics with its output and the setup hint.
 fn run_build(what: &str, cmd: &mut Command) {
@@ -82,6 +83,28 @@ fn build_c(out: &Path) -> PathBuf {
             ])
             .arg(&wasm)
             .arg(root().join("plugins/wasm/c/demo.c")),
+    );
+    wasm
+}
+
+fn build_cpp(out: &Path) -> PathBuf {
+    let wasm = out.join("demo_cpp.wasm");
+    run_build(
+        "C++",
+        Command::new("clang++")
+            .args([
+                "--target=wasm32-wasi",
+                "-std=c++17",
+                "-O2",
+                "-fno-exceptions",
+                "-mexec-model=reactor",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-o",
+            ])
+            .arg(&wasm)
+            .arg(root().join("plugins/wasm/cpp/demo.cc")),
     );
     wasm
 }
@@ -132,7 +155,7 @@ fn build_rust(out: &Path) -> PathBuf {
     target.join("wasm32-unknown-unknown/release/sdk_demo.wasm")
 }
 
-/// The three guests, built once per test binary (the tests run in parallel).
+/// The four guests, built once per test binary (the tests run in parallel).
 fn guests() -> &'static [Guest] {
     static GUESTS: OnceLock<Vec<Guest>> = OnceLock::new();
     GUESTS.get_or_init(|| {
@@ -141,6 +164,10 @@ fn guests() -> &'static [Guest] {
             Guest {
                 name: "c",
                 wasm: build_c(&out),
+            },
+            Guest {
+                name: "cpp",
+                wasm: build_cpp(&out),
             },
             Guest {
                 name: "as",
@@ -292,7 +319,7 @@ async fn headers_are_read_added_replaced_and_removed() {
         // proxy_on_log read the response status.
         p.log_has(&format!("{name} log GET /h?x=1 -> 200")).await;
     }
-    assert_eq!(p.app.requests(), 3);
+    assert_eq!(p.app.requests(), p.fronts.len());
     p.assert_clean().await;
 }
 

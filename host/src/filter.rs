@@ -148,6 +148,10 @@ impl Phases {
     pub const RESPONSE_BODY: Phases = Phases(8);
     /// [`Filter::on_log`].
     pub const LOG: Phases = Phases(16);
+    /// The response hooks also on the proxy's own reply to a request the
+    /// filter saw (a `deny`/`return` rule, a later filter, no server): Envoy's
+    /// encoder filters on a local reply. Only request-list filters.
+    pub const LOCAL_REPLY: Phases = Phases(32);
 
     /// The head hook of `phase`.
     pub const fn head(phase: Phase) -> Phases {
@@ -255,6 +259,9 @@ pub struct Chain {
     /// included (HAProxy's `http-after-response`), after `response`.
     pub after_response: Vec<std::sync::Arc<dyn Filter>>,
     pub log: Vec<std::sync::Arc<dyn Filter>>,
+    /// Request-list filters with [`Phases::LOCAL_REPLY`], in reverse order:
+    /// the response hooks run on a reply made before any server answered.
+    pub local_reply: Vec<std::sync::Arc<dyn Filter>>,
 }
 
 impl Chain {
@@ -271,6 +278,9 @@ impl Chain {
         for f in request.iter().rev() {
             if f.phases().in_phase(Phase::Response) {
                 chain.response.push(std::sync::Arc::clone(f));
+            }
+            if f.phases().contains(Phases::LOCAL_REPLY) {
+                chain.local_reply.push(std::sync::Arc::clone(f));
             }
         }
         for f in request.into_iter().chain(response) {
@@ -299,6 +309,7 @@ impl std::fmt::Debug for Chain {
             .field("response", &names(&self.response))
             .field("after_response", &names(&self.after_response))
             .field("log", &names(&self.log))
+            .field("local_reply", &names(&self.local_reply))
             .finish()
     }
 }

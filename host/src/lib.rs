@@ -13,12 +13,16 @@
 //! - [`proxy`]: workers, listeners, the request flow, upstream pools, balancing, health checks.
 //! - [`stick`]: stick tables (per-key counters and rates), their expiry task and host-function API.
 //! - [`wasm`]: Wasm plugins (Proxy-Wasm ABI v0.2.1 + `portcullis_v1`), one instance per plugin per worker.
+//! - [`harness`]: a test harness for plugins without the daemon (fake request, fake server, canned upstreams).
 //! - [`admin`]: the admin listener (`/health`, `/stats`, `/metrics`, `/tables`, `/plugins`) and its access policy.
 
 pub mod admin;
+pub mod channel;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod filter;
+pub mod harness;
 pub mod lua;
 pub mod metrics;
 pub mod plugin;
@@ -27,5 +31,6 @@ pub mod rules;
 pub mod runtime;
 pub mod servers;
 pub mod stick;
+pub mod tls;
 pub mod txn;
 pub mod wasm;

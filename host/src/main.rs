@@ -1,4 +1,4 @@
-//! The `portcullis` command: `run` the daemon or `check` a config file.
+//! The `portcullis` command: `run` the daemon, `check` a config file, `plugin` tools.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +61,11 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Plugin tools: scaffold a plugin, check a module or script, run its tests.
+    Plugin {
+        #[command(subcommand)]
+        command: portcullis::cli::plugin::PluginCommand,
+    },
 }
 
 fn init_logging(level: &str) {
@@ -77,6 +82,7 @@ fn init_logging(level: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Plugin { command } => portcullis::cli::plugin::run(command),
         Command::Check { config } => match portcullis::runtime::load(&config, BindCheck::Probe) {
             Ok(c) => {
                 // The plugins' start-up lines, at the configured level, as `run` shows them.

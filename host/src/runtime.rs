@@ -52,6 +52,10 @@ impl std::fmt::Debug for Runtime {
 pub struct Frontend {
     pub spec: config::Frontend,
     pub chain: Chain,
+    /// `tcp_request` rules of a TCP frontend (`proxy/tcp.rs` runs them).
+    pub tcp_rules: Vec<crate::rules::tcp::TcpRule>,
+    /// The access-log line (its `log_format`, else the global one), if custom.
+    pub log_format: Option<crate::rules::LogFormat>,
 }
 
 impl Deref for Frontend {
@@ -240,7 +244,18 @@ pub fn assemble_after(spec: Spec, previous: Option<&Runtime>) -> Result<Runtime,
                 chain.response.push(Arc::clone(&f));
                 chain.log.push(f);
             }
-            Ok(Frontend { spec, chain })
+            let tcp_rules = crate::rules::tcp::compile(&spec.tcp_request, &source, &cx)?;
+            let log_format = crate::rules::compile_log_format(
+                spec.log_format.as_ref().or(global.log_format.as_ref()),
+                &source,
+                &cx,
+            )?;
+            Ok(Frontend {
+                spec,
+                chain,
+                tcp_rules,
+                log_format,
+            })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
     Ok(Runtime {

@@ -218,6 +218,12 @@ pub struct Txn {
     pub resp_body: Option<hyper::body::Incoming>,
     /// Response body bytes a filter read; sent to the client before what is left of `resp_body`.
     pub resp_buffered: Option<BufferedBody>,
+    /// The connection's TLS facts (`ssl_fc*`, `ssl_c_*`); `None` on a plain-TCP bind.
+    pub tls: Option<Rc<crate::tls::TlsFacts>>,
+    /// The response phase runs on the proxy's own reply (a local reply:
+    /// Wasm filters skip a context whose instance died, as Envoy skips a
+    /// failed stream).
+    pub local_reply: bool,
 }
 
 /// A message body (or its first part) a filter read and may have rewritten, with its trailers.
@@ -331,13 +337,25 @@ impl Txn {
 
     /// A transaction for tests and tools: GET `uri` from `client`.
     pub fn for_test(uri: &str, client: SocketAddr) -> Txn {
+        let mut t = Txn::for_stream(
+            client,
+            SocketAddr::from(([127, 0, 0, 1], 8080)),
+            Rc::from("test"),
+        );
+        t.uri = uri.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        t
+    }
+
+    /// The transaction of a TCP-mode stream (no HTTP message: GET / stands
+    /// in for the fetches that read one).
+    pub fn for_stream(client: SocketAddr, local: SocketAddr, frontend: Rc<str>) -> Txn {
         Txn {
             client_addr: client,
-            local_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            frontend: Rc::from("test"),
+            local_addr: local,
+            frontend,
             phase: Phase::Request,
             method: Method::GET,
-            uri: uri.parse().unwrap_or_else(|_| Uri::from_static("/")),
+            uri: Uri::from_static("/"),
             version: Version::HTTP_11,
             req_headers: HeaderMap::new(),
             status: StatusCode::OK,
@@ -355,6 +373,8 @@ impl Txn {
             req_buffered: None,
             resp_body: None,
             resp_buffered: None,
+            tls: None,
+            local_reply: false,
         }
     }
 }

@@ -35,6 +35,12 @@ pub fn render(shared: &Shared) -> String {
         "Times accepting paused because the global maxconn was reached.",
         [(String::new(), shared.conns.reached())],
     );
+    f.family(
+        "portcullis_access_log_dropped_total",
+        "counter",
+        "Access-log lines dropped because their target could not take them (full queue or socket buffer, no syslog receiver, write error).",
+        [(String::new(), crate::proxy::logsink::dropped_total())],
+    );
 
     let fes: Vec<(String, &crate::proxy::stats::FrontendStats)> = config
         .frontends
@@ -99,6 +105,20 @@ pub fn render(shared: &Shared) -> String {
         "Response body bytes sent to clients.",
         fes.iter()
             .map(|(l, s)| (l.clone(), s.bytes_out.load(Relaxed))),
+    );
+    f.family(
+        "portcullis_frontend_tls_handshakes_total",
+        "counter",
+        "TLS handshakes completed on the frontend's TLS binds.",
+        fes.iter()
+            .map(|(l, s)| (l.clone(), s.tls_handshakes.load(Relaxed))),
+    );
+    f.family(
+        "portcullis_frontend_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that failed or did not complete within timeout.http_request.",
+        fes.iter()
+            .map(|(l, s)| (l.clone(), s.tls_handshake_failures.load(Relaxed))),
     );
 
     let bes: Vec<(String, &crate::servers::BackendState)> = config

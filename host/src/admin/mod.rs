@@ -5,6 +5,7 @@
 //! Every request passes [`guard::check`] first (Host, token, body type);
 //! connections are bounded by `admin_maxconn` and by [`conn`]'s deadlines.
 
+mod certs;
 pub mod conn;
 pub mod guard;
 pub mod metrics;
@@ -35,7 +36,7 @@ use crate::servers::{STATUS_CLASSES, StatusCounters};
 use guard::Peer;
 
 /// Every endpoint, as the 404 answer lists them.
-const ENDPOINTS: [&str; 9] = [
+const ENDPOINTS: [&str; 11] = [
     "GET /health",
     "GET /stats",
     "GET /metrics",
@@ -45,6 +46,8 @@ const ENDPOINTS: [&str; 9] = [
     "POST /plugins/<name>/reload",
     "GET /tables[/<name>[/<key>]]",
     "POST|DELETE /tables/<name>/<key>, DELETE /tables/<name>",
+    "POST /certificates/reload",
+    "POST /logs/reopen",
 ];
 
 /// A bound admin listener.
@@ -158,6 +161,9 @@ async fn dispatch(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Response<Full
     if tables::owns(req.uri().path()) {
         return tables::handle(req, &shared.config.tables).await;
     }
+    if req.uri().path() == certs::PATH {
+        return certs::reload(req.method(), shared);
+    }
     route(&req, shared)
 }
 
@@ -188,6 +194,17 @@ pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> 
         plugins::route(req.method(), path, req.uri().query(), &shared.config)
     {
         return json_response(status, &body);
+    }
+    if path == "/logs/reopen" {
+        if req.method() != Method::POST {
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": format!("{} is not allowed on {path}; use POST", req.method())}),
+            );
+        }
+        // The file writers reopen within 200 ms (logrotate's `postrotate`).
+        crate::proxy::logsink::reopen();
+        return json_response(StatusCode::OK, &json!({"reopen": "requested"}));
     }
     if !["/health", "/stats", "/metrics"].contains(&path) {
         return json_response(
@@ -241,6 +258,9 @@ pub fn stats_json(shared: &Shared) -> Value {
                 "errors": st.errors.load(Relaxed),
                 "bytes_in": st.bytes_in.load(Relaxed),
                 "bytes_out": st.bytes_out.load(Relaxed),
+                "tls_binds": fe.binds.iter().filter(|b| b.tls).map(|b| b.addr.to_string()).collect::<Vec<_>>(),
+                "tls_handshakes": st.tls_handshakes.load(Relaxed),
+                "tls_handshake_failures": st.tls_handshake_failures.load(Relaxed),
             })
         })
         .collect();

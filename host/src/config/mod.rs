@@ -11,8 +11,10 @@
 pub mod admin;
 pub mod diag;
 mod errors;
+pub mod logs;
 pub mod schema;
 pub mod stick;
+pub mod tls;
 pub mod units;
 
 use std::collections::HashMap;
@@ -84,6 +86,10 @@ pub struct Global {
     pub grace: Duration,
     pub log_level: String,
     pub access_log: AccessLogFormat,
+    /// Where access-log lines go, the syslog header, the failure-line limit.
+    pub logs: logs::LogSettings,
+    /// `[global] log_format` as written (compiled at assembly).
+    pub log_format: Option<Spanned<String>>,
     pub max_header_size: usize,
     pub max_headers: usize,
     /// Global `maxconn`; `None`: derived from the open-file limit at start-up.
@@ -99,6 +105,8 @@ pub struct Timeouts {
     pub server: Duration,
     pub http_request: Duration,
     pub keep_alive: Duration,
+    /// HAProxy's `timeout tunnel`; `None`: the client and server timeouts apply.
+    pub tunnel: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -109,6 +117,7 @@ impl Default for Timeouts {
             server: Duration::from_secs(30),
             http_request: Duration::from_secs(10),
             keep_alive: Duration::from_secs(60),
+            tunnel: None,
         }
     }
 }
@@ -118,6 +127,8 @@ impl Default for Timeouts {
 pub struct Bind {
     pub addr: SocketAddr,
     pub location: Location,
+    /// Connections to this address start with a TLS handshake (the frontend's `tls`).
+    pub tls: bool,
 }
 
 /// A validated frontend.
@@ -137,12 +148,22 @@ pub struct Frontend {
     pub http_response: Vec<Spanned<schema::RawRule>>,
     /// `http_after_response` rules as written.
     pub http_after_response: Vec<Spanned<schema::RawRule>>,
+    /// `log_format` as written (compiled at assembly; else the global one).
+    pub log_format: Option<Spanned<String>>,
     /// `filters` as written (built by the plugin host at assembly).
     pub filters: Vec<Spanned<schema::RawFilter>>,
     /// `metadata`, checked: what its `wasm` rules read as route metadata.
     pub metadata: Option<Metadata>,
     /// `errorfiles` / `error_replies`: pages replacing the default ones.
     pub errors: crate::error::ErrorPages,
+    /// `mode = "tcp"`: bytes are spliced to a server after `tcp_request`.
+    pub tcp: bool,
+    /// `tcp_request` rules as written (TCP frontends).
+    pub tcp_request: Vec<Spanned<schema::RawRule>>,
+    /// `inspect_delay`: how long `tcp_request` rules may wait for data.
+    pub inspect_delay: Duration,
+    /// `tls`: the certificates its TLS binds serve (swappable on reload).
+    pub tls: Option<Arc<crate::tls::server::Acceptor>>,
 }
 
 /// Load-balancing algorithm.
@@ -162,6 +183,8 @@ pub struct Backend {
     pub health_check: Option<HealthCheck>,
     pub connect_timeout: Duration,
     pub server_timeout: Duration,
+    /// HAProxy's `timeout tunnel` for TCP-mode connections to this backend.
+    pub tunnel_timeout: Option<Duration>,
     pub max_idle_per_server: usize,
     /// `errorfiles` / `error_replies`; win over the frontend's after routing.
     pub errors: crate::error::ErrorPages,
@@ -177,6 +200,8 @@ pub struct Server {
     pub weight: u32,
     /// Whether the backend's health check applies to this server.
     pub check: bool,
+    /// TLS to this server (its own `tls`, else the backend's).
+    pub tls: Option<Arc<crate::tls::client::Upstream>>,
 }
 
 /// Active HTTP health-check settings.
@@ -399,6 +424,8 @@ impl Validator<'_> {
             grace: g.grace.map_or(Duration::from_secs(10), |d| d.0),
             log_level,
             access_log,
+            logs: logs::settings(src, g)?,
+            log_format: g.log_format.clone(),
             max_header_size,
             max_headers,
             maxconn,
@@ -454,8 +481,29 @@ impl Validator<'_> {
             binds.push(Bind {
                 addr,
                 location: self.source.location(f.bind.span().start),
+                tls: false,
             });
         }
+        let tls = match &f.tls {
+            Some(t) => {
+                let (acceptor, which) = tls::bind(self.source, t, &|a| {
+                    self.socket_addr(a, "tls.binds address")
+                })?;
+                if let (Some(which), Some(b)) = (&which, &t.get_ref().binds)
+                    && let Some(stray) = which.iter().find(|a| !binds.iter().any(|x| x.addr == **a))
+                {
+                    return Err(self.source.error(
+                        b.span(),
+                        format!("tls.binds lists {stray}, which is not one of this frontend's bind addresses"),
+                    ));
+                }
+                for b in &mut binds {
+                    b.tls = which.as_ref().is_none_or(|w| w.contains(&b.addr));
+                }
+                Some(acceptor)
+            }
+            None => None,
+        };
         let default_backend = match &f.default_backend {
             Some(b) => Some(*backends.get(b.get_ref()).ok_or_else(|| {
                 self.source.error(
@@ -473,6 +521,7 @@ impl Validator<'_> {
             Some(n) => Some(ranged::<usize>(self.source, n, "maxconn", 1, 1 << 24)?),
             None => None,
         };
+        let tcp = self.frontend_mode(f)?;
         Ok(Frontend {
             name: Arc::from(name.as_str()),
             binds,
@@ -482,6 +531,7 @@ impl Validator<'_> {
             http_request: f.http_request.clone(),
             http_response: f.http_response.clone(),
             http_after_response: f.http_after_response.clone(),
+            log_format: f.log_format.clone(),
             filters: f.filters.clone(),
             metadata: f
                 .metadata
@@ -493,7 +543,87 @@ impl Validator<'_> {
                 f.errorfiles.as_ref(),
                 f.error_replies.as_ref(),
             )?,
+            tcp,
+            tcp_request: f.tcp_request.clone(),
+            inspect_delay: f
+                .inspect_delay
+                .as_ref()
+                .map_or(Duration::ZERO, |d| d.get_ref().0),
+            tls,
         })
+    }
+
+    /// `mode`: true for `"tcp"`; HTTP-only keys on a TCP frontend and
+    /// TCP-only keys on an HTTP one are errors at the key.
+    fn frontend_mode(&self, f: &RawFrontend) -> Result<bool, ConfigError> {
+        let tcp = match &f.mode {
+            None => false,
+            Some(m) => match m.get_ref().as_str() {
+                "http" => false,
+                "tcp" => true,
+                other => {
+                    return Err(self.source.error(
+                        m.span(),
+                        format!("unknown mode {other:?}; expected \"http\" or \"tcp\""),
+                    ));
+                }
+            },
+        };
+        let first = |rules: &[Spanned<schema::RawRule>]| rules.first().map(|r| r.span());
+        if tcp {
+            let http_only = [
+                ("http_request", first(&f.http_request)),
+                ("http_response", first(&f.http_response)),
+                ("http_after_response", first(&f.http_after_response)),
+                ("errorfiles", f.errorfiles.as_ref().map(|e| e.span())),
+                ("error_replies", f.error_replies.as_ref().map(|e| e.span())),
+                ("metadata", f.metadata.as_ref().map(|m| m.span())),
+            ];
+            if let Some((key, Some(span))) = http_only.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(self.source.error(
+                    span,
+                    format!("`{key}` is an HTTP setting and this frontend has mode = \"tcp\"; use tcp_request rules, or a separate HTTP frontend"),
+                ));
+            }
+            if let Some(fl) = f.filters.first() {
+                return Err(self.source.error(
+                    fl.span(),
+                    "filters on a TCP frontend (HAProxy's tcp_payload callbacks) are not supported yet; use tcp_request rules with a Lua tcp-req action",
+                ));
+            }
+            if let Some(t) = &f.tls {
+                return Err(self.source.error(
+                    t.span(),
+                    "TLS on a TCP frontend (HAProxy's `bind ... ssl` in mode tcp) is not supported yet; terminate TLS on an HTTP frontend, or pass the bytes through without `tls`",
+                ));
+            }
+            if f.forwardfor == Some(true) {
+                return Err(self.source.error(
+                    f.mode.as_ref().map_or(0..0, |m| m.span()),
+                    "forwardfor adds HTTP headers and this frontend has mode = \"tcp\"; remove it",
+                ));
+            }
+        } else {
+            let tcp_only = [
+                ("tcp_request", first(&f.tcp_request)),
+                ("inspect_delay", f.inspect_delay.as_ref().map(|d| d.span())),
+            ];
+            if let Some((key, Some(span))) = tcp_only.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(self.source.error(
+                    span,
+                    format!("`{key}` applies to TCP frontends; add mode = \"tcp\" to this frontend, or use http_request rules"),
+                ));
+            }
+        }
+        if let Some(d) = &f.inspect_delay
+            && d.get_ref().0 > Duration::from_secs(3600)
+        {
+            return Err(self.source.error(
+                d.span(),
+                "inspect_delay longer than 1h; it bounds how long a connection may wait for data, e.g. \"5s\"",
+            ));
+        }
+        Ok(tcp)
     }
 
     fn check_name(&self, name: &Spanned<String>, what: &str) -> Result<(), ConfigError> {
@@ -523,6 +653,7 @@ impl Validator<'_> {
                 format!("backend {:?} has no server; add e.g. server = [{{ name = \"s1\", addr = \"127.0.0.1:9000\" }}]", b.name.get_ref()),
             ));
         }
+        let backend_tls = b.tls.as_ref().map(|t| tls::upstream(src, t)).transpose()?;
         let mut servers = Vec::with_capacity(b.server.len());
         let mut names = HashMap::new();
         for s in &b.server {
@@ -552,6 +683,11 @@ impl Validator<'_> {
                 addr_text: s.addr.get_ref().clone(),
                 weight,
                 check: s.check.unwrap_or(true),
+                tls: match (&s.tls, &backend_tls) {
+                    (Some(t), _) => Some(tls::upstream(src, t)?),
+                    (None, Some(t)) => Some(Arc::clone(t)),
+                    (None, None) => None,
+                },
             });
         }
         if servers.iter().all(|s| s.weight == 0) {
@@ -571,7 +707,7 @@ impl Validator<'_> {
                 if t.client.is_some() || t.http_request.is_some() || t.keep_alive.is_some() {
                     return Err(src.error(
                         b.timeout.as_ref().map_or(0..0, |t| t.span()),
-                        "a backend's timeout table may only set \"connect\" and \"server\"; client-side timeouts belong in [global.timeout]",
+                        "a backend's timeout table may only set \"connect\", \"server\" and \"tunnel\"; client-side timeouts belong in [global.timeout]",
                     ));
                 }
                 merge_timeouts(global, t)
@@ -589,6 +725,7 @@ impl Validator<'_> {
             health_check,
             connect_timeout: timeouts.connect,
             server_timeout: timeouts.server,
+            tunnel_timeout: timeouts.tunnel,
             max_idle_per_server,
             errors: errors::error_pages(src, b.errorfiles.as_ref(), b.error_replies.as_ref())?,
         })
@@ -675,6 +812,7 @@ fn merge_timeouts(base: &Timeouts, raw: &RawTimeouts) -> Timeouts {
         server: raw.server.map_or(base.server, |d| d.0),
         http_request: raw.http_request.map_or(base.http_request, |d| d.0),
         keep_alive: raw.keep_alive.map_or(base.keep_alive, |d| d.0),
+        tunnel: raw.tunnel.map(|d| d.0).or(base.tunnel),
     }
 }
 

@@ -72,6 +72,10 @@ pub struct RawPlugin {
     /// A Wasm plugin no rule uses: one instance for the process (`true`, the
     /// default) or one per worker (`false`), as Envoy's `WasmService.singleton`.
     pub singleton: Option<Spanned<bool>>,
+    /// Wasm: Envoy's `vm_id`; plugins with the same one share a VM per worker.
+    pub vm_id: Option<Spanned<String>>,
+    /// Wasm: Envoy's `root_id` (the `plugin_root_id` property).
+    pub root_id: Option<Spanned<String>>,
     /// Memory the plugin may use per worker instance.
     pub memory_limit: Option<Spanned<ConfigSize>>,
     /// CPU time one call into the plugin may use.
@@ -118,6 +122,23 @@ pub struct RawGlobal {
     pub log_level: Option<Spanned<String>>,
     /// Access-log format: `text`, `json` or `off`.
     pub access_log: Option<Spanned<String>>,
+    // Where access-log lines go and how they read (checked in `config/logs.rs`).
+    /// `stderr`, `file:PATH`, `udp://HOST:PORT` or `unix:PATH` (syslog).
+    pub access_log_target: Option<Spanned<String>>,
+    /// Syslog header: `rfc3164` (HAProxy's default) or `rfc5424`.
+    pub syslog_format: Option<Spanned<String>>,
+    /// Syslog facility (`local0`..`local7`, `daemon`, ...).
+    pub syslog_facility: Option<Spanned<String>>,
+    /// Syslog severity of access-log lines (`info`, ...).
+    pub syslog_level: Option<Spanned<String>>,
+    /// Syslog tag (program name).
+    pub syslog_tag: Option<Spanned<String>>,
+    /// HAProxy-style custom access-log line for every frontend without its own.
+    pub log_format: Option<Spanned<String>>,
+    /// Plugin failures of a kind logged in full before the rate limit applies.
+    pub plugin_failure_log_burst: Option<Spanned<i64>>,
+    /// After the burst, at most one failure line per plugin and kind per this time.
+    pub plugin_failure_log_interval: Option<Spanned<ConfigDuration>>,
     /// Largest request head (request line + headers) accepted; larger gets 431.
     pub max_header_size: Option<Spanned<ConfigSize>>,
     /// Most header fields accepted in one request; more gets 431.
@@ -163,6 +184,9 @@ pub struct RawTimeouts {
     pub http_request: Option<ConfigDuration>,
     /// Idle time allowed between requests on a keep-alive connection.
     pub keep_alive: Option<ConfigDuration>,
+    /// Inactivity allowed both ways once a TCP-mode connection is spliced
+    /// to its server (HAProxy's `timeout tunnel`); absent: `client`/`server`.
+    pub tunnel: Option<ConfigDuration>,
 }
 
 /// `[[frontend]]`: a set of listening addresses and the rules applied to their traffic.
@@ -172,6 +196,15 @@ pub struct RawFrontend {
     pub name: Spanned<String>,
     pub bind: Spanned<OneOrMany>,
     pub default_backend: Option<Spanned<String>>,
+    /// `"http"` (the default) or `"tcp"`: a TCP frontend splices bytes to a
+    /// server after its `tcp_request` rules (HAProxy's `mode tcp`).
+    pub mode: Option<Spanned<String>>,
+    /// HAProxy's `tcp-request content` rules (TCP frontends only).
+    #[serde(default)]
+    pub tcp_request: Vec<Spanned<RawRule>>,
+    /// How long `tcp_request` rules may wait for client data (HAProxy's
+    /// `tcp-request inspect-delay`); absent: they see what is there at once.
+    pub inspect_delay: Option<Spanned<ConfigDuration>>,
     /// Most client connections open at once on this frontend; absent: the global `maxconn`.
     pub maxconn: Option<Spanned<i64>>,
     /// HAProxy's `option forwardfor` (and the proto header): add
@@ -185,6 +218,8 @@ pub struct RawFrontend {
     /// proxy's own answers (deny, return, redirect, error pages) included.
     #[serde(default)]
     pub http_after_response: Vec<Spanned<RawRule>>,
+    /// HAProxy-style custom access-log line for this frontend.
+    pub log_format: Option<Spanned<String>>,
     /// HAProxy's `filter lua.NAME [args]`: stream filters, in order.
     #[serde(default)]
     pub filters: Vec<Spanned<RawFilter>>,
@@ -195,6 +230,8 @@ pub struct RawFrontend {
     pub errorfiles: Option<Spanned<ErrorMap<String>>>,
     /// HAProxy's `http-error`: status → a reply (`body`, `content_type`, `headers`).
     pub error_replies: Option<Spanned<ErrorMap<RawErrorReply>>>,
+    /// HTTPS: certificates and TLS settings of the binds (see `config/tls.rs`).
+    pub tls: Option<Spanned<super::tls::RawTlsBind>>,
 }
 
 /// One `filters` entry of a frontend: `{ lua = "name", args = [...] }`
@@ -257,6 +294,8 @@ pub struct RawBackend {
     pub errorfiles: Option<Spanned<ErrorMap<String>>>,
     /// HAProxy's `http-error`: status → a reply (`body`, `content_type`, `headers`).
     pub error_replies: Option<Spanned<ErrorMap<RawErrorReply>>>,
+    /// TLS to the servers (see `config/tls.rs`); a server's own `tls` wins.
+    pub tls: Option<Spanned<super::tls::RawTlsUpstream>>,
 }
 
 /// One `server` entry of a backend.
@@ -268,6 +307,8 @@ pub struct RawServer {
     pub weight: Option<Spanned<i64>>,
     /// Set to false to exclude this server from the backend's health check.
     pub check: Option<bool>,
+    /// TLS to this server, replacing the backend's `tls`.
+    pub tls: Option<Spanned<super::tls::RawTlsUpstream>>,
 }
 
 /// Active HTTP health check for a backend's servers.
@@ -326,6 +367,10 @@ pub struct RawRule {
 
     /// `deny = true` (403) or `deny = 429`.
     pub deny: Option<Spanned<DenySpec>>,
+    /// `accept = true` (`tcp_request` only): stop the rules, forward the connection.
+    pub accept: Option<Spanned<bool>>,
+    /// `reject = true` (`tcp_request` only): close the connection.
+    pub reject: Option<Spanned<bool>>,
 
     /// `redirect = "https://example.com%[path]"`: Location (log-format).
     pub redirect: Option<Spanned<String>>,

@@ -34,11 +34,13 @@ pub fn plugin_json(p: &Plugin) -> Value {
                 let mut phases = Vec::new();
                 if a.request { phases.push("http-req"); }
                 if a.response { phases.push("http-res"); }
+                if a.tcp { phases.push("tcp-req"); }
                 json!({ "name": a.name, "phases": phases })
             }).collect::<Vec<_>>(),
             "fetches": r.fetches,
             "converters": r.converters,
             "services": r.services,
+            "tcp_services": r.tcp_services,
             "filters": r.filters,
             "inits": r.inits,
             "tasks": r.tasks,

@@ -33,6 +33,14 @@ impl RuleExtension for LuaHost {
         super::rules::build_service(&self.plugins, name)
     }
 
+    fn tcp_action(&self, raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Filter>, ConfigError> {
+        super::rules::build_tcp_action(&self.plugins, raw, re)
+    }
+
+    fn tcp_service(&self, name: &str, _re: &RuleEnv<'_>) -> Result<Box<dyn Filter>, String> {
+        super::applet_tcp::build(&self.plugins, name)
+    }
+
     fn fetch(&self, c: &Call<'_>, env: &Env<'_>) -> Result<Box<dyn Fetch>, ParseError> {
         super::rules::build_fetch(&self.plugins, c, env)
     }

@@ -25,6 +25,7 @@
 pub mod admin;
 mod api;
 mod applet;
+mod applet_tcp;
 mod events;
 mod ffi;
 mod filter;
@@ -100,6 +101,9 @@ pub struct RegAction {
     /// Arguments the rule must give (`nb_args`), per phase.
     pub nb_args_req: usize,
     pub nb_args_res: usize,
+    /// Registered for `tcp-req` (`tcp_request` rules), with its `nb_args`.
+    pub tcp: bool,
+    pub nb_args_tcp: usize,
 }
 
 /// Everything a script registered while loading.
@@ -109,6 +113,8 @@ pub struct Registered {
     pub fetches: Vec<String>,
     pub converters: Vec<String>,
     pub services: Vec<String>,
+    /// `core.register_service(name, "tcp", f)` names.
+    pub tcp_services: Vec<String>,
     /// `core.register_filter` names.
     pub filters: Vec<String>,
     pub inits: usize,
@@ -215,6 +221,45 @@ impl Plugins {
                     .flat_map(|p| p.registered.actions.iter().map(|a| a.name.as_str()))
                     .collect();
                 Err(unknown("action", name, &names, &self.list))
+            }
+            [(a, _), (b, _), ..] => Err(format!(
+                "Lua action {name:?} is registered by both plugin {:?} and plugin {:?}; rename one of them",
+                a.name, b.name
+            )),
+        }
+    }
+
+    /// The plugin that registered `tcp-req` action `name`, and its `nb_args`.
+    pub(crate) fn tcp_action(&self, name: &str) -> Result<(&Arc<Plugin>, usize), String> {
+        let mut found = Vec::new();
+        let mut other = false;
+        for p in &self.list {
+            for a in p.registered.actions.iter().filter(|a| a.name == name) {
+                if a.tcp {
+                    found.push((p, a.nb_args_tcp));
+                } else {
+                    other = true;
+                }
+            }
+        }
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] if other => Err(format!(
+                "Lua action {name:?} is not registered for tcp_request rules (register it with {{\"tcp-req\"}} in core.register_action)"
+            )),
+            [] => {
+                let names: Vec<&str> = self
+                    .list
+                    .iter()
+                    .flat_map(|p| {
+                        p.registered
+                            .actions
+                            .iter()
+                            .filter(|a| a.tcp)
+                            .map(|a| a.name.as_str())
+                    })
+                    .collect();
+                Err(unknown("tcp-req action", name, &names, &self.list))
             }
             [(a, _), (b, _), ..] => Err(format!(
                 "Lua action {name:?} is registered by both plugin {:?} and plugin {:?}; rename one of them",
@@ -350,6 +395,14 @@ fn load_one(
             s.span(),
             "`singleton` is for Wasm plugins no rule uses; a Lua plugin's tasks run in every worker",
         ));
+    }
+    for (key, v) in [("vm_id", &p.vm_id), ("root_id", &p.root_id)] {
+        if let Some(v) = v {
+            return Err(source.error(
+                v.span(),
+                format!("`{key}` is for Wasm plugins (Envoy's VM and root context ids)"),
+            ));
+        }
     }
     for (key, v) in [("config", &p.config), ("vm_config", &p.vm_config)] {
         if let Some(v) = v {

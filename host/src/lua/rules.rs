@@ -46,6 +46,45 @@ pub struct LuaAction {
     phase: Phase,
     args: Vec<String>,
     id: u64,
+    /// A `tcp-req` action (a `tcp_request` rule).
+    tcp: bool,
+}
+
+/// Builds a `lua` rule in `tcp_request`: the action must be registered for `tcp-req`.
+pub fn build_tcp_action(
+    plugins: &super::Plugins,
+    raw: &RawRule,
+    re: &RuleEnv<'_>,
+) -> Result<Box<dyn Filter>, ConfigError> {
+    let Some(n) = &raw.lua else {
+        return Err(re.error(re.span.clone(), "internal error: `lua` missing"));
+    };
+    let (plugin, nb_args) = plugins
+        .tcp_action(n.get_ref())
+        .map_err(|m| re.error(n.span(), m))?;
+    let args = match &raw.args {
+        Some(a) => arg_strings(a).map_err(|m| re.error(a.span(), m))?,
+        None => Vec::new(),
+    };
+    if args.len() != nb_args {
+        let span = raw.args.as_ref().map_or(n.span(), |a| a.span());
+        return Err(re.error(
+            span,
+            format!(
+                "Lua action {:?} takes {nb_args} argument(s) (nb_args in core.register_action), got {}",
+                n.get_ref(),
+                args.len()
+            ),
+        ));
+    }
+    Ok(Box::new(LuaAction {
+        plugin: Arc::clone(plugin),
+        name: n.get_ref().clone(),
+        phase: Phase::Request,
+        args,
+        id: NEXT_RULE.fetch_add(1, Relaxed),
+        tcp: true,
+    }))
 }
 
 /// Builds a `lua` rule: the action must be registered for the rule's phase with as many arguments.
@@ -88,6 +127,7 @@ pub fn build_action(
         phase,
         args,
         id: NEXT_RULE.fetch_add(1, Relaxed),
+        tcp: false,
     }))
 }
 
@@ -105,11 +145,14 @@ impl LuaAction {
         };
         plugin.stats.calls.fetch_add(1, Relaxed);
         let response = self.phase == Phase::Response;
+        let tcp = self.tcp;
         let name = self.name.as_str();
         let binding = match inst.binding(
             self.id,
             |f| {
-                if response {
+                if tcp {
+                    f.actions_tcp.get(name).cloned()
+                } else if response {
                     f.actions_res.get(name).cloned()
                 } else {
                     f.actions_req.get(name).cloned()
@@ -205,6 +248,11 @@ impl LuaAction {
         };
         let _ = txn;
         match code {
+            // In tcp_request, STOP ends the rules and accepts the connection.
+            act::STOP if self.tcp => Flow::Respond(Reply {
+                cause: Some(crate::rules::tcp::ACCEPT_CAUSE),
+                ..status_reply(200)
+            }),
             act::CONTINUE | act::STOP => Flow::Continue,
             act::YIELD => {
                 // HAProxy calls the action again after the wake time.
@@ -256,7 +304,7 @@ fn status_reply(status: u16) -> Reply {
 struct StateFailed;
 
 /// Runs `call`, marking `txn` if `plugin`'s state on this worker failed meanwhile.
-fn watched(plugin: &Plugin, txn: &mut Txn, call: impl FnOnce(&mut Txn) -> Flow) -> Flow {
+pub(super) fn watched(plugin: &Plugin, txn: &mut Txn, call: impl FnOnce(&mut Txn) -> Flow) -> Flow {
     let before = runtime::failures(plugin);
     let flow = call(txn);
     if runtime::failures(plugin) > before
@@ -269,7 +317,7 @@ fn watched(plugin: &Plugin, txn: &mut Txn, call: impl FnOnce(&mut Txn) -> Flow) 
 
 /// The end of a request that ran `plugin`: a request with no failure of its
 /// state resets the back-off (only the plugin's failures in a row count).
-fn finished(plugin: &Plugin, txn: &Txn) {
+pub(super) fn finished(plugin: &Plugin, txn: &Txn) {
     if txn.plugin_state.peek::<StateFailed>(plugin.id).is_none() {
         runtime::request_succeeded(plugin);
     }

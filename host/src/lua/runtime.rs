@@ -153,6 +153,9 @@ pub(crate) struct Funcs {
     pub fetches: HashMap<String, Function>,
     pub converters: HashMap<String, Function>,
     pub services: HashMap<String, Function>,
+    /// `tcp-req` actions and TCP services.
+    pub actions_tcp: HashMap<String, Function>,
+    pub services_tcp: HashMap<String, Function>,
     /// `core.register_filter`: the class and the function called per `filters` entry.
     pub filters: HashMap<String, (Table, Function)>,
     pub inits: Vec<Function>,
@@ -714,10 +717,13 @@ fn classify_yield(vals: &MultiValue) -> Step {
                     Ok(s) => s.take_pending(),
                     Err(_) => match ud.borrow::<super::api::HttpCall>() {
                         Ok(c) => c.take_pending(),
-                        Err(_) => ud
-                            .borrow::<super::api::QueueWaiter>()
-                            .ok()
-                            .and_then(|w| w.take_pending()),
+                        Err(_) => match ud.borrow::<super::api::QueueWaiter>() {
+                            Ok(w) => w.take_pending(),
+                            Err(_) => ud
+                                .borrow::<super::api::tcp::ChanWait>()
+                                .ok()
+                                .and_then(|w| w.take_pending()),
+                        },
                     },
                 },
                 _ => None,
@@ -924,12 +930,15 @@ pub(crate) fn record_failure(
     what: &str,
 ) {
     plugin.stats.count_error(e.kind);
-    tracing::warn!(
-        plugin = %plugin.name,
-        kind = e.kind.name(),
-        "Lua {what} failed: {}",
-        e.message
-    );
+    // Rate-limited per plugin and kind (plugin::lograte); every failure is counted.
+    if let Some(more) = plugin.stats.errors.log_line(e.kind) {
+        tracing::warn!(
+            plugin = %plugin.name,
+            kind = e.kind.name(),
+            "Lua {what} failed: {}{more}",
+            e.message
+        );
+    }
     if e.poisoned
         && let Some(i) = inst
     {

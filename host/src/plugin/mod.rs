@@ -17,6 +17,8 @@ use serde_json::Value;
 use crate::metrics::Writer;
 pub use crate::rules::RuleExtension;
 
+pub mod lograte;
+
 /// One plugin kind's plugins, as the daemon runs them.
 pub trait PluginHost: RuleExtension {
     /// A worker starts (before it accepts): build instances that must run
@@ -200,9 +202,10 @@ impl FailureKind {
     }
 }
 
-/// Failures counted by kind (atomics shared by every worker's instance).
+/// Failures counted by kind (atomics shared by every worker's instance),
+/// with the rate limit of their log lines ([`lograte`]).
 #[derive(Debug, Default)]
-pub struct FailureCounts([std::sync::atomic::AtomicU64; 10]);
+pub struct FailureCounts([std::sync::atomic::AtomicU64; 10], [lograte::LineLimit; 10]);
 
 impl FailureCounts {
     /// Counts one failure of `kind`.
@@ -213,6 +216,13 @@ impl FailureCounts {
     /// Failures of `kind` so far.
     pub fn get(&self, kind: FailureKind) -> u64 {
         self.0[kind.index()].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether a failure of `kind` gets its log line now, and what to add
+    /// to it (the failures suppressed since the previous line); `None`:
+    /// suppressed (counted for the next line).
+    pub fn log_line(&self, kind: FailureKind) -> Option<lograte::Suppressed> {
+        self.1[kind.index()].admit(lograte::settings())
     }
 }
 

@@ -1,13 +1,16 @@
 //! The access log: one line per request, text or JSON, buffered per worker.
 //!
-//! Lines are appended to a worker-local buffer and written to stderr in
-//! batches (when the buffer fills, every 100 ms, and at shutdown), so the
-//! request path never makes a syscall or takes a lock for logging.
+//! Lines are appended to a worker-local buffer and handed to the sink
+//! ([`super::logsink`]: stderr, a file, syslog) in batches (when the buffer
+//! fills, every 100 ms, and at shutdown), so the request path never makes a
+//! syscall or takes a lock for logging.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::logsink::Sink;
 
 use crate::config::AccessLogFormat;
 
@@ -69,6 +72,7 @@ pub struct AccessLog {
     format: AccessLogFormat,
     buf: RefCell<String>,
     clock: RefCell<ClockCache>,
+    sink: Arc<Sink>,
 }
 
 /// Appends `n` in decimal (the formatting machinery costs more than the line's text).
@@ -105,8 +109,8 @@ fn write_ms(buf: &mut String, d: Duration) {
 }
 
 impl AccessLog {
-    /// A logger writing `format` lines.
-    pub fn new(format: AccessLogFormat) -> AccessLog {
+    /// A logger writing `format` lines to `sink`.
+    pub fn new(format: AccessLogFormat, sink: Arc<Sink>) -> AccessLog {
         AccessLog {
             format,
             buf: RefCell::new(String::with_capacity(FLUSH_AT + 1024)),
@@ -114,19 +118,26 @@ impl AccessLog {
                 secs: u64::MAX,
                 prefix: String::new(),
             }),
+            sink,
         }
     }
 
-    /// Appends the current UTC time as `2026-11-23T11:19:37.123Z`.
-    fn write_time(&self, buf: &mut String) {
+    /// Starts a line: the syslog header when the sink is syslog.
+    fn begin_line(&self, buf: &mut String) {
+        if !self.sink.is_syslog() {
+            return;
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        self.write_time_at(buf, now);
+        self.update_clock(now);
+        let clock = self.clock.borrow();
+        self.sink
+            .write_header(buf, &clock.prefix, now.subsec_millis());
     }
 
-    /// Appends Unix time `now` as `2026-11-23T11:19:37.123Z` (milliseconds truncated).
-    fn write_time_at(&self, buf: &mut String, now: Duration) {
+    /// Recomputes the cached date-and-seconds if `now` is in another second.
+    fn update_clock(&self, now: Duration) {
         let mut clock = self.clock.borrow_mut();
         if clock.secs != now.as_secs() {
             clock.secs = now.as_secs();
@@ -140,6 +151,20 @@ impl AccessLog {
                 clock.prefix.pop();
             }
         }
+    }
+
+    /// Appends the current UTC time as `2026-11-23T11:19:37.123Z`.
+    fn write_time(&self, buf: &mut String) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.write_time_at(buf, now);
+    }
+
+    /// Appends Unix time `now` as `2026-11-23T11:19:37.123Z` (milliseconds truncated).
+    fn write_time_at(&self, buf: &mut String, now: Duration) {
+        self.update_clock(now);
+        let clock = self.clock.borrow();
         buf.push_str(&clock.prefix);
         buf.push('.');
         push_3digits(buf, u64::from(now.subsec_millis()));
@@ -155,8 +180,12 @@ impl AccessLog {
     pub fn write(&self, rec: &LogRecord<'_>) {
         let full = {
             let mut buf = self.buf.borrow_mut();
+            if self.format == AccessLogFormat::Off {
+                return;
+            }
+            self.begin_line(&mut buf);
             match self.format {
-                AccessLogFormat::Off => return,
+                AccessLogFormat::Off => {}
                 AccessLogFormat::Text => {
                     // ` client frontend backend/server "METHOD path VERSION" status bytes `
                     self.write_time(&mut buf);
@@ -209,15 +238,41 @@ impl AccessLog {
         }
     }
 
+    /// Appends one custom line (a frontend's `log_format`), written by `line`.
+    pub fn write_with(&self, line: impl FnOnce(&mut String)) {
+        let full = {
+            let mut buf = self.buf.borrow_mut();
+            if self.format == AccessLogFormat::Off {
+                return;
+            }
+            self.begin_line(&mut buf);
+            let mut line_text = String::with_capacity(256);
+            line(&mut line_text);
+            // One line per exchange, whatever a header value held.
+            if line_text.contains(['\n', '\r']) {
+                buf.extend(
+                    line_text
+                        .chars()
+                        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c }),
+                );
+            } else {
+                buf.push_str(&line_text);
+            }
+            buf.push('\n');
+            buf.len() >= FLUSH_AT
+        };
+        if full {
+            self.flush();
+        }
+    }
+
     /// Writes out whatever is buffered.
     pub fn flush(&self) {
         let mut buf = self.buf.borrow_mut();
         if buf.is_empty() {
             return;
         }
-        let mut err = std::io::stderr().lock();
-        let _ = err.write_all(buf.as_bytes());
-        let _ = err.flush();
+        self.sink.send(&buf);
         buf.clear();
     }
 }
@@ -230,6 +285,10 @@ pub fn millis(d: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_sink() -> Arc<Sink> {
+        super::super::logsink::open(&crate::config::logs::LogSettings::default())
+    }
 
     #[test]
     fn timestamps_and_durations() {
@@ -253,7 +312,7 @@ mod tests {
 
     #[test]
     fn a_text_line_has_every_field_in_order() {
-        let log = AccessLog::new(AccessLogFormat::Text);
+        let log = AccessLog::new(AccessLogFormat::Text, test_sink());
         log.write(&LogRecord {
             client: "10.0.0.1:5555",
             frontend: "web",
@@ -281,7 +340,7 @@ mod tests {
 
     #[test]
     fn rfc3339_times() {
-        let log = AccessLog::new(AccessLogFormat::Text);
+        let log = AccessLog::new(AccessLogFormat::Text, test_sink());
         for (secs, nanos, text) in [
             (0, 0, "1970-01-01T00:00:00.000Z"),
             (1_763_897_977, 123_999_999, "2025-11-23T11:39:37.123Z"),

@@ -40,6 +40,60 @@ pub async fn run_phase(
     None
 }
 
+/// Runs the response hooks of `filters` (a chain's `local_reply` list) on
+/// the proxy's own `reply` to a request no server answered, as Envoy runs
+/// its encoder filters on a local reply: each filter that created its
+/// per-request state in the request phase sees the reply's head and body
+/// and may change them; one that did not (placed after the answering rule,
+/// its condition false, failed) lets it pass. A hook that answers itself
+/// replaces the reply: that new reply is returned (no further hook runs).
+pub async fn run_local_reply(
+    filters: &[Arc<dyn Filter>],
+    txn: &mut Txn,
+    reply: &mut Reply,
+) -> Option<Reply> {
+    if filters.is_empty() {
+        return None;
+    }
+    txn.phase = Phase::Response;
+    txn.req_vars.clear();
+    txn.status = reply.status;
+    txn.resp_headers = std::mem::take(&mut reply.headers);
+    txn.resp_body = None;
+    let len = reply.body.len();
+    txn.resp_buffered = (len > 0).then(|| BufferedBody {
+        data: reply.body.to_vec(),
+        received: len,
+        trailers: HeaderMap::new(),
+    });
+    let mut taps = Vec::new();
+    txn.local_reply = true;
+    let answer = run_phase(filters, txn, &mut taps).await;
+    txn.local_reply = false;
+    reply.status = txn.status;
+    reply.headers = std::mem::take(&mut txn.resp_headers);
+    match txn.resp_buffered.take() {
+        Some(b) if b.data[..] != reply.body[..] => {
+            if reply.headers.contains_key(CONTENT_LENGTH) {
+                reply
+                    .headers
+                    .insert(CONTENT_LENGTH, HeaderValue::from(b.data.len()));
+            }
+            reply.body = b.data.into();
+        }
+        Some(_) => {}
+        // A hook emptied the body.
+        None if len > 0 && answer.is_none() => {
+            reply.body = bytes::Bytes::new();
+            if reply.headers.contains_key(CONTENT_LENGTH) {
+                reply.headers.insert(CONTENT_LENGTH, HeaderValue::from(0));
+            }
+        }
+        None => {}
+    }
+    answer
+}
+
 /// Runs one filter's head hook to completion, waiting and resuming as it asks.
 async fn run_head(filter: &dyn Filter, txn: &mut Txn) -> Option<Reply> {
     let flow = match txn.phase {

@@ -286,9 +286,32 @@ enum Fired {
     Rearm,
 }
 
+/// A client connection's byte stream: the TCP socket itself, or TLS over it
+/// (`proxy/tls.rs`). The socket underneath is what idle waits watch.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + 'static {
+    /// The TCP socket underneath.
+    fn tcp(&self) -> &TcpStream;
+    /// Gives the TCP socket back (for the lingering close).
+    fn into_tcp(self) -> TcpStream;
+    /// Best effort, without waiting: sends `buf` (a 408 before closing).
+    fn send_now(&mut self, buf: &[u8]);
+}
+
+impl ClientStream for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+    fn into_tcp(self) -> TcpStream {
+        self
+    }
+    fn send_now(&mut self, buf: &[u8]) {
+        let _ = self.try_write(buf);
+    }
+}
+
 /// The client socket with request-head, keep-alive and send deadlines.
-pub struct TimedIo {
-    stream: TcpStream,
+pub struct TimedIo<S = TcpStream> {
+    stream: S,
     /// Bytes read before hyper took over (protocol detection, or what a
     /// parked hyper connection had buffered), served before the socket.
     prefix: Bytes,
@@ -311,14 +334,14 @@ pub struct TimedIo {
     replaced: bool,
 }
 
-impl TimedIo {
+impl<S: ClientStream> TimedIo<S> {
     fn new(
-        stream: TcpStream,
+        stream: S,
         prefix: Bytes,
         state: Rc<ConnState>,
         t: &Timeouts,
         park_base: Option<Instant>,
-    ) -> TimedIo {
+    ) -> TimedIo<S> {
         let first = state.since.get() + t.http_request;
         TimedIo {
             stream,
@@ -401,9 +424,8 @@ impl TimedIo {
                     if self.state.phase.get() == ConnPhase::Head {
                         // Best effort: the socket buffer is empty at this point, so
                         // a short response fits; a client that is gone loses nothing.
-                        let _ = self
-                            .stream
-                            .try_write(&self.state.raw_error(http::StatusCode::REQUEST_TIMEOUT));
+                        let page = self.state.raw_error(http::StatusCode::REQUEST_TIMEOUT);
+                        self.stream.send_now(&page);
                         self.state.sent_408.set(true);
                     }
                     // End of stream: hyper closes the connection.
@@ -429,7 +451,7 @@ impl TimedIo {
     }
 }
 
-impl AsyncRead for TimedIo {
+impl<S: ClientStream> AsyncRead for TimedIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -466,7 +488,7 @@ fn response_status(buf: &[u8]) -> Option<http::StatusCode> {
     http::StatusCode::from_bytes(rest.get(..3)?).ok()
 }
 
-impl TimedIo {
+impl<S: ClientStream> TimedIo<S> {
     /// Sends what is left of the replacement response.
     fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some(rest) = self.replacement.as_mut() {
@@ -486,7 +508,7 @@ impl TimedIo {
     }
 }
 
-impl AsyncWrite for TimedIo {
+impl<S: ClientStream> AsyncWrite for TimedIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -597,7 +619,7 @@ enum Detected {
 }
 
 /// Reads until the bytes either diverge from the HTTP/2 preface or complete it.
-async fn detect(stream: &mut TcpStream, deadline: Instant) -> io::Result<Detected> {
+async fn detect<S: ClientStream>(stream: &mut S, deadline: Instant) -> io::Result<Detected> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await;
@@ -619,7 +641,7 @@ async fn detect(stream: &mut TcpStream, deadline: Instant) -> io::Result<Detecte
 
 /// Why a connection that holds no request stopped waiting.
 #[derive(Debug, PartialEq, Eq)]
-enum Wake {
+pub(super) enum Wake {
     /// Bytes (or the client's close) arrived.
     Readable,
     /// Timed out, shed under connection pressure, or shutting down: close.
@@ -630,7 +652,7 @@ enum Wake {
 /// passes. The worker sheds such connections when it runs out of
 /// connection slots (nginx does the same with idle keep-alive connections).
 /// With `shutdown`, a start of the drain shortens the wait to the drain linger.
-async fn wait_readable(
+pub(super) async fn wait_readable(
     stream: &TcpStream,
     worker: &Worker,
     state: Option<&ConnState>,
@@ -759,8 +781,7 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
     let local = stream.local_addr().unwrap_or(client);
     // The generation in force at accept sets the connection's timeouts and
     // limits; each request then runs on the generation in force when it starts.
-    let epoch = worker.current();
-    let timeouts = epoch.shared.config.global.timeouts;
+    let timeouts = worker.current().shared.config.global.timeouts;
     let accepted = Instant::now();
     let mut shutdown = worker.shutdown_signal();
     // Until its first byte a connection holds no buffer: a flood of silent
@@ -781,6 +802,76 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
         Detected::Http1(p) => (p, false),
         Detected::Http2(p) => (p, true),
     };
+    serve_stream(
+        worker,
+        Opened {
+            frontend,
+            client,
+            local,
+            accepted,
+            tls: None,
+        },
+        stream,
+        prefix,
+        h2,
+    )
+    .await;
+}
+
+/// A connection ready for HTTP: where it came from, when, and its TLS facts.
+pub struct Opened {
+    pub frontend: usize,
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    pub accepted: Instant,
+    pub tls: Option<Rc<crate::tls::TlsFacts>>,
+}
+
+/// Serves a TLS connection after its handshake: HTTP/2 when ALPN chose it,
+/// HTTP/1.1 when ALPN chose that, else the protocol the first bytes show.
+pub(super) async fn serve_tls<S: ClientStream>(worker: Rc<Worker>, opened: Opened, mut stream: S) {
+    let alpn = opened
+        .tls
+        .as_ref()
+        .and_then(|t| t.alpn.as_deref().map(str::to_owned));
+    let (prefix, h2) = match alpn.as_deref() {
+        Some("h2") => (Bytes::new(), true),
+        Some(_) => (Bytes::new(), false),
+        None => {
+            let deadline =
+                opened.accepted + worker.current().shared.config.global.timeouts.http_request;
+            match detect(&mut stream, deadline).await {
+                Ok(Detected::Http1(p)) => (p, false),
+                Ok(Detected::Http2(p)) => (p, true),
+                Ok(Detected::Nothing) => return,
+                Err(e) => {
+                    tracing::debug!(client = %opened.client, error = %e, "client connection failed before its first request");
+                    return;
+                }
+            }
+        }
+    };
+    serve_stream(worker, opened, stream, prefix, h2).await;
+}
+
+/// Serves HTTP on a connection whose protocol is known.
+async fn serve_stream<S: ClientStream>(
+    worker: Rc<Worker>,
+    opened: Opened,
+    stream: S,
+    prefix: Bytes,
+    h2: bool,
+) {
+    let Opened {
+        frontend,
+        client,
+        local,
+        accepted,
+        tls,
+    } = opened;
+    let epoch = worker.current();
+    let timeouts = epoch.shared.config.global.timeouts;
+    let mut shutdown = worker.shutdown_signal();
     let mut state = ConnState::new(
         h2,
         if h2 { ConnPhase::Busy } else { ConnPhase::Head },
@@ -801,6 +892,7 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
         client,
         local,
         Rc::clone(&state),
+        tls,
     ));
     let svc = service_fn(move |req| super::handler::handle(req, Rc::clone(&ctx)));
     let (max_header_size, max_headers) = (
@@ -847,7 +939,7 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
                     // hyper half-closed the socket after the last response.
                     // Boxed: its 4 KiB sink would otherwise be part of every
                     // connection's task, parked idle ones included.
-                    Box::pin(linger(conn.into_parts().io.into_inner().stream)).await;
+                    Box::pin(linger(conn.into_parts().io.into_inner().stream.into_tcp())).await;
                 }
                 break result;
             }
@@ -865,7 +957,8 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
             if prefix.is_empty() {
                 let close_at = state.idle_close_at(timeouts.keep_alive);
                 let woke =
-                    wait_readable(&stream, &worker, Some(&state), close_at, &mut shutdown).await;
+                    wait_readable(stream.tcp(), &worker, Some(&state), close_at, &mut shutdown)
+                        .await;
                 if woke == Wake::Close {
                     break Ok(());
                 }

@@ -80,6 +80,24 @@ impl ProxyError {
         matches!(self, ProxyError::BadHost(_) | ProxyError::ConnectMethod)
     }
 
+    /// HAProxy's termination state (cause, then state) for this error, as
+    /// the access log's `%ts` says it.
+    pub fn term_state(&self) -> [u8; 2] {
+        match self {
+            ProxyError::NoBackend | ProxyError::NoServer(_) => *b"SC",
+            ProxyError::Connect(ConnectError::Timeout { .. }) => *b"sC",
+            ProxyError::Connect(_) => *b"SC",
+            ProxyError::ServerTimeout(_) => *b"sH",
+            ProxyError::UpstreamReset(_)
+            | ProxyError::UpstreamUnusable(_)
+            | ProxyError::UpstreamInvalid(_)
+            | ProxyError::UnexpectedUpgrade => *b"SH",
+            ProxyError::ClientTimeout(_) => *b"cD",
+            ProxyError::ClientBody(_) => *b"CD",
+            ProxyError::BadHost(_) | ProxyError::ConnectMethod => *b"PR",
+        }
+    }
+
     /// The status sent to the client.
     pub fn status(&self) -> StatusCode {
         self.source().status()

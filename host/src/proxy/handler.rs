@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::body::{BodyEnd, BodyOutcome, RequestBody, RequestBodyState, ResponseBody};
-use super::chain::{Outgoing, run_phase};
+use super::chain::{Outgoing, run_local_reply, run_phase};
 use super::conn::ConnState;
 use super::error::ProxyError;
 use super::head::{prepare_request, remove_connection_options, strip_hop_by_hop};
@@ -40,6 +40,8 @@ pub struct ConnCtx {
     local: SocketAddr,
     state: Rc<ConnState>,
     sess_vars: Rc<RefCell<VarStore>>,
+    /// What the TLS handshake settled; `None` on a plain-TCP bind.
+    tls: Option<Rc<crate::tls::TlsFacts>>,
 }
 
 impl ConnCtx {
@@ -50,6 +52,7 @@ impl ConnCtx {
         client: SocketAddr,
         local: SocketAddr,
         state: Rc<ConnState>,
+        tls: Option<Rc<crate::tls::TlsFacts>>,
     ) -> ConnCtx {
         let epoch = worker.current();
         let frontend_name = epoch
@@ -66,6 +69,7 @@ impl ConnCtx {
             local,
             state,
             sess_vars: Rc::default(),
+            tls,
         }
     }
 }
@@ -128,6 +132,8 @@ struct Route {
     error: Option<String>,
     /// The error (if any) was the server's fault.
     server_failed: bool,
+    /// HAProxy's termination state for the access log (`--` until known).
+    term: Option<[u8; 2]>,
 }
 
 /// The end-of-exchange record, finished when the response body is over.
@@ -204,6 +210,42 @@ impl BodyEnd for Exchange {
                 (None, BodyOutcome::Aborted) => "aborted",
                 (None, BodyOutcome::UpstreamError) => "upstream_error",
             };
+            if let Some(format) = config
+                .frontends
+                .get(ctx.frontend)
+                .and_then(|f| f.log_format.as_ref())
+            {
+                let total = now.saturating_duration_since(start);
+                let term = match (route.term, outcome) {
+                    (Some(t), _) => t,
+                    (None, BodyOutcome::Complete) => *b"--",
+                    (None, BodyOutcome::Aborted) => *b"CD",
+                    (None, BodyOutcome::UpstreamError) => *b"SD",
+                };
+                let facts = crate::rules::LogFacts {
+                    client: ctx.client,
+                    local: ctx.local,
+                    frontend: &ctx.frontend_name,
+                    backend: backend.map(|b| &*b.name),
+                    server: server.map(|s| &*s.name),
+                    server_addr: server.map(|s| s.addr),
+                    method: orig_method.as_str(),
+                    uri: path,
+                    version: version_str(txn.version),
+                    status,
+                    bytes_out: bytes,
+                    bytes_in,
+                    start: std::time::SystemTime::now()
+                        .checked_sub(total)
+                        .unwrap_or(std::time::UNIX_EPOCH),
+                    total,
+                    upstream: route.upstream_time,
+                    term,
+                };
+                access_log.write_with(|buf| format.render_log(Some(&txn), &facts, buf));
+                ctx.state.request_finished();
+                return;
+            }
             access_log.write(&super::accesslog::LogRecord {
                 client: ctx
                     .client_text
@@ -288,6 +330,8 @@ pub async fn handle(
         req_buffered: None,
         resp_body: None,
         resp_buffered: None,
+        tls: ctx.tls.clone(),
+        local_reply: false,
     });
     let orig_method = txn.method.clone();
     let orig_uri = txn.uri.clone();
@@ -313,8 +357,9 @@ pub async fn handle(
     };
     let (status, headers, body, reason) = match early {
         Some(mut reply) => {
-            note_cause(&mut route, &reply);
+            note_cause(&mut route, &reply, Phase::Request);
             error_pages(&ctx, &route, &mut reply);
+            local_reply(&ctx, &mut route, &mut txn, &mut reply).await;
             reply_parts(reply)
         }
         None => match forward(&ctx, &mut txn, req_taps, &mut route).await {
@@ -332,7 +377,7 @@ pub async fn handle(
                 let mut taps = Vec::new();
                 match run_phase(&chain.response, &mut txn, &mut taps).await {
                     Some(mut reply) => {
-                        note_cause(&mut route, &reply);
+                        note_cause(&mut route, &reply, Phase::Response);
                         error_pages(&ctx, &route, &mut reply);
                         // The server's body is abandoned: its connection cannot be reused.
                         if let Some(conn) = route.conn.take() {
@@ -361,6 +406,7 @@ pub async fn handle(
             Err(err) => {
                 let mut reply = fail(&ctx, &mut route, &err);
                 error_pages(&ctx, &route, &mut reply);
+                local_reply(&ctx, &mut route, &mut txn, &mut reply).await;
                 reply_parts(reply)
             }
         },
@@ -437,8 +483,36 @@ fn reply_parts(reply: Reply) -> (StatusCode, HeaderMap, ResponseBody, Option<&'s
     )
 }
 
+/// The response hooks that see the proxy's own reply to a request no
+/// server answered (Envoy's local reply through the encoder filters); a hook
+/// that answers instead replaces the reply.
+async fn local_reply(ctx: &Ctx, route: &mut Route, txn: &mut Txn, reply: &mut Reply) {
+    let Some(fe) = ctx.worker.shared.config.frontends.get(ctx.frontend) else {
+        return;
+    };
+    if let Some(mut other) = run_local_reply(&fe.chain.local_reply, txn, reply).await {
+        note_cause(route, &other, Phase::Response);
+        error_pages(ctx, route, &mut other);
+        *reply = other;
+    }
+}
+
 /// A plugin failure that answered the request is the access log's termination.
-fn note_cause(route: &mut Route, reply: &Reply) {
+/// The termination state: a plugin failure is internal (`I`), an error
+/// page (`deny`) the proxy's refusal (`P`), another answer local (`L`); in
+/// the request (`R`) or response-headers (`H`) state.
+fn note_cause(route: &mut Route, reply: &Reply, phase: Phase) {
+    if route.term.is_none() {
+        let cause = if reply.cause.is_some() {
+            b'I'
+        } else if reply.error_page {
+            b'P'
+        } else {
+            b'L'
+        };
+        let state = if phase == Phase::Request { b'R' } else { b'H' };
+        route.term = Some([cause, state]);
+    }
     if route.error.is_none()
         && let Some(cause) = reply.cause
     {
@@ -458,6 +532,7 @@ fn fail(ctx: &Ctx, route: &mut Route, err: &ProxyError) -> Reply {
     tracing::debug!(client = %ctx.client, source = ?err.source(), error = %err, "request failed");
     route.error = Some(err.to_string());
     route.server_failed = err.is_server_failure();
+    route.term = Some(err.term_state());
     err.reply()
 }
 
@@ -526,6 +601,18 @@ async fn forward(
     ex.server = Some(s);
 
     let mut headers = std::mem::take(&mut txn.req_headers);
+    // TLS to the server: the name to send (a fixed one, the address's, or the request's Host).
+    let tls_target = server.tls.as_ref().and_then(|u| {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        u.target(&server.addr_text, host)
+    });
+    if server.tls.is_some() && tls_target.is_none() {
+        // Never plain TCP to a TLS server: no name to send (no Host) is a 502.
+        return Err(ProxyError::Connect(super::pool::ConnectError::Tls {
+            addr: server.addr,
+            source: std::io::Error::other("no server name for SNI (the request has no Host)"),
+        }));
+    }
     // Upgrades are not forwarded yet (Upgrade is hop-by-hop); a server that
     // switches protocols anyway without being asked is answered 502 below.
     let asked_upgrade = headers.contains_key(header::UPGRADE);
@@ -533,7 +620,7 @@ async fn forward(
     // was settled there: what rules set and what the proxy adds here stays.
     strip_hop_by_hop(&mut headers);
     if shared.config.frontends[ctx.frontend].forwardfor {
-        add_forwarded(&mut headers, &ctx.client_ip);
+        add_forwarded(&mut headers, &ctx.client_ip, ctx.tls.is_some());
     }
     let uri = match txn.uri.path_and_query() {
         Some(pq) => Uri::from(pq.clone()),
@@ -554,7 +641,14 @@ async fn forward(
     let now = Instant::now();
     let mut conn = worker
         .pool
-        .checkout(b, s, server.addr, backend.connect_timeout, now)
+        .checkout(
+            b,
+            s,
+            server.addr,
+            backend.connect_timeout,
+            now,
+            tls_target.as_ref(),
+        )
         .await?;
     // A reused connection is ready at once: no need to read the clock again.
     let sent_at = if conn.reused {
@@ -569,7 +663,13 @@ async fn forward(
             conn.discard();
             conn = worker
                 .pool
-                .connect_new(b, s, server.addr, backend.connect_timeout)
+                .connect_new(
+                    b,
+                    s,
+                    server.addr,
+                    backend.connect_timeout,
+                    tls_target.as_ref(),
+                )
                 .await?;
             sstate.connects.fetch_add(1, Relaxed);
             send(
@@ -666,7 +766,7 @@ fn client_ip_value(client: SocketAddr) -> HeaderValue {
 
 /// Appends the client address to X-Forwarded-For and sets X-Forwarded-Proto.
 /// `ip` is the client address, computed once per connection.
-fn add_forwarded(headers: &mut HeaderMap, ip: &HeaderValue) {
+fn add_forwarded(headers: &mut HeaderMap, ip: &HeaderValue, https: bool) {
     let xff = HeaderName::from_static("x-forwarded-for");
     if headers.contains_key(&xff) {
         let mut joined: Vec<u8> = Vec::with_capacity(64);
@@ -683,7 +783,7 @@ fn add_forwarded(headers: &mut HeaderMap, ip: &HeaderValue) {
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
+        HeaderValue::from_static(if https { "https" } else { "http" }),
     );
 }
 
@@ -698,6 +798,7 @@ mod tests {
         add_forwarded(
             &mut h,
             &client_ip_value("127.0.0.1:5000".parse().expect("addr")),
+            false,
         );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -705,7 +806,9 @@ mod tests {
         add_forwarded(
             &mut h,
             &client_ip_value("[::ffff:10.0.0.1]:5000".parse().expect("addr")),
+            true,
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
     }
 }

@@ -57,7 +57,11 @@ async fn check_loop(shared: Arc<Shared>, b: usize, s: usize, check: HealthCheck)
             .unwrap_or_else(|| server.addr_text.clone());
         let started = std::time::Instant::now();
         state.set_checking(true);
-        let probe = probe(server.addr, &host, &check).await;
+        let tls = server
+            .tls
+            .as_ref()
+            .and_then(|u| u.target(&server.addr_text, Some(&host)));
+        let probe = probe(server.addr, &host, &check, tls).await;
         state.set_checking(false);
         let ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
         match state.record_check(probe.status, probe.code, ms) {
@@ -94,7 +98,12 @@ impl Probe {
 }
 
 /// One check: a fresh connection, one request, the status compared with `expect`.
-async fn probe(addr: std::net::SocketAddr, host: &str, check: &HealthCheck) -> Probe {
+async fn probe(
+    addr: std::net::SocketAddr,
+    host: &str,
+    check: &HealthCheck,
+    tls: Option<crate::tls::client::Target>,
+) -> Probe {
     // One deadline for the whole check (connect, request, response), as before
     // the connect step got its own status.
     let deadline = tokio::time::Instant::now() + check.timeout;
@@ -111,7 +120,43 @@ async fn probe(addr: std::net::SocketAddr, host: &str, check: &HealthCheck) -> P
     let attempt = async {
         let stream = connect;
         let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        match tls {
+            Some(t) => {
+                let tls = tokio_rustls::TlsConnector::from(t.config)
+                    .connect(t.name, stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                exchange(tls, host, check).await
+            }
+            None => exchange(stream, host, check).await,
+        }
+    };
+    match tokio::time::timeout_at(deadline, attempt).await {
+        Ok(Ok(code)) if check.accepts(code) => Probe {
+            status: CheckStatus::L7Ok,
+            code,
+            reason: String::new(),
+        },
+        Ok(Ok(code)) => Probe {
+            status: CheckStatus::L7Sts,
+            code,
+            reason: format!("unexpected status {code}"),
+        },
+        Ok(Err(reason)) => Probe::failed(CheckStatus::L7Rsp, reason),
+        Err(_) => Probe::failed(
+            CheckStatus::L7Tout,
+            format!("timed out after {:?}", check.timeout),
+        ),
+    }
+}
+
+/// The check's request and response over `io` (TCP, or TLS over it).
+async fn exchange<T>(io: T, host: &str, check: &HealthCheck) -> Result<u16, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    {
+        let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io))
             .await
             .map_err(|e| format!("handshake: {e}"))?;
         let driver = tokio::spawn(async move {
@@ -134,22 +179,5 @@ async fn probe(addr: std::net::SocketAddr, host: &str, check: &HealthCheck) -> P
         let _ = resp.into_body().collect().await;
         driver.abort();
         Ok::<u16, String>(status)
-    };
-    match tokio::time::timeout_at(deadline, attempt).await {
-        Ok(Ok(code)) if check.accepts(code) => Probe {
-            status: CheckStatus::L7Ok,
-            code,
-            reason: String::new(),
-        },
-        Ok(Ok(code)) => Probe {
-            status: CheckStatus::L7Sts,
-            code,
-            reason: format!("unexpected status {code}"),
-        },
-        Ok(Err(reason)) => Probe::failed(CheckStatus::L7Rsp, reason),
-        Err(_) => Probe::failed(
-            CheckStatus::L7Tout,
-            format!("timed out after {:?}", check.timeout),
-        ),
     }
 }

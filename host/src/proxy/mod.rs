@@ -17,9 +17,13 @@ pub mod head;
 pub mod health;
 mod info;
 pub mod limit;
+pub mod logsink;
 pub mod pool;
 pub mod reload;
 pub mod stats;
+pub mod tcp;
+pub mod tls;
+pub mod tunnel;
 pub mod upgrade;
 pub mod worker;
 
@@ -144,6 +148,7 @@ pub fn run(config: Arc<Runtime>, opts: RunOptions) -> Result<(), RunError> {
     let fd_limit = limit::raise_fd_limit();
     let shared = Arc::new(Shared::new(Arc::clone(&config)));
     reload::attach(&shared);
+    crate::plugin::lograte::configure(config.global.logs.failure_lines);
     if let Some(warning) = limit::check_maxconn(shared.conns.max(), fd_limit) {
         tracing::warn!("{warning}");
     }
@@ -242,6 +247,7 @@ pub fn run(config: Arc<Runtime>, opts: RunOptions) -> Result<(), RunError> {
         // Health checks and expiry tasks live on the control runtime (expiry
         // tasks sleep until the earliest expiry, so they cost the workers nothing).
         daemon.start_tasks();
+        tokio::spawn(logsink::reopen_on_sigusr1());
         if let (Some(l), Some(admin)) = (admin_listener, &admin_settings) {
             let l = match l {
                 AdminStd::Tcp(l) => tokio::net::TcpListener::from_std(l).map(crate::admin::Listener::Tcp),

@@ -14,8 +14,11 @@ use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use rustls_pki_types::ServerName;
+
 use super::body::RequestBody;
 use crate::runtime::Runtime;
+use crate::tls::client::Target;
 
 /// A connection to one server, checked out of the pool.
 pub struct PooledConn {
@@ -26,12 +29,16 @@ pub struct PooledConn {
     pub reused: bool,
     backend: usize,
     server: usize,
+    /// The TLS server name it was opened with (`None`: plain TCP): a
+    /// connection is reused only for the same name.
+    name: Option<ServerName<'static>>,
 }
 
 struct IdleConn {
     sender: http1::SendRequest<RequestBody>,
     abort: AbortHandle,
     since: Instant,
+    name: Option<ServerName<'static>>,
 }
 
 /// Why a new upstream connection could not be made.
@@ -44,6 +51,11 @@ pub enum ConnectError {
     },
     #[error("connect to {addr} timed out after {after:?}")]
     Timeout { addr: SocketAddr, after: Duration },
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("HTTP handshake with {addr} failed: {source}")]
     Handshake {
         addr: SocketAddr,
@@ -107,12 +119,17 @@ impl UpstreamPool {
         }
     }
 
-    fn pop_idle(&self, backend: usize, server: usize) -> Option<IdleConn> {
-        self.idle
-            .borrow_mut()
-            .get_mut(backend)?
-            .get_mut(server)?
-            .pop()
+    fn pop_idle(
+        &self,
+        backend: usize,
+        server: usize,
+        name: Option<&ServerName<'static>>,
+    ) -> Option<IdleConn> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(backend)?.get_mut(server)?;
+        // The most recent connection opened for the same TLS name.
+        let i = list.iter().rposition(|c| c.name.as_ref() == name)?;
+        Some(list.remove(i))
     }
 
     /// A ready connection to `addr`: a pooled one if any is still usable, else a new one.
@@ -124,8 +141,10 @@ impl UpstreamPool {
         addr: SocketAddr,
         connect_timeout: Duration,
         now: Instant,
+        tls: Option<&Target>,
     ) -> Result<PooledConn, ConnectError> {
-        while let Some(mut idle) = self.pop_idle(backend, server) {
+        let name = tls.map(|t| &t.name);
+        while let Some(mut idle) = self.pop_idle(backend, server, name) {
             if idle.sender.is_closed()
                 || now.saturating_duration_since(idle.since) > self.idle_timeout
             {
@@ -141,10 +160,11 @@ impl UpstreamPool {
                     reused: true,
                     backend,
                     server,
+                    name: idle.name,
                 });
             }
         }
-        self.connect_new(backend, server, addr, connect_timeout)
+        self.connect_new(backend, server, addr, connect_timeout, tls)
             .await
     }
 
@@ -155,18 +175,21 @@ impl UpstreamPool {
         server: usize,
         addr: SocketAddr,
         connect_timeout: Duration,
+        tls: Option<&Target>,
     ) -> Result<PooledConn, ConnectError> {
         // A backend that keeps no idle connection closes each one right after
         // its response: reset it instead of the FIN handshake, as HAProxy's
         // http-server-close does, so no TIME_WAIT piles up on our side.
         let reset_on_close = self.max_idle.get(backend) == Some(&0);
-        let (sender, abort) = connect(&self.http, addr, connect_timeout, reset_on_close).await?;
+        let (sender, abort) =
+            connect(&self.http, addr, connect_timeout, reset_on_close, tls).await?;
         Ok(PooledConn {
             sender,
             abort,
             reused: false,
             backend,
             server,
+            name: tls.map(|t| t.name.clone()),
         })
     }
 
@@ -186,6 +209,7 @@ impl UpstreamPool {
                 sender: conn.sender,
                 abort: conn.abort,
                 since: now,
+                name: conn.name,
             }),
             _ => conn.discard(),
         }
@@ -256,8 +280,11 @@ async fn connect(
     addr: SocketAddr,
     timeout: Duration,
     reset_on_close: bool,
+    tls: Option<&Target>,
 ) -> Result<(http1::SendRequest<RequestBody>, AbortHandle), ConnectError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    // One deadline for the TCP connect and the TLS handshake.
+    let deadline = Instant::now() + timeout;
+    let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
         Err(_) => {
@@ -277,8 +304,32 @@ async fn connect(
         // it. Only done once the response is over (or the exchange failed).
         let _ = stream.set_zero_linger();
     }
+    let Some(target) = tls else {
+        return start_http(http, addr, stream).await;
+    };
+    let handshake = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&target.config))
+        .connect(target.name.clone(), stream);
+    match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(tls)) => start_http(http, addr, tls).await,
+        Ok(Err(source)) => Err(ConnectError::Tls { addr, source }),
+        Err(_) => Err(ConnectError::Timeout {
+            addr,
+            after: timeout,
+        }),
+    }
+}
+
+/// The HTTP/1.1 handshake over `io` and its driver task on this worker.
+async fn start_http<T>(
+    http: &http1::Builder,
+    addr: SocketAddr,
+    io: T,
+) -> Result<(http1::SendRequest<RequestBody>, AbortHandle), ConnectError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     let (sender, conn) = http
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(|source| ConnectError::Handshake { addr, source })?;
     let task = tokio::task::spawn_local(async move {

@@ -25,6 +25,10 @@ pub struct FrontendStats {
     pub bytes_out: AtomicU64,
     /// Requests that failed before a response could be produced (client errors on the wire).
     pub errors: AtomicU64,
+    /// TLS handshakes completed on this frontend's TLS binds.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed or timed out (logged at debug only).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// State shared by every worker, the admin API and the health checker: one
@@ -130,6 +134,8 @@ impl FrontendStats {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            tls_handshakes: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
         }
     }
 }

@@ -121,6 +121,31 @@ impl Worker {
         };
         fe.responses.record(status);
         fe.errors.fetch_add(1, Relaxed);
+        let fe_rt = spec;
+        if let Some(format) = &fe_rt.log_format {
+            // No transaction: fetches render `-`.
+            let facts = crate::rules::LogFacts {
+                client,
+                local: fe_rt.binds.first().map_or(client, |b| b.addr),
+                frontend: &fe_rt.name,
+                backend: None,
+                server: None,
+                server_addr: None,
+                method: "-",
+                uri: "-",
+                version: "-",
+                status,
+                bytes_out: 0,
+                bytes_in: 0,
+                start: std::time::SystemTime::now(),
+                total: std::time::Duration::ZERO,
+                upstream: None,
+                term: if status == 408 { *b"cR" } else { *b"PR" },
+            };
+            self.access_log
+                .write_with(|buf| format.render_log(None, &facts, buf));
+            return;
+        }
         if self.access_log.enabled() {
             let client = client.to_string();
             self.access_log.write(&LogRecord {
@@ -167,7 +192,10 @@ pub fn run(
     };
     let worker = Rc::new(Worker {
         id,
-        access_log: AccessLog::new(shared.config.global.access_log),
+        access_log: AccessLog::new(
+            shared.config.global.access_log,
+            super::logsink::open(&shared.config.global.logs),
+        ),
         current: RefCell::new(Rc::new(Epoch::new(shared))),
         listeners: RefCell::new(Vec::new()),
         shutdown,
@@ -355,12 +383,18 @@ async fn accept_loop(
         };
         // The frontend listening here in the generation in force (a reload
         // may have changed its settings, its index or its counters).
-        let (frontend, fe_stats) = {
+        // Its TLS acceptor too, so new certificates of a reload apply here.
+        let (frontend, fe_stats, tcp, tls) = {
             let epoch = worker.current();
-            match epoch.shared.frontend_for(addr) {
-                Some(i) => (i, Arc::clone(&epoch.shared.frontends[i])),
-                None => return,
-            }
+            let Some((i, st)) = epoch
+                .shared
+                .frontend_for(addr)
+                .and_then(|i| Some((i, Arc::clone(epoch.shared.frontends.get(i)?))))
+            else {
+                return;
+            };
+            let tcp = epoch.shared.config.frontends.get(i).is_some_and(|f| f.tcp);
+            (i, st, tcp, tls_of(&epoch.shared, i, addr))
         };
         let fe = &fe_stats.conns;
         // Created before the check, so a release in between is not missed.
@@ -434,7 +468,16 @@ async fn accept_loop(
         let fe_stats = Arc::clone(&fe_stats);
         let global = Arc::clone(&w.current().shared.conns);
         tokio::task::spawn_local(async move {
-            super::conn::serve(Rc::clone(&w), frontend, stream, client).await;
+            match tls {
+                // A TCP frontend's binds are plain: `tls` there is refused by the config check.
+                _ if tcp => {
+                    super::tcp::serve(Rc::clone(&w), frontend, stream, client).await;
+                }
+                Some(acceptor) => {
+                    super::tls::serve(Rc::clone(&w), frontend, stream, client, acceptor).await;
+                }
+                None => super::conn::serve(Rc::clone(&w), frontend, stream, client).await,
+            }
             global.release();
             fe_stats.conns.release();
             w.connections.set(w.connections.get() - 1);
@@ -443,6 +486,20 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// The TLS acceptor of the listener on `local` if it is one of the frontend's TLS binds.
+fn tls_of(
+    shared: &Shared,
+    frontend: usize,
+    local: SocketAddr,
+) -> Option<Arc<crate::tls::server::Acceptor>> {
+    let fe = shared.config.frontends.get(frontend)?;
+    let acceptor = fe.tls.as_ref()?;
+    fe.binds
+        .iter()
+        .any(|b| b.tls && b.addr == local)
+        .then(|| Arc::clone(acceptor))
 }
 
 /// Whether a connection waits in `listener`'s accept queue (a zero-timeout

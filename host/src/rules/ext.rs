@@ -33,6 +33,24 @@ pub trait RuleExtension: Send + Sync {
         ))
     }
 
+    /// Builds the `tcp_request` rule `{ <kind> = "<name>", ... }` (a
+    /// `tcp-req` action, run on a TCP stream's raw channels).
+    fn tcp_action(&self, _raw: &RawRule, re: &RuleEnv<'_>) -> Result<Box<dyn Filter>, ConfigError> {
+        Err(re.error(
+            re.span.clone(),
+            format!("{} plugins provide no tcp_request actions", self.kind()),
+        ))
+    }
+
+    /// Builds `use_service = "<kind>.<name>"` in `tcp_request` (a TCP service).
+    fn tcp_service(&self, name: &str, _re: &RuleEnv<'_>) -> Result<Box<dyn Filter>, String> {
+        Err(format!(
+            "unknown TCP service \"{}.{name}\": {} plugins provide no TCP services",
+            self.kind(),
+            self.kind()
+        ))
+    }
+
     /// Builds the fetch `<kind>.<name>(args)`.
     fn fetch(&self, c: &Call<'_>, _env: &Env<'_>) -> Result<Box<dyn Fetch>, ParseError> {
         Err(ParseError::new(

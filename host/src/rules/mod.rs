@@ -19,6 +19,7 @@ pub mod fetch;
 pub mod format;
 pub mod pattern;
 pub mod stick;
+pub mod tcp;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,7 +33,7 @@ pub use action::{ActionDef, RuleEnv};
 pub use cond::Condition;
 pub use ext::{Extensions, RuleExtension};
 pub use fetch::{Expr, Kind, Value};
-pub use format::LogFormat;
+pub use format::{LogFacts, LogFormat};
 
 use crate::config::schema::RawRule;
 use crate::config::{ConfigError, SourceMap};
@@ -104,6 +105,25 @@ pub fn compile_chain(
             .push(compile_after_response(r, source, cx)?);
     }
     Ok(chain)
+}
+
+/// Compiles an access-log `log_format` (HAProxy variables and `%[fetch]`
+/// as at the end of the exchange: response fetches, variables).
+pub fn compile_log_format(
+    text: Option<&Spanned<String>>,
+    source: &SourceMap,
+    cx: &CompileCtx<'_>,
+) -> Result<Option<LogFormat>, ConfigError> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let env = Env {
+        ctx: cx,
+        phase: Phase::Response,
+    };
+    LogFormat::parse_log(text.get_ref(), &env)
+        .map(Some)
+        .map_err(|e| at_string(source, text, e))
 }
 
 /// Actions `http_after_response` takes (HAProxy 2.6's `http-after-response`

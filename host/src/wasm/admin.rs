@@ -31,6 +31,11 @@ pub fn plugin_json(p: &WasmPlugin) -> Value {
         "abi": p.abi.as_str(),
         "memory_limit": spec.limits.memory,
         "cpu_limit_us": u64::try_from(spec.limits.cpu.as_micros()).unwrap_or(u64::MAX),
+        "vm_id": spec.vm_id,
+        "root_id": spec.root_id,
+        // Plugins sharing this one's VM (`vm_id`): the VM's memory is
+        // reported once, by its first plugin (`memory_in_use` of the others is 0).
+        "vm_shared_with": p.vm_siblings(),
         "memory_in_use": s.memory_bytes.load(Relaxed),
         "instances": s.instances_live.load(Relaxed),
         "instances_built": s.instances_built.load(Relaxed),

@@ -34,7 +34,8 @@ pub fn load_plugins(
         .iter()
         .filter_map(|b| b.servers.first().map(|s| (b.name.to_string(), s.addr)))
         .collect();
-    let mut out = Vec::new();
+    let mut out: Vec<WasmPlugin> = Vec::new();
+    let mut vms: Vec<Vm<'_>> = Vec::new();
     for (i, p) in raw.iter().enumerate() {
         let p = p.get_ref();
         let Some(wasm) = &p.wasm else { continue };
@@ -55,7 +56,7 @@ pub fn load_plugins(
                 format!("duplicate plugin name {name:?}; every plugin needs a unique name"),
             ));
         }
-        out.push(Arc::new(load_one(
+        let (spec, path, bytes) = prepare(
             p,
             wasm,
             source,
@@ -63,9 +64,116 @@ pub fn load_plugins(
             tables.clone(),
             pause_timeout,
             !used.contains(name),
-        )?));
+        )?;
+        let load_err = |e: super::WasmLoadError| {
+            source.error(
+                wasm.span(),
+                format!("plugin {name:?}: cannot load {}: {e}", path.display()),
+            )
+        };
+        // A singleton service runs on worker 0 only, apart from the VMs of
+        // every worker (Envoy's main-thread VM): the same vm_id shares its
+        // data and queues but not its VM.
+        let key = (spec.vm_id.clone(), spec.root_only && spec.singleton);
+        match vms.iter_mut().find(|v| v.key == key) {
+            Some(Vm {
+                members,
+                bytes: first_bytes,
+                first,
+                ..
+            }) => {
+                let Some(lead) = members.first().and_then(|i| out.get(*i)) else {
+                    return Err(source.error(p.name.span(), "internal error: empty VM group"));
+                };
+                let same = (&bytes[..], &spec);
+                same_vm(
+                    (p, same),
+                    (first, (first_bytes, &lead.shared().spec)),
+                    source,
+                )?;
+                let plugin = lead.sibling(spec).map_err(load_err)?;
+                members.push(out.len());
+                out.push(plugin);
+            }
+            None => {
+                let plugin = WasmPlugin::compile(&bytes, spec).map_err(load_err)?;
+                vms.push(Vm {
+                    key,
+                    members: vec![out.len()],
+                    bytes,
+                    first: p,
+                });
+                out.push(plugin);
+            }
+        }
     }
-    Ok(out)
+    for Vm { members, first, .. } in &vms {
+        if members.len() < 2 {
+            continue;
+        }
+        let mut group: Vec<&mut WasmPlugin> = out
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| members.contains(i))
+            .map(|(_, p)| p)
+            .collect();
+        WasmPlugin::share_vm(&mut group).map_err(|e| {
+            let span = first.wasm.as_ref().map_or(first.name.span(), Spanned::span);
+            source.error(span, e.to_string())
+        })?;
+    }
+    Ok(out.into_iter().map(Arc::new).collect())
+}
+
+/// Plugins whose `vm_id` (and placement) put them in one VM.
+struct Vm<'a> {
+    /// The vm id, and whether the VM runs as a singleton service.
+    key: (String, bool),
+    /// Indexes of its plugins in the loaded list, in config order.
+    members: Vec<usize>,
+    /// The first plugin's module bytes and entry.
+    bytes: Vec<u8>,
+    first: &'a RawPlugin,
+}
+
+/// Checks that plugin `p` may join the VM of `first` (Envoy's VM key: the
+/// same module and VM configuration; here also the same CPU and memory
+/// limits, which are the VM's); the error names both plugins.
+fn same_vm(
+    (p, (bytes, spec)): (&RawPlugin, (&[u8], &PluginSpec)),
+    (first, (first_bytes, lead)): (&RawPlugin, (&[u8], &PluginSpec)),
+    source: &SourceMap,
+) -> Result<(), ConfigError> {
+    let what = if bytes != first_bytes {
+        Some("module (`wasm`)".to_string())
+    } else if spec.vm_config != lead.vm_config {
+        Some("`vm_config`".to_string())
+    } else if spec.limits.memory != lead.limits.memory {
+        Some(format!(
+            "`memory_limit` ({} vs {} bytes; the limit is the VM's)",
+            spec.limits.memory, lead.limits.memory
+        ))
+    } else if spec.limits.cpu != lead.limits.cpu {
+        Some(format!(
+            "`cpu_limit` ({:?} vs {:?}; the limit is the VM's)",
+            spec.limits.cpu, lead.limits.cpu
+        ))
+    } else {
+        None
+    };
+    let Some(what) = what else {
+        return Ok(());
+    };
+    let span = p.vm_id.as_ref().map_or(p.name.span(), Spanned::span);
+    Err(source.error(
+        span,
+        format!(
+            "plugins {:?} and {:?} share the VM {:?} but differ in their {what}; plugins with the same vm_id run one VM and must have the same module, vm_config, memory_limit and cpu_limit (give one of them another vm_id)",
+            first.name.get_ref(),
+            p.name.get_ref(),
+            spec.vm_id
+        ),
+    ))
 }
 
 /// A `config` / `vm_config` value as the plugin receives it: a string as its
@@ -78,7 +186,9 @@ fn config_bytes(v: &Option<Spanned<toml::Value>>) -> Vec<u8> {
     }
 }
 
-fn load_one(
+/// Checks a `[[plugin]]` entry with `wasm =` and reads its module: the
+/// plugin's spec, the module's path and bytes.
+fn prepare(
     p: &RawPlugin,
     wasm: &Spanned<String>,
     source: &SourceMap,
@@ -86,7 +196,7 @@ fn load_one(
     tables: Option<Arc<dyn super::StickApi>>,
     pause_timeout: Duration,
     root_only: bool,
-) -> Result<WasmPlugin, ConfigError> {
+) -> Result<(PluginSpec, std::path::PathBuf, Vec<u8>), ConfigError> {
     let name = p.name.get_ref();
     if let Some(l) = &p.lua {
         return Err(source.error(
@@ -178,8 +288,24 @@ fn load_one(
         Some(s) => *s.get_ref(),
         None => true,
     };
+    let vm_id = match &p.vm_id {
+        Some(v) if v.get_ref().is_empty() => {
+            return Err(source.error(
+                v.span(),
+                format!("plugin {name:?}: vm_id must not be empty; leave it out for a VM of the plugin's own (vm_id = its name)"),
+            ));
+        }
+        Some(v) => v.get_ref().clone(),
+        None => name.clone(),
+    };
     let spec = PluginSpec {
         name: name.clone(),
+        vm_id,
+        root_id: p
+            .root_id
+            .as_ref()
+            .map(|r| r.get_ref().clone())
+            .unwrap_or_default(),
         config: config_bytes(&p.config),
         vm_config: config_bytes(&p.vm_config),
         limits,
@@ -189,12 +315,7 @@ fn load_one(
         root_only,
         singleton,
     };
-    WasmPlugin::compile(&bytes, spec).map_err(|e| {
-        source.error(
-            wasm.span(),
-            format!("plugin {name:?}: cannot load {}: {e}", path.display()),
-        )
-    })
+    Ok((spec, path, bytes))
 }
 
 /// Builds a `{ wasm = "<plugin>" }` rule.

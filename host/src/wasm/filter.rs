@@ -1,7 +1,8 @@
 //! [`WasmFilter`]: a Wasm plugin as a rule action, with one Proxy-Wasm
 //! stream context per request spanning the request and response phases.
 //!
-//! Instances live in a worker-local registry (one per plugin per worker,
+//! Instances live in a worker-local registry (one per VM per worker, keyed
+//! by [`WasmPlugin::vm_key`]: a plugin's own, or one shared through `vm_id`;
 //! built from the plugin's `InstancePre` when the worker starts, as Envoy
 //! starts each worker's VM, so ticks run with no traffic). A failed call kills the
 //! instance; the request gets the plugin's `on_error` policy, the failure is
@@ -155,7 +156,7 @@ impl WasmFilter {
     ) -> Result<T, Failure> {
         SLOTS.with(|slots| {
             let mut slots = slots.borrow_mut();
-            let slot = slots.entry(self.plugin.id).or_default();
+            let slot = slots.entry(self.plugin.vm_key).or_default();
             if slot.inst.is_none() {
                 if !build {
                     return Err(gone());
@@ -166,7 +167,7 @@ impl WasmFilter {
             let Some(inst) = slot.inst.as_mut() else {
                 return Err(Failure::new(FailureKind::Init, "no instance"));
             };
-            if let Err(e) = reap(self.plugin.id, generation, inst) {
+            if let Err(e) = reap(self.plugin.vm_key, generation, inst) {
                 record(self.plugin.shared(), slot, &e);
                 return Err(e);
             }
@@ -191,7 +192,7 @@ impl WasmFilter {
     fn reset_backoff(&self, generation: u64) {
         let _ = SLOTS.try_with(|slots| {
             if let Ok(mut slots) = slots.try_borrow_mut()
-                && let Some(slot) = slots.get_mut(&self.plugin.id)
+                && let Some(slot) = slots.get_mut(&self.plugin.vm_key)
                 && slot.generation == generation
             {
                 slot.backoff.reset();
@@ -275,12 +276,23 @@ impl WasmFilter {
     fn tap(&self, txn: &Txn) -> Option<Box<dyn BodyTap>> {
         let cref = self.current(txn)?;
         Some(Box::new(WasmTap {
-            plugin: self.plugin.id,
+            plugin: self.plugin.vm_key,
             cref,
             phase: txn.phase,
             fail_open: matches!(self.plugin.shared().spec.on_error, OnError::FailOpen),
             failed: false,
         }))
+    }
+
+    /// Whether `cref`'s instance is still this worker's live one.
+    fn is_live(&self, cref: CtxRef) -> bool {
+        SLOTS.with(|slots| {
+            slots.try_borrow().is_ok_and(|slots| {
+                slots
+                    .get(&self.plugin.id)
+                    .is_some_and(|s| s.inst.is_some() && s.generation == cref.generation)
+            })
+        })
     }
 
     fn current(&self, txn: &Txn) -> Option<CtxRef> {
@@ -293,7 +305,7 @@ impl WasmFilter {
             if inst.wants_housekeeping() {
                 inst.housekeeping(Instant::now())?;
             }
-            let ctx = inst.create_stream()?;
+            let ctx = inst.create_stream(self.plugin.root_ctx)?;
             inst.set_route_metadata(ctx, [self.metadata.clone(), txn.frontend_metadata.clone()]);
             Ok(CtxRef { ctx, generation })
         });
@@ -304,7 +316,7 @@ impl WasmFilter {
         txn.plugin_state.put(
             self.key,
             Box::new(Held {
-                plugin: self.plugin.id,
+                plugin: self.plugin.vm_key,
                 cref,
                 done: std::cell::Cell::new(false),
             }),
@@ -331,6 +343,13 @@ impl WasmFilter {
 
     fn run_phase(&self, txn: &mut Txn) -> Flow {
         match self.current(txn) {
+            // On a local reply, a context whose instance died since (this
+            // request's own failure, e.g. a trapping body tap) is skipped,
+            // as Envoy skips a stream that failed.
+            Some(cref) if txn.local_reply && !self.is_live(cref) => {
+                drop(txn.plugin_state.take::<Held>(self.key));
+                Flow::Continue
+            }
             Some(cref) => self.headers(txn, cref),
             // A request rule whose condition did not hold (or that failed open) has no context.
             None if self.declared == Phase::Request && txn.phase == Phase::Response => {
@@ -487,10 +506,13 @@ pub fn start_worker(plugins: &[Arc<WasmPlugin>], worker: usize) {
         };
         for p in plugins {
             let spec = &p.shared().spec;
-            if spec.root_only && spec.singleton && worker != 0 {
+            // A VM shared through `vm_id` is built once, for its first plugin.
+            if p.root_ctx != super::instance::ROOT_ID
+                || (spec.root_only && spec.singleton && worker != 0)
+            {
                 continue;
             }
-            let slot = slots.entry(p.id).or_default();
+            let slot = slots.entry(p.vm_key).or_default();
             if slot.inst.is_none() {
                 // Failures were recorded (and logged) by `build_instance`.
                 let _ = build_instance(p, slot);
@@ -507,7 +529,7 @@ pub fn start_worker(plugins: &[Arc<WasmPlugin>], worker: usize) {
 /// tasks of a worker's `LocalSet` (start-up, housekeeping, a finished call),
 /// where `spawn_local` is allowed.
 fn root_calls(slot: &mut Slot) {
-    let Some(plugin) = slot.plugin.as_ref().map(|p| p.id) else {
+    let Some(plugin) = slot.plugin.as_ref().map(|p| p.vm_key) else {
         return;
     };
     let Some(inst) = slot.inst.as_mut() else {
@@ -521,15 +543,16 @@ fn root_calls(slot: &mut Slot) {
         record(&shared, slot, &e);
         return;
     }
-    let (calls, results) = inst.take_root_calls();
-    for c in calls {
-        let results = Rc::clone(&results);
-        tokio::task::spawn_local(async move {
-            let token = c.token;
-            let resp = http_call(c).await;
-            results.borrow_mut().push((token, resp));
-            deliver_root(plugin);
-        });
+    for (calls, results) in inst.take_root_calls() {
+        for c in calls {
+            let results = Rc::clone(&results);
+            tokio::task::spawn_local(async move {
+                let token = c.token;
+                let resp = http_call(c).await;
+                results.borrow_mut().push((token, resp));
+                deliver_root(plugin);
+            });
+        }
     }
 }
 
@@ -558,7 +581,11 @@ pub fn housekeeping(plugins: &[Arc<WasmPlugin>]) {
         // Only this runtime's plugins: a runtime being replaced (a reload)
         // keeps its own until it stops.
         for p in plugins {
-            let Some(slot) = slots.get_mut(&p.id) else {
+            // A shared VM is looked after once, through its first plugin.
+            if p.root_ctx != super::instance::ROOT_ID {
+                continue;
+            }
+            let Some(slot) = slots.get_mut(&p.vm_key) else {
                 continue;
             };
             if slot.inst.is_none()
@@ -591,13 +618,13 @@ pub fn clear_worker(plugins: &[Arc<WasmPlugin>]) {
     let _ = SLOTS.try_with(|s| {
         if let Ok(mut s) = s.try_borrow_mut() {
             for p in plugins {
-                s.remove(&p.id);
+                s.remove(&p.vm_key);
             }
         }
     });
     let _ = ORPHANS.try_with(|o| {
         if let Ok(mut o) = o.try_borrow_mut() {
-            o.retain(|(id, _)| plugins.iter().all(|p| p.id != *id));
+            o.retain(|(id, _)| plugins.iter().all(|p| p.vm_key != *id));
         }
     });
 }
@@ -606,19 +633,38 @@ pub fn clear_worker(plugins: &[Arc<WasmPlugin>]) {
 fn record(plugin: &PluginShared, slot: &mut Slot, f: &Failure) {
     let stats = &plugin.stats;
     stats.count_failure(f.kind);
+    // Rate-limited per plugin and kind (plugin::lograte); every failure is counted.
+    let line = stats.failures.log_line(f.kind);
     if f.kind.kills_instance() {
         let (old, backoff) = slot.kill(Instant::now());
+        // A VM shared through `vm_id` goes for all its plugins, as in Envoy.
+        let mut shared_with = String::new();
         if let Some(inst) = old {
             inst.wake_all();
+            let others: Vec<&str> = inst
+                .members()
+                .iter()
+                .map(|m| m.spec.name.as_str())
+                .filter(|n| *n != plugin.spec.name)
+                .collect();
+            if !others.is_empty() {
+                shared_with = format!(
+                    " (the VM {:?} of plugins {} too)",
+                    plugin.spec.vm_id,
+                    others.join(", ")
+                );
+            }
         }
-        tracing::warn!(
-            plugin = %plugin.spec.name,
-            kind = f.kind.name(),
-            backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
-            "wasm plugin failed, instance dropped: {}", f.message
-        );
-    } else {
-        tracing::warn!(plugin = %plugin.spec.name, kind = f.kind.name(), "wasm plugin call failed: {}", f.message);
+        if let Some(more) = line {
+            tracing::warn!(
+                plugin = %plugin.spec.name,
+                kind = f.kind.name(),
+                backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                "wasm plugin failed, instance dropped{shared_with}: {}{more}", f.message
+            );
+        }
+    } else if let Some(more) = line {
+        tracing::warn!(plugin = %plugin.spec.name, kind = f.kind.name(), "wasm plugin call failed: {}{more}", f.message);
     }
 }
 
@@ -724,7 +770,11 @@ impl Filter for WasmFilter {
     fn phases(&self) -> Phases {
         let response = Phases::RESPONSE | Phases::RESPONSE_BODY | Phases::LOG;
         match self.declared {
-            Phase::Request => response | Phases::REQUEST | Phases::REQUEST_BODY,
+            // As in Envoy, a context the request created also sees the
+            // proxy's own reply (its own `send_http_response` included).
+            Phase::Request => {
+                response | Phases::REQUEST | Phases::REQUEST_BODY | Phases::LOCAL_REPLY
+            }
             Phase::Response => response,
         }
     }

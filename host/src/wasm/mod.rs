@@ -108,6 +108,13 @@ impl Default for Limits {
 pub struct PluginSpec {
     /// The plugin's name (`plugin_name` property, logs, stats, shared-data scope).
     pub name: String,
+    /// The VM it runs in (Envoy's `vm_id`; default: the plugin's name):
+    /// plugins with the same one share a VM per worker, and it scopes shared
+    /// data and queues (`plugin_vm_id` property).
+    pub vm_id: String,
+    /// Envoy's `root_id` (`plugin_root_id` property; SDKs such as the C++
+    /// one pick the root context to create by it). Default: empty.
+    pub root_id: String,
     /// Plugin configuration (`proxy_on_configure`, buffer type 7).
     pub config: Vec<u8>,
     /// VM configuration (`proxy_on_vm_start`, buffer type 6).
@@ -133,6 +140,7 @@ impl std::fmt::Debug for PluginSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PluginSpec")
             .field("name", &self.name)
+            .field("vm_id", &self.vm_id)
             .field("config_len", &self.config.len())
             .field("vm_config_len", &self.vm_config.len())
             .field("limits", &self.limits)
@@ -145,8 +153,11 @@ impl std::fmt::Debug for PluginSpec {
 impl PluginSpec {
     /// A spec with default limits, fail-closed, no configuration.
     pub fn new(name: impl Into<String>) -> PluginSpec {
+        let name = name.into();
         PluginSpec {
-            name: name.into(),
+            vm_id: name.clone(),
+            root_id: String::new(),
+            name,
             config: Vec::new(),
             vm_config: Vec::new(),
             limits: Limits::default(),

@@ -171,6 +171,13 @@ pub struct WasmPlugin {
     pub(crate) request_body_hooks: bool,
     /// The module exports `proxy_on_response_body` or `_trailers`: response bodies are buffered for it.
     pub(crate) response_body_hooks: bool,
+    /// Keys the per-worker VM registry: the id of the VM's first plugin
+    /// (its own id unless it shares a VM through `vm_id`).
+    pub vm_key: u64,
+    /// The plugin's root context id in its VM ([`super::instance::ROOT_ID`] for the first plugin).
+    pub root_ctx: u32,
+    /// Every plugin of the VM in root-context order (empty: this one alone).
+    pub(crate) members: Vec<Arc<PluginShared>>,
 }
 
 impl std::fmt::Debug for WasmPlugin {
@@ -180,6 +187,15 @@ impl std::fmt::Debug for WasmPlugin {
             .field("name", &self.shared.spec.name)
             .finish()
     }
+}
+
+/// `"a", "b"` for the plugins of a VM.
+fn names(members: &[Arc<PluginShared>]) -> String {
+    members
+        .iter()
+        .map(|m| format!("{:?}", m.spec.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn sig(params: &[ValType], results: &[ValType]) -> String {
@@ -209,6 +225,113 @@ fn kind_name(t: &ExternType) -> &'static str {
     }
 }
 
+/// Validates and compiles `bytes` (a binary module or WAT text), with a
+/// message in the user's words for a file that is neither.
+fn parse_module(engine: &Engine, bytes: &[u8]) -> Result<Module, WasmLoadError> {
+    if !bytes.starts_with(b"\0asm") && !looks_like_wat(bytes) {
+        // Module::new would try it as WebAssembly text and say "expected `(`".
+        let head: String = bytes
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let found = if bytes.is_empty() {
+            "this file is empty".to_string()
+        } else {
+            format!("this file starts with {head}")
+        };
+        return Err(WasmLoadError::Invalid(format!(
+            "a binary module starts with the bytes 00 61 73 6d (\"\\0asm\") and a text one with `(module`, but {found} (build the plugin for wasm32-unknown-unknown or wasm32-wasip1 and point `wasm` at the .wasm file)"
+        )));
+    }
+    let module = Module::new(engine, bytes).map_err(|e| {
+        let root = e.chain().last().map(|c| c.to_string()).unwrap_or_default();
+        let msg = e.to_string();
+        WasmLoadError::Invalid(if root.is_empty() || root == msg {
+            msg
+        } else {
+            format!("{msg}: {root}")
+        })
+    })?;
+    Ok(module)
+}
+
+/// One import of a module, and whether the host provides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportInfo {
+    pub module: String,
+    pub name: String,
+    /// `function`, `memory`, `global`, `table`.
+    pub kind: &'static str,
+    pub provided: bool,
+}
+
+/// Every import of `module`, checked against the host's linker.
+fn imports(
+    engine: &Engine,
+    linker: &Linker<HostState>,
+    module: &Module,
+    shared: &Arc<PluginShared>,
+) -> Vec<ImportInfo> {
+    let mut probe = Store::new(engine, HostState::new(Arc::clone(shared)));
+    module
+        .imports()
+        .map(|import| ImportInfo {
+            module: import.module().to_string(),
+            name: import.name().to_string(),
+            kind: kind_name(&import.ty()),
+            provided: linker
+                .get(&mut probe, import.module(), import.name())
+                .is_ok(),
+        })
+        .collect()
+}
+
+/// What `portcullis plugin check` shows of a module before it is loaded.
+#[derive(Debug, Clone)]
+pub struct ModuleInfo {
+    /// The Proxy-Wasm ABI it declares, or why it cannot be run.
+    pub abi: Result<AbiVersion, String>,
+    pub imports: Vec<ImportInfo>,
+    /// Exports: name and kind.
+    pub exports: Vec<(String, &'static str)>,
+    /// The memory it exports or imports: minimum and maximum in 64 KiB pages.
+    pub memory: Option<(u64, Option<u64>)>,
+}
+
+/// Reads a module's interface: imports (each checked against what the host
+/// provides, as loading does), exports, the ABI it declares, its memory.
+pub fn inspect(bytes: &[u8]) -> Result<ModuleInfo, WasmLoadError> {
+    let engine = super::engine::engine().map_err(WasmLoadError::Engine)?;
+    let linker = LINKER
+        .as_ref()
+        .map_err(|e| WasmLoadError::Engine(e.clone()))?;
+    let module = parse_module(engine, bytes)?;
+    let shared = Arc::new(PluginShared {
+        shared_data: super::shared::shared_data("plugin-check"),
+        spec: PluginSpec::new("plugin-check"),
+        stats: PluginStats::default(),
+    });
+    let memory = module
+        .exports()
+        .map(|e| e.ty())
+        .chain(module.imports().map(|i| i.ty()))
+        .find_map(|t| match t {
+            ExternType::Memory(m) => Some((m.minimum(), m.maximum())),
+            _ => None,
+        });
+    Ok(ModuleInfo {
+        abi: AbiVersion::detect(&module).map_err(|e| e.to_string()),
+        imports: imports(engine, linker, &module, &shared),
+        exports: module
+            .exports()
+            .map(|e| (e.name().to_string(), kind_name(&e.ty())))
+            .collect(),
+        memory,
+    })
+}
+
 impl WasmPlugin {
     /// Compiles `bytes` (a binary module, or WAT text) for `spec`: validates,
     /// checks every import is provided and every known export has the ABI's
@@ -225,50 +348,22 @@ impl WasmPlugin {
         let linker = LINKER
             .as_ref()
             .map_err(|e| WasmLoadError::Engine(e.clone()))?;
-        if !bytes.starts_with(b"\0asm") && !looks_like_wat(bytes) {
-            // Module::new would try it as WebAssembly text and say "expected `(`".
-            let head: String = bytes
-                .iter()
-                .take(16)
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(" ");
-            let found = if bytes.is_empty() {
-                "this file is empty".to_string()
-            } else {
-                format!("this file starts with {head}")
-            };
-            return Err(WasmLoadError::Invalid(format!(
-                "a binary module starts with the bytes 00 61 73 6d (\"\\0asm\") and a text one with `(module`, but {found} (build the plugin for wasm32-unknown-unknown or wasm32-wasip1 and point `wasm` at the .wasm file)"
-            )));
-        }
-        let module = Module::new(engine, bytes).map_err(|e| {
-            let root = e.chain().last().map(|c| c.to_string()).unwrap_or_default();
-            let msg = e.to_string();
-            WasmLoadError::Invalid(if root.is_empty() || root == msg {
-                msg
-            } else {
-                format!("{msg}: {root}")
-            })
-        })?;
+        let module = parse_module(engine, bytes)?;
         let abi = AbiVersion::detect(&module)?;
         let shared = Arc::new(PluginShared {
-            shared_data: super::shared::shared_data(&spec.name),
+            shared_data: super::shared::shared_data(&spec.vm_id),
             spec,
             stats: PluginStats::default(),
         });
-        let mut probe = Store::new(engine, HostState::new(Arc::clone(&shared)));
-        for import in module.imports() {
-            if linker
-                .get(&mut probe, import.module(), import.name())
-                .is_err()
-            {
-                return Err(WasmLoadError::MissingImport {
-                    module: import.module().to_string(),
-                    name: import.name().to_string(),
-                    kind: kind_name(&import.ty()),
-                });
-            }
+        if let Some(i) = imports(engine, linker, &module, &shared)
+            .into_iter()
+            .find(|i| !i.provided)
+        {
+            return Err(WasmLoadError::MissingImport {
+                module: i.module,
+                name: i.name,
+                kind: i.kind,
+            });
         }
         if !matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
             return Err(WasmLoadError::MissingExport("memory"));
@@ -300,15 +395,79 @@ impl WasmPlugin {
                 .iter()
                 .any(|n| matches!(module.get_export(n), Some(ExternType::Func(_))))
         };
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         Ok(WasmPlugin {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id,
             pre,
             shared,
             engine,
             abi,
             request_body_hooks: exports(["proxy_on_request_body", "proxy_on_request_trailers"]),
             response_body_hooks: exports(["proxy_on_response_body", "proxy_on_response_trailers"]),
+            vm_key: id,
+            root_ctx: super::instance::ROOT_ID,
+            members: Vec::new(),
         })
+    }
+
+    /// A plugin of `spec` running the module `self` was compiled from (the
+    /// same bytes: a plugin joining another's VM through `vm_id`), checked
+    /// through start-up like [`WasmPlugin::compile`] without compiling again.
+    pub fn sibling(&self, spec: PluginSpec) -> Result<WasmPlugin, WasmLoadError> {
+        let shared = Arc::new(PluginShared {
+            shared_data: super::shared::shared_data(&spec.vm_id),
+            spec,
+            stats: PluginStats::default(),
+        });
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let plugin = WasmPlugin {
+            id,
+            pre: self.pre.clone(),
+            shared,
+            engine: self.engine,
+            abi: self.abi,
+            request_body_hooks: self.request_body_hooks,
+            response_body_hooks: self.response_body_hooks,
+            vm_key: id,
+            root_ctx: super::instance::ROOT_ID,
+            members: Vec::new(),
+        };
+        plugin.check_start()?;
+        Ok(plugin)
+    }
+
+    /// Makes the plugins of `group` (same module, VM configuration and
+    /// limits, checked by the caller) share one VM per worker: root context
+    /// 1, 2, ... in order. Then checks that the VM starts with all of them.
+    pub fn share_vm(group: &mut [&mut WasmPlugin]) -> Result<(), WasmLoadError> {
+        let members: Vec<Arc<PluginShared>> = group.iter().map(|p| Arc::clone(&p.shared)).collect();
+        let Some(key) = group.first().map(|p| p.id) else {
+            return Ok(());
+        };
+        for (root, p) in (super::instance::ROOT_ID..).zip(group.iter_mut()) {
+            p.vm_key = key;
+            p.root_ctx = root;
+            p.members = members.clone();
+        }
+        if let Some(first) = group.first()
+            && members.len() > 1
+        {
+            // Each plugin started alone; together they share one memory,
+            // one set of globals: start them as a worker will.
+            PluginInstance::new(first).map_err(|f| {
+                WasmLoadError::Start(format!("in the VM shared by {}: {f}", names(&members)))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The names of the other plugins sharing this one's VM (empty if none).
+    pub fn vm_siblings(&self) -> Vec<&str> {
+        self.members
+            .iter()
+            .filter(|m| !Arc::ptr_eq(m, &self.shared))
+            .map(|m| m.spec.name.as_str())
+            .collect()
     }
 
     fn check_start(&self) -> Result<(), WasmLoadError> {
@@ -325,7 +484,7 @@ impl WasmPlugin {
                 "the module exports neither proxy_on_request_headers nor proxy_on_response_headers; HTTP rules need an HTTP filter".into(),
             ));
         }
-        let ctx = match inst.create_stream() {
+        let ctx = match inst.create_stream(super::instance::ROOT_ID) {
             Ok(ctx) => ctx,
             Err(f) => {
                 // What the guest printed says why (a Go SDK module panics).

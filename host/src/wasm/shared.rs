@@ -2,8 +2,8 @@
 //! shares: key-value shared data with compare-and-swap, shared queues, and
 //! metrics (exported in `/metrics`).
 //!
-//! Shared data and queues are scoped by VM id (the plugin's name), as in
-//! Envoy. Metrics are defined once per (plugin, name, type) and then updated
+//! Shared data and queues are scoped by VM id (the plugin's `vm_id`, by
+//! default its name), as in Envoy. Metrics are defined once per (plugin, name, type) and then updated
 //! through per-instance cached handles, so the request path takes no lock.
 
 use std::collections::{HashSet, VecDeque};
@@ -358,6 +358,25 @@ mod tests {
         assert_eq!(dequeue(id), Ok(b"a".to_vec()));
         assert_eq!(enqueue(u32::MAX, b"a"), Status::NotFound);
         assert_eq!(dequeue(0), Err(Status::NotFound));
+    }
+
+    /// Queue names and shared-data keys are per VM id: the same name in two
+    /// VMs is two queues, two keys.
+    #[test]
+    fn queues_and_data_are_scoped_by_vm_id() {
+        let a = register_queue("scope-vm-a", "jobs");
+        let b = register_queue("scope-vm-b", "jobs");
+        assert_ne!(a, b);
+        assert_eq!(resolve_queue("scope-vm-b", "jobs"), Some(b));
+        assert_eq!(enqueue(a, b"for a"), Status::Ok);
+        assert_eq!(dequeue(b), Err(Status::Empty));
+        assert_eq!(dequeue(a), Ok(b"for a".to_vec()));
+        assert_eq!(shared_data("scope-vm-a").set(b"k", b"1", 0), Status::Ok);
+        assert_eq!(shared_data("scope-vm-b").get(b"k"), None);
+        assert_eq!(
+            shared_data("scope-vm-a").get(b"k").map(|v| v.0),
+            Some(b"1".to_vec())
+        );
     }
 
     #[test]

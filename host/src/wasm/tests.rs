@@ -39,7 +39,7 @@ fn plugin(hook: &str, limits: Limits) -> WasmPlugin {
 fn run(p: &WasmPlugin) -> (Result<Verdict, super::instance::Failure>, Txn) {
     let mut inst = PluginInstance::new(p).unwrap_or_else(|e| panic!("instance: {e}"));
     let ctx = inst
-        .create_stream()
+        .create_stream(super::instance::ROOT_ID)
         .unwrap_or_else(|e| panic!("stream: {e}"));
     let mut txn = Txn::for_test("/x", ([127, 0, 0, 1], 4000).into());
     txn.phase = Phase::Request;
@@ -206,7 +206,9 @@ fn memory_grow_past_the_limit_returns_minus_one_and_the_instance_lives() {
     );
     let mut inst = PluginInstance::new(&p).unwrap_or_else(|e| panic!("instance: {e}"));
     for _ in 0..2 {
-        let ctx = inst.create_stream().unwrap_or_else(|e| panic!("{e}"));
+        let ctx = inst
+            .create_stream(super::instance::ROOT_ID)
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut txn = Txn::for_test("/x", ([127, 0, 0, 1], 4000).into());
         let v = inst.request_headers(ctx, &mut txn, true);
         assert!(matches!(v, Ok(Verdict::Continue)), "{v:?}");
@@ -308,7 +310,9 @@ fn the_request_map_shows_host_as_authority_only() {
     i32.const 0"#;
     let p = compile(&module_with(imports, data, hook)).unwrap_or_else(|e| panic!("{e}"));
     let mut inst = PluginInstance::new(&p).unwrap_or_else(|e| panic!("{e}"));
-    let ctx = inst.create_stream().unwrap_or_else(|e| panic!("{e}"));
+    let ctx = inst
+        .create_stream(super::instance::ROOT_ID)
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut txn = Txn::for_test("/x", ([127, 0, 0, 1], 4000).into());
     txn.req_headers
         .insert(http::header::HOST, HeaderValue::from_static("old.example"));

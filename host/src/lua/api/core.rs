@@ -126,7 +126,7 @@ pub(super) fn core_table(
                 }
                 let nb = usize::try_from(nb).unwrap_or(0);
                 while_loading(&collect, "register_action")?;
-                let (mut req, mut res) = (false, false);
+                let (mut req, mut res, mut tcp) = (false, false, false);
                 for i in 1..=kinds.raw_len() {
                     let k: Value = kinds.raw_get(i)?;
                     let Value::String(k) = k else {
@@ -135,8 +135,9 @@ pub(super) fn core_table(
                     match &*k.as_bytes() {
                         b"http-req" => req = true,
                         b"http-res" => res = true,
-                        b"tcp-req" | b"tcp-res" | b"http-after-res" => {
-                            tracing::warn!(plugin = %cx.plugin.name, action = %name, "{} actions are not supported; only http-req and http-res", k.to_string_lossy());
+                        b"tcp-req" => tcp = true,
+                        b"tcp-res" | b"http-after-res" => {
+                            tracing::warn!(plugin = %cx.plugin.name, action = %name, "{} actions are not supported; only http-req, http-res and tcp-req", k.to_string_lossy());
                         }
                         other => {
                             return Err(args.err(
@@ -160,6 +161,8 @@ pub(super) fn core_table(
                             response: false,
                             nb_args_req: 0,
                             nb_args_res: 0,
+                            tcp: false,
+                            nb_args_tcp: 0,
                         });
                         let last = names.actions.len() - 1;
                         &mut names.actions[last]
@@ -169,6 +172,11 @@ pub(super) fn core_table(
                     entry.request = true;
                     entry.nb_args_req = nb;
                     funcs.actions_req.insert(name.clone(), f.clone());
+                }
+                if tcp {
+                    entry.tcp = true;
+                    entry.nb_args_tcp = nb;
+                    funcs.actions_tcp.insert(name.clone(), f.clone());
                 }
                 if res {
                     entry.response = true;
@@ -206,7 +214,6 @@ pub(super) fn core_table(
     }
     {
         let collect = Rc::clone(collect);
-        let cx = Rc::clone(cx);
         core.raw_set(
             "register_service",
             func(lua, move |_, a| {
@@ -222,7 +229,9 @@ pub(super) fn core_table(
                         c.funcs.services.insert(name, f);
                     }
                     "tcp" => {
-                        tracing::warn!(plugin = %cx.plugin.name, service = %name, "tcp services are not supported; only http services");
+                        let mut c = collect_mut(&collect)?;
+                        push_name(&mut c.names.tcp_services, &name);
+                        c.funcs.services_tcp.insert(name, f);
                     }
                     other => {
                         return Err(args.err(

@@ -194,4 +194,4 @@ local function new(id, class, fn, args)
   return o
 end
 
-return call, new
+return call, new, Channel

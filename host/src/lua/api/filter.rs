@@ -276,7 +276,9 @@ pub(super) fn install(
         .set_name("=portcullis-filter")
         .into_function()?;
     let err = Value::LightUserData(mark(&ERR_MARK));
-    let (call, conf): (Function, Function) = chunk.call((p.clone(), f, txn.clone(), err))?;
+    let (call, conf, channel): (Function, Function, Table) =
+        chunk.call((p.clone(), f, txn.clone(), err))?;
+    super::tcp::install(lua, cx, p, &channel, txn)?;
     lua.set_named_registry_value(CALL_KEY, call)?;
     lua.set_named_registry_value(CONF_KEY, conf)?;
     Ok(())

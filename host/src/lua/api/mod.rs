@@ -29,6 +29,7 @@ mod queue;
 mod regex;
 mod reply;
 mod socket;
+pub(crate) mod tcp;
 mod txn;
 
 use std::cell::RefCell;

@@ -13,7 +13,9 @@
 mod converters;
 mod expr;
 mod fetches;
+pub(crate) mod payload;
 mod registry;
+mod ssl;
 mod value;
 
 #[cfg(test)]

@@ -59,7 +59,8 @@ fn stick_status(st: &mut HostState, e: StickFail) -> u32 {
     };
     st.last_error = Some(e.to_string());
     if s == Status::BadArgument {
-        st.plugin
+        st.root
+            .plugin
             .stats
             .bad_host_calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -68,7 +69,7 @@ fn stick_status(st: &mut HostState, e: StickFail) -> u32 {
 }
 
 fn stick_api(st: &mut HostState) -> Result<std::sync::Arc<dyn StickApi>, u32> {
-    match &st.plugin.spec.stick {
+    match &st.root.plugin.spec.stick {
         Some(a) => Ok(std::sync::Arc::clone(a)),
         None => {
             st.last_error = Some("no stick table is declared".into());
@@ -359,7 +360,7 @@ pub fn call_foreign(st: &mut HostState, name: &[u8], args: &[u8]) -> Result<Vec<
         }
         b"stick_get" | b"stick_add" | b"stick_set" | b"stick_clear" => {
             let list = pairs::decode(args)?;
-            let api = st.plugin.spec.stick.clone().ok_or(Status::NotFound)?;
+            let api = st.root.plugin.spec.stick.clone().ok_or(Status::NotFound)?;
             let table = field(&list, "table")?;
             let key = field(&list, "key")?;
             let r = match name {

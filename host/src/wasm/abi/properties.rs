@@ -16,8 +16,9 @@
 //! | `response.headers.<name>` | first value of a response header |
 //! | `source.address` / `source.port` | client `ip:port` / port (int) |
 //! | `destination.address` / `destination.port` | local `ip:port` / port (int) |
-//! | `plugin_name`, `plugin_vm_id` | the plugin's name |
-//! | `plugin_root_id` | empty |
+//! | `plugin_name` | the plugin's name |
+//! | `plugin_vm_id` | its `vm_id` (default: the plugin's name) |
+//! | `plugin_root_id` | its `root_id` (default: empty) |
 //! | `route_metadata`, `metadata` | the rule's / frontend's `metadata` (see below) |
 //!
 //! Route metadata is Envoy's `filter_metadata`: `route_metadata.filter_metadata.<filter>.<key>...`
@@ -45,8 +46,8 @@ fn int(v: i64) -> Vec<u8> {
 }
 
 fn stream_props(st: &HostState) -> Option<&Vec<(Vec<u8>, Vec<u8>)>> {
-    if st.effective == st.root_id {
-        Some(&st.root_props)
+    if st.effective == st.root.id {
+        Some(&st.root.props)
     } else {
         st.streams.get(&st.effective).map(|s| &s.props)
     }
@@ -54,11 +55,12 @@ fn stream_props(st: &HostState) -> Option<&Vec<(Vec<u8>, Vec<u8>)>> {
 
 /// The value of property `path` (NUL-separated segments).
 pub fn get(st: &HostState, path: &[u8]) -> Result<Vec<u8>, Status> {
-    let spec = &st.plugin.spec;
+    let spec = &st.root.plugin.spec;
     let segs = split_path(path);
     match segs.as_slice() {
-        [b"plugin_name"] | [b"plugin_vm_id"] => return Ok(spec.name.as_bytes().to_vec()),
-        [b"plugin_root_id"] => return Ok(Vec::new()),
+        [b"plugin_name"] => return Ok(spec.name.as_bytes().to_vec()),
+        [b"plugin_vm_id"] => return Ok(spec.vm_id.as_bytes().to_vec()),
+        [b"plugin_root_id"] => return Ok(spec.root_id.as_bytes().to_vec()),
         _ => {}
     }
     if let Some(v) = stream_props(st).and_then(|p| p.iter().find(|(k, _)| k == path)) {
@@ -133,9 +135,9 @@ pub fn set(st: &mut HostState, path: &[u8], value: &[u8]) -> Status {
         }
         _ => {}
     }
-    let root = st.effective == st.root_id;
+    let root = st.effective == st.root.id;
     let props = if root {
-        &mut st.root_props
+        &mut st.root.props
     } else {
         match st.streams.get_mut(&st.effective) {
             Some(s) => &mut s.props,

@@ -211,7 +211,7 @@ fn logging(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_set_tick_period_milliseconds",
         |mut c: C<'_>, ms: u32| -> HostResult {
             let st = c.data_mut();
-            st.tick_period = (ms > 0).then(|| Duration::from_millis(u64::from(ms.max(10))));
+            st.root.tick_period = (ms > 0).then(|| Duration::from_millis(u64::from(ms.max(10))));
             Ok(Status::Ok.raw())
         },
     )?;
@@ -223,7 +223,11 @@ fn logging(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_set_effective_context",
         |mut c: C<'_>, id: u32| -> HostResult {
             let st = c.data_mut();
-            if id == st.root_id || st.streams.contains_key(&id) {
+            // A stream, or a root context: the caller's own, or (in a VM
+            // shared through `vm_id`) another plugin's; host calls then act
+            // for that context's plugin.
+            if let Some(root) = st.root_of(id) {
+                st.select(root);
                 st.effective = id;
                 Ok(Status::Ok.raw())
             } else {
@@ -272,8 +276,8 @@ fn buffers(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     whole[start..start + len].to_vec()
                 };
                 match t {
-                    6 => clamp(&st.plugin.spec.vm_config),
-                    7 => clamp(&st.plugin.spec.config),
+                    6 => clamp(&st.root.plugin.spec.vm_config),
+                    7 => clamp(&st.root.plugin.spec.config),
                     _ => {
                         let b = tri!(
                             st,
@@ -673,7 +677,7 @@ fn http_call(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 memory::read_str(mem, uptr, ulen),
                 "proxy_http_call: bad upstream name"
             );
-            let Some(addr) = st.plugin.spec.upstreams.get(upstream).copied() else {
+            let Some(addr) = st.root.plugin.spec.upstreams.get(upstream).copied() else {
                 return Ok(refuse(
                     st,
                     Status::BadArgument,
@@ -740,18 +744,18 @@ fn http_call(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 body,
                 timeout,
             };
-            if st.effective == st.root_id {
+            if st.effective == st.root.id {
                 // From the root context (e.g. on_tick refreshing keys, as Envoy
                 // allows): started by the worker after this callback, answered
                 // to the root context on this worker.
-                if st.root_calls.len() + st.root_inflight >= MAX_CALLS {
+                if st.root.calls.len() + st.root.inflight >= MAX_CALLS {
                     return Ok(refuse(
                         st,
                         Status::InternalFailure,
                         "proxy_http_call: too many calls in flight",
                     ));
                 }
-                st.root_calls.push(call);
+                st.root.calls.push(call);
             } else {
                 let Some(s) = st.streams.get_mut(&st.effective) else {
                     return Ok(refuse(
@@ -859,7 +863,7 @@ fn shared_state(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     memory::read(mem, kptr, klen),
                     "proxy_get_shared_data: key out of bounds"
                 );
-                match st.plugin.shared_data.get(key) {
+                match st.root.plugin.shared_data.get(key) {
                     Some(v) => v,
                     None => return Ok(Status::NotFound.raw()),
                 }
@@ -896,7 +900,7 @@ fn shared_state(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 memory::read(mem, vptr, vlen),
                 "proxy_set_shared_data: value out of bounds"
             );
-            let s = st.plugin.shared_data.set(key, value, cas);
+            let s = st.root.plugin.shared_data.set(key, value, cas);
             if s == Status::BadArgument {
                 return Ok(refuse(
                     st,
@@ -924,9 +928,11 @@ fn shared_state(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 memory::check(mem, ret_id, 4),
                 "proxy_register_shared_queue: bad id pointer"
             );
-            let id = shared::register_queue(&st.plugin.spec.name, name);
-            if !st.queues.contains(&id) {
-                st.queues.push(id);
+            // Queues are named per VM id (Envoy's `vm_id`); the registering
+            // root context gets `proxy_on_queue_ready`.
+            let id = shared::register_queue(&st.root.plugin.spec.vm_id, name);
+            if !st.root.queues.contains(&id) {
+                st.root.queues.push(id);
             }
             tri!(
                 st,
@@ -954,7 +960,7 @@ fn shared_state(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 "proxy_resolve_shared_queue: bad name"
             );
             let vm = if vm.is_empty() {
-                st.plugin.spec.name.as_str()
+                st.root.plugin.spec.vm_id.as_str()
             } else {
                 vm
             };
@@ -1002,7 +1008,7 @@ fn metric(st: &mut HostState, id: u32) -> Option<std::sync::Arc<shared::Metric>>
     if let Some(m) = st.metrics.get(&id) {
         return Some(std::sync::Arc::clone(m));
     }
-    let m = shared::metric(&st.plugin.spec.name, id)?;
+    let m = shared::metric(&st.root.plugin.spec.name, id)?;
     st.metrics.insert(id, std::sync::Arc::clone(&m));
     Some(m)
 }
@@ -1030,7 +1036,7 @@ fn metrics(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 memory::check(mem, ret_id, 4),
                 "proxy_define_metric: bad id pointer"
             );
-            let Some((id, m)) = shared::define_metric(&st.plugin.spec.name, name, kind) else {
+            let Some((id, m)) = shared::define_metric(&st.root.plugin.spec.name, name, kind) else {
                 return Ok(refuse(
                     st,
                     Status::BadArgument,

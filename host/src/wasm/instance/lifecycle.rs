@@ -12,7 +12,9 @@ use std::time::Instant;
 use wasmtime::{Store, TypedFunc};
 
 use super::failure::{Failure, FailureKind, classify, guest_call};
-use super::state::{CallResponse, CallResults, Callback, HostState, PendingCall, ROOT_ID};
+use super::state::{
+    CallResponse, CallResults, Callback, HostState, PendingCall, PluginShared, ROOT_ID,
+};
 use super::{Exports, PluginInstance, len_u32};
 use crate::wasm::engine::deadline_ticks;
 use crate::wasm::module::WasmPlugin;
@@ -45,9 +47,21 @@ impl PluginInstance {
 
     /// Instantiates `plugin` (no guest code runs but a start function) and resolves its exports.
     fn instantiate(plugin: &WasmPlugin, capture: bool) -> Result<PluginInstance, Failure> {
-        let shared = Arc::clone(&plugin.shared);
-        let ticks = deadline_ticks(shared.spec.limits.cpu);
-        let mut state = HostState::new(Arc::clone(&shared));
+        // The VM's plugins: this one alone, or every plugin sharing its `vm_id`.
+        let members: Vec<Arc<PluginShared>> = if plugin.members.is_empty() {
+            vec![Arc::clone(&plugin.shared)]
+        } else {
+            plugin.members.clone()
+        };
+        let Some(first) = members.first().map(Arc::clone) else {
+            return Err(Failure::new(FailureKind::Init, "a VM without plugins"));
+        };
+        // CPU and memory limits are the VM's: its plugins agree on them (checked at load).
+        let ticks = deadline_ticks(first.spec.limits.cpu);
+        let mut state = HostState::new(Arc::clone(&first));
+        for (id, m) in (ROOT_ID + 1..).zip(members.iter().skip(1)) {
+            state.add_root(id, Arc::clone(m));
+        }
         if capture {
             state.captured = Some(Vec::new());
         }
@@ -58,7 +72,9 @@ impl PluginInstance {
             .pre
             .instantiate(&mut store)
             .map_err(|e| classify(&mut store, &e))?;
-        shared.stats.instances_built.fetch_add(1, Relaxed);
+        for m in &members {
+            m.stats.instances_built.fetch_add(1, Relaxed);
+        }
         let memory = instance.get_memory(&mut store, "memory");
         let malloc = instance
             .get_typed_func::<u32, u32>(&mut store, "proxy_on_memory_allocate")
@@ -101,10 +117,10 @@ impl PluginInstance {
             ex: Rc::new(ex),
             init,
             ticks,
-            next_ctx: ROOT_ID + 1,
+            next_ctx: ROOT_ID + len_u32(members.len()),
             order: VecDeque::new(),
-            next_tick: None,
             queue_gen: crate::wasm::shared::queue_generation(),
+            members,
         };
         inst.live(true);
         Ok(inst)
@@ -115,7 +131,6 @@ impl PluginInstance {
     fn start(&mut self) -> Result<(), Failure> {
         let inst = self;
         let ticks = inst.ticks;
-        let shared = Arc::clone(inst.plugin());
         if let Some(f) = inst.init.take() {
             match guest_call(&mut inst.store, ticks, &f, ()) {
                 Ok(()) => {}
@@ -124,16 +139,36 @@ impl PluginInstance {
                 Err(e) => return Err(e),
             }
         }
+        // One root context per plugin, each started as Envoy starts a
+        // plugin in a VM: context created, `proxy_on_vm_start` (called for
+        // each plugin, with the VM configuration), `proxy_on_configure`.
+        let shared_vm = inst.members.len() > 1;
+        for root in inst.root_range() {
+            inst.start_root(root, ticks).map_err(|mut f| {
+                if shared_vm {
+                    let name = &inst.store.data().root.plugin.spec.name;
+                    f.message = format!("plugin {name:?}: {}", f.message);
+                }
+                f
+            })?;
+        }
         inst.begin(ROOT_ID, Callback::Other);
+        Ok(())
+    }
+
+    /// Creates root context `root` and runs its `proxy_on_vm_start` and `proxy_on_configure`.
+    fn start_root(&mut self, root: u32, ticks: u64) -> Result<(), Failure> {
+        let inst = self;
+        inst.begin(root, Callback::Other);
+        let shared = Arc::clone(inst.plugin());
         let ex = Rc::clone(&inst.ex);
         if let Some(f) = &ex.on_context_create {
-            guest_call(&mut inst.store, ticks, f, (ROOT_ID, 0))?;
+            guest_call(&mut inst.store, ticks, f, (root, 0))?;
         }
         let vm_len = len_u32(shared.spec.vm_config.len());
-        inst.begin(ROOT_ID, Callback::VmStart);
-        let ex = Rc::clone(&inst.ex);
+        inst.begin(root, Callback::VmStart);
         if let Some(f) = &ex.on_vm_start
-            && guest_call(&mut inst.store, ticks, f, (ROOT_ID, vm_len))? == 0
+            && guest_call(&mut inst.store, ticks, f, (root, vm_len))? == 0
         {
             return Err(Failure::new(
                 FailureKind::Init,
@@ -141,18 +176,18 @@ impl PluginInstance {
             ));
         }
         let cfg_len = len_u32(shared.spec.config.len());
-        inst.begin(ROOT_ID, Callback::Configure);
-        let ex = Rc::clone(&inst.ex);
+        inst.begin(root, Callback::Configure);
         if let Some(f) = &ex.on_configure
-            && guest_call(&mut inst.store, ticks, f, (ROOT_ID, cfg_len))? == 0
+            && guest_call(&mut inst.store, ticks, f, (root, cfg_len))? == 0
         {
             return Err(Failure::new(
                 FailureKind::Init,
                 "proxy_on_configure returned false (the plugin rejected its config)",
             ));
         }
-        inst.begin(ROOT_ID, Callback::Other);
-        inst.schedule_tick();
+        inst.begin(root, Callback::Other);
+        let d = inst.store.data_mut();
+        d.root.next_tick = d.root.tick_period.map(|p| Instant::now() + p);
         Ok(())
     }
 
@@ -162,62 +197,71 @@ impl PluginInstance {
     }
 
     fn live(&self, up: bool) {
-        let stats = &self.store.data().plugin.stats;
-        if up {
-            stats.instances_live.fetch_add(1, Relaxed);
-        } else {
-            stats.instances_live.fetch_sub(1, Relaxed);
+        for m in &self.members {
+            if up {
+                m.stats.instances_live.fetch_add(1, Relaxed);
+            } else {
+                m.stats.instances_live.fetch_sub(1, Relaxed);
+            }
         }
     }
 
-    /// Takes the root context's http calls not yet started (counted in flight
-    /// from now on) and where their responses go.
-    pub fn take_root_calls(&mut self) -> (Vec<PendingCall>, CallResults) {
+    /// Takes every root context's http calls not yet started (counted in
+    /// flight from now on) with where their responses go.
+    pub fn take_root_calls(&mut self) -> Vec<(Vec<PendingCall>, CallResults)> {
         let d = self.store.data_mut();
-        let calls = std::mem::take(&mut d.root_calls);
-        d.root_inflight += calls.len();
-        (calls, Rc::clone(&d.root_results))
+        std::iter::once(&mut d.root)
+            .chain(d.others.iter_mut())
+            .filter(|r| !r.calls.is_empty())
+            .map(|r| {
+                let calls = std::mem::take(&mut r.calls);
+                r.inflight += calls.len();
+                (calls, Rc::clone(&r.results))
+            })
+            .collect()
     }
 
     /// Whether root-context calls wait to be started or delivered.
     pub fn has_root_calls(&self) -> bool {
-        let d = self.store.data();
-        !d.root_calls.is_empty() || !d.root_results.borrow().is_empty()
+        self.store
+            .data()
+            .roots()
+            .any(|r| !r.calls.is_empty() || !r.results.borrow().is_empty())
     }
 
-    /// Delivers finished root-context http calls:
-    /// `proxy_on_http_call_response(root, token, headers, body_size, 0)`,
-    /// with no request loaded (only the call response is readable).
+    /// Delivers finished root-context http calls, each to the root context
+    /// that made it: `proxy_on_http_call_response(root, token, headers,
+    /// body_size, 0)`, with no request loaded (only the call response is readable).
     pub fn deliver_root_calls(&mut self) -> Result<(), Failure> {
-        let results: Vec<(u32, CallResponse)> = self
-            .store
-            .data()
-            .root_results
-            .borrow_mut()
-            .drain(..)
-            .collect();
-        for (token, resp) in results {
-            let d = self.store.data_mut();
-            d.root_inflight = d.root_inflight.saturating_sub(1);
-            let ex = Rc::clone(&self.ex);
-            let Some(f) = &ex.on_http_call_response else {
-                continue;
-            };
-            let nh = len_u32(resp.headers.len());
-            let nb = len_u32(resp.body.len());
-            self.begin(ROOT_ID, Callback::CallResponse);
-            self.store.data_mut().call_response = Some(resp);
-            let r = guest_call(&mut self.store, self.ticks, f, (ROOT_ID, token, nh, nb, 0));
-            let d = self.store.data_mut();
-            d.call_response = None;
-            d.callback = Callback::Other;
-            r?;
+        for root in self.root_range() {
+            self.begin(root, Callback::Other);
+            let results: Vec<(u32, CallResponse)> = self
+                .store
+                .data()
+                .root
+                .results
+                .borrow_mut()
+                .drain(..)
+                .collect();
+            for (token, resp) in results {
+                let d = self.store.data_mut();
+                d.root.inflight = d.root.inflight.saturating_sub(1);
+                let ex = Rc::clone(&self.ex);
+                let Some(f) = &ex.on_http_call_response else {
+                    continue;
+                };
+                let nh = len_u32(resp.headers.len());
+                let nb = len_u32(resp.body.len());
+                self.begin(root, Callback::CallResponse);
+                self.store.data_mut().call_response = Some(resp);
+                let r = guest_call(&mut self.store, self.ticks, f, (root, token, nh, nb, 0));
+                let d = self.store.data_mut();
+                d.call_response = None;
+                d.callback = Callback::Other;
+                r?;
+            }
         }
         Ok(())
-    }
-
-    fn schedule_tick(&mut self) {
-        self.next_tick = self.store.data().tick_period.map(|p| Instant::now() + p);
     }
 
     /// Wakes every paused stream (the instance is about to be dropped: their
@@ -238,43 +282,50 @@ impl PluginInstance {
 
     /// Whether [`Self::housekeeping`] has anything to look at (ticks or queues).
     pub fn wants_housekeeping(&self) -> bool {
-        let d = self.store.data();
-        d.tick_period.is_some() || self.next_tick.is_some() || !d.queues.is_empty()
+        self.store
+            .data()
+            .roots()
+            .any(|r| r.tick_period.is_some() || r.next_tick.is_some() || !r.queues.is_empty())
     }
 
-    /// Runs `proxy_on_tick` if the tick period has passed, and
-    /// `proxy_on_queue_ready` for registered queues that received items.
+    /// Runs `proxy_on_tick` of each root context whose tick period has
+    /// passed, and `proxy_on_queue_ready` for registered queues that received
+    /// items (on the root context that registered the queue).
     pub fn housekeeping(&mut self, now: Instant) -> Result<(), Failure> {
-        let period = self.store.data().tick_period;
-        match (period, self.next_tick) {
-            (Some(p), Some(at)) if now >= at => {
-                self.next_tick = Some(now + p);
-                let ex = Rc::clone(&self.ex);
-                if let Some(f) = &ex.on_tick {
-                    self.begin(ROOT_ID, Callback::Other);
-                    guest_call(&mut self.store, self.ticks, f, ROOT_ID)?;
-                }
-            }
-            (Some(p), None) => self.next_tick = Some(now + p),
-            (None, Some(_)) => self.next_tick = None,
-            _ => {}
-        }
         let generation = crate::wasm::shared::queue_generation();
-        if generation != self.queue_gen {
-            self.queue_gen = generation;
+        let queues_changed = generation != self.queue_gen;
+        self.queue_gen = generation;
+        let ex = Rc::clone(&self.ex);
+        for root in self.root_range() {
+            self.begin(root, Callback::Other);
+            let r = &mut self.store.data_mut().root;
+            match (r.tick_period, r.next_tick) {
+                (Some(p), Some(at)) if now >= at => {
+                    r.next_tick = Some(now + p);
+                    if let Some(f) = &ex.on_tick {
+                        guest_call(&mut self.store, self.ticks, f, root)?;
+                    }
+                }
+                (Some(p), None) => r.next_tick = Some(now + p),
+                (None, Some(_)) => r.next_tick = None,
+                _ => {}
+            }
+            if !queues_changed {
+                continue;
+            }
             let ready: Vec<u32> = self
                 .store
                 .data()
+                .root
                 .queues
                 .iter()
                 .copied()
                 .filter(|q| crate::wasm::shared::queue_has_items(*q))
                 .collect();
-            let ex = Rc::clone(&self.ex);
             if let Some(f) = &ex.on_queue_ready {
                 for q in ready {
-                    self.begin(ROOT_ID, Callback::Other);
-                    guest_call(&mut self.store, self.ticks, f, (ROOT_ID, q))?;
+                    self.begin(root, Callback::Other);
+                    guest_call(&mut self.store, self.ticks, f, (root, q))?;
                 }
             }
         }

@@ -20,7 +20,6 @@ mod stream;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
 use wasmtime::{Store, TypedFunc};
 
@@ -65,8 +64,10 @@ pub struct PluginInstance {
     ticks: u64,
     next_ctx: u32,
     order: VecDeque<u32>,
-    next_tick: Option<Instant>,
     queue_gen: u64,
+    /// The plugins whose root contexts live in this VM (one, or several
+    /// sharing a `vm_id`), in root-context order: each counts the instance.
+    members: Vec<Arc<PluginShared>>,
 }
 
 fn len_u32(n: usize) -> u32 {
@@ -74,15 +75,33 @@ fn len_u32(n: usize) -> u32 {
 }
 
 impl PluginInstance {
+    /// Sets up a callback on `ctx`: its root context (plugin) becomes the current one.
     fn begin(&mut self, ctx: u32, callback: Callback) {
         let d = self.store.data_mut();
+        // Only a VM shared by several plugins has a root context to switch to.
+        if !d.others.is_empty()
+            && let Some(root) = d.root_of(ctx)
+        {
+            d.select(root);
+        }
         d.effective = ctx;
         d.callback = callback;
     }
 
-    /// The plugin's shared state.
+    /// The shared state of the plugin whose callback ran last (the one a
+    /// failure is counted for).
     pub fn plugin(&self) -> &Arc<PluginShared> {
-        &self.store.data().plugin
+        &self.store.data().root.plugin
+    }
+
+    /// The VM's root context ids: one per plugin, numbered from [`ROOT_ID`].
+    fn root_range(&self) -> std::ops::Range<u32> {
+        ROOT_ID..ROOT_ID + len_u32(self.members.len())
+    }
+
+    /// The plugins sharing this VM, in root-context order.
+    pub fn members(&self) -> &[Arc<PluginShared>] {
+        &self.members
     }
 
     /// Current linear memory size in bytes.

@@ -225,36 +225,66 @@ pub enum Callback {
     CallResponse,
 }
 
+/// One root context of the VM (one per plugin sharing it): its plugin and
+/// what the root context does outside requests (ticks, queues, http calls).
+pub struct RootState {
+    /// The root context's id (1 for the VM's first plugin, then 2, 3, ...).
+    pub id: u32,
+    pub plugin: Arc<PluginShared>,
+    /// Root-context http calls (e.g. from `proxy_on_tick`) not yet started:
+    /// the worker starts them after the callback (see `filter::root_calls`).
+    pub calls: Vec<PendingCall>,
+    /// Root-context calls started and not yet delivered (with `calls`,
+    /// bounded by `MAX_CALLS`).
+    pub inflight: usize,
+    /// Where started root-context calls leave their responses (per instance:
+    /// a rebuilt instance never sees its predecessor's responses).
+    pub results: CallResults,
+    pub tick_period: Option<Duration>,
+    pub next_tick: Option<std::time::Instant>,
+    /// Queues this root context registered (`proxy_on_queue_ready` goes to it).
+    pub queues: Vec<u32>,
+    pub props: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RootState {
+    pub(crate) fn new(id: u32, plugin: Arc<PluginShared>) -> RootState {
+        RootState {
+            id,
+            plugin,
+            calls: Vec::new(),
+            inflight: 0,
+            results: Rc::default(),
+            tick_period: None,
+            next_tick: None,
+            queues: Vec::new(),
+            props: Vec::new(),
+        }
+    }
+}
+
 /// The store's data: everything host functions reach.
 pub struct HostState {
     pub limiter: Limiter,
     pub memory: Option<Memory>,
     /// The guest allocator (`Rc`: cloning a `TypedFunc` is not free, and host calls need it by value).
     pub malloc: Option<Rc<TypedFunc<u32, u32>>>,
-    pub plugin: Arc<PluginShared>,
     pub io: StreamIo,
     /// The stream whose transaction is loaded in `io` (0: none).
     pub io_ctx: u32,
     /// The context host calls act on (the callback's, or set by `proxy_set_effective_context`).
     pub effective: u32,
-    pub root_id: u32,
+    /// The root context (plugin) of the current callback: host calls act
+    /// for its plugin (configuration, upstreams, limits, logs, stats).
+    pub root: RootState,
+    /// The VM's other root contexts (plugins sharing it through `vm_id`),
+    /// swapped with `root` when a callback of theirs runs (see [`Self::select`]).
+    pub others: Vec<RootState>,
     pub callback: Callback,
     pub streams: IdMap<StreamState>,
     pub call_response: Option<CallResponse>,
     pub next_token: u32,
-    /// Root-context http calls (e.g. from `proxy_on_tick`) not yet started:
-    /// the worker starts them after the callback (see `filter::run_root_calls`).
-    pub root_calls: Vec<PendingCall>,
-    /// Root-context calls started and not yet delivered (with `root_calls`,
-    /// bounded by `MAX_CALLS`).
-    pub root_inflight: usize,
-    /// Where started root-context calls leave their responses (per instance:
-    /// a rebuilt instance never sees its predecessor's responses).
-    pub root_results: CallResults,
-    pub tick_period: Option<Duration>,
-    pub queues: Vec<u32>,
     pub metrics: HashMap<u32, Arc<Metric>>,
-    pub root_props: Vec<(Vec<u8>, Vec<u8>)>,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub last_error: Option<String>,
@@ -272,32 +302,27 @@ pub struct HostState {
 impl HostState {
     pub(crate) fn new(plugin: Arc<PluginShared>) -> HostState {
         let limits = plugin.spec.limits;
+        let total = Arc::clone(&plugin.stats.memory_bytes);
         HostState {
             limiter: Limiter {
                 memory: limits.memory,
                 tables: limits.table_elements,
                 hit: false,
                 current: 0,
-                total: Arc::clone(&plugin.stats.memory_bytes),
+                total,
             },
             memory: None,
             malloc: None,
-            plugin,
             io: StreamIo::default(),
             io_ctx: 0,
             effective: 0,
-            root_id: ROOT_ID,
+            root: RootState::new(ROOT_ID, plugin),
+            others: Vec::new(),
             callback: Callback::Other,
             streams: IdMap::default(),
             call_response: None,
             next_token: 1,
-            root_calls: Vec::new(),
-            root_inflight: 0,
-            root_results: Rc::default(),
-            tick_period: None,
-            queues: Vec::new(),
             metrics: HashMap::new(),
-            root_props: Vec::new(),
             stdout: Vec::new(),
             stderr: Vec::new(),
             last_error: None,
@@ -307,11 +332,52 @@ impl HostState {
         }
     }
 
+    /// Adds a root context for another plugin sharing the VM.
+    pub(crate) fn add_root(&mut self, id: u32, plugin: Arc<PluginShared>) {
+        self.others.push(RootState::new(id, plugin));
+    }
+
+    /// Whether `id` is one of the VM's root contexts.
+    pub fn is_root(&self, id: u32) -> bool {
+        self.root.id == id || self.others.iter().any(|r| r.id == id)
+    }
+
+    /// The root context `ctx` belongs to (itself for a root context).
+    pub fn root_of(&self, ctx: u32) -> Option<u32> {
+        if self.is_root(ctx) {
+            return Some(ctx);
+        }
+        self.streams.get(&ctx).map(|s| s.root)
+    }
+
+    /// Makes root context `id` the current one (its plugin's settings and
+    /// counters apply to the host calls that follow). False if there is none.
+    pub fn select(&mut self, id: u32) -> bool {
+        if self.root.id == id {
+            return true;
+        }
+        let Some(other) = self.others.iter_mut().find(|r| r.id == id) else {
+            return false;
+        };
+        // The batched call count belongs to the plugin it was counted for.
+        let n = std::mem::take(&mut self.calls_pending);
+        if n > 0 {
+            self.root.plugin.stats.calls.fetch_add(n, Relaxed);
+        }
+        std::mem::swap(&mut self.root, other);
+        true
+    }
+
+    /// Every root context's state, the current one included.
+    pub fn roots(&self) -> impl Iterator<Item = &RootState> {
+        std::iter::once(&self.root).chain(self.others.iter())
+    }
+
     /// Adds the batched call count to the plugin's shared counter.
     pub fn flush_calls(&mut self) {
         let n = std::mem::take(&mut self.calls_pending);
         if n > 0 {
-            self.plugin.stats.calls.fetch_add(n, Relaxed);
+            self.root.plugin.stats.calls.fetch_add(n, Relaxed);
         }
     }
 
@@ -332,13 +398,13 @@ impl HostState {
             };
             c.push((level, line));
         }
-        crate::wasm::abi::proxy_wasm::emit(&self.plugin.spec.name, level, msg, fields);
+        crate::wasm::abi::proxy_wasm::emit(&self.root.plugin.spec.name, level, msg, fields);
     }
 
     /// Records a refused host call: counted, kept for `last_error`, logged at debug level.
     pub fn note_bad_call(&mut self, what: &str) {
-        self.plugin.stats.bad_host_calls.fetch_add(1, Relaxed);
-        tracing::debug!(plugin = %self.plugin.spec.name, "refused host call: {what}");
+        self.root.plugin.stats.bad_host_calls.fetch_add(1, Relaxed);
+        tracing::debug!(plugin = %self.root.plugin.spec.name, "refused host call: {what}");
         self.last_error = Some(what.to_string());
     }
 
@@ -364,5 +430,6 @@ const MAX_CAPTURED: usize = 32;
 /// Most http calls one context may have queued or in flight (no unbounded queues).
 pub const MAX_CALLS: usize = 16;
 
-/// The root context's id (the first context a module sees).
+/// The first root context's id (the first context a module sees; a VM
+/// shared by several plugins numbers their root contexts 1, 2, ...).
 pub const ROOT_ID: u32 = 1;

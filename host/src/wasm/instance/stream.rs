@@ -37,11 +37,14 @@ pub struct StreamState {
     /// Route metadata: the rule's, then its frontend's (the first that has
     /// a filter's entry answers for it).
     pub metadata: [Option<crate::config::Metadata>; 2],
+    /// The root context (plugin) that created the stream.
+    pub root: u32,
 }
 
 impl StreamState {
-    fn new() -> StreamState {
+    fn new(root: u32) -> StreamState {
         StreamState {
+            root,
             paused: false,
             pause_deadline: None,
             reply: None,
@@ -72,7 +75,6 @@ impl PluginInstance {
         self.store.data().streams.len()
     }
 
-    /// Creates a stream context for one request; returns its id.
     /// Gives stream `ctx` its route metadata (rule's, frontend's).
     pub fn set_route_metadata(&mut self, ctx: u32, metadata: [Option<crate::config::Metadata>; 2]) {
         if let Some(s) = self.store.data_mut().streams.get_mut(&ctx) {
@@ -80,8 +82,17 @@ impl PluginInstance {
         }
     }
 
-    pub fn create_stream(&mut self) -> Result<u32, Failure> {
-        let max = self.store.data().plugin.spec.limits.max_streams.max(1);
+    /// Creates a stream context for one request under root context `root`
+    /// (the plugin's, in a VM shared through `vm_id`); returns its id.
+    pub fn create_stream(&mut self, root: u32) -> Result<u32, Failure> {
+        if !self.store.data().is_root(root) {
+            return Err(Failure::new(
+                FailureKind::Init,
+                format!("no root context {root} in this VM"),
+            ));
+        }
+        self.begin(root, Callback::Other);
+        let max = self.store.data().root.plugin.spec.limits.max_streams.max(1);
         while self.store.data().streams.len() >= max {
             // Requests dropped before their log hook leave contexts behind: evict the oldest.
             match self.order.pop_front() {
@@ -90,16 +101,22 @@ impl PluginInstance {
             }
         }
         let mut id = self.next_ctx;
-        while id <= ROOT_ID || self.store.data().streams.contains_key(&id) {
+        while id == 0
+            || self.store.data().is_root(id)
+            || self.store.data().streams.contains_key(&id)
+        {
             id = id.wrapping_add(1);
         }
         self.next_ctx = id.wrapping_add(1);
-        self.store.data_mut().streams.insert(id, StreamState::new());
+        self.store
+            .data_mut()
+            .streams
+            .insert(id, StreamState::new(root));
         self.order.push_back(id);
         self.begin(id, Callback::Other);
         let ex = Rc::clone(&self.ex);
         if let Some(f) = &ex.on_context_create {
-            guest_call(&mut self.store, self.ticks, f, (id, ROOT_ID))?;
+            guest_call(&mut self.store, self.ticks, f, (id, root))?;
         }
         Ok(id)
     }
@@ -173,7 +190,7 @@ impl PluginInstance {
     }
 
     fn verdict(&mut self, ctx: u32, pause: bool) -> Verdict {
-        let limits = self.store.data().plugin.spec.limits;
+        let limits = self.store.data().root.plugin.spec.limits;
         let Some(s) = self.store.data_mut().streams.get_mut(&ctx) else {
             return Verdict::Continue;
         };
@@ -414,12 +431,15 @@ impl PluginInstance {
             // SDK panics on any other id). The SDK finds the caller by token
             // and reaches the stream with proxy_set_effective_context; the
             // stream's transaction is loaded for it meanwhile.
-            self.begin(ROOT_ID, Callback::CallResponse);
+            // The stream's own root context: in a VM shared by several
+            // plugins, the plugin that made the call.
+            let root = self.store.data().root_of(ctx).unwrap_or(ROOT_ID);
+            self.begin(root, Callback::CallResponse);
             let d = self.store.data_mut();
             d.call_response = Some(resp);
             d.io.load(txn);
             d.io_ctx = ctx;
-            let r = guest_call(&mut self.store, self.ticks, f, (ROOT_ID, token, nh, nb, 0));
+            let r = guest_call(&mut self.store, self.ticks, f, (root, token, nh, nb, 0));
             let d = self.store.data_mut();
             d.io.unload(txn);
             d.io_ctx = 0;
@@ -485,9 +505,11 @@ impl PluginInstance {
 
     /// `proxy_on_done` and `proxy_on_delete` for `ctx`, then forgets it.
     pub fn destroy_stream(&mut self, ctx: u32) -> Result<(), Failure> {
-        if self.store.data_mut().streams.remove(&ctx).is_none() {
+        let Some(gone) = self.store.data_mut().streams.remove(&ctx) else {
             return Ok(());
-        }
+        };
+        // The stream's plugin is current for its last callbacks.
+        self.store.data_mut().select(gone.root);
         if let Some(pos) = self.order.iter().position(|c| *c == ctx) {
             self.order.remove(pos);
         }

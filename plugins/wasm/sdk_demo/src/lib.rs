@@ -3,6 +3,9 @@
 //! `plugins/wasm/c/demo.c` (which documents it) and the AssemblyScript
 //! `plugins/wasm/assemblyscript/assembly/demo.ts`, with the guest name
 //! "rust". `tests/e2e_wasm_sdks.rs` runs all three through portcullis.
+//! Two extras serve `tests/e2e_wasm_vm.rs` (plugins sharing a VM): `/whoami`
+//! adds the plugin's name, VM id and configured upstream to the request, and
+//! `/trap` panics (a trap that kills the VM).
 //!
 //! Unlike the C and AssemblyScript guests, the SDK routes http-call answers
 //! (which Envoy delivers on the root context) to the HTTP context that made
@@ -223,6 +226,18 @@ impl HttpContext for Demo {
         }
         if self.path.starts_with("/call/") {
             return self.start_auth_call();
+        }
+        // Rust-only extras for the VM-sharing tests (tests/e2e_wasm_vm.rs):
+        // which plugin and VM a request ran in, and a trap on demand.
+        if self.path.starts_with("/whoami") {
+            for (header, property) in [("x-plugin", "plugin_name"), ("x-vm-id", "plugin_vm_id")] {
+                let v = self.get_property(vec![property]).unwrap_or_default();
+                self.add_http_request_header(header, &String::from_utf8_lossy(&v));
+            }
+            self.add_http_request_header("x-upstream", &self.upstream.clone());
+        }
+        if self.path.starts_with("/trap") {
+            panic!("{GUEST} trap requested");
         }
         self.body = self.path.starts_with("/body");
         if self.path.starts_with("/count") {

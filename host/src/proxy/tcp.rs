@@ -1,0 +1,330 @@
+//! One connection of a TCP frontend (`mode = "tcp"`, HAProxy's `mode tcp`):
+//! the `tcp_request` rules on the client's first bytes (within
+//! `inspect_delay`), then a TCP service answers, or a server of the chosen
+//! backend gets the connection and bytes are spliced both ways
+//! (`tunnel.rs`); one access-log line at the end.
+//!
+//! While the rules run, the client stream and what it sent sit in the
+//! stream's [`Channels`] (in the transaction, where fetches and Lua's
+//! `txn.req`/`txn.res` reach them); what the rules left in the request
+//! channel goes to the server first.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::tunnel::{self, End, Idle};
+use super::worker::{Epoch, Worker};
+use crate::channel::{self, Channels};
+use crate::filter::{Filter, Flow};
+use crate::rules::tcp::{ACCEPT_CAUSE, TcpAction, Verdict};
+use crate::txn::{BackendChoice, Txn};
+
+/// Connection attempts after the first one fails (HAProxy's default `retries 3`).
+const RETRIES: u32 = 3;
+
+/// What the rules decided.
+enum Decision {
+    /// Go to a server.
+    Forward,
+    /// Close the connection (`reject`, a Lua `act.DENY`, a failure).
+    Reject,
+    /// A TCP service answered.
+    Served,
+}
+
+/// The facts the access-log line reports.
+struct Record {
+    backend: Option<usize>,
+    server: Option<usize>,
+    to_server: u64,
+    to_client: u64,
+    connect: Option<Duration>,
+    termination: &'static str,
+}
+
+/// Serves one client connection of TCP frontend `frontend`.
+pub async fn serve(worker: Rc<Worker>, frontend: usize, stream: TcpStream, client: SocketAddr) {
+    let start = Instant::now();
+    // A TCP connection is one stream: it runs on the generation in force at
+    // its start to its end, as an HTTP request does.
+    let epoch = worker.current();
+    let shared = std::sync::Arc::clone(&epoch.shared);
+    let (Some(fe), Some(name)) = (
+        shared.config.frontends.get(frontend),
+        epoch.frontend_names.get(frontend),
+    ) else {
+        return;
+    };
+    let timeouts = shared.config.global.timeouts;
+    let local = stream.local_addr().unwrap_or(client);
+    let channels = Rc::new(Channels::new(
+        stream,
+        start + fe.inspect_delay,
+        timeouts.client,
+    ));
+    let mut txn = Box::new(Txn::for_stream(client, local, Rc::clone(name)));
+    txn.plugin_state
+        .put(channel::KEY, Box::new(Rc::clone(&channels)));
+    let mut rec = Record {
+        backend: None,
+        server: None,
+        to_server: 0,
+        to_client: 0,
+        connect: None,
+        termination: "--",
+    };
+    let decision = run_rules(fe, &mut txn, &channels, timeouts.client).await;
+    let _ = txn.plugin_state.take::<Rc<Channels>>(channel::KEY);
+    // Log hooks (a Lua action's end resets its plugin's back-off), as an
+    // HTTP exchange's chain.log.
+    for rule in &fe.tcp_rules {
+        if let TcpAction::Run(f) | TcpAction::Service(f) = &rule.action {
+            f.on_log(&txn);
+        }
+    }
+    let received = channels.received.get();
+    let sent = channels.sent.get();
+    rec.to_client = sent;
+    match decision {
+        Decision::Forward => {}
+        Decision::Reject | Decision::Served => {
+            rec.termination = if matches!(decision, Decision::Reject) {
+                "PR"
+            } else {
+                "--"
+            };
+            rec.to_server = 0;
+            if let Ok(ch) = Rc::try_unwrap(channels) {
+                let (mut s, _) = ch.into_client();
+                // Flush and close our side; a client gone already changes nothing.
+                let _ = tokio::time::timeout(timeouts.client, s.shutdown()).await;
+            }
+            finish(&worker, &epoch, frontend, &txn, start, received, &rec);
+            return;
+        }
+    }
+    let Ok(ch) = Rc::try_unwrap(channels) else {
+        // A plugin kept the channels past its call: nothing safe to splice.
+        rec.termination = "PR";
+        finish(&worker, &epoch, frontend, &txn, start, received, &rec);
+        return;
+    };
+    let (mut client_stream, prefix) = ch.into_client();
+    forward(
+        &worker,
+        &epoch,
+        frontend,
+        &mut txn,
+        &mut client_stream,
+        &prefix,
+        &mut rec,
+    )
+    .await;
+    // From the client: what the rules read, then what the splice moved past the prefix.
+    let spliced = rec.to_server.saturating_sub(prefix.len() as u64);
+    finish(
+        &worker,
+        &epoch,
+        frontend,
+        &txn,
+        start,
+        received + spliced,
+        &rec,
+    );
+}
+
+/// Runs filter `f`'s request hook to its end, each wait bounded by `limit`.
+async fn drive(f: &dyn Filter, txn: &mut Txn, limit: Duration) -> Flow {
+    let mut flow = f.on_request(txn);
+    loop {
+        match flow {
+            Flow::Wait(fut) => {
+                if tokio::time::timeout(limit, fut).await.is_err() {
+                    tracing::debug!(action = f.name(), "tcp_request action wait timed out");
+                    return Flow::Respond(crate::filter::Reply::text(
+                        http::StatusCode::GATEWAY_TIMEOUT,
+                        "",
+                    ));
+                }
+                flow = f.resume(txn);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// HAProxy's `tcp_inspect_request`: the rules in order; a condition on
+/// data that may still grow waits for more of it.
+async fn run_rules(
+    fe: &crate::runtime::Frontend,
+    txn: &mut Txn,
+    ch: &Rc<Channels>,
+    wait_limit: Duration,
+) -> Decision {
+    let mut i = 0;
+    while let Some(rule) = fe.tcp_rules.get(i) {
+        match rule.check(txn, !ch.may_recv()) {
+            Verdict::Wait => {
+                // Nothing more can come when `fill` fails: the next check is final.
+                ch.fill().await;
+                continue;
+            }
+            Verdict::Skip => {
+                i += 1;
+                continue;
+            }
+            Verdict::Apply => {}
+        }
+        match &rule.action {
+            TcpAction::Accept => return Decision::Forward,
+            TcpAction::Reject => return Decision::Reject,
+            TcpAction::Run(f) => match drive(&**f, txn, wait_limit).await {
+                Flow::Continue => {}
+                Flow::Respond(r) if r.cause == Some(ACCEPT_CAUSE) => return Decision::Forward,
+                Flow::Respond(_) | Flow::Wait(_) => return Decision::Reject,
+            },
+            TcpAction::Service(f) => {
+                let _ = drive(&**f, txn, wait_limit).await;
+                return Decision::Served;
+            }
+        }
+        i += 1;
+    }
+    Decision::Forward
+}
+
+/// Picks a server of the chosen backend, connects (with retries) and splices.
+async fn forward(
+    worker: &Rc<Worker>,
+    epoch: &Epoch,
+    frontend: usize,
+    txn: &mut Txn,
+    client: &mut TcpStream,
+    prefix: &[u8],
+    rec: &mut Record,
+) {
+    let shared = &epoch.shared;
+    let config = &shared.config;
+    let default = config.frontends[frontend].default_backend;
+    let b = match &txn.backend {
+        Some(BackendChoice::Index(i)) => Some(*i),
+        Some(BackendChoice::Name(name)) => config.backend_index(name).or(default),
+        None => default,
+    };
+    txn.backend = b.map(BackendChoice::Index);
+    let Some(b) = b else {
+        rec.termination = "SC";
+        return;
+    };
+    rec.backend = Some(b);
+    let backend = &config.backends[b];
+    let bstate = &shared.backends[b];
+    bstate.stats.requests.fetch_add(1, Relaxed);
+    let Some(s) = epoch
+        .balancer
+        .pick(b, backend.balance, bstate, txn.client_addr.ip())
+    else {
+        bstate.stats.no_server.fetch_add(1, Relaxed);
+        rec.termination = "SC";
+        return;
+    };
+    rec.server = Some(s);
+    let server = &backend.servers[s];
+    let sstate = &bstate.servers[s];
+    sstate.begin_request();
+    // Released however the connection ends (leastconn load, `scur`).
+    struct Active<'a>(&'a crate::servers::ServerState);
+    impl Drop for Active<'_> {
+        fn drop(&mut self) {
+            self.0.active.fetch_sub(1, Relaxed);
+        }
+    }
+    let _active = Active(sstate);
+    let started = Instant::now();
+    let mut attempt = 0;
+    let mut upstream = loop {
+        sstate.connects.fetch_add(1, Relaxed);
+        match tokio::time::timeout(backend.connect_timeout, TcpStream::connect(server.addr)).await {
+            Ok(Ok(s)) => break s,
+            Ok(Err(_)) | Err(_) if attempt < RETRIES => {
+                attempt += 1;
+                // HAProxy's turn-around timer before a retry.
+                tokio::time::sleep(backend.connect_timeout.min(Duration::from_secs(1))).await;
+            }
+            Ok(Err(_)) => {
+                sstate.failures.fetch_add(1, Relaxed);
+                rec.termination = "SC";
+                return;
+            }
+            Err(_) => {
+                sstate.failures.fetch_add(1, Relaxed);
+                rec.termination = "sC";
+                return;
+            }
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    rec.connect = Some(started.elapsed());
+    let idle = Idle {
+        client: config.global.timeouts.client,
+        server: backend.server_timeout,
+        tunnel: backend.tunnel_timeout,
+    };
+    let mut stop = worker.shutdown_signal();
+    let out = tunnel::splice(client, &mut upstream, prefix, idle, async move {
+        stop.wait().await
+    })
+    .await;
+    rec.to_server = out.to_server;
+    rec.to_client += out.to_client;
+    if matches!(out.end, End::ServerError | End::ServerTimeout) {
+        sstate.failures.fetch_add(1, Relaxed);
+    }
+    rec.termination = out.end.code();
+}
+
+/// Counters, log hooks and the access-log line of a finished connection.
+fn finish(
+    worker: &Rc<Worker>,
+    epoch: &Epoch,
+    frontend: usize,
+    txn: &Txn,
+    start: Instant,
+    bytes_in: u64,
+    rec: &Record,
+) {
+    let shared = &epoch.shared;
+    let Some(fe) = shared.frontends.get(frontend) else {
+        return;
+    };
+    fe.bytes_in.fetch_add(bytes_in, Relaxed);
+    fe.bytes_out.fetch_add(rec.to_client, Relaxed);
+    if !worker.access_log.enabled() {
+        return;
+    }
+    let config = &shared.config;
+    let backend = rec.backend.and_then(|b| config.backends.get(b));
+    let server = backend.zip(rec.server).and_then(|(b, s)| b.servers.get(s));
+    let client = txn.client_addr.to_string();
+    worker.access_log.write(&super::accesslog::LogRecord {
+        client: &client,
+        frontend: &txn.frontend,
+        backend: backend.map(|b| &*b.name),
+        server: server.map(|s| &*s.name),
+        method: "TCP",
+        path: "-",
+        version: "-",
+        status: 0,
+        bytes: rec.to_client,
+        bytes_in,
+        total: start.elapsed(),
+        upstream: rec.connect,
+        termination: rec.termination,
+    });
+}
