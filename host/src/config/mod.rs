@@ -485,6 +485,8 @@ impl Validator<'_> {
             });
         }
         let tls = match &f.tls {
+            // Refused before its files are read (below, with the other TCP checks).
+            Some(_) if f.mode.as_ref().is_some_and(|m| m.get_ref() == "tcp") => None,
             Some(t) => {
                 let (acceptor, which) = tls::bind(self.source, t, &|a| {
                     self.socket_addr(a, "tls.binds address")
