@@ -21,8 +21,8 @@ pub mod logsink;
 pub mod pool;
 pub mod stats;
 pub mod tcp;
-pub mod tunnel;
 pub mod tls;
+pub mod tunnel;
 pub mod worker;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
