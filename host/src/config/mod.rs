@@ -484,6 +484,8 @@ impl Validator<'_> {
                 tls: false,
             });
         }
+        // The mode first: it decides which settings apply (a TCP frontend's `tls` is refused before its files are read).
+        let tcp = self.frontend_mode(f)?;
         let tls = match &f.tls {
             // Refused before its files are read (below, with the other TCP checks).
             Some(_) if f.mode.as_ref().is_some_and(|m| m.get_ref() == "tcp") => None,
@@ -523,7 +525,6 @@ impl Validator<'_> {
             Some(n) => Some(ranged::<usize>(self.source, n, "maxconn", 1, 1 << 24)?),
             None => None,
         };
-        let tcp = self.frontend_mode(f)?;
         Ok(Frontend {
             name: Arc::from(name.as_str()),
             binds,

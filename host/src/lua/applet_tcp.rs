@@ -64,25 +64,15 @@ impl LuaTcpService {
     }
 
     fn start(&self, txn: &mut Txn) -> Flow {
-        let plugin = &self.plugin;
-        let inst = match runtime::instance(plugin) {
-            Ok(i) => i,
-            Err(e) => return self.failed(None, &e),
-        };
-        plugin.stats.calls.fetch_add(1, Relaxed);
         let name = self.name.as_str();
-        let binding = match inst.binding(
+        let (inst, thread) = match runtime::service_thread(
+            &self.plugin,
             self.id,
             |f| f.services_tcp.get(name).cloned(),
-            &[],
             || self.what(),
         ) {
-            Ok(b) => b,
-            Err(e) => return self.failed(Some(&inst), &e),
-        };
-        let thread = match inst.thread_for(&binding.func) {
-            Ok(t) => t,
-            Err(e) => return self.failed(Some(&inst), &e),
+            Ok(it) => it,
+            Err((inst, e)) => return self.failed(inst.as_ref(), &e),
         };
         let applet: Table = match inst.lua.named_registry_value(super::api::tcp::APPLET_KEY) {
             Ok(a) => a,

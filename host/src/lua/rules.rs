@@ -414,25 +414,15 @@ impl LuaService {
     }
 
     fn start(&self, txn: &mut Txn, body: bytes::Bytes) -> Flow {
-        let plugin = &self.plugin;
-        let inst = match runtime::instance(plugin) {
-            Ok(i) => i,
-            Err(e) => return self.failed(None, &e),
-        };
-        plugin.stats.calls.fetch_add(1, Relaxed);
         let name = self.name.as_str();
-        let binding = match inst.binding(
+        let (inst, thread) = match runtime::service_thread(
+            &self.plugin,
             self.id,
             |f| f.services.get(name).cloned(),
-            &[],
             || self.what(),
         ) {
-            Ok(b) => b,
-            Err(e) => return self.failed(Some(&inst), &e),
-        };
-        let thread = match inst.thread_for(&binding.func) {
-            Ok(t) => t,
-            Err(e) => return self.failed(Some(&inst), &e),
+            Ok(it) => it,
+            Err((inst, e)) => return self.failed(inst.as_ref(), &e),
         };
         if let Err(e) = inst.setup(|| super::applet::begin(&inst, txn, body.clone())) {
             return self.failed(Some(&inst), &e);

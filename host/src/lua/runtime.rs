@@ -923,6 +923,26 @@ pub(crate) fn fail(
 }
 
 /// Counts and logs a failure and drops a possibly inconsistent state.
+/// The worker's instance of `plugin` and a thread running the function
+/// `resolve` picks (a service's body), counted as a call; on failure, the
+/// instance if there was one, for `record_failure`.
+pub(crate) fn service_thread(
+    plugin: &Arc<Plugin>,
+    id: u64,
+    resolve: impl FnOnce(&Funcs) -> Option<Function>,
+    what: impl FnOnce() -> String,
+) -> Result<(Rc<Instance>, Thread), (Option<Rc<Instance>>, CallError)> {
+    let inst = instance(plugin).map_err(|e| (None, e))?;
+    plugin.stats.calls.fetch_add(1, Relaxed);
+    let thread = inst
+        .binding(id, resolve, &[], what)
+        .and_then(|b| inst.thread_for(&b.func));
+    match thread {
+        Ok(t) => Ok((inst, t)),
+        Err(e) => Err((Some(inst), e)),
+    }
+}
+
 pub(crate) fn record_failure(
     plugin: &Plugin,
     inst: Option<&Rc<Instance>>,
