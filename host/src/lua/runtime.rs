@@ -923,6 +923,9 @@ pub(crate) fn fail(
 }
 
 /// Counts and logs a failure and drops a possibly inconsistent state.
+/// Why a service could not start: the instance, if there was one, and the error.
+pub(crate) type ServiceFailure = (Option<Rc<Instance>>, CallError);
+
 /// The worker's instance of `plugin` and a thread running the function
 /// `resolve` picks (a service's body), counted as a call; on failure, the
 /// instance if there was one, for `record_failure`.
@@ -931,7 +934,7 @@ pub(crate) fn service_thread(
     id: u64,
     resolve: impl FnOnce(&Funcs) -> Option<Function>,
     what: impl FnOnce() -> String,
-) -> Result<(Rc<Instance>, Thread), (Option<Rc<Instance>>, CallError)> {
+) -> Result<(Rc<Instance>, Thread), ServiceFailure> {
     let inst = instance(plugin).map_err(|e| (None, e))?;
     plugin.stats.calls.fetch_add(1, Relaxed);
     let thread = inst
