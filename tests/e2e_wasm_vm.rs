@@ -62,7 +62,14 @@ impl Vms {
         let mut fronts = Vec::new();
         for (name, extra) in plugins {
             cfg.push_str(&plugin(name, wasm, extra));
-            let web = free_addr();
+            // Separately picked free ports can repeat (each probe releases
+            // its port): skip the admin port and the ones already taken.
+            let web = loop {
+                let a = free_addr();
+                if a != ports.admin && !fronts.iter().any(|(_, w)| *w == a) {
+                    break a;
+                }
+            };
             cfg.push_str(&frontend_section(
                 &format!("web_{name}"),
                 web,
