@@ -13,9 +13,38 @@ use super::Backend;
 // ---------------------------------------------------------------------------
 
 /// A loopback address with a port that was free a moment ago.
+///
+/// Ports come from below the kernel's ephemeral range (read from
+/// `ip_local_port_range`), walked by a per-process counter: a port probed
+/// with `bind(:0)` and released is an ephemeral port, which the next
+/// outgoing connection of a parallel test may take before the daemon binds
+/// it (CI saw "Address already in use" that way). Below the range, only a
+/// listener can take a port, and this process never hands one out twice.
 pub fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr")
+    use std::sync::OnceLock;
+    static RANGE: OnceLock<(u32, u32)> = OnceLock::new();
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let (lo, span) = *RANGE.get_or_init(|| {
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(32768);
+        let lo = 10_000u32;
+        let hi = ephemeral_low.clamp(lo + 1_000, 65_000);
+        (lo, hi - lo)
+    });
+    // Test binaries run one after another, but a process seeds its walk
+    // from its pid so a rerun does not retrace a predecessor's TIME_WAITs.
+    let seed = std::process::id() as usize * 7919;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = lo + ((seed + n) % span as usize) as u32;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port as u16));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free loopback port in {lo}..{}", lo + span);
 }
 
 /// A directory under the system temp dir, removed on drop.
@@ -72,13 +101,9 @@ impl Ports {
     }
 }
 
-/// `N` distinct free loopback addresses: the listeners are held together,
-/// since one freed at once may be handed out again by the next bind.
+/// `N` distinct free loopback addresses (see [`free_addr`]).
 pub fn free_addrs<const N: usize>() -> [SocketAddr; N] {
-    let held: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().expect("local_addr"))
+    std::array::from_fn(|_| free_addr())
 }
 
 impl Default for Ports {
