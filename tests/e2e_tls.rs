@@ -1202,3 +1202,228 @@ server = [{{ name = "s1", addr = "{back}" }}]
         .await;
     assert_eq!(resp.status, 502, "{}", resp.text());
 }
+
+// ---------------------------------------------------------------------------
+// OCSP stapling
+// ---------------------------------------------------------------------------
+
+/// Records the OCSP response the server stapled (empty: none).
+#[derive(Debug)]
+struct Stapled {
+    any: AnyCert,
+    seen: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl ServerCertVerifier for Stapled {
+    fn verify_server_cert(
+        &self,
+        end: &CertificateDer<'_>,
+        chain: &[CertificateDer<'_>],
+        name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        *self.seen.lock().expect("lock") = ocsp.to_vec();
+        self.any.verify_server_cert(end, chain, name, ocsp, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.any.verify_tls12_signature(m, c, d)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.any.verify_tls13_signature(m, c, d)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.any.supported_verify_schemes()
+    }
+}
+
+/// The OCSP response `addr` staples for `sni` over TLS `version` (empty: none).
+#[allow(deprecated)] // ring's provider, as the daemon's
+async fn stapled(
+    addr: SocketAddr,
+    sni: &str,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Vec<u8> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let cfg = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[version])
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Stapled {
+            any: AnyCert(provider),
+            seen: Arc::clone(&seen),
+        }))
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from(sni.to_string()).expect("server name");
+    within(
+        "TLS handshake",
+        LIMIT,
+        TlsConnector::from(Arc::new(cfg)).connect(name, tcp),
+    )
+    .await
+    .expect("handshake");
+    let got = seen.lock().expect("lock").clone();
+    got
+}
+
+/// Runs openssl in `dir`, failing the test with its stderr.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A CA, a server certificate for `ocsp.test` it signed (`srv.pem`, key
+/// `srv.key`, chain with the CA `chain.pem`), and OCSP responses made by
+/// `openssl ocsp` as a responder: `good.der`, `revoked.der`,
+/// `unknown.der`, and `other.der` (good, about another certificate).
+fn ocsp_pki(dir: &TempDir) {
+    let d = dir.path();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    openssl(d, &[&["req", "-x509"][..], &ec, &["-days", "30", "-subj", "/CN=Test OCSP CA", "-keyout", "ca.key", "-out", "ca.pem"]].concat());
+    for name in ["srv", "other"] {
+        openssl(d, &[&["req"][..], &ec, &["-subj", &format!("/CN={name}.ocsp.test"), "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr")]].concat());
+        dir.write(
+            &format!("{name}.ext"),
+            &format!("subjectAltName=DNS:{name}.ocsp.test\n"),
+        );
+        openssl(d, &["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "7", "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.pem")]);
+    }
+    let chain = std::fs::read_to_string(d.join("srv.pem")).expect("srv.pem")
+        + &std::fs::read_to_string(d.join("ca.pem")).expect("ca.pem");
+    dir.write("chain.pem", &chain);
+    let serial = |name: &str| {
+        openssl(d, &["x509", "-in", &format!("{name}.pem"), "-noout", "-serial"])
+            .trim()
+            .trim_start_matches("serial=")
+            .to_string()
+    };
+    let (srv, other) = (serial("srv"), serial("other"));
+    // openssl's index.txt: status, expiry, revocation time, serial, file, subject.
+    dir.write("good.idx", &format!("V\t351231235959Z\t\t{srv}\tunknown\t/CN=srv.ocsp.test\nV\t351231235959Z\t\t{other}\tunknown\t/CN=other.ocsp.test\n"));
+    dir.write("revoked.idx", &format!("R\t351231235959Z\t240101000000Z\t{srv}\tunknown\t/CN=srv.ocsp.test\n"));
+    dir.write("unknown.idx", "");
+    for name in ["srv", "other"] {
+        openssl(d, &["ocsp", "-issuer", "ca.pem", "-cert", &format!("{name}.pem"), "-no_nonce", "-reqout", &format!("{name}.req")]);
+    }
+    for (out, idx, req) in [("good", "good", "srv"), ("revoked", "revoked", "srv"), ("unknown", "unknown", "srv"), ("other", "good", "other")] {
+        openssl(d, &["ocsp", "-index", &format!("{idx}.idx"), "-rsigner", "ca.pem", "-rkey", "ca.key", "-CA", "ca.pem", "-reqin", &format!("{req}.req"), "-respout", &format!("{out}.der"), "-ndays", "1"]);
+    }
+}
+
+/// A stapled response is served as HAProxy serves it: `<cert>.ocsp` beside
+/// the certificate is picked up, over TLS 1.2 and 1.3, byte for byte what
+/// HAProxy 2.6 staples from the same files; `POST /certificates/reload`
+/// staples a new one; a response that is not about the certificate, or
+/// whose status is unknown, or that is not OCSP at all, is a config error
+/// naming the file.
+#[tokio::test]
+async fn ocsp_responses_are_stapled_checked_and_reloaded() {
+    haproxy_26();
+    let dir = TempDir::new("tls-ocsp");
+    ocsp_pki(&dir);
+    let d = dir.path();
+    std::fs::copy(d.join("good.der"), d.join("chain.pem.ocsp")).expect("copy");
+    let good = std::fs::read(d.join("good.der")).expect("good.der");
+    let backend = Backend::start("s1").await;
+    let chain = d.join("chain.pem");
+    let tls = format!(
+        r#"cert = "{}", key = "{}""#,
+        toml_path(&chain),
+        toml_path(&d.join("srv.key"))
+    );
+    let (_daemon, ports) = tls_daemon(&tls, &backend, "").await;
+    for v in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        assert_eq!(
+            stapled(ports.web, "srv.ocsp.test", v).await,
+            good,
+            "stapled over {v:?}"
+        );
+    }
+
+    // HAProxy 2.6 on the same files (its crt holds the key too).
+    let pem = std::fs::read_to_string(&chain).expect("chain")
+        + &std::fs::read_to_string(d.join("srv.key")).expect("key");
+    dir.write("ha.pem", &pem);
+    std::fs::copy(d.join("good.der"), d.join("ha.pem.ocsp")).expect("copy");
+    let ha_addr = free_addr();
+    let cfg = format!(
+        "global\n  log stderr local0\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\nfrontend web\n  bind {ha_addr} ssl crt {}/ha.pem\n  http-request return status 200\n",
+        d.display()
+    );
+    let ha = HaProxy::start(&cfg, d, ha_addr).await;
+    for v in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        assert_eq!(
+            stapled(ha_addr, "srv.ocsp.test", v).await,
+            good,
+            "HAProxy staples the same response over {v:?}: {}",
+            ha.log()
+        );
+    }
+
+    // A new response (revoked: HAProxy staples it too, for the client to
+    // see) is picked up by the certificate reload.
+    std::fs::copy(d.join("revoked.der"), d.join("chain.pem.ocsp")).expect("copy");
+    let resp = admin_send(ports.admin, Method::POST, "/certificates/reload", "").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let revoked = std::fs::read(d.join("revoked.der")).expect("revoked.der");
+    assert_eq!(
+        stapled(ports.web, "srv.ocsp.test", &rustls::version::TLS13).await,
+        revoked
+    );
+
+    // Wrong responses are refused at `check`, naming the file and the reason.
+    for (file, reason) in [
+        ("unknown.der", "certificate status is unknown"),
+        ("other.der", "Certificate ID does not match"),
+        ("srv.pem", "not a DER OCSP response"),
+    ] {
+        let tls = format!(
+            r#"cert = "{}", key = "{}", ocsp = "{}""#,
+            toml_path(&chain),
+            toml_path(&d.join("srv.key")),
+            toml_path(&d.join(file))
+        );
+        let out = check_tls(&dir, &tls);
+        assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{file}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(file) && out.stderr.contains(reason),
+            "{file}: expected {reason:?} in: {}",
+            out.stderr
+        );
+    }
+    // Without the issuer in the chain (nor a `.issuer` file) the response
+    // cannot be matched: a config error saying so.
+    let tls = format!(
+        r#"cert = "{}", key = "{}", ocsp = "{}""#,
+        toml_path(&d.join("srv.pem")),
+        toml_path(&d.join("srv.key")),
+        toml_path(&d.join("good.der"))
+    );
+    let out = check_tls(&dir, &tls);
+    assert!(out.stderr.contains("issuer"), "{}", out.stderr);
+    // The issuer beside the certificate, as HAProxy's `<crt>.issuer`, is enough.
+    std::fs::copy(d.join("ca.pem"), d.join("srv.pem.issuer")).expect("copy");
+    let out = check_tls(&dir, &tls);
+    assert_eq!(out.status.and_then(|s| s.code()), Some(0), "{}", out.stderr);
+}

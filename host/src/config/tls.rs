@@ -23,6 +23,8 @@ pub struct RawTlsBind {
     pub cert: Option<Spanned<String>>,
     /// The private key of `cert` (PEM).
     pub key: Option<Spanned<String>>,
+    /// OCSP response (DER) stapled with `cert`; absent: `<cert>.ocsp` if it exists.
+    pub ocsp: Option<Spanned<String>>,
     /// More certificates, chosen by the client's SNI.
     #[serde(default)]
     pub certs: Vec<Spanned<RawCert>>,
@@ -46,6 +48,8 @@ pub struct RawTlsBind {
 pub struct RawCert {
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
+    /// OCSP response (DER) stapled with this certificate; absent: `<cert>.ocsp` if it exists.
+    pub ocsp: Option<Spanned<String>>,
     /// SNI names served (`"*.example.com"` wildcards allowed); absent: the
     /// certificate's own DNS names.
     pub names: Option<Vec<String>>,
@@ -80,6 +84,20 @@ fn path_of(
     Ok(resolve_path(src.file(), p.get_ref()))
 }
 
+fn ocsp_path(
+    src: &SourceMap,
+    p: &Spanned<String>,
+    what: &str,
+) -> Result<std::path::PathBuf, ConfigError> {
+    if p.get_ref().is_empty() {
+        return Err(src.error(
+            p.span(),
+            format!("{what} must name a DER OCSP response file"),
+        ));
+    }
+    Ok(resolve_path(src.file(), p.get_ref()))
+}
+
 /// Validates a frontend's `tls` and loads its files. Returns the acceptor
 /// and the bind addresses that take TLS (`None`: all of them).
 pub fn bind(
@@ -95,6 +113,11 @@ pub fn bind(
             cert: path_of(src, c, "tls.cert")?,
             key: path_of(src, k, "tls.key")?,
             names: None,
+            ocsp: t
+                .ocsp
+                .as_ref()
+                .map(|o| ocsp_path(src, o, "tls.ocsp"))
+                .transpose()?,
             location: src.location(c.span().start),
         }),
         (Some(c), None) => {
@@ -111,6 +134,12 @@ pub fn bind(
         }
         (None, None) => {}
     }
+    if let (Some(o), None) = (&t.ocsp, &t.cert) {
+        return Err(src.error(
+            o.span(),
+            "tls.ocsp is the OCSP response of tls.cert, which is not set; put ocsp inside the certs entry it belongs to",
+        ));
+    }
     for c in &t.certs {
         let r = c.get_ref();
         for n in r.names.iter().flatten() {
@@ -126,6 +155,11 @@ pub fn bind(
             cert: path_of(src, &r.cert, "certs.cert")?,
             key: path_of(src, &r.key, "certs.key")?,
             names: r.names.clone(),
+            ocsp: r
+                .ocsp
+                .as_ref()
+                .map(|o| ocsp_path(src, o, "certs.ocsp"))
+                .transpose()?,
             location: src.location(r.cert.span().start),
         });
     }

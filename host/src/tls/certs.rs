@@ -78,7 +78,8 @@ fn now_unix() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-fn date(t: i64) -> String {
+/// `t` (Unix seconds) as X.509 tools print dates.
+pub(crate) fn date(t: i64) -> String {
     x509_parser::time::ASN1Time::from_timestamp(t).map_or_else(|_| t.to_string(), |a| a.to_string())
 }
 

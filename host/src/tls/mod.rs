@@ -1,10 +1,11 @@
 //! TLS with rustls (ring provider): certificates and keys read and checked
 //! at load (`certs`), the binds' server configs chosen by SNI (`server`),
-//! upstream connections (`client`), and [`TlsFacts`], what a handshake
+//! upstream connections (`client`), stapled OCSP responses (`ocsp`), and [`TlsFacts`], what a handshake
 //! settled, read by the `ssl_fc*` / `ssl_c_*` fetches.
 
 pub mod certs;
 pub mod client;
+pub mod ocsp;
 pub mod server;
 
 use rustls::CipherSuite;

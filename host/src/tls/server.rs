@@ -32,6 +32,9 @@ pub struct CertSpec {
     pub key: PathBuf,
     /// SNI names it serves; `None`: the certificate's own DNS names.
     pub names: Option<Vec<String>>,
+    /// The OCSP response file (DER) to staple, as configured; `None`: the
+    /// file `<cert>.ocsp` if it exists (HAProxy's convention).
+    pub ocsp: Option<PathBuf>,
     /// Where it was declared (for errors).
     pub location: Location,
 }
@@ -114,11 +117,12 @@ pub fn build(
     let mut wildcard = HashMap::new();
     let mut default = None;
     for c in &spec.certs {
-        let (ck, own_names) =
-            certs::load_certified_key(&c.cert, &c.key, &provider).map_err(|error| LoadError {
-                location: c.location.clone(),
-                error,
-            })?;
+        let at = |error| LoadError {
+            location: c.location.clone(),
+            error,
+        };
+        let (ck, own_names) = certs::load_certified_key(&c.cert, &c.key, &provider).map_err(at)?;
+        let ck = staple(c, ck).map_err(at)?;
         default.get_or_insert_with(|| Arc::clone(&ck));
         let names = c.names.clone().unwrap_or(own_names);
         for n in names {
@@ -195,6 +199,28 @@ pub fn build(
     config.ticketer = Arc::clone(tickets);
     config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
+}
+
+/// `ck` with the OCSP response of `c` stapled, when there is one: the
+/// configured file, else `<cert>.ocsp` beside the certificate.
+fn staple(c: &CertSpec, ck: Arc<CertifiedKey>) -> Result<Arc<CertifiedKey>, FileError> {
+    let path = match &c.ocsp {
+        Some(p) => p.clone(),
+        None => {
+            let p = super::ocsp::beside(&c.cert);
+            if !p.exists() {
+                return Ok(ck);
+            }
+            p
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let response = super::ocsp::load(&path, &c.cert, &ck.cert, now)?;
+    let mut stapled = CertifiedKey::clone(&ck);
+    stapled.ocsp = Some(response);
+    Ok(Arc::new(stapled))
 }
 
 /// A frontend's TLS: its settings and the server config in force, swapped
