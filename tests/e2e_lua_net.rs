@@ -611,3 +611,132 @@ async fn mailers_lua_sends_the_alert_when_a_server_goes_down() {
 }
 
 const LIMIT_MAIL: Duration = Duration::from_secs(15);
+
+const MAILERS_DUMP: &str = r#"
+core.use_native_mailers_config()
+core.disable_legacy_mailers()
+core.register_service("dump", "http", function(applet)
+  local out = {}
+  for _, name in ipairs({ "be1", "plain" }) do
+    local m = core.backends[name]:get_mailers()
+    if m == nil then
+      out[#out + 1] = name .. ": nil"
+    else
+      local servers = {}
+      for k, v in pairs(m.mailservers) do servers[#servers + 1] = k .. "=" .. v end
+      table.sort(servers)
+      out[#out + 1] = string.format("%s: %s %s %s %s %s %s %s [%s]", name,
+        tostring(m.track_server_health), math.type(m.log_level), m.log_level,
+        math.type(m.mailservers_timeout), m.mailservers_timeout,
+        m.smtp_hostname ~= "" and "host" or "nohost",
+        m.smtp_from .. ">" .. m.smtp_to, table.concat(servers, ","))
+    end
+  end
+  out[#out + 1] = "frontend: " .. tostring(core.frontends["web"]:get_mailers())
+  local body = table.concat(out, "\n")
+  applet:set_status(200)
+  applet:add_header("content-length", tostring(#body))
+  applet:start_response()
+  applet:send(body)
+end)
+"#;
+
+#[tokio::test]
+async fn get_mailers_gives_haproxy_28s_table() {
+    let dir = TempDir::new("lua-mailers");
+    let script = dir.write("dump.lua", MAILERS_DUMP);
+    let ports = Ports::new();
+    let dead = free_addr();
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"dump\"\nlua = \"{}\"\n\n{}[[mailers]]\nname = \"m\"\nmailer = [{{ name = \"a\", addr = \"127.0.0.1:2525\" }}, {{ name = \"b\", addr = \"[::1]:25\" }}]\n\n[[backend]]\nname = \"be1\"\nserver = [{{ name = \"s1\", addr = \"{dead}\" }}]\nemail_alert = {{ mailers = \"m\", from = \"f@x.test\", to = \"t@x.test\" }}\n\n[[backend]]\nname = \"plain\"\nserver = [{{ name = \"s1\", addr = \"{dead}\" }}]\n",
+        global_section(ports.admin, &[]),
+        script.display(),
+        frontend_section(
+            "web",
+            ports.web,
+            "be1",
+            "http_request = [{ use_service = \"lua.dump\" }]\n"
+        ),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let r = get(ports.web, "/").await;
+    assert_eq!(
+        r.text(),
+        "be1: false integer 1 integer 10000 host f@x.test>t@x.test [a=127.0.0.1:2525,b=::1:25]\nplain: nil\nfrontend: nil"
+    );
+}
+
+#[test]
+fn check_refuses_bad_mailers_settings() {
+    let dir = TempDir::new("mailers-check");
+    let ports = Ports::new();
+    let section =
+        "[[mailers]]\nname = \"m\"\nmailer = [{ name = \"a\", addr = \"127.0.0.1:25\" }]\n";
+    for (mailers, alert, want) in [
+        (
+            section,
+            "{ mailers = \"nope\", from = \"f@x\", to = \"t@x\" }",
+            "unknown mailers section \"nope\"; declared: m",
+        ),
+        (
+            "",
+            "{ mailers = \"nope\", from = \"f@x\", to = \"t@x\" }",
+            "unknown mailers section \"nope\"; no [[mailers]] section is declared",
+        ),
+        (
+            section,
+            "{ mailers = \"m\", from = \"f@x\", to = \"t@x\", level = \"loud\" }",
+            "unknown email_alert level \"loud\"; expected one of emerg, alert, crit, err, warning, notice, info, debug",
+        ),
+        (
+            section,
+            "{ mailers = \"m\", to = \"t@x\" }",
+            "missing key `from`",
+        ),
+        (
+            section,
+            "{ mailers = \"m\", from = \"\", to = \"t@x\" }",
+            "email_alert from must be a mail address",
+        ),
+        (
+            "[[mailers]]\nname = \"m\"\n",
+            "{ mailers = \"m\", from = \"f@x\", to = \"t@x\" }",
+            "mailers section \"m\" has no mailer",
+        ),
+        (
+            "[[mailers]]\nname = \"m\"\nmailer = [{ name = \"a\", addr = \"127.0.0.1:25\" }, { name = \"a\", addr = \"127.0.0.1:26\" }]\n",
+            "{ mailers = \"m\", from = \"f@x\", to = \"t@x\" }",
+            "duplicate mailer name \"a\" in mailers section \"m\"",
+        ),
+        (
+            "[[mailers]]\nname = \"m\"\ntimeout_mail = \"0s\"\nmailer = [{ name = \"a\", addr = \"127.0.0.1:25\" }]\n",
+            "{ mailers = \"m\", from = \"f@x\", to = \"t@x\" }",
+            "timeout_mail must be above 0",
+        ),
+        (
+            "[[mailers]]\nname = \"m\"\nmailer = [{ name = \"a\", addr = \"127.0.0.1\" }]\n",
+            "{ mailers = \"m\", from = \"f@x\", to = \"t@x\" }",
+            "invalid mailer address \"127.0.0.1\"",
+        ),
+    ] {
+        let cfg = format!(
+            "{}{}{mailers}\n[[backend]]\nname = \"app\"\nserver = [{{ name = \"s1\", addr = \"127.0.0.1:9\" }}]\nemail_alert = {alert}\n",
+            global_section(ports.admin, &[]),
+            frontend_section("web", ports.web, "app", ""),
+        );
+        let path = dir.write("c.toml", &cfg);
+        let out = run_bin(
+            &["check", "-c", path.to_str().expect("path")],
+            Duration::from_secs(10),
+        );
+        assert!(
+            out.status.is_some_and(|s| !s.success()),
+            "accepted: {mailers}{alert}"
+        );
+        assert!(
+            out.stderr.contains(want) && out.stderr.contains("c.toml:"),
+            "{want}: {}",
+            out.stderr
+        );
+    }
+}

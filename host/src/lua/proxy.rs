@@ -592,3 +592,31 @@ pub(crate) fn install(lua: &Lua, core: &Table, cx: &CallCx) -> mlua::Result<(Tab
     );
     Ok((sm, pm))
 }
+
+#[cfg(test)]
+mod maxconn_tests {
+    use super::parse_maxconn;
+
+    #[test]
+    fn maxconn_text_is_read_as_strtol_with_haproxy_messages() {
+        assert_eq!(parse_maxconn("7"), Ok(7));
+        assert_eq!(parse_maxconn(" \t5"), Ok(5));
+        assert_eq!(parse_maxconn("+4"), Ok(4));
+        assert_eq!(parse_maxconn("-0"), Ok(0));
+        assert_eq!(parse_maxconn("99999999999"), Ok(u32::MAX));
+        assert_eq!(parse_maxconn(""), Err("Require <maxconn>."));
+        assert_eq!(
+            parse_maxconn("abc"),
+            Err("maxconn string empty or preceded by garbage")
+        );
+        assert_eq!(
+            parse_maxconn("-"),
+            Err("maxconn string empty or preceded by garbage")
+        );
+        assert_eq!(
+            parse_maxconn("12x"),
+            Err("Trailing garbage in maxconn string")
+        );
+        assert_eq!(parse_maxconn("-3"), Err("maxconn must not be negative"));
+    }
+}

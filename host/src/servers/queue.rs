@@ -164,3 +164,106 @@ fn unpin(x: &Waiter, servers: &[ServerState]) {
             .fetch_update(Relaxed, Relaxed, |q| Some(q.saturating_sub(1)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::servers::events::EventBus;
+
+    fn servers(maxconn: &[u32]) -> Vec<ServerState> {
+        maxconn
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let s = ServerState::new(
+                    (0, i),
+                    EventBus::default(),
+                    Arc::from(format!("s{i}")),
+                    "127.0.0.1:1".parse().expect("addr"),
+                    1,
+                    None,
+                );
+                s.maxconn.store(*m, Relaxed);
+                s
+            })
+            .collect()
+    }
+
+    /// `pick` as the proxy's: the first server with room, slot taken.
+    fn first_free(servers: &[ServerState]) -> impl FnMut() -> Option<usize> + '_ {
+        move || (0..servers.len()).find(|&i| servers[i].try_begin_request())
+    }
+
+    #[test]
+    fn slots_are_never_overshot() {
+        let s = servers(&[2]);
+        assert!(s[0].try_begin_request());
+        assert!(s[0].try_begin_request());
+        assert!(!s[0].try_begin_request());
+        assert!(s[0].is_full());
+        assert_eq!(s[0].max_active.load(Relaxed), 2);
+        s[0].active.fetch_sub(1, Relaxed);
+        assert!(s[0].try_begin_request());
+    }
+
+    #[test]
+    fn waiters_are_served_oldest_first_and_pinned_ones_by_their_server() {
+        let s = servers(&[1, 1]);
+        assert!(s[0].try_begin_request() && s[1].try_begin_request());
+        let q = Queue::default();
+        let (_, mut a) = q.push(None).expect("a");
+        let (_, mut b) = q.push(Some(&s[1])).expect("b");
+        let (_, mut c) = q.push(None).expect("c");
+        assert_eq!((q.len(), q.max(), s[1].queued.load(Relaxed)), (3, 3, 1));
+        // Server 0 frees a slot: the oldest unpinned waiter gets it; the
+        // pinned one waits for server 1.
+        s[0].active.fetch_sub(1, Relaxed);
+        q.dispatch(&s, &mut first_free(&s), &mut |_| {});
+        assert_eq!(a.try_recv(), Ok(0));
+        assert!(b.try_recv().is_err() && c.try_recv().is_err());
+        // Server 1 frees one: the pinned waiter, though c could take it too.
+        s[1].active.fetch_sub(1, Relaxed);
+        q.dispatch(&s, &mut first_free(&s), &mut |_| {});
+        assert_eq!(b.try_recv(), Ok(1));
+        assert_eq!((q.len(), s[1].queued.load(Relaxed)), (1, 0));
+        assert!(c.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_departed_waiter_gives_its_slot_to_the_next() {
+        let s = servers(&[1]);
+        assert!(s[0].try_begin_request());
+        let q = Queue::default();
+        let (_, gone) = q.push(None).expect("gone");
+        let (id, mut next) = q.push(None).expect("next");
+        drop(gone);
+        s[0].active.fetch_sub(1, Relaxed);
+        let mut released = Vec::new();
+        q.dispatch(&s, &mut first_free(&s), &mut |i| {
+            released.push(i);
+            s[0].active.fetch_sub(1, Relaxed);
+        });
+        assert_eq!(released, vec![0]);
+        assert_eq!(next.try_recv(), Ok(0));
+        assert_eq!(s[0].active.load(Relaxed), 1);
+        assert!(q.is_empty());
+        // Already granted: removing reports it.
+        assert!(!q.remove(id, &s));
+    }
+
+    #[test]
+    fn removal_and_the_cap() {
+        let s = servers(&[1]);
+        let q = Queue::default();
+        let (id, _rx) = q.push(Some(&s[0])).expect("push");
+        assert!(q.remove(id, &s));
+        assert_eq!((q.len(), s[0].queued.load(Relaxed), q.max()), (0, 0, 1));
+        let held: Vec<_> = (0..MAX_QUEUE)
+            .map(|_| q.push(None).expect("push"))
+            .collect();
+        assert_eq!(q.push(None).err(), Some(QueueFull));
+        assert_eq!(held.len(), MAX_QUEUE as usize);
+    }
+}
