@@ -259,3 +259,87 @@ fn check_refuses_bad_maxconn_and_queue_timeout() {
         );
     }
 }
+
+/// A TCP echo server counting the connections open at once.
+async fn tcp_echo() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (open, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (o, p) = (Arc::clone(&open), Arc::clone(&peak));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let now = o.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(now, Ordering::SeqCst);
+            let o = Arc::clone(&o);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, open, peak)
+}
+
+#[tokio::test]
+async fn tcp_mode_connections_wait_for_the_servers_maxconn() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (server, _open, peak) = tcp_echo().await;
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}[[frontend]]\nname = \"tcpfe\"\nbind = \"{}\"\nmode = \"tcp\"\ndefault_backend = \"t\"\n\n[[backend]]\nname = \"t\"\nserver = [{{ name = \"s1\", addr = \"{server}\", maxconn = 1 }}]\ntimeout = {{ queue = \"1s\" }}\n",
+        global_section(ports.admin, &[("access_log", "\"text\"")]),
+        ports.web,
+    );
+    let d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let mut first = tokio::net::TcpStream::connect(ports.web)
+        .await
+        .expect("connect");
+    first.write_all(b"one").await.expect("write");
+    let mut buf = [0u8; 3];
+    within("first echo", LIMIT, first.read_exact(&mut buf))
+        .await
+        .expect("read");
+    // The second connection is accepted but waits for the server's slot.
+    let mut second = tokio::net::TcpStream::connect(ports.web)
+        .await
+        .expect("connect");
+    second.write_all(b"two").await.expect("write");
+    let early = tokio::time::timeout(Duration::from_millis(400), second.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "answered while the server was full: {early:?}"
+    );
+    let stats = get(ports.admin, "/stats").await.json();
+    assert_eq!(stats["backends"][0]["qcur"], 1, "{stats}");
+    drop(first);
+    within("second echo", LIMIT, second.read_exact(&mut buf))
+        .await
+        .expect("read");
+    assert_eq!(&buf, b"two");
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        1,
+        "never two connections at once"
+    );
+    // With the slot held (the second connection is open, idle for less
+    // than timeout.client), a third one gives up after timeout.queue: sQ.
+    let mut third = tokio::net::TcpStream::connect(ports.web)
+        .await
+        .expect("connect");
+    third.write_all(b"three").await.expect("write");
+    let mut rest = Vec::new();
+    let n = within("third closed", LIMIT, third.read_to_end(&mut rest)).await;
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?} {rest:?}");
+    assert!(rest.is_empty(), "{rest:?}");
+    d.wait_stderr_line(LIMIT, |l| l.contains(" tcpfe t/") && l.ends_with(" sQ"))
+        .await
+        .expect("the queued connection logged sQ");
+}
