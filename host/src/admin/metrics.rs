@@ -152,6 +152,13 @@ pub fn render(shared: &Shared) -> String {
         bes.iter()
             .map(|(l, s)| (l.clone(), s.stats.no_server.load(Relaxed))),
     );
+    f.family(
+        "portcullis_backend_queued_requests",
+        "gauge",
+        "Requests waiting for a server under its maxconn (HAProxy's qcur).",
+        bes.iter()
+            .map(|(l, s)| (l.clone(), u64::from(s.queue.len()))),
+    );
 
     let servers: Vec<(String, &crate::servers::ServerState)> = bes
         .iter()

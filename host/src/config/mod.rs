@@ -12,6 +12,7 @@ pub mod admin;
 pub mod diag;
 mod errors;
 pub mod logs;
+pub mod mailers;
 pub mod schema;
 pub mod stick;
 pub mod tls;
@@ -107,6 +108,8 @@ pub struct Timeouts {
     pub keep_alive: Duration,
     /// HAProxy's `timeout tunnel`; `None`: the client and server timeouts apply.
     pub tunnel: Option<Duration>,
+    /// HAProxy's `timeout queue`; `None`: the connect timeout applies.
+    pub queue: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -118,6 +121,7 @@ impl Default for Timeouts {
             http_request: Duration::from_secs(10),
             keep_alive: Duration::from_secs(60),
             tunnel: None,
+            queue: None,
         }
     }
 }
@@ -185,9 +189,14 @@ pub struct Backend {
     pub server_timeout: Duration,
     /// HAProxy's `timeout tunnel` for TCP-mode connections to this backend.
     pub tunnel_timeout: Option<Duration>,
+    /// Longest wait in the queue for a server under its `maxconn`
+    /// (HAProxy's `timeout queue`, else the connect timeout).
+    pub queue_timeout: Duration,
     pub max_idle_per_server: usize,
     /// `errorfiles` / `error_replies`; win over the frontend's after routing.
     pub errors: crate::error::ErrorPages,
+    /// HAProxy's `email-alert` settings (read by Lua's `Proxy:get_mailers()`).
+    pub email_alert: Option<Arc<mailers::EmailAlert>>,
 }
 
 /// A validated server.
@@ -202,6 +211,8 @@ pub struct Server {
     pub check: bool,
     /// TLS to this server (its own `tls`, else the backend's).
     pub tls: Option<Arc<crate::tls::client::Upstream>>,
+    /// Most requests served at once (HAProxy's `maxconn`); 0: no limit.
+    pub maxconn: u32,
 }
 
 /// Active HTTP health-check settings.
@@ -299,6 +310,7 @@ impl Validator<'_> {
         raw: &RawConfig,
     ) -> Result<(Global, Vec<Frontend>, Vec<Backend>), ConfigError> {
         let global = self.global(&raw.global)?;
+        let mailer_sections = self.mailers(&raw.mailers)?;
 
         let mut backend_ids: HashMap<String, usize> = HashMap::new();
         let mut backends = Vec::with_capacity(raw.backend.len());
@@ -310,7 +322,15 @@ impl Validator<'_> {
                     format!("duplicate backend name {name:?}; every backend needs a unique name"),
                 ));
             }
-            backends.push(self.backend(b.get_ref(), &global.timeouts)?);
+            let mut backend = self.backend(b.get_ref(), &global.timeouts)?;
+            if let Some(e) = &b.get_ref().email_alert {
+                backend.email_alert = Some(Arc::new(mailers::email_alert(
+                    self.source,
+                    e.get_ref(),
+                    &mailer_sections,
+                )?));
+            }
+            backends.push(backend);
         }
 
         let mut frontend_names: HashMap<String, ()> = HashMap::new();
@@ -686,6 +706,10 @@ impl Validator<'_> {
                 addr_text: s.addr.get_ref().clone(),
                 weight,
                 check: s.check.unwrap_or(true),
+                maxconn: match &s.maxconn {
+                    Some(m) => ranged::<u32>(src, m, "maxconn", 0, 1_000_000)?,
+                    None => 0,
+                },
                 tls: match (&s.tls, &backend_tls) {
                     (Some(t), _) => Some(tls::upstream(src, t)?),
                     (None, Some(t)) => Some(Arc::clone(t)),
@@ -710,7 +734,7 @@ impl Validator<'_> {
                 if t.client.is_some() || t.http_request.is_some() || t.keep_alive.is_some() {
                     return Err(src.error(
                         b.timeout.as_ref().map_or(0..0, |t| t.span()),
-                        "a backend's timeout table may only set \"connect\", \"server\" and \"tunnel\"; client-side timeouts belong in [global.timeout]",
+                        "a backend's timeout table may only set \"connect\", \"server\", \"tunnel\" and \"queue\"; client-side timeouts belong in [global.timeout]",
                     ));
                 }
                 merge_timeouts(global, t)
@@ -729,8 +753,10 @@ impl Validator<'_> {
             connect_timeout: timeouts.connect,
             server_timeout: timeouts.server,
             tunnel_timeout: timeouts.tunnel,
+            queue_timeout: timeouts.queue.unwrap_or(timeouts.connect),
             max_idle_per_server,
             errors: errors::error_pages(src, b.errorfiles.as_ref(), b.error_replies.as_ref())?,
+            email_alert: None,
         })
     }
 
@@ -816,6 +842,7 @@ fn merge_timeouts(base: &Timeouts, raw: &RawTimeouts) -> Timeouts {
         http_request: raw.http_request.map_or(base.http_request, |d| d.0),
         keep_alive: raw.keep_alive.map_or(base.keep_alive, |d| d.0),
         tunnel: raw.tunnel.map(|d| d.0).or(base.tunnel),
+        queue: raw.queue.map(|d| d.0).or(base.queue),
     }
 }
 

@@ -22,6 +22,9 @@ pub struct RawConfig {
     pub plugin: Vec<Spanned<RawPlugin>>,
     #[serde(default)]
     pub stick_table: Vec<Spanned<RawStickTable>>,
+    /// `[[mailers]]`: HAProxy's `mailers` sections (see `config/mailers.rs`).
+    #[serde(default)]
+    pub mailers: Vec<Spanned<super::mailers::RawMailers>>,
 }
 
 /// `[[stick_table]]`: a table of per-key counters that rules, plugins and the admin API share.
@@ -187,6 +190,9 @@ pub struct RawTimeouts {
     /// Inactivity allowed both ways once a TCP-mode connection is spliced
     /// to its server (HAProxy's `timeout tunnel`); absent: `client`/`server`.
     pub tunnel: Option<ConfigDuration>,
+    /// Longest wait in a backend's queue for a server under its `maxconn`
+    /// (HAProxy's `timeout queue`); absent: the `connect` timeout.
+    pub queue: Option<ConfigDuration>,
 }
 
 /// `[[frontend]]`: a set of listening addresses and the rules applied to their traffic.
@@ -296,6 +302,8 @@ pub struct RawBackend {
     pub error_replies: Option<Spanned<ErrorMap<RawErrorReply>>>,
     /// TLS to the servers (see `config/tls.rs`); a server's own `tls` wins.
     pub tls: Option<Spanned<super::tls::RawTlsUpstream>>,
+    /// HAProxy's `email-alert` keywords (see `config/mailers.rs`).
+    pub email_alert: Option<Spanned<super::mailers::RawEmailAlert>>,
 }
 
 /// One `server` entry of a backend.
@@ -309,6 +317,9 @@ pub struct RawServer {
     pub check: Option<bool>,
     /// TLS to this server, replacing the backend's `tls`.
     pub tls: Option<Spanned<super::tls::RawTlsUpstream>>,
+    /// Most requests served at once (HAProxy's server `maxconn`); more wait
+    /// in the backend's queue. Absent or 0: no limit.
+    pub maxconn: Option<Spanned<i64>>,
 }
 
 /// Active HTTP health check for a backend's servers.

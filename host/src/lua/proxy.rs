@@ -154,11 +154,23 @@ const SERVER_METHODS: &[(&str, ServerFn)] = &[
     ("get_cur_sess", |_, _, _, s, _| {
         one(Value::Integer(i64::from(s.active.load(Relaxed))))
     }),
-    ("get_pend_conn", |_, _, _, _, _| one(Value::Integer(0))),
-    ("get_maxconn", |_, _, _, _, _| one(Value::Integer(0))),
-    ("set_maxconn", |lua, _, _, _, a| {
-        a.string(1)?;
-        string(lua, "per-server maxconn is not supported by portcullis")
+    ("get_pend_conn", |_, _, _, s, _| {
+        one(Value::Integer(i64::from(s.queued.load(Relaxed))))
+    }),
+    ("get_maxconn", |_, _, _, s, _| {
+        one(Value::Integer(i64::from(s.maxconn.load(Relaxed))))
+    }),
+    ("set_maxconn", |lua, _, _, s, a| {
+        let text = a.string(1)?;
+        match parse_maxconn(&text) {
+            Ok(v) => {
+                s.maxconn.store(v, Relaxed);
+                // A higher limit may free slots for queued requests: their
+                // waiters take them at their next check (100 ms at most).
+                one(Value::Nil)
+            }
+            Err(e) => string(lua, e),
+        }
     }),
     ("get_weight", |_, _, _, s, _| {
         one(Value::Integer(i64::from(s.weight())))
@@ -261,7 +273,16 @@ const PROXY_METHODS: &[(&str, ProxyFn)] = &[
         one(Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)))
     }),
     ("get_srv_bck", |_, _, _, _| one(Value::Integer(0))),
-    ("get_mailers", |_, _, _, _| one(Value::Nil)),
+    ("get_mailers", |lua, o, id, _| {
+        let alert = match id {
+            ProxyId::Backend(b) => o.servers.get(b).and_then(|be| be.email_alert.as_ref()),
+            _ => None,
+        };
+        match alert {
+            Some(a) => one(Value::Table(mailers_table(lua, a)?)),
+            None => one(Value::Nil),
+        }
+    }),
     ("shut_bcksess", |_, _, _, _| none()),
     ("pause", |_, _, _, _| {
         Err(mlua::Error::runtime(
@@ -307,14 +328,62 @@ fn set_responses(t: &Table, counters: &crate::servers::StatusCounters) -> mlua::
     Ok(())
 }
 
+/// `Proxy:get_mailers()`: HAProxy 2.8's `ProxyMailers` table built from
+/// the backend's `email_alert` and its `[[mailers]]` section (addresses
+/// as HAProxy's `sa2str` writes them: `ip:port`, IPv6 without brackets).
+fn mailers_table(lua: &Lua, a: &crate::config::mailers::EmailAlert) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    set(&t, "track_server_health", a.track_server_health)?;
+    set(&t, "log_level", i64::from(a.level))?;
+    let servers = lua.create_table()?;
+    for (name, addr) in &a.mailers.servers {
+        servers.raw_set(&**name, format!("{}:{}", addr.ip(), addr.port()))?;
+    }
+    set(&t, "mailservers", servers)?;
+    set(
+        &t,
+        "mailservers_timeout",
+        i64::try_from(a.mailers.timeout.as_millis()).unwrap_or(i64::MAX),
+    )?;
+    set(&t, "smtp_hostname", a.myhostname.as_str())?;
+    set(&t, "smtp_from", a.from.as_str())?;
+    set(&t, "smtp_to", a.to.as_str())?;
+    Ok(t)
+}
+
+/// `Server:set_maxconn(text)`'s number, read as HAProxy's
+/// `server_parse_maxconn_change_request` does (`strtol`: leading blanks
+/// and a sign allowed, nothing after the digits), with its messages.
+fn parse_maxconn(text: &str) -> Result<u32, &'static str> {
+    if text.is_empty() {
+        return Err("Require <maxconn>.");
+    }
+    let t = text.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+    let digits_at = usize::from(t.starts_with(['+', '-']));
+    let rest = t.get(digits_at..).unwrap_or("");
+    let n = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if n == 0 {
+        return Err("maxconn string empty or preceded by garbage");
+    }
+    if n != rest.len() {
+        return Err("Trailing garbage in maxconn string");
+    }
+    if t.starts_with('-') && rest.bytes().any(|b| b != b'0') {
+        return Err("maxconn must not be negative");
+    }
+    Ok(rest
+        .parse::<u64>()
+        .map_or(u32::MAX, |v| u32::try_from(v).unwrap_or(u32::MAX)))
+}
+
 /// `Server:get_stats()`: HAProxy's `show stat` fields for one server, as
 /// far as portcullis keeps them.
 fn server_stats(lua: &Lua, b: &BackendState, s: &ServerState) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     set(&t, "pxname", &*b.name)?;
     set(&t, "svname", &*s.name)?;
-    set(&t, "qcur", 0)?;
-    set(&t, "qmax", 0)?;
+    set(&t, "qcur", i64::from(s.queued.load(Relaxed)))?;
+    set(&t, "qmax", i64::from(s.max_queued.load(Relaxed)))?;
     set(&t, "scur", i64::from(s.active.load(Relaxed)))?;
     set(&t, "smax", i64::from(s.max_active.load(Relaxed)))?;
     set(&t, "stot", count(s.requests.load(Relaxed)))?;
@@ -373,7 +442,8 @@ fn proxy_stats(lua: &Lua, o: &Objects, id: ProxyId, obj: &Table) -> mlua::Result
             set(&t, "status", be.status_text())?;
             let active: u32 = be.servers.iter().map(|s| s.active.load(Relaxed)).sum();
             set(&t, "scur", i64::from(active))?;
-            set(&t, "qcur", 0)?;
+            set(&t, "qcur", i64::from(be.queue.len()))?;
+            set(&t, "qmax", i64::from(be.queue.max()))?;
             set(&t, "stot", count(be.stats.requests.load(Relaxed)))?;
             set(&t, "req_tot", count(be.stats.requests.load(Relaxed)))?;
             let weight: u32 = be.servers.iter().map(ServerState::lb_weight).sum();
@@ -521,4 +591,32 @@ pub(crate) fn install(lua: &Lua, core: &Table, cx: &CallCx) -> mlua::Result<(Tab
         proxy_meta.raw_get("__index")?,
     );
     Ok((sm, pm))
+}
+
+#[cfg(test)]
+mod maxconn_tests {
+    use super::parse_maxconn;
+
+    #[test]
+    fn maxconn_text_is_read_as_strtol_with_haproxy_messages() {
+        assert_eq!(parse_maxconn("7"), Ok(7));
+        assert_eq!(parse_maxconn(" \t5"), Ok(5));
+        assert_eq!(parse_maxconn("+4"), Ok(4));
+        assert_eq!(parse_maxconn("-0"), Ok(0));
+        assert_eq!(parse_maxconn("99999999999"), Ok(u32::MAX));
+        assert_eq!(parse_maxconn(""), Err("Require <maxconn>."));
+        assert_eq!(
+            parse_maxconn("abc"),
+            Err("maxconn string empty or preceded by garbage")
+        );
+        assert_eq!(
+            parse_maxconn("-"),
+            Err("maxconn string empty or preceded by garbage")
+        );
+        assert_eq!(
+            parse_maxconn("12x"),
+            Err("Trailing garbage in maxconn string")
+        );
+        assert_eq!(parse_maxconn("-3"), Err("maxconn must not be negative"));
+    }
 }

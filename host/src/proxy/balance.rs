@@ -37,7 +37,10 @@ impl Balancer {
         }
     }
 
-    /// Picks a server of backend `idx`; `None` if no server is up.
+    /// Picks a server of backend `idx`; `None` if no server is up or (for
+    /// roundrobin and leastconn, which pass over a server at its `maxconn`
+    /// as HAProxy's do) every up server is full. `source` picks the
+    /// client's server even when full: the request then waits for it.
     pub fn pick(
         &self,
         idx: usize,
@@ -60,7 +63,7 @@ impl Balancer {
         let mut best: Option<usize> = None;
         for (i, s) in state.servers.iter().enumerate() {
             let w = i64::from(s.lb_weight());
-            if w == 0 {
+            if w == 0 || s.is_full() {
                 continue;
             }
             let value = {
@@ -91,7 +94,7 @@ impl Balancer {
             let i = (start + k) % n;
             let s = &state.servers[i];
             let w = u64::from(s.lb_weight());
-            if w == 0 {
+            if w == 0 || s.is_full() {
                 continue;
             }
             let active = u64::from(s.active.load(Relaxed));

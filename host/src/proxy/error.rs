@@ -16,6 +16,12 @@ pub enum ProxyError {
     NoBackend,
     #[error("no server is up in backend {0}")]
     NoServer(String),
+    /// Every server of the backend stayed at its `maxconn` for `timeout queue`.
+    #[error("backend {0}: every server stayed at its maxconn for the queue timeout ({1:?})")]
+    QueueTimeout(String, std::time::Duration),
+    /// Every server of the backend was at its `maxconn` and the queue was full.
+    #[error("backend {0}: every server is at its maxconn and the queue is full")]
+    QueueFull(String),
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error("server did not answer within {0:?}")]
@@ -42,9 +48,10 @@ impl ProxyError {
     /// Where the error came from: the input of the one status table.
     pub fn source(&self) -> ErrorSource {
         match self {
-            ProxyError::NoBackend | ProxyError::NoServer(_) => {
-                ErrorSource::Server(ServerError::Unavailable)
-            }
+            ProxyError::NoBackend
+            | ProxyError::NoServer(_)
+            | ProxyError::QueueTimeout(..)
+            | ProxyError::QueueFull(_) => ErrorSource::Server(ServerError::Unavailable),
             ProxyError::Connect(ConnectError::Timeout { .. }) | ProxyError::ServerTimeout(_) => {
                 ErrorSource::Server(ServerError::Timeout)
             }
@@ -85,6 +92,8 @@ impl ProxyError {
     pub fn term_state(&self) -> [u8; 2] {
         match self {
             ProxyError::NoBackend | ProxyError::NoServer(_) => *b"SC",
+            // HAProxy: the server-side timeout struck while queued.
+            ProxyError::QueueTimeout(..) | ProxyError::QueueFull(_) => *b"sQ",
             ProxyError::Connect(ConnectError::Timeout { .. }) => *b"sC",
             ProxyError::Connect(_) => *b"SC",
             ProxyError::ServerTimeout(_) => *b"sH",

@@ -114,9 +114,8 @@ struct ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.worker.shared.backends[self.backend].servers[self.server]
-            .active
-            .fetch_sub(1, Relaxed);
+        // The slot goes straight to the oldest request in the queue, if any.
+        super::queue::release(&self.worker, self.backend, self.server);
     }
 }
 
@@ -583,16 +582,21 @@ async fn forward(
     let bstate = &shared.backends[b];
     bstate.stats.requests.fetch_add(1, Relaxed);
     ex.backend = Some(b);
-    let Some(s) = worker
-        .balancer
-        .pick(b, backend.balance, bstate, ctx.client.ip())
-    else {
-        bstate.stats.no_server.fetch_add(1, Relaxed);
-        return Err(ProxyError::NoServer(backend.name.to_string()));
+    let s = match super::queue::acquire(worker, b, ctx.client.ip()).await {
+        Ok(s) => s,
+        Err(super::queue::Unavailable::NoServer) => {
+            bstate.stats.no_server.fetch_add(1, Relaxed);
+            return Err(ProxyError::NoServer(backend.name.to_string()));
+        }
+        Err(super::queue::Unavailable::Timeout(waited)) => {
+            return Err(ProxyError::QueueTimeout(backend.name.to_string(), waited));
+        }
+        Err(super::queue::Unavailable::QueueFull) => {
+            return Err(ProxyError::QueueFull(backend.name.to_string()));
+        }
     };
     let server = &backend.servers[s];
     let sstate = &bstate.servers[s];
-    sstate.begin_request();
     ex.active = Some(ActiveGuard {
         worker: Rc::clone(worker),
         backend: b,

@@ -19,6 +19,7 @@ mod info;
 pub mod limit;
 pub mod logsink;
 pub mod pool;
+pub mod queue;
 pub mod reload;
 pub mod stats;
 pub mod tcp;

@@ -226,26 +226,31 @@ async fn forward(
     let backend = &config.backends[b];
     let bstate = &shared.backends[b];
     bstate.stats.requests.fetch_add(1, Relaxed);
-    let Some(s) = epoch
-        .balancer
-        .pick(b, backend.balance, bstate, txn.client_addr.ip())
-    else {
-        bstate.stats.no_server.fetch_add(1, Relaxed);
-        rec.termination = "SC";
-        return;
+    let s = match super::queue::acquire(epoch, b, txn.client_addr.ip()).await {
+        Ok(s) => s,
+        Err(super::queue::Unavailable::NoServer) => {
+            bstate.stats.no_server.fetch_add(1, Relaxed);
+            rec.termination = "SC";
+            return;
+        }
+        Err(_) => {
+            // Every server at its maxconn for `timeout queue`, as HAProxy logs it.
+            rec.termination = "sQ";
+            return;
+        }
     };
     rec.server = Some(s);
     let server = &backend.servers[s];
     let sstate = &bstate.servers[s];
-    sstate.begin_request();
-    // Released however the connection ends (leastconn load, `scur`).
-    struct Active<'a>(&'a crate::servers::ServerState);
+    // Released however the connection ends (leastconn load, `scur`), the
+    // slot handed to the oldest queued connection.
+    struct Active<'a>(&'a Epoch, usize, usize);
     impl Drop for Active<'_> {
         fn drop(&mut self) {
-            self.0.active.fetch_sub(1, Relaxed);
+            super::queue::release(self.0, self.1, self.2);
         }
     }
-    let _active = Active(sstate);
+    let _active = Active(epoch, b, s);
     let started = Instant::now();
     let mut attempt = 0;
     let mut upstream = loop {

@@ -16,6 +16,7 @@ use std::time::Instant;
 use crate::config::{Backend, Balance};
 
 pub mod events;
+pub mod queue;
 
 pub use events::{CheckReport, Detail, EventBus, EventKind, OpState, ServerEvent};
 
@@ -189,6 +190,11 @@ pub struct ServerState {
     pub checks_failed: AtomicU64,
     /// Times the server went from up to down.
     pub downs: AtomicU64,
+    /// Most requests served at once (`maxconn`, changed by `set_maxconn`); 0: no limit.
+    pub maxconn: AtomicU32,
+    /// Requests waiting for this server in particular (`qcur`), and the most seen (`qmax`).
+    pub queued: AtomicU32,
+    pub max_queued: AtomicU32,
 }
 
 impl ServerState {
@@ -232,6 +238,9 @@ impl ServerState {
             connects: AtomicU64::new(0),
             checks_failed: AtomicU64::new(0),
             downs: AtomicU64::new(0),
+            maxconn: AtomicU32::new(0),
+            queued: AtomicU32::new(0),
+            max_queued: AtomicU32::new(0),
         }
     }
 
@@ -439,6 +448,34 @@ impl ServerState {
         }
         self.weight.store(w, Relaxed);
         Ok(())
+    }
+
+    /// Whether the server serves `maxconn` requests already.
+    pub fn is_full(&self) -> bool {
+        let m = self.maxconn.load(Relaxed);
+        m != 0 && self.active.load(Relaxed) >= m
+    }
+
+    /// Takes a slot for a request if the server is under its `maxconn`
+    /// (one atomic step, so two workers never both take the last one), and
+    /// counts it as [`ServerState::begin_request`] does.
+    pub fn try_begin_request(&self) -> bool {
+        let m = self.maxconn.load(Relaxed);
+        if m == 0 {
+            self.begin_request();
+            return true;
+        }
+        let taken = self
+            .active
+            .fetch_update(Relaxed, Relaxed, |a| (a < m).then(|| a + 1));
+        match taken {
+            Ok(before) => {
+                self.requests.fetch_add(1, Relaxed);
+                self.max_active.fetch_max(before + 1, Relaxed);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Counts one request starting on this server (updating `smax`).
@@ -659,6 +696,10 @@ pub struct BackendState {
     pub static_lb: bool,
     pub stats: BackendStats,
     pub servers: Vec<ServerState>,
+    /// Requests waiting for a server under its `maxconn`.
+    pub queue: queue::Queue,
+    /// The backend's `email_alert` settings (Lua's `Proxy:get_mailers()`).
+    pub email_alert: Option<Arc<crate::config::mailers::EmailAlert>>,
 }
 
 impl BackendState {
@@ -687,7 +728,14 @@ impl BackendState {
                         if s.check { check } else { None },
                     )
                 })
+                .inspect(|st| {
+                    if let Some(cfg) = backend.servers.get(st.index) {
+                        st.maxconn.store(cfg.maxconn, Relaxed);
+                    }
+                })
                 .collect(),
+            queue: queue::Queue::default(),
+            email_alert: backend.email_alert.clone(),
         }
     }
 

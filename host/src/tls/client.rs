@@ -114,6 +114,28 @@ impl Upstream {
     }
 }
 
+/// The client config of Lua's `Socket:connect_ssl`, built once per process:
+/// as HAProxy's Lua socket server (`ssl verify none`, no `sni`, no `alpn`),
+/// any certificate is accepted (handshake signatures are still checked) and
+/// no server name is sent.
+pub fn lua_socket_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = provider();
+            let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("unusable TLS protocol versions: {e}"))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+                .with_no_client_auth();
+            config.enable_sni = false;
+            Ok(Arc::new(config))
+        })
+        .clone()
+}
+
 /// `host` of `host:port` or `[v6]:port` (or the whole text without a port).
 fn host_part(text: &str) -> &str {
     if let Some(rest) = text.strip_prefix('[') {

@@ -74,6 +74,14 @@ function core.done(...)
   yield(END, ...)
 end
 
+-- HAProxy 3.x's core.use_native_mailers_config() (2.8 called it
+-- core.disable_legacy_mailers()): a script declares it sends the email
+-- alerts itself from Proxy:get_mailers(), so HAProxy's built-in sender
+-- stands down. portcullis has no built-in sender and answers get_mailers()
+-- in any case, so there is nothing to switch.
+function core.use_native_mailers_config() end
+core.disable_legacy_mailers = core.use_native_mailers_config
+
 -- Socket (core.tcp): cosockets. A method starts its operation in Rust,
 -- yields the socket to the host while it runs, then returns its outcome.
 local S = P.socket
@@ -85,8 +93,11 @@ local function io(self, op, ...)
   return S.result(self.s)
 end
 function Socket:connect(address, port) return io(self, "connect", address, port) end
-function Socket:connect_ssl(address, port)
-  return nil, "connect_ssl is not supported yet (TLS)"
+-- HAProxy checks the count exactly (check_args(L, 3, "connect_ssl")):
+-- the port is a separate argument here, never part of the address.
+function Socket:connect_ssl(...)
+  if select("#", ...) ~= 2 then error("'connect_ssl' needs 3 arguments", 2) end
+  return io(self, "connect_ssl", ...)
 end
 function Socket:send(data, i, j) return io(self, "send", data, i, j) end
 function Socket:receive(pattern, prefix) return io(self, "receive", pattern, prefix) end

@@ -9,7 +9,8 @@
 //! Every wait is bounded by the socket's timeout (`settimeout`, default the
 //! plugin's `timeout.client`), and what `receive` buffers by the plugin's
 //! memory limit. Plain TCP and Unix sockets (`unix@/path` or an absolute
-//! path); `connect_ssl` answers an error until TLS lands.
+//! path), and TLS over either (`connect_ssl`: as HAProxy's Lua socket, the
+//! server certificate is not verified and no SNI is sent).
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -17,8 +18,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use mlua::{Lua, MultiValue, Table, UserData, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::client::TlsStream;
 
 use super::args::{Args, func, none, one};
 use crate::filter::WaitFuture;
@@ -31,6 +33,8 @@ const MAX_TIMEOUT: f64 = 3600.0;
 enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    TlsTcp(Box<TlsStream<TcpStream>>),
+    TlsUnix(Box<TlsStream<UnixStream>>),
 }
 
 impl Stream {
@@ -38,6 +42,8 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.read_buf(buf).await,
             Stream::Unix(s) => s.read_buf(buf).await,
+            Stream::TlsTcp(s) => eof_is_close(s.read_buf(buf).await),
+            Stream::TlsUnix(s) => eof_is_close(s.read_buf(buf).await),
         }
     }
 
@@ -45,7 +51,25 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.write_all(data).await,
             Stream::Unix(s) => s.write_all(data).await,
+            Stream::TlsTcp(s) => {
+                s.write_all(data).await?;
+                // rustls holds the records until flushed.
+                s.flush().await
+            }
+            Stream::TlsUnix(s) => {
+                s.write_all(data).await?;
+                s.flush().await
+            }
         }
+    }
+}
+
+/// A TLS peer that closes without `close_notify` (many servers do after
+/// `Connection: close`) has closed, as HAProxy's SSL layer sees it.
+fn eof_is_close(r: std::io::Result<usize>) -> std::io::Result<usize> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+        r => r,
     }
 }
 
@@ -119,7 +143,8 @@ pub(super) fn table(lua: &Lua, cx: &Rc<CallCx>) -> mlua::Result<Table> {
             let inner = socket(&args)?;
             let op = args.string(2)?;
             let fut: Option<WaitFuture> = match op.as_str() {
-                "connect" => start_connect(&inner, &args)?,
+                "connect" => start_connect(&inner, &args, false)?,
+                "connect_ssl" => start_connect(&inner, &args, true)?,
                 "send" => start_send(&inner, &args)?,
                 "receive" => start_receive(&inner, &args)?,
                 other => {
@@ -307,7 +332,31 @@ fn target(args: &Args<'_>) -> mlua::Result<Result<Target, String>> {
     }
 }
 
-fn start_connect(inner: &Rc<Inner>, args: &Args<'_>) -> mlua::Result<Option<WaitFuture>> {
+/// The TLS session of `connect_ssl` over a connected stream `s`; `peer` is
+/// the name given to rustls (not sent: the config has SNI off, and the
+/// certificate is not checked against it).
+async fn handshake<S>(s: S, peer: Option<SocketAddr>, what: &str) -> Result<TlsStream<S>, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = crate::tls::client::lua_socket_config()?;
+    let name = match peer {
+        Some(a) => rustls_pki_types::ServerName::IpAddress(a.ip().into()),
+        None => {
+            rustls_pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into())
+        }
+    };
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, s)
+        .await
+        .map_err(|e| format!("TLS handshake with {what} failed: {e}"))
+}
+
+fn start_connect(
+    inner: &Rc<Inner>,
+    args: &Args<'_>,
+    tls: bool,
+) -> mlua::Result<Option<WaitFuture>> {
     if inner
         .stream
         .try_borrow()
@@ -322,20 +371,36 @@ fn start_connect(inner: &Rc<Inner>, args: &Args<'_>) -> mlua::Result<Option<Wait
     };
     let inner = Rc::clone(inner);
     let timeout = inner.timeout.get();
+    // One deadline for the connection and the handshake, as HAProxy's
+    // connect timeout covers both.
     Ok(Some(Box::pin(async move {
         let r = tokio::time::timeout(timeout, async {
             match target {
-                Target::Unix(path) => UnixStream::connect(&path)
-                    .await
-                    .map(|s| (Stream::Unix(s), None, None))
-                    .map_err(|e| format!("cannot connect to unix@{path}: {e}")),
+                Target::Unix(path) => {
+                    let s = UnixStream::connect(&path)
+                        .await
+                        .map_err(|e| format!("cannot connect to unix@{path}: {e}"))?;
+                    let stream = if tls {
+                        let what = format!("unix@{path}");
+                        Stream::TlsUnix(Box::new(handshake(s, None, &what).await?))
+                    } else {
+                        Stream::Unix(s)
+                    };
+                    Ok((stream, None, None))
+                }
                 Target::Host(host, port) => {
                     let s = TcpStream::connect((host.as_str(), port))
                         .await
                         .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
                     let _ = s.set_nodelay(true);
                     let (peer, local) = (s.peer_addr().ok(), s.local_addr().ok());
-                    Ok((Stream::Tcp(s), peer, local))
+                    let stream = if tls {
+                        let what = format!("{host}:{port}");
+                        Stream::TlsTcp(Box::new(handshake(s, peer, &what).await?))
+                    } else {
+                        Stream::Tcp(s)
+                    };
+                    Ok((stream, peer, local))
                 }
             }
         })
