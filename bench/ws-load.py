@@ -10,7 +10,7 @@ python3-websockets, run with /usr/bin/python3).
       CONNECTIONS sockets, each sending a SIZE-byte binary message and
       waiting for its echo, again and again for SECONDS; prints
       `BENCH_RESULT {json}` as bench/wrk-report.lua does (requests = echoes,
-      latencies of one round trip).
+      latencies of one round trip, errors by kind).
 """
 
 import asyncio
@@ -46,27 +46,38 @@ async def probe(url):
 async def load(url, connections, seconds, size):
     payload = bytes(i % 251 for i in range(size))
     lat = []
-    errors = 0
+    # As bench/wrk-report.lua counts them.
+    errors = {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0}
     start = time.monotonic()
     end = start + seconds
 
     async def one():
-        nonlocal errors
         try:
-            async with websockets.connect(url, open_timeout=5, ping_interval=None,
-                                          compression=None, max_size=None) as ws:
-                while True:
-                    t = time.monotonic()
-                    if t >= end:
-                        return
-                    await ws.send(payload)
-                    back = await asyncio.wait_for(ws.recv(), 5)
-                    if back != payload:
-                        errors += 1
-                        return
-                    lat.append(time.monotonic() - t)
+            ws = await websockets.connect(url, open_timeout=5, ping_interval=None,
+                                          compression=None, max_size=None)
+        except websockets.exceptions.InvalidStatusCode:
+            errors["status"] += 1
+            return
         except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException):
-            errors += 1
+            errors["connect"] += 1
+            return
+        try:
+            while True:
+                t = time.monotonic()
+                if t >= end:
+                    return
+                await ws.send(payload)
+                back = await asyncio.wait_for(ws.recv(), 5)
+                if back != payload:
+                    errors["read"] += 1
+                    return
+                lat.append(time.monotonic() - t)
+        except asyncio.TimeoutError:
+            errors["timeout"] += 1
+        except (OSError, websockets.exceptions.WebSocketException):
+            errors["read"] += 1
+        finally:
+            await ws.close()
 
     await asyncio.gather(*(one() for _ in range(connections)))
     duration = time.monotonic() - start
