@@ -351,6 +351,93 @@ async fn bytes_sent_with_the_handshake_reach_the_server() {
     assert_eq!((op, echo.as_slice()), (0x1, &b"eager"[..]));
 }
 
+/// A server that answers every request head `101` to `Upgrade: foo` (its
+/// request head is sent back as the first bytes), then echoes bytes until
+/// the client ends its half.
+async fn foo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let reply = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n";
+                if s.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = s.write_all(&(head.len() as u32).to_be_bytes()).await;
+                let _ = s.write_all(&head).await;
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn another_protocol_when_listed_with_half_close() {
+    let server = foo_server().await;
+    let ports = Ports::new();
+    let cfg = config(
+        &ports,
+        server,
+        &[],
+        "upgrades = [\"websocket\", \"Foo\"]",
+        "",
+    );
+    let d = Daemon::start(&cfg, &[ports.web]).await;
+    let req = format!(
+        "GET /foo HTTP/1.1\r\nHost: {}\r\nConnection: keep-alive, Upgrade\r\nUpgrade: foo/1\r\n\r\n",
+        ports.web
+    );
+    let (mut s, head) = raw_head(ports.web, req.as_bytes()).await;
+    assert_eq!(head.status, 101, "{}", head.text);
+    assert_eq!(head.header("upgrade"), Some("foo"));
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.expect("len");
+    let mut seen = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut seen)
+        .await
+        .expect("head seen by the server");
+    let seen = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    assert!(seen.contains("upgrade: foo/1\r\n"), "{seen}");
+    assert!(seen.contains("connection: upgrade\r\n"), "{seen}");
+    s.write_all(b"abc").await.expect("write");
+    let mut buf = [0u8; 3];
+    within("echo", LIMIT, s.read_exact(&mut buf))
+        .await
+        .expect("echo");
+    assert_eq!(&buf, b"abc");
+    // Our half-close reaches the server, whose close comes back.
+    s.shutdown().await.expect("half-close");
+    let mut rest = Vec::new();
+    within("close", LIMIT, s.read_to_end(&mut rest))
+        .await
+        .expect("closed");
+    assert!(rest.is_empty());
+    let line = log_line(&d, "/foo").await;
+    assert_eq!(line["termination"], "tunnel closed (--)", "{line}");
+    assert_eq!(line["bytes_in"], 3, "{line}");
+    // Not listed: Upgrade is removed, so this server's 101 is unexpected (502).
+    let ports = Ports::new();
+    let _d = Daemon::start(&config(&ports, server, &[], "", ""), &[ports.web]).await;
+    let req = format!(
+        "GET /foo HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n",
+        ports.web
+    );
+    let (_s, r) = raw_exchange(ports.web, req.as_bytes()).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+}
+
 // ---------------------------------------------------------------------------
 // TLS on both sides
 // ---------------------------------------------------------------------------
@@ -599,6 +686,65 @@ async fn websocket_over_http2_extended_connect_to_an_http1_server() {
     assert_eq!(fe["upgrades"], 1, "{fe}");
 }
 
+/// An HTTP/2 connection to `addr` (prior knowledge).
+async fn h2_sender(
+    addr: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+#[tokio::test]
+async fn http2_connect_and_a_protocol_not_listed() {
+    let echo = tcp_echo().await;
+    let server = WsServer::start(None).await;
+    let ports = Ports::new();
+    let fe = format!("connect = {{ allow = [\"{echo}\"] }}");
+    let _d = Daemon::start(&config(&ports, server.addr, &[], &fe, ""), &[ports.web]).await;
+    let mut sender = h2_sender(ports.web).await;
+    // An extended CONNECT for a protocol `upgrades` does not list: 405.
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{}/chat", ports.web))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("irc"));
+    let resp = within("extended CONNECT", LIMIT, sender.send_request(req))
+        .await
+        .expect("answered");
+    assert_eq!(resp.status(), 405);
+    // A plain CONNECT on an HTTP/2 stream: 200, then the stream is the tunnel.
+    let req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(echo.to_string())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let resp = within("CONNECT", LIMIT, sender.send_request(req))
+        .await
+        .expect("answered");
+    assert_eq!(resp.status(), 200);
+    let up = within("upgrade", LIMIT, hyper::upgrade::on(resp))
+        .await
+        .expect("tunnel stream");
+    let mut io = hyper_util::rt::TokioIo::new(up);
+    io.write_all(b"over an h2 stream").await.expect("write");
+    let mut buf = [0u8; 17];
+    within("echo", LIMIT, io.read_exact(&mut buf))
+        .await
+        .expect("echo");
+    assert_eq!(&buf, b"over an h2 stream");
+    let fe = frontend_stats(ports.admin).await;
+    assert_eq!(fe["connects"], 1, "{fe}");
+}
+
 // ---------------------------------------------------------------------------
 // CONNECT
 // ---------------------------------------------------------------------------
@@ -739,6 +885,10 @@ async fn connect_without_the_setting_is_405_and_config_errors_name_the_entry() {
         ),
         ("upgrades = [\"web socket\"]", "is not a protocol name"),
         ("upgrades = [\"h2c\"]", "h2c"),
+        (
+            "mode = \"tcp\"\nupgrades = [\"websocket\"]",
+            "`upgrades` is an HTTP setting",
+        ),
     ] {
         let dir = TempDir::new("ws-check");
         let path = dir.write("c.toml", &config(&ports, echo, &[], fe, ""));
