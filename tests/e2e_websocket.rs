@@ -222,6 +222,37 @@ async fn idle_tunnel_closes_after_timeout_tunnel() {
 }
 
 #[tokio::test]
+async fn shutdown_closes_open_tunnels_and_logs_them() {
+    let server = WsServer::start(None).await;
+    let ports = Ports::new();
+    let cfg = config(
+        &ports,
+        server.addr,
+        &[("timeout.tunnel", "\"30s\"")],
+        "",
+        "",
+    );
+    let mut d = Daemon::start(&cfg, &[ports.web]).await;
+    let url = format!("ws://{}/held", ports.web);
+    let client = ws_client(&url, "idle", 1, &[]);
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        d.signal(libc::SIGTERM);
+    };
+    let (v, ()) = tokio::join!(client, stop);
+    no_error(&v);
+    let after = v["closed_after"].as_f64().expect("closed_after");
+    assert!(after < 10.0, "the tunnel outlived the shutdown: {v}");
+    let status = d.wait_exit(LIMIT).await.expect("the daemon exits");
+    assert!(status.success(), "{status}");
+    let line = log_line(&d, "/held").await;
+    assert_eq!(
+        line["termination"], "tunnel closed by shutdown (KD)",
+        "{line}"
+    );
+}
+
+#[tokio::test]
 async fn request_rule_denies_the_upgrade_and_others_pass() {
     let server = WsServer::start(None).await;
     let ports = Ports::new();
