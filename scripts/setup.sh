@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for building and testing portcullis:
 # wasm targets for plugins, Debian packages the tests and benchmarks use
-# (haproxy for side-by-side comparisons, wrk for load, nginx-light, curl and openssl),
+# (haproxy for side-by-side comparisons, wrk for load, nginx-light, curl and openssl,
+# python3-websockets for the WebSocket tests and bench scenario),
 # and the toolchains of the non-Rust Proxy-Wasm guests (tests/e2e_wasm_sdks.rs):
 # clang + lld + wasi-libc + the wasm32 compiler-rt builtins for C (and libc++
 # with libc++abi for wasm32 for C++), Node.js and
@@ -33,6 +34,9 @@ compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a" 
 # for WASI (Debian's libc++-dev-wasm32 brings both).
 { [ -f /usr/lib/wasm32-wasi/libc++.a ] && [ -f /usr/lib/wasm32-wasi/libc++abi.a ]; } ||
   need+=(libc++-dev-wasm32)
+# WebSocket tests (tests/e2e_websocket.rs): a real client and server, Python
+# `websockets` from Debian, run with Debian's /usr/bin/python3.
+/usr/bin/python3 -c 'import websockets' >/dev/null 2>&1 || need+=(python3 python3-websockets)
 # AssemblyScript guests: Node.js (>= 18) and npm, from Debian if missing.
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)

@@ -2401,3 +2401,32 @@ fn memory_corpus() {
         Ok(())
     });
 }
+
+proptest! {
+    #![proptest_config(settings(5000, regressions!("connect_allow")))]
+
+    /// `connect.allow` patterns (config/tunnels.rs): any text parses or is
+    /// refused with a reason, and a parsed pattern matches names and
+    /// addresses without panicking; an address pattern never allows a name.
+    #[test]
+    fn connect_allow_patterns(
+        text in "[a-zA-Z0-9.*:/\\[\\]_-]{0,40}",
+        name in "[a-z0-9.-]{0,20}",
+        ip in any::<[u8; 4]>(),
+        port in any::<u16>(),
+    ) {
+        use portcullis::config::tunnels::{parse_dest, HostPattern};
+        match parse_dest(&text) {
+            Ok(d) => {
+                let addr = std::net::IpAddr::from(ip);
+                let by_name = d.allows_name(&name, port);
+                let _ = d.allows_addr(addr, port);
+                if matches!(d.host, HostPattern::Net(..)) {
+                    prop_assert!(!by_name);
+                }
+                prop_assert!(d.ports.0 >= 1 && d.ports.0 <= d.ports.1);
+            }
+            Err(why) => prop_assert!(!why.is_empty()),
+        }
+    }
+}

@@ -30,6 +30,8 @@ pub enum ClientError {
     UriTooLong,
     /// A request head over `max_header_size` / `max_headers` → 431.
     HeadTooLarge,
+    /// A destination the frontend does not allow (`CONNECT`) → 403.
+    Forbidden,
 }
 
 /// A failure on the server side (or no server at all).
@@ -98,6 +100,7 @@ impl ErrorSource {
                 ClientError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                 ClientError::UriTooLong => StatusCode::URI_TOO_LONG,
                 ClientError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                ClientError::Forbidden => StatusCode::FORBIDDEN,
             },
             ErrorSource::Server(s) => match s {
                 ServerError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -493,7 +496,7 @@ pub fn apply_overrides<'a>(reply: &mut Reply, pages: impl IntoIterator<Item = &'
 mod tests {
     use super::*;
 
-    const ALL: [ErrorSource; 17] = [
+    const ALL: [ErrorSource; 18] = [
         ErrorSource::Client(ClientError::BadRequest),
         ErrorSource::Client(ClientError::MethodNotAllowed),
         ErrorSource::Client(ClientError::Timeout),
@@ -511,12 +514,14 @@ mod tests {
         ErrorSource::Plugin(PluginFailure::BodyLimit(Phase::Request)),
         ErrorSource::Plugin(PluginFailure::BodyLimit(Phase::Response)),
         ErrorSource::Plugin(PluginFailure::PauseTimeout),
+        ErrorSource::Client(ClientError::Forbidden),
     ];
 
     #[test]
     fn every_source_has_a_status_and_a_builtin_page() {
         let expect = [
             400, 405, 408, 413, 414, 431, 503, 502, 504, 500, 500, 500, 500, 500, 413, 502, 500,
+            403,
         ];
         for (src, code) in ALL.iter().zip(expect) {
             let st = src.status();

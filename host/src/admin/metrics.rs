@@ -120,6 +120,27 @@ pub fn render(shared: &Shared) -> String {
         fes.iter()
             .map(|(l, s)| (l.clone(), s.tls_handshake_failures.load(Relaxed))),
     );
+    f.family(
+        "portcullis_frontend_upgrades_total",
+        "counter",
+        "Tunnels opened by a protocol upgrade (HTTP/1.1 101, HTTP/2 extended CONNECT).",
+        fes.iter()
+            .map(|(l, s)| (l.clone(), s.upgrades.load(Relaxed))),
+    );
+    f.family(
+        "portcullis_frontend_connects_total",
+        "counter",
+        "Tunnels opened by CONNECT.",
+        fes.iter()
+            .map(|(l, s)| (l.clone(), s.connects.load(Relaxed))),
+    );
+    f.family(
+        "portcullis_frontend_tunnels_current",
+        "gauge",
+        "Upgraded and CONNECT tunnels open now.",
+        fes.iter()
+            .map(|(l, s)| (l.clone(), s.tunnels_current.load(Relaxed))),
+    );
 
     let bes: Vec<(String, &crate::servers::BackendState)> = config
         .backends

@@ -261,6 +261,9 @@ pub fn stats_json(shared: &Shared) -> Value {
                 "tls_binds": fe.binds.iter().filter(|b| b.tls).map(|b| b.addr.to_string()).collect::<Vec<_>>(),
                 "tls_handshakes": st.tls_handshakes.load(Relaxed),
                 "tls_handshake_failures": st.tls_handshake_failures.load(Relaxed),
+                "upgrades": st.upgrades.load(Relaxed),
+                "connects": st.connects.load(Relaxed),
+                "tunnels_current": st.tunnels_current.load(Relaxed),
             })
         })
         .collect();

@@ -16,6 +16,7 @@ pub mod mailers;
 pub mod schema;
 pub mod stick;
 pub mod tls;
+pub mod tunnels;
 pub mod units;
 
 use std::collections::HashMap;
@@ -168,6 +169,8 @@ pub struct Frontend {
     pub inspect_delay: Duration,
     /// `tls`: the certificates its TLS binds serve (swappable on reload).
     pub tls: Option<Arc<crate::tls::server::Acceptor>>,
+    /// `upgrades` and `connect`: which tunnels requests may open.
+    pub tunnels: tunnels::Tunnels,
 }
 
 /// Load-balancing algorithm.
@@ -573,6 +576,7 @@ impl Validator<'_> {
                 .as_ref()
                 .map_or(Duration::ZERO, |d| d.get_ref().0),
             tls,
+            tunnels: tunnels::tunnels(self.source, f.upgrades.as_ref(), f.connect.as_ref())?,
         })
     }
 
@@ -601,6 +605,8 @@ impl Validator<'_> {
                 ("errorfiles", f.errorfiles.as_ref().map(|e| e.span())),
                 ("error_replies", f.error_replies.as_ref().map(|e| e.span())),
                 ("metadata", f.metadata.as_ref().map(|m| m.span())),
+                ("upgrades", f.upgrades.as_ref().map(|u| u.span())),
+                ("connect", f.connect.as_ref().map(|c| c.span())),
             ];
             if let Some((key, Some(span))) = http_only.into_iter().find(|(_, s)| s.is_some()) {
                 return Err(self.source.error(

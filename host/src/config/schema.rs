@@ -238,6 +238,11 @@ pub struct RawFrontend {
     pub error_replies: Option<Spanned<ErrorMap<RawErrorReply>>>,
     /// HTTPS: certificates and TLS settings of the binds (see `config/tls.rs`).
     pub tls: Option<Spanned<super::tls::RawTlsBind>>,
+    /// HTTP/1.1 `Upgrade` protocols forwarded to servers (`config/tunnels.rs`);
+    /// absent: `["websocket"]`, `[]`: none.
+    pub upgrades: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `CONNECT` forward tunnels to the destinations listed; absent: 405.
+    pub connect: Option<Spanned<super::tunnels::RawConnect>>,
 }
 
 /// One `filters` entry of a frontend: `{ lua = "name", args = [...] }`

@@ -525,7 +525,7 @@ impl Harness {
                     .map_err(HarnessError::Io)?,
             );
             let mut taps = Vec::new();
-            let early = match prepare_request(&mut txn) {
+            let early = match prepare_request(&mut txn, false) {
                 Ok(()) => run_phase(&chain.request, &mut txn, &mut taps).await,
                 Err(e) => Some(e.reply()),
             };

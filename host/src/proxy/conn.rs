@@ -110,6 +110,9 @@ pub struct ConnState {
     /// The config and frontend whose `errorfiles` replace the pages written
     /// below hyper; `None` when the frontend replaces none.
     pages: Option<(Arc<Runtime>, usize)>,
+    /// HTTP/1: a tunnel answered (`101`, or `200` to a CONNECT), run on the
+    /// socket once hyper wrote the answer (`proxy/upgraded.rs`).
+    tunnel: Cell<Option<super::upgraded::Tunnel>>,
 }
 
 impl std::fmt::Debug for ConnState {
@@ -142,6 +145,7 @@ impl ConnState {
             parking: Cell::new(false),
             body_seen: Cell::new(false),
             pages: None,
+            tunnel: Cell::new(None),
         }
     }
 
@@ -152,6 +156,12 @@ impl ConnState {
             .as_ref()
             .and_then(|(c, f)| c.frontends.get(*f)?.errors.get(status))
             .map_or_else(|| crate::error::raw_response(status), |o| o.raw.clone())
+    }
+
+    /// HTTP/1: runs `tunnel` on this connection's socket once the answer
+    /// now being returned to hyper is written.
+    pub fn set_tunnel(&self, tunnel: super::upgraded::Tunnel) {
+        self.tunnel.set(Some(tunnel));
     }
 
     /// The current request comes with a body.
@@ -906,6 +916,8 @@ async fn serve_stream<S: ClientStream>(
         let io = TimedIo::new(stream, prefix, Rc::clone(&state), &timeouts, None);
         let conn = http2::Builder::new(LocalExec)
             .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
+            // RFC 8441: WebSockets over HTTP/2 (`proxy/upgraded.rs`).
+            .enable_connect_protocol()
             .max_send_buf_size(H2_SEND_BUF)
             .serve_connection(TokioIo::new(io), svc);
         // Boxed: the connection's state lives on the heap only while it runs.
@@ -934,6 +946,21 @@ async fn serve_stream<S: ClientStream>(
             let mut conn = Box::new(builder.serve_connection(TokioIo::new(io), svc.clone()));
             let result = drive_h1(&mut *conn, &state, &mut shutdown).await;
             tracing::trace!(?result, phase = ?state.phase.get(), parking = state.parking.get(), "hyper connection ended");
+            if let Some(tunnel) = state.tunnel.take() {
+                // hyper wrote the 101 (or the 200 to a CONNECT) and stopped
+                // without shutting the socket: it is the tunnel's now, with
+                // whatever the client sent past the request head.
+                if result.is_ok() {
+                    let parts = conn.into_parts();
+                    let io = parts.io.into_inner();
+                    let client =
+                        super::upgraded::Rewound::new(parts.read_buf, io.prefix, io.stream);
+                    tunnel.run(Box::new(client)).await;
+                } else {
+                    tunnel.abandon();
+                }
+                break result;
+            }
             if result.is_err() || !state.parking.get() {
                 if state.body_seen.get() {
                     // hyper half-closed the socket after the last response.

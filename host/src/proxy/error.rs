@@ -38,6 +38,18 @@ pub enum ProxyError {
     BadHost(#[from] BadHost),
     #[error("CONNECT requests are not supported")]
     ConnectMethod,
+    #[error(
+        "HTTP/2 extended CONNECT for protocol {0:?}, which this frontend's `upgrades` does not list"
+    )]
+    ProtocolNotAllowed(String),
+    #[error("invalid CONNECT target: {0}")]
+    ConnectTarget(&'static str),
+    #[error("CONNECT to {0} is not in this frontend's connect.allow")]
+    ConnectDenied(String),
+    #[error("CONNECT to {target}: {why}")]
+    ConnectFailed { target: String, why: String },
+    #[error("CONNECT to {0}: no connection within {1:?}")]
+    ConnectTimeout(String, std::time::Duration),
     #[error("server sent an invalid response: {0}")]
     UpstreamInvalid(hyper::Error),
     #[error("server switched protocols (101) though the request asked for no upgrade")]
@@ -59,12 +71,18 @@ impl ProxyError {
             | ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamUnusable(_)
             | ProxyError::UpstreamInvalid(_)
-            | ProxyError::UnexpectedUpgrade => ErrorSource::Server(ServerError::BadResponse),
+            | ProxyError::UnexpectedUpgrade
+            | ProxyError::ConnectFailed { .. } => ErrorSource::Server(ServerError::BadResponse),
+            ProxyError::ConnectTimeout(..) => ErrorSource::Server(ServerError::Timeout),
+            ProxyError::ConnectTarget(_) => ErrorSource::Client(ClientError::BadRequest),
+            ProxyError::ConnectDenied(_) => ErrorSource::Client(ClientError::Forbidden),
             ProxyError::ClientTimeout(_) => ErrorSource::Client(ClientError::Timeout),
             ProxyError::ClientBody(_) | ProxyError::BadHost(_) => {
                 ErrorSource::Client(ClientError::BadRequest)
             }
-            ProxyError::ConnectMethod => ErrorSource::Client(ClientError::MethodNotAllowed),
+            ProxyError::ConnectMethod | ProxyError::ProtocolNotAllowed(_) => {
+                ErrorSource::Client(ClientError::MethodNotAllowed)
+            }
         }
     }
 
@@ -84,7 +102,10 @@ impl ProxyError {
     /// Whether the client connection is closed after the answer: the request
     /// was refused before being understood, as HAProxy does on such errors.
     pub fn closes_connection(&self) -> bool {
-        matches!(self, ProxyError::BadHost(_) | ProxyError::ConnectMethod)
+        matches!(
+            self,
+            ProxyError::BadHost(_) | ProxyError::ConnectMethod | ProxyError::ConnectTarget(_)
+        )
     }
 
     /// HAProxy's termination state (cause, then state) for this error, as
@@ -103,7 +124,13 @@ impl ProxyError {
             | ProxyError::UnexpectedUpgrade => *b"SH",
             ProxyError::ClientTimeout(_) => *b"cD",
             ProxyError::ClientBody(_) => *b"CD",
-            ProxyError::BadHost(_) | ProxyError::ConnectMethod => *b"PR",
+            ProxyError::BadHost(_)
+            | ProxyError::ConnectMethod
+            | ProxyError::ProtocolNotAllowed(_)
+            | ProxyError::ConnectTarget(_)
+            | ProxyError::ConnectDenied(_) => *b"PR",
+            ProxyError::ConnectFailed { .. } => *b"SC",
+            ProxyError::ConnectTimeout(..) => *b"sC",
         }
     }
 

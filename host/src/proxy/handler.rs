@@ -13,6 +13,7 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::body::{BodyEnd, BodyOutcome, RequestBody, RequestBodyState, ResponseBody};
@@ -21,6 +22,8 @@ use super::conn::ConnState;
 use super::error::ProxyError;
 use super::head::{prepare_request, remove_connection_options, strip_hop_by_hop};
 use super::pool::PooledConn;
+use super::tunnel::{self, End, Idle};
+use super::upgraded::{Ask, ServerSide, Tunnel, TunnelEnd};
 use super::worker::{Epoch, Worker};
 use crate::filter::Reply;
 use crate::txn::{BackendChoice, Phase, Txn, VarStore};
@@ -133,6 +136,8 @@ struct Route {
     server_failed: bool,
     /// HAProxy's termination state for the access log (`--` until known).
     term: Option<[u8; 2]>,
+    /// Bytes a tunnel moved from the client to the server.
+    tunnel_in: u64,
 }
 
 /// The end-of-exchange record, finished when the response body is over.
@@ -168,7 +173,7 @@ impl BodyEnd for Exchange {
                 conn.discard();
             }
         }
-        let bytes_in = route.req_body.as_ref().map_or(0, |s| s.bytes.get());
+        let bytes_in = route.req_body.as_ref().map_or(0, |s| s.bytes.get()) + route.tunnel_in;
         let fe = &shared.frontends[ctx.frontend];
         fe.responses.record(status);
         fe.bytes_out.fetch_add(bytes, Relaxed);
@@ -202,7 +207,12 @@ impl BodyEnd for Exchange {
             let server = backend
                 .zip(route.server)
                 .and_then(|(b, s)| b.servers.get(s));
-            let path = orig_uri.path_and_query().map_or("/", |p| p.as_str());
+            // A CONNECT's target is its authority.
+            let path = match (orig_uri.path_and_query(), orig_uri.authority()) {
+                (Some(p), _) => p.as_str(),
+                (None, Some(a)) => a.as_str(),
+                (None, None) => "/",
+            };
             let termination = match (&route.error, outcome) {
                 (Some(e), _) => e.as_str(),
                 (None, BodyOutcome::Complete) => "complete",
@@ -267,6 +277,36 @@ impl BodyEnd for Exchange {
     }
 }
 
+impl TunnelEnd for Exchange {
+    fn end(mut self: Box<Self>, out: tunnel::Outcome) {
+        self.route.term = Some(match out.end.code().as_bytes() {
+            [a, b] => [*a, *b],
+            _ => *b"--",
+        });
+        let outcome = match out.end {
+            End::Closed | End::Shutdown | End::ClientTimeout | End::ServerTimeout => {
+                BodyOutcome::Complete
+            }
+            End::ClientError => BodyOutcome::Aborted,
+            End::ServerError => BodyOutcome::UpstreamError,
+        };
+        if self.route.error.is_none() {
+            // The text and JSON logs' termination, with HAProxy's state.
+            let what = match out.end {
+                End::Closed => "tunnel closed",
+                End::Shutdown => "tunnel closed by shutdown",
+                End::ClientTimeout => "tunnel idle timeout, client side",
+                End::ServerTimeout => "tunnel idle timeout, server side",
+                End::ClientError => "tunnel client connection failed",
+                End::ServerError => "tunnel server connection failed",
+            };
+            self.route.error = Some(format!("{what} ({})", out.end.code()));
+        }
+        self.route.tunnel_in = out.to_server;
+        self.finish(outcome, out.to_client);
+    }
+}
+
 fn version_str(v: Version) -> &'static str {
     match v {
         Version::HTTP_09 => "HTTP/0.9",
@@ -299,7 +339,18 @@ pub async fn handle(
     shared.frontends[ctx.frontend]
         .requests
         .fetch_add(1, Relaxed);
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // An upgrade, extended CONNECT or CONNECT: settled before the rules
+    // (an HTTP/2 extended CONNECT becomes the HTTP/1.1 upgrade they see).
+    let asked =
+        super::upgraded::classify(&mut parts, &shared.config.frontends[ctx.frontend].tunnels);
+    let ask = asked.as_ref().ok().copied().flatten();
+    // HTTP/2: the stream itself is the client side of a tunnel.
+    let client_upgrade = if parts.version == Version::HTTP_2 && ask.is_some() {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
     if !http_body::Body::is_end_stream(&body) {
         ctx.state.request_has_body();
     }
@@ -337,11 +388,13 @@ pub async fn handle(
     let chain = &shared.config.frontends[ctx.frontend].chain;
 
     let mut route = Route::default();
+    // The server side of a tunnel this request opens, once answered.
+    let mut server_side: Option<ServerSide> = None;
 
     // Rules see the request as the server will: Host settled, Connection
     // options gone, CONNECT refused.
     let mut req_taps = Vec::new();
-    let early = match prepare_request(&mut txn) {
+    let early = match asked.and_then(|_| prepare_request(&mut txn, ask == Some(Ask::Connect))) {
         Ok(()) => run_phase(&chain.request, &mut txn, &mut req_taps).await,
         Err(err) => {
             let mut reply = fail(&ctx, &mut route, &err);
@@ -361,9 +414,36 @@ pub async fn handle(
             local_reply(&ctx, &mut route, &mut txn, &mut reply).await;
             reply_parts(reply)
         }
-        None => match forward(&ctx, &mut txn, req_taps, &mut route).await {
+        None if ask == Some(Ask::Connect) => match connect_tunnel(&ctx, &txn).await {
+            Ok(stream) => {
+                server_side = Some(ServerSide::Stream(stream));
+                (
+                    StatusCode::OK,
+                    HeaderMap::new(),
+                    ResponseBody::empty(),
+                    None,
+                )
+            }
+            Err(err) => {
+                let mut reply = fail(&ctx, &mut route, &err);
+                error_pages(&ctx, &route, &mut reply);
+                local_reply(&ctx, &mut route, &mut txn, &mut reply).await;
+                reply_parts(reply)
+            }
+        },
+        None => match forward(&ctx, &mut txn, req_taps, &mut route, ask.is_some()).await {
             Ok(resp) => {
-                let (parts, incoming) = resp.into_parts();
+                let (mut parts, incoming) = resp.into_parts();
+                // A 101 to an upgrade we forwarded: the server's socket
+                // is the tunnel's once the response rules let it through.
+                let server_upgrade = if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+                    parts
+                        .extensions
+                        .remove::<hyper::upgrade::OnUpgrade>()
+                        .map(|on| (on, parts.headers.get(header::UPGRADE).cloned()))
+                } else {
+                    None
+                };
                 txn.phase = Phase::Response;
                 txn.req_vars.clear();
                 txn.status = parts.status;
@@ -385,6 +465,34 @@ pub async fn handle(
                         drop(txn.resp_body.take());
                         drop(txn.resp_buffered.take());
                         reply_parts(reply)
+                    }
+                    None if server_upgrade.is_some()
+                        && txn.status == StatusCode::SWITCHING_PROTOCOLS =>
+                    {
+                        let mut headers = std::mem::take(&mut txn.resp_headers);
+                        drop(txn.resp_body.take());
+                        drop(txn.resp_buffered.take());
+                        let mut status = txn.status;
+                        if let (Some((on, protocol)), Some(conn)) =
+                            (server_upgrade, route.conn.take())
+                        {
+                            server_side = Some(ServerSide::Upgrade { on, conn });
+                            if txn.version == Version::HTTP_2 {
+                                // RFC 8441: a 200 on the stream opens the tunnel.
+                                status = StatusCode::OK;
+                                headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+                            } else {
+                                let protocol = protocol
+                                    .or_else(|| txn.req_headers.get(header::UPGRADE).cloned())
+                                    .unwrap_or_else(|| HeaderValue::from_static("websocket"));
+                                headers.insert(
+                                    header::CONNECTION,
+                                    HeaderValue::from_static("upgrade"),
+                                );
+                                headers.insert(header::UPGRADE, protocol);
+                            }
+                        }
+                        (status, headers, ResponseBody::empty(), None)
                     }
                     None => {
                         let timeout = route
@@ -423,6 +531,27 @@ pub async fn handle(
         let reason = reason.filter(|_| txn.status == status);
         (txn.status, std::mem::take(&mut txn.resp_headers), reason)
     };
+    // A tunnel opens only if its answer is still the one that opens it
+    // (a response rule may have turned it into another status).
+    let opens = if txn.version == Version::HTTP_2 || ask == Some(Ask::Connect) {
+        StatusCode::OK
+    } else {
+        StatusCode::SWITCHING_PROTOCOLS
+    };
+    let server_side = match server_side {
+        Some(side) if status == opens => Some(side),
+        Some(ServerSide::Upgrade { conn, .. }) => {
+            conn.discard();
+            None
+        }
+        _ => None,
+    };
+    let logged_status = match (&server_side, ask) {
+        // The log says what the server answered (101), as Envoy logs an
+        // HTTP/2 WebSocket's upstream answer.
+        (Some(_), Some(Ask::Extended)) => StatusCode::SWITCHING_PROTOCOLS,
+        _ => status,
+    };
     let ex = Exchange {
         ctx: Rc::clone(&ctx),
         txn,
@@ -430,8 +559,19 @@ pub async fn handle(
         orig_method,
         orig_uri,
         route,
-        status: status.as_u16(),
+        status: logged_status.as_u16(),
     };
+    if let Some(side) = server_side {
+        return Ok(open_tunnel(
+            &ctx,
+            ex,
+            side,
+            ask,
+            client_upgrade,
+            status,
+            headers,
+        ));
+    }
     let mut headers = headers;
     if ctx.state.close_after_response() {
         // Shutting down: the client learns it before sending another request.
@@ -450,6 +590,83 @@ pub async fn handle(
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     Ok(resp)
+}
+
+/// The answer that opens a tunnel (`101`, or `200` to a CONNECT or an
+/// HTTP/2 extended CONNECT), with the tunnel set to run once it is sent: on
+/// the HTTP/1 socket after hyper wrote it (`conn.rs`), or on the HTTP/2
+/// stream on a task of its own. The exchange is logged when the tunnel ends.
+fn open_tunnel(
+    ctx: &Rc<Ctx>,
+    ex: Exchange,
+    server: ServerSide,
+    ask: Option<Ask>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    status: StatusCode,
+    headers: HeaderMap,
+) -> Response<ResponseBody> {
+    let shared = &ctx.worker.shared;
+    let config = &shared.config;
+    let t = config.global.timeouts;
+    let backend = ex.route.backend.and_then(|b| config.backends.get(b));
+    let idle = Idle {
+        client: t.client,
+        server: backend.map_or(t.server, |b| b.server_timeout),
+        tunnel: backend.map_or(t.tunnel, |b| b.tunnel_timeout),
+    };
+    let h2 = ex.txn.version == Version::HTTP_2;
+    let tunnel = Tunnel {
+        end: Box::new(ex),
+        server,
+        idle,
+        stats: std::sync::Arc::clone(&shared.frontends[ctx.frontend]),
+        connect: ask == Some(Ask::Connect),
+        stop: ctx.home.shutdown_signal(),
+    };
+    match (h2, client_upgrade) {
+        (false, _) => ctx.state.set_tunnel(tunnel),
+        (true, Some(on)) => {
+            tokio::task::spawn_local(async move {
+                // hyper hands the stream over once the answer's head is sent.
+                match tokio::time::timeout(t.client, on).await {
+                    Ok(Ok(up)) => tunnel.run(Box::new(TokioIo::new(up))).await,
+                    _ => tunnel.abandon(),
+                }
+            });
+        }
+        (true, None) => {
+            // Not reached: hyper marks every HTTP/2 CONNECT upgradable.
+            tunnel.abandon();
+            let status = StatusCode::BAD_GATEWAY;
+            let mut resp = Response::new(ResponseBody::full(crate::error::body(status)));
+            *resp.status_mut() = status;
+            *resp.headers_mut() = crate::error::page_headers();
+            return resp;
+        }
+    }
+    let mut resp = Response::new(ResponseBody::empty());
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// A CONNECT's tunnel: its target (after the rules) checked against the
+/// frontend's `connect.allow`, resolved and connected within `timeout.connect`.
+async fn connect_tunnel(ctx: &Ctx, txn: &Txn) -> Result<tokio::net::TcpStream, ProxyError> {
+    let config = &ctx.worker.shared.config;
+    let Some(allow) = config
+        .frontends
+        .get(ctx.frontend)
+        .and_then(|f| f.tunnels.connect.as_deref())
+    else {
+        return Err(ProxyError::ConnectMethod);
+    };
+    let Some(authority) = txn.uri.authority() else {
+        return Err(ProxyError::ConnectTarget(
+            "the target must be host:port (authority form)",
+        ));
+    };
+    super::upgraded::dial(authority, allow, config.global.timeouts.connect).await
 }
 
 /// The answer to a request on a kept-alive connection whose frontend a
@@ -569,6 +786,7 @@ async fn forward(
     txn: &mut Txn,
     taps: Vec<Box<dyn crate::filter::BodyTap>>,
     ex: &mut Route,
+    upgrade: bool,
 ) -> Result<Response<Incoming>, ProxyError> {
     let worker = &ctx.worker;
     let shared = &worker.shared;
@@ -617,12 +835,23 @@ async fn forward(
             source: std::io::Error::other("no server name for SNI (the request has no Host)"),
         }));
     }
-    // Upgrades are not forwarded yet (Upgrade is hop-by-hop); a server that
-    // switches protocols anyway without being asked is answered 502 below.
-    let asked_upgrade = headers.contains_key(header::UPGRADE);
+    // An upgrade the frontend allows keeps its Upgrade (as the rules left
+    // it) with `Connection: upgrade`; any other Upgrade is hop-by-hop and
+    // goes, and a server that switches protocols without being asked is
+    // answered 502 below.
+    let upgrade_to = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    let asked_upgrade = upgrade_to.is_some();
     // Connection options went before the rules (`prepare_request`), and Host
     // was settled there: what rules set and what the proxy adds here stays.
     strip_hop_by_hop(&mut headers);
+    if let Some(protocol) = upgrade_to {
+        headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     if shared.config.frontends[ctx.frontend].forwardfor {
         add_forwarded(&mut headers, &ctx.client_ip, ctx.tls.is_some());
     }

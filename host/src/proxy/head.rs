@@ -5,7 +5,7 @@
 //! - the one `Host`: HTTP/2 `:authority` or an absolute-form URI's authority
 //!   becomes the `Host` header; repeated `Host` lines must agree; a `Host`
 //!   must be one `host[:port]`;
-//! - `CONNECT` is refused (405): the proxy does not open tunnels;
+//! - `CONNECT` is refused (405) unless the frontend opens tunnels (`connect`);
 //! - headers a `Connection` header names are removed from the *received*
 //!   headers, so that a client (or server) cannot remove what rules or the
 //!   proxy add later; the fixed hop-by-hop headers go when forwarding.
@@ -32,9 +32,10 @@ pub enum BadHost {
     UserInfo,
 }
 
-/// Checks and settles the request head in `txn` before the request rules run.
-pub fn prepare_request(txn: &mut Txn) -> Result<(), ProxyError> {
-    if txn.method == Method::CONNECT {
+/// Checks and settles the request head in `txn` before the request rules
+/// run; `connect_ok`: the frontend opens CONNECT tunnels (`connect.allow`).
+pub fn prepare_request(txn: &mut Txn, connect_ok: bool) -> Result<(), ProxyError> {
+    if txn.method == Method::CONNECT && !connect_ok {
         return Err(ProxyError::ConnectMethod);
     }
     settle_host(&txn.uri, txn.version, &mut txn.req_headers)?;

@@ -26,6 +26,7 @@ pub mod tcp;
 pub mod tls;
 pub mod tunnel;
 pub mod upgrade;
+pub mod upgraded;
 pub mod worker;
 
 use std::net::{SocketAddr, TcpListener as StdListener};

@@ -272,6 +272,11 @@ impl PooledConn {
     pub fn discard(self) {
         self.abort.abort();
     }
+
+    /// Lets go of a connection whose socket went to an upgraded tunnel:
+    /// never pooled, and its driver task ends on its own once it handed
+    /// the socket over (aborting it first would lose the socket).
+    pub fn into_tunnel(self) {}
 }
 
 /// Opens a new HTTP/1.1 connection to `addr` and spawns its driver task on this worker.
@@ -326,14 +331,16 @@ async fn start_http<T>(
     io: T,
 ) -> Result<(http1::SendRequest<RequestBody>, AbortHandle), ConnectError>
 where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) = http
         .handshake(TokioIo::new(io))
         .await
         .map_err(|source| ConnectError::Handshake { addr, source })?;
     let task = tokio::task::spawn_local(async move {
-        if let Err(e) = conn.await {
+        // With upgrades: after a `101` the socket goes to the response's
+        // `hyper::upgrade::on` (a tunnel, `proxy/upgraded.rs`) and the task ends.
+        if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
         }
     });

@@ -29,6 +29,12 @@ pub struct FrontendStats {
     pub tls_handshakes: AtomicU64,
     /// TLS handshakes that failed or timed out (logged at debug only).
     pub tls_handshake_failures: AtomicU64,
+    /// Tunnels opened by a protocol upgrade (HTTP/1.1 `101`, HTTP/2 extended CONNECT).
+    pub upgrades: AtomicU64,
+    /// Tunnels opened by `CONNECT`.
+    pub connects: AtomicU64,
+    /// Tunnels (of either kind) open now.
+    pub tunnels_current: AtomicU64,
 }
 
 /// State shared by every worker, the admin API and the health checker: one
@@ -136,6 +142,9 @@ impl FrontendStats {
             errors: AtomicU64::new(0),
             tls_handshakes: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
+            upgrades: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            tunnels_current: AtomicU64::new(0),
         }
     }
 }
