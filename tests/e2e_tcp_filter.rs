@@ -279,7 +279,9 @@ async fn h2c_backend() -> SocketAddr {
                             .expect("response"),
                     )
                 });
+                // No `date` header: its HPACK encoding would depend on the clock.
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .auto_date_header(false)
                     .serve_connection(TokioIo::new(s), svc)
                     .await;
             });
@@ -315,18 +317,19 @@ async fn h2_client(addr: SocketAddr) -> Vec<String> {
     seen
 }
 
-/// The tracer's lines of one stream, normalised: the connection number
-/// dropped, and what depends on how the bytes were cut into reads (the
-/// `(bytes=N)` left in a read, the `... -N = M` continuation lines) left
-/// out. Request and response lines apart (their interleaving is timing).
-fn trace(out: &str) -> (Vec<String>, Vec<String>) {
+/// The tracer's lines, per connection, normalised: the
+/// connection number dropped, and what depends on how the bytes were cut
+/// into reads (the `(bytes=N)` left in a read, the `... -N = M`
+/// continuation lines) left out. Request and response lines apart (their
+/// interleaving is timing).
+fn trace(out: &str) -> Vec<(Vec<String>, Vec<String>)> {
     let res_pfx = "                                         | ";
-    let (mut req, mut res) = (Vec::new(), Vec::new());
+    let mut conns: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
     for l in out.lines() {
-        let Some(rest) = l.strip_prefix('[').and_then(|r| r.get(5..)) else {
+        let (Some(id), Some(rest)) = (l.get(..6), l.get(6..)) else {
             continue;
         };
-        if !l.get(4..6).is_some_and(|s| s == "] ") {
+        if !(id.starts_with('[') && id.ends_with("] ")) {
             continue;
         }
         let (resp, rest) = match rest.strip_prefix(res_pfx) {
@@ -340,9 +343,20 @@ fn trace(out: &str) -> (Vec<String>, Vec<String>) {
             Some(i) => format!("{}]", &rest[..i]),
             None => rest.to_string(),
         };
-        if resp { res.push(line) } else { req.push(line) }
+        let i = match conns.iter().position(|c| c.0 == id) {
+            Some(i) => i,
+            None => {
+                conns.push((id.to_string(), Vec::new(), Vec::new()));
+                conns.len() - 1
+            }
+        };
+        if resp {
+            conns[i].2.push(line);
+        } else {
+            conns[i].1.push(line);
+        }
     }
-    (req, res)
+    conns.into_iter().map(|(_, req, res)| (req, res)).collect()
 }
 
 #[tokio::test]
@@ -382,8 +396,14 @@ async fn h2_tracer_fixture_matches_haproxy() {
         d.wait_exit(LIMIT).await.is_some(),
         "portcullis exits on SIGTERM"
     );
-    let (hreq, hres) = trace(&hlog);
-    let (req, res) = trace(&d.stdout());
+    // The client's connection (the readiness probes' carry no request).
+    let client = |t: Vec<(Vec<String>, Vec<String>)>| {
+        t.into_iter()
+            .find(|(req, _)| req.iter().any(|l| l == "[PREFACE len=24]"))
+            .unwrap_or_default()
+    };
+    let (hreq, hres) = &client(trace(&hlog));
+    let (req, res) = &client(trace(&d.stdout()));
     assert!(
         hreq.first().is_some_and(|l| l == "### req start")
             && hreq.iter().any(|l| l == "[PREFACE len=24]")
