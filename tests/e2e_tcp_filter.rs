@@ -226,6 +226,47 @@ async fn a_failing_tcp_payload_follows_on_error() {
     }
 }
 
+/// Holds the first request bytes and asks to be woken 300 ms later; the
+/// wake-up call (no new data) lets them go.
+const WAKE: &str = r#"
+W = {}
+W.__index = W
+function W:new() return setmetatable({ calls = 0 }, W) end
+function W:start_analyze(txn, chn)
+  if not chn:is_resp() then filter.register_data_filter(self, chn) end
+end
+function W:tcp_payload(txn, chn)
+  self.calls = self.calls + 1
+  if self.calls == 1 then
+    filter.wake_time(300)
+    return 0
+  end
+  core.Info("woken with " .. chn:input() .. " bytes")
+end
+core.register_filter("lines", W, function(class, args) return class end)
+"#;
+
+#[tokio::test]
+async fn wake_time_calls_tcp_payload_again_without_data() {
+    let e = echo("").await;
+    let dir = TempDir::new("tcp-filter-wake");
+    let script = dir.write("wake.lua", WAKE).display().to_string();
+    let [web, admin] = free_addrs();
+    let d = Daemon::start(&config(web, admin, &script, "", "lines", e), &[web]).await;
+    let mut c = TcpStream::connect(web).await.expect("connect");
+    let start = Instant::now();
+    c.write_all(b"held").await.expect("write");
+    assert_eq!(read_n(&mut c, 4).await, b"held");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "released by the wake-up: {took:?}"
+    );
+    d.wait_stderr_line(LIMIT, |l| l.contains("woken with 4 bytes"))
+        .await
+        .expect("the wake-up call saw the held bytes");
+}
+
 #[test]
 fn a_tcp_filter_no_script_registered_is_a_config_error() {
     let [web, admin, a] = free_addrs();

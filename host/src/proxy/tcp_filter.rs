@@ -21,9 +21,12 @@ use crate::channel;
 use crate::filter::{StreamClose, StreamCx, StreamFilter};
 use crate::txn::Txn;
 
+/// One attached filter and what it holds per direction (request, response).
+type Attached = (Box<dyn StreamCx>, [Vec<u8>; 2]);
+
 /// The filters attached to one stream, with what each holds per direction.
 pub struct Filters {
-    list: Vec<(Box<dyn StreamCx>, [Vec<u8>; 2])>,
+    list: Vec<Attached>,
 }
 
 impl Filters {
