@@ -15,10 +15,12 @@
 //!   `healthcheckmail.lua` run on TCP frontends: `tests/e2e_tcp.rs` compares
 //!   them with HAProxy. Here `socks5.lua` and `http-connect.lua` are loaded
 //!   beside the HTTP part, so their loading is compared too.
+//! - haproxy-h2-tracer is a Lua filter on a TCP frontend (`tcp_payload`):
+//!   `tests/e2e_tcp_filter.rs` runs it under both in front of an h2c
+//!   server and compares the traffic and the frames it prints.
 //! - haproxy-mailers' `mailers.lua`, events-backend-down-webhook,
 //!   couchbase-kv-client need HAProxy 2.7/2.8 (`core.queue`, `event_sub`,
-//!   lua-load arguments); haproxy-h2-tracer is a Lua filter on a TCP
-//!   frontend (`tcp_payload`), which portcullis does not run yet.
+//!   lua-load arguments).
 //!
 //! The fixture files are used in place, never copied: what a script needs
 //! beside it (map files, the .mmdb file, a log directory) is written to a

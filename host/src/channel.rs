@@ -4,7 +4,9 @@
 //! `AppletTCP`.
 //!
 //! The session puts one `Rc<Channels>` in the transaction's plugin state
-//! under [`KEY`] while its rules or service run; whoever needs more client
+//! under [`KEY`] while its rules or service run (and one over the server
+//! stream under [`RES_KEY`] while its `tcp_response` rules run: the same
+//! type, reading the server); whoever needs more client
 //! data awaits [`Channels::fill`], bounded by the channel's deadline (the
 //! frontend's `inspect_delay` for rules, the client timeout for services)
 //! and its buffer cap. Writes to the client go out at once
@@ -21,6 +23,10 @@ use crate::txn::Txn;
 
 /// Where a stream's channels sit in [`Txn::plugin_state`] (no plugin id is this large).
 pub const KEY: u64 = u64::MAX - 7;
+
+/// Where the response channel sits while `tcp_response` rules run: a
+/// [`Channels`] over the server stream (its buffer holds the server's data).
+pub const RES_KEY: u64 = u64::MAX - 8;
 
 /// Most client bytes a channel holds before it counts as full (HAProxy's
 /// default `tune.bufsize`).
@@ -156,4 +162,10 @@ impl Channels {
 /// The channels of the stream `txn` belongs to, if it is a TCP-mode one.
 pub fn of(txn: &Txn) -> Option<Rc<Channels>> {
     txn.plugin_state.peek::<Rc<Channels>>(KEY).cloned()
+}
+
+/// The response channel of the stream `txn` belongs to, while its
+/// `tcp_response` rules run.
+pub fn of_res(txn: &Txn) -> Option<Rc<Channels>> {
+    txn.plugin_state.peek::<Rc<Channels>>(RES_KEY).cloned()
 }

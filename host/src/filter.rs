@@ -313,3 +313,50 @@ impl std::fmt::Debug for Chain {
             .finish()
     }
 }
+
+/// A filter on a TCP stream's raw bytes (HAProxy's `filter` on a `mode tcp`
+/// proxy): attached when the stream starts, it sees each channel's data
+/// before it is forwarded. Built once from the config, shared by workers.
+pub trait StreamFilter: Send + Sync + std::fmt::Debug {
+    /// A short name for logs (e.g. `lua.h2-tracer`).
+    fn name(&self) -> &str;
+
+    /// Joins a new stream, before its `tcp_request` rules: `Ok(None)` when
+    /// the filter does not take part in it.
+    fn attach(&self, txn: &mut Txn) -> Result<Option<Box<dyn StreamCx>>, StreamClose>;
+}
+
+/// One stream's instance of a [`StreamFilter`], driven by the TCP session
+/// (worker-local: it may hold a plugin's state).
+pub trait StreamCx {
+    /// The channel (`resp`: the response) starts being analysed: the
+    /// request when the stream starts, the response once a server is connected.
+    fn start(&mut self, txn: &mut Txn, resp: bool) -> Result<(), StreamClose>;
+
+    /// Whether the filter takes the channel's data now.
+    fn filters(&self, resp: bool) -> bool;
+
+    /// The channel's bytes not forwarded yet (what the filter held back,
+    /// then what arrived); the filter may rewrite them. Returns how many
+    /// leading bytes go on now; the rest is presented again with the next
+    /// data. `end`: the channel's sender closed, nothing more comes.
+    fn payload(
+        &mut self,
+        txn: &mut Txn,
+        resp: bool,
+        window: &mut Vec<u8>,
+        end: bool,
+    ) -> Result<usize, StreamClose>;
+
+    /// How soon the filter asked to be called again without new data
+    /// (Lua's `filter.wake_time`), set by its last `start`/`payload`.
+    fn wake(&self, resp: bool) -> Option<Duration>;
+
+    /// The stream is over: the end of both channels' analysis.
+    fn end(&mut self, txn: &mut Txn);
+}
+
+/// A stream filter closes the stream (it refused the data or failed with
+/// `on_error = "fail_closed"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamClose;

@@ -35,6 +35,8 @@ pub struct Runtime {
     pub tables: Arc<StickTables>,
     /// One host per plugin kind, in a fixed order (Lua, then Wasm).
     pub plugins: Vec<Arc<dyn PluginHost>>,
+    /// Each backend's `tcp_response` rules (by backend index), run for TCP frontends.
+    pub backend_tcp_response: Vec<Vec<crate::rules::tcp::TcpRule>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -54,6 +56,10 @@ pub struct Frontend {
     pub chain: Chain,
     /// `tcp_request` rules of a TCP frontend (`proxy/tcp.rs` runs them).
     pub tcp_rules: Vec<crate::rules::tcp::TcpRule>,
+    /// `tcp_response` rules of a TCP frontend (run before its backend's).
+    pub tcp_response: Vec<crate::rules::tcp::TcpRule>,
+    /// `filters` of a TCP frontend (on its streams' bytes; HTTP frontends' are in `chain`).
+    pub tcp_filters: Vec<Arc<dyn crate::filter::StreamFilter>>,
     /// The access-log line (its `log_format`, else the global one), if custom.
     pub log_format: Option<crate::rules::LogFormat>,
 }
@@ -239,12 +245,19 @@ pub fn assemble_after(spec: Spec, previous: Option<&Runtime>) -> Result<Runtime,
                 &cx,
             )?;
             // HAProxy's `filter`s see each message after the rules processed it.
-            for f in crate::lua::build_filters(&lua, &spec.filters, &source)? {
-                chain.request.push(Arc::clone(&f));
-                chain.response.push(Arc::clone(&f));
-                chain.log.push(f);
+            let mut tcp_filters = Vec::new();
+            if spec.tcp {
+                tcp_filters = crate::lua::build_stream_filters(&lua, &spec.filters, &source)?;
+            } else {
+                for f in crate::lua::build_filters(&lua, &spec.filters, &source)? {
+                    chain.request.push(Arc::clone(&f));
+                    chain.response.push(Arc::clone(&f));
+                    chain.log.push(f);
+                }
             }
             let tcp_rules = crate::rules::tcp::compile(&spec.tcp_request, &source, &cx)?;
+            let tcp_response =
+                crate::rules::tcp::compile_response(&spec.tcp_response, &source, &cx)?;
             let log_format = crate::rules::compile_log_format(
                 spec.log_format.as_ref().or(global.log_format.as_ref()),
                 &source,
@@ -254,11 +267,18 @@ pub fn assemble_after(spec: Spec, previous: Option<&Runtime>) -> Result<Runtime,
                 spec,
                 chain,
                 tcp_rules,
+                tcp_response,
+                tcp_filters,
                 log_format,
             })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
+    let backend_tcp_response = backends
+        .iter()
+        .map(|b| crate::rules::tcp::compile_response(&b.tcp_response, &source, &cx))
+        .collect::<Result<Vec<_>, ConfigError>>()?;
     Ok(Runtime {
+        backend_tcp_response,
         source,
         global,
         frontends,

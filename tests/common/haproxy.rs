@@ -87,6 +87,23 @@ impl HaProxy {
         h
     }
 
+    /// Stops HAProxy gracefully (SIGUSR1: soft stop, then exit, which
+    /// flushes what Lua wrote to its buffered stdout); its whole log.
+    pub async fn stop(&mut self) -> String {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety implications.
+        let _ = unsafe { libc::kill(self.child.id() as i32, libc::SIGUSR1) };
+        let start = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "haproxy did not stop after SIGUSR1: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.log()
+    }
+
     /// What HAProxy wrote so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

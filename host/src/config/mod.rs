@@ -167,6 +167,10 @@ pub struct Frontend {
     pub tcp_request: Vec<Spanned<schema::RawRule>>,
     /// `inspect_delay`: how long `tcp_request` rules may wait for data.
     pub inspect_delay: Duration,
+    /// `tcp_response` rules as written (TCP frontends).
+    pub tcp_response: Vec<Spanned<schema::RawRule>>,
+    /// `response_inspect_delay`: how long `tcp_response` rules may wait for server data.
+    pub response_inspect_delay: Duration,
     /// `tls`: the certificates its TLS binds serve (swappable on reload).
     pub tls: Option<Arc<crate::tls::server::Acceptor>>,
     /// `upgrades` and `connect`: which tunnels requests may open.
@@ -196,6 +200,10 @@ pub struct Backend {
     /// (HAProxy's `timeout queue`, else the connect timeout).
     pub queue_timeout: Duration,
     pub max_idle_per_server: usize,
+    /// `tcp_response` rules as written (run for TCP frontends using this backend).
+    pub tcp_response: Vec<Spanned<schema::RawRule>>,
+    /// `response_inspect_delay`: how long they may wait for server data.
+    pub response_inspect_delay: Duration,
     /// `errorfiles` / `error_replies`; win over the frontend's after routing.
     pub errors: crate::error::ErrorPages,
     /// HAProxy's `email-alert` settings (read by Lua's `Proxy:get_mailers()`).
@@ -575,6 +583,8 @@ impl Validator<'_> {
                 .inspect_delay
                 .as_ref()
                 .map_or(Duration::ZERO, |d| d.get_ref().0),
+            tcp_response: f.tcp_response.clone(),
+            response_inspect_delay: self.inspect_delay(f.response_inspect_delay.as_ref())?,
             tls,
             tunnels: tunnels::tunnels(self.source, f.upgrades.as_ref(), f.connect.as_ref())?,
         })
@@ -614,12 +624,6 @@ impl Validator<'_> {
                     format!("`{key}` is an HTTP setting and this frontend has mode = \"tcp\"; use tcp_request rules, or a separate HTTP frontend"),
                 ));
             }
-            if let Some(fl) = f.filters.first() {
-                return Err(self.source.error(
-                    fl.span(),
-                    "filters on a TCP frontend (HAProxy's tcp_payload callbacks) are not supported yet; use tcp_request rules with a Lua tcp-req action",
-                ));
-            }
             if let Some(t) = &f.tls {
                 return Err(self.source.error(
                     t.span(),
@@ -636,6 +640,11 @@ impl Validator<'_> {
             let tcp_only = [
                 ("tcp_request", first(&f.tcp_request)),
                 ("inspect_delay", f.inspect_delay.as_ref().map(|d| d.span())),
+                ("tcp_response", first(&f.tcp_response)),
+                (
+                    "response_inspect_delay",
+                    f.response_inspect_delay.as_ref().map(|d| d.span()),
+                ),
             ];
             if let Some((key, Some(span))) = tcp_only.into_iter().find(|(_, s)| s.is_some()) {
                 return Err(self.source.error(
@@ -653,6 +662,21 @@ impl Validator<'_> {
             ));
         }
         Ok(tcp)
+    }
+
+    /// A `response_inspect_delay` (at most 1h); absent: zero.
+    fn inspect_delay(
+        &self,
+        d: Option<&Spanned<units::ConfigDuration>>,
+    ) -> Result<Duration, ConfigError> {
+        match d {
+            Some(d) if d.get_ref().0 > Duration::from_secs(3600) => Err(self.source.error(
+                d.span(),
+                "response_inspect_delay longer than 1h; it bounds how long a connection may wait for server data, e.g. \"5s\"",
+            )),
+            Some(d) => Ok(d.get_ref().0),
+            None => Ok(Duration::ZERO),
+        }
     }
 
     fn check_name(&self, name: &Spanned<String>, what: &str) -> Result<(), ConfigError> {
@@ -763,6 +787,8 @@ impl Validator<'_> {
             max_idle_per_server,
             errors: errors::error_pages(src, b.errorfiles.as_ref(), b.error_replies.as_ref())?,
             email_alert: None,
+            tcp_response: b.tcp_response.clone(),
+            response_inspect_delay: self.inspect_delay(b.response_inspect_delay.as_ref())?,
         })
     }
 

@@ -211,6 +211,12 @@ pub struct RawFrontend {
     /// How long `tcp_request` rules may wait for client data (HAProxy's
     /// `tcp-request inspect-delay`); absent: they see what is there at once.
     pub inspect_delay: Option<Spanned<ConfigDuration>>,
+    /// HAProxy's `tcp-response content` rules, on the server's data (TCP frontends only).
+    #[serde(default)]
+    pub tcp_response: Vec<Spanned<RawRule>>,
+    /// How long `tcp_response` rules may wait for server data (HAProxy's
+    /// `tcp-response inspect-delay`); absent: they see the first data.
+    pub response_inspect_delay: Option<Spanned<ConfigDuration>>,
     /// Most client connections open at once on this frontend; absent: the global `maxconn`.
     pub maxconn: Option<Spanned<i64>>,
     /// HAProxy's `option forwardfor` (and the proto header): add
@@ -309,6 +315,11 @@ pub struct RawBackend {
     pub tls: Option<Spanned<super::tls::RawTlsUpstream>>,
     /// HAProxy's `email-alert` keywords (see `config/mailers.rs`).
     pub email_alert: Option<Spanned<super::mailers::RawEmailAlert>>,
+    /// HAProxy's `tcp-response content` rules, run when a TCP frontend uses this backend.
+    #[serde(default)]
+    pub tcp_response: Vec<Spanned<RawRule>>,
+    /// How long this backend's `tcp_response` rules may wait for server data.
+    pub response_inspect_delay: Option<Spanned<ConfigDuration>>,
 }
 
 /// One `server` entry of a backend.
@@ -387,6 +398,9 @@ pub struct RawRule {
     pub accept: Option<Spanned<bool>>,
     /// `reject = true` (`tcp_request` only): close the connection.
     pub reject: Option<Spanned<bool>>,
+    /// `close = true` (`tcp_response` only): close the server connection
+    /// once what it sent so far reached the client.
+    pub close: Option<Spanned<bool>>,
 
     /// `redirect = "https://example.com%[path]"`: Location (log-format).
     pub redirect: Option<Spanned<String>>,

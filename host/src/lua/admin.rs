@@ -35,6 +35,7 @@ pub fn plugin_json(p: &Plugin) -> Value {
                 if a.request { phases.push("http-req"); }
                 if a.response { phases.push("http-res"); }
                 if a.tcp { phases.push("tcp-req"); }
+                if a.tcp_res { phases.push("tcp-res"); }
                 json!({ "name": a.name, "phases": phases })
             }).collect::<Vec<_>>(),
             "fetches": r.fetches,

@@ -35,7 +35,9 @@ use super::{FailureKind, LuaHost, OnError, Plugin, arg_strings};
 use crate::config::schema::RawFilter;
 use crate::config::{ConfigError, SourceMap};
 use crate::error::{ErrorSource, PluginFailure};
-use crate::filter::{BodyFlow, BodyLimits, BodyTap, BoxError, Filter, Flow, Phases, Reply};
+use crate::filter::{
+    BodyFlow, BodyLimits, BodyTap, BoxError, Filter, Flow, Phases, Reply, StreamFilter,
+};
 use crate::txn::{Phase, Txn};
 
 static NEXT_FILTER: AtomicU64 = AtomicU64::new(1);
@@ -51,7 +53,31 @@ pub fn build_filters(
     raw: &[Spanned<RawFilter>],
     source: &SourceMap,
 ) -> Result<Vec<Arc<dyn Filter>>, ConfigError> {
-    let mut out: Vec<Arc<dyn Filter>> = Vec::with_capacity(raw.len());
+    Ok(build(host, raw, source)?
+        .into_iter()
+        .map(|f| f as Arc<dyn Filter>)
+        .collect())
+}
+
+/// Builds a TCP frontend's `filters` (HAProxy's `filter lua.<name>` in
+/// `mode tcp`: `tcp_payload` on the raw bytes, see `filter/tcp.rs`).
+pub fn build_stream_filters(
+    host: &LuaHost,
+    raw: &[Spanned<RawFilter>],
+    source: &SourceMap,
+) -> Result<Vec<Arc<dyn StreamFilter>>, ConfigError> {
+    Ok(build(host, raw, source)?
+        .into_iter()
+        .map(|f| f as Arc<dyn StreamFilter>)
+        .collect())
+}
+
+fn build(
+    host: &LuaHost,
+    raw: &[Spanned<RawFilter>],
+    source: &SourceMap,
+) -> Result<Vec<Arc<LuaFilter>>, ConfigError> {
+    let mut out: Vec<Arc<LuaFilter>> = Vec::with_capacity(raw.len());
     for entry in raw {
         let f = entry.get_ref();
         let Some(name) = &f.lua else {
@@ -102,6 +128,8 @@ enum Callback {
     HttpPayload,
     HttpEnd,
     EndAnalyze,
+    /// TCP mode: the channel's raw bytes.
+    TcpPayload,
 }
 
 impl Callback {
@@ -112,6 +140,7 @@ impl Callback {
             Callback::HttpPayload => "http_payload",
             Callback::HttpEnd => "http_end",
             Callback::EndAnalyze => "end_analyze",
+            Callback::TcpPayload => "tcp_payload",
         }
     }
 
@@ -119,14 +148,17 @@ impl Callback {
         match self {
             Callback::StartAnalyze | Callback::EndAnalyze => Stage::Analyze,
             Callback::HttpHeaders => Stage::Headers,
-            Callback::HttpPayload => Stage::Payload,
+            Callback::HttpPayload | Callback::TcpPayload => Stage::Payload,
             Callback::HttpEnd => Stage::End,
         }
     }
 
     /// Whether it gets the channel (else the HTTP message).
     fn takes_channel(self) -> bool {
-        matches!(self, Callback::StartAnalyze | Callback::EndAnalyze)
+        matches!(
+            self,
+            Callback::StartAnalyze | Callback::EndAnalyze | Callback::TcpPayload
+        )
     }
 }
 
@@ -444,8 +476,9 @@ impl LuaFilter {
         runtime::fail(&self.plugin, inst, e, &self.what)
     }
 
-    /// Creates the request's filter instance (`Class:new()`); `None`: not attached.
-    fn attach(&self, txn: &mut Txn) -> Result<Option<Slot>, Box<Flow>> {
+    /// Creates the request's (`http`) or TCP stream's filter instance
+    /// (`Class:new()`); `None`: not attached.
+    fn attach(&self, txn: &mut Txn, http: bool) -> Result<Option<Slot>, Box<Flow>> {
         let plugin = &self.plugin;
         let inst = runtime::instance(plugin).map_err(|e| Box::new(self.fail(None, None, &e)))?;
         let Some((class, fun)) = inst.funcs.filters.get(&self.registered).cloned() else {
@@ -482,7 +515,7 @@ impl LuaFilter {
         let id = i64::try_from(self.id).unwrap_or(i64::MAX);
         let ((_, step), _) = inst.run(
             thread,
-            (id, class, fun, args),
+            (id, class, fun, args, http),
             &site,
             &mut privv,
             &mut fields,
@@ -634,7 +667,7 @@ impl LuaFilter {
     fn head(&self, txn: &mut Txn) -> Flow {
         let mut slot = match txn.plugin_state.take::<Slot>(self.id) {
             Some(s) => *s,
-            None if txn.phase == Phase::Request => match self.attach(txn) {
+            None if txn.phase == Phase::Request => match self.attach(txn, true) {
                 Ok(Some(s)) => s,
                 Ok(None) => return Flow::Continue,
                 Err(flow) => return *flow,
@@ -920,5 +953,6 @@ impl BodyTap for FilterTap {
     }
 }
 
+mod tcp;
 #[cfg(test)]
 mod tests;

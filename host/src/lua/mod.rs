@@ -50,7 +50,7 @@ use crate::config::schema::RawPlugin;
 use crate::config::{ConfigError, SourceMap};
 use crate::txn::Phase;
 
-pub use filter::build_filters;
+pub use filter::{build_filters, build_stream_filters};
 pub use host::LuaHost;
 
 /// Default per-instance memory limit.
@@ -104,6 +104,9 @@ pub struct RegAction {
     /// Registered for `tcp-req` (`tcp_request` rules), with its `nb_args`.
     pub tcp: bool,
     pub nb_args_tcp: usize,
+    /// Registered for `tcp-res` (`tcp_response` rules), with its `nb_args`.
+    pub tcp_res: bool,
+    pub nb_args_tcp_res: usize,
 }
 
 /// Everything a script registered while loading.
@@ -229,14 +232,32 @@ impl Plugins {
         }
     }
 
-    /// The plugin that registered `tcp-req` action `name`, and its `nb_args`.
-    pub(crate) fn tcp_action(&self, name: &str) -> Result<(&Arc<Plugin>, usize), String> {
+    /// The plugin that registered `tcp-req` (`response`: `tcp-res`) action
+    /// `name`, and its `nb_args`.
+    pub(crate) fn tcp_action(
+        &self,
+        name: &str,
+        response: bool,
+    ) -> Result<(&Arc<Plugin>, usize), String> {
         let mut found = Vec::new();
         let mut other = false;
+        let (kind, rules) = if response {
+            ("tcp-res", "tcp_response")
+        } else {
+            ("tcp-req", "tcp_request")
+        };
+        let registered = |a: &RegAction| if response { a.tcp_res } else { a.tcp };
         for p in &self.list {
             for a in p.registered.actions.iter().filter(|a| a.name == name) {
-                if a.tcp {
-                    found.push((p, a.nb_args_tcp));
+                if registered(a) {
+                    found.push((
+                        p,
+                        if response {
+                            a.nb_args_tcp_res
+                        } else {
+                            a.nb_args_tcp
+                        },
+                    ));
                 } else {
                     other = true;
                 }
@@ -245,7 +266,7 @@ impl Plugins {
         match found.as_slice() {
             [one] => Ok(*one),
             [] if other => Err(format!(
-                "Lua action {name:?} is not registered for tcp_request rules (register it with {{\"tcp-req\"}} in core.register_action)"
+                "Lua action {name:?} is not registered for {rules} rules (register it with {{\"{kind}\"}} in core.register_action)"
             )),
             [] => {
                 let names: Vec<&str> = self
@@ -255,11 +276,11 @@ impl Plugins {
                         p.registered
                             .actions
                             .iter()
-                            .filter(|a| a.tcp)
+                            .filter(|a| registered(a))
                             .map(|a| a.name.as_str())
                     })
                     .collect();
-                Err(unknown("tcp-req action", name, &names, &self.list))
+                Err(unknown(&format!("{kind} action"), name, &names, &self.list))
             }
             [(a, _), (b, _), ..] => Err(format!(
                 "Lua action {name:?} is registered by both plugin {:?} and plugin {:?}; rename one of them",

@@ -59,8 +59,10 @@ pub fn build_tcp_action(
     let Some(n) = &raw.lua else {
         return Err(re.error(re.span.clone(), "internal error: `lua` missing"));
     };
+    // `tcp_response` rules compile in the response phase: `tcp-res` actions.
+    let phase = re.env.phase;
     let (plugin, nb_args) = plugins
-        .tcp_action(n.get_ref())
+        .tcp_action(n.get_ref(), phase == Phase::Response)
         .map_err(|m| re.error(n.span(), m))?;
     let args = match &raw.args {
         Some(a) => arg_strings(a).map_err(|m| re.error(a.span(), m))?,
@@ -80,7 +82,7 @@ pub fn build_tcp_action(
     Ok(Box::new(LuaAction {
         plugin: Arc::clone(plugin),
         name: n.get_ref().clone(),
-        phase: Phase::Request,
+        phase,
         args,
         id: NEXT_RULE.fetch_add(1, Relaxed),
         tcp: true,
@@ -150,7 +152,9 @@ impl LuaAction {
         let binding = match inst.binding(
             self.id,
             |f| {
-                if tcp {
+                if tcp && response {
+                    f.actions_tcp_res.get(name).cloned()
+                } else if tcp {
                     f.actions_tcp.get(name).cloned()
                 } else if response {
                     f.actions_res.get(name).cloned()

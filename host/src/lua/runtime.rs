@@ -155,6 +155,8 @@ pub(crate) struct Funcs {
     pub services: HashMap<String, Function>,
     /// `tcp-req` actions and TCP services.
     pub actions_tcp: HashMap<String, Function>,
+    /// `tcp-res` actions (`tcp_response` rules).
+    pub actions_tcp_res: HashMap<String, Function>,
     pub services_tcp: HashMap<String, Function>,
     /// `core.register_filter`: the class and the function called per `filters` entry.
     pub filters: HashMap<String, (Table, Function)>,

@@ -23,6 +23,8 @@ pub mod queue;
 pub mod reload;
 pub mod stats;
 pub mod tcp;
+pub mod tcp_filter;
+pub mod tcp_response;
 pub mod tls;
 pub mod tunnel;
 pub mod upgrade;

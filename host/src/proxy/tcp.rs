@@ -18,6 +18,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::tcp_filter::{self, Filters};
+use super::tcp_response::Decision as ResDecision;
 use super::tunnel::{self, End, Idle};
 use super::worker::{Epoch, Worker};
 use crate::channel::{self, Channels};
@@ -79,7 +81,14 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, stream: TcpStream, clien
         connect: None,
         termination: "--",
     };
-    let decision = run_rules(fe, &mut txn, &channels, timeouts.client).await;
+    // The filters join the stream before its rules (HAProxy's stream start).
+    let (mut filters, decision) = match Filters::attach(&fe.tcp_filters, &mut txn) {
+        Ok(f) => {
+            let d = run_rules(fe, &mut txn, &channels, timeouts.client).await;
+            (f, d)
+        }
+        Err(_) => (Filters::empty(), Decision::Reject),
+    };
     let _ = txn.plugin_state.take::<Rc<Channels>>(channel::KEY);
     // Log hooks (a Lua action's end resets its plugin's back-off), as an
     // HTTP exchange's chain.log.
@@ -105,6 +114,7 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, stream: TcpStream, clien
                 // Flush and close our side; a client gone already changes nothing.
                 let _ = tokio::time::timeout(timeouts.client, s.shutdown()).await;
             }
+            filters.end(&mut txn);
             finish(&worker, &epoch, frontend, &txn, start, received, &rec);
             return;
         }
@@ -112,22 +122,27 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, stream: TcpStream, clien
     let Ok(ch) = Rc::try_unwrap(channels) else {
         // A plugin kept the channels past its call: nothing safe to splice.
         rec.termination = "PR";
+        filters.end(&mut txn);
         finish(&worker, &epoch, frontend, &txn, start, received, &rec);
         return;
     };
     let (mut client_stream, prefix) = ch.into_client();
+    let prefix_len = prefix.len() as u64;
     forward(
         &worker,
         &epoch,
         frontend,
         &mut txn,
         &mut client_stream,
-        &prefix,
+        prefix,
         &mut rec,
+        &mut filters,
     )
     .await;
-    // From the client: what the rules read, then what the splice moved past the prefix.
-    let spliced = rec.to_server.saturating_sub(prefix.len() as u64);
+    filters.end(&mut txn);
+    // From the client: what the rules read, then what the splice moved past
+    // the prefix (filters may change the count; the log shows what was sent).
+    let spliced = rec.to_server.saturating_sub(prefix_len);
     finish(
         &worker,
         &epoch,
@@ -140,7 +155,7 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, stream: TcpStream, clien
 }
 
 /// Runs filter `f`'s request hook to its end, each wait bounded by `limit`.
-async fn drive(f: &dyn Filter, txn: &mut Txn, limit: Duration) -> Flow {
+pub(super) async fn drive(f: &dyn Filter, txn: &mut Txn, limit: Duration) -> Flow {
     let mut flow = f.on_request(txn);
     loop {
         match flow {
@@ -183,7 +198,8 @@ async fn run_rules(
         }
         match &rule.action {
             TcpAction::Accept => return Decision::Forward,
-            TcpAction::Reject => return Decision::Reject,
+            // `close` is a tcp_response action (not compiled here).
+            TcpAction::Reject | TcpAction::Close => return Decision::Reject,
             TcpAction::Run(f) => match drive(&**f, txn, wait_limit).await {
                 Flow::Continue => {}
                 Flow::Respond(r) if r.cause == Some(ACCEPT_CAUSE) => return Decision::Forward,
@@ -199,15 +215,18 @@ async fn run_rules(
     Decision::Forward
 }
 
-/// Picks a server of the chosen backend, connects (with retries) and splices.
+/// Picks a server of the chosen backend, connects (with retries) and
+/// splices (through the stream's filters, if any).
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     worker: &Rc<Worker>,
     epoch: &Epoch,
     frontend: usize,
     txn: &mut Txn,
     client: &mut TcpStream,
-    prefix: &[u8],
+    prefix: Vec<u8>,
     rec: &mut Record,
+    filters: &mut Filters,
 ) {
     let shared = &epoch.shared;
     let config = &shared.config;
@@ -281,12 +300,122 @@ async fn forward(
         server: backend.server_timeout,
         tunnel: backend.tunnel_timeout,
     };
+    // The response channel's analysis starts once the server is there.
+    if filters.start(txn, true).is_err() {
+        rec.termination = "PD";
+        return;
+    }
+    let fe = &config.frontends[frontend];
+    let res_rules: Vec<&crate::rules::tcp::TcpRule> = fe
+        .tcp_response
+        .iter()
+        .chain(config.backend_tcp_response.get(b).into_iter().flatten())
+        .collect();
+    let (mut prefix, mut res_prefix, mut sent) = (prefix, Vec::new(), 0u64);
+    if !res_rules.is_empty() {
+        // What the client sent so far goes first (through the filters): the
+        // server may need it before it answers.
+        let first = if filters.is_empty() {
+            std::mem::take(&mut prefix)
+        } else {
+            match filters.pass(txn, false, std::mem::take(&mut prefix), false) {
+                Ok(out) => out,
+                Err(_) => {
+                    rec.termination = "PR";
+                    return;
+                }
+            }
+        };
+        match tokio::time::timeout(backend.server_timeout, upstream.write_all(&first)).await {
+            Ok(Ok(())) => sent += first.len() as u64,
+            _ => {
+                sstate.failures.fetch_add(1, Relaxed);
+                rec.termination = "SD";
+                return;
+            }
+        }
+        let ins = super::tcp_response::inspect(
+            &res_rules,
+            txn,
+            client,
+            upstream,
+            fe.response_inspect_delay
+                .max(backend.response_inspect_delay),
+            backend.server_timeout,
+            config.global.timeouts.client,
+            filters.is_empty(),
+        )
+        .await;
+        // Log hooks of the actions (a Lua action's end resets its back-off).
+        for rule in &res_rules {
+            if let TcpAction::Run(f) = &rule.action {
+                f.on_log(txn);
+            }
+        }
+        sent += ins.sent;
+        rec.to_server = sent;
+        let Some(up) = ins.upstream else {
+            rec.termination = "PD";
+            return;
+        };
+        upstream = up;
+        match ins.decision {
+            ResDecision::Forward => {
+                prefix = ins.to_server;
+                res_prefix = ins.to_client;
+            }
+            ResDecision::Reject => {
+                rec.termination = "PD";
+                return;
+            }
+            ResDecision::Close => {
+                // What the server sent goes to the client, then both close.
+                let limit = config.global.timeouts.client;
+                if let Ok(Ok(())) =
+                    tokio::time::timeout(limit, client.write_all(&ins.to_client)).await
+                {
+                    rec.to_client += ins.to_client.len() as u64;
+                }
+                let _ = tokio::time::timeout(limit, client.shutdown()).await;
+                return;
+            }
+        }
+    }
     let mut stop = worker.shutdown_signal();
-    let out = tunnel::splice(client, &mut upstream, prefix, idle, async move {
-        stop.wait().await
-    })
-    .await;
-    rec.to_server = out.to_server;
+    let stop = async move { stop.wait().await };
+    let out = if filters.is_empty() {
+        if !res_prefix.is_empty() {
+            let limit = config.global.timeouts.client;
+            match tokio::time::timeout(limit, client.write_all(&res_prefix)).await {
+                Ok(Ok(())) => rec.to_client += res_prefix.len() as u64,
+                _ => {
+                    rec.termination = "CD";
+                    return;
+                }
+            }
+        }
+        tunnel::splice(client, &mut upstream, &prefix, idle, stop).await
+    } else {
+        let f = tcp_filter::splice(
+            client,
+            &mut upstream,
+            prefix,
+            res_prefix,
+            idle,
+            stop,
+            txn,
+            filters,
+        )
+        .await;
+        if f.refused {
+            rec.to_server = sent + f.outcome.to_server;
+            rec.to_client += f.outcome.to_client;
+            rec.termination = "PD";
+            return;
+        }
+        f.outcome
+    };
+    rec.to_server = sent + out.to_server;
     rec.to_client += out.to_client;
     if matches!(out.end, End::ServerError | End::ServerTimeout) {
         sstate.failures.fetch_add(1, Relaxed);

@@ -204,7 +204,7 @@ pub fn rule_keys(raw: &RawRule) -> Vec<(&'static str, Range<usize>)> {
     keys!(
         cond_if => "if", unless => "unless",
         return_status => "return", body => "body", content_type => "content_type", headers => "headers",
-        deny => "deny", accept => "accept", reject => "reject",
+        deny => "deny", accept => "accept", reject => "reject", close => "close",
         redirect => "redirect", redirect_prefix => "redirect_prefix", redirect_scheme => "redirect_scheme", code => "code",
         set_header => "set_header", add_header => "add_header", del_header => "del_header",
         set_path => "set_path", set_status => "set_status",

@@ -1,5 +1,11 @@
-//! `tcp_request` rules (HAProxy's `tcp-request content`) of a TCP frontend:
-//! compiled here, evaluated by the TCP session (`proxy/tcp.rs`).
+//! `tcp_request` rules (HAProxy's `tcp-request content`) of a TCP frontend
+//! and `tcp_response` rules (`tcp-response content`) of a TCP frontend and
+//! of the backends it uses: compiled here, evaluated by the TCP session
+//! (`proxy/tcp.rs`).
+//!
+//! A `tcp_response` rule takes `accept`, `reject`, `close`, a Lua
+//! `tcp-res` action, `set_var`/`unset_var` and the `sc_*` counters; its
+//! conditions read the server's data (`res.len`, `res.payload`).
 //!
 //! A rule is a condition and one action: `accept`, `reject`, a Lua
 //! `tcp-req` action, `use_service` (a TCP service), `use_backend`,
@@ -37,12 +43,28 @@ pub const TCP_ACTIONS: &[&str] = &[
     "sc_set_gpt",
 ];
 
+/// Actions a `tcp_response` rule takes, as they are written.
+pub const TCP_RES_ACTIONS: &[&str] = &[
+    "accept",
+    "reject",
+    "close",
+    "lua",
+    "set_var",
+    "unset_var",
+    "sc_inc_gpc",
+    "sc_clr_gpc",
+    "sc_set_gpt",
+];
+
 /// What a rule does when its condition holds.
 pub enum TcpAction {
     /// Stop the rules; the connection goes to its backend.
     Accept,
     /// Close the connection.
     Reject,
+    /// `tcp_response` only: what the server sent so far goes to the client,
+    /// then the server connection closes (HAProxy's `close`).
+    Close,
     /// A built-in action or a plugin's `tcp-req` action (a [`Filter`] run
     /// through its request hook: `Continue` goes on, `Respond` ends the
     /// connection, except a reply marked [`ACCEPT_CAUSE`]).
@@ -60,6 +82,7 @@ impl std::fmt::Debug for TcpAction {
         match self {
             TcpAction::Accept => f.write_str("Accept"),
             TcpAction::Reject => f.write_str("Reject"),
+            TcpAction::Close => f.write_str("Close"),
             TcpAction::Run(a) => write!(f, "Run({})", a.name()),
             TcpAction::Service(a) => write!(f, "Service({})", a.name()),
         }
@@ -110,28 +133,50 @@ pub fn compile(
     source: &SourceMap,
     cx: &CompileCtx<'_>,
 ) -> Result<Vec<TcpRule>, ConfigError> {
-    rules.iter().map(|r| compile_one(r, source, cx)).collect()
+    rules
+        .iter()
+        .map(|r| compile_one(r, source, cx, false))
+        .collect()
+}
+
+/// Compiles a frontend's or a backend's `tcp_response` list.
+pub fn compile_response(
+    rules: &[Spanned<RawRule>],
+    source: &SourceMap,
+    cx: &CompileCtx<'_>,
+) -> Result<Vec<TcpRule>, ConfigError> {
+    rules
+        .iter()
+        .map(|r| compile_one(r, source, cx, true))
+        .collect()
 }
 
 fn compile_one(
     rule: &Spanned<RawRule>,
     source: &SourceMap,
     cx: &CompileCtx<'_>,
+    response: bool,
 ) -> Result<TcpRule, ConfigError> {
     let raw = rule.get_ref();
     let keys = action::rule_keys(raw);
-    let is_action = |k: &str| action::find_action(k).is_some() || k == "accept" || k == "reject";
+    let (list, what, has) = if response {
+        (TCP_RES_ACTIONS, "tcp_response", "the server's data")
+    } else {
+        (TCP_ACTIONS, "tcp_request", "no HTTP message")
+    };
+    let is_action =
+        |k: &str| action::find_action(k).is_some() || matches!(k, "accept" | "reject" | "close");
     let mut found: Option<(&'static str, std::ops::Range<usize>)> = None;
     for (key, span) in &keys {
         if !is_action(key) {
             continue;
         }
-        if !TCP_ACTIONS.contains(key) {
+        if !list.contains(key) {
             return Err(source.error(
                 span.clone(),
                 format!(
-                    "`{key}` cannot be used in tcp_request rules (a TCP frontend has no HTTP message); they take: {}",
-                    TCP_ACTIONS.join(", ")
+                    "`{key}` cannot be used in {what} rules (they see {has}); they take: {}",
+                    list.join(", ")
                 ),
             ));
         }
@@ -148,16 +193,15 @@ fn compile_one(
     let Some((key, span)) = found else {
         return Err(source.error(
             rule.span(),
-            format!(
-                "tcp_request rule has no action; add one of: {}",
-                TCP_ACTIONS.join(", ")
-            ),
+            format!("{what} rule has no action; add one of: {}", list.join(", ")),
         ));
     };
-    let env = Env {
-        ctx: cx,
-        phase: Phase::Request,
+    let phase = if response {
+        Phase::Response
+    } else {
+        Phase::Request
     };
+    let env = Env { ctx: cx, phase };
     let (cond, unless) = match (&raw.cond_if, &raw.unless) {
         (Some(_), Some(u)) => {
             return Err(source.error(
@@ -202,6 +246,11 @@ fn compile_one(
             flag(&raw.reject)?;
             bare("reject")?;
             TcpAction::Reject
+        }
+        "close" => {
+            flag(&raw.close)?;
+            bare("close")?;
+            TcpAction::Close
         }
         "lua" | "use_service" => {
             let re = RuleEnv {
@@ -255,12 +304,7 @@ fn compile_one(
             let mut inner = raw.clone();
             inner.cond_if = None;
             inner.unless = None;
-            let f = super::compile_rule(
-                &Spanned::new(rule.span(), inner),
-                Phase::Request,
-                source,
-                cx,
-            )?;
+            let f = super::compile_rule(&Spanned::new(rule.span(), inner), phase, source, cx)?;
             TcpAction::Run(f)
         }
     };

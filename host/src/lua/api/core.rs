@@ -126,7 +126,7 @@ pub(super) fn core_table(
                 }
                 let nb = usize::try_from(nb).unwrap_or(0);
                 while_loading(&collect, "register_action")?;
-                let (mut req, mut res, mut tcp) = (false, false, false);
+                let (mut req, mut res, mut tcp, mut tcp_res) = (false, false, false, false);
                 for i in 1..=kinds.raw_len() {
                     let k: Value = kinds.raw_get(i)?;
                     let Value::String(k) = k else {
@@ -136,8 +136,9 @@ pub(super) fn core_table(
                         b"http-req" => req = true,
                         b"http-res" => res = true,
                         b"tcp-req" => tcp = true,
-                        b"tcp-res" | b"http-after-res" => {
-                            tracing::warn!(plugin = %cx.plugin.name, action = %name, "{} actions are not supported; only http-req, http-res and tcp-req", k.to_string_lossy());
+                        b"tcp-res" => tcp_res = true,
+                        b"http-after-res" => {
+                            tracing::warn!(plugin = %cx.plugin.name, action = %name, "{} actions are not supported; only http-req, http-res, tcp-req and tcp-res", k.to_string_lossy());
                         }
                         other => {
                             return Err(args.err(
@@ -163,6 +164,8 @@ pub(super) fn core_table(
                             nb_args_res: 0,
                             tcp: false,
                             nb_args_tcp: 0,
+                            tcp_res: false,
+                            nb_args_tcp_res: 0,
                         });
                         let last = names.actions.len() - 1;
                         &mut names.actions[last]
@@ -177,6 +180,11 @@ pub(super) fn core_table(
                     entry.tcp = true;
                     entry.nb_args_tcp = nb;
                     funcs.actions_tcp.insert(name.clone(), f.clone());
+                }
+                if tcp_res {
+                    entry.tcp_res = true;
+                    entry.nb_args_tcp_res = nb;
+                    funcs.actions_tcp_res.insert(name.clone(), f.clone());
                 }
                 if res {
                     entry.response = true;

@@ -173,11 +173,12 @@ end
 -- class for each `filter` line and hands the copy to the registration
 -- function), then a new instance for one stream (nil: not attached).
 local confs = {}
-local function new(id, class, fn, args)
+local function new(id, class, fn, args, http)
   -- Without filter.FLT_CFG_FL_HTX (read from the registered class, as
-  -- HAProxy does) a filter is not attached to HTTP streams.
+  -- HAProxy does) a filter is not attached to HTTP streams; TCP streams
+  -- take every filter.
   local flags = math.tointeger(class.flags)
-  if flags == nil or flags & filter.FLT_CFG_FL_HTX == 0 then return nil end
+  if http and (flags == nil or flags & filter.FLT_CFG_FL_HTX == 0) then return nil end
   local c = confs[id]
   if c == nil then
     c = {}
@@ -194,4 +195,4 @@ local function new(id, class, fn, args)
   return o
 end
 
-return call, new, Channel
+return call, new, Channel, F

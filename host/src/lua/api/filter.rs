@@ -63,6 +63,8 @@ pub(crate) struct FilterCx {
     pub data: Cell<[bool; 2]>,
     /// `filter.wake_time` of the running callback, in milliseconds.
     pub wake_ms: Cell<Option<u64>>,
+    /// The running callback filters a TCP stream (its `Channel` works on `buf`).
+    pub tcp: Cell<bool>,
 }
 
 impl FilterCx {
@@ -235,6 +237,16 @@ pub(super) fn install(
         )?;
     }
     {
+        // tcp(): a TCP filter's `tcp_payload` runs (Channel methods work on its window).
+        let fcx = Rc::clone(&fcx);
+        f.raw_set(
+            "tcp",
+            lua.create_function(move |_, ()| {
+                Ok(fcx.tcp.get() && fcx.stage.get() == Stage::Payload)
+            })?,
+        )?;
+    }
+    {
         let fcx = Rc::clone(&fcx);
         f.raw_set(
             "set_eom",
@@ -276,9 +288,9 @@ pub(super) fn install(
         .set_name("=portcullis-filter")
         .into_function()?;
     let err = Value::LightUserData(mark(&ERR_MARK));
-    let (call, conf, channel): (Function, Function, Table) =
+    let (call, conf, channel, prims): (Function, Function, Table, Table) =
         chunk.call((p.clone(), f, txn.clone(), err))?;
-    super::tcp::install(lua, cx, p, &channel, txn)?;
+    super::tcp::install(lua, cx, p, &channel, &prims, txn)?;
     lua.set_named_registry_value(CALL_KEY, call)?;
     lua.set_named_registry_value(CONF_KEY, conf)?;
     Ok(())
@@ -292,7 +304,7 @@ fn body_primitives(lua: &Lua, f: &Table, fcx: &Rc<FilterCx>) -> mlua::Result<()>
         let resp = matches!(a.front(), Some(Value::Boolean(true)));
         if fcx.stage.get() != Stage::Payload || fcx.resp.get() != resp {
             return Err(mlua::Error::runtime(format!(
-                "'{name}' can only be called from http_payload, on the message being filtered"
+                "'{name}' can only be called from http_payload or tcp_payload, on the channel being filtered"
             )));
         }
         Ok(fcx)

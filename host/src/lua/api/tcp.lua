@@ -3,7 +3,7 @@
 -- object TCP services get. `T` holds the primitives over the running
 -- stream; a wait yields a ChanWait to the host (IO marker). Outside a TCP
 -- stream the Channel methods keep their HTTP-mode behaviour (an error).
-local P, T, Channel, txn, ERR, IO = ...
+local P, T, Channel, txn, ERR, IO, F = ...
 local type, error, yield, mtype, tostring = type, error, coroutine.yield, math.type, tostring
 
 local wrap = P.wrap
@@ -22,11 +22,12 @@ local function checkint(v, n, fname)
   return v
 end
 
--- One wait for more client data (request channel only); false when no
+-- One wait for more data on a channel (the request's from the client, the
+-- response's from the server while tcp_response rules run); false when no
 -- more can come. `ms`: see T.wait.
 local function more(resp, ms)
-  if resp then return false end
-  local w = T.wait(ms)
+  if not T.active(resp) then return false end
+  local w = T.wait(ms, resp)
   if w == nil then return false end
   yield(IO, w)
   return T.done(w)
@@ -46,6 +47,13 @@ end
 
 local TC = {}
 
+-- A channel's input length; 0 for a channel not there (the response
+-- channel in a tcp-req action, the request channel in a tcp-res action).
+local function input_of(resp)
+  if not T.active(resp) then return 0 end
+  return T.state("input", resp)
+end
+
 -- data([offset[, length]]): waits until `length` bytes are there past
 -- `offset` (-1: as much as the buffer holds), or no more can come.
 function TC.data(chn, offset, length)
@@ -56,17 +64,17 @@ function TC.data(chn, offset, length)
     if length < 0 then error("length out of range.", 2) end
   end
   while true do
-    local input = resp and 0 or T.state("input")
+    local input = input_of(resp)
     local off = offset_of(offset, input, "data")
     local avail = input - off
     if length == nil then
-      if avail > 0 then return T.sub(off, avail) end
+      if avail > 0 then return T.sub(off, avail, resp) end
       if not more(resp) then return nil end
     elseif avail >= length then
-      return T.sub(off, length)
+      return T.sub(off, length, resp)
     elseif not more(resp) then
       if avail == 0 then return nil end
-      return T.sub(off, avail)
+      return T.sub(off, avail, resp)
     end
   end
 end
@@ -77,36 +85,37 @@ function TC.line(chn, offset, length)
   local resp = chn.__chn
   if length ~= nil then length = checkint(length, 3, "line") end
   while true do
-    local input = resp and 0 or T.state("input")
+    local input = input_of(resp)
     local off = offset_of(offset, input, "line")
-    local nl = (not resp) and T.find(off) or nil
+    local nl = T.active(resp) and T.find(off, resp) or nil
     local limit = length ~= nil and length >= 0 and off + length or nil
     if nl ~= nil and (limit == nil or nl < limit) then
-      return T.sub(off, nl - off + 1)
+      return T.sub(off, nl - off + 1, resp)
     end
-    if limit ~= nil and input >= limit then return T.sub(off, length) end
+    if limit ~= nil and input >= limit then return T.sub(off, length, resp) end
     if not more(resp) then
       if input - off == 0 then return nil end
-      return T.sub(off, input - off)
+      return T.sub(off, input - off, resp)
     end
   end
 end
 
 function TC.get(chn)
   local d = TC.data(chn)
-  if d ~= nil and not chn.__chn then T.splice(0, #d, nil) end
+  if d ~= nil and T.active(chn.__chn) then T.splice(0, #d, nil, chn.__chn) end
   return d
 end
 
 function TC.getline(chn)
   local l = TC.line(chn)
-  if l ~= nil and not chn.__chn then T.splice(0, #l, nil) end
+  if l ~= nil and T.active(chn.__chn) then T.splice(0, #l, nil, chn.__chn) end
   return l
 end
 
 function TC.remove(chn, offset, length)
-  if chn.__chn then return 0 end
-  local input = T.state("input")
+  local resp = chn.__chn
+  if not T.active(resp) then return 0 end
+  local input = T.state("input", resp)
   local off = offset_of(offset, input, "remove")
   local len = input - off
   if length ~= nil then
@@ -116,7 +125,7 @@ function TC.remove(chn, offset, length)
       len = length
     end
   end
-  return T.splice(off, len, nil)
+  return T.splice(off, len, nil, resp)
 end
 
 local function str(v, n, fname)
@@ -127,8 +136,9 @@ end
 
 function TC.set(chn, s, offset, length)
   s = str(s, 2, "set")
-  if chn.__chn then return -1 end
-  local input = T.state("input")
+  local resp = chn.__chn
+  if not T.active(resp) then return -1 end
+  local input = T.state("input", resp)
   local off = offset_of(offset, input, "set")
   local len = input - off
   if length ~= nil then
@@ -138,56 +148,109 @@ function TC.set(chn, s, offset, length)
       len = length
     end
   end
-  local n = T.splice(off, len, s)
+  local n = T.splice(off, len, s, resp)
   if n == -1 then return -1 end
   return #s
 end
 
 function TC.insert(chn, s, offset)
   s = str(s, 2, "insert")
-  if chn.__chn then return -1 end
-  local input = T.state("input")
+  local resp = chn.__chn
+  if not T.active(resp) then return -1 end
+  local input = T.state("input", resp)
   local off = offset_of(offset, input, "insert")
-  local n = T.splice(off, 0, s)
+  local n = T.splice(off, 0, s, resp)
   if n == -1 then return -1 end
   return #s
 end
 function TC.append(chn, s)
   s = str(s, 2, "append")
-  if chn.__chn then return -1 end
-  return TC.insert(chn, s, T.state("input"))
+  return TC.insert(chn, s, input_of(chn.__chn))
 end
 function TC.prepend(chn, s)
   s = str(s, 2, "prepend")
   return TC.insert(chn, s, 0)
 end
 
--- send(string): immediately out: the response channel's data goes to the
--- client now; the request channel's to the server once it is connected.
+-- send(string): immediately out. In a tcp-req action the response
+-- channel's data goes to the client now and the request channel's to the
+-- server once it is connected; in a tcp-res action the response channel's
+-- goes to the client ahead of the server's data.
 function TC.send(chn, s)
   s = str(s, 2, "send")
-  if chn.__chn then
+  local resp = chn.__chn
+  if T.active(resp) then return T.push_out(s, resp) end
+  if resp then
     if #s > 0 then yield(IO, T.send(s)) end
     return #s
   end
-  return T.push_out(s)
+  return -1
 end
 
 function TC.forward(chn, n)
   n = checkint(n, 2, "forward")
-  if chn.__chn then return 0 end
-  return T.forward(n)
+  if not T.active(chn.__chn) then return 0 end
+  return T.forward(n, chn.__chn)
 end
 
-function TC.input(chn) if chn.__chn then return 0 end return T.state("input") end
-function TC.output(chn) if chn.__chn then return 0 end return T.state("output") end
-function TC.is_full(chn) if chn.__chn then return false end return T.state("is_full") end
-function TC.may_recv(chn) if chn.__chn then return false end return T.state("may_recv") end
+function TC.input(chn) return input_of(chn.__chn) end
+function TC.output(chn)
+  if not T.active(chn.__chn) then return 0 end
+  return T.state("output", chn.__chn)
+end
+function TC.is_full(chn)
+  if not T.active(chn.__chn) then return false end
+  return T.state("is_full", chn.__chn)
+end
+function TC.may_recv(chn)
+  if not T.active(chn.__chn) then return false end
+  return T.state("may_recv", chn.__chn)
+end
+
+-- In a TCP filter's tcp_payload the channel is the filter's window: the
+-- bytes it has not forwarded yet (F's primitives, as HTTPMessage's body
+-- methods); nothing there waits for more data (a filter cannot yield).
+local FC = {}
+function FC.data(chn, offset, length)
+  if length ~= nil then length = checkint(length, 3, "data") end
+  return F.body(chn.__chn, offset, length)
+end
+FC.dup = function(chn) return FC.data(chn) end
+function FC.line(chn, offset, length)
+  local d = FC.data(chn, offset, length)
+  if d == nil then return nil end
+  local nl = d:find("\n", 1, true)
+  if nl ~= nil then return d:sub(1, nl) end
+  return d
+end
+function FC.get(chn)
+  local d = FC.data(chn)
+  if d ~= nil and #d > 0 then F.remove(chn.__chn, 0, #d) end
+  return d
+end
+function FC.getline(chn)
+  local l = FC.line(chn)
+  if l ~= nil and #l > 0 then F.remove(chn.__chn, 0, #l) end
+  return l
+end
+function FC.remove(chn, offset, length) return F.remove(chn.__chn, offset, length) end
+function FC.set(chn, s, offset, length) return F.set(chn.__chn, str(s, 2, "set"), offset, length) end
+function FC.insert(chn, s, offset) return F.insert(chn.__chn, str(s, 2, "insert"), offset, "at") end
+function FC.append(chn, s) return F.insert(chn.__chn, str(s, 2, "append"), nil, "end") end
+function FC.prepend(chn, s) return F.insert(chn.__chn, str(s, 2, "prepend"), nil, "front") end
+function FC.send(chn, s) return F.send(chn.__chn, str(s, 2, "send")) end
+function FC.forward(chn, n) return F.forward(chn.__chn, checkint(n, 2, "forward")) end
+function FC.input(chn) return F.state("input", chn.__chn) end
+function FC.output(chn) return F.state("output", chn.__chn) end
+function FC.is_full(chn) return F.state("is_full", chn.__chn) end
+function FC.may_recv(chn) return F.state("may_recv", chn.__chn) end
 
 for m, f in pairs(TC) do
   local http = Channel[m]
+  local flt = FC[m]
   Channel[m] = function(chn, ...)
-    if T.active() then return f(chn, ...) end
+    if flt ~= nil and F.tcp() then return flt(chn, ...) end
+    if T.active(false) or T.active(true) then return f(chn, ...) end
     if http == nil then error("Cannot manipulate HAProxy channels in HTTP mode.", 2) end
     return http(chn, ...)
   end

@@ -1,6 +1,7 @@
 //! TCP mode: `Channel`'s data methods on a TCP stream's raw channels
-//! (`txn.req`/`txn.res` in `tcp-req` actions) and `AppletTCP` (TCP
-//! services). The objects are written in Lua (`tcp.lua`); this file holds
+//! (`txn.req`/`txn.res` in `tcp-req` and `tcp-res` actions) and
+//! `AppletTCP` (TCP services). Each primitive takes an optional last
+//! argument, true for the response channel. The objects are written in Lua (`tcp.lua`); this file holds
 //! the primitives over the running stream's [`Channels`] (found in the
 //! call's transaction).
 //!
@@ -37,14 +38,28 @@ impl ChanWait {
     }
 }
 
-/// The running call's stream channels.
-fn channels(cx: &CallCx) -> mlua::Result<Rc<Channels>> {
-    cx.with_txn(|txn| Ok(crate::channel::of(txn)))?
-        .ok_or_else(|| {
-            mlua::Error::runtime(
-                "no TCP stream: this works in tcp-req actions and TCP services only",
-            )
+/// The running call's request channel (`resp`: its response channel,
+/// there while `tcp_response` rules run).
+fn channels(cx: &CallCx, resp: bool) -> mlua::Result<Rc<Channels>> {
+    cx.with_txn(|txn| {
+        Ok(if resp {
+            crate::channel::of_res(txn)
+        } else {
+            crate::channel::of(txn)
         })
+    })?
+    .ok_or_else(|| {
+        mlua::Error::runtime(if resp {
+            "no response channel: it is there in tcp-res actions only"
+        } else {
+            "no TCP stream: this works in tcp-req actions and TCP services only"
+        })
+    })
+}
+
+/// The optional direction argument `n` (true: the response channel).
+fn resp_arg(args: &Args<'_>, n: usize) -> bool {
+    matches!(args.get(n), Value::Boolean(true))
 }
 
 fn int(n: usize) -> Value {
@@ -68,6 +83,7 @@ pub(super) fn install(
     cx: &Rc<CallCx>,
     p: &Table,
     channel: &Table,
+    filter_prims: &Table,
     txn: &Table,
 ) -> mlua::Result<()> {
     let t = lua.create_table()?;
@@ -76,22 +92,28 @@ pub(super) fn install(
         let cx = Rc::clone(cx);
         add(
             "active",
-            lua.create_function(move |_, ()| {
+            lua.create_function(move |_, resp: Option<bool>| {
                 Ok(cx
-                    .with_txn(|txn| Ok(crate::channel::of(txn).is_some()))
+                    .with_txn(|txn| {
+                        Ok(if resp == Some(true) {
+                            crate::channel::of_res(txn).is_some()
+                        } else {
+                            crate::channel::of(txn).is_some()
+                        })
+                    })
                     .unwrap_or(false))
             })?,
         )?;
     }
     {
-        // state(what): input, output, is_full, may_recv of the request channel.
+        // state(what[, resp]): input, output, is_full, may_recv of a channel.
         let cx = Rc::clone(cx);
         add(
             "state",
             func(lua, move |_, a| {
                 let args = Args::new(&a, "state", 0);
                 let what = args.string(1)?;
-                let ch = channels(&cx)?;
+                let ch = channels(&cx, resp_arg(&args, 2))?;
                 one(match what.as_str() {
                     "input" => int(ch.input()),
                     "output" => int(ch.fwd.get()),
@@ -112,7 +134,7 @@ pub(super) fn install(
                 let args = Args::new(&a, "data", 0);
                 let off = count(&args, 1, 0)?;
                 let len = count(&args, 2, usize::MAX)?;
-                let ch = channels(&cx)?;
+                let ch = channels(&cx, resp_arg(&args, 3))?;
                 let buf = ch
                     .req
                     .try_borrow()
@@ -134,7 +156,7 @@ pub(super) fn install(
             func(lua, move |_, a| {
                 let args = Args::new(&a, "line", 0);
                 let off = count(&args, 1, 0)?;
-                let ch = channels(&cx)?;
+                let ch = channels(&cx, resp_arg(&args, 2))?;
                 let buf = ch
                     .req
                     .try_borrow()
@@ -162,7 +184,7 @@ pub(super) fn install(
                     Value::Nil => Vec::new(),
                     _ => args.bytes(3)?,
                 };
-                let ch = channels(&cx)?;
+                let ch = channels(&cx, resp_arg(&args, 4))?;
                 let mut buf = ch
                     .req
                     .try_borrow_mut()
@@ -188,7 +210,7 @@ pub(super) fn install(
             func(lua, move |_, a| {
                 let args = Args::new(&a, "forward", 0);
                 let n = count(&args, 1, 0)?;
-                let ch = channels(&cx)?;
+                let ch = channels(&cx, resp_arg(&args, 2))?;
                 let n = n.min(ch.input());
                 ch.fwd.set(ch.fwd.get() + n);
                 one(int(n))
@@ -203,7 +225,7 @@ pub(super) fn install(
             func(lua, move |_, a| {
                 let args = Args::new(&a, "send", 0);
                 let data = args.bytes(1)?;
-                let ch = channels(&cx)?;
+                let ch = channels(&cx, resp_arg(&args, 2))?;
                 let mut buf = ch
                     .req
                     .try_borrow_mut()
@@ -228,7 +250,7 @@ pub(super) fn install(
             "wait",
             func(lua, move |lua, a| {
                 let args = Args::new(&a, "wait", 0);
-                let ch = channels(&cx)?;
+                let ch = channels(&cx, resp_arg(&args, 2))?;
                 match args.get(1) {
                     Value::Nil => {}
                     _ => {
@@ -263,7 +285,7 @@ pub(super) fn install(
             func(lua, move |lua, a| {
                 let args = Args::new(&a, "send", 0);
                 let data = args.bytes(1)?;
-                let ch = channels(&cx)?;
+                let ch = channels(&cx, false)?;
                 let ok = Rc::new(std::cell::Cell::new(false));
                 let set = Rc::clone(&ok);
                 let fut: WaitFuture = Box::pin(async move {
@@ -296,6 +318,7 @@ pub(super) fn install(
         txn.clone(),
         Value::LightUserData(mark(&ERR_MARK)),
         Value::LightUserData(mark(&IO_MARK)),
+        filter_prims.clone(),
     ))?;
     lua.set_named_registry_value(APPLET_KEY, applet)?;
     Ok(())

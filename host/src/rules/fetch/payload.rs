@@ -1,6 +1,7 @@
-//! Layer-4 content fetches (`req.len`, `req.payload`, `req.payload_lv`):
-//! the request channel of a TCP-mode stream ([`crate::channel`]), or in an
-//! HTTP transaction the request body part read so far. As in HAProxy, a
+//! Layer-4 content fetches (`req.len`, `req.payload`, `req.payload_lv` and
+//! their `res.*` twins): the request (response) channel of a TCP-mode
+//! stream ([`crate::channel`]; the response one while `tcp_response` rules
+//! run), or in an HTTP transaction the request (response) body part read so far. As in HAProxy, a
 //! value more data may change is flagged ([`watch_may_change`]): a
 //! `tcp_request` condition that fails on one waits for more data
 //! (`rules/tcp.rs`).
@@ -30,23 +31,35 @@ fn may_change() {
     MAY_CHANGE.with(|m| m.set(true));
 }
 
-/// Runs `f` on the request data of `txn`.
-fn with_data<R>(txn: &Txn, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
-    if let Some(ch) = crate::channel::of(txn) {
+/// Runs `f` on the request (`resp`: response) data of `txn`.
+fn with_data<R>(txn: &Txn, resp: bool, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    let ch = if resp {
+        crate::channel::of_res(txn)
+    } else {
+        crate::channel::of(txn)
+    };
+    if let Some(ch) = ch {
         let b = ch.req.try_borrow().ok()?;
         return Some(f(b.get(ch.fwd.get()..).unwrap_or(&[])));
     }
-    txn.req_buffered.as_ref().map(|b| f(&b.data))
+    let body = if resp {
+        &txn.resp_buffered
+    } else {
+        &txn.req_buffered
+    };
+    body.as_ref().map(|b| f(&b.data))
 }
 
-/// `req.len`: bytes in the request buffer.
+/// `req.len` / `res.len`: bytes in the channel's buffer.
 #[derive(Debug)]
-struct Len;
+struct Len {
+    resp: bool,
+}
 
 impl Fetch for Len {
     fn fetch<'t>(&'t self, txn: &'t Txn) -> Option<Value<'t>> {
         may_change();
-        let n = with_data(txn, <[u8]>::len).unwrap_or(0);
+        let n = with_data(txn, self.resp, <[u8]>::len).unwrap_or(0);
         Some(Value::Int(i64::try_from(n).unwrap_or(i64::MAX)))
     }
 }
@@ -57,11 +70,12 @@ impl Fetch for Len {
 struct Payload {
     off: usize,
     len: usize,
+    resp: bool,
 }
 
 impl Fetch for Payload {
     fn fetch<'t>(&'t self, txn: &'t Txn) -> Option<Value<'t>> {
-        let v = with_data(txn, |d| {
+        let v = with_data(txn, self.resp, |d| {
             let end = if self.len == 0 {
                 d.len()
             } else {
@@ -85,11 +99,12 @@ struct PayloadLv {
     off1: usize,
     len: usize,
     off2: Option<usize>,
+    resp: bool,
 }
 
 impl Fetch for PayloadLv {
     fn fetch<'t>(&'t self, txn: &'t Txn) -> Option<Value<'t>> {
-        let v = with_data(txn, |d| {
+        let v = with_data(txn, self.resp, |d| {
             let len_bytes = d.get(self.off1..self.off1.checked_add(self.len)?)?;
             let n = len_bytes.iter().try_fold(0usize, |acc, b| {
                 acc.checked_mul(256)?.checked_add(usize::from(*b))
@@ -125,22 +140,46 @@ fn offset(c: &Call<'_>, i: usize, what: &str) -> Result<usize, ParseError> {
 }
 
 pub(super) fn b_len(_: &Call<'_>, _: &Env<'_>) -> Result<Box<dyn Fetch>, ParseError> {
-    Ok(Box::new(Len))
+    Ok(Box::new(Len { resp: false }))
+}
+
+pub(super) fn b_res_len(_: &Call<'_>, _: &Env<'_>) -> Result<Box<dyn Fetch>, ParseError> {
+    Ok(Box::new(Len { resp: true }))
 }
 
 pub(super) fn b_payload(c: &Call<'_>, _: &Env<'_>) -> Result<Box<dyn Fetch>, ParseError> {
+    payload(c, false)
+}
+
+pub(super) fn b_res_payload(c: &Call<'_>, _: &Env<'_>) -> Result<Box<dyn Fetch>, ParseError> {
+    payload(c, true)
+}
+
+fn payload(c: &Call<'_>, resp: bool) -> Result<Box<dyn Fetch>, ParseError> {
     Ok(Box::new(Payload {
         off: offset(c, 0, "the payload offset")?,
         len: offset(c, 1, "the payload length")?,
+        resp,
     }))
 }
 
 pub(super) fn b_payload_lv(c: &Call<'_>, _: &Env<'_>) -> Result<Box<dyn Fetch>, ParseError> {
+    payload_lv(c, false)
+}
+
+pub(super) fn b_res_payload_lv(c: &Call<'_>, _: &Env<'_>) -> Result<Box<dyn Fetch>, ParseError> {
+    payload_lv(c, true)
+}
+
+fn payload_lv(c: &Call<'_>, resp: bool) -> Result<Box<dyn Fetch>, ParseError> {
     let len = offset(c, 1, "the length field's size")?;
     if !(1..=8).contains(&len) {
         return Err(ParseError::new(
             c.offset,
-            "req.payload_lv: the length field's size must be between 1 and 8 bytes",
+            format!(
+                "{}.payload_lv: the length field's size must be between 1 and 8 bytes, got {len}",
+                if resp { "res" } else { "req" }
+            ),
         ));
     }
     Ok(Box::new(PayloadLv {
@@ -151,5 +190,6 @@ pub(super) fn b_payload_lv(c: &Call<'_>, _: &Env<'_>) -> Result<Box<dyn Fetch>, 
         } else {
             None
         },
+        resp,
     }))
 }
