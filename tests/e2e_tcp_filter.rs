@@ -400,9 +400,28 @@ fn trace(out: &str) -> Vec<(Vec<String>, Vec<String>)> {
     conns.into_iter().map(|(_, req, res)| (req, res)).collect()
 }
 
+/// The script parses frames out of whatever chunks its proxy hands it, so
+/// its trace depends on how the client's writes were split into reads: a
+/// preface, SETTINGS and WINDOW_UPDATE read in one piece makes HAProxy's
+/// run of it misparse (`[TYPE_0x0d ...]`). A run is compared only when
+/// both traces are whole; up to three runs are made, and each one that is
+/// whole must match exactly.
 #[tokio::test]
 async fn h2_tracer_fixture_matches_haproxy() {
     haproxy_26();
+    let mut last = String::new();
+    for _ in 0..3 {
+        match h2_tracer_run().await {
+            Ok(()) => return,
+            Err(why) => last = why,
+        }
+    }
+    panic!("no run of the h2-tracer gave whole traces on both proxies; the last: {last}");
+}
+
+/// One run of [`h2_tracer_fixture_matches_haproxy`]: `Err` when a trace was
+/// cut by its chunking; a whole trace that differs fails the test.
+async fn h2_tracer_run() -> Result<(), String> {
     let [web, admin, hweb] = free_addrs();
     let be = h2c_backend().await;
     let script = tracer();
@@ -445,19 +464,23 @@ async fn h2_tracer_fixture_matches_haproxy() {
     };
     let (hreq, hres) = &client(trace(&hlog));
     let (req, res) = &client(trace(&d.stdout()));
-    assert!(
-        hreq.first().is_some_and(|l| l == "### req start")
-            && hreq.iter().any(|l| l == "[PREFACE len=24]")
-            && hreq.iter().any(|l| l.starts_with("[HEADERS EH+ES sid=1 "))
-            && hreq.last().is_some_and(|l| l.starts_with("### req end: ")),
-        "HAProxy's trace of the requests: {hreq:#?}\n{hlog}"
-    );
-    assert!(
-        hres.iter().any(|l| l.starts_with("[DATA ES sid=3 ")),
-        "HAProxy's trace of the responses: {hres:#?}"
-    );
+    let whole = |req: &[String], res: &[String]| {
+        req.first().is_some_and(|l| l == "### req start")
+            && req.iter().any(|l| l == "[PREFACE len=24]")
+            && req.iter().any(|l| l.starts_with("[HEADERS EH+ES sid=1 "))
+            && req.last().is_some_and(|l| l.starts_with("### req end: "))
+            && res.iter().any(|l| l.starts_with("[DATA ES sid=3 "))
+            && !req.iter().chain(res).any(|l| l.contains("TYPE_0x"))
+    };
+    if !whole(hreq, hres) {
+        return Err(format!("HAProxy's trace: {hreq:#?} {hres:#?}\n{hlog}"));
+    }
+    if !whole(req, res) {
+        return Err(format!("portcullis's trace: {req:#?} {res:#?}\n{}", d.stdout()));
+    }
     assert_eq!(req, hreq, "the request trace matches HAProxy's");
     assert_eq!(res, hres, "the response trace matches HAProxy's");
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
