@@ -651,7 +651,10 @@ pub(super) enum Wake {
 /// Waits, holding no buffer, until `stream` is readable or `deadline`
 /// passes. The worker sheds such connections when it runs out of
 /// connection slots (nginx does the same with idle keep-alive connections).
-/// With `shutdown`, a start of the drain shortens the wait to the drain linger.
+/// A start of the drain shortens the wait to [`DRAIN_LINGER`]: a request may
+/// already be on its way (a keep-alive client's next one, or the first one
+/// of a connection accepted just before the drain), and closing under it
+/// would fail it; once it comes it is answered with `Connection: close`.
 pub(super) async fn wait_readable(
     stream: &TcpStream,
     worker: &Worker,
@@ -665,14 +668,15 @@ pub(super) async fn wait_readable(
     let mut draining = state.is_some_and(|s| s.draining.get().is_some());
     loop {
         tokio::select! {
+            // Bytes that came win over a deadline, a shed or the drain due at the same time.
+            biased;
             r = stream.readable() => return if r.is_ok() { Wake::Readable } else { Wake::Close },
             () = tokio::time::sleep_until(deadline) => return Wake::Close,
             () = &mut shed => return Wake::Close,
             () = shutdown.wait(), if !draining => {
-                // A connection that never sent a byte is closed at once; an
-                // idle keep-alive one lingers for a request already on its way.
-                let Some(s) = state else { return Wake::Close };
-                s.start_drain();
+                if let Some(s) = state {
+                    s.start_drain();
+                }
                 draining = true;
                 deadline = deadline.min(Instant::now() + DRAIN_LINGER);
             }
