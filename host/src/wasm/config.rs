@@ -29,6 +29,7 @@ pub fn load_plugins(
     tables: Option<Arc<dyn super::StickApi>>,
     pause_timeout: Duration,
     used: &HashSet<String>,
+    code: &mut crate::plugin::code::CodeFiles,
 ) -> Result<Vec<Arc<WasmPlugin>>, ConfigError> {
     let upstreams: HashMap<String, SocketAddr> = backends
         .iter()
@@ -64,6 +65,7 @@ pub fn load_plugins(
             tables.clone(),
             pause_timeout,
             !used.contains(name),
+            code,
         )?;
         let load_err = |e: super::WasmLoadError| {
             source.error(
@@ -132,7 +134,7 @@ struct Vm<'a> {
     /// Indexes of its plugins in the loaded list, in config order.
     members: Vec<usize>,
     /// The first plugin's module bytes and entry.
-    bytes: Vec<u8>,
+    bytes: Arc<[u8]>,
     first: &'a RawPlugin,
 }
 
@@ -196,7 +198,8 @@ fn prepare(
     tables: Option<Arc<dyn super::StickApi>>,
     pause_timeout: Duration,
     root_only: bool,
-) -> Result<(PluginSpec, std::path::PathBuf, Vec<u8>), ConfigError> {
+    code: &mut crate::plugin::code::CodeFiles,
+) -> Result<(PluginSpec, std::path::PathBuf, Arc<[u8]>), ConfigError> {
     let name = p.name.get_ref();
     if let Some(l) = &p.lua {
         return Err(source.error(
@@ -267,7 +270,7 @@ fn prepare(
         None => OnError::FailOpen,
     };
     let path = crate::config::resolve_path(source.file(), wasm.get_ref());
-    let bytes = std::fs::read(&path).map_err(|e| {
+    let bytes = code.read(name, &path).map_err(|e| {
         source.error(
             wasm.span(),
             format!(
