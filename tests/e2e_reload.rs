@@ -1,7 +1,10 @@
 //! Reload without losing a request (issue 19), through the real binary:
 //! `POST /reload` and `SIGHUP` under keep-alive and new-connection load, a
-//! broken config that changes nothing, listeners added and removed, and a
-//! binary upgrade that takes over the listening sockets.
+//! broken config that changes nothing, listeners added and removed, a
+//! binary upgrade that takes over the listening sockets, connections that
+//! keep their frontend when a reload reorders or removes frontends, log
+//! settings that follow a reload, a plugin reload that reads only that
+//! plugin's file, and replaced generations freed once their last request ends.
 
 mod common;
 
