@@ -14,11 +14,14 @@ use std::net::TcpListener;
 use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::config::admin::AdminListen;
 use crate::config::{self, BindCheck, ConfigError, Spec};
 use crate::filter::Chain;
 use crate::plugin::PluginHost;
+use crate::plugin::code::CodeFiles;
 use crate::rules::{CompileCtx, Extensions, RuleExtension};
 use crate::stick::StickTables;
 
@@ -37,6 +40,37 @@ pub struct Runtime {
     pub plugins: Vec<Arc<dyn PluginHost>>,
     /// Each backend's `tcp_response` rules (by backend index), run for TCP frontends.
     pub backend_tcp_response: Vec<Vec<crate::rules::tcp::TcpRule>>,
+    /// The plugin files as this assembly read them: a per-plugin reload
+    /// takes every other plugin's from here instead of reading it again.
+    pub plugin_files: Vec<crate::plugin::code::CodeFile>,
+    /// Counts this runtime in [`live`] while it exists.
+    _live: Live,
+}
+
+/// Runtimes assembled and not dropped yet in this process.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// How many runtimes exist: in the daemon, the generation in force plus the
+/// replaced ones some request (or task) still holds; 1 once they ended. A
+/// count that stays above 1 with no request in flight is a leak.
+pub fn live() -> usize {
+    LIVE.load(Relaxed)
+}
+
+/// A runtime's place in [`LIVE`].
+struct Live;
+
+impl Live {
+    fn new() -> Live {
+        LIVE.fetch_add(1, Relaxed);
+        Live
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Runtime {
@@ -158,6 +192,16 @@ pub fn assemble(spec: Spec) -> Result<Runtime, ConfigError> {
 /// [`assemble`] for a reload of `previous`: stick tables declared as before
 /// keep their entries (a changed one starts empty, said in `global.warnings`).
 pub fn assemble_after(spec: Spec, previous: Option<&Runtime>) -> Result<Runtime, ConfigError> {
+    assemble_with(spec, previous, CodeFiles::from_disk())
+}
+
+/// [`assemble_after`] with the plugin files taken from `code` (see
+/// [`CodeFiles::reusing`]: a per-plugin reload reads only that plugin's files).
+pub fn assemble_with(
+    spec: Spec,
+    previous: Option<&Runtime>,
+    mut code: CodeFiles,
+) -> Result<Runtime, ConfigError> {
     let Spec {
         source,
         global,
@@ -194,7 +238,7 @@ pub fn assemble_after(spec: Spec, previous: Option<&Runtime>) -> Result<Runtime,
         client_timeout: global.timeouts.client,
     };
     let lua = Arc::new(crate::lua::LuaHost {
-        plugins: crate::lua::load_plugins(&plugins, &source, &view)?,
+        plugins: crate::lua::load_plugins(&plugins, &source, &view, &mut code)?,
     });
     // Plugins log while they start, before the daemon sets up its logging.
     crate::wasm::abi::proxy_wasm::set_configured_level(&global.log_level);
@@ -219,6 +263,7 @@ pub fn assemble_after(spec: Spec, previous: Option<&Runtime>) -> Result<Runtime,
             )))),
             global.timeouts.server,
             &wasm_used,
+            &mut code,
         )?,
     });
     let hosts: Vec<Arc<dyn PluginHost>> = vec![Arc::clone(&lua) as Arc<dyn PluginHost>, wasm];
@@ -286,5 +331,7 @@ pub fn assemble_after(spec: Spec, previous: Option<&Runtime>) -> Result<Runtime,
         servers,
         tables,
         plugins: hosts,
+        plugin_files: code.into_used(),
+        _live: Live::new(),
     })
 }

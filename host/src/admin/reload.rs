@@ -69,6 +69,7 @@ pub fn stats_json(shared: &Shared) -> Value {
         "last_success_unix": time(r.last_success.load(Relaxed)),
         "last_failure_unix": time(r.last_failure.load(Relaxed)),
         "last_error": r.last_error(),
+        "generations_live": crate::runtime::live(),
     })
 }
 
@@ -101,5 +102,11 @@ pub fn metrics(shared: &Shared, f: &mut Writer) {
         "gauge",
         "Runtime generation in force: 0 at start, one more per successful reload.",
         [(String::new(), shared.id)],
+    );
+    f.family(
+        "portcullis_config_generations_live",
+        "gauge",
+        "Runtime generations in memory: the one in force plus replaced ones whose last request has not ended.",
+        [(String::new(), crate::runtime::live() as u64)],
     );
 }

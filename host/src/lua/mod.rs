@@ -374,6 +374,7 @@ pub fn load_plugins(
     raw: &[Spanned<RawPlugin>],
     source: &SourceMap,
     view: &HostView,
+    code: &mut crate::plugin::code::CodeFiles,
 ) -> Result<Plugins, ConfigError> {
     let mut list: Vec<Arc<Plugin>> = Vec::with_capacity(raw.len());
     // One per config: every plugin sees the same in-memory map files, as
@@ -392,7 +393,7 @@ pub fn load_plugins(
             // Another plugin host's.
             continue;
         }
-        list.push(Arc::new(load_one(p, source, view, &maps)?));
+        list.push(Arc::new(load_one(p, source, view, &maps, code)?));
     }
     Ok(Plugins { list })
 }
@@ -402,6 +403,7 @@ fn load_one(
     source: &SourceMap,
     view: &HostView,
     maps: &Arc<crate::rules::pattern::PatternCache>,
+    code: &mut crate::plugin::code::CodeFiles,
 ) -> Result<Plugin, ConfigError> {
     let name = p.name.get_ref();
     crate::config::check_name(source, &p.name, "plugin")?;
@@ -511,20 +513,30 @@ fn load_one(
         None => Vec::new(),
     };
     let path = crate::config::resolve_path(source.file(), lua.get_ref());
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        source.error(
-            lua.span(),
-            format!(
-                "plugin {name:?}: cannot read Lua script {}: {e}",
-                path.display()
-            ),
-        )
-    })?;
+    let text = code
+        .read(name, &path)
+        .and_then(|b| {
+            std::str::from_utf8(&b).map(Arc::<str>::from).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "stream did not contain valid UTF-8",
+                )
+            })
+        })
+        .map_err(|e| {
+            source.error(
+                lua.span(),
+                format!(
+                    "plugin {name:?}: cannot read Lua script {}: {e}",
+                    path.display()
+                ),
+            )
+        })?;
     let mut plugin = Plugin {
         id: NEXT_ID.fetch_add(1, Relaxed),
         name: Arc::from(name.as_str()),
         path,
-        source: Arc::from(text),
+        source: text,
         args,
         lua_path,
         memory_limit,

@@ -7,8 +7,8 @@
 //! every failure.
 //!
 //! Lock-free: a few atomics per plugin and kind, shared by all workers. The
-//! settings are process-wide and set once at start (`[global]
-//! plugin_failure_log_burst` / `plugin_failure_log_interval`).
+//! settings are process-wide (`[global] plugin_failure_log_burst` /
+//! `plugin_failure_log_interval`), set at start and again by every reload.
 
 use std::sync::OnceLock;
 use std::sync::atomic::Ordering::Relaxed;
@@ -36,18 +36,28 @@ impl Default for Settings {
     }
 }
 
-static SETTINGS: OnceLock<Settings> = OnceLock::new();
+/// The burst in force.
+static BURST: AtomicU32 = AtomicU32::new(DEFAULT_BURST);
+/// The interval in force, in milliseconds (the config takes whole milliseconds).
+static INTERVAL_MS: AtomicU64 = AtomicU64::new(DEFAULT_INTERVAL.as_millis() as u64);
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
-/// Sets the process-wide settings (the first call wins: they do not change
-/// on reload).
+/// Sets the process-wide settings (at start, and by each reload: a failure
+/// after it is limited by the new ones; the counts so far stay).
 pub fn configure(s: Settings) {
-    let _ = SETTINGS.set(s);
+    BURST.store(s.burst, Relaxed);
+    INTERVAL_MS.store(
+        u64::try_from(s.interval.as_millis()).unwrap_or(u64::MAX),
+        Relaxed,
+    );
 }
 
 /// The settings in force.
 pub fn settings() -> Settings {
-    SETTINGS.get().copied().unwrap_or_default()
+    Settings {
+        burst: BURST.load(Relaxed),
+        interval: Duration::from_millis(INTERVAL_MS.load(Relaxed)),
+    }
 }
 
 /// Milliseconds since the first use (monotonic), never 0.

@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::metrics::Writer;
 pub use crate::rules::RuleExtension;
 
+pub mod code;
 pub mod lograte;
 
 /// One plugin kind's plugins, as the daemon runs them.

@@ -5,7 +5,7 @@
 //! fills, every 100 ms, and at shutdown), so the request path never makes a
 //! syscall or takes a lock for logging.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -67,12 +67,13 @@ struct ClockCache {
     prefix: String,
 }
 
-/// A worker's access-log buffer.
+/// A worker's access-log buffer. Its format and sink are those of the
+/// generation in force: a reload replaces them ([`AccessLog::reconfigure`]).
 pub struct AccessLog {
-    format: AccessLogFormat,
+    format: Cell<AccessLogFormat>,
     buf: RefCell<String>,
     clock: RefCell<ClockCache>,
-    sink: Arc<Sink>,
+    sink: RefCell<Arc<Sink>>,
 }
 
 /// Appends `n` in decimal (the formatting machinery costs more than the line's text).
@@ -112,19 +113,29 @@ impl AccessLog {
     /// A logger writing `format` lines to `sink`.
     pub fn new(format: AccessLogFormat, sink: Arc<Sink>) -> AccessLog {
         AccessLog {
-            format,
+            format: Cell::new(format),
             buf: RefCell::new(String::with_capacity(FLUSH_AT + 1024)),
             clock: RefCell::new(ClockCache {
                 secs: u64::MAX,
                 prefix: String::new(),
             }),
-            sink,
+            sink: RefCell::new(sink),
         }
+    }
+
+    /// A reload: lines buffered so far go to the old sink in the old
+    /// format; later lines (of requests that started before the reload
+    /// too) are written in `format` to `sink`.
+    pub fn reconfigure(&self, format: AccessLogFormat, sink: Arc<Sink>) {
+        self.flush();
+        self.format.set(format);
+        *self.sink.borrow_mut() = sink;
     }
 
     /// Starts a line: the syslog header when the sink is syslog.
     fn begin_line(&self, buf: &mut String) {
-        if !self.sink.is_syslog() {
+        let sink = self.sink.borrow();
+        if !sink.is_syslog() {
             return;
         }
         let now = SystemTime::now()
@@ -132,8 +143,7 @@ impl AccessLog {
             .unwrap_or_default();
         self.update_clock(now);
         let clock = self.clock.borrow();
-        self.sink
-            .write_header(buf, &clock.prefix, now.subsec_millis());
+        sink.write_header(buf, &clock.prefix, now.subsec_millis());
     }
 
     /// Recomputes the cached date-and-seconds if `now` is in another second.
@@ -173,18 +183,19 @@ impl AccessLog {
 
     /// Whether lines are written at all.
     pub fn enabled(&self) -> bool {
-        self.format != AccessLogFormat::Off
+        self.format.get() != AccessLogFormat::Off
     }
 
     /// Appends one line (and flushes if the buffer is full).
     pub fn write(&self, rec: &LogRecord<'_>) {
         let full = {
             let mut buf = self.buf.borrow_mut();
-            if self.format == AccessLogFormat::Off {
+            let format = self.format.get();
+            if format == AccessLogFormat::Off {
                 return;
             }
             self.begin_line(&mut buf);
-            match self.format {
+            match format {
                 AccessLogFormat::Off => {}
                 AccessLogFormat::Text => {
                     // ` client frontend backend/server "METHOD path VERSION" status bytes `
@@ -242,7 +253,7 @@ impl AccessLog {
     pub fn write_with(&self, line: impl FnOnce(&mut String)) {
         let full = {
             let mut buf = self.buf.borrow_mut();
-            if self.format == AccessLogFormat::Off {
+            if self.format.get() == AccessLogFormat::Off {
                 return;
             }
             self.begin_line(&mut buf);
@@ -272,7 +283,7 @@ impl AccessLog {
         if buf.is_empty() {
             return;
         }
-        self.sink.send(&buf);
+        self.sink.borrow().send(&buf);
         buf.clear();
     }
 }

@@ -14,7 +14,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,9 +25,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::worker::{ShutdownSignal, Worker};
+use super::worker::{FrontendRef, ShutdownSignal, Worker};
 use crate::config::Timeouts;
-use crate::runtime::Runtime;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -107,9 +105,10 @@ pub struct ConnState {
     /// HTTP/1: a request on this connection came with a body (which may be
     /// unread when the connection closes: see [`LINGER_MAX`]).
     body_seen: Cell<bool>,
-    /// The config and frontend whose `errorfiles` replace the pages written
-    /// below hyper; `None` when the frontend replaces none.
-    pages: Option<(Arc<Runtime>, usize)>,
+    /// The frontend's `errorfiles` that replace the pages written below
+    /// hyper (a copy per generation and worker: an idle connection must not
+    /// keep a replaced runtime alive); `None` when the frontend replaces none.
+    pages: Option<Rc<crate::error::ErrorPages>>,
     /// HTTP/1: a tunnel answered (`101`, or `200` to a CONNECT), run on the
     /// socket once hyper wrote the answer (`proxy/upgraded.rs`).
     tunnel: Cell<Option<super::upgraded::Tunnel>>,
@@ -154,7 +153,7 @@ impl ConnState {
     fn raw_error(&self, status: http::StatusCode) -> Bytes {
         self.pages
             .as_ref()
-            .and_then(|(c, f)| c.frontends.get(*f)?.errors.get(status))
+            .and_then(|p| p.get(status))
             .map_or_else(|| crate::error::raw_response(status), |o| o.raw.clone())
     }
 
@@ -661,7 +660,10 @@ pub(super) enum Wake {
 /// Waits, holding no buffer, until `stream` is readable or `deadline`
 /// passes. The worker sheds such connections when it runs out of
 /// connection slots (nginx does the same with idle keep-alive connections).
-/// With `shutdown`, a start of the drain shortens the wait to the drain linger.
+/// A start of the drain shortens the wait to [`DRAIN_LINGER`]: a request may
+/// already be on its way (a keep-alive client's next one, or the first one
+/// of a connection accepted just before the drain), and closing under it
+/// would fail it; once it comes it is answered with `Connection: close`.
 pub(super) async fn wait_readable(
     stream: &TcpStream,
     worker: &Worker,
@@ -675,14 +677,15 @@ pub(super) async fn wait_readable(
     let mut draining = state.is_some_and(|s| s.draining.get().is_some());
     loop {
         tokio::select! {
+            // Bytes that came win over a deadline, a shed or the drain due at the same time.
+            biased;
             r = stream.readable() => return if r.is_ok() { Wake::Readable } else { Wake::Close },
             () = tokio::time::sleep_until(deadline) => return Wake::Close,
             () = &mut shed => return Wake::Close,
             () = shutdown.wait(), if !draining => {
-                // A connection that never sent a byte is closed at once; an
-                // idle keep-alive one lingers for a request already on its way.
-                let Some(s) = state else { return Wake::Close };
-                s.start_drain();
+                if let Some(s) = state {
+                    s.start_drain();
+                }
                 draining = true;
                 deadline = deadline.min(Instant::now() + DRAIN_LINGER);
             }
@@ -787,7 +790,12 @@ where
 }
 
 /// Serves one accepted client connection until it closes or the worker shuts down.
-pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, client: SocketAddr) {
+pub async fn serve(
+    worker: Rc<Worker>,
+    frontend: FrontendRef,
+    mut stream: TcpStream,
+    client: SocketAddr,
+) {
     let local = stream.local_addr().unwrap_or(client);
     // The generation in force at accept sets the connection's timeouts and
     // limits; each request then runs on the generation in force when it starts.
@@ -830,7 +838,8 @@ pub async fn serve(worker: Rc<Worker>, frontend: usize, mut stream: TcpStream, c
 
 /// A connection ready for HTTP: where it came from, when, and its TLS facts.
 pub struct Opened {
-    pub frontend: usize,
+    /// The frontend that accepted it (found by name in later generations).
+    pub frontend: FrontendRef,
     pub client: SocketAddr,
     pub local: SocketAddr,
     pub accepted: Instant,
@@ -887,18 +896,13 @@ async fn serve_stream<S: ClientStream>(
         if h2 { ConnPhase::Busy } else { ConnPhase::Head },
         accepted,
     );
-    let config = &epoch.shared.config;
-    if config
-        .frontends
-        .get(frontend)
-        .is_some_and(|f| !f.errors.is_empty())
-    {
-        state.pages = Some((Arc::clone(config), frontend));
-    }
+    state.pages = frontend
+        .index_in(&epoch.shared)
+        .and_then(|i| epoch.error_pages.get(i)?.clone());
     let state = Rc::new(state);
     let ctx = Rc::new(super::handler::ConnCtx::new(
         Rc::clone(&worker),
-        frontend,
+        frontend.clone(),
         client,
         local,
         Rc::clone(&state),
@@ -994,12 +998,12 @@ async fn serve_stream<S: ClientStream>(
         }
     };
     if state.sent_408.get() {
-        worker.record_local_error(frontend, client, 408, "request head timeout");
+        worker.record_local_error(&frontend, client, 408, "request head timeout");
     }
     if let Err(e) = result {
         if e.is_parse() || e.is_parse_too_large() {
             let status = if e.is_parse_too_large() { 431 } else { 400 };
-            worker.record_local_error(frontend, client, status, &e.to_string());
+            worker.record_local_error(&frontend, client, status, &e.to_string());
         } else {
             tracing::debug!(%client, error = %e, "client connection ended with an error");
         }

@@ -24,7 +24,7 @@ use super::head::{prepare_request, remove_connection_options, strip_hop_by_hop};
 use super::pool::PooledConn;
 use super::tunnel::{self, End, Idle};
 use super::upgraded::{Ask, ServerSide, Tunnel, TunnelEnd};
-use super::worker::{Epoch, Worker};
+use super::worker::{Epoch, FrontendRef, Worker};
 use crate::filter::Reply;
 use crate::txn::{BackendChoice, Phase, Txn, VarStore};
 
@@ -51,21 +51,16 @@ impl ConnCtx {
     /// Context for a connection accepted by `frontend` from `client`.
     pub fn new(
         worker: Rc<Worker>,
-        frontend: usize,
+        frontend: FrontendRef,
         client: SocketAddr,
         local: SocketAddr,
         state: Rc<ConnState>,
         tls: Option<Rc<crate::tls::TlsFacts>>,
     ) -> ConnCtx {
-        let epoch = worker.current();
-        let frontend_name = epoch
-            .frontend_names
-            .get(frontend)
-            .map_or_else(|| Rc::from(""), Rc::clone);
         ConnCtx {
-            frontend_at: std::cell::Cell::new((epoch.shared.id, frontend)),
+            frontend_at: std::cell::Cell::new(frontend.taken_in()),
             home: worker,
-            frontend_name,
+            frontend_name: frontend.name,
             client,
             client_text: std::cell::OnceCell::new(),
             client_ip: client_ip_value(client),

@@ -76,8 +76,10 @@ pub enum ReloadError {
 enum Source {
     /// The config file, again (`SIGHUP`, `POST /reload`).
     File,
-    /// The config text in force (`POST /plugins/<name>/reload`: only plugin code changes).
-    InForce,
+    /// The config text in force and the plugin files as the runtime in
+    /// force read them, but for this plugin's, read again
+    /// (`POST /plugins/<name>/reload`: only that plugin's code changes).
+    Plugin(String),
 }
 
 /// A new generation on its way to the workers.
@@ -218,9 +220,9 @@ impl Daemon {
         self.reload_from(cause, Source::File).await
     }
 
-    /// `POST /plugins/<name>/reload`: assembles the config in force again,
-    /// so `name`'s code (with every plugin file) is read again while the
-    /// config file, even if changed on disk, is not.
+    /// `POST /plugins/<name>/reload`: assembles the config in force again
+    /// with `name`'s files read again; the config file (even if changed on
+    /// disk) and every other plugin's files are not.
     pub async fn reload_plugin(self: &Arc<Self>, name: &str) -> Result<Outcome, ReloadError> {
         let known = self
             .current()
@@ -232,7 +234,8 @@ impl Daemon {
             return Err(ReloadError::NoPlugin(name.to_string()));
         }
         let cause = format!("POST /plugins/{name}/reload");
-        self.reload_from(&cause, Source::InForce).await
+        self.reload_from(&cause, Source::Plugin(name.to_string()))
+            .await
     }
 
     async fn reload_from(
@@ -295,10 +298,11 @@ impl Daemon {
         // keeps answering the admin API and running health checks.
         let assembled = tokio::task::spawn_blocking(move || match source {
             Source::File => crate::runtime::load_after(&path, BindCheck::Skip, Some(&previous)),
-            Source::InForce => {
+            Source::Plugin(name) => {
                 let src = &previous.source;
+                let code = crate::plugin::code::CodeFiles::reusing(&previous.plugin_files, &name);
                 crate::config::parse(src.file(), src.text())
-                    .and_then(|spec| crate::runtime::assemble_after(spec, Some(&previous)))
+                    .and_then(|spec| crate::runtime::assemble_with(spec, Some(&previous), code))
             }
         })
         .await
@@ -329,6 +333,7 @@ impl Daemon {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::clone(&shared);
         self.start_tasks();
+        crate::plugin::lograte::configure(shared.config.global.logs.failure_lines);
         let switch = Arc::new(Switch {
             shared: Arc::clone(&shared),
             listeners: Mutex::new(listeners),
@@ -449,11 +454,6 @@ fn restart_required(old: &Runtime, new: &Runtime) -> Vec<String> {
         format!("{:?}", n.maxconn),
     );
     note("log_level", o.log_level.clone(), n.log_level.clone());
-    note(
-        "access_log",
-        format!("{:?}", o.access_log),
-        format!("{:?}", n.access_log),
-    );
     let admin = |a: &Option<crate::config::admin::Admin>| {
         a.as_ref().map_or_else(
             || "none".to_string(),

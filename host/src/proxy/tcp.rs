@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::tcp_filter::{self, Filters};
 use super::tcp_response::Decision as ResDecision;
 use super::tunnel::{self, End, Idle};
-use super::worker::{Epoch, Worker};
+use super::worker::{Epoch, FrontendRef, Worker};
 use crate::channel::{self, Channels};
 use crate::filter::{Filter, Flow};
 use crate::rules::tcp::{ACCEPT_CAUSE, TcpAction, Verdict};
@@ -51,12 +51,21 @@ struct Record {
 }
 
 /// Serves one client connection of TCP frontend `frontend`.
-pub async fn serve(worker: Rc<Worker>, frontend: usize, stream: TcpStream, client: SocketAddr) {
+pub async fn serve(
+    worker: Rc<Worker>,
+    frontend: FrontendRef,
+    stream: TcpStream,
+    client: SocketAddr,
+) {
     let start = Instant::now();
     // A TCP connection is one stream: it runs on the generation in force at
-    // its start to its end, as an HTTP request does.
+    // its start to its end, as an HTTP request does, with its frontend as
+    // that generation has it (gone: the connection closes).
     let epoch = worker.current();
     let shared = std::sync::Arc::clone(&epoch.shared);
+    let Some(frontend) = frontend.index_in(&shared) else {
+        return;
+    };
     let (Some(fe), Some(name)) = (
         shared.config.frontends.get(frontend),
         epoch.frontend_names.get(frontend),

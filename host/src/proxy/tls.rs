@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
 use super::conn::{self, ClientStream, Opened, Wake};
-use super::worker::Worker;
+use super::worker::{FrontendRef, Worker};
 use crate::tls::TlsFacts;
 use crate::tls::server::Acceptor;
 
@@ -64,7 +64,7 @@ impl io::Write for NowWriter<'_> {
 /// Serves one connection accepted on a TLS bind of `frontend`.
 pub async fn serve(
     worker: Rc<Worker>,
-    frontend: usize,
+    frontend: FrontendRef,
     stream: TcpStream,
     client: SocketAddr,
     acceptor: Arc<Acceptor>,
@@ -74,7 +74,11 @@ pub async fn serve(
     // Read now and not held: an open connection must not keep a replaced runtime alive.
     let (deadline, stats) = {
         let epoch = worker.current();
-        let Some(stats) = epoch.shared.frontends.get(frontend).map(Arc::clone) else {
+        let Some(stats) = frontend
+            .index_in(&epoch.shared)
+            .and_then(|i| epoch.shared.frontends.get(i))
+            .map(Arc::clone)
+        else {
             return;
         };
         (

@@ -61,6 +61,9 @@ pub struct Epoch {
     pub balancer: Balancer,
     /// Frontend names as this worker's own `Rc`s (no shared refcount per request).
     pub frontend_names: Vec<Rc<str>>,
+    /// Each frontend's replacement pages (`None`: it replaces none), for the
+    /// errors written below hyper: a connection holds these, not the runtime.
+    pub error_pages: Vec<Option<Rc<crate::error::ErrorPages>>>,
 }
 
 impl Epoch {
@@ -73,6 +76,12 @@ impl Epoch {
                 .frontends
                 .iter()
                 .map(|f| Rc::from(&*f.name))
+                .collect(),
+            error_pages: shared
+                .config
+                .frontends
+                .iter()
+                .map(|f| (!f.errors.is_empty()).then(|| Rc::new(f.errors.clone())))
                 .collect(),
             shared,
         }
@@ -92,6 +101,44 @@ impl Drop for Epoch {
     }
 }
 
+/// The frontend a connection was accepted for, as the generation in force at
+/// accept numbered it. A later generation may list its frontends in another
+/// order, or no longer have this one: there it is found again by name
+/// ([`FrontendRef::index_in`]), so a connection never gets another
+/// frontend's rules, limits or counters.
+#[derive(Debug, Clone)]
+pub struct FrontendRef {
+    /// The generation `index` belongs to.
+    generation: u64,
+    index: usize,
+    /// The frontend's name (this worker's `Rc`).
+    pub name: Rc<str>,
+}
+
+impl FrontendRef {
+    /// Frontend `index` of `epoch`'s generation; `None` if there is no such frontend.
+    pub fn at(epoch: &Epoch, index: usize) -> Option<FrontendRef> {
+        Some(FrontendRef {
+            generation: epoch.shared.id,
+            index,
+            name: Rc::clone(epoch.frontend_names.get(index)?),
+        })
+    }
+
+    /// This frontend's index in `shared`'s generation; `None` if a reload removed it.
+    pub fn index_in(&self, shared: &Shared) -> Option<usize> {
+        if shared.id == self.generation {
+            return Some(self.index);
+        }
+        shared.frontend_named(&self.name)
+    }
+
+    /// The generation and index this reference was taken in.
+    pub fn taken_in(&self) -> (u64, usize) {
+        (self.generation, self.index)
+    }
+}
+
 impl Worker {
     /// The runtime generation a new request or connection uses.
     pub fn current(&self) -> Rc<Epoch> {
@@ -107,12 +154,15 @@ impl Worker {
     /// (400 malformed, 431 too large, 408 head timeout).
     pub fn record_local_error(
         &self,
-        frontend: usize,
+        frontend: &FrontendRef,
         client: std::net::SocketAddr,
         status: u16,
         reason: &str,
     ) {
         let epoch = self.current();
+        let Some(frontend) = frontend.index_in(&epoch.shared) else {
+            return;
+        };
         let (Some(fe), Some(spec)) = (
             epoch.shared.frontends.get(frontend),
             epoch.shared.config.frontends.get(frontend),
@@ -287,6 +337,10 @@ impl Worker {
         for host in &shared.config.plugins {
             host.start_worker(self.id);
         }
+        // Access-log lines from now on: the new generation's format and target.
+        let global = &shared.config.global;
+        self.access_log
+            .reconfigure(global.access_log, super::logsink::open(&global.logs));
         let old = self
             .current
             .replace(Rc::new(Epoch::new(Arc::clone(&shared))));
@@ -384,17 +438,21 @@ async fn accept_loop(
         // The frontend listening here in the generation in force (a reload
         // may have changed its settings, its index or its counters).
         // Its TLS acceptor too, so new certificates of a reload apply here.
+        // Carried by the connection as (generation, index, name): what it
+        // serves later is found again by name in the generation then in force.
         let (frontend, fe_stats, tcp, tls) = {
             let epoch = worker.current();
-            let Some((i, st)) = epoch
-                .shared
-                .frontend_for(addr)
-                .and_then(|i| Some((i, Arc::clone(epoch.shared.frontends.get(i)?))))
-            else {
+            let Some((i, st, fr)) = epoch.shared.frontend_for(addr).and_then(|i| {
+                Some((
+                    i,
+                    Arc::clone(epoch.shared.frontends.get(i)?),
+                    FrontendRef::at(&epoch, i)?,
+                ))
+            }) else {
                 return;
             };
             let tcp = epoch.shared.config.frontends.get(i).is_some_and(|f| f.tcp);
-            (i, st, tcp, tls_of(&epoch.shared, i, addr))
+            (fr, st, tcp, tls_of(&epoch.shared, i, addr))
         };
         let fe = &fe_stats.conns;
         // Created before the check, so a release in between is not missed.

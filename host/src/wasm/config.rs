@@ -29,6 +29,7 @@ pub fn load_plugins(
     tables: Option<Arc<dyn super::StickApi>>,
     pause_timeout: Duration,
     used: &HashSet<String>,
+    code: &mut crate::plugin::code::CodeFiles,
 ) -> Result<Vec<Arc<WasmPlugin>>, ConfigError> {
     let upstreams: HashMap<String, SocketAddr> = backends
         .iter()
@@ -56,7 +57,7 @@ pub fn load_plugins(
                 format!("duplicate plugin name {name:?}; every plugin needs a unique name"),
             ));
         }
-        let (spec, path, bytes) = prepare(
+        let (spec, path) = prepare(
             p,
             wasm,
             source,
@@ -65,6 +66,16 @@ pub fn load_plugins(
             pause_timeout,
             !used.contains(name),
         )?;
+        // Read once the entry is known good (a per-plugin reload takes other plugins' kept copies).
+        let bytes = code.read(name, &path).map_err(|e| {
+            source.error(
+                wasm.span(),
+                format!(
+                    "plugin {name:?}: cannot read Wasm module {}: {e}",
+                    path.display()
+                ),
+            )
+        })?;
         let load_err = |e: super::WasmLoadError| {
             source.error(
                 wasm.span(),
@@ -132,7 +143,7 @@ struct Vm<'a> {
     /// Indexes of its plugins in the loaded list, in config order.
     members: Vec<usize>,
     /// The first plugin's module bytes and entry.
-    bytes: Vec<u8>,
+    bytes: Arc<[u8]>,
     first: &'a RawPlugin,
 }
 
@@ -186,8 +197,8 @@ fn config_bytes(v: &Option<Spanned<toml::Value>>) -> Vec<u8> {
     }
 }
 
-/// Checks a `[[plugin]]` entry with `wasm =` and reads its module: the
-/// plugin's spec, the module's path and bytes.
+/// Checks a `[[plugin]]` entry with `wasm =`: the plugin's spec and the
+/// module's path (read by the caller).
 fn prepare(
     p: &RawPlugin,
     wasm: &Spanned<String>,
@@ -196,7 +207,7 @@ fn prepare(
     tables: Option<Arc<dyn super::StickApi>>,
     pause_timeout: Duration,
     root_only: bool,
-) -> Result<(PluginSpec, std::path::PathBuf, Vec<u8>), ConfigError> {
+) -> Result<(PluginSpec, std::path::PathBuf), ConfigError> {
     let name = p.name.get_ref();
     if let Some(l) = &p.lua {
         return Err(source.error(
@@ -267,15 +278,6 @@ fn prepare(
         None => OnError::FailOpen,
     };
     let path = crate::config::resolve_path(source.file(), wasm.get_ref());
-    let bytes = std::fs::read(&path).map_err(|e| {
-        source.error(
-            wasm.span(),
-            format!(
-                "plugin {name:?}: cannot read Wasm module {}: {e}",
-                path.display()
-            ),
-        )
-    })?;
     let singleton = match &p.singleton {
         Some(s) if !root_only => {
             return Err(source.error(
@@ -315,7 +317,7 @@ fn prepare(
         root_only,
         singleton,
     };
-    Ok((spec, path, bytes))
+    Ok((spec, path))
 }
 
 /// Builds a `{ wasm = "<plugin>" }` rule.
