@@ -476,7 +476,10 @@ async fn h2_tracer_run() -> Result<(), String> {
         return Err(format!("HAProxy's trace: {hreq:#?} {hres:#?}\n{hlog}"));
     }
     if !whole(req, res) {
-        return Err(format!("portcullis's trace: {req:#?} {res:#?}\n{}", d.stdout()));
+        return Err(format!(
+            "portcullis's trace: {req:#?} {res:#?}\n{}",
+            d.stdout()
+        ));
     }
     assert_eq!(req, hreq, "the request trace matches HAProxy's");
     assert_eq!(res, hres, "the response trace matches HAProxy's");

@@ -1274,8 +1274,7 @@ async fn stapled(
     )
     .await
     .expect("handshake");
-    let got = seen.lock().expect("lock").clone();
-    got
+    seen.lock().expect("lock").clone()
 }
 
 /// Runs openssl in `dir`, failing the test with its stderr.
@@ -1299,35 +1298,134 @@ fn openssl(dir: &std::path::Path, args: &[&str]) -> String {
 /// `unknown.der`, and `other.der` (good, about another certificate).
 fn ocsp_pki(dir: &TempDir) {
     let d = dir.path();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    openssl(d, &[&["req", "-x509"][..], &ec, &["-days", "30", "-subj", "/CN=Test OCSP CA", "-keyout", "ca.key", "-out", "ca.pem"]].concat());
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        d,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "30",
+                "-subj",
+                "/CN=Test OCSP CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        ]
+        .concat(),
+    );
     for name in ["srv", "other"] {
-        openssl(d, &[&["req"][..], &ec, &["-subj", &format!("/CN={name}.ocsp.test"), "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr")]].concat());
+        openssl(
+            d,
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-subj",
+                    &format!("/CN={name}.ocsp.test"),
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                ],
+            ]
+            .concat(),
+        );
         dir.write(
             &format!("{name}.ext"),
             &format!("subjectAltName=DNS:{name}.ocsp.test\n"),
         );
-        openssl(d, &["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "7", "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.pem")]);
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "7",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.pem"),
+            ],
+        );
     }
     let chain = std::fs::read_to_string(d.join("srv.pem")).expect("srv.pem")
         + &std::fs::read_to_string(d.join("ca.pem")).expect("ca.pem");
     dir.write("chain.pem", &chain);
     let serial = |name: &str| {
-        openssl(d, &["x509", "-in", &format!("{name}.pem"), "-noout", "-serial"])
-            .trim()
-            .trim_start_matches("serial=")
-            .to_string()
+        openssl(
+            d,
+            &["x509", "-in", &format!("{name}.pem"), "-noout", "-serial"],
+        )
+        .trim()
+        .trim_start_matches("serial=")
+        .to_string()
     };
     let (srv, other) = (serial("srv"), serial("other"));
     // openssl's index.txt: status, expiry, revocation time, serial, file, subject.
     dir.write("good.idx", &format!("V\t351231235959Z\t\t{srv}\tunknown\t/CN=srv.ocsp.test\nV\t351231235959Z\t\t{other}\tunknown\t/CN=other.ocsp.test\n"));
-    dir.write("revoked.idx", &format!("R\t351231235959Z\t240101000000Z\t{srv}\tunknown\t/CN=srv.ocsp.test\n"));
+    dir.write(
+        "revoked.idx",
+        &format!("R\t351231235959Z\t240101000000Z\t{srv}\tunknown\t/CN=srv.ocsp.test\n"),
+    );
     dir.write("unknown.idx", "");
     for name in ["srv", "other"] {
-        openssl(d, &["ocsp", "-issuer", "ca.pem", "-cert", &format!("{name}.pem"), "-no_nonce", "-reqout", &format!("{name}.req")]);
+        openssl(
+            d,
+            &[
+                "ocsp",
+                "-issuer",
+                "ca.pem",
+                "-cert",
+                &format!("{name}.pem"),
+                "-no_nonce",
+                "-reqout",
+                &format!("{name}.req"),
+            ],
+        );
     }
-    for (out, idx, req) in [("good", "good", "srv"), ("revoked", "revoked", "srv"), ("unknown", "unknown", "srv"), ("other", "good", "other")] {
-        openssl(d, &["ocsp", "-index", &format!("{idx}.idx"), "-rsigner", "ca.pem", "-rkey", "ca.key", "-CA", "ca.pem", "-reqin", &format!("{req}.req"), "-respout", &format!("{out}.der"), "-ndays", "1"]);
+    for (out, idx, req) in [
+        ("good", "good", "srv"),
+        ("revoked", "revoked", "srv"),
+        ("unknown", "unknown", "srv"),
+        ("other", "good", "other"),
+    ] {
+        openssl(
+            d,
+            &[
+                "ocsp",
+                "-index",
+                &format!("{idx}.idx"),
+                "-rsigner",
+                "ca.pem",
+                "-rkey",
+                "ca.key",
+                "-CA",
+                "ca.pem",
+                "-reqin",
+                &format!("{req}.req"),
+                "-respout",
+                &format!("{out}.der"),
+                "-ndays",
+                "1",
+            ],
+        );
     }
 }
 
@@ -1405,7 +1503,12 @@ async fn ocsp_responses_are_stapled_checked_and_reloaded() {
             toml_path(&d.join(file))
         );
         let out = check_tls(&dir, &tls);
-        assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{file}: {}", out.stderr);
+        assert_eq!(
+            out.status.and_then(|s| s.code()),
+            Some(1),
+            "{file}: {}",
+            out.stderr
+        );
         assert!(
             out.stderr.contains(file) && out.stderr.contains(reason),
             "{file}: expected {reason:?} in: {}",

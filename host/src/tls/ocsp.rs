@@ -133,11 +133,19 @@ pub fn check(
     let Some(leaf) = chain.first() else {
         return Err(fail(path, "no certificate to staple this response for"));
     };
-    let (_, leaf) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| fail(cert_path, format!("the certificate is not valid X.509: {e}")))?;
+    let (_, leaf) = x509_parser::parse_x509_certificate(leaf).map_err(|e| {
+        fail(
+            cert_path,
+            format!("the certificate is not valid X.509: {e}"),
+        )
+    })?;
     let issuer_der = issuer_of(cert_path, &leaf, chain)?;
-    let (_, issuer) = x509_parser::parse_x509_certificate(&issuer_der)
-        .map_err(|e| fail(cert_path, format!("the issuer certificate is not valid X.509: {e}")))?;
+    let (_, issuer) = x509_parser::parse_x509_certificate(&issuer_der).map_err(|e| {
+        fail(
+            cert_path,
+            format!("the issuer certificate is not valid X.509: {e}"),
+        )
+    })?;
     let id = &single.cert_id;
     let alg = id.hash_algorithm.oid.to_string();
     let digest: &'static ring::digest::Algorithm = match alg.as_str() {
