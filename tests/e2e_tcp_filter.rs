@@ -142,30 +142,40 @@ async fn lines_client(addr: SocketAddr) -> Vec<Vec<u8>> {
 #[tokio::test]
 async fn tcp_payload_holds_and_rewrites_as_haproxy_does() {
     haproxy_26();
-    let [web, admin, hweb] = free_addrs();
+    let [web, admin] = free_addrs();
     let e = echo("A:").await;
     let dir = TempDir::new("tcp-filter");
     let script = dir.write("lines.lua", LINES);
     let script = script.display().to_string();
     let d = Daemon::start(&config(web, admin, &script, "", "lines", e), &[web]).await;
-    let h = HaProxy::start(
-        &haproxy_config(hweb, &script, "lua.lines", e),
-        dir.path(),
-        hweb,
-    )
-    .await;
-    let theirs = lines_client(hweb).await;
+    let expected = vec![
+        b"(nothing)".to_vec(),
+        b"A=ABC\nDEF\n".to_vec(),
+        b"GH\n".to_vec(),
+    ];
+    // HAProxy 2.6 sometimes dies at a stream's filter set-up (its watchdog
+    // kills it after "Lua filter 'lines': attempt to index a nil value" in
+    // flt_stream_init, seen 1 run in ~10): that run says nothing about the
+    // filter, so HAProxy is started again, at most three times.
+    let mut run = None;
+    for _ in 0..3 {
+        let [hweb] = free_addrs();
+        let h = HaProxy::start(
+            &haproxy_config(hweb, &script, "lua.lines", e),
+            dir.path(),
+            hweb,
+        )
+        .await;
+        let theirs = lines_client(hweb).await;
+        let crashed = h.log().contains("about to kill the process");
+        run = Some((h, theirs));
+        if !crashed {
+            break;
+        }
+    }
+    let (h, theirs) = run.expect("HAProxy ran");
     let ours = lines_client(web).await;
-    assert_eq!(
-        theirs,
-        vec![
-            b"(nothing)".to_vec(),
-            b"A=ABC\nDEF\n".to_vec(),
-            b"GH\n".to_vec()
-        ],
-        "HAProxy's answers (log: {})",
-        h.log()
-    );
+    assert_eq!(theirs, expected, "HAProxy's answers (log: {})", h.log());
     assert_eq!(ours, theirs, "portcullis filters as HAProxy does");
     d.wait_stderr_line(LIMIT, |l| l.contains("first line: abc"))
         .await

@@ -691,6 +691,70 @@ async fn handshake_timeout_and_failures_are_counted() {
     );
 }
 
+/// Handshakes are counted per TLS bind address too (`/stats` `tls_binds`,
+/// `portcullis_bind_tls_handshake*_total`): a failure storm on one
+/// listener shows which one; plain binds have no entry.
+#[tokio::test]
+async fn handshakes_are_counted_per_bind() {
+    let dir = TempDir::new("tls-binds");
+    let site = self_signed(&["site.test"], "site.test");
+    let (c, k) = write_pair(&dir, "site", &site);
+    let backend = Backend::start("s1").await;
+    let [plain, one, two, admin] = free_addrs::<4>();
+    let config = format!(
+        r#"{}[[frontend]]
+name = "web"
+bind = ["{plain}", "{one}", "{two}"]
+default_backend = "app"
+tls = {{ cert = "{}", key = "{}", binds = ["{one}", "{two}"] }}
+
+{}"#,
+        global_section(admin, &[]),
+        toml_path(&c),
+        toml_path(&k),
+        backend_section("app", "roundrobin", &[("s1", backend.addr, 1)], "")
+    );
+    let _d = Daemon::start(&config, &[plain, one, two]).await;
+    let client = Client::default();
+    for _ in 0..2 {
+        client.connect(one, "site.test").await.expect("handshake");
+    }
+    let mut bad = TcpStream::connect(two).await.expect("connect");
+    bad.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(wait_closed(&mut bad, Duration::from_secs(5)).await);
+    eventually("per-bind counters", LIMIT, || async {
+        let s = stats(admin).await;
+        let fe = named(&s["frontends"], "web").expect("frontend").clone();
+        fe["tls_handshake_failures"].as_u64() == Some(1) && fe["tls_handshakes"].as_u64() == Some(2)
+    })
+    .await;
+    let s = stats(admin).await;
+    let fe = named(&s["frontends"], "web").expect("frontend");
+    let binds = fe["tls_binds"].as_array().expect("tls_binds");
+    assert_eq!(binds.len(), 2, "{fe}");
+    let by = |a: SocketAddr| {
+        binds
+            .iter()
+            .find(|b| b["addr"] == a.to_string())
+            .unwrap_or_else(|| panic!("{a} in {fe}"))
+    };
+    assert_eq!(by(one)["tls_handshakes"], 2, "{fe}");
+    assert_eq!(by(one)["tls_handshake_failures"], 0, "{fe}");
+    assert_eq!(by(two)["tls_handshakes"], 0, "{fe}");
+    assert_eq!(by(two)["tls_handshake_failures"], 1, "{fe}");
+    let metrics = get(admin, "/metrics").await.text();
+    for line in [
+        format!("portcullis_bind_tls_handshakes_total{{frontend=\"web\",bind=\"{one}\"}} 2"),
+        format!(
+            "portcullis_bind_tls_handshake_failures_total{{frontend=\"web\",bind=\"{two}\"}} 1"
+        ),
+    ] {
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+}
+
 #[tokio::test]
 async fn plain_and_tls_binds_redirect_scheme_and_hsts() {
     let dir = TempDir::new("tls-mixed");

@@ -120,6 +120,36 @@ pub fn render(shared: &Shared) -> String {
         fes.iter()
             .map(|(l, s)| (l.clone(), s.tls_handshake_failures.load(Relaxed))),
     );
+    let binds: Vec<(String, &crate::proxy::stats::BindStats)> = shared
+        .tls_binds
+        .iter()
+        .map(|b| {
+            (
+                format!(
+                    "{},{}",
+                    label("frontend", &b.frontend),
+                    label("bind", &b.addr.to_string())
+                ),
+                &**b,
+            )
+        })
+        .collect();
+    f.family(
+        "portcullis_bind_tls_handshakes_total",
+        "counter",
+        "TLS handshakes completed, per TLS bind address.",
+        binds
+            .iter()
+            .map(|(l, b)| (l.clone(), b.tls_handshakes.load(Relaxed))),
+    );
+    f.family(
+        "portcullis_bind_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that failed or timed out, per TLS bind address.",
+        binds
+            .iter()
+            .map(|(l, b)| (l.clone(), b.tls_handshake_failures.load(Relaxed))),
+    );
     f.family(
         "portcullis_frontend_upgrades_total",
         "counter",

@@ -258,7 +258,16 @@ pub fn stats_json(shared: &Shared) -> Value {
                 "errors": st.errors.load(Relaxed),
                 "bytes_in": st.bytes_in.load(Relaxed),
                 "bytes_out": st.bytes_out.load(Relaxed),
-                "tls_binds": fe.binds.iter().filter(|b| b.tls).map(|b| b.addr.to_string()).collect::<Vec<_>>(),
+                "tls_binds": shared
+                    .tls_binds
+                    .iter()
+                    .filter(|b| *b.frontend == *fe.name)
+                    .map(|b| json!({
+                        "addr": b.addr.to_string(),
+                        "tls_handshakes": b.tls_handshakes.load(Relaxed),
+                        "tls_handshake_failures": b.tls_handshake_failures.load(Relaxed),
+                    }))
+                    .collect::<Vec<_>>(),
                 "tls_handshakes": st.tls_handshakes.load(Relaxed),
                 "tls_handshake_failures": st.tls_handshake_failures.load(Relaxed),
                 "upgrades": st.upgrades.load(Relaxed),

@@ -147,6 +147,9 @@ pub struct RunOptions {
 
 /// Runs the daemon on `config` until SIGTERM/SIGINT (or a new binary taking
 /// over) and the drain that follows; SIGHUP reloads.
+/// How long health checks wait for the workers to start their plugins.
+const STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub fn run(config: Arc<Runtime>, opts: RunOptions) -> Result<(), RunError> {
     use std::os::fd::AsFd;
     let fd_limit = limit::raise_fd_limit();
@@ -227,15 +230,31 @@ pub fn run(config: Arc<Runtime>, opts: RunOptions) -> Result<(), RunError> {
     );
     drop(shared);
     let mut workers = Vec::new();
+    let (started_tx, started) = std::sync::mpsc::sync_channel(listeners.len());
     for (id, ls) in listeners.into_iter().enumerate() {
         let shared = daemon.current();
         let rx = shutdown_rx.clone();
         let switches = switches.clone();
+        let started_tx = started_tx.clone();
         let handle = std::thread::Builder::new()
             .name(format!("worker-{id}"))
-            .spawn(move || worker::run(id, shared, ls, rx, switches))
+            .spawn(move || worker::run(id, shared, ls, rx, switches, started_tx))
             .map_err(RunError::Startup)?;
         workers.push(handle);
+    }
+    drop(started_tx);
+    // Health checks start once every worker has started its plugins (init
+    // functions run, event subscriptions made), bounded: a worker that
+    // cannot start is logged by itself and does not hold the checks back.
+    let until = std::time::Instant::now() + STARTUP_WAIT;
+    for _ in 0..workers.len() {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if started.recv_timeout(left).is_err() {
+            tracing::warn!(
+                "a worker did not start its plugins within {STARTUP_WAIT:?}; health checks start anyway"
+            );
+            break;
+        }
     }
     for fe in &config.frontends {
         for b in &fe.binds {

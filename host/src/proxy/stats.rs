@@ -37,6 +37,48 @@ pub struct FrontendStats {
     pub tunnels_current: AtomicU64,
 }
 
+/// TLS handshake counters of one TLS bind address of a frontend (the
+/// frontend's own counters are their sums): a handshake failure storm on
+/// one address shows which listener it hit.
+#[derive(Debug)]
+pub struct BindStats {
+    pub frontend: Box<str>,
+    pub addr: std::net::SocketAddr,
+    pub tls_handshakes: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
+}
+
+impl BindStats {
+    /// Whether a connection whose local address is `local` was accepted on
+    /// this bind (a wildcard bind's connections carry the interface address).
+    pub fn accepted(&self, local: std::net::SocketAddr) -> bool {
+        self.addr == local || (self.addr.ip().is_unspecified() && self.addr.port() == local.port())
+    }
+}
+
+/// Per TLS bind of `config`, in config order: the counters of `old` for the
+/// same frontend name and address, else zero ones.
+fn tls_binds(config: &Runtime, old: &[Arc<BindStats>]) -> Vec<Arc<BindStats>> {
+    let mut out = Vec::new();
+    for f in &config.frontends {
+        for b in f.binds.iter().filter(|b| b.tls) {
+            let kept = old
+                .iter()
+                .find(|o| *o.frontend == *f.name && o.addr == b.addr)
+                .map(Arc::clone);
+            out.push(kept.unwrap_or_else(|| {
+                Arc::new(BindStats {
+                    frontend: Box::from(&*f.name),
+                    addr: b.addr,
+                    tls_handshakes: AtomicU64::new(0),
+                    tls_handshake_failures: AtomicU64::new(0),
+                })
+            }));
+        }
+    }
+    out
+}
+
 /// State shared by every worker, the admin API and the health checker: one
 /// per runtime generation (a reload makes the next one, [`Shared::next`]);
 /// the process-wide parts (connection limit, reload counters, uptime) are
@@ -49,6 +91,8 @@ pub struct Shared {
     /// Per frontend of `config`, in its order; a frontend a reload kept (by
     /// name) keeps its counters and its `maxconn` count.
     pub frontends: Vec<Arc<FrontendStats>>,
+    /// Per TLS bind address (kept across reloads by frontend name and address).
+    pub tls_binds: Vec<Arc<BindStats>>,
     /// The runtime's live backend and server state (also seen by plugins).
     pub backends: Backends,
     /// Open client connections against the global `maxconn`.
@@ -71,10 +115,12 @@ impl Shared {
             .map(|f| Arc::new(FrontendStats::new(f.maxconn.unwrap_or(maxconn))))
             .collect();
         let backends = Arc::clone(&config.servers);
+        let tls_binds = tls_binds(&config, &[]);
         Shared {
             id: 0,
             config,
             frontends,
+            tls_binds,
             backends,
             conns: Arc::new(ConnLimit::new(maxconn)),
             started: Instant::now(),
@@ -104,10 +150,12 @@ impl Shared {
             })
             .collect();
         let backends = Arc::clone(&config.servers);
+        let tls_binds = tls_binds(&config, &self.tls_binds);
         Shared {
             id: self.id + 1,
             config,
             frontends,
+            tls_binds,
             backends,
             conns: Arc::clone(&self.conns),
             started: self.started,
@@ -121,6 +169,15 @@ impl Shared {
             .frontends
             .iter()
             .position(|f| f.binds.iter().any(|b| b.addr == addr))
+    }
+
+    /// The counters of the TLS bind of frontend `name` that accepted a
+    /// connection with local address `local`.
+    pub fn tls_bind(&self, name: &str, local: std::net::SocketAddr) -> Option<Arc<BindStats>> {
+        self.tls_binds
+            .iter()
+            .find(|b| *b.frontend == *name && b.accepted(local))
+            .map(Arc::clone)
     }
 
     /// Index of the frontend called `name` in this generation.

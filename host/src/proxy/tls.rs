@@ -4,8 +4,8 @@
 //! nothing, or half a ClientHello, is cut then), and is then served by the
 //! same HTTP/1 and HTTP/2 code as plain connections (`conn.rs`).
 //!
-//! Handshake failures are counted per frontend and logged at debug only: a
-//! scanner must not fill the logs.
+//! Handshake failures are counted per frontend and per TLS bind address,
+//! and logged at debug only: a scanner must not fill the logs.
 
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
@@ -72,7 +72,7 @@ pub async fn serve(
     let accepted = Instant::now();
     let local = stream.local_addr().unwrap_or(client);
     // Read now and not held: an open connection must not keep a replaced runtime alive.
-    let (deadline, stats) = {
+    let (deadline, stats, bind) = {
         let epoch = worker.current();
         let Some(stats) = frontend
             .index_in(&epoch.shared)
@@ -84,7 +84,14 @@ pub async fn serve(
         (
             accepted + epoch.shared.config.global.timeouts.http_request,
             stats,
+            epoch.shared.tls_bind(&frontend.name, local),
         )
+    };
+    let failed = || {
+        stats.tls_handshake_failures.fetch_add(1, Relaxed);
+        if let Some(b) = &bind {
+            b.tls_handshake_failures.fetch_add(1, Relaxed);
+        }
     };
     let mut shutdown = worker.shutdown_signal();
     // Until its first byte the connection holds no buffer, rustls' included.
@@ -100,17 +107,20 @@ pub async fn serve(
     let tls = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            stats.tls_handshake_failures.fetch_add(1, Relaxed);
+            failed();
             tracing::debug!(%client, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
-            stats.tls_handshake_failures.fetch_add(1, Relaxed);
+            failed();
             tracing::debug!(%client, "TLS handshake not complete within timeout.http_request");
             return;
         }
     };
     stats.tls_handshakes.fetch_add(1, Relaxed);
+    if let Some(b) = &bind {
+        b.tls_handshakes.fetch_add(1, Relaxed);
+    }
     let facts = Rc::new(TlsFacts::of(tls.get_ref().1));
     let opened = Opened {
         frontend,

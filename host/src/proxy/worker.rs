@@ -229,6 +229,7 @@ pub fn run(
     listeners: WorkerListeners,
     shutdown: watch::Receiver<bool>,
     mut reloads: watch::Receiver<Option<Arc<Switch>>>,
+    started: std::sync::mpsc::SyncSender<()>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -260,6 +261,11 @@ pub fn run(
         for host in &worker.current().shared.config.plugins {
             host.start_worker(worker.id);
         }
+        // Init functions have run and their event subscriptions exist: the
+        // control thread may start health checks (HAProxy runs init
+        // functions before the first check, so a server found DOWN at start
+        // is an event scripts see).
+        let _ = started.send(());
         for (addr, listener) in listeners {
             worker.listen(addr, listener);
         }
