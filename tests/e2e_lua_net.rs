@@ -610,6 +610,44 @@ async fn mailers_lua_sends_the_alert_when_a_server_goes_down() {
     sink.abort();
 }
 
+/// A server that is down from the start is mailed about too: health checks
+/// begin only after every worker ran its Lua init functions (HAProxy's
+/// order), so the subscription mailers.lua makes there sees the first
+/// failed check. Before that order was kept, the first check could run
+/// while the init function was still loading and the alert was lost.
+#[tokio::test]
+async fn mailers_lua_mails_a_server_down_at_start() {
+    let (smtp, sessions, sink) = smtp_sink().await;
+    let refused = free_addr();
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"mailers\"\nlua = \"{}\"\n\n{}[[mailers]]\nname = \"mymailers\"\ntimeout_mail = \"5s\"\nmailer = [{{ name = \"smtp1\", addr = \"{smtp}\" }}]\n\n[[backend]]\nname = \"be1\"\nserver = [{{ name = \"srv1\", addr = \"{refused}\" }}]\nhealth_check = {{ path = \"/health\", interval = \"100ms\", rise = 1, fall = 1 }}\nemail_alert = {{ mailers = \"mymailers\", level = \"info\", from = \"from@domain.tld\", to = \"to@domain.tld\", myhostname = \"proxy.test\" }}\n",
+        global_section(ports.admin, &[]),
+        mailers_fixture(),
+        frontend_section("fe1", ports.web, "be1", ""),
+    );
+    let d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    eventually(
+        "the DOWN alert for a server down at start",
+        LIMIT_MAIL,
+        || async {
+            sessions
+                .lock()
+                .expect("sessions")
+                .iter()
+                .any(|s| s.contains("Subject: [HAProxy Alert] Server be1/srv1 is DOWN"))
+        },
+    )
+    .await;
+    let all = sessions.lock().expect("sessions").clone();
+    assert!(
+        all.iter().any(|s| s.contains("Layer4 connection problem")),
+        "the reason is the refused connection: {all:#?}\n{}",
+        d.stderr()
+    );
+    sink.abort();
+}
+
 const LIMIT_MAIL: Duration = Duration::from_secs(15);
 
 const MAILERS_DUMP: &str = r#"
