@@ -10,38 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(10);
-
-/// A TCP echo server; each connection's bytes come back prefixed by `tag`.
-async fn echo(tag: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let mut first = true;
-                loop {
-                    let n = match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    if first && !tag.is_empty() {
-                        let _ = s.write_all(tag.as_bytes()).await;
-                        first = false;
-                    }
-                    if s.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    addr
-}
 
 fn config(web: SocketAddr, admin: SocketAddr, frontend_extra: &str, backends: &str) -> String {
     format!(
@@ -82,7 +53,7 @@ async fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, Duration) {
 #[tokio::test]
 async fn splices_both_ways_and_logs_the_connection() {
     let [web, admin] = free_addrs();
-    let a = echo("A:").await;
+    let a = tcp_echo("A:").await;
     let d = Daemon::start(&config(web, admin, "", &backend("a", a, "")), &[web]).await;
     let mut c = TcpStream::connect(web).await.expect("connect");
     c.write_all(b"hello").await.expect("write");
@@ -114,7 +85,7 @@ async fn splices_both_ways_and_logs_the_connection() {
 #[tokio::test]
 async fn reject_rule_closes_before_any_server() {
     let [web, admin] = free_addrs();
-    let a = echo("A:").await;
+    let a = tcp_echo("A:").await;
     let rules = r#"
 [[frontend.tcp_request]]
 reject = true
@@ -138,8 +109,8 @@ if = "src 127.0.0.1"
 #[tokio::test]
 async fn content_rules_wait_for_data_within_inspect_delay() {
     let [web, admin] = free_addrs();
-    let a = echo("A:").await;
-    let b = echo("B:").await;
+    let a = tcp_echo("A:").await;
+    let b = tcp_echo("B:").await;
     let rules = r#"
 inspect_delay = "3s"
 [[frontend.tcp_request]]
@@ -165,7 +136,7 @@ accept = true
 #[tokio::test]
 async fn silent_client_is_held_only_until_inspect_delay() {
     let [web, admin] = free_addrs();
-    let a = echo("A:").await;
+    let a = tcp_echo("A:").await;
     let rules = r#"
 inspect_delay = "400ms"
 [[frontend.tcp_request]]
@@ -212,7 +183,7 @@ async fn backend_down_closes_after_retries_and_logs_sc() {
 #[tokio::test]
 async fn tunnel_timeout_closes_an_idle_connection() {
     let [web, admin] = free_addrs();
-    let a = echo("").await;
+    let a = tcp_echo("").await;
     let extra = "timeout = { tunnel = \"300ms\" }";
     let d = Daemon::start(&config(web, admin, "", &backend("a", a, extra)), &[web]).await;
     let mut c = TcpStream::connect(web).await.expect("connect");
@@ -233,7 +204,7 @@ async fn tunnel_timeout_closes_an_idle_connection() {
 #[tokio::test]
 async fn frontend_maxconn_holds_the_next_connection() {
     let [web, admin] = free_addrs();
-    let a = echo("").await;
+    let a = tcp_echo("").await;
     let _d = Daemon::start(
         &config(web, admin, "maxconn = 1", &backend("a", a, "")),
         &[web],
@@ -359,7 +330,7 @@ async fn socks5_client(addr: SocketAddr) -> Vec<Vec<u8>> {
 async fn socks5_fixture_matches_haproxy() {
     haproxy_26();
     let [web, admin, hweb] = free_addrs();
-    let e = echo("E:").await;
+    let e = tcp_echo("E:").await;
     let script = fixture("socks5-connect-inline-auth", "socks5.lua");
     let cfg = format!(
         "{}[[plugin]]\nname = \"socks5\"\nlua = \"{script}\"\n\n[[frontend]]\nname = \"socks\"\nbind = \"{web}\"\nmode = \"tcp\"\ndefault_backend = \"a\"\ninspect_delay = \"2s\"\n[[frontend.tcp_request]]\nlua = \"socks5\"\n\n{}",
@@ -475,7 +446,7 @@ fn own_script() -> String {
 #[tokio::test]
 async fn lua_tcp_action_reads_and_answers_on_raw_channels() {
     let [web, admin] = free_addrs();
-    let a = echo("").await;
+    let a = tcp_echo("").await;
     let cfg = format!(
         "{}[[plugin]]\nname = \"b\"\nlua = \"{}\"\n\n[[frontend]]\nname = \"tcpfe\"\nbind = \"{web}\"\nmode = \"tcp\"\ndefault_backend = \"a\"\ninspect_delay = \"1s\"\n[[frontend.tcp_request]]\nlua = \"banner\"\n[[frontend.tcp_request]]\nreject = true\n\n{}",
         global_section(admin, &[("access_log", "\"text\"")]),

@@ -20,35 +20,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-/// A TCP echo server; each connection's bytes come back prefixed by `tag`.
-async fn echo(tag: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let mut first = true;
-                loop {
-                    let n = match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    if first && !tag.is_empty() {
-                        let _ = s.write_all(tag.as_bytes()).await;
-                        first = false;
-                    }
-                    if s.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 /// Reads until `want` bytes arrived or the peer closed (bounded by LIMIT).
 async fn read_n(s: &mut TcpStream, want: usize) -> Vec<u8> {
     let mut out = Vec::new();
@@ -143,7 +114,7 @@ async fn lines_client(addr: SocketAddr) -> Vec<Vec<u8>> {
 async fn tcp_payload_holds_and_rewrites_as_haproxy_does() {
     haproxy_26();
     let [web, admin] = free_addrs();
-    let e = echo("A:").await;
+    let e = tcp_echo("A:").await;
     let dir = TempDir::new("tcp-filter");
     let script = dir.write("lines.lua", LINES);
     let script = script.display().to_string();
@@ -205,7 +176,7 @@ core.register_filter("lines", F, function(class, args) return class end)
 
 #[tokio::test]
 async fn a_failing_tcp_payload_follows_on_error() {
-    let e = echo("").await;
+    let e = tcp_echo("").await;
     let dir = TempDir::new("tcp-filter-boom");
     let script = dir.write("boom.lua", BOOM).display().to_string();
     for (on_error, passes) in [("fail_open", true), ("fail_closed", false)] {
@@ -258,7 +229,7 @@ core.register_filter("lines", W, function(class, args) return class end)
 
 #[tokio::test]
 async fn wake_time_calls_tcp_payload_again_without_data() {
-    let e = echo("").await;
+    let e = tcp_echo("").await;
     let dir = TempDir::new("tcp-filter-wake");
     let script = dir.write("wake.lua", WAKE).display().to_string();
     let [web, admin] = free_addrs();

@@ -701,3 +701,32 @@ impl Drop for Webhook {
         self.task.abort();
     }
 }
+
+/// A TCP echo server; each connection's bytes come back prefixed by `tag`.
+pub async fn tcp_echo(tag: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut first = true;
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if first && !tag.is_empty() {
+                        let _ = s.write_all(tag.as_bytes()).await;
+                        first = false;
+                    }
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}

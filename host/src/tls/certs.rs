@@ -32,14 +32,19 @@ fn fail(path: &Path, message: impl Into<String>) -> FileError {
 
 /// Reads a whole (small) file.
 fn read(path: &Path) -> Result<Vec<u8>, FileError> {
+    read_capped(path, MAX_PEM)
+}
+
+/// Reads a whole file of at most `max` bytes; a larger one is an error.
+pub(crate) fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, FileError> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| fail(path, format!("cannot read: {e}")))?;
     let mut out = Vec::new();
-    file.take(MAX_PEM + 1)
+    file.take(max + 1)
         .read_to_end(&mut out)
         .map_err(|e| fail(path, format!("cannot read: {e}")))?;
-    if out.len() as u64 > MAX_PEM {
-        return Err(fail(path, format!("larger than {MAX_PEM} bytes")));
+    if out.len() as u64 > max {
+        return Err(fail(path, format!("larger than {max} bytes")));
     }
     Ok(out)
 }

@@ -50,19 +50,6 @@ fn issuer_beside(cert: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, FileError> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| fail(path, format!("cannot read: {e}")))?;
-    let mut out = Vec::new();
-    file.take(MAX_OCSP + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| fail(path, format!("cannot read: {e}")))?;
-    if out.len() as u64 > MAX_OCSP {
-        return Err(fail(path, format!("larger than {MAX_OCSP} bytes")));
-    }
-    Ok(out)
-}
-
 /// Reads the OCSP response at `path` for the certificate whose chain
 /// (leaf first) was read from `cert_path`, checks it against the leaf and
 /// its issuer at `now` (Unix seconds) and returns the DER bytes to staple.
@@ -72,7 +59,7 @@ pub fn load(
     chain: &[CertificateDer<'_>],
     now: u64,
 ) -> Result<Vec<u8>, FileError> {
-    let der = read(path)?;
+    let der = super::certs::read_capped(path, MAX_OCSP)?;
     check(path, cert_path, &der, chain, now)?;
     Ok(der)
 }
