@@ -462,8 +462,25 @@ async fn h2_tracer_run() -> Result<(), String> {
             d.stdout()
         ));
     }
+    // The backend's GOAWAY answers the client's close; whether it still
+    // reaches the tracer before the proxy tears the connection down is a
+    // race on either proxy (seen both ways on each), and so is the total
+    // the last line counts.
+    let settled = |t: &[String]| -> Vec<String> {
+        t.iter()
+            .filter(|l| !l.starts_with("[GOAWAY "))
+            .map(|l| match l.strip_prefix("### res end: ") {
+                Some(_) => "### res end".to_string(),
+                None => l.clone(),
+            })
+            .collect()
+    };
     assert_eq!(req, hreq, "the request trace matches HAProxy's");
-    assert_eq!(res, hres, "the response trace matches HAProxy's");
+    assert_eq!(
+        settled(res),
+        settled(hres),
+        "the response trace matches HAProxy's"
+    );
     Ok(())
 }
 
