@@ -105,6 +105,70 @@ fn plugin_lua(name: &str) -> String {
 
 // ---------------------------------------------------------------- Wasm
 
+/// The demo filter written in C, C++, AssemblyScript and Rust (the
+/// `proxy-wasm` crate; `tests/e2e_wasm_sdks.rs` runs the same modules
+/// through the binary), each tested in the harness as its author would:
+/// headers both ways and the log hook, a local reply, an HTTP call to a
+/// canned upstream whose answer resumes the request.
+#[test]
+fn sdk_demo_guests_in_the_harness() {
+    for g in common::guests() {
+        let name = g.name;
+        let top = plugin_wasm(name, &g.wasm.display().to_string(), Some("upstream=auth"));
+        let text = config(&top, &format!(r#"{{ wasm = "{name}" }}"#), "");
+        let mut h = match Harness::config_text(&text, repo())
+            .upstream("auth", Canned::ok().body("{\"from\": \"auth\"}"))
+            .start()
+        {
+            Ok(h) => h,
+            Err(e) => panic!("{name}: {e}"),
+        };
+
+        let ex = h.run(
+            Request::get("/h?x=1")
+                .header("x-replace-me", "old")
+                .header("x-remove-me", "1")
+                .header("x-keep", "k"),
+            Canned::ok()
+                .header("x-server", "app1")
+                .header("x-secret", "s"),
+        );
+        assert_eq!(ex.status, 200, "{name}: {}", ex.text());
+        let up = ex.upstream.as_ref().expect("forwarded");
+        assert_eq!(up.header("x-guest"), Some(name), "{name}");
+        assert_eq!(up.header("x-seen"), Some("GET /h?x=1"), "{name}");
+        assert_eq!(up.header("x-replace-me"), Some("replaced"), "{name}");
+        assert_eq!(up.header("x-remove-me"), None, "{name}");
+        assert_eq!(up.header("x-keep"), Some("k"), "{name}");
+        assert_eq!(ex.header("x-resp-guest"), Some(name), "{name}");
+        assert_eq!(ex.header("x-server"), Some("hidden"), "{name}");
+        assert_eq!(ex.header("x-secret"), None, "{name}");
+        assert!(
+            ex.logged(&format!("{name} log GET /h?x=1 -> 200")),
+            "{name}: {:?}",
+            ex.logs
+        );
+
+        let ex = h.run(Request::get("/local/x"), Canned::ok());
+        assert_eq!(ex.status, 403, "{name}: {}", ex.text());
+        assert!(ex.local_reply, "{name}");
+        assert!(
+            ex.upstream.is_none(),
+            "{name}: the server must not be asked"
+        );
+        assert_eq!(ex.text(), format!("{name} says no\n"));
+        assert_eq!(ex.header("x-local-by"), Some(name), "{name}");
+
+        let ex = h.run(Request::get("/call/200/a"), Canned::ok());
+        assert_eq!(ex.status, 200, "{name}: {}", ex.text());
+        assert_eq!(ex.calls.len(), 1, "{name}: {:?}", ex.calls);
+        assert_eq!(ex.calls[0].upstream, "auth", "{name}");
+        assert_eq!(ex.calls[0].path, "/status/200", "{name}");
+        let up = ex.upstream.as_ref().expect("forwarded after the call");
+        assert_eq!(up.header("x-auth-status"), Some("200"), "{name}");
+    }
+}
+
 #[test]
 fn wasm_hello_sets_a_header_counts_keys_and_answers_429() {
     let top = format!(

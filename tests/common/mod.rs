@@ -13,6 +13,7 @@ mod body;
 mod client;
 mod config;
 mod daemon;
+mod guests;
 mod haproxy;
 mod plugins;
 
@@ -30,6 +31,8 @@ pub use client::*;
 pub use config::*;
 #[allow(unused_imports)]
 pub use daemon::*;
+#[allow(unused_imports)]
+pub use guests::*;
 #[allow(unused_imports)]
 pub use haproxy::*;
 #[allow(unused_imports)]
