@@ -309,3 +309,71 @@ fn http_after_response_refuses_actions_that_answer() {
         out.stderr
     );
 }
+
+/// Lua actions registered for `http-after-res` (HAProxy 2.7+; Debian's 2.6
+/// refuses that registration, so this follows HAProxy's documentation: the
+/// action runs from `http-after-response lua.<name>` on every response,
+/// the proxy's own answers included) run in `http_after_response` rules; an
+/// action registered only for `http-res` is refused there, and the other
+/// way round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lua_http_after_res_actions_run_on_every_response() {
+    let app = Backend::start("s1").await;
+    let dir = TempDir::new("after-res");
+    let script = dir.write(
+        "after.lua",
+        r#"
+core.register_action("stamp", { "http-after-res" }, function(txn, tag)
+  txn.http:res_set_header("x-after", tag .. " " .. txn.sf:status())
+  txn.http:res_del_header("x-secret")
+end, 1)
+core.register_action("res_only", { "http-res" }, function(txn) end)
+"#,
+    );
+    let script = script.display().to_string();
+    let ports = Ports::new();
+    let rules = r#"http_request = [
+  { deny = 403, if = "path_beg /admin" },
+  { return = 200, content_type = "text/plain", body = "hi", if = "path /hello" },
+]
+http_after_response = [{ lua = "stamp", args = ["lua"] }]
+"#;
+    let cfg = format!(
+        "{}[[plugin]]\nname = \"after\"\nlua = \"{script}\"\n\n{}{}",
+        global_section(ports.admin, &[]),
+        frontend_section("web", ports.web, "app", rules),
+        backend_section("app", "roundrobin", &[("s1", app.addr, 1)], ""),
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    for (path, status) in [("/x", "200"), ("/hello", "200"), ("/admin", "403")] {
+        let r = get(ports.web, path).await;
+        assert_eq!(r.status.as_str(), status, "{path}");
+        assert_eq!(
+            r.header("x-after"),
+            Some(format!("lua {status}")),
+            "{path}: the action ran after the response was decided"
+        );
+    }
+
+    // The wrong registration for the list is a config error naming both.
+    for (list, action, want) in [
+        ("http_after_response", "res_only", "http-after-res"),
+        ("http_response", "stamp", "http-res"),
+    ] {
+        let bad = format!(
+            "[[plugin]]\nname = \"after\"\nlua = \"{script}\"\n\n[[frontend]]\nname = \"web\"\nbind = \"127.0.0.1:1\"\ndefault_backend = \"app\"\n{list} = [{{ lua = \"{action}\", args = [\"x\"] }}]\n\n[[backend]]\nname = \"app\"\nserver = [{{ name = \"s1\", addr = \"127.0.0.1:2\" }}]\n"
+        );
+        let path = dir.write("bad.toml", &bad);
+        let out = run_bin(
+            &["check", "-c", path.to_str().expect("utf-8 path")],
+            std::time::Duration::from_secs(20),
+        );
+        assert_eq!(
+            out.status.and_then(|s| s.code()),
+            Some(1),
+            "{list}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains(want), "{list}: {}", out.stderr);
+    }
+}

@@ -107,6 +107,9 @@ pub struct RegAction {
     /// Registered for `tcp-res` (`tcp_response` rules), with its `nb_args`.
     pub tcp_res: bool,
     pub nb_args_tcp_res: usize,
+    /// Registered for `http-after-res` (`http_after_response` rules), with its `nb_args`.
+    pub after_res: bool,
+    pub nb_args_after_res: usize,
 }
 
 /// Everything a script registered while loading.
@@ -198,12 +201,24 @@ impl Plugins {
     }
 
     /// The plugin that registered action `name` for `phase`.
-    pub(crate) fn action(&self, name: &str, phase: Phase) -> Result<(&Arc<Plugin>, usize), String> {
+    pub(crate) fn action(
+        &self,
+        name: &str,
+        phase: Phase,
+        after_response: bool,
+    ) -> Result<(&Arc<Plugin>, usize), String> {
         let mut found = Vec::new();
         let mut other_phase = false;
         for p in &self.list {
             for a in p.registered.actions.iter().filter(|a| a.name == name) {
                 match phase {
+                    Phase::Response if after_response => {
+                        if a.after_res {
+                            found.push((p, a.nb_args_after_res));
+                        } else {
+                            other_phase = true;
+                        }
+                    }
                     Phase::Request if a.request => found.push((p, a.nb_args_req)),
                     Phase::Response if a.response => found.push((p, a.nb_args_res)),
                     _ => other_phase = true,
@@ -212,6 +227,9 @@ impl Plugins {
         }
         match found.as_slice() {
             [one] => Ok(*one),
+            [] if other_phase && after_response => Err(format!(
+                "Lua action {name:?} is not registered for http_after_response rules (register it with {{\"http-after-res\"}} in core.register_action, as HAProxy requires for http-after-response)"
+            )),
             [] if other_phase => Err(format!(
                 "Lua action {name:?} is not registered for {} (register it with {{\"{}\"}} in core.register_action)",
                 phase_list(phase),

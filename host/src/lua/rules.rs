@@ -48,6 +48,8 @@ pub struct LuaAction {
     id: u64,
     /// A `tcp-req` action (a `tcp_request` rule).
     tcp: bool,
+    /// An `http-after-res` action (an `http_after_response` rule).
+    after: bool,
 }
 
 /// Builds a `lua` rule in `tcp_request`: the action must be registered for `tcp-req`.
@@ -86,6 +88,7 @@ pub fn build_tcp_action(
         args,
         id: NEXT_RULE.fetch_add(1, Relaxed),
         tcp: true,
+        after: false,
     }))
 }
 
@@ -100,7 +103,7 @@ pub fn build_action(
     };
     let phase = re.env.phase;
     let (plugin, nb_args) = plugins
-        .action(n.get_ref(), phase)
+        .action(n.get_ref(), phase, re.after_response)
         .map_err(|m| re.error(n.span(), m))?;
     let args = match &raw.args {
         Some(a) => arg_strings(a).map_err(|m| re.error(a.span(), m))?,
@@ -130,6 +133,7 @@ pub fn build_action(
         args,
         id: NEXT_RULE.fetch_add(1, Relaxed),
         tcp: false,
+        after: re.after_response,
     }))
 }
 
@@ -148,6 +152,7 @@ impl LuaAction {
         plugin.stats.calls.fetch_add(1, Relaxed);
         let response = self.phase == Phase::Response;
         let tcp = self.tcp;
+        let after = self.after;
         let name = self.name.as_str();
         let binding = match inst.binding(
             self.id,
@@ -156,6 +161,8 @@ impl LuaAction {
                     f.actions_tcp_res.get(name).cloned()
                 } else if tcp {
                     f.actions_tcp.get(name).cloned()
+                } else if after {
+                    f.actions_after_res.get(name).cloned()
                 } else if response {
                     f.actions_res.get(name).cloned()
                 } else {

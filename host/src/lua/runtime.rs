@@ -150,6 +150,8 @@ pub(crate) fn describe(e: &mlua::Error) -> String {
 pub(crate) struct Funcs {
     pub actions_req: HashMap<String, Function>,
     pub actions_res: HashMap<String, Function>,
+    /// `http-after-res` actions by name.
+    pub actions_after_res: HashMap<String, Function>,
     pub fetches: HashMap<String, Function>,
     pub converters: HashMap<String, Function>,
     pub services: HashMap<String, Function>,

@@ -87,6 +87,9 @@ pub struct RuleEnv<'a> {
     pub span: Range<usize>,
     /// The action's key (`set_header`, `lua`, ...).
     pub key: &'static str,
+    /// The rule is in `http_after_response` (Lua actions registered for
+    /// `http-after-res`, not `http-res`).
+    pub after_response: bool,
 }
 
 impl RuleEnv<'_> {
@@ -970,6 +973,7 @@ mod tests {
             source: &source,
             span: 0..0,
             key: key.key,
+            after_response: false,
         };
         (key.build)(raw, &re)
     }

@@ -139,6 +139,8 @@ const AFTER_RESPONSE_ACTIONS: &[&str] = &[
     "sc_inc_gpc",
     "sc_clr_gpc",
     "sc_set_gpt",
+    // Lua actions registered for `http-after-res` (checked by the Lua host).
+    "lua",
 ];
 
 /// Compiles one `http_after_response` rule: a response rule limited to
@@ -159,7 +161,7 @@ fn compile_after_response(
             ));
         }
     }
-    compile_rule(rule, Phase::Response, source, cx)
+    compile_rule_in(rule, Phase::Response, true, source, cx)
 }
 
 fn list_name(phase: Phase) -> &'static str {
@@ -173,6 +175,17 @@ fn list_name(phase: Phase) -> &'static str {
 pub fn compile_rule(
     rule: &Spanned<RawRule>,
     phase: Phase,
+    source: &SourceMap,
+    cx: &CompileCtx<'_>,
+) -> Result<Arc<dyn Filter>, ConfigError> {
+    compile_rule_in(rule, phase, false, source, cx)
+}
+
+/// [`compile_rule`], for the `http_after_response` list when `after_response`.
+fn compile_rule_in(
+    rule: &Spanned<RawRule>,
+    phase: Phase,
+    after_response: bool,
     source: &SourceMap,
     cx: &CompileCtx<'_>,
 ) -> Result<Arc<dyn Filter>, ConfigError> {
@@ -263,6 +276,7 @@ pub fn compile_rule(
         source,
         span: rule.span(),
         key: def.key,
+        after_response,
     };
     let inner = (def.build)(raw, &re)?;
     Ok(Arc::new(RuleFilter::new(def.key, phase, cond, inner)))

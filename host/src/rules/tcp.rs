@@ -258,6 +258,7 @@ fn compile_one(
                 source,
                 span: rule.span(),
                 key: if key == "lua" { "lua" } else { "use_service" },
+                after_response: false,
             };
             if key == "lua" {
                 for (k, s) in &keys {

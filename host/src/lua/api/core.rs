@@ -112,7 +112,6 @@ pub(super) fn core_table(
 
     {
         let collect = Rc::clone(collect);
-        let cx = Rc::clone(cx);
         core.raw_set(
             "register_action",
             func(lua, move |_, a| {
@@ -126,7 +125,8 @@ pub(super) fn core_table(
                 }
                 let nb = usize::try_from(nb).unwrap_or(0);
                 while_loading(&collect, "register_action")?;
-                let (mut req, mut res, mut tcp, mut tcp_res) = (false, false, false, false);
+                let (mut req, mut res, mut tcp, mut tcp_res, mut after) =
+                    (false, false, false, false, false);
                 for i in 1..=kinds.raw_len() {
                     let k: Value = kinds.raw_get(i)?;
                     let Value::String(k) = k else {
@@ -137,14 +137,12 @@ pub(super) fn core_table(
                         b"http-res" => res = true,
                         b"tcp-req" => tcp = true,
                         b"tcp-res" => tcp_res = true,
-                        b"http-after-res" => {
-                            tracing::warn!(plugin = %cx.plugin.name, action = %name, "{} actions are not supported; only http-req, http-res, tcp-req and tcp-res", k.to_string_lossy());
-                        }
+                        b"http-after-res" => after = true,
                         other => {
                             return Err(args.err(
                                 2,
                                 format!(
-                                    "unknown action type '{}'; expected http-req or http-res",
+                                    "unknown action type '{}'; expected http-req, http-res, http-after-res, tcp-req or tcp-res",
                                     String::from_utf8_lossy(other)
                                 ),
                             ));
@@ -166,6 +164,8 @@ pub(super) fn core_table(
                             nb_args_tcp: 0,
                             tcp_res: false,
                             nb_args_tcp_res: 0,
+                            after_res: false,
+                            nb_args_after_res: 0,
                         });
                         let last = names.actions.len() - 1;
                         &mut names.actions[last]
@@ -185,6 +185,11 @@ pub(super) fn core_table(
                     entry.tcp_res = true;
                     entry.nb_args_tcp_res = nb;
                     funcs.actions_tcp_res.insert(name.clone(), f.clone());
+                }
+                if after {
+                    entry.after_res = true;
+                    entry.nb_args_after_res = nb;
+                    funcs.actions_after_res.insert(name.clone(), f.clone());
                 }
                 if res {
                     entry.response = true;
