@@ -501,3 +501,34 @@ async fn lua_tcp_service_talks_to_the_client() {
         "the connection closes when the service returns"
     );
 }
+
+/// A TCP frontend's `log_format` is used for its connection lines;
+/// `"tcplog"` is HAProxy's `option tcplog` line.
+#[tokio::test]
+async fn tcp_frontends_take_a_log_format() {
+    let [web, admin] = free_addrs();
+    let a = tcp_echo("A:").await;
+    let d = Daemon::start(
+        &config(web, admin, "log_format = \"tcplog\"", &backend("a", a, "")),
+        &[web],
+    )
+    .await;
+    let mut c = TcpStream::connect(web).await.expect("connect");
+    c.write_all(b"hello").await.expect("write");
+    assert_eq!(read_n(&mut c, 7).await, b"A:hello");
+    drop(c);
+    let line = d
+        // The readiness probe's connection is logged too, with 0 bytes.
+        .wait_stderr_line(LIMIT, |l| l.contains(" tcpfe a/s1 ") && l.contains(" 7 --"))
+        .await
+        .expect("a tcplog line");
+    // %ci:%cp [%t] %ft %b/%s %Tw/%Tc/%Tt %B %ts %ac/%fc/%bc/%sc/%rc %sq/%bq
+    let shape = regex::Regex::new(
+        r"127\.0\.0\.1:\d+ \[\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d\.\d{3}\] tcpfe a/s1 \d+/(-|-?\d+)/\d+ 7 -- \d+/\d+/\d+/\d+/\d+ \d+/\d+$",
+    )
+    .expect("regex");
+    assert!(
+        shape.is_match(line.trim_end()),
+        "not HAProxy's tcplog shape: {line}"
+    );
+}

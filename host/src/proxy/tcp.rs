@@ -454,6 +454,43 @@ fn finish(
     let config = &shared.config;
     let backend = rec.backend.and_then(|b| config.backends.get(b));
     let server = backend.zip(rec.server).and_then(|(b, s)| b.servers.get(s));
+    if let Some(format) = config
+        .frontends
+        .get(frontend)
+        .and_then(|f| f.log_format.as_ref())
+    {
+        // HAProxy's custom log-format on a TCP proxy (`option tcplog` is
+        // `log_format = "tcplog"`): no request, so method, URI and status are `-`/0.
+        let total = start.elapsed();
+        let t = rec.termination.as_bytes();
+        let facts = crate::rules::LogFacts {
+            client: txn.client_addr,
+            local: txn.local_addr,
+            frontend: &txn.frontend,
+            backend: backend.map(|b| &*b.name),
+            server: server.map(|s| &*s.name),
+            server_addr: server.map(|s| s.addr),
+            method: "-",
+            uri: "-",
+            version: "-",
+            status: 0,
+            bytes_out: rec.to_client,
+            bytes_in,
+            start: std::time::SystemTime::now()
+                .checked_sub(total)
+                .unwrap_or(std::time::UNIX_EPOCH),
+            total,
+            upstream: rec.connect,
+            term: [
+                t.first().copied().unwrap_or(b'-'),
+                t.get(1).copied().unwrap_or(b'-'),
+            ],
+        };
+        worker
+            .access_log
+            .write_with(|buf| format.render_log(Some(txn), &facts, buf));
+        return;
+    }
     let client = txn.client_addr.to_string();
     worker.access_log.write(&super::accesslog::LogRecord {
         client: &client,

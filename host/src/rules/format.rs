@@ -19,6 +19,9 @@ use crate::txn::Txn;
 /// HAProxy's `option httplog` line (2.6), what `log_format = "httplog"` means.
 pub const HTTPLOG: &str = "%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %CC %CS %tsc %ac/%fc/%bc/%sc/%rc %sq/%bq %hr %hs %{+Q}r";
 
+/// HAProxy's `option tcplog` line (2.6), what `log_format = "tcplog"` means.
+pub const TCPLOG: &str = "%ci:%cp [%t] %ft %b/%s %Tw/%Tc/%Tt %B %ts %ac/%fc/%bc/%sc/%rc %sq/%bq";
+
 /// HAProxy's log-format variables that [`LogFormat::parse_log`] knows, by
 /// name; what portcullis cannot provide renders `-` (see docs/CONFIG.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,9 +188,14 @@ impl LogFormat {
     /// Parses an access-log format: `%[...]` as in [`LogFormat::parse`],
     /// plus HAProxy's `%<var>` and `%{flags}<var>` ([`LogVar`]; the flag
     /// `+Q` quotes the value, other flags are accepted and ignored); the
-    /// name `httplog` stands for HAProxy's `option httplog` line.
+    /// name `httplog` stands for HAProxy's `option httplog` line, `tcplog`
+    /// for its `option tcplog` line.
     pub fn parse_log(text: &str, env: &Env<'_>) -> Result<LogFormat, ParseError> {
-        let text = if text == "httplog" { HTTPLOG } else { text };
+        let text = match text {
+            "httplog" => HTTPLOG,
+            "tcplog" => TCPLOG,
+            _ => text,
+        };
         let mut segs = Vec::new();
         let mut lit = String::new();
         let mut rest = text;
