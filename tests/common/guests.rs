@@ -50,13 +50,19 @@ fn run_build(what: &str, cmd: &mut Command) {
     );
 }
 
-fn build_c(out: &Path) -> PathBuf {
-    let wasm = out.join("demo_c.wasm");
+/// A C or C++ guest: `source` compiled by `compiler` for wasm32-wasi as a
+/// reactor, warnings as errors, with `extra` flags before the common ones.
+fn build_clang(what: &str, compiler: &str, extra: &[&str], source: &str, out: &Path) -> PathBuf {
+    let wasm = out.join(format!(
+        "demo_{}.wasm",
+        if compiler == "clang" { "c" } else { "cpp" }
+    ));
     run_build(
-        "C",
-        Command::new("clang")
+        what,
+        Command::new(compiler)
+            .arg("--target=wasm32-wasi")
+            .args(extra)
             .args([
-                "--target=wasm32-wasi",
                 "-O2",
                 "-mexec-model=reactor",
                 "-Wall",
@@ -65,31 +71,23 @@ fn build_c(out: &Path) -> PathBuf {
                 "-o",
             ])
             .arg(&wasm)
-            .arg(root().join("plugins/wasm/c/demo.c")),
+            .arg(root().join(source)),
     );
     wasm
 }
 
+fn build_c(out: &Path) -> PathBuf {
+    build_clang("C", "clang", &[], "plugins/wasm/c/demo.c", out)
+}
+
 fn build_cpp(out: &Path) -> PathBuf {
-    let wasm = out.join("demo_cpp.wasm");
-    run_build(
+    build_clang(
         "C++",
-        Command::new("clang++")
-            .args([
-                "--target=wasm32-wasi",
-                "-std=c++17",
-                "-O2",
-                "-fno-exceptions",
-                "-mexec-model=reactor",
-                "-Wall",
-                "-Wextra",
-                "-Werror",
-                "-o",
-            ])
-            .arg(&wasm)
-            .arg(root().join("plugins/wasm/cpp/demo.cc")),
-    );
-    wasm
+        "clang++",
+        &["-std=c++17", "-fno-exceptions"],
+        "plugins/wasm/cpp/demo.cc",
+        out,
+    )
 }
 
 fn build_assemblyscript(out: &Path) -> PathBuf {
