@@ -796,3 +796,49 @@ async fn replaced_generations_are_freed_when_their_last_request_ends() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.echo().header("x-lua").as_deref(), Some("v10"));
 }
+
+/// `[global] log_level` follows a reload (it needed a restart before): a
+/// request that fails is logged at debug only once the reload made debug
+/// the level, and the reload reports nothing to restart.
+#[tokio::test]
+async fn the_log_level_follows_a_reload() {
+    let ports = Ports::new();
+    let refused = free_addr();
+    let cfg = |level: &str| {
+        format!(
+            "{}{}{}",
+            global_section(
+                ports.admin,
+                &[
+                    ("admin_token", ADMIN_TOKEN_TOML),
+                    ("log_level", &format!("\"{level}\"")),
+                ]
+            ),
+            frontend_section("web", ports.web, "gone", ""),
+            backend_section("gone", "roundrobin", &[("g1", refused, 1)], ""),
+        )
+    };
+    let d = Daemon::start(&cfg("info"), &[ports.web, ports.admin]).await;
+    let r = get(ports.web, "/before").await;
+    assert!(r.status.is_server_error(), "{}", r.status);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !d.stderr().contains("request failed"),
+        "no debug line at info: {}",
+        d.stderr()
+    );
+    std::fs::write(&d.config_path, cfg("debug")).expect("write");
+    let r = reload(ports.admin).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        r.json()["restart_required"],
+        serde_json::json!([]),
+        "log_level needs no restart: {}",
+        r.text()
+    );
+    let r = get(ports.web, "/after").await;
+    assert!(r.status.is_server_error(), "{}", r.status);
+    d.wait_stderr_line(Duration::from_secs(5), |l| l.contains("request failed"))
+        .await
+        .expect("the failed request logged at debug after the reload");
+}

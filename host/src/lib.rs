@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod filter;
 pub mod harness;
+pub mod logging;
 pub mod lua;
 pub mod metrics;
 pub mod plugin;

@@ -69,14 +69,33 @@ enum Command {
 }
 
 fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("portcullis={level},warn")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let from_env = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG").ok();
+    let fixed = from_env.is_some();
+    let filter = from_env
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(format!("portcullis={level},warn")));
+    // Behind a reload handle: a config reload may change log_level.
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
+    portcullis::logging::install(Box::new(move |level| {
+        if fixed {
+            return Err("PORTCULLIS_LOG set the log filter at start; it stays in force".into());
+        }
+        handle
+            .reload(tracing_subscriber::EnvFilter::new(format!(
+                "portcullis={level},warn"
+            )))
+            .map_err(|e| e.to_string())
+    }));
 }
 
 fn main() -> ExitCode {

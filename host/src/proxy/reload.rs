@@ -308,9 +308,18 @@ impl Daemon {
         .await
         .map_err(|e| format!("the reload task failed: {e}"))?;
         let runtime = assembled.map_err(|e: ConfigError| e.to_string())?;
-        let restart_required = restart_required(&old.config, &runtime);
+        let mut restart_required = restart_required(&old.config, &runtime);
         let (added, removed) = listener_changes(&old.config, &runtime);
         let listeners = self.bind_new(&runtime, &added).map_err(|e| e.to_string())?;
+        // Nothing fails from here: the new log level goes in force with the rest.
+        let (was, now) = (&old.config.global.log_level, &runtime.global.log_level);
+        if was != now
+            && let Err(why) = crate::logging::set_level(now)
+        {
+            restart_required.push(format!(
+                "[global] log_level changed from {was} to {now}: not applied ({why})"
+            ));
+        }
         for (addr, _) in &removed {
             self.inventory.remove(*addr);
         }
@@ -453,7 +462,6 @@ fn restart_required(old: &Runtime, new: &Runtime) -> Vec<String> {
         format!("{:?}", o.maxconn),
         format!("{:?}", n.maxconn),
     );
-    note("log_level", o.log_level.clone(), n.log_level.clone());
     let admin = |a: &Option<crate::config::admin::Admin>| {
         a.as_ref().map_or_else(
             || "none".to_string(),
