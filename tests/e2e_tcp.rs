@@ -27,21 +27,6 @@ fn backend(name: &str, addr: SocketAddr, extra: &str) -> String {
     )
 }
 
-/// Reads until `want` bytes arrived or the peer closed (bounded by LIMIT).
-async fn read_n(s: &mut TcpStream, want: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + LIMIT;
-    while out.len() < want {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    out
-}
-
 /// Reads until the peer closes; the time it took.
 async fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, Duration) {
     let start = Instant::now();

@@ -20,21 +20,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-/// Reads until `want` bytes arrived or the peer closed (bounded by LIMIT).
-async fn read_n(s: &mut TcpStream, want: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + LIMIT;
-    while out.len() < want {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    out
-}
-
 /// A portcullis config: plugin `script` (with `extra` settings), TCP
 /// frontend `fe` on `web` with filter `filter`, backend `a` on `server`.
 fn config(

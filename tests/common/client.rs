@@ -411,3 +411,19 @@ pub async fn unix_send(path: &Path, req: Request<Body>) -> Resp {
     .await;
     res.unwrap_or_else(|e| panic!("{what}: {e:?}"))
 }
+
+/// Reads from a raw socket until `want` bytes arrived, the peer closed or
+/// 10 s passed; what arrived.
+pub async fn read_n(s: &mut TcpStream, want: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    out
+}
