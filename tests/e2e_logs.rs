@@ -291,9 +291,14 @@ http_response = [ { set_var = "txn.srv", expr = "res.hdr(x-server)" } ]
     assert_eq!(
         ok,
         [format!(
-            "custom 127.0.0.1 GET /x/y?q=1 /x/y ?q=1 HTTP/1.1 200 0 -- app/s1 s1 alice \"GET /x/y?q=1 HTTP/1.1\" {}:{} 0 -",
+            "custom 127.0.0.1 GET /x/y?q=1 /x/y ?q=1 HTTP/1.1 200 0 -- app/s1 s1 alice \"GET /x/y?q=1 HTTP/1.1\" {}:{} 0 {}",
             web.ip(),
-            web.port()
+            web.port(),
+            // %Tc: the connection to s1 took whole milliseconds (0 on loopback, unless slow).
+            ok.first()
+                .and_then(|l| l.rsplit(' ').next())
+                .filter(|t| t.parse::<u64>().is_ok())
+                .unwrap_or("<%Tc: a number of ms>")
         )],
         "{}",
         d.stderr()
@@ -303,7 +308,7 @@ http_response = [ { set_var = "txn.srv", expr = "res.hdr(x-server)" } ]
     assert_eq!(
         denied,
         [format!(
-            "custom 127.0.0.1 GET /deny/me /deny/me  HTTP/1.1 403 0 PR web/<NOSRV> - - \"GET /deny/me HTTP/1.1\" {}:{} 0 -",
+            "custom 127.0.0.1 GET /deny/me /deny/me  HTTP/1.1 403 0 PR web/<NOSRV> - - \"GET /deny/me HTTP/1.1\" {}:{} -1 -1",
             web.ip(),
             web.port()
         )],
@@ -322,7 +327,9 @@ http_response = [ { set_var = "txn.srv", expr = "res.hdr(x-server)" } ]
     );
     assert_eq!((f[2], f[3]), ("plain", "app/s1"), "{line}");
     let t: Vec<&str> = f[4].split('/').collect();
-    assert_eq!((t[0], t[1], t[2]), ("-", "0", "-"), "{line}");
+    // TR/Tw/Tc: TR unmeasured, no queue wait, a connect time in ms.
+    assert_eq!((t[0], t[1]), ("-", "0"), "{line}");
+    assert!(t[2].parse::<u64>().is_ok(), "%Tc: {line}");
     assert!(
         t[3].parse::<u64>().is_ok() && t[4].parse::<u64>().is_ok(),
         "{line}"

@@ -16,7 +16,7 @@ const LIMIT: Duration = Duration::from_secs(15);
 
 fn config(ports: &Ports, servers: &str, timeouts: &str) -> String {
     format!(
-        "{}{}log_format = \"%HU %ST %ts\"\n[[backend]]\nname = \"app\"\nbalance = \"roundrobin\"\nserver = [\n{servers}]\n{timeouts}\n",
+        "{}{}log_format = \"%HU %ST %ts %Tw\"\n[[backend]]\nname = \"app\"\nbalance = \"roundrobin\"\nserver = [\n{servers}]\n{timeouts}\n",
         global_section(
             ports.admin,
             &[("access_log", "\"text\""), ("timeout.server", "\"10s\"")]
@@ -112,6 +112,21 @@ async fn full_servers_take_no_request_and_the_queue_serves_in_order() {
     assert_eq!(app["servers"][0]["smax"], 1, "{app}");
     assert_eq!(app["servers"][1]["smax"], 1, "{app}");
     assert_eq!(s1.requests() + s2.requests(), 5);
+    // %Tw: the first two went straight to a server, the last waited for two turns.
+    d.wait_stderr_line(LIMIT, |l| l.starts_with("/delay/400?n=4 "))
+        .await
+        .expect("the last request's log line");
+    let tw = |n: u64| {
+        d.stderr()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("/delay/400?n={n} 200 -- "))
+                    .and_then(|t| t.trim().parse::<u64>().ok())
+            })
+            .unwrap_or_else(|| panic!("no log line with %Tw for n={n}: {}", d.stderr()))
+    };
+    assert_eq!((tw(0), tw(1)), (0, 0), "no wait for the first two");
+    assert!(tw(4) >= 500, "the last one waited: {} ms", tw(4));
     drop(d);
 }
 
@@ -173,9 +188,14 @@ async fn queue_timeout_answers_503_with_sq() {
         waited >= Duration::from_millis(280) && waited < Duration::from_millis(1200),
         "waited {waited:?}"
     );
-    d.wait_stderr_line(LIMIT, |l| l.ends_with("/waits 503 sQ"))
-        .await
-        .expect("the queue timeout logged sQ");
+    d.wait_stderr_line(LIMIT, |l| {
+        // %Tw: the time it waited in the queue, as HAProxy logs it.
+        l.strip_prefix("/waits 503 sQ ")
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .is_some_and(|ms| (280..1200).contains(&ms))
+    })
+    .await
+    .expect("the queue timeout logged sQ");
     assert_eq!(within("slow", LIMIT, slow).await.expect("task").status, 200);
     // The queue is empty again and the server takes the next request.
     let r = get(web, "/after").await;

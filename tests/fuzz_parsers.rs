@@ -578,6 +578,7 @@ fn with_env<R>(phase: Phase, f: impl FnOnce(&Env<'_>) -> R) -> R {
         backends: &backends,
         plugins: portcullis::rules::Extensions::empty(),
         tables: &TABLES,
+        resolvers: portcullis::resolve::Resolvers::none(),
     };
     f(&Env { ctx: &cx, phase })
 }
@@ -738,6 +739,8 @@ const FETCH_CALLS: &[&str] = &[
     "src_port",
     "dst",
     "dst_port",
+    "dst_is_local",
+    "src_is_local",
     "status",
     "var(txn.n)",
     "var(txn.s)",

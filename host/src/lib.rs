@@ -28,6 +28,7 @@ pub mod lua;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;
+pub mod resolve;
 pub mod rules;
 pub mod runtime;
 pub mod servers;

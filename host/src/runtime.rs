@@ -36,6 +36,8 @@ pub struct Runtime {
     pub servers: crate::servers::Backends,
     /// Stick tables (`[[stick_table]]`), shared by rules, plugins and the admin API.
     pub tables: Arc<StickTables>,
+    /// `[[resolvers]]` sections (`default` always there), asked by `do_resolve` rules.
+    pub resolvers: Arc<crate::resolve::Resolvers>,
     /// One host per plugin kind, in a fixed order (Lua, then Wasm).
     pub plugins: Vec<Arc<dyn PluginHost>>,
     /// Each backend's `tcp_response` rules (by backend index), run for TCP frontends.
@@ -209,7 +211,9 @@ pub fn assemble_with(
         backends,
         plugins,
         stick_tables,
+        resolvers,
     } = spec;
+    let resolvers = Arc::new(crate::resolve::Resolvers::new(&resolvers));
     let mut tables = config::stick::build(&stick_tables, &source)?;
     let mut global = global;
     if let Some(prev) = previous {
@@ -278,6 +282,7 @@ pub fn assemble_with(
         backends: &backend_ids,
         plugins: &extensions,
         tables: &tables,
+        resolvers: &resolvers,
     };
     let frontends = frontends
         .into_iter()
@@ -330,6 +335,7 @@ pub fn assemble_with(
         backends,
         servers,
         tables,
+        resolvers,
         plugins: hosts,
         plugin_files: code.into_used(),
         _live: Live::new(),

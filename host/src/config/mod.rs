@@ -13,6 +13,7 @@ pub mod diag;
 mod errors;
 pub mod logs;
 pub mod mailers;
+pub mod resolvers;
 pub mod schema;
 pub mod stick;
 pub mod tls;
@@ -20,7 +21,7 @@ pub mod tunnels;
 pub mod units;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +67,8 @@ pub struct Spec {
     pub plugins: Vec<Spanned<schema::RawPlugin>>,
     /// `[[stick_table]]` entries as written (checked by [`stick::build`] at assembly).
     pub stick_tables: Vec<Spanned<schema::RawStickTable>>,
+    /// `[[resolvers]]` sections by name (`default` always there), for `do_resolve` rules.
+    pub resolvers: HashMap<String, Arc<resolvers::ResolversSpec>>,
 }
 
 /// Access-log output format.
@@ -224,6 +227,56 @@ pub struct Server {
     pub tls: Option<Arc<crate::tls::client::Upstream>>,
     /// Most requests served at once (HAProxy's `maxconn`); 0: no limit.
     pub maxconn: u32,
+    /// Parts of the address taken from the connection's destination (`dst`,
+    /// which `set_dst`/`set_dst_port` rules change): HAProxy's `0.0.0.0`,
+    /// port 0 and `+N`/`-N` ports.
+    pub dest: ServerDest,
+}
+
+/// Which parts of a server's address follow the connection's destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServerDest {
+    /// The address was `0.0.0.0`, `::` or `*`: connect to the destination's IP.
+    pub ip: bool,
+    /// The port: as written, the destination's, or the destination's moved by an offset.
+    pub port: DestPort,
+}
+
+/// A server's port as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DestPort {
+    /// A fixed port (the one in `Server::addr`).
+    #[default]
+    Fixed,
+    /// No port or port 0: the destination's port.
+    Same,
+    /// `+N` / `-N`: the destination's port plus N (wrapping, as HAProxy's 16-bit sum).
+    Offset(i32),
+}
+
+impl Server {
+    /// Whether any part of the address comes from the connection's destination.
+    pub fn follows_dst(&self) -> bool {
+        self.dest != ServerDest::default()
+    }
+
+    /// The address to connect to for a connection whose destination is `dst`.
+    pub fn target(&self, dst: SocketAddr) -> SocketAddr {
+        if !self.follows_dst() {
+            return self.addr;
+        }
+        let ip = if self.dest.ip {
+            dst.ip()
+        } else {
+            self.addr.ip()
+        };
+        let port = match self.dest.port {
+            DestPort::Fixed => self.addr.port(),
+            DestPort::Same => dst.port(),
+            DestPort::Offset(n) => (i32::from(dst.port()).wrapping_add(n)) as u16,
+        };
+        SocketAddr::new(ip, port)
+    }
 }
 
 /// Active HTTP health-check settings.
@@ -282,7 +335,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Spec, ConfigError> {
             None => ConfigError::file(path, message),
         }
     })?;
-    let (global, frontends, backends) = Validator { source: &source }.validate(&raw)?;
+    let validator = Validator { source: &source };
+    let (global, frontends, backends) = validator.validate(&raw)?;
+    let resolvers = validator.resolvers(&raw.resolvers)?;
     Ok(Spec {
         source,
         global,
@@ -290,6 +345,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Spec, ConfigError> {
         backends,
         plugins: raw.plugin,
         stick_tables: raw.stick_table,
+        resolvers,
     })
 }
 
@@ -462,6 +518,74 @@ impl Validator<'_> {
             maxconn,
             timeouts,
         })
+    }
+
+    /// A server address: `HOST:PORT`, or HAProxy's forms that follow the
+    /// connection's destination: `0.0.0.0`/`::`/`*` for its IP, no port or
+    /// port 0 for its port, `+N`/`-N` for its port moved by N.
+    fn server_addr(&self, s: &Spanned<String>) -> Result<(SocketAddr, ServerDest), ConfigError> {
+        let text = s.get_ref().trim();
+        // Split off the port: the text after the last ':' unless it is a bare IPv6 address.
+        let (host, port) = match text.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => (h, Some(p)),
+            _ if text.starts_with('[') || text.parse::<std::net::Ipv6Addr>().is_ok() => {
+                (text, None)
+            }
+            Some(("", p)) => ("*", Some(p)),
+            _ => (text, None),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let any_ip = host == "*" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_unspecified());
+        let bad = |why: &str| {
+            self.source.error(
+                s.span(),
+                format!("invalid server address {text:?}: {why}; expected HOST:PORT (e.g. \"127.0.0.1:8080\"), or \"0.0.0.0:0\" / \"*\" / \"0.0.0.0:+1000\" to follow each connection's destination (set_dst, set_dst_port)"),
+            )
+        };
+        let dest_port = match port {
+            None | Some("") => DestPort::Same,
+            Some(p) if p.starts_with('+') || p.starts_with('-') => {
+                let n: i32 = p
+                    .parse()
+                    .map_err(|_| bad("the port offset is not a number"))?;
+                if !(-65535..=65535).contains(&n) {
+                    return Err(bad("the port offset must be within -65535..+65535"));
+                }
+                DestPort::Offset(n)
+            }
+            Some(p) => match p.parse::<u16>() {
+                Ok(0) => DestPort::Same,
+                Ok(_) => DestPort::Fixed,
+                Err(_) => return Err(bad("the port is not a number from 0 to 65535")),
+            },
+        };
+        let dest = ServerDest {
+            ip: any_ip,
+            port: dest_port,
+        };
+        if dest == ServerDest::default() {
+            return Ok((self.socket_addr(s, "server address")?, dest));
+        }
+        let fixed_port = match (dest_port, port) {
+            (DestPort::Fixed, Some(p)) => p.parse::<u16>().unwrap_or(0),
+            _ => 0,
+        };
+        let ip = if any_ip {
+            if host.contains(':') {
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            }
+        } else {
+            let with_port = if host.contains(':') {
+                format!("[{host}]:{}", fixed_port)
+            } else {
+                format!("{host}:{}", fixed_port)
+            };
+            let probe = Spanned::new(s.span(), with_port);
+            self.socket_addr(&probe, "server address")?.ip()
+        };
+        Ok((SocketAddr::new(ip, fixed_port), dest))
     }
 
     fn socket_addr(&self, s: &Spanned<String>, what: &str) -> Result<SocketAddr, ConfigError> {
@@ -722,9 +846,16 @@ impl Validator<'_> {
                     ),
                 ));
             }
-            let addr = self.socket_addr(&s.addr, "server address")?;
-            if addr.port() == 0 {
-                return Err(src.error(s.addr.span(), "server address needs a non-zero port"));
+            let (addr, dest) = self.server_addr(&s.addr)?;
+            if dest != ServerDest::default() && b.health_check.is_some() && s.check.unwrap_or(true)
+            {
+                return Err(src.error(
+                    s.addr.span(),
+                    format!(
+                        "server {:?} takes its address from each connection's destination, so it cannot be health-checked; add `check = false` to it",
+                        s.name.get_ref()
+                    ),
+                ));
             }
             let weight = match &s.weight {
                 Some(w) => ranged::<u32>(src, w, "weight", 0, 256)?,
@@ -745,6 +876,7 @@ impl Validator<'_> {
                     (None, Some(t)) => Some(Arc::clone(t)),
                     (None, None) => None,
                 },
+                dest,
             });
         }
         if servers.iter().all(|s| s.weight == 0) {

@@ -25,6 +25,9 @@ pub struct RawConfig {
     /// `[[mailers]]`: HAProxy's `mailers` sections (see `config/mailers.rs`).
     #[serde(default)]
     pub mailers: Vec<Spanned<super::mailers::RawMailers>>,
+    /// `[[resolvers]]`: HAProxy's `resolvers` sections (see `config/resolvers.rs`).
+    #[serde(default)]
+    pub resolvers: Vec<Spanned<super::resolvers::RawResolvers>>,
 }
 
 /// `[[stick_table]]`: a table of per-key counters that rules, plugins and the admin API share.
@@ -426,6 +429,22 @@ pub struct RawRule {
     pub set_var: Option<Spanned<String>>,
     /// `unset_var = "txn.name"`.
     pub unset_var: Option<Spanned<String>>,
+
+    /// `set_dst = "<expr>"`: the connection's destination IP (`dst`) from a fetch expression.
+    pub set_dst: Option<Spanned<String>>,
+    /// `set_dst_port = "<expr>"`: the destination port.
+    pub set_dst_port: Option<Spanned<String>>,
+    /// `set_src = "<expr>"`: the client's IP as rules, logs and `X-Forwarded-For` see it.
+    pub set_src: Option<Spanned<String>>,
+    /// `set_src_port = "<expr>"`: the client's port.
+    pub set_src_port: Option<Spanned<String>>,
+    /// `do_resolve = "txn.ip"` with `expr` (the name) and `resolvers`, `family`:
+    /// HAProxy's `do-resolve(<var>,<resolvers>[,ipv4|ipv6]) <expr>`.
+    pub do_resolve: Option<Spanned<String>>,
+    /// The `[[resolvers]]` section a `do_resolve` asks (default `"default"`).
+    pub resolvers: Option<Spanned<String>>,
+    /// The family a `do_resolve` asks for first: `"ipv6"` (default) or `"ipv4"`.
+    pub family: Option<Spanned<String>>,
 
     /// Value of `set_header` / `add_header` / `set_var` (log-format string).
     pub value: Option<Spanned<String>>,

@@ -454,6 +454,7 @@ impl Harness {
             backends: &backends,
             plugins: &ext,
             tables: &self.runtime.tables,
+            resolvers: &self.runtime.resolvers,
         };
         let env = Env {
             ctx: &cx,

@@ -124,6 +124,10 @@ struct Route {
     server: Option<usize>,
     active: Option<ActiveGuard>,
     upstream_time: Option<Duration>,
+    /// Time in the backend queue (`%Tw`).
+    queue_time: Option<Duration>,
+    /// Time to connect to the server, 0 on a reused connection (`%Tc`).
+    connect_time: Option<Duration>,
     conn: Option<PooledConn>,
     req_body: Option<Rc<RequestBodyState>>,
     error: Option<String>,
@@ -227,12 +231,12 @@ impl BodyEnd for Exchange {
                     (None, BodyOutcome::UpstreamError) => *b"SD",
                 };
                 let facts = crate::rules::LogFacts {
-                    client: ctx.client,
+                    client: txn.client_addr,
                     local: ctx.local,
                     frontend: &ctx.frontend_name,
                     backend: backend.map(|b| &*b.name),
                     server: server.map(|s| &*s.name),
-                    server_addr: server.map(|s| s.addr),
+                    server_addr: server.map(|s| s.target(txn.local_addr)),
                     method: orig_method.as_str(),
                     uri: path,
                     version: version_str(txn.version),
@@ -244,6 +248,8 @@ impl BodyEnd for Exchange {
                         .unwrap_or(std::time::UNIX_EPOCH),
                     total,
                     upstream: route.upstream_time,
+                    queue: route.queue_time,
+                    connect: route.connect_time,
                     term,
                 };
                 access_log.write_with(|buf| format.render_log(Some(&txn), &facts, buf));
@@ -796,12 +802,17 @@ async fn forward(
     bstate.stats.requests.fetch_add(1, Relaxed);
     ex.backend = Some(b);
     let s = match super::queue::acquire(worker, b, ctx.client.ip()).await {
-        Ok(s) => s,
+        Ok((s, waited)) => {
+            ex.queue_time = Some(waited);
+            s
+        }
         Err(super::queue::Unavailable::NoServer) => {
             bstate.stats.no_server.fetch_add(1, Relaxed);
             return Err(ProxyError::NoServer(backend.name.to_string()));
         }
         Err(super::queue::Unavailable::Timeout(waited)) => {
+            // HAProxy logs the time spent in the queue before its timeout too.
+            ex.queue_time = Some(waited);
             return Err(ProxyError::QueueTimeout(backend.name.to_string(), waited));
         }
         Err(super::queue::Unavailable::QueueFull) => {
@@ -848,7 +859,16 @@ async fn forward(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     if shared.config.frontends[ctx.frontend].forwardfor {
-        add_forwarded(&mut headers, &ctx.client_ip, ctx.tls.is_some());
+        // A `set_src` rule changed the client's address: HAProxy forwards that one.
+        if txn.client_addr.ip() == ctx.client.ip() {
+            add_forwarded(&mut headers, &ctx.client_ip, ctx.tls.is_some());
+        } else {
+            add_forwarded(
+                &mut headers,
+                &client_ip_value(txn.client_addr),
+                ctx.tls.is_some(),
+            );
+        }
     }
     let uri = match txn.uri.path_and_query() {
         Some(pq) => Uri::from(pq.clone()),
@@ -866,13 +886,16 @@ async fn forward(
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
 
+    // A server written `0.0.0.0:0` (or with port 0 / `+N`) goes where the
+    // request is headed, as `set_dst`/`set_dst_port` left it.
+    let target = server.target(txn.local_addr);
     let now = Instant::now();
     let mut conn = worker
         .pool
         .checkout(
             b,
             s,
-            server.addr,
+            target,
             backend.connect_timeout,
             now,
             tls_target.as_ref(),
@@ -885,19 +908,14 @@ async fn forward(
         sstate.connects.fetch_add(1, Relaxed);
         Instant::now()
     };
+    ex.connect_time = Some(sent_at.saturating_duration_since(now));
     let result = match send(&mut conn, req, backend.server_timeout, &body_state, sent_at).await {
         Err(SendFailure::Unsent(req)) if conn.reused => {
             // A keep-alive connection the server closed while idle: retry once on a fresh one.
             conn.discard();
             conn = worker
                 .pool
-                .connect_new(
-                    b,
-                    s,
-                    server.addr,
-                    backend.connect_timeout,
-                    tls_target.as_ref(),
-                )
+                .connect_new(b, s, target, backend.connect_timeout, tls_target.as_ref())
                 .await?;
             sstate.connects.fetch_add(1, Relaxed);
             send(

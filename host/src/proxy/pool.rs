@@ -32,6 +32,9 @@ pub struct PooledConn {
     /// The TLS server name it was opened with (`None`: plain TCP): a
     /// connection is reused only for the same name.
     name: Option<ServerName<'static>>,
+    /// The address it goes to: a server that follows the connection's
+    /// destination (`0.0.0.0:0`) has one pool list for many addresses.
+    addr: SocketAddr,
 }
 
 struct IdleConn {
@@ -39,6 +42,7 @@ struct IdleConn {
     abort: AbortHandle,
     since: Instant,
     name: Option<ServerName<'static>>,
+    addr: SocketAddr,
 }
 
 /// Why a new upstream connection could not be made.
@@ -123,12 +127,15 @@ impl UpstreamPool {
         &self,
         backend: usize,
         server: usize,
+        addr: SocketAddr,
         name: Option<&ServerName<'static>>,
     ) -> Option<IdleConn> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(backend)?.get_mut(server)?;
-        // The most recent connection opened for the same TLS name.
-        let i = list.iter().rposition(|c| c.name.as_ref() == name)?;
+        // The most recent connection opened to the same address for the same TLS name.
+        let i = list
+            .iter()
+            .rposition(|c| c.name.as_ref() == name && c.addr == addr)?;
         Some(list.remove(i))
     }
 
@@ -144,7 +151,7 @@ impl UpstreamPool {
         tls: Option<&Target>,
     ) -> Result<PooledConn, ConnectError> {
         let name = tls.map(|t| &t.name);
-        while let Some(mut idle) = self.pop_idle(backend, server, name) {
+        while let Some(mut idle) = self.pop_idle(backend, server, addr, name) {
             if idle.sender.is_closed()
                 || now.saturating_duration_since(idle.since) > self.idle_timeout
             {
@@ -161,6 +168,7 @@ impl UpstreamPool {
                     backend,
                     server,
                     name: idle.name,
+                    addr,
                 });
             }
         }
@@ -190,6 +198,7 @@ impl UpstreamPool {
             backend,
             server,
             name: tls.map(|t| t.name.clone()),
+            addr,
         })
     }
 
@@ -210,6 +219,7 @@ impl UpstreamPool {
                 abort: conn.abort,
                 since: now,
                 name: conn.name,
+                addr: conn.addr,
             }),
             _ => conn.discard(),
         }

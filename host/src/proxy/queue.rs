@@ -32,8 +32,13 @@ pub enum Unavailable {
 
 /// A slot on a server of backend `b` for a request from `client`: the
 /// server's index, its `active` count already raised (give it back with
-/// [`release`]).
-pub async fn acquire(epoch: &Epoch, b: usize, client: IpAddr) -> Result<usize, Unavailable> {
+/// [`release`]), and the time spent in the queue (HAProxy's `%Tw`; zero,
+/// with no clock read, when a server had room at once).
+pub async fn acquire(
+    epoch: &Epoch,
+    b: usize,
+    client: IpAddr,
+) -> Result<(usize, Duration), Unavailable> {
     let shared = &epoch.shared;
     let backend = &shared.config.backends[b];
     let st = &shared.backends[b];
@@ -48,7 +53,7 @@ pub async fn acquire(epoch: &Epoch, b: usize, client: IpAddr) -> Result<usize, U
         && st.queue.is_empty()
         && st.servers[s].try_begin_request()
     {
-        return Ok(s);
+        return Ok((s, Duration::ZERO));
     }
     let (id, rx) = st
         .queue
@@ -63,13 +68,14 @@ pub async fn acquire(epoch: &Epoch, b: usize, client: IpAddr) -> Result<usize, U
     };
     // A slot may have freed between the balancer's answer and the push.
     dispatch(epoch, b);
-    let deadline = Instant::now() + backend.queue_timeout;
+    let queued_at = Instant::now();
+    let deadline = queued_at + backend.queue_timeout;
     loop {
         let tick = deadline.min(Instant::now() + RECHECK);
         match tokio::time::timeout_at(tick, &mut ticket.rx).await {
             Ok(Ok(s)) => {
                 ticket.settled = true;
-                return Ok(s);
+                return Ok((s, queued_at.elapsed()));
             }
             // The queue dropped its sender without a grant: it is gone.
             Ok(Err(_)) => return Err(Unavailable::NoServer),

@@ -47,6 +47,11 @@ struct Record {
     to_server: u64,
     to_client: u64,
     connect: Option<Duration>,
+    /// Time in the backend queue.
+    queue: Option<Duration>,
+    /// The address connected to (the server's, or the destination a
+    /// `0.0.0.0`/port-0 server follows).
+    server_addr: Option<SocketAddr>,
     termination: &'static str,
 }
 
@@ -88,6 +93,8 @@ pub async fn serve(
         to_server: 0,
         to_client: 0,
         connect: None,
+        queue: None,
+        server_addr: None,
         termination: "--",
     };
     // The filters join the stream before its rules (HAProxy's stream start).
@@ -255,14 +262,20 @@ async fn forward(
     let bstate = &shared.backends[b];
     bstate.stats.requests.fetch_add(1, Relaxed);
     let s = match super::queue::acquire(epoch, b, txn.client_addr.ip()).await {
-        Ok(s) => s,
+        Ok((s, waited)) => {
+            rec.queue = Some(waited);
+            s
+        }
         Err(super::queue::Unavailable::NoServer) => {
             bstate.stats.no_server.fetch_add(1, Relaxed);
             rec.termination = "SC";
             return;
         }
-        Err(_) => {
+        Err(e) => {
             // Every server at its maxconn for `timeout queue`, as HAProxy logs it.
+            if let super::queue::Unavailable::Timeout(waited) = e {
+                rec.queue = Some(waited);
+            }
             rec.termination = "sQ";
             return;
         }
@@ -281,9 +294,13 @@ async fn forward(
     let _active = Active(epoch, b, s);
     let started = Instant::now();
     let mut attempt = 0;
+    // A server written `0.0.0.0:0` (or with port 0 / `+N`) goes where the
+    // connection is headed, as `set_dst`/`set_dst_port` left it.
+    let target = server.target(txn.local_addr);
+    rec.server_addr = Some(target);
     let mut upstream = loop {
         sstate.connects.fetch_add(1, Relaxed);
-        match tokio::time::timeout(backend.connect_timeout, TcpStream::connect(server.addr)).await {
+        match tokio::time::timeout(backend.connect_timeout, TcpStream::connect(target)).await {
             Ok(Ok(s)) => break s,
             Ok(Err(_)) | Err(_) if attempt < RETRIES => {
                 attempt += 1;
@@ -469,7 +486,7 @@ fn finish(
             frontend: &txn.frontend,
             backend: backend.map(|b| &*b.name),
             server: server.map(|s| &*s.name),
-            server_addr: server.map(|s| s.addr),
+            server_addr: rec.server_addr.or(server.map(|s| s.addr)),
             method: "-",
             uri: "-",
             version: "-",
@@ -481,6 +498,8 @@ fn finish(
                 .unwrap_or(std::time::UNIX_EPOCH),
             total,
             upstream: rec.connect,
+            queue: rec.queue,
+            connect: rec.connect,
             term: [
                 t.first().copied().unwrap_or(b'-'),
                 t.get(1).copied().unwrap_or(b'-'),

@@ -190,6 +190,8 @@ impl Worker {
                 start: std::time::SystemTime::now(),
                 total: std::time::Duration::ZERO,
                 upstream: None,
+                queue: None,
+                connect: None,
                 term: if status == 408 { *b"cR" } else { *b"PR" },
             };
             self.access_log

@@ -123,7 +123,7 @@ impl RuleEnv<'_> {
     }
 
     /// The value of a key the builder knows is present (the action key itself).
-    fn key<'r, T>(
+    pub(super) fn key<'r, T>(
         &self,
         v: &'r Option<Spanned<T>>,
         key: &str,
@@ -178,6 +178,11 @@ pub static ACTIONS: &[ActionDef] = &[
     ActionDef { key: "set_status", modifiers: &[], phases: Lists::Response, phase_note: "it rewrites the response", build: build_set_status },
     ActionDef { key: "set_var", modifiers: &["value", "expr"], phases: Lists::Both, phase_note: "", build: build_set_var },
     ActionDef { key: "unset_var", modifiers: &[], phases: Lists::Both, phase_note: "", build: build_unset_var },
+    ActionDef { key: "set_dst", modifiers: &[], phases: Lists::Request, phase_note: "it changes where the request goes", build: super::dest::build_set_addr },
+    ActionDef { key: "set_dst_port", modifiers: &[], phases: Lists::Request, phase_note: "it changes where the request goes", build: super::dest::build_set_addr },
+    ActionDef { key: "set_src", modifiers: &[], phases: Lists::Request, phase_note: "it changes the client address the request is handled with", build: super::dest::build_set_addr },
+    ActionDef { key: "set_src_port", modifiers: &[], phases: Lists::Request, phase_note: "it changes the client address the request is handled with", build: super::dest::build_set_addr },
+    ActionDef { key: "do_resolve", modifiers: &["expr", "resolvers", "family"], phases: Lists::Request, phase_note: "it resolves a name while the request waits", build: super::dest::build_do_resolve },
     ActionDef { key: "use_backend", modifiers: &[], phases: Lists::Request, phase_note: "the backend is chosen before the request is sent", build: build_use_backend },
     ActionDef { key: "lua", modifiers: &["args"], phases: Lists::Both, phase_note: "", build: super::ext::build_action },
     ActionDef { key: "wasm", modifiers: &["metadata"], phases: Lists::Both, phase_note: "", build: super::ext::build_action },
@@ -212,6 +217,8 @@ pub fn rule_keys(raw: &RawRule) -> Vec<(&'static str, Range<usize>)> {
         set_header => "set_header", add_header => "add_header", del_header => "del_header",
         set_path => "set_path", set_status => "set_status",
         set_var => "set_var", unset_var => "unset_var", value => "value", expr => "expr",
+        set_dst => "set_dst", set_dst_port => "set_dst_port", set_src => "set_src", set_src_port => "set_src_port",
+        do_resolve => "do_resolve", resolvers => "resolvers", family => "family",
         use_backend => "use_backend",
         lua => "lua", args => "args", use_service => "use_service", wasm => "wasm", metadata => "metadata",
         wait_for_body => "wait_for_body", at_least => "at_least",
@@ -963,6 +970,7 @@ mod tests {
             backends: &backends,
             plugins: crate::rules::ext::Extensions::empty(),
             tables: crate::stick::StickTables::none(),
+            resolvers: crate::resolve::Resolvers::none(),
         };
         let key = rule_keys(raw)
             .into_iter()

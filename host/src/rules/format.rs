@@ -45,11 +45,13 @@ pub enum LogVar {
     ActiveTime,
     /// `%Tr`: server response time (ms, -1 without a server response).
     ResponseTime,
-    /// `%Tw`: time in queues (ms; always 0: no queues).
+    /// `%Tw`: time in the backend queue (ms, -1 if the request never reached it).
     WaitTime,
+    /// `%Tc`: time to connect to the server (ms, -1 without a connection).
+    ConnectTime,
     /// `%Th`: handshake time (ms; 0: no TLS nor PROXY protocol).
     HandshakeTime,
-    /// Times portcullis does not measure (`%Tc`, `%TR`, `%Tq`, `%Ti`, `%Td`, `%Tu`).
+    /// Times portcullis does not measure (`%TR`, `%Tq`, `%Ti`, `%Td`, `%Tu`).
     Unmeasured,
     Method,
     Uri,
@@ -100,7 +102,7 @@ const VARS: &[(&str, LogVar)] = &[
     ("ID", LogVar::Dash),
     ("ST", LogVar::Status),
     ("Ta", LogVar::ActiveTime),
-    ("Tc", LogVar::Unmeasured),
+    ("Tc", LogVar::ConnectTime),
     ("Td", LogVar::Unmeasured),
     ("Th", LogVar::HandshakeTime),
     ("Ti", LogVar::Unmeasured),
@@ -166,6 +168,11 @@ pub struct LogFacts<'a> {
     pub start: SystemTime,
     pub total: Duration,
     pub upstream: Option<Duration>,
+    /// Time in the backend queue (`%Tw`); `None`: never reached it.
+    pub queue: Option<Duration>,
+    /// Time to connect to the server, 0 on a reused connection (`%Tc`);
+    /// `None`: no connection was attempted or it failed.
+    pub connect: Option<Duration>,
     /// HAProxy's two termination-state characters (`--`, `CD`, `SC`, `PR`, ...).
     pub term: [u8; 2],
 }
@@ -429,7 +436,15 @@ fn render_var(v: LogVar, f: &LogFacts<'_>, out: &mut String) {
             Some(d) => write!(out, "{}", ms(d)),
             None => write!(out, "-1"),
         },
-        LogVar::WaitTime | LogVar::HandshakeTime | LogVar::Zero => write!(out, "0"),
+        LogVar::WaitTime => match f.queue {
+            Some(d) => write!(out, "{}", ms(d)),
+            None => write!(out, "-1"),
+        },
+        LogVar::ConnectTime => match f.connect {
+            Some(d) => write!(out, "{}", ms(d)),
+            None => write!(out, "-1"),
+        },
+        LogVar::HandshakeTime | LogVar::Zero => write!(out, "0"),
         LogVar::Unmeasured | LogVar::Dash => write!(out, "-"),
         LogVar::Empty => Ok(()),
         LogVar::Method => write!(out, "{}", f.method),
@@ -538,6 +553,7 @@ mod tests {
             backends: &backends,
             plugins: crate::rules::ext::Extensions::empty(),
             tables: crate::stick::StickTables::none(),
+            resolvers: crate::resolve::Resolvers::none(),
         };
         let env = Env {
             ctx: &cx,
@@ -592,6 +608,8 @@ mod tests {
             start: UNIX_EPOCH + Duration::from_millis(1_765_000_000_123),
             total: Duration::from_micros(2_700),
             upstream: None,
+            queue: None,
+            connect: None,
             term: *b"PR",
         }
     }
@@ -602,6 +620,7 @@ mod tests {
             backends: &backends,
             plugins: crate::rules::ext::Extensions::empty(),
             tables: crate::stick::StickTables::none(),
+            resolvers: crate::resolve::Resolvers::none(),
         };
         let env = Env {
             ctx: &cx,
@@ -617,7 +636,7 @@ mod tests {
     fn log_formats_render_haproxy_variables() {
         assert_eq!(
             log_line("httplog"),
-            "10.0.0.1:5555 [06/Dec/2025:05:46:40.123] web web/<NOSRV> -/0/-/-1/2 403 12 - - PR-- 0/0/0/0/0 0/0 \"GET /a?b=1 HTTP/1.1\""
+            "10.0.0.1:5555 [06/Dec/2025:05:46:40.123] web web/<NOSRV> -/-1/-1/-1/2 403 12 - - PR-- 0/0/0/0/0 0/0 \"GET /a?b=1 HTTP/1.1\""
         );
         assert_eq!(
             log_line("%ci %{+Q}HU %HP|%HQ %T %Ts.%ms %tsc %% %[str(x)] %[var(txn.none)]"),
@@ -628,6 +647,7 @@ mod tests {
             backends: &backends,
             plugins: crate::rules::ext::Extensions::empty(),
             tables: crate::stick::StickTables::none(),
+            resolvers: crate::resolve::Resolvers::none(),
         };
         let env = Env {
             ctx: &cx,

@@ -14,6 +14,7 @@
 pub mod action;
 pub mod cond;
 pub mod crypto;
+pub mod dest;
 pub mod ext;
 pub mod fetch;
 pub mod format;
@@ -50,6 +51,8 @@ pub struct CompileCtx<'a> {
     pub plugins: &'a Extensions,
     /// Stick tables that `track_sc*`, `sc*_` / `src_` / `table_` fetches may name.
     pub tables: &'a crate::stick::StickTables,
+    /// `[[resolvers]]` sections that `do_resolve` rules may name.
+    pub resolvers: &'a crate::resolve::Resolvers,
 }
 
 /// The compile environment of one rule: the context and the phase it runs in.
@@ -837,6 +840,7 @@ http_response = [
             backends: &backends,
             plugins: crate::rules::ext::Extensions::empty(),
             tables: crate::stick::StickTables::none(),
+            resolvers: crate::resolve::Resolvers::none(),
         };
         let env = Env {
             ctx: &cx,

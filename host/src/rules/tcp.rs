@@ -35,6 +35,11 @@ pub const TCP_ACTIONS: &[&str] = &[
     "use_backend",
     "set_var",
     "unset_var",
+    "set_dst",
+    "set_dst_port",
+    "set_src",
+    "set_src_port",
+    "do_resolve",
     "track_sc0",
     "track_sc1",
     "track_sc2",
@@ -115,10 +120,16 @@ impl TcpRule {
         let Some(c) = &self.cond else {
             return Verdict::Apply;
         };
-        let (holds, may_change) = super::fetch::payload::watch_may_change(|| c.holds(txn));
-        if !holds && may_change && !last {
-            return Verdict::Wait;
-        }
+        // More data may come: a miss waits for it (HAProxy's `ACL_TEST_MISS`,
+        // negated terms included); the last evaluation takes the data as it stands.
+        let holds = if last {
+            c.holds(txn)
+        } else {
+            match c.holds_partial(txn) {
+                Some(h) => h,
+                None => return Verdict::Wait,
+            }
+        };
         if holds != self.unless {
             Verdict::Apply
         } else {

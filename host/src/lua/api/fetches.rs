@@ -85,6 +85,7 @@ fn compiled<T: ?Sized>(
         backends: &cx.plugin.backends,
         plugins: crate::rules::Extensions::empty(),
         tables: &cx.plugin.tables,
+        resolvers: crate::resolve::Resolvers::none(),
     };
     let built = build(&call, &Env { ctx: &ctx, phase })?;
     if let Ok(mut m) = cache.try_borrow_mut() {

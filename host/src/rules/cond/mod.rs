@@ -79,4 +79,11 @@ impl Condition {
     pub fn holds(&self, txn: &Txn) -> bool {
         self.root.eval(txn) != self.negate
     }
+
+    /// Whether the condition holds on data that may still grow: `None`
+    /// until more data could change the answer (HAProxy's `ACL_TEST_MISS`,
+    /// which `unless` keeps a miss).
+    pub fn holds_partial(&self, txn: &Txn) -> Option<bool> {
+        self.root.eval_partial(txn).map(|b| b != self.negate)
+    }
 }

@@ -150,6 +150,20 @@ impl Parser<'_, '_> {
         let Tok::Word { text: word, .. } = &first.tok else {
             return Err(ParseError::new(first.start, "expected a fetch"));
         };
+        if let Some(def) = predefined_acl(word) {
+            // HAProxy's predefined ACLs are conditions of their own.
+            let mut sub = Parser {
+                lx: Lexer::new(def),
+                env: self.env,
+                depth: self.depth,
+            };
+            return sub.expr().map_err(|e| {
+                ParseError::new(
+                    first.start,
+                    format!("predefined ACL {word} (\"{def}\"): {}", e.message),
+                )
+            });
+        }
         let calls = split_calls(word, first.start)?;
         let Some((fc, convs)) = calls.split_first() else {
             return Err(ParseError::new(first.start, "expected a fetch"));
@@ -280,6 +294,32 @@ fn resolve_term_fetch(
     let mut candidates: Vec<&str> = fetch::fetch_names().collect();
     candidates.extend(aliases.iter().map(String::as_str));
     Err(fetch::unknown_fetch(call, "in condition", candidates))
+}
+
+/// HAProxy's predefined ACLs (those whose fetches portcullis has), as the
+/// conditions they stand for.
+fn predefined_acl(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "TRUE" => "always_true",
+        "FALSE" => "always_false",
+        "LOCALHOST" => "src 127.0.0.1/8",
+        "HTTP_1.0" => "req.ver 1.0",
+        "HTTP_1.1" => "req.ver 1.1",
+        "HTTP_CONTENT" => "req.hdr(content-length) -m int gt 0",
+        "HTTP_URL_ABS" => "url_reg ^[^/:]*://",
+        "HTTP_URL_SLASH" => "url_beg /",
+        "HTTP_URL_STAR" => "url *",
+        "METH_CONNECT" => "method CONNECT",
+        "METH_DELETE" => "method DELETE",
+        "METH_GET" => "method GET HEAD",
+        "METH_HEAD" => "method HEAD",
+        "METH_OPTIONS" => "method OPTIONS",
+        "METH_POST" => "method POST",
+        "METH_PUT" => "method PUT",
+        "METH_TRACE" => "method TRACE",
+        "REQ_CONTENT" => "req.len gt 0",
+        _ => return None,
+    })
 }
 
 /// `<string fetch>_<method>` as an ACL keyword.

@@ -11,6 +11,7 @@ fn check_in(cond: &str, t: &Txn, phase: Phase) -> bool {
         backends: &backends,
         plugins: crate::rules::ext::Extensions::empty(),
         tables: crate::stick::StickTables::none(),
+        resolvers: crate::resolve::Resolvers::none(),
     };
     let env = Env { ctx: &cx, phase };
     Condition::parse(cond, &env)
@@ -28,6 +29,7 @@ fn err(cond: &str) -> ParseError {
         backends: &backends,
         plugins: crate::rules::ext::Extensions::empty(),
         tables: crate::stick::StickTables::none(),
+        resolvers: crate::resolve::Resolvers::none(),
     };
     let env = Env {
         ctx: &cx,
@@ -453,4 +455,27 @@ fn parse_errors_with_offsets() {
     assert_eq!(e.offset, 10);
     let e = err("hdr(x) 'a'|b");
     assert_eq!(e.offset, 10);
+}
+
+#[test]
+fn predefined_acls() {
+    let t = txn("/p?q=1"); // GET, HTTP/1.1
+    for (acl, want) in [
+        ("TRUE", true),
+        ("FALSE", false),
+        ("METH_GET", true),
+        ("METH_POST", false),
+        ("METH_CONNECT", false),
+        ("!METH_CONNECT", true),
+        ("HTTP_1.1", true),
+        ("HTTP_1.0", false),
+        ("HTTP_URL_SLASH", true),
+        ("HTTP_URL_ABS", false),
+        ("HTTP_CONTENT", false),
+        ("METH_GET and TRUE", true),
+    ] {
+        assert_eq!(check(acl, &t), want, "{acl}");
+    }
+    // Not a predefined name: still an unknown fetch.
+    assert!(err("METH_BREW").message.contains("unknown fetch"));
 }

@@ -483,6 +483,10 @@ fn f_base(t: &Txn) -> Option<Value<'_>> {
     }
 }
 fn f_method(t: &Txn) -> Option<Value<'_>> {
+    // A TCP-mode stream has no parsed request: the method is read from its data.
+    if let Some(m) = super::payload::tcp_method(t) {
+        return m;
+    }
     str_val(t.method.as_str())
 }
 fn f_src(t: &Txn) -> Option<Value<'_>> {
@@ -496,6 +500,21 @@ fn f_dst(t: &Txn) -> Option<Value<'_>> {
 }
 fn f_dst_port(t: &Txn) -> Option<Value<'_>> {
     Some(Value::Int(i64::from(t.local_addr.port())))
+}
+/// HAProxy's `addr_is_local`: whether a UDP socket can be bound to `ip`
+/// (an address of this system); other bind errors give no value.
+fn is_local(ip: std::net::IpAddr) -> Option<Value<'static>> {
+    match std::net::UdpSocket::bind((ip, 0)) {
+        Ok(_) => Some(Value::Bool(true)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => Some(Value::Bool(false)),
+        Err(_) => None,
+    }
+}
+fn f_dst_is_local(t: &Txn) -> Option<Value<'_>> {
+    is_local(t.local_addr.ip())
+}
+fn f_src_is_local(t: &Txn) -> Option<Value<'_>> {
+    is_local(t.client_addr.ip())
 }
 fn f_status(t: &Txn) -> Option<Value<'_>> {
     Some(Value::Int(i64::from(t.status.as_u16())))
@@ -622,6 +641,8 @@ pub static FETCHES: &[FetchDef] = &[
     FetchDef { name: "src_port", usage: "src_port", args: (0, 0), kind: Kind::Int, avail: Avail::Both, build: |_, _| simple(f_src_port) },
     FetchDef { name: "dst", usage: "dst", args: (0, 0), kind: Kind::Ip, avail: Avail::Both, build: |_, _| simple(f_dst) },
     FetchDef { name: "dst_port", usage: "dst_port", args: (0, 0), kind: Kind::Int, avail: Avail::Both, build: |_, _| simple(f_dst_port) },
+    FetchDef { name: "dst_is_local", usage: "dst_is_local", args: (0, 0), kind: Kind::Bool, avail: Avail::Both, build: |_, _| simple(f_dst_is_local) },
+    FetchDef { name: "src_is_local", usage: "src_is_local", args: (0, 0), kind: Kind::Bool, avail: Avail::Both, build: |_, _| simple(f_src_is_local) },
     FetchDef { name: "status", usage: "status", args: (0, 0), kind: Kind::Int, avail: Avail::Response, build: |_, _| simple(f_status) },
     FetchDef { name: "var", usage: "var(<scope>.<name>[,<default>])", args: (1, 2), kind: Kind::Any, avail: Avail::Both, build: var_fetch },
     FetchDef { name: "always_true", usage: "always_true", args: (0, 0), kind: Kind::Bool, avail: Avail::Both, build: |_, _| simple(f_true) },

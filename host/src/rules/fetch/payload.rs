@@ -193,3 +193,40 @@ fn payload_lv(c: &Call<'_>, resp: bool) -> Result<Box<dyn Fetch>, ParseError> {
         resp,
     }))
 }
+
+/// In a TCP-mode stream, the method of the HTTP/1 request the client's data
+/// starts with (HAProxy parses the buffer as HTTP for `method` there):
+/// `Some(None)` while the head is incomplete (more data may change that)
+/// or when it is not an HTTP/1 request; `None` outside TCP mode.
+pub fn tcp_method(txn: &Txn) -> Option<Option<Value<'static>>> {
+    let ch = crate::channel::of(txn)?;
+    let Ok(b) = ch.req.try_borrow() else {
+        return Some(None);
+    };
+    let data = b.get(ch.fwd.get()..).unwrap_or(&[]);
+    if !data.windows(4).any(|w| w == b"\r\n\r\n") {
+        may_change();
+        return Some(None);
+    }
+    let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap_or(0);
+    let line = data.get(..line_end).unwrap_or(&[]);
+    let mut parts = line.split(|c| *c == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Some(None);
+    };
+    let token = |s: &[u8]| {
+        !s.is_empty()
+            && s.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(c))
+    };
+    if !token(method) || target.is_empty() || !version.starts_with(b"HTTP/1.") {
+        return Some(None);
+    }
+    Some(
+        std::str::from_utf8(method)
+            .ok()
+            .map(|m| Value::Str(Cow::Owned(m.to_string()))),
+    )
+}

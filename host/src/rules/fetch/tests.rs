@@ -15,6 +15,7 @@ fn eval_in(text: &str, t: &Txn, phase: Phase) -> Option<Sample> {
         backends: &backends,
         plugins: crate::rules::ext::Extensions::empty(),
         tables: crate::stick::StickTables::none(),
+        resolvers: crate::resolve::Resolvers::none(),
     };
     let env = Env { ctx: &cx, phase };
     let e = parse_expr(text, 0, &env, "in expression").expect("expression parses");
@@ -35,6 +36,7 @@ fn err(text: &str, phase: Phase) -> ParseError {
         backends: &backends,
         plugins: crate::rules::ext::Extensions::empty(),
         tables: crate::stick::StickTables::none(),
+        resolvers: crate::resolve::Resolvers::none(),
     };
     let env = Env { ctx: &cx, phase };
     parse_expr(text, 0, &env, "in expression").expect_err("expression is rejected")
