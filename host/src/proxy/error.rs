@@ -26,6 +26,9 @@ pub enum ProxyError {
     Connect(#[from] ConnectError),
     #[error("server did not answer within {0:?}")]
     ServerTimeout(std::time::Duration),
+    /// The request's `grpc-timeout` ran out before the server's response head.
+    #[error("no response within the request's grpc-timeout ({0:?})")]
+    GrpcDeadline(std::time::Duration),
     #[error("server closed or reset the connection: {0}")]
     UpstreamReset(hyper::Error),
     #[error("upstream connection unusable: {0}")]
@@ -64,9 +67,9 @@ impl ProxyError {
             | ProxyError::NoServer(_)
             | ProxyError::QueueTimeout(..)
             | ProxyError::QueueFull(_) => ErrorSource::Server(ServerError::Unavailable),
-            ProxyError::Connect(ConnectError::Timeout { .. }) | ProxyError::ServerTimeout(_) => {
-                ErrorSource::Server(ServerError::Timeout)
-            }
+            ProxyError::Connect(ConnectError::Timeout { .. })
+            | ProxyError::ServerTimeout(_)
+            | ProxyError::GrpcDeadline(_) => ErrorSource::Server(ServerError::Timeout),
             ProxyError::Connect(_)
             | ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamUnusable(_)
@@ -117,7 +120,7 @@ impl ProxyError {
             ProxyError::QueueTimeout(..) | ProxyError::QueueFull(_) => *b"sQ",
             ProxyError::Connect(ConnectError::Timeout { .. }) => *b"sC",
             ProxyError::Connect(_) => *b"SC",
-            ProxyError::ServerTimeout(_) => *b"sH",
+            ProxyError::ServerTimeout(_) | ProxyError::GrpcDeadline(_) => *b"sH",
             ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamUnusable(_)
             | ProxyError::UpstreamInvalid(_)

@@ -125,6 +125,13 @@ struct Route {
     active: Option<ActiveGuard>,
     upstream_time: Option<Duration>,
     conn: Option<PooledConn>,
+    /// The HTTP/2 stream the request went out on (released when the exchange ends).
+    h2: Option<super::upstream_h2::H2Stream>,
+    /// The request's `grpc-timeout` ran out before the response head.
+    grpc_deadline: bool,
+    /// A gRPC request on a frontend with `grpc_local_replies`: the proxy's
+    /// own answers are gRPC ones.
+    grpc: bool,
     req_body: Option<Rc<RequestBodyState>>,
     error: Option<String>,
     /// The error (if any) was the server's fault.
@@ -382,7 +389,11 @@ pub async fn handle(
     let orig_uri = txn.uri.clone();
     let chain = &shared.config.frontends[ctx.frontend].chain;
 
-    let mut route = Route::default();
+    let mut route = Route {
+        grpc: shared.config.frontends[ctx.frontend].grpc_local_replies
+            && super::grpc::is_grpc(&txn.req_headers),
+        ..Route::default()
+    };
     // The server side of a tunnel this request opens, once answered.
     let mut server_side: Option<ServerSide> = None;
 
@@ -750,6 +761,13 @@ fn fail(ctx: &Ctx, route: &mut Route, err: &ProxyError) -> Reply {
 /// Puts the configured page (the backend's once routed, else the
 /// frontend's) in place of an error page of the proxy, a rule or a plugin.
 fn error_pages(ctx: &Ctx, route: &Route, reply: &mut Reply) {
+    if route.grpc {
+        // A gRPC client reads grpc-status, not pages (Envoy's gRPC local reply).
+        let status = route
+            .grpc_deadline
+            .then_some(super::grpc::DEADLINE_EXCEEDED);
+        super::grpc::local_reply(reply, status);
+    }
     if !reply.error_page {
         return;
     }
@@ -840,9 +858,15 @@ async fn forward(
         None
     };
     let asked_upgrade = upgrade_to.is_some();
+    // `te: trailers` is end to end in effect (gRPC needs it): kept as that
+    // one value, as HAProxy and Envoy do.
+    let te_trailers = super::grpc::asks_trailers(&headers);
     // Connection options went before the rules (`prepare_request`), and Host
     // was settled there: what rules set and what the proxy adds here stays.
     strip_hop_by_hop(&mut headers);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if let Some(protocol) = upgrade_to {
         headers.insert(header::UPGRADE, protocol);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -867,6 +891,14 @@ async fn forward(
     *req.headers_mut() = headers;
 
     let now = Instant::now();
+    if server.proto != crate::config::h2::UpstreamProto::Http1 {
+        if asked_upgrade {
+            return Err(ProxyError::UpstreamUnusable(
+                "upgrades (WebSocket) cannot go to an HTTP/2 server (proto = \"h2\"); route them to an HTTP/1.1 backend",
+            ));
+        }
+        return forward_h2(ctx, ex, req, b, s, tls_target.as_ref(), &body_state, now).await;
+    }
     let mut conn = worker
         .pool
         .checkout(
@@ -934,6 +966,84 @@ async fn forward(
                 }
                 SendFailure::Failed(e) => ProxyError::UpstreamReset(e),
                 SendFailure::Unsent(_) => {
+                    ProxyError::UpstreamUnusable("connection closed before the request was sent")
+                }
+            })
+        }
+    }
+}
+
+/// [`forward`] to a server spoken to in HTTP/2 (or, negotiating by ALPN,
+/// in what the TLS handshake settled).
+#[allow(clippy::too_many_arguments)]
+async fn forward_h2(
+    ctx: &Rc<Ctx>,
+    ex: &mut Route,
+    mut req: Request<RequestBody>,
+    b: usize,
+    s: usize,
+    tls: Option<&crate::tls::client::Target>,
+    body_state: &Rc<RequestBodyState>,
+    now: Instant,
+) -> Result<Response<Incoming>, ProxyError> {
+    use super::upstream_h2::{Dest, H2Failure, Leg, Wait};
+    let worker = &ctx.worker;
+    let backend = &worker.shared.config.backends[b];
+    let server = &backend.servers[s];
+    let sstate = &worker.shared.backends[b].servers[s];
+    super::grpc::absolute_uri(&mut req, tls.is_some(), &server.addr_text);
+    let deadline = super::grpc::timeout(req.headers()).map(|d| (now + d, d));
+    let dest = Dest {
+        backend: b,
+        server: s,
+        addr: server.addr,
+        connect_timeout: backend.connect_timeout,
+        tls,
+        proto: server.proto,
+    };
+    let wait = Wait {
+        timeout: backend.server_timeout,
+        body: body_state,
+        deadline,
+    };
+    let (result, leg) = worker.h2.send(&dest, &worker.pool, req, &wait, now).await;
+    ex.upstream_time = Some(now.elapsed());
+    let fresh = match &leg {
+        Some(Leg::H2(st)) => !st.reused,
+        Some(Leg::H1(c)) => !c.reused,
+        None => false,
+    };
+    if fresh {
+        sstate.connects.fetch_add(1, Relaxed);
+    }
+    match (result, leg) {
+        (Ok(resp), leg) => {
+            match leg {
+                Some(Leg::H2(st)) => ex.h2 = Some(st),
+                Some(Leg::H1(c)) => ex.conn = Some(c),
+                None => {}
+            }
+            Ok(resp)
+        }
+        (Err(failure), leg) => {
+            if let Some(Leg::H1(c)) = leg {
+                c.discard();
+            }
+            let client_timeout = worker.shared.config.global.timeouts.client;
+            Err(match failure {
+                H2Failure::Connect(e) => ProxyError::Connect(e),
+                H2Failure::Timeout(d) => ProxyError::ServerTimeout(d),
+                H2Failure::Deadline(d) => {
+                    ex.grpc_deadline = true;
+                    ProxyError::GrpcDeadline(d)
+                }
+                _ if body_state.timed_out.get() => ProxyError::ClientTimeout(client_timeout),
+                H2Failure::Failed(e) if body_state.failed.get() => ProxyError::ClientBody(e),
+                H2Failure::Failed(e) if e.is_parse() || e.is_parse_too_large() => {
+                    ProxyError::UpstreamInvalid(e)
+                }
+                H2Failure::Failed(e) => ProxyError::UpstreamReset(e),
+                H2Failure::Unsent => {
                     ProxyError::UpstreamUnusable("connection closed before the request was sent")
                 }
             })
