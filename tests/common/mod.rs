@@ -14,6 +14,7 @@ mod client;
 mod config;
 mod daemon;
 mod guests;
+mod h2server;
 mod haproxy;
 mod plugins;
 
@@ -33,6 +34,8 @@ pub use config::*;
 pub use daemon::*;
 #[allow(unused_imports)]
 pub use guests::*;
+#[allow(unused_imports)]
+pub use h2server::*;
 #[allow(unused_imports)]
 pub use haproxy::*;
 #[allow(unused_imports)]

@@ -106,12 +106,21 @@ pub fn local_reply(reply: &mut Reply, status: Option<u32>) {
 /// short text, else the HTTP reason (`Forbidden`).
 fn message_for(reply: &Reply) -> String {
     let text = std::str::from_utf8(&reply.body).ok().map(|t| {
-        // HAProxy's pages are HTML: the text of the <h1>, else the whole.
-        let t = t
-            .split_once("<h1>")
-            .and_then(|(_, r)| r.split_once("</h1>"))
-            .map_or(t, |(h, _)| h);
-        t.lines().next().unwrap_or("").trim().to_owned()
+        // HAProxy's pages are HTML: their text without the tags, on one line.
+        let mut out = String::with_capacity(t.len());
+        let mut in_tag = false;
+        for c in t.chars() {
+            match c {
+                '<' => in_tag = true,
+                '>' if in_tag => {
+                    in_tag = false;
+                    out.push(' ');
+                }
+                _ if !in_tag => out.push(c),
+                _ => {}
+            }
+        }
+        out.split_whitespace().collect::<Vec<_>>().join(" ")
     });
     match text {
         Some(t) if !t.is_empty() && t.len() <= 256 => t,
@@ -168,6 +177,18 @@ pub fn absolute_uri<B>(req: &mut Request<B>, tls: bool, server_addr: &str) -> bo
             }
             false
         }
+    }
+}
+
+/// A gRPC response to an HTTP/1.1 client that accepts trailers: its status
+/// trailers are declared in `Trailer` (unless the server declared its own),
+/// since HTTP/1.1 chunked trailers go out only when declared.
+pub fn declare_trailers(headers: &mut HeaderMap) {
+    if is_grpc(headers) && !headers.contains_key(header::TRAILER) {
+        headers.insert(
+            header::TRAILER,
+            HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
+        );
     }
 }
 

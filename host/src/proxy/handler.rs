@@ -132,6 +132,8 @@ struct Route {
     /// A gRPC request on a frontend with `grpc_local_replies`: the proxy's
     /// own answers are gRPC ones.
     grpc: bool,
+    /// The request said `te: trailers`.
+    te_trailers: bool,
     req_body: Option<Rc<RequestBodyState>>,
     error: Option<String>,
     /// The error (if any) was the server's fault.
@@ -506,6 +508,10 @@ pub async fn handle(
                             .and_then(|b| shared.config.backends.get(b))
                             .map_or(shared.config.global.timeouts.server, |b| b.server_timeout);
                         let mut headers = std::mem::take(&mut txn.resp_headers);
+                        if route.te_trailers && txn.version < Version::HTTP_2 {
+                            // hyper sends an HTTP/1.1 client only the trailers declared.
+                            super::grpc::declare_trailers(&mut headers);
+                        }
                         let out = Outgoing::take(&mut txn, Phase::Response, taps, &mut headers);
                         (
                             txn.status,
@@ -861,6 +867,7 @@ async fn forward(
     // `te: trailers` is end to end in effect (gRPC needs it): kept as that
     // one value, as HAProxy and Envoy do.
     let te_trailers = super::grpc::asks_trailers(&headers);
+    ex.te_trailers = te_trailers;
     // Connection options went before the rules (`prepare_request`), and Host
     // was settled there: what rules set and what the proxy adds here stays.
     strip_hop_by_hop(&mut headers);

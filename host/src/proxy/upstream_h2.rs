@@ -60,8 +60,8 @@ pub struct H2Conn {
     abort: AbortHandle,
     /// Streams in flight (requests whose exchange is not over).
     active: Cell<usize>,
-    /// The server's SETTINGS_MAX_CONCURRENT_STREAMS, kept current by the driver task.
-    server_max: Rc<Cell<usize>>,
+    /// Reads the server's current SETTINGS_MAX_CONCURRENT_STREAMS.
+    server_max: ServerMax,
     /// This backend's `h2.max_streams`.
     cap: usize,
     name: Option<ServerName<'static>>,
@@ -70,7 +70,7 @@ pub struct H2Conn {
 
 impl H2Conn {
     fn limit(&self) -> usize {
-        self.cap.min(self.server_max.get()).max(1)
+        self.cap.min((self.server_max)()).max(1)
     }
 
     fn has_room(&self) -> bool {
@@ -119,6 +119,8 @@ struct ServerConns {
     conns: Vec<Rc<H2Conn>>,
     /// Connection attempts under way (they count against the cap).
     connecting: usize,
+    /// Requests waiting for an attempt under way (its streams to be).
+    waiting: usize,
     /// A negotiating server's last handshake settled on `http/1.1`.
     speaks_h1: bool,
     /// Woken when an attempt ends, for requests waiting on one.
@@ -266,9 +268,14 @@ impl H2Pool {
             if speaks_h1 && let Some(c) = h1.checkout_idle(b, s, now, dest.tls).await {
                 return Ok(Leg::H1(c));
             }
+            let max_streams = settings.max_streams as usize;
             let (room, settled) = self
                 .with(b, s, |sc| {
-                    let room = sc.conns.len() + sc.connecting < settings.max_connections;
+                    // Requests wait for a connection under way while its
+                    // streams suffice for them (as Envoy's pending
+                    // requests), instead of each opening one.
+                    let enough = sc.waiting < sc.connecting.saturating_mul(max_streams);
+                    let room = !enough && sc.conns.len() + sc.connecting < settings.max_connections;
                     if room {
                         sc.connecting += 1;
                     }
@@ -291,15 +298,18 @@ impl H2Pool {
                 settled.notify_waiters();
                 return result;
             }
-            if let Some(st) = self.overflow(b, s, name) {
+            let connecting = self.with(b, s, |sc| sc.connecting).unwrap_or(0);
+            if connecting == 0
+                && let Some(st) = self.overflow(b, s, name)
+            {
                 return Ok(Leg::H2(st));
             }
-            // Every slot is a connection attempt under way: wait for one.
+            // Wait for an attempt under way, then look again.
             let wait = settled.notified();
-            if tokio::time::timeout(dest.connect_timeout, wait)
-                .await
-                .is_err()
-            {
+            self.with(b, s, |sc| sc.waiting += 1);
+            let waited = tokio::time::timeout(dest.connect_timeout, wait).await;
+            self.with(b, s, |sc| sc.waiting = sc.waiting.saturating_sub(1));
+            if waited.is_err() {
                 return Err(ConnectError::Timeout {
                     addr: dest.addr,
                     after: dest.connect_timeout,
@@ -478,35 +488,166 @@ impl H2Pool {
     }
 }
 
-/// The HTTP/2 handshake over `io` and its driver task on this worker; the
-/// task keeps the server's SETTINGS_MAX_CONCURRENT_STREAMS current.
+/// Reads a connection's current SETTINGS_MAX_CONCURRENT_STREAMS from the server.
+type ServerMax = Rc<dyn Fn() -> usize>;
+
+/// The HTTP/2 handshake over `io` and its driver task on this worker, with
+/// a reader of the server's SETTINGS_MAX_CONCURRENT_STREAMS.
 async fn start<T>(
     builder: &http2::Builder<LocalExec>,
     addr: SocketAddr,
     io: T,
-) -> Result<(http2::SendRequest<ReplayBody>, AbortHandle, Rc<Cell<usize>>), ConnectError>
+) -> Result<(http2::SendRequest<ReplayBody>, AbortHandle, ServerMax), ConnectError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
+    let first = Rc::new(FirstFrame::default());
+    let io = Watch {
+        io,
+        first: Some(Rc::clone(&first)),
+    };
     let (sender, conn) = builder
         .handshake(TokioIo::new(io))
         .await
         .map_err(|source| ConnectError::Handshake { addr, source })?;
-    let server_max = Rc::new(Cell::new(usize::MAX));
-    let max = Rc::clone(&server_max);
+    // Shared with the reader: the driver borrows it only while polling,
+    // which never runs while another task reads.
+    let conn = Rc::new(RefCell::new(Some(Box::pin(conn))));
+    let reader = Rc::clone(&conn);
+    let server_max: ServerMax = Rc::new(move || match reader.try_borrow().as_deref() {
+        Ok(Some(c)) => c.current_max_send_streams(),
+        // Over: no stream fits (the sender is closed too).
+        Ok(None) => 0,
+        Err(_) => usize::MAX,
+    });
     let task = tokio::task::spawn_local(async move {
-        let mut conn = std::pin::pin!(conn);
-        let r = std::future::poll_fn(|cx| {
-            let r = conn.as_mut().poll(cx);
-            max.set(conn.current_max_send_streams());
-            r
+        let r = std::future::poll_fn(|cx| match conn.try_borrow_mut().as_deref_mut() {
+            Ok(Some(c)) => c.as_mut().poll(cx),
+            Ok(None) => Poll::Ready(Ok(())),
+            Err(_) => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
         })
         .await;
+        // Dropped now, not with the last reader: requests still queued on
+        // it come back unsent, and the sender reads as closed.
+        if let Ok(mut c) = conn.try_borrow_mut() {
+            c.take();
+        }
         if let Err(e) = r {
             tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended with an error");
         }
     });
+    // The server's SETTINGS (its preface) say how many streams it takes:
+    // known before the first requests pick the connection, so that they
+    // spread over connections instead of queueing on this one.
+    let settled = first.done.notified();
+    if !first.seen.get() {
+        let _ = tokio::time::timeout(PREFACE_WAIT, settled).await;
+    }
     Ok((sender, task.abort_handle(), server_max))
+}
+
+/// Longest wait for the server's first SETTINGS after the handshake.
+const PREFACE_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether the server's first frame (its SETTINGS) was read.
+#[derive(Default)]
+struct FirstFrame {
+    /// The first 9 bytes (the frame header) as read so far.
+    head: RefCell<Vec<u8>>,
+    /// Bytes of the first frame still to read, once its header is known.
+    left: Cell<Option<usize>>,
+    seen: Cell<bool>,
+    done: Notify,
+}
+
+impl FirstFrame {
+    fn read(&self, mut bytes: &[u8]) {
+        if self.left.get().is_none() {
+            let mut head = self.head.borrow_mut();
+            let take = (9 - head.len()).min(bytes.len());
+            head.extend_from_slice(bytes.get(..take).unwrap_or_default());
+            bytes = bytes.get(take..).unwrap_or_default();
+            if let [a, b, c, ..] = head[..] {
+                if head.len() == 9 {
+                    let len = (usize::from(a) << 16) | (usize::from(b) << 8) | usize::from(c);
+                    self.left.set(Some(len));
+                }
+            }
+        }
+        if let Some(left) = self.left.get() {
+            let left = left.saturating_sub(bytes.len());
+            self.left.set(Some(left));
+            if left == 0 {
+                self.seen.set(true);
+                // The driver handles the frame in this same poll; the
+                // waiter runs after it.
+                self.done.notify_waiters();
+            }
+        }
+    }
+}
+
+/// A server socket that reports when the server's first frame was read.
+struct Watch<T> {
+    io: T,
+    first: Option<Rc<FirstFrame>>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watch<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Some(first) = &this.first {
+            let new = buf.filled().get(before..).unwrap_or_default();
+            let eof = new.is_empty() && matches!(r, Poll::Ready(_));
+            first.read(new);
+            if first.seen.get() || eof {
+                if eof {
+                    first.done.notify_waiters();
+                }
+                this.first = None;
+            }
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watch<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// Whether the server said it did not process the stream: reset with
