@@ -222,6 +222,49 @@ async fn grpc_unary_and_streaming_calls_with_trailers_over_h2c() {
     let line = log_line(&d, "/test.Echo/Unary").await;
     assert_eq!(line["status"], 200, "{line}");
     assert_eq!(line["version"], "HTTP/2.0", "{line}");
+    assert_eq!(line["grpc_status"], 0, "{line}");
+    // The failed call's status, from its trailers-only answer, is logged.
+    let failed = d
+        .wait_stderr_line(LIMIT, |l| l.contains("\"grpc_status\":3"))
+        .await;
+    assert!(failed.is_some(), "{}", d.stderr());
+}
+
+#[tokio::test]
+async fn grpc_status_in_response_rules_and_log_format() {
+    let server = GrpcServer::start(None).await;
+    let ports = Ports::new();
+    let fe = r#"http_response = [{ set_header = "x-grpc-failed", value = "%[res.grpc_status]", if = "res.grpc_status gt 0" }]
+log_format = "grpc=%[res.grpc_status] %HP""#;
+    let d = Daemon::start(
+        &config(&ports, server.addr, fe, "proto = \"h2\""),
+        &[ports.web],
+    )
+    .await;
+    let mut h2 = h2c(ports.web).await;
+    // A trailers-only error: response rules see its status.
+    let r = exchange(
+        &mut h2,
+        post(ports.web, "/test.Echo/Unary", full(grpc_frame(b"fail"))),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(r.headers["grpc-status"], "3");
+    assert_eq!(r.headers["x-grpc-failed"], "3");
+    // A success: the status comes in trailers, after the rules (none set).
+    let r = exchange(
+        &mut h2,
+        post(ports.web, "/test.Echo/Unary", full(grpc_frame(b"ok"))),
+    )
+    .await
+    .expect("answer");
+    assert!(r.headers.get("x-grpc-failed").is_none());
+    assert_eq!(r.trailers.expect("trailers")["grpc-status"], "0");
+    // The log line sees both, the trailers' too.
+    for want in ["grpc=3 /test.Echo/Unary", "grpc=0 /test.Echo/Unary"] {
+        let line = d.wait_stderr_line(LIMIT, |l| l.contains(want)).await;
+        assert!(line.is_some(), "{want}: {}", d.stderr());
+    }
 }
 
 #[tokio::test]

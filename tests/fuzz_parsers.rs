@@ -739,6 +739,7 @@ const FETCH_CALLS: &[&str] = &[
     "dst",
     "dst_port",
     "status",
+    "res.grpc_status",
     "var(txn.n)",
     "var(txn.s)",
     "var(txn.b)",

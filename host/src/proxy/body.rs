@@ -88,6 +88,9 @@ pub enum BodyOutcome {
 pub trait BodyEnd {
     /// Called exactly once with how the body ended and how many body bytes went out.
     fn finish(self: Box<Self>, outcome: BodyOutcome, bytes: u64);
+
+    /// The body's trailers, as they go out (before [`BodyEnd::finish`]).
+    fn trailers(&mut self, _trailers: &http::HeaderMap) {}
 }
 
 /// Shared view of a request body's progress, read by the handler after the exchange.
@@ -623,6 +626,8 @@ impl ResponseBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.bytes += d.len() as u64;
+                } else if let (Some(t), Some(end)) = (frame.trailers_ref(), this.end.as_mut()) {
+                    end.trailers(t);
                 }
                 if this.is_end_stream() {
                     this.finish(BodyOutcome::Complete);

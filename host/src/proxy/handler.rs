@@ -153,9 +153,17 @@ struct Exchange {
     orig_uri: Uri,
     route: Route,
     status: u16,
+    /// `grpc-status` of the response: its headers' (trailers-only), then its trailers'.
+    grpc_status: Option<u32>,
 }
 
 impl BodyEnd for Exchange {
+    fn trailers(&mut self, trailers: &HeaderMap) {
+        if let Some(s) = super::grpc::status_of(Some(trailers), &HeaderMap::new()) {
+            self.grpc_status = Some(s);
+        }
+    }
+
     fn finish(self: Box<Self>, outcome: BodyOutcome, bytes: u64) {
         let Exchange {
             ctx,
@@ -165,6 +173,7 @@ impl BodyEnd for Exchange {
             orig_uri,
             route,
             status,
+            grpc_status,
         } = *self;
         let worker = &ctx.worker;
         let shared = &worker.shared;
@@ -199,6 +208,7 @@ impl BodyEnd for Exchange {
             bytes_in,
             bytes_out: bytes,
             server_failed: outcome == BodyOutcome::UpstreamError || route.server_failed,
+            grpc_status,
         };
         for f in &shared.config.frontends[ctx.frontend].chain.log {
             f.on_log(&txn);
@@ -275,6 +285,7 @@ impl BodyEnd for Exchange {
                 total: now.saturating_duration_since(start),
                 upstream: route.upstream_time,
                 termination,
+                grpc_status,
             });
         }
         ctx.state.request_finished();
@@ -572,6 +583,7 @@ pub async fn handle(
         orig_uri,
         route,
         status: logged_status.as_u16(),
+        grpc_status: super::grpc::status_of(None, &headers),
     };
     if let Some(side) = server_side {
         return Ok(open_tunnel(

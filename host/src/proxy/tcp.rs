@@ -506,5 +506,6 @@ fn finish(
         total: start.elapsed(),
         upstream: rec.connect,
         termination: rec.termination,
+        grpc_status: None,
     });
 }

@@ -215,6 +215,7 @@ impl Worker {
                 total: std::time::Duration::ZERO,
                 upstream: None,
                 termination: reason,
+                grpc_status: None,
             });
         }
     }
