@@ -651,6 +651,25 @@ impl http_body::Body for ChanFrames {
 }
 
 #[tokio::test]
+async fn health_checks_speak_http2_to_h2_servers() {
+    // An h2c-only server: an HTTP/1.1 check would fail and take it down.
+    let server = H2Server::start(H2ServerOpts::default()).await;
+    let ports = Ports::new();
+    let be = "proto = \"h2\"\nhealth_check = { path = \"/health\", interval = \"100ms\", rise = 1, fall = 1 }";
+    let _d = Daemon::start(&config(&ports, server.addr, "", be), &[ports.web]).await;
+    let start = Instant::now();
+    while server.state.path_count("/health") < 3 {
+        assert!(start.elapsed() < LIMIT, "no HTTP/2 health check reached the server");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut h2 = h2c(ports.web).await;
+    let r = exchange(&mut h2, post(ports.web, "/after-checks", full("x")))
+        .await
+        .expect("answer");
+    assert_eq!(r.status, StatusCode::OK, "the server stayed up");
+}
+
+#[tokio::test]
 async fn proto_errors_name_the_key() {
     let dir = TempDir::new("proto-check");
     for (be, want) in [

@@ -133,18 +133,6 @@ pub struct H2Pool {
     settings: Vec<H2Settings>,
     idle_timeout: Duration,
     max_header_list: u32,
-    connects: Cell<u64>,
-}
-
-/// Counters of a worker's HTTP/2 connections to servers.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct H2Counts {
-    /// Connections open now.
-    pub open: usize,
-    /// Streams in flight on them.
-    pub streams: usize,
-    /// Connections opened since the start of this generation.
-    pub opened: u64,
 }
 
 /// Why a request could not be sent on an HTTP/2 connection.
@@ -197,7 +185,6 @@ impl H2Pool {
             settings: config.backends.iter().map(|b| b.h2).collect(),
             idle_timeout: config.global.timeouts.keep_alive,
             max_header_list: u32::try_from(config.global.max_header_size).unwrap_or(u32::MAX),
-            connects: Cell::new(0),
         }
     }
 
@@ -375,7 +362,6 @@ impl H2Pool {
             Dialed::Tcp(s) => start(&builder, addr, s).await?,
             Dialed::Tls(s) => start(&builder, addr, *s).await?,
         };
-        self.connects.set(self.connects.get() + 1);
         let conn = Rc::new(H2Conn {
             sender: conn.0,
             abort: conn.1,
@@ -400,22 +386,6 @@ impl H2Pool {
                     c.usable() && (c.active.get() > 0 || c.idle_since.get().elapsed() <= timeout)
                 });
             }
-        }
-    }
-
-    /// Connections, streams, connections opened (stats).
-    pub fn counts(&self) -> H2Counts {
-        let servers = self.servers.borrow();
-        let conns = servers.iter().flatten().flat_map(|sc| sc.conns.iter());
-        let (mut open, mut streams) = (0, 0);
-        for c in conns {
-            open += 1;
-            streams += c.active.get();
-        }
-        H2Counts {
-            open,
-            streams,
-            opened: self.connects.get(),
         }
     }
 
