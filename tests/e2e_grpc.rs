@@ -659,7 +659,10 @@ async fn health_checks_speak_http2_to_h2_servers() {
     let _d = Daemon::start(&config(&ports, server.addr, "", be), &[ports.web]).await;
     let start = Instant::now();
     while server.state.path_count("/health") < 3 {
-        assert!(start.elapsed() < LIMIT, "no HTTP/2 health check reached the server");
+        assert!(
+            start.elapsed() < LIMIT,
+            "no HTTP/2 health check reached the server"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut h2 = h2c(ports.web).await;

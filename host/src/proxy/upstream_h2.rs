@@ -540,11 +540,11 @@ impl FirstFrame {
             let take = (9 - head.len()).min(bytes.len());
             head.extend_from_slice(bytes.get(..take).unwrap_or_default());
             bytes = bytes.get(take..).unwrap_or_default();
-            if let [a, b, c, ..] = head[..] {
-                if head.len() == 9 {
-                    let len = (usize::from(a) << 16) | (usize::from(b) << 8) | usize::from(c);
-                    self.left.set(Some(len));
-                }
+            if let [a, b, c, ..] = head[..]
+                && head.len() == 9
+            {
+                let len = (usize::from(a) << 16) | (usize::from(b) << 8) | usize::from(c);
+                self.left.set(Some(len));
             }
         }
         if let Some(left) = self.left.get() {
