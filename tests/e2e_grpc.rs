@@ -651,6 +651,52 @@ impl http_body::Body for ChanFrames {
 }
 
 #[tokio::test]
+async fn negotiated_alpn_speaks_what_the_handshake_settled() {
+    // The server: another portcullis on TLS, offering ALPN as given, in
+    // front of an echo backend; its access log says what it was spoken to in.
+    let b = Backend::start("s1").await;
+    let dir = TempDir::new("alpn-negotiate");
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+    let cert = dir.write("cert.pem", &made.cert.pem());
+    let key = dir.write("key.pem", &made.signing_key.serialize_pem());
+    for (offered, want) in [
+        ("[\"http/1.1\"]", "HTTP/1.1"),
+        ("[\"h2\", \"http/1.1\"]", "HTTP/2.0"),
+    ] {
+        let inner_ports = Ports::new();
+        let fe = format!(
+            "tls = {{ cert = \"{}\", key = \"{}\", alpn = {offered} }}",
+            cert.display(),
+            key.display()
+        );
+        let inner = Daemon::start(
+            &format!(
+                "{}{}{}",
+                global_section(inner_ports.admin, &[]),
+                frontend_section("web", inner_ports.web, "app", &fe),
+                backend_section("app", "roundrobin", &[("s1", b.addr, 1)], "")
+            ),
+            &[inner_ports.web],
+        )
+        .await;
+        let ports = Ports::new();
+        let be = "tls = { verify = false, sni = \"localhost\", alpn = [\"h2\", \"http/1.1\"] }";
+        let _d = Daemon::start(&config(&ports, inner_ports.web, "", be), &[ports.web]).await;
+        let mut c = H1::connect(ports.web).await;
+        for i in 0..3 {
+            let r = c.get(&format!("/neg/{i}")).await;
+            assert_eq!(r.status, StatusCode::OK, "{offered}: {}", r.text());
+            assert_eq!(r.echo().path(), format!("/neg/{i}"));
+        }
+        for i in 0..3 {
+            let line = log_line(&inner, &format!("/neg/{i}")).await;
+            assert_eq!(line["version"], want, "{offered}: {line}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn health_checks_speak_http2_to_h2_servers() {
     // An h2c-only server: an HTTP/1.1 check would fail and take it down.
     let server = H2Server::start(H2ServerOpts::default()).await;
