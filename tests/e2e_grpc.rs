@@ -317,6 +317,38 @@ async fn grpc_timeout_bounds_the_upstream_exchange() {
 }
 
 #[tokio::test]
+async fn grpc_timeout_bounds_a_response_already_streaming() {
+    let server = H2Server::start(H2ServerOpts::default()).await;
+    let ports = Ports::new();
+    let d = Daemon::start(
+        &config(&ports, server.addr, "", "proto = \"h2\""),
+        &[ports.web],
+    )
+    .await;
+    let mut h2 = h2c(ports.web).await;
+    let mut req = post(ports.web, "/stall/3000", full(grpc_frame(b"x")));
+    req.headers_mut()
+        .insert("grpc-timeout", http::HeaderValue::from_static("300m"));
+    let t = Instant::now();
+    within("h2 ready", LIMIT, h2.ready()).await.expect("ready");
+    let resp = within("head", LIMIT, h2.send_request(req))
+        .await
+        .expect("the head comes at once");
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The body is cut at the deadline: the client's stream is reset.
+    let body = within("body", LIMIT, resp.into_body().collect()).await;
+    assert!(body.is_err(), "the stalled body must fail");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let line = log_line(&d, "/stall/3000").await;
+    assert_eq!(line["termination"], "upstream_error", "{line}");
+    // The same without grpc-timeout waits for the body.
+    let r = exchange(&mut h2, post(ports.web, "/stall/500", full("y")))
+        .await
+        .expect("answer");
+    assert_eq!(r.body, Bytes::from("y"));
+}
+
+#[tokio::test]
 async fn deny_on_a_grpc_call_answers_grpc_status() {
     let server = GrpcServer::start(None).await;
     let ports = Ports::new();

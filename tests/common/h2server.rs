@@ -5,7 +5,8 @@
 //!
 //! Paths: `/reset` resets the stream (INTERNAL_ERROR) after reading the
 //! request; `/refuse-once/KEY` refuses (REFUSED_STREAM) the first stream
-//! for KEY and answers the next; `/slow/MS` answers after MS ms; anything
+//! for KEY and answers the next; `/slow/MS` answers after MS ms;
+//! `/stall/MS` sends the response head at once and its body after MS ms; anything
 //! else is echoed (request trailers come back as `x-echo-NAME` trailers).
 
 use std::collections::HashMap;
@@ -174,6 +175,11 @@ async fn handle(
     let Ok(mut send) = respond.send_response(resp, false) else {
         return;
     };
+    if let Some(ms) = path.strip_prefix("/stall/") {
+        // The head goes out at once, the body after `ms`.
+        let ms = ms.parse().unwrap_or(100);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let _ = send.send_data(Bytes::from(data), false);
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
     let _ = send.send_trailers(trailers);

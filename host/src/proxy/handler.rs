@@ -134,6 +134,8 @@ struct Route {
     grpc: bool,
     /// The request said `te: trailers`.
     te_trailers: bool,
+    /// When the request's `grpc-timeout` runs out (HTTP/2 servers).
+    deadline: Option<Instant>,
     req_body: Option<Rc<RequestBodyState>>,
     error: Option<String>,
     /// The error (if any) was the server's fault.
@@ -524,12 +526,11 @@ pub async fn handle(
                             super::grpc::declare_trailers(&mut headers);
                         }
                         let out = Outgoing::take(&mut txn, Phase::Response, taps, &mut headers);
-                        (
-                            txn.status,
-                            headers,
-                            ResponseBody::outgoing(out, timeout),
-                            None,
-                        )
+                        let mut body = ResponseBody::outgoing(out, timeout);
+                        if let Some(at) = route.deadline {
+                            body = body.with_deadline(at);
+                        }
+                        (txn.status, headers, body, None)
                     }
                 }
             }
@@ -1012,6 +1013,7 @@ async fn forward_h2(
     let sstate = &worker.shared.backends[b].servers[s];
     super::grpc::absolute_uri(&mut req, tls.is_some(), &server.addr_text);
     let deadline = super::grpc::timeout(req.headers()).map(|d| (now + d, d));
+    ex.deadline = deadline.map(|(at, _)| at);
     let dest = Dest {
         backend: b,
         server: s,
