@@ -729,6 +729,28 @@ async fn negotiated_alpn_speaks_what_the_handshake_settled() {
 }
 
 #[tokio::test]
+async fn an_upgrade_to_an_http2_server_is_refused() {
+    let server = H2Server::start(H2ServerOpts::default()).await;
+    let ports = Ports::new();
+    let d = Daemon::start(
+        &config(&ports, server.addr, "", "proto = \"h2\""),
+        &[ports.web],
+    )
+    .await;
+    let req = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let (_s, r) = raw_exchange(ports.web, req.as_bytes()).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(server.state.streams.load(SeqCst), 0);
+    let line = log_line(&d, "/ws").await;
+    assert!(
+        line["termination"]
+            .as_str()
+            .is_some_and(|t| t.contains("cannot go to an HTTP/2 server")),
+        "{line}"
+    );
+}
+
+#[tokio::test]
 async fn health_checks_speak_http2_to_h2_servers() {
     // An h2c-only server: an HTTP/1.1 check would fail and take it down.
     let server = H2Server::start(H2ServerOpts::default()).await;

@@ -57,6 +57,11 @@ pub enum ProxyError {
     UpstreamInvalid(hyper::Error),
     #[error("server switched protocols (101) though the request asked for no upgrade")]
     UnexpectedUpgrade,
+    /// An upgrade (WebSocket) routed to a server spoken to in HTTP/2.
+    #[error(
+        "upgrades (WebSocket) cannot go to an HTTP/2 server (proto = \"h2\"); route them to an HTTP/1.1 backend"
+    )]
+    UpgradeToH2,
 }
 
 impl ProxyError {
@@ -75,6 +80,7 @@ impl ProxyError {
             | ProxyError::UpstreamUnusable(_)
             | ProxyError::UpstreamInvalid(_)
             | ProxyError::UnexpectedUpgrade
+            | ProxyError::UpgradeToH2
             | ProxyError::ConnectFailed { .. } => ErrorSource::Server(ServerError::BadResponse),
             ProxyError::ConnectTimeout(..) => ErrorSource::Server(ServerError::Timeout),
             ProxyError::ConnectTarget(_) => ErrorSource::Client(ClientError::BadRequest),
@@ -125,6 +131,8 @@ impl ProxyError {
             | ProxyError::UpstreamUnusable(_)
             | ProxyError::UpstreamInvalid(_)
             | ProxyError::UnexpectedUpgrade => *b"SH",
+            // The configuration's doing, refused before any connection.
+            ProxyError::UpgradeToH2 => *b"PR",
             ProxyError::ClientTimeout(_) => *b"cD",
             ProxyError::ClientBody(_) => *b"CD",
             ProxyError::BadHost(_)

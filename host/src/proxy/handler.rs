@@ -913,9 +913,7 @@ async fn forward(
     let now = Instant::now();
     if server.proto != crate::config::h2::UpstreamProto::Http1 {
         if asked_upgrade {
-            return Err(ProxyError::UpstreamUnusable(
-                "upgrades (WebSocket) cannot go to an HTTP/2 server (proto = \"h2\"); route them to an HTTP/1.1 backend",
-            ));
+            return Err(ProxyError::UpgradeToH2);
         }
         return forward_h2(ctx, ex, req, b, s, tls_target.as_ref(), &body_state, now).await;
     }
