@@ -742,6 +742,7 @@ const FETCH_CALLS: &[&str] = &[
     "dst_is_local",
     "src_is_local",
     "status",
+    "res.grpc_status",
     "var(txn.n)",
     "var(txn.s)",
     "var(txn.b)",

@@ -278,6 +278,8 @@ pub struct Outcome {
     pub bytes_out: u64,
     /// The server failed (refused, reset, timed out) or the body was cut.
     pub server_failed: bool,
+    /// A gRPC response's `grpc-status` (its trailers', else its headers').
+    pub grpc_status: Option<u32>,
 }
 
 impl Txn {

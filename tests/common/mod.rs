@@ -15,6 +15,7 @@ mod config;
 mod daemon;
 mod dns;
 mod guests;
+mod h2server;
 mod haproxy;
 mod plugins;
 
@@ -36,6 +37,8 @@ pub use daemon::*;
 pub use dns::*;
 #[allow(unused_imports)]
 pub use guests::*;
+#[allow(unused_imports)]
+pub use h2server::*;
 #[allow(unused_imports)]
 pub use haproxy::*;
 #[allow(unused_imports)]

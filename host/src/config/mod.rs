@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod diag;
 mod errors;
+pub mod h2;
 pub mod logs;
 pub mod mailers;
 pub mod resolvers;
@@ -150,6 +151,9 @@ pub struct Frontend {
     pub maxconn: Option<usize>,
     /// Add `X-Forwarded-For` / `X-Forwarded-Proto` to requests sent upstream.
     pub forwardfor: bool,
+    /// Local replies to gRPC requests are gRPC answers (HTTP 200 +
+    /// `grpc-status`, `grpc-message`), as Envoy sends them.
+    pub grpc_local_replies: bool,
     /// `http_request` rules as written (compiled into the chain at assembly).
     pub http_request: Vec<Spanned<schema::RawRule>>,
     /// `http_response` rules as written.
@@ -203,6 +207,8 @@ pub struct Backend {
     /// (HAProxy's `timeout queue`, else the connect timeout).
     pub queue_timeout: Duration,
     pub max_idle_per_server: usize,
+    /// HTTP/2 connection settings for its `proto = "h2"` servers (`h2 = { ... }`).
+    pub h2: h2::H2Settings,
     /// `tcp_response` rules as written (run for TCP frontends using this backend).
     pub tcp_response: Vec<Spanned<schema::RawRule>>,
     /// `response_inspect_delay`: how long they may wait for server data.
@@ -231,6 +237,8 @@ pub struct Server {
     /// which `set_dst`/`set_dst_port` rules change): HAProxy's `0.0.0.0`,
     /// port 0 and `+N`/`-N` ports.
     pub dest: ServerDest,
+    /// HTTP/1.1, HTTP/2, or what TLS's ALPN settles (`proto`, `tls.alpn`).
+    pub proto: h2::UpstreamProto,
 }
 
 /// Which parts of a server's address follow the connection's destination.
@@ -686,6 +694,7 @@ impl Validator<'_> {
             default_backend,
             maxconn,
             forwardfor: f.forwardfor.unwrap_or(true),
+            grpc_local_replies: f.grpc_local_replies.unwrap_or(false),
             http_request: f.http_request.clone(),
             http_response: f.http_response.clone(),
             http_after_response: f.http_after_response.clone(),
@@ -830,7 +839,12 @@ impl Validator<'_> {
                 format!("backend {:?} has no server; add e.g. server = [{{ name = \"s1\", addr = \"127.0.0.1:9000\" }}]", b.name.get_ref()),
             ));
         }
-        let backend_tls = b.tls.as_ref().map(|t| tls::upstream(src, t)).transpose()?;
+        let backend_h2 = b.proto.as_ref().is_some_and(|p| p.get_ref() == "h2");
+        let backend_tls = b
+            .tls
+            .as_ref()
+            .map(|t| tls::upstream(src, t, backend_h2))
+            .transpose()?;
         let mut servers = Vec::with_capacity(b.server.len());
         let mut names = HashMap::new();
         for s in &b.server {
@@ -861,6 +875,22 @@ impl Validator<'_> {
                 Some(w) => ranged::<u32>(src, w, "weight", 0, 256)?,
                 None => 1,
             };
+            // A server's own `proto` wins over the backend's; its ALPN list
+            // (its own `tls`, else the backend's) must agree with it.
+            let raw_proto = s.proto.as_ref().or(b.proto.as_ref());
+            let server_h2 = raw_proto.is_some_and(|p| p.get_ref() == "h2");
+            let raw_alpn = s
+                .tls
+                .as_ref()
+                .or(b.tls.as_ref())
+                .and_then(|t| t.get_ref().alpn.as_ref())
+                .map(|a| {
+                    a.get_ref()
+                        .iter()
+                        .map(|p| p.as_bytes().to_vec())
+                        .collect::<Vec<_>>()
+                });
+            let proto = h2::proto(src, raw_proto, raw_alpn.as_deref())?;
             servers.push(Server {
                 name: Arc::from(s.name.get_ref().as_str()),
                 addr,
@@ -871,12 +901,17 @@ impl Validator<'_> {
                     Some(m) => ranged::<u32>(src, m, "maxconn", 0, 1_000_000)?,
                     None => 0,
                 },
-                tls: match (&s.tls, &backend_tls) {
-                    (Some(t), _) => Some(tls::upstream(src, t)?),
-                    (None, Some(t)) => Some(Arc::clone(t)),
-                    (None, None) => None,
+                tls: match (&s.tls, &backend_tls, &b.tls) {
+                    (Some(t), _, _) => Some(tls::upstream(src, t, server_h2)?),
+                    // The backend's TLS offers ALPN h2 by default only to its h2 servers.
+                    (None, Some(_), Some(t)) if server_h2 != backend_h2 => {
+                        Some(tls::upstream(src, t, server_h2)?)
+                    }
+                    (None, Some(t), _) => Some(Arc::clone(t)),
+                    (None, None, _) => None,
                 },
                 dest,
+                proto,
             });
         }
         if servers.iter().all(|s| s.weight == 0) {
@@ -917,6 +952,7 @@ impl Validator<'_> {
             tunnel_timeout: timeouts.tunnel,
             queue_timeout: timeouts.queue.unwrap_or(timeouts.connect),
             max_idle_per_server,
+            h2: h2::settings(src, b.h2.as_ref())?,
             errors: errors::error_pages(src, b.errorfiles.as_ref(), b.error_replies.as_ref())?,
             email_alert: None,
             tcp_response: b.tcp_response.clone(),

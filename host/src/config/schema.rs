@@ -225,6 +225,9 @@ pub struct RawFrontend {
     /// HAProxy's `option forwardfor` (and the proto header): add
     /// `X-Forwarded-For` / `X-Forwarded-Proto` upstream; absent: true.
     pub forwardfor: Option<bool>,
+    /// Answer gRPC requests the proxy itself answers (deny, errors) with
+    /// HTTP 200 + `grpc-status` (Envoy's gRPC local replies).
+    pub grpc_local_replies: Option<bool>,
     #[serde(default)]
     pub http_request: Vec<Spanned<RawRule>>,
     #[serde(default)]
@@ -316,6 +319,10 @@ pub struct RawBackend {
     pub error_replies: Option<Spanned<ErrorMap<RawErrorReply>>>,
     /// TLS to the servers (see `config/tls.rs`); a server's own `tls` wins.
     pub tls: Option<Spanned<super::tls::RawTlsUpstream>>,
+    /// `"h2"`: HTTP/2 to the servers (HAProxy's `proto h2`; `config/h2.rs`).
+    pub proto: Option<Spanned<String>>,
+    /// HTTP/2 connection settings (`config/h2.rs`).
+    pub h2: Option<Spanned<super::h2::RawH2>>,
     /// HAProxy's `email-alert` keywords (see `config/mailers.rs`).
     pub email_alert: Option<Spanned<super::mailers::RawEmailAlert>>,
     /// HAProxy's `tcp-response content` rules, run when a TCP frontend uses this backend.
@@ -336,6 +343,8 @@ pub struct RawServer {
     pub check: Option<bool>,
     /// TLS to this server, replacing the backend's `tls`.
     pub tls: Option<Spanned<super::tls::RawTlsUpstream>>,
+    /// `"h2"` or `"http/1.1"`, replacing the backend's `proto`.
+    pub proto: Option<Spanned<String>>,
     /// Most requests served at once (HAProxy's server `maxconn`); more wait
     /// in the backend's queue. Absent or 0: no limit.
     pub maxconn: Option<Spanned<i64>>,

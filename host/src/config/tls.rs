@@ -267,7 +267,7 @@ pub struct RawTlsUpstream {
     /// Name sent as SNI and verified: a host name, or `"%[req.hdr(host)]"`
     /// for the request's Host; absent: the server address's host.
     pub sni: Option<Spanned<String>>,
-    /// ALPN protocols offered (only `"http/1.1"` for now).
+    /// ALPN protocols offered: `"h2"` and `"http/1.1"` (see `proto`).
     pub alpn: Option<Spanned<Vec<String>>>,
     /// Client certificate chain (PEM) presented to the server, with `key`.
     pub cert: Option<Spanned<String>>,
@@ -276,9 +276,13 @@ pub struct RawTlsUpstream {
 }
 
 /// Validates a backend's or server's `tls` and reads its files.
+///
+/// `h2`: the server is spoken to in HTTP/2 (`proto = "h2"`), so an absent
+/// `alpn` offers `h2`.
 pub fn upstream(
     src: &SourceMap,
     raw: &Spanned<RawTlsUpstream>,
+    h2: bool,
 ) -> Result<Arc<crate::tls::client::Upstream>, ConfigError> {
     use crate::tls::client::{Sni, Upstream, UpstreamSpec, server_name};
     let t = raw.get_ref();
@@ -311,13 +315,14 @@ pub fn upstream(
         }
     };
     let alpn = match &t.alpn {
+        None if h2 => vec![b"h2".to_vec()],
         None => Vec::new(),
         Some(list) => {
             for p in list.get_ref() {
-                if p != "http/1.1" {
+                if p != "http/1.1" && p != "h2" {
                     return Err(src.error(
                         list.span(),
-                        format!("ALPN {p:?} is not supported towards servers (they are spoken to in HTTP/1.1); expected [\"http/1.1\"]"),
+                        format!("ALPN {p:?} is not supported towards servers; expected \"h2\" and/or \"http/1.1\" (e.g. [\"h2\", \"http/1.1\"])"),
                     ));
                 }
             }

@@ -602,6 +602,7 @@ impl Harness {
                 bytes_in,
                 bytes_out: body.len() as u64,
                 server_failed: false,
+                grpc_status: None,
             };
             for f in &chain.log {
                 f.on_log(&txn);

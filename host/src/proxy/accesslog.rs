@@ -40,6 +40,9 @@ pub struct LogRecord<'a> {
     pub upstream: Option<Duration>,
     /// `complete`, `aborted` (client left) or `upstream_error`, or an error message.
     pub termination: &'a str,
+    /// A gRPC response's `grpc-status` (JSON lines only, when there is one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -338,6 +341,7 @@ mod tests {
             total: Duration::from_micros(1_500),
             upstream: Some(Duration::from_micros(999)),
             termination: "complete",
+            grpc_status: None,
         });
         let line = log.buf.borrow().clone();
         let (time, rest) = line.split_once(' ').expect("a space after the time");

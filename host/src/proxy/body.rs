@@ -88,6 +88,9 @@ pub enum BodyOutcome {
 pub trait BodyEnd {
     /// Called exactly once with how the body ended and how many body bytes went out.
     fn finish(self: Box<Self>, outcome: BodyOutcome, bytes: u64);
+
+    /// The body's trailers, as they go out (before [`BodyEnd::finish`]).
+    fn trailers(&mut self, _trailers: &http::HeaderMap) {}
 }
 
 /// Shared view of a request body's progress, read by the handler after the exchange.
@@ -373,6 +376,9 @@ pub struct ResponseBody {
     /// HTTP/1: the rest of a server data frame larger than
     /// `conn::MAX_UNSENT`, handed to hyper in pieces of at most that size.
     carry: Option<Bytes>,
+    /// The request's `grpc-timeout`: the server's body must end by then
+    /// (the whole exchange is bounded, as Envoy's route timeout).
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 /// How a response body keeps its client connection informed.
@@ -396,6 +402,7 @@ impl ResponseBody {
             end: None,
             client: None,
             carry: None,
+            deadline: None,
         }
     }
 
@@ -412,6 +419,7 @@ impl ResponseBody {
             end: None,
             client: None,
             carry: None,
+            deadline: None,
         }
     }
 
@@ -433,6 +441,7 @@ impl ResponseBody {
             end: None,
             client: None,
             carry: None,
+            deadline: None,
         }
     }
 
@@ -456,6 +465,13 @@ impl ResponseBody {
     /// Sends `prefix` (bytes a filter already read from the server) first.
     pub fn with_prefix(mut self, prefix: Bytes) -> ResponseBody {
         self.prefix = (!prefix.is_empty()).then_some(prefix);
+        self
+    }
+
+    /// Ends the server's body with an error (a reset for the client) if it
+    /// is not over at `at` (the request's `grpc-timeout`).
+    pub fn with_deadline(mut self, at: Instant) -> ResponseBody {
+        self.deadline = Some(Box::pin(tokio::time::sleep_until(at)));
         self
     }
 
@@ -583,6 +599,16 @@ impl ResponseBody {
                 Some(d) => Some(Ok(Frame::data(d))),
                 None => trailers.take().map(|t| Ok(Frame::trailers(t))),
             }),
+            Kind::Upstream { .. }
+                if this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|d| d.as_mut().poll(cx).is_ready()) =>
+            {
+                Poll::Ready(Some(Err(Box::new(TimeoutError(
+                    "the request's grpc-timeout ran out while the response was streaming",
+                )) as BoxError)))
+            }
             Kind::Upstream { inner, timer } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     timer.progress();
@@ -623,6 +649,8 @@ impl ResponseBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.bytes += d.len() as u64;
+                } else if let (Some(t), Some(end)) = (frame.trailers_ref(), this.end.as_mut()) {
+                    end.trailers(t);
                 }
                 if this.is_end_stream() {
                     this.finish(BodyOutcome::Complete);

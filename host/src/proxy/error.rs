@@ -26,6 +26,9 @@ pub enum ProxyError {
     Connect(#[from] ConnectError),
     #[error("server did not answer within {0:?}")]
     ServerTimeout(std::time::Duration),
+    /// The request's `grpc-timeout` ran out before the server's response head.
+    #[error("no response within the request's grpc-timeout ({0:?})")]
+    GrpcDeadline(std::time::Duration),
     #[error("server closed or reset the connection: {0}")]
     UpstreamReset(hyper::Error),
     #[error("upstream connection unusable: {0}")]
@@ -54,6 +57,11 @@ pub enum ProxyError {
     UpstreamInvalid(hyper::Error),
     #[error("server switched protocols (101) though the request asked for no upgrade")]
     UnexpectedUpgrade,
+    /// An upgrade (WebSocket) routed to a server spoken to in HTTP/2.
+    #[error(
+        "upgrades (WebSocket) cannot go to an HTTP/2 server (proto = \"h2\"); route them to an HTTP/1.1 backend"
+    )]
+    UpgradeToH2,
 }
 
 impl ProxyError {
@@ -64,14 +72,15 @@ impl ProxyError {
             | ProxyError::NoServer(_)
             | ProxyError::QueueTimeout(..)
             | ProxyError::QueueFull(_) => ErrorSource::Server(ServerError::Unavailable),
-            ProxyError::Connect(ConnectError::Timeout { .. }) | ProxyError::ServerTimeout(_) => {
-                ErrorSource::Server(ServerError::Timeout)
-            }
+            ProxyError::Connect(ConnectError::Timeout { .. })
+            | ProxyError::ServerTimeout(_)
+            | ProxyError::GrpcDeadline(_) => ErrorSource::Server(ServerError::Timeout),
             ProxyError::Connect(_)
             | ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamUnusable(_)
             | ProxyError::UpstreamInvalid(_)
             | ProxyError::UnexpectedUpgrade
+            | ProxyError::UpgradeToH2
             | ProxyError::ConnectFailed { .. } => ErrorSource::Server(ServerError::BadResponse),
             ProxyError::ConnectTimeout(..) => ErrorSource::Server(ServerError::Timeout),
             ProxyError::ConnectTarget(_) => ErrorSource::Client(ClientError::BadRequest),
@@ -117,11 +126,13 @@ impl ProxyError {
             ProxyError::QueueTimeout(..) | ProxyError::QueueFull(_) => *b"sQ",
             ProxyError::Connect(ConnectError::Timeout { .. }) => *b"sC",
             ProxyError::Connect(_) => *b"SC",
-            ProxyError::ServerTimeout(_) => *b"sH",
+            ProxyError::ServerTimeout(_) | ProxyError::GrpcDeadline(_) => *b"sH",
             ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamUnusable(_)
             | ProxyError::UpstreamInvalid(_)
             | ProxyError::UnexpectedUpgrade => *b"SH",
+            // The configuration's doing, refused before any connection.
+            ProxyError::UpgradeToH2 => *b"PR",
             ProxyError::ClientTimeout(_) => *b"cD",
             ProxyError::ClientBody(_) => *b"CD",
             ProxyError::BadHost(_)

@@ -129,6 +129,17 @@ struct Route {
     /// Time to connect to the server, 0 on a reused connection (`%Tc`).
     connect_time: Option<Duration>,
     conn: Option<PooledConn>,
+    /// The HTTP/2 stream the request went out on (released when the exchange ends).
+    h2: Option<super::upstream_h2::H2Stream>,
+    /// The request's `grpc-timeout` ran out before the response head.
+    grpc_deadline: bool,
+    /// A gRPC request on a frontend with `grpc_local_replies`: the proxy's
+    /// own answers are gRPC ones.
+    grpc: bool,
+    /// The request said `te: trailers`.
+    te_trailers: bool,
+    /// When the request's `grpc-timeout` runs out (HTTP/2 servers).
+    deadline: Option<Instant>,
     req_body: Option<Rc<RequestBodyState>>,
     error: Option<String>,
     /// The error (if any) was the server's fault.
@@ -148,9 +159,17 @@ struct Exchange {
     orig_uri: Uri,
     route: Route,
     status: u16,
+    /// `grpc-status` of the response: its headers' (trailers-only), then its trailers'.
+    grpc_status: Option<u32>,
 }
 
 impl BodyEnd for Exchange {
+    fn trailers(&mut self, trailers: &HeaderMap) {
+        if let Some(s) = super::grpc::status_of(Some(trailers), &HeaderMap::new()) {
+            self.grpc_status = Some(s);
+        }
+    }
+
     fn finish(self: Box<Self>, outcome: BodyOutcome, bytes: u64) {
         let Exchange {
             ctx,
@@ -160,6 +179,7 @@ impl BodyEnd for Exchange {
             orig_uri,
             route,
             status,
+            grpc_status,
         } = *self;
         let worker = &ctx.worker;
         let shared = &worker.shared;
@@ -194,6 +214,7 @@ impl BodyEnd for Exchange {
             bytes_in,
             bytes_out: bytes,
             server_failed: outcome == BodyOutcome::UpstreamError || route.server_failed,
+            grpc_status,
         };
         for f in &shared.config.frontends[ctx.frontend].chain.log {
             f.on_log(&txn);
@@ -272,6 +293,7 @@ impl BodyEnd for Exchange {
                 total: now.saturating_duration_since(start),
                 upstream: route.upstream_time,
                 termination,
+                grpc_status,
             });
         }
         ctx.state.request_finished();
@@ -388,7 +410,11 @@ pub async fn handle(
     let orig_uri = txn.uri.clone();
     let chain = &shared.config.frontends[ctx.frontend].chain;
 
-    let mut route = Route::default();
+    let mut route = Route {
+        grpc: shared.config.frontends[ctx.frontend].grpc_local_replies
+            && super::grpc::is_grpc(&txn.req_headers),
+        ..Route::default()
+    };
     // The server side of a tunnel this request opens, once answered.
     let mut server_side: Option<ServerSide> = None;
 
@@ -501,13 +527,16 @@ pub async fn handle(
                             .and_then(|b| shared.config.backends.get(b))
                             .map_or(shared.config.global.timeouts.server, |b| b.server_timeout);
                         let mut headers = std::mem::take(&mut txn.resp_headers);
+                        if route.te_trailers && txn.version < Version::HTTP_2 {
+                            // hyper sends an HTTP/1.1 client only the trailers declared.
+                            super::grpc::declare_trailers(&mut headers);
+                        }
                         let out = Outgoing::take(&mut txn, Phase::Response, taps, &mut headers);
-                        (
-                            txn.status,
-                            headers,
-                            ResponseBody::outgoing(out, timeout),
-                            None,
-                        )
+                        let mut body = ResponseBody::outgoing(out, timeout);
+                        if let Some(at) = route.deadline {
+                            body = body.with_deadline(at);
+                        }
+                        (txn.status, headers, body, None)
                     }
                 }
             }
@@ -561,6 +590,7 @@ pub async fn handle(
         orig_uri,
         route,
         status: logged_status.as_u16(),
+        grpc_status: super::grpc::status_of(None, &headers),
     };
     if let Some(side) = server_side {
         return Ok(open_tunnel(
@@ -756,6 +786,13 @@ fn fail(ctx: &Ctx, route: &mut Route, err: &ProxyError) -> Reply {
 /// Puts the configured page (the backend's once routed, else the
 /// frontend's) in place of an error page of the proxy, a rule or a plugin.
 fn error_pages(ctx: &Ctx, route: &Route, reply: &mut Reply) {
+    if route.grpc {
+        // A gRPC client reads grpc-status, not pages (Envoy's gRPC local reply).
+        let status = route
+            .grpc_deadline
+            .then_some(super::grpc::DEADLINE_EXCEEDED);
+        super::grpc::local_reply(reply, status);
+    }
     if !reply.error_page {
         return;
     }
@@ -851,9 +888,16 @@ async fn forward(
         None
     };
     let asked_upgrade = upgrade_to.is_some();
+    // `te: trailers` is end to end in effect (gRPC needs it): kept as that
+    // one value, as HAProxy and Envoy do.
+    let te_trailers = super::grpc::asks_trailers(&headers);
+    ex.te_trailers = te_trailers;
     // Connection options went before the rules (`prepare_request`), and Host
     // was settled there: what rules set and what the proxy adds here stays.
     strip_hop_by_hop(&mut headers);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if let Some(protocol) = upgrade_to {
         headers.insert(header::UPGRADE, protocol);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -890,6 +934,21 @@ async fn forward(
     // request is headed, as `set_dst`/`set_dst_port` left it.
     let target = server.target(txn.local_addr);
     let now = Instant::now();
+    if server.proto != crate::config::h2::UpstreamProto::Http1 {
+        if asked_upgrade {
+            return Err(ProxyError::UpgradeToH2);
+        }
+        return forward_h2(
+            ctx,
+            ex,
+            req,
+            (b, s, target),
+            tls_target.as_ref(),
+            &body_state,
+            now,
+        )
+        .await;
+    }
     let mut conn = worker
         .pool
         .checkout(
@@ -952,6 +1011,86 @@ async fn forward(
                 }
                 SendFailure::Failed(e) => ProxyError::UpstreamReset(e),
                 SendFailure::Unsent(_) => {
+                    ProxyError::UpstreamUnusable("connection closed before the request was sent")
+                }
+            })
+        }
+    }
+}
+
+/// [`forward`] to a server spoken to in HTTP/2 (or, negotiating by ALPN,
+/// in what the TLS handshake settled).
+#[allow(clippy::too_many_arguments)]
+async fn forward_h2(
+    ctx: &Rc<Ctx>,
+    ex: &mut Route,
+    mut req: Request<RequestBody>,
+    (b, s, target): (usize, usize, std::net::SocketAddr),
+    tls: Option<&crate::tls::client::Target>,
+    body_state: &Rc<RequestBodyState>,
+    now: Instant,
+) -> Result<Response<Incoming>, ProxyError> {
+    use super::upstream_h2::{Dest, H2Failure, Leg, Wait};
+    let worker = &ctx.worker;
+    let backend = &worker.shared.config.backends[b];
+    let server = &backend.servers[s];
+    let sstate = &worker.shared.backends[b].servers[s];
+    super::grpc::absolute_uri(&mut req, tls.is_some(), &server.addr_text);
+    let deadline = super::grpc::timeout(req.headers()).map(|d| (now + d, d));
+    ex.deadline = deadline.map(|(at, _)| at);
+    let dest = Dest {
+        backend: b,
+        server: s,
+        // A server written `0.0.0.0:0` (or with port 0 / `+N`) goes where the
+        // request is headed, as `set_dst`/`set_dst_port` left it.
+        addr: target,
+        connect_timeout: backend.connect_timeout,
+        tls,
+        proto: server.proto,
+    };
+    let wait = Wait {
+        timeout: backend.server_timeout,
+        body: body_state,
+        deadline,
+    };
+    let (result, leg) = worker.h2.send(&dest, &worker.pool, req, &wait, now).await;
+    ex.upstream_time = Some(now.elapsed());
+    let fresh = match &leg {
+        Some(Leg::H2(st)) => !st.reused,
+        Some(Leg::H1(c)) => !c.reused,
+        None => false,
+    };
+    if fresh {
+        sstate.connects.fetch_add(1, Relaxed);
+    }
+    match (result, leg) {
+        (Ok(resp), leg) => {
+            match leg {
+                Some(Leg::H2(st)) => ex.h2 = Some(st),
+                Some(Leg::H1(c)) => ex.conn = Some(c),
+                None => {}
+            }
+            Ok(resp)
+        }
+        (Err(failure), leg) => {
+            if let Some(Leg::H1(c)) = leg {
+                c.discard();
+            }
+            let client_timeout = worker.shared.config.global.timeouts.client;
+            Err(match failure {
+                H2Failure::Connect(e) => ProxyError::Connect(e),
+                H2Failure::Timeout(d) => ProxyError::ServerTimeout(d),
+                H2Failure::Deadline(d) => {
+                    ex.grpc_deadline = true;
+                    ProxyError::GrpcDeadline(d)
+                }
+                _ if body_state.timed_out.get() => ProxyError::ClientTimeout(client_timeout),
+                H2Failure::Failed(e) if body_state.failed.get() => ProxyError::ClientBody(e),
+                H2Failure::Failed(e) if e.is_parse() || e.is_parse_too_large() => {
+                    ProxyError::UpstreamInvalid(e)
+                }
+                H2Failure::Failed(e) => ProxyError::UpstreamReset(e),
+                H2Failure::Unsent => {
                     ProxyError::UpstreamUnusable("connection closed before the request was sent")
                 }
             })

@@ -61,7 +61,7 @@ async fn check_loop(shared: Arc<Shared>, b: usize, s: usize, check: HealthCheck)
             .tls
             .as_ref()
             .and_then(|u| u.target(&server.addr_text, Some(&host)));
-        let probe = probe(server.addr, &host, &check, tls).await;
+        let probe = probe(server.addr, &host, &check, tls, server.proto).await;
         state.set_checking(false);
         let ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
         match state.record_check(probe.status, probe.code, ms) {
@@ -103,7 +103,9 @@ async fn probe(
     host: &str,
     check: &HealthCheck,
     tls: Option<crate::tls::client::Target>,
+    proto: crate::config::h2::UpstreamProto,
 ) -> Probe {
+    use crate::config::h2::UpstreamProto;
     // One deadline for the whole check (connect, request, response), as before
     // the connect step got its own status.
     let deadline = tokio::time::Instant::now() + check.timeout;
@@ -126,9 +128,15 @@ async fn probe(
                     .connect(t.name, stream)
                     .await
                     .map_err(|e| format!("TLS handshake: {e}"))?;
-                exchange(tls, host, check).await
+                // The server's protocol, as HAProxy's checks use the server's `proto`.
+                let h2 = match proto {
+                    UpstreamProto::Http1 => false,
+                    UpstreamProto::H2 => true,
+                    UpstreamProto::Negotiate => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+                };
+                exchange(tls, host, check, h2).await
             }
-            None => exchange(stream, host, check).await,
+            None => exchange(stream, host, check, proto == UpstreamProto::H2).await,
         }
     };
     match tokio::time::timeout_at(deadline, attempt).await {
@@ -150,11 +158,38 @@ async fn probe(
     }
 }
 
-/// The check's request and response over `io` (TCP, or TLS over it).
-async fn exchange<T>(io: T, host: &str, check: &HealthCheck) -> Result<u16, String>
+/// The check's request and response over `io` (TCP, or TLS over it), in
+/// HTTP/2 when `h2`.
+async fn exchange<T>(io: T, host: &str, check: &HealthCheck, h2: bool) -> Result<u16, String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(io),
+        )
+        .await
+        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let uri = format!("http://{host}{}", check.path);
+        let req = http::Request::builder()
+            .method(check.method.clone())
+            .uri(uri.as_str())
+            .header(http::header::USER_AGENT, "portcullis-health-check")
+            .body(Empty::new())
+            .map_err(|e| format!("request: {e}"))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = resp.status().as_u16();
+        let _ = resp.into_body().collect().await;
+        driver.abort();
+        return Ok(status);
+    }
     {
         let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io))
             .await

@@ -12,6 +12,7 @@ pub mod body;
 pub mod chain;
 pub mod conn;
 pub mod error;
+pub mod grpc;
 pub mod handler;
 pub mod head;
 pub mod health;
@@ -29,6 +30,7 @@ pub mod tls;
 pub mod tunnel;
 pub mod upgrade;
 pub mod upgraded;
+pub mod upstream_h2;
 pub mod worker;
 
 use std::net::{SocketAddr, TcpListener as StdListener};

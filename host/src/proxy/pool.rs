@@ -150,6 +150,22 @@ impl UpstreamPool {
         now: Instant,
         tls: Option<&Target>,
     ) -> Result<PooledConn, ConnectError> {
+        if let Some(conn) = self.checkout_idle(backend, server, addr, now, tls).await {
+            return Ok(conn);
+        }
+        self.connect_new(backend, server, addr, connect_timeout, tls)
+            .await
+    }
+
+    /// A pooled connection still usable, if any (none is opened).
+    pub async fn checkout_idle(
+        &self,
+        backend: usize,
+        server: usize,
+        addr: SocketAddr,
+        now: Instant,
+        tls: Option<&Target>,
+    ) -> Option<PooledConn> {
         let name = tls.map(|t| &t.name);
         while let Some(mut idle) = self.pop_idle(backend, server, addr, name) {
             if idle.sender.is_closed()
@@ -161,7 +177,7 @@ impl UpstreamPool {
             // The connection task marks the connection ready once the previous
             // response is fully read; a closed connection errors here instead.
             if idle.sender.ready().await.is_ok() {
-                return Ok(PooledConn {
+                return Some(PooledConn {
                     sender: idle.sender,
                     abort: idle.abort,
                     reused: true,
@@ -172,8 +188,32 @@ impl UpstreamPool {
                 });
             }
         }
-        self.connect_new(backend, server, addr, connect_timeout, tls)
-            .await
+        None
+    }
+
+    /// An HTTP/1.1 connection over `io`, a socket [`dial`] opened whose
+    /// TLS handshake did not settle on `h2`.
+    pub async fn start_new(
+        &self,
+        backend: usize,
+        server: usize,
+        addr: SocketAddr,
+        io: Dialed,
+        name: Option<ServerName<'static>>,
+    ) -> Result<PooledConn, ConnectError> {
+        let (sender, abort) = match io {
+            Dialed::Tcp(s) => start_http(&self.http, addr, s).await?,
+            Dialed::Tls(s) => start_http(&self.http, addr, *s).await?,
+        };
+        Ok(PooledConn {
+            sender,
+            abort,
+            reused: false,
+            backend,
+            server,
+            name,
+            addr,
+        })
     }
 
     /// A new connection to `addr`, bypassing idle ones.
@@ -297,6 +337,35 @@ async fn connect(
     reset_on_close: bool,
     tls: Option<&Target>,
 ) -> Result<(http1::SendRequest<RequestBody>, AbortHandle), ConnectError> {
+    match dial(addr, timeout, reset_on_close, tls).await? {
+        Dialed::Tcp(s) => start_http(http, addr, s).await,
+        Dialed::Tls(s) => start_http(http, addr, *s).await,
+    }
+}
+
+/// A socket to a server, its TLS handshake (if any) done.
+pub enum Dialed {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Dialed {
+    /// TLS's ALPN settled on `h2`.
+    pub fn alpn_h2(&self) -> bool {
+        match self {
+            Dialed::Tcp(_) => false,
+            Dialed::Tls(s) => s.get_ref().1.alpn_protocol() == Some(b"h2"),
+        }
+    }
+}
+
+/// Connects to `addr` and runs the TLS handshake if `tls`, both within `timeout`.
+pub async fn dial(
+    addr: SocketAddr,
+    timeout: Duration,
+    reset_on_close: bool,
+    tls: Option<&Target>,
+) -> Result<Dialed, ConnectError> {
     // One deadline for the TCP connect and the TLS handshake.
     let deadline = Instant::now() + timeout;
     let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
@@ -320,12 +389,12 @@ async fn connect(
         let _ = stream.set_zero_linger();
     }
     let Some(target) = tls else {
-        return start_http(http, addr, stream).await;
+        return Ok(Dialed::Tcp(stream));
     };
     let handshake = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&target.config))
         .connect(target.name.clone(), stream);
     match tokio::time::timeout_at(deadline, handshake).await {
-        Ok(Ok(tls)) => start_http(http, addr, tls).await,
+        Ok(Ok(tls)) => Ok(Dialed::Tls(Box::new(tls))),
         Ok(Err(source)) => Err(ConnectError::Tls { addr, source }),
         Err(_) => Err(ConnectError::Timeout {
             addr,

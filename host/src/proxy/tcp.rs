@@ -525,5 +525,6 @@ fn finish(
         total: start.elapsed(),
         upstream: rec.connect,
         termination: rec.termination,
+        grpc_status: None,
     });
 }

@@ -58,6 +58,8 @@ pub struct Worker {
 pub struct Epoch {
     pub shared: Arc<Shared>,
     pub pool: UpstreamPool,
+    /// This worker's HTTP/2 connections to servers.
+    pub h2: super::upstream_h2::H2Pool,
     pub balancer: Balancer,
     /// Frontend names as this worker's own `Rc`s (no shared refcount per request).
     pub frontend_names: Vec<Rc<str>>,
@@ -70,6 +72,7 @@ impl Epoch {
     fn new(shared: Arc<Shared>) -> Epoch {
         Epoch {
             pool: UpstreamPool::new(&shared.config),
+            h2: super::upstream_h2::H2Pool::new(&shared.config),
             balancer: Balancer::new(&shared.config),
             frontend_names: shared
                 .config
@@ -214,6 +217,7 @@ impl Worker {
                 total: std::time::Duration::ZERO,
                 upstream: None,
                 termination: reason,
+                grpc_status: None,
             });
         }
     }
@@ -386,6 +390,7 @@ async fn housekeeping(worker: Rc<Worker>) {
         n = n.wrapping_add(1);
         if n.is_multiple_of(10) {
             epoch.pool.sweep();
+            epoch.h2.sweep();
             // Buffers of closed and parked connections go back to the system
             // instead of staying in this thread's heap after a load peak.
             release_free_memory();

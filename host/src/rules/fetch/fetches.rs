@@ -519,6 +519,16 @@ fn f_src_is_local(t: &Txn) -> Option<Value<'_>> {
 fn f_status(t: &Txn) -> Option<Value<'_>> {
     Some(Value::Int(i64::from(t.status.as_u16())))
 }
+/// A gRPC response's status: once the exchange ended (logs), the
+/// trailers' `grpc-status`; before (response rules), the headers' (a
+/// trailers-only response, as gRPC errors and local replies are).
+fn f_grpc_status(t: &Txn) -> Option<Value<'_>> {
+    let s = t
+        .outcome
+        .grpc_status
+        .or_else(|| crate::proxy::grpc::status_of(None, &t.resp_headers))?;
+    Some(Value::Int(i64::from(s)))
+}
 fn f_fe_name(t: &Txn) -> Option<Value<'_>> {
     str_val(&t.frontend)
 }
@@ -644,6 +654,7 @@ pub static FETCHES: &[FetchDef] = &[
     FetchDef { name: "dst_is_local", usage: "dst_is_local", args: (0, 0), kind: Kind::Bool, avail: Avail::Both, build: |_, _| simple(f_dst_is_local) },
     FetchDef { name: "src_is_local", usage: "src_is_local", args: (0, 0), kind: Kind::Bool, avail: Avail::Both, build: |_, _| simple(f_src_is_local) },
     FetchDef { name: "status", usage: "status", args: (0, 0), kind: Kind::Int, avail: Avail::Response, build: |_, _| simple(f_status) },
+    FetchDef { name: "res.grpc_status", usage: "res.grpc_status", args: (0, 0), kind: Kind::Int, avail: Avail::Response, build: |_, _| simple(f_grpc_status) },
     FetchDef { name: "var", usage: "var(<scope>.<name>[,<default>])", args: (1, 2), kind: Kind::Any, avail: Avail::Both, build: var_fetch },
     FetchDef { name: "always_true", usage: "always_true", args: (0, 0), kind: Kind::Bool, avail: Avail::Both, build: |_, _| simple(f_true) },
     FetchDef { name: "always_false", usage: "always_false", args: (0, 0), kind: Kind::Bool, avail: Avail::Both, build: |_, _| simple(f_false) },
