@@ -13,6 +13,7 @@ mod body;
 mod client;
 mod config;
 mod daemon;
+mod grpc;
 mod guests;
 mod haproxy;
 mod plugins;
@@ -31,6 +32,8 @@ pub use client::*;
 pub use config::*;
 #[allow(unused_imports)]
 pub use daemon::*;
+#[allow(unused_imports)]
+pub use grpc::*;
 #[allow(unused_imports)]
 pub use guests::*;
 #[allow(unused_imports)]
