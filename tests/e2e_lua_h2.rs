@@ -121,7 +121,10 @@ async fn applet_http_answers_h2_clients_as_haproxy() {
     let cert_pem = dir.write("cert.pem", &cert.pem());
     let key_pem = dir.write("key.pem", &key.serialize_pem());
     // HAProxy takes the certificate and key in one file.
-    let both = dir.write("both.pem", &format!("{}{}", cert.pem(), key.serialize_pem()));
+    let both = dir.write(
+        "both.pem",
+        &format!("{}{}", cert.pem(), key.serialize_pem()),
+    );
 
     let app = Backend::start("s1").await;
     let [h_plain, h_tls] = free_addrs();
@@ -171,7 +174,12 @@ backend app
         ("/info/a?x=1", vec!["-H", "x-a: hello"]),
         (
             "/info/post",
-            vec!["--data-binary", "first line\nabcdef and the rest", "-H", "x-a: p"],
+            vec![
+                "--data-binary",
+                "first line\nabcdef and the rest",
+                "-H",
+                "x-a: p",
+            ],
         ),
         // A body without content-length (DATA frames only).
         (
@@ -183,12 +191,24 @@ backend app
     ];
     for (path, args) in &cases {
         for (proto, ours, theirs) in [
-            (&h2c[..], format!("http://{}{path}", ports.web), format!("http://{h_plain}{path}")),
-            (&tls[..], format!("https://{p_tls}{path}"), format!("https://{h_tls}{path}")),
+            (
+                &h2c[..],
+                format!("http://{}{path}", ports.web),
+                format!("http://{h_plain}{path}"),
+            ),
+            (
+                &tls[..],
+                format!("https://{p_tls}{path}"),
+                format!("https://{h_tls}{path}"),
+            ),
         ] {
             let a = curl(proto, &ours, args);
             let b = curl(proto, &theirs, args);
-            assert_eq!(a.version, "HTTP/2", "{path} {proto:?}: portcullis answered {}", a.version);
+            assert_eq!(
+                a.version, "HTTP/2",
+                "{path} {proto:?}: portcullis answered {}",
+                a.version
+            );
             assert_eq!(
                 (a.status, &a.headers, String::from_utf8_lossy(&a.body)),
                 (b.status, &b.headers, String::from_utf8_lossy(&b.body)),

@@ -31,14 +31,21 @@ fn config(ports: &Ports, app: SocketAddr, plugin_config: &str, extra: &str) -> S
         "{}[[plugin]]\nname = \"g\"\nwasm = \"{}\"\non_error = \"fail_closed\"\nconfig = \"{plugin_config}\"\n\n{}{}{}",
         global_section(ports.admin, &[("timeout.server", "\"5s\"")]),
         wasm.display(),
-        frontend_section("web", ports.web, "app", "http_request = [ { wasm = \"g\" } ]"),
+        frontend_section(
+            "web",
+            ports.web,
+            "app",
+            "http_request = [ { wasm = \"g\" } ]"
+        ),
         backend_section("app", "roundrobin", &[("s1", app, 1)], ""),
         extra,
     )
 }
 
 fn grpc_backend(name: &str, addr: SocketAddr, extra: &str) -> String {
-    format!("[[backend]]\nname = \"{name}\"\nserver = [{{ name = \"s1\", addr = \"{addr}\"{extra} }}]\n\n")
+    format!(
+        "[[backend]]\nname = \"{name}\"\nserver = [{{ name = \"s1\", addr = \"{addr}\"{extra} }}]\n\n"
+    )
 }
 
 /// One request to the frontend with `headers`.
@@ -48,7 +55,12 @@ async fn call(web: SocketAddr, headers: &[(&str, &str)]) -> Resp {
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    within("request", LIMIT, c.send(req.body(empty()).expect("request"))).await
+    within(
+        "request",
+        LIMIT,
+        c.send(req.body(empty()).expect("request")),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,43 +78,113 @@ async fn unary_call_allows_denies_and_fails_with_envoys_statuses() {
     let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
 
     // Allowed: the request goes on with the answer, metadata reached the server.
-    let r = call(ports.web, &[("x-grpc", "unary"), ("x-method", "Check"), ("x-msg", "alice")]).await;
+    let r = call(
+        ports.web,
+        &[
+            ("x-grpc", "unary"),
+            ("x-method", "Check"),
+            ("x-msg", "alice"),
+        ],
+    )
+    .await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.text());
-    assert_eq!(r.echo().header("x-grpc-answer").as_deref(), Some("ok:alice"));
+    assert_eq!(
+        r.echo().header("x-grpc-answer").as_deref(),
+        Some("ok:alice")
+    );
     let r = call(ports.web, &[("x-grpc", "unary")]).await;
-    assert_eq!(r.echo().header("x-grpc-answer").as_deref(), Some("echo:hello meta:m1"));
+    assert_eq!(
+        r.echo().header("x-grpc-answer").as_deref(),
+        Some("echo:hello meta:m1")
+    );
 
     // Denied by status: the code and message reach the plugin (proxy_get_status).
-    let r = call(ports.web, &[("x-grpc", "unary"), ("x-method", "Check"), ("x-msg", "mallory")]).await;
+    let r = call(
+        ports.web,
+        &[
+            ("x-grpc", "unary"),
+            ("x-method", "Check"),
+            ("x-msg", "mallory"),
+        ],
+    )
+    .await;
     assert_eq!(r.status.as_u16(), 403, "{}", r.text());
     assert_eq!(r.header("x-grpc-status").as_deref(), Some("7"));
-    assert_eq!(r.header("x-grpc-message").as_deref(), Some("user mallory is denied"));
+    assert_eq!(
+        r.header("x-grpc-message").as_deref(),
+        Some("user mallory is denied")
+    );
 
     // The timeout goes to the server as grpc-timeout.
-    let r = call(ports.web, &[("x-grpc", "unary"), ("x-method", "Deadline"), ("x-local-reply", "1")]).await;
+    let r = call(
+        ports.web,
+        &[
+            ("x-grpc", "unary"),
+            ("x-method", "Deadline"),
+            ("x-local-reply", "1"),
+        ],
+    )
+    .await;
     assert_eq!(r.text(), "deadline");
 
     // An unknown method: the server's UNIMPLEMENTED (a trailers-only answer).
     let r = call(ports.web, &[("x-grpc", "unary"), ("x-method", "Nope")]).await;
-    assert_eq!(r.header("x-grpc-status").as_deref(), Some("12"), "{}", r.text());
+    assert_eq!(
+        r.header("x-grpc-status").as_deref(),
+        Some("12"),
+        "{}",
+        r.text()
+    );
 
     // The call's timeout: DEADLINE_EXCEEDED, in about the timeout (from
     // the server, which got it as grpc-timeout, or from the host's timer).
     let t = Instant::now();
     let r = call(
         ports.web,
-        &[("x-grpc", "unary"), ("x-method", "Sleep"), ("x-msg", "3000"), ("x-timeout-ms", "300")],
+        &[
+            ("x-grpc", "unary"),
+            ("x-method", "Sleep"),
+            ("x-msg", "3000"),
+            ("x-timeout-ms", "300"),
+        ],
     )
     .await;
-    assert_eq!(r.header("x-grpc-status").as_deref(), Some("4"), "{}", r.text());
-    assert!(t.elapsed() < Duration::from_millis(2500), "took {:?}", t.elapsed());
+    assert_eq!(
+        r.header("x-grpc-status").as_deref(),
+        Some("4"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "took {:?}",
+        t.elapsed()
+    );
 
     // A message past the 4 MiB cap: RESOURCE_EXHAUSTED, nothing buffered past it.
-    let r = call(ports.web, &[("x-grpc", "unary"), ("x-method", "Big"), ("x-msg", "5000000")]).await;
-    assert_eq!(r.header("x-grpc-status").as_deref(), Some("8"), "{}", r.text());
     let r = call(
         ports.web,
-        &[("x-grpc", "unary"), ("x-method", "Big"), ("x-msg", "100000"), ("x-local-reply", "1")],
+        &[
+            ("x-grpc", "unary"),
+            ("x-method", "Big"),
+            ("x-msg", "5000000"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        r.header("x-grpc-status").as_deref(),
+        Some("8"),
+        "{}",
+        r.text()
+    );
+    let r = call(
+        ports.web,
+        &[
+            ("x-grpc", "unary"),
+            ("x-method", "Big"),
+            ("x-msg", "100000"),
+            ("x-local-reply", "1"),
+        ],
     )
     .await;
     assert_eq!(r.body.len(), 100_000);
@@ -114,7 +196,12 @@ async fn unary_call_allows_denies_and_fails_with_envoys_statuses() {
 
     // A backend whose server is down: UNAVAILABLE.
     let r = call(ports.web, &[("x-grpc", "unary"), ("x-cluster", "down")]).await;
-    assert_eq!(r.header("x-grpc-status").as_deref(), Some("14"), "{}", r.text());
+    assert_eq!(
+        r.header("x-grpc-status").as_deref(),
+        Some("14"),
+        "{}",
+        r.text()
+    );
 
     // Many calls at once, multiplexed on one connection per worker.
     let mut all = Vec::new();
@@ -122,7 +209,11 @@ async fn unary_call_allows_denies_and_fails_with_envoys_statuses() {
         let web = ports.web;
         all.push(tokio::spawn(async move {
             let msg = format!("u{i}");
-            let r = call(web, &[("x-grpc", "unary"), ("x-method", "Check"), ("x-msg", &msg)]).await;
+            let r = call(
+                web,
+                &[("x-grpc", "unary"), ("x-method", "Check"), ("x-msg", &msg)],
+            )
+            .await;
             (msg, r.echo().header("x-grpc-answer"))
         }));
     }
@@ -137,7 +228,12 @@ async fn stream_sends_receives_metadata_and_closes() {
     let peer = GrpcPeer::start(None).await;
     let app = Backend::start("s1").await;
     let ports = Ports::new();
-    let cfg = config(&ports, app.addr, "cluster=grpc", &grpc_backend("grpc", peer.addr, ""));
+    let cfg = config(
+        &ports,
+        app.addr,
+        "cluster=grpc",
+        &grpc_backend("grpc", peer.addr, ""),
+    );
     let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
 
     // Half-closed with proxy_grpc_close after the messages.
@@ -149,7 +245,15 @@ async fn stream_sends_receives_metadata_and_closes() {
     assert_eq!(r.header("x-trailing").as_deref(), Some("bye"));
 
     // Half-closed by end_stream on the last proxy_grpc_send.
-    let r = call(ports.web, &[("x-grpc", "stream"), ("x-msgs", "x,y"), ("x-half-close", "send")]).await;
+    let r = call(
+        ports.web,
+        &[
+            ("x-grpc", "stream"),
+            ("x-msgs", "x,y"),
+            ("x-half-close", "send"),
+        ],
+    )
+    .await;
     assert_eq!(r.text(), "echo:x,echo:y");
     assert_eq!(r.header("x-grpc-status").as_deref(), Some("0"));
 
@@ -157,7 +261,10 @@ async fn stream_sends_receives_metadata_and_closes() {
     let r = call(ports.web, &[("x-grpc", "stream"), ("x-msgs", "a,fail,b")]).await;
     assert_eq!(r.text(), "echo:a");
     assert_eq!(r.header("x-grpc-status").as_deref(), Some("3"));
-    assert_eq!(r.header("x-grpc-message").as_deref(), Some("fail requested"));
+    assert_eq!(
+        r.header("x-grpc-message").as_deref(),
+        Some("fail requested")
+    );
     assert_eq!(r.header("x-trailing").as_deref(), Some("bye"));
 }
 
@@ -166,7 +273,12 @@ async fn cancel_ends_the_call_without_a_callback() {
     let peer = GrpcPeer::start(None).await;
     let app = Backend::start("s1").await;
     let ports = Ports::new();
-    let cfg = config(&ports, app.addr, "cluster=grpc", &grpc_backend("grpc", peer.addr, ""));
+    let cfg = config(
+        &ports,
+        app.addr,
+        "cluster=grpc",
+        &grpc_backend("grpc", peer.addr, ""),
+    );
     let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
 
     // The cancelled Slow call (500 ms) never calls back, though the request
@@ -175,7 +287,15 @@ async fn cancel_ends_the_call_without_a_callback() {
     assert_eq!(r.status.as_u16(), 200, "{}", r.text());
     assert_eq!(r.text(), "slept");
     assert_eq!(r.header("x-late").as_deref(), Some("no"));
-    let r = call(ports.web, &[("x-grpc", "unary"), ("x-method", "Stats"), ("x-local-reply", "1")]).await;
+    let r = call(
+        ports.web,
+        &[
+            ("x-grpc", "unary"),
+            ("x-method", "Stats"),
+            ("x-local-reply", "1"),
+        ],
+    )
+    .await;
     assert_eq!(r.text(), "cancelled=1 completed=0");
 }
 
@@ -184,7 +304,12 @@ async fn root_context_calls_from_on_tick() {
     let peer = GrpcPeer::start(None).await;
     let app = Backend::start("s1").await;
     let ports = Ports::new();
-    let cfg = config(&ports, app.addr, "cluster=grpc tick", &grpc_backend("grpc", peer.addr, ""));
+    let cfg = config(
+        &ports,
+        app.addr,
+        "cluster=grpc tick",
+        &grpc_backend("grpc", peer.addr, ""),
+    );
     let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
     let until = Instant::now() + LIMIT;
     loop {
@@ -192,7 +317,11 @@ async fn root_context_calls_from_on_tick() {
         if r.text() == "echo:from-tick meta:tick" {
             break;
         }
-        assert!(Instant::now() < until, "no answer from the tick's call: {:?}", r.text());
+        assert!(
+            Instant::now() < until,
+            "no answer from the tick's call: {:?}",
+            r.text()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -202,14 +331,23 @@ async fn resets_and_bad_answers_map_to_envoys_statuses() {
     let bad = BadGrpc::start().await;
     let app = Backend::start("s1").await;
     let ports = Ports::new();
-    let cfg = config(&ports, app.addr, "cluster=bad", &grpc_backend("bad", bad.addr, ""));
+    let cfg = config(
+        &ports,
+        app.addr,
+        "cluster=bad",
+        &grpc_backend("bad", bad.addr, ""),
+    );
     let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
     let status = |method: &'static str| {
         let web = ports.web;
         async move {
             let r = call(
                 web,
-                &[("x-grpc", "unary"), ("x-service", "test.Bad"), ("x-method", method)],
+                &[
+                    ("x-grpc", "unary"),
+                    ("x-service", "test.Bad"),
+                    ("x-method", method),
+                ],
             )
             .await;
             assert_eq!(r.status.as_u16(), 403, "{method}: {}", r.text());
@@ -229,12 +367,29 @@ async fn resets_and_bad_answers_map_to_envoys_statuses() {
     let t = Instant::now();
     let r = call(
         ports.web,
-        &[("x-grpc", "unary"), ("x-service", "test.Bad"), ("x-method", "Hang"), ("x-timeout-ms", "300")],
+        &[
+            ("x-grpc", "unary"),
+            ("x-service", "test.Bad"),
+            ("x-method", "Hang"),
+            ("x-timeout-ms", "300"),
+        ],
     )
     .await;
-    assert_eq!(r.header("x-grpc-status").as_deref(), Some("4"), "{}", r.text());
-    assert_eq!(r.header("x-grpc-message").as_deref(), Some("upstream request timeout"));
-    assert!(t.elapsed() < Duration::from_millis(2500), "took {:?}", t.elapsed());
+    assert_eq!(
+        r.header("x-grpc-status").as_deref(),
+        Some("4"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        r.header("x-grpc-message").as_deref(),
+        Some("upstream request timeout")
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "took {:?}",
+        t.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,7 +400,8 @@ async fn tls_to_the_grpc_server_with_alpn_h2() {
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("ca");
     let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    leaf.distinguished_name.push(DnType::CommonName, "localhost");
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
     let key = KeyPair::generate().expect("key");
     let cert = leaf.signed_by(&key, &ca).expect("signed");
     let ca_pem = dir.write("ca.pem", &ca.pem());
@@ -255,10 +411,22 @@ async fn tls_to_the_grpc_server_with_alpn_h2() {
     let peer = GrpcPeer::start(Some((&cert_pem, &key_pem))).await;
     let app = Backend::start("s1").await;
     let ports = Ports::new();
-    let tls = format!(", tls = {{ ca = \"{}\", sni = \"localhost\" }}", ca_pem.display());
-    let cfg = config(&ports, app.addr, "cluster=grpc", &grpc_backend("grpc", peer.addr, &tls));
+    let tls = format!(
+        ", tls = {{ ca = \"{}\", sni = \"localhost\" }}",
+        ca_pem.display()
+    );
+    let cfg = config(
+        &ports,
+        app.addr,
+        "cluster=grpc",
+        &grpc_backend("grpc", peer.addr, &tls),
+    );
     let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
-    let r = call(ports.web, &[("x-grpc", "unary"), ("x-method", "Check"), ("x-msg", "tls")]).await;
+    let r = call(
+        ports.web,
+        &[("x-grpc", "unary"), ("x-method", "Check"), ("x-msg", "tls")],
+    )
+    .await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.text());
     assert_eq!(r.echo().header("x-grpc-answer").as_deref(), Some("ok:tls"));
     let r = call(ports.web, &[("x-grpc", "stream"), ("x-msgs", "s")]).await;

@@ -2,10 +2,10 @@
 //! tests/grpc_peer.py with Debian's interpreter) and a hyper HTTP/2 server
 //! that misbehaves on purpose (resets, compressed messages, HTTP errors).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

@@ -38,7 +38,9 @@ pub fn load_plugins(
     let grpc_upstreams: Arc<HashMap<String, super::grpc::GrpcUpstream>> = Arc::new(
         backends
             .iter()
-            .filter_map(|b| super::grpc::GrpcUpstream::of_backend(b).map(|u| (b.name.to_string(), u)))
+            .filter_map(|b| {
+                super::grpc::GrpcUpstream::of_backend(b).map(|u| (b.name.to_string(), u))
+            })
             .collect(),
     );
     let mut out: Vec<WasmPlugin> = Vec::new();

@@ -543,8 +543,8 @@ fn root_calls(slot: &mut Slot) {
     let Some(inst) = slot.inst.as_mut() else {
         return;
     };
-    spawn_grpc(plugin, inst);
     if !inst.has_root_calls() {
+        spawn_grpc(plugin, inst);
         return;
     }
     if let Err(e) = inst.deliver_root_calls() {
@@ -563,6 +563,8 @@ fn root_calls(slot: &mut Slot) {
             });
         }
     }
+    // gRPC calls made before or in the responses' callbacks.
+    spawn_grpc(plugin, inst);
 }
 
 /// Starts the gRPC calls `inst` queued, each as a task on this worker's
@@ -601,6 +603,8 @@ fn grpc_events(vm_key: u64, slot: &mut Slot) {
         return;
     }
     spawn_grpc(vm_key, inst);
+    // Root-context http calls a gRPC callback made start now too.
+    root_calls(slot);
 }
 
 /// A root-context call of `plugin` finished: deliver it now if this

@@ -212,7 +212,15 @@ pub struct GrpcState {
 impl GrpcState {
     /// Live calls and streams (a stream the server closed but the guest did not is not counted).
     pub fn live(&self) -> usize {
-        self.calls.values().filter(|h| !h.remote_closed).count() + self.starting.len()
+        // A call not started yet has its handle too.
+        self.calls.values().filter(|h| !h.remote_closed).count()
+    }
+
+    /// Forgets call `token` (cancelled): its task, started or not, ends
+    /// without another callback. Whether it was there.
+    pub fn forget(&mut self, token: u32) -> bool {
+        self.starting.retain(|s| s.token != token);
+        self.calls.remove(&token).is_some()
     }
 
     /// The next token: Envoy numbers calls 5, 9, 13, ... and streams 6, 10, 14, ...
@@ -836,10 +844,7 @@ mod tests {
         assert_eq!(http_to_grpc(500), code::UNKNOWN);
         let mut h = HeaderMap::new();
         h.insert("grpc-status", http::HeaderValue::from_static("7"));
-        h.insert(
-            "grpc-message",
-            http::HeaderValue::from_static("no%20entry"),
-        );
+        h.insert("grpc-message", http::HeaderValue::from_static("no%20entry"));
         assert_eq!(status_of(&h), (Some(7), "no entry".to_string()));
     }
 }

@@ -825,14 +825,21 @@ fn grpc_args(
     let svc = memory::read(mem, service.0, service.1).map_err(|_| bad("service out of bounds"))?;
     let name = memory::read(mem, service_name.0, service_name.1)
         .map_err(|_| bad("service name out of bounds"))?;
-    let meth = memory::read(mem, method.0, method.1).map_err(|_| bad("method name out of bounds"))?;
+    let meth =
+        memory::read(mem, method.0, method.1).map_err(|_| bad("method name out of bounds"))?;
     let md = memory::read(mem, metadata.0, metadata.1)
         .map_err(|_| bad("initial metadata out of bounds"))?;
     let svc = crate::wasm::grpc::parse_service(svc).ok_or((
         Status::ParseFailure,
         "the service is neither a cluster (backend) name nor a GrpcService",
     ))?;
-    let upstream = st.root.plugin.spec.grpc_upstreams.get(&svc.cluster).cloned();
+    let upstream = st
+        .root
+        .plugin
+        .spec
+        .grpc_upstreams
+        .get(&svc.cluster)
+        .cloned();
     // A bare name must be a known cluster (Envoy: PARSE_FAILURE); a
     // GrpcService naming an unknown one fails later, through on_grpc_close.
     if upstream.is_none() && !svc.from_proto {
@@ -842,7 +849,10 @@ fn grpc_args(
         ));
     }
     let (Ok(name), Ok(meth)) = (std::str::from_utf8(name), std::str::from_utf8(meth)) else {
-        return Err((Status::BadArgument, "service and method names must be UTF-8"));
+        return Err((
+            Status::BadArgument,
+            "service and method names must be UTF-8",
+        ));
     };
     if name.is_empty() || meth.is_empty() || name.contains('/') || meth.contains('/') {
         return Err((
@@ -852,9 +862,13 @@ fn grpc_args(
     }
     let path = format!("/{name}/{meth}");
     if http::uri::PathAndQuery::try_from(path.as_str()).is_err() {
-        return Err((Status::BadArgument, "service or method name not valid in a path"));
+        return Err((
+            Status::BadArgument,
+            "service or method name not valid in a path",
+        ));
     }
-    let list = pairs::decode(md).map_err(|_| (Status::BadArgument, "invalid initial metadata pairs"))?;
+    let list =
+        pairs::decode(md).map_err(|_| (Status::BadArgument, "invalid initial metadata pairs"))?;
     let mut out = Vec::with_capacity(list.len() + svc.metadata.len());
     let given = svc
         .metadata
@@ -866,7 +880,10 @@ fn grpc_args(
             continue;
         }
         let (Ok(n), Ok(v)) = (HeaderName::from_bytes(k), HeaderValue::from_bytes(v)) else {
-            return Err((Status::BadArgument, "invalid initial metadata name or value"));
+            return Err((
+                Status::BadArgument,
+                "invalid initial metadata name or value",
+            ));
         };
         if !reserved_metadata(&n) {
             out.push((n, v));
@@ -874,7 +891,10 @@ fn grpc_args(
     }
     let authority = svc.authority.unwrap_or_else(|| svc.cluster.clone());
     if http::uri::Authority::try_from(authority.as_str()).is_err() {
-        return Err((Status::BadArgument, "the cluster name is not usable as :authority"));
+        return Err((
+            Status::BadArgument,
+            "the cluster name is not usable as :authority",
+        ));
     }
     Ok(GrpcArgs {
         upstream,
@@ -1114,10 +1134,11 @@ fn grpc(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 ));
             }
             // Dropping the handle cancels the task (a stream is reset): no more callbacks.
-            match st.grpc.calls.remove(&token) {
-                Some(_) => Ok(Status::Ok.raw()),
-                None => Ok(Status::NotFound.raw()),
-            }
+            Ok(if st.grpc.forget(token) {
+                Status::Ok.raw()
+            } else {
+                Status::NotFound.raw()
+            })
         },
     )?;
     l.func_wrap(
@@ -1127,9 +1148,10 @@ fn grpc(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let st = c.data_mut();
             if is_call_token(token) {
                 // Closing a unary call cancels it, as in Envoy.
-                return Ok(match st.grpc.calls.remove(&token) {
-                    Some(_) => Status::Ok.raw(),
-                    None => Status::NotFound.raw(),
+                return Ok(if st.grpc.forget(token) {
+                    Status::Ok.raw()
+                } else {
+                    Status::NotFound.raw()
                 });
             }
             if !is_stream_token(token) {

@@ -49,7 +49,8 @@ impl Context for Root {
             self.inflight = None;
         }
         let value = if status == 0 {
-            self.get_grpc_call_response_body(0, size).unwrap_or_default()
+            self.get_grpc_call_response_body(0, size)
+                .unwrap_or_default()
         } else {
             let (code, msg) = self.get_grpc_status();
             format!("status:{code}:{}", msg.unwrap_or_default()).into_bytes()
@@ -135,8 +136,12 @@ impl Filter {
     }
 
     fn unary(&mut self) -> Action {
-        let cluster = self.header("x-cluster").unwrap_or_else(|| self.cluster.clone());
-        let service = self.header("x-service").unwrap_or_else(|| "test.Echo".into());
+        let cluster = self
+            .header("x-cluster")
+            .unwrap_or_else(|| self.cluster.clone());
+        let service = self
+            .header("x-service")
+            .unwrap_or_else(|| "test.Echo".into());
         let method = self.header("x-method").unwrap_or_else(|| "Unary".into());
         let msg = self.header("x-msg").unwrap_or_else(|| "hello".into());
         let ms = self
@@ -158,14 +163,16 @@ impl Filter {
     }
 
     fn stream(&mut self) -> Action {
-        let cluster = self.header("x-cluster").unwrap_or_else(|| self.cluster.clone());
+        let cluster = self
+            .header("x-cluster")
+            .unwrap_or_else(|| self.cluster.clone());
         let msgs = self.header("x-msgs").unwrap_or_default();
         let half_close_on_send = self.header("x-half-close").as_deref() == Some("send");
-        let token = match self.open_grpc_stream(&cluster, "test.Echo", "Chat", vec![("x-meta", b"s1")])
-        {
-            Ok(t) => t,
-            Err(s) => return self.refused("open_grpc_stream", s),
-        };
+        let token =
+            match self.open_grpc_stream(&cluster, "test.Echo", "Chat", vec![("x-meta", b"s1")]) {
+                Ok(t) => t,
+                Err(s) => return self.refused("open_grpc_stream", s),
+            };
         let items: Vec<&str> = msgs.split(',').filter(|m| !m.is_empty()).collect();
         for (i, m) in items.iter().enumerate() {
             let last = i + 1 == items.len();
@@ -251,7 +258,9 @@ impl Context for Filter {
             );
             return;
         }
-        let body = self.get_grpc_call_response_body(0, size).unwrap_or_default();
+        let body = self
+            .get_grpc_call_response_body(0, size)
+            .unwrap_or_default();
         let text = String::from_utf8_lossy(&body).into_owned();
         if self.local_reply {
             let late = if self.late { "yes" } else { "no" };
