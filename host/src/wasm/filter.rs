@@ -728,26 +728,24 @@ fn no_body(h: &http::HeaderMap) -> bool {
             .is_none_or(|v| v.as_bytes() == b"0")
 }
 
-/// Waits until the guest resumes the stream, its http calls finish, or the pause deadline.
+/// Starts the stream's http calls and waits until one finishes, the guest
+/// resumes the stream, a gRPC event comes for it, or the pause deadline.
 fn wait(calls: Vec<PendingCall>, waker: Rc<StreamWaker>, deadline: Instant) -> WaitFuture {
     Box::pin(async move {
         let sleep = tokio::time::sleep_until(deadline.into());
-        if calls.is_empty() {
-            tokio::select! {
-                () = waker.notify.notified() => {}
-                () = sleep => {}
-            }
-            return;
-        }
-        let run = async {
-            for c in calls {
+        // Each call runs on its own and wakes the stream with its response
+        // (delivered as it comes, as in Envoy): a wake-up for something else
+        // (a gRPC event, the guest resuming) does not drop calls in flight.
+        for c in calls {
+            let waker = Rc::clone(&waker);
+            tokio::task::spawn_local(async move {
                 let token = c.token;
                 let resp = http_call(c).await;
                 waker.results.borrow_mut().push((token, resp));
-            }
-        };
+                waker.notify.notify_one();
+            });
+        }
         tokio::select! {
-            () = run => {}
             () = waker.notify.notified() => {}
             () = sleep => {}
         }
