@@ -2,7 +2,8 @@
 //! one task per call on the worker's `LocalSet`, over HTTP/2 (h2c, or TLS
 //! with ALPN `h2` when the backend has `tls`) to the first server of the
 //! backend named as the cluster, with one cached connection per backend per
-//! worker (calls multiplex on it).
+//! worker (later calls multiplex on it; calls started together before it
+//! exists each open one, and the last is kept).
 //!
 //! What the guest sees follows Envoy's gRPC async client: length-prefixed
 //! messages (a compressed one is an `INTERNAL` error, as Envoy has no
