@@ -3,7 +3,7 @@
 # wasm targets for plugins, Debian packages the tests and benchmarks use
 # (haproxy for side-by-side comparisons, wrk for load, nginx-light, curl and openssl,
 # python3-websockets for the WebSocket tests and bench scenario, python3-grpcio
-# for the gRPC tests, nghttp2-client's h2load for the gRPC bench scenario),
+# for the gRPC tests and the Proxy-Wasm gRPC calls' server, nghttp2-client's h2load for the gRPC bench scenario),
 # and the toolchains of the non-Rust Proxy-Wasm guests (tests/e2e_wasm_sdks.rs):
 # clang + lld + wasi-libc + the wasm32 compiler-rt builtins for C (and libc++
 # with libc++abi for wasm32 for C++), Node.js and
@@ -38,7 +38,7 @@ compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a" 
 # WebSocket tests (tests/e2e_websocket.rs): a real client and server, Python
 # `websockets` from Debian, run with Debian's /usr/bin/python3.
 /usr/bin/python3 -c 'import websockets' >/dev/null 2>&1 || need+=(python3 python3-websockets)
-# gRPC tests (tests/e2e_grpc.rs): a real gRPC client and server, Python
+# gRPC tests (tests/e2e_grpc.rs, tests/e2e_wasm_grpc.rs): a real gRPC client and server, Python
 # `grpcio` from Debian (generic handlers, no generated code).
 /usr/bin/python3 -c 'import grpc' >/dev/null 2>&1 || need+=(python3 python3-grpcio)
 # gRPC bench scenario: h2load (HTTP/2 load generator) from nghttp2-client.

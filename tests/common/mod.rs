@@ -14,6 +14,7 @@ mod client;
 mod config;
 mod daemon;
 mod dns;
+mod grpc;
 mod guests;
 mod h2server;
 mod haproxy;
@@ -35,6 +36,8 @@ pub use config::*;
 pub use daemon::*;
 #[allow(unused_imports)]
 pub use dns::*;
+#[allow(unused_imports)]
+pub use grpc::*;
 #[allow(unused_imports)]
 pub use guests::*;
 #[allow(unused_imports)]

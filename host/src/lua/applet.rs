@@ -124,11 +124,13 @@ pub(crate) fn begin(inst: &Instance, txn: &Txn, body: Bytes) -> mlua::Result<()>
     a.raw_set("method", txn.method.as_str())?;
     a.raw_set("path", txn.uri.path())?;
     a.raw_set("qs", txn.uri.query().unwrap_or(""))?;
+    // HAProxy 2.6 shortens only HTTP/1.x versions ("1.0", "1.1"); others
+    // keep the start line's text: an HTTP/2 request is "HTTP/2.0".
     a.raw_set(
         "version",
         match txn.version {
             http::Version::HTTP_10 => "1.0",
-            http::Version::HTTP_2 => "2.0",
+            http::Version::HTTP_2 => "HTTP/2.0",
             _ => "1.1",
         },
     )?;

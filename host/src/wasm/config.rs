@@ -35,6 +35,14 @@ pub fn load_plugins(
         .iter()
         .filter_map(|b| b.servers.first().map(|s| (b.name.to_string(), s.addr)))
         .collect();
+    let grpc_upstreams: Arc<HashMap<String, super::grpc::GrpcUpstream>> = Arc::new(
+        backends
+            .iter()
+            .filter_map(|b| {
+                super::grpc::GrpcUpstream::of_backend(b).map(|u| (b.name.to_string(), u))
+            })
+            .collect(),
+    );
     let mut out: Vec<WasmPlugin> = Vec::new();
     let mut vms: Vec<Vm<'_>> = Vec::new();
     for (i, p) in raw.iter().enumerate() {
@@ -61,7 +69,7 @@ pub fn load_plugins(
             p,
             wasm,
             source,
-            &upstreams,
+            (&upstreams, &grpc_upstreams),
             tables.clone(),
             pause_timeout,
             !used.contains(name),
@@ -203,7 +211,10 @@ fn prepare(
     p: &RawPlugin,
     wasm: &Spanned<String>,
     source: &SourceMap,
-    upstreams: &HashMap<String, SocketAddr>,
+    (upstreams, grpc_upstreams): (
+        &HashMap<String, SocketAddr>,
+        &Arc<HashMap<String, super::grpc::GrpcUpstream>>,
+    ),
     tables: Option<Arc<dyn super::StickApi>>,
     pause_timeout: Duration,
     root_only: bool,
@@ -313,6 +324,7 @@ fn prepare(
         limits,
         on_error,
         upstreams: upstreams.clone(),
+        grpc_upstreams: Arc::clone(grpc_upstreams),
         stick: tables,
         root_only,
         singleton,

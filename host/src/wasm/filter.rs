@@ -177,13 +177,18 @@ impl WasmFilter {
             // A successful call does not reset the back-off: a request that
             // fails later (a loop in its second hook) would keep it at its
             // minimum. Only a request finished on a live instance does (`on_log`).
-            match f(inst, generation) {
+            let r = match f(inst, generation) {
                 Ok(v) => Ok(v),
                 Err(e) => {
                     record(self.plugin.shared(), slot, &e);
                     Err(e)
                 }
+            };
+            // gRPC calls the hook made start now (a dead instance took them along).
+            if let Some(inst) = slot.inst.as_mut() {
+                spawn_grpc(self.plugin.vm_key, inst);
             }
+            r
         })
     }
 
@@ -404,7 +409,10 @@ impl BodyTap for WasmTap {
                         "local response after the body was let go on: the stream is aborted",
                     ))
                 }
-                Ok((out, _)) => Ok(out),
+                Ok((out, _)) => {
+                    spawn_grpc(self.plugin, inst);
+                    Ok(out)
+                }
                 Err(e) => {
                     let shared = Arc::clone(inst.plugin());
                     shared.stats.failed_requests.fetch_add(1, Relaxed);
@@ -536,6 +544,7 @@ fn root_calls(slot: &mut Slot) {
         return;
     };
     if !inst.has_root_calls() {
+        spawn_grpc(plugin, inst);
         return;
     }
     if let Err(e) = inst.deliver_root_calls() {
@@ -554,6 +563,48 @@ fn root_calls(slot: &mut Slot) {
             });
         }
     }
+    // gRPC calls made before or in the responses' callbacks.
+    spawn_grpc(plugin, inst);
+}
+
+/// Starts the gRPC calls `inst` queued, each as a task on this worker's
+/// `LocalSet` (only called from its tasks, where `spawn_local` is allowed).
+fn spawn_grpc(vm_key: u64, inst: &mut PluginInstance) {
+    if !inst.has_grpc_starts() {
+        return;
+    }
+    for s in inst.take_grpc_starts() {
+        tokio::task::spawn_local(super::grpc::run(s, vm_key));
+    }
+}
+
+/// A gRPC call of the VM `vm_key` reported events: deliver them now if
+/// this worker's registry is free (else housekeeping does within 100 ms).
+pub fn deliver_grpc(vm_key: u64) {
+    let _ = SLOTS.try_with(|slots| {
+        let Ok(mut slots) = slots.try_borrow_mut() else {
+            return;
+        };
+        let Some(slot) = slots.get_mut(&vm_key) else {
+            return;
+        };
+        grpc_events(vm_key, slot);
+    });
+}
+
+/// Routes the instance's gRPC events (delivering or parking them) and starts the calls they made.
+fn grpc_events(vm_key: u64, slot: &mut Slot) {
+    let Some(inst) = slot.inst.as_mut() else {
+        return;
+    };
+    if let Err(e) = inst.route_grpc() {
+        let shared = Arc::clone(inst.plugin());
+        record(&shared, slot, &e);
+        return;
+    }
+    spawn_grpc(vm_key, inst);
+    // Root-context http calls a gRPC callback made start now too.
+    root_calls(slot);
 }
 
 /// A root-context call of `plugin` finished: deliver it now if this
@@ -608,6 +659,8 @@ pub fn housekeeping(plugins: &[Arc<WasmPlugin>]) {
             // Calls the root context made in on_tick (or, through
             // proxy_set_effective_context, in a stream callback) start now.
             root_calls(slot);
+            // gRPC events a busy registry could not take when they came.
+            grpc_events(p.vm_key, slot);
         }
     });
 }
@@ -675,26 +728,24 @@ fn no_body(h: &http::HeaderMap) -> bool {
             .is_none_or(|v| v.as_bytes() == b"0")
 }
 
-/// Waits until the guest resumes the stream, its http calls finish, or the pause deadline.
+/// Starts the stream's http calls and waits until one finishes, the guest
+/// resumes the stream, a gRPC event comes for it, or the pause deadline.
 fn wait(calls: Vec<PendingCall>, waker: Rc<StreamWaker>, deadline: Instant) -> WaitFuture {
     Box::pin(async move {
         let sleep = tokio::time::sleep_until(deadline.into());
-        if calls.is_empty() {
-            tokio::select! {
-                () = waker.notify.notified() => {}
-                () = sleep => {}
-            }
-            return;
-        }
-        let run = async {
-            for c in calls {
+        // Each call runs on its own and wakes the stream with its response
+        // (delivered as it comes, as in Envoy): a wake-up for something else
+        // (a gRPC event, the guest resuming) does not drop calls in flight.
+        for c in calls {
+            let waker = Rc::clone(&waker);
+            tokio::task::spawn_local(async move {
                 let token = c.token;
                 let resp = http_call(c).await;
                 waker.results.borrow_mut().push((token, resp));
-            }
-        };
+                waker.notify.notify_one();
+            });
+        }
         tokio::select! {
-            () = run => {}
             () = waker.notify.notified() => {}
             () = sleep => {}
         }

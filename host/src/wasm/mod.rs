@@ -20,6 +20,7 @@ pub mod admin;
 pub mod config;
 pub mod engine;
 pub mod filter;
+pub mod grpc;
 pub mod host;
 pub mod instance;
 pub mod memory;
@@ -125,6 +126,8 @@ pub struct PluginSpec {
     pub on_error: OnError,
     /// `proxy_http_call` upstreams: backend name → address.
     pub upstreams: HashMap<String, SocketAddr>,
+    /// `proxy_grpc_call` / `proxy_grpc_stream` clusters: backend name → its first server.
+    pub grpc_upstreams: Arc<HashMap<String, grpc::GrpcUpstream>>,
     /// Stick tables for `portcullis_v1` and the foreign functions (none: calls return NOT_FOUND).
     pub stick: Option<Arc<dyn StickApi>>,
     /// No rule uses the plugin: it runs as a singleton service (one
@@ -163,6 +166,7 @@ impl PluginSpec {
             limits: Limits::default(),
             on_error: OnError::FailClosed,
             upstreams: HashMap::new(),
+            grpc_upstreams: Arc::default(),
             stick: None,
             root_only: false,
             singleton: true,

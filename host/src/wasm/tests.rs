@@ -425,3 +425,82 @@ fn a_trap_is_one_line_with_demangled_frames() {
         f.message
     );
 }
+
+#[test]
+fn grpc_host_calls_check_their_arguments_and_limits() {
+    // Cluster "g" is a backend; "zz" is not. Nothing is started here (no
+    // worker): the calls stay queued in the instance.
+    let imports = r#"
+  (import "env" "proxy_grpc_call" (func $gc (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_grpc_stream" (func $gs (param i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_grpc_send" (func $send (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_grpc_cancel" (func $cancel (param i32) (result i32)))
+  (import "env" "proxy_grpc_close" (func $close (param i32) (result i32)))
+  (import "env" "proxy_get_status" (func $status (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))"#;
+    let data = r#"
+  (data (i32.const 16) "g")
+  (data (i32.const 32) "test.Echo")
+  (data (i32.const 48) "Unary")
+  (data (i32.const 80) "hi")
+  (data (i32.const 112) "zz")
+  (data (i32.const 120) "bad/name")"#;
+    // Arguments after the cluster: service, method, empty metadata, message, timeout, token.
+    let call = |cluster: &str, len: u32| {
+        format!(
+            "(call $gc (i32.const {cluster}) (i32.const {len}) (i32.const 32) (i32.const 9) (i32.const 48) (i32.const 5) (i32.const 64) (i32.const 4) (i32.const 80) (i32.const 2) (i32.const 1000) (i32.const 96))"
+        )
+    };
+    let ok = call("16", 1);
+    let hook = format!(
+        r#"(local $i i32)
+    ;; a bare name that is no backend: PARSE_FAILURE, as Envoy
+    (if (i32.ne {unknown} (i32.const 4)) (then unreachable))
+    ;; a method name with '/': BAD_ARGUMENT
+    (if (i32.ne (call $gc (i32.const 16) (i32.const 1) (i32.const 32) (i32.const 9) (i32.const 120) (i32.const 8) (i32.const 64) (i32.const 4) (i32.const 80) (i32.const 2) (i32.const 0) (i32.const 96)) (i32.const 2)) (then unreachable))
+    ;; bad memory: INVALID_MEMORY_ACCESS
+    (if (i32.ne (call $gc (i32.const 16) (i32.const -1) (i32.const 32) (i32.const 9) (i32.const 48) (i32.const 5) (i32.const 64) (i32.const 4) (i32.const 80) (i32.const 2) (i32.const 0) (i32.const 96)) (i32.const 6)) (then unreachable))
+    ;; the first call: OK, Envoy's first call token 5
+    (if (i32.ne {ok} (i32.const 0)) (then unreachable))
+    (if (i32.ne (i32.load (i32.const 96)) (i32.const 5)) (then unreachable))
+    ;; sending on a call token: BAD_ARGUMENT; on an unknown stream: NOT_FOUND
+    (if (i32.ne (call $send (i32.const 5) (i32.const 80) (i32.const 2) (i32.const 0)) (i32.const 2)) (then unreachable))
+    (if (i32.ne (call $send (i32.const 10) (i32.const 80) (i32.const 2) (i32.const 0)) (i32.const 1)) (then unreachable))
+    ;; cancel: OK, then NOT_FOUND
+    (if (i32.ne (call $cancel (i32.const 5)) (i32.const 0)) (then unreachable))
+    (if (i32.ne (call $cancel (i32.const 5)) (i32.const 1)) (then unreachable))
+    ;; a stream: token 6; send OK; close OK; close again OK (the server has not closed)
+    (if (i32.ne (call $gs (i32.const 16) (i32.const 1) (i32.const 32) (i32.const 9) (i32.const 48) (i32.const 5) (i32.const 64) (i32.const 4) (i32.const 96)) (i32.const 0)) (then unreachable))
+    (if (i32.ne (i32.load (i32.const 96)) (i32.const 6)) (then unreachable))
+    (if (i32.ne (call $send (i32.const 6) (i32.const 80) (i32.const 2) (i32.const 0)) (i32.const 0)) (then unreachable))
+    (if (i32.ne (call $close (i32.const 6)) (i32.const 0)) (then unreachable))
+    (if (i32.ne (call $cancel (i32.const 6)) (i32.const 0)) (then unreachable))
+    ;; not a gRPC token at all: BAD_ARGUMENT
+    (if (i32.ne (call $cancel (i32.const 8)) (i32.const 2)) (then unreachable))
+    ;; 64 live calls are accepted, the 65th is INTERNAL_FAILURE
+    (block $done (loop $l
+      (br_if $done (i32.eq (local.get $i) (i32.const 64)))
+      (if (i32.ne {ok} (i32.const 0)) (then unreachable))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $l)))
+    (if (i32.ne {ok} (i32.const 10)) (then unreachable))
+    ;; proxy_get_status is always OK
+    (if (i32.ne (call $status (i32.const 200) (i32.const 204) (i32.const 208)) (i32.const 0)) (then unreachable))
+    (drop (call $reply (i32.const 204) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)))
+    i32.const 1"#,
+        unknown = call("112", 2),
+    );
+    let mut spec = PluginSpec::new("unit");
+    let upstream = super::grpc::GrpcUpstream {
+        name: "g".into(),
+        addr: ([127, 0, 0, 1], 9).into(),
+        tls: None,
+    };
+    spec.grpc_upstreams = std::sync::Arc::new([("g".to_string(), upstream)].into_iter().collect());
+    let p = WasmPlugin::compile(module_with(imports, data, &hook).as_bytes(), spec)
+        .unwrap_or_else(|e| panic!("{e}"));
+    match run(&p).0 {
+        Ok(Verdict::Respond(r)) => assert_eq!(r.status, StatusCode::NO_CONTENT),
+        other => panic!("{other:?}"),
+    }
+}

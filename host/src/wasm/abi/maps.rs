@@ -25,17 +25,22 @@ pub enum MapKind {
     ResponseTrailers,
     CallHeaders,
     CallTrailers,
+    /// gRPC response headers, during `proxy_on_grpc_receive_initial_metadata`.
+    GrpcInitial,
+    /// gRPC trailers, during `proxy_on_grpc_receive_trailing_metadata`.
+    GrpcTrailing,
 }
 
 impl MapKind {
-    /// From the ABI's numbering; gRPC metadata maps (4, 5) are not available here.
+    /// From the ABI's numbering.
     pub fn from_raw(raw: u32) -> Result<MapKind, Status> {
         Ok(match raw {
             0 => MapKind::RequestHeaders,
             1 => MapKind::RequestTrailers,
             2 => MapKind::ResponseHeaders,
             3 => MapKind::ResponseTrailers,
-            4 | 5 => return Err(Status::NotFound),
+            4 => MapKind::GrpcInitial,
+            5 => MapKind::GrpcTrailing,
             6 => MapKind::CallHeaders,
             7 => MapKind::CallTrailers,
             _ => return Err(Status::BadArgument),
@@ -45,7 +50,15 @@ impl MapKind {
 
 fn check(st: &HostState, kind: MapKind, write: bool) -> Result<(), Status> {
     // A chunk of a body let go on mid-stream: the request's maps have moved on.
-    if st.io.body_only && !matches!(kind, MapKind::CallHeaders | MapKind::CallTrailers) {
+    if st.io.body_only
+        && !matches!(
+            kind,
+            MapKind::CallHeaders
+                | MapKind::CallTrailers
+                | MapKind::GrpcInitial
+                | MapKind::GrpcTrailing
+        )
+    {
         return Err(Status::NotFound);
     }
     match kind {
@@ -61,6 +74,19 @@ fn check(st: &HostState, kind: MapKind, write: bool) -> Result<(), Status> {
         }
         MapKind::CallHeaders | MapKind::CallTrailers => {
             if st.callback != Callback::CallResponse || st.call_response.is_none() {
+                return Err(Status::NotFound);
+            }
+            if write {
+                return Err(Status::BadArgument);
+            }
+        }
+        MapKind::GrpcInitial | MapKind::GrpcTrailing => {
+            let now = if kind == MapKind::GrpcInitial {
+                Callback::GrpcInitialMetadata
+            } else {
+                Callback::GrpcTrailingMetadata
+            };
+            if st.callback != now {
                 return Err(Status::NotFound);
             }
             if write {
@@ -128,6 +154,14 @@ fn pseudo(st: &HostState, kind: MapKind, name: &[u8]) -> Option<Vec<u8>> {
 /// The first value of `name`, `Ok(None)` if absent.
 pub fn get_value(st: &HostState, kind: MapKind, name: &[u8]) -> Result<Option<Vec<u8>>, Status> {
     check(st, kind, false)?;
+    if let MapKind::GrpcInitial | MapKind::GrpcTrailing = kind {
+        return Ok(st
+            .grpc
+            .metadata
+            .iter()
+            .find(|(k, _)| k.as_bytes().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone()));
+    }
     if let MapKind::CallHeaders | MapKind::CallTrailers = kind {
         if kind == MapKind::CallTrailers {
             return Ok(None);
@@ -164,6 +198,12 @@ pub fn get_pairs(st: &HostState, kind: MapKind) -> Result<Vec<u8>, Status> {
             ))
         }
         MapKind::CallTrailers => Ok(pairs::encode(std::iter::empty::<(&[u8], &[u8])>())),
+        MapKind::GrpcInitial | MapKind::GrpcTrailing => Ok(pairs::encode(
+            st.grpc
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_slice())),
+        )),
         _ => {
             let mut list: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
             let names: &[&[u8]] = match kind {

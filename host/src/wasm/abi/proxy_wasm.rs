@@ -253,6 +253,7 @@ fn buffer(st: &mut HostState, t: u32, write: bool) -> Result<&mut Vec<u8>, Statu
             .as_mut()
             .map(|r| &mut r.body)
             .ok_or(Status::NotFound),
+        5 if !write && st.callback == Callback::GrpcReceive => Ok(&mut st.grpc.message),
         0..=8 => Err(Status::NotFound),
         _ => Err(Status::BadArgument),
     }
@@ -781,59 +782,418 @@ fn http_call(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok(Status::Ok.raw())
         },
     )?;
-    // gRPC is not supported: statuses each SDK call accepts as a plain error.
+    grpc(l)
+}
+
+/// The arguments `proxy_grpc_call` and `proxy_grpc_stream` share, read and checked.
+struct GrpcArgs {
+    upstream: Option<crate::wasm::grpc::GrpcUpstream>,
+    authority: String,
+    path: String,
+    metadata: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Headers the transport sets itself, or HTTP/2 forbids: dropped from initial metadata.
+fn reserved_metadata(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "content-type"
+            | "te"
+            | "grpc-timeout"
+            | "host"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Reads a gRPC call's service, names and initial metadata (Envoy's
+/// checks: bad memory is `INVALID_MEMORY_ACCESS`, a cluster that is neither
+/// a `GrpcService` nor a known backend `PARSE_FAILURE`).
+#[allow(clippy::too_many_arguments)] // the ABI call's pointers, as pairs
+fn grpc_args(
+    mem: &[u8],
+    st: &HostState,
+    service: (u32, u32),
+    service_name: (u32, u32),
+    method: (u32, u32),
+    metadata: (u32, u32),
+) -> Result<GrpcArgs, (Status, &'static str)> {
+    let bad = |w| (Status::InvalidMemoryAccess, w);
+    let svc = memory::read(mem, service.0, service.1).map_err(|_| bad("service out of bounds"))?;
+    let name = memory::read(mem, service_name.0, service_name.1)
+        .map_err(|_| bad("service name out of bounds"))?;
+    let meth =
+        memory::read(mem, method.0, method.1).map_err(|_| bad("method name out of bounds"))?;
+    let md = memory::read(mem, metadata.0, metadata.1)
+        .map_err(|_| bad("initial metadata out of bounds"))?;
+    let svc = crate::wasm::grpc::parse_service(svc).ok_or((
+        Status::ParseFailure,
+        "the service is neither a cluster (backend) name nor a GrpcService",
+    ))?;
+    let upstream = st
+        .root
+        .plugin
+        .spec
+        .grpc_upstreams
+        .get(&svc.cluster)
+        .cloned();
+    // A bare name must be a known cluster (Envoy: PARSE_FAILURE); a
+    // GrpcService naming an unknown one fails later, through on_grpc_close.
+    if upstream.is_none() && !svc.from_proto {
+        return Err((
+            Status::ParseFailure,
+            "unknown cluster: no backend of that name (with a server)",
+        ));
+    }
+    let (Ok(name), Ok(meth)) = (std::str::from_utf8(name), std::str::from_utf8(meth)) else {
+        return Err((
+            Status::BadArgument,
+            "service and method names must be UTF-8",
+        ));
+    };
+    if name.is_empty() || meth.is_empty() || name.contains('/') || meth.contains('/') {
+        return Err((
+            Status::BadArgument,
+            "service and method names must be non-empty and without '/'",
+        ));
+    }
+    let path = format!("/{name}/{meth}");
+    if http::uri::PathAndQuery::try_from(path.as_str()).is_err() {
+        return Err((
+            Status::BadArgument,
+            "service or method name not valid in a path",
+        ));
+    }
+    let list =
+        pairs::decode(md).map_err(|_| (Status::BadArgument, "invalid initial metadata pairs"))?;
+    let mut out = Vec::with_capacity(list.len() + svc.metadata.len());
+    let given = svc
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+        .chain(list.iter().map(|(k, v)| (*k, *v)));
+    for (k, v) in given {
+        if k.first() == Some(&b':') {
+            continue;
+        }
+        let (Ok(n), Ok(v)) = (HeaderName::from_bytes(k), HeaderValue::from_bytes(v)) else {
+            return Err((
+                Status::BadArgument,
+                "invalid initial metadata name or value",
+            ));
+        };
+        if !reserved_metadata(&n) {
+            out.push((n, v));
+        }
+    }
+    let authority = svc.authority.unwrap_or_else(|| svc.cluster.clone());
+    if http::uri::Authority::try_from(authority.as_str()).is_err() {
+        return Err((
+            Status::BadArgument,
+            "the cluster name is not usable as :authority",
+        ));
+    }
+    Ok(GrpcArgs {
+        upstream,
+        authority,
+        path,
+        metadata: out,
+    })
+}
+
+/// Registers a new call or stream made by the effective context, queued to
+/// start after the callback; returns its token.
+fn grpc_start(
+    st: &mut HostState,
+    args: GrpcArgs,
+    message: Option<bytes::Bytes>,
+    timeout: Option<Duration>,
+) -> u32 {
+    use crate::wasm::grpc::{Backlog, GrpcHandle, GrpcStart, MAX_QUEUED_SENDS};
+    let stream = message.is_none();
+    // Streams the server closed stay known until the guest closes them too
+    // (Envoy's: a later proxy_grpc_close is OK); a guest that never does
+    // leaves them behind: past 1024 entries they are forgotten.
+    if st.grpc.calls.len() >= 1024 {
+        st.grpc.calls.retain(|_, h| !h.remote_closed);
+    }
+    let token = st.grpc.next_token(stream);
+    let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel();
+    let (tx, rx) = if stream {
+        let (tx, rx) = tokio::sync::mpsc::channel(MAX_QUEUED_SENDS);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let backlog = std::rc::Rc::new(Backlog::default());
+    st.grpc.calls.insert(
+        token,
+        GrpcHandle {
+            owner: st.effective,
+            root: st.root.id,
+            stream,
+            tx,
+            cancel: Some(cancel_tx),
+            local_closed: false,
+            remote_closed: false,
+            backlog: std::rc::Rc::clone(&backlog),
+        },
+    );
+    let inbox = std::rc::Rc::clone(&st.grpc.inbox);
+    st.grpc.starting.push(GrpcStart {
+        token,
+        upstream: args.upstream,
+        authority: args.authority,
+        path: args.path,
+        metadata: args.metadata,
+        timeout,
+        message,
+        rx,
+        cancel: cancel_rx,
+        backlog,
+        inbox,
+    });
+    token
+}
+
+fn grpc(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    use crate::wasm::grpc::{MAX_GRPC_CALLS, MAX_MESSAGE, is_call_token, is_stream_token};
     l.func_wrap(
         "env",
         "proxy_grpc_call",
-        |_c: C<'_>,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32|
-         -> HostResult { Ok(Status::InternalFailure.raw()) },
+        |mut c: C<'_>,
+         sp: u32,
+         sl: u32,
+         np: u32,
+         nl: u32,
+         mp: u32,
+         ml: u32,
+         hp: u32,
+         hl: u32,
+         bp: u32,
+         bl: u32,
+         timeout_ms: u32,
+         ret_token: u32|
+         -> HostResult {
+            let Some((mem, st)) = mem_state(&mut c) else {
+                return Ok(Status::InternalFailure.raw());
+            };
+            tri!(
+                st,
+                memory::check(mem, ret_token, 4),
+                "proxy_grpc_call: bad token pointer"
+            );
+            let args = match grpc_args(mem, st, (sp, sl), (np, nl), (mp, ml), (hp, hl)) {
+                Ok(a) => a,
+                Err((s, why)) => {
+                    st.note_bad_call(&format!("proxy_grpc_call: {why}"));
+                    return Ok(s.raw());
+                }
+            };
+            let body = tri!(
+                st,
+                memory::read(mem, bp, bl),
+                "proxy_grpc_call: message out of bounds"
+            );
+            if body.len() > MAX_MESSAGE {
+                return Ok(refuse(
+                    st,
+                    Status::BadArgument,
+                    "proxy_grpc_call: message larger than 4 MiB",
+                ));
+            }
+            let body = bytes::Bytes::copy_from_slice(body);
+            if st.grpc.live() >= MAX_GRPC_CALLS {
+                return Ok(refuse(
+                    st,
+                    Status::InternalFailure,
+                    "proxy_grpc_call: too many gRPC calls in flight",
+                ));
+            }
+            // 0: no deadline of the plugin's (Envoy's), bounded by ours.
+            let timeout = (timeout_ms > 0)
+                .then(|| Duration::from_millis(u64::from(timeout_ms)).min(MAX_CALL_TIMEOUT));
+            let token = grpc_start(st, args, Some(body), timeout);
+            tri!(
+                st,
+                memory::write_u32(mem, ret_token, token),
+                "proxy_grpc_call: bad token pointer"
+            );
+            Ok(Status::Ok.raw())
+        },
     )?;
     l.func_wrap(
         "env",
         "proxy_grpc_stream",
-        |_c: C<'_>,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32|
-         -> HostResult { Ok(Status::InternalFailure.raw()) },
+        |mut c: C<'_>,
+         sp: u32,
+         sl: u32,
+         np: u32,
+         nl: u32,
+         mp: u32,
+         ml: u32,
+         hp: u32,
+         hl: u32,
+         ret_token: u32|
+         -> HostResult {
+            let Some((mem, st)) = mem_state(&mut c) else {
+                return Ok(Status::InternalFailure.raw());
+            };
+            tri!(
+                st,
+                memory::check(mem, ret_token, 4),
+                "proxy_grpc_stream: bad token pointer"
+            );
+            let args = match grpc_args(mem, st, (sp, sl), (np, nl), (mp, ml), (hp, hl)) {
+                Ok(a) => a,
+                Err((s, why)) => {
+                    st.note_bad_call(&format!("proxy_grpc_stream: {why}"));
+                    return Ok(s.raw());
+                }
+            };
+            if st.grpc.live() >= MAX_GRPC_CALLS {
+                return Ok(refuse(
+                    st,
+                    Status::InternalFailure,
+                    "proxy_grpc_stream: too many gRPC calls in flight",
+                ));
+            }
+            let token = grpc_start(st, args, None, None);
+            tri!(
+                st,
+                memory::write_u32(mem, ret_token, token),
+                "proxy_grpc_stream: bad token pointer"
+            );
+            Ok(Status::Ok.raw())
+        },
     )?;
     l.func_wrap(
         "env",
         "proxy_grpc_send",
-        |_c: C<'_>, _: u32, _: u32, _: u32, _: u32| -> HostResult { Ok(Status::NotFound.raw()) },
+        |mut c: C<'_>, token: u32, ptr: u32, len: u32, end: u32| -> HostResult {
+            let Some((mem, st)) = mem_state(&mut c) else {
+                return Ok(Status::InternalFailure.raw());
+            };
+            if !is_stream_token(token) {
+                return Ok(refuse(
+                    st,
+                    Status::BadArgument,
+                    "proxy_grpc_send: not a gRPC stream token",
+                ));
+            }
+            let msg = tri!(
+                st,
+                memory::read(mem, ptr, len),
+                "proxy_grpc_send: message out of bounds"
+            );
+            if msg.len() > MAX_MESSAGE {
+                return Ok(refuse(
+                    st,
+                    Status::BadArgument,
+                    "proxy_grpc_send: message larger than 4 MiB",
+                ));
+            }
+            let msg = bytes::Bytes::copy_from_slice(msg);
+            let Some(h) = st.grpc.calls.get_mut(&token) else {
+                return Ok(Status::NotFound.raw());
+            };
+            let mut full = false;
+            if let Some(tx) = &h.tx {
+                full = matches!(
+                    tx.try_send(msg),
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(_))
+                );
+            }
+            if end != 0 {
+                // Half-close: the request body ends once what was queued is sent.
+                h.tx = None;
+            }
+            if full {
+                return Ok(refuse(
+                    st,
+                    Status::BadArgument,
+                    "proxy_grpc_send: 64 messages already queued on this stream",
+                ));
+            }
+            Ok(Status::Ok.raw())
+        },
     )?;
     l.func_wrap(
         "env",
         "proxy_grpc_cancel",
-        |_c: C<'_>, _: u32| -> HostResult { Ok(Status::NotFound.raw()) },
+        |mut c: C<'_>, token: u32| -> HostResult {
+            let st = c.data_mut();
+            if !is_call_token(token) && !is_stream_token(token) {
+                return Ok(refuse(
+                    st,
+                    Status::BadArgument,
+                    "proxy_grpc_cancel: not a gRPC token",
+                ));
+            }
+            // Dropping the handle cancels the task (a stream is reset): no more callbacks.
+            Ok(if st.grpc.forget(token) {
+                Status::Ok.raw()
+            } else {
+                Status::NotFound.raw()
+            })
+        },
     )?;
     l.func_wrap(
         "env",
         "proxy_grpc_close",
-        |_c: C<'_>, _: u32| -> HostResult { Ok(Status::NotFound.raw()) },
+        |mut c: C<'_>, token: u32| -> HostResult {
+            let st = c.data_mut();
+            if is_call_token(token) {
+                // Closing a unary call cancels it, as in Envoy.
+                return Ok(if st.grpc.forget(token) {
+                    Status::Ok.raw()
+                } else {
+                    Status::NotFound.raw()
+                });
+            }
+            if !is_stream_token(token) {
+                return Ok(refuse(
+                    st,
+                    Status::BadArgument,
+                    "proxy_grpc_close: not a gRPC token",
+                ));
+            }
+            let Some(h) = st.grpc.calls.get_mut(&token) else {
+                return Ok(Status::NotFound.raw());
+            };
+            // Half-close: the server sees the end of the request stream and
+            // may still answer (its messages and close are delivered).
+            h.tx = None;
+            if h.remote_closed {
+                st.grpc.calls.remove(&token);
+            } else {
+                h.local_closed = true;
+            }
+            Ok(Status::Ok.raw())
+        },
     )?;
     l.func_wrap(
         "env",
         "proxy_get_status",
-        |_c: C<'_>, _: u32, _: u32, _: u32| -> HostResult { Ok(Status::NotFound.raw()) },
+        |mut c: C<'_>, code_ptr: u32, msg_ptr: u32, msg_size: u32| -> HostResult {
+            // Envoy's: always OK, the last close's code (its message only during on_grpc_close).
+            let message = {
+                let Some((mem, st)) = mem_state(&mut c) else {
+                    return Ok(Status::InternalFailure.raw());
+                };
+                let (code, message) = st.grpc.status.clone();
+                tri!(
+                    st,
+                    memory::write_u32(mem, code_ptr, code),
+                    "proxy_get_status: bad status pointer"
+                );
+                message
+            };
+            copy_out(&mut c, message.as_bytes(), msg_ptr, msg_size)
+        },
     )?;
     Ok(())
 }

@@ -106,6 +106,10 @@ impl PluginInstance {
             on_tick: get!("proxy_on_tick"),
             on_http_call_response: get!("proxy_on_http_call_response"),
             on_queue_ready: get!("proxy_on_queue_ready"),
+            on_grpc_receive_initial_metadata: get!("proxy_on_grpc_receive_initial_metadata"),
+            on_grpc_receive: get!("proxy_on_grpc_receive"),
+            on_grpc_receive_trailing_metadata: get!("proxy_on_grpc_receive_trailing_metadata"),
+            on_grpc_close: get!("proxy_on_grpc_close"),
             on_new_connection: get!("proxy_on_new_connection"),
         };
         let init: Option<TypedFunc<(), ()>> = instance

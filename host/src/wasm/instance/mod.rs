@@ -13,6 +13,7 @@
 //! - `failure`: failure kinds, per-plugin counters, `guest_call`.
 
 mod failure;
+mod grpc;
 mod lifecycle;
 mod state;
 mod stream;
@@ -51,6 +52,10 @@ struct Exports {
     on_tick: Option<TypedFunc<u32, ()>>,
     on_http_call_response: Option<TypedFunc<CallResponseArgs, ()>>,
     on_queue_ready: Option<TypedFunc<(u32, u32), ()>>,
+    on_grpc_receive_initial_metadata: Option<TypedFunc<(u32, u32, u32), ()>>,
+    on_grpc_receive: Option<TypedFunc<(u32, u32, u32), ()>>,
+    on_grpc_receive_trailing_metadata: Option<TypedFunc<(u32, u32, u32), ()>>,
+    on_grpc_close: Option<TypedFunc<(u32, u32, u32), ()>>,
     on_new_connection: Option<TypedFunc<u32, u32>>,
 }
 

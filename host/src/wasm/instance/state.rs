@@ -223,6 +223,14 @@ pub enum Callback {
     VmStart,
     Configure,
     CallResponse,
+    /// `proxy_on_grpc_receive`: the message is buffer type 5.
+    GrpcReceive,
+    /// `proxy_on_grpc_receive_initial_metadata`: map type 4.
+    GrpcInitialMetadata,
+    /// `proxy_on_grpc_receive_trailing_metadata`: map type 5.
+    GrpcTrailingMetadata,
+    /// `proxy_on_grpc_close`.
+    GrpcClose,
 }
 
 /// One root context of the VM (one per plugin sharing it): its plugin and
@@ -284,6 +292,8 @@ pub struct HostState {
     pub streams: IdMap<StreamState>,
     pub call_response: Option<CallResponse>,
     pub next_token: u32,
+    /// gRPC calls and streams (`proxy_grpc_*`), see [`crate::wasm::grpc`].
+    pub grpc: crate::wasm::grpc::GrpcState,
     pub metrics: HashMap<u32, Arc<Metric>>,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
@@ -322,6 +332,7 @@ impl HostState {
             streams: IdMap::default(),
             call_response: None,
             next_token: 1,
+            grpc: Default::default(),
             metrics: HashMap::new(),
             stdout: Vec::new(),
             stderr: Vec::new(),

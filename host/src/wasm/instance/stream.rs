@@ -39,6 +39,9 @@ pub struct StreamState {
     pub metadata: [Option<crate::config::Metadata>; 2],
     /// The root context (plugin) that created the stream.
     pub root: u32,
+    /// Events of gRPC calls the stream made, come while it was paused:
+    /// delivered at its resume, with its transaction loaded.
+    pub grpc_parked: Vec<(u32, crate::wasm::grpc::GrpcEvent)>,
 }
 
 impl StreamState {
@@ -54,6 +57,7 @@ impl StreamState {
             waker: None,
             props: Vec::new(),
             metadata: [None, None],
+            grpc_parked: Vec::new(),
         }
     }
 }
@@ -447,6 +451,7 @@ impl PluginInstance {
             d.callback = Callback::Other;
             r?;
         }
+        self.deliver_parked_grpc(ctx, txn)?;
         Ok(self.verdict(ctx, false))
     }
 
