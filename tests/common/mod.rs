@@ -15,6 +15,7 @@ mod config;
 mod daemon;
 mod guests;
 mod haproxy;
+mod peers;
 mod plugins;
 
 // Each test target uses a part of the helpers: a re-export it leaves unused
@@ -35,6 +36,8 @@ pub use daemon::*;
 pub use guests::*;
 #[allow(unused_imports)]
 pub use haproxy::*;
+#[allow(unused_imports)]
+pub use peers::*;
 #[allow(unused_imports)]
 pub use plugins::*;
 

@@ -25,6 +25,9 @@ pub struct RawConfig {
     /// `[[mailers]]`: HAProxy's `mailers` sections (see `config/mailers.rs`).
     #[serde(default)]
     pub mailers: Vec<Spanned<super::mailers::RawMailers>>,
+    /// `[[peers]]`: HAProxy's `peers` sections (see `config/peers.rs`).
+    #[serde(default)]
+    pub peers: Vec<Spanned<super::peers::RawPeers>>,
 }
 
 /// `[[stick_table]]`: a table of per-key counters that rules, plugins and the admin API share.
@@ -46,6 +49,8 @@ pub struct RawStickTable {
     /// Stored data, e.g. `["http_req_rate(10s)", "gpc0", "conn_cur"]`.
     #[serde(default)]
     pub store: Vec<Spanned<String>>,
+    /// The `[[peers]]` section the table is replicated with (HAProxy's `peers`).
+    pub peers: Option<Spanned<String>>,
 }
 
 /// A count written as an integer or a string with a `k` / `m` / `g` suffix.
