@@ -35,9 +35,18 @@ impl Mesh {
             webs: [w1, w2, w3],
             admins: [a1, a2],
             peers: vec![
-                MeshPeer { name: "node1".into(), addr: p1 },
-                MeshPeer { name: "node2".into(), addr: p2 },
-                MeshPeer { name: "hap".into(), addr: p3 },
+                MeshPeer {
+                    name: "node1".into(),
+                    addr: p1,
+                },
+                MeshPeer {
+                    name: "node2".into(),
+                    addr: p2,
+                },
+                MeshPeer {
+                    name: "hap".into(),
+                    addr: p3,
+                },
             ],
             dir,
             sock,
@@ -45,16 +54,33 @@ impl Mesh {
     }
 
     fn node_config(&self, i: usize, limit: u32) -> String {
-        peer_node_config(self.webs[i], self.admins[i], &self.peers[i].name, &self.peers, limit, "")
+        peer_node_config(
+            self.webs[i],
+            self.admins[i],
+            &self.peers[i].name,
+            &self.peers,
+            limit,
+            "",
+        )
     }
 
     async fn node(&self, i: usize, limit: u32) -> Daemon {
-        Daemon::start(&self.node_config(i, limit), &[self.webs[i], self.admins[i], self.peers[i].addr]).await
+        Daemon::start(
+            &self.node_config(i, limit),
+            &[self.webs[i], self.admins[i], self.peers[i].addr],
+        )
+        .await
     }
 
     async fn haproxy(&self, limit: u32) -> HaProxy {
         let cfg = peer_haproxy_config(self.webs[2], &self.sock, "hap", &self.peers, limit);
-        HaProxy::start_with(&cfg, self.dir.path(), &[], &[self.webs[2], self.peers[2].addr]).await
+        HaProxy::start_with(
+            &cfg,
+            self.dir.path(),
+            &[],
+            &[self.webs[2], self.peers[2].addr],
+        )
+        .await
     }
 
     /// Waits until node `i` has an established session with every other peer.
@@ -64,13 +90,21 @@ impl Mesh {
 
     /// Waits until node `i` has an established session with each of `names` (itself skipped).
     async fn connected_to(&self, i: usize, names: &[&str]) {
-        for p in self.peers.iter().filter(|p| p.name != self.peers[i].name && names.contains(&p.name.as_str())) {
+        for p in self
+            .peers
+            .iter()
+            .filter(|p| p.name != self.peers[i].name && names.contains(&p.name.as_str()))
+        {
             let admin = self.admins[i];
             let name = p.name.clone();
-            eventually(&format!("node{} connected to {name}", i + 1), Duration::from_secs(15), || {
-                let name = name.clone();
-                async move { node_peer(admin, "mesh", &name).await["state"] == "established" }
-            })
+            eventually(
+                &format!("node{} connected to {name}", i + 1),
+                Duration::from_secs(15),
+                || {
+                    let name = name.clone();
+                    async move { node_peer(admin, "mesh", &name).await["state"] == "established" }
+                },
+            )
             .await;
         }
     }
@@ -114,7 +148,13 @@ async fn updates_reach_every_node_both_ways() {
     }
     node_eq(m.admins[1], "http_req_rate", 3, "node1's rate on node2").await;
     node_eq(m.admins[1], "gpc0", 1, "node1's gpc0 on node2").await;
-    hap_eq(&m.sock, "http_req_rate(60000)", 3, "node1's rate in HAProxy").await;
+    hap_eq(
+        &m.sock,
+        "http_req_rate(60000)",
+        3,
+        "node1's rate in HAProxy",
+    )
+    .await;
     hap_eq(&m.sock, "gpc0", 1, "node1's gpc0 in HAProxy").await;
 
     // Two on HAProxy: pushed back to both portcullis nodes.
@@ -128,7 +168,13 @@ async fn updates_reach_every_node_both_ways() {
     assert_eq!(status(m.webs[1], "/inc").await, 200);
     node_eq(m.admins[0], "gpc0", 3, "node2's gpc0 on node1").await;
     hap_eq(&m.sock, "gpc0", 3, "node2's gpc0 in HAProxy").await;
-    hap_eq(&m.sock, "http_req_rate(60000)", 6, "node2's rate in HAProxy").await;
+    hap_eq(
+        &m.sock,
+        "http_req_rate(60000)",
+        6,
+        "node2's rate in HAProxy",
+    )
+    .await;
 
     let p = node_peer(m.admins[0], "mesh", "hap").await;
     assert!(p["updates_sent"].as_u64() >= Some(1), "{p}");
@@ -167,7 +213,10 @@ async fn rate_limit_trips_on_the_combined_count() {
     }
     // Each node served 8 requests itself: only the combined count (16) is over 10.
     let n = first_429.expect("no request was limited: the nodes did not combine their counts");
-    assert!((limit + 1..=limit + 2).contains(&n), "first 429 at request {n}");
+    assert!(
+        (limit + 1..=limit + 2).contains(&n),
+        "first 429 at request {n}"
+    );
 }
 
 /// A restarted node gets the table back from its peers (it asks for a
@@ -191,10 +240,14 @@ async fn restarts_are_healed_by_resync() {
     drop(n2);
     let _n2 = m.node(1, 1000).await;
     node_eq(m.admins[1], "gpc0", 4, "gpc0 on the restarted node2").await;
-    eventually("node2 finished its resync", Duration::from_secs(12), || async {
-        let doc = get(m.admins[1], "/peers").await.json();
-        doc["peers"][0]["resync"] == "finished"
-    })
+    eventually(
+        "node2 finished its resync",
+        Duration::from_secs(12),
+        || async {
+            let doc = get(m.admins[1], "/peers").await.json();
+            doc["peers"][0]["resync"] == "finished"
+        },
+    )
     .await;
 
     // HAProxy restarts empty and learns it from the portcullis nodes.
@@ -202,8 +255,12 @@ async fn restarts_are_healed_by_resync() {
     let _hap = m.haproxy(1000).await;
     hap_eq(&m.sock, "gpc0", 4, "gpc0 in the restarted HAProxy").await;
     let taught: u64 = {
-        let a = node_peer(m.admins[0], "mesh", "hap").await["resyncs_taught"].as_u64().unwrap_or(0);
-        let b = node_peer(m.admins[1], "mesh", "hap").await["resyncs_taught"].as_u64().unwrap_or(0);
+        let a = node_peer(m.admins[0], "mesh", "hap").await["resyncs_taught"]
+            .as_u64()
+            .unwrap_or(0);
+        let b = node_peer(m.admins[1], "mesh", "hap").await["resyncs_taught"]
+            .as_u64()
+            .unwrap_or(0);
         a + b
     };
     assert!(taught >= 1, "HAProxy asked one of the nodes for a resync");
@@ -214,7 +271,9 @@ async fn hello(peer: SocketAddr, text: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(peer).await.expect("connect");
     s.write_all(text.as_bytes()).await.expect("hello");
     let mut buf = vec![0u8; 64];
-    let n = within("status line", IO_TIMEOUT, s.read(&mut buf)).await.expect("read");
+    let n = within("status line", IO_TIMEOUT, s.read(&mut buf))
+        .await
+        .expect("read");
     (s, String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
@@ -226,7 +285,10 @@ async fn hostile_peers_lose_only_their_connection() {
     let [rogue] = free_addrs();
     let mut peers = m.peers.clone();
     peers.truncate(2);
-    peers.push(MeshPeer { name: "rogue".into(), addr: rogue });
+    peers.push(MeshPeer {
+        name: "rogue".into(),
+        addr: rogue,
+    });
     // Only 127.0.0.1 may connect to the peers listeners.
     let cfg = |i: usize| {
         peer_node_config(m.webs[i], m.admins[i], &peers[i].name, &peers, 1000, "")
@@ -235,25 +297,46 @@ async fn hostile_peers_lose_only_their_connection() {
     let _n1 = Daemon::start(&cfg(0), &[m.webs[0], m.admins[0], peers[0].addr]).await;
     let _n2 = Daemon::start(&cfg(1), &[m.webs[1], m.admins[1], peers[1].addr]).await;
     let p1 = peers[0].addr;
-    eventually("node1 and node2 connected", Duration::from_secs(15), || async {
-        node_peer(m.admins[0], "mesh", "node2").await["state"] == "established"
-    })
+    eventually(
+        "node1 and node2 connected",
+        Duration::from_secs(15),
+        || async { node_peer(m.admins[0], "mesh", "node2").await["state"] == "established" },
+    )
     .await;
     let sessions = node_peer(m.admins[0], "mesh", "node2").await["sessions"].clone();
 
-    assert_eq!(hello(p1, "HAProxyS 3.0\nnode1\nrogue 1 1\n").await.1, "502\n");
-    assert_eq!(hello(p1, "HAProxyS 2.1\nnot-me\nrogue 1 1\n").await.1, "503\n");
-    assert_eq!(hello(p1, "HAProxyS 2.1\nnode1\nstranger 1 1\n").await.1, "504\n");
-    assert_eq!(hello(p1, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.1, "501\n");
+    assert_eq!(
+        hello(p1, "HAProxyS 3.0\nnode1\nrogue 1 1\n").await.1,
+        "502\n"
+    );
+    assert_eq!(
+        hello(p1, "HAProxyS 2.1\nnot-me\nrogue 1 1\n").await.1,
+        "503\n"
+    );
+    assert_eq!(
+        hello(p1, "HAProxyS 2.1\nnode1\nstranger 1 1\n").await.1,
+        "504\n"
+    );
+    assert_eq!(
+        hello(p1, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.1,
+        "501\n"
+    );
 
     // A valid hello, then an update message whose length runs past the data
     // it carries, then one of the reserved class: HAProxy's protocol error (class 1, type 0).
     let (mut s, st) = hello(p1, "HAProxyS 2.1\nnode1\nrogue 1 1\n").await;
     assert_eq!(st, "200\n");
     // A table definition with a name that ends the message: malformed.
-    s.write_all(&[10, 0x82, 3, 1, 5, b'x']).await.expect("write");
+    s.write_all(&[10, 0x82, 3, 1, 5, b'x'])
+        .await
+        .expect("write");
     let mut got = Vec::new();
-    let _ = within("node1 closes the rogue session", IO_TIMEOUT, s.read_to_end(&mut got)).await;
+    let _ = within(
+        "node1 closes the rogue session",
+        IO_TIMEOUT,
+        s.read_to_end(&mut got),
+    )
+    .await;
     assert!(
         got.windows(2).any(|w| w == [1, 0]),
         "protocol error message expected, got {got:?}"
@@ -264,14 +347,25 @@ async fn hostile_peers_lose_only_their_connection() {
     // A message over the size limit: "size limit reached" (class 1, type 1).
     let (mut s, st) = hello(p1, "HAProxyS 2.1\nnode1\nrogue 1 1\n").await;
     assert_eq!(st, "200\n");
-    s.write_all(&[10, 0x80, 0xf0, 0xff, 0x7f]).await.expect("write");
+    s.write_all(&[10, 0x80, 0xf0, 0xff, 0x7f])
+        .await
+        .expect("write");
     let mut got = Vec::new();
-    let _ = within("node1 closes the oversized session", IO_TIMEOUT, s.read_to_end(&mut got)).await;
-    assert!(got.windows(2).any(|w| w == [1, 1]), "size limit message expected, got {got:?}");
+    let _ = within(
+        "node1 closes the oversized session",
+        IO_TIMEOUT,
+        s.read_to_end(&mut got),
+    )
+    .await;
+    assert!(
+        got.windows(2).any(|w| w == [1, 1]),
+        "size limit message expected, got {got:?}"
+    );
 
     // A source address outside the allow-list gets no status at all.
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-    sock.bind("127.0.0.2:0".parse().expect("addr")).expect("bind 127.0.0.2");
+    sock.bind("127.0.0.2:0".parse().expect("addr"))
+        .expect("bind 127.0.0.2");
     let mut s = sock.connect(p1).await.expect("connect");
     let _ = s.write_all(b"HAProxyS 2.1\nnode1\nrogue 1 1\n").await;
     let mut got = Vec::new();
@@ -283,7 +377,10 @@ async fn hostile_peers_lose_only_their_connection() {
     // The real peers never noticed.
     let p = node_peer(m.admins[0], "mesh", "node2").await;
     assert_eq!(p["state"], "established", "{p}");
-    assert_eq!(p["sessions"], sessions, "the node1-node2 session was not disturbed: {p}");
+    assert_eq!(
+        p["sessions"], sessions,
+        "the node1-node2 session was not disturbed: {p}"
+    );
     assert_eq!(status(m.webs[0], "/").await, 200);
 }
 
@@ -296,16 +393,30 @@ async fn flapping_link_under_load_converges_without_spinning() {
     let [w1, w2, a1, a2, p1, p2, r12, r21] = free_addrs();
     // Each node reaches the other through a relay the test cuts.
     let peers1 = vec![
-        MeshPeer { name: "node1".into(), addr: p1 },
-        MeshPeer { name: "node2".into(), addr: r12 },
+        MeshPeer {
+            name: "node1".into(),
+            addr: p1,
+        },
+        MeshPeer {
+            name: "node2".into(),
+            addr: r12,
+        },
     ];
     let peers2 = vec![
-        MeshPeer { name: "node1".into(), addr: r21 },
-        MeshPeer { name: "node2".into(), addr: p2 },
+        MeshPeer {
+            name: "node1".into(),
+            addr: r21,
+        },
+        MeshPeer {
+            name: "node2".into(),
+            addr: p2,
+        },
     ];
     let extra = "";
-    let cfg1 = peer_node_config(w1, a1, "node1", &peers1, 1_000_000, extra).replace("expire = \"60s\"", "expire = \"2s\"");
-    let cfg2 = peer_node_config(w2, a2, "node2", &peers2, 1_000_000, extra).replace("expire = \"60s\"", "expire = \"2s\"");
+    let cfg1 = peer_node_config(w1, a1, "node1", &peers1, 1_000_000, extra)
+        .replace("expire = \"60s\"", "expire = \"2s\"");
+    let cfg2 = peer_node_config(w2, a2, "node2", &peers2, 1_000_000, extra)
+        .replace("expire = \"60s\"", "expire = \"2s\"");
     let relay12 = Relay::start(r12, p2).await;
     let relay21 = Relay::start(r21, p1).await;
     let n1 = Daemon::start(&cfg1, &[w1, a1, p1]).await;
@@ -322,7 +433,10 @@ async fn flapping_link_under_load_converges_without_spinning() {
         let stop = stop.clone();
         load.push(tokio::spawn(async move {
             let ip: std::net::IpAddr = format!("127.0.1.{}", c + 1).parse().expect("ip");
-            let mut h = [H1::connect_from(ip, w1).await, H1::connect_from(ip, w2).await];
+            let mut h = [
+                H1::connect_from(ip, w1).await,
+                H1::connect_from(ip, w2).await,
+            ];
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let r = h[(n % 2) as usize].get("/inc").await;
@@ -344,7 +458,12 @@ async fn flapping_link_under_load_converges_without_spinning() {
         total += l.await.expect("client");
     }
     assert!(total > 100, "load ran ({total} requests)");
-    assert!(relay12.accepted.load(std::sync::atomic::Ordering::Relaxed) + relay21.accepted.load(std::sync::atomic::Ordering::Relaxed) >= 4, "the link flapped");
+    assert!(
+        relay12.accepted.load(std::sync::atomic::Ordering::Relaxed)
+            + relay21.accepted.load(std::sync::atomic::Ordering::Relaxed)
+            >= 4,
+        "the link flapped"
+    );
 
     // Concurrent writes on both nodes are "last writer wins" (HAProxy's
     // semantics: crossing pushes may leave the two nodes one apart). Once the
@@ -381,13 +500,22 @@ async fn flapping_link_under_load_converges_without_spinning() {
     let (t1, t2) = (cpu_ticks(n1.pid()), cpu_ticks(n2.pid()));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ticks = cpu_ticks(n1.pid()) - t1 + cpu_ticks(n2.pid()) - t2;
-    assert!(ticks <= 20, "idle daemons used {ticks} CPU ticks in 2 s: a task is spinning");
+    assert!(
+        ticks <= 20,
+        "idle daemons used {ticks} CPU ticks in 2 s: a task is spinning"
+    );
 }
 
 fn check(dir: &TempDir, text: &str) -> (bool, String) {
     let p = dir.write("peers.toml", text);
-    let out = run_bin(&["check", "-c", p.to_str().expect("utf-8")], Duration::from_secs(10));
-    (out.status.expect("check exited").success(), format!("{}{}", out.stdout, out.stderr))
+    let out = run_bin(
+        &["check", "-c", p.to_str().expect("utf-8")],
+        Duration::from_secs(10),
+    );
+    (
+        out.status.expect("check exited").success(),
+        format!("{}{}", out.stdout, out.stderr),
+    )
 }
 
 /// `configs/peers.toml` passes `portcullis check`; mistakes in `[[peers]]`
@@ -404,18 +532,45 @@ fn peers_config_is_checked() {
     assert!(ok, "check failed: {out}");
 
     let cases: [(&str, &str, &str); 6] = [
-        ("peers = \"mesh\"                     #", "peers = \"mseh\"                     #", "unknown peers section \"mseh\"; declared: mesh"),
-        ("local = \"node1\"                    #", "local = \"node3\"                    #", "the local peer \"node3\" is not in the peer list"),
-        ("{ name = \"node2\", addr = \"127.0.0.1:10002\" }", "{ name = \"node1\", addr = \"127.0.0.1:10002\" }", "duplicate peer \"node1\""),
-        ("{ name = \"node2\", addr = \"127.0.0.1:10002\" }", "{ name = \"node 2\", addr = \"127.0.0.1:10002\" }", "invalid peer name \"node 2\""),
-        ("{ name = \"node2\", addr = \"127.0.0.1:10002\" }", "{ name = \"node2\", addr = \"127.0.0.1\" }", "invalid peer address \"127.0.0.1\""),
-        ("allow = [\"127.0.0.1\"]", "allow = [\"127.0.0.1/40\"]", "invalid allow entry \"127.0.0.1/40\""),
+        (
+            "peers = \"mesh\"                     #",
+            "peers = \"mseh\"                     #",
+            "unknown peers section \"mseh\"; declared: mesh",
+        ),
+        (
+            "local = \"node1\"                    #",
+            "local = \"node3\"                    #",
+            "the local peer \"node3\" is not in the peer list",
+        ),
+        (
+            "{ name = \"node2\", addr = \"127.0.0.1:10002\" }",
+            "{ name = \"node1\", addr = \"127.0.0.1:10002\" }",
+            "duplicate peer \"node1\"",
+        ),
+        (
+            "{ name = \"node2\", addr = \"127.0.0.1:10002\" }",
+            "{ name = \"node 2\", addr = \"127.0.0.1:10002\" }",
+            "invalid peer name \"node 2\"",
+        ),
+        (
+            "{ name = \"node2\", addr = \"127.0.0.1:10002\" }",
+            "{ name = \"node2\", addr = \"127.0.0.1\" }",
+            "invalid peer address \"127.0.0.1\"",
+        ),
+        (
+            "allow = [\"127.0.0.1\"]",
+            "allow = [\"127.0.0.1/40\"]",
+            "invalid allow entry \"127.0.0.1/40\"",
+        ),
     ];
     for (from, to, want) in cases {
         assert!(text.contains(from), "{from}");
         let (ok, out) = check(&dir, &text.replacen(from, to, 1));
         assert!(!ok, "{to}: accepted");
         assert!(out.contains(want), "{to}: {out}");
-        assert!(out.contains("peers.toml:"), "the error has a location: {out}");
+        assert!(
+            out.contains("peers.toml:"),
+            "the error has a location: {out}"
+        );
     }
 }

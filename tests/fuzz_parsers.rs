@@ -2468,11 +2468,13 @@ fn check_peers_stream(buf: &[u8]) -> Result<(), TestCaseError> {
                             .map_err(|e| TestCaseError::fail(e.to_string()))?;
                         prop_assert_eq!(&again, &d);
                     }
-                    def = WireKey::from_wire(d.key_type, d.key_len)
-                        .map(|k| (d.detached(), k));
+                    def = WireKey::from_wire(d.key_type, d.key_len).map(|k| (d.detached(), k));
                 }
             }
-            (10, k @ (stkt::UPDATE | stkt::INC_UPDATE | stkt::UPDATE_TIMED | stkt::INC_UPDATE_TIMED)) => {
+            (
+                10,
+                k @ (stkt::UPDATE | stkt::INC_UPDATE | stkt::UPDATE_TIMED | stkt::INC_UPDATE_TIMED),
+            ) => {
                 if let Some((d, key)) = &def {
                     let with_id = matches!(k, stkt::UPDATE | stkt::UPDATE_TIMED);
                     let timed = matches!(k, stkt::UPDATE_TIMED | stkt::INC_UPDATE_TIMED);

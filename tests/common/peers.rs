@@ -80,7 +80,13 @@ server = [{{ name = \"s\", addr = \"127.0.0.1:9\" }}]
 /// HAProxy 2.6's side of the same mesh: `localpeer`, a stats socket at
 /// `sock`, the `per_ip` table in a backend (`stick-table ... peers mesh`,
 /// so it is called `per_ip` on the wire) and the same rules on `web`.
-pub fn peer_haproxy_config(web: SocketAddr, sock: &Path, local: &str, peers: &[MeshPeer], limit: u32) -> String {
+pub fn peer_haproxy_config(
+    web: SocketAddr,
+    sock: &Path,
+    local: &str,
+    peers: &[MeshPeer],
+    limit: u32,
+) -> String {
     let list: String = peers
         .iter()
         .map(|p| format!("  peer {} {}\n", p.name, p.addr))
@@ -114,7 +120,9 @@ pub async fn haproxy_cli(sock: &Path, cmd: &str) -> String {
         let mut s = UnixStream::connect(sock)
             .await
             .unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
-        s.write_all(format!("{cmd}\n").as_bytes()).await.expect("write");
+        s.write_all(format!("{cmd}\n").as_bytes())
+            .await
+            .expect("write");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("read");
         out
@@ -189,7 +197,8 @@ impl Relay {
                 rx.mark_unchanged();
                 tokio::spawn(async move {
                     let Ok(Ok(mut b)) =
-                        tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(target)).await
+                        tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(target))
+                            .await
                     else {
                         return;
                     };

@@ -76,11 +76,15 @@ fn canonical(ip: IpAddr) -> IpAddr {
 fn in_prefix(ip: IpAddr, net: IpAddr, len: u8) -> bool {
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0);
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
             u32::from(a) & mask == u32::from(n) & mask
         }
         (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len.min(128))).unwrap_or(0);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
             u128::from(a) & mask == u128::from(n) & mask
         }
         _ => false,
@@ -129,7 +133,10 @@ fn prefix(source: &SourceMap, s: &Spanned<String>) -> Result<(IpAddr, u8), Confi
 }
 
 /// Checks every `[[peers]]` section.
-pub fn build(raw: &[Spanned<RawPeers>], source: &SourceMap) -> Result<Vec<Arc<Section>>, ConfigError> {
+pub fn build(
+    raw: &[Spanned<RawPeers>],
+    source: &SourceMap,
+) -> Result<Vec<Arc<Section>>, ConfigError> {
     let mut out: Vec<Arc<Section>> = Vec::with_capacity(raw.len());
     for p in raw {
         let p = p.get_ref();
@@ -154,7 +161,10 @@ pub fn build(raw: &[Spanned<RawPeers>], source: &SourceMap) -> Result<Vec<Arc<Se
             if !names.insert(name.as_str()) {
                 return Err(source.error(
                     peer.name.span(),
-                    format!("duplicate peer {name:?} in peers section {:?}", p.name.get_ref()),
+                    format!(
+                        "duplicate peer {name:?} in peers section {:?}",
+                        p.name.get_ref()
+                    ),
                 ));
             }
             let a = addr(source, &peer.addr, "peer address")?;
@@ -174,7 +184,11 @@ pub fn build(raw: &[Spanned<RawPeers>], source: &SourceMap) -> Result<Vec<Arc<Se
             }
         }
         let Some(local_addr) = local_addr else {
-            let listed: Vec<&str> = p.peer.iter().map(|x| x.get_ref().name.get_ref().as_str()).collect();
+            let listed: Vec<&str> = p
+                .peer
+                .iter()
+                .map(|x| x.get_ref().name.get_ref().as_str())
+                .collect();
             return Err(source.error(
                 p.local.span(),
                 format!(
@@ -193,11 +207,18 @@ pub fn build(raw: &[Spanned<RawPeers>], source: &SourceMap) -> Result<Vec<Arc<Se
         if let Some(other) = out.iter().find(|s| s.bind == bind) {
             return Err(source.error(
                 p.bind.as_ref().map_or_else(|| p.name.span(), Spanned::span),
-                format!("peers section {:?} binds {bind}, as peers section {:?} does", p.name.get_ref(), other.name),
+                format!(
+                    "peers section {:?} binds {bind}, as peers section {:?} does",
+                    p.name.get_ref(),
+                    other.name
+                ),
             ));
         }
         let allow = match &p.allow {
-            Some(list) => list.iter().map(|s| prefix(source, s)).collect::<Result<Vec<_>, _>>()?,
+            Some(list) => list
+                .iter()
+                .map(|s| prefix(source, s))
+                .collect::<Result<Vec<_>, _>>()?,
             None => remotes
                 .iter()
                 .map(|r| {

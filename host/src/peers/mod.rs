@@ -281,7 +281,9 @@ impl Section {
 
     /// Ms since the section started (never 0, so 0 can mean "never").
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX).max(1)
+        u64::try_from(self.started.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
     }
 
     /// Whether this process considers its tables complete (its start-up
@@ -337,7 +339,10 @@ impl Section {
     fn set_tables(self: &Arc<Self>, tables: &StickTables) {
         let mut pumps = lock(&self.pumps);
         let mut next: Vec<Arc<Shared>> = Vec::new();
-        for t in tables.iter().filter(|t| t.peers() == Some(&*self.spec.name)) {
+        for t in tables
+            .iter()
+            .filter(|t| t.peers() == Some(&*self.spec.name))
+        {
             if let Some((s, _)) = pumps.iter().find(|(s, _)| Arc::ptr_eq(&s.table, t)) {
                 next.push(Arc::clone(s));
                 continue;
@@ -350,7 +355,8 @@ impl Section {
                 layout: Layout::of(t),
                 id: self.next_table_id.fetch_add(1, Relaxed),
             });
-            let h = tokio::spawn(pump(Arc::downgrade(self), Arc::clone(&shared), rx)).abort_handle();
+            let h =
+                tokio::spawn(pump(Arc::downgrade(self), Arc::clone(&shared), rx)).abort_handle();
             pumps.push((Arc::clone(&shared), h));
             next.push(shared);
         }
@@ -367,7 +373,13 @@ impl Section {
     /// The `/peers` document of this section.
     pub fn json(&self) -> Value {
         let now = self.now_ms();
-        let ago = |t: u64| if t == 0 { Value::Null } else { json!(now.saturating_sub(t)) };
+        let ago = |t: u64| {
+            if t == 0 {
+                Value::Null
+            } else {
+                json!(now.saturating_sub(t))
+            }
+        };
         let tables: Vec<Value> = self
             .tables()
             .iter()
@@ -447,7 +459,11 @@ impl Peers {
     /// result for the admin API.
     /// A `None` listener (a binary upgrade whose old process still holds
     /// the port) is bound as soon as the port is free.
-    pub fn start(specs: &[Arc<Spec>], listeners: Vec<Option<StdListener>>, tables: &StickTables) -> Arc<Peers> {
+    pub fn start(
+        specs: &[Arc<Spec>],
+        listeners: Vec<Option<StdListener>>,
+        tables: &StickTables,
+    ) -> Arc<Peers> {
         let mut sections = Vec::new();
         for (spec, l) in specs.iter().zip(listeners) {
             let s = Arc::new(Section::new(Arc::clone(spec)));
@@ -485,15 +501,60 @@ impl Peers {
         use crate::metrics::label;
         type Get = fn(&PeerStats) -> u64;
         let fams: [(&str, &str, &str, Get); 9] = [
-            ("portcullis_peer_up", "gauge", "1 while the session with the peer is established.", |s| u64::from(s.state.load(Relaxed) == State::Established as u64)),
-            ("portcullis_peer_updates_sent_total", "counter", "Stick-table updates pushed to the peer.", |s| s.updates_sent.load(Relaxed)),
-            ("portcullis_peer_updates_received_total", "counter", "Stick-table updates received from the peer.", |s| s.updates_received.load(Relaxed)),
-            ("portcullis_peer_resyncs_taught_total", "counter", "Full resyncs pushed to the peer on its request.", |s| s.resyncs_taught.load(Relaxed)),
-            ("portcullis_peer_resyncs_learned_total", "counter", "Full resyncs received from the peer.", |s| s.resyncs_learned.load(Relaxed)),
-            ("portcullis_peer_sessions_total", "counter", "Sessions established with the peer.", |s| s.sessions.load(Relaxed)),
-            ("portcullis_peer_protocol_errors_total", "counter", "Sessions closed on a protocol error.", |s| s.protocol_errors.load(Relaxed)),
-            ("portcullis_peer_heartbeats_received_total", "counter", "Heartbeats received from the peer.", |s| s.heartbeats_received.load(Relaxed)),
-            ("portcullis_peer_silent_closes_total", "counter", "Sessions closed because the peer sent nothing for 5 s.", |s| s.silent.load(Relaxed)),
+            (
+                "portcullis_peer_up",
+                "gauge",
+                "1 while the session with the peer is established.",
+                |s| u64::from(s.state.load(Relaxed) == State::Established as u64),
+            ),
+            (
+                "portcullis_peer_updates_sent_total",
+                "counter",
+                "Stick-table updates pushed to the peer.",
+                |s| s.updates_sent.load(Relaxed),
+            ),
+            (
+                "portcullis_peer_updates_received_total",
+                "counter",
+                "Stick-table updates received from the peer.",
+                |s| s.updates_received.load(Relaxed),
+            ),
+            (
+                "portcullis_peer_resyncs_taught_total",
+                "counter",
+                "Full resyncs pushed to the peer on its request.",
+                |s| s.resyncs_taught.load(Relaxed),
+            ),
+            (
+                "portcullis_peer_resyncs_learned_total",
+                "counter",
+                "Full resyncs received from the peer.",
+                |s| s.resyncs_learned.load(Relaxed),
+            ),
+            (
+                "portcullis_peer_sessions_total",
+                "counter",
+                "Sessions established with the peer.",
+                |s| s.sessions.load(Relaxed),
+            ),
+            (
+                "portcullis_peer_protocol_errors_total",
+                "counter",
+                "Sessions closed on a protocol error.",
+                |s| s.protocol_errors.load(Relaxed),
+            ),
+            (
+                "portcullis_peer_heartbeats_received_total",
+                "counter",
+                "Heartbeats received from the peer.",
+                |s| s.heartbeats_received.load(Relaxed),
+            ),
+            (
+                "portcullis_peer_silent_closes_total",
+                "counter",
+                "Sessions closed because the peer sent nothing for 5 s.",
+                |s| s.silent.load(Relaxed),
+            ),
         ];
         for (name, kind, help, get) in fams {
             let samples: Vec<(String, u64)> = self
@@ -502,7 +563,11 @@ impl Peers {
                 .flat_map(|s| {
                     s.peers.iter().map(move |p| {
                         (
-                            format!("{},{}", label("section", &s.spec.name), label("peer", &p.name)),
+                            format!(
+                                "{},{}",
+                                label("section", &s.spec.name),
+                                label("peer", &p.name)
+                            ),
                             get(&p.stats),
                         )
                     })
@@ -515,7 +580,11 @@ impl Peers {
 
 /// Drains a table's outbox: each changed entry gets the next update id and
 /// goes out in batches to every session (entries that left the table are dropped).
-async fn pump(section: std::sync::Weak<Section>, shared: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Arc<Entry>>) {
+async fn pump(
+    section: std::sync::Weak<Section>,
+    shared: Arc<Shared>,
+    mut rx: tokio::sync::mpsc::Receiver<Arc<Entry>>,
+) {
     let Some(outbox) = shared.table.outbox().cloned() else {
         return;
     };
@@ -578,7 +647,9 @@ async fn listen_when_bound(section: Arc<Section>, l: Option<StdListener>) {
             tracing::info!(section = %spec.name, local = %spec.local, addr = %spec.bind, peers = spec.remotes.len(), "peers listening");
             listen(section, l).await;
         }
-        Err(e) => tracing::error!(section = %spec.name, error = %e, "cannot start the peers listener"),
+        Err(e) => {
+            tracing::error!(section = %spec.name, error = %e, "cannot start the peers listener")
+        }
     }
 }
 
@@ -610,7 +681,9 @@ async fn listen(section: Arc<Section>, listener: TcpListener) {
             match r {
                 Ok(Some(run)) => run.await,
                 Ok(None) => {}
-                Err(_) => tracing::debug!(section = %s.spec.name, %from, "peers handshake timed out"),
+                Err(_) => {
+                    tracing::debug!(section = %s.spec.name, %from, "peers handshake timed out")
+                }
             }
         });
     }
@@ -714,7 +787,16 @@ async fn connector(section: Arc<Section>, peer: Arc<Peer>) {
                 backoff = BACKOFF.0;
                 let (id, cancel) = peer.register();
                 tracing::info!(section = %section.spec.name, peer = %peer.name, addr = %peer.addr, "connected to peer");
-                session::run(Arc::clone(&section), Arc::clone(&peer), sock, rest, id, cancel, proto::MINOR).await;
+                session::run(
+                    Arc::clone(&section),
+                    Arc::clone(&peer),
+                    sock,
+                    rest,
+                    id,
+                    cancel,
+                    proto::MINOR,
+                )
+                .await;
                 tokio::time::sleep(jitter(50, 500)).await;
             }
             Err(why) => {
@@ -740,7 +822,9 @@ async fn connect(section: &Section, peer: &Peer) -> Result<(TcpStream, Vec<u8>),
     peer.stats.last_status.store(110, Relaxed);
     let hello = proto::hello(&peer.name, &section.spec.local, section.pid);
     let status = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        sock.write_all(hello.as_bytes()).await.map_err(|e| e.to_string())?;
+        sock.write_all(hello.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         loop {
             if let Some(line) = proto::take_line(&mut buf).map_err(|e| e.to_string())? {

@@ -122,7 +122,10 @@ impl fmt::Display for ProtoError {
         match self {
             ProtoError::Malformed(what) => write!(f, "malformed message: {what}"),
             ProtoError::TooBig(n) => {
-                write!(f, "message of {n} bytes is over the {MAX_MESSAGE}-byte limit")
+                write!(
+                    f,
+                    "message of {n} bytes is over the {MAX_MESSAGE}-byte limit"
+                )
             }
             ProtoError::Reserved => f.write_str("message of the reserved class 255"),
         }
@@ -224,12 +227,16 @@ pub fn frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, ProtoError> {
     let Some(len) = get_varint(buf, &mut pos) else {
         // HAProxy reads at most 5 length bytes: a longer encoding is an error.
         if buf.len() >= 2 + 5 {
-            return Err(ProtoError::Malformed("message length encoded on more than 5 bytes"));
+            return Err(ProtoError::Malformed(
+                "message length encoded on more than 5 bytes",
+            ));
         }
         return Ok(None);
     };
     if pos > 2 + 5 {
-        return Err(ProtoError::Malformed("message length encoded on more than 5 bytes"));
+        return Err(ProtoError::Malformed(
+            "message length encoded on more than 5 bytes",
+        ));
     }
     if len > MAX_MESSAGE as u64 {
         return Err(ProtoError::TooBig(len));
@@ -637,7 +644,14 @@ pub fn parse_update<'a>(
 
 /// Encodes an update message: with its id unless `id` is `None` (incremental),
 /// timed if `expire` is given; `values` must follow the table definition's order.
-pub fn put_update(out: &mut Vec<u8>, id: Option<u32>, expire: Option<u32>, key: WireKey, key_bytes: &[u8], values: &[Value]) {
+pub fn put_update(
+    out: &mut Vec<u8>,
+    id: Option<u32>,
+    expire: Option<u32>,
+    key: WireKey,
+    key_bytes: &[u8],
+    values: &[Value],
+) {
     let mut b = Vec::with_capacity(16 + key_bytes.len() + values.len() * 4);
     if let Some(id) = id {
         b.extend_from_slice(&id.to_be_bytes());
@@ -736,7 +750,19 @@ mod tests {
         ] {
             assert_eq!(enc(v).len(), len, "{v}");
         }
-        for v in [0, 1, 239, 240, 241, 2287, 2288, 1 << 20, u32::MAX as u64, u64::MAX - 1, u64::MAX] {
+        for v in [
+            0,
+            1,
+            239,
+            240,
+            241,
+            2287,
+            2288,
+            1 << 20,
+            u32::MAX as u64,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
             let b = enc(v);
             let mut pos = 0;
             assert_eq!(get_varint(&b, &mut pos), Some(v), "{v}");
@@ -765,7 +791,10 @@ mod tests {
         assert_eq!(frame(&out[n..out.len() - 1]), Ok(None));
         let mut big = vec![class::STICK_TABLE, stkt::UPDATE];
         put_varint(&mut big, (MAX_MESSAGE + 1) as u64);
-        assert_eq!(frame(&big), Err(ProtoError::TooBig((MAX_MESSAGE + 1) as u64)));
+        assert_eq!(
+            frame(&big),
+            Err(ProtoError::TooBig((MAX_MESSAGE + 1) as u64))
+        );
         assert_eq!(frame(&[255, 0]), Err(ProtoError::Reserved));
         assert!(frame(&[10, 0x80, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
     }
@@ -780,7 +809,10 @@ mod tests {
             0x0d, 0x0a, 0xf0, 0xe2, 0x03, 0x0c, 0xf0, 0xe2, 0x03, 0x10, 0xf8, 0x2f,
         ];
         let d = parse_definition(&body).expect("definition");
-        assert_eq!((d.id, d.name, d.key_type, d.key_len), (4, &b"/t_ip"[..], 4, 4));
+        assert_eq!(
+            (d.id, d.name, d.key_type, d.key_len),
+            (4, &b"/t_ip"[..], 4, 4)
+        );
         assert_eq!(d.expire, Some(30_000));
         assert!(!d.unknown_types);
         assert_eq!(d.params[10], (1, 10_000));
@@ -804,7 +836,15 @@ mod tests {
         assert_eq!(u.values[3], (4, 0, Value::Int(2)), "conn_cnt");
         assert_eq!(
             u.values[6],
-            (10, 0, Value::Freq { elapsed: 166, curr: 2, prev: 0 }),
+            (
+                10,
+                0,
+                Value::Freq {
+                    elapsed: 166,
+                    curr: 2,
+                    prev: 0
+                }
+            ),
             "http_req_rate"
         );
         let vals: Vec<Value> = u.values.iter().map(|v| v.2).collect();
@@ -814,7 +854,10 @@ mod tests {
         assert_eq!(f.body, &upd[..]);
         // Every truncation of the update is an error, never a panic.
         for cut in 0..upd.len() {
-            assert!(parse_update(&upd[..cut], true, false, key, &d).is_err(), "cut {cut}");
+            assert!(
+                parse_update(&upd[..cut], true, false, key, &d).is_err(),
+                "cut {cut}"
+            );
         }
     }
 
@@ -843,14 +886,27 @@ mod tests {
         let u = parse_update(&upd, true, false, key, &d).expect("update");
         assert_eq!(u.key, &[0, 0, 0, 7]);
         assert_eq!(u.values.len(), 1 + 1 + 1 + 1 + 2 + 2 + 2);
-        assert_eq!(u.values[0], (5, 0, Value::Freq { elapsed: 439, curr: 1, prev: 0 }));
+        assert_eq!(
+            u.values[0],
+            (
+                5,
+                0,
+                Value::Freq {
+                    elapsed: 439,
+                    curr: 1,
+                    prev: 0
+                }
+            )
+        );
         assert_eq!(u.values[9].0, 24);
         assert_eq!(u.values[9].1, 1);
     }
 
     #[test]
     fn string_definition_and_timed_update() {
-        let body = [0x03, 0x06, b'/', b't', b'_', b's', b't', b'r', 0x06, 0x21, 0x04, 0xf0, 0xc4, 0x0d];
+        let body = [
+            0x03, 0x06, b'/', b't', b'_', b's', b't', b'r', 0x06, 0x21, 0x04, 0xf0, 0xc4, 0x0d,
+        ];
         let d = parse_definition(&body).expect("definition");
         let key = WireKey::from_wire(d.key_type, d.key_len).expect("key");
         assert_eq!(key, WireKey::Str { size: 33 });

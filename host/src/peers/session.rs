@@ -71,7 +71,13 @@ pub async fn run(
     peer.stats.last_rx.store(section.now_ms(), Relaxed);
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(256);
-    let reader = tokio::spawn(read_loop(Arc::clone(&section), Arc::clone(&peer), rd, rest, tx));
+    let reader = tokio::spawn(read_loop(
+        Arc::clone(&section),
+        Arc::clone(&peer),
+        rd,
+        rest,
+        tx,
+    ));
     let mut out = Out {
         section: &section,
         peer: &peer,
@@ -381,7 +387,10 @@ impl Out<'_> {
         match tokio::time::timeout(WRITE_TIMEOUT, self.wr.write_all(&self.buf)).await {
             Ok(Ok(())) => {
                 self.buf.clear();
-                self.peer.stats.last_tx.store(self.section.now_ms(), Relaxed);
+                self.peer
+                    .stats
+                    .last_tx
+                    .store(self.section.now_ms(), Relaxed);
                 Ok(())
             }
             Ok(Err(e)) => Err(format!("write failed: {e}")),

@@ -248,7 +248,6 @@ pub fn unacked(t: &StickTable, acked: Option<u32>) -> Vec<(u32, Arc<Entry>)> {
     v
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
@@ -294,18 +293,25 @@ mod tests {
             Clock::manual(1_000),
         );
         let l = Layout::of(&t);
-        assert_eq!(l.data, 210_519, "HAProxy's bit field for the same store list");
+        assert_eq!(
+            l.data, 210_519,
+            "HAProxy's bit field for the same store list"
+        );
         let mut out = Vec::new();
         proto::put_definition(&mut out, &l.definition(4, b"/t_ip"));
         let (f, _) = proto::frame(&out).expect("ok").expect("frame");
         assert_eq!(
             f.body,
             &[
-                0x04, 0x05, b'/', b't', b'_', b'i', b'p', 0x04, 0x04, 0xf7, 0xd6, 0x65, 0xf0,
-                0xc4, 0x0d, 0x0a, 0xf0, 0xe2, 0x03, 0x0c, 0xf0, 0xe2, 0x03, 0x10, 0xf8, 0x2f
+                0x04, 0x05, b'/', b't', b'_', b'i', b'p', 0x04, 0x04, 0xf7, 0xd6, 0x65, 0xf0, 0xc4,
+                0x0d, 0x0a, 0xf0, 0xe2, 0x03, 0x0c, 0xf0, 0xe2, 0x03, 0x10, 0xf8, 0x2f
             ][..]
         );
-        let s = table(KeyType::String { len: 32 }, &["gpc(2)", "gpt0"], Clock::Real);
+        let s = table(
+            KeyType::String { len: 32 },
+            &["gpc(2)", "gpt0"],
+            Clock::Real,
+        );
         let l = Layout::of(&s);
         assert_eq!((l.key_type, l.key_len), (6, 33));
         assert_eq!(l.data, (1 << 23) | (1 << 1));
@@ -334,19 +340,46 @@ mod tests {
         assert!(apply(&b, &u));
         let got = b.lookup(&KeyRef::Int(7)).expect("applied");
         let now = clock.now_ms();
-        assert_eq!(got.get(DataRef::scalar(DataKind::HttpReqRate), now), Some(5));
-        assert_eq!(got.get(DataRef { kind: DataKind::Gpc, idx: 0 }, now), Some(1));
-        assert!(!crate::stick::replica::is_dirty(&got), "a remote update is not pushed back");
+        assert_eq!(
+            got.get(DataRef::scalar(DataKind::HttpReqRate), now),
+            Some(5)
+        );
+        assert_eq!(
+            got.get(
+                DataRef {
+                    kind: DataKind::Gpc,
+                    idx: 0
+                },
+                now
+            ),
+            Some(1)
+        );
+        assert!(
+            !crate::stick::replica::is_dirty(&got),
+            "a remote update is not pushed back"
+        );
     }
 
     #[test]
     fn rates_survive_the_wire_at_any_phase() {
         // A peer's rate read now equals the rate we store, whatever the
         // phase of its period against ours.
-        let slot = Slot { word: 0, period: 10_000 };
+        let slot = Slot {
+            word: 0,
+            period: 10_000,
+        };
         for now in [50_000u64, 52_500, 59_999, 60_001] {
-            for (elapsed, curr, prev) in [(0u32, 7u32, 20u32), (2_000, 3, 9), (9_000, 1, 100), (12_000, 5, 8), (25_000, 9, 9)] {
-                let words = [std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0)];
+            for (elapsed, curr, prev) in [
+                (0u32, 7u32, 20u32),
+                (2_000, 3, 9),
+                (9_000, 1, 100),
+                (12_000, 5, 8),
+                (25_000, 9, 9),
+            ] {
+                let words = [
+                    std::sync::atomic::AtomicU64::new(0),
+                    std::sync::atomic::AtomicU64::new(0),
+                ];
                 data::rate_from_wire(&words, slot, now, elapsed, curr, prev);
                 let p = 10_000u64;
                 let e = u64::from(elapsed);
@@ -358,17 +391,29 @@ mod tests {
                     u64::from(curr) + u64::from(prev) * (p - e) / p
                 };
                 let got = u64::from(data::rate_read(&words[0], &words[1], 10_000, now));
-                assert!(got.abs_diff(want) <= 1, "now {now} wire {elapsed}/{curr}/{prev}: {got} vs {want}");
+                assert!(
+                    got.abs_diff(want) <= 1,
+                    "now {now} wire {elapsed}/{curr}/{prev}: {got} vs {want}"
+                );
             }
         }
     }
 
     #[test]
     fn keys_on_the_wire() {
-        assert_eq!(key_bytes(KeyType::Integer, &Key::Int(7)), Some(vec![0, 0, 0, 7]));
-        assert_eq!(key_bytes(KeyType::Integer, &Key::Int(-1)), Some(vec![255; 4]));
+        assert_eq!(
+            key_bytes(KeyType::Integer, &Key::Int(7)),
+            Some(vec![0, 0, 0, 7])
+        );
+        assert_eq!(
+            key_bytes(KeyType::Integer, &Key::Int(-1)),
+            Some(vec![255; 4])
+        );
         assert_eq!(key_bytes(KeyType::Integer, &Key::Int(1 << 40)), None);
-        assert_eq!(key_from_wire(KeyType::Integer, &[255; 4]), Some(Key::Int(4_294_967_295)));
+        assert_eq!(
+            key_from_wire(KeyType::Integer, &[255; 4]),
+            Some(Key::Int(4_294_967_295))
+        );
         assert_eq!(key_from_wire(KeyType::Ip, &[1, 2, 3]), None);
         assert_eq!(
             key_from_wire(KeyType::String { len: 2 }, b"abc"),
@@ -397,7 +442,10 @@ mod tests {
             },
             Clock::Real,
         ));
-        let mut rx = t.outbox().and_then(|o| o.take_receiver()).expect("receiver");
+        let mut rx = t
+            .outbox()
+            .and_then(|o| o.take_receiver())
+            .expect("receiver");
         let drained = Arc::new(AtomicU64::new(0));
         let d = Arc::clone(&drained);
         let pump = tokio::spawn(async move {
@@ -420,11 +468,17 @@ mod tests {
                     while !stop.load(Ordering::Relaxed) {
                         let k = ((n * 7 + w * 13) % 96) as i64; // more keys than slots: evictions too
                         if let Some(tr) = t.track(&KeyRef::Int(k)) {
-                            assert!(!tr.entry().is_dead(), "an entry died while a request held it");
+                            assert!(
+                                !tr.entry().is_dead(),
+                                "an entry died while a request held it"
+                            );
                             tr.entry().inc_gpc(0, tr.now());
                             tr.changed();
                             std::thread::yield_now();
-                            assert!(!tr.entry().is_dead(), "an entry died while a request held it");
+                            assert!(
+                                !tr.entry().is_dead(),
+                                "an entry died while a request held it"
+                            );
                         }
                         n += 1;
                     }
@@ -447,14 +501,21 @@ mod tests {
             if flagged == 0 {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "{flagged} entries flagged but never drained");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{flagged} entries flagged but never drained"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert!(drained.load(Ordering::Relaxed) > 0);
         // Nothing holds the entries: they all expire.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while t.used() > 0 {
-            assert!(std::time::Instant::now() < deadline, "{} entries never expired", t.used());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} entries never expired",
+                t.used()
+            );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         // Idle: the expiry task sleeps (a handful of wake-ups in 300 ms at most).

@@ -208,18 +208,24 @@ pub fn run(config: Arc<Runtime>, opts: RunOptions) -> Result<(), RunError> {
         };
     // Peers listeners: bound now so a taken port fails the start. A binary
     // upgrade's old process still holds them: the new one binds when it can.
-    let peers_listeners: Vec<Option<StdListener>> = match crate::peers::Peers::bind(&config.global.peers) {
-        Ok(ls) => ls.into_iter().map(Some).collect(),
-        Err((_, e)) if opts.upgrade_from.is_some() && e.kind() == std::io::ErrorKind::AddrInUse => {
-            config.global.peers.iter().map(|_| None).collect()
-        }
-        Err((spec, e)) => {
-            return Err(RunError::Startup(std::io::Error::new(
-                e.kind(),
-                format!("peers section {:?}: cannot bind {}: {e}", spec.name, spec.bind),
-            )));
-        }
-    };
+    let peers_listeners: Vec<Option<StdListener>> =
+        match crate::peers::Peers::bind(&config.global.peers) {
+            Ok(ls) => ls.into_iter().map(Some).collect(),
+            Err((_, e))
+                if opts.upgrade_from.is_some() && e.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                config.global.peers.iter().map(|_| None).collect()
+            }
+            Err((spec, e)) => {
+                return Err(RunError::Startup(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "peers section {:?}: cannot bind {}: {e}",
+                        spec.name, spec.bind
+                    ),
+                )));
+            }
+        };
     match &admin_listener {
         Some(AdminStd::Tcp(l)) => inventory.set_admin("tcp", l.as_fd()),
         Some(AdminStd::Unix(l)) => inventory.set_admin("unix", l.as_fd()),

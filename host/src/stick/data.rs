@@ -604,7 +604,14 @@ pub fn rate_to_wire(words: &[AtomicU64], slot: Slot, now: u64) -> (u32, u32, u32
 /// `elapsed` ms ago while ours are aligned on multiples of the period, so
 /// the counts are shifted between the two windows such that the rate read
 /// now is exactly the peer's; it then decays with our window.
-pub fn rate_from_wire(words: &[AtomicU64], slot: Slot, now: u64, elapsed: u32, curr: u32, prev: u32) {
+pub fn rate_from_wire(
+    words: &[AtomicU64],
+    slot: Slot,
+    now: u64,
+    elapsed: u32,
+    curr: u32,
+    prev: u32,
+) {
     let w = usize::from(slot.word);
     let (Some(a), Some(b)) = (words.get(w), words.get(w + 1)) else {
         return;

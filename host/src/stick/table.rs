@@ -354,9 +354,10 @@ impl StickTable {
             };
             write(&e, now);
             match self.meta.expire {
-                Some(exp) => e
-                    .expire
-                    .store(now.saturating_add(expire_ms.unwrap_or(exp)), Ordering::Relaxed),
+                Some(exp) => e.expire.store(
+                    now.saturating_add(expire_ms.unwrap_or(exp)),
+                    Ordering::Relaxed,
+                ),
                 None => e.touch(now),
             }
             if !e.state.is_dead() {
