@@ -506,6 +506,82 @@ async fn flapping_link_under_load_converges_without_spinning() {
     );
 }
 
+/// The link between two nodes goes down while node1 keeps counting; when it
+/// comes back, node1 pushes what node2 had not acknowledged (a catch-up from
+/// the last acknowledgement), so nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_back_after_an_outage_gets_what_it_had_not_acknowledged() {
+    let [w1, w2, a1, a2, p1, p2, r12, r21] = free_addrs();
+    let peers1 = vec![
+        MeshPeer {
+            name: "node1".into(),
+            addr: p1,
+        },
+        MeshPeer {
+            name: "node2".into(),
+            addr: r12,
+        },
+    ];
+    let peers2 = vec![
+        MeshPeer {
+            name: "node1".into(),
+            addr: r21,
+        },
+        MeshPeer {
+            name: "node2".into(),
+            addr: p2,
+        },
+    ];
+    let relay12 = Relay::start(r12, p2).await;
+    let relay21 = Relay::start(r21, p1).await;
+    let _n1 = Daemon::start(
+        &peer_node_config(w1, a1, "node1", &peers1, 1000, ""),
+        &[w1, a1, p1],
+    )
+    .await;
+    let _n2 = Daemon::start(
+        &peer_node_config(w2, a2, "node2", &peers2, 1000, ""),
+        &[w2, a2, p2],
+    )
+    .await;
+    eventually("connected", Duration::from_secs(15), || async {
+        node_peer(a1, "mesh", "node2").await["state"] == "established"
+    })
+    .await;
+    for _ in 0..2 {
+        assert_eq!(status(w1, "/inc").await, 200);
+    }
+    node_eq(a2, "gpc0", 2, "gpc0 on node2 before the outage").await;
+    eventually("node2 acknowledged", SPREAD, || async {
+        let p = node_peer(a1, "mesh", "node2").await;
+        p["acked"]["per_ip"].as_u64().is_some_and(|a| a >= 1)
+    })
+    .await;
+
+    relay12.down(true);
+    relay21.down(true);
+    eventually("the link is down", Duration::from_secs(10), || async {
+        node_peer(a1, "mesh", "node2").await["state"] != "established"
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(status(w1, "/inc").await, 200);
+    }
+    assert_eq!(node_value(a1, "per_ip", "127.0.0.1", "gpc0").await, Some(5));
+    assert_eq!(
+        node_value(a2, "per_ip", "127.0.0.1", "gpc0").await,
+        Some(2),
+        "node2 is cut off"
+    );
+
+    relay12.down(false);
+    relay21.down(false);
+    node_eq(a2, "gpc0", 5, "gpc0 on node2 after the outage").await;
+    let p = node_peer(a1, "mesh", "node2").await;
+    assert!(p["sessions"].as_u64() >= Some(2), "{p}");
+    assert!(p["catch_ups"].as_u64() >= Some(1), "pushed by a catch-up: {p}");
+}
+
 fn check(dir: &TempDir, text: &str) -> (bool, String) {
     let p = dir.write("peers.toml", text);
     let out = run_bin(

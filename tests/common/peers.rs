@@ -171,6 +171,7 @@ pub struct Relay {
     cut: watch::Sender<u64>,
     /// Connections relayed so far.
     pub accepted: Arc<AtomicU64>,
+    hold: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -187,11 +188,17 @@ impl Relay {
         let (cut, rx) = watch::channel(0u64);
         let accepted = Arc::new(AtomicU64::new(0));
         let acc = Arc::clone(&accepted);
+        let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let held = Arc::clone(&hold);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut a, _)) = l.accept().await else {
                     continue;
                 };
+                if held.load(Ordering::Relaxed) {
+                    // The link is down: the connection closes at once.
+                    continue;
+                }
                 acc.fetch_add(1, Ordering::Relaxed);
                 let mut rx = rx.clone();
                 rx.mark_unchanged();
@@ -213,7 +220,17 @@ impl Relay {
             addr,
             cut,
             accepted,
+            hold,
             task,
+        }
+    }
+
+    /// Takes the link down (`true`: every connection, new ones included, is
+    /// closed) or back up.
+    pub fn down(&self, down: bool) {
+        self.hold.store(down, Ordering::Relaxed);
+        if down {
+            self.cut();
         }
     }
 
