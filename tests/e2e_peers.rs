@@ -579,7 +579,56 @@ async fn a_peer_back_after_an_outage_gets_what_it_had_not_acknowledged() {
     node_eq(a2, "gpc0", 5, "gpc0 on node2 after the outage").await;
     let p = node_peer(a1, "mesh", "node2").await;
     assert!(p["sessions"].as_u64() >= Some(2), "{p}");
-    assert!(p["catch_ups"].as_u64() >= Some(1), "pushed by a catch-up: {p}");
+    assert!(
+        p["catch_ups"].as_u64() >= Some(1),
+        "pushed by a catch-up: {p}"
+    );
+}
+
+/// A reload keeps the table, its entries and its replication; changing the
+/// `[[peers]]` section is reported as needing a restart, and changing a
+/// table's `peers` starts that table empty (replicated as a new table).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_replication() {
+    let m = Mesh::new();
+    let n1 = m.node(0, 1000).await;
+    let _n2 = m.node(1, 1000).await;
+    m.connected_to(0, &["node2"]).await;
+    assert_eq!(status(m.webs[0], "/inc").await, 200);
+    node_eq(m.admins[1], "gpc0", 1, "gpc0 on node2").await;
+
+    // Same config plus a peer: the section change needs a restart, the table is kept.
+    let [extra] = free_addrs();
+    let text = m.node_config(0, 1000).replace(
+        "peer = [\n",
+        &format!("peer = [\n  {{ name = \"node9\", addr = \"{extra}\" }},\n"),
+    );
+    std::fs::write(&n1.config_path, text).expect("write config");
+    n1.signal(libc::SIGHUP);
+    let line = n1
+        .wait_stderr_line(Duration::from_secs(10), |l| {
+            l.contains("[[peers]] sections changed")
+        })
+        .await;
+    assert!(line.is_some(), "restart_required reported: {}", n1.stderr());
+    n1.wait_stderr_line(Duration::from_secs(10), |l| {
+        l.contains("reloaded: new requests")
+    })
+    .await
+    .expect("reloaded");
+    assert_eq!(
+        node_value(m.admins[0], "per_ip", "127.0.0.1", "gpc0").await,
+        Some(1),
+        "kept"
+    );
+    assert_eq!(status(m.webs[0], "/inc").await, 200);
+    node_eq(m.admins[1], "gpc0", 2, "pushed after the reload").await;
+    let doc = get(m.admins[0], "/peers").await.json();
+    assert_eq!(
+        doc["peers"][0]["peers"].as_array().map(Vec::len),
+        Some(2),
+        "still the started peers: {doc}"
+    );
 }
 
 fn check(dir: &TempDir, text: &str) -> (bool, String) {
