@@ -303,6 +303,8 @@ async fn hostile_peers_lose_only_their_connection() {
         || async { node_peer(m.admins[0], "mesh", "node2").await["state"] == "established" },
     )
     .await;
+    // Both nodes connect at once at start: let the collision settle first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let sessions = node_peer(m.admins[0], "mesh", "node2").await["sessions"].clone();
 
     assert_eq!(
@@ -325,7 +327,8 @@ async fn hostile_peers_lose_only_their_connection() {
     // A valid hello, then an update message whose length runs past the data
     // it carries, then one of the reserved class: HAProxy's protocol error (class 1, type 0).
     let (mut s, st) = hello(p1, "HAProxyS 2.1\nnode1\nrogue 1 1\n").await;
-    assert_eq!(st, "200\n");
+    // 200, possibly followed by our first messages (a resync request while node1 starts).
+    assert!(st.starts_with("200\n"), "{st:?}");
     // A table definition with a name that ends the message: malformed.
     s.write_all(&[10, 0x82, 3, 1, 5, b'x'])
         .await
@@ -346,7 +349,8 @@ async fn hostile_peers_lose_only_their_connection() {
 
     // A message over the size limit: "size limit reached" (class 1, type 1).
     let (mut s, st) = hello(p1, "HAProxyS 2.1\nnode1\nrogue 1 1\n").await;
-    assert_eq!(st, "200\n");
+    // 200, possibly followed by our first messages (a resync request while node1 starts).
+    assert!(st.starts_with("200\n"), "{st:?}");
     s.write_all(&[10, 0x80, 0xf0, 0xff, 0x7f])
         .await
         .expect("write");
