@@ -366,6 +366,29 @@ async fn hostile_peers_lose_only_their_connection() {
         "size limit message expected, got {got:?}"
     );
 
+    // Definitions of more tables than a session keeps (1024): a protocol error, not unbounded memory.
+    let (mut s, st) = hello(p1, "HAProxyS 2.1\nnode1\nrogue 1 1\n").await;
+    assert!(st.starts_with("200\n"), "{st:?}");
+    let mut defs = Vec::new();
+    for id in 1..=1025u64 {
+        let mut body = Vec::new();
+        portcullis::peers::proto::put_varint(&mut body, id);
+        body.extend_from_slice(&[1, b'x', 4, 4, 0, 0]);
+        portcullis::peers::proto::put_message(&mut defs, 0x82, &body);
+    }
+    let _ = s.write_all(&defs).await;
+    let mut got = Vec::new();
+    let _ = within(
+        "node1 closes the flooding session",
+        IO_TIMEOUT,
+        s.read_to_end(&mut got),
+    )
+    .await;
+    assert!(
+        got.windows(2).any(|w| w == [1, 0]),
+        "protocol error expected, got {got:?}"
+    );
+
     // A source address outside the allow-list gets no status at all.
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
     sock.bind("127.0.0.2:0".parse().expect("addr"))

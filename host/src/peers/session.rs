@@ -28,6 +28,8 @@ use crate::stick::{Entry, replica};
 
 /// Bytes buffered before the writer flushes in the middle of a long push.
 const FLUSH_AT: usize = 64 * 1024;
+/// Table definitions one session may hold (a peer defining more is hostile or broken).
+const MAX_REMOTE_TABLES: usize = 1024;
 
 /// What the reader tells the writer.
 #[derive(Debug)]
@@ -186,6 +188,9 @@ fn handle(
         class::STICK_TABLE => match f.kind {
             stkt::DEFINE => {
                 let d = proto::parse_definition(f.body)?;
+                if remotes.len() >= MAX_REMOTE_TABLES && !remotes.contains_key(&d.id) {
+                    return Err(ProtoError::Malformed("more than 1024 table definitions"));
+                }
                 let key = WireKey::from_wire(d.key_type, d.key_len);
                 let shared = section
                     .table_named(d.name)
