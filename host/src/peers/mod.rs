@@ -136,8 +136,9 @@ pub struct Peer {
     /// The session in force: its id and the notifier that ends it.
     current: Mutex<Option<(u64, Arc<Notify>)>>,
     next_session: AtomicU64,
-    /// The last update id this peer acknowledged, per table name (kept across sessions).
-    acked: Mutex<HashMap<Arc<str>, u32>>,
+    /// The last update id this peer acknowledged, per table id (kept across
+    /// sessions; by id, so a table redefined by a reload starts afresh).
+    acked: Mutex<HashMap<u64, u32>>,
     /// Wakes the connector when a session ends.
     ended: Notify,
     /// Set by a collision: the connector waits a random delay first (HAProxy's 50-2050 ms).
@@ -162,13 +163,13 @@ impl Peer {
         lock(&self.current).is_some()
     }
 
-    /// The last update id acknowledged for table `name`.
-    pub fn acked(&self, name: &str) -> Option<u32> {
-        lock(&self.acked).get(name).copied()
+    /// The last update id acknowledged for our table `table` (its wire id).
+    pub fn acked(&self, table: u64) -> Option<u32> {
+        lock(&self.acked).get(&table).copied()
     }
 
-    fn set_acked(&self, name: &Arc<str>, id: u32) {
-        lock(&self.acked).insert(Arc::clone(name), id);
+    fn set_acked(&self, table: u64, id: u32) {
+        lock(&self.acked).insert(table, id);
     }
 
     /// Makes a new session the one in force, ending the previous one (a
@@ -404,9 +405,13 @@ impl Section {
                     1 => "connecting",
                     _ => "idle",
                 };
-                let acked: serde_json::Map<String, Value> = lock(&p.acked)
+                let acked: serde_json::Map<String, Value> = self
+                    .tables()
                     .iter()
-                    .map(|(k, v)| (k.to_string(), json!(v)))
+                    .filter_map(|t| {
+                        p.acked(t.id)
+                            .map(|a| (t.table.name().to_string(), json!(a)))
+                    })
                     .collect();
                 json!({
                     "name": &*p.name,

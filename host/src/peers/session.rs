@@ -293,8 +293,8 @@ impl Out<'_> {
                         Some(Event::AckDue { table, update }) => proto::put_ack(&mut self.buf, table, update),
                         Some(Event::Ack { table, update }) => {
                             // HAProxy ignores acknowledgements while it pushes a resync.
-                            if !teaching && let Some(sh) = self.section.table_by_id(table) {
-                                self.peer.set_acked(&Arc::from(sh.table.name()), update);
+                            if !teaching && self.section.table_by_id(table).is_some() {
+                                self.peer.set_acked(table, update);
                             }
                         }
                         Some(Event::Control(control::RESYNC_REQUEST)) => {
@@ -408,7 +408,7 @@ impl Out<'_> {
     async fn catch_up(&mut self) -> Result<(), String> {
         let mut any = false;
         for sh in self.section.tables().iter() {
-            let acked = self.peer.acked(sh.table.name());
+            let acked = self.peer.acked(sh.id);
             let items = table::unacked(&sh.table, acked);
             let now = sh.table.now();
             for (id, e) in &items {
