@@ -4,6 +4,9 @@
 //! - `lookup_update`: the same plus one event counted in the rate;
 //! - `track`: what a `track_sc0` request costs: track (get-or-create,
 //!   reference, touch, counters), read the rate, record the outcome, release;
+//! - `track_rate_release_replicated`: the same on a table replicated with a
+//!   `[[peers]]` section (the change flag and the outbox queue; a thread
+//!   drains the queue as the peers pump does);
 //! - `insert_full`: insert a new key into a full table, evicting the oldest;
 //! - `clock_read` (1 thread): one read of the real clock.
 //!
@@ -22,6 +25,31 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis::stick::{Clock, DataRef, KeyRef, KeyType, Schema, StickTable, TableConfig};
 
 fn table(size: u64, expire: Option<u64>) -> Arc<StickTable> {
+    table_with(size, expire, None)
+}
+
+/// A table replicated with section `peers`, its outbox drained on a thread
+/// (clearing each entry's change flag, as the peers pump does).
+fn replicated(size: u64, expire: Option<u64>) -> Arc<StickTable> {
+    let t = table_with(size, expire, Some("mesh"));
+    let mut rx = t
+        .outbox()
+        .and_then(|o| o.take_receiver())
+        .expect("outbox receiver");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            while let Some(e) = rx.recv().await {
+                portcullis::stick::replica::take_dirty(&e);
+            }
+        });
+    });
+    t
+}
+
+fn table_with(size: u64, expire: Option<u64>, peers: Option<&str>) -> Arc<StickTable> {
     let schema = Schema::parse(&[
         "http_req_cnt",
         "http_req_rate(10s)",
@@ -39,6 +67,7 @@ fn table(size: u64, expire: Option<u64>) -> Arc<StickTable> {
             expire,
             nopurge: false,
             schema,
+            peers: peers.map(str::to_string),
         },
         Clock::Real,
     ))
@@ -118,6 +147,19 @@ fn bench_stick(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 threaded(threads, iters, &|_, _| {
                     if let Some(tr) = t.track(&ip(777)) {
+                        black_box(tr.entry().get(rate, tr.now()));
+                        tr.record_outcome(200, 0, 512);
+                    }
+                })
+            })
+        });
+
+        // The same on a replicated table: the difference is the replication cost.
+        let rt = replicated(1 << 16, Some(30_000));
+        g.bench_function("track_rate_release_replicated", |b| {
+            b.iter_custom(|iters| {
+                threaded(threads, iters, &|_, _| {
+                    if let Some(tr) = rt.track(&ip(777)) {
                         black_box(tr.entry().get(rate, tr.now()));
                         tr.record_outcome(200, 0, 512);
                     }

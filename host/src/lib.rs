@@ -26,6 +26,7 @@ pub mod harness;
 pub mod logging;
 pub mod lua;
 pub mod metrics;
+pub mod peers;
 pub mod plugin;
 pub mod proxy;
 pub mod resolve;

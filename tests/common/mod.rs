@@ -18,6 +18,7 @@ mod grpc;
 mod guests;
 mod h2server;
 mod haproxy;
+mod peers;
 mod plugins;
 
 // Each test target uses a part of the helpers: a re-export it leaves unused
@@ -44,6 +45,8 @@ pub use guests::*;
 pub use h2server::*;
 #[allow(unused_imports)]
 pub use haproxy::*;
+#[allow(unused_imports)]
+pub use peers::*;
 #[allow(unused_imports)]
 pub use plugins::*;
 

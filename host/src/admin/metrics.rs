@@ -274,6 +274,9 @@ pub fn render(shared: &Shared) -> String {
     for (name, kind, help, samples) in super::tables::metric_families(&config.tables) {
         f.family(name, kind, help, samples);
     }
+    if let Some(p) = crate::peers::running() {
+        p.metrics(&mut f);
+    }
     f.finish()
 }
 

@@ -47,6 +47,7 @@ const ENDPOINTS: &[&str] = &[
     "GET /tables[/<name>[/<key>]]",
     "POST|DELETE /tables/<name>/<key>, DELETE /tables/<name>",
     "POST /certificates/reload",
+    "GET /peers",
     "POST /logs/reopen",
 ];
 
@@ -206,6 +207,16 @@ pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> 
         crate::proxy::logsink::reopen();
         return json_response(StatusCode::OK, &json!({"reopen": "requested"}));
     }
+    if path == "/peers" {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": format!("{} is not allowed on {path}; use GET", req.method())}),
+            );
+        }
+        let sections = crate::peers::running().map_or(Value::Array(Vec::new()), |p| p.json());
+        return json_response(StatusCode::OK, &json!({ "peers": sections }));
+    }
     if !["/health", "/stats", "/metrics"].contains(&path) {
         return json_response(
             StatusCode::NOT_FOUND,
@@ -329,5 +340,6 @@ pub fn stats_json(shared: &Shared) -> Value {
         "reload": reload::stats_json(shared),
         "frontends": frontends,
         "backends": backends,
+        "peers": crate::peers::running().map_or(Value::Array(Vec::new()), |p| p.json()),
     })
 }

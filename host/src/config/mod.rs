@@ -14,6 +14,7 @@ mod errors;
 pub mod h2;
 pub mod logs;
 pub mod mailers;
+pub mod peers;
 pub mod resolvers;
 pub mod schema;
 pub mod stick;
@@ -101,6 +102,8 @@ pub struct Global {
     /// Global `maxconn`; `None`: derived from the open-file limit at start-up.
     pub maxconn: Option<usize>,
     pub timeouts: Timeouts,
+    /// `[[peers]]` sections (replication of stick tables; restart-only).
+    pub peers: Vec<Arc<peers::Section>>,
 }
 
 /// Resolved timeouts (see [`schema::RawTimeouts`] for their meaning).
@@ -384,8 +387,10 @@ impl Validator<'_> {
         &self,
         raw: &RawConfig,
     ) -> Result<(Global, Vec<Frontend>, Vec<Backend>), ConfigError> {
-        let global = self.global(&raw.global)?;
+        let mut global = self.global(&raw.global)?;
         let mailer_sections = self.mailers(&raw.mailers)?;
+        global.peers = peers::build(&raw.peers, self.source)?;
+        peers::check_tables(&raw.stick_table, &global.peers, self.source)?;
 
         let mut backend_ids: HashMap<String, usize> = HashMap::new();
         let mut backends = Vec::with_capacity(raw.backend.len());
@@ -525,6 +530,7 @@ impl Validator<'_> {
             max_headers,
             maxconn,
             timeouts,
+            peers: Vec::new(),
         })
     }
 

@@ -28,6 +28,9 @@ pub struct RawConfig {
     /// `[[resolvers]]`: HAProxy's `resolvers` sections (see `config/resolvers.rs`).
     #[serde(default)]
     pub resolvers: Vec<Spanned<super::resolvers::RawResolvers>>,
+    /// `[[peers]]`: HAProxy's `peers` sections (see `config/peers.rs`).
+    #[serde(default)]
+    pub peers: Vec<Spanned<super::peers::RawPeers>>,
 }
 
 /// `[[stick_table]]`: a table of per-key counters that rules, plugins and the admin API share.
@@ -49,6 +52,8 @@ pub struct RawStickTable {
     /// Stored data, e.g. `["http_req_rate(10s)", "gpc0", "conn_cur"]`.
     #[serde(default)]
     pub store: Vec<Spanned<String>>,
+    /// The `[[peers]]` section the table is replicated with (HAProxy's `peers`).
+    pub peers: Option<Spanned<String>>,
 }
 
 /// A count written as an integer or a string with a `k` / `m` / `g` suffix.

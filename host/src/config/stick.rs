@@ -98,6 +98,7 @@ fn table(t: &RawStickTable, source: &SourceMap) -> Result<TableConfig, ConfigErr
         expire,
         nopurge: t.nopurge.unwrap_or(false),
         schema,
+        peers: t.peers.as_ref().map(|p| p.get_ref().clone()),
     })
 }
 

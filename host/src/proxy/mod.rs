@@ -208,6 +208,26 @@ pub fn run(config: Arc<Runtime>, opts: RunOptions) -> Result<(), RunError> {
             }
             None => (None, None),
         };
+    // Peers listeners: bound now so a taken port fails the start. A binary
+    // upgrade's old process still holds them: the new one binds when it can.
+    let peers_listeners: Vec<Option<StdListener>> =
+        match crate::peers::Peers::bind(&config.global.peers) {
+            Ok(ls) => ls.into_iter().map(Some).collect(),
+            Err((_, e))
+                if opts.upgrade_from.is_some() && e.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                config.global.peers.iter().map(|_| None).collect()
+            }
+            Err((spec, e)) => {
+                return Err(RunError::Startup(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "peers section {:?}: cannot bind {}: {e}",
+                        spec.name, spec.bind
+                    ),
+                )));
+            }
+        };
     match &admin_listener {
         Some(AdminStd::Tcp(l)) => inventory.set_admin("tcp", l.as_fd()),
         Some(AdminStd::Unix(l)) => inventory.set_admin("unix", l.as_fd()),
@@ -266,11 +286,16 @@ pub fn run(config: Arc<Runtime>, opts: RunOptions) -> Result<(), RunError> {
     drop(switches);
     // Held only by the daemon from here, so a reload can drop it.
     let admin_settings = config.global.admin.clone();
+    let peers_specs = config.global.peers.clone();
     drop(config);
     let taken_over = Arc::new(tokio::sync::Notify::new());
     let upgraded = rt.block_on(async {
         // Health checks and expiry tasks live on the control runtime (expiry
         // tasks sleep until the earliest expiry, so they cost the workers nothing).
+        if !peers_specs.is_empty() {
+            let tables = Arc::clone(&daemon.current().config.tables);
+            crate::peers::Peers::start(&peers_specs, peers_listeners, &tables);
+        }
         daemon.start_tasks();
         tokio::spawn(logsink::reopen_on_sigusr1());
         if let (Some(l), Some(admin)) = (admin_listener, &admin_settings) {

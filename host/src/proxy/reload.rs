@@ -198,6 +198,9 @@ impl Daemon {
         tasks.health = super::health::spawn_all(&shared);
         // A kept table keeps its expiry task; a dropped one's stops.
         let tables = &shared.config.tables;
+        if let Some(p) = crate::peers::running() {
+            p.set_tables(tables);
+        }
         tasks.expiry.retain(|(t, h)| {
             let kept = tables.contains(t);
             if !kept {
@@ -477,6 +480,11 @@ fn restart_required(old: &Runtime, new: &Runtime) -> Vec<String> {
             },
         )
     };
+    if o.peers != n.peers {
+        out.push(
+            "[[peers]] sections changed: replication keeps its sections, addresses and peers until the next restart".to_string(),
+        );
+    }
     let (was, now) = (admin(&o.admin), admin(&n.admin));
     if was != now {
         out.push(

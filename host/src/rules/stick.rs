@@ -176,9 +176,21 @@ impl ScFetch {
             return match t.get_or_create(key) {
                 Ok(e) => {
                     e.touch(now);
-                    self.read(&e, now)
+                    let v = self.read(&e, now);
+                    crate::stick::replica::changed(&e);
+                    v
                 }
                 Err(_) => None,
+            };
+        }
+        if let What::ClrGpc(_) = self.what {
+            return match t.lookup(key) {
+                Some(e) => {
+                    let v = self.read(&e, now);
+                    crate::stick::replica::changed(&e);
+                    v
+                }
+                None => self.absent(),
             };
         }
         match t.with_entry(key, |e| self.read(e, now)) {
@@ -207,7 +219,13 @@ impl Fetch for ScFetch {
                         self.in_table(t, &e.key().as_ref())
                     }
                     // The phase's tick: no clock read after the first in a phase.
-                    _ => self.read(e, tr.now_in(txn.phase.into())),
+                    _ => {
+                        let v = self.read(e, tr.now_in(txn.phase.into()));
+                        if matches!(self.what, What::IncGpc(_) | What::ClrGpc(_)) {
+                            tr.changed();
+                        }
+                        v
+                    }
                 }
             }
             Source::Src => {
@@ -644,6 +662,7 @@ impl Gp {
                 }
             }
         }
+        t.changed();
         Flow::Continue
     }
 }

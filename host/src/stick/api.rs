@@ -253,6 +253,7 @@ impl<'a> Api<'a> {
         let e = self.create(t, &k)?;
         let now = t.now();
         e.touch(now);
+        super::replica::changed(&e);
         Ok(view(&e, now))
     }
 
@@ -294,6 +295,7 @@ impl<'a> Api<'a> {
         } else {
             e.sub(r, delta.unsigned_abs());
         }
+        super::replica::changed(&e);
         Ok(e.get(r, now).unwrap_or(0))
     }
 
@@ -318,6 +320,7 @@ impl<'a> Api<'a> {
             e.set(r, now, v);
         }
         e.touch(now);
+        super::replica::changed(&e);
         Ok(view(&e, now))
     }
 

@@ -192,6 +192,9 @@ pub struct Schema {
     gpc: Vec<Option<Slot>>,
     gpc_rate: Vec<Option<Slot>>,
     words: usize,
+    /// `gpt(n)`, `gpc(n)`, `gpc_rate(n,p)` were declared in their array form
+    /// (HAProxy replicates those as other data types than `gpt0`/`gpc0`...).
+    arrays: [bool; 3],
 }
 
 impl Schema {
@@ -236,9 +239,18 @@ impl Schema {
             };
             // (refs to add, period)
             let (refs, per): (Vec<DataRef>, u32) = match (name, args.as_slice()) {
-                ("gpc", [n]) => (arr(DataKind::Gpc, count(n)?), 0),
-                ("gpt", [n]) => (arr(DataKind::Gpt, count(n)?), 0),
-                ("gpc_rate", [n, p]) => (arr(DataKind::GpcRate, count(n)?), period(p)?),
+                ("gpc", [n]) => {
+                    s.arrays[1] = true;
+                    (arr(DataKind::Gpc, count(n)?), 0)
+                }
+                ("gpt", [n]) => {
+                    s.arrays[0] = true;
+                    (arr(DataKind::Gpt, count(n)?), 0)
+                }
+                ("gpc_rate", [n, p]) => {
+                    s.arrays[2] = true;
+                    (arr(DataKind::GpcRate, count(n)?), period(p)?)
+                }
                 ("gpc" | "gpt", _) => {
                     return Err((i, format!("{name} needs an array size, e.g. \"{name}(2)\"")));
                 }
@@ -314,6 +326,16 @@ impl Schema {
             }
         }
         Ok(s)
+    }
+
+    /// Whether `kind` (`Gpt`, `Gpc` or `GpcRate`) was declared in its array form.
+    pub fn array_form(&self, kind: DataKind) -> bool {
+        match kind {
+            DataKind::Gpt => self.arrays[0],
+            DataKind::Gpc => self.arrays[1],
+            DataKind::GpcRate => self.arrays[2],
+            _ => false,
+        }
     }
 
     /// Number of `u64` words an entry needs.
@@ -554,6 +576,74 @@ pub fn rate_read(a: &AtomicU64, b: &AtomicU64, period: u32, now: u64) -> u32 {
     let elapsed = now % period;
     let from_prev = u64::from(prev) * (period - elapsed) / period;
     u32::try_from(u64::from(curr) + from_prev).unwrap_or(u32::MAX)
+}
+
+/// A rate as HAProxy's peers protocol sends it at tick `now`: ms since its
+/// current period started, the current period's count, the previous one's.
+pub fn rate_to_wire(words: &[AtomicU64], slot: Slot, now: u64) -> (u32, u32, u32) {
+    let w = usize::from(slot.word);
+    let (Some(a), Some(b)) = (words.get(w), words.get(w + 1)) else {
+        return (u32::MAX, 0, 0);
+    };
+    let period = u64::from(slot.period.max(1));
+    let (ai, c) = unpack(a.load(Relaxed));
+    let (bi, p) = unpack(b.load(Relaxed));
+    let idx = window(now, slot.period.max(1));
+    // Windows behind: a later clock on another thread counts as "now".
+    let behind = (idx.wrapping_sub(ai) as i32).max(0) as u64;
+    let elapsed = behind
+        .saturating_mul(period)
+        .saturating_add(now % period)
+        .min(u64::from(u32::MAX));
+    let prev = if bi == ai.wrapping_sub(1) { p } else { 0 };
+    (elapsed as u32, c, prev)
+}
+
+/// Sets a rate from HAProxy's wire form received at tick `now` (a peer's
+/// push overwrites the local value, as in HAProxy). The peer's periods start
+/// `elapsed` ms ago while ours are aligned on multiples of the period, so
+/// the counts are shifted between the two windows such that the rate read
+/// now is exactly the peer's; it then decays with our window.
+pub fn rate_from_wire(
+    words: &[AtomicU64],
+    slot: Slot,
+    now: u64,
+    elapsed: u32,
+    curr: u32,
+    prev: u32,
+) {
+    let w = usize::from(slot.word);
+    let (Some(a), Some(b)) = (words.get(w), words.get(w + 1)) else {
+        return;
+    };
+    let period = u64::from(slot.period.max(1));
+    let e = u64::from(elapsed);
+    let (curr, prev, e) = if e >= 2 * period {
+        (0, 0, 0)
+    } else if e >= period {
+        (0, u64::from(curr), e - period)
+    } else {
+        (u64::from(curr), u64::from(prev), e)
+    };
+    let el = now % period;
+    let (c2, p2) = if el <= e {
+        (curr, prev * (period - e) / (period - el))
+    } else {
+        (curr + prev * (el - e) / period, prev)
+    };
+    let idx = window(now, slot.period.max(1));
+    let sat = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    b.store(pack(idx.wrapping_sub(1), sat(p2)), Relaxed);
+    a.store(pack(idx, sat(c2)), Relaxed);
+}
+
+/// Stores a counter pushed by a peer (no rate: see [`rate_from_wire`]).
+pub fn counter_from_wire(words: &[AtomicU64], slot: Slot, v: u64) {
+    if slot.period == 0
+        && let Some(a) = words.get(usize::from(slot.word))
+    {
+        a.store(v, Relaxed);
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::data::{self, DataRef, Slot};
 use super::key::Key;
@@ -114,6 +114,11 @@ pub struct Entry {
     /// Tick of this entry's node in the expiry index (lets a delete find the node).
     pub(crate) queued: AtomicU64,
     pub(crate) words: Box<[AtomicU64]>,
+    /// Set when a local change awaits its push to the peers (replicated
+    /// tables only; see [`super::replica`]).
+    pub(crate) dirty: AtomicBool,
+    /// The update id of the entry's last push to the peers (0: never pushed from here).
+    pub(crate) upd: AtomicU32,
 }
 
 impl fmt::Debug for Entry {
@@ -138,6 +143,8 @@ impl Entry {
             expire: AtomicU64::new(expire),
             queued: AtomicU64::new(expire),
             words,
+            dirty: AtomicBool::new(false),
+            upd: AtomicU32::new(0),
         }
     }
 
@@ -149,6 +156,16 @@ impl Entry {
     /// The key as text, as `show table` prints it.
     pub fn key_text(&self) -> String {
         self.meta.key_type.format(self.key.as_ref())
+    }
+
+    /// The raw value words (read and written by the peers codec).
+    pub(crate) fn words(&self) -> &[AtomicU64] {
+        &self.words
+    }
+
+    /// Whether the entry has left its table (expired, evicted or deleted).
+    pub fn is_dead(&self) -> bool {
+        self.state.is_dead()
     }
 
     /// In-flight references (requests tracking this entry).

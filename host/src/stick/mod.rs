@@ -6,6 +6,7 @@
 //! - [`entry`]: an entry and its reference-count / DEAD state machine.
 //! - [`table`]: the table (lock-free map + expiry index), eviction, tracking.
 //! - [`expiry`]: the task that reaps expired entries without ever spinning.
+//! - [`replica`]: the hook that queues local changes for the peers (`crate::peers`).
 //! - [`api`]: the one operation set that the admin API, Lua and Wasm bind.
 //!
 //! Tables are created when the config loads and live in
@@ -17,6 +18,7 @@ pub mod data;
 pub mod entry;
 pub mod expiry;
 pub mod key;
+pub mod replica;
 pub mod table;
 pub mod track;
 

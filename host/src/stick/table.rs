@@ -43,6 +43,8 @@ pub struct Meta {
     /// Entry lifetime after its last use, in ms; `None`: entries never expire.
     pub expire: Option<u64>,
     pub clock: Clock,
+    /// Where local changes go to be pushed to the peers (`peers = "..."`).
+    pub outbox: Option<Arc<super::replica::Outbox>>,
 }
 
 /// A table's settings, as validated from the config.
@@ -57,6 +59,8 @@ pub struct TableConfig {
     /// Refuse new keys when full instead of evicting.
     pub nopurge: bool,
     pub schema: Schema,
+    /// The `[[peers]]` section the table is replicated with, if any.
+    pub peers: Option<String>,
 }
 
 /// Event counters of a table (for metrics).
@@ -169,6 +173,17 @@ impl StickTable {
             && self.meta.expire == other.meta.expire
             && self.size == other.size
             && self.nopurge == other.nopurge
+            && self.peers() == other.peers()
+    }
+
+    /// The `[[peers]]` section this table is replicated with.
+    pub fn peers(&self) -> Option<&str> {
+        self.meta.outbox.as_ref().map(|o| &*o.section)
+    }
+
+    /// The replication outbox (replicated tables only).
+    pub fn outbox(&self) -> Option<&Arc<super::replica::Outbox>> {
+        self.meta.outbox.as_ref()
     }
 
     pub fn new(cfg: TableConfig, clock: Clock) -> StickTable {
@@ -179,6 +194,9 @@ impl StickTable {
                 schema: cfg.schema,
                 expire: cfg.expire,
                 clock,
+                outbox: cfg
+                    .peers
+                    .map(|p| Arc::new(super::replica::Outbox::new(Arc::from(p.as_str())))),
             }),
             size: cfg.size,
             nopurge: cfg.nopurge,
@@ -316,6 +334,40 @@ impl StickTable {
         Err(Refused::Full)
     }
 
+    /// Applies a peer's update of `key` (HAProxy's `stktable_touch_remote`):
+    /// finds or creates the entry (a full table evicts or refuses as for any
+    /// insert), lets `write` store the pushed values at tick `now`, and sets
+    /// the expiry date to `expire_ms` from now (the table's own `expire` when
+    /// the update has none). The entry is not marked as changed locally, so
+    /// it is not pushed back. False if the table refused the key.
+    pub fn apply_remote(
+        &self,
+        key: &KeyRef<'_>,
+        expire_ms: Option<u64>,
+        write: impl Fn(&Entry, u64),
+    ) -> bool {
+        let now = self.now();
+        // Bounded: each retry means the entry was killed while being written.
+        for _ in 0..4 {
+            let Ok(e) = self.get_or_create_at(key, Some(now)) else {
+                return false;
+            };
+            write(&e, now);
+            match self.meta.expire {
+                Some(exp) => e.expire.store(
+                    now.saturating_add(expire_ms.unwrap_or(exp)),
+                    Ordering::Relaxed,
+                ),
+                None => e.touch(now),
+            }
+            if !e.state.is_dead() {
+                return true;
+            }
+            self.unlink(&e);
+        }
+        false
+    }
+
     /// Tracks `key` for one request: takes a reference (the entry cannot
     /// leave the table until it is dropped), touches the entry and counts the
     /// request (`http_req_*`, `conn_*`, `sess_*`, `conn_cur` + 1).
@@ -339,6 +391,7 @@ impl StickTable {
                 ] {
                     e.add(d(k), now, 1);
                 }
+                super::replica::changed(&e);
                 return Some(Tracked {
                     entry: e,
                     tick: AtomicU64::new(stamp(TickPhase::Request, now)),
@@ -601,6 +654,13 @@ impl Tracked {
         now
     }
 
+    /// Tells the peers the entry changed (after a rule or fetch wrote to it
+    /// through [`Tracked::entry`]); nothing for a table that is not replicated.
+    #[inline]
+    pub fn changed(&self) {
+        super::replica::changed(&self.entry);
+    }
+
     /// Records how the exchange ended: `http_err_*` on 4xx, `http_fail_*` on
     /// 5xx other than 501 and 505 (HAProxy's definition), `bytes_*`.
     pub fn record_outcome(&self, status: u16, bytes_in: u64, bytes_out: u64) {
@@ -636,5 +696,6 @@ impl Drop for Tracked {
         self.entry.sub(d(DataKind::ConnCur), 1);
         self.entry.touch(now);
         self.entry.state.release();
+        super::replica::changed(&self.entry);
     }
 }

@@ -24,6 +24,7 @@ fn table(
             expire,
             nopurge,
             schema: Schema::parse(store).expect("schema"),
+            peers: None,
         },
         clock,
     ))
