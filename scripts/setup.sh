@@ -2,7 +2,8 @@
 # Installs what a fresh machine lacks for building and testing portcullis:
 # wasm targets for plugins, Debian packages the tests and benchmarks use
 # (haproxy for side-by-side comparisons, wrk for load, nginx-light, curl and openssl,
-# python3-websockets for the WebSocket tests and bench scenario),
+# python3-websockets for the WebSocket tests and bench scenario, valgrind
+# for bench/instructions),
 # and the toolchains of the non-Rust Proxy-Wasm guests (tests/e2e_wasm_sdks.rs):
 # clang + lld + wasi-libc + the wasm32 compiler-rt builtins for C (and libc++
 # with libc++abi for wasm32 for C++), Node.js and
@@ -37,6 +38,10 @@ compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a" 
 # WebSocket tests (tests/e2e_websocket.rs): a real client and server, Python
 # `websockets` from Debian, run with Debian's /usr/bin/python3.
 /usr/bin/python3 -c 'import websockets' >/dev/null 2>&1 || need+=(python3 python3-websockets)
+# bench/instructions counts instructions per request under callgrind
+# (VMs often have no hardware counters for `perf stat`); callgrind_control
+# ships in the same package.
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 # AssemblyScript guests: Node.js (>= 18) and npm, from Debian if missing.
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
