@@ -184,9 +184,12 @@ fn every_scenario_config_passes_both_checks() {
             .expect("spawn python3 bench/run");
         // One config per access-log mode (`--logs both`, the default), or
         // the plain name with one mode.
-        let wrote_baseline = ["portcullis-baseline.toml", "portcullis-baseline-logs-off.toml"]
-            .iter()
-            .any(|f| out.join("configs").join(f).is_file());
+        let wrote_baseline = [
+            "portcullis-baseline.toml",
+            "portcullis-baseline-logs-off.toml",
+        ]
+        .iter()
+        .any(|f| out.join("configs").join(f).is_file());
         let _ = std::fs::remove_dir_all(&out);
         assert!(
             result.status.success(),

@@ -96,6 +96,9 @@ pub struct Global {
     pub max_headers: usize,
     /// Global `maxconn`; `None`: derived from the open-file limit at start-up.
     pub maxconn: Option<usize>,
+    /// `wasm_cache` as written (opened by the assembly step, relative to the
+    /// config file, when some plugin is a Wasm module).
+    pub wasm_cache: Option<Spanned<String>>,
     pub timeouts: Timeouts,
 }
 
@@ -460,6 +463,7 @@ impl Validator<'_> {
             max_header_size,
             max_headers,
             maxconn,
+            wasm_cache: g.wasm_cache.clone(),
             timeouts,
         })
     }

@@ -30,6 +30,7 @@ pub fn load_plugins(
     pause_timeout: Duration,
     used: &HashSet<String>,
     code: &mut crate::plugin::code::CodeFiles,
+    cache: Option<&super::cache::ModuleCache>,
 ) -> Result<Vec<Arc<WasmPlugin>>, ConfigError> {
     let upstreams: HashMap<String, SocketAddr> = backends
         .iter()
@@ -107,7 +108,7 @@ pub fn load_plugins(
                 out.push(plugin);
             }
             None => {
-                let plugin = WasmPlugin::compile(&bytes, spec).map_err(load_err)?;
+                let plugin = WasmPlugin::compile_cached(&bytes, spec, cache).map_err(load_err)?;
                 vms.push(Vm {
                     key,
                     members: vec![out.len()],
