@@ -22,6 +22,7 @@ use crate::rules::RuleEnv;
 /// Loads every `[[plugin]]` that has `wasm =` (the others are Lua's).
 /// `used` names the plugins some `{ wasm = "<name>" }` rule runs; the
 /// others are singleton services (see [`PluginSpec::root_only`]).
+#[allow(clippy::too_many_arguments)] // the assembly step's inputs, each used once
 pub fn load_plugins(
     raw: &[Spanned<RawPlugin>],
     source: &SourceMap,
