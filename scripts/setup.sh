@@ -3,7 +3,8 @@
 # wasm targets for plugins, Debian packages the tests and benchmarks use
 # (haproxy for side-by-side comparisons, wrk for load, nginx-light, curl and openssl,
 # python3-websockets for the WebSocket tests and bench scenario, python3-grpcio
-# for the gRPC tests and the Proxy-Wasm gRPC calls' server, nghttp2-client's h2load for the gRPC bench scenario),
+# for the gRPC tests and the Proxy-Wasm gRPC calls' server, nghttp2-client's h2load
+# for the gRPC bench scenario, valgrind for bench/instructions),
 # and the toolchains of the non-Rust Proxy-Wasm guests (tests/e2e_wasm_sdks.rs):
 # clang + lld + wasi-libc + the wasm32 compiler-rt builtins for C (and libc++
 # with libc++abi for wasm32 for C++), Node.js and
@@ -43,6 +44,10 @@ compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a" 
 /usr/bin/python3 -c 'import grpc' >/dev/null 2>&1 || need+=(python3 python3-grpcio)
 # gRPC bench scenario: h2load (HTTP/2 load generator) from nghttp2-client.
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+# bench/instructions counts instructions per request under callgrind
+# (VMs often have no hardware counters for `perf stat`); callgrind_control
+# ships in the same package.
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 # AssemblyScript guests: Node.js (>= 18) and npm, from Debian if missing.
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)

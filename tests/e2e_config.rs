@@ -702,3 +702,102 @@ fn version_and_help_say_what_was_built_and_where_to_look() {
     assert!(out.stdout.contains("PORTCULLIS_LOG"), "{}", out.stdout);
     assert!(out.stdout.contains("docs/CONFIG.md"), "{}", out.stdout);
 }
+
+// ---------------------------------------------------------------------------
+// wasm_cache: the compiled-module cache, filled by `check`, used by `run`
+// ---------------------------------------------------------------------------
+
+const GOOD_WAT: &str = include_str!("fixtures/wasm/good.wat");
+
+/// A config with one Wasm plugin on the request path and `wasm_cache`.
+fn wasm_cache_config(dir: &TempDir, cache: &str) -> (std::path::PathBuf, Ports) {
+    let wat = dir.write("good.wat", GOOD_WAT);
+    let ports = Ports::new();
+    let text = format!(
+        "[global]\nworkers = 1\naccess_log = \"off\"\nwasm_cache = \"{cache}\"\n\n\
+         [[plugin]]\nname = \"good\"\nwasm = \"{}\"\n\n\
+         [[frontend]]\nname = \"web\"\nbind = \"{}\"\nhttp_request = [\n  {{ wasm = \"good\" }},\n  \
+         {{ return = 200, body = \"ok\" }},\n]\n",
+        wat.display(),
+        ports.web
+    );
+    (dir.write("cache.toml", &text), ports)
+}
+
+fn images(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(std::path::PathBuf, u64)> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .map(|p| {
+            let ino = std::fs::metadata(&p).expect("image metadata").ino();
+            (p, ino)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn wasm_cache_is_filled_once_then_mapped() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("wasm-cache");
+    // Relative to the config file, created private.
+    let (path, ports) = wasm_cache_config(&dir, "cache/modules");
+    let cache = dir.path().join("cache/modules");
+    let arg = path.to_str().expect("utf-8 path");
+    let out = run_bin(&["check", "-c", arg], Duration::from_secs(60));
+    assert!(
+        out.status.expect("check finished").success(),
+        "check failed: {}",
+        out.stderr
+    );
+    let first = images(&cache);
+    assert_eq!(first.len(), 1, "one compiled image after check: {first:?}");
+    let mode = std::fs::metadata(&cache)
+        .expect("cache dir")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700, "the cache directory is created private");
+    // A second load maps the image instead of compiling and writing again.
+    let out = run_bin(&["check", "-c", arg], Duration::from_secs(60));
+    assert!(
+        out.status.expect("check finished").success(),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(images(&cache), first, "the image was not rewritten");
+    // The daemon runs the plugin from the cached image.
+    let text = std::fs::read_to_string(&path).expect("config");
+    let _d = Daemon::start(&text, &[ports.web]).await;
+    let r = get(ports.web, "/").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(images(&cache), first, "run used the same image");
+}
+
+#[test]
+fn wasm_cache_others_can_write_is_a_config_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("wasm-cache-open");
+    let (path, _ports) = wasm_cache_config(&dir, "shared");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let out = run_bin(
+        &["check", "-c", path.to_str().expect("utf-8 path")],
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.expect("check finished").success());
+    assert!(
+        out.stderr.contains("cache.toml:4:")
+            && out.stderr.contains("wasm_cache")
+            && out.stderr.contains("writable by other users"),
+        "want a located error naming the key and the fix: {}",
+        out.stderr
+    );
+}

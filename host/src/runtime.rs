@@ -257,6 +257,15 @@ pub fn assemble_with(
         })
         .filter_map(|r| r.get_ref().wasm.as_ref().map(|w| w.get_ref().clone()))
         .collect();
+    let wasm_cache = match &global.wasm_cache {
+        Some(dir) if plugins.iter().any(|p| p.get_ref().wasm.is_some()) => {
+            let path = config::resolve_path(source.file(), dir.get_ref());
+            Some(crate::wasm::cache::ModuleCache::open(&path).map_err(|e| {
+                source.error(dir.span(), format!("wasm_cache {}: {e}", path.display()))
+            })?)
+        }
+        _ => None,
+    };
     let wasm = Arc::new(crate::wasm::WasmHost {
         plugins: crate::wasm::config::load_plugins(
             &plugins,
@@ -268,6 +277,7 @@ pub fn assemble_with(
             global.timeouts.server,
             &wasm_used,
             &mut code,
+            wasm_cache.as_ref(),
         )?,
     });
     let hosts: Vec<Arc<dyn PluginHost>> = vec![Arc::clone(&lua) as Arc<dyn PluginHost>, wasm];

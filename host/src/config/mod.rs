@@ -101,6 +101,9 @@ pub struct Global {
     pub max_headers: usize,
     /// Global `maxconn`; `None`: derived from the open-file limit at start-up.
     pub maxconn: Option<usize>,
+    /// `wasm_cache` as written (opened by the assembly step, relative to the
+    /// config file, when some plugin is a Wasm module).
+    pub wasm_cache: Option<Spanned<String>>,
     pub timeouts: Timeouts,
     /// `[[peers]]` sections (replication of stick tables; restart-only).
     pub peers: Vec<Arc<peers::Section>>,
@@ -529,6 +532,7 @@ impl Validator<'_> {
             max_header_size,
             max_headers,
             maxconn,
+            wasm_cache: g.wasm_cache.clone(),
             timeouts,
             peers: Vec::new(),
         })

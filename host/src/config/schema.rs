@@ -157,6 +157,9 @@ pub struct RawGlobal {
     /// Most client connections open at once over all frontends (HAProxy's
     /// global `maxconn`); absent: derived from the open-file limit.
     pub maxconn: Option<Spanned<i64>>,
+    /// Directory for compiled Wasm modules (loaded from there on the next
+    /// start instead of compiled again); absent: no cache.
+    pub wasm_cache: Option<Spanned<String>>,
     #[serde(default)]
     pub timeout: RawTimeouts,
 }

@@ -1152,19 +1152,22 @@ fn client_ip_value(client: SocketAddr) -> HeaderValue {
 /// Appends the client address to X-Forwarded-For and sets X-Forwarded-Proto.
 /// `ip` is the client address, computed once per connection.
 fn add_forwarded(headers: &mut HeaderMap, ip: &HeaderValue, https: bool) {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    if headers.contains_key(&xff) {
-        let mut joined: Vec<u8> = Vec::with_capacity(64);
-        for v in headers.get_all(&xff) {
-            joined.extend_from_slice(v.as_bytes());
-            joined.extend_from_slice(b", ");
+    // One hashed lookup for "is there one?" and the insertion (an entry).
+    match headers.entry(HeaderName::from_static("x-forwarded-for")) {
+        header::Entry::Occupied(mut e) => {
+            let mut joined: Vec<u8> = Vec::with_capacity(64);
+            for v in e.iter() {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(ip.as_bytes());
+            if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+                e.insert(v);
+            }
         }
-        joined.extend_from_slice(ip.as_bytes());
-        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
-            headers.insert(xff, v);
+        header::Entry::Vacant(e) => {
+            e.insert(ip.clone());
         }
-    } else {
-        headers.insert(xff, ip.clone());
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),

@@ -247,8 +247,19 @@ const KEPT_OPTIONS: [&str; 10] = [
 /// §7.6.1). Run on the received message, before any rule, so the sender
 /// cannot remove headers that rules set or the proxy adds (`X-Forwarded-For`).
 pub fn remove_connection_options(headers: &mut HeaderMap) {
-    // Most messages have no Connection header: one lookup.
-    if !headers.contains_key(header::CONNECTION) {
+    let names_other = |line: &HeaderValue| {
+        line.as_bytes().split(|&b| b == b',').any(|name| {
+            let name = name.trim_ascii();
+            !name.is_empty()
+                && !KEPT_OPTIONS
+                    .iter()
+                    .any(|k| name.eq_ignore_ascii_case(k.as_bytes()))
+        })
+    };
+    // Most messages have no Connection header, or one with only `close` /
+    // `keep-alive` (every keep-alive response from nginx): one lookup, no
+    // copy, nothing removed.
+    if !headers.get_all(header::CONNECTION).iter().any(names_other) {
         return;
     }
     // "connection" is kept, so the lines stay where they are while options go.
@@ -287,22 +298,30 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 /// Removes the hop-by-hop headers before a message is forwarded; hyper frames
 /// the body anew on the other side.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of these: one pass over the names (cheap
-    // comparisons of standard headers) avoids six hashed removals.
-    let present = headers
-        .keys()
-        .any(|k| *k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k));
-    if !present {
-        return;
+    // One pass over the names (cheap comparisons of standard headers) notes
+    // which are present: most messages carry none, a keep-alive response
+    // `Connection` only, so one hashed removal instead of seven (about
+    // 1,000 instructions per proxied response, bench/instructions).
+    let mut present = 0u8;
+    let mut chunked = false;
+    for k in headers.keys() {
+        if *k == header::TRANSFER_ENCODING {
+            chunked = true;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        }
     }
-    if headers.remove(header::TRANSFER_ENCODING).is_some() {
+    if chunked {
+        headers.remove(header::TRANSFER_ENCODING);
         // Transfer-Encoding wins over a Content-Length in the same message
         // (RFC 9112 §6.3, HAProxy): hyper read the body by its chunks, so the
         // length would be wrong for what is forwarded.
         headers.remove(header::CONTENT_LENGTH);
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
     }
 }
 
@@ -481,5 +500,38 @@ mod tests {
         let mut h = headers(&[("content-length", "5"), ("x-keep", "yes")]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 2, "a plain length stays");
+        // Only some present (a keep-alive response): those go, the rest stays,
+        // repeated lines included.
+        let mut h = headers(&[
+            ("connection", "keep-alive"),
+            ("content-length", "2"),
+            ("upgrade", "a"),
+            ("upgrade", "b"),
+            ("x-keep", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h.contains_key("content-length") && h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn connection_with_only_kept_options_changes_nothing() {
+        let mut h = headers(&[
+            ("connection", "keep-alive"),
+            ("connection", " close ,"),
+            ("keep-alive", "timeout=5"),
+            ("x-keep", "yes"),
+        ]);
+        let before = h.clone();
+        remove_connection_options(&mut h);
+        assert_eq!(h, before);
+        // A later line that names another header still counts.
+        let mut h = headers(&[
+            ("connection", "keep-alive"),
+            ("connection", "x-gone"),
+            ("x-gone", "1"),
+        ]);
+        remove_connection_options(&mut h);
+        assert!(!h.contains_key("x-gone") && h.contains_key("connection"));
     }
 }

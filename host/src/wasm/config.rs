@@ -22,6 +22,7 @@ use crate::rules::RuleEnv;
 /// Loads every `[[plugin]]` that has `wasm =` (the others are Lua's).
 /// `used` names the plugins some `{ wasm = "<name>" }` rule runs; the
 /// others are singleton services (see [`PluginSpec::root_only`]).
+#[allow(clippy::too_many_arguments)] // the assembly step's inputs, each used once
 pub fn load_plugins(
     raw: &[Spanned<RawPlugin>],
     source: &SourceMap,
@@ -30,6 +31,7 @@ pub fn load_plugins(
     pause_timeout: Duration,
     used: &HashSet<String>,
     code: &mut crate::plugin::code::CodeFiles,
+    cache: Option<&super::cache::ModuleCache>,
 ) -> Result<Vec<Arc<WasmPlugin>>, ConfigError> {
     let upstreams: HashMap<String, SocketAddr> = backends
         .iter()
@@ -115,7 +117,7 @@ pub fn load_plugins(
                 out.push(plugin);
             }
             None => {
-                let plugin = WasmPlugin::compile(&bytes, spec).map_err(load_err)?;
+                let plugin = WasmPlugin::compile_cached(&bytes, spec, cache).map_err(load_err)?;
                 vms.push(Vm {
                     key,
                     members: vec![out.len()],

@@ -3,6 +3,7 @@
 //!
 //! - [`engine`]: the one `wasmtime::Engine` (epoch interruption) and its ticker thread.
 //! - [`module`]: [`WasmPlugin::compile`]: validate, link, check exports, `InstancePre`.
+//! - [`cache`]: the compiled-module cache (`[global] wasm_cache`).
 //! - [`memory`]: THE checked guest-memory helper every host call goes through.
 //! - [`abi`]: host functions, grouped by area (Proxy-Wasm, WASI preview1, `portcullis_v1`).
 //! - [`shared`]: process-wide plugin state: shared data (CAS), shared queues, metrics.
@@ -17,6 +18,7 @@
 
 pub mod abi;
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod filter;

@@ -8,6 +8,7 @@ use std::sync::{Arc, LazyLock};
 use wasmtime::{Engine, ExternType, FuncType, InstancePre, Linker, Module, Store, ValType};
 
 use super::PluginSpec;
+use super::cache::ModuleCache;
 use super::instance::{HostState, PluginInstance, PluginShared, PluginStats};
 
 /// Why a module cannot be loaded.
@@ -337,18 +338,39 @@ impl WasmPlugin {
     /// checks every import is provided and every known export has the ABI's
     /// signature, pre-links, and runs one instance through start-up.
     pub fn compile(bytes: &[u8], spec: PluginSpec) -> Result<WasmPlugin, WasmLoadError> {
-        let plugin = Self::compile_unchecked(bytes, spec)?;
+        Self::compile_cached(bytes, spec, None)
+    }
+
+    /// [`WasmPlugin::compile`], taking the compiled module from `cache`
+    /// when it has it (and storing it there when not).
+    pub fn compile_cached(
+        bytes: &[u8],
+        spec: PluginSpec,
+        cache: Option<&ModuleCache>,
+    ) -> Result<WasmPlugin, WasmLoadError> {
+        let plugin = Self::compile_with(bytes, spec, cache)?;
         plugin.check_start()?;
         Ok(plugin)
     }
 
     /// Like [`WasmPlugin::compile`] but without the start-up run and HTTP-context checks.
     pub fn compile_unchecked(bytes: &[u8], spec: PluginSpec) -> Result<WasmPlugin, WasmLoadError> {
+        Self::compile_with(bytes, spec, None)
+    }
+
+    fn compile_with(
+        bytes: &[u8],
+        spec: PluginSpec,
+        cache: Option<&ModuleCache>,
+    ) -> Result<WasmPlugin, WasmLoadError> {
         let engine = super::engine::engine().map_err(WasmLoadError::Engine)?;
         let linker = LINKER
             .as_ref()
             .map_err(|e| WasmLoadError::Engine(e.clone()))?;
-        let module = parse_module(engine, bytes)?;
+        let module = match cache {
+            Some(c) => c.get_or_compile(engine, bytes, || parse_module(engine, bytes))?,
+            None => parse_module(engine, bytes)?,
+        };
         let abi = AbiVersion::detect(&module)?;
         let shared = Arc::new(PluginShared {
             shared_data: super::shared::shared_data(&spec.vm_id),
