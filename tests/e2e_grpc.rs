@@ -9,7 +9,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
@@ -21,66 +21,20 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(10);
-/// Debian's interpreter, where python3-grpcio lives.
-const PYTHON: &str = "/usr/bin/python3";
 
 fn peer_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/grpc_peer.py")
 }
 
-/// Fails (never skips) when the Python gRPC library is missing.
 fn require_grpcio() {
-    let ok = Command::new(PYTHON)
-        .args(["-c", "import grpc"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{PYTHON} with the `grpc` module is required (Debian's python3-grpcio); install it with `bash scripts/setup.sh`"
-    );
+    require_python_module("grpc", "python3-grpcio");
 }
 
-/// The Python gRPC server, killed on drop.
-struct GrpcServer {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for GrpcServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl GrpcServer {
-    async fn start(tls: Option<(&Path, &Path)>) -> GrpcServer {
-        require_grpcio();
-        let addr = free_addr();
-        let mut cmd = Command::new(PYTHON);
-        cmd.arg(peer_script())
-            .arg("serve")
-            .arg(addr.port().to_string());
-        if let Some((cert, key)) = tls {
-            cmd.arg(cert).arg(key);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the Python gRPC server");
-        let s = GrpcServer { child, addr };
-        let start = Instant::now();
-        while TcpStream::connect(addr).await.is_err() {
-            assert!(
-                start.elapsed() < LIMIT,
-                "the gRPC server did not listen on {addr}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        s
-    }
+/// The Python gRPC server (h2c, or TLS with `tls` = (cert, key)).
+async fn grpc_server(tls: Option<(&Path, &Path)>) -> PyServer {
+    require_grpcio();
+    let addr = free_addr();
+    PyServer::start("grpc_peer.py", &serve_args(addr, false, tls), addr).await
 }
 
 /// Runs the Python client's `scenario` against `target`: the JSON it printed.
@@ -196,7 +150,7 @@ fn post(addr: SocketAddr, path: &str, body: Body) -> Request<Body> {
 
 #[tokio::test]
 async fn grpc_unary_and_streaming_calls_with_trailers_over_h2c() {
-    let server = GrpcServer::start(None).await;
+    let server = grpc_server(None).await;
     let ports = Ports::new();
     let d = Daemon::start(
         &config(&ports, server.addr, "", "proto = \"h2\""),
@@ -232,7 +186,7 @@ async fn grpc_unary_and_streaming_calls_with_trailers_over_h2c() {
 
 #[tokio::test]
 async fn grpc_status_in_response_rules_and_log_format() {
-    let server = GrpcServer::start(None).await;
+    let server = grpc_server(None).await;
     let ports = Ports::new();
     let fe = r#"http_response = [{ set_header = "x-grpc-failed", value = "%[res.grpc_status]", if = "res.grpc_status gt 0" }]
 log_format = "grpc=%[res.grpc_status] %HP""#;
@@ -269,7 +223,7 @@ log_format = "grpc=%[res.grpc_status] %HP""#;
 
 #[tokio::test]
 async fn grpc_timeout_bounds_the_upstream_exchange() {
-    let server = GrpcServer::start(None).await;
+    let server = grpc_server(None).await;
     let ports = Ports::new();
     let d = Daemon::start(
         &config(
@@ -350,7 +304,7 @@ async fn grpc_timeout_bounds_a_response_already_streaming() {
 
 #[tokio::test]
 async fn deny_on_a_grpc_call_answers_grpc_status() {
-    let server = GrpcServer::start(None).await;
+    let server = grpc_server(None).await;
     let ports = Ports::new();
     let fe = r#"grpc_local_replies = true
 http_request = [{ deny = 403, if = "path_beg /test.Echo/Unary and hdr(x-block) -m found" }, { deny = 403, if = "path /plain" }]"#;
@@ -390,7 +344,7 @@ async fn grpc_to_a_tls_server_with_alpn_h2() {
         rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
     let cert = dir.write("cert.pem", &made.cert.pem());
     let key = dir.write("key.pem", &made.signing_key.serialize_pem());
-    let server = GrpcServer::start(Some((&cert, &key))).await;
+    let server = grpc_server(Some((&cert, &key))).await;
     // proto = "h2": ALPN h2 offered by default; and negotiated from an alpn list.
     for be in [
         "proto = \"h2\"\ntls = { verify = false, sni = \"localhost\" }",

@@ -65,7 +65,7 @@ async fn call(web: SocketAddr, headers: &[(&str, &str)]) -> Resp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_call_allows_denies_and_fails_with_envoys_statuses() {
-    let peer = GrpcPeer::start(None).await;
+    let peer = grpc_peer(None).await;
     let app = Backend::start("s1").await;
     let ports = Ports::new();
     let down = free_addr();
@@ -225,7 +225,7 @@ async fn unary_call_allows_denies_and_fails_with_envoys_statuses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_sends_receives_metadata_and_closes() {
-    let peer = GrpcPeer::start(None).await;
+    let peer = grpc_peer(None).await;
     let app = Backend::start("s1").await;
     let ports = Ports::new();
     let cfg = config(
@@ -270,7 +270,7 @@ async fn stream_sends_receives_metadata_and_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_ends_the_call_without_a_callback() {
-    let peer = GrpcPeer::start(None).await;
+    let peer = grpc_peer(None).await;
     let app = Backend::start("s1").await;
     let ports = Ports::new();
     let cfg = config(
@@ -301,7 +301,7 @@ async fn cancel_ends_the_call_without_a_callback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_context_calls_from_on_tick() {
-    let peer = GrpcPeer::start(None).await;
+    let peer = grpc_peer(None).await;
     let app = Backend::start("s1").await;
     let ports = Ports::new();
     let cfg = config(
@@ -408,7 +408,7 @@ async fn tls_to_the_grpc_server_with_alpn_h2() {
     let cert_pem = dir.write("cert.pem", &cert.pem());
     let key_pem = dir.write("key.pem", &key.serialize_pem());
 
-    let peer = GrpcPeer::start(Some((&cert_pem, &key_pem))).await;
+    let peer = grpc_peer(Some((&cert_pem, &key_pem))).await;
     let app = Backend::start("s1").await;
     let ports = Ports::new();
     let tls = format!(

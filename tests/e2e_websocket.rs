@@ -10,7 +10,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -19,67 +19,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const LIMIT: Duration = Duration::from_secs(10);
-/// Debian's interpreter, where python3-websockets and python3-h2 live.
-const PYTHON: &str = "/usr/bin/python3";
 
 fn peer_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/websocket_peer.py")
 }
 
-/// Fails (never skips) when the Python WebSocket library is missing.
 fn require_websockets() {
-    let ok = Command::new(PYTHON)
-        .args(["-c", "import websockets"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{PYTHON} with the `websockets` module is required (Debian's python3-websockets); install it with `bash scripts/setup.sh`"
-    );
+    require_python_module("websockets", "python3-websockets");
 }
 
-/// The Python WebSocket server, killed on drop.
-struct WsServer {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for WsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl WsServer {
-    async fn start(tls: Option<(&Path, &Path)>) -> WsServer {
-        require_websockets();
-        let addr = free_addr();
-        let mut cmd = Command::new(PYTHON);
-        cmd.arg(peer_script())
-            .arg("serve")
-            .arg(addr.ip().to_string())
-            .arg(addr.port().to_string());
-        if let Some((cert, key)) = tls {
-            cmd.arg(cert).arg(key);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the Python WebSocket server");
-        let s = WsServer { child, addr };
-        let start = Instant::now();
-        while TcpStream::connect(addr).await.is_err() {
-            assert!(
-                start.elapsed() < LIMIT,
-                "the WebSocket server did not listen on {addr}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        s
-    }
+/// The Python WebSocket server (TLS with `tls` = (cert, key)).
+async fn ws_server(tls: Option<(&Path, &Path)>) -> PyServer {
+    require_websockets();
+    let addr = free_addr();
+    PyServer::start("websocket_peer.py", &serve_args(addr, true, tls), addr).await
 }
 
 /// Runs the Python client's `scenario` against `url`: the JSON it printed.
@@ -152,7 +105,7 @@ async fn frontend_stats(admin: SocketAddr) -> Value {
 
 #[tokio::test]
 async fn websocket_echo_large_frames_client_close_counters_and_log() {
-    let server = WsServer::start(None).await;
+    let server = ws_server(None).await;
     let ports = Ports::new();
     let d = Daemon::start(&config(&ports, server.addr, &[], "", ""), &[ports.web]).await;
     let url = format!("ws://{}/echo", ports.web);
@@ -187,7 +140,7 @@ async fn websocket_echo_large_frames_client_close_counters_and_log() {
 
 #[tokio::test]
 async fn server_close_reaches_the_client() {
-    let server = WsServer::start(None).await;
+    let server = ws_server(None).await;
     let ports = Ports::new();
     let _d = Daemon::start(&config(&ports, server.addr, &[], "", ""), &[ports.web]).await;
     let v = ws_client(&format!("ws://{}/close", ports.web), "server-close", 1, &[]).await;
@@ -198,7 +151,7 @@ async fn server_close_reaches_the_client() {
 
 #[tokio::test]
 async fn idle_tunnel_closes_after_timeout_tunnel() {
-    let server = WsServer::start(None).await;
+    let server = ws_server(None).await;
     let ports = Ports::new();
     // The client and server timeouts (2 s) do not apply once the tunnel timeout is set.
     let cfg = config(&ports, server.addr, &[("timeout.tunnel", "\"1s\"")], "", "");
@@ -223,7 +176,7 @@ async fn idle_tunnel_closes_after_timeout_tunnel() {
 
 #[tokio::test]
 async fn shutdown_closes_open_tunnels_and_logs_them() {
-    let server = WsServer::start(None).await;
+    let server = ws_server(None).await;
     let ports = Ports::new();
     let cfg = config(
         &ports,
@@ -254,7 +207,7 @@ async fn shutdown_closes_open_tunnels_and_logs_them() {
 
 #[tokio::test]
 async fn request_rule_denies_the_upgrade_and_others_pass() {
-    let server = WsServer::start(None).await;
+    let server = ws_server(None).await;
     let ports = Ports::new();
     let fe = r#"http_request = [
   { deny = true, if = "path /private and hdr(upgrade) -i websocket" },
@@ -273,7 +226,7 @@ async fn request_rule_denies_the_upgrade_and_others_pass() {
 
 #[tokio::test]
 async fn response_rule_sees_the_101_and_can_refuse_it() {
-    let server = WsServer::start(None).await;
+    let server = ws_server(None).await;
     let ports = Ports::new();
     let fe = r#"http_response = [
   { deny = true, if = "status 101 and path /no" },
@@ -300,7 +253,7 @@ async fn response_rule_sees_the_101_and_can_refuse_it() {
 
 #[tokio::test]
 async fn lua_action_sets_a_header_on_the_upgrade_request() {
-    let server = WsServer::start(None).await;
+    let server = ws_server(None).await;
     let ports = Ports::new();
     let dir = TempDir::new("ws-lua");
     let script = dir.write(
@@ -331,7 +284,7 @@ end)
 
 #[tokio::test]
 async fn many_concurrent_sockets() {
-    let server = WsServer::start(None).await;
+    let server = ws_server(None).await;
     let ports = Ports::new();
     let _d = Daemon::start(&config(&ports, server.addr, &[], "", ""), &[ports.web]).await;
     let v = ws_client(&format!("ws://{}/many", ports.web), "many", 100, &[]).await;
@@ -351,7 +304,7 @@ async fn many_concurrent_sockets() {
 
 #[tokio::test]
 async fn upgrades_not_listed_reach_the_server_as_plain_requests() {
-    let server = WsServer::start(None).await;
+    let server = ws_server(None).await;
     let ports = Ports::new();
     let cfg = config(&ports, server.addr, &[], "upgrades = []", "");
     let _d = Daemon::start(&cfg, &[ports.web]).await;
@@ -364,7 +317,7 @@ async fn upgrades_not_listed_reach_the_server_as_plain_requests() {
 
 #[tokio::test]
 async fn bytes_sent_with_the_handshake_reach_the_server() {
-    let server = WsServer::start(None).await;
+    let server = ws_server(None).await;
     let ports = Ports::new();
     let _d = Daemon::start(&config(&ports, server.addr, &[], "", ""), &[ports.web]).await;
     // The handshake and a first (masked) frame in one write: the frame was
@@ -480,7 +433,7 @@ async fn websocket_over_a_tls_bind_to_a_tls_server() {
         rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
     let cert = dir.write("cert.pem", &made.cert.pem());
     let key = dir.write("key.pem", &made.signing_key.serialize_pem());
-    let server = WsServer::start(Some((&cert, &key))).await;
+    let server = ws_server(Some((&cert, &key))).await;
     let ports = Ports::new();
     let fe = format!(
         "tls = {{ cert = \"{}\", key = \"{}\" }}",
@@ -517,7 +470,7 @@ fn handshake(path: &str, host: SocketAddr) -> String {
 #[tokio::test]
 async fn haproxy_26_answers_a_denied_upgrade_and_a_101_alike() {
     haproxy_26();
-    let server = WsServer::start(None).await;
+    let server = ws_server(None).await;
     let ports = Ports::new();
     let fe = r#"http_request = [{ deny = true, if = "path /denied" }]"#;
     let _d = Daemon::start(&config(&ports, server.addr, &[], fe, ""), &[ports.web]).await;
@@ -656,7 +609,7 @@ async fn read_head(s: &mut TcpStream) -> String {
 
 #[tokio::test]
 async fn websocket_over_http2_extended_connect_to_an_http1_server() {
-    let server = WsServer::start(None).await;
+    let server = ws_server(None).await;
     let ports = Ports::new();
     let fe = r#"http_request = [{ set_header = "x-method", value = "%[method]" }]"#;
     let d = Daemon::start(&config(&ports, server.addr, &[], fe, ""), &[ports.web]).await;
@@ -735,7 +688,7 @@ async fn h2_sender(
 #[tokio::test]
 async fn http2_connect_and_a_protocol_not_listed() {
     let echo = tcp_echo().await;
-    let server = WsServer::start(None).await;
+    let server = ws_server(None).await;
     let ports = Ports::new();
     let fe = format!("connect = {{ allow = [\"{echo}\"] }}");
     let _d = Daemon::start(&config(&ports, server.addr, &[], &fe, ""), &[ports.web]).await;

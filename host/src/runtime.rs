@@ -214,6 +214,20 @@ pub fn assemble_with(
         resolvers,
     } = spec;
     let resolvers = Arc::new(crate::resolve::Resolvers::new(&resolvers));
+    let mut frontends = frontends;
+    if let Some(prev) = previous {
+        // A TLS frontend kept by a reload keeps its session-ticket keys.
+        for fe in &mut frontends {
+            let old = prev
+                .frontends
+                .iter()
+                .find(|o| o.name == fe.name)
+                .and_then(|o| o.tls.as_ref());
+            if let (Some(new), Some(old)) = (&fe.tls, old) {
+                fe.tls = Some(Arc::new(new.with_tickets_of(old)));
+            }
+        }
+    }
     let mut tables = config::stick::build(&stick_tables, &source)?;
     let mut global = global;
     if let Some(prev) = previous {

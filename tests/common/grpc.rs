@@ -4,9 +4,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -19,68 +18,22 @@ use tokio::task::JoinHandle;
 
 use super::{BoxError, free_addr};
 
-/// Debian's interpreter, where python3-grpcio lives (scripts/setup.sh installs it).
-pub const GRPC_PYTHON: &str = "/usr/bin/python3";
-
 /// Fails (never skips) when the Python gRPC library is missing.
 pub fn require_grpcio() {
-    let ok = Command::new(GRPC_PYTHON)
-        .args(["-c", "import grpc"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{GRPC_PYTHON} with the `grpc` module is required (Debian's python3-grpcio); install it with `bash scripts/setup.sh`"
-    );
+    super::require_python_module("grpc", "python3-grpcio");
 }
 
-/// The Python gRPC server of tests/wasm_grpc_peer.py, killed on drop.
-pub struct GrpcPeer {
-    child: Child,
-    pub addr: SocketAddr,
-}
-
-impl Drop for GrpcPeer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl GrpcPeer {
-    /// Starts the server (h2c, or TLS with `tls` = (cert, key)) and waits until it listens.
-    pub async fn start(tls: Option<(&Path, &Path)>) -> GrpcPeer {
-        require_grpcio();
-        let script: PathBuf =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/wasm_grpc_peer.py");
-        let addr = free_addr();
-        let mut cmd = Command::new(GRPC_PYTHON);
-        cmd.arg(script)
-            .arg("serve")
-            .arg(addr.ip().to_string())
-            .arg(addr.port().to_string());
-        if let Some((c, k)) = tls {
-            cmd.arg(c).arg(k);
-        }
-        let child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start tests/wasm_grpc_peer.py");
-        let peer = GrpcPeer { child, addr };
-        // "ready" is printed once the port listens; connecting proves it too.
-        let until = Instant::now() + Duration::from_secs(20);
-        loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return peer;
-            }
-            assert!(
-                Instant::now() < until,
-                "the gRPC peer did not listen on {addr} within 20s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+/// The Python gRPC server of tests/wasm_grpc_peer.py (h2c, or TLS with
+/// `tls` = (cert, key)), killed on drop.
+pub async fn grpc_peer(tls: Option<(&Path, &Path)>) -> super::PyServer {
+    require_grpcio();
+    let addr = free_addr();
+    super::PyServer::start(
+        "wasm_grpc_peer.py",
+        &super::serve_args(addr, true, tls),
+        addr,
+    )
+    .await
 }
 
 /// A hyper h2c server answering gRPC paths badly on purpose:

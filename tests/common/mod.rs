@@ -20,6 +20,7 @@ mod h2server;
 mod haproxy;
 mod peers;
 mod plugins;
+mod python;
 
 // Each test target uses a part of the helpers: a re-export it leaves unused
 // is not a warning.
@@ -49,6 +50,8 @@ pub use haproxy::*;
 pub use peers::*;
 #[allow(unused_imports)]
 pub use plugins::*;
+#[allow(unused_imports)]
+pub use python::*;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -181,14 +181,7 @@ where
             .header(http::header::USER_AGENT, "portcullis-health-check")
             .body(Empty::new())
             .map_err(|e| format!("request: {e}"))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        let status = resp.status().as_u16();
-        let _ = resp.into_body().collect().await;
-        driver.abort();
-        return Ok(status);
+        return answer(sender.send_request(req), driver).await;
     }
     {
         let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io))
@@ -205,14 +198,19 @@ where
             .header(http::header::USER_AGENT, "portcullis-health-check")
             .body(Empty::new())
             .map_err(|e| format!("request: {e}"))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        let status = resp.status().as_u16();
-        // Drain (bounded by the timeout) so the server sees a clean exchange.
-        let _ = resp.into_body().collect().await;
-        driver.abort();
-        Ok::<u16, String>(status)
+        answer(sender.send_request(req), driver).await
     }
+}
+
+/// The status of a check's answer, drained (bounded by the check's timeout)
+/// so the server sees a clean exchange; then the connection goes.
+async fn answer(
+    resp: impl std::future::Future<Output = Result<http::Response<hyper::body::Incoming>, hyper::Error>>,
+    driver: tokio::task::JoinHandle<()>,
+) -> Result<u16, String> {
+    let resp = resp.await.map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    driver.abort();
+    Ok(status)
 }

@@ -261,6 +261,19 @@ impl Acceptor {
         build(&self.spec, &self.tickets)
     }
 
+    /// The same acceptor sealing session tickets with `prev`'s keys: a
+    /// config reload keeps the tickets clients hold valid (resumption goes
+    /// on across it), as the certificate reload does.
+    pub fn with_tickets_of(&self, prev: &Acceptor) -> Acceptor {
+        let mut config = (*self.current()).clone();
+        config.ticketer = Arc::clone(&prev.tickets);
+        Acceptor {
+            spec: self.spec.clone(),
+            config: ArcSwap::new(Arc::new(config)),
+            tickets: Arc::clone(&prev.tickets),
+        }
+    }
+
     /// Puts a config from [`prepare`](Self::prepare) in force for new handshakes.
     pub fn install(&self, config: Arc<rustls::ServerConfig>) {
         self.config.store(config);
