@@ -116,16 +116,20 @@ frontend web
 
 /// Sends one command to HAProxy's stats socket; its answer.
 pub async fn haproxy_cli(sock: &Path, cmd: &str) -> String {
+    try_haproxy_cli(sock, cmd)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", sock.display()))
+}
+
+/// [`haproxy_cli`], or why the socket did not answer (a restarted HAProxy
+/// has not opened it yet).
+pub async fn try_haproxy_cli(sock: &Path, cmd: &str) -> std::io::Result<String> {
     within("haproxy stats socket", IO_TIMEOUT, async {
-        let mut s = UnixStream::connect(sock)
-            .await
-            .unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
-        s.write_all(format!("{cmd}\n").as_bytes())
-            .await
-            .expect("write");
+        let mut s = UnixStream::connect(sock).await?;
+        s.write_all(format!("{cmd}\n").as_bytes()).await?;
         let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("read");
-        out
+        s.read_to_string(&mut out).await?;
+        Ok(out)
     })
     .await
 }
@@ -133,7 +137,10 @@ pub async fn haproxy_cli(sock: &Path, cmd: &str) -> String {
 /// A data value of `key`'s line in HAProxy's `show table <table>`
 /// (`gpc0`, `http_req_rate(10000)`); `None` if the key or data is absent.
 pub async fn haproxy_value(sock: &Path, table: &str, key: &str, data: &str) -> Option<u64> {
-    let out = haproxy_cli(sock, &format!("show table {table}")).await;
+    // Not answering yet (restarting): no value, so `eventually` asks again.
+    let out = try_haproxy_cli(sock, &format!("show table {table}"))
+        .await
+        .ok()?;
     let line = out.lines().find(|l| l.contains(&format!(" key={key} ")))?;
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(&format!("{data}=")))
