@@ -18,6 +18,7 @@ use common::*;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -438,7 +439,7 @@ async fn a_refused_stream_is_sent_again_once() {
 async fn goaway_under_load_loses_no_request() {
     let server = H2Server::start(H2ServerOpts {
         goaway_after: 7,
-        max_streams: 0,
+        ..Default::default()
     })
     .await;
     let ports = Ports::new();
@@ -504,8 +505,8 @@ async fn goaway_under_load_loses_no_request() {
 #[tokio::test]
 async fn the_stream_limit_opens_connections_up_to_the_cap() {
     let server = H2Server::start(H2ServerOpts {
-        goaway_after: 0,
         max_streams: 2,
+        ..Default::default()
     })
     .await;
     let ports = Ports::new();
@@ -682,8 +683,158 @@ async fn negotiated_alpn_speaks_what_the_handshake_settled() {
     }
 }
 
+const WS_HANDSHAKE: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
 #[tokio::test]
-async fn an_upgrade_to_an_http2_server_is_refused() {
+async fn a_websocket_goes_to_an_http2_server_as_an_extended_connect() {
+    // As HAProxy 2.4+ does: RFC 8441 on the server side, the client's
+    // HTTP/1.1 handshake answered with the 101 and accept key it expects.
+    let server = H2Server::start(H2ServerOpts {
+        extended_connect: true,
+        ..Default::default()
+    })
+    .await;
+    let ports = Ports::new();
+    let d = Daemon::start(
+        &config(&ports, server.addr, "", "proto = \"h2\""),
+        &[ports.web],
+    )
+    .await;
+    let (mut s, r) = raw_exchange(ports.web, WS_HANDSHAKE.as_bytes()).await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    assert_eq!(r.header("upgrade"), Some("websocket"), "{}", r.head);
+    assert_eq!(
+        r.header("sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{}",
+        r.head
+    );
+    assert_eq!(r.header("x-tunnel"), Some("yes"), "{}", r.head);
+    // The tunnel: bytes go to the server's stream and come back.
+    for msg in [&b"hello"[..], &[7u8; 70_000][..]] {
+        s.write_all(msg).await.expect("write");
+        let back = read_n(&mut s, msg.len()).await;
+        assert_eq!(back, msg);
+    }
+    let seen = server.state.connects.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].protocol.as_deref(), Some("websocket"));
+    assert_eq!(seen[0].path, "/ws");
+    for gone in ["upgrade", "connection"] {
+        assert!(!seen[0].headers.iter().any(|h| h == gone), "{seen:?}");
+    }
+    assert!(
+        seen[0].headers.iter().any(|h| h == "sec-websocket-version"),
+        "{seen:?}"
+    );
+    drop(s);
+    // Logged once the tunnel is over, with what the server answered.
+    let line = log_line(&d, "/ws").await;
+    assert_eq!(line["status"], 101, "{line}");
+    assert!(line["bytes_in"].as_u64().unwrap_or(0) >= 70_005, "{line}");
+}
+
+#[tokio::test]
+async fn http2_websockets_reach_an_http2_server_and_share_its_connection() {
+    // Two HTTP/2 clients' extended CONNECTs and ordinary requests on one
+    // upstream connection: each tunnel is a stream of it.
+    let server = H2Server::start(H2ServerOpts {
+        extended_connect: true,
+        ..Default::default()
+    })
+    .await;
+    let ports = Ports::new();
+    let _d = Daemon::start(
+        &config(&ports, server.addr, "", "proto = \"h2\""),
+        &[ports.web],
+    )
+    .await;
+    let mut tunnels = Vec::new();
+    for i in 0..2 {
+        let tcp = TcpStream::connect(ports.web).await.expect("connect");
+        let (mut h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        tokio::spawn(conn);
+        h2 = h2.ready().await.expect("ready");
+        let mut req = Request::builder()
+            .method("CONNECT")
+            .uri(format!("http://x/chat/{i}"))
+            .header("sec-websocket-version", "13")
+            .body(())
+            .expect("request");
+        req.extensions_mut()
+            .insert(h2::ext::Protocol::from_static("websocket"));
+        let (resp, mut send) = h2.send_request(req, false).expect("send");
+        let resp = within("tunnel answer", LIMIT, resp).await.expect("answer");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(!resp.headers().contains_key("sec-websocket-accept"));
+        let mut body = resp.into_body();
+        send.send_data(Bytes::from(format!("ping {i}")), false)
+            .expect("data");
+        let got = within("tunnel echo", LIMIT, body.data())
+            .await
+            .expect("a frame")
+            .expect("data");
+        assert_eq!(got, Bytes::from(format!("ping {i}")));
+        tunnels.push((h2, send, body));
+    }
+    let mut c = H1::connect(ports.web).await;
+    assert_eq!(c.get("/plain").await.status, StatusCode::OK);
+    assert_eq!(server.state.connections.load(SeqCst), 1);
+    assert_eq!(server.state.connects.lock().expect("lock").len(), 2);
+}
+
+#[tokio::test]
+async fn haproxy_26_carries_a_websocket_to_an_http2_server_alike() {
+    // HAProxy 2.6 with `proto h2` in front of the same RFC 8441 server: the
+    // same answer to the client, the same extended CONNECT to the server.
+    haproxy_26();
+    let server = H2Server::start(H2ServerOpts {
+        extended_connect: true,
+        ..Default::default()
+    })
+    .await;
+    let ports = Ports::new();
+    let _d = Daemon::start(
+        &config(&ports, server.addr, "", "proto = \"h2\""),
+        &[ports.web],
+    )
+    .await;
+    let hp_web = free_addr();
+    let dir = TempDir::new("ws-h2-haproxy");
+    let hp_cfg = format!(
+        "global\n  nbthread 1\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 2s\n  timeout server 2s\n  timeout tunnel 5s\nfrontend web\n  bind {hp_web}\n  default_backend app\nbackend app\n  server s1 {} proto h2\n",
+        server.addr
+    );
+    let _hp = HaProxy::start(&hp_cfg, dir.path(), hp_web).await;
+    let mut answers = Vec::new();
+    for addr in [ports.web, hp_web] {
+        let (mut s, r) = raw_exchange(addr, WS_HANDSHAKE.as_bytes()).await;
+        assert_eq!(r.status, 101, "{addr}: {}", r.head);
+        s.write_all(b"over the tunnel").await.expect("write");
+        assert_eq!(read_n(&mut s, 15).await, b"over the tunnel");
+        let pick = |h: &str| r.header(h).map(str::to_ascii_lowercase);
+        answers.push((
+            pick("upgrade"),
+            pick("connection"),
+            pick("sec-websocket-accept"),
+        ));
+    }
+    assert_eq!(answers[0], answers[1], "ours, then HAProxy's");
+    let seen = server.state.connects.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].protocol, seen[1].protocol);
+    assert_eq!(seen[0].path, seen[1].path);
+    for s in &seen {
+        // HAProxy sends the client's key along (RFC 8441 servers ignore it).
+        assert!(
+            s.headers.iter().any(|h| h == "sec-websocket-key"),
+            "{seen:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_to_an_http2_server_without_rfc_8441_is_a_502() {
     let server = H2Server::start(H2ServerOpts::default()).await;
     let ports = Ports::new();
     let d = Daemon::start(
@@ -691,17 +842,20 @@ async fn an_upgrade_to_an_http2_server_is_refused() {
         &[ports.web],
     )
     .await;
-    let req = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-    let (_s, r) = raw_exchange(ports.web, req.as_bytes()).await;
+    let (_s, r) = raw_exchange(ports.web, WS_HANDSHAKE.as_bytes()).await;
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(server.state.streams.load(SeqCst), 0);
     let line = log_line(&d, "/ws").await;
     assert!(
         line["termination"]
             .as_str()
-            .is_some_and(|t| t.contains("cannot go to an HTTP/2 server")),
+            .is_some_and(|t| t.contains("did not enable extended CONNECT")),
         "{line}"
     );
+    // The connection still carries ordinary requests.
+    let mut c = H1::connect(ports.web).await;
+    assert_eq!(c.get("/after").await.status, StatusCode::OK);
+    assert_eq!(server.state.connections.load(SeqCst), 1);
 }
 
 #[tokio::test]

@@ -26,6 +26,18 @@ pub struct H2ServerOpts {
     pub goaway_after: usize,
     /// SETTINGS_MAX_CONCURRENT_STREAMS (0: the h2 crate's default, none).
     pub max_streams: u32,
+    /// SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441): an extended CONNECT is
+    /// answered 200 and its stream echoes what it receives.
+    pub extended_connect: bool,
+}
+
+/// An extended CONNECT the server accepted.
+#[derive(Debug, Clone)]
+pub struct ConnectSeen {
+    pub protocol: Option<String>,
+    pub path: String,
+    /// Header names, lowercase.
+    pub headers: Vec<String>,
 }
 
 /// What the server saw.
@@ -40,6 +52,8 @@ pub struct H2ServerState {
     pub max_open: AtomicUsize,
     /// Streams seen per path.
     pub paths: Mutex<HashMap<String, usize>>,
+    /// Extended CONNECTs, in order.
+    pub connects: Mutex<Vec<ConnectSeen>>,
 }
 
 impl H2ServerState {
@@ -92,6 +106,9 @@ async fn serve_conn(sock: tokio::net::TcpStream, opts: H2ServerOpts, st: Arc<H2S
     if opts.max_streams > 0 {
         b.max_concurrent_streams(opts.max_streams);
     }
+    if opts.extended_connect {
+        b.enable_connect_protocol();
+    }
     let Ok(mut conn) = b.handshake::<_, Bytes>(sock).await else {
         return;
     };
@@ -129,6 +146,10 @@ async fn handle(
         *n += 1;
         *n
     };
+    if req.method() == http::Method::CONNECT {
+        tunnel(req, respond, st).await;
+        return;
+    }
     if path.starts_with("/refuse-once/") && seen == 1 {
         st.refused.fetch_add(1, SeqCst);
         respond.send_reset(h2::Reason::REFUSED_STREAM);
@@ -183,4 +204,40 @@ async fn handle(
     let _ = send.send_data(Bytes::from(data), false);
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
     let _ = send.send_trailers(trailers);
+}
+
+/// An extended CONNECT: answered 200, then every DATA frame is sent back
+/// until the client ends its side.
+async fn tunnel(
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    st: &H2ServerState,
+) {
+    st.connects.lock().expect("lock").push(ConnectSeen {
+        protocol: req
+            .extensions()
+            .get::<h2::ext::Protocol>()
+            .map(|p| p.as_str().to_owned()),
+        path: req.uri().path().to_owned(),
+        headers: req.headers().keys().map(|k| k.to_string()).collect(),
+    });
+    let resp = Response::builder()
+        .status(200)
+        .header("x-tunnel", "yes")
+        .body(())
+        .expect("response");
+    let Ok(mut send) = respond.send_response(resp, false) else {
+        return;
+    };
+    let mut body = req.into_body();
+    while let Some(chunk) = body.data().await {
+        let Ok(chunk) = chunk else {
+            return;
+        };
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if send.send_data(chunk, false).is_err() {
+            return;
+        }
+    }
+    let _ = send.send_data(Bytes::new(), true);
 }

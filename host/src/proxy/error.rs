@@ -57,11 +57,12 @@ pub enum ProxyError {
     UpstreamInvalid(hyper::Error),
     #[error("server switched protocols (101) though the request asked for no upgrade")]
     UnexpectedUpgrade,
-    /// An upgrade (WebSocket) routed to a server spoken to in HTTP/2.
+    /// An upgrade (WebSocket) routed to an HTTP/2 server that did not
+    /// enable RFC 8441's extended CONNECT.
     #[error(
-        "upgrades (WebSocket) cannot go to an HTTP/2 server (proto = \"h2\"); route them to an HTTP/1.1 backend"
+        "the HTTP/2 server did not enable extended CONNECT (RFC 8441, SETTINGS_ENABLE_CONNECT_PROTOCOL), so an upgrade (WebSocket) cannot go to it; enable it on the server or route upgrades to an HTTP/1.1 backend"
     )]
-    UpgradeToH2,
+    NoExtendedConnect,
 }
 
 impl ProxyError {
@@ -80,7 +81,7 @@ impl ProxyError {
             | ProxyError::UpstreamUnusable(_)
             | ProxyError::UpstreamInvalid(_)
             | ProxyError::UnexpectedUpgrade
-            | ProxyError::UpgradeToH2
+            | ProxyError::NoExtendedConnect
             | ProxyError::ConnectFailed { .. } => ErrorSource::Server(ServerError::BadResponse),
             ProxyError::ConnectTimeout(..) => ErrorSource::Server(ServerError::Timeout),
             ProxyError::ConnectTarget(_) => ErrorSource::Client(ClientError::BadRequest),
@@ -130,9 +131,9 @@ impl ProxyError {
             ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamUnusable(_)
             | ProxyError::UpstreamInvalid(_)
-            | ProxyError::UnexpectedUpgrade => *b"SH",
-            // The configuration's doing, refused before any connection.
-            ProxyError::UpgradeToH2 => *b"PR",
+            | ProxyError::UnexpectedUpgrade
+            // The server cannot carry what the request asks for.
+            | ProxyError::NoExtendedConnect => *b"SH",
             ProxyError::ClientTimeout(_) => *b"cD",
             ProxyError::ClientBody(_) => *b"CD",
             ProxyError::BadHost(_)

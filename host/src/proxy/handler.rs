@@ -23,7 +23,7 @@ use super::error::ProxyError;
 use super::head::{prepare_request, remove_connection_options, strip_hop_by_hop};
 use super::pool::PooledConn;
 use super::tunnel::{self, End, Idle};
-use super::upgraded::{Ask, ServerSide, Tunnel, TunnelEnd};
+use super::upgraded::{Ask, Carrier, ServerSide, Tunnel, TunnelEnd};
 use super::worker::{Epoch, FrontendRef, Worker};
 use crate::filter::Reply;
 use crate::txn::{BackendChoice, Phase, Txn, VarStore};
@@ -500,9 +500,12 @@ pub async fn handle(
                         drop(txn.resp_body.take());
                         drop(txn.resp_buffered.take());
                         let mut status = txn.status;
-                        if let (Some((on, protocol)), Some(conn)) =
-                            (server_upgrade, route.conn.take())
-                        {
+                        let carrier = match (route.conn.take(), route.h2.take()) {
+                            (Some(c), _) => Some(Carrier::H1(c)),
+                            (None, Some(st)) => Some(Carrier::H2(st)),
+                            (None, None) => None,
+                        };
+                        if let (Some((on, protocol)), Some(conn)) = (server_upgrade, carrier) {
                             server_side = Some(ServerSide::Upgrade { on, conn });
                             if txn.version == Version::HTTP_2 {
                                 // RFC 8441: a 200 on the stream opens the tunnel.
@@ -935,9 +938,6 @@ async fn forward(
     let target = server.target(txn.local_addr);
     let now = Instant::now();
     if server.proto != crate::config::h2::UpstreamProto::Http1 {
-        if asked_upgrade {
-            return Err(ProxyError::UpgradeToH2);
-        }
         return forward_h2(
             ctx,
             ex,
@@ -945,7 +945,7 @@ async fn forward(
             (b, s, target),
             tls_target.as_ref(),
             &body_state,
-            now,
+            (now, asked_upgrade),
         )
         .await;
     }
@@ -1028,7 +1028,7 @@ async fn forward_h2(
     (b, s, target): (usize, usize, std::net::SocketAddr),
     tls: Option<&crate::tls::client::Target>,
     body_state: &Rc<RequestBodyState>,
-    now: Instant,
+    (now, upgrade): (Instant, bool),
 ) -> Result<Response<Incoming>, ProxyError> {
     use super::upstream_h2::{Dest, H2Failure, Leg, Wait};
     let worker = &ctx.worker;
@@ -1047,6 +1047,7 @@ async fn forward_h2(
         connect_timeout: backend.connect_timeout,
         tls,
         proto: server.proto,
+        upgrade,
     };
     let wait = Wait {
         timeout: backend.server_timeout,
@@ -1065,6 +1066,13 @@ async fn forward_h2(
     }
     match (result, leg) {
         (Ok(resp), leg) => {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
+                // HAProxy: a 101 to a request without Upgrade is an invalid response.
+                if let Some(Leg::H1(c)) = leg {
+                    c.discard();
+                }
+                return Err(ProxyError::UnexpectedUpgrade);
+            }
             match leg {
                 Some(Leg::H2(st)) => ex.h2 = Some(st),
                 Some(Leg::H1(c)) => ex.conn = Some(c),
@@ -1093,6 +1101,7 @@ async fn forward_h2(
                 H2Failure::Unsent => {
                     ProxyError::UpstreamUnusable("connection closed before the request was sent")
                 }
+                H2Failure::NoExtendedConnect => ProxyError::NoExtendedConnect,
             })
         }
     }

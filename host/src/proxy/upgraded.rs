@@ -288,10 +288,32 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
 
 /// The server side of a tunnel.
 pub enum ServerSide {
-    /// The server answered `101`: its socket comes from hyper's upgrade.
-    Upgrade { on: OnUpgrade, conn: PooledConn },
+    /// The server answered `101` (or `200` to an extended CONNECT on an
+    /// HTTP/2 connection): its side comes from hyper's upgrade.
+    Upgrade { on: OnUpgrade, conn: Carrier },
     /// A CONNECT's destination.
     Stream(TcpStream),
+}
+
+/// What carries an upgraded exchange to the server.
+pub enum Carrier {
+    /// An HTTP/1.1 connection: its socket becomes the tunnel's.
+    H1(PooledConn),
+    /// A stream on a multiplexed HTTP/2 connection (RFC 8441): held while
+    /// the tunnel lives, so that it counts against the connection's streams.
+    H2(super::upstream_h2::H2Stream),
+}
+
+impl Carrier {
+    /// The tunnel could not open: an HTTP/1.1 connection is closed (its
+    /// exchange is not over); an HTTP/2 stream is simply released (hyper
+    /// resets it when its upgrade is dropped).
+    pub fn discard(self) {
+        match self {
+            Carrier::H1(c) => c.discard(),
+            Carrier::H2(_) => {}
+        }
+    }
 }
 
 /// What is told how a tunnel ended (the exchange's log and counters).
@@ -337,10 +359,16 @@ impl Tunnel {
             // hyper hands the socket over once its connection task saw the
             // 101; bounded all the same.
             ServerSide::Upgrade { on, conn } => match tokio::time::timeout(idle.server, on).await {
-                Ok(Ok(up)) => {
-                    conn.into_tunnel();
-                    Box::new(TokioIo::new(up))
-                }
+                Ok(Ok(up)) => match conn {
+                    Carrier::H1(c) => {
+                        c.into_tunnel();
+                        Box::new(TokioIo::new(up))
+                    }
+                    Carrier::H2(stream) => Box::new(Held {
+                        io: TokioIo::new(up),
+                        _stream: stream,
+                    }),
+                },
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "the server's upgraded connection was lost");
                     conn.discard();
@@ -376,6 +404,41 @@ impl Tunnel {
             conn.discard();
         }
         self.end.end(failed(End::ClientError));
+    }
+}
+
+/// An HTTP/2 tunnel's stream, kept taken on its connection while the
+/// tunnel moves bytes.
+struct Held {
+    io: TokioIo<hyper::upgrade::Upgraded>,
+    _stream: super::upstream_h2::H2Stream,
+}
+
+impl AsyncRead for Held {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Held {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

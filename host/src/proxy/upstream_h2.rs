@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
@@ -60,7 +60,7 @@ pub struct H2Conn {
     abort: AbortHandle,
     /// Streams in flight (requests whose exchange is not over).
     active: Cell<usize>,
-    /// Reads the server's current SETTINGS_MAX_CONCURRENT_STREAMS.
+    /// Reads the server's current SETTINGS.
     server_max: ServerMax,
     /// This backend's `h2.max_streams`.
     cap: usize,
@@ -73,11 +73,16 @@ pub struct H2Conn {
 
 impl H2Conn {
     fn limit(&self) -> usize {
-        self.cap.min((self.server_max)()).max(1)
+        self.cap.min((self.server_max)().max_streams).max(1)
     }
 
     fn has_room(&self) -> bool {
         self.active.get() < self.limit()
+    }
+
+    /// The server announced SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441).
+    fn extended_connect(&self) -> bool {
+        (self.server_max)().extended_connect
     }
 
     fn usable(&self) -> bool {
@@ -148,6 +153,8 @@ pub enum H2Failure {
     Failed(hyper::Error),
     /// Never written to a connection that then closed.
     Unsent,
+    /// An upgrade to a server that did not enable extended CONNECT.
+    NoExtendedConnect,
 }
 
 impl From<ConnectError> for H2Failure {
@@ -164,6 +171,9 @@ pub struct Dest<'a> {
     pub connect_timeout: Duration,
     pub tls: Option<&'a Target>,
     pub proto: UpstreamProto,
+    /// The request is an upgrade (WebSocket): on an HTTP/2 connection it
+    /// goes as RFC 8441's extended CONNECT.
+    pub upgrade: bool,
 }
 
 /// How long the response head may take: the server timeout from the last
@@ -414,7 +424,7 @@ impl H2Pool {
             Ok(l) => l,
             Err(e) => return (Err(e.into()), None),
         };
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let mut st = match leg {
             Leg::H1(mut c) => {
                 let req = Request::from_parts(parts, body);
@@ -432,6 +442,14 @@ impl H2Pool {
             }
             Leg::H2(st) => st,
         };
+        let upgrade = if dest.upgrade {
+            if !st.conn.extended_connect() {
+                return (Err(H2Failure::NoExtendedConnect), Some(Leg::H2(st)));
+            }
+            Some(extended_connect(&mut parts))
+        } else {
+            None
+        };
         let replay = Rc::new(RefCell::new(Replay::new(body)));
         let mut retried = false;
         loop {
@@ -446,7 +464,10 @@ impl H2Pool {
             };
             if !again || retried || !replay.borrow().replayable() {
                 let r = match r {
-                    Ok(Ok(resp)) => Ok(resp),
+                    Ok(Ok(resp)) => Ok(match &upgrade {
+                        Some(asked) => asked.answered(resp),
+                        None => resp,
+                    }),
                     Ok(Err(e)) if e.message().is_some() => Err(H2Failure::Unsent),
                     Ok(Err(e)) => Err(H2Failure::Failed(e.into_error())),
                     Err(f) => Err(f),
@@ -469,8 +490,82 @@ impl H2Pool {
     }
 }
 
-/// Reads a connection's current SETTINGS_MAX_CONCURRENT_STREAMS from the server.
-type ServerMax = Rc<dyn Fn() -> usize>;
+/// An upgrade sent as an extended CONNECT: what its answer needs to look
+/// like the `101` an HTTP/1.1 server gives.
+struct Asked {
+    protocol: HeaderValue,
+    /// The client's `Sec-WebSocket-Key`, for the accept key of the `101`.
+    key: Option<HeaderValue>,
+}
+
+/// Turns the HTTP/1.1 upgrade request in `parts` into RFC 8441's extended
+/// CONNECT (`:method CONNECT`, `:protocol`), as HAProxy does for a
+/// WebSocket to an HTTP/2 server: `Upgrade` and `Connection` are not
+/// sent; `Sec-WebSocket-Key` is, as HAProxy 2.6 sends it (RFC 8441 servers
+/// ignore it).
+fn extended_connect(parts: &mut http::request::Parts) -> Asked {
+    use http::header;
+    let protocol = parts
+        .headers
+        .remove(header::UPGRADE)
+        .unwrap_or_else(|| HeaderValue::from_static("websocket"));
+    parts.headers.remove(header::CONNECTION);
+    let key = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    parts.method = http::Method::CONNECT;
+    if let Ok(p) = protocol.to_str() {
+        parts.extensions.insert(hyper::ext::Protocol::from(p));
+    }
+    Asked { protocol, key }
+}
+
+impl Asked {
+    /// A `200` to the extended CONNECT opens the tunnel: it becomes the
+    /// `101` (with `Upgrade` and, for a WebSocket, the `Sec-WebSocket-Accept`
+    /// the client's key calls for) the rest of the proxy expects. Any
+    /// other answer is an ordinary response.
+    fn answered(&self, mut resp: Response<Incoming>) -> Response<Incoming> {
+        use http::header;
+        if resp.status() != http::StatusCode::OK {
+            return resp;
+        }
+        *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        h.insert(header::UPGRADE, self.protocol.clone());
+        if let Some(key) = &self.key
+            && self.protocol.as_bytes().eq_ignore_ascii_case(b"websocket")
+            && !h.contains_key(header::SEC_WEBSOCKET_ACCEPT)
+        {
+            h.insert(
+                header::SEC_WEBSOCKET_ACCEPT,
+                websocket_accept(key.as_bytes()),
+            );
+        }
+        resp
+    }
+}
+
+/// RFC 6455's `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
+fn websocket_accept(key: &[u8]) -> HeaderValue {
+    use base64::Engine;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key);
+    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = base64::engine::general_purpose::STANDARD.encode(ctx.finish());
+    // Base64 is always a valid header value.
+    HeaderValue::from_str(&accept).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// What a connection's server currently allows (its last SETTINGS).
+#[derive(Clone, Copy)]
+struct PeerSettings {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS.
+    max_streams: usize,
+    /// SETTINGS_ENABLE_CONNECT_PROTOCOL.
+    extended_connect: bool,
+}
+
+/// Reads a connection's [`PeerSettings`].
+type ServerMax = Rc<dyn Fn() -> PeerSettings>;
 
 /// The HTTP/2 handshake over `io` and its driver task on this worker, with
 /// a reader of the server's SETTINGS_MAX_CONCURRENT_STREAMS.
@@ -496,10 +591,20 @@ where
     let conn = Rc::new(RefCell::new(Some(Box::pin(conn))));
     let reader = Rc::clone(&conn);
     let server_max: ServerMax = Rc::new(move || match reader.try_borrow().as_deref() {
-        Ok(Some(c)) => c.current_max_send_streams(),
+        Ok(Some(c)) => PeerSettings {
+            max_streams: c.current_max_send_streams(),
+            extended_connect: c.is_extended_connect_protocol_enabled(),
+        },
         // Over: no stream fits (the sender is closed too).
-        Ok(None) => 0,
-        Err(_) => usize::MAX,
+        Ok(None) => PeerSettings {
+            max_streams: 0,
+            extended_connect: false,
+        },
+        // Being polled right now (never while another task reads).
+        Err(_) => PeerSettings {
+            max_streams: usize::MAX,
+            extended_connect: false,
+        },
     });
     let task = tokio::task::spawn_local(async move {
         let r = std::future::poll_fn(|cx| match conn.try_borrow_mut().as_deref_mut() {
@@ -785,5 +890,45 @@ impl Body for ReplayBody {
         } else {
             SizeHint::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_accept_is_rfc_6455s() {
+        // The example of RFC 6455 section 1.3.
+        assert_eq!(
+            websocket_accept(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn an_upgrade_becomes_an_extended_connect() {
+        let (mut parts, ()) = Request::get("http://app/chat")
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let asked = extended_connect(&mut parts);
+        assert_eq!(parts.method, http::Method::CONNECT);
+        assert_eq!(
+            parts
+                .extensions
+                .get::<hyper::ext::Protocol>()
+                .map(|p| p.as_str()),
+            Some("websocket")
+        );
+        for gone in ["upgrade", "connection"] {
+            assert!(!parts.headers.contains_key(gone), "{gone} is not sent");
+        }
+        assert_eq!(parts.headers["sec-websocket-version"], "13");
+        assert_eq!(asked.protocol, "websocket");
     }
 }
