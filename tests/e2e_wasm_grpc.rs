@@ -70,9 +70,10 @@ async fn unary_call_allows_denies_and_fails_with_envoys_statuses() {
     let ports = Ports::new();
     let down = free_addr();
     let extra = format!(
-        "{}{}",
+        "{}{}{}health_check = {{ interval = \"100ms\", rise = 1, fall = 1 }}\n\n",
         grpc_backend("grpc", peer.addr, ""),
-        grpc_backend("down", down, "")
+        grpc_backend("down", down, ""),
+        grpc_backend("checked", down, "")
     );
     let cfg = config(&ports, app.addr, "cluster=grpc", &extra);
     let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
@@ -199,6 +200,23 @@ async fn unary_call_allows_denies_and_fails_with_envoys_statuses() {
     assert_eq!(
         r.header("x-grpc-status").as_deref(),
         Some("14"),
+        "{}",
+        r.text()
+    );
+
+    // A backend whose only server its health check took down: no call
+    // leaves, UNAVAILABLE "no healthy upstream" (Envoy's local reply).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = call(ports.web, &[("x-grpc", "unary"), ("x-cluster", "checked")]).await;
+    assert_eq!(
+        r.header("x-grpc-status").as_deref(),
+        Some("14"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        r.header("x-grpc-message").as_deref(),
+        Some("no healthy upstream"),
         "{}",
         r.text()
     );

@@ -380,3 +380,82 @@ fn a_guest_refusing_its_config_is_a_config_error() {
         assert_eq!(code, Some(0), "{}: {stderr}", g.name);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_calls_go_to_the_clusters_servers_that_are_up() {
+    // Envoy's cluster semantics for a call naming a backend: its servers in
+    // turn, only those up (health checks), a 503 "no healthy upstream"
+    // when none is.
+    let rust = tokio::task::spawn_blocking(guests)
+        .await
+        .expect("build the guests")
+        .iter()
+        .find(|g| g.name == "rust")
+        .expect("the Rust guest");
+    let app = Backend::start("app1").await;
+    let auth1 = Backend::start("auth1").await;
+    let auth2 = Backend::start("auth2").await;
+    let dead = free_addr();
+    let ports = Ports::new();
+    let mut cfg = global_section(ports.admin, &[]);
+    let check = "health_check = { path = \"/\", interval = \"100ms\", rise = 1, fall = 1 }";
+    type Servers<'a> = Vec<(&'a str, SocketAddr, u32)>;
+    let clusters: [(&str, Servers, &str); 3] = [
+        (
+            "both",
+            vec![("auth1", auth1.addr, 1), ("auth2", auth2.addr, 1)],
+            "",
+        ),
+        (
+            "half",
+            vec![("auth1", auth1.addr, 1), ("dead", dead, 1)],
+            check,
+        ),
+        ("none", vec![("dead", dead, 1)], check),
+    ];
+    let mut fronts = Vec::new();
+    for (name, servers, extra) in &clusters {
+        cfg.push_str(&format!(
+            "[[plugin]]\nname = \"to_{name}\"\nwasm = \"{}\"\non_error = \"fail_closed\"\nconfig = \"upstream={name}\"\n\n",
+            rust.wasm.display()
+        ));
+        let web = free_addr();
+        cfg.push_str(&frontend_section(
+            &format!("web_{name}"),
+            web,
+            "app",
+            &format!("http_request = [ {{ wasm = \"to_{name}\" }} ]\n"),
+        ));
+        cfg.push_str(&backend_section(name, "roundrobin", servers, extra));
+        fronts.push(web);
+    }
+    cfg.push_str(&backend_section(
+        "app",
+        "roundrobin",
+        &[("app1", app.addr, 1)],
+        "",
+    ));
+    let _d = Daemon::start(&cfg, &fronts).await;
+    let server_of = |r: &Resp| r.echo().header("x-auth-server");
+    // Both up: the calls alternate.
+    let mut seen = Vec::new();
+    for i in 0..4 {
+        let r = get(fronts[0], &format!("/call/200/{i}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        seen.push(server_of(&r).unwrap_or_default());
+    }
+    assert_eq!(seen.iter().filter(|s| *s == "auth1").count(), 2, "{seen:?}");
+    assert_eq!(seen.iter().filter(|s| *s == "auth2").count(), 2, "{seen:?}");
+    // Once the dead server is down, every call goes to the live one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..4 {
+        let r = get(fronts[1], &format!("/call/200/h{i}")).await;
+        assert_eq!(r.status, StatusCode::OK, "call {i}: {}", r.text());
+        assert_eq!(server_of(&r).as_deref(), Some("auth1"));
+    }
+    // No server up: the guest gets Envoy's local 503.
+    let r = get(fronts[2], "/call/200/n").await;
+    assert_eq!(r.status.as_u16(), 403, "{}", r.text());
+    assert_eq!(r.text(), "rust: auth said 503\n");
+    assert_eq!(app.requests(), 8);
+}

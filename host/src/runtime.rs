@@ -284,7 +284,7 @@ pub fn assemble_with(
         plugins: crate::wasm::config::load_plugins(
             &plugins,
             &source,
-            &backends,
+            (&backends, Some(Arc::clone(&servers))),
             Some(Arc::new(crate::wasm::stick::TablesStick(Arc::clone(
                 &tables,
             )))),

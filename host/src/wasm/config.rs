@@ -6,8 +6,7 @@
 //! whose `proxy_on_vm_start` / `proxy_on_configure` returns false is a
 //! config error with the entry's location.
 
-use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,22 +25,20 @@ use crate::rules::RuleEnv;
 pub fn load_plugins(
     raw: &[Spanned<RawPlugin>],
     source: &SourceMap,
-    backends: &[Backend],
+    (backends, live): (&[Backend], Option<crate::servers::Backends>),
     tables: Option<Arc<dyn super::StickApi>>,
     pause_timeout: Duration,
     used: &HashSet<String>,
     code: &mut crate::plugin::code::CodeFiles,
     cache: Option<&super::cache::ModuleCache>,
 ) -> Result<Vec<Arc<WasmPlugin>>, ConfigError> {
-    let upstreams: HashMap<String, SocketAddr> = backends
-        .iter()
-        .filter_map(|b| b.servers.first().map(|s| (b.name.to_string(), s.addr)))
-        .collect();
-    let grpc_upstreams: Arc<HashMap<String, super::grpc::GrpcUpstream>> = Arc::new(
+    let clusters: super::Clusters = Arc::new(
         backends
             .iter()
-            .filter_map(|b| {
-                super::grpc::GrpcUpstream::of_backend(b).map(|u| (b.name.to_string(), u))
+            .enumerate()
+            .filter_map(|(i, b)| {
+                super::cluster::Cluster::of_backend(i, b, live.clone())
+                    .map(|c| (b.name.to_string(), Arc::new(c)))
             })
             .collect(),
     );
@@ -71,7 +68,7 @@ pub fn load_plugins(
             p,
             wasm,
             source,
-            (&upstreams, &grpc_upstreams),
+            &clusters,
             tables.clone(),
             pause_timeout,
             !used.contains(name),
@@ -213,10 +210,7 @@ fn prepare(
     p: &RawPlugin,
     wasm: &Spanned<String>,
     source: &SourceMap,
-    (upstreams, grpc_upstreams): (
-        &HashMap<String, SocketAddr>,
-        &Arc<HashMap<String, super::grpc::GrpcUpstream>>,
-    ),
+    clusters: &super::Clusters,
     tables: Option<Arc<dyn super::StickApi>>,
     pause_timeout: Duration,
     root_only: bool,
@@ -325,8 +319,7 @@ fn prepare(
         vm_config: config_bytes(&p.vm_config),
         limits,
         on_error,
-        upstreams: upstreams.clone(),
-        grpc_upstreams: Arc::clone(grpc_upstreams),
+        clusters: Arc::clone(clusters),
         stick: tables,
         root_only,
         singleton,

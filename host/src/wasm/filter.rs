@@ -752,12 +752,15 @@ fn wait(calls: Vec<PendingCall>, waker: Rc<StreamWaker>, deadline: Instant) -> W
     })
 }
 
-/// Runs one `proxy_http_call` over a fresh HTTP/1.1 connection; an empty response on failure.
+/// Runs one `proxy_http_call` over a fresh HTTP/1.1 connection to a server
+/// of its cluster; an empty response on failure (Envoy's `onFailure`), a
+/// `503` "no healthy upstream" when no server takes traffic (Envoy's local
+/// reply).
 async fn http_call(c: PendingCall) -> CallResponse {
     match tokio::time::timeout(c.timeout, http_call_inner(&c)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            tracing::debug!("wasm http call to {} failed: {e}", c.upstream);
+            tracing::debug!("wasm http call to {} failed: {e}", c.upstream.name);
             CallResponse::default()
         }
         Err(_) => CallResponse::default(),
@@ -766,10 +769,26 @@ async fn http_call(c: PendingCall) -> CallResponse {
 
 async fn http_call_inner(c: &PendingCall) -> Result<CallResponse, String> {
     use http_body_util::{BodyExt, Full};
-    let stream = tokio::net::TcpStream::connect(c.upstream)
-        .await
-        .map_err(|e| e.to_string())?;
-    let io = hyper_util::rt::TokioIo::new(stream);
+    let Some(m) = c.upstream.pick() else {
+        let body = crate::wasm::cluster::NO_HEALTHY_UPSTREAM
+            .as_bytes()
+            .to_vec();
+        return Ok(CallResponse {
+            headers: vec![
+                (":status".to_string(), b"503".to_vec()),
+                (
+                    "content-length".to_string(),
+                    body.len().to_string().into_bytes(),
+                ),
+                ("content-type".to_string(), b"text/plain".to_vec()),
+            ],
+            body,
+        });
+    };
+    // The call's :authority is its Host, for SNI as a proxied request's.
+    let tls = m.tls_target(Some(&c.authority), &[b"http/1.1"])?;
+    let (io, _) = crate::wasm::cluster::connect(m, tls, c.upstream.connect_timeout).await?;
+    let io = hyper_util::rt::TokioIo::new(io);
     let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Full<bytes::Bytes>>(io)
         .await
         .map_err(|e| e.to_string())?;

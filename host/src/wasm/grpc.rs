@@ -1,9 +1,10 @@
 //! The gRPC client behind Proxy-Wasm's `proxy_grpc_call` / `proxy_grpc_stream`:
 //! one task per call on the worker's `LocalSet`, over HTTP/2 (h2c, or TLS
-//! with ALPN `h2` when the backend has `tls`) to the first server of the
-//! backend named as the cluster, with one cached connection per backend per
-//! worker (later calls multiplex on it; calls started together before it
-//! exists each open one, and the last is kept).
+//! with ALPN `h2` when the server has `tls`) to a server of the backend
+//! named as the cluster (taken in turn among those up: [`super::cluster`]),
+//! with one cached connection per server per worker (later calls multiplex
+//! on it; calls started together before it exists each open one, and the
+//! last is kept).
 //!
 //! What the guest sees follows Envoy's gRPC async client: length-prefixed
 //! messages (a compressed one is an `INTERNAL` error, as Envoy has no
@@ -39,6 +40,8 @@ use http_body_util::BodyExt;
 use hyper::client::conn::http2;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::cluster::{Cluster, Member, NO_HEALTHY_UPSTREAM};
+
 /// gRPC status codes the host reports itself.
 pub mod code {
     pub const OK: u32 = 0;
@@ -65,39 +68,6 @@ pub const MAX_PENDING_BYTES: usize = 4 << 20;
 pub const MAX_QUEUED_SENDS: usize = 64;
 /// A stream with no message either way for this long is ended with `DEADLINE_EXCEEDED`.
 pub const STREAM_IDLE: Duration = Duration::from_secs(300);
-/// Longest TCP connect + TLS handshake to a gRPC server.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where a cluster name leads: a backend's first server.
-#[derive(Debug, Clone)]
-pub struct GrpcUpstream {
-    /// The backend's name (the `:authority` sent, as Envoy sends the cluster name).
-    pub name: String,
-    pub addr: SocketAddr,
-    /// TLS with ALPN `h2` (the backend's or server's `tls`).
-    pub tls: Option<crate::tls::client::Target>,
-}
-
-impl GrpcUpstream {
-    /// The gRPC target of a configured backend (its first server), if it has one.
-    pub fn of_backend(b: &crate::config::Backend) -> Option<GrpcUpstream> {
-        let s = b.servers.first()?;
-        let tls = s.tls.as_ref().and_then(|t| {
-            let target = t.target(&s.addr_text, Some(&s.addr_text))?;
-            let mut config = (*target.config).clone();
-            config.alpn_protocols = vec![b"h2".to_vec()];
-            Some(crate::tls::client::Target {
-                config: Arc::new(config),
-                name: target.name,
-            })
-        });
-        Some(GrpcUpstream {
-            name: b.name.to_string(),
-            addr: s.addr,
-            tls,
-        })
-    }
-}
 
 /// What a call reports to the guest, in order.
 #[derive(Debug)]
@@ -164,7 +134,7 @@ pub struct GrpcStart {
     pub token: u32,
     /// `None`: a `GrpcService` named a cluster that does not exist (the
     /// call fails through `on_grpc_close`, `UNAVAILABLE`, as in Envoy).
-    pub upstream: Option<GrpcUpstream>,
+    pub upstream: Option<Arc<Cluster>>,
     /// `:authority` (the cluster name, or the `GrpcService`'s `authority`).
     pub authority: String,
     /// `/service/method`.
@@ -432,9 +402,11 @@ thread_local! {
 /// Most cached connections per worker (one per backend in use).
 const MAX_CONNS: usize = 256;
 
-/// A ready connection to `u`: the cached one, or a new one.
-async fn connection(u: &GrpcUpstream) -> Result<http2::SendRequest<GrpcBody>, String> {
-    let key = (u.name.clone(), u.addr);
+/// A ready connection to a server of `u` taking traffic: the cached one,
+/// or a new one; with whether it is TLS.
+async fn connection(u: &Cluster) -> Result<(http2::SendRequest<GrpcBody>, bool), String> {
+    let m = u.pick().ok_or_else(|| NO_HEALTHY_UPSTREAM.to_string())?;
+    let key = (u.name.clone(), m.addr);
     let cached = CONNS.with(|c| {
         c.try_borrow()
             .ok()
@@ -443,9 +415,9 @@ async fn connection(u: &GrpcUpstream) -> Result<http2::SendRequest<GrpcBody>, St
     if let Some(mut s) = cached
         && s.ready().await.is_ok()
     {
-        return Ok(s);
+        return Ok((s, m.tls.is_some()));
     }
-    let s = connect(u).await?;
+    let s = connect(m, u.connect_timeout).await?;
     CONNS.with(|c| {
         if let Ok(mut c) = c.try_borrow_mut() {
             c.retain(|_, s| !s.is_closed());
@@ -454,18 +426,17 @@ async fn connection(u: &GrpcUpstream) -> Result<http2::SendRequest<GrpcBody>, St
             }
         }
     });
-    Ok(s)
+    Ok((s, m.tls.is_some()))
 }
 
-async fn connect(u: &GrpcUpstream) -> Result<http2::SendRequest<GrpcBody>, String> {
-    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
-    let tcp = match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(u.addr)).await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("connect to {} failed: {e}", u.addr)),
-        Err(_) => return Err(format!("connect to {} timed out", u.addr)),
-    };
-    let _ = tcp.set_nodelay(true);
+async fn connect(m: &Member, timeout: Duration) -> Result<http2::SendRequest<GrpcBody>, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let tls = m.tls_target(None, &[b"h2"])?;
+    let is_tls = tls.is_some();
+    let (io, alpn) = super::cluster::connect(m, tls, timeout).await?;
+    if is_tls && alpn.as_deref() != Some(&b"h2"[..]) {
+        return Err("the server did not agree to HTTP/2 (ALPN h2)".into());
+    }
     let mut builder = http2::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder
         .timer(hyper_util::rt::TokioTimer::new())
@@ -473,39 +444,15 @@ async fn connect(u: &GrpcUpstream) -> Result<http2::SendRequest<GrpcBody>, Strin
         .keep_alive_timeout(Duration::from_secs(10))
         .max_frame_size(16 << 10)
         .max_header_list_size(64 << 10);
-    match &u.tls {
-        None => {
-            let io = hyper_util::rt::TokioIo::new(tcp);
-            let (send, conn) = tokio::time::timeout_at(deadline, builder.handshake(io))
-                .await
-                .map_err(|_| "HTTP/2 handshake timed out".to_string())?
-                .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
-            tokio::task::spawn_local(async move {
-                let _ = conn.await;
-            });
-            Ok(send)
-        }
-        Some(t) => {
-            let tls = tokio_rustls::TlsConnector::from(Arc::clone(&t.config))
-                .connect(t.name.clone(), tcp);
-            let tls = tokio::time::timeout_at(deadline, tls)
-                .await
-                .map_err(|_| "TLS handshake timed out".to_string())?
-                .map_err(|e| format!("TLS handshake failed: {e}"))?;
-            if tls.get_ref().1.alpn_protocol() != Some(&b"h2"[..]) {
-                return Err("the server did not agree to HTTP/2 (ALPN h2)".into());
-            }
-            let io = hyper_util::rt::TokioIo::new(tls);
-            let (send, conn) = tokio::time::timeout_at(deadline, builder.handshake(io))
-                .await
-                .map_err(|_| "HTTP/2 handshake timed out".to_string())?
-                .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
-            tokio::task::spawn_local(async move {
-                let _ = conn.await;
-            });
-            Ok(send)
-        }
-    }
+    let io = hyper_util::rt::TokioIo::new(io);
+    let (send, conn) = tokio::time::timeout_at(deadline, builder.handshake(io))
+        .await
+        .map_err(|_| "HTTP/2 handshake timed out".to_string())?
+        .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+    tokio::task::spawn_local(async move {
+        let _ = conn.await;
+    });
+    Ok(send)
 }
 
 /// gRPC's HTTP-to-gRPC status mapping (for answers without `grpc-status`).
@@ -676,7 +623,7 @@ pub async fn run(start: GrpcStart, vm_key: u64) {
 }
 
 struct Req<'a> {
-    upstream: &'a GrpcUpstream,
+    upstream: &'a Cluster,
     authority: &'a str,
     path: &'a str,
     metadata: Vec<(http::HeaderName, http::HeaderValue)>,
@@ -687,14 +634,14 @@ struct Req<'a> {
 /// The exchange; `Err` is the closing status of a failure (a normal end
 /// reports its own close).
 async fn exchange(r: Req<'_>, sink: &Sink<'_>, backlog: &Backlog) -> Result<(), (u32, String)> {
-    let mut send = connection(r.upstream)
-        .await
-        .map_err(|e| (code::UNAVAILABLE, format!("upstream connect error: {e}")))?;
-    let scheme = if r.upstream.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let (mut send, tls) = connection(r.upstream).await.map_err(|e| {
+        if e == NO_HEALTHY_UPSTREAM {
+            (code::UNAVAILABLE, e)
+        } else {
+            (code::UNAVAILABLE, format!("upstream connect error: {e}"))
+        }
+    })?;
+    let scheme = if tls { "https" } else { "http" };
     let uri = format!("{scheme}://{}{}", r.authority, r.path);
     let mut req = http::Request::builder()
         .method(http::Method::POST)

@@ -19,6 +19,7 @@
 pub mod abi;
 pub mod admin;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod filter;
@@ -30,11 +31,13 @@ pub mod module;
 pub mod shared;
 pub mod stick;
 
+/// Backends by name, as the clusters plugins call ([`cluster::Cluster`]).
+pub type Clusters = Arc<HashMap<String, Arc<cluster::Cluster>>>;
+
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,10 +129,9 @@ pub struct PluginSpec {
     pub limits: Limits,
     /// What requests see while the plugin fails.
     pub on_error: OnError,
-    /// `proxy_http_call` upstreams: backend name → address.
-    pub upstreams: HashMap<String, SocketAddr>,
-    /// `proxy_grpc_call` / `proxy_grpc_stream` clusters: backend name → its first server.
-    pub grpc_upstreams: Arc<HashMap<String, grpc::GrpcUpstream>>,
+    /// The clusters of `proxy_http_call`, `proxy_grpc_call` and
+    /// `proxy_grpc_stream`: backend name → its servers.
+    pub clusters: Clusters,
     /// Stick tables for `portcullis_v1` and the foreign functions (none: calls return NOT_FOUND).
     pub stick: Option<Arc<dyn StickApi>>,
     /// No rule uses the plugin: it runs as a singleton service (one
@@ -167,8 +169,7 @@ impl PluginSpec {
             vm_config: Vec::new(),
             limits: Limits::default(),
             on_error: OnError::FailClosed,
-            upstreams: HashMap::new(),
-            grpc_upstreams: Arc::default(),
+            clusters: Arc::default(),
             stick: None,
             root_only: false,
             singleton: true,

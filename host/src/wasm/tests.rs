@@ -491,12 +491,16 @@ fn grpc_host_calls_check_their_arguments_and_limits() {
         unknown = call("112", 2),
     );
     let mut spec = PluginSpec::new("unit");
-    let upstream = super::grpc::GrpcUpstream {
-        name: "g".into(),
-        addr: ([127, 0, 0, 1], 9).into(),
-        tls: None,
-    };
-    spec.grpc_upstreams = std::sync::Arc::new([("g".to_string(), upstream)].into_iter().collect());
+    let upstream = super::cluster::Cluster::fixed(
+        "g",
+        &[([127, 0, 0, 1], 9).into()],
+        std::time::Duration::from_secs(1),
+    );
+    spec.clusters = std::sync::Arc::new(
+        [("g".to_string(), std::sync::Arc::new(upstream))]
+            .into_iter()
+            .collect(),
+    );
     let p = WasmPlugin::compile(module_with(imports, data, &hook).as_bytes(), spec)
         .unwrap_or_else(|e| panic!("{e}"));
     match run(&p).0 {

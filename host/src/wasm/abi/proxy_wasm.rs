@@ -678,7 +678,7 @@ fn http_call(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 memory::read_str(mem, uptr, ulen),
                 "proxy_http_call: bad upstream name"
             );
-            let Some(addr) = st.root.plugin.spec.upstreams.get(upstream).copied() else {
+            let Some(cluster) = st.root.plugin.spec.clusters.get(upstream).cloned() else {
                 return Ok(refuse(
                     st,
                     Status::BadArgument,
@@ -737,7 +737,7 @@ fn http_call(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             st.next_token = st.next_token.wrapping_add(1).max(1);
             let call = PendingCall {
                 token,
-                upstream: addr,
+                upstream: cluster,
                 authority,
                 method,
                 path,
@@ -787,7 +787,7 @@ fn http_call(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
 
 /// The arguments `proxy_grpc_call` and `proxy_grpc_stream` share, read and checked.
 struct GrpcArgs {
-    upstream: Option<crate::wasm::grpc::GrpcUpstream>,
+    upstream: Option<std::sync::Arc<crate::wasm::cluster::Cluster>>,
     authority: String,
     path: String,
     metadata: Vec<(HeaderName, HeaderValue)>,
@@ -833,13 +833,7 @@ fn grpc_args(
         Status::ParseFailure,
         "the service is neither a cluster (backend) name nor a GrpcService",
     ))?;
-    let upstream = st
-        .root
-        .plugin
-        .spec
-        .grpc_upstreams
-        .get(&svc.cluster)
-        .cloned();
+    let upstream = st.root.plugin.spec.clusters.get(&svc.cluster).cloned();
     // A bare name must be a known cluster (Envoy: PARSE_FAILURE); a
     // GrpcService naming an unknown one fails later, through on_grpc_close.
     if upstream.is_none() && !svc.from_proto {

@@ -195,7 +195,8 @@ impl StreamIo {
 #[derive(Debug, Clone)]
 pub struct PendingCall {
     pub token: u32,
-    pub upstream: SocketAddr,
+    /// The backend called (Envoy's cluster).
+    pub upstream: std::sync::Arc<crate::wasm::cluster::Cluster>,
     pub authority: String,
     pub method: Method,
     pub path: String,
