@@ -834,6 +834,39 @@ async fn haproxy_26_carries_a_websocket_to_an_http2_server_alike() {
 }
 
 #[tokio::test]
+async fn a_reload_keeps_the_http2_connection_to_a_kept_server() {
+    let server = H2Server::start(H2ServerOpts::default()).await;
+    let ports = Ports::new();
+    let cfg = format!(
+        "{}{}{}",
+        global_section(ports.admin, &[("admin_token", ADMIN_TOKEN_TOML)]),
+        frontend_section("web", ports.web, "app", ""),
+        backend_section(
+            "app",
+            "roundrobin",
+            &[("s1", server.addr, 1)],
+            "proto = \"h2\""
+        )
+    );
+    let _d = Daemon::start(&cfg, &[ports.web, ports.admin]).await;
+    let mut c = H1::connect(ports.web).await;
+    assert_eq!(c.get("/before").await.status, StatusCode::OK);
+    for n in 1..=2 {
+        let r = admin_send(ports.admin, http::Method::POST, "/reload", "").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        // A new client connection is served by the new generation.
+        let mut c = H1::connect(ports.web).await;
+        assert_eq!(c.get(&format!("/after/{n}")).await.status, StatusCode::OK);
+    }
+    assert_eq!(server.state.path_count("/after/2"), 1);
+    assert_eq!(
+        server.state.connections.load(SeqCst),
+        1,
+        "the reloads opened new connections to the same server"
+    );
+}
+
+#[tokio::test]
 async fn a_websocket_to_an_http2_server_without_rfc_8441_is_a_502() {
     let server = H2Server::start(H2ServerOpts::default()).await;
     let ports = Ports::new();

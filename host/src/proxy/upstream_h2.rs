@@ -398,6 +398,38 @@ impl H2Pool {
         }))
     }
 
+    /// After a reload: this generation's pool takes the old one's
+    /// connections to servers the reload kept (same backend name, server
+    /// name, address and protocol), as the HTTP/1 pool keeps its idle ones.
+    /// Streams still open on them (the old generation's requests) stay
+    /// counted: both pools share each connection.
+    pub fn adopt(&self, own: &Runtime, old: &H2Pool, old_config: &Runtime) {
+        let mut mine = self.servers.borrow_mut();
+        let mut theirs = old.servers.borrow_mut();
+        for (b, backend) in own.backends.iter().enumerate() {
+            let Some(ob) = old_config.backend_index(&backend.name) else {
+                continue;
+            };
+            for (s, server) in backend.servers.iter().enumerate() {
+                let Some(os) = old_config.backends.get(ob).and_then(|o| {
+                    o.servers.iter().position(|x| {
+                        x.name == server.name && x.addr == server.addr && x.proto == server.proto
+                    })
+                }) else {
+                    continue;
+                };
+                if let (Some(to), Some(from)) = (
+                    mine.get_mut(b).and_then(|v| v.get_mut(s)),
+                    theirs.get_mut(ob).and_then(|v| v.get_mut(os)),
+                ) {
+                    from.conns.retain(|c| c.usable());
+                    to.conns.append(&mut from.conns);
+                    to.speaks_h1 = from.speaks_h1;
+                }
+            }
+        }
+    }
+
     /// Closes connections idle longer than the keep-alive timeout, or closed.
     pub fn sweep(&self) {
         let timeout = self.idle_timeout;

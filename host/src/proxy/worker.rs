@@ -356,10 +356,13 @@ impl Worker {
         let old = self
             .current
             .replace(Rc::new(Epoch::new(Arc::clone(&shared))));
-        // Idle keep-alive connections to servers the reload kept are reused.
+        // Connections to servers the reload kept are reused (HTTP/1 idle
+        // ones, HTTP/2 ones whatever streams they carry).
         let new = self.current();
         new.pool
             .adopt(&new.shared.config, &old.pool, &old.shared.config);
+        new.h2
+            .adopt(&new.shared.config, &old.h2, &old.shared.config);
         drop(old);
         for (addr, listener) in switch.take_listeners(self.id) {
             self.listen(addr, listener);
