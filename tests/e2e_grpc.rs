@@ -436,6 +436,38 @@ async fn a_refused_stream_is_sent_again_once() {
 }
 
 #[tokio::test]
+async fn the_retry_buffer_bounds_what_is_sent_again() {
+    // h2.retry_buffer = 8 bytes: a 7-byte body is replayed, a 9-byte one
+    // is not (the refused request is a 502), a body-less one always is.
+    let server = H2Server::start(H2ServerOpts::default()).await;
+    let ports = Ports::new();
+    let _d = Daemon::start(
+        &config(
+            &ports,
+            server.addr,
+            "",
+            "proto = \"h2\"\nh2 = { retry_buffer = \"8\" }",
+        ),
+        &[ports.web],
+    )
+    .await;
+    let mut h2 = h2c(ports.web).await;
+    for (key, body, want) in [
+        ("small", "7 bytes", StatusCode::OK),
+        ("large", "9 bytes!!", StatusCode::BAD_GATEWAY),
+        ("empty", "", StatusCode::OK),
+    ] {
+        let path = format!("/refuse-once/{key}");
+        let r = exchange(&mut h2, post(ports.web, &path, full(body)))
+            .await
+            .expect("answer");
+        assert_eq!(r.status, want, "{key}");
+        let tries = if want == StatusCode::OK { 2 } else { 1 };
+        assert_eq!(server.state.path_count(&path), tries, "{key}");
+    }
+}
+
+#[tokio::test]
 async fn goaway_under_load_loses_no_request() {
     let server = H2Server::start(H2ServerOpts {
         goaway_after: 7,
@@ -933,6 +965,10 @@ async fn proto_errors_name_the_key() {
         (
             "h2 = { ping_timeout = \"0s\" }",
             "h2.ping_timeout must be above 0",
+        ),
+        (
+            "h2 = { retry_buffer = \"1g\" }",
+            "h2.retry_buffer of 1000000000 bytes is above the limit",
         ),
     ] {
         let ports = Ports::new();

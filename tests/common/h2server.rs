@@ -4,8 +4,8 @@
 //! gRPC-shaped: the request body back, `grpc-status: 0` in trailers.
 //!
 //! Paths: `/reset` resets the stream (INTERNAL_ERROR) after reading the
-//! request; `/refuse-once/KEY` refuses (REFUSED_STREAM) the first stream
-//! for KEY and answers the next; `/slow/MS` answers after MS ms;
+//! request; `/refuse-once/KEY` refuses (REFUSED_STREAM), after reading its
+//! body, the first stream for KEY and answers the next; `/slow/MS` answers after MS ms;
 //! `/stall/MS` sends the response head at once and its body after MS ms; anything
 //! else is echoed (request trailers come back as `x-echo-NAME` trailers).
 
@@ -150,11 +150,6 @@ async fn handle(
         tunnel(req, respond, st).await;
         return;
     }
-    if path.starts_with("/refuse-once/") && seen == 1 {
-        st.refused.fetch_add(1, SeqCst);
-        respond.send_reset(h2::Reason::REFUSED_STREAM);
-        return;
-    }
     let mut body = req.into_body();
     let mut data = Vec::new();
     while let Some(chunk) = body.data().await {
@@ -172,6 +167,12 @@ async fn handle(
                 trailers.append(name, v.clone());
             }
         }
+    }
+    // Refused once the body is in: the proxy must send it again.
+    if path.starts_with("/refuse-once/") && seen == 1 {
+        st.refused.fetch_add(1, SeqCst);
+        respond.send_reset(h2::Reason::REFUSED_STREAM);
+        return;
     }
     if path == "/reset" {
         st.resets.fetch_add(1, SeqCst);

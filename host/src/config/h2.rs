@@ -8,7 +8,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::diag::{ConfigError, SourceMap};
-use super::units::ConfigDuration;
+use super::units::{ConfigDuration, ConfigSize};
+
+/// Largest `h2.retry_buffer`: a request in flight may hold this much.
+const MAX_RETRY_BUFFER: u64 = 16 << 20;
 
 /// How requests are spoken to a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +38,9 @@ pub struct RawH2 {
     pub ping_interval: Option<Spanned<ConfigDuration>>,
     /// A PING unanswered this long closes the connection.
     pub ping_timeout: Option<Spanned<ConfigDuration>>,
+    /// Request body bytes kept to send a request again when the server did
+    /// not process it (REFUSED_STREAM, GOAWAY); `0`: such requests fail.
+    pub retry_buffer: Option<Spanned<ConfigSize>>,
 }
 
 /// A backend's HTTP/2 connection settings, checked.
@@ -45,18 +51,22 @@ pub struct H2Settings {
     /// `None`: no PING (liveness is then TCP's and the timeouts').
     pub ping_interval: Option<Duration>,
     pub ping_timeout: Duration,
+    /// Most request body bytes kept for a retry on another connection.
+    pub retry_buffer: usize,
 }
 
 impl Default for H2Settings {
     /// 100 streams per connection (the value most servers advertise, and
     /// HAProxy's `tune.h2.max-concurrent-streams`), 4 connections per server
-    /// per worker, a PING after 30 s of silence answered within 10 s.
+    /// per worker, a PING after 30 s of silence answered within 10 s, a
+    /// request sent again with up to 64 KiB of its body.
     fn default() -> H2Settings {
         H2Settings {
             max_streams: 100,
             max_connections: 4,
             ping_interval: Some(Duration::from_secs(30)),
             ping_timeout: Duration::from_secs(10),
+            retry_buffer: 64 << 10,
         }
     }
 }
@@ -88,6 +98,18 @@ pub fn settings(src: &SourceMap, raw: Option<&Spanned<RawH2>>) -> Result<H2Setti
             ));
         }
         s.ping_timeout = d.get_ref().0;
+    }
+    if let Some(n) = &r.retry_buffer {
+        let v = n.get_ref().0;
+        if v > MAX_RETRY_BUFFER {
+            return Err(src.error(
+                n.span(),
+                format!(
+                    "h2.retry_buffer of {v} bytes is above the limit of {MAX_RETRY_BUFFER} (16m); each request in flight may hold that much"
+                ),
+            ));
+        }
+        s.retry_buffer = usize::try_from(v).unwrap_or(usize::MAX);
     }
     Ok(s)
 }

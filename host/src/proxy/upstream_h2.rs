@@ -12,7 +12,8 @@
 //! connection, as Envoy does: one refused with REFUSED_STREAM, one above a
 //! GOAWAY's last stream id, one queued on a connection that closed. Its
 //! body is replayed from a copy of what was sent ([`ReplayBody`], at most
-//! [`REPLAY_CAP`] bytes; a request with more body is not retried).
+//! the backend's `h2.retry_buffer` bytes, 64 KiB by default; a request with
+//! more body is not retried).
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -37,9 +38,6 @@ use super::pool::{ConnectError, Dialed, PooledConn, UpstreamPool, dial};
 use crate::config::h2::{H2Settings, UpstreamProto};
 use crate::runtime::Runtime;
 use crate::tls::client::Target;
-
-/// Request body bytes kept to send again on another connection.
-pub const REPLAY_CAP: usize = 64 << 10;
 
 /// Spawns hyper's HTTP/2 tasks (the connection, request bodies) on this worker's `LocalSet`.
 #[derive(Clone, Copy)]
@@ -482,7 +480,11 @@ impl H2Pool {
         } else {
             None
         };
-        let replay = Rc::new(RefCell::new(Replay::new(body)));
+        let cap = self
+            .settings
+            .get(dest.backend)
+            .map_or(0, |s| s.retry_buffer);
+        let replay = Rc::new(RefCell::new(Replay::new(body, cap)));
         let mut retried = false;
         loop {
             let mut req = Request::from_parts(parts.clone(), ReplayBody::new(&replay));
@@ -820,9 +822,11 @@ where
 /// What was sent of a request body, to send it again.
 struct Replay {
     body: RequestBody,
-    /// Frames handed out so far, while they fit in [`REPLAY_CAP`].
+    /// Frames handed out so far, while they fit in `cap`.
     sent: Vec<Frame<Bytes>>,
     bytes: usize,
+    /// The backend's `h2.retry_buffer`.
+    cap: usize,
     /// More than the cap went out: no replay.
     overflowed: bool,
     /// The body hands out frames to the handle of this generation only (a
@@ -831,11 +835,12 @@ struct Replay {
 }
 
 impl Replay {
-    fn new(body: RequestBody) -> Replay {
+    fn new(body: RequestBody, cap: usize) -> Replay {
         Replay {
             body,
             sent: Vec::new(),
             bytes: 0,
+            cap,
             overflowed: false,
             generation: 0,
         }
@@ -851,7 +856,7 @@ impl Replay {
 }
 
 /// A request body sent on an HTTP/2 stream: the client's body, recorded
-/// (up to [`REPLAY_CAP`]) so that a retry can send it again.
+/// (up to the backend's `h2.retry_buffer`) so that a retry can send it again.
 pub struct ReplayBody {
     state: Rc<RefCell<Replay>>,
     generation: u32,
@@ -898,7 +903,7 @@ impl Body for ReplayBody {
             && !st.overflowed
         {
             let n = frame.data_ref().map_or(0, Bytes::len);
-            if st.bytes + n > REPLAY_CAP {
+            if st.bytes.saturating_add(n) > st.cap {
                 st.overflowed = true;
                 st.sent = Vec::new();
             } else if let Some(f) = copy(frame) {
