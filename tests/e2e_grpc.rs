@@ -715,14 +715,11 @@ async fn negotiated_alpn_speaks_what_the_handshake_settled() {
     }
 }
 
-const WS_HANDSHAKE: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-
-#[tokio::test]
-async fn a_websocket_goes_to_an_http2_server_as_an_extended_connect() {
-    // As HAProxy 2.4+ does: RFC 8441 on the server side, the client's
-    // HTTP/1.1 handshake answered with the 101 and accept key it expects.
+/// An h2c test server (with RFC 8441 when `extended_connect`) behind the
+/// daemon as a `proto = "h2"` backend.
+async fn behind_us(extended_connect: bool) -> (H2Server, Ports, Daemon) {
     let server = H2Server::start(H2ServerOpts {
-        extended_connect: true,
+        extended_connect,
         ..Default::default()
     })
     .await;
@@ -732,6 +729,16 @@ async fn a_websocket_goes_to_an_http2_server_as_an_extended_connect() {
         &[ports.web],
     )
     .await;
+    (server, ports, d)
+}
+
+const WS_HANDSHAKE: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+#[tokio::test]
+async fn a_websocket_goes_to_an_http2_server_as_an_extended_connect() {
+    // As HAProxy 2.4+ does: RFC 8441 on the server side, the client's
+    // HTTP/1.1 handshake answered with the 101 and accept key it expects.
+    let (server, ports, d) = behind_us(true).await;
     let (mut s, r) = raw_exchange(ports.web, WS_HANDSHAKE.as_bytes()).await;
     assert_eq!(r.status, 101, "{}", r.head);
     assert_eq!(r.header("upgrade"), Some("websocket"), "{}", r.head);
@@ -770,17 +777,7 @@ async fn a_websocket_goes_to_an_http2_server_as_an_extended_connect() {
 async fn http2_websockets_reach_an_http2_server_and_share_its_connection() {
     // Two HTTP/2 clients' extended CONNECTs and ordinary requests on one
     // upstream connection: each tunnel is a stream of it.
-    let server = H2Server::start(H2ServerOpts {
-        extended_connect: true,
-        ..Default::default()
-    })
-    .await;
-    let ports = Ports::new();
-    let _d = Daemon::start(
-        &config(&ports, server.addr, "", "proto = \"h2\""),
-        &[ports.web],
-    )
-    .await;
+    let (server, ports, _d) = behind_us(true).await;
     let mut tunnels = Vec::new();
     for i in 0..2 {
         let tcp = TcpStream::connect(ports.web).await.expect("connect");
@@ -820,17 +817,7 @@ async fn haproxy_26_carries_a_websocket_to_an_http2_server_alike() {
     // HAProxy 2.6 with `proto h2` in front of the same RFC 8441 server: the
     // same answer to the client, the same extended CONNECT to the server.
     haproxy_26();
-    let server = H2Server::start(H2ServerOpts {
-        extended_connect: true,
-        ..Default::default()
-    })
-    .await;
-    let ports = Ports::new();
-    let _d = Daemon::start(
-        &config(&ports, server.addr, "", "proto = \"h2\""),
-        &[ports.web],
-    )
-    .await;
+    let (server, ports, _d) = behind_us(true).await;
     let hp_web = free_addr();
     let dir = TempDir::new("ws-h2-haproxy");
     let hp_cfg = format!(
@@ -900,13 +887,7 @@ async fn a_reload_keeps_the_http2_connection_to_a_kept_server() {
 
 #[tokio::test]
 async fn a_websocket_to_an_http2_server_without_rfc_8441_is_a_502() {
-    let server = H2Server::start(H2ServerOpts::default()).await;
-    let ports = Ports::new();
-    let d = Daemon::start(
-        &config(&ports, server.addr, "", "proto = \"h2\""),
-        &[ports.web],
-    )
-    .await;
+    let (server, ports, d) = behind_us(false).await;
     let (_s, r) = raw_exchange(ports.web, WS_HANDSHAKE.as_bytes()).await;
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(server.state.streams.load(SeqCst), 0);

@@ -354,21 +354,21 @@ impl Tunnel {
             connect,
             mut stop,
         } = self;
+        // An HTTP/2 tunnel's stream stays taken on its connection while
+        // the tunnel moves bytes.
+        let mut held = None;
         let mut server: Box<dyn Duplex> = match server {
             ServerSide::Stream(s) => Box::new(s),
             // hyper hands the socket over once its connection task saw the
             // 101; bounded all the same.
             ServerSide::Upgrade { on, conn } => match tokio::time::timeout(idle.server, on).await {
-                Ok(Ok(up)) => match conn {
-                    Carrier::H1(c) => {
-                        c.into_tunnel();
-                        Box::new(TokioIo::new(up))
+                Ok(Ok(up)) => {
+                    match conn {
+                        Carrier::H1(c) => c.into_tunnel(),
+                        Carrier::H2(stream) => held = Some(stream),
                     }
-                    Carrier::H2(stream) => Box::new(Held {
-                        io: TokioIo::new(up),
-                        _stream: stream,
-                    }),
-                },
+                    Box::new(TokioIo::new(up))
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "the server's upgraded connection was lost");
                     conn.discard();
@@ -394,6 +394,7 @@ impl Tunnel {
         })
         .await;
         drop(open);
+        drop(held);
         end.end(out);
     }
 
@@ -404,41 +405,6 @@ impl Tunnel {
             conn.discard();
         }
         self.end.end(failed(End::ClientError));
-    }
-}
-
-/// An HTTP/2 tunnel's stream, kept taken on its connection while the
-/// tunnel moves bytes.
-struct Held {
-    io: TokioIo<hyper::upgrade::Upgraded>,
-    _stream: super::upstream_h2::H2Stream,
-}
-
-impl AsyncRead for Held {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Held {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
