@@ -697,7 +697,9 @@ fn harness_and_daemon_agree_on_the_phase_sequence() {
     canned = canned.body(rest[head_end + 4..].to_string());
 
     // Through the harness.
-    let mut h = Harness::config_text(&text, repo()).start().expect("harness");
+    let mut h = Harness::config_text(&text, repo())
+        .start()
+        .expect("harness");
     let by_harness: Vec<Seen> = cases
         .iter()
         .map(|(method, path, body)| {
@@ -799,10 +801,21 @@ fn harness_and_daemon_agree_on_the_phase_sequence() {
             .map(|(_, v)| v.clone())
     };
     let local = case("/local", "");
-    assert_eq!((local.status, local.body.as_str()), (403, "probe says no\n"));
-    assert_eq!(header(local, "x-probe-resp").as_deref(), Some("403"), "{local:?}");
+    assert_eq!(
+        (local.status, local.body.as_str()),
+        (403, "probe says no\n")
+    );
+    assert_eq!(
+        header(local, "x-probe-resp").as_deref(),
+        Some("403"),
+        "{local:?}"
+    );
     assert_eq!(header(local, "x-resp-rule"), None, "{local:?}");
-    assert_eq!(header(local, "x-after").as_deref(), Some("403"), "{local:?}");
+    assert_eq!(
+        header(local, "x-after").as_deref(),
+        Some("403"),
+        "{local:?}"
+    );
     assert!(local.upstream.is_none());
     let plain = case("/plain", "");
     assert_eq!(header(plain, "x-resp-rule").as_deref(), Some("200"));
@@ -877,20 +890,41 @@ fn sh(dir: &Path, script: &str) -> String {
     text
 }
 
-/// The generated config, on free ports and with absolute plugin paths, in the daemon.
-async fn run_generated(project: &Path, plugin: &str, module: &str) {
+/// GUIDE.md's "Run it and see it": the generated config (on free ports,
+/// its `app` backend a real server, `file` its plugin file) in the daemon;
+/// `denied` is answered 403 by the plugin, `/plugins` lists it, and a
+/// request the server answers comes back with `headers` (the plugin's).
+async fn run_generated(
+    project: &Path,
+    plugin: &str,
+    file: (&str, String),
+    denied: &str,
+    headers: &[(&str, &str)],
+) {
     let ports = common::Ports::new();
-    let cfg = std::fs::read_to_string(project.join("portcullis.toml")).expect("config");
-    let abs = project.join(module).display().to_string();
-    let cfg = cfg
+    let app = common::Backend::start("app").await;
+    let cfg = std::fs::read_to_string(project.join("portcullis.toml"))
+        .expect("config")
         .replace("127.0.0.1:18080", &ports.web.to_string())
         .replace("127.0.0.1:19901", &ports.admin.to_string())
-        .replace(&format!("\"{module}\""), &format!("{abs:?}"));
+        .replace("127.0.0.1:18081", &app.addr.to_string())
+        .replace(file.0, &file.1);
     let _d = common::Daemon::start(&cfg, &[ports.web, ports.admin]).await;
-    let r = common::get(ports.web, "/admin").await;
+    let r = common::get(ports.web, denied).await;
     assert_eq!(r.status.as_u16(), 403, "{}", r.text());
     let plugins = common::get(ports.admin, "/plugins").await;
     assert!(plugins.text().contains(plugin), "{}", plugins.text());
+    let r = common::get(ports.web, "/").await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(
+        r.header("x-server").as_deref(),
+        Some("app"),
+        "{:?}",
+        r.headers
+    );
+    for (name, value) in headers {
+        assert_eq!(r.header(name).as_deref(), Some(*value), "{:?}", r.headers);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -924,17 +958,14 @@ async fn guide_rust_steps_scaffold_build_test_check_and_run() {
         "{manifest}"
     );
     // The edited config is what runs.
-    let ports = common::Ports::new();
-    let cfg = std::fs::read_to_string(project.join("portcullis.toml"))
-        .expect("config")
-        .replace("127.0.0.1:18080", &ports.web.to_string())
-        .replace("127.0.0.1:19901", &ports.admin.to_string())
-        .replace("\"target/", &format!("\"{}/target/", project.display()));
-    let _d = common::Daemon::start(&cfg, &[ports.web, ports.admin]).await;
-    let r = common::get(ports.web, "/private/x").await;
-    assert_eq!(r.status.as_u16(), 403, "{}", r.text());
-    let plugins = common::get(ports.admin, "/plugins").await;
-    assert!(plugins.text().contains("my_filter"), "{}", plugins.text());
+    run_generated(
+        &project,
+        "my_filter",
+        ("\"target/", format!("\"{}/target/", project.display())),
+        "/private/x",
+        &[("x-hello", "world")],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -949,14 +980,23 @@ async fn guide_lua_steps_scaffold_test_check_and_run() {
     })
     .await
     .expect("steps");
-    assert!(out.contains("2 passed, 0 failed"), "{out}");
+    assert!(out.contains("3 passed, 0 failed"), "{out}");
     assert!(
         out.contains("actions:    my_script (http-req, http-res)"),
         "{out}"
     );
     assert!(out.contains("fetches:    my_script_greeting"), "{out}");
     assert!(out.contains("configuration is valid"), "{out}");
-    run_generated(&dir.path().join("my_script"), "my_script", "my_script.lua").await;
+    let project = dir.path().join("my_script");
+    let script = project.join("my_script.lua").display().to_string();
+    run_generated(
+        &project,
+        "my_script",
+        ("\"my_script.lua\"", format!("{script:?}")),
+        "/admin",
+        &[("x-hello", "world"), ("x-script", "my_script")],
+    )
+    .await;
 }
 
 #[test]
