@@ -606,6 +606,232 @@ fn lua_maps_runtime_api_and_servers() {
     assert!(ex.local_reply, "{}", ex.text());
 }
 
+// ------------------------------------- the harness and the daemon agree
+
+/// The server's answer in the agreement test: the same bytes from the
+/// daemon's real server as from the harness's canned one.
+const PROBE_SERVER: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-server: raw\r\ncontent-length: 12\r\n\r\nhello world\n";
+
+/// What a client and the server saw of one exchange, from either side.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    status: u16,
+    /// Response headers, minus framing and `date` (hyper's own on the wire).
+    headers: Vec<(String, String)>,
+    body: String,
+    /// The request the server got: `x-probe*` headers and body; `None` if none went.
+    upstream: Option<(Vec<(String, String)>, String)>,
+    /// The log hook's line (`probe log <path> -> <status>`), if it ran.
+    log: Option<String>,
+}
+
+fn seen_headers<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = headers
+        .filter(|(n, _)| {
+            !["date", "content-length", "transfer-encoding", "connection"]
+                .contains(&n.to_ascii_lowercase().as_str())
+        })
+        .map(|(n, v)| {
+            (
+                n.to_ascii_lowercase(),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn probe_line(logs: &str, path: &str) -> Option<String> {
+    let needle = format!("probe log {path} -> ");
+    logs.lines().find_map(|l| {
+        let rest = &l[l.find(&needle)? + needle.len()..];
+        let status: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        Some(format!("{needle}{status}"))
+    })
+}
+
+/// The same plugin (`plugins/wasm/phase_probe`) and rules through the
+/// harness and through the daemon, with the same server answer: every
+/// case must come out the same on both, status, headers, body, what the
+/// server got and the log hook's line. The tricky turns of the phase
+/// sequence: a plugin's local reply from its request hook (does its
+/// response hook see it?), `deny` and `return` rules after the plugin,
+/// request bodies buffered by StopIteration (rewritten, or answered from
+/// the body hook), the response body buffered or answered from its hook,
+/// `http_response` rules (skipped on local replies) and
+/// `http_after_response` rules (run on everything).
+#[test]
+fn harness_and_daemon_agree_on_the_phase_sequence() {
+    let top = plugin_wasm("probe", &wasm("phase_probe"), None);
+    let request = r#"{ wasm = "probe" },
+  { deny = 403, if = "path_beg /deny" },
+  { return = 200, content_type = "text/plain", body = "returned\n", if = "path_beg /ret" }"#;
+    let response = r#"{ set_header = "x-resp-rule", value = "%[status]" }"#;
+    let text = config(&top, request, response).replace(
+        "http_response = [",
+        "http_after_response = [{ set_header = \"x-after\", value = \"%[status]\" }]\nhttp_response = [",
+    );
+    let cases: [(&str, &str, &str); 10] = [
+        ("GET", "/plain", ""),
+        ("GET", "/local", ""),
+        ("GET", "/deny", ""),
+        ("GET", "/ret", ""),
+        ("POST", "/buffer", "hello, body"),
+        ("POST", "/reject", "this is bad"),
+        ("POST", "/reject", "this is fine"),
+        ("POST", "/plain", "streamed as it came"),
+        ("GET", "/rbuffer", ""),
+        ("GET", "/rreject", ""),
+    ];
+    let (status, rest) = PROBE_SERVER
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.split_once(' '))
+        .expect("status line");
+    let mut canned = Canned::status(status.parse().expect("status"));
+    let head_end = rest.find("\r\n\r\n").expect("head end");
+    for line in rest[..head_end].split("\r\n").skip(1) {
+        let (n, v) = line.split_once(": ").expect("header line");
+        canned = canned.header(n, v);
+    }
+    canned = canned.body(rest[head_end + 4..].to_string());
+
+    // Through the harness.
+    let mut h = Harness::config_text(&text, repo())
+        .start()
+        .expect("harness");
+    let by_harness: Vec<Seen> = cases
+        .iter()
+        .map(|(method, path, body)| {
+            let req = Request::new(method.parse().expect("method"), path).body(body.to_string());
+            let ex = h.run(req, canned.clone());
+            let logs: String = ex.logs.iter().map(|l| format!("{l}\n")).collect();
+            Seen {
+                status: ex.status,
+                headers: seen_headers(ex.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()))),
+                body: ex.text(),
+                upstream: ex.upstream.as_ref().map(|u| {
+                    (
+                        seen_headers(
+                            u.headers
+                                .iter()
+                                .map(|(n, v)| (n.as_str(), v.as_bytes()))
+                                .filter(|(n, _)| n.starts_with("x-probe")),
+                        ),
+                        String::from_utf8_lossy(&u.body).into_owned(),
+                    )
+                }),
+                log: probe_line(&logs, path),
+            }
+        })
+        .collect();
+    drop(h);
+
+    // Through the daemon, with a real server and client.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let by_daemon: Vec<Seen> = rt.block_on(async {
+        let server = common::RawBackend::start(PROBE_SERVER).await;
+        let ports = common::Ports::new();
+        let cfg = format!("[global]\nworkers = 1\n\n{text}")
+            .replace("127.0.0.1:1\"", &format!("{}\"", ports.web))
+            .replace("127.0.0.1:2\"", &format!("{}\"", server.addr));
+        let d = common::Daemon::start(&cfg, &[ports.web]).await;
+        let mut seen = Vec::new();
+        for (method, path, body) in cases {
+            let before = server.requests().len();
+            let mark = d.stderr().len();
+            let req = common::request(method.parse().expect("method"), ports.web, path)
+                .body(common::full(body.to_string()))
+                .expect("request");
+            let mut c = common::H1::connect(ports.web).await;
+            let r = c.try_send(req).await.expect("response");
+            let upstream = server.requests().get(before).map(|u| {
+                (
+                    seen_headers(
+                        u.headers
+                            .iter()
+                            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+                            .filter(|(n, _)| n.to_ascii_lowercase().starts_with("x-probe")),
+                    ),
+                    String::from_utf8_lossy(&u.body).into_owned(),
+                )
+            });
+            // The log hook runs once the response body is over.
+            let mut log = None;
+            for _ in 0..100 {
+                log = probe_line(d.stderr().get(mark..).unwrap_or_default(), path);
+                if log.is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            seen.push(Seen {
+                status: r.status.as_u16(),
+                headers: seen_headers(r.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()))),
+                body: r.text(),
+                upstream,
+                log,
+            });
+        }
+        seen
+    });
+    for (i, (h, d)) in by_harness.iter().zip(&by_daemon).enumerate() {
+        assert_eq!(
+            h, d,
+            "case {:?}: the harness (left) and the daemon (right) differ",
+            cases[i]
+        );
+    }
+    // And what they agree on is the documented behaviour.
+    let case = |path: &str, body: &str| {
+        let i = cases
+            .iter()
+            .position(|c| c.1 == path && c.2 == body)
+            .expect("case");
+        &by_daemon[i]
+    };
+    let header = |s: &Seen, name: &str| {
+        s.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let local = case("/local", "");
+    assert_eq!(
+        (local.status, local.body.as_str()),
+        (403, "probe says no\n")
+    );
+    assert_eq!(
+        header(local, "x-probe-resp").as_deref(),
+        Some("403"),
+        "{local:?}"
+    );
+    assert_eq!(header(local, "x-resp-rule"), None, "{local:?}");
+    assert_eq!(
+        header(local, "x-after").as_deref(),
+        Some("403"),
+        "{local:?}"
+    );
+    assert!(local.upstream.is_none());
+    let plain = case("/plain", "");
+    assert_eq!(header(plain, "x-resp-rule").as_deref(), Some("200"));
+    assert_eq!(header(plain, "x-server").as_deref(), Some("raw"));
+    let buffered = case("/buffer", "hello, body");
+    assert_eq!(
+        buffered.upstream.as_ref().map(|u| u.1.as_str()),
+        Some("probe[11]:HELLO, BODY")
+    );
+    let rejected = case("/reject", "this is bad");
+    assert_eq!(rejected.status, 400, "{rejected:?}");
+    assert!(rejected.upstream.is_none());
+    assert_eq!(case("/rbuffer", "").body, "hello world\n|probe saw 12");
+    assert_eq!(case("/rreject", "").status, 502);
+}
+
 // ------------------------------------------------- the author's tools
 
 /// The `sh` blocks of one `## ` section of docs/GUIDE.md, in order.
@@ -664,20 +890,41 @@ fn sh(dir: &Path, script: &str) -> String {
     text
 }
 
-/// The generated config, on free ports and with absolute plugin paths, in the daemon.
-async fn run_generated(project: &Path, plugin: &str, module: &str) {
+/// GUIDE.md's "Run it and see it": the generated config (on free ports,
+/// its `app` backend a real server, `file` its plugin file) in the daemon;
+/// `denied` is answered 403 by the plugin, `/plugins` lists it, and a
+/// request the server answers comes back with `headers` (the plugin's).
+async fn run_generated(
+    project: &Path,
+    plugin: &str,
+    file: (&str, String),
+    denied: &str,
+    headers: &[(&str, &str)],
+) {
     let ports = common::Ports::new();
-    let cfg = std::fs::read_to_string(project.join("portcullis.toml")).expect("config");
-    let abs = project.join(module).display().to_string();
-    let cfg = cfg
+    let app = common::Backend::start("app").await;
+    let cfg = std::fs::read_to_string(project.join("portcullis.toml"))
+        .expect("config")
         .replace("127.0.0.1:18080", &ports.web.to_string())
         .replace("127.0.0.1:19901", &ports.admin.to_string())
-        .replace(&format!("\"{module}\""), &format!("{abs:?}"));
+        .replace("127.0.0.1:18081", &app.addr.to_string())
+        .replace(file.0, &file.1);
     let _d = common::Daemon::start(&cfg, &[ports.web, ports.admin]).await;
-    let r = common::get(ports.web, "/admin").await;
+    let r = common::get(ports.web, denied).await;
     assert_eq!(r.status.as_u16(), 403, "{}", r.text());
     let plugins = common::get(ports.admin, "/plugins").await;
     assert!(plugins.text().contains(plugin), "{}", plugins.text());
+    let r = common::get(ports.web, "/").await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(
+        r.header("x-server").as_deref(),
+        Some("app"),
+        "{:?}",
+        r.headers
+    );
+    for (name, value) in headers {
+        assert_eq!(r.header(name).as_deref(), Some(*value), "{:?}", r.headers);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -711,17 +958,14 @@ async fn guide_rust_steps_scaffold_build_test_check_and_run() {
         "{manifest}"
     );
     // The edited config is what runs.
-    let ports = common::Ports::new();
-    let cfg = std::fs::read_to_string(project.join("portcullis.toml"))
-        .expect("config")
-        .replace("127.0.0.1:18080", &ports.web.to_string())
-        .replace("127.0.0.1:19901", &ports.admin.to_string())
-        .replace("\"target/", &format!("\"{}/target/", project.display()));
-    let _d = common::Daemon::start(&cfg, &[ports.web, ports.admin]).await;
-    let r = common::get(ports.web, "/private/x").await;
-    assert_eq!(r.status.as_u16(), 403, "{}", r.text());
-    let plugins = common::get(ports.admin, "/plugins").await;
-    assert!(plugins.text().contains("my_filter"), "{}", plugins.text());
+    run_generated(
+        &project,
+        "my_filter",
+        ("\"target/", format!("\"{}/target/", project.display())),
+        "/private/x",
+        &[("x-hello", "world")],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -736,14 +980,23 @@ async fn guide_lua_steps_scaffold_test_check_and_run() {
     })
     .await
     .expect("steps");
-    assert!(out.contains("2 passed, 0 failed"), "{out}");
+    assert!(out.contains("3 passed, 0 failed"), "{out}");
     assert!(
         out.contains("actions:    my_script (http-req, http-res)"),
         "{out}"
     );
     assert!(out.contains("fetches:    my_script_greeting"), "{out}");
     assert!(out.contains("configuration is valid"), "{out}");
-    run_generated(&dir.path().join("my_script"), "my_script", "my_script.lua").await;
+    let project = dir.path().join("my_script");
+    let script = project.join("my_script.lua").display().to_string();
+    run_generated(
+        &project,
+        "my_script",
+        ("\"my_script.lua\"", format!("{script:?}")),
+        "/admin",
+        &[("x-hello", "world"), ("x-script", "my_script")],
+    )
+    .await;
 }
 
 #[test]

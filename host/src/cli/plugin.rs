@@ -202,7 +202,11 @@ fn check_wasm(file: &Path, config: Option<&str>) -> Result<String, String> {
             let bodies = if hooks.is_empty() {
                 String::new()
             } else {
-                format!(" (buffers the {} for its body hooks)", hooks.join(" and "))
+                // The SDKs export every hook; a body is held back only while a hook asks.
+                format!(
+                    "; its body hooks see the {} (held back only while a hook returns Pause)",
+                    hooks.join(" and ")
+                )
             };
             let _ = writeln!(
                 out,

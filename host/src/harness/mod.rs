@@ -18,11 +18,15 @@
 //! ```
 //!
 //! What is the daemon's own code: the config loading and assembly, the
-//! plugins' worker instances, the chain driver and body handling
-//! (`proxy::chain`, `proxy::body`), the head preparation (`proxy::head`),
-//! error pages. What the harness does itself is the sequence of
-//! [`Harness::try_run`], which follows `proxy::handler::handle` step by step
-//! (keep them in step), without the socket, balancer and pool.
+//! plugins' worker instances, the phase sequence (`proxy::flow`: the
+//! request phase, local replies and the response hooks that see them, the
+//! response phase, `http_after_response`, the log hooks and stick-table
+//! outcomes), the chain driver and body handling (`proxy::chain`,
+//! `proxy::body`), the head preparation (`proxy::head`), error pages. What
+//! the harness supplies instead of sockets is the server's side: the request
+//! is recorded as the server would get it (without the proxy's
+//! `X-Forwarded-*`), and the canned response comes back as the server's,
+//! with no balancer, pool or health checks in between.
 //!
 //! The harness runs on the calling thread (its own current-thread tokio
 //! runtime, like one daemon worker): use it from plain `#[test]`s, not
@@ -48,10 +52,13 @@ pub use logs::LogLine;
 pub use net::{Call, Canned};
 
 use crate::config::{self, ConfigError};
-use crate::filter::Reply;
-use crate::proxy::body::{RequestBody, RequestBodyState, ResponseBody};
-use crate::proxy::chain::{Outgoing, run_phase};
-use crate::proxy::head::{prepare_request, remove_connection_options, strip_hop_by_hop};
+use crate::filter::{BodyTap, Reply};
+use crate::proxy::body::{RequestBody, RequestBodyState};
+use crate::proxy::chain::Outgoing;
+use crate::proxy::error::ProxyError;
+use crate::proxy::flow::{self, Answer, Sent};
+use crate::proxy::grpc;
+use crate::proxy::head::strip_hop_by_hop;
 use crate::rules::{CompileCtx, Env, Extensions, RuleExtension};
 use crate::runtime::Runtime;
 use crate::stick::api::{Api, EntryView};
@@ -517,97 +524,49 @@ impl Harness {
         let calls_before = self.calls.lock().map(|c| c.len()).unwrap_or(0);
         let mut txn = self.txn(&req)?;
         let rt = &self.runtime;
-        let fe = &rt.frontends[self.frontend];
-        let chain = &fe.chain;
+        let fe = self.frontend;
+        let chain = &rt.frontends[fe].chain;
         let result = self.local.block_on(&self.rt, async {
             txn.req_body = Some(
                 net::incoming(req.body.clone())
                     .await
                     .map_err(HarnessError::Io)?,
             );
-            let mut taps = Vec::new();
-            let early = match prepare_request(&mut txn, false) {
-                Ok(()) => run_phase(&chain.request, &mut txn, &mut taps).await,
-                Err(e) => Some(e.reply()),
+            let mut side = CannedSides {
+                rt,
+                frontend: fe,
+                server: &server,
+                backend: None,
+                grpc: rt.frontends[fe].grpc_local_replies && grpc::is_grpc(&txn.req_headers),
+                upstream: None,
+                bytes_in: 0,
+                error: None,
             };
-            let mut upstream = None;
-            let mut bytes_in = 0;
-            let (mut status, mut headers, body, local, cause) = match early {
-                Some(reply) => answer(rt, fe, &txn, reply),
-                None => {
-                    let backend = match &txn.backend {
-                        Some(BackendChoice::Index(i)) => Some(*i),
-                        Some(BackendChoice::Name(n)) => rt.backend_index(n).or(fe.default_backend),
-                        None => fe.default_backend,
-                    };
-                    txn.backend = backend.map(BackendChoice::Index);
-                    let mut headers = std::mem::take(&mut txn.req_headers);
-                    strip_hop_by_hop(&mut headers);
-                    let out = Outgoing::take(&mut txn, Phase::Request, taps, &mut headers);
-                    let state = Rc::new(RequestBodyState::default());
-                    let (body, _) = RequestBody::outgoing(out, rt.global.timeouts.client, &state);
-                    let body = collect(body).await?;
-                    bytes_in = body.len() as u64;
-                    upstream = Some(Forwarded {
-                        method: txn.method.clone(),
-                        path: txn
-                            .uri
-                            .path_and_query()
-                            .map_or_else(|| "/".to_string(), |p| p.to_string()),
-                        headers,
-                        body,
-                        backend: backend
-                            .and_then(|b| rt.backends.get(b))
-                            .map(|b| b.name.to_string()),
-                    });
-                    txn.phase = Phase::Response;
-                    txn.req_vars.clear();
-                    txn.status = server.status;
-                    txn.resp_headers = server.headers.clone();
-                    remove_connection_options(&mut txn.resp_headers);
-                    strip_hop_by_hop(&mut txn.resp_headers);
-                    txn.resp_body = Some(
-                        net::incoming(server.body.clone())
-                            .await
-                            .map_err(HarnessError::Io)?,
-                    );
-                    let mut taps = Vec::new();
-                    match run_phase(&chain.response, &mut txn, &mut taps).await {
-                        Some(reply) => {
-                            drop(txn.resp_body.take());
-                            drop(txn.resp_buffered.take());
-                            answer(rt, fe, &txn, reply)
-                        }
-                        None => {
-                            let mut headers = std::mem::take(&mut txn.resp_headers);
-                            let out = Outgoing::take(&mut txn, Phase::Response, taps, &mut headers);
-                            let body = ResponseBody::outgoing(out, rt.global.timeouts.server);
-                            let body = collect(body).await?;
-                            (txn.status, headers, body, false, None)
-                        }
-                    }
-                }
-            };
-            if !chain.after_response.is_empty() {
-                txn.phase = Phase::Response;
-                txn.status = status;
-                txn.resp_headers = headers;
-                let mut taps = Vec::new();
-                let _ = run_phase(&chain.after_response, &mut txn, &mut taps).await;
-                status = txn.status;
-                headers = std::mem::take(&mut txn.resp_headers);
+            // The daemon's own phase sequence, with the canned server.
+            let answer = flow::exchange(chain, &mut txn, &mut side, Ok(false)).await;
+            if let Some(e) = side.error {
+                return Err(HarnessError::Io(e));
             }
-            txn.outcome = crate::txn::Outcome {
-                status: status.as_u16(),
-                bytes_in,
-                bytes_out: body.len() as u64,
-                server_failed: false,
-                grpc_status: None,
-            };
-            for f in &chain.log {
-                f.on_log(&txn);
-            }
-            txn.sc.record_outcome(&txn.outcome);
+            let Answer {
+                status,
+                headers,
+                body,
+                local,
+                cause,
+                ..
+            } = answer;
+            let body = collect(body).await?;
+            flow::finish(
+                chain,
+                &mut txn,
+                crate::txn::Outcome {
+                    status: status.as_u16(),
+                    bytes_in: side.bytes_in,
+                    bytes_out: body.len() as u64,
+                    server_failed: false,
+                    grpc_status: grpc::status_of(None, &headers),
+                },
+            );
             let vars = txn.vars.clone();
             // Tracked entries are released as the daemon releases them.
             drop(txn);
@@ -619,7 +578,7 @@ impl Harness {
                 body,
                 local_reply: local,
                 cause,
-                upstream,
+                upstream: side.upstream,
                 calls: Vec::new(),
                 logs: Vec::new(),
                 vars,
@@ -640,23 +599,109 @@ impl Harness {
     }
 }
 
-/// A reply of the proxy (rule, plugin, service, error page) as the client
-/// gets it: the configured error pages applied as the handler applies them.
-fn answer(
-    rt: &Runtime,
-    fe: &crate::runtime::Frontend,
-    txn: &Txn,
-    mut reply: Reply,
-) -> (StatusCode, HeaderMap, Bytes, bool, Option<&'static str>) {
-    let backend = match &txn.backend {
-        Some(BackendChoice::Index(i)) => rt.backends.get(*i),
-        _ => None,
-    };
-    crate::error::apply_overrides(
-        &mut reply,
-        backend.map(|b| &b.errors).into_iter().chain([&fe.errors]),
-    );
-    (reply.status, reply.headers, reply.body, true, reply.cause)
+/// The harness's side of the daemon's phase sequence (`proxy::flow`): the
+/// request goes to no socket but is recorded as the server would get it,
+/// and the canned response comes back as the server's, over an in-memory
+/// HTTP/1.1 connection.
+struct CannedSides<'a> {
+    rt: &'a Runtime,
+    frontend: usize,
+    server: &'a Canned,
+    /// The backend the request was routed to.
+    backend: Option<usize>,
+    /// A gRPC request on a frontend with `grpc_local_replies`.
+    grpc: bool,
+    upstream: Option<Forwarded>,
+    bytes_in: u64,
+    /// The harness's own failure, reported instead of the exchange.
+    error: Option<String>,
+}
+
+impl flow::Sides for CannedSides<'_> {
+    async fn forward(
+        &mut self,
+        txn: &mut Txn,
+        taps: Vec<Box<dyn BodyTap>>,
+    ) -> Result<Sent, ProxyError> {
+        // As the daemon routes: the choice stays what `be_name` reports.
+        let backend = flow::backend_for(self.rt, self.frontend, txn);
+        txn.backend = backend.map(BackendChoice::Index);
+        self.backend = backend;
+        if backend.is_none() {
+            return Err(ProxyError::NoBackend);
+        }
+        let mut headers = std::mem::take(&mut txn.req_headers);
+        strip_hop_by_hop(&mut headers);
+        let out = Outgoing::take(txn, Phase::Request, taps, &mut headers);
+        let state = Rc::new(RequestBodyState::default());
+        let (body, _) = RequestBody::outgoing(out, self.rt.global.timeouts.client, &state);
+        let body = match collect(body).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.error = Some(e.to_string());
+                return Err(ProxyError::UpstreamUnusable("the request body failed"));
+            }
+        };
+        self.bytes_in = body.len() as u64;
+        self.upstream = Some(Forwarded {
+            method: txn.method.clone(),
+            path: txn
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.to_string()),
+            headers,
+            body,
+            backend: backend
+                .and_then(|b| self.rt.backends.get(b))
+                .map(|b| b.name.to_string()),
+        });
+        match net::incoming(self.server.body.clone()).await {
+            Ok(incoming) => Ok(Sent::Response(
+                self.server.status,
+                self.server.headers.clone(),
+                incoming,
+            )),
+            Err(e) => {
+                self.error = Some(e);
+                Err(ProxyError::UpstreamUnusable("the canned response failed"))
+            }
+        }
+    }
+
+    fn fail(&mut self, err: &ProxyError) -> Reply {
+        err.reply()
+    }
+
+    fn note_cause(&mut self, _reply: &Reply, _phase: Phase) {}
+
+    fn error_pages(&self, reply: &mut Reply) {
+        flow::error_pages(
+            self.rt,
+            self.frontend,
+            self.backend,
+            self.grpc.then_some(false),
+            reply,
+        );
+    }
+
+    fn abandon(&mut self) {}
+
+    fn switch(&mut self, _txn: &mut Txn) -> Option<(StatusCode, HeaderMap)> {
+        // No socket to hand over: a canned 101 goes out as any response.
+        None
+    }
+
+    fn pass(
+        &mut self,
+        _txn: &Txn,
+        _headers: &mut HeaderMap,
+    ) -> (Duration, Option<tokio::time::Instant>) {
+        let timeout = self
+            .backend
+            .and_then(|b| self.rt.backends.get(b))
+            .map_or(self.rt.global.timeouts.server, |b| b.server_timeout);
+        (timeout, None)
+    }
 }
 
 /// Reads a whole body the proxy would send.

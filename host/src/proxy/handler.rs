@@ -17,10 +17,10 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::body::{BodyEnd, BodyOutcome, RequestBody, RequestBodyState, ResponseBody};
-use super::chain::{Outgoing, run_local_reply, run_phase};
+use super::chain::Outgoing;
 use super::conn::ConnState;
 use super::error::ProxyError;
-use super::head::{prepare_request, remove_connection_options, strip_hop_by_hop};
+use super::head::strip_hop_by_hop;
 use super::pool::PooledConn;
 use super::tunnel::{self, End, Idle};
 use super::upgraded::{Ask, Carrier, ServerSide, Tunnel, TunnelEnd};
@@ -209,18 +209,18 @@ impl BodyEnd for Exchange {
             }
         }
         let mut txn = txn;
-        txn.outcome = crate::txn::Outcome {
-            status,
-            bytes_in,
-            bytes_out: bytes,
-            server_failed: outcome == BodyOutcome::UpstreamError || route.server_failed,
-            grpc_status,
-        };
-        for f in &shared.config.frontends[ctx.frontend].chain.log {
-            f.on_log(&txn);
-        }
-        // Tracked entries learn how the exchange ended (status class, bytes), as HAProxy's stream does.
-        txn.sc.record_outcome(&txn.outcome);
+        // The filters' log hooks and the tracked entries (proxy/flow.rs).
+        super::flow::finish(
+            &shared.config.frontends[ctx.frontend].chain,
+            &mut txn,
+            crate::txn::Outcome {
+                status,
+                bytes_in,
+                bytes_out: bytes,
+                server_failed: outcome == BodyOutcome::UpstreamError || route.server_failed,
+                grpc_status,
+            },
+        );
         if access_log.enabled() {
             let config = &shared.config;
             let backend = route.backend.and_then(|b| config.backends.get(b));
@@ -415,155 +415,30 @@ pub async fn handle(
             && super::grpc::is_grpc(&txn.req_headers),
         ..Route::default()
     };
+    // The phase sequence (proxy/flow.rs), over this connection's sockets.
+    let mut sides = DaemonSides {
+        ctx: &ctx,
+        route: &mut route,
+        ask,
+        server_side: None,
+        upgrade: None,
+    };
+    let answer = super::flow::exchange(
+        chain,
+        &mut txn,
+        &mut sides,
+        asked.map(|_| ask == Some(Ask::Connect)),
+    )
+    .await;
     // The server side of a tunnel this request opens, once answered.
-    let mut server_side: Option<ServerSide> = None;
-
-    // Rules see the request as the server will: Host settled, Connection
-    // options gone, CONNECT refused.
-    let mut req_taps = Vec::new();
-    let early = match asked.and_then(|_| prepare_request(&mut txn, ask == Some(Ask::Connect))) {
-        Ok(()) => run_phase(&chain.request, &mut txn, &mut req_taps).await,
-        Err(err) => {
-            let mut reply = fail(&ctx, &mut route, &err);
-            // HTTP/2 has no Connection header (hyper would drop it with a warning).
-            if err.closes_connection() && txn.version < Version::HTTP_2 {
-                reply
-                    .headers
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            Some(reply)
-        }
-    };
-    let (status, headers, body, reason) = match early {
-        Some(mut reply) => {
-            note_cause(&mut route, &reply, Phase::Request);
-            error_pages(&ctx, &route, &mut reply);
-            local_reply(&ctx, &mut route, &mut txn, &mut reply).await;
-            reply_parts(reply)
-        }
-        None if ask == Some(Ask::Connect) => match connect_tunnel(&ctx, &txn).await {
-            Ok(stream) => {
-                server_side = Some(ServerSide::Stream(stream));
-                (
-                    StatusCode::OK,
-                    HeaderMap::new(),
-                    ResponseBody::empty(),
-                    None,
-                )
-            }
-            Err(err) => {
-                let mut reply = fail(&ctx, &mut route, &err);
-                error_pages(&ctx, &route, &mut reply);
-                local_reply(&ctx, &mut route, &mut txn, &mut reply).await;
-                reply_parts(reply)
-            }
-        },
-        None => match forward(&ctx, &mut txn, req_taps, &mut route, ask.is_some()).await {
-            Ok(resp) => {
-                let (mut parts, incoming) = resp.into_parts();
-                // A 101 to an upgrade we forwarded: the server's socket
-                // is the tunnel's once the response rules let it through.
-                let server_upgrade = if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-                    parts
-                        .extensions
-                        .remove::<hyper::upgrade::OnUpgrade>()
-                        .map(|on| (on, parts.headers.get(header::UPGRADE).cloned()))
-                } else {
-                    None
-                };
-                txn.phase = Phase::Response;
-                txn.req_vars.clear();
-                txn.status = parts.status;
-                txn.resp_headers = parts.headers;
-                // Before the response rules, so the server cannot remove what they set.
-                remove_connection_options(&mut txn.resp_headers);
-                strip_hop_by_hop(&mut txn.resp_headers);
-                // In the transaction so a filter with a body hook can read it.
-                txn.resp_body = Some(incoming);
-                let mut taps = Vec::new();
-                match run_phase(&chain.response, &mut txn, &mut taps).await {
-                    Some(mut reply) => {
-                        note_cause(&mut route, &reply, Phase::Response);
-                        error_pages(&ctx, &route, &mut reply);
-                        // The server's body is abandoned: its connection cannot be reused.
-                        if let Some(conn) = route.conn.take() {
-                            conn.discard();
-                        }
-                        drop(txn.resp_body.take());
-                        drop(txn.resp_buffered.take());
-                        reply_parts(reply)
-                    }
-                    None if server_upgrade.is_some()
-                        && txn.status == StatusCode::SWITCHING_PROTOCOLS =>
-                    {
-                        let mut headers = std::mem::take(&mut txn.resp_headers);
-                        drop(txn.resp_body.take());
-                        drop(txn.resp_buffered.take());
-                        let mut status = txn.status;
-                        let carrier = match (route.conn.take(), route.h2.take()) {
-                            (Some(c), _) => Some(Carrier::H1(c)),
-                            (None, Some(st)) => Some(Carrier::H2(st)),
-                            (None, None) => None,
-                        };
-                        if let (Some((on, protocol)), Some(conn)) = (server_upgrade, carrier) {
-                            server_side = Some(ServerSide::Upgrade { on, conn });
-                            if txn.version == Version::HTTP_2 {
-                                // RFC 8441: a 200 on the stream opens the tunnel.
-                                status = StatusCode::OK;
-                                headers.remove(header::SEC_WEBSOCKET_ACCEPT);
-                            } else {
-                                let protocol = protocol
-                                    .or_else(|| txn.req_headers.get(header::UPGRADE).cloned())
-                                    .unwrap_or_else(|| HeaderValue::from_static("websocket"));
-                                headers.insert(
-                                    header::CONNECTION,
-                                    HeaderValue::from_static("upgrade"),
-                                );
-                                headers.insert(header::UPGRADE, protocol);
-                            }
-                        }
-                        (status, headers, ResponseBody::empty(), None)
-                    }
-                    None => {
-                        let timeout = route
-                            .backend
-                            .and_then(|b| shared.config.backends.get(b))
-                            .map_or(shared.config.global.timeouts.server, |b| b.server_timeout);
-                        let mut headers = std::mem::take(&mut txn.resp_headers);
-                        if route.te_trailers && txn.version < Version::HTTP_2 {
-                            // hyper sends an HTTP/1.1 client only the trailers declared.
-                            super::grpc::declare_trailers(&mut headers);
-                        }
-                        let out = Outgoing::take(&mut txn, Phase::Response, taps, &mut headers);
-                        let mut body = ResponseBody::outgoing(out, timeout);
-                        if let Some(at) = route.deadline {
-                            body = body.with_deadline(at);
-                        }
-                        (txn.status, headers, body, None)
-                    }
-                }
-            }
-            Err(err) => {
-                let mut reply = fail(&ctx, &mut route, &err);
-                error_pages(&ctx, &route, &mut reply);
-                local_reply(&ctx, &mut route, &mut txn, &mut reply).await;
-                reply_parts(reply)
-            }
-        },
-    };
-    // http_after_response: every response sent, the proxy's own included.
-    let (status, headers, reason) = if chain.after_response.is_empty() {
-        (status, headers, reason)
-    } else {
-        txn.phase = Phase::Response;
-        txn.status = status;
-        txn.resp_headers = headers;
-        let mut taps = Vec::new();
-        // The rules there neither answer nor wait (checked at load).
-        let _ = run_phase(&chain.after_response, &mut txn, &mut taps).await;
-        let reason = reason.filter(|_| txn.status == status);
-        (txn.status, std::mem::take(&mut txn.resp_headers), reason)
-    };
+    let server_side = sides.server_side.take();
+    let super::flow::Answer {
+        status,
+        headers,
+        body,
+        reason,
+        ..
+    } = answer;
     // A tunnel opens only if its answer is still the one that opens it
     // (a response rule may have turned it into another status).
     let opens = if txn.version == Version::HTTP_2 || ask == Some(Ask::Connect) {
@@ -716,37 +591,6 @@ fn frontend_gone() -> Response<ResponseBody> {
     resp
 }
 
-/// A reply as response parts; an error page keeps HAProxy's reason phrase
-/// where it differs from the standard one.
-fn reply_parts(reply: Reply) -> (StatusCode, HeaderMap, ResponseBody, Option<&'static str>) {
-    let reason = if reply.error_page {
-        let r = crate::error::reason(reply.status);
-        (Some(r) != reply.status.canonical_reason()).then_some(r)
-    } else {
-        None
-    };
-    (
-        reply.status,
-        reply.headers,
-        ResponseBody::full(reply.body),
-        reason,
-    )
-}
-
-/// The response hooks that see the proxy's own reply to a request no
-/// server answered (Envoy's local reply through the encoder filters); a hook
-/// that answers instead replaces the reply.
-async fn local_reply(ctx: &Ctx, route: &mut Route, txn: &mut Txn, reply: &mut Reply) {
-    let Some(fe) = ctx.worker.shared.config.frontends.get(ctx.frontend) else {
-        return;
-    };
-    if let Some(mut other) = run_local_reply(&fe.chain.local_reply, txn, reply).await {
-        note_cause(route, &other, Phase::Response);
-        error_pages(ctx, route, &mut other);
-        *reply = other;
-    }
-}
-
 /// A plugin failure that answered the request is the access log's termination.
 /// The termination state: a plugin failure is internal (`I`), an error
 /// page (`deny`) the proxy's refusal (`P`), another answer local (`L`); in
@@ -786,39 +630,119 @@ fn fail(ctx: &Ctx, route: &mut Route, err: &ProxyError) -> Reply {
     err.reply()
 }
 
-/// Puts the configured page (the backend's once routed, else the
-/// frontend's) in place of an error page of the proxy, a rule or a plugin.
-fn error_pages(ctx: &Ctx, route: &Route, reply: &mut Reply) {
-    if route.grpc {
-        // A gRPC client reads grpc-status, not pages (Envoy's gRPC local reply).
-        let status = route
-            .grpc_deadline
-            .then_some(super::grpc::DEADLINE_EXCEEDED);
-        super::grpc::local_reply(reply, status);
+/// The daemon's side of the phase sequence (`proxy/flow.rs`): the request
+/// goes to a server through [`forward`] (or a CONNECT's tunnel), its
+/// failures and replies are recorded in `route` for counters and the access
+/// log, and a tunnel's server side is kept for after the answer.
+struct DaemonSides<'a> {
+    ctx: &'a Rc<Ctx>,
+    route: &'a mut Route,
+    ask: Option<Ask>,
+    /// The server side of a tunnel the request opens, once answered.
+    server_side: Option<ServerSide>,
+    /// A `101`'s upgrade and its `Upgrade` header, until the response phase passes it.
+    upgrade: Option<(hyper::upgrade::OnUpgrade, Option<HeaderValue>)>,
+}
+
+impl super::flow::Sides for DaemonSides<'_> {
+    async fn forward(
+        &mut self,
+        txn: &mut Txn,
+        taps: Vec<Box<dyn crate::filter::BodyTap>>,
+    ) -> Result<super::flow::Sent, ProxyError> {
+        if self.ask == Some(Ask::Connect) {
+            let stream = connect_tunnel(self.ctx, txn).await?;
+            self.server_side = Some(ServerSide::Stream(stream));
+            return Ok(super::flow::Sent::Opened(StatusCode::OK, HeaderMap::new()));
+        }
+        let resp = forward(self.ctx, txn, taps, self.route, self.ask.is_some()).await?;
+        let (mut parts, incoming) = resp.into_parts();
+        // A 101 to an upgrade we forwarded: the server's socket
+        // is the tunnel's once the response rules let it through.
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            self.upgrade = parts
+                .extensions
+                .remove::<hyper::upgrade::OnUpgrade>()
+                .map(|on| (on, parts.headers.get(header::UPGRADE).cloned()));
+        }
+        Ok(super::flow::Sent::Response(
+            parts.status,
+            parts.headers,
+            incoming,
+        ))
     }
-    if !reply.error_page {
-        return;
+
+    fn fail(&mut self, err: &ProxyError) -> Reply {
+        fail(self.ctx, self.route, err)
     }
-    let config = &ctx.worker.shared.config;
-    let backend = route.backend.and_then(|b| config.backends.get(b));
-    crate::error::apply_overrides(
-        reply,
-        backend
-            .map(|b| &b.errors)
-            .into_iter()
-            .chain([&config.frontends[ctx.frontend].errors]),
-    );
+
+    fn note_cause(&mut self, reply: &Reply, phase: Phase) {
+        note_cause(self.route, reply, phase);
+    }
+
+    fn error_pages(&self, reply: &mut Reply) {
+        let route = &*self.route;
+        super::flow::error_pages(
+            &self.ctx.worker.shared.config,
+            self.ctx.frontend,
+            route.backend,
+            route.grpc.then_some(route.grpc_deadline),
+            reply,
+        );
+    }
+
+    fn abandon(&mut self) {
+        if let Some(conn) = self.route.conn.take() {
+            conn.discard();
+        }
+    }
+
+    fn switch(&mut self, txn: &mut Txn) -> Option<(StatusCode, HeaderMap)> {
+        let (on, protocol) = self.upgrade.take()?;
+        let mut headers = std::mem::take(&mut txn.resp_headers);
+        drop(txn.resp_body.take());
+        drop(txn.resp_buffered.take());
+        let mut status = txn.status;
+        let carrier = match (self.route.conn.take(), self.route.h2.take()) {
+            (Some(c), _) => Some(Carrier::H1(c)),
+            (None, Some(st)) => Some(Carrier::H2(st)),
+            (None, None) => None,
+        };
+        if let Some(conn) = carrier {
+            self.server_side = Some(ServerSide::Upgrade { on, conn });
+            if txn.version == Version::HTTP_2 {
+                // RFC 8441: a 200 on the stream opens the tunnel.
+                status = StatusCode::OK;
+                headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+            } else {
+                let protocol = protocol
+                    .or_else(|| txn.req_headers.get(header::UPGRADE).cloned())
+                    .unwrap_or_else(|| HeaderValue::from_static("websocket"));
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(header::UPGRADE, protocol);
+            }
+        }
+        Some((status, headers))
+    }
+
+    fn pass(&mut self, txn: &Txn, headers: &mut HeaderMap) -> (Duration, Option<Instant>) {
+        let config = &self.ctx.worker.shared.config;
+        let timeout = self
+            .route
+            .backend
+            .and_then(|b| config.backends.get(b))
+            .map_or(config.global.timeouts.server, |b| b.server_timeout);
+        if self.route.te_trailers && txn.version < Version::HTTP_2 {
+            // hyper sends an HTTP/1.1 client only the trailers declared.
+            super::grpc::declare_trailers(headers);
+        }
+        (timeout, self.route.deadline)
+    }
 }
 
 /// Picks the backend for `txn`: a `use_backend` choice, else the frontend default.
 fn resolve_backend(ctx: &Ctx, txn: &Txn) -> Option<usize> {
-    let config = &ctx.worker.shared.config;
-    let default = config.frontends[ctx.frontend].default_backend;
-    match &txn.backend {
-        Some(BackendChoice::Index(i)) => Some(*i),
-        Some(BackendChoice::Name(name)) => config.backend_index(name).or(default),
-        None => default,
-    }
+    super::flow::backend_for(&ctx.worker.shared.config, ctx.frontend, txn)
 }
 
 /// Sends the request to a server of the chosen backend and waits for its response head.

@@ -12,6 +12,7 @@ pub mod body;
 pub mod chain;
 pub mod conn;
 pub mod error;
+pub mod flow;
 pub mod grpc;
 pub mod handler;
 pub mod head;
