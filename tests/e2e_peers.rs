@@ -683,7 +683,7 @@ fn peers_config_is_checked() {
     let (ok, out) = check(&dir, &text);
     assert!(ok, "check failed: {out}");
 
-    let cases: [(&str, &str, &str); 6] = [
+    let cases: [(&str, &str, &str); 9] = [
         (
             "peers = \"mesh\"                     #",
             "peers = \"mseh\"                     #",
@@ -713,6 +713,21 @@ fn peers_config_is_checked() {
             "allow = [\"127.0.0.1\"]",
             "allow = [\"127.0.0.1/40\"]",
             "invalid allow entry \"127.0.0.1/40\"",
+        ),
+        (
+            "peers = \"mesh\"                     #",
+            "peers_name = \"/per ip\"\npeers = \"mesh\"                     #",
+            "invalid peers_name \"/per ip\": expected 1 to 255 characters without spaces, e.g. \"/per_ip\"",
+        ),
+        (
+            "peers = \"mesh\"                     #",
+            "peers_name = \"/per_ip\"\n#",
+            "peers_name is the table's name in a [[peers]] section: set the table's peers too",
+        ),
+        (
+            "peers = \"mesh\"                     #",
+            "peers = \"mesh\"\n[[stick_table]]\nname = \"other\"\ntype = \"ip\"\nsize = 10\npeers = \"mesh\"\npeers_name = \"per_ip\"\n#",
+            "stick_table \"other\" and stick_table \"per_ip\" are both called \"per_ip\" in peers section \"mesh\"; give one a different peers_name",
         ),
     ];
     for (from, to, want) in cases {
