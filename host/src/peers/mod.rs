@@ -890,7 +890,7 @@ async fn accept_hello(
         session::Role::Remote
     };
     Some(async move {
-        session::run(section, peer, sock, buf, id, cancel, minor, role).await;
+        session::run(section, peer, sock, buf, (id, cancel), minor, role).await;
     })
 }
 
@@ -940,8 +940,7 @@ async fn connector(section: Arc<Section>, peer: Arc<Peer>) {
                     Arc::clone(&peer),
                     sock,
                     rest,
-                    id,
-                    cancel,
+                    (id, cancel),
                     minor,
                     session::Role::Remote,
                 )
@@ -1025,8 +1024,7 @@ async fn teach_successor(
                 peer,
                 sock,
                 rest,
-                id,
-                cancel,
+                (id, cancel),
                 proto::MINOR,
                 session::Role::ToSuccessor(Some(taught)),
             )

@@ -72,14 +72,14 @@ struct Remote {
 }
 
 /// Runs a session until it ends (peer closed, error, silence, or replaced
-/// by a newer one through `cancel`). `rest`: bytes read past the handshake.
+/// by a newer one through `cancel`). `rest`: bytes read past the handshake;
+/// `(id, cancel)`: the session's registration with its peer.
 pub async fn run(
     section: Arc<Section>,
     peer: Arc<Peer>,
     stream: TcpStream,
     rest: Vec<u8>,
-    id: u64,
-    cancel: Arc<Notify>,
+    (id, cancel): (u64, Arc<Notify>),
     remote_minor: u32,
     role: Role,
 ) {
