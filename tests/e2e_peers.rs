@@ -683,7 +683,7 @@ fn peers_config_is_checked() {
     let (ok, out) = check(&dir, &text);
     assert!(ok, "check failed: {out}");
 
-    let cases: [(&str, &str, &str); 6] = [
+    let cases: [(&str, &str, &str); 9] = [
         (
             "peers = \"mesh\"                     #",
             "peers = \"mseh\"                     #",
@@ -714,6 +714,21 @@ fn peers_config_is_checked() {
             "allow = [\"127.0.0.1/40\"]",
             "invalid allow entry \"127.0.0.1/40\"",
         ),
+        (
+            "peers = \"mesh\"                     #",
+            "peers_name = \"/per ip\"\npeers = \"mesh\"                     #",
+            "invalid peers_name \"/per ip\": expected 1 to 255 characters without spaces, e.g. \"/per_ip\"",
+        ),
+        (
+            "peers = \"mesh\"                     #",
+            "peers_name = \"/per_ip\"\n#",
+            "peers_name is the table's name in a [[peers]] section: set the table's peers too",
+        ),
+        (
+            "peers = \"mesh\"                     #",
+            "peers = \"mesh\"\n[[stick_table]]\nname = \"other\"\ntype = \"ip\"\nsize = 10\npeers = \"mesh\"\npeers_name = \"per_ip\"\n#",
+            "stick_table \"other\" and stick_table \"per_ip\" are both called \"per_ip\" in peers section \"mesh\"; give one a different peers_name",
+        ),
     ];
     for (from, to, want) in cases {
         assert!(text.contains(from), "{from}");
@@ -725,4 +740,357 @@ fn peers_config_is_checked() {
             "the error has a location: {out}"
         );
     }
+}
+
+/// HAProxy 2.6 calls a table declared inside its `peers mesh` section
+/// `/per_ip` on the wire (`mesh/per_ip` in its rules): a portcullis table
+/// with `peers_name = "/per_ip"` replicates with it both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_declared_in_an_haproxy_peers_section() {
+    haproxy_26();
+    let m = Mesh::new();
+    let node = Daemon::start(
+        &peer_node_config(
+            m.webs[0],
+            m.admins[0],
+            "node1",
+            &m.peers,
+            1000,
+            "peers_name = \"/per_ip\"",
+        ),
+        &[m.webs[0], m.admins[0], m.peers[0].addr],
+    )
+    .await;
+    let list: String = m
+        .peers
+        .iter()
+        .map(|p| format!("  peer {} {}\n", p.name, p.addr))
+        .collect();
+    let cfg = format!(
+        "global
+  localpeer hap
+  stats socket {sock} level admin
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 5s
+  timeout server 5s
+peers mesh
+{list}  table per_ip type ip size 1k expire 60s store http_req_rate(60s),gpc0
+frontend web
+  bind {web}
+  http-request track-sc0 src table mesh/per_ip
+  http-request sc-inc-gpc0(0) if {{ path /inc }}
+  http-request return status 200 content-type text/plain string ok
+",
+        sock = m.sock.display(),
+        web = m.webs[2],
+    );
+    let _hap = HaProxy::start_with(&cfg, m.dir.path(), &[], &[m.webs[2], m.peers[2].addr]).await;
+    m.connected_to(0, &["hap"]).await;
+    let doc = get(m.admins[0], "/peers").await.json();
+    assert_eq!(
+        doc["peers"][0]["tables"][0]["wire_name"], "/per_ip",
+        "{doc}"
+    );
+
+    // portcullis → HAProxy.
+    for p in ["/inc", "/"] {
+        assert_eq!(status(m.webs[0], p).await, 200);
+    }
+    let sock = m.sock.clone();
+    eventually("node1's counts in HAProxy's mesh/per_ip", SPREAD, || {
+        let sock = sock.clone();
+        async move {
+            haproxy_value(&sock, "mesh/per_ip", "127.0.0.1", "gpc0").await == Some(1)
+                && haproxy_value(&sock, "mesh/per_ip", "127.0.0.1", "http_req_rate(60000)").await
+                    == Some(2)
+        }
+    })
+    .await;
+    // HAProxy → portcullis.
+    for p in ["/inc", "/inc", "/"] {
+        assert_eq!(status(m.webs[2], p).await, 200);
+    }
+    node_eq(m.admins[0], "gpc0", 3, "HAProxy's gpc0 on node1").await;
+    node_eq(m.admins[0], "http_req_rate", 5, "HAProxy's rate on node1").await;
+    let p = node_peer(m.admins[0], "mesh", "hap").await;
+    assert_eq!(p["protocol_errors"], 0, "{p}");
+    drop(node);
+}
+
+/// Reads a hello (three lines) on `s`; its lines.
+async fn read_hello(s: &mut TcpStream) -> Vec<String> {
+    let mut buf = Vec::new();
+    while buf.iter().filter(|&&b| b == b'\n').count() < 3 {
+        let mut b = [0u8; 256];
+        let n = within("a hello", IO_TIMEOUT, s.read(&mut b))
+            .await
+            .expect("read hello");
+        assert!(n > 0, "closed during the hello: {buf:?}");
+        buf.extend_from_slice(&b[..n]);
+    }
+    String::from_utf8_lossy(&buf)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// As HAProxy: a peer answering our 2.1 hello with 502 is retried with 2.1
+/// (there is no fallback on 502); a peer whose own hello said 2.0 gets 2.0
+/// in ours from then on, and its resync pushes carry no expiry (2.0 has no
+/// timed updates).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_0_peer_gets_a_downgraded_hello() {
+    let [web, admin, p1, old] = free_addrs();
+    let peers = vec![
+        MeshPeer {
+            name: "node1".into(),
+            addr: p1,
+        },
+        MeshPeer {
+            name: "old".into(),
+            addr: old,
+        },
+    ];
+    let fake = tokio::net::TcpListener::bind(old).await.expect("bind");
+    let _n1 = Daemon::start(
+        &peer_node_config(web, admin, "node1", &peers, 1000, ""),
+        &[web, admin, p1],
+    )
+    .await;
+    assert_eq!(status(web, "/inc").await, 200);
+
+    // Our hello is 2.1; a 2.0-only peer answers 502, and the next attempt is 2.1 again.
+    for attempt in 0..2 {
+        let (mut s, _) = within("node1 connects", Duration::from_secs(10), fake.accept())
+            .await
+            .expect("accept");
+        let h = read_hello(&mut s).await;
+        assert_eq!(h[0], "HAProxyS 2.1", "attempt {attempt}: {h:?}");
+        assert_eq!(h[1], "old");
+        assert!(h[2].starts_with("node1 "), "{h:?}");
+        s.write_all(b"502\n").await.expect("status");
+        drop(s);
+    }
+    eventually("the 502 is shown", SPREAD, || async {
+        node_peer(admin, "mesh", "old").await["last_status"] == 502
+    })
+    .await;
+
+    // The peer connects to us saying 2.0: accepted.
+    let (s, st) = hello(p1, "HAProxyS 2.0\nnode1\nold 1 1\n").await;
+    assert!(st.starts_with("200\n"), "{st:?}");
+    drop(s);
+
+    // From then on our hello to it says 2.0 (attempts made before may still say 2.1).
+    let mut s = within("a downgraded hello", Duration::from_secs(15), async {
+        loop {
+            let (mut s, _) = fake.accept().await.expect("accept");
+            let h = read_hello(&mut s).await;
+            if h[0] == "HAProxyS 2.0" {
+                return s;
+            }
+            s.write_all(b"502\n").await.expect("status");
+        }
+    })
+    .await;
+    s.write_all(b"200\n").await.expect("status");
+    // A resync request: the entry comes as a plain update (0x80/0x81), not a timed one.
+    s.write_all(&[0, 0]).await.expect("resync request");
+    let mut buf = Vec::new();
+    let mut kinds = Vec::new();
+    within("the resync", IO_TIMEOUT, async {
+        loop {
+            let mut b = [0u8; 4096];
+            let n = s.read(&mut b).await.expect("read");
+            assert!(n > 0, "closed: {kinds:?}");
+            buf.extend_from_slice(&b[..n]);
+            let mut used = 0;
+            while let Ok(Some((f, n))) = portcullis::peers::proto::frame(&buf[used..]) {
+                used += n;
+                kinds.push((f.class, f.kind));
+            }
+            buf.drain(..used);
+            if kinds.iter().any(|&(c, k)| c == 0 && (k == 1 || k == 2)) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        kinds
+            .iter()
+            .any(|&(c, k)| c == 10 && (k == 0x80 || k == 0x81)),
+        "an update: {kinds:?}"
+    );
+    assert!(
+        !kinds
+            .iter()
+            .any(|&(c, k)| c == 10 && (k == 0x85 || k == 0x86)),
+        "no timed update to a 2.0 peer: {kinds:?}"
+    );
+}
+
+/// A binary upgrade keeps a replicated table's values with no remote peer
+/// up: as HAProxy's old process, the old one connects to the new one as the
+/// local peer and teaches it every entry before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_upgrade_teaches_the_new_process() {
+    let [web, admin, p1, p2] = free_addrs();
+    let dir = TempDir::new("peers-upgrade");
+    let sock = dir.path().join("upgrade.sock");
+    let sock_s = sock.to_str().expect("utf-8 path");
+    // node2 never comes up.
+    let peers = vec![
+        MeshPeer {
+            name: "node1".into(),
+            addr: p1,
+        },
+        MeshPeer {
+            name: "node2".into(),
+            addr: p2,
+        },
+    ];
+    let cfg = peer_node_config(web, admin, "node1", &peers, 1000, "");
+    let mut old = Daemon::spawn_args(&cfg, &["--upgrade-socket", sock_s]);
+    for a in [web, admin, p1] {
+        old.wait_accepting(a, Duration::from_secs(10)).await;
+    }
+    for p in ["/inc", "/inc", "/inc", "/", "/"] {
+        assert_eq!(status(web, p).await, 200);
+    }
+    assert_eq!(
+        node_value(admin, "per_ip", "127.0.0.1", "gpc0").await,
+        Some(3)
+    );
+
+    let mut new = Daemon::spawn_args(
+        &cfg,
+        &["--upgrade-socket", sock_s, "--upgrade-from", sock_s],
+    );
+    let exited = old.wait_exit(Duration::from_secs(20)).await;
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "old process: {exited:?}\n{}",
+        old.stderr()
+    );
+    assert!(
+        old.stderr().contains("tables taught to the new process"),
+        "{}",
+        old.stderr()
+    );
+    new.wait_accepting(admin, Duration::from_secs(5)).await;
+    // The admin API is the new process's: the values came over.
+    assert_eq!(
+        node_value(admin, "per_ip", "127.0.0.1", "gpc0").await,
+        Some(3),
+        "{}",
+        new.stderr()
+    );
+    assert_eq!(
+        node_value(admin, "per_ip", "127.0.0.1", "http_req_rate").await,
+        Some(5)
+    );
+    let doc = get(admin, "/peers").await.json();
+    let local = &doc["peers"][0]["local_peer"];
+    assert_eq!(local["resyncs_learned"], 1, "{doc}");
+    assert!(local["updates_received"].as_u64() >= Some(1), "{doc}");
+    // And it counts on from there.
+    assert_eq!(status(web, "/inc").await, 200);
+    assert_eq!(
+        node_value(admin, "per_ip", "127.0.0.1", "gpc0").await,
+        Some(4)
+    );
+    // The new process has the peers listener: node2's hello would reach it.
+    let (_s, st) = hello(p1, "HAProxyS 2.1\nnode1\nnode2 1 1\n").await;
+    assert!(st.starts_with("200\n"), "{st:?}");
+}
+
+/// HAProxy 2.6 stores `server_id` and `server_key` (the server's name, a
+/// dictionary entry on the wire) in a `stick on` table and pushes both: a
+/// portcullis table storing `server_id` takes the id and skips the key
+/// (portcullis has no `stick on` persistence to use it), with no protocol error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stick_on_table_from_haproxy_with_server_key() {
+    haproxy_26();
+    let app = Backend::start("app").await;
+    let [web, admin, hweb, p1, p3] = free_addrs();
+    let dir = TempDir::new("peers-srvkey");
+    let sock = dir.path().join("haproxy.sock");
+    let cfg = format!(
+        "{global}\
+[[peers]]
+name = \"mesh\"
+local = \"node1\"
+peer = [
+  {{ name = \"node1\", addr = \"{p1}\" }},
+  {{ name = \"hap\", addr = \"{p3}\" }},
+]
+
+[[stick_table]]
+name = \"app\"
+type = \"ip\"
+size = 1000
+expire = \"60s\"
+store = [\"server_id\"]
+peers = \"mesh\"
+
+[[frontend]]
+name = \"web\"
+bind = \"{web}\"
+default_backend = \"none\"
+http_request = [{{ return = 200, content_type = \"text/plain\", body = \"ok\" }}]
+
+[[backend]]
+name = \"none\"
+server = [{{ name = \"s\", addr = \"127.0.0.1:9\" }}]
+",
+        global = global_section(admin, &[]),
+    );
+    let _node = Daemon::start(&cfg, &[web, admin, p1]).await;
+    let hcfg = format!(
+        "global
+  localpeer hap
+  stats socket {sock} level admin
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 5s
+  timeout server 5s
+peers mesh
+  peer node1 {p1}
+  peer hap {p3}
+backend app
+  stick-table type ip size 1k expire 60s peers mesh
+  stick on src
+  server s7 {app} id 7
+frontend web
+  bind {hweb}
+  default_backend app
+",
+        sock = sock.display(),
+        app = app.addr,
+    );
+    let _hap = HaProxy::start_with(&hcfg, dir.path(), &[], &[hweb, p3]).await;
+    eventually(
+        "node1 connected to hap",
+        Duration::from_secs(15),
+        || async { node_peer(admin, "mesh", "hap").await["state"] == "established" },
+    )
+    .await;
+    assert_eq!(status(hweb, "/").await, 200);
+    // HAProxy's table has both (its `show table` prints server_key too).
+    let shown = haproxy_cli(&sock, "show table app").await;
+    assert!(
+        shown.contains("server_id=7") && shown.contains("server_key=s7"),
+        "{shown}"
+    );
+    eventually("server_id on node1", SPREAD, || async {
+        node_value(admin, "app", "127.0.0.1", "server_id").await == Some(7)
+    })
+    .await;
+    let p = node_peer(admin, "mesh", "hap").await;
+    assert_eq!(p["protocol_errors"], 0, "{p}");
+    assert!(p["updates_received"].as_u64() >= Some(1), "{p}");
 }

@@ -6,7 +6,11 @@
 //!   reference, touch, counters), read the rate, record the outcome, release;
 //! - `track_rate_release_replicated`: the same on a table replicated with a
 //!   `[[peers]]` section (the change flag and the outbox queue; a thread
-//!   drains the queue as the peers pump does);
+//!   drains the queue as the peers pump does, resting `replica::LINGER`
+//!   after each batch); `_eager`: with a pump that does not rest;
+//! - `track_many_keys` / `track_many_keys_replicated`: tracking a different
+//!   key on each request (100 000 keys in turn), local and replicated: every
+//!   request's change queues its entry;
 //! - `insert_full`: insert a new key into a full table, evicting the oldest;
 //! - `clock_read` (1 thread): one read of the real clock.
 //!
@@ -29,8 +33,11 @@ fn table(size: u64, expire: Option<u64>) -> Arc<StickTable> {
 }
 
 /// A table replicated with section `peers`, its outbox drained on a thread
-/// (clearing each entry's change flag, as the peers pump does).
-fn replicated(size: u64, expire: Option<u64>) -> Arc<StickTable> {
+/// as the peers pump does: each entry's change flag cleared, then a rest of
+/// `replica::LINGER` after each batch (`linger` false: the pump before it
+/// rested, taking each entry as soon as it was queued).
+fn replicated(size: u64, expire: Option<u64>, linger: bool) -> Arc<StickTable> {
+    use portcullis::stick::replica;
     let t = table_with(size, expire, Some("mesh"));
     let mut rx = t
         .outbox()
@@ -38,11 +45,18 @@ fn replicated(size: u64, expire: Option<u64>) -> Arc<StickTable> {
         .expect("outbox receiver");
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .expect("runtime");
         rt.block_on(async move {
             while let Some(e) = rx.recv().await {
-                portcullis::stick::replica::take_dirty(&e);
+                replica::take_dirty(&e);
+                while let Ok(e) = rx.try_recv() {
+                    replica::take_dirty(&e);
+                }
+                if linger {
+                    tokio::time::sleep(replica::LINGER).await;
+                }
             }
         });
     });
@@ -68,10 +82,14 @@ fn table_with(size: u64, expire: Option<u64>, peers: Option<&str>) -> Arc<StickT
             nopurge: false,
             schema,
             peers: peers.map(str::to_string),
+            peers_name: None,
         },
         Clock::Real,
     ))
 }
+
+/// Keys of the `track_many_keys` benchmarks.
+const MANY: u32 = 100_000;
 
 fn ip(n: u32) -> KeyRef<'static> {
     KeyRef::V4(n.to_be_bytes())
@@ -154,18 +172,49 @@ fn bench_stick(c: &mut Criterion) {
             })
         });
 
-        // The same on a replicated table: the difference is the replication cost.
-        let rt = replicated(1 << 16, Some(30_000));
-        g.bench_function("track_rate_release_replicated", |b| {
-            b.iter_custom(|iters| {
-                threaded(threads, iters, &|_, _| {
-                    if let Some(tr) = rt.track(&ip(777)) {
-                        black_box(tr.entry().get(rate, tr.now()));
-                        tr.record_outcome(200, 0, 512);
-                    }
+        // The same on a replicated table: the difference is the replication
+        // cost; `_eager` with a pump that takes each change at once (no rest).
+        for (name, linger) in [
+            ("track_rate_release_replicated", true),
+            ("track_rate_release_replicated_eager", false),
+        ] {
+            let rt = replicated(1 << 16, Some(30_000), linger);
+            g.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    threaded(threads, iters, &|_, _| {
+                        if let Some(tr) = rt.track(&ip(777)) {
+                            black_box(tr.entry().get(rate, tr.now()));
+                            tr.record_outcome(200, 0, 512);
+                        }
+                    })
                 })
-            })
-        });
+            });
+        }
+        // Many keys (a new one per request, as from many clients): every
+        // change queues its entry, the worst case for the queue.
+        let many = replicated(1 << 18, Some(30_000), true);
+        let local_many = table(1 << 18, Some(30_000));
+        for n in 0..MANY {
+            let _ = many.get_or_create(&ip(n));
+            let _ = local_many.get_or_create(&ip(n));
+        }
+        let seq = AtomicU32::new(0);
+        for (name, t) in [
+            ("track_many_keys", &local_many),
+            ("track_many_keys_replicated", &many),
+        ] {
+            g.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    threaded(threads, iters, &|_, _| {
+                        let n = seq.fetch_add(1, Ordering::Relaxed) % MANY;
+                        if let Some(tr) = t.track(&ip(n)) {
+                            black_box(tr.entry().get(rate, tr.now()));
+                            tr.record_outcome(200, 0, 512);
+                        }
+                    })
+                })
+            });
+        }
 
         // Inserts of new keys into a full table (LRU eviction, no expire).
         let full = table(4096, None);

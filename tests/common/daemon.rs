@@ -146,6 +146,15 @@ impl Daemon {
 
     /// Spawns with extra environment variables and a working directory, without waiting.
     pub fn spawn_with(config: &str, env: &[(&str, &str)], cwd: Option<&Path>) -> Daemon {
+        Daemon::spawn_full(config, env, cwd, &[])
+    }
+
+    /// Spawns `portcullis run -c FILE ARGS...` (e.g. `--upgrade-socket`), without waiting.
+    pub fn spawn_args(config: &str, args: &[&str]) -> Daemon {
+        Daemon::spawn_full(config, &[], None, args)
+    }
+
+    fn spawn_full(config: &str, env: &[(&str, &str)], cwd: Option<&Path>, args: &[&str]) -> Daemon {
         let dir = TempDir::new("run");
         let config_path = dir.write("portcullis.toml", config);
         let mut cmd = Command::new(BIN);
@@ -157,6 +166,7 @@ impl Daemon {
             .arg("run")
             .arg("-c")
             .arg(&config_path)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -176,7 +186,8 @@ impl Daemon {
         }
     }
 
-    async fn wait_accepting(&mut self, addr: SocketAddr, limit: Duration) {
+    /// Waits until `addr` accepts connections (panics after `limit`, or if the daemon exits).
+    pub async fn wait_accepting(&mut self, addr: SocketAddr, limit: Duration) {
         let start = Instant::now();
         loop {
             if let Ok(Ok(_)) =

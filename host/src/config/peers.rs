@@ -219,13 +219,22 @@ pub fn build(
                 .iter()
                 .map(|s| prefix(source, s))
                 .collect::<Result<Vec<_>, _>>()?,
-            None => remotes
-                .iter()
-                .map(|r| {
-                    let ip = canonical(r.addr.ip());
-                    (ip, if ip.is_ipv4() { 32 } else { 128 })
-                })
-                .collect(),
+            // The remote peers, and this host: a binary upgrade's old
+            // process connects to the new one as the local peer (from the
+            // local address, or loopback when the listener binds all addresses).
+            None => {
+                let mut ips: Vec<IpAddr> = remotes.iter().map(|r| r.addr.ip()).collect();
+                ips.push(local_addr.ip());
+                if bind.ip().is_unspecified() {
+                    ips.extend(["127.0.0.1", "::1"].map(|a| a.parse().unwrap_or(bind.ip())));
+                }
+                ips.into_iter()
+                    .map(|ip| {
+                        let ip = canonical(ip);
+                        (ip, if ip.is_ipv4() { 32 } else { 128 })
+                    })
+                    .collect()
+            }
         };
         out.push(Arc::new(Section {
             name: Arc::from(p.name.get_ref().as_str()),
@@ -244,10 +253,45 @@ pub fn check_tables(
     sections: &[Arc<Section>],
     source: &SourceMap,
 ) -> Result<(), ConfigError> {
+    let mut wire: Vec<(&str, &str, &str)> = Vec::new();
     for t in tables {
-        let Some(p) = &t.get_ref().peers else {
+        let raw = t.get_ref();
+        if let Some(n) = &raw.peers_name {
+            let Some(p) = &raw.peers else {
+                return Err(source.error(
+                    n.span(),
+                    "peers_name is the table's name in a [[peers]] section: set the table's peers too",
+                ));
+            };
+            let name = n.get_ref();
+            if name.is_empty()
+                || name.len() > 255
+                || name.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(source.error(
+                    n.span(),
+                    format!("invalid peers_name {name:?}: expected 1 to 255 characters without spaces, e.g. \"/{}\" for a table HAProxy declares in its peers section {:?}", raw.name.get_ref(), p.get_ref()),
+                ));
+            }
+        }
+        let Some(p) = &raw.peers else {
             continue;
         };
+        let name = raw.name.get_ref().as_str();
+        let w = raw
+            .peers_name
+            .as_ref()
+            .map_or(name, |n| n.get_ref().as_str());
+        if let Some((_, other, _)) = wire.iter().find(|(s, _, x)| *s == p.get_ref() && *x == w) {
+            return Err(source.error(
+                raw.peers_name.as_ref().map_or_else(|| raw.name.span(), Spanned::span),
+                format!(
+                    "stick_table {name:?} and stick_table {other:?} are both called {w:?} in peers section {:?}; give one a different peers_name",
+                    p.get_ref()
+                ),
+            ));
+        }
+        wire.push((p.get_ref(), name, w));
         if !sections.iter().any(|s| &*s.name == p.get_ref()) {
             let known: Vec<&str> = sections.iter().map(|s| &*s.name).collect();
             return Err(source.error(

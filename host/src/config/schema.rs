@@ -54,6 +54,9 @@ pub struct RawStickTable {
     pub store: Vec<Spanned<String>>,
     /// The `[[peers]]` section the table is replicated with (HAProxy's `peers`).
     pub peers: Option<Spanned<String>>,
+    /// The table's name on the peers wire (default: `name`): `/<name>` for a
+    /// table HAProxy declares inside its `peers` section.
+    pub peers_name: Option<Spanned<String>>,
 }
 
 /// A count written as an integer or a string with a `k` / `m` / `g` suffix.

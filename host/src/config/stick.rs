@@ -99,6 +99,7 @@ fn table(t: &RawStickTable, source: &SourceMap) -> Result<TableConfig, ConfigErr
         nopurge: t.nopurge.unwrap_or(false),
         schema,
         peers: t.peers.as_ref().map(|p| p.get_ref().clone()),
+        peers_name: t.peers_name.as_ref().map(|p| p.get_ref().clone()),
     })
 }
 

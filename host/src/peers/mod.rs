@@ -57,6 +57,8 @@ pub const BROADCAST: usize = 256;
 pub const BATCH: usize = 256;
 /// Handshakes in progress at once per listener (connections beyond are closed).
 pub const MAX_HANDSHAKES: usize = 64;
+/// How long a binary upgrade's old process tries to teach the new one.
+pub const SUCCESSOR_TIMEOUT: Duration = Duration::from_secs(10);
 /// Back-off between failed connection attempts: from the first to the last, doubling.
 pub const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
 
@@ -82,6 +84,15 @@ pub struct Shared {
     pub layout: Layout,
     /// Our id for it on the wire (never reused within the process).
     pub id: u64,
+}
+
+impl Shared {
+    /// The table's name on the wire.
+    pub fn wire_name(&self) -> &str {
+        self.table
+            .outbox()
+            .map_or_else(|| self.table.name(), |o| &*o.wire_name)
+    }
 }
 
 /// Entries changed together, with their update ids, for the sessions to push.
@@ -143,6 +154,9 @@ pub struct Peer {
     ended: Notify,
     /// Set by a collision: the connector waits a random delay first (HAProxy's 50-2050 ms).
     delay_next: AtomicBool,
+    /// The peer's last hello to us said version 2.0: ours to it say 2.0 too
+    /// (HAProxy's `PEER_F_DWNGRD`; it never retries after a 502 otherwise).
+    pub downgraded: AtomicBool,
 }
 
 impl Peer {
@@ -156,6 +170,7 @@ impl Peer {
             acked: Mutex::new(HashMap::new()),
             ended: Notify::new(),
             delay_next: AtomicBool::new(false),
+            downgraded: AtomicBool::new(false),
         }
     }
 
@@ -187,6 +202,13 @@ impl Peer {
         (id, n)
     }
 
+    /// Ends the session in force, if any (its connector, if still running, reconnects).
+    fn end_session(&self) {
+        if let Some((_, cancel)) = lock(&self.current).as_ref() {
+            cancel.notify_one();
+        }
+    }
+
     fn unregister(&self, id: u64) {
         let mut cur = lock(&self.current);
         if cur.as_ref().is_some_and(|(c, _)| *c == id) {
@@ -196,6 +218,17 @@ impl Peer {
         drop(cur);
         self.ended.notify_one();
     }
+}
+
+/// Where this process's own peers listener is reached (its bind address;
+/// loopback when it binds every address).
+fn local_addr(bind: SocketAddr) -> SocketAddr {
+    let ip = match bind.ip() {
+        std::net::IpAddr::V4(a) if a.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(a) if a.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    SocketAddr::new(ip, bind.port())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -208,6 +241,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug)]
 struct Learn {
     finished: bool,
+    /// A binary upgrade's old process is expected to teach us first (it
+    /// connects as the local peer): remote peers are not asked before this
+    /// date, or before its lesson ended (HAProxy's resync "from local").
+    local_until: Option<Instant>,
     deadline: Instant,
     /// The peer asked for a resync.
     assigned: Option<Arc<str>>,
@@ -224,7 +261,12 @@ pub struct Section {
     next_table_id: AtomicU64,
     updates: broadcast::Sender<Arc<Batch>>,
     pub peers: Vec<Arc<Peer>>,
+    /// The local peer: this process's name, as a binary upgrade's old
+    /// process connects to its successor (HAProxy's `peers->local`).
+    pub local_peer: Arc<Peer>,
     learn: Mutex<Learn>,
+    /// The listener and connector tasks, stopped when a successor takes over.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     started: Instant,
     pid: u32,
     handshakes: Arc<Semaphore>,
@@ -233,20 +275,24 @@ pub struct Section {
 }
 
 impl Section {
-    fn new(spec: Arc<Spec>) -> Section {
+    fn new(spec: Arc<Spec>, predecessor: bool) -> Section {
         let peers = spec
             .remotes
             .iter()
             .map(|r| Arc::new(Peer::new(Arc::clone(&r.name), r.addr)))
             .collect::<Vec<_>>();
         let started = Instant::now();
+        let local_until = predecessor.then_some(started + RESYNC_TIMEOUT);
         Section {
             learn: Mutex::new(Learn {
-                finished: peers.is_empty(),
-                deadline: started + RESYNC_TIMEOUT,
+                finished: peers.is_empty() && !predecessor,
+                local_until,
+                deadline: local_until.unwrap_or(started) + RESYNC_TIMEOUT,
                 assigned: None,
                 partial: Vec::new(),
             }),
+            local_peer: Arc::new(Peer::new(Arc::clone(&spec.local), local_addr(spec.bind))),
+            tasks: Mutex::new(Vec::new()),
             spec,
             tables: ArcSwap::from_pointee(Vec::new()),
             pumps: Mutex::new(Vec::new()),
@@ -265,14 +311,15 @@ impl Section {
         self.tables.load_full()
     }
 
-    /// The table a peer's definition names: ours of that name, or `/<name>`
-    /// (HAProxy 2.6 names a table declared inside a `peers` section so).
+    /// The table a peer's definition names: ours whose wire name (its
+    /// `peers_name`, by default its name) is exactly that, as HAProxy
+    /// matches tables (one declared inside an HAProxy `peers` section is
+    /// `/<name>` there, so only a table with that `peers_name` matches it).
     fn table_named(&self, name: &[u8]) -> Option<Arc<Shared>> {
-        let name = name.strip_prefix(b"/").unwrap_or(name);
         self.tables
             .load()
             .iter()
-            .find(|s| s.table.name().as_bytes() == name)
+            .find(|s| s.wire_name().as_bytes() == name)
             .cloned()
     }
 
@@ -291,7 +338,14 @@ impl Section {
     /// resync finished or timed out): what a resync answer says.
     pub fn resync_finished(&self) -> bool {
         let mut l = lock(&self.learn);
-        if !l.finished && l.assigned.is_none() && Instant::now() >= l.deadline {
+        let now = Instant::now();
+        if l.assigned.is_none() && l.local_until.is_some_and(|t| now >= t) {
+            tracing::info!(section = %self.spec.name, "peers: no lesson from the old process within the timeout");
+            l.local_until = None;
+            l.finished = self.peers.is_empty();
+            l.deadline = now + RESYNC_TIMEOUT;
+        }
+        if !l.finished && l.assigned.is_none() && now >= l.deadline {
             tracing::info!(section = %self.spec.name, "peers: no resync within the timeout; tables considered up to date");
             l.finished = true;
         }
@@ -304,10 +358,22 @@ impl Section {
             return false;
         }
         let mut l = lock(&self.learn);
-        if l.assigned.is_some() || l.partial.contains(peer) {
+        if l.assigned.is_some() || l.partial.contains(peer) || l.local_until.is_some() {
             return false;
         }
         l.assigned = Some(Arc::clone(peer));
+        true
+    }
+
+    /// The old process connected as the local peer: if we wait for its
+    /// lesson, it is assigned to it, the request taken as made (HAProxy's
+    /// old process teaches without being asked). True if we learn from it.
+    fn assign_local(&self) -> bool {
+        let mut l = lock(&self.learn);
+        if l.finished || l.local_until.is_none() || l.assigned.is_some() {
+            return false;
+        }
+        l.assigned = Some(Arc::clone(&self.local_peer.name));
         true
     }
 
@@ -318,7 +384,12 @@ impl Section {
             return;
         }
         l.assigned = None;
-        if full {
+        if l.local_until.take().is_some() {
+            // The old process's lesson: complete if it was up to date
+            // itself, otherwise the remote peers are asked next.
+            l.finished = full || self.peers.is_empty();
+            l.deadline = Instant::now() + RESYNC_TIMEOUT;
+        } else if full {
             l.finished = true;
         } else {
             l.partial.push(Arc::clone(peer));
@@ -331,6 +402,11 @@ impl Section {
         let mut l = lock(&self.learn);
         if l.assigned.as_ref() == Some(peer) {
             l.assigned = None;
+            if *peer == self.local_peer.name {
+                // The old process went away mid-lesson: ask the remote peers.
+                l.local_until = None;
+                l.finished = self.peers.is_empty();
+            }
             l.deadline = Instant::now() + RESYNC_TIMEOUT;
         }
     }
@@ -388,61 +464,61 @@ impl Section {
                 let o = s.table.outbox();
                 json!({
                     "name": s.table.name(),
+                    "wire_name": s.wire_name(),
                     "id": s.id,
                     "last_update_id": o.map_or(0, |o| o.last_id()),
                     "queue_overflows": o.map_or(0, |o| o.overflows.load(Relaxed)),
                 })
             })
             .collect();
-        let peers: Vec<Value> = self
-            .peers
-            .iter()
-            .map(|p| {
-                let st = &p.stats;
-                let status = st.last_status.load(Relaxed);
-                let state = match st.state.load(Relaxed) {
-                    2 => "established",
-                    1 => "connecting",
-                    _ => "idle",
-                };
-                let acked: serde_json::Map<String, Value> = self
-                    .tables()
-                    .iter()
-                    .filter_map(|t| {
-                        p.acked(t.id)
-                            .map(|a| (t.table.name().to_string(), json!(a)))
-                    })
-                    .collect();
-                json!({
-                    "name": &*p.name,
-                    "addr": p.addr.to_string(),
-                    "state": state,
-                    "last_status": status,
-                    "status": proto::Status::short(u16::try_from(status).unwrap_or(0)),
-                    "last_rx_ms_ago": ago(st.last_rx.load(Relaxed)),
-                    "last_tx_ms_ago": ago(st.last_tx.load(Relaxed)),
-                    "updates_sent": st.updates_sent.load(Relaxed),
-                    "updates_received": st.updates_received.load(Relaxed),
-                    "resyncs_taught": st.resyncs_taught.load(Relaxed),
-                    "resyncs_learned": st.resyncs_learned.load(Relaxed),
-                    "catch_ups": st.catch_ups.load(Relaxed),
-                    "connects": st.connects.load(Relaxed),
-                    "sessions": st.sessions.load(Relaxed),
-                    "protocol_errors": st.protocol_errors.load(Relaxed),
-                    "heartbeats_sent": st.heartbeats_sent.load(Relaxed),
-                    "heartbeats_received": st.heartbeats_received.load(Relaxed),
-                    "silent_closes": st.silent.load(Relaxed),
-                    "collisions": st.collisions.load(Relaxed),
-                    "acked": acked,
+        let peer_json = |p: &Peer| {
+            let st = &p.stats;
+            let status = st.last_status.load(Relaxed);
+            let state = match st.state.load(Relaxed) {
+                2 => "established",
+                1 => "connecting",
+                _ => "idle",
+            };
+            let acked: serde_json::Map<String, Value> = self
+                .tables()
+                .iter()
+                .filter_map(|t| {
+                    p.acked(t.id)
+                        .map(|a| (t.table.name().to_string(), json!(a)))
                 })
+                .collect();
+            json!({
+                "name": &*p.name,
+                "addr": p.addr.to_string(),
+                "state": state,
+                "last_status": status,
+                "status": proto::Status::short(u16::try_from(status).unwrap_or(0)),
+                "last_rx_ms_ago": ago(st.last_rx.load(Relaxed)),
+                "last_tx_ms_ago": ago(st.last_tx.load(Relaxed)),
+                "updates_sent": st.updates_sent.load(Relaxed),
+                "updates_received": st.updates_received.load(Relaxed),
+                "resyncs_taught": st.resyncs_taught.load(Relaxed),
+                "resyncs_learned": st.resyncs_learned.load(Relaxed),
+                "catch_ups": st.catch_ups.load(Relaxed),
+                "connects": st.connects.load(Relaxed),
+                "sessions": st.sessions.load(Relaxed),
+                "protocol_errors": st.protocol_errors.load(Relaxed),
+                "heartbeats_sent": st.heartbeats_sent.load(Relaxed),
+                "heartbeats_received": st.heartbeats_received.load(Relaxed),
+                "silent_closes": st.silent.load(Relaxed),
+                "collisions": st.collisions.load(Relaxed),
+                "acked": acked,
             })
-            .collect();
+        };
+        let peers: Vec<Value> = self.peers.iter().map(|p| peer_json(p)).collect();
         json!({
             "name": &*self.spec.name,
             "local": &*self.spec.local,
             "bind": self.spec.bind.to_string(),
             "resync": if self.resync_finished() { "finished" } else { "pending" },
             "refused_connections": self.refused.load(Relaxed),
+            // A binary upgrade's lesson: taught by the old process, learned by the new one.
+            "local_peer": peer_json(&self.local_peer),
             "tables": tables,
             "peers": peers,
         })
@@ -463,25 +539,74 @@ impl Peers {
     /// listeners [`Peers::bind`] made, replicating `tables`; registers the
     /// result for the admin API.
     /// A `None` listener (a binary upgrade whose old process still holds
-    /// the port) is bound as soon as the port is free.
+    /// the port) is bound as soon as the port is free. `predecessor`: a
+    /// binary upgrade's old process runs, and will teach its tables to this
+    /// one (see [`Peers::hand_over`]) before the remote peers are asked.
     pub fn start(
         specs: &[Arc<Spec>],
         listeners: Vec<Option<StdListener>>,
         tables: &StickTables,
+        predecessor: bool,
     ) -> Arc<Peers> {
         let mut sections = Vec::new();
         for (spec, l) in specs.iter().zip(listeners) {
-            let s = Arc::new(Section::new(Arc::clone(spec)));
+            let s = Arc::new(Section::new(Arc::clone(spec), predecessor));
             s.set_tables(tables);
-            tokio::spawn(listen_when_bound(Arc::clone(&s), l));
+            let mut tasks = vec![tokio::spawn(listen_when_bound(Arc::clone(&s), l))];
             for p in &s.peers {
-                tokio::spawn(connector(Arc::clone(&s), Arc::clone(p)));
+                tasks.push(tokio::spawn(connector(Arc::clone(&s), Arc::clone(p))));
             }
+            *lock(&s.tasks) = tasks;
             sections.push(s);
         }
         let peers = Arc::new(Peers { sections });
         let _ = RUNNING.set(Arc::clone(&peers));
         peers
+    }
+
+    /// A binary upgrade's new process serves: as HAProxy's old process at
+    /// its soft-stop, this one stops accepting peers connections (the new
+    /// process has the listener) and connecting to the remote peers, ends
+    /// its sessions with them (they reconnect to the new process), then
+    /// connects to the new process as the local peer and teaches it every
+    /// entry. Returns once every section's lesson was confirmed, failed, or
+    /// [`SUCCESSOR_TIMEOUT`] passed; the sessions go on pushing this
+    /// process's later changes (its draining requests) until it exits.
+    pub async fn hand_over(&self) {
+        let mut lessons = Vec::new();
+        for s in &self.sections {
+            let tasks = std::mem::take(&mut *lock(&s.tasks));
+            for t in &tasks {
+                t.abort();
+            }
+            // The listener task's end closes this process's copy of the socket.
+            for t in tasks {
+                let _ = t.await;
+            }
+            for p in &s.peers {
+                p.end_session();
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(teach_successor(Arc::clone(s), tx));
+            lessons.push((Arc::clone(&s.spec.name), rx));
+        }
+        for (name, rx) in lessons {
+            match tokio::time::timeout_at(tokio::time::Instant::now() + SUCCESSOR_TIMEOUT, rx).await
+            {
+                Ok(Ok(Ok(n))) => {
+                    tracing::info!(section = %name, entries = n, "peers: tables taught to the new process")
+                }
+                Ok(Ok(Err(why))) => {
+                    tracing::warn!(section = %name, error = %why, "peers: cannot teach the new process")
+                }
+                Ok(Err(_)) => {
+                    tracing::warn!(section = %name, "peers: the session with the new process ended before its lesson did")
+                }
+                Err(_) => {
+                    tracing::warn!(section = %name, timeout = ?SUCCESSOR_TIMEOUT, "peers: the new process did not confirm its lesson in time")
+                }
+            }
+        }
     }
 
     /// A reload: the sections replicate the new generation's tables.
@@ -631,7 +756,7 @@ async fn pump(
             }));
         }
         drop(section);
-        tokio::task::yield_now().await;
+        tokio::time::sleep(replica::LINGER).await;
     }
 }
 
@@ -728,11 +853,16 @@ async fn accept_hello(
             return Err(proto::Status::ErrHost);
         }
         let name = proto::sender_name(&lines[2])?;
-        let peer = section
-            .peers
-            .iter()
-            .find(|p| *p.name == *name)
-            .ok_or(proto::Status::ErrPeer)?;
+        // Our own name: a binary upgrade's old process, come to teach us.
+        let peer = if name == &*section.spec.local {
+            &section.local_peer
+        } else {
+            section
+                .peers
+                .iter()
+                .find(|p| *p.name == *name)
+                .ok_or(proto::Status::ErrPeer)?
+        };
         Ok((Arc::clone(peer), minor))
     })();
     let (peer, minor) = match status {
@@ -743,6 +873,9 @@ async fn accept_hello(
             return None;
         }
     };
+    // HAProxy remembers a 2.0 peer: its own hellos to it say 2.0 from then on.
+    peer.downgraded
+        .store(minor == proto::DOWNGRADED_MINOR, Relaxed);
     let (id, cancel) = peer.register();
     if sock.write_all(b"200\n").await.is_err() {
         peer.unregister(id);
@@ -751,8 +884,13 @@ async fn accept_hello(
     peer.stats.last_status.store(200, Relaxed);
     tracing::info!(section = %section.spec.name, peer = %peer.name, %from, "peer connected");
     let section = Arc::clone(section);
+    let role = if Arc::ptr_eq(&peer, &section.local_peer) {
+        session::Role::FromPredecessor
+    } else {
+        session::Role::Remote
+    };
     Some(async move {
-        session::run(section, peer, sock, buf, id, cancel, minor).await;
+        session::run(section, peer, sock, buf, (id, cancel), minor, role).await;
     })
 }
 
@@ -787,7 +925,12 @@ async fn connector(section: Arc<Section>, peer: Arc<Peer>) {
         peer.stats.connects.fetch_add(1, Relaxed);
         peer.stats.state.store(State::Connecting as u64, Relaxed);
         peer.stats.last_status.store(100, Relaxed);
-        match connect(&section, &peer).await {
+        let minor = if peer.downgraded.load(Relaxed) {
+            proto::DOWNGRADED_MINOR
+        } else {
+            proto::MINOR
+        };
+        match connect(&section, &peer, minor).await {
             Ok((sock, rest)) => {
                 backoff = BACKOFF.0;
                 let (id, cancel) = peer.register();
@@ -797,9 +940,9 @@ async fn connector(section: Arc<Section>, peer: Arc<Peer>) {
                     Arc::clone(&peer),
                     sock,
                     rest,
-                    id,
-                    cancel,
-                    proto::MINOR,
+                    (id, cancel),
+                    minor,
+                    session::Role::Remote,
                 )
                 .await;
                 tokio::time::sleep(jitter(50, 500)).await;
@@ -818,14 +961,18 @@ async fn connector(section: Arc<Section>, peer: Arc<Peer>) {
 
 /// Connects to `peer` and says hello; the stream and any bytes read past
 /// the status line on success.
-async fn connect(section: &Section, peer: &Peer) -> Result<(TcpStream, Vec<u8>), String> {
+async fn connect(
+    section: &Section,
+    peer: &Peer,
+    minor: u32,
+) -> Result<(TcpStream, Vec<u8>), String> {
     let mut sock = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer.addr))
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
     let _ = sock.set_nodelay(true);
     peer.stats.last_status.store(110, Relaxed);
-    let hello = proto::hello(&peer.name, &section.spec.local, section.pid);
+    let hello = proto::hello(&peer.name, &section.spec.local, section.pid, minor);
     let status = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         sock.write_all(hello.as_bytes())
             .await
@@ -855,4 +1002,37 @@ async fn connect(section: &Section, peer: &Peer) -> Result<(TcpStream, Vec<u8>),
         ));
     }
     Ok((sock, rest))
+}
+
+/// A binary upgrade's old process: connects to the new one (at this
+/// section's own address) as the local peer and teaches it every entry;
+/// `taught` gets the number of entries once the new process confirmed the
+/// lesson, or why it failed. The session then goes on until this process exits.
+async fn teach_successor(
+    section: Arc<Section>,
+    taught: tokio::sync::oneshot::Sender<Result<usize, String>>,
+) {
+    let peer = Arc::clone(&section.local_peer);
+    peer.stats.connects.fetch_add(1, Relaxed);
+    peer.stats.state.store(State::Connecting as u64, Relaxed);
+    match connect(&section, &peer, proto::MINOR).await {
+        Ok((sock, rest)) => {
+            let (id, cancel) = peer.register();
+            tracing::info!(section = %section.spec.name, addr = %peer.addr, "connected to the new process to teach it");
+            session::run(
+                Arc::clone(&section),
+                peer,
+                sock,
+                rest,
+                (id, cancel),
+                proto::MINOR,
+                session::Role::ToSuccessor(Some(taught)),
+            )
+            .await;
+        }
+        Err(why) => {
+            peer.stats.state.store(State::Idle as u64, Relaxed);
+            let _ = taught.send(Err(why));
+        }
+    }
 }

@@ -20,6 +20,9 @@ pub const PROTO_NAME: &str = "HAProxyS";
 pub const MAJOR: u32 = 2;
 /// See [`MAJOR`].
 pub const MINOR: u32 = 1;
+/// The version announced to a peer whose own hello said 2.0 (HAProxy's
+/// `PEER_DWNGRD_MINOR_VER`): it has no timed updates.
+pub const DOWNGRADED_MINOR: u32 = 0;
 /// Largest message body accepted: HAProxy's default buffer size (`tune.bufsize`),
 /// so what we send a default HAProxy also accepts.
 pub const MAX_MESSAGE: usize = 16_384;
@@ -265,11 +268,12 @@ pub fn put_message(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
 // Handshake
 // ---------------------------------------------------------------------------
 
-/// The hello a connecting peer sends: protocol and version, the name of the
-/// peer it wants, its own name, its pid and relative pid (always 1, as
-/// HAProxy since nbproc went away).
-pub fn hello(remote: &str, local: &str, pid: u32) -> String {
-    format!("{PROTO_NAME} {MAJOR}.{MINOR}\n{remote}\n{local} {pid} 1\n")
+/// The hello a connecting peer sends: protocol and version (2.`minor`:
+/// [`MINOR`], or [`DOWNGRADED_MINOR`] to a peer that said 2.0 itself), the
+/// name of the peer it wants, its own name, its pid and relative pid
+/// (always 1, as HAProxy since nbproc went away).
+pub fn hello(remote: &str, local: &str, pid: u32, minor: u32) -> String {
+    format!("{PROTO_NAME} {MAJOR}.{minor}\n{remote}\n{local} {pid} 1\n")
 }
 
 /// Checks a hello's first line; the version on success, the status to answer otherwise.
@@ -929,7 +933,11 @@ mod tests {
 
     #[test]
     fn handshake_lines() {
-        assert_eq!(hello("b", "a", 42), "HAProxyS 2.1\nb\na 42 1\n");
+        assert_eq!(hello("b", "a", 42, MINOR), "HAProxyS 2.1\nb\na 42 1\n");
+        assert_eq!(
+            hello("b", "a", 42, DOWNGRADED_MINOR),
+            "HAProxyS 2.0\nb\na 42 1\n"
+        );
         assert_eq!(check_version("HAProxyS 2.1"), Ok((2, 1)));
         assert_eq!(check_version("HAProxyS 2.0"), Ok((2, 0)));
         assert_eq!(check_version("HAProxyS 2.2"), Err(Status::ErrVersion));

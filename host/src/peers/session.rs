@@ -48,6 +48,20 @@ enum Event {
     Closed,
 }
 
+/// Who a session is with.
+#[derive(Debug)]
+pub enum Role {
+    /// A remote peer.
+    Remote,
+    /// (In a binary upgrade's new process) the old process, connected as
+    /// the local peer to teach us its tables: we learn from it without
+    /// asking, as HAProxy does.
+    FromPredecessor,
+    /// (In the old process) the new process: we teach it every entry at
+    /// once; the sender gets the number of entries when it confirms.
+    ToSuccessor(Option<tokio::sync::oneshot::Sender<Result<usize, String>>>),
+}
+
 /// A table as the peer defined it.
 struct Remote {
     /// Ours, if the definition matches one (otherwise its updates are ignored, as HAProxy does).
@@ -58,15 +72,16 @@ struct Remote {
 }
 
 /// Runs a session until it ends (peer closed, error, silence, or replaced
-/// by a newer one through `cancel`). `rest`: bytes read past the handshake.
+/// by a newer one through `cancel`). `rest`: bytes read past the handshake;
+/// `(id, cancel)`: the session's registration with its peer.
 pub async fn run(
     section: Arc<Section>,
     peer: Arc<Peer>,
     stream: TcpStream,
     rest: Vec<u8>,
-    id: u64,
-    cancel: Arc<Notify>,
+    (id, cancel): (u64, Arc<Notify>),
     remote_minor: u32,
+    role: Role,
 ) {
     peer.stats.sessions.fetch_add(1, Relaxed);
     peer.stats.state.store(State::Established as u64, Relaxed);
@@ -89,6 +104,7 @@ pub async fn run(
         current: None,
         last_pushed: HashMap::new(),
         timed: remote_minor >= 1,
+        role,
     };
     let why = out.serve(rx, &cancel).await;
     let _ = out.wr.shutdown().await;
@@ -256,6 +272,7 @@ struct Out<'a> {
     last_pushed: HashMap<u64, u32>,
     /// The peer speaks 2.1: resync pushes carry each entry's remaining lifetime.
     timed: bool,
+    role: Role,
 }
 
 impl Out<'_> {
@@ -263,11 +280,28 @@ impl Out<'_> {
         let mut updates = self.section.updates.subscribe();
         let mut learning = false;
         let mut teaching = false;
+        let remote = matches!(self.role, Role::Remote);
+        let mut lesson = 0;
         let r: Result<String, String> = async {
-            self.catch_up().await?;
-            if self.section.try_assign(&self.peer.name) {
-                proto::put_short(&mut self.buf, class::CONTROL, control::RESYNC_REQUEST);
-                learning = true;
+            match self.role {
+                Role::Remote => {
+                    self.catch_up().await?;
+                    if self.section.try_assign(&self.peer.name) {
+                        proto::put_short(&mut self.buf, class::CONTROL, control::RESYNC_REQUEST);
+                        learning = true;
+                    }
+                }
+                Role::FromPredecessor => {
+                    self.catch_up().await?;
+                    learning = self.section.assign_local();
+                }
+                // The whole table, so no catch-up first (HAProxy's old
+                // process flags its local peer for a lesson at connect time).
+                Role::ToSuccessor(_) => {
+                    teaching = true;
+                    lesson = self.teach().await?;
+                    self.peer.stats.resyncs_taught.fetch_add(1, Relaxed);
+                }
             }
             self.flush().await?;
             let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -311,7 +345,15 @@ impl Out<'_> {
                             }
                             proto::put_short(&mut self.buf, class::CONTROL, control::RESYNC_CONFIRM);
                         }
-                        Some(Event::Control(_)) => teaching = false,
+                        Some(Event::Control(k)) => {
+                            teaching = false;
+                            if k == control::RESYNC_CONFIRM
+                                && let Role::ToSuccessor(taught) = &mut self.role
+                                && let Some(tx) = taught.take()
+                            {
+                                let _ = tx.send(Ok(lesson));
+                            }
+                        }
                     },
                     b = updates.recv(), if !learning => match b {
                         Ok(batch) => {
@@ -335,7 +377,7 @@ impl Out<'_> {
                             self.peer.stats.silent.fetch_add(1, Relaxed);
                             return Ok(format!("nothing received for {DEAD_AFTER:?}"));
                         }
-                        if !learning && self.section.try_assign(&self.peer.name) {
+                        if !learning && remote && self.section.try_assign(&self.peer.name) {
                             proto::put_short(&mut self.buf, class::CONTROL, control::RESYNC_REQUEST);
                             learning = true;
                         }
@@ -359,7 +401,7 @@ impl Out<'_> {
             return;
         };
         if self.announced.insert(sh.id) {
-            let name = sh.table.name().as_bytes();
+            let name = sh.wire_name().as_bytes();
             proto::put_definition(&mut self.buf, &sh.layout.definition(sh.id, name));
             self.current = Some(sh.id);
         } else if self.current != Some(sh.id) {
@@ -427,8 +469,9 @@ impl Out<'_> {
 
     /// Answers a resync request: every live entry (with its remaining
     /// lifetime when the peer speaks 2.1), then "finished" if this process
-    /// considers its tables complete, "partial" otherwise.
-    async fn teach(&mut self) -> Result<(), String> {
+    /// considers its tables complete, "partial" otherwise. The number of entries pushed.
+    async fn teach(&mut self) -> Result<usize, String> {
+        let mut n = 0;
         for sh in self.section.tables().iter() {
             let now = sh.table.now();
             let timed = self.timed && sh.table.expire().is_some();
@@ -438,6 +481,7 @@ impl Out<'_> {
                     .flatten()
                     .map(|ms| u32::try_from(ms).unwrap_or(u32::MAX));
                 self.push(sh, replica::update_id(&e), &e, expire, now);
+                n += 1;
                 if self.buf.len() >= FLUSH_AT {
                     self.flush().await?;
                     tokio::task::yield_now().await;
@@ -450,6 +494,6 @@ impl Out<'_> {
             control::RESYNC_PARTIAL
         };
         proto::put_short(&mut self.buf, class::CONTROL, k);
-        Ok(())
+        Ok(n)
     }
 }

@@ -268,6 +268,7 @@ mod tests {
                 nopurge: false,
                 schema: Schema::parse(store).expect("schema"),
                 peers: None,
+                peers_name: None,
             },
             clock,
         )
@@ -439,6 +440,7 @@ mod tests {
                 nopurge: false,
                 schema: Schema::parse(&["http_req_rate(1s)", "gpc0"]).expect("schema"),
                 peers: Some("s".into()),
+                peers_name: None,
             },
             Clock::Real,
         ));

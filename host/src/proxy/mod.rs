@@ -172,6 +172,37 @@ pub fn run(config: Arc<Runtime>, opts: RunOptions) -> Result<(), RunError> {
         None => upgrade::Inherited::default(),
     };
     let inventory = Arc::new(upgrade::Inventory::default());
+    // Peers listeners: a binary upgrade's old process hands its own over
+    // (taken before the frontends take theirs and drop the rest); the
+    // others are bound now, so a taken port fails the start. An old process
+    // that did not hand it over still holds it: it is bound once free.
+    let mut peers_listeners: Vec<Option<StdListener>> = Vec::new();
+    for spec in &config.global.peers {
+        let l = match inherited.take(spec.bind) {
+            Some(l) => Some(l),
+            None => match listen(spec.bind, false) {
+                Ok(l) => Some(l),
+                Err(e)
+                    if opts.upgrade_from.is_some() && e.kind() == std::io::ErrorKind::AddrInUse =>
+                {
+                    None
+                }
+                Err(e) => {
+                    return Err(RunError::Startup(std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "peers section {:?}: cannot bind {}: {e}",
+                            spec.name, spec.bind
+                        ),
+                    )));
+                }
+            },
+        };
+        if let Some(l) = &l {
+            inventory.add(spec.bind, l.as_fd());
+        }
+        peers_listeners.push(l);
+    }
     let listeners = bind_all(&config, &mut inherited, &inventory)?;
     let inherited_admin = inherited.admin.take();
     // The socket file guard lives until `run` returns: dropping it removes the file.
@@ -208,26 +239,6 @@ pub fn run(config: Arc<Runtime>, opts: RunOptions) -> Result<(), RunError> {
                 (Some(AdminStd::Unix(l)), Some(file))
             }
             None => (None, None),
-        };
-    // Peers listeners: bound now so a taken port fails the start. A binary
-    // upgrade's old process still holds them: the new one binds when it can.
-    let peers_listeners: Vec<Option<StdListener>> =
-        match crate::peers::Peers::bind(&config.global.peers) {
-            Ok(ls) => ls.into_iter().map(Some).collect(),
-            Err((_, e))
-                if opts.upgrade_from.is_some() && e.kind() == std::io::ErrorKind::AddrInUse =>
-            {
-                config.global.peers.iter().map(|_| None).collect()
-            }
-            Err((spec, e)) => {
-                return Err(RunError::Startup(std::io::Error::new(
-                    e.kind(),
-                    format!(
-                        "peers section {:?}: cannot bind {}: {e}",
-                        spec.name, spec.bind
-                    ),
-                )));
-            }
         };
     match &admin_listener {
         Some(AdminStd::Tcp(l)) => inventory.set_admin("tcp", l.as_fd()),
@@ -295,7 +306,8 @@ pub fn run(config: Arc<Runtime>, opts: RunOptions) -> Result<(), RunError> {
         // tasks sleep until the earliest expiry, so they cost the workers nothing).
         if !peers_specs.is_empty() {
             let tables = Arc::clone(&daemon.current().config.tables);
-            crate::peers::Peers::start(&peers_specs, peers_listeners, &tables);
+            let predecessor = opts.upgrade_from.is_some();
+            crate::peers::Peers::start(&peers_specs, peers_listeners, &tables, predecessor);
         }
         daemon.start_tasks();
         tokio::spawn(logsink::reopen_on_sigusr1());
@@ -347,8 +359,20 @@ pub fn run(config: Arc<Runtime>, opts: RunOptions) -> Result<(), RunError> {
         let _ = std::fs::remove_file(path);
     }
     // Workers stop by themselves within the grace period.
-    for w in workers {
-        let _ = w.join();
+    let join = move || {
+        for w in workers {
+            let _ = w.join();
+        }
+    };
+    match crate::peers::running() {
+        // As HAProxy's old process: teach the new one our tables, and keep
+        // pushing what the draining requests change until the workers end.
+        Some(peers) if upgraded => rt.block_on(async {
+            let drained = tokio::task::spawn_blocking(join);
+            peers.hand_over().await;
+            let _ = drained.await;
+        }),
+        _ => join(),
     }
     tracing::info!("stopped");
     Ok(())

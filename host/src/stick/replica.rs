@@ -23,11 +23,22 @@ use super::entry::Entry;
 /// Entries a table's outbox holds before it overflows to a table walk.
 pub const QUEUE: usize = 16_384;
 
+/// How long the peers pump rests after each batch before it takes the next.
+/// While it rests, changes are queued without waking it (a wake-up from a
+/// worker thread is a system call when the control thread sleeps: that was
+/// most of a replicated table's request-path cost), and an entry changed
+/// many times meanwhile stays flagged, so it costs its requests one load and
+/// is pushed once. When idle, the pump waits on the queue: the first change
+/// is pushed at once. So pushes lag changes by at most this under load.
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// A replicated table's queue of changed entries.
 #[derive(Debug)]
 pub struct Outbox {
     /// The `[[peers]]` section the table is replicated with.
     pub section: Arc<str>,
+    /// The table's name on the wire (its `peers_name`, by default its name).
+    pub wire_name: Arc<str>,
     tx: mpsc::Sender<Arc<Entry>>,
     rx: Mutex<Option<mpsc::Receiver<Arc<Entry>>>>,
     overflow: AtomicBool,
@@ -38,11 +49,12 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// An empty outbox for a table replicated with `section`.
-    pub fn new(section: Arc<str>) -> Outbox {
+    /// An empty outbox for a table replicated with `section` under the wire name `wire_name`.
+    pub fn new(section: Arc<str>, wire_name: Arc<str>) -> Outbox {
         let (tx, rx) = mpsc::channel(QUEUE);
         Outbox {
             section,
+            wire_name,
             tx,
             rx: Mutex::new(Some(rx)),
             overflow: AtomicBool::new(false),

@@ -61,6 +61,8 @@ pub struct TableConfig {
     pub schema: Schema,
     /// The `[[peers]]` section the table is replicated with, if any.
     pub peers: Option<String>,
+    /// Its name on the peers wire, if not `name` (`peers_name`).
+    pub peers_name: Option<String>,
 }
 
 /// Event counters of a table (for metrics).
@@ -174,6 +176,7 @@ impl StickTable {
             && self.size == other.size
             && self.nopurge == other.nopurge
             && self.peers() == other.peers()
+            && self.outbox().map(|o| &o.wire_name) == other.outbox().map(|o| &o.wire_name)
     }
 
     /// The `[[peers]]` section this table is replicated with.
@@ -194,9 +197,13 @@ impl StickTable {
                 schema: cfg.schema,
                 expire: cfg.expire,
                 clock,
-                outbox: cfg
-                    .peers
-                    .map(|p| Arc::new(super::replica::Outbox::new(Arc::from(p.as_str())))),
+                outbox: cfg.peers.map(|p| {
+                    let wire = cfg.peers_name.as_deref().unwrap_or(&cfg.name);
+                    Arc::new(super::replica::Outbox::new(
+                        Arc::from(p.as_str()),
+                        Arc::from(wire),
+                    ))
+                }),
             }),
             size: cfg.size,
             nopurge: cfg.nopurge,

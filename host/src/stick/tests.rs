@@ -25,6 +25,7 @@ fn table(
             nopurge,
             schema: Schema::parse(store).expect("schema"),
             peers: None,
+            peers_name: None,
         },
         clock,
     ))
