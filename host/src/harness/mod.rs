@@ -523,7 +523,8 @@ impl Harness {
             txn.req_body = Some(
                 net::incoming(req.body.clone())
                     .await
-                    .map_err(HarnessError::Io)?,
+                    .map_err(HarnessError::Io)?
+                    .into(),
             );
             let mut taps = Vec::new();
             let early = match prepare_request(&mut txn, false) {
@@ -569,7 +570,8 @@ impl Harness {
                     txn.resp_body = Some(
                         net::incoming(server.body.clone())
                             .await
-                            .map_err(HarnessError::Io)?,
+                            .map_err(HarnessError::Io)?
+                            .into(),
                     );
                     let mut taps = Vec::new();
                     match run_phase(&chain.response, &mut txn, &mut taps).await {
