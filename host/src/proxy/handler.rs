@@ -1099,7 +1099,11 @@ async fn forward_native(
             Err(match failure {
                 Failure::Timeout(d) => ProxyError::ServerTimeout(d),
                 _ if body_state.timed_out.get() => ProxyError::ClientTimeout(client_timeout),
-                Failure::Failed(H1Error::Body(e)) => ProxyError::ClientBodyStream(e),
+                // The client's stream failed: its fault. A filter's tap
+                // failing is not, and is a 502 as with hyper's client.
+                Failure::Failed(H1Error::Body(e)) if body_state.failed.get() => {
+                    ProxyError::ClientBodyStream(e)
+                }
                 Failure::Failed(e) => ProxyError::UpstreamH1(e),
                 Failure::Unsent(_) => {
                     ProxyError::UpstreamUnusable("connection closed before the request was sent")

@@ -70,9 +70,9 @@ pub enum H1Error {
     /// The server closed the connection before its response was complete.
     #[error("server closed or reset the connection: {0}")]
     Closed(&'static str),
-    /// The client's request body failed (reset, timeout, bad chunking) or
+    /// The request body failed (the client's stream, or a filter's tap) or
     /// did not match its declared length.
-    #[error("client request body failed: {0}")]
+    #[error("request body failed: {0}")]
     Body(BoxError),
 }
 
