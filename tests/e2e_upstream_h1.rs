@@ -89,7 +89,9 @@ async fn obsolete_line_folding_is_a_502() {
         })
         .await;
         let (d, ports) = proxy_to(&server, &[("http1_client", mode)]).await;
-        let r = get(&mut client(&ports).await, "/fold").await.expect("response");
+        let r = get(&mut client(&ports).await, "/fold")
+            .await
+            .expect("response");
         assert_eq!(r.status, 502, "{mode}");
         let line = d
             .wait_stderr_line(IO_TIMEOUT, |l| l.contains("/fold"))
@@ -125,7 +127,9 @@ async fn duplicate_content_length() {
         })
         .await;
         let (_d, ports) = proxy_to(&differ, &[("http1_client", mode)]).await;
-        let r = get(&mut client(&ports).await, "/differ").await.expect("response");
+        let r = get(&mut client(&ports).await, "/differ")
+            .await
+            .expect("response");
         assert_eq!(r.status, 502, "{mode}");
     }
 }
@@ -196,7 +200,10 @@ async fn bad_chunk_size_mid_body() {
     .await;
     let (d, ports) = proxy_to(&server, &[]).await;
     let mut s = client(&ports).await;
-    assert!(get(&mut s, "/badchunk").await.is_err(), "truncated response");
+    assert!(
+        get(&mut s, "/badchunk").await.is_err(),
+        "truncated response"
+    );
     let line = d
         .wait_stderr_line(IO_TIMEOUT, |l| l.contains("/badchunk"))
         .await
@@ -221,9 +228,12 @@ async fn oversized_heads() {
         ("/big", big, "max_header_size"),
         ("/many", many, "max_headers"),
     ] {
-        let server = ScriptedServer::start(move |_, _| vec![Step::Send(head.clone().into_bytes())]).await;
+        let server =
+            ScriptedServer::start(move |_, _| vec![Step::Send(head.clone().into_bytes())]).await;
         let (d, ports) = proxy_to(&server, &[]).await;
-        let r = get(&mut client(&ports).await, path).await.expect("response");
+        let r = get(&mut client(&ports).await, path)
+            .await
+            .expect("response");
         assert_eq!(r.status, 502, "{path}");
         let line = d
             .wait_stderr_line(IO_TIMEOUT, |l| l.contains(path))
@@ -257,7 +267,9 @@ async fn early_close_mid_body() {
         .await
         .expect("access log line");
     assert!(line.contains("upstream_error"), "{line}");
-    let r = get(&mut client(&ports).await, "/after").await.expect("response");
+    let r = get(&mut client(&ports).await, "/after")
+        .await
+        .expect("response");
     assert_eq!((r.status, &r.body[..]), (200, &b"fine"[..]));
     assert_eq!(server.connections(), 2);
 }
@@ -328,10 +340,7 @@ async fn server_connection_close() {
 /// request goes out on a fresh connection and succeeds.
 #[tokio::test]
 async fn idle_close_then_fresh_connection() {
-    let server = ScriptedServer::start(|_, _| {
-        vec![send(&ok("hi")), pause(100), Step::Close]
-    })
-    .await;
+    let server = ScriptedServer::start(|_, _| vec![send(&ok("hi")), pause(100), Step::Close]).await;
     let (_d, ports) = proxy_to(&server, &[]).await;
     let mut s = client(&ports).await;
     for _ in 0..3 {
@@ -381,7 +390,9 @@ async fn server_timeout() {
     let server = ScriptedServer::start(|_, _| vec![pause(5000)]).await;
     let (_d, ports) = proxy_to(&server, &[]).await;
     let start = std::time::Instant::now();
-    let r = get(&mut client(&ports).await, "/slow").await.expect("response");
+    let r = get(&mut client(&ports).await, "/slow")
+        .await
+        .expect("response");
     assert_eq!(r.status, 504);
     assert!(start.elapsed() < Duration::from_secs(4));
 }
@@ -398,11 +409,15 @@ async fn request_bodies() {
         .expect("write");
     let r = read_response(&mut s, IO_TIMEOUT).await.expect("response");
     assert_eq!(r.status, 200);
-    s.write_all(b"POST /chunked HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    s.write_all(
+        b"POST /chunked HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"6\r\n again\r\n0\r\n\r\n")
         .await
         .expect("write");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    s.write_all(b"6\r\n again\r\n0\r\n\r\n").await.expect("write");
     let r = read_response(&mut s, IO_TIMEOUT).await.expect("response");
     assert_eq!(r.status, 200);
     let reqs = server.requests();
@@ -450,7 +465,9 @@ async fn unexpected_switching_protocols() {
     })
     .await;
     let (_d, ports) = proxy_to(&server, &[]).await;
-    let r = get(&mut client(&ports).await, "/ws").await.expect("response");
+    let r = get(&mut client(&ports).await, "/ws")
+        .await
+        .expect("response");
     assert_eq!(r.status, 502);
 }
 
@@ -460,12 +477,22 @@ async fn garbage_and_empty_responses() {
     for (path, steps) in [
         ("/garbage", vec![send("SSH-2.0-OpenSSH\r\n\r\n")]),
         ("/empty", vec![Step::Close]),
-        ("/badlen", vec![send("HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello")]),
-        ("/te10", vec![send("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")]),
+        (
+            "/badlen",
+            vec![send("HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello")],
+        ),
+        (
+            "/te10",
+            vec![send(
+                "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            )],
+        ),
     ] {
         let server = ScriptedServer::start(move |_, _| steps.clone()).await;
         let (_d, ports) = proxy_to(&server, &[]).await;
-        let r = get(&mut client(&ports).await, path).await.expect("response");
+        let r = get(&mut client(&ports).await, path)
+            .await
+            .expect("response");
         assert_eq!(r.status, 502, "{path}");
     }
 }

@@ -2610,8 +2610,16 @@ fn h1_head() -> impl Strategy<Value = Vec<u8>> {
         "[A-Za-z-]{1,10}: [ -~]{0,20}",
     ];
     (
-        select(vec!["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.1 ", "http/1.1"]),
-        select(vec!["100", "101", "200", "204", "304", "404", "099", "1000", "abc"]),
+        select(vec![
+            "HTTP/1.1",
+            "HTTP/1.0",
+            "HTTP/2.0",
+            "HTTP/1.1 ",
+            "http/1.1",
+        ]),
+        select(vec![
+            "100", "101", "200", "204", "304", "404", "099", "1000", "abc",
+        ]),
         prop::collection::vec(field, 0..12),
         select(vec!["\r\n", "\n"]),
         prop::collection::vec(any::<u8>(), 0..16),
@@ -2697,19 +2705,30 @@ fn h1_head_cases() {
     let (len, h) = parse("HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok")
         .expect("valid")
         .expect("complete");
-    assert_eq!((len, h.framing, h.keep_alive), (41, Framing::Length(2), true));
-    let (_, h) = parse("HTTP/1.0 200 OK\r\n\r\n").expect("valid").expect("complete");
+    assert_eq!(
+        (len, h.framing, h.keep_alive),
+        (41, Framing::Length(2), true)
+    );
+    let (_, h) = parse("HTTP/1.0 200 OK\r\n\r\n")
+        .expect("valid")
+        .expect("complete");
     assert_eq!((h.framing, h.keep_alive), (Framing::Close, false));
-    let (_, h) = parse("HTTP/1.1 204 No Content\r\n\r\n").expect("valid").expect("complete");
+    let (_, h) = parse("HTTP/1.1 204 No Content\r\n\r\n")
+        .expect("valid")
+        .expect("complete");
     assert_eq!((h.framing, h.keep_alive), (Framing::Close, true));
-    assert_eq!(upstream_h1::body_framing(&http::Method::GET, &h), Framing::None);
+    assert_eq!(
+        upstream_h1::body_framing(&http::Method::GET, &h),
+        Framing::None
+    );
     let (_, h) = parse("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n")
         .expect("valid")
         .expect("complete");
     assert_eq!((h.framing, h.keep_alive), (Framing::Length(0), true));
-    let (_, h) = parse("HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n")
-        .expect("valid")
-        .expect("complete");
+    let (_, h) =
+        parse("HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .expect("valid")
+            .expect("complete");
     assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
     assert!(h.headers.get("content-length").is_none());
     for bad in [
@@ -2725,10 +2744,17 @@ fn h1_head_cases() {
     let many: String = (0..9).map(|i| format!("X-{i}: v\r\n")).collect();
     let e = parse(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")).expect_err("9 > 8 fields");
     assert!(e.contains("max_headers (8)"), "{e}");
-    let e = parse(&format!("HTTP/1.1 200 OK\r\nX: {}\r\n", "a".repeat(2000))).expect_err("too large");
+    let e =
+        parse(&format!("HTTP/1.1 200 OK\r\nX: {}\r\n", "a".repeat(2000))).expect_err("too large");
     assert!(e.contains("max_header_size"), "{e}");
     // Chunk sizes: hex digits then extensions; anything else is refused.
-    for bad in ["g\r\n", "\r\n", "5 x\r\nhello\r\n0\r\n\r\n", "5\r\nhelloXX0\r\n\r\n", "5\nhello\r\n"] {
+    for bad in [
+        "g\r\n",
+        "\r\n",
+        "5 x\r\nhello\r\n0\r\n\r\n",
+        "5\r\nhelloXX0\r\n\r\n",
+        "5\nhello\r\n",
+    ] {
         assert!(
             upstream_h1::decode_chunked_body(bad.as_bytes(), H1_LIMITS).is_err(),
             "{bad:?} accepted"

@@ -9,9 +9,9 @@
 
 use std::sync::Arc;
 
+use super::body::PeerBody;
 use http::HeaderMap;
 use http::header::{CONTENT_LENGTH, HeaderValue};
-use super::body::PeerBody;
 
 use crate::error::{ClientError, ErrorSource, PluginFailure, ServerError};
 use crate::filter::{BodyFlow, BodyLimits, BodyTap, Filter, Flow, Phases, Reply};

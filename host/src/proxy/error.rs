@@ -93,9 +93,9 @@ impl ProxyError {
             ProxyError::ConnectTarget(_) => ErrorSource::Client(ClientError::BadRequest),
             ProxyError::ConnectDenied(_) => ErrorSource::Client(ClientError::Forbidden),
             ProxyError::ClientTimeout(_) => ErrorSource::Client(ClientError::Timeout),
-            ProxyError::ClientBody(_) | ProxyError::ClientBodyStream(_) | ProxyError::BadHost(_) => {
-                ErrorSource::Client(ClientError::BadRequest)
-            }
+            ProxyError::ClientBody(_)
+            | ProxyError::ClientBodyStream(_)
+            | ProxyError::BadHost(_) => ErrorSource::Client(ClientError::BadRequest),
             ProxyError::ConnectMethod | ProxyError::ProtocolNotAllowed(_) => {
                 ErrorSource::Client(ClientError::MethodNotAllowed)
             }

@@ -318,7 +318,13 @@ impl UpstreamPool {
 
     /// Number of idle connections held (for tests and stats).
     pub fn idle_count(&self) -> usize {
-        self.idle.borrow().iter().flatten().map(Vec::len).sum::<usize>() + self.native.idle_count()
+        self.idle
+            .borrow()
+            .iter()
+            .flatten()
+            .map(Vec::len)
+            .sum::<usize>()
+            + self.native.idle_count()
     }
 }
 

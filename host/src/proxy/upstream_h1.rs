@@ -703,9 +703,12 @@ impl Exchange {
         };
         loop {
             while self.wpos < conn.wbuf.len() {
-                let n = ready!(conn.io.poll_write(cx, &conn.wbuf[self.wpos..])).map_err(H1Error::Io)?;
+                let n =
+                    ready!(conn.io.poll_write(cx, &conn.wbuf[self.wpos..])).map_err(H1Error::Io)?;
                 if n == 0 {
-                    return Poll::Ready(Err(H1Error::Closed("the connection closed while the request was written")));
+                    return Poll::Ready(Err(H1Error::Closed(
+                        "the connection closed while the request was written",
+                    )));
                 }
                 if self.written == 0 && self.req.is_some() {
                     // The head is going out: the body is ours from now on.
@@ -720,7 +723,9 @@ impl Exchange {
                 while !d.is_empty() {
                     let n = ready!(conn.io.poll_write(cx, d)).map_err(H1Error::Io)?;
                     if n == 0 {
-                        return Poll::Ready(Err(H1Error::Closed("the connection closed while the request was written")));
+                        return Poll::Ready(Err(H1Error::Closed(
+                            "the connection closed while the request was written",
+                        )));
                     }
                     let _ = d.split_to(n);
                     self.written += n as u64;
@@ -754,7 +759,11 @@ impl Exchange {
                         ReqFraming::Chunked => conn.wbuf.extend_from_slice(b"0\r\n\r\n"),
                         ReqFraming::Length(n) if self.remaining > 0 => {
                             return Poll::Ready(Err(H1Error::Body(
-                                format!("the body ended {} bytes short of its Content-Length ({n})", self.remaining).into(),
+                                format!(
+                                    "the body ended {} bytes short of its Content-Length ({n})",
+                                    self.remaining
+                                )
+                                .into(),
                             )));
                         }
                         _ => {}
@@ -778,7 +787,8 @@ impl Exchange {
                             let len = d.len() as u64;
                             if len > self.remaining {
                                 return Poll::Ready(Err(H1Error::Body(
-                                    format!("the body is longer than its Content-Length ({n})").into(),
+                                    format!("the body is longer than its Content-Length ({n})")
+                                        .into(),
                                 )));
                             }
                             self.remaining -= len;
@@ -795,7 +805,9 @@ impl Exchange {
                         }
                     },
                     Err(frame) => {
-                        if let (Ok(trailers), ReqFraming::Chunked) = (frame.into_trailers(), self.framing) {
+                        if let (Ok(trailers), ReqFraming::Chunked) =
+                            (frame.into_trailers(), self.framing)
+                        {
                             self.body_done = true;
                             conn.wbuf.extend_from_slice(b"0\r\n");
                             encode_trailers(&mut conn.wbuf, &trailers, self.trailer_names.as_ref());
@@ -818,7 +830,8 @@ impl Exchange {
                     .map_err(H1Error::Invalid)?;
                 if let Some(raw) = raw {
                     let bytes = conn.rbuf.split_to(raw.len).freeze();
-                    let head = build_head(raw, &bytes, &mut conn.fields).map_err(H1Error::Invalid)?;
+                    let head =
+                        build_head(raw, &bytes, &mut conn.fields).map_err(H1Error::Invalid)?;
                     let s = head.status.as_u16();
                     if (100..200).contains(&s) && s != 101 {
                         // 100 Continue and other interim answers: the final one follows.
@@ -853,7 +866,8 @@ impl Exchange {
         let framing = body_framing(&self.method, &head);
         // A request body the server did not wait for, or a 101, leaves the
         // connection in a state no other request may follow.
-        let keep = head.keep_alive && self.body_done && head.status != StatusCode::SWITCHING_PROTOCOLS;
+        let keep =
+            head.keep_alive && self.body_done && head.status != StatusCode::SWITCHING_PROTOCOLS;
         let slot = Rc::new(Cell::new(None));
         let lease = Lease {
             slot: Rc::clone(&slot),
@@ -880,7 +894,14 @@ fn encode_head(buf: &mut Vec<u8>, req: &Request<RequestBody>) -> (ReqFraming, Op
         .get(header::CONTENT_LENGTH)
         .and_then(|v| parse_content_length(v.as_bytes()).ok());
     let (framing, add) = match declared {
-        Some(n) => (if n == 0 { ReqFraming::None } else { ReqFraming::Length(n) }, None),
+        Some(n) => (
+            if n == 0 {
+                ReqFraming::None
+            } else {
+                ReqFraming::Length(n)
+            },
+            None,
+        ),
         None if body.is_end_stream() => (ReqFraming::None, None),
         None => match body.size_hint().exact() {
             Some(0) => (ReqFraming::None, None),
@@ -928,10 +949,10 @@ fn encode_trailers(buf: &mut Vec<u8>, trailers: &HeaderMap, declared: Option<&He
         return;
     };
     for (name, value) in trailers {
-        let listed = declared
-            .as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_str().as_bytes()));
+        let listed = declared.as_bytes().split(|b| *b == b',').any(|t| {
+            t.trim_ascii()
+                .eq_ignore_ascii_case(name.as_str().as_bytes())
+        });
         if listed {
             buf.extend_from_slice(name.as_str().as_bytes());
             buf.extend_from_slice(b": ");
@@ -966,7 +987,11 @@ enum Out {
 }
 
 /// Decodes chunked framing from `buf` as far as it goes without reading.
-fn decode_chunked(buf: &mut BytesMut, state: &mut Chunked, limits: HeadLimits) -> Result<Out, H1Error> {
+fn decode_chunked(
+    buf: &mut BytesMut,
+    state: &mut Chunked,
+    limits: HeadLimits,
+) -> Result<Out, H1Error> {
     loop {
         match *state {
             Chunked::End => return Ok(Out::End),
@@ -1216,7 +1241,10 @@ impl H1Body {
             Decode::Length(left) => {
                 let n = (conn.rbuf.len() as u64).min(*left);
                 *left -= n;
-                (Frame::data(conn.rbuf.split_to(n as usize).freeze()), *left == 0)
+                (
+                    Frame::data(conn.rbuf.split_to(n as usize).freeze()),
+                    *left == 0,
+                )
             }
             Decode::Chunked(state) => match decode_chunked(&mut conn.rbuf, state, conn.limits) {
                 Err(e) => return Err(Some(e)),
