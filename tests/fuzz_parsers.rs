@@ -2548,3 +2548,216 @@ proptest! {
         prop_assert_eq!(pos, out.len());
     }
 }
+
+// ---------------------------------------------------------------------------
+// The HTTP/1 client's response head parser and chunked decoder
+// (proxy/upstream_h1.rs): bytes come from servers, so from anyone
+// ---------------------------------------------------------------------------
+
+use portcullis::proxy::upstream_h1::{self, Framing, HeadLimits};
+
+const H1_LIMITS: HeadLimits = HeadLimits {
+    max_size: 1024,
+    max_headers: 8,
+};
+
+/// Parses `buf` as a response head and as a chunked body: never a panic,
+/// the caps hold, every proper prefix of an accepted head is incomplete or
+/// refused, never another head.
+fn check_h1_head(buf: &[u8]) -> Result<(), TestCaseError> {
+    match upstream_h1::parse_response_head(buf, H1_LIMITS) {
+        Ok(Some((len, head))) => {
+            prop_assert!(len <= buf.len() && len <= H1_LIMITS.max_size);
+            prop_assert!(head.headers.len() <= H1_LIMITS.max_headers);
+            prop_assert!(buf[..len].ends_with(b"\n"));
+            if let Framing::Length(n) = head.framing {
+                let declared = head.headers.get(http::header::CONTENT_LENGTH);
+                prop_assert!(declared.is_some(), "a length without Content-Length");
+                prop_assert!(n < u64::MAX);
+            }
+            if head.framing == Framing::Chunked {
+                prop_assert!(head.version == http::Version::HTTP_11);
+            }
+            for cut in [len / 2, len.saturating_sub(1)] {
+                if cut < len {
+                    let r = upstream_h1::parse_response_head(&buf[..cut], H1_LIMITS);
+                    prop_assert!(!matches!(r, Ok(Some(_))), "prefix of {cut} bytes parsed");
+                }
+            }
+        }
+        Ok(None) => prop_assert!(buf.len() < H1_LIMITS.max_size),
+        Err(e) => prop_assert!(!e.is_empty()),
+    }
+    if let Ok(Some((_, _, used))) = upstream_h1::decode_chunked_body(buf, H1_LIMITS) {
+        prop_assert!(used <= buf.len());
+    }
+    Ok(())
+}
+
+/// A plausible response head: status line, a few fields (framing ones
+/// often), CRLF or bare LF line ends, sometimes a folded line.
+fn h1_head() -> impl Strategy<Value = Vec<u8>> {
+    let field = prop_oneof![
+        Just("Content-Length: 5".to_string()),
+        Just("Content-Length: 5, 5".to_string()),
+        Just("Content-Length: 7".to_string()),
+        Just("Content-Length: -1".to_string()),
+        Just("Transfer-Encoding: chunked".to_string()),
+        Just("Transfer-Encoding: gzip".to_string()),
+        Just("Connection: close".to_string()),
+        Just("Connection: keep-alive".to_string()),
+        Just(" folded".to_string()),
+        "[A-Za-z-]{1,10}: [ -~]{0,20}",
+    ];
+    (
+        select(vec![
+            "HTTP/1.1",
+            "HTTP/1.0",
+            "HTTP/2.0",
+            "HTTP/1.1 ",
+            "http/1.1",
+        ]),
+        select(vec![
+            "100", "101", "200", "204", "304", "404", "099", "1000", "abc",
+        ]),
+        prop::collection::vec(field, 0..12),
+        select(vec!["\r\n", "\n"]),
+        prop::collection::vec(any::<u8>(), 0..16),
+    )
+        .prop_map(|(version, status, fields, eol, tail)| {
+            let mut b = format!("{version} {status} Reason{eol}").into_bytes();
+            for f in fields {
+                b.extend_from_slice(f.as_bytes());
+                b.extend_from_slice(eol.as_bytes());
+            }
+            b.extend_from_slice(eol.as_bytes());
+            b.extend_from_slice(&tail);
+            b
+        })
+}
+
+proptest! {
+    #![proptest_config(settings(5000, regressions!("h1_head")))]
+
+    /// Random bytes and plausible heads (then a byte flipped): no panic, caps hold.
+    #[test]
+    fn h1_head_parse(
+        buf in prop_oneof![prop::collection::vec(any::<u8>(), 0..200), h1_head()],
+        flip in any::<(usize, u8)>(),
+    ) {
+        check_h1_head(&buf)?;
+        if !buf.is_empty() {
+            let mut bad = buf.clone();
+            let i = flip.0 % bad.len();
+            bad[i] ^= flip.1 | 1;
+            check_h1_head(&bad)?;
+        }
+    }
+
+    /// Any data cut into chunks (with extensions, with trailers) decodes
+    /// back to itself, and to nothing complete before its last byte.
+    #[test]
+    fn h1_chunked_round_trip(
+        data in prop::collection::vec(any::<u8>(), 0..300),
+        cuts in prop::collection::vec(1usize..64, 1..8),
+        ext in any::<bool>(),
+        trailer in any::<bool>(),
+    ) {
+        let mut wire = Vec::new();
+        let mut rest = &data[..];
+        let mut i = 0;
+        while !rest.is_empty() {
+            let n = cuts[i % cuts.len()].min(rest.len());
+            wire.extend_from_slice(format!("{n:X}").as_bytes());
+            if ext {
+                wire.extend_from_slice(b";k=\"v;w\"");
+            }
+            wire.extend_from_slice(b"\r\n");
+            wire.extend_from_slice(&rest[..n]);
+            wire.extend_from_slice(b"\r\n");
+            rest = &rest[n..];
+            i += 1;
+        }
+        wire.extend_from_slice(b"0\r\n");
+        if trailer {
+            wire.extend_from_slice(b"x-sum: 1\r\n");
+        }
+        wire.extend_from_slice(b"\r\n");
+        let (got, trailers, used) = upstream_h1::decode_chunked_body(&wire, H1_LIMITS)
+            .map_err(TestCaseError::fail)?
+            .ok_or_else(|| TestCaseError::fail("incomplete"))?;
+        prop_assert_eq!(got, data);
+        prop_assert_eq!(used, wire.len());
+        prop_assert_eq!(trailers.get("x-sum").is_some(), trailer);
+        let cut = wire.len() - 1;
+        prop_assert!(matches!(upstream_h1::decode_chunked_body(&wire[..cut], H1_LIMITS), Ok(None)));
+    }
+}
+
+#[test]
+fn h1_head_corpus() {
+    replay("h1_head", check_h1_head);
+}
+
+#[test]
+fn h1_head_cases() {
+    let parse = |b: &str| upstream_h1::parse_response_head(b.as_bytes(), H1_LIMITS);
+    let (len, h) = parse("HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok")
+        .expect("valid")
+        .expect("complete");
+    assert_eq!(
+        (len, h.framing, h.keep_alive),
+        (41, Framing::Length(2), true)
+    );
+    let (_, h) = parse("HTTP/1.0 200 OK\r\n\r\n")
+        .expect("valid")
+        .expect("complete");
+    assert_eq!((h.framing, h.keep_alive), (Framing::Close, false));
+    let (_, h) = parse("HTTP/1.1 204 No Content\r\n\r\n")
+        .expect("valid")
+        .expect("complete");
+    assert_eq!((h.framing, h.keep_alive), (Framing::Close, true));
+    assert_eq!(
+        upstream_h1::body_framing(&http::Method::GET, &h),
+        Framing::None
+    );
+    let (_, h) = parse("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n")
+        .expect("valid")
+        .expect("complete");
+    assert_eq!((h.framing, h.keep_alive), (Framing::Length(0), true));
+    let (_, h) =
+        parse("HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .expect("valid")
+            .expect("complete");
+    assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
+    assert!(h.headers.get("content-length").is_none());
+    for bad in [
+        "HTTP/1.1 200 OK\r\nA: b\r\n c\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n",
+        "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "HTTP/1.1 2000 OK\r\n\r\n",
+    ] {
+        assert!(parse(bad).is_err(), "{bad:?} accepted");
+    }
+    assert!(matches!(parse("HTTP/1.1 200 OK\r\nA: b\r\n"), Ok(None)));
+    let many: String = (0..9).map(|i| format!("X-{i}: v\r\n")).collect();
+    let e = parse(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")).expect_err("9 > 8 fields");
+    assert!(e.contains("max_headers (8)"), "{e}");
+    let e =
+        parse(&format!("HTTP/1.1 200 OK\r\nX: {}\r\n", "a".repeat(2000))).expect_err("too large");
+    assert!(e.contains("max_header_size"), "{e}");
+    // Chunk sizes: hex digits then extensions; anything else is refused.
+    for bad in [
+        "g\r\n",
+        "\r\n",
+        "5 x\r\nhello\r\n0\r\n\r\n",
+        "5\r\nhelloXX0\r\n\r\n",
+        "5\nhello\r\n",
+    ] {
+        assert!(
+            upstream_h1::decode_chunked_body(bad.as_bytes(), H1_LIMITS).is_err(),
+            "{bad:?} accepted"
+        );
+    }
+}

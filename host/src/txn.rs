@@ -210,12 +210,12 @@ pub struct Txn {
     /// Stick-table entries tracked by `track_sc0..2`; held (never evicted) until the `Txn` drops.
     pub sc: crate::stick::StickCounters,
     /// The client's request body until it is forwarded (a Lua service may read it instead).
-    pub req_body: Option<hyper::body::Incoming>,
+    pub req_body: Option<crate::proxy::body::PeerBody>,
     /// Request body bytes read for filters' body hooks (by `proxy::chain`), which
     /// may rewrite them; sent upstream before what is left of `req_body`.
     pub req_buffered: Option<BufferedBody>,
     /// The server's response body during the response phase, until it is streamed to the client.
-    pub resp_body: Option<hyper::body::Incoming>,
+    pub resp_body: Option<crate::proxy::body::PeerBody>,
     /// Response body bytes a filter read; sent to the client before what is left of `resp_body`.
     pub resp_buffered: Option<BufferedBody>,
     /// The connection's TLS facts (`ssl_fc*`, `ssl_c_*`); `None` on a plain-TCP bind.

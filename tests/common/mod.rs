@@ -21,6 +21,7 @@ mod haproxy;
 mod peers;
 mod plugins;
 mod python;
+mod rawserver;
 
 // Each test target uses a part of the helpers: a re-export it leaves unused
 // is not a warning.
@@ -52,6 +53,8 @@ pub use peers::*;
 pub use plugins::*;
 #[allow(unused_imports)]
 pub use python::*;
+#[allow(unused_imports)]
+pub use rawserver::*;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -107,6 +107,19 @@ pub struct Global {
     pub timeouts: Timeouts,
     /// `[[peers]]` sections (replication of stick tables; restart-only).
     pub peers: Vec<Arc<peers::Section>>,
+    /// Which HTTP/1.1 client speaks to servers (`http1_client`).
+    pub http1_client: Http1Client,
+}
+
+/// `[global] http1_client`: how requests go to HTTP/1.1 servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Http1Client {
+    /// The worker's own codec (`proxy/upstream_h1.rs`): no channel or second
+    /// task per connection. Upgrades (WebSocket) still go through hyper.
+    #[default]
+    Native,
+    /// hyper's client connection with its driver task (`proxy/pool.rs`).
+    Hyper,
 }
 
 /// Resolved timeouts (see [`schema::RawTimeouts`] for their meaning).
@@ -519,6 +532,19 @@ impl Validator<'_> {
             Some(n) => Some(ranged::<usize>(src, n, "maxconn", 1, 1 << 24)?),
             None => None,
         };
+        let http1_client = match &g.http1_client {
+            Some(c) => match c.get_ref().as_str() {
+                "native" => Http1Client::Native,
+                "hyper" => Http1Client::Hyper,
+                other => {
+                    return Err(src.error(
+                        c.span(),
+                        format!("unknown http1_client {other:?}; expected \"native\" or \"hyper\""),
+                    ));
+                }
+            },
+            None => Http1Client::default(),
+        };
         let timeouts = merge_timeouts(&Timeouts::default(), &g.timeout);
         Ok(Global {
             workers,
@@ -535,6 +561,7 @@ impl Validator<'_> {
             wasm_cache: g.wasm_cache.clone(),
             timeouts,
             peers: Vec::new(),
+            http1_client,
         })
     }
 

@@ -163,6 +163,8 @@ pub struct RawGlobal {
     /// Directory for compiled Wasm modules (loaded from there on the next
     /// start instead of compiled again); absent: no cache.
     pub wasm_cache: Option<Spanned<String>>,
+    /// HTTP/1.1 client to servers: `"native"` (the worker's own codec) or `"hyper"`.
+    pub http1_client: Option<Spanned<String>>,
     #[serde(default)]
     pub timeout: RawTimeouts,
 }

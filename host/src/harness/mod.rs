@@ -530,7 +530,8 @@ impl Harness {
             txn.req_body = Some(
                 net::incoming(req.body.clone())
                     .await
-                    .map_err(HarnessError::Io)?,
+                    .map_err(HarnessError::Io)?
+                    .into(),
             );
             let mut side = CannedSides {
                 rt,
@@ -659,7 +660,7 @@ impl flow::Sides for CannedSides<'_> {
             Ok(incoming) => Ok(Sent::Response(
                 self.server.status,
                 self.server.headers.clone(),
-                incoming,
+                incoming.into(),
             )),
             Err(e) => {
                 self.error = Some(e);

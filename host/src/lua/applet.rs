@@ -53,7 +53,7 @@ impl BodyError {
 /// Reads a request body whole (at most [`MAX_BODY`], `idle` between two pieces).
 pub(crate) async fn read_body(
     prefix: Vec<u8>,
-    mut body: hyper::body::Incoming,
+    mut body: crate::proxy::body::PeerBody,
     idle: std::time::Duration,
 ) -> Result<Bytes, BodyError> {
     use http_body_util::BodyExt;

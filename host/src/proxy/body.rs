@@ -93,6 +93,63 @@ pub trait BodyEnd {
     fn trailers(&mut self, _trailers: &http::HeaderMap) {}
 }
 
+/// A peer's body as it arrives: from hyper (the client's request body, and
+/// responses read through hyper's client), or read by this worker's own
+/// HTTP/1 client ([`super::upstream_h1`]).
+pub enum PeerBody {
+    Hyper(Incoming),
+    H1(super::upstream_h1::H1Body),
+}
+
+impl std::fmt::Debug for PeerBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerBody::Hyper(b) => b.fmt(f),
+            PeerBody::H1(b) => f
+                .debug_struct("H1Body")
+                .field("end", &b.is_end_stream())
+                .finish(),
+        }
+    }
+}
+
+impl From<Incoming> for PeerBody {
+    fn from(b: Incoming) -> PeerBody {
+        PeerBody::Hyper(b)
+    }
+}
+
+impl Body for PeerBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            PeerBody::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+            PeerBody::H1(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            PeerBody::Hyper(b) => b.is_end_stream(),
+            PeerBody::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            PeerBody::Hyper(b) => b.size_hint(),
+            PeerBody::H1(b) => b.size_hint(),
+        }
+    }
+}
+
 /// Shared view of a request body's progress, read by the handler after the exchange.
 #[derive(Debug, Default)]
 pub struct RequestBodyState {
@@ -153,7 +210,7 @@ pub enum RequestBody {
         state: Rc<RequestBodyState>,
     },
     Stream {
-        inner: Incoming,
+        inner: PeerBody,
         timer: IdleTimer,
         state: Rc<RequestBodyState>,
     },
@@ -172,7 +229,7 @@ pub enum RequestBody {
 
 impl RequestBody {
     /// Streams `inner` with a client inactivity `timeout`; progress lands in `state`.
-    pub fn stream(inner: Incoming, timeout: Duration, state: Rc<RequestBodyState>) -> RequestBody {
+    pub fn stream(inner: PeerBody, timeout: Duration, state: Rc<RequestBodyState>) -> RequestBody {
         RequestBody::Stream {
             inner,
             timer: IdleTimer::new(timeout),
@@ -303,7 +360,7 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     state.failed.set(true);
-                    Poll::Ready(Some(Err(e.into())))
+                    Poll::Ready(Some(Err(e)))
                 }
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => match timer.poll_expired(cx) {
@@ -357,7 +414,7 @@ enum Kind {
     /// A body a filter read in full, then its trailers.
     Buffered(Option<Bytes>, Option<http::HeaderMap>),
     Upstream {
-        inner: Incoming,
+        inner: PeerBody,
         timer: IdleTimer,
     },
 }
@@ -429,7 +486,7 @@ impl ResponseBody {
     }
 
     /// The server's body streamed through with a server inactivity `timeout`.
-    pub fn upstream(inner: Incoming, timeout: Duration) -> ResponseBody {
+    pub fn upstream(inner: PeerBody, timeout: Duration) -> ResponseBody {
         ResponseBody {
             prefix: None,
             kind: Kind::Upstream {
@@ -633,7 +690,7 @@ impl ResponseBody {
                         Poll::Ready(Some(this.taps.frame(frame, eos)))
                     }
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
                 Poll::Ready(None) => {
                     Poll::Ready(this.taps.end().transpose().map(|r| r.map(Frame::data)))
                 }

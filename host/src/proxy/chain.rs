@@ -9,9 +9,9 @@
 
 use std::sync::Arc;
 
+use super::body::PeerBody;
 use http::HeaderMap;
 use http::header::{CONTENT_LENGTH, HeaderValue};
-use hyper::body::Incoming;
 
 use crate::error::{ClientError, ErrorSource, PluginFailure, ServerError};
 use crate::filter::{BodyFlow, BodyLimits, BodyTap, Filter, Flow, Phases, Reply};
@@ -118,7 +118,7 @@ async fn settle(filter: &dyn Filter, txn: &mut Txn, mut flow: Flow) -> Option<Re
 }
 
 /// The phase's unread body.
-fn rest(txn: &mut Txn) -> &mut Option<Incoming> {
+fn rest(txn: &mut Txn) -> &mut Option<PeerBody> {
     match txn.phase {
         Phase::Request => &mut txn.req_body,
         Phase::Response => &mut txn.resp_body,
@@ -237,7 +237,7 @@ fn body_error(phase: Phase, err: BodyError) -> Reply {
 /// stream (`None`: the body ended).
 struct ReadStep {
     acc: BufferedBody,
-    rest: Option<Incoming>,
+    rest: Option<PeerBody>,
 }
 
 /// Reads the next data frame of `body` into `acc` (trailers and the end
@@ -245,7 +245,7 @@ struct ReadStep {
 /// each filter sees the body as the ones before it left it); the buffer may
 /// hold at most `limits.max` bytes, each frame must come within `limits.idle`.
 async fn read_step(
-    mut body: Incoming,
+    mut body: PeerBody,
     mut acc: BufferedBody,
     limits: BodyLimits,
     taps: &mut [Box<dyn BodyTap>],
@@ -294,7 +294,7 @@ pub enum Outgoing {
     /// the unread rest through the filters' taps.
     Stream {
         prefix: Option<BufferedBody>,
-        rest: Incoming,
+        rest: PeerBody,
         taps: Vec<Box<dyn BodyTap>>,
     },
 }

@@ -55,6 +55,12 @@ pub enum ProxyError {
     ConnectTimeout(String, std::time::Duration),
     #[error("server sent an invalid response: {0}")]
     UpstreamInvalid(hyper::Error),
+    /// The worker's own HTTP/1.1 client failed with the server.
+    #[error(transparent)]
+    UpstreamH1(super::upstream_h1::H1Error),
+    /// The client's request body failed while the native client sent it.
+    #[error("client request body failed: {0}")]
+    ClientBodyStream(super::body::BoxError),
     #[error("server switched protocols (101) though the request asked for no upgrade")]
     UnexpectedUpgrade,
     /// An upgrade (WebSocket) routed to an HTTP/2 server that did not
@@ -80,6 +86,7 @@ impl ProxyError {
             | ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamUnusable(_)
             | ProxyError::UpstreamInvalid(_)
+            | ProxyError::UpstreamH1(_)
             | ProxyError::UnexpectedUpgrade
             | ProxyError::NoExtendedConnect
             | ProxyError::ConnectFailed { .. } => ErrorSource::Server(ServerError::BadResponse),
@@ -87,9 +94,9 @@ impl ProxyError {
             ProxyError::ConnectTarget(_) => ErrorSource::Client(ClientError::BadRequest),
             ProxyError::ConnectDenied(_) => ErrorSource::Client(ClientError::Forbidden),
             ProxyError::ClientTimeout(_) => ErrorSource::Client(ClientError::Timeout),
-            ProxyError::ClientBody(_) | ProxyError::BadHost(_) => {
-                ErrorSource::Client(ClientError::BadRequest)
-            }
+            ProxyError::ClientBody(_)
+            | ProxyError::ClientBodyStream(_)
+            | ProxyError::BadHost(_) => ErrorSource::Client(ClientError::BadRequest),
             ProxyError::ConnectMethod | ProxyError::ProtocolNotAllowed(_) => {
                 ErrorSource::Client(ClientError::MethodNotAllowed)
             }
@@ -105,6 +112,7 @@ impl ProxyError {
                 | ProxyError::UpstreamReset(_)
                 | ProxyError::UpstreamUnusable(_)
                 | ProxyError::UpstreamInvalid(_)
+                | ProxyError::UpstreamH1(_)
                 | ProxyError::UnexpectedUpgrade
         )
     }
@@ -131,11 +139,12 @@ impl ProxyError {
             ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamUnusable(_)
             | ProxyError::UpstreamInvalid(_)
+            | ProxyError::UpstreamH1(_)
             | ProxyError::UnexpectedUpgrade
             // The server cannot carry what the request asks for.
             | ProxyError::NoExtendedConnect => *b"SH",
             ProxyError::ClientTimeout(_) => *b"cD",
-            ProxyError::ClientBody(_) => *b"CD",
+            ProxyError::ClientBody(_) | ProxyError::ClientBodyStream(_) => *b"CD",
             ProxyError::BadHost(_)
             | ProxyError::ConnectMethod
             | ProxyError::ProtocolNotAllowed(_)

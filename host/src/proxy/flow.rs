@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{StatusCode, Version};
-use hyper::body::Incoming;
+use super::body::PeerBody;
 use tokio::time::Instant;
 
 use super::body::ResponseBody;
@@ -29,7 +29,7 @@ use crate::txn::{BackendChoice, Outcome, Phase, Txn};
 /// What [`Sides::forward`] got for the request.
 pub(crate) enum Sent {
     /// A server's response head and its unread body, for the response phase.
-    Response(StatusCode, HeaderMap, Incoming),
+    Response(StatusCode, HeaderMap, PeerBody),
     /// The request opened a tunnel (a `CONNECT`'s `200`): this answer, no
     /// body and no response phase.
     Opened(StatusCode, HeaderMap),
@@ -173,7 +173,7 @@ async fn response<S: Sides>(
     side: &mut S,
     status: StatusCode,
     headers: HeaderMap,
-    body: Incoming,
+    body: PeerBody,
 ) -> Answer {
     txn.phase = Phase::Response;
     txn.req_vars.clear();

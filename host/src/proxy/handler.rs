@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::body::{BodyEnd, BodyOutcome, RequestBody, RequestBodyState, ResponseBody};
+use super::body::{BodyEnd, BodyOutcome, PeerBody, RequestBody, RequestBodyState, ResponseBody};
 use super::chain::Outgoing;
 use super::conn::ConnState;
 use super::error::ProxyError;
@@ -129,6 +129,9 @@ struct Route {
     /// Time to connect to the server, 0 on a reused connection (`%Tc`).
     connect_time: Option<Duration>,
     conn: Option<PooledConn>,
+    /// The connection of the worker's own HTTP/1.1 client, back in its slot
+    /// once the response body ended cleanly.
+    h1: Option<super::upstream_h1::Lease>,
     /// The HTTP/2 stream the request went out on (released when the exchange ends).
     h2: Option<super::upstream_h2::H2Stream>,
     /// The request's `grpc-timeout` ran out before the response head.
@@ -191,6 +194,11 @@ impl BodyEnd for Exchange {
             } else {
                 conn.discard();
             }
+        }
+        if let Some(lease) = route.h1
+            && outcome == BodyOutcome::Complete
+        {
+            worker.pool.native.checkin(lease, now);
         }
         let bytes_in = route.req_body.as_ref().map_or(0, |s| s.bytes.get()) + route.tunnel_in;
         let fe = &shared.frontends[ctx.frontend];
@@ -399,7 +407,7 @@ pub async fn handle(
         plugin_state: crate::txn::PluginState::default(),
         frontend_metadata: shared.config.frontends[ctx.frontend].metadata.clone(),
         sc: crate::stick::StickCounters::default(),
-        req_body: Some(body),
+        req_body: Some(body.into()),
         req_buffered: None,
         resp_body: None,
         resp_buffered: None,
@@ -752,7 +760,7 @@ async fn forward(
     taps: Vec<Box<dyn crate::filter::BodyTap>>,
     ex: &mut Route,
     upgrade: bool,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<PeerBody>, ProxyError> {
     let worker = &ctx.worker;
     let shared = &worker.shared;
     // What routed the request is what `be_name` reports from here on (also
@@ -871,6 +879,19 @@ async fn forward(
             &body_state,
             (now, asked_upgrade),
         )
+        .await
+        .map(|r| r.map(PeerBody::from));
+    }
+    if !asked_upgrade && shared.config.global.http1_client == crate::config::Http1Client::Native {
+        return forward_native(
+            ctx,
+            ex,
+            req,
+            (b, s, target),
+            tls_target.as_ref(),
+            &body_state,
+            now,
+        )
         .await;
     }
     let mut conn = worker
@@ -921,7 +942,7 @@ async fn forward(
         }
         Ok(resp) => {
             ex.conn = Some(conn);
-            Ok(resp)
+            Ok(resp.map(PeerBody::from))
         }
         Err(failure) => {
             conn.discard();
@@ -935,6 +956,80 @@ async fn forward(
                 }
                 SendFailure::Failed(e) => ProxyError::UpstreamReset(e),
                 SendFailure::Unsent(_) => {
+                    ProxyError::UpstreamUnusable("connection closed before the request was sent")
+                }
+            })
+        }
+    }
+}
+
+/// [`forward`] through the worker's own HTTP/1.1 client: the request is
+/// written and the response head read on this task (no upgrade: those go
+/// through hyper's connection, which hands its socket to the tunnel).
+async fn forward_native(
+    ctx: &Rc<Ctx>,
+    ex: &mut Route,
+    req: Request<RequestBody>,
+    (b, s, target): (usize, usize, std::net::SocketAddr),
+    tls: Option<&crate::tls::client::Target>,
+    body_state: &Rc<RequestBodyState>,
+    now: Instant,
+) -> Result<Response<PeerBody>, ProxyError> {
+    use super::upstream_h1::{Failure, H1Error, send};
+    let worker = &ctx.worker;
+    let backend = &worker.shared.config.backends[b];
+    let sstate = &worker.shared.backends[b].servers[s];
+    let pool = &worker.pool.native;
+    let timeout = backend.server_timeout;
+    let (conn, reused) = match pool.checkout_idle(b, s, target, now, tls) {
+        Some(c) => (c, true),
+        None => (
+            pool.connect((b, s), target, backend.connect_timeout, tls)
+                .await?,
+            false,
+        ),
+    };
+    // A reused connection is ready at once: no need to read the clock again.
+    let sent_at = if reused {
+        now
+    } else {
+        sstate.connects.fetch_add(1, Relaxed);
+        Instant::now()
+    };
+    ex.connect_time = Some(sent_at.saturating_duration_since(now));
+    let result = match send(conn, req, reused, timeout, body_state, sent_at).await {
+        Err(Failure::Unsent(req)) => {
+            // A keep-alive connection the server closed while idle: retry once on a fresh one.
+            let conn = pool
+                .connect((b, s), target, backend.connect_timeout, tls)
+                .await?;
+            sstate.connects.fetch_add(1, Relaxed);
+            send(conn, *req, false, timeout, body_state, Instant::now()).await
+        }
+        other => other,
+    };
+    ex.upstream_time = Some(sent_at.elapsed());
+    match result {
+        // HAProxy: a 101 to a request without Upgrade is an invalid response.
+        Ok((resp, _)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            Err(ProxyError::UnexpectedUpgrade)
+        }
+        Ok((resp, lease)) => {
+            ex.h1 = Some(lease);
+            Ok(resp.map(PeerBody::H1))
+        }
+        Err(failure) => {
+            let client_timeout = worker.shared.config.global.timeouts.client;
+            Err(match failure {
+                Failure::Timeout(d) => ProxyError::ServerTimeout(d),
+                _ if body_state.timed_out.get() => ProxyError::ClientTimeout(client_timeout),
+                // The client's stream failed: its fault. A filter's tap
+                // failing is not, and is a 502 as with hyper's client.
+                Failure::Failed(H1Error::Body(e)) if body_state.failed.get() => {
+                    ProxyError::ClientBodyStream(e)
+                }
+                Failure::Failed(e) => ProxyError::UpstreamH1(e),
+                Failure::Unsent(_) => {
                     ProxyError::UpstreamUnusable("connection closed before the request was sent")
                 }
             })

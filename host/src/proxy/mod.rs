@@ -31,6 +31,7 @@ pub mod tls;
 pub mod tunnel;
 pub mod upgrade;
 pub mod upgraded;
+pub mod upstream_h1;
 pub mod upstream_h2;
 pub mod worker;
 

@@ -74,6 +74,8 @@ pub struct UpstreamPool {
     idle_timeout: Duration,
     /// HTTP/1.1 client settings, shared by every new connection.
     http: http1::Builder,
+    /// Idle connections of the worker's own HTTP/1.1 client (`http1_client = "native"`).
+    pub native: super::upstream_h1::NativePool,
 }
 
 /// The HTTP/1.1 client settings: response heads are bounded like request
@@ -120,6 +122,7 @@ impl UpstreamPool {
                 .collect(),
             idle_timeout: config.global.timeouts.keep_alive,
             http: http_builder(config),
+            native: super::upstream_h1::NativePool::new(config),
         }
     }
 
@@ -267,6 +270,7 @@ impl UpstreamPool {
 
     /// Closes idle connections older than the keep-alive timeout or already closed.
     pub fn sweep(&self) {
+        self.native.sweep();
         let timeout = self.idle_timeout;
         for backend in self.idle.borrow_mut().iter_mut() {
             for list in backend.iter_mut() {
@@ -285,6 +289,7 @@ impl UpstreamPool {
     /// `own` declares as `old_config` did (same backend name, server name
     /// and address); the rest close with `old`.
     pub fn adopt(&self, own: &Runtime, old: &UpstreamPool, old_config: &Runtime) {
+        self.native.adopt(own, &old.native, old_config);
         let mut mine = self.idle.borrow_mut();
         let mut theirs = old.idle.borrow_mut();
         for (b, backend) in own.backends.iter().enumerate() {
@@ -313,7 +318,13 @@ impl UpstreamPool {
 
     /// Number of idle connections held (for tests and stats).
     pub fn idle_count(&self) -> usize {
-        self.idle.borrow().iter().flatten().map(Vec::len).sum()
+        self.idle
+            .borrow()
+            .iter()
+            .flatten()
+            .map(Vec::len)
+            .sum::<usize>()
+            + self.native.idle_count()
     }
 }
 
