@@ -873,6 +873,45 @@ pub(super) async fn serve_tls<S: ClientStream>(worker: Rc<Worker>, opened: Opene
     serve_stream(worker, opened, stream, prefix, h2).await;
 }
 
+/// The hyper service of one connection: each request goes to the handler
+/// with the connection's context.
+fn service(
+    ctx: Rc<super::handler::ConnCtx>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<super::body::ResponseBody>,
+    Error = std::convert::Infallible,
+> + Clone {
+    service_fn(move |req| super::handler::handle(req, Rc::clone(&ctx)))
+}
+
+/// Serves an HTTP/2 connection (see [`drive_h2`]).
+async fn serve_h2<S: ClientStream>(
+    stream: S,
+    prefix: Bytes,
+    state: &Rc<ConnState>,
+    timeouts: &Timeouts,
+    svc: impl hyper::service::HttpService<
+        hyper::body::Incoming,
+        ResBody = super::body::ResponseBody,
+        Future: 'static,
+    > + 'static,
+    max_header_size: usize,
+    shutdown: &mut ShutdownSignal,
+) -> hyper::Result<()> {
+    let io = TimedIo::new(stream, prefix, Rc::clone(state), timeouts, None);
+    let conn = http2::Builder::new(LocalExec)
+        .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
+        // RFC 8441: WebSockets over HTTP/2 (`proxy/upgraded.rs`).
+        .enable_connect_protocol()
+        .max_send_buf_size(H2_SEND_BUF)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    drive_h2(conn.as_mut(), state, timeouts, shutdown)
+        .await
+        .unwrap_or(Ok(()))
+}
+
 /// Serves HTTP on a connection whose protocol is known.
 async fn serve_stream<S: ClientStream>(
     worker: Rc<Worker>,
@@ -908,7 +947,7 @@ async fn serve_stream<S: ClientStream>(
         Rc::clone(&state),
         tls,
     ));
-    let svc = service_fn(move |req| super::handler::handle(req, Rc::clone(&ctx)));
+    let svc = service(ctx);
     let (max_header_size, max_headers) = (
         epoch.shared.config.global.max_header_size,
         epoch.shared.config.global.max_headers,
@@ -917,18 +956,18 @@ async fn serve_stream<S: ClientStream>(
     // a replaced runtime alive.
     drop(epoch);
     let result = if h2 {
-        let io = TimedIo::new(stream, prefix, Rc::clone(&state), &timeouts, None);
-        let conn = http2::Builder::new(LocalExec)
-            .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
-            // RFC 8441: WebSockets over HTTP/2 (`proxy/upgraded.rs`).
-            .enable_connect_protocol()
-            .max_send_buf_size(H2_SEND_BUF)
-            .serve_connection(TokioIo::new(io), svc);
-        // Boxed: the connection's state lives on the heap only while it runs.
-        let mut conn = Box::pin(conn);
-        drive_h2(conn.as_mut(), &state, &timeouts, &mut shutdown)
-            .await
-            .unwrap_or(Ok(()))
+        // Boxed: an HTTP/1 connection's task, idle ones included, must not
+        // be as large as this path's state.
+        Box::pin(serve_h2(
+            stream,
+            prefix,
+            &state,
+            &timeouts,
+            svc,
+            max_header_size,
+            &mut shutdown,
+        ))
+        .await
     } else {
         let mut builder = http1::Builder::new();
         builder
@@ -959,7 +998,8 @@ async fn serve_stream<S: ClientStream>(
                     let io = parts.io.into_inner();
                     let client =
                         super::upgraded::Rewound::new(parts.read_buf, io.prefix, io.stream);
-                    tunnel.run(Box::new(client)).await;
+                    // Boxed: rare, and larger than the rest of this task.
+                    Box::pin(tunnel.run(Box::new(client))).await;
                 } else {
                     tunnel.abandon();
                 }
@@ -1006,6 +1046,98 @@ async fn serve_stream<S: ClientStream>(
             worker.record_local_error(&frontend, client, status, &e.to_string());
         } else {
             tracing::debug!(%client, error = %e, "client connection ended with an error");
+        }
+    }
+}
+
+/// Sizes in bytes of what each client connection holds inline: its task's
+/// future (largest state; for the connection's whole life, idle included)
+/// by path, and what a request or a running hyper connection adds. Logged at
+/// debug level when a worker starts; bounded by a test.
+#[derive(Debug)]
+// Outside tests the fields are read only through `Debug` (the log line).
+#[allow(dead_code)]
+pub(super) struct FutureSizes {
+    /// The accepted connection's task (`worker::serve_accepted`).
+    pub task: usize,
+    /// Plain HTTP/1.1 or h2c, TLS, and TCP-mode paths (the last two boxed).
+    pub http: usize,
+    pub tls: usize,
+    pub tcp: usize,
+    /// hyper's HTTP/1 connection with our service (boxed, dropped while parked).
+    pub hyper_h1: usize,
+    /// hyper's HTTP/2 connection (boxed with the HTTP/2 path).
+    pub hyper_h2: usize,
+    /// The handler's request future (hyper boxes it per hyper connection).
+    pub handler: usize,
+    /// An HTTP/1 tunnel's future (boxed).
+    pub tunnel: usize,
+}
+
+/// See [`FutureSizes`].
+pub(super) fn future_sizes() -> FutureSizes {
+    /// The size of what `f` returns (an async fn's future), never calling it.
+    fn returned2<A, B, R>(_: &impl FnOnce(A, B) -> R) -> usize {
+        size_of::<R>()
+    }
+    fn returned4<A, B, C, D, R>(_: &impl FnOnce(A, B, C, D) -> R) -> usize {
+        size_of::<R>()
+    }
+    fn returned5<A, B, C, D, E, R>(_: &impl FnOnce(A, B, C, D, E) -> R) -> usize {
+        size_of::<R>()
+    }
+    /// hyper's HTTP/1 and HTTP/2 connections with the service `make` returns.
+    fn hyper_sizes<V>(_: &impl FnOnce(Rc<super::handler::ConnCtx>) -> V) -> (usize, usize)
+    where
+        V: hyper::service::HttpService<hyper::body::Incoming> + 'static,
+    {
+        (
+            size_of::<http1::Connection<TokioIo<TimedIo<TcpStream>>, V>>(),
+            size_of::<http2::Connection<TokioIo<TimedIo<TcpStream>>, V, LocalExec>>(),
+        )
+    }
+    let (hyper_h1, hyper_h2) = hyper_sizes(&service);
+    FutureSizes {
+        task: returned4(&super::worker::serve_accepted),
+        http: returned4(&serve),
+        tls: returned5(&super::tls::serve),
+        tcp: returned4(&super::tcp::serve),
+        hyper_h1,
+        hyper_h2,
+        handler: returned2(&super::handler::handle),
+        tunnel: returned2(&super::upgraded::Tunnel::run),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every client connection's task holds its future's largest state for
+    /// its whole life, idle keep-alive connections included. It was 12 KiB
+    /// (16.5 KB of RSS per idle keep-alive connection, `bench/run --memory
+    /// only`, 2026-12-06), because the TLS path's state (the handshake and
+    /// the TLS stream) sat inline in every connection's task; now the TLS
+    /// and TCP paths, HTTP/2 and tunnels are boxed (see bench/README.md,
+    /// memory). A future over these bounds has an await point holding
+    /// something large: box that state, or hold it in a `Box`. Debug builds
+    /// lay futures out less tightly than release builds (see the debug log
+    /// line at worker start for the release figures).
+    #[test]
+    fn connection_task_stays_small() {
+        let sizes = future_sizes();
+        eprintln!("{sizes:?}");
+        let bound = if cfg!(debug_assertions) { 3072 } else { 2048 };
+        for (what, size) in [
+            ("connection task", sizes.task),
+            ("plain HTTP path", sizes.http),
+            ("TLS path", sizes.tls),
+            ("TCP path", sizes.tcp),
+        ] {
+            assert!(
+                size <= bound,
+                "the {what}'s future is {size} bytes, over {bound}: {sizes:?}"
+            );
         }
     }
 }
