@@ -885,6 +885,66 @@ fn service(
     service_fn(move |req| super::handler::handle(req, Rc::clone(&ctx)))
 }
 
+/// How hyper's HTTP/1 connection ended.
+enum H1End<S> {
+    /// Idle past [`PARK_AFTER`]: the socket and the bytes hyper had read of
+    /// a next request, hyper's buffers gone.
+    Parked(S, Bytes),
+    /// The connection is over (a tunnel and a lingering close included).
+    Done(hyper::Result<()>),
+}
+
+/// Runs hyper's HTTP/1 connection on `stream` until the connection ends or
+/// parks (see [`drive_h1`]).
+async fn run_h1<S: ClientStream>(
+    stream: S,
+    prefix: Bytes,
+    state: &Rc<ConnState>,
+    ctx: &Rc<super::handler::ConnCtx>,
+    builder: &http1::Builder,
+    timeouts: &Timeouts,
+    park_base: Instant,
+    shutdown: &mut ShutdownSignal,
+) -> H1End<S> {
+    let io = TimedIo::new(stream, prefix, Rc::clone(state), timeouts, Some(park_base));
+    let mut conn = builder.serve_connection(TokioIo::new(io), service(Rc::clone(ctx)));
+    let result = drive_h1(&mut conn, state, shutdown).await;
+    tracing::trace!(?result, phase = ?state.phase.get(), parking = state.parking.get(), "hyper connection ended");
+    if let Some(tunnel) = state.tunnel.take() {
+        // hyper wrote the 101 (or the 200 to a CONNECT) and stopped
+        // without shutting the socket: it is the tunnel's now, with
+        // whatever the client sent past the request head.
+        if result.is_ok() {
+            let parts = conn.into_parts();
+            let io = parts.io.into_inner();
+            let client = super::upgraded::Rewound::new(parts.read_buf, io.prefix, io.stream);
+            // Boxed: rare, and larger than the rest of this future.
+            Box::pin(tunnel.run(Box::new(client))).await;
+        } else {
+            tunnel.abandon();
+        }
+        return H1End::Done(result);
+    }
+    if result.is_err() || !state.parking.get() {
+        if state.body_seen.get() {
+            // hyper half-closed the socket after the last response.
+            // Boxed: its 4 KiB sink would otherwise be part of this future.
+            Box::pin(linger(conn.into_parts().io.into_inner().stream.into_tcp())).await;
+        }
+        return H1End::Done(result);
+    }
+    // Parked: hyper's buffers go; what it had read of a next request stays.
+    // Everything of hyper's is dropped here, before the wait; the buffered
+    // bytes are copied, since hyper's (even empty) read buffer would keep
+    // its whole allocation alive while parked.
+    let parts = conn.into_parts();
+    let prefix = Bytes::copy_from_slice(&parts.read_buf);
+    let stream = parts.io.into_inner().stream;
+    state.park.set(false);
+    state.parking.set(false);
+    H1End::Parked(stream, prefix)
+}
+
 /// Serves an HTTP/2 connection (see [`drive_h2`]).
 async fn serve_h2<S: ClientStream>(
     stream: S,
@@ -930,15 +990,17 @@ async fn serve_stream<S: ClientStream>(
     let epoch = worker.current();
     let timeouts = epoch.shared.config.global.timeouts;
     let mut shutdown = worker.shutdown_signal();
-    let mut state = ConnState::new(
-        h2,
-        if h2 { ConnPhase::Busy } else { ConnPhase::Head },
-        accepted,
-    );
-    state.pages = frontend
-        .index_in(&epoch.shared)
-        .and_then(|i| epoch.error_pages.get(i)?.clone());
-    let state = Rc::new(state);
+    let state = Rc::new({
+        let mut state = ConnState::new(
+            h2,
+            if h2 { ConnPhase::Busy } else { ConnPhase::Head },
+            accepted,
+        );
+        state.pages = frontend
+            .index_in(&epoch.shared)
+            .and_then(|i| epoch.error_pages.get(i)?.clone());
+        state
+    });
     let ctx = Rc::new(super::handler::ConnCtx::new(
         Rc::clone(&worker),
         frontend.clone(),
@@ -947,7 +1009,6 @@ async fn serve_stream<S: ClientStream>(
         Rc::clone(&state),
         tls,
     ));
-    let svc = service(ctx);
     let (max_header_size, max_headers) = (
         epoch.shared.config.global.max_header_size,
         epoch.shared.config.global.max_headers,
@@ -963,7 +1024,7 @@ async fn serve_stream<S: ClientStream>(
             prefix,
             &state,
             &timeouts,
-            svc,
+            service(Rc::clone(&ctx)),
             max_header_size,
             &mut shutdown,
         ))
@@ -979,52 +1040,23 @@ async fn serve_stream<S: ClientStream>(
         let mut prefix = prefix;
         let mut park_base = accepted;
         loop {
-            let io = TimedIo::new(
+            // Boxed: hyper's connection and its driving live on the heap
+            // only while a request may be under way; a parked connection's
+            // task holds no room for them.
+            let cycle = Box::pin(run_h1(
                 stream,
                 prefix,
-                Rc::clone(&state),
+                &state,
+                &ctx,
+                &builder,
                 &timeouts,
-                Some(park_base),
-            );
-            let mut conn = Box::new(builder.serve_connection(TokioIo::new(io), svc.clone()));
-            let result = drive_h1(&mut *conn, &state, &mut shutdown).await;
-            tracing::trace!(?result, phase = ?state.phase.get(), parking = state.parking.get(), "hyper connection ended");
-            if let Some(tunnel) = state.tunnel.take() {
-                // hyper wrote the 101 (or the 200 to a CONNECT) and stopped
-                // without shutting the socket: it is the tunnel's now, with
-                // whatever the client sent past the request head.
-                if result.is_ok() {
-                    let parts = conn.into_parts();
-                    let io = parts.io.into_inner();
-                    let client =
-                        super::upgraded::Rewound::new(parts.read_buf, io.prefix, io.stream);
-                    // Boxed: rare, and larger than the rest of this task.
-                    Box::pin(tunnel.run(Box::new(client))).await;
-                } else {
-                    tunnel.abandon();
-                }
-                break result;
+                park_base,
+                &mut shutdown,
+            ));
+            match cycle.await {
+                H1End::Done(result) => break result,
+                H1End::Parked(s, p) => (stream, prefix) = (s, p),
             }
-            if result.is_err() || !state.parking.get() {
-                if state.body_seen.get() {
-                    // hyper half-closed the socket after the last response.
-                    // Boxed: its 4 KiB sink would otherwise be part of every
-                    // connection's task, parked idle ones included.
-                    Box::pin(linger(conn.into_parts().io.into_inner().stream.into_tcp())).await;
-                }
-                break result;
-            }
-            // Parked: hyper's buffers go; what it had read of a next request stays.
-            // Everything of hyper's is dropped here, before the wait; the
-            // buffered bytes are copied, since hyper's (even empty) read
-            // buffer would keep its whole allocation alive while parked.
-            (stream, prefix) = {
-                let parts = conn.into_parts();
-                let prefix = Bytes::copy_from_slice(&parts.read_buf);
-                (parts.io.into_inner().stream, prefix)
-            };
-            state.park.set(false);
-            state.parking.set(false);
             if prefix.is_empty() {
                 let close_at = state.idle_close_at(timeouts.keep_alive);
                 let woke =
