@@ -896,6 +896,7 @@ enum H1End<S> {
 
 /// Runs hyper's HTTP/1 connection on `stream` until the connection ends or
 /// parks (see [`drive_h1`]).
+#[allow(clippy::too_many_arguments)]
 async fn run_h1<S: ClientStream>(
     stream: S,
     prefix: Bytes,
