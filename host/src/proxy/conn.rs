@@ -873,6 +873,106 @@ pub(super) async fn serve_tls<S: ClientStream>(worker: Rc<Worker>, opened: Opene
     serve_stream(worker, opened, stream, prefix, h2).await;
 }
 
+/// The hyper service of one connection: each request goes to the handler
+/// with the connection's context.
+fn service(
+    ctx: Rc<super::handler::ConnCtx>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<super::body::ResponseBody>,
+    Error = std::convert::Infallible,
+> + Clone {
+    service_fn(move |req| super::handler::handle(req, Rc::clone(&ctx)))
+}
+
+/// How hyper's HTTP/1 connection ended.
+enum H1End<S> {
+    /// Idle past [`PARK_AFTER`]: the socket and the bytes hyper had read of
+    /// a next request, hyper's buffers gone.
+    Parked(S, Bytes),
+    /// The connection is over (a tunnel and a lingering close included).
+    Done(hyper::Result<()>),
+}
+
+/// Runs hyper's HTTP/1 connection on `stream` until the connection ends or
+/// parks (see [`drive_h1`]).
+#[allow(clippy::too_many_arguments)]
+async fn run_h1<S: ClientStream>(
+    stream: S,
+    prefix: Bytes,
+    state: &Rc<ConnState>,
+    ctx: &Rc<super::handler::ConnCtx>,
+    builder: &http1::Builder,
+    timeouts: &Timeouts,
+    park_base: Instant,
+    shutdown: &mut ShutdownSignal,
+) -> H1End<S> {
+    let io = TimedIo::new(stream, prefix, Rc::clone(state), timeouts, Some(park_base));
+    let mut conn = builder.serve_connection(TokioIo::new(io), service(Rc::clone(ctx)));
+    let result = drive_h1(&mut conn, state, shutdown).await;
+    tracing::trace!(?result, phase = ?state.phase.get(), parking = state.parking.get(), "hyper connection ended");
+    if let Some(tunnel) = state.tunnel.take() {
+        // hyper wrote the 101 (or the 200 to a CONNECT) and stopped
+        // without shutting the socket: it is the tunnel's now, with
+        // whatever the client sent past the request head.
+        if result.is_ok() {
+            let parts = conn.into_parts();
+            let io = parts.io.into_inner();
+            let client = super::upgraded::Rewound::new(parts.read_buf, io.prefix, io.stream);
+            // Boxed: rare, and larger than the rest of this future.
+            Box::pin(tunnel.run(Box::new(client))).await;
+        } else {
+            tunnel.abandon();
+        }
+        return H1End::Done(result);
+    }
+    if result.is_err() || !state.parking.get() {
+        if state.body_seen.get() {
+            // hyper half-closed the socket after the last response.
+            // Boxed: its 4 KiB sink would otherwise be part of this future.
+            Box::pin(linger(conn.into_parts().io.into_inner().stream.into_tcp())).await;
+        }
+        return H1End::Done(result);
+    }
+    // Parked: hyper's buffers go; what it had read of a next request stays.
+    // Everything of hyper's is dropped here, before the wait; the buffered
+    // bytes are copied, since hyper's (even empty) read buffer would keep
+    // its whole allocation alive while parked.
+    let parts = conn.into_parts();
+    let prefix = Bytes::copy_from_slice(&parts.read_buf);
+    let stream = parts.io.into_inner().stream;
+    state.park.set(false);
+    state.parking.set(false);
+    H1End::Parked(stream, prefix)
+}
+
+/// Serves an HTTP/2 connection (see [`drive_h2`]).
+async fn serve_h2<S: ClientStream>(
+    stream: S,
+    prefix: Bytes,
+    state: &Rc<ConnState>,
+    timeouts: &Timeouts,
+    svc: impl hyper::service::HttpService<
+        hyper::body::Incoming,
+        ResBody = super::body::ResponseBody,
+        Future: 'static,
+    > + 'static,
+    max_header_size: usize,
+    shutdown: &mut ShutdownSignal,
+) -> hyper::Result<()> {
+    let io = TimedIo::new(stream, prefix, Rc::clone(state), timeouts, None);
+    let conn = http2::Builder::new(LocalExec)
+        .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
+        // RFC 8441: WebSockets over HTTP/2 (`proxy/upgraded.rs`).
+        .enable_connect_protocol()
+        .max_send_buf_size(H2_SEND_BUF)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    drive_h2(conn.as_mut(), state, timeouts, shutdown)
+        .await
+        .unwrap_or(Ok(()))
+}
+
 /// Serves HTTP on a connection whose protocol is known.
 async fn serve_stream<S: ClientStream>(
     worker: Rc<Worker>,
@@ -891,15 +991,17 @@ async fn serve_stream<S: ClientStream>(
     let epoch = worker.current();
     let timeouts = epoch.shared.config.global.timeouts;
     let mut shutdown = worker.shutdown_signal();
-    let mut state = ConnState::new(
-        h2,
-        if h2 { ConnPhase::Busy } else { ConnPhase::Head },
-        accepted,
-    );
-    state.pages = frontend
-        .index_in(&epoch.shared)
-        .and_then(|i| epoch.error_pages.get(i)?.clone());
-    let state = Rc::new(state);
+    let state = Rc::new({
+        let mut state = ConnState::new(
+            h2,
+            if h2 { ConnPhase::Busy } else { ConnPhase::Head },
+            accepted,
+        );
+        state.pages = frontend
+            .index_in(&epoch.shared)
+            .and_then(|i| epoch.error_pages.get(i)?.clone());
+        state
+    });
     let ctx = Rc::new(super::handler::ConnCtx::new(
         Rc::clone(&worker),
         frontend.clone(),
@@ -908,7 +1010,6 @@ async fn serve_stream<S: ClientStream>(
         Rc::clone(&state),
         tls,
     ));
-    let svc = service_fn(move |req| super::handler::handle(req, Rc::clone(&ctx)));
     let (max_header_size, max_headers) = (
         epoch.shared.config.global.max_header_size,
         epoch.shared.config.global.max_headers,
@@ -917,18 +1018,18 @@ async fn serve_stream<S: ClientStream>(
     // a replaced runtime alive.
     drop(epoch);
     let result = if h2 {
-        let io = TimedIo::new(stream, prefix, Rc::clone(&state), &timeouts, None);
-        let conn = http2::Builder::new(LocalExec)
-            .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
-            // RFC 8441: WebSockets over HTTP/2 (`proxy/upgraded.rs`).
-            .enable_connect_protocol()
-            .max_send_buf_size(H2_SEND_BUF)
-            .serve_connection(TokioIo::new(io), svc);
-        // Boxed: the connection's state lives on the heap only while it runs.
-        let mut conn = Box::pin(conn);
-        drive_h2(conn.as_mut(), &state, &timeouts, &mut shutdown)
-            .await
-            .unwrap_or(Ok(()))
+        // Boxed: an HTTP/1 connection's task, idle ones included, must not
+        // be as large as this path's state.
+        Box::pin(serve_h2(
+            stream,
+            prefix,
+            &state,
+            &timeouts,
+            service(Rc::clone(&ctx)),
+            max_header_size,
+            &mut shutdown,
+        ))
+        .await
     } else {
         let mut builder = http1::Builder::new();
         builder
@@ -940,51 +1041,23 @@ async fn serve_stream<S: ClientStream>(
         let mut prefix = prefix;
         let mut park_base = accepted;
         loop {
-            let io = TimedIo::new(
+            // Boxed: hyper's connection and its driving live on the heap
+            // only while a request may be under way; a parked connection's
+            // task holds no room for them.
+            let cycle = Box::pin(run_h1(
                 stream,
                 prefix,
-                Rc::clone(&state),
+                &state,
+                &ctx,
+                &builder,
                 &timeouts,
-                Some(park_base),
-            );
-            let mut conn = Box::new(builder.serve_connection(TokioIo::new(io), svc.clone()));
-            let result = drive_h1(&mut *conn, &state, &mut shutdown).await;
-            tracing::trace!(?result, phase = ?state.phase.get(), parking = state.parking.get(), "hyper connection ended");
-            if let Some(tunnel) = state.tunnel.take() {
-                // hyper wrote the 101 (or the 200 to a CONNECT) and stopped
-                // without shutting the socket: it is the tunnel's now, with
-                // whatever the client sent past the request head.
-                if result.is_ok() {
-                    let parts = conn.into_parts();
-                    let io = parts.io.into_inner();
-                    let client =
-                        super::upgraded::Rewound::new(parts.read_buf, io.prefix, io.stream);
-                    tunnel.run(Box::new(client)).await;
-                } else {
-                    tunnel.abandon();
-                }
-                break result;
+                park_base,
+                &mut shutdown,
+            ));
+            match cycle.await {
+                H1End::Done(result) => break result,
+                H1End::Parked(s, p) => (stream, prefix) = (s, p),
             }
-            if result.is_err() || !state.parking.get() {
-                if state.body_seen.get() {
-                    // hyper half-closed the socket after the last response.
-                    // Boxed: its 4 KiB sink would otherwise be part of every
-                    // connection's task, parked idle ones included.
-                    Box::pin(linger(conn.into_parts().io.into_inner().stream.into_tcp())).await;
-                }
-                break result;
-            }
-            // Parked: hyper's buffers go; what it had read of a next request stays.
-            // Everything of hyper's is dropped here, before the wait; the
-            // buffered bytes are copied, since hyper's (even empty) read
-            // buffer would keep its whole allocation alive while parked.
-            (stream, prefix) = {
-                let parts = conn.into_parts();
-                let prefix = Bytes::copy_from_slice(&parts.read_buf);
-                (parts.io.into_inner().stream, prefix)
-            };
-            state.park.set(false);
-            state.parking.set(false);
             if prefix.is_empty() {
                 let close_at = state.idle_close_at(timeouts.keep_alive);
                 let woke =
@@ -1006,6 +1079,98 @@ async fn serve_stream<S: ClientStream>(
             worker.record_local_error(&frontend, client, status, &e.to_string());
         } else {
             tracing::debug!(%client, error = %e, "client connection ended with an error");
+        }
+    }
+}
+
+/// Sizes in bytes of what each client connection holds inline: its task's
+/// future (largest state; for the connection's whole life, idle included)
+/// by path, and what a request or a running hyper connection adds. Logged at
+/// debug level when a worker starts; bounded by a test.
+#[derive(Debug)]
+// Outside tests the fields are read only through `Debug` (the log line).
+#[allow(dead_code)]
+pub(super) struct FutureSizes {
+    /// The accepted connection's task (`worker::serve_accepted`).
+    pub task: usize,
+    /// Plain HTTP/1.1 or h2c, TLS, and TCP-mode paths (the last two boxed).
+    pub http: usize,
+    pub tls: usize,
+    pub tcp: usize,
+    /// hyper's HTTP/1 connection with our service (boxed, dropped while parked).
+    pub hyper_h1: usize,
+    /// hyper's HTTP/2 connection (boxed with the HTTP/2 path).
+    pub hyper_h2: usize,
+    /// The handler's request future (hyper boxes it per hyper connection).
+    pub handler: usize,
+    /// An HTTP/1 tunnel's future (boxed).
+    pub tunnel: usize,
+}
+
+/// See [`FutureSizes`].
+pub(super) fn future_sizes() -> FutureSizes {
+    /// The size of what `f` returns (an async fn's future), never calling it.
+    fn returned2<A, B, R>(_: &impl FnOnce(A, B) -> R) -> usize {
+        size_of::<R>()
+    }
+    fn returned4<A, B, C, D, R>(_: &impl FnOnce(A, B, C, D) -> R) -> usize {
+        size_of::<R>()
+    }
+    fn returned5<A, B, C, D, E, R>(_: &impl FnOnce(A, B, C, D, E) -> R) -> usize {
+        size_of::<R>()
+    }
+    /// hyper's HTTP/1 and HTTP/2 connections with the service `make` returns.
+    fn hyper_sizes<V>(_: &impl FnOnce(Rc<super::handler::ConnCtx>) -> V) -> (usize, usize)
+    where
+        V: hyper::service::HttpService<hyper::body::Incoming> + 'static,
+    {
+        (
+            size_of::<http1::Connection<TokioIo<TimedIo<TcpStream>>, V>>(),
+            size_of::<http2::Connection<TokioIo<TimedIo<TcpStream>>, V, LocalExec>>(),
+        )
+    }
+    let (hyper_h1, hyper_h2) = hyper_sizes(&service);
+    FutureSizes {
+        task: returned4(&super::worker::serve_accepted),
+        http: returned4(&serve),
+        tls: returned5(&super::tls::serve),
+        tcp: returned4(&super::tcp::serve),
+        hyper_h1,
+        hyper_h2,
+        handler: returned2(&super::handler::handle),
+        tunnel: returned2(&super::upgraded::Tunnel::run),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every client connection's task holds its future's largest state for
+    /// its whole life, idle keep-alive connections included. It was 12 KiB
+    /// (16.5 KB of RSS per idle keep-alive connection, `bench/run --memory
+    /// only`, 2026-12-06), because the TLS path's state (the handshake and
+    /// the TLS stream) sat inline in every connection's task; now the TLS
+    /// and TCP paths, HTTP/2 and tunnels are boxed (see bench/README.md,
+    /// memory). A future over these bounds has an await point holding
+    /// something large: box that state, or hold it in a `Box`. Debug builds
+    /// lay futures out less tightly than release builds (see the debug log
+    /// line at worker start for the release figures).
+    #[test]
+    fn connection_task_stays_small() {
+        let sizes = future_sizes();
+        eprintln!("{sizes:?}");
+        let bound = if cfg!(debug_assertions) { 3072 } else { 2048 };
+        for (what, size) in [
+            ("connection task", sizes.task),
+            ("plain HTTP path", sizes.http),
+            ("TLS path", sizes.tls),
+            ("TCP path", sizes.tcp),
+        ] {
+            assert!(
+                size <= bound,
+                "the {what}'s future is {size} bytes, over {bound}: {sizes:?}"
+            );
         }
     }
 }

@@ -22,13 +22,13 @@ use super::worker::{FrontendRef, Worker};
 use crate::tls::TlsFacts;
 use crate::tls::server::Acceptor;
 
-impl ClientStream for TlsStream<TcpStream> {
+impl ClientStream for Box<TlsStream<TcpStream>> {
     fn tcp(&self) -> &TcpStream {
         self.get_ref().0
     }
 
     fn into_tcp(self) -> TcpStream {
-        self.into_inner().0
+        (*self).into_inner().0
     }
 
     fn send_now(&mut self, buf: &[u8]) {
@@ -103,9 +103,15 @@ pub async fn serve(
     if matches!(stream.peek(&mut first).await, Ok(0) | Err(_)) {
         return;
     }
-    let handshake = tokio_rustls::TlsAcceptor::from(acceptor.current()).accept(stream);
-    let tls = match tokio::time::timeout_at(deadline, handshake).await {
-        Ok(Ok(tls)) => tls,
+    // Boxed (and built in place), as the stream after it: the connection's
+    // task would otherwise keep room for rustls' state (over 1 KiB) for its
+    // whole life, idle included.
+    let handshake = Box::pin(tokio::time::timeout_at(
+        deadline,
+        tokio_rustls::TlsAcceptor::from(acceptor.current()).accept(stream),
+    ));
+    let tls = match handshake.await {
+        Ok(Ok(tls)) => Box::new(tls),
         Ok(Err(e)) => {
             failed();
             tracing::debug!(%client, error = %e, "TLS handshake failed");

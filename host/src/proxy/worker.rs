@@ -260,6 +260,7 @@ pub fn run(
         drained: Notify::new(),
         shed: Notify::new(),
     });
+    tracing::debug!(worker = id, sizes = ?super::conn::future_sizes(), "per-connection futures, bytes");
     let local = LocalSet::new();
     local.block_on(&rt, async {
         // Plugin instances that run without traffic (Wasm VMs and their
@@ -538,27 +539,77 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         fe_stats.connections_total.fetch_add(1, Relaxed);
         worker.connections.set(worker.connections.get() + 1);
-        let w = Rc::clone(&worker);
-        let fe_stats = Arc::clone(&fe_stats);
-        let global = Arc::clone(&w.current().shared.conns);
-        tokio::task::spawn_local(async move {
-            match tls {
-                // A TCP frontend's binds are plain: `tls` there is refused by the config check.
-                _ if tcp => {
-                    super::tcp::serve(Rc::clone(&w), frontend, stream, client).await;
-                }
-                Some(acceptor) => {
-                    super::tls::serve(Rc::clone(&w), frontend, stream, client, acceptor).await;
-                }
-                None => super::conn::serve(Rc::clone(&w), frontend, stream, client).await,
-            }
-            global.release();
-            fe_stats.conns.release();
-            w.connections.set(w.connections.get() - 1);
-            if w.connections.get() == 0 {
-                w.drained.notify_waiters();
-            }
-        });
+        let accepted = Accepted {
+            worker: Rc::clone(&worker),
+            frontend,
+            fe_stats: Arc::clone(&fe_stats),
+            global: Arc::clone(&worker.current().shared.conns),
+        };
+        let kind = match tls {
+            // A TCP frontend's binds are plain: `tls` there is refused by the config check.
+            _ if tcp => Kind::Tcp,
+            Some(acceptor) => Kind::Tls(acceptor),
+            None => Kind::Http,
+        };
+        tokio::task::spawn_local(serve_accepted(accepted, kind, stream, client));
+    }
+}
+
+/// An accepted connection's slot: the worker, frontend and limits it counts in.
+pub(super) struct Accepted {
+    worker: Rc<Worker>,
+    frontend: FrontendRef,
+    fe_stats: Arc<super::stats::FrontendStats>,
+    global: Arc<super::limit::ConnLimit>,
+}
+
+/// What serves an accepted connection.
+pub(super) enum Kind {
+    /// Plain HTTP/1.1 or h2c.
+    Http,
+    /// TLS, then HTTP.
+    Tls(Arc<crate::tls::server::Acceptor>),
+    /// A TCP frontend.
+    Tcp,
+}
+
+/// The task of one accepted connection: serves it, then gives its slot back.
+///
+/// Every connection's task is as large as the largest state of this future
+/// for its whole life, idle keep-alive connections included: the TLS and TCP
+/// paths (handshake state, TCP rules and filters) are boxed so that a plain
+/// HTTP connection does not pay for them (see the size test in `conn.rs`).
+pub(super) async fn serve_accepted(
+    accepted: Accepted,
+    kind: Kind,
+    stream: TcpStream,
+    client: SocketAddr,
+) {
+    let Accepted {
+        worker: w,
+        frontend,
+        fe_stats,
+        global,
+    } = accepted;
+    match kind {
+        Kind::Tcp => Box::pin(super::tcp::serve(Rc::clone(&w), frontend, stream, client)).await,
+        Kind::Tls(acceptor) => {
+            Box::pin(super::tls::serve(
+                Rc::clone(&w),
+                frontend,
+                stream,
+                client,
+                acceptor,
+            ))
+            .await;
+        }
+        Kind::Http => super::conn::serve(Rc::clone(&w), frontend, stream, client).await,
+    }
+    global.release();
+    fe_stats.conns.release();
+    w.connections.set(w.connections.get() - 1);
+    if w.connections.get() == 0 {
+        w.drained.notify_waiters();
     }
 }
 
