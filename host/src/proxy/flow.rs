@@ -13,9 +13,9 @@
 
 use std::time::Duration;
 
+use super::body::PeerBody;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{StatusCode, Version};
-use super::body::PeerBody;
 use tokio::time::Instant;
 
 use super::body::ResponseBody;

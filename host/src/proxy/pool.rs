@@ -292,26 +292,14 @@ impl UpstreamPool {
         self.native.adopt(own, &old.native, old_config);
         let mut mine = self.idle.borrow_mut();
         let mut theirs = old.idle.borrow_mut();
-        for (b, backend) in own.backends.iter().enumerate() {
-            let Some(ob) = old_config.backend_index(&backend.name) else {
-                continue;
-            };
-            for (s, server) in backend.servers.iter().enumerate() {
-                let Some(os) = old_config.backends.get(ob).and_then(|o| {
-                    o.servers
-                        .iter()
-                        .position(|x| x.name == server.name && x.addr == server.addr)
-                }) else {
-                    continue;
-                };
-                let max = self.max_idle.get(b).copied().unwrap_or(0);
-                if let (Some(to), Some(from)) = (
-                    mine.get_mut(b).and_then(|v| v.get_mut(s)),
-                    theirs.get_mut(ob).and_then(|v| v.get_mut(os)),
-                ) {
-                    let room = max.saturating_sub(to.len()).min(from.len());
-                    to.extend(from.drain(..room));
-                }
+        for k in kept_servers(own, old_config) {
+            let max = self.max_idle.get(k.b).copied().unwrap_or(0);
+            if let (Some(to), Some(from)) = (
+                mine.get_mut(k.b).and_then(|v| v.get_mut(k.s)),
+                theirs.get_mut(k.old_b).and_then(|v| v.get_mut(k.old_s)),
+            ) {
+                let room = max.saturating_sub(to.len()).min(from.len());
+                to.extend(from.drain(..room));
             }
         }
     }
@@ -435,4 +423,37 @@ where
         }
     });
     Ok((sender, task.abort_handle()))
+}
+
+/// A server a reload kept: its indexes in the new configuration and in the old.
+#[derive(Debug, Clone, Copy)]
+pub struct Kept {
+    pub b: usize,
+    pub s: usize,
+    pub old_b: usize,
+    pub old_s: usize,
+}
+
+/// The servers of `own` that `old` declared alike (same backend name,
+/// server name and address): their connections may carry over a reload.
+pub fn kept_servers(own: &Runtime, old: &Runtime) -> Vec<Kept> {
+    let mut kept = Vec::new();
+    for (b, backend) in own.backends.iter().enumerate() {
+        let Some(old_b) = old.backend_index(&backend.name) else {
+            continue;
+        };
+        let Some(ob) = old.backends.get(old_b) else {
+            continue;
+        };
+        for (s, server) in backend.servers.iter().enumerate() {
+            if let Some(old_s) = ob
+                .servers
+                .iter()
+                .position(|x| x.name == server.name && x.addr == server.addr)
+            {
+                kept.push(Kept { b, s, old_b, old_s });
+            }
+        }
+    }
+    kept
 }

@@ -534,31 +534,19 @@ impl NativePool {
     pub fn adopt(&self, own: &Runtime, old: &NativePool, old_config: &Runtime) {
         let mut mine = self.idle.borrow_mut();
         let mut theirs = old.idle.borrow_mut();
-        for (b, backend) in own.backends.iter().enumerate() {
-            let Some(ob) = old_config.backend_index(&backend.name) else {
-                continue;
-            };
-            for (s, server) in backend.servers.iter().enumerate() {
-                let Some(os) = old_config.backends.get(ob).and_then(|o| {
-                    o.servers
-                        .iter()
-                        .position(|x| x.name == server.name && x.addr == server.addr)
-                }) else {
-                    continue;
-                };
-                let max = self.max_idle.get(b).copied().unwrap_or(0);
-                if let (Some(to), Some(from)) = (
-                    mine.get_mut(b).and_then(|v| v.get_mut(s)),
-                    theirs.get_mut(ob).and_then(|v| v.get_mut(os)),
-                ) {
-                    let room = max.saturating_sub(to.len()).min(from.len());
-                    for mut c in from.drain(..room) {
-                        // Indexes of the new generation.
-                        c.conn.backend = b;
-                        c.conn.server = s;
-                        c.conn.limits = self.limits;
-                        to.push(c);
-                    }
+        for k in super::pool::kept_servers(own, old_config) {
+            let max = self.max_idle.get(k.b).copied().unwrap_or(0);
+            if let (Some(to), Some(from)) = (
+                mine.get_mut(k.b).and_then(|v| v.get_mut(k.s)),
+                theirs.get_mut(k.old_b).and_then(|v| v.get_mut(k.old_s)),
+            ) {
+                let room = max.saturating_sub(to.len()).min(from.len());
+                for mut c in from.drain(..room) {
+                    // Indexes of the new generation.
+                    c.conn.backend = k.b;
+                    c.conn.server = k.s;
+                    c.conn.limits = self.limits;
+                    to.push(c);
                 }
             }
         }

@@ -404,26 +404,23 @@ impl H2Pool {
     pub fn adopt(&self, own: &Runtime, old: &H2Pool, old_config: &Runtime) {
         let mut mine = self.servers.borrow_mut();
         let mut theirs = old.servers.borrow_mut();
-        for (b, backend) in own.backends.iter().enumerate() {
-            let Some(ob) = old_config.backend_index(&backend.name) else {
-                continue;
+        for k in super::pool::kept_servers(own, old_config) {
+            let proto = |rt: &Runtime, b: usize, s: usize| {
+                rt.backends
+                    .get(b)
+                    .and_then(|x| x.servers.get(s))
+                    .map(|x| x.proto)
             };
-            for (s, server) in backend.servers.iter().enumerate() {
-                let Some(os) = old_config.backends.get(ob).and_then(|o| {
-                    o.servers.iter().position(|x| {
-                        x.name == server.name && x.addr == server.addr && x.proto == server.proto
-                    })
-                }) else {
-                    continue;
-                };
-                if let (Some(to), Some(from)) = (
-                    mine.get_mut(b).and_then(|v| v.get_mut(s)),
-                    theirs.get_mut(ob).and_then(|v| v.get_mut(os)),
-                ) {
-                    from.conns.retain(|c| c.usable());
-                    to.conns.append(&mut from.conns);
-                    to.speaks_h1 = from.speaks_h1;
-                }
+            if proto(own, k.b, k.s) != proto(old_config, k.old_b, k.old_s) {
+                continue;
+            }
+            if let (Some(to), Some(from)) = (
+                mine.get_mut(k.b).and_then(|v| v.get_mut(k.s)),
+                theirs.get_mut(k.old_b).and_then(|v| v.get_mut(k.old_s)),
+            ) {
+                from.conns.retain(|c| c.usable());
+                to.conns.append(&mut from.conns);
+                to.speaks_h1 = from.speaks_h1;
             }
         }
     }
