@@ -615,7 +615,10 @@ where
     F: std::future::Future + 'static,
 {
     fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
+        // Boxed first: tokio moves a task's future through several frames
+        // and copies it whole when the task ends; a pointer is cheaper to
+        // move than the future (see `upstream_h2::LocalExec`).
+        tokio::task::spawn_local(Box::pin(fut));
     }
 }
 
@@ -952,15 +955,17 @@ async fn serve_h2<S: ClientStream>(
     prefix: Bytes,
     state: &Rc<ConnState>,
     timeouts: &Timeouts,
-    svc: impl hyper::service::HttpService<
-        hyper::body::Incoming,
-        ResBody = super::body::ResponseBody,
+    svc: impl hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<super::body::ResponseBody>,
+        Error = std::convert::Infallible,
         Future: 'static,
     > + 'static,
     max_header_size: usize,
     shutdown: &mut ShutdownSignal,
 ) -> hyper::Result<()> {
     let io = TimedIo::new(stream, prefix, Rc::clone(state), timeouts, None);
+    let svc = BoxedCalls(svc);
     let conn = http2::Builder::new(LocalExec)
         .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
         // RFC 8441: WebSockets over HTTP/2 (`proxy/upgraded.rs`).
@@ -971,6 +976,26 @@ async fn serve_h2<S: ClientStream>(
     drive_h2(conn.as_mut(), state, timeouts, shutdown)
         .await
         .unwrap_or(Ok(()))
+}
+
+/// A service whose calls' futures are boxed. hyper's HTTP/2 server spawns
+/// a task per stream holding the call's future: the handler's future is
+/// many KiB and hyper and tokio move a task's future several times on the
+/// way to its heap cell (and copy it whole when it ends); a boxed one is a
+/// pointer to move. The box is the one copy of it left.
+struct BoxedCalls<S>(S);
+
+impl<S, Req> hyper::service::Service<Req> for BoxedCalls<S>
+where
+    S: hyper::service::Service<Req>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<S::Future>>;
+
+    fn call(&self, req: Req) -> Self::Future {
+        Box::pin(self.0.call(req))
+    }
 }
 
 /// Serves HTTP on a connection whose protocol is known.

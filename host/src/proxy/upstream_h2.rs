@@ -48,7 +48,12 @@ where
     F: std::future::Future + 'static,
 {
     fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
+        // Boxed first. hyper's client futures are one enum (the connection,
+        // a request body's pipe, a response's wait), each as large as the
+        // connection's state (several KiB), spawned twice per request;
+        // tokio moves a task's future through several frames and copies
+        // it whole when it ends: a pointer is cheaper to move.
+        tokio::task::spawn_local(Box::pin(fut));
     }
 }
 
