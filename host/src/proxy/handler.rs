@@ -1310,7 +1310,7 @@ mod tests {
             .iter()
             .find(|(n, _)| *n == "handle")
             .map_or(0, |s| s.1);
-        let bound = if cfg!(debug_assertions) { 16384 } else { 8192 };
+        let bound = 6144;
         assert!(
             handle > 0 && handle <= bound,
             "handle's future is {handle} bytes, over {bound}: {sizes:?}"
