@@ -657,11 +657,12 @@ impl flow::Sides for CannedSides<'_> {
                 .map(|b| b.name.to_string()),
         });
         match net::incoming(self.server.body.clone()).await {
-            Ok(incoming) => Ok(Sent::Response(
-                self.server.status,
-                self.server.headers.clone(),
-                incoming.into(),
-            )),
+            Ok(incoming) => {
+                txn.status = self.server.status;
+                txn.resp_headers = self.server.headers.clone();
+                txn.resp_body = Some(incoming.into());
+                Ok(Sent::Received)
+            }
             Err(e) => {
                 self.error = Some(e);
                 Err(ProxyError::UpstreamUnusable("the canned response failed"))

@@ -13,7 +13,6 @@
 
 use std::time::Duration;
 
-use super::body::PeerBody;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{StatusCode, Version};
 use tokio::time::Instant;
@@ -21,15 +20,17 @@ use tokio::time::Instant;
 use super::body::ResponseBody;
 use super::chain::{Outgoing, run_local_reply, run_phase};
 use super::error::ProxyError;
-use super::head::{prepare_request, remove_connection_options, strip_hop_by_hop};
+use super::head::{clean_received_response, prepare_request};
 use crate::filter::{BodyTap, Chain, Reply};
 use crate::runtime::Runtime;
 use crate::txn::{BackendChoice, Outcome, Phase, Txn};
 
 /// What [`Sides::forward`] got for the request.
 pub(crate) enum Sent {
-    /// A server's response head and its unread body, for the response phase.
-    Response(StatusCode, HeaderMap, PeerBody),
+    /// A server's response: its head is in the transaction (`status`,
+    /// `resp_headers`) and its unread body in `resp_body`, for the response
+    /// phase (put there by the side, not moved through the sequence).
+    Received,
     /// The request opened a tunnel (a `CONNECT`'s `200`): this answer, no
     /// body and no response phase.
     Opened(StatusCode, HeaderMap),
@@ -143,47 +144,44 @@ pub(crate) async fn exchange<S: Sides>(
             Some(reply)
         }
     };
-    let answer = match early {
+    let mut answer = match early {
         Some(mut reply) => {
             side.note_cause(&reply, Phase::Request);
             side.error_pages(&mut reply);
-            local_reply(chain, side, txn, &mut reply).await;
+            // Boxed, and only when hooks run: the proxy's own answers are
+            // not the path every request's future is sized for.
+            if !chain.local_reply.is_empty() {
+                Box::pin(local_reply(chain, side, txn, &mut reply)).await;
+            }
             Answer::reply(reply)
         }
         None => match side.forward(txn, req_taps).await {
             Ok(Sent::Opened(status, headers)) => Answer::opened(status, headers),
-            Ok(Sent::Response(status, headers, body)) => {
-                response(chain, txn, side, status, headers, body).await
-            }
+            Ok(Sent::Received) => response(chain, txn, side).await,
             Err(err) => {
                 let mut reply = side.fail(&err);
                 side.error_pages(&mut reply);
-                local_reply(chain, side, txn, &mut reply).await;
+                // Boxed, and only when hooks run: the proxy's own answers are
+                // not the path every request's future is sized for.
+                if !chain.local_reply.is_empty() {
+                    Box::pin(local_reply(chain, side, txn, &mut reply)).await;
+                }
                 Answer::reply(reply)
             }
         },
     };
-    after_response(chain, txn, answer).await
+    if !chain.after_response.is_empty() {
+        after_response(chain, txn, &mut answer).await;
+    }
+    answer
 }
 
-/// The response phase on a server's answer.
-async fn response<S: Sides>(
-    chain: &Chain,
-    txn: &mut Txn,
-    side: &mut S,
-    status: StatusCode,
-    headers: HeaderMap,
-    body: PeerBody,
-) -> Answer {
+/// The response phase on a server's answer (its head and body in `txn`: [`Sent::Received`]).
+async fn response<S: Sides>(chain: &Chain, txn: &mut Txn, side: &mut S) -> Answer {
     txn.phase = Phase::Response;
     txn.req_vars.clear();
-    txn.status = status;
-    txn.resp_headers = headers;
     // Before the response rules, so the server cannot remove what they set.
-    remove_connection_options(&mut txn.resp_headers);
-    strip_hop_by_hop(&mut txn.resp_headers);
-    // In the transaction so a filter with a body hook can read it.
-    txn.resp_body = Some(body);
+    clean_received_response(&mut txn.resp_headers);
     let mut taps = Vec::new();
     if let Some(mut reply) = run_phase(&chain.response, txn, &mut taps).await {
         side.note_cause(&reply, Phase::Response);
@@ -227,11 +225,9 @@ async fn local_reply<S: Sides>(chain: &Chain, side: &mut S, txn: &mut Txn, reply
     }
 }
 
-/// `http_after_response`: every response sent, the proxy's own included.
-async fn after_response(chain: &Chain, txn: &mut Txn, mut answer: Answer) -> Answer {
-    if chain.after_response.is_empty() {
-        return answer;
-    }
+/// `http_after_response` (a chain that has some): every response sent, the
+/// proxy's own included. The answer changes in place (not moved in and out).
+async fn after_response(chain: &Chain, txn: &mut Txn, answer: &mut Answer) {
     txn.phase = Phase::Response;
     txn.status = answer.status;
     txn.resp_headers = std::mem::take(&mut answer.headers);
@@ -241,7 +237,6 @@ async fn after_response(chain: &Chain, txn: &mut Txn, mut answer: Answer) -> Ans
     answer.reason = answer.reason.filter(|_| txn.status == answer.status);
     answer.status = txn.status;
     answer.headers = std::mem::take(&mut txn.resp_headers);
-    answer
 }
 
 /// The end of the exchange, once the answer's body is over (or dropped):

@@ -154,9 +154,12 @@ struct Route {
 }
 
 /// The end-of-exchange record, finished when the response body is over.
+/// Boxed once when the request starts, with the transaction in it (about
+/// 1 KiB): the phase sequence works on it in place, and it goes to the
+/// response body (or the tunnel) as that pointer.
 struct Exchange {
     ctx: Rc<Ctx>,
-    txn: Box<Txn>,
+    txn: Txn,
     start: Instant,
     orig_method: http::Method,
     orig_uri: Uri,
@@ -173,7 +176,8 @@ impl BodyEnd for Exchange {
         }
     }
 
-    fn finish(self: Box<Self>, outcome: BodyOutcome, bytes: u64) {
+    fn finish(mut self: Box<Self>, outcome: BodyOutcome, bytes: u64) {
+        // Worked on in its box: the record is not moved out of it.
         let Exchange {
             ctx,
             txn,
@@ -183,19 +187,20 @@ impl BodyEnd for Exchange {
             route,
             status,
             grpc_status,
-        } = *self;
+        } = &mut *self;
+        let (start, status, grpc_status) = (*start, *status, *grpc_status);
         let worker = &ctx.worker;
         let shared = &worker.shared;
         let access_log = &ctx.home.access_log;
         let now = Instant::now();
-        if let Some(conn) = route.conn {
+        if let Some(conn) = route.conn.take() {
             if outcome == BodyOutcome::Complete {
                 worker.pool.checkin(conn, now);
             } else {
                 conn.discard();
             }
         }
-        if let Some(lease) = route.h1
+        if let Some(lease) = route.h1.take()
             && outcome == BodyOutcome::Complete
         {
             worker.pool.native.checkin(lease, now);
@@ -216,11 +221,10 @@ impl BodyEnd for Exchange {
                 }
             }
         }
-        let mut txn = txn;
         // The filters' log hooks and the tracked entries (proxy/flow.rs).
         super::flow::finish(
             &shared.config.frontends[ctx.frontend].chain,
-            &mut txn,
+            txn,
             crate::txn::Outcome {
                 status,
                 bytes_in,
@@ -281,7 +285,7 @@ impl BodyEnd for Exchange {
                     connect: route.connect_time,
                     term,
                 };
-                access_log.write_with(|buf| format.render_log(Some(&txn), &facts, buf));
+                access_log.write_with(|buf| format.render_log(Some(&*txn), &facts, buf));
                 ctx.state.request_finished();
                 return;
             }
@@ -385,55 +389,65 @@ pub async fn handle(
     if !http_body::Body::is_end_stream(&body) {
         ctx.state.request_has_body();
     }
-    // Boxed once: the transaction (about 1 KiB) then moves into the
-    // end-of-exchange record as a pointer instead of being copied.
-    let mut txn = Box::new(Txn {
-        client_addr: ctx.client,
-        local_addr: ctx.local,
-        frontend: ctx.frontend_name.clone(),
-        phase: Phase::Request,
-        method: parts.method,
-        uri: parts.uri,
-        version: parts.version,
-        req_headers: parts.headers,
-        status: StatusCode::OK,
-        resp_headers: HeaderMap::new(),
-        vars: VarStore::default(),
-        req_vars: VarStore::default(),
-        res_vars: VarStore::default(),
-        sess_vars: Rc::clone(&ctx.sess_vars),
-        backend: None,
-        outcome: crate::txn::Outcome::default(),
-        plugin_state: crate::txn::PluginState::default(),
-        frontend_metadata: shared.config.frontends[ctx.frontend].metadata.clone(),
-        sc: crate::stick::StickCounters::default(),
-        req_body: Some(body.into()),
-        req_buffered: None,
-        resp_body: None,
-        resp_buffered: None,
-        tls: ctx.tls.clone(),
-        local_reply: false,
-    });
-    let orig_method = txn.method.clone();
-    let orig_uri = txn.uri.clone();
+    let orig_method = parts.method.clone();
+    let orig_uri = parts.uri.clone();
     let chain = &shared.config.frontends[ctx.frontend].chain;
-
-    let mut route = Route {
-        grpc: shared.config.frontends[ctx.frontend].grpc_local_replies
-            && super::grpc::is_grpc(&txn.req_headers),
-        ..Route::default()
-    };
+    let grpc = shared.config.frontends[ctx.frontend].grpc_local_replies
+        && super::grpc::is_grpc(&parts.headers);
+    // The end-of-exchange record with the transaction, boxed from the
+    // start: the phase sequence fills it in place (not in this future's
+    // state) and it goes to the response body as the pointer, never copied.
+    let mut ex = Box::new(Exchange {
+        ctx: Rc::clone(&ctx),
+        txn: Txn {
+            client_addr: ctx.client,
+            local_addr: ctx.local,
+            frontend: ctx.frontend_name.clone(),
+            phase: Phase::Request,
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            req_headers: parts.headers,
+            status: StatusCode::OK,
+            resp_headers: HeaderMap::new(),
+            vars: VarStore::default(),
+            req_vars: VarStore::default(),
+            res_vars: VarStore::default(),
+            sess_vars: Rc::clone(&ctx.sess_vars),
+            backend: None,
+            outcome: crate::txn::Outcome::default(),
+            plugin_state: crate::txn::PluginState::default(),
+            frontend_metadata: shared.config.frontends[ctx.frontend].metadata.clone(),
+            sc: crate::stick::StickCounters::default(),
+            req_body: Some(body.into()),
+            req_buffered: None,
+            resp_body: None,
+            resp_buffered: None,
+            tls: ctx.tls.clone(),
+            local_reply: false,
+        },
+        start,
+        orig_method,
+        orig_uri,
+        route: Route {
+            grpc,
+            ..Route::default()
+        },
+        status: 0,
+        grpc_status: None,
+    });
+    let record = &mut *ex;
     // The phase sequence (proxy/flow.rs), over this connection's sockets.
     let mut sides = DaemonSides {
         ctx: &ctx,
-        route: &mut route,
+        route: &mut record.route,
         ask,
         server_side: None,
         upgrade: None,
     };
     let answer = super::flow::exchange(
         chain,
-        &mut txn,
+        &mut record.txn,
         &mut sides,
         asked.map(|_| ask == Some(Ask::Connect)),
     )
@@ -449,7 +463,7 @@ pub async fn handle(
     } = answer;
     // A tunnel opens only if its answer is still the one that opens it
     // (a response rule may have turned it into another status).
-    let opens = if txn.version == Version::HTTP_2 || ask == Some(Ask::Connect) {
+    let opens = if ex.txn.version == Version::HTTP_2 || ask == Some(Ask::Connect) {
         StatusCode::OK
     } else {
         StatusCode::SWITCHING_PROTOCOLS
@@ -468,16 +482,8 @@ pub async fn handle(
         (Some(_), Some(Ask::Extended)) => StatusCode::SWITCHING_PROTOCOLS,
         _ => status,
     };
-    let ex = Exchange {
-        ctx: Rc::clone(&ctx),
-        txn,
-        start,
-        orig_method,
-        orig_uri,
-        route,
-        status: logged_status.as_u16(),
-        grpc_status: super::grpc::status_of(None, &headers),
-    };
+    ex.status = logged_status.as_u16();
+    ex.grpc_status = super::grpc::status_of(None, &headers);
     if let Some(side) = server_side {
         return Ok(open_tunnel(
             &ctx,
@@ -494,9 +500,7 @@ pub async fn handle(
         // Shutting down: the client learns it before sending another request.
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let body = body
-        .on_end(Box::new(ex))
-        .watch_client(Rc::clone(&ctx.state));
+    let body = body.on_end(ex).watch_client(Rc::clone(&ctx.state));
     let mut resp = Response::new(body);
     if let Some(reason) = reason
         && let Ok(r) = hyper::ext::ReasonPhrase::try_from(reason.as_bytes())
@@ -515,7 +519,7 @@ pub async fn handle(
 /// stream on a task of its own. The exchange is logged when the tunnel ends.
 fn open_tunnel(
     ctx: &Rc<Ctx>,
-    ex: Exchange,
+    ex: Box<Exchange>,
     server: ServerSide,
     ask: Option<Ask>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -533,7 +537,7 @@ fn open_tunnel(
     };
     let h2 = ex.txn.version == Version::HTTP_2;
     let tunnel = Tunnel {
-        end: Box::new(ex),
+        end: ex,
         server,
         idle,
         stats: std::sync::Arc::clone(&shared.frontends[ctx.frontend]),
@@ -659,25 +663,24 @@ impl super::flow::Sides for DaemonSides<'_> {
         taps: Vec<Box<dyn crate::filter::BodyTap>>,
     ) -> Result<super::flow::Sent, ProxyError> {
         if self.ask == Some(Ask::Connect) {
-            let stream = connect_tunnel(self.ctx, txn).await?;
+            // Boxed: a tunnel's connect is no state of a proxied request's future.
+            let stream = Box::pin(connect_tunnel(self.ctx, txn)).await?;
             self.server_side = Some(ServerSide::Stream(stream));
             return Ok(super::flow::Sent::Opened(StatusCode::OK, HeaderMap::new()));
         }
-        let resp = forward(self.ctx, txn, taps, self.route, self.ask.is_some()).await?;
-        let (mut parts, incoming) = resp.into_parts();
+        let mut resp = forward(self.ctx, txn, taps, self.route, self.ask.is_some()).await?;
         // A 101 to an upgrade we forwarded: the server's socket
         // is the tunnel's once the response rules let it through.
-        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-            self.upgrade = parts
-                .extensions
-                .remove::<hyper::upgrade::OnUpgrade>()
-                .map(|on| (on, parts.headers.get(header::UPGRADE).cloned()));
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let on = resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+            self.upgrade = on.map(|on| (on, resp.headers().get(header::UPGRADE).cloned()));
         }
-        Ok(super::flow::Sent::Response(
-            parts.status,
-            parts.headers,
-            incoming,
-        ))
+        // Into the transaction field by field: the response's parts are not
+        // moved through the phase sequence.
+        txn.status = resp.status();
+        txn.resp_headers = std::mem::take(resp.headers_mut());
+        txn.resp_body = Some(resp.into_body());
+        Ok(super::flow::Sent::Received)
     }
 
     fn fail(&mut self, err: &ProxyError) -> Reply {
@@ -792,7 +795,6 @@ async fn forward(
         }
     };
     let server = &backend.servers[s];
-    let sstate = &bstate.servers[s];
     ex.active = Some(ActiveGuard {
         worker: Rc::clone(worker),
         backend: b,
@@ -870,7 +872,9 @@ async fn forward(
     let target = server.target(txn.local_addr);
     let now = Instant::now();
     if server.proto != crate::config::h2::UpstreamProto::Http1 {
-        return forward_h2(
+        // Boxed, as hyper's path below: only the common path's states
+        // are in every request's future (`request_future_stays_small`).
+        return Box::pin(forward_h2(
             ctx,
             ex,
             req,
@@ -878,7 +882,7 @@ async fn forward(
             tls_target.as_ref(),
             &body_state,
             (now, asked_upgrade),
-        )
+        ))
         .await
         .map(|r| r.map(PeerBody::from));
     }
@@ -894,16 +898,36 @@ async fn forward(
         )
         .await;
     }
+    Box::pin(forward_hyper(
+        ctx,
+        ex,
+        req,
+        (b, s, target),
+        tls_target.as_ref(),
+        &body_state,
+        (now, asked_upgrade),
+    ))
+    .await
+}
+
+/// [`forward`] through hyper's client connection (`pool.rs`): upgrades, and
+/// every request with `http1_client = "hyper"`.
+async fn forward_hyper(
+    ctx: &Rc<Ctx>,
+    ex: &mut Route,
+    req: Request<RequestBody>,
+    (b, s, target): (usize, usize, std::net::SocketAddr),
+    tls_target: Option<&crate::tls::client::Target>,
+    body_state: &Rc<RequestBodyState>,
+    (now, asked_upgrade): (Instant, bool),
+) -> Result<Response<PeerBody>, ProxyError> {
+    let worker = &ctx.worker;
+    let backend = &worker.shared.config.backends[b];
+    let sstate = &worker.shared.backends[b].servers[s];
+    let client_timeout = worker.shared.config.global.timeouts.client;
     let mut conn = worker
         .pool
-        .checkout(
-            b,
-            s,
-            target,
-            backend.connect_timeout,
-            now,
-            tls_target.as_ref(),
-        )
+        .checkout(b, s, target, backend.connect_timeout, now, tls_target)
         .await?;
     // A reused connection is ready at once: no need to read the clock again.
     let sent_at = if conn.reused {
@@ -913,20 +937,20 @@ async fn forward(
         Instant::now()
     };
     ex.connect_time = Some(sent_at.saturating_duration_since(now));
-    let result = match send(&mut conn, req, backend.server_timeout, &body_state, sent_at).await {
+    let result = match send(&mut conn, req, backend.server_timeout, body_state, sent_at).await {
         Err(SendFailure::Unsent(req)) if conn.reused => {
             // A keep-alive connection the server closed while idle: retry once on a fresh one.
             conn.discard();
             conn = worker
                 .pool
-                .connect_new(b, s, target, backend.connect_timeout, tls_target.as_ref())
+                .connect_new(b, s, target, backend.connect_timeout, tls_target)
                 .await?;
             sstate.connects.fetch_add(1, Relaxed);
             send(
                 &mut conn,
                 *req,
                 backend.server_timeout,
-                &body_state,
+                body_state,
                 Instant::now(),
             )
             .await
@@ -1177,11 +1201,17 @@ fn client_ip_value(client: SocketAddr) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
+/// `X-Forwarded-For`, built at compile time: `HeaderName::from_static` at
+/// run time matches the text against every standard name first.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`, see [`X_FORWARDED_FOR`].
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 /// Appends the client address to X-Forwarded-For and sets X-Forwarded-Proto.
 /// `ip` is the client address, computed once per connection.
 fn add_forwarded(headers: &mut HeaderMap, ip: &HeaderValue, https: bool) {
     // One hashed lookup for "is there one?" and the insertion (an entry).
-    match headers.entry(HeaderName::from_static("x-forwarded-for")) {
+    match headers.entry(X_FORWARDED_FOR) {
         header::Entry::Occupied(mut e) => {
             let mut joined: Vec<u8> = Vec::with_capacity(64);
             for v in e.iter() {
@@ -1198,14 +1228,94 @@ fn add_forwarded(headers: &mut HeaderMap, ip: &HeaderValue, https: bool) {
         }
     }
     headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if https { "https" } else { "http" }),
     );
+}
+
+/// The sizes of the request flow's futures, largest state first: what each
+/// request's task touches and moves (`tests::request_future_stays_small`).
+#[cfg(test)]
+pub(super) fn future_sizes() -> Vec<(&'static str, usize)> {
+    /// The size of what `$f` returns (an async fn's future), never calling it.
+    macro_rules! returned {
+        ($f:expr; $($a:ident),*) => {{
+            fn returned<$($a,)* R>(_: &impl FnOnce($($a),*) -> R) -> usize {
+                size_of::<R>()
+            }
+            returned(&$f)
+        }};
+    }
+    let mut sizes = vec![
+        ("handle", returned!(handle; A, B)),
+        (
+            "exchange",
+            returned!(super::flow::exchange::<DaemonSides>; A, B, C, D),
+        ),
+        ("forward", returned!(forward; A, B, C, D, E)),
+        (
+            "forward_native",
+            returned!(forward_native; A, B, C, D, E, F, G),
+        ),
+        ("forward_h2", returned!(forward_h2; A, B, C, D, E, F, G)),
+        ("send (hyper)", returned!(send; A, B, C, D, E)),
+        (
+            "upstream_h1::send",
+            returned!(super::upstream_h1::send; A, B, C, D, E, F),
+        ),
+        ("queue::acquire", returned!(super::queue::acquire; A, B, C)),
+        ("connect_tunnel", returned!(connect_tunnel; A, B)),
+        ("run_phase", returned!(super::chain::run_phase; A, B, C)),
+        (
+            "run_local_reply",
+            returned!(super::chain::run_local_reply; A, B, C),
+        ),
+    ];
+    sizes.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
+    sizes
+}
+
+/// The sizes of the values the request flow moves (`request_future_stays_small` prints them).
+#[cfg(test)]
+fn value_sizes() -> Vec<(&'static str, usize)> {
+    vec![
+        ("Txn", size_of::<Txn>()),
+        ("Route", size_of::<Route>()),
+        ("Exchange", size_of::<Exchange>()),
+        ("Answer", size_of::<super::flow::Answer>()),
+        ("ResponseBody", size_of::<ResponseBody>()),
+        ("PeerBody", size_of::<PeerBody>()),
+        ("RequestBody", size_of::<RequestBody>()),
+        ("Request<RequestBody>", size_of::<Request<RequestBody>>()),
+        ("Response<PeerBody>", size_of::<Response<PeerBody>>()),
+        ("HeaderMap", size_of::<HeaderMap>()),
+        ("http::request::Parts", size_of::<http::request::Parts>()),
+    ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each request's future is written as it advances and moved into its
+    /// task's slot: its size is cache lines every request touches (bench/README.md,
+    /// "user-space cost per request"). The rare states (HTTP/2 servers,
+    /// hyper's client, tunnels, the queue's wait, local replies) are boxed
+    /// so the common HTTP/1 proxy path stays small.
+    #[test]
+    fn request_future_stays_small() {
+        let sizes = future_sizes();
+        eprintln!("futures: {sizes:?}\nvalues: {:?}", value_sizes());
+        let handle = sizes
+            .iter()
+            .find(|(n, _)| *n == "handle")
+            .map_or(0, |s| s.1);
+        let bound = 6144;
+        assert!(
+            handle > 0 && handle <= bound,
+            "handle's future is {handle} bytes, over {bound}: {sizes:?}"
+        );
+    }
 
     #[test]
     fn forwarded_for_appends() {

@@ -247,19 +247,14 @@ const KEPT_OPTIONS: [&str; 10] = [
 /// §7.6.1). Run on the received message, before any rule, so the sender
 /// cannot remove headers that rules set or the proxy adds (`X-Forwarded-For`).
 pub fn remove_connection_options(headers: &mut HeaderMap) {
-    let names_other = |line: &HeaderValue| {
-        line.as_bytes().split(|&b| b == b',').any(|name| {
-            let name = name.trim_ascii();
-            !name.is_empty()
-                && !KEPT_OPTIONS
-                    .iter()
-                    .any(|k| name.eq_ignore_ascii_case(k.as_bytes()))
-        })
-    };
     // Most messages have no Connection header, or one with only `close` /
     // `keep-alive` (every keep-alive response from nginx): one lookup, no
     // copy, nothing removed.
-    if !headers.get_all(header::CONNECTION).iter().any(names_other) {
+    if !headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(names_other_option)
+    {
         return;
     }
     // "connection" is kept, so the lines stay where they are while options go.
@@ -311,6 +306,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             present |= 1 << i;
         }
     }
+    remove_hop_by_hop(headers, present, chunked);
+}
+
+/// Removes what a walk over `headers` found: the [`HOP_BY_HOP`] entries
+/// whose bits are set in `present`, and with `chunked` the framing.
+fn remove_hop_by_hop(headers: &mut HeaderMap, present: u8, chunked: bool) {
     if chunked {
         headers.remove(header::TRANSFER_ENCODING);
         // Transfer-Encoding wins over a Content-Length in the same message
@@ -323,6 +324,40 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(h);
         }
     }
+}
+
+/// [`remove_connection_options`] then [`strip_hop_by_hop`] on a received
+/// response, in one pass over its fields where the `Connection` header
+/// names only `close`/`keep-alive` or kept names (nearly every response):
+/// one walk instead of a walk plus a hashed `Connection` lookup.
+pub fn clean_received_response(headers: &mut HeaderMap) {
+    let mut present = 0u8;
+    let mut chunked = false;
+    for (k, v) in headers.iter() {
+        if *k == header::TRANSFER_ENCODING {
+            chunked = true;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            if i == 0 && names_other_option(v) {
+                // Options to remove: the general path (rare).
+                remove_connection_options(headers);
+                strip_hop_by_hop(headers);
+                return;
+            }
+            present |= 1 << i;
+        }
+    }
+    remove_hop_by_hop(headers, present, chunked);
+}
+
+/// A `Connection` line names a header to remove (not only kept names).
+fn names_other_option(line: &HeaderValue) -> bool {
+    line.as_bytes().split(|&b| b == b',').any(|name| {
+        let name = name.trim_ascii();
+        !name.is_empty()
+            && !KEPT_OPTIONS
+                .iter()
+                .any(|k| name.eq_ignore_ascii_case(k.as_bytes()))
+    })
 }
 
 #[cfg(test)]
@@ -533,5 +568,55 @@ mod tests {
         ]);
         remove_connection_options(&mut h);
         assert!(!h.contains_key("x-gone") && h.contains_key("connection"));
+    }
+
+    /// The response's one-pass clean does what the two steps do, on the
+    /// usual responses and on those whose `Connection` names options.
+    #[test]
+    fn response_clean_is_the_two_steps() {
+        let cases: [&[(&'static str, &'static str)]; 6] = [
+            &[("server", "nginx"), ("content-length", "3")],
+            &[
+                ("connection", "keep-alive"),
+                ("content-length", "3"),
+                ("keep-alive", "timeout=5"),
+            ],
+            &[
+                ("connection", "close"),
+                ("transfer-encoding", "chunked"),
+                ("content-length", "9"),
+            ],
+            &[
+                ("connection", "keep-alive"),
+                ("connection", "x-gone, te"),
+                ("x-gone", "1"),
+                ("te", "trailers"),
+                ("x-kept", "2"),
+            ],
+            &[
+                ("connection", "x-a"),
+                ("x-a", "1"),
+                ("upgrade", "h2c"),
+                ("proxy-connection", "close"),
+            ],
+            &[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("trailer", "grpc-status"),
+            ],
+        ];
+        for pairs in cases {
+            let mut two = headers(pairs);
+            remove_connection_options(&mut two);
+            strip_hop_by_hop(&mut two);
+            let mut one = headers(pairs);
+            clean_received_response(&mut one);
+            assert_eq!(one, two, "{pairs:?}");
+            assert!(
+                !one.contains_key("connection")
+                    && !one.contains_key("x-gone")
+                    && !one.contains_key("x-a")
+            );
+        }
     }
 }

@@ -55,6 +55,19 @@ pub async fn acquire(
     {
         return Ok((s, Duration::ZERO));
     }
+    // Boxed: the wait's state (timer, ticket) is not in every request's future.
+    Box::pin(wait(epoch, b, pinned)).await
+}
+
+/// [`acquire`]'s wait in the queue of backend `b` (for server `pinned`, if any).
+async fn wait(
+    epoch: &Epoch,
+    b: usize,
+    pinned: Option<usize>,
+) -> Result<(usize, Duration), Unavailable> {
+    let shared = &epoch.shared;
+    let backend = &shared.config.backends[b];
+    let st = &shared.backends[b];
     let (id, rx) = st
         .queue
         .push(pinned.map(|s| &st.servers[s]))

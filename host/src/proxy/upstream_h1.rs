@@ -201,9 +201,36 @@ fn scan_head(
     let base = buf.as_ptr() as usize;
     fields.clear();
     fields.reserve(resp.headers.len());
+    /// The usual response fields as servers write them (`Content-Type`, or
+    /// all lower case) are known names at once: `HeaderName::from_bytes`
+    /// lower-cases every name into a buffer, then matches it against all
+    /// the standard names; any other spelling still goes through it.
+    fn known(name: &[u8]) -> Option<HeaderName> {
+        Some(match name {
+            b"Date" | b"date" => header::DATE,
+            b"Server" | b"server" => header::SERVER,
+            b"Content-Type" | b"content-type" => header::CONTENT_TYPE,
+            b"Content-Length" | b"content-length" => header::CONTENT_LENGTH,
+            b"Connection" | b"connection" => header::CONNECTION,
+            b"Transfer-Encoding" | b"transfer-encoding" => header::TRANSFER_ENCODING,
+            b"Last-Modified" | b"last-modified" => header::LAST_MODIFIED,
+            b"ETag" | b"etag" => header::ETAG,
+            b"Accept-Ranges" | b"accept-ranges" => header::ACCEPT_RANGES,
+            b"Cache-Control" | b"cache-control" => header::CACHE_CONTROL,
+            b"Content-Encoding" | b"content-encoding" => header::CONTENT_ENCODING,
+            b"Vary" | b"vary" => header::VARY,
+            b"Expires" | b"expires" => header::EXPIRES,
+            b"Location" | b"location" => header::LOCATION,
+            b"Set-Cookie" | b"set-cookie" => header::SET_COOKIE,
+            _ => return None,
+        })
+    }
     for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| format!("invalid header name {:?}", h.name))?;
+        let name = match known(h.name.as_bytes()) {
+            Some(name) => name,
+            None => HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| format!("invalid header name {:?}", h.name))?,
+        };
         // The value is a slice of `buf`: kept as its offsets.
         let start = (h.value.as_ptr() as usize).wrapping_sub(base);
         let end = start.wrapping_add(h.value.len());
@@ -1306,5 +1333,42 @@ impl Body for H1Body {
             Decode::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names read without `HeaderName::from_bytes` are the ones it
+    /// gives, whatever the spelling; others still go through it.
+    #[test]
+    fn known_field_names_are_the_standard_ones() {
+        let head = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDATE: x\r\ncontent-type: text/plain\r\n\
+Content-Length: 2\r\nETag: \"e\"\r\nX-Custom: 1\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n\r\nok";
+        let limits = HeadLimits {
+            max_size: 4096,
+            max_headers: 16,
+        };
+        let (len, head) = parse_response_head(head, limits)
+            .expect("valid head")
+            .expect("complete head");
+        assert_eq!(len, 146);
+        let names: Vec<&str> = head.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "server",
+                "date",
+                "content-type",
+                "content-length",
+                "etag",
+                "x-custom",
+                "set-cookie"
+            ]
+        );
+        assert_eq!(head.headers.get_all(header::SET_COOKIE).iter().count(), 2);
+        assert_eq!(head.headers[header::DATE], "x");
+        assert!(parse_response_head(b"HTTP/1.1 200 OK\r\nBad Name: 1\r\n\r\n", limits).is_err());
     }
 }
