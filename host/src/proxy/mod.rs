@@ -32,6 +32,8 @@ pub mod tunnel;
 pub mod upgrade;
 pub mod upgraded;
 pub mod upstream_h1;
+pub mod h1codec;
+pub mod server_h1;
 pub mod upstream_h2;
 pub mod worker;
 
