@@ -2779,7 +2779,11 @@ fn check_h1_req_head(buf: &[u8]) -> Result<(), TestCaseError> {
             prop_assert!(len <= buf.len() && len <= H1_LIMITS.max_size);
             prop_assert!(head.headers.len() <= H1_LIMITS.max_headers);
             prop_assert!(buf[..len].ends_with(b"\n"));
-            let cl = head.headers.get_all(http::header::CONTENT_LENGTH).iter().count();
+            let cl = head
+                .headers
+                .get_all(http::header::CONTENT_LENGTH)
+                .iter()
+                .count();
             let te = head.headers.contains_key(http::header::TRANSFER_ENCODING);
             prop_assert!(cl <= 1, "more than one Content-Length kept");
             match head.framing {
@@ -2830,7 +2834,13 @@ fn h1_req_head() -> impl Strategy<Value = Vec<u8>> {
     (
         select(vec!["GET", "POST", "HEAD", "CONNECT", "OPTIONS", "G@T", ""]),
         select(vec!["/", "/a?b=c", "*", "h:443", "http://h/a", "/a b", ""]),
-        select(vec!["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "http/1.1", "HTTP/1.1 "]),
+        select(vec![
+            "HTTP/1.1",
+            "HTTP/1.0",
+            "HTTP/2.0",
+            "http/1.1",
+            "HTTP/1.1 ",
+        ]),
         prop::collection::vec(field, 0..12),
         select(vec!["\r\n", "\n"]),
         prop::collection::vec(any::<u8>(), 0..16),
@@ -2875,10 +2885,15 @@ fn h1_req_head_corpus() {
 fn h1_req_head_cases() {
     let parse = |b: &str| server_h1::parse_request_head(b.as_bytes(), H1_LIMITS);
     let status = |b: &str| parse(b).map(|_| 0).unwrap_or_else(|e| e.status.as_u16());
-    let (len, h) = parse("POST /a HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
-        .expect("valid")
-        .expect("complete");
-    assert_eq!((len, h.framing, h.keep_alive), (67, ReqFraming::Chunked, false));
+    let (len, h) = parse(
+        "POST /a HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .expect("valid")
+    .expect("complete");
+    assert_eq!(
+        (len, h.framing, h.keep_alive),
+        (67, ReqFraming::Chunked, false)
+    );
     assert!(!h.headers.contains_key(http::header::CONTENT_LENGTH));
     let (_, h) = parse("POST /a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
         .expect("valid")
@@ -2892,25 +2907,47 @@ fn h1_req_head_cases() {
         .expect("valid")
         .expect("complete");
     assert!(!h.keep_alive);
-    let (_, h) = parse("OPTIONS * HTTP/1.1\r\n\r\n").expect("valid").expect("complete");
+    let (_, h) = parse("OPTIONS * HTTP/1.1\r\n\r\n")
+        .expect("valid")
+        .expect("complete");
     assert_eq!(h.uri, "*");
-    let (_, h) = parse("CONNECT h:443 HTTP/1.1\r\n\r\n").expect("valid").expect("complete");
+    let (_, h) = parse("CONNECT h:443 HTTP/1.1\r\n\r\n")
+        .expect("valid")
+        .expect("complete");
     assert_eq!(h.uri.authority().map(|a| a.as_str()), Some("h:443"));
-    let (_, h) = parse("GET http://h/a?b HTTP/1.1\r\n\r\n").expect("valid").expect("complete");
+    let (_, h) = parse("GET http://h/a?b HTTP/1.1\r\n\r\n")
+        .expect("valid")
+        .expect("complete");
     assert_eq!((h.uri.host(), h.uri.path()), (Some("h"), "/a"));
     let (_, h) = parse("POST /a HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
         .expect("valid")
         .expect("complete");
     assert!(h.expect_continue);
-    assert!(parse("GET /a HTTP/1.1\r\nHost: h\r\n").expect("valid").is_none());
+    assert!(
+        parse("GET /a HTTP/1.1\r\nHost: h\r\n")
+            .expect("valid")
+            .is_none()
+    );
     for (raw, want) in [
-        ("POST /a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
+        (
+            "POST /a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            400,
+        ),
         ("POST /a HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n", 400),
         ("POST /a HTTP/1.1\r\nContent-Length: +5\r\n\r\n", 400),
         ("GET /a HTTP/1.1\r\nX: a\r\n b\r\n\r\n", 400),
-        ("POST /a HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
-        ("POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
-        ("POST /a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (
+            "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            400,
+        ),
+        (
+            "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+            400,
+        ),
+        (
+            "POST /a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
         ("GET /a HTTP/1.1\r\nHost : h\r\n\r\n", 400),
         ("GET /a HTTP/1.1\r\nX: a\0b\r\n\r\n", 400),
         ("G@T /a HTTP/1.1\r\n\r\n", 400),
@@ -2919,5 +2956,8 @@ fn h1_req_head_cases() {
     }
     let many: String = (0..9).map(|i| format!("X-{i}: v\r\n")).collect();
     assert_eq!(status(&format!("GET / HTTP/1.1\r\n{many}\r\n")), 431);
-    assert_eq!(status(&format!("GET /{} HTTP/1.1\r\n", "a".repeat(1100))), 431);
+    assert_eq!(
+        status(&format!("GET /{} HTTP/1.1\r\n", "a".repeat(1100))),
+        431
+    );
 }

@@ -243,4 +243,3 @@ pub fn parse_chunk_size(line: &[u8]) -> Result<u64, String> {
         (acc << 4) | u64::from(v)
     }))
 }
-

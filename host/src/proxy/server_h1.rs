@@ -342,7 +342,11 @@ enum Decode {
 /// The connection as the request body sees it (the body's type does not
 /// depend on the stream's: TCP or TLS).
 trait BodySource {
-    fn poll_body(&mut self, seq: u64, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+    fn poll_body(
+        &mut self,
+        seq: u64,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>;
     fn body_ended(&self, seq: u64) -> bool;
     fn body_hint(&self, seq: u64) -> SizeHint;
 }
@@ -818,7 +822,11 @@ fn push_trailers(buf: &mut Vec<u8>, trailers: &HeaderMap, allowed: &[HeaderName]
 
 /// Runs `fut`, marking the connection draining once shutdown begins
 /// (responses then carry `Connection: close`).
-async fn watching<F: Future>(fut: F, state: &ConnState, shutdown: &mut ShutdownSignal) -> F::Output {
+async fn watching<F: Future>(
+    fut: F,
+    state: &ConnState,
+    shutdown: &mut ShutdownSignal,
+) -> F::Output {
     let mut seen = state.is_draining();
     let wait = shutdown.wait();
     tokio::pin!(wait);
@@ -869,15 +877,15 @@ pub(super) async fn run<S: ClientStream>(
     }));
     let mut wbuf: Vec<u8> = Vec::new();
     let outcome = watching(serve(&wire, state, ctx, &mut wbuf), state, shutdown).await;
-    let mut w = match wire.try_borrow_mut() {
-        Ok(w) => w,
-        Err(_) => return H1End::Done(None),
-    };
-    let Some(io) = w.io.take() else {
+    // The socket and what was read past the last request, out of the
+    // wire (a request body still held elsewhere then reads nothing).
+    let taken = wire
+        .try_borrow_mut()
+        .ok()
+        .and_then(|mut w| Some((w.io.take()?, std::mem::take(&mut w.rbuf))));
+    let Some((io, rbuf)) = taken else {
         return H1End::Done(None);
     };
-    let rbuf = std::mem::take(&mut w.rbuf);
-    drop(w);
     match outcome {
         Ended::Park => {
             // Only what was read of a next request stays, copied: the read
@@ -904,9 +912,10 @@ pub(super) async fn run<S: ClientStream>(
                 tunnel.abandon();
             }
             let mut io = io;
-            let _ = tokio::time::timeout(timeouts.client, std::future::poll_fn(|cx| {
-                Pin::new(&mut io).poll_shutdown(cx)
-            }))
+            let _ = tokio::time::timeout(
+                timeouts.client,
+                std::future::poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)),
+            )
             .await;
             if state.had_body() {
                 let (stream, _) = io.into_parts();
@@ -1023,11 +1032,13 @@ async fn serve<S: ClientStream>(
         }
         // A request body the handler left unread: what is buffered is
         // dropped; if more is due, the connection cannot carry another request.
-        let body_over = with(wire, |w| loop {
-            match w.decode_buffered() {
-                Ok(Some(_)) => {}
-                Ok(None) => break matches!(w.decode, Decode::Done),
-                Err(_) => break false,
+        let body_over = with(wire, |w| {
+            loop {
+                match w.decode_buffered() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break matches!(w.decode, Decode::Done),
+                    Err(_) => break false,
+                }
             }
         })
         .unwrap_or(false);
@@ -1039,7 +1050,11 @@ async fn serve<S: ClientStream>(
 }
 
 /// Polls for a complete request head: parses what is buffered, reads more.
-fn poll_head<S: ClientStream>(w: &mut Wire<S>, state: &ConnState, cx: &mut Context<'_>) -> Poll<Got> {
+fn poll_head<S: ClientStream>(
+    w: &mut Wire<S>,
+    state: &ConnState,
+    cx: &mut Context<'_>,
+) -> Poll<Got> {
     loop {
         if !w.rbuf.is_empty() {
             state.head_begun();
@@ -1060,7 +1075,10 @@ fn poll_head<S: ClientStream>(w: &mut Wire<S>, state: &ConnState, cx: &mut Conte
 }
 
 /// Writes all of `wbuf` to the client, then flushes; `wbuf` is left empty.
-async fn flush_all<S: ClientStream>(wire: &Rc<RefCell<Wire<S>>>, wbuf: &mut Vec<u8>) -> io::Result<()> {
+async fn flush_all<S: ClientStream>(
+    wire: &Rc<RefCell<Wire<S>>>,
+    wbuf: &mut Vec<u8>,
+) -> io::Result<()> {
     let mut at = 0;
     std::future::poll_fn(|cx| {
         let Ok(mut w) = wire.try_borrow_mut() else {
