@@ -118,9 +118,10 @@ pub struct Global {
 pub enum Http1Server {
     /// The worker's own codec (`proxy/server_h1.rs`): heads parsed with
     /// httparse into a reused buffer, bodies read straight from the socket.
-    #[default]
     Native,
-    /// hyper's server connection (`proxy/conn.rs`).
+    /// hyper's server connection (`proxy/conn.rs`). The default until the
+    /// native path costs fewer instructions per request (bench/README.md).
+    #[default]
     Hyper,
 }
 
