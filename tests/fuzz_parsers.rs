@@ -2761,3 +2761,203 @@ fn h1_head_cases() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// The native HTTP/1 server's request head parser (proxy/server_h1.rs):
+// bytes come from clients, so from anyone
+// ---------------------------------------------------------------------------
+
+use portcullis::proxy::server_h1::{self, ReqFraming};
+
+/// Parses `buf` as a request head: never a panic, the caps hold, framing
+/// follows RFC 9112 §6 (chunked wins over a length, which is then removed;
+/// no Transfer-Encoding in HTTP/1.0), every proper prefix of an accepted
+/// head is incomplete or refused.
+fn check_h1_req_head(buf: &[u8]) -> Result<(), TestCaseError> {
+    match server_h1::parse_request_head(buf, H1_LIMITS) {
+        Ok(Some((len, head))) => {
+            prop_assert!(len <= buf.len() && len <= H1_LIMITS.max_size);
+            prop_assert!(head.headers.len() <= H1_LIMITS.max_headers);
+            prop_assert!(buf[..len].ends_with(b"\n"));
+            let cl = head
+                .headers
+                .get_all(http::header::CONTENT_LENGTH)
+                .iter()
+                .count();
+            let te = head.headers.contains_key(http::header::TRANSFER_ENCODING);
+            prop_assert!(cl <= 1, "more than one Content-Length kept");
+            match head.framing {
+                ReqFraming::Chunked => {
+                    prop_assert!(te && cl == 0);
+                    prop_assert!(head.version == http::Version::HTTP_11);
+                }
+                ReqFraming::Length(n) => prop_assert!(cl == 1 && !te && n > 0),
+                ReqFraming::None => prop_assert!(!te),
+            }
+            if te && head.headers.contains_key(http::header::CONTENT_LENGTH) {
+                prop_assert!(false, "Content-Length kept beside Transfer-Encoding");
+            }
+            for cut in [len / 2, len.saturating_sub(1)] {
+                if cut < len {
+                    let r = server_h1::parse_request_head(&buf[..cut], H1_LIMITS);
+                    prop_assert!(!matches!(r, Ok(Some(_))), "prefix of {cut} bytes parsed");
+                }
+            }
+        }
+        Ok(None) => prop_assert!(buf.len() < H1_LIMITS.max_size),
+        Err(e) => {
+            prop_assert!(!e.reason.is_empty());
+            prop_assert!(matches!(e.status.as_u16(), 400 | 414 | 431));
+        }
+    }
+    Ok(())
+}
+
+/// A plausible request head: request line, a few fields (framing ones
+/// often), CRLF or bare LF line ends, sometimes a folded line.
+fn h1_req_head() -> impl Strategy<Value = Vec<u8>> {
+    let field = prop_oneof![
+        Just("Content-Length: 5".to_string()),
+        Just("Content-Length: 5, 5".to_string()),
+        Just("Content-Length: 7".to_string()),
+        Just("Content-Length: +1".to_string()),
+        Just("Transfer-Encoding: chunked".to_string()),
+        Just("Transfer-Encoding: gzip".to_string()),
+        Just("Transfer-Encoding: gzip, chunked".to_string()),
+        Just("Connection: close".to_string()),
+        Just("Connection: keep-alive".to_string()),
+        Just("Expect: 100-continue".to_string()),
+        Just("Host: h".to_string()),
+        Just(" folded".to_string()),
+        "[A-Za-z-]{1,10}: [ -~]{0,20}",
+    ];
+    (
+        select(vec!["GET", "POST", "HEAD", "CONNECT", "OPTIONS", "G@T", ""]),
+        select(vec!["/", "/a?b=c", "*", "h:443", "http://h/a", "/a b", ""]),
+        select(vec![
+            "HTTP/1.1",
+            "HTTP/1.0",
+            "HTTP/2.0",
+            "http/1.1",
+            "HTTP/1.1 ",
+        ]),
+        prop::collection::vec(field, 0..12),
+        select(vec!["\r\n", "\n"]),
+        prop::collection::vec(any::<u8>(), 0..16),
+    )
+        .prop_map(|(method, target, version, fields, eol, tail)| {
+            let mut b = format!("{method} {target} {version}{eol}").into_bytes();
+            for f in fields {
+                b.extend_from_slice(f.as_bytes());
+                b.extend_from_slice(eol.as_bytes());
+            }
+            b.extend_from_slice(eol.as_bytes());
+            b.extend_from_slice(&tail);
+            b
+        })
+}
+
+proptest! {
+    #![proptest_config(settings(5000, regressions!("h1_req_head")))]
+
+    /// Random bytes and plausible heads (then a byte flipped): no panic, caps hold.
+    #[test]
+    fn h1_req_head_parse(
+        buf in prop_oneof![prop::collection::vec(any::<u8>(), 0..200), h1_req_head()],
+        flip in any::<(usize, u8)>(),
+    ) {
+        check_h1_req_head(&buf)?;
+        if !buf.is_empty() {
+            let mut bad = buf.clone();
+            let i = flip.0 % bad.len();
+            bad[i] ^= flip.1 | 1;
+            check_h1_req_head(&bad)?;
+        }
+    }
+}
+
+#[test]
+fn h1_req_head_corpus() {
+    replay("h1_req_head", check_h1_req_head);
+}
+
+#[test]
+fn h1_req_head_cases() {
+    let parse = |b: &str| server_h1::parse_request_head(b.as_bytes(), H1_LIMITS);
+    let status = |b: &str| parse(b).map(|_| 0).unwrap_or_else(|e| e.status.as_u16());
+    let (len, h) = parse(
+        "POST /a HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .expect("valid")
+    .expect("complete");
+    assert_eq!(
+        (len, h.framing, h.keep_alive),
+        (67, ReqFraming::Chunked, false)
+    );
+    assert!(!h.headers.contains_key(http::header::CONTENT_LENGTH));
+    let (_, h) = parse("POST /a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
+        .expect("valid")
+        .expect("complete");
+    assert_eq!((h.framing, h.headers.len()), (ReqFraming::Length(5), 1));
+    let (_, h) = parse("GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .expect("valid")
+        .expect("complete");
+    assert!(h.keep_alive);
+    let (_, h) = parse("GET /a HTTP/1.1\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n")
+        .expect("valid")
+        .expect("complete");
+    assert!(!h.keep_alive);
+    let (_, h) = parse("OPTIONS * HTTP/1.1\r\n\r\n")
+        .expect("valid")
+        .expect("complete");
+    assert_eq!(h.uri, "*");
+    let (_, h) = parse("CONNECT h:443 HTTP/1.1\r\n\r\n")
+        .expect("valid")
+        .expect("complete");
+    assert_eq!(h.uri.authority().map(|a| a.as_str()), Some("h:443"));
+    let (_, h) = parse("GET http://h/a?b HTTP/1.1\r\n\r\n")
+        .expect("valid")
+        .expect("complete");
+    assert_eq!((h.uri.host(), h.uri.path()), (Some("h"), "/a"));
+    let (_, h) = parse("POST /a HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+        .expect("valid")
+        .expect("complete");
+    assert!(h.expect_continue);
+    assert!(
+        parse("GET /a HTTP/1.1\r\nHost: h\r\n")
+            .expect("valid")
+            .is_none()
+    );
+    for (raw, want) in [
+        (
+            "POST /a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            400,
+        ),
+        ("POST /a HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n", 400),
+        ("POST /a HTTP/1.1\r\nContent-Length: +5\r\n\r\n", 400),
+        ("GET /a HTTP/1.1\r\nX: a\r\n b\r\n\r\n", 400),
+        (
+            "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            400,
+        ),
+        (
+            "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+            400,
+        ),
+        (
+            "POST /a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
+        ("GET /a HTTP/1.1\r\nHost : h\r\n\r\n", 400),
+        ("GET /a HTTP/1.1\r\nX: a\0b\r\n\r\n", 400),
+        ("G@T /a HTTP/1.1\r\n\r\n", 400),
+    ] {
+        assert_eq!(status(raw), want, "{raw:?}");
+    }
+    let many: String = (0..9).map(|i| format!("X-{i}: v\r\n")).collect();
+    assert_eq!(status(&format!("GET / HTTP/1.1\r\n{many}\r\n")), 431);
+    assert_eq!(
+        status(&format!("GET /{} HTTP/1.1\r\n", "a".repeat(1100))),
+        431
+    );
+}

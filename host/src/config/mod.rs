@@ -109,6 +109,20 @@ pub struct Global {
     pub peers: Vec<Arc<peers::Section>>,
     /// Which HTTP/1.1 client speaks to servers (`http1_client`).
     pub http1_client: Http1Client,
+    /// Which HTTP/1 server serves clients (`http1_server`).
+    pub http1_server: Http1Server,
+}
+
+/// `[global] http1_server`: how client HTTP/1 connections are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Http1Server {
+    /// The worker's own codec (`proxy/server_h1.rs`): heads parsed with
+    /// httparse into a reused buffer, bodies read straight from the socket.
+    Native,
+    /// hyper's server connection (`proxy/conn.rs`). The default until the
+    /// native path costs fewer instructions per request (bench/README.md).
+    #[default]
+    Hyper,
 }
 
 /// `[global] http1_client`: how requests go to HTTP/1.1 servers.
@@ -545,6 +559,19 @@ impl Validator<'_> {
             },
             None => Http1Client::default(),
         };
+        let http1_server = match &g.http1_server {
+            Some(c) => match c.get_ref().as_str() {
+                "native" => Http1Server::Native,
+                "hyper" => Http1Server::Hyper,
+                other => {
+                    return Err(src.error(
+                        c.span(),
+                        format!("unknown http1_server {other:?}; expected \"native\" or \"hyper\""),
+                    ));
+                }
+            },
+            None => Http1Server::default(),
+        };
         let timeouts = merge_timeouts(&Timeouts::default(), &g.timeout);
         Ok(Global {
             workers,
@@ -562,6 +589,7 @@ impl Validator<'_> {
             timeouts,
             peers: Vec::new(),
             http1_client,
+            http1_server,
         })
     }
 

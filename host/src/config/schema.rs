@@ -165,6 +165,8 @@ pub struct RawGlobal {
     pub wasm_cache: Option<Spanned<String>>,
     /// HTTP/1.1 client to servers: `"native"` (the worker's own codec) or `"hyper"`.
     pub http1_client: Option<Spanned<String>>,
+    /// HTTP/1 server for clients: `"native"` (the worker's own codec) or `"hyper"`.
+    pub http1_server: Option<Spanned<String>>,
     #[serde(default)]
     pub timeout: RawTimeouts,
 }

@@ -99,6 +99,8 @@ pub trait BodyEnd {
 pub enum PeerBody {
     Hyper(Incoming),
     H1(super::upstream_h1::H1Body),
+    /// A client's request body read by the native HTTP/1 server ([`super::server_h1`]).
+    Client(super::server_h1::ReqBody),
 }
 
 impl std::fmt::Debug for PeerBody {
@@ -107,6 +109,10 @@ impl std::fmt::Debug for PeerBody {
             PeerBody::Hyper(b) => b.fmt(f),
             PeerBody::H1(b) => f
                 .debug_struct("H1Body")
+                .field("end", &b.is_end_stream())
+                .finish(),
+            PeerBody::Client(b) => f
+                .debug_struct("ReqBody")
                 .field("end", &b.is_end_stream())
                 .finish(),
         }
@@ -132,6 +138,7 @@ impl Body for PeerBody {
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(BoxError::from))),
             PeerBody::H1(b) => Pin::new(b).poll_frame(cx),
+            PeerBody::Client(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -139,6 +146,7 @@ impl Body for PeerBody {
         match self {
             PeerBody::Hyper(b) => b.is_end_stream(),
             PeerBody::H1(b) => b.is_end_stream(),
+            PeerBody::Client(b) => b.is_end_stream(),
         }
     }
 
@@ -146,6 +154,7 @@ impl Body for PeerBody {
         match self {
             PeerBody::Hyper(b) => b.size_hint(),
             PeerBody::H1(b) => b.size_hint(),
+            PeerBody::Client(b) => b.size_hint(),
         }
     }
 }

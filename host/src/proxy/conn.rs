@@ -150,11 +150,60 @@ impl ConnState {
 
     /// The whole response for an error written below hyper (408, 400, 414, 431):
     /// the frontend's page if it replaces it, else HAProxy's.
-    fn raw_error(&self, status: http::StatusCode) -> Bytes {
+    pub(super) fn raw_error(&self, status: http::StatusCode) -> Bytes {
         self.pages
             .as_ref()
             .and_then(|p| p.get(status))
             .map_or_else(|| crate::error::raw_response(status), |o| o.raw.clone())
+    }
+
+    /// Whether the worker began shutting down (seen by this connection).
+    pub(super) fn is_draining(&self) -> bool {
+        self.draining.get().is_some()
+    }
+
+    /// Native HTTP/1: bytes of a request head are at hand.
+    pub(super) fn head_begun(&self) {
+        if self.phase.get() == ConnPhase::Idle {
+            self.phase.set(ConnPhase::Head);
+            self.since.set(Instant::now());
+        }
+    }
+
+    /// Native HTTP/1: the response is written and flushed; the connection
+    /// is idle (the keep-alive timeout starts).
+    pub(super) fn response_sent(&self) {
+        self.phase.set(ConnPhase::Idle);
+        self.since.set(Instant::now());
+    }
+
+    /// Native HTTP/1: the read deadline found the connection idle past [`PARK_AFTER`].
+    pub(super) fn wants_park(&self) -> bool {
+        self.park.get()
+    }
+
+    /// Native HTTP/1: the connection parked; its next cycle starts afresh.
+    pub(super) fn unpark(&self) {
+        self.park.set(false);
+        self.parking.set(false);
+    }
+
+    /// HTTP/1: whether an answer opened a tunnel.
+    pub(super) fn has_tunnel(&self) -> bool {
+        let t = self.tunnel.take();
+        let has = t.is_some();
+        self.tunnel.set(t);
+        has
+    }
+
+    /// HTTP/1: the tunnel an answer opened, to run on the socket.
+    pub(super) fn take_tunnel(&self) -> Option<super::upgraded::Tunnel> {
+        self.tunnel.take()
+    }
+
+    /// HTTP/1: a request on this connection came with a body.
+    pub(super) fn had_body(&self) -> bool {
+        self.body_seen.get()
     }
 
     /// HTTP/1: runs `tunnel` on this connection's socket once the answer
@@ -252,7 +301,7 @@ impl ConnState {
         !self.multiplexed && self.draining.get().is_some()
     }
 
-    fn start_drain(&self) {
+    pub(super) fn start_drain(&self) {
         if self.draining.get().is_none() {
             self.draining.set(Some(Instant::now()));
         }
@@ -344,7 +393,12 @@ pub struct TimedIo<S = TcpStream> {
 }
 
 impl<S: ClientStream> TimedIo<S> {
-    fn new(
+    /// The stream and what of `prefix` was not read yet.
+    pub(super) fn into_parts(self) -> (S, Bytes) {
+        (self.stream, self.prefix)
+    }
+
+    pub(super) fn new(
         stream: S,
         prefix: Bytes,
         state: Rc<ConnState>,
@@ -589,7 +643,7 @@ impl<S: ClientStream> AsyncWrite for TimedIo<S> {
 
 /// Reads and drops what the client still sends, until it closes or
 /// [`LINGER_MAX`] passes, then closes the socket (see [`LINGER_MAX`]).
-async fn linger(stream: TcpStream) {
+pub(super) async fn linger(stream: TcpStream) {
     let deadline = Instant::now() + LINGER_MAX;
     let mut sink = [0u8; 4096];
     loop {
@@ -885,16 +939,34 @@ fn service(
     Response = http::Response<super::body::ResponseBody>,
     Error = std::convert::Infallible,
 > + Clone {
-    service_fn(move |req| super::handler::handle(req, Rc::clone(&ctx)))
+    service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        super::handler::handle(req.map(super::body::PeerBody::Hyper), Rc::clone(&ctx))
+    })
 }
 
-/// How hyper's HTTP/1 connection ended.
-enum H1End<S> {
-    /// Idle past [`PARK_AFTER`]: the socket and the bytes hyper had read of
-    /// a next request, hyper's buffers gone.
+/// How an HTTP/1 connection's serving (hyper's or the native one) ended.
+pub(super) enum H1End<S> {
+    /// Idle past [`PARK_AFTER`]: the socket and the bytes read of a next
+    /// request, the buffers gone.
     Parked(S, Bytes),
-    /// The connection is over (a tunnel and a lingering close included).
-    Done(hyper::Result<()>),
+    /// The connection is over (a tunnel and a lingering close included);
+    /// with the status and reason of a request refused below the handler.
+    Done(Option<(u16, String)>),
+}
+
+/// The local error a hyper connection's end reports, if any.
+fn local_error(result: hyper::Result<()>) -> Option<(u16, String)> {
+    match result {
+        Ok(()) => None,
+        Err(e) if e.is_parse() || e.is_parse_too_large() => {
+            let status = if e.is_parse_too_large() { 431 } else { 400 };
+            Some((status, e.to_string()))
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "client connection ended with an error");
+            None
+        }
+    }
 }
 
 /// Runs hyper's HTTP/1 connection on `stream` until the connection ends or
@@ -927,7 +999,7 @@ async fn run_h1<S: ClientStream>(
         } else {
             tunnel.abandon();
         }
-        return H1End::Done(result);
+        return H1End::Done(local_error(result));
     }
     if result.is_err() || !state.parking.get() {
         if state.body_seen.get() {
@@ -935,7 +1007,7 @@ async fn run_h1<S: ClientStream>(
             // Boxed: its 4 KiB sink would otherwise be part of this future.
             Box::pin(linger(conn.into_parts().io.into_inner().stream.into_tcp())).await;
         }
-        return H1End::Done(result);
+        return H1End::Done(local_error(result));
     }
     // Parked: hyper's buffers go; what it had read of a next request stays.
     // Everything of hyper's is dropped here, before the wait; the buffered
@@ -1039,13 +1111,14 @@ async fn serve_stream<S: ClientStream>(
         epoch.shared.config.global.max_header_size,
         epoch.shared.config.global.max_headers,
     );
+    let native = epoch.shared.config.global.http1_server == crate::config::Http1Server::Native;
     // Not held while the connection lives: an idle connection must not keep
     // a replaced runtime alive.
     drop(epoch);
-    let result = if h2 {
+    let result: Option<(u16, String)> = if h2 {
         // Boxed: an HTTP/1 connection's task, idle ones included, must not
         // be as large as this path's state.
-        Box::pin(serve_h2(
+        let result = Box::pin(serve_h2(
             stream,
             prefix,
             &state,
@@ -1054,7 +1127,8 @@ async fn serve_stream<S: ClientStream>(
             max_header_size,
             &mut shutdown,
         ))
-        .await
+        .await;
+        local_error(result)
     } else {
         let mut builder = http1::Builder::new();
         builder
@@ -1069,17 +1143,36 @@ async fn serve_stream<S: ClientStream>(
             // Boxed: hyper's connection and its driving live on the heap
             // only while a request may be under way; a parked connection's
             // task holds no room for them.
-            let cycle = Box::pin(run_h1(
-                stream,
-                prefix,
-                &state,
-                &ctx,
-                &builder,
-                &timeouts,
-                park_base,
-                &mut shutdown,
-            ));
-            match cycle.await {
+            let end = if native {
+                let limits = super::h1codec::HeadLimits {
+                    max_size: max_header_size,
+                    max_headers,
+                };
+                Box::pin(super::server_h1::run(
+                    stream,
+                    prefix,
+                    &state,
+                    &ctx,
+                    limits,
+                    &timeouts,
+                    park_base,
+                    &mut shutdown,
+                ))
+                .await
+            } else {
+                Box::pin(run_h1(
+                    stream,
+                    prefix,
+                    &state,
+                    &ctx,
+                    &builder,
+                    &timeouts,
+                    park_base,
+                    &mut shutdown,
+                ))
+                .await
+            };
+            match end {
                 H1End::Done(result) => break result,
                 H1End::Parked(s, p) => (stream, prefix) = (s, p),
             }
@@ -1089,7 +1182,7 @@ async fn serve_stream<S: ClientStream>(
                     wait_readable(stream.tcp(), &worker, Some(&state), close_at, &mut shutdown)
                         .await;
                 if woke == Wake::Close {
-                    break Ok(());
+                    break None;
                 }
             }
             park_base = Instant::now();
@@ -1098,13 +1191,8 @@ async fn serve_stream<S: ClientStream>(
     if state.sent_408.get() {
         worker.record_local_error(&frontend, client, 408, "request head timeout");
     }
-    if let Err(e) = result {
-        if e.is_parse() || e.is_parse_too_large() {
-            let status = if e.is_parse_too_large() { 431 } else { 400 };
-            worker.record_local_error(&frontend, client, status, &e.to_string());
-        } else {
-            tracing::debug!(%client, error = %e, "client connection ended with an error");
-        }
+    if let Some((status, reason)) = result {
+        worker.record_local_error(&frontend, client, status, &reason);
     }
 }
 
@@ -1124,6 +1212,8 @@ pub(super) struct FutureSizes {
     pub tcp: usize,
     /// hyper's HTTP/1 connection with our service (boxed, dropped while parked).
     pub hyper_h1: usize,
+    /// The native HTTP/1 server's request loop (boxed, dropped while parked).
+    pub native_h1: usize,
     /// hyper's HTTP/2 connection (boxed with the HTTP/2 path).
     pub hyper_h2: usize,
     /// The handler's request future (hyper boxes it per hyper connection).
@@ -1155,12 +1245,18 @@ pub(super) fn future_sizes() -> FutureSizes {
         )
     }
     let (hyper_h1, hyper_h2) = hyper_sizes(&service);
+    #[allow(clippy::type_complexity)]
+    fn returned8<A, B, C, D, E, F, G, H, R>(_: &impl FnOnce(A, B, C, D, E, F, G, H) -> R) -> usize {
+        size_of::<R>()
+    }
+    let native_h1 = returned8(&super::server_h1::run::<TcpStream>);
     FutureSizes {
         task: returned4(&super::worker::serve_accepted),
         http: returned4(&serve),
         tls: returned5(&super::tls::serve),
         tcp: returned4(&super::tcp::serve),
         hyper_h1,
+        native_h1,
         hyper_h2,
         handler: returned2(&super::handler::handle),
         tunnel: returned2(&super::upgraded::Tunnel::run),

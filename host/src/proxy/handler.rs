@@ -355,7 +355,7 @@ fn version_str(v: Version) -> &'static str {
 
 /// The hyper service: handles one request from `ctx`'s connection.
 pub async fn handle(
-    req: Request<Incoming>,
+    req: Request<PeerBody>,
     conn: Rc<ConnCtx>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     // The generation in force now serves this request to its end.
@@ -419,7 +419,7 @@ pub async fn handle(
             plugin_state: crate::txn::PluginState::default(),
             frontend_metadata: shared.config.frontends[ctx.frontend].metadata.clone(),
             sc: crate::stick::StickCounters::default(),
-            req_body: Some(body.into()),
+            req_body: Some(body),
             req_buffered: None,
             resp_body: None,
             resp_buffered: None,
