@@ -204,12 +204,20 @@ async fn a_trap_recycles_the_vm_for_all_its_plugins() {
     // b's root context with it.
     let r = get(v.web("a"), "/trap").await;
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.text());
-    let stderr = v.d.stderr();
-    assert!(
-        stderr.contains("instance dropped (the VM \"shared\" of plugins b too)")
-            && stderr.contains("rust trap requested"),
-        "{stderr}"
-    );
+    // The log lines reach the test through a pipe, possibly after the
+    // response: wait for them (bounded).
+    for wanted in [
+        "instance dropped (the VM \"shared\" of plugins b too)",
+        "rust trap requested",
+    ] {
+        assert!(
+            v.d.wait_stderr_line(Duration::from_secs(10), |l| l.contains(wanted))
+                .await
+                .is_some(),
+            "no log line with {wanted:?}: {}",
+            v.d.stderr()
+        );
+    }
 
     // The next request through b works, on a new VM (started for both
     // plugins); shared data outlives the VM, as in Envoy.
